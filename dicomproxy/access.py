@@ -1,0 +1,83 @@
+"""Who may associate with us (PS3.8 7.1.1: A-ASSOCIATE-RJ reasons).
+
+Checked once per association in ``EVT_REQUESTED``: the called AE title must be ours;
+the calling AE must be a configured peer (or the PACS, whose C-STOREs arrive during our
+own retrievals); a peer must connect from its configured host unless ``check_host`` is
+false. Each rejection is logged in one line with the reason and the remote address.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pynetdicom import evt
+
+from dicomproxy.config import Config
+
+LOG = logging.getLogger("dicomproxy.access")
+
+# A-ASSOCIATE-RJ (result, source, reason): PS3.8 Table 9-21
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called-AE-title-not-recognized
+REJECT_NO_REASON = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
+
+
+@dataclass(frozen=True)
+class Decision:
+    accept: bool
+    reason: str = ""
+    rjd: tuple[int, int, int] = REJECT_NO_REASON
+
+
+@lru_cache(maxsize=256)
+def _addresses(host: str) -> frozenset[str]:
+    """All IP addresses a configured host name stands for (cached; hosts rarely move)."""
+    try:
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
+    except OSError:
+        return frozenset({host})
+
+
+def host_matches(configured: str, remote_ip: str) -> bool:
+    if configured == remote_ip:
+        return True
+    return remote_ip in _addresses(configured)
+
+
+def decide(config: Config, calling: str, called: str, remote_ip: str) -> Decision:
+    """Whether to accept an association; pure so that it can be tested without sockets."""
+    calling = calling.strip()
+    if called.strip() != config.proxy.ae_title:
+        return Decision(False, f"called AE title {called.strip()!r} is not ours", REJECT_CALLED_AE)
+    peer = config.peer(calling)
+    if peer is not None:
+        if peer.check_host and not host_matches(peer.host, remote_ip):
+            return Decision(False, f"peer {calling!r} must connect from {peer.host}", REJECT_CALLING_AE)
+        return Decision(True)
+    if calling == config.pacs.ae_title:
+        if not host_matches(config.pacs.host, remote_ip):
+            return Decision(
+                False, f"PACS {calling!r} must connect from {config.pacs.host}", REJECT_CALLING_AE
+            )
+        return Decision(True)
+    return Decision(False, f"calling AE title {calling!r} is not a configured peer", REJECT_CALLING_AE)
+
+
+def on_requested(event: evt.Event, config: Config) -> None:
+    """EVT_REQUESTED handler: reject before any negotiation if ``decide`` says so."""
+    assoc = event.assoc
+    rq = assoc.requestor.primitive
+    if rq is None:  # pragma: no cover - EVT_REQUESTED always carries the A-ASSOCIATE-RQ
+        return
+    remote_ip = assoc.requestor.address
+    decision = decide(config, rq.calling_ae_title, rq.called_ae_title, remote_ip)
+    if decision.accept:
+        return
+    LOG.warning("association from %s rejected: %s", remote_ip, decision.reason)
+    assoc.acse.send_reject(*decision.rjd)
+    assoc.is_rejected = True
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()

@@ -1,0 +1,165 @@
+"""Command line: ``dicomproxy serve | echo | check-config | ...``.
+
+The only place that exits the process. Errors from below arrive as exceptions and are
+printed as one line; exit code 2 for configuration errors, 1 for failed checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from dicomproxy import __version__
+from dicomproxy.config import Config, load_config
+from dicomproxy.errors import ConfigError
+from dicomproxy.logsetup import setup_logging
+from dicomproxy.net import Remote, c_echo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CONFIG = "dicomproxy.toml"
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_CONFIG,
+        envvar="DICOMPROXY_CONFIG",
+        show_default=True,
+        help="TOML configuration file (env DICOMPROXY_CONFIG).",
+    )(func)
+
+
+def verbose_option(func: F) -> F:
+    return click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")(func)
+
+
+def load_or_exit(path: Path) -> Config:
+    """Load the config; on error print one line and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dicomproxy")
+def cli() -> None:
+    """dicomproxy: the hospital-side DICOM node between the imaging cloud, the RIS exam view and the PACS."""
+
+
+@cli.command()
+@config_option
+@verbose_option
+@click.option("--port", type=int, default=None, help="Override [proxy].port.")
+def serve(config_path: Path, verbose: bool, port: int | None) -> None:
+    """Run the DICOM service until SIGINT/SIGTERM, then drain and exit."""
+    from dataclasses import replace
+
+    from dicomproxy.app import build_context
+    from dicomproxy.server import Server
+
+    config = load_or_exit(config_path)
+    if port is not None:
+        config = replace(config, proxy=replace(config.proxy, port=port))
+    setup_logging(config.logging, verbose=verbose)
+    try:
+        ctx = build_context(config)
+        server = Server(config, ctx)
+        clean = server.run()
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        logging.getLogger("dicomproxy").error("cannot serve: %s", exc)
+        sys.exit(1)
+    sys.exit(0 if clean else 1)
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="DICOMPROXY_CONFIG",
+    help="Config file: gives our AE title, the PACS and the peers.",
+)
+@click.option("--peer", "peer_name", default=None, help="Echo this configured [[peers]] AE title.")
+@click.option("--host", default=None, help="Host to echo (with --port).")
+@click.option("--port", type=int, default=None, help="Port to echo (with --host).")
+@click.option("--aet", "called", default=None, help="Called AE title (default: the PACS's or 'ANY-SCP').")
+@click.option("--calling", default=None, help="Our AE title (default: [proxy].ae_title or DICOMPROXY).")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@verbose_option
+def echo(
+    config_path: Path | None,
+    peer_name: str | None,
+    host: str | None,
+    port: int | None,
+    called: str | None,
+    calling: str | None,
+    timeout: float,
+    verbose: bool,
+) -> None:
+    """C-ECHO the PACS (default), a configured peer, or any --host/--port/--aet."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    config = load_or_exit(config_path) if config_path else None
+    calling_ae = calling or (config.proxy.ae_title if config else "DICOMPROXY")
+    if host is not None or port is not None:
+        if host is None or port is None:
+            raise click.UsageError("--host and --port go together")
+        remote = Remote(called or "ANY-SCP", host, port)
+    elif peer_name is not None:
+        if config is None:
+            raise click.UsageError("--peer needs a config file (-c)")
+        peer = config.peer(peer_name)
+        if peer is None:
+            click.echo(f"FAIL: {peer_name!r} is not a configured peer", err=True)
+            sys.exit(1)
+        remote = Remote(peer.ae_title, peer.host, peer.port)
+    elif config is not None:
+        remote = Remote(config.pacs.ae_title, config.pacs.host, config.pacs.port)
+    else:
+        raise click.UsageError("give -c FILE, --peer NAME, or --host and --port")
+    result = c_echo(calling_ae, remote, timeout=timeout)
+    if result.ok:
+        click.echo(f"OK: {result.detail}")
+        return
+    click.echo(f"FAIL: {result.detail}", err=True)
+    sys.exit(1)
+
+
+@cli.command("check-config")
+@config_option
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+def check_config(config_path: Path, timeout: float) -> None:
+    """Validate the config, reach the view and its columns, echo the PACS. One line per check."""
+    from dicomproxy.checks import run_config_checks
+
+    config = load_or_exit(config_path)
+    click.echo(f"OK    config {config.path}")
+    failed = 0
+    for check in run_config_checks(config, timeout=timeout):
+        click.echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        failed += 0 if check.ok else 1
+    sys.exit(1 if failed else 0)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="dicomproxy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""Configuration: one TOML file, validated once into frozen dataclasses.
+
+Precedence is command line > environment > file: the CLI passes overrides to
+:func:`load_config`. ``${NAME}`` in any string value is replaced from the environment;
+a missing variable is an error. Every error is a :class:`~dicomproxy.errors.ConfigError`
+that names the file and the key (``peers[1].host``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from dicomproxy.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+RetrieveMethod = Literal["c-move", "c-get"]
+CompressionMode = Literal["none", "lossless", "lossy"]
+NameStyle = Literal["ideographic", "single", "pinyin"]
+UidPolicy = Literal["keep", "new"]
+
+RETRIEVE_METHODS: tuple[str, ...] = ("c-move", "c-get")
+COMPRESSION_MODES: tuple[str, ...] = ("none", "lossless", "lossy")
+NAME_STYLES: tuple[str, ...] = ("ideographic", "single", "pinyin")
+CHARSETS: tuple[str, ...] = ("ISO_IR 192", "GB18030", "GBK")
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, 16 chars, no backslash
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+T = TypeVar("T")
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """This node: the "DICOM 服务地址/端口/标识" handed to the cloud."""
+
+    ae_title: str = "DICOMPROXY"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    #: Maximum PDU we receive; 0 = unlimited (PS3.8 D.1). Large PDUs cut per-PDU overhead.
+    max_pdu: int = 0
+    #: Seconds an association may wait for an A-ASSOCIATE-RQ/AC.
+    acse_timeout: float = 30.0
+    #: Seconds to wait for a DIMSE message from a peer.
+    dimse_timeout: float = 300.0
+    #: Idle seconds before an inbound association is dropped; 0 = never (see dicom-notes on network_timeout).
+    network_timeout: float = 0.0
+    maximum_associations: int = 32
+    #: Seconds to let in-flight work finish after SIGTERM.
+    drain_timeout: float = 30.0
+    #: Proxy-owned state: journal, spool, UID side table.
+    data_dir: str = "var"
+
+
+@dataclass(frozen=True)
+class HospitalConfig:
+    """医院组织机构代码 / 名称: must equal HospitalID / HospitalName in the view."""
+
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """The exam view (影像云视图)."""
+
+    url: str
+    name: str = "V_IMAGE_CLOUD"
+    max_privacy: int = 0
+    #: Charset of C-FIND answers when the request's is not GB18030, GBK or ISO_IR 192.
+    default_charset: str = "ISO_IR 192"
+    #: How PatientName is rendered by default; peers may override.
+    name_style: NameStyle = "ideographic"
+    pool_size: int = 5
+    query_timeout: float = 30.0
+    #: Stop a C-FIND after this many matches (0 = unlimited).
+    max_results: int = 1000
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    """The hospital PACS (the default archive)."""
+
+    ae_title: str
+    host: str
+    port: int
+    retrieve: RetrieveMethod = "c-move"
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    max_concurrent: int = 4
+    max_pdu: int = 0
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """影像压缩方式: what goes out to the peers (issue: compression)."""
+
+    mode: CompressionMode = "none"
+    lossless_syntaxes: tuple[str, ...] = ()
+    lossy_syntaxes: tuple[str, ...] = ()
+    j2k_ratio: float = 10.0
+    j2k_psnr: float = 0.0
+    jpegls_near: int = 2
+    uid_policy: UidPolicy = "keep"
+    never_lossy_modalities: tuple[str, ...] = ("MG",)
+    never_lossy_sop_classes: tuple[str, ...] = ()
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """An AE allowed to call us; also the only valid C-MOVE destinations."""
+
+    ae_title: str
+    host: str
+    port: int
+    check_host: bool = True
+    compression: CompressionMode | None = None
+    name_style: NameStyle | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    file: str = ""
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    #: Patient identifiers appear in DEBUG logs only when this is true.
+    log_identifiers: bool = False
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    #: SQLAlchemy URL of the job journal; empty = SQLite in ``proxy.data_dir``.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    proxy: ProxyConfig
+    hospital: HospitalConfig
+    view: ViewConfig
+    pacs: PacsConfig
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    peers: tuple[PeerConfig, ...] = ()
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+
+    def peer(self, ae_title: str) -> PeerConfig | None:
+        """The configured peer with this AE title (AE titles compare without padding)."""
+        wanted = ae_title.strip()
+        for peer in self.peers:
+            if peer.ae_title == wanted:
+                return peer
+        return None
+
+    @property
+    def data_path(self) -> Path:
+        """``proxy.data_dir``, relative paths taken from the config file's folder."""
+        base = Path(self.path).parent if self.path else Path.cwd()
+        return (base / self.proxy.data_dir).resolve()
+
+
+class _Section:
+    """Reads one TOML table; every error names the file and the dotted key."""
+
+    def __init__(self, path: str, prefix: str, table: Any) -> None:
+        self.path = path
+        self.prefix = prefix
+        if not isinstance(table, Mapping):
+            raise ConfigError(path, prefix, f"must be a table, not {type(table).__name__}")
+        self.table: Mapping[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), problem)
+
+    def _get(self, name: str, default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is _REQUIRED:
+                raise self.error(name, "is required")
+            return default
+        return self.table[name]
+
+    def string(self, name: str, default: Any = _REQUIRED, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(name, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {type(value).__name__}")
+        value = _expand_env(value, self)
+        if choices and value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def ae_title(self, name: str, default: Any = _REQUIRED) -> str:
+        value = cast(str, self.string(name, default))
+        if not _AE_RE.match(value) or not value.strip():
+            raise self.error(
+                name, f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no '\\')"
+            )
+        return value.strip()
+
+    def integer(
+        self, name: str, default: Any = _REQUIRED, *, lo: int | None = None, hi: int | None = None
+    ) -> int:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, not {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.error(name, f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    def number(self, name: str, default: Any = _REQUIRED, *, lo: float = 0.0) -> float:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"must be a number, not {value!r}")
+        if value < lo:
+            raise self.error(name, f"must be >= {lo}, not {value}")
+        return float(value)
+
+    def boolean(self, name: str, default: Any = _REQUIRED) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {value!r}")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self._get(name, default)
+        if value is default:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(name, "must be a list of strings")
+        return tuple(_expand_env(v, self) for v in value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (check its spelling)")
+
+
+def _expand_env(value: str, section: _Section) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(section.path, section.prefix or None, f"environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV_RE.sub(repl, value)
+
+
+def _port(sec: _Section, name: str, default: Any = _REQUIRED) -> int:
+    return sec.integer(name, default, lo=0, hi=65535)
+
+
+def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
+    """Validate a parsed TOML document into a :class:`Config`."""
+    root = _Section(path, "", data)
+
+    def section(name: str, required: bool = True) -> _Section:
+        root.used.add(name)
+        if name not in data:
+            if required:
+                raise ConfigError(path, f"[{name}]", "section is required")
+            return _Section(path, name, {})
+        return _Section(path, name, data[name])
+
+    s = section("proxy", required=False)
+    d = ProxyConfig()
+    proxy = ProxyConfig(
+        ae_title=s.ae_title("ae_title", d.ae_title),
+        host=s.string("host", d.host),
+        port=_port(s, "port", d.port),
+        max_pdu=s.integer("max_pdu", d.max_pdu, lo=0),
+        acse_timeout=s.number("acse_timeout", d.acse_timeout),
+        dimse_timeout=s.number("dimse_timeout", d.dimse_timeout),
+        network_timeout=s.number("network_timeout", d.network_timeout),
+        maximum_associations=s.integer("maximum_associations", d.maximum_associations, lo=1),
+        drain_timeout=s.number("drain_timeout", d.drain_timeout),
+        data_dir=s.string("data_dir", d.data_dir),
+    )
+    s.finish()
+
+    s = section("hospital")
+    hospital = HospitalConfig(id=s.string("id"), name=s.string("name", ""))
+    if not hospital.id.strip():
+        raise s.error("id", "must not be empty")
+    s.finish()
+
+    s = section("view")
+    vd = ViewConfig(url="")
+    view = ViewConfig(
+        url=s.string("url"),
+        name=s.string("name", vd.name),
+        max_privacy=s.integer("max_privacy", vd.max_privacy, lo=0),
+        default_charset=s.string("default_charset", vd.default_charset, choices=CHARSETS),
+        name_style=s.string("name_style", vd.name_style, choices=NAME_STYLES),
+        pool_size=s.integer("pool_size", vd.pool_size, lo=1),
+        query_timeout=s.number("query_timeout", vd.query_timeout),
+        max_results=s.integer("max_results", vd.max_results, lo=0),
+    )
+    s.finish()
+
+    s = section("pacs")
+    pd = PacsConfig(ae_title="X", host="", port=0)
+    pacs = PacsConfig(
+        ae_title=s.ae_title("ae_title"),
+        host=s.string("host"),
+        port=_port(s, "port"),
+        retrieve=s.string("retrieve", pd.retrieve, choices=RETRIEVE_METHODS),
+        connect_timeout=s.number("connect_timeout", pd.connect_timeout),
+        acse_timeout=s.number("acse_timeout", pd.acse_timeout),
+        dimse_timeout=s.number("dimse_timeout", pd.dimse_timeout),
+        max_concurrent=s.integer("max_concurrent", pd.max_concurrent, lo=1),
+        max_pdu=s.integer("max_pdu", pd.max_pdu, lo=0),
+    )
+    s.finish()
+
+    s = section("compression", required=False)
+    cd = CompressionConfig()
+    compression = CompressionConfig(
+        mode=s.string("mode", cd.mode, choices=COMPRESSION_MODES),
+        lossless_syntaxes=s.strings("lossless_syntaxes", cd.lossless_syntaxes),
+        lossy_syntaxes=s.strings("lossy_syntaxes", cd.lossy_syntaxes),
+        j2k_ratio=s.number("j2k_ratio", cd.j2k_ratio),
+        j2k_psnr=s.number("j2k_psnr", cd.j2k_psnr),
+        jpegls_near=s.integer("jpegls_near", cd.jpegls_near, lo=0, hi=255),
+        uid_policy=s.string("uid_policy", cd.uid_policy, choices=("keep", "new")),
+        never_lossy_modalities=s.strings("never_lossy_modalities", cd.never_lossy_modalities),
+        never_lossy_sop_classes=s.strings("never_lossy_sop_classes", cd.never_lossy_sop_classes),
+        workers=s.integer("workers", cd.workers, lo=0),
+    )
+    s.finish()
+
+    root.used.add("peers")
+    raw_peers = data.get("peers", [])
+    if not isinstance(raw_peers, list):
+        raise ConfigError(path, "peers", "must be an array of tables ([[peers]])")
+    peers: list[PeerConfig] = []
+    for i, raw in enumerate(raw_peers):
+        s = _Section(path, f"peers[{i}]", raw)
+        comp = s.string("compression", None, choices=COMPRESSION_MODES)
+        style = s.string("name_style", None, choices=NAME_STYLES)
+        peer = PeerConfig(
+            ae_title=s.ae_title("ae_title"),
+            host=s.string("host"),
+            port=_port(s, "port"),
+            check_host=s.boolean("check_host", True),
+            compression=comp,
+            name_style=style,
+        )
+        s.finish()
+        if any(p.ae_title == peer.ae_title for p in peers):
+            raise s.error("ae_title", f"{peer.ae_title!r} is listed twice")
+        peers.append(peer)
+
+    s = section("logging", required=False)
+    ld = LoggingConfig()
+    logging_cfg = LoggingConfig(
+        level=s.string("level", ld.level, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        file=s.string("file", ld.file),
+        max_bytes=s.integer("max_bytes", ld.max_bytes, lo=1024),
+        backups=s.integer("backups", ld.backups, lo=0),
+        log_identifiers=s.boolean("log_identifiers", ld.log_identifiers),
+    )
+    s.finish()
+
+    s = section("journal", required=False)
+    journal = JournalConfig(url=s.string("url", ""))
+    s.finish()
+
+    root.finish()
+    return Config(
+        path=path,
+        proxy=proxy,
+        hospital=hospital,
+        view=view,
+        pacs=pacs,
+        compression=compression,
+        peers=tuple(peers),
+        logging=logging_cfg,
+        journal=journal,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(p, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(p, None, "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(p, None, f"invalid TOML: {exc}") from None
+    return parse_config(data, str(p.resolve()))

@@ -1,0 +1,36 @@
+"""The application context: everything a DIMSE handler needs, bound in once.
+
+Handlers receive this object as their bound argument (pynetdicom's ``(event, handler,
+[args])`` form), never reach for globals. Services that are not configured or not built
+yet are ``None`` and the handler answers with the matching DIMSE failure.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomproxy.config import Config
+
+
+@dataclass
+class AppContext:
+    config: Config
+    #: Set when the server starts draining; long handlers check it between instances.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    #: Exam view access (dicomproxy.view); None until built.
+    view: Any = None
+    #: Upstream PACS client(s) (dicomproxy.pacs); None until built.
+    pacs: Any = None
+    #: Job journal (dicomproxy.journal); None until built.
+    journal: Any = None
+    #: Relay service (dicomproxy.relay) for C-MOVE / C-GET; None until built.
+    relay: Any = None
+
+    def close(self) -> None:
+        """Release pools and files held by the services (idempotent)."""
+        for service in (self.relay, self.journal, self.pacs, self.view):
+            close = getattr(service, "close", None)
+            if callable(close):
+                close()

@@ -1,0 +1,99 @@
+"""Exceptions that carry their DICOM meaning.
+
+Every error a DIMSE service handler can meet is one of these. A handler catches
+:class:`DicomServiceError`, logs ``str(exc)`` once and answers ``exc.status`` (with
+``exc.comment`` as Error Comment (0000,0902) where the service allows one). Nothing here
+exits the process: only the CLI does that.
+
+Status values are from PS3.4 Annex C (Q/R) and PS3.7 Annex C; the 0xC0xx values in the
+"Unable to process" range are ours and documented in docs/statuses.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid.
+
+    The message always names the file and, where one is at fault, the key.
+    """
+
+    def __init__(self, path: Path | str | None, key: str | None, problem: str) -> None:
+        self.path = str(path) if path is not None else "<config>"
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class DicomServiceError(Exception):
+    """Base class: an error that becomes a DIMSE status for the peer."""
+
+    #: DIMSE status the peer gets (PS3.7 C).
+    status: int = 0xC000
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def comment(self) -> str:
+        """Error Comment (0000,0902): VR LO, at most 64 characters, no patient data."""
+        return str(self)[:64]
+
+
+class InvalidIdentifier(DicomServiceError):
+    """The request identifier is malformed (PS3.4 C.4.1.1.4: 0xA900 Identifier does not match SOP Class)."""
+
+    status = 0xA900
+
+
+class UnableToProcess(DicomServiceError):
+    """Generic failure, PS3.4 C.4.1.1.4 / C.4.2.1.5 0xC000-0xCFFF "Unable to process"."""
+
+    status = 0xC000
+
+
+class ViewUnavailable(UnableToProcess):
+    """The exam view's database cannot be reached or failed the query."""
+
+    status = 0xC001
+
+
+class PacsUnavailable(UnableToProcess):
+    """The PACS cannot be reached, refused the association, or failed the request."""
+
+    status = 0xC002
+
+
+class DestinationUnavailable(UnableToProcess):
+    """The C-MOVE destination cannot be reached or refused the association."""
+
+    status = 0xC003
+
+
+class MoveDestinationUnknown(DicomServiceError):
+    """PS3.4 C.4.2.1.5: 0xA801 Refused: Move Destination unknown."""
+
+    status = 0xA801
+
+
+class OutOfResources(DicomServiceError):
+    """PS3.4 C.4.2.1.5: 0xA701 Refused: Out of resources - unable to calculate number of matches."""
+
+    status = 0xA701
+
+
+class TooManySubOperations(DicomServiceError):
+    """PS3.4 C.4.2.1.5: 0xA702 is for sub-operation failures; >65535 sub-ops is 0xC516 in pynetdicom."""
+
+    status = 0xC516
+
+
+class SopClassNotSupported(DicomServiceError):
+    """PS3.7 C.5: 0x0122 SOP Class not supported."""
+
+    status = 0x0122

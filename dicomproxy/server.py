@@ -1,0 +1,184 @@
+"""The DICOM server: AE construction, presentation contexts, access control, lifecycle.
+
+``Server(config).run()`` serves until SIGINT/SIGTERM, then stops accepting, lets active
+associations finish within ``[proxy].drain_timeout`` and aborts the rest. A second signal
+aborts at once. Tests use :meth:`Server.start` / :meth:`Server.stop` on a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicomproxy import access
+from dicomproxy.config import Config
+from dicomproxy.context import AppContext
+from dicomproxy.handlers.echo import handle_echo
+from dicomproxy.net import NODELAY_HANDLERS
+
+LOG = logging.getLogger("dicomproxy.server")
+
+QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+QR_MOVE = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+QR_GET = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
+
+
+def build_ae(config: Config) -> AE:
+    """An AE that accepts Verification, Q/R FIND/MOVE/GET and every storage class.
+
+    Storage contexts accept every transfer syntax: the PACS's C-STOREs during our own
+    C-MOVE keep whatever encoding it holds. For C-GET (PS3.4 C.4.3) the requester acts
+    as storage SCP; role selection is accepted for it (``scp_role=True``).
+    """
+    ae = AE(ae_title=config.proxy.ae_title)
+    ae.maximum_pdu_size = config.proxy.max_pdu
+    ae.acse_timeout = config.proxy.acse_timeout
+    ae.dimse_timeout = config.proxy.dimse_timeout
+    ae.network_timeout = config.proxy.network_timeout or None
+    # +1: pynetdicom counts the association being negotiated itself.
+    ae.maximum_associations = config.proxy.maximum_associations
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for sop in (*QR_FIND, *QR_MOVE, *QR_GET):
+        ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is None:  # pragma: no cover - every listed context has one
+            continue
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    # Access control is ours (dicomproxy.access), with reasons in the log.
+    ae.require_calling_aet = []
+    ae.require_called_aet = False
+    return ae
+
+
+def _log_accepted(event: evt.Event) -> None:
+    assoc = event.assoc
+    LOG.info(
+        "association accepted: %s from %s:%s",
+        assoc.requestor.ae_title,
+        assoc.requestor.address,
+        assoc.requestor.port,
+    )
+
+
+def _log_aborted(event: evt.Event) -> None:
+    LOG.info("association aborted: %s", event.assoc.requestor.ae_title)
+
+
+def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
+    handlers: list[tuple[Any, ...]] = [
+        *NODELAY_HANDLERS,
+        (evt.EVT_REQUESTED, access.on_requested, [ctx.config]),
+        (evt.EVT_ACCEPTED, _log_accepted),
+        (evt.EVT_ABORTED, _log_aborted),
+        (evt.EVT_C_ECHO, handle_echo, [ctx]),
+    ]
+    # Feature handlers (C-FIND, C-MOVE, C-GET, C-STORE from the PACS) are added here.
+    return handlers
+
+
+class Server:
+    """One listening AE bound to one application context."""
+
+    def __init__(self, config: Config, ctx: AppContext | None = None) -> None:
+        self.config = config
+        self.ctx = ctx if ctx is not None else AppContext(config)
+        self.ae = build_ae(config)
+        self._server: Any = None
+        self._stop_requested = threading.Event()
+        self._force = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the config said 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start listening in background threads."""
+        self._server = self.ae.start_server(
+            (self.config.proxy.host, self.config.proxy.port),
+            block=False,
+            evt_handlers=build_handlers(self.ctx),
+        )
+        LOG.info(
+            "listening as %s on %s:%d",
+            self.config.proxy.ae_title,
+            self.config.proxy.host,
+            self.port,
+        )
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def stop(self, drain_timeout: float | None = None) -> bool:
+        """Stop accepting, wait for active associations, abort what is left.
+
+        Returns True if everything finished within the drain timeout.
+        """
+        timeout = self.config.proxy.drain_timeout if drain_timeout is None else drain_timeout
+        self.ctx.stopping.set()
+        if self._server is not None:
+            self._server.shutdown()  # stop listening; running associations continue
+            self._server = None
+        deadline = time.monotonic() + timeout
+        while self.active_associations() and time.monotonic() < deadline and not self._force:
+            time.sleep(0.05)
+        left = [a for a in self.ae.active_associations]
+        for assoc in left:
+            assoc.abort()
+        if left:
+            LOG.warning("drain timeout: aborted %d association(s)", len(left))
+        self.ae.shutdown()
+        self.ctx.close()
+        LOG.info("stopped")
+        return not left
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop; a second request forces it."""
+        if self._stop_requested.is_set():
+            self._force = True
+            LOG.warning("second stop request: aborting associations now")
+        self._stop_requested.set()
+
+    def run(self) -> bool:
+        """Serve until a stop request (signal), then drain. Returns True on a clean drain."""
+        self.start()
+        with self._signals():
+            self._stop_requested.wait()
+            LOG.info("stop requested: draining (timeout %.0f s)", self.config.proxy.drain_timeout)
+            return self.stop()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM request a stop; the previous handlers are restored afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the real DICOM peers the tests and the demo use (Debian packages), if missing:
+#   dcmtk (storescp, findscu, movescu, getscu, echoscu, dcmqrscp, dcmdjpeg, dcmdjpls),
+#   orthanc (the test PACS), dicom3tools (dciodvfy validator).
+# Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+need=()
+command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "setup-peers: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q >/dev/null
+    # --no-install-recommends keeps Orthanc from pulling in its plugins' servers.
+    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's orthanc package may start a system service on port 4242/8042; we run our own.
+if command -v service >/dev/null 2>&1 && pgrep -x Orthanc >/dev/null 2>&1 && [ -f /etc/init.d/orthanc ]; then
+    $SUDO service orthanc stop >/dev/null 2>&1 || true
+fi
+
+if [ "${1:-}" = "--with-databases" ]; then
+    if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        echo "setup-peers: starting PostgreSQL"
+        for v in $(ls /etc/postgresql 2>/dev/null); do
+            $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+        done
+    fi
+    if [ -x /usr/sbin/mariadbd ] && ! mariadb-admin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
+        echo "setup-peers: starting MariaDB"
+        $SUDO start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+        for _ in $(seq 1 50); do
+            mariadb-admin -uroot -h127.0.0.1 ping >/dev/null 2>&1 && break
+            sleep 0.2
+        done
+    fi
+fi

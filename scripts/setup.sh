@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system peers (setup-peers.sh), a virtualenv in .venv, the package.
+#   scripts/setup.sh           runtime only
+#   scripts/setup.sh test      with the test extras, and databases started
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+peers_args=()
+if [ "${1:-}" = "test" ]; then
+    extras="[test]"
+    peers_args=(--with-databases)
+fi
+
+scripts/setup-peers.sh "${peers_args[@]}"
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
+    echo "setup: Python >= 3.10 is required ($("$PY" --version 2>&1))" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)${extras}"
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

@@ -1,0 +1,196 @@
+"""Shared fixtures: configs, a running proxy on a free port, real Orthanc and DCMTK peers,
+exam views in SQLite / PostgreSQL / MariaDB."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from dicomproxy.config import Config, parse_config
+from dicomproxy.context import AppContext
+from dicomproxy.samples import StudySpec, demo_specs, exam_row, write_study
+from dicomproxy.server import Server
+from dicomproxy.testing import free_port, wait_for_echo
+from dicomproxy.testing.dcmtk import StoreSCP
+from dicomproxy.testing.orthanc import Orthanc
+from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from dicomproxy.view.model import exam_view_table
+
+PG_URL = os.environ.get("DICOMPROXY_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get(
+    "DICOMPROXY_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
+)
+
+ConfigFactory = Callable[..., Config]
+
+
+def base_config_dict(tmp: Path, view_url: str, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A valid config document; each keyword replaces/extends one section."""
+    doc: dict[str, Any] = {
+        "proxy": {
+            "ae_title": "DICOMPROXY",
+            "host": "127.0.0.1",
+            "port": 0,
+            "data_dir": str(tmp / "var"),
+            "drain_timeout": 5.0,
+        },
+        "hospital": {"id": "74580626", "name": "温岭市第一人民医院"},
+        "view": {"url": view_url, "name": "V_IMAGE_CLOUD"},
+        "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 1},
+        "peers": [{"ae_title": "jobserver", "host": "127.0.0.1", "port": 1}],
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(name), dict):
+            doc[name] = {**doc[name], **value}
+        else:
+            doc[name] = value
+    return doc
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'view.db'}"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, sqlite_url: str) -> ConfigFactory:
+    def factory(**sections: Any) -> Config:
+        return parse_config(base_config_dict(tmp_path, sqlite_url, **sections), str(tmp_path / "test.toml"))
+
+    return factory
+
+
+@pytest.fixture
+def run_proxy() -> Iterator[Callable[[Config], Server]]:
+    """Start a proxy for a config (port 0 → a free port) and stop it after the test."""
+    from dicomproxy.app import build_context
+
+    servers: list[Server] = []
+
+    def start(config: Config, ctx: AppContext | None = None) -> Server:
+        server = Server(config, ctx if ctx is not None else build_context(config))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(drain_timeout=2.0)
+
+
+# --- real peers ---------------------------------------------------------------------------------
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed; scripts/test.sh installs it")
+        pytest.skip(f"{tool} is not installed (run scripts/test.sh to install)")
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """The demo studies written once per session, by accession number."""
+    root = tmp_path_factory.mktemp("studies")
+    return {spec.accession: write_study(spec, root / spec.accession) for spec in demo_specs()}
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, demo_files: dict[str, list[Path]]) -> Iterator[Orthanc]:
+    """One real Orthanc per session, loaded with the demo studies. Tests must not delete them."""
+    _need("Orthanc")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    for paths in demo_files.values():
+        server.upload(paths)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
+    """Factory: ``storescp(ae_title="DEST", syntaxes="all")`` starts a real DCMTK storescp."""
+    _need("storescp")
+    started: list[StoreSCP] = []
+
+    def start(ae_title: str = "STORESCP", syntaxes: str = "all") -> StoreSCP:
+        scp = StoreSCP(tmp_path / f"scp-{ae_title}-{len(started)}", ae_title, syntaxes).start()
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
+
+
+@pytest.fixture
+def dcmtk() -> None:
+    _need("echoscu")
+
+
+# --- exam views ---------------------------------------------------------------------------------
+
+
+def _reachable(url: str) -> bool:
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class ViewDB:
+    kind: str
+    url: str
+    engine: Engine
+    name: str
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def view_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ViewDB]:
+    """An empty exam view (a table created without quoted names) in each real database.
+
+    PostgreSQL/MariaDB get a uniquely named table so parallel runs don't collide; an
+    unreachable server skips (fails under CI=true, where scripts/test.sh must start it).
+    """
+    kind = request.param
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'view.db'}"
+    else:
+        url = PG_URL if kind == "postgresql" else MARIADB_URL
+        if not _reachable(url):
+            if os.environ.get("CI"):
+                pytest.fail(f"{kind} at {url} is not reachable; scripts/test.sh starts it")
+            pytest.skip(f"{kind} at {url} is not reachable")
+    engine = create_engine(url)
+    name = f"v_test_{uuid.uuid4().hex[:8]}"
+    create_view_table(engine, name)
+    try:
+        yield ViewDB(kind, url, engine, name)
+    finally:
+        exam_view_table(name).drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+@pytest.fixture
+def sqlite_view(sqlite_url: str) -> Engine:
+    """The demo rows in a SQLite exam view at ``sqlite_url``."""
+    engine = create_engine(sqlite_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec) for spec in demo_specs()])
+    return engine
+
+
+__all__ = ["StudySpec", "free_port", "wait_for_echo"]

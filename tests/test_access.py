@@ -1,0 +1,86 @@
+"""Access control: who may associate, checked with real SCUs (DCMTK echoscu, pynetdicom)."""
+
+from __future__ import annotations
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
+from dicomproxy.net import Remote, c_echo
+from dicomproxy.testing.dcmtk import run_tool
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "ip", "accept", "rjd"),
+    [
+        ("jobserver", "DICOMPROXY", "127.0.0.1", True, None),
+        ("jobserver ", "DICOMPROXY      ", "127.0.0.1", True, None),
+        ("jobserver", "OTHER", "127.0.0.1", False, REJECT_CALLED_AE),
+        ("STRANGER", "DICOMPROXY", "127.0.0.1", False, REJECT_CALLING_AE),
+        ("jobserver", "DICOMPROXY", "10.9.9.9", False, REJECT_CALLING_AE),
+        ("ANYHOST", "DICOMPROXY", "10.9.9.9", True, None),
+        ("ORTHANC", "DICOMPROXY", "127.0.0.1", True, None),
+        ("ORTHANC", "DICOMPROXY", "10.1.1.1", False, REJECT_CALLING_AE),
+    ],
+)
+def test_decide(make_config, calling: str, called: str, ip: str, accept: bool, rjd: object) -> None:
+    cfg = make_config(
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
+            {"ae_title": "ANYHOST", "host": "192.0.2.1", "port": 104, "check_host": False},
+        ]
+    )
+    decision = decide(cfg, calling, called, ip)
+    assert decision.accept is accept
+    if rjd is not None:
+        assert decision.rjd == rjd and decision.reason
+
+
+def test_pynetdicom_echo_accepted_and_rejected(
+    make_config, run_proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
+            {"ae_title": "FARAWAY", "host": "192.0.2.7", "port": 104},
+        ]
+    )
+    server = run_proxy(cfg)
+    ok = c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port))
+    assert ok.ok, ok.detail
+    for calling, called, reason in [
+        ("STRANGER", "DICOMPROXY", "calling AE title 'STRANGER' is not a configured peer"),
+        ("jobserver", "NOTUS", "called AE title 'NOTUS' is not ours"),
+        ("FARAWAY", "DICOMPROXY", "peer 'FARAWAY' must connect from 192.0.2.7"),
+    ]:
+        caplog.clear()
+        result = c_echo(calling, Remote(called, "127.0.0.1", server.port))
+        assert not result.ok and "rejected" in result.detail
+        assert any(reason in r.getMessage() and "127.0.0.1" in r.getMessage() for r in caplog.records)
+    # still serving after the rejections
+    assert c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port)).ok
+
+
+def test_rejection_reasons_on_the_wire(make_config, run_proxy) -> None:
+    server = run_proxy(make_config())
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == REJECT_CALLING_AE
+    ae.shutdown()
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_dcmtk_echoscu(make_config, run_proxy) -> None:
+    server = run_proxy(make_config())
+    good = run_tool("echoscu", "-aet", "jobserver", "-aec", "DICOMPROXY", "127.0.0.1", str(server.port))
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad_calling = run_tool("echoscu", "-aet", "INTRUDER", "-aec", "DICOMPROXY", "127.0.0.1", str(server.port))
+    assert bad_calling.returncode != 0
+    assert "Calling AE Title Not Recognized" in bad_calling.stdout + bad_calling.stderr
+    bad_called = run_tool("echoscu", "-aet", "jobserver", "-aec", "WRONG", "127.0.0.1", str(server.port))
+    assert bad_called.returncode != 0
+    assert "Called AE Title Not Recognized" in bad_called.stdout + bad_called.stderr
