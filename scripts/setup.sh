@@ -24,8 +24,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)${extras}"
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+    log=".venv/pip-install.log"
+    if ! { .venv/bin/python -m pip install -q --disable-pip-version-check -U pip &&
+           .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log above, kept in $log)" >&2
+        exit 1
+    fi
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
