@@ -77,7 +77,9 @@ def step(title: str, args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dir", type=Path, default=Path(".demo"), help="working folder (recreated)")
     parser.add_argument("--keep", action="store_true", help="keep serving until Ctrl-C")
     opts = parser.parse_args(argv)
@@ -102,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         cloud = StoreSCP(folder / "jobserver", ae_title="jobserver").start()
         started.append(cloud)
         proxy_port = free_port()
-        pacs = Orthanc(folder / "orthanc", modalities={"dicomproxy": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
+        pacs = Orthanc(
+            folder / "orthanc", modalities={"dicomproxy": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+        )
         pacs.start()
         started.append(pacs)
         for paths in files.values():
             pacs.upload(paths)
-        print(f"PACS: Orthanc {pacs.remote} holding {pacs.instance_count()} instances; cloud: storescp {cloud.remote}")
+        print(
+            f"PACS: Orthanc {pacs.remote} holding {pacs.instance_count()} instances; cloud: storescp {cloud.remote}"
+        )
 
         config = write_config(folder, proxy_port, pacs.remote, cloud.remote)
         proxy = Process([*CLI, "serve", "-c", str(config)], folder / "dicomproxy.log")
@@ -115,16 +121,59 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", proxy_port), calling="jobserver", proc=proxy.proc)
         print(f"dicomproxy serving on 127.0.0.1:{proxy_port} (log: {folder / 'dicomproxy.log'})")
 
-        target = ["--host", "127.0.0.1", "--port", str(proxy_port), "--aet", "DICOMPROXY", "--calling", "jobserver"]
+        target = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(proxy_port),
+            "--aet",
+            "DICOMPROXY",
+            "--calling",
+            "jobserver",
+        ]
         failures += step("echo", [*CLI, "echo", *target]) != 0
         failures += step("echo the PACS", [*CLI, "echo", "-c", str(config)]) != 0
         if _has_command("find"):
-            failures += step("find", [*CLI, "find", *target, "--level", "STUDY", "-k", "PatientName=王*",
-                                      "-k", "StudyDate=", "-k", "AccessionNumber=", "-k", "ModalitiesInStudy="]) != 0
+            failures += (
+                step(
+                    "find",
+                    [
+                        *CLI,
+                        "find",
+                        *target,
+                        "--level",
+                        "STUDY",
+                        "-k",
+                        "PatientName=王*",
+                        "-k",
+                        "StudyDate=",
+                        "-k",
+                        "AccessionNumber=",
+                        "-k",
+                        "ModalitiesInStudy=",
+                    ],
+                )
+                != 0
+            )
         if _has_command("move"):
             expected = len(files["A0001"])
-            failures += step("move", [*CLI, "move", *target, "--level", "STUDY", "--dest", "jobserver",
-                                      "-k", "AccessionNumber=A0001"]) != 0
+            failures += (
+                step(
+                    "move",
+                    [
+                        *CLI,
+                        "move",
+                        *target,
+                        "--level",
+                        "STUDY",
+                        "--dest",
+                        "jobserver",
+                        "-k",
+                        "AccessionNumber=A0001",
+                    ],
+                )
+                != 0
+            )
             got = len(cloud.received())
             print(f"jobserver received {got} of {expected} instances of accession A0001")
             failures += got != expected
