@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         for paths in files.values():
             pacs.upload(paths)
         print(
-            f"PACS: Orthanc {pacs.remote} holding {pacs.instance_count()} instances; cloud: storescp {cloud.remote}"
+            f"PACS: Orthanc {pacs.remote} holding {pacs.instance_count()} instances;",
+            f"cloud: storescp {cloud.remote}",
         )
 
         config = write_config(folder, proxy_port, pacs.remote, cloud.remote)
@@ -179,10 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             failures += got != expected
         if opts.keep:
             print("serving; Ctrl-C to stop")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 proxy.proc.wait()
-            except KeyboardInterrupt:
-                pass
     finally:
         for item in reversed(started):
             item.stop()  # type: ignore[attr-defined]
