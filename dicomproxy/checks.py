@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config
 from dicomproxy.net import Remote, c_echo
+from dicomproxy.tls import client_tls_args
 from dicomproxy.view.model import COLUMN_NAMES, exam_view_table
 
 
@@ -73,5 +74,10 @@ def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[Chec
         finally:
             engine.dispose()
     pacs = Remote(config.pacs.ae_title, config.pacs.host, config.pacs.port)
-    result = c_echo(config.proxy.ae_title, pacs, timeout=timeout)
+    try:
+        tls_args = client_tls_args(config.pacs.tls, pacs.host)
+    except (OSError, ValueError) as exc:
+        yield CheckResult("pacs echo", False, f"TLS set-up: {exc}")
+        return
+    result = c_echo(config.proxy.ae_title, pacs, timeout=timeout, tls_args=tls_args)
     yield CheckResult("pacs echo", result.ok, result.detail)

@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 import click
 
 from dicomproxy import __version__
-from dicomproxy.config import Config, load_config
+from dicomproxy.config import Config, TlsConfig, load_config
 from dicomproxy.errors import ConfigError
 from dicomproxy.logsetup import setup_logging
 from dicomproxy.net import Remote, c_echo
+from dicomproxy.tls import client_tls_args
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,6 +117,7 @@ def echo(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     config = load_or_exit(config_path) if config_path else None
     calling_ae = calling or (config.proxy.ae_title if config else "DICOMPROXY")
+    tls: TlsConfig | None = None
     if host is not None or port is not None:
         if host is None or port is None:
             raise click.UsageError("--host and --port go together")
@@ -128,11 +130,18 @@ def echo(
             click.echo(f"FAIL: {peer_name!r} is not a configured peer", err=True)
             sys.exit(1)
         remote = Remote(peer.ae_title, peer.host, peer.port)
+        tls = peer.tls
     elif config is not None:
         remote = Remote(config.pacs.ae_title, config.pacs.host, config.pacs.port)
+        tls = config.pacs.tls
     else:
         raise click.UsageError("give -c FILE, --peer NAME, or --host and --port")
-    result = c_echo(calling_ae, remote, timeout=timeout)
+    try:
+        tls_args = client_tls_args(tls, remote.host)
+    except (OSError, ValueError) as exc:
+        click.echo(f"FAIL: TLS set-up: {exc}", err=True)
+        sys.exit(1)
+    result = c_echo(calling_ae, remote, timeout=timeout, tls_args=tls_args)
     if result.ok:
         click.echo(f"OK: {result.detail}")
         return

@@ -41,6 +41,22 @@ _REQUIRED: Any = object()
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """DICOM TLS for one side (PS3.15 B.1). Paths are resolved against the config file's folder."""
+
+    #: PEM certificate (chain); required inbound, optional outbound (client certificate).
+    cert: str = ""
+    #: PEM private key; empty = the key is in ``cert``.
+    key: str = ""
+    #: PEM CA bundle: inbound, to verify client certificates; outbound, to verify the remote.
+    ca: str = ""
+    #: Inbound only: reject clients without a certificate signed by ``ca``.
+    require_client_cert: bool = False
+    #: Outbound only: the remote certificate must name the host we connect to.
+    check_hostname: bool = False
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """This node: the "DICOM 服务地址/端口/标识" handed to the cloud."""
 
@@ -60,6 +76,8 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
+    #: Inbound DICOM TLS; None = plain TCP.
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,8 @@ class PacsConfig:
     dimse_timeout: float = 120.0
     max_concurrent: int = 4
     max_pdu: int = 0
+    #: Outbound DICOM TLS to the PACS; None = plain TCP.
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,8 @@ class PeerConfig:
     check_host: bool = True
     compression: CompressionMode | None = None
     name_style: NameStyle | None = None
+    #: Outbound DICOM TLS when we C-STORE to this peer; None = plain TCP.
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +287,36 @@ def _expand_env(value: str, section: _Section) -> str:
     return _ENV_RE.sub(repl, value)
 
 
+def _tls(parent: _Section, *, inbound: bool) -> TlsConfig | None:
+    """An optional ``tls`` sub-table; file paths must exist."""
+    parent.used.add("tls")
+    if "tls" not in parent.table:
+        return None
+    s = _Section(parent.path, parent.key("tls"), parent.table["tls"])
+    base = Path(parent.path).parent if parent.path and not parent.path.startswith("<") else Path.cwd()
+
+    def file(name: str, required: bool) -> str:
+        value = cast(str, s.string(name, _REQUIRED if required else ""))
+        if not value:
+            return ""
+        resolved = (base / value).resolve()
+        if not resolved.is_file():
+            raise s.error(name, f"file {resolved} does not exist")
+        return str(resolved)
+
+    cfg = TlsConfig(
+        cert=file("cert", required=inbound),
+        key=file("key", required=False),
+        ca=file("ca", required=False),
+        require_client_cert=s.boolean("require_client_cert", False) if inbound else False,
+        check_hostname=s.boolean("check_hostname", False) if not inbound else False,
+    )
+    if cfg.require_client_cert and not cfg.ca:
+        raise s.error("ca", "is required when require_client_cert = true")
+    s.finish()
+    return cfg
+
+
 def _port(sec: _Section, name: str, default: Any = _REQUIRED) -> int:
     return sec.integer(name, default, lo=0, hi=65535)
 
@@ -294,6 +346,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         maximum_associations=s.integer("maximum_associations", d.maximum_associations, lo=1),
         drain_timeout=s.number("drain_timeout", d.drain_timeout),
         data_dir=s.string("data_dir", d.data_dir),
+        tls=_tls(s, inbound=True),
     )
     s.finish()
 
@@ -329,6 +382,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         dimse_timeout=s.number("dimse_timeout", pd.dimse_timeout),
         max_concurrent=s.integer("max_concurrent", pd.max_concurrent, lo=1),
         max_pdu=s.integer("max_pdu", pd.max_pdu, lo=0),
+        tls=_tls(s, inbound=False),
     )
     s.finish()
 
@@ -364,6 +418,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
             check_host=s.boolean("check_host", True),
             compression=comp,
             name_style=style,
+            tls=_tls(s, inbound=False),
         )
         s.finish()
         if any(p.ae_title == peer.ae_title for p in peers):

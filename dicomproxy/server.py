@@ -32,6 +32,7 @@ from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.handlers.echo import handle_echo
 from dicomproxy.net import NODELAY_HANDLERS
+from dicomproxy.tls import server_context
 
 LOG = logging.getLogger("dicomproxy.server")
 
@@ -113,16 +114,19 @@ class Server:
 
     def start(self) -> None:
         """Start listening in background threads."""
+        tls = self.config.proxy.tls
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
             block=False,
             evt_handlers=build_handlers(self.ctx),
+            ssl_context=server_context(tls) if tls else None,
         )
         LOG.info(
-            "listening as %s on %s:%d",
+            "listening as %s on %s:%d%s",
             self.config.proxy.ae_title,
             self.config.proxy.host,
             self.port,
+            " (TLS)" if tls else "",
         )
 
     def active_associations(self) -> int:

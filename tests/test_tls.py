@@ -1,0 +1,104 @@
+"""DICOM TLS (PS3.15 Annex B) inbound, with real DCMTK echoscu and pynetdicom clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+
+from dicomproxy.config import TlsConfig
+from dicomproxy.errors import ConfigError
+from dicomproxy.net import Remote, c_echo
+from dicomproxy.testing.dcmtk import run_tool
+from dicomproxy.tls import client_tls_args
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1, a trusted and an untrusted client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    ca, rogue = trustme.CA(), trustme.CA()
+    files = {
+        "ca": d / "ca.pem",
+        "server": d / "server.pem",
+        "client": d / "client.pem",
+        "client_key": d / "client.key",
+        "client_crt": d / "client.crt",
+        "rogue_key": d / "rogue.key",
+        "rogue_crt": d / "rogue.crt",
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(files["server"]))
+    client = ca.issue_cert("jobserver")
+    client.private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_crt"]))
+    bad = rogue.issue_cert("jobserver")
+    bad.private_key_pem.write_to_path(str(files["rogue_key"]))
+    bad.cert_chain_pems[0].write_to_path(str(files["rogue_crt"]))
+    return files
+
+
+@pytest.fixture
+def tls_proxy(make_config, run_proxy, pki):
+    cfg = make_config(
+        proxy={"tls": {"cert": str(pki["server"]), "ca": str(pki["ca"]), "require_client_cert": True}}
+    )
+    return run_proxy(cfg)
+
+
+def test_pynetdicom_client_with_trusted_cert(tls_proxy, pki) -> None:
+    args = client_tls_args(TlsConfig(cert=str(pki["client"]), ca=str(pki["ca"])), "127.0.0.1")
+    result = c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", tls_proxy.port), tls_args=args)
+    assert result.ok, result.detail
+
+
+def test_plain_tcp_client_is_refused(tls_proxy) -> None:
+    result = c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", tls_proxy.port), timeout=5)
+    assert not result.ok
+
+
+def test_untrusted_client_cert_is_refused(tls_proxy, pki) -> None:
+    args = client_tls_args(
+        TlsConfig(cert=str(pki["rogue_crt"]), key=str(pki["rogue_key"]), ca=str(pki["ca"])), "127.0.0.1"
+    )
+    result = c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", tls_proxy.port), tls_args=args, timeout=5)
+    assert not result.ok
+    # and the server keeps serving trusted clients
+    good = client_tls_args(TlsConfig(cert=str(pki["client"]), ca=str(pki["ca"])), "127.0.0.1")
+    assert c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", tls_proxy.port), tls_args=good).ok
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_dcmtk_echoscu_tls(tls_proxy, pki) -> None:
+    common = ["-aet", "jobserver", "-aec", "DICOMPROXY", "+cf", str(pki["ca"])]
+    ok = run_tool(
+        "echoscu",
+        *common,
+        "+tls",
+        str(pki["client_key"]),
+        str(pki["client_crt"]),
+        "127.0.0.1",
+        str(tls_proxy.port),
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rogue = run_tool(
+        "echoscu",
+        *common,
+        "+tls",
+        str(pki["rogue_key"]),
+        str(pki["rogue_crt"]),
+        "127.0.0.1",
+        str(tls_proxy.port),
+    )
+    assert rogue.returncode != 0
+
+
+def test_tls_config_errors(make_config, pki, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"proxy\.tls\.cert: file .* does not exist"):
+        make_config(proxy={"tls": {"cert": str(tmp_path / "missing.pem")}})
+    with pytest.raises(ConfigError, match=r"proxy\.tls\.ca: is required when require_client_cert"):
+        make_config(proxy={"tls": {"cert": str(pki["server"]), "require_client_cert": True}})
+    with pytest.raises(ConfigError, match=r"pacs\.tls\.require_client_cert: unknown key"):
+        make_config(pacs={"ae_title": "P", "host": "h", "port": 1, "tls": {"require_client_cert": True}})
