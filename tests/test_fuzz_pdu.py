@@ -1,0 +1,96 @@
+"""Hostile bytes on the wire: random and malformed PDUs never crash or hang the proxy.
+
+Bounded for CI (``HYPOTHESIS_PROFILE=long`` runs more examples locally). After every example the
+proxy must still answer a C-ECHO from a legitimate peer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dicomproxy.net import Remote, c_echo
+
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory):
+    from dicomproxy.config import parse_config
+    from dicomproxy.server import Server
+    from tests.conftest import base_config_dict
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    cfg = parse_config(
+        base_config_dict(
+            tmp,
+            f"sqlite:///{tmp / 'v.db'}",
+            proxy={"acse_timeout": 2.0, "dimse_timeout": 2.0, "network_timeout": 2.0},
+        ),
+        str(tmp / "c.toml"),
+    )
+    server = Server(cfg)
+    server.start()
+    yield server
+    server.stop(drain_timeout=1.0)
+
+
+def _send(port: int, payload: bytes) -> None:
+    """Send bytes, read whatever comes back until the proxy closes or 3 s pass."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass  # a reset is a fine answer to garbage
+
+
+def _assoc_rq(called: bytes, calling: bytes, items: bytes) -> bytes:
+    body = struct.pack(">HH", 1, 0) + called.ljust(16)[:16] + calling.ljust(16)[:16] + bytes(32) + items
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def _alive(port: int) -> bool:
+    return c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", port), timeout=5).ok
+
+
+@settings(settings.get_profile(PROFILE))
+@given(payload=st.binary(min_size=1, max_size=2048))
+def test_random_bytes(proxy, payload: bytes) -> None:
+    _send(proxy.port, payload)
+    assert _alive(proxy.port)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(
+    pdu_type=st.sampled_from([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0xFF]),
+    declared=st.integers(min_value=0, max_value=2**32 - 1),
+    body=st.binary(max_size=512),
+)
+def test_bad_pdu_headers(proxy, pdu_type: int, declared: int, body: bytes) -> None:
+    _send(proxy.port, struct.pack(">BBI", pdu_type, 0, declared) + body)
+    assert _alive(proxy.port)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(
+    called=st.binary(max_size=16),
+    calling=st.binary(max_size=16),
+    items=st.binary(max_size=600),
+)
+def test_malformed_associate_rq(proxy, called: bytes, calling: bytes, items: bytes) -> None:
+    _send(proxy.port, _assoc_rq(called, calling, items))
+    assert _alive(proxy.port)
