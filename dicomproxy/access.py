@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -66,7 +68,39 @@ def decide(config: Config, calling: str, called: str, remote_ip: str) -> Decisio
     return Decision(False, f"calling AE title {calling!r} is not a configured peer", REJECT_CALLING_AE)
 
 
-def on_requested(event: evt.Event, config: Config) -> None:
+def permitted(config: Config, calling: str, service: str) -> bool:
+    """Whether the calling AE may use ``service`` ("echo", "find", "move", "get").
+
+    Handlers call this first and answer 0x0124 "Refused: Not authorized" (PS3.7 Annex C general
+    status, :class:`~dicomproxy.errors.NotAuthorized`) when it is false.
+    """
+    peer = config.peer(calling)
+    return peer is not None and service in peer.services
+
+
+class RejectionLog:
+    """One WARNING per remote address per ``window`` seconds; the rest are counted and summarised."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warn(self, remote_ip: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._last.get(remote_ip, (-1e18, 0))
+            if now - last < self.window:
+                self._last[remote_ip] = (last, suppressed + 1)
+                return
+            self._last[remote_ip] = (now, 0)
+            if len(self._last) > 4096:  # bound memory under a scan from many addresses
+                self._last = {remote_ip: (now, 0)}
+        more = f" ({suppressed} more rejection(s) from this address were not logged)" if suppressed else ""
+        LOG.warning("association from %s rejected: %s%s", remote_ip, reason, more)
+
+
+def on_requested(event: evt.Event, config: Config, log: RejectionLog) -> None:
     """EVT_REQUESTED handler: reject before any negotiation if ``decide`` says so."""
     assoc = event.assoc
     rq = assoc.requestor.primitive
@@ -76,7 +110,7 @@ def on_requested(event: evt.Event, config: Config) -> None:
     decision = decide(config, rq.calling_ae_title, rq.called_ae_title, remote_ip)
     if decision.accept:
         return
-    LOG.warning("association from %s rejected: %s", remote_ip, decision.reason)
+    log.warn(remote_ip, decision.reason)
     assoc.acse.send_reject(*decision.rjd)
     assoc.is_rejected = True
     evt.trigger(assoc, evt.EVT_REJECTED, {})

@@ -32,6 +32,8 @@ RETRIEVE_METHODS: tuple[str, ...] = ("c-move", "c-get")
 COMPRESSION_MODES: tuple[str, ...] = ("none", "lossless", "lossy")
 NAME_STYLES: tuple[str, ...] = ("ideographic", "single", "pinyin")
 CHARSETS: tuple[str, ...] = ("ISO_IR 192", "GB18030", "GBK")
+#: DIMSE services a peer may be allowed to use.
+SERVICES: tuple[str, ...] = ("echo", "find", "move", "get")
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, 16 chars, no backslash
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -150,6 +152,8 @@ class PeerConfig:
     name_style: NameStyle | None = None
     #: Outbound DICOM TLS when we C-STORE to this peer; None = plain TCP.
     tls: TlsConfig | None = None
+    #: Services this peer may request (PS3.4 A, C); others are refused with their DIMSE status.
+    services: tuple[str, ...] = SERVICES
 
 
 @dataclass(frozen=True)
@@ -419,7 +423,11 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
             compression=comp,
             name_style=style,
             tls=_tls(s, inbound=False),
+            services=s.strings("services", SERVICES),
         )
+        bad = [x for x in peer.services if x not in SERVICES]
+        if bad:
+            raise s.error("services", f"unknown service {bad[0]!r}; expected some of {', '.join(SERVICES)}")
         s.finish()
         if any(p.ae_title == peer.ae_title for p in peers):
             raise s.error("ae_title", f"{peer.ae_title!r} is listed twice")

@@ -11,12 +11,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomproxy.access import RejectionLog
 from dicomproxy.config import Config
 
 
 @dataclass
 class AppContext:
     config: Config
+    #: Rate-limited log of rejected associations (one line per address per minute).
+    rejections: RejectionLog = field(default_factory=RejectionLog)
     #: Set when the server starts draining; long handlers check it between instances.
     stopping: threading.Event = field(default_factory=threading.Event)
     #: Exam view access (dicomproxy.view); None until built.

@@ -97,3 +97,9 @@ class SopClassNotSupported(DicomServiceError):
     """PS3.7 C.5: 0x0122 SOP Class not supported."""
 
     status = 0x0122
+
+
+class NotAuthorized(DicomServiceError):
+    """PS3.7 C.5.x general status 0x0124 "Refused: Not authorized" (peer lacks the service permission)."""
+
+    status = 0x0124

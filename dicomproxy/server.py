@@ -85,7 +85,7 @@ def _log_aborted(event: evt.Event) -> None:
 def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
     handlers: list[tuple[Any, ...]] = [
         *NODELAY_HANDLERS,
-        (evt.EVT_REQUESTED, access.on_requested, [ctx.config]),
+        (evt.EVT_REQUESTED, access.on_requested, [ctx.config, ctx.rejections]),
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),

@@ -47,6 +47,7 @@ def test_pynetdicom_echo_accepted_and_rejected(
         ]
     )
     server = run_proxy(cfg)
+    server.ctx.rejections.window = 0.0  # log every rejection (rate limiting is tested below)
     ok = c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port))
     assert ok.ok, ok.detail
     for calling, called, reason in [
@@ -84,3 +85,45 @@ def test_dcmtk_echoscu(make_config, run_proxy) -> None:
     bad_called = run_tool("echoscu", "-aet", "jobserver", "-aec", "WRONG", "127.0.0.1", str(server.port))
     assert bad_called.returncode != 0
     assert "Called AE Title Not Recognized" in bad_called.stdout + bad_called.stderr
+
+
+def test_per_peer_services(make_config, run_proxy) -> None:
+    from dicomproxy.access import permitted
+
+    cfg = make_config(
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
+            {"ae_title": "FINDONLY", "host": "127.0.0.1", "port": 104, "services": ["find"]},
+        ]
+    )
+    assert permitted(cfg, "jobserver", "move") and permitted(cfg, "FINDONLY", "find")
+    assert not permitted(cfg, "FINDONLY", "echo") and not permitted(cfg, "ORTHANC", "find")
+    server = run_proxy(cfg)
+    ae = AE(ae_title="FINDONLY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0124
+    assoc.release()
+    ae.shutdown()
+
+
+def test_unknown_service_in_config(make_config) -> None:
+    from dicomproxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"peers\[0\]\.services: unknown service 'store'"):
+        make_config(peers=[{"ae_title": "X", "host": "h", "port": 1, "services": ["store"]}])
+
+
+def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    from dicomproxy.access import RejectionLog
+
+    log = RejectionLog(window=3600)
+    for _ in range(5):
+        log.warn("192.0.2.1", "calling AE title 'X' is not a configured peer")
+    log.warn("192.0.2.2", "other")
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(lines) == 2
+    log.window = 0.0
+    log.warn("192.0.2.1", "again")
+    assert "4 more rejection(s)" in caplog.records[-1].getMessage()

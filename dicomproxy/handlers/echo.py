@@ -6,7 +6,9 @@ import logging
 
 from pynetdicom import evt
 
+from dicomproxy.access import permitted
 from dicomproxy.context import AppContext
+from dicomproxy.errors import NotAuthorized
 
 LOG = logging.getLogger("dicomproxy.echo")
 
@@ -14,6 +16,10 @@ SUCCESS = 0x0000
 
 
 def handle_echo(event: evt.Event, ctx: AppContext) -> int:
-    """Verification always succeeds once the association was accepted."""
-    LOG.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+    """Verification succeeds for peers allowed the "echo" service, else 0x0124 Not authorized."""
+    calling = event.assoc.requestor.ae_title
+    if not permitted(ctx.config, calling, "echo"):
+        LOG.warning("C-ECHO from %s refused: service not permitted for this peer", calling)
+        return NotAuthorized.status
+    LOG.info("C-ECHO from %s", calling)
     return SUCCESS
