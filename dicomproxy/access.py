@@ -59,11 +59,11 @@ def decide(config: Config, calling: str, called: str, remote_ip: str) -> Decisio
         if peer.check_host and not host_matches(peer.host, remote_ip):
             return Decision(False, f"peer {calling!r} must connect from {peer.host}", REJECT_CALLING_AE)
         return Decision(True)
-    if calling == config.pacs.ae_title:
-        if not host_matches(config.pacs.host, remote_ip):
-            return Decision(
-                False, f"PACS {calling!r} must connect from {config.pacs.host}", REJECT_CALLING_AE
-            )
+    archive = config.archive_for_ae(calling)
+    if archive is not None:  # an archive's C-STOREs during our own C-MOVE retrievals
+        if not host_matches(archive.host, remote_ip):
+            reason = f"archive {calling!r} must connect from {archive.host}"
+            return Decision(False, reason, REJECT_CALLING_AE)
         return Decision(True)
     return Decision(False, f"calling AE title {calling!r} is not a configured peer", REJECT_CALLING_AE)
 

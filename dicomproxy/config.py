@@ -109,7 +109,7 @@ class ViewConfig:
 
 @dataclass(frozen=True)
 class PacsConfig:
-    """The hospital PACS (the default archive)."""
+    """An upstream archive: ``[pacs]`` (the default) or one ``[[archives]]`` entry."""
 
     ae_title: str
     host: str
@@ -122,6 +122,15 @@ class PacsConfig:
     max_pdu: int = 0
     #: Outbound DICOM TLS to the PACS; None = plain TCP.
     tls: TlsConfig | None = None
+    #: Name used in logs and the journal ("pacs" for the ``[pacs]`` table).
+    name: str = "pacs"
+    #: View ``Sysid`` values this archive serves; empty on ``[pacs]`` = every exam no other archive claims.
+    sysids: tuple[str, ...] = ()
+    #: Optional narrowing by the view's ``ExamineType`` (modality); empty = any.
+    modalities: tuple[str, ...] = ()
+
+
+ArchiveConfig = PacsConfig
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,8 @@ class Config:
     pacs: PacsConfig
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     peers: tuple[PeerConfig, ...] = ()
+    #: Further upstream archives, routed by the view's Sysid (see dicomproxy.routing).
+    archives: tuple[PacsConfig, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
 
@@ -191,6 +202,15 @@ class Config:
             if peer.ae_title == wanted:
                 return peer
         return None
+
+    @property
+    def all_archives(self) -> tuple[PacsConfig, ...]:
+        """``[pacs]`` first, then every ``[[archives]]`` entry."""
+        return (self.pacs, *self.archives)
+
+    def archive_for_ae(self, ae_title: str) -> PacsConfig | None:
+        wanted = ae_title.strip()
+        return next((a for a in self.all_archives if a.ae_title == wanted), None)
 
     @property
     def data_path(self) -> Path:
@@ -325,6 +345,28 @@ def _port(sec: _Section, name: str, default: Any = _REQUIRED) -> int:
     return sec.integer(name, default, lo=0, hi=65535)
 
 
+def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
+    """``[pacs]`` (``fixed_name`` = "pacs") or one ``[[archives]]`` entry (its own ``name``)."""
+    d = PacsConfig(ae_title="X", host="", port=0)
+    archive = PacsConfig(
+        ae_title=s.ae_title("ae_title"),
+        host=s.string("host"),
+        port=_port(s, "port"),
+        retrieve=s.string("retrieve", d.retrieve, choices=RETRIEVE_METHODS),
+        connect_timeout=s.number("connect_timeout", d.connect_timeout),
+        acse_timeout=s.number("acse_timeout", d.acse_timeout),
+        dimse_timeout=s.number("dimse_timeout", d.dimse_timeout),
+        max_concurrent=s.integer("max_concurrent", d.max_concurrent, lo=1),
+        max_pdu=s.integer("max_pdu", d.max_pdu, lo=0),
+        tls=_tls(s, inbound=False),
+        name=fixed_name if fixed_name is not None else s.string("name"),
+        sysids=tuple(x.strip().upper() for x in s.strings("sysids", ())),
+        modalities=tuple(x.strip().upper() for x in s.strings("modalities", ())),
+    )
+    s.finish()
+    return archive
+
+
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     root = _Section(path, "", data)
@@ -374,21 +416,21 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     )
     s.finish()
 
-    s = section("pacs")
-    pd = PacsConfig(ae_title="X", host="", port=0)
-    pacs = PacsConfig(
-        ae_title=s.ae_title("ae_title"),
-        host=s.string("host"),
-        port=_port(s, "port"),
-        retrieve=s.string("retrieve", pd.retrieve, choices=RETRIEVE_METHODS),
-        connect_timeout=s.number("connect_timeout", pd.connect_timeout),
-        acse_timeout=s.number("acse_timeout", pd.acse_timeout),
-        dimse_timeout=s.number("dimse_timeout", pd.dimse_timeout),
-        max_concurrent=s.integer("max_concurrent", pd.max_concurrent, lo=1),
-        max_pdu=s.integer("max_pdu", pd.max_pdu, lo=0),
-        tls=_tls(s, inbound=False),
-    )
-    s.finish()
+    pacs = _archive(section("pacs"), "pacs")
+
+    root.used.add("archives")
+    raw_archives = data.get("archives", [])
+    if not isinstance(raw_archives, list):
+        raise ConfigError(path, "archives", "must be an array of tables ([[archives]])")
+    archives: list[PacsConfig] = []
+    for i, raw in enumerate(raw_archives):
+        s = _Section(path, f"archives[{i}]", raw)
+        archive = _archive(s, None)
+        if not archive.sysids:
+            raise s.error("sysids", "is required (which view Sysid values this archive serves)")
+        if archive.name in {a.name for a in (pacs, *archives)}:
+            raise s.error("name", f"{archive.name!r} is used twice")
+        archives.append(archive)
 
     s = section("compression", required=False)
     cd = CompressionConfig()
@@ -457,6 +499,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         pacs=pacs,
         compression=compression,
         peers=tuple(peers),
+        archives=tuple(archives),
         logging=logging_cfg,
         journal=journal,
     )
