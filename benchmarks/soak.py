@@ -1,0 +1,198 @@
+"""Soak benchmark (not a test): mixed C-FIND and C-MOVE load against a running proxy.
+
+    .venv/bin/python benchmarks/soak.py --minutes 30          # the issue's soak: 20 find + 4 move workers
+    .venv/bin/python benchmarks/soak.py --minutes 1           # a quick look
+
+Starts a real Orthanc (PACS, loaded with the demo studies), a DCMTK storescp (the cloud, ``--ignore``
+so the disk does not fill), a SQLite exam view and ``dicomproxy serve`` as a separate process; then
+``--find-workers`` threads each keep one association open and send Study-level C-FINDs, and
+``--move-workers`` threads C-MOVE random demo studies to the cloud, until the time is up. Reports requests
+served, errors (target 0), C-FIND latency p50/p95, and the proxy's RSS at start and end (target: < 10 %
+growth). Traffic stays on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from sqlalchemy import create_engine
+
+from dicomproxy.demo import write_config
+from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.samples import demo_specs, exam_row, write_study
+from dicomproxy.testing import Process, free_port, wait_for_echo
+from dicomproxy.testing.dcmtk import StoreSCP
+from dicomproxy.testing.orthanc import Orthanc
+from dicomproxy.testing.viewdb import create_view_table, insert_rows
+
+
+@dataclass
+class Stats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finds: int = 0
+    moves: int = 0
+    instances: int = 0
+    errors: list[str] = field(default_factory=list)
+    find_ms: list[float] = field(default_factory=list)
+
+    def error(self, text: str) -> None:
+        with self.lock:
+            self.errors.append(text)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def find_worker(port: int, stop: float, stats: Stats, patients: list[str]) -> None:
+    ae = AE(ae_title="jobserver")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = None
+    while time.monotonic() < stop:
+        if assoc is None or not assoc.is_established:
+            assoc = ae.associate("127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=NODELAY_HANDLERS)
+            if not assoc.is_established:
+                stats.error("find: association failed")
+                time.sleep(0.5)
+                continue
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = random.choice(patients)
+        query.StudyInstanceUID = ""
+        query.StudyDate = ""
+        query.ModalitiesInStudy = ""
+        t0 = time.perf_counter()
+        final = None
+        for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                stats.error("find: no response")
+                break
+            final = status.Status
+        elapsed = (time.perf_counter() - t0) * 1000
+        with stats.lock:
+            if final == 0x0000:
+                stats.finds += 1
+                stats.find_ms.append(elapsed)
+            else:
+                stats.errors.append(f"find: status {final}")
+    if assoc is not None and assoc.is_established:
+        assoc.release()
+    ae.shutdown()
+
+
+def move_worker(port: int, stop: float, stats: Stats, studies: list[str]) -> None:
+    ae = AE(ae_title="jobserver")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    while time.monotonic() < stop:
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=NODELAY_HANDLERS)
+        if not assoc.is_established:
+            stats.error("move: association failed")
+            time.sleep(0.5)
+            continue
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = random.choice(studies)
+        final, completed = None, 0
+        for status, _ in assoc.send_c_move(query, "jobserver", StudyRootQueryRetrieveInformationModelMove):
+            if status is None or "Status" not in status:
+                stats.error("move: no response")
+                break
+            final = status.Status
+            completed = int(getattr(status, "NumberOfCompletedSuboperations", completed) or 0)
+        assoc.release()
+        with stats.lock:
+            if final == 0x0000:
+                stats.moves += 1
+                stats.instances += completed
+            else:
+                stats.errors.append(f"move: status {final}")
+    ae.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--find-workers", type=int, default=20)
+    parser.add_argument("--move-workers", type=int, default=4)
+    opts = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dicomproxy-soak-"))
+    specs = demo_specs()
+    files = {s.accession: write_study(s, work / "studies" / s.accession) for s in specs}
+    engine = create_engine(f"sqlite:///{work / 'view.db'}")
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(s) for s in specs])
+    engine.dispose()
+
+    started: list[object] = []
+    try:
+        cloud = StoreSCP(work / "cloud", "jobserver", extra=["--ignore"]).start()
+        started.append(cloud)
+        port = free_port()
+        pacs = Orthanc(
+            work / "orthanc", modalities={"proxy": Remote("DICOMPROXY", "127.0.0.1", port)}
+        ).start()
+        started.append(pacs)
+        for paths in files.values():
+            pacs.upload(paths)
+        config = write_config(work, port, pacs.remote, cloud.remote)
+        proxy = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(config)], work / "proxy.log")
+        started.append(proxy)
+        wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), calling="jobserver", proc=proxy.proc)
+
+        stats = Stats()
+        rss_start = rss_kb(proxy.proc.pid)
+        stop = time.monotonic() + opts.minutes * 60
+        patients = sorted({s.patient.patient_id for s in specs})
+        studies = [s.study_uid for s in specs]
+        threads = [
+            threading.Thread(target=find_worker, args=(port, stop, stats, patients))
+            for _ in range(opts.find_workers)
+        ] + [
+            threading.Thread(target=move_worker, args=(port, stop, stats, studies))
+            for _ in range(opts.move_workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rss_end = rss_kb(proxy.proc.pid)
+    finally:
+        for item in reversed(started):
+            item.stop()  # type: ignore[attr-defined]
+
+    q = statistics.quantiles(stats.find_ms, n=20) if len(stats.find_ms) >= 20 else [float("nan")] * 19
+    growth = (rss_end - rss_start) / rss_start * 100 if rss_start else float("nan")
+    print(f"soak: {opts.minutes:g} min, {opts.find_workers} find + {opts.move_workers} move workers")
+    print(f"  C-FIND served      {stats.finds}")
+    print(f"  C-MOVE served      {stats.moves} ({stats.instances} instances)")
+    print(f"  errors             {len(stats.errors)} {sorted(set(stats.errors))[:5]}")
+    p50 = statistics.median(stats.find_ms or [float("nan")])
+    print(f"  C-FIND latency     p50 {p50:.1f} ms, p95 {q[18]:.1f} ms")
+    print(
+        f"  proxy RSS          start {rss_start / 1024:.1f} MB, end {rss_end / 1024:.1f} MB ({growth:+.1f} %)"
+    )
+    return 0 if not stats.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
