@@ -73,11 +73,13 @@ def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[Chec
             yield CheckResult("view database", False, _first_line(exc))
         finally:
             engine.dispose()
-    pacs = Remote(config.pacs.ae_title, config.pacs.host, config.pacs.port)
-    try:
-        tls_args = client_tls_args(config.pacs.tls, pacs.host)
-    except (OSError, ValueError) as exc:
-        yield CheckResult("pacs echo", False, f"TLS set-up: {exc}")
-        return
-    result = c_echo(config.proxy.ae_title, pacs, timeout=timeout, tls_args=tls_args)
-    yield CheckResult("pacs echo", result.ok, result.detail)
+    for archive in config.all_archives:
+        name = "pacs echo" if archive.name == "pacs" else f"archive {archive.name} echo"
+        remote = Remote(archive.ae_title, archive.host, archive.port)
+        try:
+            tls_args = client_tls_args(archive.tls, remote.host)
+        except (OSError, ValueError) as exc:
+            yield CheckResult(name, False, f"TLS set-up: {exc}")
+            continue
+        result = c_echo(config.proxy.ae_title, remote, timeout=timeout, tls_args=tls_args)
+        yield CheckResult(name, result.ok, result.detail)
