@@ -151,7 +151,7 @@ def jpeg_baseline_rgb(frame: np.ndarray, quality: int = 85) -> bytes:
     )
 
 
-def _colour_frame(
+def colour_frame(
     rows: int, columns: int, phase: float, seed: tuple[int, ...], tint: tuple[float, ...]
 ) -> np.ndarray:
     """A smooth, speckled RGB picture (ultrasound sector / endoscope view / stained tissue)."""
@@ -182,6 +182,19 @@ def _jpeg_pixel_module(ds: Dataset, rows: int, columns: int, frames: list[bytes]
     ds["PixelData"].is_undefined_length = True
 
 
+def cine_frames(
+    spec: StudySpec, s: int, i: int, frames: int, rows: int, columns: int
+) -> Iterator[np.ndarray]:
+    """The RGB frames :func:`make_us_cine` compresses (for comparing decoded pixels)."""
+    for f in range(frames):
+        yield colour_frame(rows, columns, f / 3.0, (spec.seed, s, i, f), (1.0, 0.9, 0.8))
+
+
+def endoscopy_frame(spec: StudySpec, s: int, i: int, rows: int, columns: int) -> np.ndarray:
+    """The RGB frame :func:`make_endoscopy_image` compresses."""
+    return colour_frame(rows, columns, float(i), (spec.seed, s, i), (1.0, 0.55, 0.5))
+
+
 def make_us_cine(
     spec: StudySpec,
     s: int = 0,
@@ -208,12 +221,7 @@ def make_us_cine(
     ds.CineRate = 30
     ds.RecommendedDisplayFrameRate = 30
     ds.PreferredPlaybackSequencing = 0
-    encoded = [
-        jpeg_baseline_rgb(
-            _colour_frame(rows, columns, f / 3.0, (spec.seed, s, i, f), (1.0, 0.9, 0.8)), quality
-        )
-        for f in range(frames)
-    ]
+    encoded = [jpeg_baseline_rgb(frame, quality) for frame in cine_frames(spec, s, i, frames, rows, columns)]
     _jpeg_pixel_module(ds, rows, columns, encoded, rows * columns * 3 * frames / sum(map(len, encoded)))
     return ds
 
@@ -231,9 +239,7 @@ def make_endoscopy_image(
     ds.PatientOrientation = ""
     ds.AcquisitionDateTime = _acquisition_datetime(spec)
     ds.AcquisitionContextSequence = _seq()
-    frame = jpeg_baseline_rgb(
-        _colour_frame(rows, columns, float(i), (spec.seed, s, i), (1.0, 0.55, 0.5)), quality
-    )
+    frame = jpeg_baseline_rgb(endoscopy_frame(spec, s, i, rows, columns), quality)
     _jpeg_pixel_module(ds, rows, columns, [frame], rows * columns * 3 / len(frame))
     return ds
 
@@ -613,7 +619,7 @@ def make_secondary_capture(
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.BurnedInAnnotation = "NO"
-    ds.PixelData = _colour_frame(rows, columns, float(i), (spec.seed, s, i), (0.9, 0.9, 1.0)).tobytes()
+    ds.PixelData = colour_frame(rows, columns, float(i), (spec.seed, s, i), (0.9, 0.9, 1.0)).tobytes()
     ds["PixelData"].VR = "OB"
     return ds
 
@@ -638,7 +644,7 @@ def _wsi_tile_pool(seed: int, count: int, compressed: bool, quality: int) -> lis
     """``count`` distinct 256×256 tissue-like RGB tiles, JPEG-encoded or raw; reused cyclically."""
     pool = []
     for n in range(count):
-        tile = _colour_frame(_WSI_TILE, _WSI_TILE, n * 0.7, (seed, n), (0.85, 0.55, 0.8))
+        tile = colour_frame(_WSI_TILE, _WSI_TILE, n * 0.7, (seed, n), (0.85, 0.55, 0.8))
         data = jpeg_baseline_rgb(tile, quality) if compressed else tile.tobytes()
         pool.append(data + b"\x00" if len(data) % 2 else data)
     return pool
