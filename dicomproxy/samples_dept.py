@@ -385,10 +385,7 @@ def make_pdf_report(spec: StudySpec, s: int = 0, i: int = 0, *, title: str = "Ex
     """Encapsulated PDF (PS3.3 A.45.1): Encapsulated Document Series (C.24.1, Modality DOC),
     SC Equipment (C.8.6.1), Encapsulated Document (C.24.2) holding a :func:`minimal_pdf`."""
     ds = _base(spec, s, i, EncapsulatedPDFStorage, "DOC", ExplicitVRLittleEndian)
-    del ds.ContentDate, ds.ContentTime  # re-added below in module order of C.24.2
     ds.ConversionType = "WSD"
-    ds.ContentDate = spec.study_date
-    ds.ContentTime = spec.study_time
     ds.AcquisitionDateTime = _acquisition_datetime(spec)
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = title
@@ -405,11 +402,6 @@ def make_pdf_report(spec: StudySpec, s: int = 0, i: int = 0, *, title: str = "Ex
     ds.EncapsulatedDocumentLength = len(pdf)
     ds.EncapsulatedDocument = pdf + b"\x00" if len(pdf) % 2 else pdf
     return ds
-
-
-def _sr_series_and_general(ds: Dataset, spec: StudySpec) -> None:
-    """SR Document Series (C.17.1) / Key Object Document Series (C.17.6.1) type 2 attribute."""
-    ds.ReferencedPerformedProcedureStepSequence = _seq()
 
 
 def _hierarchical_refs(referenced: Sequence[Dataset]) -> DicomSequence:
@@ -470,7 +462,7 @@ def make_basic_text_sr(
     ``referenced`` instances go to Current Requested Procedure Evidence.
     """
     ds = _base(spec, s, i, BasicTextSRStorage, "SR", ExplicitVRLittleEndian)
-    _sr_series_and_general(ds, spec)
+    ds.ReferencedPerformedProcedureStepSequence = _seq()  # type 2 (C.17.1 / C.17.6.1)
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "VERIFIED"
     observer = Dataset()
@@ -512,7 +504,7 @@ def make_key_object_selection(
     if not referenced:
         raise ValueError("a Key Object Selection needs at least one referenced instance")
     ds = _base(spec, s, i, KeyObjectSelectionDocumentStorage, "KO", ExplicitVRLittleEndian)
-    _sr_series_and_general(ds, spec)
+    ds.ReferencedPerformedProcedureStepSequence = _seq()  # type 2 (C.17.1 / C.17.6.1)
     ds.CurrentRequestedProcedureEvidenceSequence = _hierarchical_refs(referenced)
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = _seq(_code("113000", "DCM", "Of Interest"))
@@ -551,7 +543,7 @@ def make_presentation_state(
         raise ValueError("a presentation state needs at least one referenced image")
     first = referenced[0]
     ds = _base(spec, s, i, GrayscaleSoftcopyPresentationStateStorage, "PR", ExplicitVRLittleEndian)
-    del ds.ContentDate, ds.ContentTime
+    del ds.ContentDate, ds.ContentTime  # not in this IOD: Presentation Creation Date/Time instead
     ds.BodyPartExamined = first.get("BodyPartExamined", "CHEST")
     ds.ContentLabel = label
     ds.ContentDescription = "窗宽窗位"
@@ -737,9 +729,9 @@ def _wsi_dataset(
     return ds
 
 
-def _tile_order(frames: int, pool: int) -> Iterator[int]:
-    for f in range(frames):
-        yield (f * 7 + f // 13) % pool
+def _tile_index(frame: int, pool: int) -> int:
+    """Which pool tile frame ``frame`` shows: neighbours differ, no short repeating period."""
+    return (frame * 7 + frame // 13) % pool
 
 
 def write_wsi(
@@ -767,16 +759,14 @@ def write_wsi(
     pool = _wsi_tile_pool(spec.seed * 1000 + s * 100 + i, pool_size, compressed, quality)
     item_overhead = 8 if compressed else 0
     frames, total = 0, 0
-    for idx in _tile_order(1 << 62, pool_size):
-        if total >= target_bytes:
-            break
-        total += len(pool[idx]) + item_overhead
+    while total < target_bytes:
+        total += len(pool[_tile_index(frames, pool_size)]) + item_overhead
         frames += 1
     across = max(1, int(np.ceil(np.sqrt(frames))))
     down = -(-frames // across)
     frames = across * down  # TILED_FULL: the matrix is completely covered
     raw = _WSI_TILE * _WSI_TILE * 3
-    encoded = sum(len(pool[idx]) for idx in _tile_order(frames, pool_size))
+    encoded = sum(len(pool[_tile_index(f, pool_size)]) for f in range(frames))
     ds = _wsi_dataset(spec, s, i, frames, across, down, compressed, raw * frames / encoded)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fp:
@@ -789,8 +779,9 @@ def write_wsi(
             fp.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, raw * frames))
         batch: list[bytes] = []
         size = 0
-        for idx in _tile_order(frames, pool_size):
-            data = b"".join(itemize_frame(pool[idx], 1)) if compressed else pool[idx]
+        for f in range(frames):
+            tile = pool[_tile_index(f, pool_size)]
+            data = b"".join(itemize_frame(tile, 1)) if compressed else tile
             batch.append(data)
             size += len(data)
             if size >= chunk_bytes:

@@ -10,19 +10,20 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, VLWholeSlideMicroscopyImageStorage
 
 from dicomproxy.samples import StudySpec, make_instance
 from dicomproxy.samples_dept import (
     DEPT_KINDS,
     ECG_LEADS,
+    WsiInfo,
     cine_frames,
     dept_exam_row,
     dept_study_specs,
@@ -434,3 +435,13 @@ def test_wsi_of_500_mb_keeps_peak_rss_small(tmp_path: Path) -> None:
             assert _pixel_items(path) == frames + 1
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_conftest_fixtures_write_department_studies_and_a_big_slide(
+    dept_files: dict[str, list[Path]], big_wsi: Callable[..., WsiInfo]
+) -> None:
+    assert sorted(dept_files) == ["ECG", "EIS", "PIS", "RIS", "UIS"]
+    info = big_wsi(target_bytes=8 << 20)
+    assert info.path.exists() and info.file_size >= 8 << 20
+    slide = pydicom.dcmread(dept_files["PIS"][0], stop_before_pixels=True)
+    assert slide.SOPClassUID == VLWholeSlideMicroscopyImageStorage
