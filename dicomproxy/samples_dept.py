@@ -5,6 +5,7 @@ Each ``make_*`` returns one PS3.10-ready Dataset (with ``file_meta``) belonging 
 whole-slide image of any size straight to disk. IODs (PS3.3 Annex A):
 
 - :func:`make_us_cine` — Ultrasound Multi-frame Image (A.7), JPEG Baseline cine
+- :func:`make_us_image` — Ultrasound Image (A.6), a single JPEG Baseline still
 - :func:`make_endoscopy_image` — VL Endoscopic Image (A.32.1), JPEG Baseline
 - :func:`make_ecg` — 12-Lead ECG (A.34.3) or General ECG (A.34.4) Waveform
 - :func:`make_pdf_report` — Encapsulated PDF (A.45.1)
@@ -48,6 +49,7 @@ from pydicom.uid import (
     KeyObjectSelectionDocumentStorage,
     SecondaryCaptureImageStorage,
     TwelveLeadECGWaveformStorage,
+    UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
     VLEndoscopicImageStorage,
     VLWholeSlideMicroscopyImageStorage,
@@ -223,6 +225,24 @@ def make_us_cine(
     ds.PreferredPlaybackSequencing = 0
     encoded = [jpeg_baseline_rgb(frame, quality) for frame in cine_frames(spec, s, i, frames, rows, columns)]
     _jpeg_pixel_module(ds, rows, columns, encoded, rows * columns * 3 * frames / sum(map(len, encoded)))
+    return ds
+
+
+def make_us_image(
+    spec: StudySpec, s: int = 0, i: int = 0, *, rows: int = 480, columns: int = 640, quality: int = 90
+) -> Dataset:
+    """Ultrasound Image (PS3.3 A.6), a single JPEG Baseline still (US Image module C.8.5.6)."""
+    ds = make_us_cine(spec, s, i, frames=1, rows=rows, columns=columns, quality=quality)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    for keyword in (
+        "NumberOfFrames",
+        "FrameIncrementPointer",
+        "FrameTime",
+        "CineRate",
+        "RecommendedDisplayFrameRate",
+        "PreferredPlaybackSequencing",
+    ):
+        delattr(ds, keyword)
     return ds
 
 
@@ -818,7 +838,7 @@ def iter_dept_study(spec: StudySpec) -> Iterator[Dataset]:
     :func:`write_dept_study`; here only its report).
 
     - CT (RIS): samples.py CT images, then a Basic Text SR, a KO and a GSPS on them, and a SC;
-    - USCINE (UIS): cine loops and a PDF report; ES (EIS): endoscopic images and a PDF report;
+    - USCINE (UIS): cine loops, a still and a PDF report; ES (EIS): endoscopic images and a PDF report;
     - ECG: 12-lead ECGs, a 3-lead General ECG and a PDF report; SM (PIS): a Basic Text SR.
     """
     n = spec.images_per_series
@@ -832,6 +852,7 @@ def iter_dept_study(spec: StudySpec) -> Iterator[Dataset]:
         yield make_secondary_capture(spec, base + 3, 0)
     elif spec.kind == "USCINE":
         yield from (make_us_cine(spec, 0, i) for i in range(n))
+        yield make_us_image(spec, 0, n)
         yield make_pdf_report(spec, 1, 0, title="Echocardiography report")
     elif spec.kind == "ES":
         yield from (make_endoscopy_image(spec, 0, i) for i in range(n))

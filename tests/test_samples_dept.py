@@ -37,6 +37,7 @@ from dicomproxy.samples_dept import (
     make_presentation_state,
     make_secondary_capture,
     make_us_cine,
+    make_us_image,
     write_dept_study,
     write_wsi,
 )
@@ -48,6 +49,7 @@ SPECS = {spec.kind: spec for spec in dept_study_specs()}
 #: object name → (dciodvfy IOD name, payload attribute compared byte for byte after transfer)
 OBJECTS: dict[str, tuple[str, str | None]] = {
     "us_cine": ("USMultiFrameImage", "PixelData"),
+    "us_image": ("USImage", "PixelData"),
     "endoscopy": ("VLEndoscopicImage", "PixelData"),
     "ecg_12lead": ("TwelveLeadECG", "WaveformData"),
     "ecg_general": ("GeneralECG", "WaveformData"),
@@ -59,7 +61,7 @@ OBJECTS: dict[str, tuple[str, str | None]] = {
     "wsi_jpeg": ("VLWholeSlideMicroscopyImage", "PixelData"),
     "wsi_raw": ("VLWholeSlideMicroscopyImage", "PixelData"),
 }
-JPEG_OBJECTS = ["us_cine", "endoscopy", "wsi_jpeg"]
+JPEG_OBJECTS = ["us_cine", "us_image", "endoscopy", "wsi_jpeg"]
 
 
 def _need(tool: str) -> None:
@@ -86,6 +88,7 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     images = [make_instance(ct, 0, i) for i in range(3)]
     made: dict[str, Dataset] = {
         "us_cine": make_us_cine(us),
+        "us_image": make_us_image(us, 0, 5),
         "endoscopy": make_endoscopy_image(es),
         "ecg_12lead": make_ecg(ecg),
         "ecg_general": make_ecg(ecg, 1, 0, general=True, leads=3, seconds=30.0, rate=1000),
@@ -213,10 +216,12 @@ def _orthanc_file(server: Orthanc, instance_id: str) -> bytes:
 def _source_frames(name: str) -> np.ndarray:
     if name == "us_cine":
         return np.stack(list(cine_frames(SPECS["USCINE"], 0, 0, 30, 480, 640)))
+    if name == "us_image":
+        return next(cine_frames(SPECS["USCINE"], 0, 5, 1, 480, 640))
     return endoscopy_frame(SPECS["ES"], 0, 0, 480, 640)
 
 
-@pytest.mark.parametrize("name", ["us_cine", "endoscopy"])
+@pytest.mark.parametrize("name", ["us_cine", "us_image", "endoscopy"])
 def test_jpeg_frames_decode_with_pydicom_close_to_source(objects: dict[str, Path], name: str) -> None:
     ds = pydicom.dcmread(objects[name])
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
