@@ -450,3 +450,40 @@ def test_conftest_fixtures_write_department_studies_and_a_big_slide(
     assert info.path.exists() and info.file_size >= 8 << 20
     slide = pydicom.dcmread(dept_files["PIS"][0], stop_before_pixels=True)
     assert slide.SOPClassUID == VLWholeSlideMicroscopyImageStorage
+
+
+@pytest.mark.dcmtk
+def test_every_file_of_the_department_studies_passes_dciodvfy(dept_files: dict[str, list[Path]]) -> None:
+    _need("dciodvfy")
+    failures = {}
+    for path in (p for paths in dept_files.values() for p in paths):
+        proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, timeout=120)
+        errors = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.startswith("Error")]
+        if errors:
+            failures[path.name] = errors
+    assert failures == {}
+
+
+@pytest.mark.orthanc
+def test_whole_department_studies_load_into_orthanc_in_one_association(
+    dept_files: dict[str, list[Path]], dept_orthanc: Orthanc
+) -> None:
+    """How a relay test loads an archive: one ``storescu -R -xy`` for every kind at once."""
+    _need("storescu")
+    paths = [p for sysid in sorted(dept_files) for p in dept_files[sysid]]
+    proc = run_tool(
+        "storescu", "-R", "-xy", "-aec", dept_orthanc.ae_title, "127.0.0.1", str(dept_orthanc.dicom_port),
+        *map(str, paths),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for path in paths:
+        sent = pydicom.dcmread(path)
+        [found] = dept_orthanc.request("POST", "/tools/lookup", sent.SOPInstanceUID.encode())
+        received = pydicom.dcmread(io.BytesIO(_orthanc_file(dept_orthanc, found["ID"])))
+        assert received.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID, path.name
+        for attr in ("PixelData", "EncapsulatedDocument"):
+            assert (attr in received) == (attr in sent)
+            if attr in sent:
+                assert bytes(received[attr].value) == bytes(sent[attr].value), path.name
+        if "WaveformSequence" in sent:
+            assert _payload(received, "WaveformData") == _payload(sent, "WaveformData")
