@@ -663,7 +663,15 @@ def _wsi_tile_pool(seed: int, count: int, compressed: bool, quality: int) -> lis
 
 
 def _wsi_dataset(
-    spec: StudySpec, s: int, i: int, frames: int, across: int, down: int, compressed: bool, ratio: float
+    spec: StudySpec,
+    s: int,
+    i: int,
+    sop_uid: UID,
+    frames: int,
+    across: int,
+    down: int,
+    compressed: bool,
+    ratio: float,
 ) -> Dataset:
     """Every attribute of the WSI instance except Pixel Data (PS3.3 A.32.8).
 
@@ -674,6 +682,7 @@ def _wsi_dataset(
     """
     syntax = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
     ds = _base(spec, s, i, VLWholeSlideMicroscopyImageStorage, "SM", syntax)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.AcquisitionDateTime = _acquisition_datetime(spec)
     ds.FrameOfReferenceUID = uid_from("wsi-for", spec.study_uid, s, i)
@@ -787,7 +796,10 @@ def write_wsi(
     frames = across * down  # TILED_FULL: the matrix is completely covered
     raw = _WSI_TILE * _WSI_TILE * 3
     encoded = sum(len(pool[_tile_index(f, pool_size)]) for f in range(frames))
-    ds = _wsi_dataset(spec, s, i, frames, across, down, compressed, raw * frames / encoded)
+    # a slide of another size or encoding is another instance: its UID says so (same spec,
+    # same parameters → same UID), so two sizes can sit in one archive without clashing
+    sop_uid = UID(uid_from("wsi", spec.sop_uid(s, i), frames, compressed, quality, pool_size))
+    ds = _wsi_dataset(spec, s, i, sop_uid, frames, across, down, compressed, raw * frames / encoded)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fp:
         dcmwrite(fp, ds, enforce_file_format=True)
@@ -873,8 +885,8 @@ def write_dept_study(spec: StudySpec, folder: Path, *, wsi_bytes: int = SMALL_WS
     paths = []
     if spec.kind == "SM":
         for i in range(spec.images_per_series):
-            info = write_wsi(spec, folder / f"{spec.sop_uid(0, i)}.dcm", target_bytes=wsi_bytes, i=i)
-            paths.append(info.path)
+            info = write_wsi(spec, folder / f"slide-{i}.dcm", target_bytes=wsi_bytes, i=i)
+            paths.append(info.path.rename(folder / f"{info.sop_instance_uid}.dcm"))
     for ds in iter_dept_study(spec):
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)

@@ -487,3 +487,16 @@ def test_whole_department_studies_load_into_orthanc_in_one_association(
                 assert bytes(received[attr].value) == bytes(sent[attr].value), path.name
         if "WaveformSequence" in sent:
             assert _payload(received, "WaveformData") == _payload(sent, "WaveformData")
+
+
+def test_wsi_uid_follows_its_content(tmp_path: Path) -> None:
+    """Same spec and parameters → same instance; another size or encoding → another UID."""
+    spec = SPECS["SM"]
+    a = write_wsi(spec, tmp_path / "a.dcm", target_bytes=1 << 20)
+    again = write_wsi(spec, tmp_path / "again.dcm", target_bytes=1 << 20)
+    bigger = write_wsi(spec, tmp_path / "b.dcm", target_bytes=3 << 20)
+    raw = write_wsi(spec, tmp_path / "c.dcm", target_bytes=1 << 20, compressed=False)
+    assert a.sop_instance_uid == again.sop_instance_uid
+    assert a.path.read_bytes() == again.path.read_bytes()
+    assert len({a.sop_instance_uid, bigger.sop_instance_uid, raw.sop_instance_uid}) == 3
+    assert pydicom.dcmread(bigger.path, stop_before_pixels=True).SOPInstanceUID == bigger.sop_instance_uid
