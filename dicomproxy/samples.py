@@ -270,7 +270,7 @@ def exam_row(spec: StudySpec, *, hospital_id: str = "74580626", **overrides: Any
         "PatientBirthday": birth.isoformat(),
         "PatientType": "门诊",
         "AccessionNumber": spec.accession,
-        "ExamineType": _MODALITY[spec.kind],
+        "ExamineType": _MODALITY.get(spec.kind, spec.kind),
         "ExamineItem": spec.description,
         "RegTime": when - dt.timedelta(hours=1),
         "ReqDoctor": "李医生",

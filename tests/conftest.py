@@ -194,3 +194,35 @@ def sqlite_view(sqlite_url: str) -> Engine:
 
 
 __all__ = ["StudySpec", "free_port", "wait_for_echo"]
+
+
+# --- department test objects (dicomproxy.samples_dept; imports kept here to keep merges simple) ---
+
+
+@pytest.fixture(scope="session")
+def dept_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """One study per Sysid (RIS, UIS, EIS, ECG, PIS with a small WSI) written once, by Sysid."""
+    from dicomproxy.samples_dept import DEPT_KINDS, dept_study_specs, write_dept_study
+
+    root = tmp_path_factory.mktemp("dept-studies")
+    return {DEPT_KINDS[spec.kind][0]: write_dept_study(spec, root / spec.kind) for spec in dept_study_specs()}
+
+
+@pytest.fixture
+def big_wsi(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory: ``big_wsi(target_bytes=500_000_000, compressed=True)`` streams a VL Whole Slide
+    Microscopy instance (PIS study) into ``tmp_path`` and returns its ``WsiInfo``; the files
+    are deleted after the test. 500 MB takes a few seconds and < 100 MB of RSS."""
+    from dicomproxy.samples_dept import dept_study_specs, write_wsi
+
+    spec = next(s for s in dept_study_specs() if s.kind == "SM")
+    written: list[Path] = []
+
+    def make(target_bytes: int = 500_000_000, compressed: bool = True, i: int = 0) -> Any:
+        path = tmp_path / f"wsi-{len(written)}.dcm"
+        written.append(path)
+        return write_wsi(spec, path, target_bytes=target_bytes, compressed=compressed, i=i)
+
+    yield make
+    for path in written:
+        path.unlink(missing_ok=True)
