@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydicom.uid import (
     JPEG2000,
+    MPEG2MPML,
     BasicTextSRStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -21,7 +22,6 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
-    MPEG2MPML,
     MRImageStorage,
     RLELossless,
     RTDoseStorage,
