@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence
@@ -89,6 +89,8 @@ def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
             arr = (arr << shift) >> shift  # two's complement sign extension from Bits Stored
         else:
             arr &= np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    if arr.dtype.byteorder == ">":  # from Explicit VR Big Endian; encoders want native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return np.ascontiguousarray(arr)
 
 
@@ -253,7 +255,20 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
     ds.file_meta.TransferSyntaxUID = UID(target)
     if dst.exists():
         dst.unlink()
-    ds.save_as(dst, enforce_file_format=True)
+    if info.transfer_syntax == ExplicitVRBigEndian:
+        # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes them;
+        # Pixel Data was swapped above. pydicom wants this spelled out.
+        for _ in ds.iterall():
+            pass
+        dcmwrite(
+            dst,
+            ds,
+            implicit_vr=UID(target).is_implicit_VR,
+            little_endian=True,
+            force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
+        )
+    else:
+        ds.save_as(dst, enforce_file_format=True)
     out_info = info_from_dataset(ds, str(target), info.has_pixel_data, info.float_pixels)
     return TranscodeResult(
         path=dst,

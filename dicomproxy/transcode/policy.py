@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydicom.uid import JPEGBaseline8Bit, JPEGLSNearLossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSNearLossless
 
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import CannotTranscode, ConfigError
@@ -149,6 +149,9 @@ def codec_applies(policy: Policy, info: InstanceInfo, target: str) -> bool:
             and info.pixel_representation != 1
             and info.photometric in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL_422", "YBR_FULL")
         )
+    if target in (JPEG2000Lossless, JPEG2000) and min(info.rows or 0, info.columns or 0) < 64:
+        # pylibjpeg-openjpeg always uses 6 resolution levels; smaller images cannot be encoded.
+        return False
     if target == JPEGLSNearLossless:
         # Near-lossless on signed data can wrap around at the range ends.
         return info.pixel_representation != 1 and info.photometric != "PALETTE COLOR"
