@@ -18,6 +18,7 @@ import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -222,13 +223,21 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
     and, with ``uid_policy = "new"``, a new UID and the derivation attributes.
     """
     src, dst = Path(src), Path(dst)
-    info = read_info(src)
     bytes_in = src.stat().st_size
-    if str(target) == info.transfer_syntax:
+    source = str(read_file_meta_info(src).get("TransferSyntaxUID", ""))
+    if str(target) == source:
+        info = read_info(src)  # header only, no pixel byte is read
         _link_or_copy(src, dst)
         return TranscodeResult(
             dst, str(target), info.sop_instance_uid, bytes_in, bytes_in, info.pixel_bytes, False
         )
+    ds = dcmread(src)
+    info = info_from_dataset(
+        ds,
+        source,
+        "PixelData" in ds,
+        "FloatPixelData" in ds or "DoubleFloatPixelData" in ds,
+    )
     lossy = target in LOSSY_TARGETS
     if not is_native(target):
         if not codec_applies(policy, info, target):
@@ -237,7 +246,6 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
             )
         if lossy and not lossy_allowed(policy, info):
             raise CannotTranscode(f"lossy {target} is not allowed for this instance")
-    ds = dcmread(src)
     if is_native(target):
         _to_native(ds, info)
     else:
