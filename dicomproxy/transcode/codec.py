@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -36,7 +39,7 @@ from pydicom.uid import (
 from dicomproxy.errors import CannotTranscode
 from dicomproxy.transcode.info import InstanceInfo, info_from_dataset, read_info
 from dicomproxy.transcode.policy import Policy, codec_applies, lossy_allowed
-from dicomproxy.transcode.syntaxes import LOSSY_METHOD, LOSSY_TARGETS, is_native
+from dicomproxy.transcode.syntaxes import LOSSLESS_TARGETS, LOSSY_METHOD, LOSSY_TARGETS, is_native
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,100 @@ def _to_native(ds: Dataset, info: InstanceInfo) -> None:
         ds["PixelData"].VR = "OW" if (info.bits_allocated or 8) > 8 else "OB"
 
 
+def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str) -> list[bytes]:
+    """Lossless-encode ``(frames, rows, columns)`` single-sample frames, one codestream per frame."""
+    if target == HTJ2KLossless:
+        import imagecodecs
+
+        return [bytes(imagecodecs.htj2k_encode(frame, reversible=True)) for frame in arr]
+    from pydicom.pixels import get_encoder
+
+    encoder = get_encoder(UID(target))
+    opts: dict[str, Any] = {
+        "rows": info.rows,
+        "columns": info.columns,
+        "samples_per_pixel": 1,
+        "bits_allocated": info.bits_allocated,
+        "bits_stored": info.bits_stored or info.bits_allocated,
+        "pixel_representation": info.pixel_representation or 0,
+        "photometric_interpretation": info.photometric,
+        "number_of_frames": 1,
+    }
+    if target == RLELossless:
+        opts["encoding_plugin"] = "pylibjpeg"
+    return [encoder.encode(frame, **opts) for frame in arr]
+
+
+def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Policy) -> TranscodeResult | None:
+    """Lossless, single-sample, Explicit VR Little Endian source: only File Meta and Pixel Data change.
+
+    Nothing else in the data set changes for such an instance (PS3.5 A.4: same VR encoding; the Image
+    Pixel attributes stay valid), so the header bytes are copied verbatim instead of being parsed and
+    re-serialised. Returns None when the instance does not qualify (the general path handles it).
+    """
+    if source != ExplicitVRLittleEndian or target not in LOSSLESS_TARGETS:
+        return None
+    with open(src, "rb") as fp:
+        ds = dcmread(fp, stop_before_pixels=True)
+        pixel_pos = fp.tell()
+        head = fp.read(12)
+        if len(head) < 12 or ds.preamble is None:
+            return None
+        group, elem, vr, _, length = struct.unpack("<HH2s2sI", head)
+        info = info_from_dataset(ds, source, True, False)
+        meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+        if (
+            (group, elem) != (0x7FE0, 0x0010)
+            or vr not in (b"OB", b"OW")
+            or length != info.pixel_bytes
+            or info.samples_per_pixel != 1
+            or meta_length is None
+            or not codec_applies(policy, info, target)
+        ):
+            return None
+        raw = fp.read(length)
+        tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
+        body_start = 128 + 4 + 12 + int(meta_length)
+        fp.seek(body_start)
+        body = fp.read(pixel_pos - body_start)
+    dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
+    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
+    if 0 < stored < allocated:  # clear unused high bits (see _decoded_pixels)
+        if info.pixel_representation == 1:
+            shift = allocated - stored
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    frames = _encode_mono_frames(arr, info, target)
+    meta = FileMetaDataset(ds.file_meta)
+    meta.TransferSyntaxUID = UID(target)
+    meta_buf = DicomBytesIO()
+    meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
+    write_file_meta_info(meta_buf, meta, enforce_standard=True)
+    pixel_header = struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OB", b"\0\0", 0xFFFFFFFF)
+    if dst.exists():
+        dst.unlink()
+    with open(dst, "wb") as out:
+        out.write(ds.preamble)
+        out.write(b"DICM")
+        out.write(meta_buf.getvalue())
+        out.write(body)
+        out.write(pixel_header)
+        out.write(encapsulate(frames))
+        out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # (FFFE,E0DD) Sequence Delimitation Item
+        out.write(tail)
+    return TranscodeResult(
+        dst,
+        str(target),
+        info.sop_instance_uid,
+        src.stat().st_size,
+        dst.stat().st_size,
+        info.pixel_bytes,
+        False,
+    )
+
+
 def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> TranscodeResult:
     """Write ``src`` to ``dst`` (a valid PS3.10 file) in transfer syntax ``target``.
 
@@ -231,6 +328,9 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
         return TranscodeResult(
             dst, str(target), info.sop_instance_uid, bytes_in, bytes_in, info.pixel_bytes, False
         )
+    fast = _fast_lossless(src, dst, source, str(target), policy)
+    if fast is not None:
+        return fast
     ds = dcmread(src)
     info = info_from_dataset(
         ds,
