@@ -73,7 +73,6 @@ CLI: list[tuple[str, str, list[str]]] = [
     ("GDCM gdcmconv --jpegls (lossless)", "gdcmconv", ["--jpegls"]),
     ("GDCM gdcmconv --j2k (lossless)", "gdcmconv", ["--j2k"]),
     ("GDCM gdcmconv --rle", "gdcmconv", ["--rle"]),
-    ("GDCM gdcmconv --j2k --lossy --rate 10", "gdcmconv", ["--j2k", "--lossy", "--rate", "10"]),
 ]
 
 
