@@ -447,6 +447,8 @@ def test_fast_path_equals_general_path(
     general = transcode_file(sources[kind], tmp_path / "general.dcm", target, POLICY)
     a, b = dcmread(fast.path), dcmread(general.path)
     assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID == target
+    # the byte-patched File Meta group equals what pydicom writes, group length included
+    assert [(e.tag, e.value) for e in a.file_meta] == [(e.tag, e.value) for e in b.file_meta]
     assert a.PixelData == b.PixelData
     assert [(e.tag, e.value) for e in a if e.tag != 0x7FE00010] == [
         (e.tag, e.value) for e in b if e.tag != 0x7FE00010

@@ -217,6 +217,47 @@ def _to_native(ds: Dataset, info: InstanceInfo) -> None:
         ds["PixelData"].VR = "OW" if (info.bits_allocated or 8) > 8 else "OB"
 
 
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def _patched_meta(meta: bytes, syntax: str) -> bytes | None:
+    """File Meta group (PS3.10 7.1, always Explicit VR LE) with (0002,0010) replaced and (0002,0000) fixed.
+
+    Byte-level so the pass does not pay for pydicom's meta validation and writer per file; None if the
+    group is not laid out as expected (the caller then uses pydicom).
+    """
+    out: list[bytes] = []
+    pos, found = 0, False
+    while pos < len(meta):
+        if pos + 8 > len(meta):
+            return None
+        group, elem, vr = struct.unpack_from("<HH2s", meta, pos)
+        if group != 0x0002:
+            return None
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", meta, pos + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, pos + 6)
+            header = 8
+        end = pos + header + length
+        if (group, elem) == (0x0002, 0x0000):
+            pass  # rewritten below
+        elif (group, elem) == (0x0002, 0x0010):
+            value = syntax.encode("ascii")
+            if len(value) % 2:
+                value += b"\0"
+            out.append(struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(value)) + value)
+            found = True
+        else:
+            out.append(meta[pos:end])
+        pos = end
+    if not found:
+        return None
+    rest = b"".join(out)
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(rest)) + rest
+
+
 def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str) -> list[bytes]:
     """Lossless-encode ``(frames, rows, columns)`` single-sample frames, one codestream per frame."""
     if target == HTJ2KLossless:
@@ -271,7 +312,8 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
         raw = fp.read(length)
         tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
         body_start = 128 + 4 + 12 + int(meta_length)
-        fp.seek(body_start)
+        fp.seek(132)
+        old_meta = fp.read(body_start - 132)
         body = fp.read(pixel_pos - body_start)
     dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
     arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
@@ -283,18 +325,21 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
         else:
             arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
     frames = _encode_mono_frames(arr, info, target)
-    meta = FileMetaDataset(ds.file_meta)
-    meta.TransferSyntaxUID = UID(target)
-    meta_buf = DicomBytesIO()
-    meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
-    write_file_meta_info(meta_buf, meta, enforce_standard=True)
+    meta_bytes = _patched_meta(old_meta, target)
+    if meta_bytes is None:
+        meta = FileMetaDataset(ds.file_meta)
+        meta.TransferSyntaxUID = UID(target)
+        meta_buf = DicomBytesIO()
+        meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
+        write_file_meta_info(meta_buf, meta, enforce_standard=True)
+        meta_bytes = meta_buf.getvalue()
     pixel_header = struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OB", b"\0\0", 0xFFFFFFFF)
     if dst.exists():
         dst.unlink()
     with open(dst, "wb") as out:
         out.write(ds.preamble)
         out.write(b"DICM")
-        out.write(meta_buf.getvalue())
+        out.write(meta_bytes)
         out.write(body)
         out.write(pixel_header)
         out.write(encapsulate(frames))
