@@ -454,3 +454,27 @@ def test_fast_path_equals_general_path(
         (e.tag, e.value) for e in b if e.tag != 0x7FE00010
     ]
     assert (fast.sop_instance_uid, fast.pixel_bytes) == (general.sop_instance_uid, general.pixel_bytes)
+
+
+def test_failed_encode_leaves_nothing(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomproxy.transcode import codec
+
+    def broken(*args: object, **kwargs: object) -> list[bytes]:
+        raise RuntimeError("codec failed")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(codec, "_encode_mono_frames", broken)
+    with pytest.raises(RuntimeError, match="codec failed"):
+        transcode_file(sources["CT"], out / "x.dcm", HTJ2KLossless, POLICY)
+    assert list(out.iterdir()) == []
+    # and an existing destination that is a hard link to the source is replaced, not written through
+    before = sources["MR"].read_bytes()
+    os.link(sources["MR"], out / "mr.dcm")
+    monkeypatch.undo()
+    transcode_file(sources["MR"], out / "mr.dcm", JPEGLSLossless, POLICY)
+    assert sources["MR"].read_bytes() == before
+    assert read_info(out / "mr.dcm").transfer_syntax == JPEGLSLossless
+    assert [p.name for p in out.iterdir()] == ["mr.dcm"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,14 +57,28 @@ class TranscodeResult:
     lossy: bool
 
 
+@contextmanager
+def _atomic(dst: Path) -> Iterator[Path]:
+    """Write to a temporary name next to ``dst``, then rename it.
+
+    Readers never see half a file, a failure leaves nothing behind, and an existing ``dst`` that is a
+    hard link to some source is replaced, not written through.
+    """
+    part = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    try:
+        yield part
+        os.replace(part, dst)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Pass-through: a hard link where possible, else a streamed copy. Pixel Data is never parsed."""
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    with _atomic(dst) as part:
+        try:
+            os.link(src, part)
+        except OSError:
+            shutil.copyfile(src, part)
 
 
 def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
@@ -334,9 +350,7 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
         write_file_meta_info(meta_buf, meta, enforce_standard=True)
         meta_bytes = meta_buf.getvalue()
     pixel_header = struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OB", b"\0\0", 0xFFFFFFFF)
-    if dst.exists():
-        dst.unlink()
-    with open(dst, "wb") as out:
+    with _atomic(dst) as part, open(part, "wb") as out:
         out.write(ds.preamble)
         out.write(b"DICM")
         out.write(meta_bytes)
@@ -406,22 +420,21 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
             if policy.uid_policy == "new":
                 _derive(ds, LOSSY_METHOD[target], ratio)
     ds.file_meta.TransferSyntaxUID = UID(target)
-    if dst.exists():
-        dst.unlink()
-    if info.transfer_syntax == ExplicitVRBigEndian:
-        # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes them;
-        # Pixel Data was swapped above. pydicom wants this spelled out.
-        for _ in ds.iterall():
-            pass
-        dcmwrite(
-            dst,
-            ds,
-            implicit_vr=UID(target).is_implicit_VR,
-            little_endian=True,
-            force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
-        )
-    else:
-        ds.save_as(dst, enforce_file_format=True)
+    with _atomic(dst) as part:
+        if info.transfer_syntax == ExplicitVRBigEndian:
+            # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes
+            # them; Pixel Data was swapped above. pydicom wants this spelled out.
+            for _ in ds.iterall():
+                pass
+            dcmwrite(
+                part,
+                ds,
+                implicit_vr=UID(target).is_implicit_VR,
+                little_endian=True,
+                force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
+            )
+        else:
+            ds.save_as(part, enforce_file_format=True)
     out_info = info_from_dataset(ds, str(target), info.has_pixel_data, info.float_pixels)
     return TranscodeResult(
         path=dst,
