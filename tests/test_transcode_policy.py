@@ -245,6 +245,10 @@ def test_proposed_syntaxes_never_lossy_sop_class() -> None:
         ("lossy", info("US"), [JPEGBaseline8Bit, *UNCOMPRESSED], JPEGBaseline8Bit),
         ("lossy", info("CT"), [JPEGBaseline8Bit, *UNCOMPRESSED], ExplicitVRLittleEndian),  # 16-bit: no JPEG 8
         ("lossy", info("MR"), [JPEGLSNearLossless, JPEGLSLossless, *UNCOMPRESSED], JPEGLSLossless),  # signed
+        # a lossless-compressed source is compressed lossily in lossy mode, kept where lossy is not allowed
+        ("lossy", info("CT", transfer_syntax=JPEGLSLossless), ALL, JPEGLSNearLossless),
+        ("lossy", info("MG", transfer_syntax=JPEGLSLossless), ALL, JPEGLSLossless),
+        ("lossy", info("CT", transfer_syntax=RLELossless), [JPEG2000, RLELossless], JPEG2000),
         # MG is never lossy: lossless target instead
         ("lossy", info("MG"), ALL, HTJ2KLossless),
         ("lossy", info("MG"), [JPEG2000, *UNCOMPRESSED], ExplicitVRLittleEndian),
