@@ -24,6 +24,7 @@ from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -175,7 +176,7 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     value = ds.get(keyword)
     if value is None or value == "":
         return []
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+    if isinstance(value, (MultiValue, list, tuple)):
         return [str(v) for v in value]
     return [str(value)]
 
@@ -447,4 +448,4 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
     )
 
 
-__all__ = ["ExplicitVRLittleEndian", "TranscodeResult", "transcode_file"]
+__all__ = ["TranscodeResult", "transcode_file"]
