@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
+from dicomproxy.view.repository import ExamView
 
 
 def build_context(config: Config) -> AppContext:
     """Create the long-lived services for ``serve``."""
     ctx = AppContext(config)
+    ctx.view = ExamView(config)
     return ctx
