@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydicom.charset
+import pydicom.config
 
 #: Single-byte-free stand-alone sets we answer in when the request uses them.
 ANSWER_CHARSETS: tuple[str, ...] = ("ISO_IR 192", "GB18030", "GBK")
@@ -23,8 +24,13 @@ _FIXED_HANDLED_ENCODINGS = ("iso2022_jp", "iso2022_jp_2")
 
 
 def install_pydicom_workarounds() -> None:
-    """Fix pydicom 3.0.2's ISO 2022 IR 58 handling (idempotent; process-wide)."""
+    """Fix pydicom 3.0.2's ISO 2022 IR 58 handling (idempotent; process-wide).
+
+    Also: values that break their VR's rules (a ``2024-01-02`` date from a peer) are
+    judged by our own validation (0xA900 with a reason), not by pydicom warnings.
+    """
     pydicom.charset.handled_encodings = _FIXED_HANDLED_ENCODINGS  # type: ignore[assignment]
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def declared_charsets(value: Any) -> list[str]:

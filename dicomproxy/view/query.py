@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
@@ -151,6 +151,8 @@ def parse_identifier(ds: Dataset, model: str) -> FindQuery:
         except (UnicodeError, LookupError, ValueError) as exc:
             raise InvalidIdentifier(f"cannot decode {keyword}") from exc
         if text and set(text) != {"*"}:
+            if "\\" in text and elem.VR != "UI" and dictionary_VM(elem.tag) == "1":
+                raise InvalidIdentifier(f"{keyword} takes one value, not a list")
             _validate(keyword, elem.VR, text)
             query.values[keyword] = text
     if level in ("SERIES", "IMAGE") and "StudyInstanceUID" not in query.values:
