@@ -5,7 +5,7 @@ Each test runs a table of cases on one association (set-up per database is the c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,10 +13,8 @@ from sqlalchemy import text
 
 from dicomproxy.config import Config
 from dicomproxy.samples import uid_from
-from dicomproxy.server import Server
-from dicomproxy.testing.viewdb import insert_rows
 from dicomproxy.view.repository import ExamView
-from tests.conftest import ConfigFactory, ViewDB
+from tests.conftest import ViewDB
 from tests.view_data import (
     CT,
     INVISIBLE_ACCESSIONS,
@@ -27,7 +25,6 @@ from tests.view_data import (
     US,
     FindClient,
     all_visible_uids,
-    view_rows,
 )
 
 
@@ -36,19 +33,8 @@ def lit(acc: str) -> str:
 
 
 @pytest.fixture
-def view_config(view_db: ViewDB, make_config: ConfigFactory) -> Config:
-    insert_rows(view_db.engine, view_rows(), view_db.name)
-    return make_config(view={"url": view_db.url, "name": view_db.name})
-
-
-@pytest.fixture
-def port(view_config: Config, run_proxy: Callable[[Config], Server]) -> int:
-    return run_proxy(view_config).port
-
-
-@pytest.fixture
-def client(port: int) -> Iterator[FindClient]:
-    with FindClient(port) as c:
+def client(find_port: int) -> Iterator[FindClient]:
+    with FindClient(find_port) as c:
         yield c
 
 
