@@ -155,3 +155,20 @@ def test_c_cancel_stops_the_stream(sqlite_view: Any, make_config: ConfigFactory)
         assert 0 < statuses.count(0xFF00) < 4
     finally:
         ctx.close()
+
+
+def test_database_unreachable_answers_c001(
+    make_config: ConfigFactory, run_proxy: Callable[[Config], Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A view database that is down: 0xC001 with a reason, one log line, the server keeps serving."""
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
+    port = run_proxy(make_config(view={"url": url})).port
+    with FindClient(port) as client:
+        for _ in range(2):
+            result = client.find({"PatientID": "P0001", "StudyInstanceUID": ""})
+            assert (result.status, result.answers) == (0xC001, [])
+            assert result.comment and "exam view unavailable" in result.comment
+        uid = client.find({"StudyInstanceUID": CT.study_uid})
+        assert uid.status == 0xC001
+    failures = [r for r in caplog.records if "C-FIND failed" in r.getMessage()]
+    assert len(failures) == 3 and all("\n" not in r.getMessage() for r in failures)
