@@ -29,7 +29,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote
@@ -166,6 +166,14 @@ def build_sqlite(engine: Engine, name: str, rows: int) -> None:
         raw.close()
 
 
+def existing_rows(engine: Engine, name: str) -> int | None:
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one())
+    except Exception:
+        return None
+
+
 def write_config(workdir: Path, url: str, name: str, port: int) -> Path:
     path = workdir / "bench.toml"
     path.write_text(
@@ -262,15 +270,27 @@ def main() -> None:
     ap.add_argument("--db", action="append", choices=("postgresql", "sqlite"))
     ap.add_argument("--pg-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/test")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--workdir", type=Path, default=None, help="Keep the SQLite view and side tables here.")
+    ap.add_argument("--keep", action="store_true", help="Keep the PostgreSQL table (reused next time).")
     args = ap.parse_args()
     for kind in args.db or ["postgresql", "sqlite"]:
-        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        if args.workdir:
+            workdir = args.workdir / kind
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         name = "v_bench_find"
         url = args.pg_url if kind == "postgresql" else f"sqlite:///{workdir / 'view.db'}"
         engine = create_engine(url)
-        t0 = time.perf_counter()
-        (build_postgresql if kind == "postgresql" else build_sqlite)(engine, name, args.rows)
-        print(f"[{kind}] built {args.rows} rows with indexes in {time.perf_counter() - t0:.1f} s", flush=True)
+        if existing_rows(engine, name) == args.rows:
+            print(f"[{kind}] reusing the existing {args.rows}-row view", flush=True)
+        else:
+            t0 = time.perf_counter()
+            (build_postgresql if kind == "postgresql" else build_sqlite)(engine, name, args.rows)
+            print(
+                f"[{kind}] built {args.rows} rows with indexes in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
         port = free_port()
         cfg = write_config(workdir, url, name, port)
         exe = Path(sys.executable).with_name("dicomproxy")
@@ -287,7 +307,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-            if kind == "postgresql":
+            if kind == "postgresql" and not args.keep:
                 exam_view_table(name).drop(engine, checkfirst=True)
             engine.dispose()
 
