@@ -30,6 +30,11 @@ def _patient_key(row: dict[str, Any]) -> tuple[str, str]:
     return (row.get("PatientID") or "", row.get("PIDAssigningAuthority") or "")
 
 
+def _loose_key(row: dict[str, Any]) -> tuple[str, str]:
+    pid, issuer = _patient_key(row)
+    return pid.casefold().rstrip(), issuer.casefold().rstrip()
+
+
 def search(
     view: ExamView,
     query: FindQuery,
@@ -50,14 +55,19 @@ def search(
     emitted: set[str] = set()
     for stmt in statements:
         rows = (r for r in view.stream(stmt) if view.is_visible(r))
-        for _key, group in groupby(rows, key=_patient_key):
+        # Case-insensitive collations (MariaDB *_ci, SQL Server CI) may interleave P1/p1:
+        # group loosely by the sort order, then exactly by the key.
+        for _key, loose in groupby(rows, key=_loose_key):
             if cancelled():
                 return
-            patient_rows = list(group)
-            if query.level == "PATIENT":
-                yield from _patient_answer(query, patient_rows, style)
-            else:
-                yield from _study_answers(query, patient_rows, style, only, emitted)
+            exact: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in loose:
+                exact.setdefault(_patient_key(row), []).append(row)
+            for patient_rows in exact.values():
+                if query.level == "PATIENT":
+                    yield from _patient_answer(query, patient_rows, style)
+                else:
+                    yield from _study_answers(query, patient_rows, style, only, emitted)
 
 
 def _patient_answer(query: FindQuery, rows: list[dict[str, Any]], style: NameStyle) -> Iterator[Attrs]:
