@@ -300,7 +300,7 @@ def main() -> None:
             t1 = time.perf_counter()
             bench(port, args.rows, 1, only="StudyInstanceUID")  # the first UID lookup builds the side table
             print(
-                f"[{kind}] side table built (first UID query) in {time.perf_counter() - t1:.1f} s", flush=True
+                f"[{kind}] first UID query (side-table build) in {time.perf_counter() - t1:.1f} s", flush=True
             )
             for q, (p50, p95, n) in bench(port, args.rows, args.queries).items():
                 print(f"[{kind}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
