@@ -172,3 +172,34 @@ def test_database_unreachable_answers_c001(
         assert uid.status == 0xC001
     failures = [r for r in caplog.records if "C-FIND failed" in r.getMessage()]
     assert len(failures) == 3 and all("\n" not in r.getMessage() for r in failures)
+
+
+def test_c_cancel_over_a_real_association(
+    sqlite_url: str, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+) -> None:
+    """pynetdicom sends C-CANCEL after the first answer: the stream stops with 0xFE00."""
+    engine = create_engine(sqlite_url)
+    create_view_table(engine)
+    spec = demo_specs()[0]
+    insert_rows(
+        engine,
+        [
+            exam_row(spec, ExamineID=f"E{i}", AccessionNumber=f"A{i}", StudyInstanceUID=f"1.2.3.{i}")
+            for i in range(3000)
+        ],
+    )
+    engine.dispose()
+    port = run_proxy(make_config(view={"max_results": 0})).port
+    with FindClient(port) as client:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        sop = StudyRootQueryRetrieveInformationModelFind
+        statuses = []
+        for status, _ds in client.assoc.send_c_find(query, sop, msg_id=7):
+            statuses.append(int(status.Status))
+            if len(statuses) == 1:
+                client.assoc.send_c_cancel(7, query_model=sop)
+        assert statuses[-1] == 0xFE00
+        assert 1 <= statuses.count(0xFF00) < 3000
+        assert client.uids(AccessionNumber="A17") == {"1.2.3.17"}  # the association still works
