@@ -125,11 +125,11 @@ def _arg(data: bytes) -> str:
 
 
 def findscu(
-    port: int, workdir: Path, keys: list[tuple[str, bytes]], calling: str = "jobserver"
+    port: int, workdir: Path, keys: list[tuple[str, bytes]], calling: str = "jobserver", root: str = "-S"
 ) -> list[Path]:
     out = workdir / f"rsp-{len(list(workdir.glob('rsp-*')))}"
     out.mkdir(parents=True)
-    args = ["-S", "-aet", calling, "-aec", "DICOMPROXY", "-X", "-od", str(out)]
+    args = [root, "-aet", calling, "-aec", "DICOMPROXY", "-X", "-od", str(out)]
     for key, value in keys:
         args += ["-k", _arg(key.encode() + b"=" + value)]
     proc = run_tool("findscu", *args, "127.0.0.1", str(port), timeout=60)
@@ -192,3 +192,34 @@ def test_ir58_request_with_gb18030_default(
             assert raw(ds, 0x00100010).rstrip(b" ") == "=李秀英".encode("gb18030")
         ascii_only = client.find({"PatientID": "P0002", "StudyInstanceUID": ""}, charset="ISO_IR 100")
         assert ascii_only.raw and all(raw(ds, 0x00080005).strip() == b"GB18030" for ds in ascii_only.raw)
+
+
+@pytest.mark.dcmtk
+def test_findscu_matching_types(dcmtk: None, find_port: int, tmp_path: Path) -> None:
+    """The matching types once more with DCMTK findscu as the client (Study Root, STUDY level)."""
+    from dicomproxy.samples import uid_from
+    from tests.view_data import UID
+
+    cases: list[tuple[list[tuple[str, bytes]], set[str]]] = [
+        ([("0010,0020", b"P0001")], {CT.study_uid, MR.study_uid}),  # single value
+        ([("0008,0050", b"AX_*")], {uid_from("lit", "AX_1")}),  # wildcard, literal "_"
+        ([("0008,0020", b"20240301-20240410")], {MR.study_uid, US.study_uid}),  # date range
+        ([("0008,0020", b"20240411-")], {MF.study_uid, UID["reg"]}),  # open-ended range
+        ([("0020,000D", f"{UID['m1']}\\{UID['oh']}\\{CT.study_uid}".encode())], {UID["m1"], CT.study_uid}),
+        ([("0008,0061", b"US\\OT")], {US.study_uid, MF.study_uid}),  # multi-valued: OR
+        ([("0008,0050", b"EPRIVATE")], set()),  # invisible
+    ]
+    for keys, expected in cases:
+        merged = dict([("0008,0052", b"STUDY"), ("0020,000D", b""), *keys])  # the case's keys win
+        files = findscu(find_port, tmp_path, list(merged.items()))
+        found = {str(pydicom.dcmread(p).StudyInstanceUID) for p in files}
+        assert found == expected, keys
+    patients = findscu(
+        find_port,
+        tmp_path,
+        [("0008,0052", b"PATIENT"), ("0010,0020", b"P000?"), ("0010,0010", b"")],
+        root="-P",
+    )
+    assert sorted(str(pydicom.dcmread(p).PatientID) for p in patients) == [
+        "P0001", "P0002", "P0003", "P0004", "P0006", "P0007", "P0008",
+    ]  # fmt: skip
