@@ -64,3 +64,23 @@ def test_split_uid_cell() -> None:
     assert split_uid_cell(" 1.2.3,1.2.4;1.2.3 \n 1.2.05 x 1.2..3,") == ["1.2.3", "1.2.4"]
     assert split_uid_cell("1." + "1" * 63) == []  # > 64 characters
     assert split_uid_cell(None) == [] and split_uid_cell("") == []
+
+
+def test_pinyin_side_table(view_db: ViewDB, view_config: Config) -> None:
+    view = ExamView(view_config)
+    try:
+        assert view.patients_for_pinyin("Wang*") == ["P0001"]
+        assert view.patients_for_pinyin("wangxiaodong") == ["P0001"]
+        assert view.patients_for_pinyin("WANG^XIAODONG") == ["P0001"]
+        assert view.patients_for_pinyin("Li^X*") == ["P0002"]
+        assert view.patients_for_pinyin("Ou^Yang*") == ["P0004"]  # 欧阳: compound surname split after 1 char
+        assert view.patients_for_pinyin("Wang^Xiuying") == []
+        # the hint includes invisible rows; the view query re-checks visibility
+        assert view.patients_for_pinyin("Zhao^Min") == ["P0005"]
+        later = dt.datetime(2030, 1, 1)
+        insert_rows(
+            view_db.engine, [_row("EQIAN", "P0010", "钱七", "1.2.840.99.9", RowTimestamp=later)], view_db.name
+        )
+        assert view.patients_for_pinyin("Qian*") == ["P0010"]  # a miss forces one sync
+    finally:
+        view.close()

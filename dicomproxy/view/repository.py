@@ -150,6 +150,15 @@ class ExamView:
             groups.append(current)
         return groups
 
+    def patients_for_pinyin(self, pattern: str) -> list[str] | None:
+        """PatientIDs whose name's pinyin may match (side table); None without a side table."""
+        if self.uid_index is None:
+            return None
+        try:
+            return self.uid_index.patients_for_pinyin(pattern)
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+
     def uid_predicates(self, uids: Sequence[str]) -> list[ColumnElement[bool]] | None:
         """One WHERE fragment per statement that finds rows holding any of ``uids``.
 
