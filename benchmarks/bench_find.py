@@ -198,7 +198,7 @@ ae_title = "BENCH"
 host = "127.0.0.1"
 port = 1
 [logging]
-level = "WARNING"
+level = "INFO"
 """,
         encoding="utf-8",
     )
@@ -248,6 +248,7 @@ def bench(
         "StudyInstanceUID": lambda: {"StudyInstanceUID": uid(rnd.randrange(rows))},
         "StudyDate(1 day)+ModalitiesInStudy": lambda: {"StudyDate": day(), "ModalitiesInStudy": "CT"},
         "PatientName 王*": lambda: {"PatientName": "王*"},
+        "PatientName Wang^Xiaodong (pinyin)": lambda: {"PatientName": "Wang^Xiaodong"},
     }
     out: dict[str, tuple[float, float, float]] = {}
     try:
@@ -255,6 +256,7 @@ def bench(
             if only is not None and kind != only:
                 continue
             n = queries if "王" not in kind else max(5, queries // 10)
+            n = n if "pinyin" not in kind else max(5, queries // 4)
             run(make())  # warm-up
             times, counts = zip(*(run(make()) for _ in range(n)), strict=True)
             out[kind] = (percentile(list(times), 0.5), percentile(list(times), 0.95), statistics.mean(counts))
@@ -298,10 +300,19 @@ def main() -> None:
         try:
             wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="BENCH", proc=proc)
             t1 = time.perf_counter()
-            bench(port, args.rows, 1, only="StudyInstanceUID")  # the first UID lookup builds the side table
+            log = workdir / "serve.log"
+            # serve builds the UID/pinyin side tables in the background at start-up
+            while "uid side table: full sync" not in log.read_text(errors="replace"):
+                if proc.poll() is not None or time.perf_counter() - t1 > 900:
+                    raise RuntimeError(f"side table not built; see {log}")
+                time.sleep(0.5)
             print(
-                f"[{kind}] first UID query (side-table build) in {time.perf_counter() - t1:.1f} s", flush=True
+                f"[{kind}] side tables built in the background in {time.perf_counter() - t1:.1f} s",
+                flush=True,
             )
+            t1 = time.perf_counter()
+            bench(port, args.rows, 1, only="StudyInstanceUID")
+            print(f"[{kind}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
             for q, (p50, p95, n) in bench(port, args.rows, args.queries).items():
                 print(f"[{kind}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
         finally:

@@ -19,5 +19,6 @@ def build_context(config: Config) -> AppContext:
     install_pydicom_workarounds()  # ISO 2022 IR 58, see dicomproxy.charsets
     ctx = AppContext(config)
     ctx.view = ExamView(config)
+    ctx.view.warm_up()  # UID/pinyin side tables build in the background
     ctx.find = FindService(config, ctx.view, PacsFinder(config))
     return ctx

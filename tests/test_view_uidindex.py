@@ -53,6 +53,26 @@ def test_side_table_sync_and_recheck(view_db: ViewDB, view_config: Config) -> No
         view.close()
 
 
+def test_lookups_fall_back_while_the_side_table_builds(view_config: Config) -> None:
+    """A background build must not block C-FIND: lookups scan the view meanwhile."""
+    view = ExamView(view_config)
+    assert view.uid_index is not None
+    try:
+        view.uid_index.building.set()
+        assert view.examine_ids_for_uids([UID["m1"]]) is None
+        assert view.patients_for_pinyin("Wang*") is None
+        assert view.resolve_study_uids(study_uids=[UID["m2"], UID["oh"]]) == [UID["m2"]]
+        assert view.resolve_study_uids(study_uids=["1.2"]) == []  # LIKE '%1.2%' hits, exact check drops
+        view.uid_index.building.clear()
+        thread = view.uid_index.start_background_build()
+        assert thread is not None
+        thread.join(30)
+        assert view.uid_index.is_built() and view.uid_index.start_background_build() is None
+        assert view.examine_ids_for_uids([UID["m1"]]) == [["EMULTI"]]
+    finally:
+        view.close()
+
+
 def view_rows_count(view: ExamView) -> list[object]:
     from sqlalchemy import select
 

@@ -94,6 +94,8 @@ class UidIndex:
         self.max_age = max_age
         self._lock = threading.Lock()
         self._last_sync = 0.0
+        #: Set while a background build runs: lookups answer None (callers fall back).
+        self.building = threading.Event()
         _MD.create_all(self.engine)
 
     def close(self) -> None:
@@ -122,6 +124,30 @@ class UidIndex:
             count = self._sync(since)
             self._last_sync = time.monotonic()
             return count
+
+    def is_built(self) -> bool:
+        """True when the side tables hold a complete build of this view."""
+        state = self._state()
+        return state.get("source") == self.source and "high_water" in state
+
+    def start_background_build(self) -> threading.Thread | None:
+        """Build (or catch up) in a daemon thread, so that the first C-FIND after start-up
+        does not wait for a full read of a large view. Lookups meanwhile return None."""
+        if self.is_built():
+            return None
+        self.building.set()
+
+        def run() -> None:
+            try:
+                self.sync(force=True)
+            except Exception as exc:  # logged; lookups build lazily later
+                LOG.warning("uid side table: background build failed: %s", exc)
+            finally:
+                self.building.clear()
+
+        thread = threading.Thread(target=run, name="uid-side-table", daemon=True)
+        thread.start()
+        return thread
 
     def rebuild(self) -> int:
         """Drop everything and read the whole view again."""
@@ -188,8 +214,10 @@ class UidIndex:
 
     # --- lookup -----------------------------------------------------------------------------
 
-    def lookup(self, uids: Sequence[str]) -> dict[str, list[str]]:
-        """ExamineIDs per UID (only UIDs that are in the side table)."""
+    def lookup(self, uids: Sequence[str]) -> dict[str, list[str]] | None:
+        """ExamineIDs per UID (only UIDs that are in the side table); None while building."""
+        if self.building.is_set():
+            return None
         self.sync()
         found = self._lookup(uids)
         # A miss may be a study newer than our last sync: sync once, then answer.
@@ -197,9 +225,12 @@ class UidIndex:
             found = self._lookup(uids)
         return found
 
-    def patients_for_pinyin(self, pattern: str) -> list[str]:
+    def patients_for_pinyin(self, pattern: str) -> list[str] | None:
         """Sorted PatientIDs whose name's pinyin matches an alphabetic PN group (``Wang^X*``,
-        ``WANG*``, ``wangxiaodong``), case-insensitively. A hint: callers re-check."""
+        ``WANG*``, ``wangxiaodong``), case-insensitively; None while building. A hint:
+        callers re-check."""
+        if self.building.is_set():
+            return None
         self.sync()
         text = pattern.upper().rstrip("^").replace(" ", "")
         column = NAME_TABLE.c.caret if "^" in text else NAME_TABLE.c.plain
