@@ -302,8 +302,8 @@ def main() -> None:
             t1 = time.perf_counter()
             log = workdir / "serve.log"
             # serve builds the UID/pinyin side tables in the background at start-up
-            while "uid side table: full sync" not in log.read_text(errors="replace"):
-                if proc.poll() is not None or time.perf_counter() - t1 > 900:
+            while "uid side table: " not in log.read_text(errors="replace"):
+                if proc.poll() is not None or time.perf_counter() - t1 > 600:
                     raise RuntimeError(f"side table not built; see {log}")
                 time.sleep(0.5)
             print(

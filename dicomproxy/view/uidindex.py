@@ -134,6 +134,7 @@ class UidIndex:
         """Build (or catch up) in a daemon thread, so that the first C-FIND after start-up
         does not wait for a full read of a large view. Lookups meanwhile return None."""
         if self.is_built():
+            LOG.info("uid side table: already built, incremental syncs from now on")
             return None
         self.building.set()
 
