@@ -31,6 +31,7 @@ from dicomproxy import access
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.handlers.echo import handle_echo
+from dicomproxy.handlers.find import handle_find
 from dicomproxy.net import NODELAY_HANDLERS
 from dicomproxy.tls import server_context
 
@@ -89,6 +90,7 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
+        (evt.EVT_C_FIND, handle_find, [ctx]),
     ]
     # Feature handlers (C-FIND, C-MOVE, C-GET, C-STORE from the PACS) are added here.
     return handlers
