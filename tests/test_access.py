@@ -127,3 +127,33 @@ def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None
     log.window = 0.0
     log.warn("192.0.2.1", "again")
     assert "4 more rejection(s)" in caplog.records[-1].getMessage()
+
+
+def test_find_not_permitted(make_config, run_proxy, sqlite_view) -> None:
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    cfg = make_config(
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
+            {"ae_title": "ECHOONLY", "host": "127.0.0.1", "port": 104, "services": ["echo"]},
+        ]
+    )
+    server = run_proxy(cfg)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.AccessionNumber = "A0001"
+    query.StudyInstanceUID = ""
+    results = {}
+    for calling in ("jobserver", "ECHOONLY"):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+        assert assoc.is_established
+        results[calling] = [
+            s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+        ]
+        assoc.release()
+        ae.shutdown()
+    assert results["jobserver"] == [0xFF00, 0x0000]
+    assert results["ECHOONLY"] == [0x0124]

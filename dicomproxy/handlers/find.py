@@ -17,9 +17,16 @@ from pynetdicom import evt
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
+from dicomproxy.access import permitted
 from dicomproxy.charsets import answer_charset, check_supported, declared_charsets
 from dicomproxy.context import AppContext
-from dicomproxy.errors import DicomServiceError, InvalidIdentifier, UnableToProcess, ViewUnavailable
+from dicomproxy.errors import (
+    DicomServiceError,
+    InvalidIdentifier,
+    NotAuthorized,
+    UnableToProcess,
+    ViewUnavailable,
+)
 from dicomproxy.view.query import parse_identifier
 
 LOG = logging.getLogger("dicomproxy.find")
@@ -54,7 +61,10 @@ def handle_find(event: evt.Event, ctx: AppContext) -> Iterator[tuple[Any, Datase
         if event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
         else "STUDY"
     )
+    calling = event.assoc.requestor.ae_title
     try:
+        if not permitted(ctx.config, calling, "find"):
+            raise NotAuthorized(f"C-FIND not permitted for {calling}")
         if ctx.view is None or ctx.find is None:
             raise ViewUnavailable("exam view not configured")
         try:
