@@ -221,8 +221,7 @@ class PacsClient:
         last = PacsOutcome(0x0000)
         for status, _ in responses:
             if "Status" not in status:
-                what = "aborted" if assoc.is_aborted else "stopped answering"
-                return PacsOutcome(0xC002, f"PACS {self.config.ae_title} {what} during the retrieval")
+                return PacsOutcome(0xC002, f"PACS {self.config.ae_title} aborted or stopped answering")
             code = int(status.Status)
             if code_to_category(code) != "Pending":
                 last = PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")

@@ -104,7 +104,7 @@ def _collect(
         summary.comment = str(status.get("ErrorComment", "") or "")
         if ds is not None and "FailedSOPInstanceUIDList" in ds:
             value = ds.FailedSOPInstanceUIDList
-            summary.failed_uids = [str(v) for v in (value if isinstance(value, list) else [value]) if v]
+            summary.failed_uids = [str(v) for v in ([value] if isinstance(value, str) else value) if v]
         if code_to_category(summary.status) == "Pending":
             summary.pending += 1
             if progress is not None:
