@@ -326,9 +326,13 @@ class RelayService:
             final = state.response(0xC000, "internal error in the relay")
         finally:
             if upstream is not None:
-                if outcome not in ("success", "partial"):
+                if outcome in ("success", "partial") and not upstream.stop_requested.is_set():
+                    upstream.thread.join(timeout=self.config.pacs.dimse_timeout)
+                else:
+                    # Stopped: its PACS association is aborted; pynetdicom may still wait out the
+                    # DIMSE timeout before the thread notices. Don't hold the requester for that.
                     upstream.stop()
-                upstream.thread.join(timeout=self.config.pacs.dimse_timeout)
+                    upstream.thread.join(timeout=1.0)
             if forwarder is not None:
                 forwarder.close()
             if spool is not None:
