@@ -6,33 +6,30 @@ the handlers through :class:`~dicomproxy.context.AppContext`.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.journal import Journal
 from dicomproxy.pacs import PacsClient
+from dicomproxy.pacsfind import PacsFinder
 from dicomproxy.relay import RelayService
 from dicomproxy.store import ReceiveRegistry
-
-LOG = logging.getLogger("dicomproxy.app")
-
-
-def build_view(config: Config) -> Any:
-    """The exam view (branch ``view``); None while it is not part of this build."""
-    try:
-        from dicomproxy.view.repository import ExamView  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        LOG.warning("exam view module not available: C-MOVE/C-GET resolve nothing")
-        return None
-    return ExamView(config)
+from dicomproxy.view.repository import ExamView
+from dicomproxy.view.service import FindService
 
 
 def build_context(config: Config, *, view: Any = None, pending_interval: float = 5.0) -> AppContext:
-    """Create the long-lived services for ``serve`` (``view`` overrides the exam view, for tests)."""
+    """Create the long-lived services for ``serve``.
+
+    ``view`` replaces the exam view (tests of relay mechanics only); ``pending_interval`` is
+    the longest silence before a C-MOVE/C-GET Pending response.
+    """
+    install_pydicom_workarounds()  # ISO 2022 IR 58, see dicomproxy.charsets
     ctx = AppContext(config)
-    ctx.view = view if view is not None else build_view(config)
+    ctx.view = view if view is not None else ExamView(config)
+    ctx.find = FindService(config, ctx.view, PacsFinder(config))
     registry = ReceiveRegistry(config.proxy.ae_title)
     ctx.pacs = PacsClient(config.pacs, config.proxy.ae_title, registry)
     ctx.journal = Journal.for_config(config.journal.url, config.data_path)

@@ -21,6 +21,8 @@ class AppContext:
     stopping: threading.Event = field(default_factory=threading.Event)
     #: Exam view access (dicomproxy.view); None until built.
     view: Any = None
+    #: C-FIND service (dicomproxy.view.service.FindService); None until built.
+    find: Any = None
     #: Upstream PACS client(s) (dicomproxy.pacs); None until built.
     pacs: Any = None
     #: Job journal (dicomproxy.journal); None until built.

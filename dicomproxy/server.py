@@ -31,6 +31,7 @@ from dicomproxy import access
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.handlers.echo import handle_echo
+from dicomproxy.handlers.find import handle_find
 from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
 from dicomproxy.net import NODELAY_HANDLERS
@@ -107,11 +108,11 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
+        (evt.EVT_C_FIND, handle_find, [ctx]),
         (evt.EVT_C_MOVE, handle_move, [ctx]),
         (evt.EVT_C_GET, handle_get, [ctx]),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
-    # Feature handlers (C-FIND) are added here.
     return handlers
 
 

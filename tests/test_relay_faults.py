@@ -71,10 +71,14 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(params=["c-move", "c-get"])
-def rig(request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Rig]:
+def rig(
+    request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]
+) -> Iterator[Rig]:
     proxy_port = free_port()
     dest = FakeDestination().start()
-    pacs = FakePacs(study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}).start()
+    pacs = FakePacs(
+        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    ).start()
     config = make_config(
         proxy={"port": proxy_port},
         pacs={
@@ -147,7 +151,9 @@ def test_destination_rejects_one_instance(rig: Rig) -> None:
     assert result.status == 0xB000, result.line()
     assert (result.completed, result.failed, result.failed_uids) == (4, 1, [bad])
     job = rig.ctx.journal.get(rig.last_job()["id"])
-    assert job is not None and [(i["sop_instance_uid"], i["status"]) for i in job.instances] == [(bad, 0xA700)]
+    assert job is not None and [(i["sop_instance_uid"], i["status"]) for i in job.instances] == [
+        (bad, 0xA700)
+    ]
     # the refused instance stays in the spool (not confirmed); the confirmed ones are gone
     spooled = list((rig.config.data_path / "spool").rglob("*.dcm"))
     assert len(spooled) == 1
@@ -230,7 +236,10 @@ def test_cancel_mid_study(rig: Rig) -> None:
 def test_pacs_down(make_config: Callable[..., Config], run_proxy: Callable[..., Server]) -> None:
     config = make_config(
         pacs={"ae_title": "FAKEPACS", "host": "127.0.0.1", "port": free_port(), "connect_timeout": 2.0},
-        peers=[{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, {"ae_title": "DEST", "host": "127.0.0.1", "port": 1}],
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": 1},
+        ],
     )
     ctx = build_context(config, view=AllVisible())
     server = run_proxy(config, ctx)

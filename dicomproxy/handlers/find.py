@@ -1,0 +1,94 @@
+"""EVT_C_FIND handler (PS3.4 C.4.1): thin; the work is in :mod:`dicomproxy.view.service`.
+
+Statuses (PS3.4 C.4.1.1.4): Pending 0xFF00 per match, Success 0x0000, Cancel 0xFE00 after
+C-CANCEL, 0xA900 for a malformed identifier, 0xC000 unable to process, 0xC001 exam view
+unavailable, 0xC002 PACS unavailable (our 0xC0xx, docs/view.md). Failures carry an
+Error Comment (0000,0902) without patient data and are logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from pynetdicom.status import Status
+
+from dicomproxy.charsets import answer_charset, check_supported, declared_charsets
+from dicomproxy.context import AppContext
+from dicomproxy.errors import DicomServiceError, InvalidIdentifier, UnableToProcess, ViewUnavailable
+from dicomproxy.view.query import parse_identifier
+
+LOG = logging.getLogger("dicomproxy.find")
+
+
+def _failure(exc: DicomServiceError) -> Dataset:
+    status = Dataset()
+    status.Status = exc.status
+    status.ErrorComment = exc.comment
+    return status
+
+
+class _Cancel:
+    """``event.is_cancelled`` is consumed when read: remember a True."""
+
+    def __init__(self, event: evt.Event, ctx: AppContext) -> None:
+        self.event = event
+        self.ctx = ctx
+        self.seen = False
+
+    def __call__(self) -> bool:
+        if not self.seen and (self.event.is_cancelled or self.ctx.stopping.is_set()):
+            self.seen = True
+        return self.seen
+
+
+def handle_find(event: evt.Event, ctx: AppContext) -> Iterator[tuple[Any, Dataset | None]]:
+    """C-FIND SCP, Patient and Study Root: PATIENT/STUDY from the view, SERIES/IMAGE via the PACS."""
+    cancelled = _Cancel(event, ctx)
+    model = (
+        "PATIENT"
+        if event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
+        else "STUDY"
+    )
+    try:
+        if ctx.view is None or ctx.find is None:
+            raise ViewUnavailable("exam view not configured")
+        try:
+            identifier = event.identifier
+        except Exception as exc:  # pynetdicom/pydicom decode errors of any kind
+            raise InvalidIdentifier("identifier cannot be decoded") from exc
+        requested = declared_charsets(identifier.get("SpecificCharacterSet"))
+        problem = check_supported(requested)
+        if problem:
+            raise InvalidIdentifier(problem)
+        query = parse_identifier(identifier, model)
+        charset = answer_charset(requested, ctx.config.view.default_charset)
+        LOG.info("C-FIND %s level %s from %s", model, query.level, event.assoc.requestor.ae_title)
+        answers = ctx.find.answer(
+            query,
+            identifier,
+            calling_ae=event.assoc.requestor.ae_title,
+            charset=charset,
+            cancelled=cancelled,
+        )
+        for ds in answers:
+            if cancelled():
+                yield Status.CANCEL, None
+                return
+            yield Status.PENDING, ds
+        if cancelled():
+            yield Status.CANCEL, None
+            return
+    except DicomServiceError as exc:
+        LOG.warning("C-FIND failed (0x%04X): %s", exc.status, exc)
+        yield _failure(exc), None
+        return
+    except Exception as exc:  # a bug must not kill the association thread silently
+        LOG.exception("C-FIND failed unexpectedly")
+        yield _failure(UnableToProcess(f"internal error: {type(exc).__name__}")), None
+        return
+    yield Status.SUCCESS, None

@@ -1,0 +1,231 @@
+"""Read access to the exam view: one engine per process, visibility, UID resolution, streaming.
+
+Visibility is the security boundary (exam-view.md "Rules"): a row is served only if
+
+- ``HospitalID`` equals ``[hospital].id`` (checked in SQL *and* again in Python, because
+  SQL Server's Chinese_PRC_CI_AS collation compares case-insensitively),
+- ``Privacy`` ≤ ``[view].max_privacy``; a NULL Privacy counts as 0 (normal) — the seed
+  makes the column optional and a RIS that never sets it has only normal exams,
+- its StudyInstanceUID cell holds at least one valid UID (checked in Python; SQL only
+  says ``IS NOT NULL`` because Oracle treats ``''`` as NULL and ``col <> ''`` would hide
+  every row there).
+
+Everything the handlers read goes through :meth:`ExamView.visible_rows`-style filters;
+nothing outside the visible set can be found *or* resolved for retrieval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, create_engine, or_, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomproxy.config import Config, ViewConfig
+from dicomproxy.errors import ViewUnavailable
+from dicomproxy.view.model import exam_view_table
+from dicomproxy.view.sql import ESCAPE, batches, escape_like
+from dicomproxy.view.uidindex import UidIndex
+from dicomproxy.view.uids import dedupe, is_valid_uid, split_uid_cell
+
+LOG = logging.getLogger("dicomproxy.view")
+
+Row = Mapping[str, Any]
+
+#: Rows fetched per round trip when streaming (server-side cursors where the driver has them).
+FETCH_BATCH = 500
+
+
+def make_engine(view: ViewConfig) -> Engine:
+    """The process's one engine for the view: pooled, ``pool_pre_ping``, read-only use."""
+    url = make_url(view.url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    backend = url.get_backend_name()
+    if not (backend == "sqlite" and url.database in (None, "", ":memory:")):
+        kwargs["pool_size"] = view.pool_size
+    connect_args: dict[str, Any] = {}
+    timeout_ms = int(view.query_timeout * 1000)
+    if backend == "postgresql" and url.get_driver_name() == "psycopg2" and timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={timeout_ms}"
+    elif backend == "sqlite":
+        connect_args["check_same_thread"] = False
+    elif backend == "mysql" and timeout_ms:
+        connect_args["read_timeout"] = max(1, int(view.query_timeout))
+    return create_engine(url, connect_args=connect_args, **kwargs)
+
+
+def first_line(exc: BaseException) -> str:
+    """A one-line reason for logs and Error Comments (no SQL, no parameters)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _source_id(config: Config) -> str:
+    url = make_url(config.view.url)
+    where = f"{url.host or ''}:{url.port or ''}/{url.database or ''}"
+    return f"{url.get_backend_name()}://{where}#{config.view.name}"
+
+
+class ExamView:
+    """The exam view (影像云视图), read-only. Build once per process; thread-safe."""
+
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.table = exam_view_table(config.view.name)
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else make_engine(config.view)
+        self.dialect = self.engine.dialect.name
+        self.uid_index: UidIndex | None
+        try:
+            self.uid_index = UidIndex(
+                config.data_path / "uid_index.sqlite", self.engine, self.table, _source_id(config)
+            )
+        except (OSError, SQLAlchemyError) as exc:
+            LOG.warning("uid side table unavailable, StudyInstanceUID lookups will scan: %s", exc)
+            self.uid_index = None
+
+    def close(self) -> None:
+        if self.uid_index is not None:
+            self.uid_index.close()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # --- visibility ---------------------------------------------------------------------------
+
+    def visible(self) -> ColumnElement[bool]:
+        """The SQL half of the visibility rule (see the module docstring)."""
+        c = self.table.c
+        return and_(
+            c.HospitalID == self.config.hospital.id,
+            or_(c.Privacy.is_(None), c.Privacy <= self.config.view.max_privacy),
+            c.StudyInstanceUID.is_not(None),
+        )
+
+    def is_visible(self, row: Row) -> bool:
+        """The Python half: exact hospital id, privacy, at least one valid UID."""
+        privacy = row.get("Privacy")
+        return (
+            row.get("HospitalID") == self.config.hospital.id
+            and (privacy is None or int(privacy) <= self.config.view.max_privacy)
+            and bool(split_uid_cell(row.get("StudyInstanceUID")))
+        )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def stream(self, stmt: Select[Any]) -> Iterator[dict[str, Any]]:
+        """Rows of ``stmt`` as dicts keyed by seed column names, fetched in batches.
+
+        Database errors become :class:`ViewUnavailable` with a one-line reason.
+        """
+        keys = [str(col.key) for col in stmt.selected_columns]
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=FETCH_BATCH).execute(stmt)
+                for raw in result:
+                    yield dict(zip(keys, raw, strict=True))
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+
+    def examine_ids_for_uids(self, uids: Sequence[str]) -> list[list[str]] | None:
+        """ExamineIDs of rows that may hold these UIDs, grouped into ≤1000-id batches
+        (all ids of one UID in the same batch); None when there is no side table."""
+        if self.uid_index is None:
+            return None
+        try:
+            found = self.uid_index.lookup(list(uids))
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+        groups: list[list[str]] = []
+        current: list[str] = []
+        for uid in uids:
+            ids = [i for i in found.get(uid, []) if i not in current]
+            if current and len(current) + len(ids) > 1000:
+                groups.append(current)
+                current = []
+            current.extend(ids)
+        if current:
+            groups.append(current)
+        return groups
+
+    def uid_predicates(self, uids: Sequence[str]) -> list[ColumnElement[bool]] | None:
+        """One WHERE fragment per statement that finds rows holding any of ``uids``.
+
+        With the side table: ``ExamineID IN (...)`` (index seek on the view's unique key).
+        Without: ``StudyInstanceUID = :u OR StudyInstanceUID LIKE '%u%'`` (a scan; fallback
+        only). Callers re-check the UID in Python. Returns [] when nothing can match.
+        """
+        c = self.table.c
+        groups = self.examine_ids_for_uids(uids)
+        if groups is not None:
+            return [c.ExamineID.in_(group) for group in groups]
+        preds: list[ColumnElement[bool]] = []
+        for chunk in batches(list(uids), 200):
+            preds.append(
+                or_(
+                    *(c.StudyInstanceUID == u for u in chunk),
+                    *(
+                        c.StudyInstanceUID.like(f"%{escape_like(u, self.dialect)}%", escape=ESCAPE)
+                        for u in chunk
+                    ),
+                )
+            )
+        return preds
+
+    # --- the relay's entry point ----------------------------------------------------------------
+
+    def resolve_study_uids(
+        self,
+        *,
+        study_uids: Sequence[str] = (),
+        accession: str | None = None,
+        patient_id: str | None = None,
+    ) -> list[str]:
+        """Visible Study Instance UIDs matching every given key (exact match each).
+
+        Invalid UIDs in ``study_uids`` are ignored; with ``study_uids`` the answer keeps
+        their order, otherwise the view's (PerformTime, ExamineID) order. No key → [].
+        Raises :class:`ViewUnavailable` when the database fails.
+        """
+        wanted = dedupe(u.strip() for u in study_uids if is_valid_uid(u.strip()))
+        if study_uids and not wanted:
+            return []
+        if not wanted and accession is None and patient_id is None:
+            return []
+        c = self.table.c
+        base = [self.visible()]
+        if accession is not None:
+            base.append(c.AccessionNumber == accession)
+        if patient_id is not None:
+            base.append(c.PatientID == patient_id)
+        wheres: list[ColumnElement[bool]] = [and_(*base)]
+        if wanted:
+            preds = self.uid_predicates(wanted)
+            if not preds:
+                return []
+            wheres = [and_(*base, p) for p in preds]
+        cols = (
+            c.ExamineID,
+            c.StudyInstanceUID,
+            c.HospitalID,
+            c.Privacy,
+            c.AccessionNumber,
+            c.PatientID,
+        )
+        found: list[str] = []
+        for where in wheres:
+            stmt = select(*cols).where(where).order_by(c.PerformTime, c.ExamineID)
+            for row in self.stream(stmt):
+                if not self.is_visible(row):
+                    continue
+                if accession is not None and row["AccessionNumber"] != accession:
+                    continue
+                if patient_id is not None and row["PatientID"] != patient_id:
+                    continue
+                found.extend(split_uid_cell(row["StudyInstanceUID"]))
+        if wanted:
+            have = set(found)
+            return [u for u in wanted if u in have]
+        return dedupe(found)

@@ -1,0 +1,97 @@
+"""Answer a PATIENT or STUDY level C-FIND from the view, streaming (PS3.4 C.4.1.3).
+
+Rows come ordered by (PatientID, issuer, ExamineID) and are processed one patient at a
+time: only that patient's rows are held in memory. Within a patient, rows are merged by
+Study Instance UID (several exam rows may describe one study); a UID that appears under
+two patients is answered once (the first) and logged. At PATIENT level one answer per
+(PatientID, issuer); rows without a PatientID have no patient to answer for and are
+skipped there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from typing import Any
+
+from dicomproxy.config import NameStyle
+from dicomproxy.view.mapping import patient_attributes, study_attributes
+from dicomproxy.view.query import FindQuery, build_select, residual_match
+from dicomproxy.view.repository import ExamView
+from dicomproxy.view.uids import split_uid_cell
+
+LOG = logging.getLogger("dicomproxy.view.search")
+
+Attrs = dict[str, Any]
+
+
+def _patient_key(row: dict[str, Any]) -> tuple[str, str]:
+    return (row.get("PatientID") or "", row.get("PIDAssigningAuthority") or "")
+
+
+def search(
+    view: ExamView,
+    query: FindQuery,
+    *,
+    style: NameStyle,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Iterator[Attrs]:
+    """Every matching answer as a full attribute dict (the caller keeps the requested keys)."""
+    wanted_uids = query.study_uids
+    if wanted_uids:
+        preds = view.uid_predicates(wanted_uids)
+        if not preds:
+            return
+        statements = [build_select(query, view.table, view.visible(), view.dialect, [p]) for p in preds]
+    else:
+        statements = [build_select(query, view.table, view.visible(), view.dialect)]
+    only = set(wanted_uids)
+    emitted: set[str] = set()
+    for stmt in statements:
+        rows = (r for r in view.stream(stmt) if view.is_visible(r))
+        for _key, group in groupby(rows, key=_patient_key):
+            if cancelled():
+                return
+            patient_rows = list(group)
+            if query.level == "PATIENT":
+                yield from _patient_answer(query, patient_rows, style)
+            else:
+                yield from _study_answers(query, patient_rows, style, only, emitted)
+
+
+def _patient_answer(query: FindQuery, rows: list[dict[str, Any]], style: NameStyle) -> Iterator[Attrs]:
+    if not rows[0].get("PatientID"):
+        return
+    # Latest row first: a renamed patient is answered with the current name.
+    rows.sort(key=lambda r: (r.get("RowTimestamp") is not None, r.get("RowTimestamp")), reverse=True)
+    attrs = patient_attributes(rows, style)
+    uids = {u for r in rows for u in split_uid_cell(r.get("StudyInstanceUID"))}
+    attrs["NumberOfPatientRelatedStudies"] = str(len(uids))  # (0020,1200) IS
+    if residual_match(query, attrs):
+        yield attrs
+
+
+def _study_answers(
+    query: FindQuery,
+    rows: list[dict[str, Any]],
+    style: NameStyle,
+    only: set[str],
+    emitted: set[str],
+) -> Iterator[Attrs]:
+    by_uid: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        for uid in split_uid_cell(row.get("StudyInstanceUID")):
+            if not only or uid in only:
+                by_uid.setdefault(uid, []).append(row)
+    for uid, uid_rows in by_uid.items():
+        if uid in emitted:
+            LOG.warning(
+                "StudyInstanceUID on rows of two patients; answered once (ExamineID %s)",
+                uid_rows[0].get("ExamineID"),
+            )
+            continue
+        attrs = study_attributes(uid, uid_rows, style)
+        if residual_match(query, attrs):
+            emitted.add(uid)
+            yield attrs

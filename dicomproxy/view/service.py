@@ -1,0 +1,107 @@
+"""The C-FIND service behind the handler: level dispatch, visibility for SERIES/IMAGE,
+PACS counts, the ``max_results`` cap and response datasets (PS3.4 C.4.1.2, C.4.1.3).
+
+Answers carry only the requested keys (PS3.4 C.4.1.1.3.2), the level's unique key,
+QueryRetrieveLevel and Specific Character Set (0008,0005).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicomproxy.config import Config, NameStyle
+from dicomproxy.pacsfind import CountsSession, PacsFinder
+from dicomproxy.view.query import PACS_KEYS, FindQuery
+from dicomproxy.view.repository import ExamView
+from dicomproxy.view.search import search
+
+LOG = logging.getLogger("dicomproxy.find")
+
+#: The unique key per level (PS3.4 C.6.1.1 / C.6.2.1).
+UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID"}
+
+
+def name_style_for(config: Config, calling_ae: str) -> NameStyle:
+    """The peer's ``name_style``, else ``[view].name_style``."""
+    peer = config.peer(calling_ae)
+    if peer is not None and peer.name_style is not None:
+        return peer.name_style
+    return config.view.name_style
+
+
+def build_response(query: FindQuery, attrs: dict[str, Any], charset: str) -> Dataset:
+    """One pending identifier: requested keys only (empty when we have no value)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = query.level
+    keys = list(query.requested)
+    unique = UNIQUE_KEYS[query.level]
+    if unique not in keys:
+        keys.append(unique)
+    for keyword in keys:
+        if dictionary_VR(keyword) == "SQ":
+            setattr(ds, keyword, DicomSequence())
+            continue
+        value = attrs.get(keyword, "")
+        setattr(ds, keyword, value if value not in (None, []) else "")
+    return ds
+
+
+class FindService:
+    """PATIENT/STUDY from the view, SERIES/IMAGE from the PACS for visible studies only."""
+
+    def __init__(self, config: Config, view: ExamView, pacs: PacsFinder) -> None:
+        self.config = config
+        self.view = view
+        self.pacs = pacs
+
+    def answer(
+        self,
+        query: FindQuery,
+        identifier: Dataset,
+        *,
+        calling_ae: str,
+        charset: str,
+        cancelled: Callable[[], bool],
+    ) -> Iterator[Dataset]:
+        """Pending identifiers, streamed. Raises DicomServiceError subclasses."""
+        if query.level in ("SERIES", "IMAGE"):
+            yield from self._forward(query, identifier, cancelled)
+            return
+        style = name_style_for(self.config, calling_ae)
+        limit = self.config.view.max_results
+        sent = 0
+        with ExitStack() as stack:
+            counts: CountsSession | None = None
+            if query.level == "STUDY" and query.wants(*PACS_KEYS):
+                counts = stack.enter_context(self.pacs.counts_session())
+            for attrs in search(self.view, query, style=style, cancelled=cancelled):
+                if limit and sent >= limit:
+                    LOG.warning("C-FIND stopped at [view].max_results = %d matches", limit)
+                    return
+                if counts is not None:
+                    attrs.update(counts.counts(attrs["StudyInstanceUID"]) or {})
+                yield build_response(query, attrs, charset)
+                sent += 1
+
+    def _forward(
+        self, query: FindQuery, identifier: Dataset, cancelled: Callable[[], bool]
+    ) -> Iterator[Dataset]:
+        """SERIES/IMAGE: only the visible requested studies are asked of the PACS."""
+        visible = self.view.resolve_study_uids(study_uids=query.study_uids)
+        if not visible:
+            return
+        forwarded = Dataset()
+        forwarded.update(identifier)
+        forwarded.StudyInstanceUID = visible if len(visible) > 1 else visible[0]
+        for ds in self.pacs.find(forwarded, query.model, cancelled):
+            uid = str(ds.get("StudyInstanceUID", "") or "")
+            if not uid or uid in visible:  # never pass on a study we did not ask for
+                yield ds
