@@ -112,6 +112,8 @@ class CompressionConfig:
     j2k_ratio: float = 10.0
     j2k_psnr: float = 0.0
     jpegls_near: int = 2
+    #: JPEG Baseline quality (1-100) for 8-bit images in lossy mode.
+    jpeg_quality: int = 90
     uid_policy: UidPolicy = "keep"
     never_lossy_modalities: tuple[str, ...] = ("MG",)
     never_lossy_sop_classes: tuple[str, ...] = ()
@@ -341,6 +343,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         j2k_ratio=s.number("j2k_ratio", cd.j2k_ratio),
         j2k_psnr=s.number("j2k_psnr", cd.j2k_psnr),
         jpegls_near=s.integer("jpegls_near", cd.jpegls_near, lo=0, hi=255),
+        jpeg_quality=s.integer("jpeg_quality", cd.jpeg_quality, lo=1, hi=100),
         uid_policy=s.string("uid_policy", cd.uid_policy, choices=("keep", "new")),
         never_lossy_modalities=s.strings("never_lossy_modalities", cd.never_lossy_modalities),
         never_lossy_sop_classes=s.strings("never_lossy_sop_classes", cd.never_lossy_sop_classes),

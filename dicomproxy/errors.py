@@ -97,3 +97,16 @@ class SopClassNotSupported(DicomServiceError):
     """PS3.7 C.5: 0x0122 SOP Class not supported."""
 
     status = 0x0122
+
+
+class CannotTranscode(UnableToProcess):
+    """No transfer syntax the destination accepted can carry this instance.
+
+    The instance's C-STORE sub-operation cannot be attempted, so it counts as a failed sub-operation
+    (PS3.4 C.4.2.3.1: the final C-MOVE/C-GET status becomes 0xB000 or 0xA702). When a status for this
+    one instance is needed it is 0xC010, in the 0xCxxx "Unable to process" range that PS3.4 Table C.4-2
+    (C-MOVE) and B.2-1 (C-STORE "Cannot understand") leave to the implementation. It is *not* 0xA9xx
+    ("Data Set does not match SOP Class"): the data set is fine, the negotiated syntaxes are not.
+    """
+
+    status = 0xC010

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real DICOM peers the tests and the demo use (Debian packages), if missing:
 #   dcmtk (storescp, findscu, movescu, getscu, echoscu, dcmqrscp, dcmdjpeg, dcmdjpls),
-#   orthanc (the test PACS), dicom3tools (dciodvfy validator).
+#   orthanc (the test PACS), dicom3tools (dciodvfy validator),
+#   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark).
 # Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ need=()
 command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup-peers: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,292 @@
+"""Decode and re-encode one Part 10 file into a target transfer syntax.
+
+Encoders: pydicom's own (PS3.5 A.4.1 JPEG-LS via pyjpegls, A.4.4 JPEG 2000 via pylibjpeg-openjpeg,
+A.4.2 RLE via pylibjpeg-rle) and imagecodecs for what pydicom 3.0 cannot encode: HTJ2K (OpenJPH,
+PS3.5 A.4.11) and JPEG Baseline (libjpeg-turbo, PS3.5 A.4.1). Encapsulation is one fragment per
+frame (PS3.5 A.4, Table A.4-1) with a Basic Offset Table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.filereader import read_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSNearLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from dicomproxy.errors import CannotTranscode
+from dicomproxy.transcode.info import InstanceInfo, info_from_dataset, read_info
+from dicomproxy.transcode.policy import Policy, codec_applies, lossy_allowed
+from dicomproxy.transcode.syntaxes import LOSSY_METHOD, LOSSY_TARGETS, is_native
+
+
+@dataclass(frozen=True)
+class TranscodeResult:
+    """What :func:`transcode_file` wrote. ``pixel_bytes`` is the uncompressed pixel size (for MB/s)."""
+
+    path: Path
+    transfer_syntax: str
+    sop_instance_uid: str
+    bytes_in: int
+    bytes_out: int
+    pixel_bytes: int
+    lossy: bool
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Pass-through: a hard link where possible, else a streamed copy. Pixel Data is never parsed."""
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
+    """All frames as ``(frames, rows, columns[, samples])``, colour interleaved, unused high bits cleared.
+
+    Compressed colour sources are converted to RGB (YBR_FULL(_422) JPEG, YBR_ICT/RCT JPEG 2000), and
+    Photometric Interpretation is updated; native sources keep their colour space (bit-exact).
+    """
+    compressed = not is_native(info.transfer_syntax)
+    ds.pixel_array_options(as_rgb=compressed)
+    arr = ds.pixel_array
+    if info.number_of_frames == 1 or arr.ndim == (2 if info.samples_per_pixel == 1 else 3):
+        arr = arr[np.newaxis, ...]
+    photometric = info.photometric or "MONOCHROME2"
+    if info.samples_per_pixel == 3:
+        if compressed and photometric.startswith("YBR"):
+            photometric = "RGB"
+        elif photometric == "YBR_FULL_422":  # native 4:2:2 is upsampled by the decoder
+            photometric = "YBR_FULL"
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    # PS3.5 8.1.1 / PS3.3 C.7.6.3.1: bits above Bits Stored are not pixel data (old overlays); clear them.
+    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
+    if 0 < stored < allocated:
+        arr = np.array(arr, copy=True)
+        if info.pixel_representation == 1:
+            shift = arr.dtype.itemsize * 8 - stored
+            arr = (arr << shift) >> shift  # two's complement sign extension from Bits Stored
+        else:
+            arr &= np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    if arr.dtype.byteorder == ">":  # from Explicit VR Big Endian; encoders want native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+def _imagecodecs_encode(ds: Dataset, arr: np.ndarray, target: str, policy: Policy) -> list[bytes]:
+    import imagecodecs
+
+    frames: list[bytes] = []
+    colour = arr.ndim == 4 and arr.shape[-1] == 3
+    if target == HTJ2KLossless:
+        # Reversible 5/3 wavelet; RGB gets the reversible colour transform → YBR_RCT (PS3.5 8.2.4/A.4.11).
+        rct = colour and ds.PhotometricInterpretation == "RGB"
+        for frame in arr:
+            frames.append(bytes(imagecodecs.htj2k_encode(frame, reversible=True, rgb=rct)))
+        if rct:
+            ds.PhotometricInterpretation = "YBR_RCT"
+        return frames
+    if target == JPEGBaseline8Bit:
+        # 8-bit, colour as YCbCr 4:2:2 → YBR_FULL_422 (PS3.5 8.2.1, PS3.3 C.7.6.3.1.2).
+        for frame in arr:
+            if colour:
+                frames.append(
+                    bytes(imagecodecs.jpeg8_encode(frame, level=policy.jpeg_quality, subsampling="422"))
+                )
+            else:
+                frames.append(bytes(imagecodecs.jpeg8_encode(frame, level=policy.jpeg_quality)))
+        if colour:
+            ds.PhotometricInterpretation = "YBR_FULL_422"
+        return frames
+    raise ValueError(f"no imagecodecs encoder for {target}")
+
+
+def _pydicom_encode(ds: Dataset, info: InstanceInfo, arr: np.ndarray, target: str, policy: Policy) -> None:
+    kwargs: dict[str, Any] = {}
+    colour = arr.ndim == 4 and arr.shape[-1] == 3
+    if target in (JPEG2000Lossless, JPEG2000) and colour and ds.PhotometricInterpretation == "RGB":
+        # PS3.5 8.2.4: the multi-component transform makes it YBR_RCT (reversible) / YBR_ICT (irreversible).
+        ds.PhotometricInterpretation = "YBR_RCT" if target == JPEG2000Lossless else "YBR_ICT"
+    if target == JPEG2000:
+        if policy.j2k_psnr > 0:
+            kwargs["j2k_psnr"] = [policy.j2k_psnr]
+        else:
+            kwargs["j2k_cr"] = [policy.j2k_ratio]
+    elif target == JPEGLSNearLossless:
+        kwargs["jls_error"] = policy.jpegls_near
+    elif target == RLELossless:
+        kwargs["encoding_plugin"] = "pylibjpeg"
+    data = arr[0] if info.number_of_frames == 1 else arr
+    ds.compress(target, data, generate_instance_uid=False, **kwargs)
+
+
+def _set_encapsulated(ds: Dataset, frames: list[bytes]) -> None:
+    # A 32-bit Basic Offset Table overflows past 4 GiB; use the Extended Offset Table there (PS3.5 A.4).
+    if sum(len(f) + 8 for f in frames) >= 2**32:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    else:
+        ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _mark_lossy(ds: Dataset, method: str, ratio: float | None) -> None:
+    """PS3.3 C.7.6.1.1.5: (0028,2110) = 01 for good; Ratio (0028,2112) and Method (0028,2114) appended."""
+    ds.LossyImageCompression = "01"
+    ratios = _values(ds, "LossyImageCompressionRatio")
+    methods = _values(ds, "LossyImageCompressionMethod")
+    if ratio is not None and len(ratios) == len(methods):
+        ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
+    ds.LossyImageCompressionMethod = [*methods, method]
+
+
+def _derive(ds: Dataset, method: str, ratio: float) -> None:
+    """uid_policy = "new": a new SOP Instance derived from the original (PS3.3 C.7.6.1.1.5, C.7.6.1.1.2)."""
+    old_class, old_uid = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+    new_uid = generate_uid()
+    ds.SOPInstanceUID = new_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = new_uid
+    if "ImageType" in ds:
+        image_type = _values(ds, "ImageType") or ["DERIVED"]
+        ds.ImageType = ["DERIVED", *image_type[1:]]
+    # (0008,2111) Derivation Description | ST
+    ds.DerivationDescription = f"Lossy compression {method} {ratio:.1f}:1 by dicomproxy"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113040", "DCM", "Lossy Compression"
+    ds.DerivationCodeSequence = Sequence([code])
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121320", "DCM"
+    purpose.CodeMeaning = "Uncompressed predecessor"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = old_class
+    ref.ReferencedSOPInstanceUID = old_uid
+    ref.PurposeOfReferenceCodeSequence = Sequence([purpose])
+    ds.SourceImageSequence = Sequence([*ds.get("SourceImageSequence", []), ref])
+
+
+def _note_source_lossy(ds: Dataset, info: InstanceInfo) -> None:
+    """Decoding lossy data keeps it lossy: make sure (0028,2110) says so (PS3.3 C.7.6.1.1.5)."""
+    if info.already_lossy and str(ds.get("LossyImageCompression", "")) != "01":
+        method = LOSSY_METHOD.get(info.transfer_syntax)
+        if method is not None and "LossyImageCompressionMethod" not in ds:
+            ds.LossyImageCompressionMethod = method
+        ds.LossyImageCompression = "01"
+
+
+def _to_native(ds: Dataset, info: InstanceInfo) -> None:
+    if info.has_pixel_data and not is_native(info.transfer_syntax):
+        ds.decompress(generate_instance_uid=False)  # as_rgb: YBR JPEG → RGB, Photometric updated
+        _note_source_lossy(ds, info)
+    elif info.has_pixel_data and info.transfer_syntax == ExplicitVRBigEndian:
+        arr = ds.pixel_array  # native byte order; rewritten little endian below
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        ds["PixelData"].VR = "OW" if (info.bits_allocated or 8) > 8 else "OB"
+
+
+def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> TranscodeResult:
+    """Write ``src`` to ``dst`` (a valid PS3.10 file) in transfer syntax ``target``.
+
+    ``target == source``: hard link or copy, Pixel Data is not even read. Native targets re-encode the
+    data set (and decompress). Compressed targets decode all frames, clear unused bits, encode per frame.
+    Lossless output and decompression keep the SOP Instance UID; lossy output gets the lossy attributes
+    and, with ``uid_policy = "new"``, a new UID and the derivation attributes.
+    """
+    src, dst = Path(src), Path(dst)
+    bytes_in = src.stat().st_size
+    source = str(read_file_meta_info(src).get("TransferSyntaxUID", ""))
+    if str(target) == source:
+        info = read_info(src)  # header only, no pixel byte is read
+        _link_or_copy(src, dst)
+        return TranscodeResult(
+            dst, str(target), info.sop_instance_uid, bytes_in, bytes_in, info.pixel_bytes, False
+        )
+    ds = dcmread(src)
+    info = info_from_dataset(
+        ds,
+        source,
+        "PixelData" in ds,
+        "FloatPixelData" in ds or "DoubleFloatPixelData" in ds,
+    )
+    lossy = target in LOSSY_TARGETS
+    if not is_native(target):
+        if not codec_applies(policy, info, target):
+            raise CannotTranscode(
+                f"{target} cannot carry this instance ({info.photometric}, {info.bits_allocated}-bit)"
+            )
+        if lossy and not lossy_allowed(policy, info):
+            raise CannotTranscode(f"lossy {target} is not allowed for this instance")
+    if is_native(target):
+        _to_native(ds, info)
+    else:
+        arr = _decoded_pixels(ds, info)
+        _note_source_lossy(ds, info)
+        if target in (HTJ2KLossless, JPEGBaseline8Bit):
+            _set_encapsulated(ds, _imagecodecs_encode(ds, arr, target, policy))
+        else:
+            _pydicom_encode(ds, info, arr, target, policy)
+        if lossy:
+            ratio = info.pixel_bytes / max(1, len(ds.PixelData))
+            _mark_lossy(ds, LOSSY_METHOD[target], ratio)
+            if policy.uid_policy == "new":
+                _derive(ds, LOSSY_METHOD[target], ratio)
+    ds.file_meta.TransferSyntaxUID = UID(target)
+    if dst.exists():
+        dst.unlink()
+    if info.transfer_syntax == ExplicitVRBigEndian:
+        # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes them;
+        # Pixel Data was swapped above. pydicom wants this spelled out.
+        for _ in ds.iterall():
+            pass
+        dcmwrite(
+            dst,
+            ds,
+            implicit_vr=UID(target).is_implicit_VR,
+            little_endian=True,
+            force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
+        )
+    else:
+        ds.save_as(dst, enforce_file_format=True)
+    out_info = info_from_dataset(ds, str(target), info.has_pixel_data, info.float_pixels)
+    return TranscodeResult(
+        path=dst,
+        transfer_syntax=str(target),
+        sop_instance_uid=out_info.sop_instance_uid,
+        bytes_in=bytes_in,
+        bytes_out=dst.stat().st_size,
+        pixel_bytes=info.pixel_bytes,
+        lossy=lossy,
+    )
+
+
+__all__ = ["ExplicitVRLittleEndian", "TranscodeResult", "transcode_file"]
