@@ -7,8 +7,8 @@ for the SOP class (``choose_target``): when the spooled file's syntax was accept
 is sent as-is, byte for byte, straight from disk (``_config.STORE_SEND_CHUNKED_DATASET``);
 otherwise it is converted into a temporary file first (``transcode_file``).
 
-The syntax functions come from :mod:`dicomproxy.forward_syntax` (a shim with the same API
-as branch ``transcode``): switching to the real transcoder is the one import below.
+The syntax functions are :mod:`dicomproxy.transcode` (issue 5). Fast path: in ``none`` mode an
+instance whose syntax was accepted is sent without even reading its header.
 """
 
 from __future__ import annotations
@@ -25,19 +25,15 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PeerConfig, ProxyConfig
-from dicomproxy.errors import DestinationUnavailable
-from dicomproxy.forward_syntax import (
-    UNCOMPRESSED,
-    Policy,
-    choose_target,
-    proposed_syntaxes,
-    read_info,
-    transcode_file,
-)
+from dicomproxy.errors import CannotTranscode, DestinationUnavailable
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.spool import SpooledInstance
+from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
+from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
 
 LOG = logging.getLogger("dicomproxy.forward")
+
+UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: never trimmed away
 
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
 MAX_CONTEXTS = 128
@@ -106,10 +102,17 @@ class Forwarder:
 
     def send(self, item: SpooledInstance) -> SendResult:
         accepted = self.accepted(item.sop_class_uid)
-        info = read_info(item.path)
-        target = choose_target(self.policy, info, accepted)
-        if not target:
-            return SendResult(0x0122 if not accepted else 0xA900, error="no accepted presentation context")
+        if not accepted:
+            return SendResult(0x0122, error="destination accepted no context for this SOP class")
+        if self.policy.mode == "none" and item.transfer_syntax in accepted:
+            target = item.transfer_syntax  # pass-through: the header is not even parsed
+        else:
+            try:
+                target = choose_target(self.policy, read_info(item.path), accepted)
+            except CannotTranscode as exc:
+                return SendResult(exc.status, error=str(exc))
+            except Exception as exc:  # unreadable file
+                return SendResult(0xC000, error=f"cannot read the spooled instance: {exc}")
         path, tmp = item.path, None
         if target != item.transfer_syntax:
             tmp = self.work_dir / f"{item.path.stem}.out.dcm"

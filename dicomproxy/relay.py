@@ -41,7 +41,6 @@ from dicomproxy.errors import (
     UnableToProcess,
 )
 from dicomproxy.forward import Forwarder, contexts_for, open_destination
-from dicomproxy.forward_syntax import policy_for
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.qrservice import (
@@ -54,6 +53,7 @@ from dicomproxy.qrservice import (
 )
 from dicomproxy.spool import End, Spool, SpooledInstance
 from dicomproxy.store import ReceiveRegistry
+from dicomproxy.transcode import policy_for
 
 LOG = logging.getLogger("dicomproxy.relay")
 
