@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from pynetdicom import build_context
+from pynetdicom import StoragePresentationContexts, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
@@ -52,10 +52,29 @@ class SendResult:
         return "Failure" if self.status is None else code_to_category(self.status)
 
 
+def storage_classes_for(known: list[str]) -> list[str]:
+    """When the PACS did not name every SOP class (dcmqrscp returns no SOP Class UID at IMAGE
+    level): the known ones, then pynetdicom's 120 common storage classes, 128 at most."""
+    common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    return list(dict.fromkeys([*known, *common]))[:MAX_CONTEXTS]
+
+
 def contexts_for(
-    policy: Policy, sop_classes: list[str], source_syntaxes: list[str]
+    policy: Policy, sop_classes: list[str], source_syntaxes: list[str], complete: bool = True
 ) -> list[PresentationContext]:
-    """One context per (SOP class, syntax), best syntaxes first, trimmed to 128 in total."""
+    """One context per (SOP class, syntax), best syntaxes first, trimmed to 128 in total.
+
+    ``complete=False`` (some SOP classes unknown): one context per storage class of
+    :func:`storage_classes_for`, listing the mode's targets and the uncompressed syntaxes; the
+    destination picks one. The PACS's compressed source syntaxes are left out here: an SCP
+    that prefers compression (DCMTK ``storescp +xa``) would otherwise pick a codec for
+    instances held uncompressed, and ``none`` mode must then re-encode them.
+    """
+    if not complete:
+        return [
+            build_context(uid, proposed_syntaxes(policy, uid, list(UNCOMPRESSED)))
+            for uid in storage_classes_for(sop_classes)
+        ]
     per_class = {uid: proposed_syntaxes(policy, uid, source_syntaxes) for uid in sop_classes}
     if len(sop_classes) > MAX_CONTEXTS:
         raise DestinationUnavailable(f"study has {len(sop_classes)} SOP classes; one association carries 128")

@@ -51,6 +51,7 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PacsConfig
 from dicomproxy.errors import PacsUnavailable
+from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store
 
@@ -269,7 +270,10 @@ class PacsClient:
         sink: InstanceSink,
         on_assoc: Callable[[Association], None],
     ) -> PacsOutcome:
-        sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})[:127]
+        sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
+        if not all(r.sop_class_uid for r in refs):
+            sop_classes = storage_classes_for(sop_classes)
+        sop_classes = sop_classes[:127]  # + the Q/R GET context = 128
         retrieval = ActiveRetrieval(
             sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs)
         )

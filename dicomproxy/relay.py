@@ -240,7 +240,8 @@ class RelayService:
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
             policy = policy_for(self.config, peer)
-            contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES])
+            complete = all(r.sop_class_uid for r in state.expected.values())
+            contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
             return open_destination(
                 peer, self.config.proxy, contexts, policy, work_dir, originator_msg_id=job_id % 65536
             )
