@@ -266,3 +266,44 @@ def test_unsolicited_store_from_pacs_is_refused(rig: Rig) -> None:
     assert status.Status == 0xC000
     assert not list(rig.config.data_path.rglob("*.dcm"))
     assert rig.ctx.journal.recent(1) == []
+
+
+def test_cli_move_get_and_jobs(rig: Rig, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dicomproxy.cli import cli
+
+    bad = sop_uids(rig.files)[0]
+    rig.dest.behaviour.reject = {bad: 0xA700}
+    runner = CliRunner()
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(rig.server.port),
+        "--calling",
+        CLOUD,
+        "--study",
+        rig.study_uid,
+    ]
+    moved = runner.invoke(cli, ["move", *common, "--dest", "FAKEDEST"])
+    assert moved.exit_code == 0, moved.output
+    assert "5/5 instances" in moved.output and "status 0xB000 (Warning): completed=4 failed=1" in moved.output
+    got = runner.invoke(cli, ["get", *common, "--out", str(tmp_path / "got")])
+    assert got.exit_code == 0, got.output
+    assert "received=5" in got.output and len(list((tmp_path / "got").iterdir())) == 5
+
+    toml = tmp_path / "proxy.toml"
+    toml.write_text(
+        f'[proxy]\ndata_dir = "{rig.config.data_path}"\n[hospital]\nid = "74580626"\n'
+        f'[view]\nurl = "sqlite://"\n[pacs]\nae_title = "X"\nhost = "127.0.0.1"\nport = 1\n'
+    )
+    listed = runner.invoke(cli, ["jobs", "-c", str(toml)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert "get" in lines[1] and "success" in lines[1]
+    assert "move" in lines[2] and "partial" in lines[2] and "B000" in lines[2]
+    move_id = lines[2].split()[0]
+    shown = runner.invoke(cli, ["jobs", "-c", str(toml), "show", move_id])
+    assert shown.exit_code == 0, shown.output
+    assert "failed   0xA700 " + bad in shown.output
