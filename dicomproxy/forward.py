@@ -169,7 +169,7 @@ def open_destination(
     contexts: list[PresentationContext],
     policy: Policy,
     work_dir: Path,
-    originator_msg_id: int,
+    originator: tuple[str, int],
     connect_timeout: float = 10.0,
 ) -> Forwarder:
     """The onward association for a C-MOVE (raises DestinationUnavailable, status 0xC003)."""
@@ -196,6 +196,4 @@ def open_destination(
         assoc.release()
         ae.shutdown()
         raise DestinationUnavailable(f"destination {peer.ae_title} accepted no storage context")
-    return Forwarder(
-        assoc, policy, work_dir, originator=(proxy.ae_title, originator_msg_id), owns_association=True
-    )
+    return Forwarder(assoc, policy, work_dir, originator=originator, owns_association=True)

@@ -75,6 +75,8 @@ class RetrieveRequest:
     calling_ae: str
     calling_host: str = ""
     move_destination: str = ""
+    #: Message ID (0000,0110) of the C-MOVE/C-GET request.
+    message_id: int = 0
 
 
 def _values(ds: Dataset, keyword: str) -> list[str]:
@@ -242,8 +244,10 @@ class RelayService:
             policy = policy_for(self.config, peer)
             complete = all(r.sop_class_uid for r in state.expected.values())
             contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
+            # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
+            # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
             return open_destination(
-                peer, self.config.proxy, contexts, policy, work_dir, originator_msg_id=job_id % 65536
+                peer, self.config.proxy, contexts, policy, work_dir, (req.calling_ae, req.message_id)
             )
 
         yield from self._job(job_id, req, opener, is_cancelled, alive)
@@ -462,5 +466,10 @@ def retrieve_request(event: Any, kind: str) -> RetrieveRequest:
     if isinstance(dest, bytes):
         dest = dest.decode("ascii", "replace")
     return RetrieveRequest(
-        kind, identifier, requestor.ae_title.strip(), str(requestor.address), str(dest or "").strip()
+        kind,
+        identifier,
+        requestor.ae_title.strip(),
+        str(requestor.address),
+        str(dest or "").strip(),
+        int(event.request.MessageID or 0),
     )

@@ -112,6 +112,7 @@ def test_happy_path_counts_and_journal(rig: Rig) -> None:
     assert result.status == 0x0000, result.line()
     assert (result.completed, result.failed, result.warning) == (5, 0, 0)
     assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+    assert set(rig.dest.originators) == {(CLOUD, 1)}  # PS3.4 C.4.2.2.3: the requester and its Message ID
     job = rig.last_job()
     assert (job["outcome"], job["expected"], job["completed"]) == ("success", 5, 5)
     assert job["bytes_out"] > 0

@@ -181,6 +181,8 @@ class FakeDestination:
         self.port = free_port()
         self.behaviour = DestBehaviour()
         self.received: list[tuple[str, str]] = []
+        #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
+        self.originators: list[tuple[str, int | None]] = []
         self._count = 0
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
@@ -224,7 +226,12 @@ class FakeDestination:
         if self.behaviour.abort_at is not None and index >= self.behaviour.abort_at:
             event.assoc.abort()
             return 0xA700
-        uid = str(cast(Any, event.request).AffectedSOPInstanceUID)
+        req = cast(Any, event.request)
+        uid = str(req.AffectedSOPInstanceUID)
+        with self._lock:
+            self.originators.append(
+                (str(req.MoveOriginatorApplicationEntityTitle or "").strip(), req.MoveOriginatorMessageID)
+            )
         if uid in self.behaviour.reject:
             return self.behaviour.reject[uid]
         with self._lock:
