@@ -42,7 +42,8 @@ def proxy_config(
     path.write_text(
         f'[proxy]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
-        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\nretrieve = "{method}"\n'
+        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
+        f'retrieve = "{method}"\n'
         f'[logging]\nlevel = "WARNING"\n'
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
