@@ -35,6 +35,10 @@ LOG = logging.getLogger("dicomproxy.forward")
 
 UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: never trimmed away
 
+#: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
+#: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).
+SEND_PDU_CAP = 4 * 1024 * 1024
+
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
 MAX_CONTEXTS = 128
 
@@ -107,6 +111,9 @@ class Forwarder:
         self.owns = owns_association
         self.bytes_out = 0
         self._msg_ids = itertools.cycle(range(1, 65536))
+        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+        if not peer.maximum_length or peer.maximum_length > SEND_PDU_CAP:
+            peer.maximum_length = SEND_PDU_CAP  # a maximum, not a requirement: smaller PDUs are valid
         self._accepted: dict[str, list[str]] = {}
         for cx in assoc.accepted_contexts:
             if cx.as_scu and cx.abstract_syntax:
