@@ -44,13 +44,14 @@ def proxy_config(
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
         f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
         f'retrieve = "{method}"\n'
-        f'[logging]\nlevel = "WARNING"\n'
+        f'[logging]\nlevel = "{LOG_LEVEL[0]}"\n'
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
     )
 
 
 DEST_PORT = [0]
+LOG_LEVEL = ["WARNING"]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -92,7 +93,9 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
+    LOG_LEVEL[0] = args.log_level
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
     spec = StudySpec("CT", accession="B0001", series=1, images_per_series=args.slices, seed=42)
     print(f"# generating {args.slices} slices in {work}", file=sys.stderr)

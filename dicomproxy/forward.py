@@ -21,12 +21,14 @@ from typing import Any, cast
 
 from pynetdicom import StoragePresentationContexts, build_context
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PeerConfig, ProxyConfig
 from dicomproxy.errors import CannotTranscode, DestinationUnavailable
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
@@ -54,6 +56,22 @@ class SendResult:
     @property
     def category(self) -> str:
         return "Failure" if self.status is None else code_to_category(self.status)
+
+
+def cap_send_pdu(assoc: Association) -> None:
+    """Send P-DATA PDUs of at most :data:`SEND_PDU_CAP` bytes on ``assoc``.
+
+    The peer's Maximum Length (PS3.8 D.1) is a maximum, not a requirement: smaller PDUs are
+    valid. pynetdicom fragments by the negotiated value it keeps in the peer's
+    MaximumLengthNotification, so that recorded value is lowered (0 means unlimited).
+    """
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    for item in peer.user_information:
+        if (
+            isinstance(item, MaximumLengthNotification)
+            and not 0 < item.maximum_length_received <= SEND_PDU_CAP
+        ):
+            item.maximum_length_received = SEND_PDU_CAP
 
 
 def storage_classes_for(known: list[str]) -> list[str]:
@@ -111,9 +129,7 @@ class Forwarder:
         self.owns = owns_association
         self.bytes_out = 0
         self._msg_ids = itertools.cycle(range(1, 65536))
-        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
-        if not peer.maximum_length or peer.maximum_length > SEND_PDU_CAP:
-            peer.maximum_length = SEND_PDU_CAP  # a maximum, not a requirement: smaller PDUs are valid
+        cap_send_pdu(assoc)
         self._accepted: dict[str, list[str]] = {}
         for cx in assoc.accepted_contexts:
             if cx.as_scu and cx.abstract_syntax:
@@ -199,6 +215,7 @@ def open_destination(
         ae.shutdown()
         what = "rejected the association" if assoc.is_rejected else "cannot be reached"
         raise DestinationUnavailable(f"destination {peer.ae_title} {what}")
+    guard_requestor(assoc)
     if not assoc.accepted_contexts:
         assoc.release()
         ae.shutdown()

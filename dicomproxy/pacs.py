@@ -53,6 +53,7 @@ from dicomproxy.config import PacsConfig
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.qrservice import guard_requestor
 from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store
 
 LOG = logging.getLogger("dicomproxy.pacs")
@@ -163,7 +164,7 @@ class PacsClient:
             ae.shutdown()
             what = "rejected the association" if assoc.is_rejected else "cannot be reached"
             raise PacsUnavailable(f"PACS {c.ae_title} {what}")
-        return assoc
+        return guard_requestor(assoc)
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""

@@ -22,6 +22,7 @@ sub-operations (onward association for C-MOVE, ``event.assoc.send_c_store`` for 
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.service_class import QueryRetrieveServiceClass
@@ -155,6 +157,33 @@ class RelayAssociation(Association):
             self.dimse.cancel_req = {}
 
 
+class _CallerOnlyDIMSE(DIMSEServiceProvider):
+    """DIMSE provider of a requestor association whose reactor never takes a message.
+
+    pynetdicom 3.0.4 race: ``send_c_store`` (likewise ``send_c_find/c_get/c_move``) pauses the
+    association's reactor through ``_reactor_checkpoint`` and waits until ``_is_paused`` is
+    true; but the reactor sets ``_is_paused = True`` *before* ``checkpoint.wait()`` and False
+    after it, so the caller can see a stale True and send while the reactor runs on. The
+    reactor's ``dimse.get_msg(block=False)`` then takes the response (dropped as "Received
+    unexpected C-STORE service message") or the abort sentinel, and the caller waits out its
+    DIMSE timeout. Seen once in ~2,000 onward C-STOREs (1 GB benchmark) and in the
+    destination-abort test. On associations where we only call ``send_*`` (and C-GET's
+    C-STOREs are served inside ``send_c_get``), the reactor has nothing to take: it gets nothing.
+    """
+
+    def get_msg(self, block: bool = False) -> Any:
+        if threading.current_thread() is self.assoc:  # the association's own reactor thread
+            return None, None
+        return super().get_msg(block)
+
+
+def guard_requestor(assoc: Association) -> Association:
+    """Apply :class:`_CallerOnlyDIMSE` to a just-established requestor association."""
+    if type(assoc.dimse) is DIMSEServiceProvider:
+        assoc.dimse.__class__ = _CallerOnlyDIMSE  # one method, no state
+    return assoc
+
+
 class _RelayRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -177,4 +206,4 @@ class RelayAE(AE):
         return super().make_server(*args, **kwargs)
 
 
-__all__ = ["RelayAE", "RetrieveResponse"]
+__all__ = ["RelayAE", "RetrieveResponse", "guard_requestor"]

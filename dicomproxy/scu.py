@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
+from dicomproxy.qrservice import guard_requestor
 
 #: Storage classes proposed by ``get`` (128 contexts at most, one is the Q/R GET model).
 GET_STORAGE_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts][:120]
@@ -140,6 +141,7 @@ def move(
         summary.error = f"no association with {remote}"
         ae.shutdown()
         return summary
+    guard_requestor(assoc)
     try:
         cx_id = assoc._get_valid_context(model, "", "scu").context_id
         responses = assoc.send_c_move(query, destination, model, msg_id=1)
@@ -201,6 +203,7 @@ def get(
         summary.error = f"no association with {remote}"
         ae.shutdown()
         return summary
+    guard_requestor(assoc)
     try:
         cx_id = assoc._get_valid_context(model, "", "scu").context_id
         responses = assoc.send_c_get(query, model, msg_id=1)

@@ -80,7 +80,9 @@ def rig(
         study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
     ).start()
     config = make_config(
-        proxy={"port": proxy_port},
+        # A lost A-ABORT (pynetdicom aborting from inside a handler does not always get it out)
+        # then ends as a DIMSE timeout on the onward association: same status, bounded wait.
+        proxy={"port": proxy_port, "dimse_timeout": 5.0},
         pacs={
             "ae_title": pacs.ae_title,
             "host": "127.0.0.1",
@@ -308,3 +310,20 @@ def test_cli_move_get_and_jobs(rig: Rig, tmp_path: Path) -> None:
     shown = runner.invoke(cli, ["jobs", "-c", str(toml), "show", move_id])
     assert shown.exit_code == 0, shown.output
     assert "failed   0xA700 " + bad in shown.output
+
+
+def test_send_pdu_capped_for_unlimited_peer(rig: Rig) -> None:
+    """FakeDestination announces Maximum Length 0 (unlimited); we still fragment at SEND_PDU_CAP."""
+    from dicomproxy.forward import SEND_PDU_CAP, cap_send_pdu
+
+    ae = AE(ae_title=CLOUD)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+    handlers: Any = NODELAY_HANDLERS
+    assoc = ae.associate("127.0.0.1", rig.dest.port, ae_title="FAKEDEST", evt_handlers=handlers)
+    try:
+        assert assoc.dimse.maximum_pdu_size == 0
+        cap_send_pdu(assoc)
+        assert assoc.dimse.maximum_pdu_size == SEND_PDU_CAP
+    finally:
+        assoc.release()
+        ae.shutdown()
