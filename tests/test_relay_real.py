@@ -6,8 +6,9 @@ and the real ExamView on a SQLite exam view for resolution and visibility.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,33 @@ def test_pynetdicom_cloud_series_and_image_level(setup: Setup, files: dict[str, 
     one = scu.identifier("IMAGE", study_uids=[CT.study_uid], series_uids=[series], sop_uids=[in_series[0]])
     result = scu.move(setup.proxy, DEST, one, calling_ae=CLOUD)
     assert (result.status, result.completed) == (0x0000, 1), result.line()
+
+
+def test_concurrent_moves_are_isolated(setup: Setup, files: dict[str, list[Path]], tmp_path: Path) -> None:
+    """Two clouds' moves at once (different studies, different destinations) each get exactly theirs."""
+    second = StoreSCP(tmp_path / "dest2", "DEST2").start()
+    try:
+        # one more configured peer on the config object the running relay reads
+        extra = replace(setup.config.peers[1], ae_title="DEST2", port=second.port)
+        object.__setattr__(setup.config, "peers", (*setup.config.peers, extra))
+        results: dict[str, scu.RetrieveSummary] = {}
+
+        def run(name: str, dest: str, uid: str) -> None:
+            results[name] = scu.move(
+                setup.proxy, dest, scu.identifier(study_uids=[uid]), calling_ae=CLOUD, timeout=60
+            )
+
+        threads = [
+            threading.Thread(target=run, args=("ct", DEST, CT.study_uid)),
+            threading.Thread(target=run, args=("mr", "DEST2", MR.study_uid)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert results["ct"].status == 0x0000 and results["ct"].completed == 10, results["ct"].line()
+        assert results["mr"].status == 0x0000 and results["mr"].completed == 4, results["mr"].line()
+        assert pixels_by_uid(setup.dest.received()) == pixels_by_uid(files[CT.accession])
+        assert pixels_by_uid(second.received()) == pixels_by_uid(files[MR.accession])
+    finally:
+        second.stop()
