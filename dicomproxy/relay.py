@@ -4,8 +4,10 @@ One job per C-MOVE / C-GET request (PS3.4 C.4.2 / C.4.3). The request's thread i
 consumer: it takes instances from the job's :class:`~dicomproxy.spool.Spool` as soon as they
 arrive and sends them on, while a producer thread holds a PACS slot and fetches the studies
 into the spool. The consumer yields :class:`~dicomproxy.qrservice.RetrieveResponse` objects:
-a Pending one after each sub-operation and every ``pending_interval`` seconds while the
-PACS is silent, then exactly one final response.
+a Pending one after a sub-operation at most every :data:`PROGRESS_INTERVAL` seconds (and
+after the first and the last), every ``pending_interval`` seconds while the PACS is silent,
+then exactly one final response. Pending responses are optional (PS3.4 C.4.2.1.4); one per
+instance would cost a DIMSE message per instance on both sides.
 
 Final status (PS3.4 C.4.2.1.5, C.4.3.1.5), after counting every announced instance that
 never arrived as failed:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +59,9 @@ from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import policy_for
 
 LOG = logging.getLogger("dicomproxy.relay")
+
+#: Shortest gap between two Pending responses sent after sub-operations (seconds).
+PROGRESS_INTERVAL = 0.2
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
@@ -377,6 +383,7 @@ class RelayService:
         """Forward instances as they arrive; returns (final response, outcome, error)."""
         pacs_error: BaseException | None = None
         dest_error = ""
+        last_progress = 0.0
         while True:
             if is_cancelled():
                 upstream.stop()
@@ -386,6 +393,7 @@ class RelayService:
                 return state.response(STATUS_CANCEL), "aborted", "requester went away"
             item = spool.get(timeout=self.pending_interval)
             if item is None:
+                last_progress = time.monotonic()
                 yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
                 continue
             if isinstance(item, End):
@@ -396,7 +404,10 @@ class RelayService:
                 dest_error = "destination aborted the association"
                 upstream.stop()
                 break
-            yield state.response(STATUS_PENDING)
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1 or not state.remaining:
+                last_progress = now
+                yield state.response(STATUS_PENDING)
         self._count_missing(state)
         if pacs_error is not None and not state.processed:
             status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
