@@ -6,19 +6,37 @@ the handlers through :class:`~dicomproxy.context.AppContext`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
+from dicomproxy.journal import Journal
+from dicomproxy.pacs import PacsClient
 from dicomproxy.pacsfind import PacsFinder
+from dicomproxy.relay import RelayService
+from dicomproxy.store import ReceiveRegistry
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
 
 
-def build_context(config: Config) -> AppContext:
-    """Create the long-lived services for ``serve``."""
+def build_context(config: Config, *, view: Any = None, pending_interval: float = 5.0) -> AppContext:
+    """Create the long-lived services for ``serve``.
+
+    ``view`` replaces the exam view (tests of relay mechanics only); ``pending_interval`` is
+    the longest silence before a C-MOVE/C-GET Pending response.
+    """
     install_pydicom_workarounds()  # ISO 2022 IR 58, see dicomproxy.charsets
     ctx = AppContext(config)
-    ctx.view = ExamView(config)
-    ctx.view.warm_up()  # UID/pinyin side tables build in the background
+    if view is None:
+        view = ExamView(config)
+        view.warm_up()  # UID/pinyin side tables build in the background
+    ctx.view = view
     ctx.find = FindService(config, ctx.view, PacsFinder(config))
+    registry = ReceiveRegistry(config.proxy.ae_title)
+    ctx.pacs = PacsClient(config.pacs, config.proxy.ae_title, registry)
+    ctx.journal = Journal.for_config(config.journal.url, config.data_path)
+    ctx.relay = RelayService(
+        config, ctx.pacs, ctx.view, ctx.journal, registry, pending_interval=pending_interval
+    )
     return ctx

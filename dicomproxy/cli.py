@@ -250,6 +250,187 @@ def find(
     sys.exit(0 if outcome.status == 0 else 1)
 
 
+# --- relay: jobs journal and SCU clients (issue 4) ------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("-n", "--limit", type=int, default=20, show_default=True, help="How many recent jobs.")
+@click.pass_context
+def jobs(ctx: click.Context, config_path: Path, limit: int) -> None:
+    """Recent C-MOVE/C-GET jobs from the journal (``jobs show ID`` for one)."""
+    from dicomproxy.journal import Journal
+
+    config = load_or_exit(config_path)
+    ctx.obj = Journal.for_config(config.journal.url, config.data_path)
+    if ctx.invoked_subcommand is not None:
+        return
+    click.echo(
+        f"{'ID':>6} {'kind':4} {'started (UTC)':19} {'from':16} {'to':16} {'outcome':9} {'status':6} "
+        f"{'exp':>5} {'ok':>5} {'fail':>5} {'warn':>5} {'MB out':>8}"
+    )
+    for job in ctx.obj.recent(limit):
+        status = "" if job["status"] is None else f"{job['status']:04X}"
+        click.echo(
+            f"{job['id']:>6} {job['kind']:4} {job['started']:%Y-%m-%d %H:%M:%S} {job['calling_ae']:16} "
+            f"{job['destination']:16} {job['outcome']:9} {status:6} {job['expected']:>5} "
+            f"{job['completed']:>5} {job['failed']:>5} {job['warning']:>5} {job['bytes_out'] / 1e6:>8.1f}"
+        )
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--all", "all_instances", is_flag=True, help="List every instance, not only the failed ones.")
+@click.pass_obj
+def jobs_show(journal: Any, job_id: int, all_instances: bool) -> None:
+    """One job with its failed (or, with --all, every) instance."""
+    view = journal.get(job_id, all_instances=all_instances)
+    if view is None:
+        click.echo(f"no job {job_id}", err=True)
+        sys.exit(1)
+    for key, value in view.row.items():
+        if key == "status" and value is not None:
+            value = f"0x{value:04X}"
+        click.echo(f"{key:12} {value}")
+    click.echo(f"instances ({'all' if all_instances else 'failed/warning'}): {len(view.instances)}")
+    for inst in view.instances:
+        status = "" if inst["status"] is None else f"0x{inst['status']:04X}"
+        click.echo(
+            f"  {inst['state']:8} {status:6} {inst['sop_instance_uid']} "
+            f"{inst['transfer_syntax']} {inst['error']}"
+        )
+
+
+def _scu_options(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--host", required=True, help="Host of the AE to ask."),
+            click.option("--port", type=int, required=True),
+            click.option("--aet", "called", default="DICOMPROXY", show_default=True, help="Called AE title."),
+            click.option("--calling", default="DICOMPROXY-SCU", show_default=True, help="Our AE title."),
+            click.option(
+                "--level", type=click.Choice(["PATIENT", "STUDY", "SERIES", "IMAGE"]), default="STUDY"
+            ),
+            click.option("--study", "studies", multiple=True, help="Study Instance UID (repeatable)."),
+            click.option("--series", "series", multiple=True, help="Series Instance UID (repeatable)."),
+            click.option("--sop", "sops", multiple=True, help="SOP Instance UID (repeatable)."),
+            click.option("--accession", default=None, help="Accession Number (STUDY level)."),
+            click.option("--patient-id", default=None, help="Patient ID."),
+            click.option("--patient-root", is_flag=True, help="Patient Root model (default Study Root)."),
+            click.option("--timeout", type=float, default=300.0, show_default=True, help="DIMSE timeout."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _query(
+    level: str,
+    studies: tuple[str, ...],
+    series: tuple[str, ...],
+    sops: tuple[str, ...],
+    accession: str | None,
+    patient_id: str | None,
+) -> Any:
+    from dicomproxy import scu
+
+    return scu.identifier(
+        level,
+        study_uids=studies,
+        series_uids=series,
+        sop_uids=sops,
+        accession=accession,
+        patient_id=patient_id,
+    )
+
+
+def _finish(summary: Any) -> None:
+    click.echo(f"\n{summary.line()}")
+    sys.exit(0 if summary.category in ("Success", "Warning") else 1)
+
+
+@cli.command("move")
+@_scu_options
+@click.option("--dest", required=True, help="Move Destination AE title.")
+def move_cmd(
+    host: str,
+    port: int,
+    called: str,
+    calling: str,
+    level: str,
+    studies: tuple[str, ...],
+    series: tuple[str, ...],
+    sops: tuple[str, ...],
+    accession: str | None,
+    patient_id: str | None,
+    patient_root: bool,
+    timeout: float,
+    dest: str,
+) -> None:
+    """C-MOVE to any AE (e.g. this proxy) and show the sub-operation progress."""
+    from dicomproxy import scu
+    from dicomproxy.net import Remote
+
+    def progress(s: Any) -> None:
+        done = s.completed + s.failed + s.warning
+        total = done + (s.remaining or 0)
+        click.echo(f"\r  {done}/{total} instances (failed {s.failed}, warning {s.warning})", nl=False)
+
+    summary = scu.move(
+        Remote(called, host, port),
+        dest,
+        _query(level, studies, series, sops, accession, patient_id),
+        calling_ae=calling,
+        patient_root=patient_root,
+        timeout=timeout,
+        progress=progress,
+    )
+    _finish(summary)
+
+
+@cli.command("get")
+@_scu_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write received instances here (default: count only).",
+)
+def get_cmd(
+    host: str,
+    port: int,
+    called: str,
+    calling: str,
+    level: str,
+    studies: tuple[str, ...],
+    series: tuple[str, ...],
+    sops: tuple[str, ...],
+    accession: str | None,
+    patient_id: str | None,
+    patient_root: bool,
+    timeout: float,
+    out_dir: Path | None,
+) -> None:
+    """C-GET from any AE (e.g. this proxy); instances arrive on our association."""
+    from dicomproxy import scu
+    from dicomproxy.net import Remote
+
+    def progress(s: Any) -> None:
+        click.echo(f"\r  received {s.received} instance(s), remaining {s.remaining}", nl=False)
+
+    summary = scu.get(
+        Remote(called, host, port),
+        _query(level, studies, series, sops, accession, patient_id),
+        calling_ae=calling,
+        out_dir=out_dir,
+        patient_root=patient_root,
+        timeout=timeout,
+        progress=progress,
+    )
+    _finish(summary)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="dicomproxy")

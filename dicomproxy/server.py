@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -32,7 +32,11 @@ from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.handlers.echo import handle_echo
 from dicomproxy.handlers.find import handle_find
+from dicomproxy.handlers.get import handle_get
+from dicomproxy.handlers.move import handle_move
 from dicomproxy.net import NODELAY_HANDLERS
+from dicomproxy.qrservice import RelayAE
+from dicomproxy.store import handle_store
 from dicomproxy.tls import server_context
 
 LOG = logging.getLogger("dicomproxy.server")
@@ -42,6 +46,20 @@ QR_MOVE = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveI
 QR_GET = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 
 
+def configure_pynetdicom() -> None:
+    """The one place where pynetdicom's process-wide switches are set (at server build, not import).
+
+    - ``STORE_RECV_CHUNKED_DATASET``: each received C-STORE data set is written straight to a
+      file (``event.dataset_path``); the relay moves that file into its spool. Memory stays
+      flat whatever the instance size (WSI of several GB, issue 8).
+    - ``STORE_SEND_CHUNKED_DATASET``: ``send_c_store(path)`` sends the file's bytes without
+      decoding them; it needs an accepted context with the file's exact transfer syntax,
+      which :mod:`dicomproxy.forward` guarantees (or converts first).
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
 def build_ae(config: Config) -> AE:
     """An AE that accepts Verification, Q/R FIND/MOVE/GET and every storage class.
 
@@ -49,7 +67,8 @@ def build_ae(config: Config) -> AE:
     C-MOVE keep whatever encoding it holds. For C-GET (PS3.4 C.4.3) the requester acts
     as storage SCP; role selection is accepted for it (``scp_role=True``).
     """
-    ae = AE(ae_title=config.proxy.ae_title)
+    configure_pynetdicom()
+    ae = RelayAE(ae_title=config.proxy.ae_title)  # C-MOVE/C-GET via dicomproxy.qrservice
     ae.maximum_pdu_size = config.proxy.max_pdu
     ae.acse_timeout = config.proxy.acse_timeout
     ae.dimse_timeout = config.proxy.dimse_timeout
@@ -91,8 +110,10 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
         (evt.EVT_C_FIND, handle_find, [ctx]),
+        (evt.EVT_C_MOVE, handle_move, [ctx]),
+        (evt.EVT_C_GET, handle_get, [ctx]),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
-    # Feature handlers (C-FIND, C-MOVE, C-GET, C-STORE from the PACS) are added here.
     return handlers
 
 

@@ -92,9 +92,8 @@ class DcmQrSCP:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "dcmqrscp.cfg"
         cfg.write_text(self._config_text())
-        self.process = Process(
-            [exe, "-c", str(cfg), "--single-process", "-dhl"], self.workdir / "dcmqrscp.log"
-        )
+        # Fork mode: dcmqrscp 3.6.7 (Debian) segfaults after the first association with --single-process.
+        self.process = Process([exe, "-c", str(cfg), "-dhl"], self.workdir / "dcmqrscp.log")
         wait_for_echo(self.remote, timeout, proc=self.process.proc)
         return self
 

@@ -1,0 +1,223 @@
+"""Onward C-STORE sub-operations (PS3.4 C.4.2.2 / C.4.3.2): spooled file → destination, per-instance syntax.
+
+A :class:`Forwarder` wraps one association on which we are the Storage SCU: the onward
+association we open to a C-MOVE destination (:func:`open_destination`), or the requester's
+own association for C-GET. Per instance it picks the transfer syntax among those accepted
+for the SOP class (``choose_target``): when the spooled file's syntax was accepted the file
+is sent as-is, byte for byte, straight from disk (``_config.STORE_SEND_CHUNKED_DATASET``);
+otherwise it is converted into a temporary file first (``transcode_file``).
+
+The syntax functions are :mod:`dicomproxy.transcode` (issue 5). Fast path: in ``none`` mode an
+instance whose syntax was accepted is sent without even reading its header.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from pynetdicom import StoragePresentationContexts, build_context
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import code_to_category
+
+from dicomproxy.config import PeerConfig, ProxyConfig
+from dicomproxy.errors import CannotTranscode, DestinationUnavailable
+from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.qrservice import guard_requestor
+from dicomproxy.spool import SpooledInstance
+from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
+from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
+
+LOG = logging.getLogger("dicomproxy.forward")
+
+UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: never trimmed away
+
+#: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
+#: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).
+SEND_PDU_CAP = 4 * 1024 * 1024
+
+#: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class SendResult:
+    #: C-STORE response status; None when no response came (association lost or timed out).
+    status: int | None
+    transfer_syntax: str = ""
+    bytes_out: int = 0
+    error: str = ""
+
+    @property
+    def category(self) -> str:
+        return "Failure" if self.status is None else code_to_category(self.status)
+
+
+def cap_send_pdu(assoc: Association) -> None:
+    """Send P-DATA PDUs of at most :data:`SEND_PDU_CAP` bytes on ``assoc``.
+
+    The peer's Maximum Length (PS3.8 D.1) is a maximum, not a requirement: smaller PDUs are
+    valid. pynetdicom fragments by the negotiated value it keeps in the peer's
+    MaximumLengthNotification, so that recorded value is lowered (0 means unlimited).
+    """
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    for item in peer.user_information:
+        if (
+            isinstance(item, MaximumLengthNotification)
+            and not 0 < item.maximum_length_received <= SEND_PDU_CAP
+        ):
+            item.maximum_length_received = SEND_PDU_CAP
+
+
+def storage_classes_for(known: list[str]) -> list[str]:
+    """When the PACS did not name every SOP class (dcmqrscp returns no SOP Class UID at IMAGE
+    level): the known ones, then pynetdicom's 120 common storage classes, 128 at most."""
+    common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    return list(dict.fromkeys([*known, *common]))[:MAX_CONTEXTS]
+
+
+def contexts_for(
+    policy: Policy, sop_classes: list[str], source_syntaxes: list[str], complete: bool = True
+) -> list[PresentationContext]:
+    """One context per (SOP class, syntax), best syntaxes first, trimmed to 128 in total.
+
+    ``complete=False`` (some SOP classes unknown): one context per storage class of
+    :func:`storage_classes_for`, listing the mode's targets and the uncompressed syntaxes; the
+    destination picks one. The PACS's compressed source syntaxes are left out here: an SCP
+    that prefers compression (DCMTK ``storescp +xa``) would otherwise pick a codec for
+    instances held uncompressed, and ``none`` mode must then re-encode them.
+    """
+    if not complete:
+        return [
+            build_context(uid, proposed_syntaxes(policy, uid, list(UNCOMPRESSED)))
+            for uid in storage_classes_for(sop_classes)
+        ]
+    per_class = {uid: proposed_syntaxes(policy, uid, source_syntaxes) for uid in sop_classes}
+    if len(sop_classes) > MAX_CONTEXTS:
+        raise DestinationUnavailable(f"study has {len(sop_classes)} SOP classes; one association carries 128")
+    budget = MAX_CONTEXTS // max(1, len(sop_classes))
+    out: list[PresentationContext] = []
+    for uid, syntaxes in per_class.items():
+        # the uncompressed fallbacks survive any trimming: every instance must find a context
+        must = [ts for ts in UNCOMPRESSED if ts in syntaxes][:budget]
+        rest = [ts for ts in syntaxes if ts not in must][: budget - len(must)]
+        out.extend(build_context(uid, ts) for ts in [*rest, *must])
+    return out
+
+
+class Forwarder:
+    """Sends spooled instances on one association; counts bytes; never raises for network problems."""
+
+    def __init__(
+        self,
+        assoc: Association,
+        policy: Policy,
+        work_dir: Path,
+        *,
+        originator: tuple[str, int] | None = None,
+        owns_association: bool = False,
+    ) -> None:
+        self.assoc = assoc
+        self.policy = policy
+        self.work_dir = work_dir
+        self.originator = originator
+        self.owns = owns_association
+        self.bytes_out = 0
+        self._msg_ids = itertools.cycle(range(1, 65536))
+        cap_send_pdu(assoc)
+        self._accepted: dict[str, list[str]] = {}
+        for cx in assoc.accepted_contexts:
+            if cx.as_scu and cx.abstract_syntax:
+                self._accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.assoc.is_established)
+
+    def accepted(self, sop_class_uid: str) -> list[str]:
+        return list(self._accepted.get(sop_class_uid, []))
+
+    def send(self, item: SpooledInstance) -> SendResult:
+        accepted = self.accepted(item.sop_class_uid)
+        if not accepted:
+            return SendResult(0x0122, error="destination accepted no context for this SOP class")
+        if self.policy.mode == "none" and item.transfer_syntax in accepted:
+            target = item.transfer_syntax  # pass-through: the header is not even parsed
+        else:
+            try:
+                target = choose_target(self.policy, read_info(item.path), accepted)
+            except CannotTranscode as exc:
+                return SendResult(exc.status, error=str(exc))
+            except Exception as exc:  # unreadable file
+                return SendResult(0xC000, error=f"cannot read the spooled instance: {exc}")
+        path, tmp = item.path, None
+        if target != item.transfer_syntax:
+            tmp = self.work_dir / f"{item.path.stem}.out.dcm"
+            try:
+                path = transcode_file(item.path, tmp, target, self.policy).path
+            except Exception as exc:
+                tmp.unlink(missing_ok=True)
+                return SendResult(0xC000, target, error=f"cannot convert to {target}: {exc}")
+        try:
+            kwargs: dict[str, Any] = {"msg_id": next(self._msg_ids)}
+            if self.originator is not None:
+                kwargs["originator_aet"], kwargs["originator_id"] = self.originator
+            size = path.stat().st_size
+            rsp = self.assoc.send_c_store(path, **kwargs)
+        except Exception as exc:  # association gone, no context, unreadable file
+            return SendResult(None, target, error=str(exc) or type(exc).__name__)
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        if rsp is None or "Status" not in rsp:
+            return SendResult(None, target, error="no C-STORE response (timeout or abort)")
+        self.bytes_out += size
+        return SendResult(int(rsp.Status), target, size)
+
+    def close(self) -> None:
+        if self.owns:
+            if self.assoc.is_established:
+                self.assoc.release()
+            self.assoc.ae.shutdown()
+
+
+def open_destination(
+    peer: PeerConfig,
+    proxy: ProxyConfig,
+    contexts: list[PresentationContext],
+    policy: Policy,
+    work_dir: Path,
+    originator: tuple[str, int],
+    connect_timeout: float = 10.0,
+) -> Forwarder:
+    """The onward association for a C-MOVE (raises DestinationUnavailable, status 0xC003)."""
+    ae = make_scu(
+        proxy.ae_title,
+        acse_timeout=proxy.acse_timeout,
+        dimse_timeout=proxy.dimse_timeout,
+        connect_timeout=connect_timeout,
+        network_timeout=proxy.dimse_timeout,
+        max_pdu=proxy.max_pdu,
+    )
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        contexts=contexts,
+        ae_title=peer.ae_title,
+        evt_handlers=cast(Any, NODELAY_HANDLERS),
+    )
+    if not assoc.is_established:
+        ae.shutdown()
+        what = "rejected the association" if assoc.is_rejected else "cannot be reached"
+        raise DestinationUnavailable(f"destination {peer.ae_title} {what}")
+    guard_requestor(assoc)
+    if not assoc.accepted_contexts:
+        assoc.release()
+        ae.shutdown()
+        raise DestinationUnavailable(f"destination {peer.ae_title} accepted no storage context")
+    return Forwarder(assoc, policy, work_dir, originator=originator, owns_association=True)

@@ -1,0 +1,158 @@
+"""Job journal: every C-MOVE / C-GET, durably (SQLAlchemy; SQLite in the data directory by default).
+
+Tables: ``jobs`` (one row per request: who asked, destination, what was resolved, counts,
+bytes, times, outcome) and ``job_instances`` (one row per instance outcome with the
+transfer syntax it was sent in). One engine per process; a short transaction per write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+METADATA = MetaData()
+
+jobs = Table(
+    "jobs",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # move | get
+    Column("calling_ae", String(16), nullable=False),
+    Column("calling_host", String(64), nullable=False, default=""),
+    Column("destination", String(16), nullable=False, default=""),
+    Column("archive", String(64), nullable=False, default=""),
+    Column("level", String(8), nullable=False, default=""),
+    Column("study_uids", Text, nullable=False, default="[]"),  # JSON list of resolved Study Instance UIDs
+    Column("expected", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("warning", Integer, nullable=False, default=0),
+    Column("bytes_in", BigInteger, nullable=False, default=0),
+    Column("bytes_out", BigInteger, nullable=False, default=0),
+    Column("started", DateTime, nullable=False),
+    Column("ended", DateTime),
+    Column("status", Integer),  # final DIMSE status sent to the requester
+    Column("outcome", String(16), nullable=False, default="running"),
+    Column("error", Text, nullable=False, default=""),
+)
+
+job_instances = Table(
+    "job_instances",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False, default=""),
+    Column("state", String(10), nullable=False),  # sent | warning | failed | missing
+    Column("status", Integer),  # C-STORE status from the destination
+    Column("transfer_syntax", String(64), nullable=False, default=""),  # as sent
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=False, default=""),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class InstanceRecord:
+    sop_instance_uid: str
+    state: str
+    sop_class_uid: str = ""
+    status: int | None = None
+    transfer_syntax: str = ""
+    bytes: int = 0
+    error: str = ""
+
+
+@dataclass
+class JobView:
+    row: dict[str, Any]
+    instances: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Journal:
+    """Write and read job records."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url)
+        METADATA.create_all(self.engine)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_config(cls, journal_url: str, data_path: Path) -> Journal:
+        if journal_url:
+            return cls(journal_url)
+        data_path.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{data_path / 'journal.db'}")
+
+    def start(self, kind: str, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                insert(jobs).values(
+                    kind=kind,
+                    calling_ae=calling_ae,
+                    calling_host=calling_host,
+                    destination=destination,
+                    archive=archive,
+                    started=_now(),
+                )
+            )
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def update(self, job_id: int, **values: Any) -> None:
+        if "study_uids" in values:
+            values["study_uids"] = json.dumps(list(values["study_uids"]))
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def add_instances(self, job_id: int, records: list[InstanceRecord]) -> None:
+        if not records:
+            return
+        rows = [{"job_id": job_id, **r.__dict__} for r in records]
+        with self.engine.begin() as conn:
+            conn.execute(insert(job_instances), rows)
+
+    def finish(self, job_id: int, *, status: int, outcome: str, error: str = "", **counts: Any) -> None:
+        self.update(job_id, status=status, outcome=outcome, error=error[:2000], ended=_now(), **counts)
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs).order_by(jobs.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def get(self, job_id: int, all_instances: bool = False) -> JobView | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            if row is None:
+                return None
+            q = select(job_instances).where(job_instances.c.job_id == job_id)
+            if not all_instances:
+                q = q.where(job_instances.c.state.in_(("failed", "missing", "warning")))
+            inst = conn.execute(q.order_by(job_instances.c.id)).mappings().all()
+        return JobView(dict(row), [dict(r) for r in inst])
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,313 @@
+"""Upstream archive client: count what a study holds (C-FIND), then fetch it (C-MOVE to self or C-GET).
+
+One :class:`PacsClient` per archive (the ``[pacs]`` table today; ``[[archives]]`` in issue 8),
+each with its own timeouts and a semaphore of ``max_concurrent`` retrievals. Every call
+opens a new association (PS3.7: our own C-MOVE never runs on an inbound association,
+pynetdicom #536) with TCP_NODELAY.
+
+- :meth:`PacsClient.find_instances`: Study Root C-FIND at IMAGE level (PS3.4 C.6.2.1) for
+  the SOP Instance / SOP Class UIDs, so the relay knows the count and the SOP classes before
+  the first instance (needed for C-MOVE Remaining counts and the onward contexts).
+- :meth:`PacsClient.retrieve`: ``c-move`` asks the PACS to send to our own AE title; the
+  C-STOREs arrive on our listening port and :mod:`dicomproxy.store` matches them by the
+  Move Originator Message ID, which is unique per process. ``c-get`` receives the
+  C-STOREs on the same association (storage contexts with SCP role selection, PS3.4 C.4.3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from pynetdicom.status import code_to_category
+
+from dicomproxy.config import PacsConfig
+from dicomproxy.errors import PacsUnavailable
+from dicomproxy.forward import storage_classes_for
+from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.qrservice import guard_requestor
+from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store
+
+LOG = logging.getLogger("dicomproxy.pacs")
+
+#: Syntaxes we accept from the PACS on C-GET: its stored encoding should pass through.
+RECEIVE_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+_MSG_IDS = itertools.cycle(range(1, 65536))
+_MSG_LOCK = threading.Lock()
+
+
+def next_message_id() -> int:
+    """Message ID (0000,0110) for our C-MOVE/C-GET, unique among the running ones of this process."""
+    with _MSG_LOCK:
+        return next(_MSG_IDS)
+
+
+@dataclass(frozen=True)
+class RetrieveKey:
+    """What to fetch: a study, optionally narrowed to series or instances (PS3.4 C.4.2.2.1)."""
+
+    study_uid: str
+    series_uids: tuple[str, ...] = ()
+    sop_uids: tuple[str, ...] = ()
+
+    @property
+    def level(self) -> str:
+        return "IMAGE" if self.sop_uids else "SERIES" if self.series_uids else "STUDY"
+
+    def identifier(self) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = self.level
+        ds.StudyInstanceUID = self.study_uid  # (0020,000D) UI, unique key
+        if self.series_uids:
+            ds.SeriesInstanceUID = list(self.series_uids)  # (0020,000E) UI, list of UID matching
+        if self.sop_uids:
+            ds.SOPInstanceUID = list(self.sop_uids)  # (0008,0018) UI
+        return ds
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class PacsOutcome:
+    """How the PACS ended its C-MOVE/C-GET (its own counts are informative only)."""
+
+    status: int
+    error: str = ""
+
+
+class PacsClient:
+    """One upstream archive."""
+
+    def __init__(self, config: PacsConfig, calling_ae: str, registry: ReceiveRegistry, name: str = "pacs"):
+        self.name = name
+        self.config = config
+        self.calling_ae = calling_ae
+        self.registry = registry
+        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.config.ae_title}@{self.config.host}:{self.config.port})"
+
+    @contextlib.contextmanager
+    def slot(self, waiting: threading.Event | None = None) -> Iterator[bool]:
+        """Hold one of ``max_concurrent`` retrieval slots; yields False if ``waiting`` was set first."""
+        while not self._slots.acquire(timeout=0.2):
+            if waiting is not None and waiting.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._slots.release()
+
+    def _associate(self, contexts: Callable[[Any], None], **kwargs: Any) -> Association:
+        c = self.config
+        ae = make_scu(
+            self.calling_ae,
+            acse_timeout=c.acse_timeout,
+            dimse_timeout=c.dimse_timeout,
+            connect_timeout=c.connect_timeout,
+            network_timeout=c.dimse_timeout,
+            max_pdu=c.max_pdu,
+        )
+        contexts(ae)
+        handlers = [*NODELAY_HANDLERS, *kwargs.pop("evt_handlers", [])]
+        assoc = ae.associate(c.host, c.port, ae_title=c.ae_title, evt_handlers=handlers, **kwargs)
+        if not assoc.is_established:
+            ae.shutdown()
+            what = "rejected the association" if assoc.is_rejected else "cannot be reached"
+            raise PacsUnavailable(f"PACS {c.ae_title} {what}")
+        return guard_requestor(assoc)
+
+    def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
+        """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""
+        query = key.identifier()
+        query.QueryRetrieveLevel = "IMAGE"
+        if "SeriesInstanceUID" not in query:
+            query.SeriesInstanceUID = ""
+        if "SOPInstanceUID" not in query:
+            query.SOPInstanceUID = ""
+        query.SOPClassUID = ""  # (0008,0016) return key
+        assoc = self._associate(
+            lambda ae: ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        )
+        refs: list[InstanceRef] = []
+        seen: set[str] = set()
+        try:
+            for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                if "Status" not in status:
+                    raise PacsUnavailable(
+                        f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)"
+                    )
+                code = int(status.Status)
+                category = code_to_category(code)
+                if category == "Pending" and ds is not None:
+                    sop = str(ds.get("SOPInstanceUID", "") or "")
+                    if sop and sop not in seen:
+                        seen.add(sop)
+                        refs.append(
+                            InstanceRef(
+                                key.study_uid,
+                                str(ds.get("SeriesInstanceUID", "") or ""),
+                                sop,
+                                str(ds.get("SOPClassUID", "") or ""),
+                            )
+                        )
+                elif category not in ("Pending", "Success"):
+                    raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return refs
+
+    def retrieve(
+        self,
+        key: RetrieveKey,
+        refs: list[InstanceRef],
+        sink: InstanceSink,
+        on_assoc: Callable[[Association], None] = lambda a: None,
+    ) -> PacsOutcome:
+        """Fetch ``key`` into ``sink``; ``on_assoc`` receives the association (to abort it on cancel)."""
+        if self.config.retrieve == "c-get":
+            return self._get(key, refs, sink, on_assoc)
+        return self._move(key, refs, sink, on_assoc)
+
+    def _final(self, assoc: Association, responses: Iterator[tuple[Dataset, Any]]) -> PacsOutcome:
+        last = PacsOutcome(0x0000)
+        for status, _ in responses:
+            if "Status" not in status:
+                return PacsOutcome(0xC002, f"PACS {self.config.ae_title} aborted or stopped answering")
+            code = int(status.Status)
+            if code_to_category(code) != "Pending":
+                last = PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
+        return last
+
+    def _move(
+        self,
+        key: RetrieveKey,
+        refs: list[InstanceRef],
+        sink: InstanceSink,
+        on_assoc: Callable[[Association], None],
+    ) -> PacsOutcome:
+        msg_id = next_message_id()
+        retrieval = self.registry.open(
+            ActiveRetrieval(
+                sink,
+                frozenset({key.study_uid}),
+                frozenset(r.sop_instance_uid for r in refs),
+                move_msg_id=msg_id,
+            )
+        )
+        try:
+            assoc = self._associate(
+                lambda ae: ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            )
+            on_assoc(assoc)
+            try:
+                responses = assoc.send_c_move(
+                    key.identifier(),
+                    self.calling_ae,
+                    StudyRootQueryRetrieveInformationModelMove,
+                    msg_id=msg_id,
+                )
+                return self._final(assoc, responses)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        finally:
+            self.registry.close(retrieval)
+
+    def _get(
+        self,
+        key: RetrieveKey,
+        refs: list[InstanceRef],
+        sink: InstanceSink,
+        on_assoc: Callable[[Association], None],
+    ) -> PacsOutcome:
+        sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
+        if not all(r.sop_class_uid for r in refs):
+            sop_classes = storage_classes_for(sop_classes)
+        sop_classes = sop_classes[:127]  # + the Q/R GET context = 128
+        retrieval = ActiveRetrieval(
+            sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs)
+        )
+        titles = frozenset({self.config.ae_title})
+
+        def contexts(ae: Any) -> None:
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+            for uid in sop_classes:
+                ae.add_requested_context(uid, RECEIVE_SYNTAXES)
+
+        roles = []
+        for uid in sop_classes:
+            role = SCP_SCU_RoleSelectionNegotiation()
+            role.sop_class_uid = uid
+            role.scu_role = False
+            role.scp_role = True
+            roles.append(role)
+
+        def on_store(event: evt.Event) -> int:
+            # Same rules as on the listening port, for a registry holding just this retrieval.
+            local = ReceiveRegistry(self.calling_ae)
+            local.open(retrieval)
+            return accept_store(event, local, titles)
+
+        assoc = self._associate(contexts, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        on_assoc(assoc)
+        try:
+            responses = assoc.send_c_get(key.identifier(), StudyRootQueryRetrieveInformationModelGet)
+            return self._final(assoc, responses)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+
+def spool_path_of(event: evt.Event) -> Path:
+    return Path(event.dataset_path)

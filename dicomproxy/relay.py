@@ -1,0 +1,486 @@
+"""The relay job: resolve → count → retrieve from the PACS ↔ forward to the destination, concurrently.
+
+One job per C-MOVE / C-GET request (PS3.4 C.4.2 / C.4.3). The request's thread is the
+consumer: it takes instances from the job's :class:`~dicomproxy.spool.Spool` as soon as they
+arrive and sends them on, while a producer thread holds a PACS slot and fetches the studies
+into the spool. The consumer yields :class:`~dicomproxy.qrservice.RetrieveResponse` objects:
+a Pending one after a sub-operation at most every :data:`PROGRESS_INTERVAL` seconds (and
+after the first and the last), every ``pending_interval`` seconds while the PACS is silent,
+then exactly one final response. Pending responses are optional (PS3.4 C.4.2.1.4); one per
+instance would cost a DIMSE message per instance on both sides.
+
+Final status (PS3.4 C.4.2.1.5, C.4.3.1.5), after counting every announced instance that
+never arrived as failed:
+- 0x0000 Success: nothing failed, no warnings (also when nothing visible matched: 0 sub-ops);
+- 0xB000 Warning: some sub-operations failed or warned; Failed SOP Instance UID List;
+- 0xA702 all sub-operations failed (destination rejected all, or aborted before any);
+- 0xC002 the PACS could not be reached / failed before sending anything (Error Comment);
+- 0xC003 the move destination cannot be reached or refused the association (Error Comment);
+- 0xFE00 Cancel (C-CANCEL), with the counts so far; 0xA801 unknown move destination;
+- 0xA900 the identifier cannot be understood.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+
+from dicomproxy.config import Config, PeerConfig
+from dicomproxy.errors import (
+    DicomServiceError,
+    InvalidIdentifier,
+    MoveDestinationUnknown,
+    PacsUnavailable,
+    TooManySubOperations,
+    UnableToProcess,
+)
+from dicomproxy.forward import Forwarder, contexts_for, open_destination
+from dicomproxy.journal import InstanceRecord, Journal
+from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.qrservice import (
+    STATUS_ALL_FAILED,
+    STATUS_CANCEL,
+    STATUS_PENDING,
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    RetrieveResponse,
+)
+from dicomproxy.spool import End, Spool, SpooledInstance
+from dicomproxy.store import ReceiveRegistry
+from dicomproxy.transcode import policy_for
+
+LOG = logging.getLogger("dicomproxy.relay")
+
+#: Shortest gap between two Pending responses sent after sub-operations (seconds).
+PROGRESS_INTERVAL = 0.2
+
+MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
+
+
+class StudyResolver(Protocol):
+    """``dicomproxy.view.repository.ExamView`` (branch view): only visible Study Instance UIDs."""
+
+    def resolve_study_uids(
+        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
+    ) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class RetrieveRequest:
+    kind: str  # "move" | "get"
+    identifier: Dataset
+    calling_ae: str
+    calling_host: str = ""
+    move_destination: str = ""
+    #: Message ID (0000,0110) of the C-MOVE/C-GET request.
+    message_id: int = 0
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    """A key's values: multi-valued (list of UID matching, PS3.4 C.2.2.2.2) or single; blanks dropped."""
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        return []
+    value = ds[keyword].value
+    items = (
+        list(value)
+        if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str))
+        else [value]
+    )
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def parse_keys(identifier: Dataset, resolver: StudyResolver) -> tuple[str, list[RetrieveKey]]:
+    """The identifier's level and the visible studies it names (PS3.4 C.4.2.2.1, Patient/Study Root)."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    studies = _values(identifier, "StudyInstanceUID")
+    if level == "PATIENT":
+        patient = _values(identifier, "PatientID")
+        if len(patient) != 1:
+            raise InvalidIdentifier("PATIENT level needs one Patient ID")
+        return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(patient_id=patient[0])]
+    if level == "STUDY":
+        if studies:
+            return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(study_uids=studies)]
+        accession = _values(identifier, "AccessionNumber")
+        patient = _values(identifier, "PatientID")
+        if len(accession) == 1:
+            uids = resolver.resolve_study_uids(
+                accession=accession[0], patient_id=patient[0] if patient else None
+            )
+            return level, [RetrieveKey(uid) for uid in uids]
+        if len(patient) == 1:
+            return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(patient_id=patient[0])]
+        raise InvalidIdentifier("STUDY level needs Study Instance UID, Accession Number or Patient ID")
+    if level in ("SERIES", "IMAGE"):
+        series = _values(identifier, "SeriesInstanceUID")
+        sops = _values(identifier, "SOPInstanceUID") if level == "IMAGE" else []
+        if len(studies) != 1 or not series or (level == "IMAGE" and (len(series) != 1 or not sops)):
+            raise InvalidIdentifier(f"{level} level needs the unique keys of the levels above")
+        visible = resolver.resolve_study_uids(study_uids=studies)
+        return level, [RetrieveKey(uid, tuple(series), tuple(sops)) for uid in visible]
+    raise InvalidIdentifier("Query/Retrieve Level must be PATIENT, STUDY, SERIES or IMAGE")
+
+
+@dataclass
+class JobState:
+    """Counts of one job (sub-operations, PS3.4 C.4.2.1.4)."""
+
+    job_id: int
+    expected: dict[str, InstanceRef] = field(default_factory=dict)
+    processed: set[str] = field(default_factory=set)
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    records: list[InstanceRecord] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, len(self.expected) - len(self.processed & self.expected.keys()))
+
+    def response(self, status: int, comment: str = "") -> RetrieveResponse:
+        return RetrieveResponse(
+            status,
+            remaining=self.remaining,
+            completed=self.completed,
+            failed=self.failed,
+            warning=self.warning,
+            failed_uids=list(self.failed_uids),
+            comment=comment,
+        )
+
+
+class _Upstream:
+    """The producer side of a job: a thread fetching the studies into the spool; stoppable."""
+
+    def __init__(
+        self, pacs: PacsClient, keys: list[tuple[RetrieveKey, list[InstanceRef]]], spool: Spool
+    ) -> None:
+        self.pacs = pacs
+        self.keys = keys
+        self.spool = spool
+        self.stop_requested = threading.Event()
+        self._assoc: Association | None = None
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="relay-upstream", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _attach(self, assoc: Association) -> None:
+        with self._lock:
+            self._assoc = assoc
+            if self.stop_requested.is_set():
+                assoc.abort()
+
+    def stop(self) -> None:
+        """Stop fetching: abort the PACS association (its sub-operations end with it)."""
+        self.stop_requested.set()
+        with self._lock:
+            if self._assoc is not None and self._assoc.is_established:
+                self._assoc.abort()
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            with self.pacs.slot(self.stop_requested) as got:
+                for key, refs in self.keys if got else []:
+                    if self.stop_requested.is_set():
+                        break
+                    outcome = self.pacs.retrieve(key, refs, self.spool, on_assoc=self._attach)
+                    if outcome.error and not self.stop_requested.is_set():
+                        error = PacsUnavailable(outcome.error)
+                        break
+        except Exception as exc:
+            error = exc
+        finally:
+            self.spool.finish(error)
+
+
+class RelayService:
+    """C-MOVE / C-GET SCP behaviour, shared by all associations (bound into the handlers via AppContext)."""
+
+    def __init__(
+        self,
+        config: Config,
+        pacs: PacsClient,
+        resolver: StudyResolver | None,
+        journal: Journal,
+        registry: ReceiveRegistry,
+        *,
+        pending_interval: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.pacs = pacs
+        self.resolver = resolver
+        self.journal = journal
+        self.registry = registry
+        self.pending_interval = pending_interval
+        self.spool_root = config.data_path / "spool"
+        self.pacs_ae_titles = frozenset({config.pacs.ae_title})
+
+    # --- entry points (generators for dicomproxy.qrservice) ---
+
+    def move(
+        self, req: RetrieveRequest, is_cancelled: Callable[[], bool], alive: Callable[[], bool]
+    ) -> Iterator[RetrieveResponse]:
+        peer = self.config.peer(req.move_destination)
+        job_id = self.journal.start(
+            "move", req.calling_ae, req.calling_host, req.move_destination.strip(), self.pacs.name
+        )
+        if peer is None:
+            exc = MoveDestinationUnknown(
+                f"move destination {req.move_destination.strip()!r} is not a configured peer"
+            )
+            LOG.warning("job %d: %s", job_id, exc)
+            self.journal.finish(job_id, status=exc.status, outcome="refused", error=str(exc))
+            yield RetrieveResponse(exc.status, comment=exc.comment)
+            return
+
+        def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
+            policy = policy_for(self.config, peer)
+            complete = all(r.sop_class_uid for r in state.expected.values())
+            contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
+            # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
+            # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
+            return open_destination(
+                peer, self.config.proxy, contexts, policy, work_dir, (req.calling_ae, req.message_id)
+            )
+
+        yield from self._job(job_id, req, opener, is_cancelled, alive)
+
+    def get(
+        self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
+    ) -> Iterator[RetrieveResponse]:
+        job_id = self.journal.start("get", req.calling_ae, req.calling_host, req.calling_ae, self.pacs.name)
+        peer: PeerConfig | None = self.config.peer(req.calling_ae)
+
+        def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
+            return Forwarder(assoc, policy_for(self.config, peer), work_dir)
+
+        yield from self._job(job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
+
+    # --- the job ---
+
+    def _job(
+        self,
+        job_id: int,
+        req: RetrieveRequest,
+        opener: Callable[[JobState, list[str], Path], Forwarder],
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Iterator[RetrieveResponse]:
+        state = JobState(job_id)
+        forwarder: Forwarder | None = None
+        spool: Spool | None = None
+        upstream: _Upstream | None = None
+        final = RetrieveResponse(STATUS_SUCCESS)
+        error = ""
+        outcome = "failed"
+        try:
+            if self.resolver is None:
+                raise UnableToProcess("exam view not configured: nothing can be resolved")
+            level, keys = parse_keys(req.identifier, self.resolver)
+            self.journal.update(job_id, level=level, study_uids=[k.study_uid for k in keys])
+            plan: list[tuple[RetrieveKey, list[InstanceRef]]] = []
+            for key in keys:
+                refs = self.pacs.find_instances(key)
+                plan.append((key, refs))
+                for ref in refs:
+                    state.expected.setdefault(ref.sop_instance_uid, ref)
+            n = len(state.expected)
+            LOG.info(
+                "job %d: %s by %s, %d stud(ies), %d instance(s)",
+                job_id,
+                req.kind,
+                req.calling_ae,
+                len(keys),
+                n,
+            )
+            self.journal.update(job_id, expected=n)
+            if n > MAX_SUBOPERATIONS:
+                raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
+            if n == 0:
+                # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
+                final, outcome = state.response(STATUS_SUCCESS), "empty"
+            else:
+                spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
+                sop_classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
+                forwarder = opener(state, sop_classes, spool.dir)
+                yield state.response(STATUS_PENDING)
+                upstream = _Upstream(self.pacs, plan, spool)
+                upstream.start()
+                final, outcome, error = yield from self._pump(
+                    state, spool, forwarder, upstream, is_cancelled, alive
+                )
+        except DicomServiceError as exc:
+            error = str(exc)
+            LOG.warning("job %d: %s", job_id, exc)
+            state.failed += state.remaining
+            final = state.response(exc.status, exc.comment)
+            outcome = "refused" if exc.status in (0xA801, 0xA900) else "failed"
+        except GeneratorExit:
+            error, outcome = "requester went away", "aborted"
+            raise
+        except Exception as exc:
+            LOG.exception("job %d: unexpected error", job_id)
+            error = f"internal error: {exc}"
+            final = state.response(0xC000, "internal error in the relay")
+        finally:
+            if upstream is not None:
+                if outcome in ("success", "partial") and not upstream.stop_requested.is_set():
+                    upstream.thread.join(timeout=self.config.pacs.dimse_timeout)
+                else:
+                    # Stopped: its PACS association is aborted; pynetdicom may still wait out the
+                    # DIMSE timeout before the thread notices. Don't hold the requester for that.
+                    upstream.stop()
+                    upstream.thread.join(timeout=1.0)
+            if forwarder is not None:
+                forwarder.close()
+            if spool is not None:
+                spool.close()
+            self.journal.add_instances(job_id, state.records)
+            self.journal.finish(
+                job_id,
+                status=final.status,
+                outcome=outcome,
+                error=error,
+                completed=state.completed,
+                failed=state.failed,
+                warning=state.warning,
+                bytes_in=spool.bytes_in if spool else 0,
+                bytes_out=forwarder.bytes_out if forwarder else 0,
+            )
+            LOG.info(
+                "job %d: %s 0x%04X completed=%d failed=%d warning=%d",
+                job_id,
+                outcome,
+                final.status,
+                state.completed,
+                state.failed,
+                state.warning,
+            )
+        yield final
+
+    def _pump(
+        self,
+        state: JobState,
+        spool: Spool,
+        forwarder: Forwarder,
+        upstream: _Upstream,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, str, str]]:
+        """Forward instances as they arrive; returns (final response, outcome, error)."""
+        pacs_error: BaseException | None = None
+        dest_error = ""
+        last_progress = 0.0
+        while True:
+            if is_cancelled():
+                upstream.stop()
+                return state.response(STATUS_CANCEL), "cancelled", "cancelled by the requester"
+            if not alive():
+                upstream.stop()
+                return state.response(STATUS_CANCEL), "aborted", "requester went away"
+            item = spool.get(timeout=self.pending_interval)
+            if item is None:
+                last_progress = time.monotonic()
+                yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
+                continue
+            if isinstance(item, End):
+                pacs_error = item.error
+                break
+            self._forward_one(state, forwarder, item)
+            if not forwarder.alive:
+                dest_error = "destination aborted the association"
+                upstream.stop()
+                break
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1 or not state.remaining:
+                last_progress = now
+                yield state.response(STATUS_PENDING)
+        self._count_missing(state)
+        if pacs_error is not None and not state.processed:
+            status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
+            comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
+            return state.response(status, comment), "failed", str(pacs_error)
+        error = dest_error or (str(pacs_error) if pacs_error else "")
+        if not state.failed and not state.warning:
+            return state.response(STATUS_SUCCESS), "success", error
+        if not state.completed and not state.warning:
+            comment = dest_error or (str(pacs_error) if pacs_error else "all sub-operations failed")
+            return state.response(STATUS_ALL_FAILED, comment), "failed", error
+        return state.response(STATUS_WARNING), "partial", error
+
+    def _forward_one(self, state: JobState, forwarder: Forwarder, item: SpooledInstance) -> None:
+        uid = item.sop_instance_uid
+        res = forwarder.send(item) if forwarder.alive else None
+        state.processed.add(uid)
+        record = InstanceRecord(uid, "failed", item.sop_class_uid)
+        if res is not None:
+            record.status, record.transfer_syntax, record.bytes, record.error = (
+                res.status,
+                res.transfer_syntax,
+                res.bytes_out,
+                res.error,
+            )
+        category = res.category if res is not None else "Failure"
+        if category == "Success":
+            state.completed += 1
+            record.state = "sent"
+            Spool.confirmed(item)
+        elif category == "Warning":
+            state.warning += 1
+            record.state = "warning"
+            Spool.confirmed(item)
+        else:
+            state.failed += 1
+            state.failed_uids.append(uid)
+        state.records.append(record)
+        if len(state.records) >= 200:
+            self.journal.add_instances(state.job_id, state.records)
+            state.records = []
+
+    @staticmethod
+    def _count_missing(state: JobState) -> None:
+        """Announced instances that never arrived (or could not be sent) are failed sub-operations."""
+        for uid, ref in state.expected.items():
+            if uid not in state.processed:
+                state.processed.add(uid)
+                state.failed += 1
+                state.failed_uids.append(uid)
+                state.records.append(
+                    InstanceRecord(uid, "missing", ref.sop_class_uid, error="never received")
+                )
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def retrieve_request(event: Any, kind: str) -> RetrieveRequest:
+    """Normalise the pynetdicom event at the boundary (raises InvalidIdentifier)."""
+    try:
+        identifier = event.identifier
+    except Exception as exc:
+        raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
+    requestor = event.assoc.requestor
+    dest = event.move_destination if kind == "move" else ""
+    if isinstance(dest, bytes):
+        dest = dest.decode("ascii", "replace")
+    return RetrieveRequest(
+        kind,
+        identifier,
+        requestor.ae_title.strip(),
+        str(requestor.address),
+        str(dest or "").strip(),
+        int(event.request.MessageID or 0),
+    )

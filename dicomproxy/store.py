@@ -1,0 +1,135 @@
+"""Incoming C-STOREs: accepted only inside an active retrieval, matched to it, handed to its spool.
+
+Matching (during our C-MOVE-to-self, PS3.4 C.4.2.2.3), first hit wins:
+1. Move Originator AE Title (0000,1030) is ours and Move Originator Message ID (0000,1031)
+   is the message ID of one of our active C-MOVE requests (unique per process);
+2. else the SOP Instance UID is one the C-FIND announced for an active retrieval;
+3. else the Study Instance UID (read from the received file's header) belongs to one.
+
+Anything else is refused with :data:`STATUS_NOT_EXPECTED` (0xC000, PS3.4 B.2.3 "Error:
+Cannot understand": a permanent failure, so a PACS does not retry it), and the data is
+not kept (pynetdicom deletes its temporary file after the handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom import dcmread
+from pynetdicom import evt
+
+LOG = logging.getLogger("dicomproxy.store")
+
+STATUS_STORED = 0x0000
+#: PS3.4 B.2.3 Error: Cannot understand — the C-STORE belongs to no active retrieval.
+STATUS_NOT_EXPECTED = 0xC000
+#: PS3.4 B.2.3 Refused: Out of Resources — we could not spool the instance.
+STATUS_NO_SPACE = 0xA700
+
+
+class InstanceSink(Protocol):
+    def accept(self, src: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bool: ...
+
+
+@dataclass(eq=False)
+class ActiveRetrieval:
+    sink: InstanceSink
+    study_uids: frozenset[str]
+    sop_uids: frozenset[str]
+    move_msg_id: int | None = None
+    received: int = 0
+    extra: set[str] = field(default_factory=set)
+
+
+class ReceiveRegistry:
+    """Active retrievals of this process (thread-safe)."""
+
+    def __init__(self, our_ae_title: str) -> None:
+        self.our_ae_title = our_ae_title.strip()
+        self._lock = threading.Lock()
+        self._active: list[ActiveRetrieval] = []
+
+    def open(self, retrieval: ActiveRetrieval) -> ActiveRetrieval:
+        with self._lock:
+            self._active.append(retrieval)
+        return retrieval
+
+    def close(self, retrieval: ActiveRetrieval) -> None:
+        with self._lock:
+            if retrieval in self._active:
+                self._active.remove(retrieval)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def match(
+        self, originator_ae: str | None, originator_msg_id: int | None, sop_uid: str, path: Path | None
+    ) -> ActiveRetrieval | None:
+        with self._lock:
+            active = list(self._active)
+        if not active:
+            return None
+        if originator_msg_id is not None and (originator_ae or "").strip() == self.our_ae_title:
+            for r in active:
+                if r.move_msg_id == originator_msg_id:
+                    return r
+            return None  # says it is for a request of ours that is not running any more
+        for r in active:
+            if sop_uid in r.sop_uids:
+                return r
+        if path is None:
+            return None
+        try:
+            study = str(
+                dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+            )
+        except Exception:
+            return None
+        for r in active:
+            if study in r.study_uids:
+                return r
+        return None
+
+
+def accept_store(event: evt.Event, registry: ReceiveRegistry, pacs_ae_titles: frozenset[str]) -> int:
+    """Deliver one C-STORE (``event.dataset_path``) to the retrieval it belongs to; return its status."""
+    req: Any = event.request
+    assoc = event.assoc
+    # On our own C-GET association the PACS is the acceptor; on the listening port, the requestor.
+    calling = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title.strip()
+    sop_uid = str(req.AffectedSOPInstanceUID)
+    path = Path(event.dataset_path)
+    retrieval = None
+    if calling in pacs_ae_titles:
+        retrieval = registry.match(
+            req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID, sop_uid, path
+        )
+    if retrieval is None:
+        LOG.warning("C-STORE from %s refused: it belongs to no active retrieval", calling)
+        path.unlink(missing_ok=True)
+        return STATUS_NOT_EXPECTED
+    ts = str(event.context.transfer_syntax)
+    try:
+        kept = retrieval.sink.accept(path, str(req.AffectedSOPClassUID), sop_uid, ts)
+    except OSError as exc:
+        LOG.error("cannot spool a received instance: %s", exc)
+        return STATUS_NO_SPACE
+    if not kept:
+        LOG.warning("C-STORE from %s refused: its retrieval has already ended", calling)
+        path.unlink(missing_ok=True)
+        return STATUS_NOT_EXPECTED
+    retrieval.received += 1
+    return STATUS_STORED
+
+
+def handle_store(event: evt.Event, ctx: Any) -> int:
+    """EVT_C_STORE on the listening AE: the PACS's sub-operations of our C-MOVE-to-self."""
+    if ctx.relay is None:
+        Path(event.dataset_path).unlink(missing_ok=True)
+        return STATUS_NOT_EXPECTED
+    return accept_store(event, ctx.relay.registry, ctx.relay.pacs_ae_titles)

@@ -1,0 +1,239 @@
+"""Controllable pynetdicom peers for fault tests: a PACS that lies, stalls or aborts, and a
+destination that refuses, aborts or rejects one instance. Real peers (Orthanc, DCMTK) cover
+the happy paths; these make the faults happen on demand, deterministically (events, no sleeps).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.testing import free_port, wait_for_echo
+
+PENDING = 0xFF00
+SUCCESS = 0x0000
+
+
+@dataclass
+class PacsBehaviour:
+    """What the fake PACS does wrong (defaults: nothing)."""
+
+    #: SOP Instance UIDs announced by C-FIND that will never be sent.
+    phantom_uids: list[str] = field(default_factory=list)
+    #: Abort the C-MOVE/C-GET association after sending this many instances.
+    abort_after: int | None = None
+    #: Before sending instance number ``gate_at`` (0-based), wait for ``gate`` to be set.
+    gate_at: int | None = None
+    gate: threading.Event = field(default_factory=threading.Event)
+    #: Set when the PACS reached the gate (it is then "still sending").
+    at_gate: threading.Event = field(default_factory=threading.Event)
+
+
+class FakePacs:
+    """Study Root C-FIND (IMAGE level) / C-MOVE / C-GET SCP serving the given files."""
+
+    def __init__(
+        self, files: Sequence[Path], ae_title: str = "FAKEPACS", destinations: dict[str, Remote] | None = None
+    ):
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.destinations = dict(destinations or {})
+        self.behaviour = PacsBehaviour()
+        self.instances: list[Dataset] = [dcmread(p) for p in files]
+        self.sent: list[str] = []
+        self._server: Any = None
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_pdu_size = 0
+        self.ae.network_timeout = None
+        self.ae.add_supported_context(Verification)
+        for sop in (
+            StudyRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelMove,
+            StudyRootQueryRetrieveInformationModelGet,
+        ):
+            self.ae.add_supported_context(sop)
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(
+                str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
+        for cx in AllStoragePresentationContexts[:100]:
+            self.ae.add_requested_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES[:3])
+
+    @property
+    def remote(self) -> Remote:
+        return Remote(self.ae_title, "127.0.0.1", self.port)
+
+    def start(self) -> FakePacs:
+        handlers: Any = [
+            *NODELAY_HANDLERS,
+            (evt.EVT_C_FIND, self._find),
+            (evt.EVT_C_MOVE, self._move),
+            (evt.EVT_C_GET, self._get),
+        ]
+        self._server = self.ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        wait_for_echo(self.remote)
+        return self
+
+    def stop(self) -> None:
+        self.behaviour.gate.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    def _matches(self, query: Dataset) -> list[Dataset]:
+        study = str(query.get("StudyInstanceUID", "") or "")
+        series = query.get("SeriesInstanceUID", "") or ""
+        series_set = {str(s) for s in (series if isinstance(series, list) else [series]) if s}
+        sops = query.get("SOPInstanceUID", "") or ""
+        sop_set = {str(s) for s in (sops if isinstance(sops, list) else [sops]) if s}
+        out = []
+        for ds in self.instances:
+            if study and ds.StudyInstanceUID != study:
+                continue
+            if series_set and ds.SeriesInstanceUID not in series_set:
+                continue
+            if sop_set and ds.SOPInstanceUID not in sop_set:
+                continue
+            out.append(ds)
+        return out
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        matches = self._matches(event.identifier)
+        for ds in matches:
+            rsp = Dataset()
+            rsp.QueryRetrieveLevel = "IMAGE"
+            rsp.StudyInstanceUID = ds.StudyInstanceUID
+            rsp.SeriesInstanceUID = ds.SeriesInstanceUID
+            rsp.SOPInstanceUID = ds.SOPInstanceUID
+            rsp.SOPClassUID = ds.SOPClassUID
+            yield PENDING, rsp
+        if matches:
+            for uid in self.behaviour.phantom_uids:
+                rsp = Dataset()
+                rsp.QueryRetrieveLevel = "IMAGE"
+                rsp.StudyInstanceUID = matches[0].StudyInstanceUID
+                rsp.SeriesInstanceUID = matches[0].SeriesInstanceUID
+                rsp.SOPInstanceUID = uid
+                rsp.SOPClassUID = matches[0].SOPClassUID
+                yield PENDING, rsp
+        yield SUCCESS, None
+
+    def _sub_operations(self, event: evt.Event, matches: list[Dataset]) -> Iterator[tuple[int, Dataset]]:
+        b = self.behaviour
+        for i, ds in enumerate(matches):
+            if b.gate_at is not None and i == b.gate_at:
+                b.at_gate.set()
+                b.gate.wait(60)
+            if b.abort_after is not None and i >= b.abort_after:
+                event.assoc.abort()
+                return
+            if not event.assoc.is_established:
+                return
+            self.sent.append(str(ds.SOPInstanceUID))
+            yield PENDING, ds
+
+    def _move(self, event: evt.Event) -> Iterator[Any]:
+        dest = self.destinations.get(str(event.move_destination).strip())
+        if dest is None:
+            yield None, None
+            return
+        yield dest.host, dest.port, {"evt_handlers": NODELAY_HANDLERS}
+        matches = self._matches(event.identifier)
+        yield len(matches) + len(self.behaviour.phantom_uids)
+        yield from self._sub_operations(event, matches)
+
+    def _get(self, event: evt.Event) -> Iterator[Any]:
+        matches = self._matches(event.identifier)
+        yield len(matches) + len(self.behaviour.phantom_uids)
+        yield from self._sub_operations(event, matches)
+
+
+@dataclass
+class DestBehaviour:
+    #: Reject every association (A-ASSOCIATE-RJ).
+    refuse: bool = False
+    #: Abort the association on receiving the instance with this 0-based index.
+    abort_at: int | None = None
+    #: C-STORE status for specific SOP Instance UIDs (e.g. 0xA700 out of resources).
+    reject: dict[str, int] = field(default_factory=dict)
+
+
+class FakeDestination:
+    """Storage SCP that keeps the SOP Instance UIDs it accepted (and the transfer syntax)."""
+
+    def __init__(self, ae_title: str = "FAKEDEST") -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.behaviour = DestBehaviour()
+        self.received: list[tuple[str, str]] = []
+        #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
+        self.originators: list[tuple[str, int | None]] = []
+        self._count = 0
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_pdu_size = 0
+        self.ae.network_timeout = None
+        self.ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        self._server: Any = None
+
+    @property
+    def remote(self) -> Remote:
+        return Remote(self.ae_title, "127.0.0.1", self.port)
+
+    def start(self) -> FakeDestination:
+        handlers: Any = [
+            *NODELAY_HANDLERS,
+            (evt.EVT_C_STORE, self._store),
+            (evt.EVT_REQUESTED, self._requested),
+        ]
+        self._server = self.ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    def _requested(self, event: evt.Event) -> None:
+        if self.behaviour.refuse:
+            assoc = event.assoc
+            assoc.acse.send_reject(0x01, 0x01, 0x01)
+            assoc.is_rejected = True
+            assoc.kill()
+
+    def _store(self, event: evt.Event) -> int:
+        with self._lock:
+            index = self._count
+            self._count += 1
+        if self.behaviour.abort_at is not None and index >= self.behaviour.abort_at:
+            event.assoc.abort()
+            return 0xA700
+        req = cast(Any, event.request)
+        uid = str(req.AffectedSOPInstanceUID)
+        with self._lock:
+            self.originators.append(
+                (str(req.MoveOriginatorApplicationEntityTitle or "").strip(), req.MoveOriginatorMessageID)
+            )
+        if uid in self.behaviour.reject:
+            return self.behaviour.reject[uid]
+        with self._lock:
+            self.received.append((uid, str(event.context.transfer_syntax)))
+        return SUCCESS

@@ -1,0 +1,329 @@
+"""Relay faults with a controllable pynetdicom PACS / destination (dicomproxy.testing.fakepacs).
+
+Every fault ends with the right final status and counts, the journal says so, and the proxy
+keeps serving (an echo afterwards). No sleeps: the fake PACS stalls on events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+
+from dicomproxy import scu
+from dicomproxy.app import build_context
+from dicomproxy.config import Config
+from dicomproxy.context import AppContext
+from dicomproxy.net import NODELAY_HANDLERS, Remote, c_echo
+from dicomproxy.samples import StudySpec, write_study
+from dicomproxy.server import Server
+from dicomproxy.testing import free_port, wait_until
+from dicomproxy.testing.dcmtk import StoreSCP
+from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+
+CLOUD = "CLOUD"
+
+
+class AllVisible:
+    """Stand-in resolver for relay mechanics (visibility itself is tested with the real ExamView)."""
+
+    def resolve_study_uids(
+        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
+    ) -> list[str]:
+        return list(study_uids)
+
+
+@dataclass
+class Rig:
+    pacs: FakePacs
+    dest: FakeDestination
+    server: Server
+    ctx: AppContext
+    config: Config
+    files: list[Path]
+    study_uid: str
+
+    @property
+    def proxy(self) -> Remote:
+        return Remote("DICOMPROXY", "127.0.0.1", self.server.port)
+
+    def move(self, dest: str = "FAKEDEST", **kwargs: Any) -> scu.RetrieveSummary:
+        query = scu.identifier(study_uids=[self.study_uid])
+        return scu.move(self.proxy, dest, query, calling_ae=CLOUD, timeout=60, **kwargs)
+
+    def last_job(self) -> dict[str, Any]:
+        return self.ctx.journal.recent(1)[0]
+
+    def still_serving(self) -> bool:
+        return c_echo(CLOUD, self.proxy).ok
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    spec = StudySpec("MR", accession="F0001", series=1, images_per_series=5, seed=7)
+    return write_study(spec, tmp_path_factory.mktemp("fault-study"))
+
+
+@pytest.fixture(params=["c-move", "c-get"])
+def rig(
+    request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]
+) -> Iterator[Rig]:
+    proxy_port = free_port()
+    dest = FakeDestination().start()
+    pacs = FakePacs(
+        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    ).start()
+    config = make_config(
+        # A lost A-ABORT (pynetdicom aborting from inside a handler does not always get it out)
+        # then ends as a DIMSE timeout on the onward association: same status, bounded wait.
+        proxy={"port": proxy_port, "dimse_timeout": 5.0},
+        pacs={
+            "ae_title": pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.port,
+            "retrieve": request.param,
+            "dimse_timeout": 30.0,
+        },
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    ctx = build_context(config, view=AllVisible(), pending_interval=0.1)
+    server = Server(config, ctx)
+    server.start()
+    study_uid = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    yield Rig(pacs, dest, server, ctx, config, study_files, study_uid)
+    pacs.stop()
+    server.stop(drain_timeout=2.0)
+    dest.stop()
+
+
+def sop_uids(files: list[Path]) -> list[str]:
+    return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+
+
+def test_happy_path_counts_and_journal(rig: Rig) -> None:
+    result = rig.move()
+    assert result.status == 0x0000, result.line()
+    assert (result.completed, result.failed, result.warning) == (5, 0, 0)
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+    assert set(rig.dest.originators) == {(CLOUD, 1)}  # PS3.4 C.4.2.2.3: the requester and its Message ID
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"]) == ("success", 5, 5)
+    assert job["bytes_out"] > 0
+    full = rig.ctx.journal.get(job["id"], all_instances=True)
+    assert full is not None and {i["state"] for i in full.instances} == {"sent"}
+    assert all(i["transfer_syntax"] for i in full.instances)
+
+
+def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
+    phantoms = ["2.25.111", "2.25.222"]
+    rig.pacs.behaviour.phantom_uids = phantoms
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed) == (5, 2)
+    assert sorted(result.failed_uids) == sorted(phantoms)
+    job = rig.ctx.journal.get(rig.last_job()["id"])
+    assert job is not None and job.row["outcome"] == "partial"
+    assert sorted(i["sop_instance_uid"] for i in job.instances if i["state"] == "missing") == sorted(phantoms)
+    assert rig.still_serving()
+
+
+def test_pacs_aborts_mid_study(rig: Rig) -> None:
+    rig.pacs.behaviour.abort_after = 2
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed) == (2, 3)
+    assert sorted(result.failed_uids) == sorted(sop_uids(rig.files)[2:])
+    job = rig.last_job()
+    assert job["outcome"] == "partial" and "aborted or stopped answering" in job["error"]
+    assert rig.still_serving()
+
+
+def test_destination_rejects_one_instance(rig: Rig) -> None:
+    bad = sop_uids(rig.files)[1]
+    rig.dest.behaviour.reject = {bad: 0xA700}
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.failed_uids) == (4, 1, [bad])
+    job = rig.ctx.journal.get(rig.last_job()["id"])
+    assert job is not None and [(i["sop_instance_uid"], i["status"]) for i in job.instances] == [
+        (bad, 0xA700)
+    ]
+    # the refused instance stays in the spool (not confirmed); the confirmed ones are gone
+    spooled = list((rig.config.data_path / "spool").rglob("*.dcm"))
+    assert len(spooled) == 1
+
+
+def test_destination_aborts_mid_study(rig: Rig) -> None:
+    rig.dest.behaviour.abort_at = 2
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed) == (2, 3)
+    assert rig.last_job()["error"] == "destination aborted the association"
+    assert rig.still_serving()
+
+
+def test_destination_refuses_association(rig: Rig) -> None:
+    rig.dest.behaviour.refuse = True
+    result = rig.move()
+    assert result.status == 0xC003, result.line()
+    assert "FAKEDEST" in result.comment
+    assert rig.pacs.sent == []  # nothing fetched for a destination that is not there
+    assert rig.last_job()["outcome"] == "failed"
+    assert rig.still_serving()
+
+
+def test_unknown_destination(rig: Rig) -> None:
+    result = rig.move(dest="NOWHERE")
+    assert result.status == 0xA801, result.line()
+    assert rig.last_job()["outcome"] == "refused"
+
+
+def test_streaming_first_instance_before_pacs_finishes(rig: Rig, tmp_path: Path) -> None:
+    """The PACS stalls after its first instance until the destination holds that instance.
+
+    Without streaming the destination would never get it and the wait below times out.
+    """
+    storescp = StoreSCP(tmp_path / "scp", "FAKEDEST").start()
+    try:
+        rig.dest.stop()
+        rig.config.peers[1].__dict__["port"] = storescp.port  # same AE title, now a real storescp
+        rig.pacs.behaviour.gate_at = 1
+        holder: dict[str, scu.RetrieveSummary] = {}
+        thread = threading.Thread(target=lambda: holder.update(r=rig.move()))
+        thread.start()
+        assert rig.pacs.behaviour.at_gate.wait(30), "PACS never started sending"
+        wait_until(lambda: len(storescp.received()) >= 1, 30, "first instance at the destination")
+        assert rig.pacs.sent == sop_uids(rig.files)[:1]  # the PACS is still holding the rest
+        rig.pacs.behaviour.gate.set()
+        thread.join(60)
+        assert holder["r"].status == 0x0000, holder["r"].line()
+        assert len(storescp.received()) == 5
+        assert holder["r"].pending >= 2
+    finally:
+        storescp.stop()
+
+
+def test_pending_responses_while_pacs_is_slow(rig: Rig) -> None:
+    rig.pacs.behaviour.gate_at = 0
+    seen: list[int] = []
+
+    def progress(s: scu.RetrieveSummary) -> None:
+        seen.append(s.completed)
+        if len(seen) == 3:
+            rig.pacs.behaviour.gate.set()  # three heartbeats with nothing done, then let it go
+
+    result = rig.move(progress=progress)
+    assert result.status == 0x0000, result.line()
+    assert seen[:3] == [0, 0, 0]
+
+
+def test_cancel_mid_study(rig: Rig) -> None:
+    rig.pacs.behaviour.gate_at = 2
+    result = rig.move(cancel=lambda s: s.completed >= 2)
+    assert result.status == 0xFE00, result.line()
+    assert result.completed == 2 and result.remaining == 3
+    assert rig.last_job()["outcome"] == "cancelled"
+    assert len(rig.dest.received) == 2
+    assert rig.still_serving()
+
+
+def test_pacs_down(make_config: Callable[..., Config], run_proxy: Callable[..., Server]) -> None:
+    config = make_config(
+        pacs={"ae_title": "FAKEPACS", "host": "127.0.0.1", "port": free_port(), "connect_timeout": 2.0},
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": 1},
+        ],
+    )
+    ctx = build_context(config, view=AllVisible())
+    server = run_proxy(config, ctx)
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+    result = scu.move(proxy, "DEST", scu.identifier(study_uids=["2.25.1"]), calling_ae=CLOUD, timeout=30)
+    assert result.status == 0xC002, result.line()
+    assert "PACS" in result.comment
+    job = ctx.journal.recent(1)[0]
+    assert job["outcome"] == "failed" and job["status"] == 0xC002
+    assert c_echo(CLOUD, proxy).ok
+
+
+def test_unsolicited_store_from_pacs_is_refused(rig: Rig) -> None:
+    ae = AE(ae_title=rig.pacs.ae_title)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
+    handlers: Any = NODELAY_HANDLERS
+    assoc = ae.associate("127.0.0.1", rig.server.port, ae_title="DICOMPROXY", evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(dcmread(rig.files[0]))
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert status.Status == 0xC000
+    assert not list(rig.config.data_path.rglob("*.dcm"))
+    assert rig.ctx.journal.recent(1) == []
+
+
+def test_cli_move_get_and_jobs(rig: Rig, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dicomproxy.cli import cli
+
+    bad = sop_uids(rig.files)[0]
+    rig.dest.behaviour.reject = {bad: 0xA700}
+    runner = CliRunner()
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(rig.server.port),
+        "--calling",
+        CLOUD,
+        "--study",
+        rig.study_uid,
+    ]
+    moved = runner.invoke(cli, ["move", *common, "--dest", "FAKEDEST"])
+    assert moved.exit_code == 0, moved.output
+    assert "5/5 instances" in moved.output and "status 0xB000 (Warning): completed=4 failed=1" in moved.output
+    got = runner.invoke(cli, ["get", *common, "--out", str(tmp_path / "got")])
+    assert got.exit_code == 0, got.output
+    assert "received=5" in got.output and len(list((tmp_path / "got").iterdir())) == 5
+
+    toml = tmp_path / "proxy.toml"
+    toml.write_text(
+        f'[proxy]\ndata_dir = "{rig.config.data_path}"\n[hospital]\nid = "74580626"\n'
+        f'[view]\nurl = "sqlite://"\n[pacs]\nae_title = "X"\nhost = "127.0.0.1"\nport = 1\n'
+    )
+    listed = runner.invoke(cli, ["jobs", "-c", str(toml)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert "get" in lines[1] and "success" in lines[1]
+    assert "move" in lines[2] and "partial" in lines[2] and "B000" in lines[2]
+    move_id = lines[2].split()[0]
+    shown = runner.invoke(cli, ["jobs", "-c", str(toml), "show", move_id])
+    assert shown.exit_code == 0, shown.output
+    assert "failed   0xA700 " + bad in shown.output
+
+
+def test_send_pdu_capped_for_unlimited_peer(rig: Rig) -> None:
+    """FakeDestination announces Maximum Length 0 (unlimited); we still fragment at SEND_PDU_CAP."""
+    from dicomproxy.forward import SEND_PDU_CAP, cap_send_pdu
+
+    ae = AE(ae_title=CLOUD)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+    handlers: Any = NODELAY_HANDLERS
+    assoc = ae.associate("127.0.0.1", rig.dest.port, ae_title="FAKEDEST", evt_handlers=handlers)
+    try:
+        assert assoc.dimse.maximum_pdu_size == 0
+        cap_send_pdu(assoc)
+        assert assoc.dimse.maximum_pdu_size == SEND_PDU_CAP
+    finally:
+        assoc.release()
+        ae.shutdown()

@@ -1,0 +1,259 @@
+"""The relay against real peers: Orthanc and DCMTK dcmqrscp as the PACS (upstream C-MOVE and
+C-GET), DCMTK movescu/getscu and pynetdicom as the cloud, DCMTK storescp as the destination,
+and the real ExamView on a SQLite exam view for resolution and visibility.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine
+
+from dicomproxy import scu
+from dicomproxy.app import build_context
+from dicomproxy.config import Config
+from dicomproxy.net import Remote
+from dicomproxy.samples import Patient, StudySpec, demo_specs, exam_row, write_study
+from dicomproxy.server import Server
+from dicomproxy.testing import free_port
+from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP, run_tool
+from dicomproxy.testing.orthanc import Orthanc
+from dicomproxy.testing.viewdb import create_view_table, insert_rows
+
+CT, MR, US, MF = demo_specs()
+CLOUD = "CLOUD"
+DEST = "DEST"
+PROXY_AE = "DICOMPROXY"
+#: In the PACS but invisible: another hospital's exam, a confidential one, one not in the view.
+OTHER_HOSP = StudySpec("CT", Patient(patient_id="P0099", name="赵敏"), "X0001", images_per_series=2, seed=11)
+PRIVATE = StudySpec("CT", Patient(patient_id="P0099", name="赵敏"), "X0002", images_per_series=2, seed=12)
+UNLISTED = StudySpec("CT", Patient(patient_id="P0098", name="钱多"), "X0003", images_per_series=2, seed=13)
+ALL_SPECS = [CT, MR, US, MF, OTHER_HOSP, PRIVATE, UNLISTED]
+
+
+def view_rows() -> list[dict[str, Any]]:
+    rows = [exam_row(spec) for spec in (CT, MR, US, MF)]
+    # one exam row, two studies (the seed's comma-separated StudyInstanceUID)
+    rows.append(
+        exam_row(
+            StudySpec("CT"),
+            ExamineID="EMULTI",
+            AccessionNumber="AMULTI",
+            PatientID="P0001",
+            StudyInstanceUID=f"{CT.study_uid},{MR.study_uid}",
+        )
+    )
+    rows.append(exam_row(OTHER_HOSP, hospital_id="99999999"))
+    rows.append(exam_row(PRIVATE, Privacy=2))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("relay-studies")
+    return {spec.accession: write_study(spec, root / spec.accession) for spec in ALL_SPECS}
+
+
+@pytest.fixture(scope="module")
+def proxy_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def relay_orthanc(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]], proxy_port: int
+) -> Iterator[Orthanc]:
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc is not installed (scripts/test.sh installs it)")
+    server = Orthanc(tmp_path_factory.mktemp("relay-orthanc")).start()
+    for paths in files.values():
+        server.upload(paths)
+    server.add_modality("proxy", Remote(PROXY_AE, "127.0.0.1", proxy_port))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def relay_dcmqrscp(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]], proxy_port: int
+) -> Iterator[DcmQrSCP]:
+    if shutil.which("dcmqrscp") is None:
+        pytest.skip("dcmqrscp is not installed (scripts/test.sh installs it)")
+    server = DcmQrSCP(
+        tmp_path_factory.mktemp("relay-dcmqrscp"), peers={"proxy": Remote(PROXY_AE, "127.0.0.1", proxy_port)}
+    ).start()
+    server.load([p for paths in files.values() for p in paths])
+    yield server
+    server.stop()
+
+
+@dataclass
+class Setup:
+    server: Server
+    dest: StoreSCP
+    config: Config
+    ctx: Any
+
+    @property
+    def proxy(self) -> Remote:
+        return Remote(PROXY_AE, "127.0.0.1", self.server.port)
+
+
+@pytest.fixture(params=["orthanc/c-move", "orthanc/c-get", "dcmqrscp/c-move", "dcmqrscp/c-get"])
+def setup(
+    request: pytest.FixtureRequest,
+    make_config: Callable[..., Config],
+    sqlite_url: str,
+    proxy_port: int,
+    tmp_path: Path,
+) -> Iterator[Setup]:
+    kind, method = request.param.split("/")
+    pacs: Any = request.getfixturevalue("relay_orthanc" if kind == "orthanc" else "relay_dcmqrscp")
+    engine = create_engine(sqlite_url)
+    create_view_table(engine)
+    insert_rows(engine, view_rows())
+    engine.dispose()
+    dest = StoreSCP(tmp_path / "dest", DEST).start()
+    config = make_config(
+        proxy={"port": proxy_port},
+        pacs={
+            "ae_title": pacs.remote.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.remote.port,
+            "retrieve": method,
+        },
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": DEST, "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    ctx = build_context(config)
+    server = Server(config, ctx)
+    server.start()
+    yield Setup(server, dest, config, ctx)
+    server.stop(drain_timeout=2.0)
+    dest.stop()
+
+
+def pixels_by_uid(paths: list[Path]) -> dict[str, tuple[str, str, bytes]]:
+    out = {}
+    for p in paths:
+        ds = dcmread(p)
+        out[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), ds.PixelData)
+    return out
+
+
+def test_movescu_multiseries_study_complete_and_identical(setup: Setup, files: dict[str, list[Path]]) -> None:
+    """DCMTK movescu as the cloud: every instance arrives, UIDs unchanged, pixel data byte-identical."""
+    result = run_tool(
+        "movescu", "-v", "-S", "-aet", CLOUD, "-aec", PROXY_AE, "-aem", DEST,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT.study_uid}",
+        "127.0.0.1", str(setup.server.port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success" in result.stdout + result.stderr
+    assert pixels_by_uid(setup.dest.received()) == pixels_by_uid(files[CT.accession])
+    job = setup.ctx.journal.recent(1)[0]
+    assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("success", 10, 10, 0)
+
+
+def test_getscu_cloud_receives_identical_study(
+    setup: Setup, files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """DCMTK getscu as the cloud: the C-GET SCP delivers on the cloud's own association."""
+    out = tmp_path / "got"
+    out.mkdir()
+    result = run_tool(
+        "getscu", "-v", "-S", "-aet", CLOUD, "-aec", PROXY_AE, "-od", str(out),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={MR.study_uid}",
+        "127.0.0.1", str(setup.server.port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pixels_by_uid(sorted(out.iterdir())) == pixels_by_uid(files[MR.accession])
+
+
+def test_accession_of_multi_uid_row_delivers_both_studies(setup: Setup, files: dict[str, list[Path]]) -> None:
+    query = scu.identifier(accession="AMULTI")
+    result = scu.move(setup.proxy, DEST, query, calling_ae=CLOUD, timeout=60)
+    assert result.status == 0x0000, result.line()
+    assert result.completed == 14
+    expected = pixels_by_uid(files[CT.accession] + files[MR.accession])
+    assert pixels_by_uid(setup.dest.received()) == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param({"study_uids": [OTHER_HOSP.study_uid]}, id="uid-other-hospital"),
+        pytest.param({"study_uids": [PRIVATE.study_uid]}, id="uid-private"),
+        pytest.param({"study_uids": [UNLISTED.study_uid]}, id="uid-not-in-view"),
+        pytest.param({"accession": OTHER_HOSP.accession}, id="accession-other-hospital"),
+        pytest.param({"accession": PRIVATE.accession}, id="accession-private"),
+        pytest.param({"patient_id": "P0099"}, id="patient-id"),
+    ],
+)
+def test_invisible_study_never_delivered(setup: Setup, query: dict[str, Any], tmp_path: Path) -> None:
+    result = scu.move(setup.proxy, DEST, scu.identifier(**query), calling_ae=CLOUD, timeout=60)
+    assert (result.status, result.completed, result.failed) == (0x0000, 0, 0), result.line()
+    got = scu.get(
+        setup.proxy, scu.identifier(**query), calling_ae=CLOUD, out_dir=tmp_path / "get", timeout=60
+    )
+    assert (got.status, got.received) == (0x0000, 0), got.line()
+    # SERIES level with a hidden study's UID is refused the same way
+    series = scu.identifier("SERIES", study_uids=[PRIVATE.study_uid], series_uids=["2.25.1"])
+    assert scu.move(setup.proxy, DEST, series, calling_ae=CLOUD).completed == 0
+    assert setup.dest.received() == []
+    assert setup.ctx.journal.recent(1)[0]["outcome"] == "empty"
+
+
+def test_pynetdicom_cloud_series_and_image_level(setup: Setup, files: dict[str, list[Path]]) -> None:
+    by_uid = pixels_by_uid(files[CT.accession])
+    series = sorted({s for _, s, _ in by_uid.values()})[0]
+    in_series = [u for u, (_, s, _) in by_uid.items() if s == series]
+    result = scu.move(
+        setup.proxy,
+        DEST,
+        scu.identifier("SERIES", study_uids=[CT.study_uid], series_uids=[series]),
+        calling_ae=CLOUD,
+    )
+    assert (result.status, result.completed) == (0x0000, len(in_series)), result.line()
+    one = scu.identifier("IMAGE", study_uids=[CT.study_uid], series_uids=[series], sop_uids=[in_series[0]])
+    result = scu.move(setup.proxy, DEST, one, calling_ae=CLOUD)
+    assert (result.status, result.completed) == (0x0000, 1), result.line()
+
+
+def test_concurrent_moves_are_isolated(setup: Setup, files: dict[str, list[Path]], tmp_path: Path) -> None:
+    """Two clouds' moves at once (different studies, different destinations) each get exactly theirs."""
+    second = StoreSCP(tmp_path / "dest2", "DEST2").start()
+    try:
+        # one more configured peer on the config object the running relay reads
+        extra = replace(setup.config.peers[1], ae_title="DEST2", port=second.port)
+        object.__setattr__(setup.config, "peers", (*setup.config.peers, extra))
+        results: dict[str, scu.RetrieveSummary] = {}
+
+        def run(name: str, dest: str, uid: str) -> None:
+            results[name] = scu.move(
+                setup.proxy, dest, scu.identifier(study_uids=[uid]), calling_ae=CLOUD, timeout=60
+            )
+
+        threads = [
+            threading.Thread(target=run, args=("ct", DEST, CT.study_uid)),
+            threading.Thread(target=run, args=("mr", "DEST2", MR.study_uid)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert results["ct"].status == 0x0000 and results["ct"].completed == 10, results["ct"].line()
+        assert results["mr"].status == 0x0000 and results["mr"].completed == 4, results["mr"].line()
+        assert pixels_by_uid(setup.dest.received()) == pixels_by_uid(files[CT.accession])
+        assert pixels_by_uid(second.received()) == pixels_by_uid(files[MR.accession])
+    finally:
+        second.stop()
