@@ -337,6 +337,91 @@ def get_cmd(
     _finish(summary)
 
 
+@cli.command("check-view")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--examples", type=int, default=5, show_default=True, help="ExamineIDs shown per rule.")
+def check_view_cmd(config_path: Path, as_json: bool, examples: int) -> None:
+    """Check the exam view's rows rule by rule (exit 1 when any rule is broken)."""
+    import json
+
+    from dicomproxy.errors import ViewUnavailable
+    from dicomproxy.view.check import check_view, format_report
+
+    config = load_or_exit(config_path)
+    try:
+        report = check_view(config, examples=examples)
+    except ViewUnavailable as exc:
+        click.echo(f"FAIL  {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_report(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="DICOMPROXY_CONFIG",
+    help="Config file: default calling AE title and target (this proxy).",
+)
+@click.option("--host", default=None, help="Host to query (default: this proxy, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to query (default: [proxy].port).")
+@click.option("--aet", "called", default=None, help="Called AE title (default: [proxy].ae_title).")
+@click.option("--calling", default=None, help="Our AE title (default: first [[peers]] or FINDSCU).")
+@click.option("-L", "--level", type=click.Choice(["PATIENT", "STUDY", "SERIES", "IMAGE"]), default="STUDY")
+@click.option("-m", "--model", type=click.Choice(["study", "patient"]), default="study", show_default=True)
+@click.option("-k", "--key", "keys", multiple=True, help="Keyword=value or gggg,eeee=value (repeatable).")
+@click.option(
+    "--charset", default="ISO_IR 192", show_default=True, help="Specific Character Set of the query."
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def find(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    called: str | None,
+    calling: str | None,
+    level: str,
+    model: str,
+    keys: tuple[str, ...],
+    charset: str,
+    timeout: float,
+) -> None:
+    """C-FIND any AE (default: this proxy) and print the answers as a table."""
+    from dicomproxy.charsets import install_pydicom_workarounds
+    from dicomproxy.findscu import DEFAULT_KEYS, build_query, format_table, parse_key, run_find
+
+    install_pydicom_workarounds()
+    logging.basicConfig(level=logging.WARNING)
+    config = load_or_exit(config_path) if config_path else None
+    try:
+        parsed = [parse_key(k) for k in keys]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    remote = Remote(
+        called or (config.proxy.ae_title if config else "ANY-SCP"),
+        host or "127.0.0.1",
+        port if port is not None else (config.proxy.port if config else 11112),
+    )
+    calling_ae = calling or (config.peers[0].ae_title if config and config.peers else "FINDSCU")
+    query = build_query(level, parsed, charset)
+    outcome = run_find(calling_ae, remote, model, query, timeout=timeout)
+    columns = [keyword for keyword, _ in parsed] or DEFAULT_KEYS[level]  # the user's order
+    for line in format_table(outcome.answers, columns):
+        click.echo(line)
+    detail = f" ({outcome.comment})" if outcome.comment else ""
+    status = "no answer" if outcome.status < 0 else f"0x{outcome.status:04X}"
+    click.echo(f"{len(outcome.answers)} match(es), final status {status}{detail}")
+    sys.exit(0 if outcome.status == 0 else 1)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="dicomproxy")

@@ -193,4 +193,29 @@ def sqlite_view(sqlite_url: str) -> Engine:
     return engine
 
 
+# --- C-FIND suites (exam view) ------------------------------------------------------------------
+
+#: Calling AE titles with per-peer name styles (PeerConfig.name_style).
+FIND_PEERS = [
+    {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+    {"ae_title": "SINGLE", "host": "127.0.0.1", "port": 1, "name_style": "single"},
+    {"ae_title": "PINYIN", "host": "127.0.0.1", "port": 1, "name_style": "pinyin"},
+]
+
+
+@pytest.fixture
+def view_config(view_db: ViewDB, make_config: ConfigFactory) -> Config:
+    """``view_db`` filled with tests.view_data rows, and a config pointing at it."""
+    from tests.view_data import view_rows
+
+    insert_rows(view_db.engine, view_rows(), view_db.name)
+    return make_config(view={"url": view_db.url, "name": view_db.name}, peers=FIND_PEERS)
+
+
+@pytest.fixture
+def find_port(view_config: Config, run_proxy: Callable[[Config], Server]) -> int:
+    """A running proxy answering C-FIND from ``view_config``."""
+    return run_proxy(view_config).port
+
+
 __all__ = ["StudySpec", "free_port", "wait_for_echo"]

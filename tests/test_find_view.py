@@ -5,7 +5,7 @@ Each test runs a table of cases on one association (set-up per database is the c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,10 +13,9 @@ from sqlalchemy import text
 
 from dicomproxy.config import Config
 from dicomproxy.samples import uid_from
-from dicomproxy.server import Server
 from dicomproxy.testing.viewdb import insert_rows
 from dicomproxy.view.repository import ExamView
-from tests.conftest import ConfigFactory, ViewDB
+from tests.conftest import ViewDB
 from tests.view_data import (
     CT,
     INVISIBLE_ACCESSIONS,
@@ -27,7 +26,6 @@ from tests.view_data import (
     US,
     FindClient,
     all_visible_uids,
-    view_rows,
 )
 
 
@@ -36,19 +34,8 @@ def lit(acc: str) -> str:
 
 
 @pytest.fixture
-def view_config(view_db: ViewDB, make_config: ConfigFactory) -> Config:
-    insert_rows(view_db.engine, view_rows(), view_db.name)
-    return make_config(view={"url": view_db.url, "name": view_db.name})
-
-
-@pytest.fixture
-def port(view_config: Config, run_proxy: Callable[[Config], Server]) -> int:
-    return run_proxy(view_config).port
-
-
-@pytest.fixture
-def client(port: int) -> Iterator[FindClient]:
-    with FindClient(port) as c:
+def client(find_port: int) -> Iterator[FindClient]:
+    with FindClient(find_port) as c:
         yield c
 
 
@@ -266,3 +253,30 @@ def test_view_failure_answers_c001_and_server_keeps_serving(
         with view_db.engine.begin() as conn:
             conn.execute(text(f"ALTER TABLE {view_db.name}_x RENAME TO {view_db.name}"))
     assert client.uids(PatientID="P0001") == {CT.study_uid, MR.study_uid}
+
+
+def test_patient_ids_differing_in_case(view_db: ViewDB, client: FindClient) -> None:
+    """LO is case-sensitive: PX1 and px1 are two patients, also under a case-insensitive
+    collation (MariaDB utf8mb4_general_ci, SQL Server Chinese_PRC_CI_AS)."""
+    from tests.view_data import _row
+
+    insert_rows(
+        view_db.engine,
+        [
+            _row("ECASE1", "PX1", "郑一", "1.2.840.7.1"),
+            _row("ECASE2", "px1", "郑二", "1.2.840.7.2"),
+            _row("ECASE3", "PX1", "郑一", "1.2.840.7.3"),
+        ],
+        view_db.name,
+    )
+    assert client.uids(PatientID="PX1") == {"1.2.840.7.1", "1.2.840.7.3"}
+    assert client.uids(PatientID="px?") == {"1.2.840.7.2"}
+    result = client.find(
+        {"PatientID": "", "NumberOfPatientRelatedStudies": ""}, level="PATIENT", model="PATIENT"
+    )
+    counts = [
+        (ds.PatientID, ds.NumberOfPatientRelatedStudies)
+        for ds in result.answers
+        if ds.PatientID.upper() == "PX1"
+    ]
+    assert sorted(counts) == [("PX1", 2), ("px1", 1)]

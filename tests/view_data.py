@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pydicom.filereader import read_dataset
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -98,6 +100,8 @@ class FindResult:
     status: int
     comment: str | None
     answers: list[Dataset]
+    #: The answers as received, elements not yet decoded (``get_item(tag).value`` is bytes).
+    raw: list[Dataset] = field(default_factory=list)
 
     @property
     def uids(self) -> set[str]:
@@ -111,10 +115,18 @@ class FindClient:
         self.ae = AE(calling)
         self.ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         self.ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
-        self.assoc = self.ae.associate(
-            "127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=NODELAY_HANDLERS
-        )
+        #: Every received identifier as encoded on the wire (for byte-level charset checks).
+        self.raw: list[Dataset] = []
+        handlers = [*NODELAY_HANDLERS, (evt.EVT_DIMSE_RECV, self._on_recv)]
+        self.assoc = self.ae.associate("127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=handlers)
         assert self.assoc.is_established
+
+    def _on_recv(self, event: Any) -> None:
+        data = getattr(event.message, "data_set", None)
+        if data is not None and data.getvalue():
+            syntax = self.assoc.accepted_contexts[0].transfer_syntax[0]
+            implicit = syntax == "1.2.840.10008.1.2"
+            self.raw.append(read_dataset(BytesIO(data.getvalue()), implicit, True))
 
     def close(self) -> None:
         if self.assoc.is_established:
@@ -147,6 +159,7 @@ class FindClient:
                 setattr(query, key, value)
         answers: list[Dataset] = []
         final: Dataset | None = None
+        self.raw.clear()
         for status, ds in self.assoc.send_c_find(query, sop):
             assert status is not None and "Status" in status, "no C-FIND response"
             if status.Status in (0xFF00, 0xFF01):
@@ -154,7 +167,7 @@ class FindClient:
             else:
                 final = status
         assert final is not None
-        return FindResult(int(final.Status), final.get("ErrorComment"), answers)
+        return FindResult(int(final.Status), final.get("ErrorComment"), answers, list(self.raw))
 
     def uids(self, **keys: Any) -> set[str]:
         """StudyInstanceUIDs found by a STUDY-level query with these keys (must succeed)."""

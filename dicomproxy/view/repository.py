@@ -87,6 +87,11 @@ class ExamView:
             LOG.warning("uid side table unavailable, StudyInstanceUID lookups will scan: %s", exc)
             self.uid_index = None
 
+    def warm_up(self) -> None:
+        """Start building the side tables in the background (``serve`` calls this at start-up)."""
+        if self.uid_index is not None:
+            self.uid_index.start_background_build()
+
     def close(self) -> None:
         if self.uid_index is not None:
             self.uid_index.close()
@@ -131,13 +136,15 @@ class ExamView:
 
     def examine_ids_for_uids(self, uids: Sequence[str]) -> list[list[str]] | None:
         """ExamineIDs of rows that may hold these UIDs, grouped into ≤1000-id batches
-        (all ids of one UID in the same batch); None when there is no side table."""
+        (all ids of one UID in the same batch); None when there is no side table (yet)."""
         if self.uid_index is None:
             return None
         try:
             found = self.uid_index.lookup(list(uids))
         except SQLAlchemyError as exc:
             raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+        if found is None:  # side table still being built: scan this time
+            return None
         groups: list[list[str]] = []
         current: list[str] = []
         for uid in uids:
@@ -149,6 +156,15 @@ class ExamView:
         if current:
             groups.append(current)
         return groups
+
+    def patients_for_pinyin(self, pattern: str) -> list[str] | None:
+        """PatientIDs whose name's pinyin may match (side table); None without a side table."""
+        if self.uid_index is None:
+            return None
+        try:
+            return self.uid_index.patients_for_pinyin(pattern)
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
 
     def uid_predicates(self, uids: Sequence[str]) -> list[ColumnElement[bool]] | None:
         """One WHERE fragment per statement that finds rows holding any of ``uids``.

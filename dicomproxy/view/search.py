@@ -17,8 +17,9 @@ from typing import Any
 
 from dicomproxy.config import NameStyle
 from dicomproxy.view.mapping import patient_attributes, study_attributes
-from dicomproxy.view.query import FindQuery, build_select, residual_match
+from dicomproxy.view.query import FindQuery, build_select, residual_match, split_pn_query
 from dicomproxy.view.repository import ExamView
+from dicomproxy.view.sql import batches
 from dicomproxy.view.uids import split_uid_cell
 
 LOG = logging.getLogger("dicomproxy.view.search")
@@ -30,6 +31,22 @@ def _patient_key(row: dict[str, Any]) -> tuple[str, str]:
     return (row.get("PatientID") or "", row.get("PIDAssigningAuthority") or "")
 
 
+def _alphabetic_name(query: FindQuery) -> str | None:
+    """The PatientName alphabetic group when it is the only name criterion (else None)."""
+    value = query.values.get("PatientName")
+    if not value:
+        return None
+    alpha, ideo = split_pn_query(value)
+    if ideo or not alpha or set(alpha) <= {"*", "?", "^"}:
+        return None
+    return alpha
+
+
+def _loose_key(row: dict[str, Any]) -> tuple[str, str]:
+    pid, issuer = _patient_key(row)
+    return pid.casefold().rstrip(), issuer.casefold().rstrip()
+
+
 def search(
     view: ExamView,
     query: FindQuery,
@@ -39,25 +56,40 @@ def search(
 ) -> Iterator[Attrs]:
     """Every matching answer as a full attribute dict (the caller keeps the requested keys)."""
     wanted_uids = query.study_uids
+    alphabetic = _alphabetic_name(query)
+    patients = view.patients_for_pinyin(alphabetic) if alphabetic and not wanted_uids else None
     if wanted_uids:
         preds = view.uid_predicates(wanted_uids)
         if not preds:
             return
         statements = [build_select(query, view.table, view.visible(), view.dialect, [p]) for p in preds]
+    elif patients is not None:
+        # Latin name query: pinyin side table → PatientID IN (...), ≤1000 per statement;
+        # sorted ids keep each patient inside one statement.
+        pid = view.table.c.PatientID
+        statements = [
+            build_select(query, view.table, view.visible(), view.dialect, [pid.in_(chunk)])
+            for chunk in batches(patients)
+        ]
     else:
         statements = [build_select(query, view.table, view.visible(), view.dialect)]
     only = set(wanted_uids)
     emitted: set[str] = set()
     for stmt in statements:
         rows = (r for r in view.stream(stmt) if view.is_visible(r))
-        for _key, group in groupby(rows, key=_patient_key):
+        # Case-insensitive collations (MariaDB *_ci, SQL Server CI) may interleave P1/p1:
+        # group loosely by the sort order, then exactly by the key.
+        for _key, loose in groupby(rows, key=_loose_key):
             if cancelled():
                 return
-            patient_rows = list(group)
-            if query.level == "PATIENT":
-                yield from _patient_answer(query, patient_rows, style)
-            else:
-                yield from _study_answers(query, patient_rows, style, only, emitted)
+            exact: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in loose:
+                exact.setdefault(_patient_key(row), []).append(row)
+            for patient_rows in exact.values():
+                if query.level == "PATIENT":
+                    yield from _patient_answer(query, patient_rows, style)
+                else:
+                    yield from _study_answers(query, patient_rows, style, only, emitted)
 
 
 def _patient_answer(query: FindQuery, rows: list[dict[str, Any]], style: NameStyle) -> Iterator[Attrs]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Index,
     MetaData,
     String,
@@ -37,6 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from dicomproxy.view.mapping import pinyin_name
+from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like
 from dicomproxy.view.uids import split_uid_cell
 
 LOG = logging.getLogger("dicomproxy.view.uidindex")
@@ -49,6 +52,21 @@ UID_TABLE = Table(
     Column("examine_id", String(64), primary_key=True),
 )
 Index("ix_study_uid_index_examine_id", UID_TABLE.c.examine_id)
+#: Pinyin of PatientName per exam: lets a Latin (alphabetic) name query become
+#: ``PatientID IN (...)`` on the view instead of a scan. ``caret`` is ``WANG^XIAODONG``,
+#: ``plain`` is ``WANGXIAODONG`` (upper case, for case-insensitive prefix matching).
+NAME_TABLE = Table(
+    "patient_name_pinyin",
+    _MD,
+    Column("examine_id", String(64), primary_key=True),
+    Column("patient_id", String(64)),
+    Column("caret", String(200)),
+    Column("plain", String(200)),
+)
+Index("ix_patient_name_pinyin_caret", NAME_TABLE.c.caret)
+Index("ix_patient_name_pinyin_plain", NAME_TABLE.c.plain)
+#: Bump when the side tables change shape or meaning: forces a full rebuild.
+SCHEMA = "2"
 STATE_TABLE = Table(
     "study_uid_index_state",
     _MD,
@@ -72,10 +90,12 @@ class UidIndex:
         self.engine = create_engine(f"sqlite:///{self.path}")
         self.view_engine = view_engine
         self.view_table = view_table
-        self.source = source
+        self.source = f"{source}|schema{SCHEMA}"
         self.max_age = max_age
         self._lock = threading.Lock()
         self._last_sync = 0.0
+        #: Set while a background build runs: lookups answer None (callers fall back).
+        self.building = threading.Event()
         _MD.create_all(self.engine)
 
     def close(self) -> None:
@@ -105,6 +125,31 @@ class UidIndex:
             self._last_sync = time.monotonic()
             return count
 
+    def is_built(self) -> bool:
+        """True when the side tables hold a complete build of this view."""
+        state = self._state()
+        return state.get("source") == self.source and "high_water" in state
+
+    def start_background_build(self) -> threading.Thread | None:
+        """Build (or catch up) in a daemon thread, so that the first C-FIND after start-up
+        does not wait for a full read of a large view. Lookups meanwhile return None."""
+        if self.is_built():
+            LOG.info("uid side table: already built, incremental syncs from now on")
+            return None
+        self.building.set()
+
+        def run() -> None:
+            try:
+                self.sync(force=True)
+            except Exception as exc:  # logged; lookups build lazily later
+                LOG.warning("uid side table: background build failed: %s", exc)
+            finally:
+                self.building.clear()
+
+        thread = threading.Thread(target=run, name="uid-side-table", daemon=True)
+        thread.start()
+        return thread
+
     def rebuild(self) -> int:
         """Drop everything and read the whole view again."""
         with self._lock:
@@ -114,7 +159,7 @@ class UidIndex:
 
     def _sync(self, since: dt.datetime | None) -> int:
         c = self.view_table.c
-        stmt = select(c.ExamineID, c.StudyInstanceUID, c.RowTimestamp)
+        stmt = select(c.ExamineID, c.StudyInstanceUID, c.RowTimestamp, c.PatientID, c.PatientName)
         if since is not None:
             stmt = stmt.where(c.RowTimestamp >= since)
         high: dt.datetime | None = None
@@ -123,11 +168,25 @@ class UidIndex:
         with self.view_engine.connect() as vconn, self.engine.begin() as conn:
             if since is None:
                 conn.execute(delete(UID_TABLE))
+                conn.execute(delete(NAME_TABLE))
             result = vconn.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
             for batch in result.partitions(BATCH):
                 ids = [r[0] for r in batch if r[0] is not None]
                 if since is not None:
                     conn.execute(delete(UID_TABLE).where(UID_TABLE.c.examine_id.in_(ids)))
+                    conn.execute(delete(NAME_TABLE).where(NAME_TABLE.c.examine_id.in_(ids)))
+                names = {}
+                for r in batch:
+                    if r[0] is not None and r[3] and r[4]:
+                        caret = pinyin_name(str(r[4])).upper()
+                        names[r[0]] = {
+                            "examine_id": r[0],
+                            "patient_id": r[3],
+                            "caret": caret,
+                            "plain": caret.replace("^", "").replace(" ", ""),
+                        }
+                if names:
+                    conn.execute(insert(NAME_TABLE).prefix_with("OR REPLACE"), list(names.values()))
                 entries = {
                     (uid, r[0]): None for r in batch if r[0] is not None for uid in split_uid_cell(r[1])
                 }
@@ -156,13 +215,42 @@ class UidIndex:
 
     # --- lookup -----------------------------------------------------------------------------
 
-    def lookup(self, uids: Sequence[str]) -> dict[str, list[str]]:
-        """ExamineIDs per UID (only UIDs that are in the side table)."""
+    def lookup(self, uids: Sequence[str]) -> dict[str, list[str]] | None:
+        """ExamineIDs per UID (only UIDs that are in the side table); None while building."""
+        if self.building.is_set():
+            return None
         self.sync()
         found = self._lookup(uids)
         # A miss may be a study newer than our last sync: sync once, then answer.
         if len(found) < len(set(uids)) and self.sync(force=True):
             found = self._lookup(uids)
+        return found
+
+    def patients_for_pinyin(self, pattern: str) -> list[str] | None:
+        """Sorted PatientIDs whose name's pinyin matches an alphabetic PN group (``Wang^X*``,
+        ``WANG*``, ``wangxiaodong``), case-insensitively; None while building. A hint:
+        callers re-check."""
+        if self.building.is_set():
+            return None
+        self.sync()
+        text = pattern.upper().rstrip("^").replace(" ", "")
+        column = NAME_TABLE.c.caret if "^" in text else NAME_TABLE.c.plain
+        preds: list[ColumnElement[bool]] = []
+        if "*" in text or "?" in text:
+            # An index range for the literal prefix, then LIKE for the rest (SQLite's LIKE
+            # alone would not use a BINARY index).
+            prefix = text[: min(i for i in (text.find("*"), text.find("?"), len(text)) if i >= 0)]
+            if prefix:
+                preds += [column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+            preds.append(column.like(dicom_wildcard_to_like(text, "sqlite"), escape=ESCAPE))
+        else:
+            preds.append(column == text)
+        stmt = select(NAME_TABLE.c.patient_id).where(*preds).distinct().order_by(NAME_TABLE.c.patient_id)
+        with self.engine.connect() as conn:
+            found = [str(r[0]) for r in conn.execute(stmt)]
+        if not found and self.sync(force=True):  # maybe registered since the last sync
+            with self.engine.connect() as conn:
+                found = [str(r[0]) for r in conn.execute(stmt)]
         return found
 
     def _lookup(self, uids: Iterable[str]) -> dict[str, list[str]]:

@@ -1,0 +1,327 @@
+"""C-FIND latency through a running proxy against a large exam view (not a test).
+
+Builds a view of ``--rows`` rows (default 1,000,000) in PostgreSQL and/or SQLite, with
+the indexes a hospital would have (ExamineID unique, PatientID, AccessionNumber,
+PerformTime, PatientName, RowTimestamp), starts ``dicomproxy serve`` as a subprocess
+on a free port, warms the UID side table, then times C-FIND (one association, reused,
+like a PACS client) for: PatientID, AccessionNumber, StudyInstanceUID, one-day date range
++ modality, and a ``王*`` name prefix. Prints p50/p95 per query kind.
+
+    .venv/bin/python benchmarks/bench_find.py --rows 1000000 --db postgresql --db sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.testing import free_port, wait_for_echo
+from dicomproxy.testing.viewdb import create_view_table
+from dicomproxy.view.model import exam_view_table
+
+SURNAMES = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
+)
+GIVEN = "小东伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华建国志红玉兰海燕鹏飞"
+MODALITIES = ("CT", "MR", "DR", "US", "MG", "XA")
+COLUMNS = (
+    "ExamineID",
+    "PatientID",
+    "PIDAssigningAuthority",
+    "PatientName",
+    "PatientSex",
+    "PatientAge",
+    "PatientAgeUnit",
+    "PatientBirthday",
+    "AccessionNumber",
+    "ExamineType",
+    "ExamineItem",
+    "RegTime",
+    "PerformTime",
+    "State",
+    "Privacy",
+    "HospitalID",
+    "HospitalName",
+    "StudyInstanceUID",
+    "RowTimestamp",
+    "Sysid",
+)
+START = dt.datetime(2020, 1, 1)
+DAYS = 5 * 365
+
+
+def uid(i: int, k: int = 0) -> str:
+    return f"1.2.826.0.1.3680043.10.1234.{i}.{k}"
+
+
+def gen_rows(n: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
+    rnd = random.Random(seed)
+    patients = max(1, n // 3)
+    for i in range(n):
+        p = rnd.randrange(patients)
+        prnd = random.Random(p)
+        name = prnd.choice(SURNAMES) + "".join(prnd.choice(GIVEN) for _ in range(prnd.choice((1, 2))))
+        when = START + dt.timedelta(seconds=rnd.randrange(DAYS * 86400))
+        cell = uid(i) if rnd.random() > 0.05 else f"{uid(i)},{uid(i, 1)}"
+        yield (
+            f"E{i:08d}",
+            f"P{p:07d}",
+            "74580626.HIS",
+            name,
+            prnd.choice("男女"),
+            str(prnd.randrange(1, 90)),
+            "岁",
+            f"{1930 + prnd.randrange(90)}-0{1 + prnd.randrange(9)}-1{prnd.randrange(10)}",
+            f"A{i:09d}",
+            rnd.choice(MODALITIES),
+            "检查",
+            when - dt.timedelta(hours=1),
+            when,
+            "审核完成",
+            0 if rnd.random() > 0.02 else 2,
+            "74580626",
+            "温岭市第一人民医院",
+            cell,
+            when + dt.timedelta(hours=2),
+            "RIS",
+        )
+
+
+INDEXES = [
+    ("ux_{t}_examineid", "examineid", True),
+    ("ix_{t}_patientid", "patientid", False),
+    ("ix_{t}_accession", "accessionnumber", False),
+    ("ix_{t}_performtime", "performtime", False),
+    ("ix_{t}_patientname", "patientname", False),
+    ("ix_{t}_rowtimestamp", "rowtimestamp", False),
+]
+
+
+def build_postgresql(engine: Engine, name: str, rows: int) -> None:
+    create_view_table(engine, name)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cols = ", ".join(c.lower() for c in COLUMNS)
+        batch = io.StringIO()
+        writer = csv.writer(batch)
+        for i, row in enumerate(gen_rows(rows), 1):
+            writer.writerow(row)
+            if i % 100_000 == 0 or i == rows:
+                batch.seek(0)
+                cur.copy_expert(f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv)", batch)
+                batch = io.StringIO()
+                writer = csv.writer(batch)
+        for idx, col, unique in INDEXES:
+            cur.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX {idx.format(t=name)} ON {name} ({col})")
+        # LIKE '王%' needs a pattern-ops index unless the database collation is C
+        cur.execute(f"CREATE INDEX ix_{name}_patientname_like ON {name} (patientname varchar_pattern_ops)")
+        cur.execute(f"ANALYZE {name}")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def build_sqlite(engine: Engine, name: str, rows: int) -> None:
+    create_view_table(engine, name)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA journal_mode=OFF")
+        cur.execute("PRAGMA synchronous=OFF")
+        cols = ", ".join(c.lower() for c in COLUMNS)
+        marks = ", ".join("?" for _ in COLUMNS)
+        sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
+        batch: list[tuple[Any, ...]] = []
+        for row in gen_rows(rows):
+            batch.append(tuple(v.isoformat(" ") if isinstance(v, dt.datetime) else v for v in row))
+            if len(batch) == 50_000:
+                cur.executemany(sql, batch)
+                batch = []
+        if batch:
+            cur.executemany(sql, batch)
+        for idx, col, unique in INDEXES:
+            cur.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX {idx.format(t=name)} ON {name} ({col})")
+        cur.execute(f"ANALYZE {name}")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def existing_rows(engine: Engine, name: str) -> int | None:
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one())
+    except Exception:
+        return None
+
+
+def write_config(workdir: Path, url: str, name: str, port: int) -> Path:
+    path = workdir / "bench.toml"
+    path.write_text(
+        f"""[proxy]
+ae_title = "DICOMPROXY"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{workdir / "var"}"
+[hospital]
+id = "74580626"
+name = "温岭市第一人民医院"
+[view]
+url = "{url}"
+name = "{name}"
+max_results = 1000
+[pacs]
+ae_title = "NOPACS"
+host = "127.0.0.1"
+port = 1
+[[peers]]
+ae_title = "BENCH"
+host = "127.0.0.1"
+port = 1
+[logging]
+level = "INFO"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench(
+    port: int, rows: int, queries: int, only: str | None = None
+) -> dict[str, tuple[float, float, float]]:
+    rnd = random.Random(11)
+    ae = AE("BENCH")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    kwargs: dict[str, Any] = {"ae_title": "DICOMPROXY", "evt_handlers": NODELAY_HANDLERS}
+    assoc = ae.associate("127.0.0.1", port, **kwargs)
+    assert assoc.is_established
+
+    def run(keys: dict[str, str]) -> tuple[float, int]:
+        q = Dataset()
+        q.SpecificCharacterSet = "ISO_IR 192"
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = ""
+        q.PatientName = ""
+        q.StudyDate = ""
+        for k, v in keys.items():
+            setattr(q, k, v)
+        t0 = time.perf_counter()
+        n = 0
+        for status, _ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            if status and status.Status in (0xFF00, 0xFF01):
+                n += 1
+            elif status is None or status.Status != 0:
+                raise RuntimeError(f"C-FIND failed: {status}")
+        return (time.perf_counter() - t0) * 1000, n
+
+    def day() -> str:
+        d = (START + dt.timedelta(days=rnd.randrange(DAYS))).strftime("%Y%m%d")
+        return f"{d}-{d}"
+
+    kinds: dict[str, Callable[[], dict[str, str]]] = {
+        "PatientID": lambda: {"PatientID": f"P{rnd.randrange(max(1, rows // 3)):07d}"},
+        "AccessionNumber": lambda: {"AccessionNumber": f"A{rnd.randrange(rows):09d}"},
+        "StudyInstanceUID": lambda: {"StudyInstanceUID": uid(rnd.randrange(rows))},
+        "StudyDate(1 day)+ModalitiesInStudy": lambda: {"StudyDate": day(), "ModalitiesInStudy": "CT"},
+        "PatientName 王*": lambda: {"PatientName": "王*"},
+        "PatientName Wang^Xiaodong (pinyin)": lambda: {"PatientName": "Wang^Xiaodong"},
+    }
+    out: dict[str, tuple[float, float, float]] = {}
+    try:
+        for kind, make in kinds.items():
+            if only is not None and kind != only:
+                continue
+            n = queries if "王" not in kind else max(5, queries // 10)
+            n = n if "pinyin" not in kind else max(5, queries // 4)
+            run(make())  # warm-up
+            times, counts = zip(*(run(make()) for _ in range(n)), strict=True)
+            out[kind] = (percentile(list(times), 0.5), percentile(list(times), 0.95), statistics.mean(counts))
+    finally:
+        assoc.release()
+        ae.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--db", action="append", choices=("postgresql", "sqlite"))
+    ap.add_argument("--pg-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--workdir", type=Path, default=None, help="Keep the SQLite view and side tables here.")
+    ap.add_argument("--keep", action="store_true", help="Keep the PostgreSQL table (reused next time).")
+    args = ap.parse_args()
+    for kind in args.db or ["postgresql", "sqlite"]:
+        if args.workdir:
+            workdir = args.workdir / kind
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        name = "v_bench_find"
+        url = args.pg_url if kind == "postgresql" else f"sqlite:///{workdir / 'view.db'}"
+        engine = create_engine(url)
+        if existing_rows(engine, name) == args.rows:
+            print(f"[{kind}] reusing the existing {args.rows}-row view", flush=True)
+        else:
+            t0 = time.perf_counter()
+            (build_postgresql if kind == "postgresql" else build_sqlite)(engine, name, args.rows)
+            print(
+                f"[{kind}] built {args.rows} rows with indexes in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+        port = free_port()
+        cfg = write_config(workdir, url, name, port)
+        exe = Path(sys.executable).with_name("dicomproxy")
+        proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
+        try:
+            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="BENCH", proc=proc)
+            t1 = time.perf_counter()
+            log = workdir / "serve.log"
+            # serve builds the UID/pinyin side tables in the background at start-up
+            while "uid side table: " not in log.read_text(errors="replace"):
+                if proc.poll() is not None or time.perf_counter() - t1 > 600:
+                    raise RuntimeError(f"side table not built; see {log}")
+                time.sleep(0.5)
+            print(
+                f"[{kind}] side tables built in the background in {time.perf_counter() - t1:.1f} s",
+                flush=True,
+            )
+            t1 = time.perf_counter()
+            bench(port, args.rows, 1, only="StudyInstanceUID")
+            print(f"[{kind}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
+            for q, (p50, p95, n) in bench(port, args.rows, args.queries).items():
+                print(f"[{kind}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            if kind == "postgresql" and not args.keep:
+                exam_view_table(name).drop(engine, checkfirst=True)
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
