@@ -430,3 +430,51 @@ def test_pool_keeps_results_per_instance(sources: dict[str, Path], tmp_path: Pat
         single = transcode_file(src, tmp_path / f"single{i}.dcm", target, LOSSY)
         assert dcmread(result.path).PixelData == dcmread(single.path).PixelData
         assert ordered[i].transfer_syntax == target and ordered[i].path == tmp_path / f"m{i}.dcm"
+
+
+@pytest.mark.parametrize("target", LOSSLESS_TARGETS)
+@pytest.mark.parametrize("kind", ["CT", "MR", "MF"])
+def test_fast_path_equals_general_path(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, target: str
+) -> None:
+    """The header-copying fast path (Explicit VR LE, one sample, lossless) writes what the general path
+    (pydicom parse, encode, serialise) writes: same elements, same values, same Pixel Data."""
+    from dicomproxy.transcode import codec
+
+    fast = codec._fast_lossless(sources[kind], tmp_path / "fast.dcm", ExplicitVRLittleEndian, target, POLICY)
+    assert fast is not None
+    monkeypatch.setattr(codec, "_fast_lossless", lambda *a: None)
+    general = transcode_file(sources[kind], tmp_path / "general.dcm", target, POLICY)
+    a, b = dcmread(fast.path), dcmread(general.path)
+    assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID == target
+    # the byte-patched File Meta group equals what pydicom writes, group length included
+    assert [(e.tag, e.value) for e in a.file_meta] == [(e.tag, e.value) for e in b.file_meta]
+    assert a.PixelData == b.PixelData
+    assert [(e.tag, e.value) for e in a if e.tag != 0x7FE00010] == [
+        (e.tag, e.value) for e in b if e.tag != 0x7FE00010
+    ]
+    assert (fast.sop_instance_uid, fast.pixel_bytes) == (general.sop_instance_uid, general.pixel_bytes)
+
+
+def test_failed_encode_leaves_nothing(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomproxy.transcode import codec
+
+    def broken(*args: object, **kwargs: object) -> list[bytes]:
+        raise RuntimeError("codec failed")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(codec, "_encode_mono_frames", broken)
+    with pytest.raises(RuntimeError, match="codec failed"):
+        transcode_file(sources["CT"], out / "x.dcm", HTJ2KLossless, POLICY)
+    assert list(out.iterdir()) == []
+    # and an existing destination that is a hard link to the source is replaced, not written through
+    before = sources["MR"].read_bytes()
+    os.link(sources["MR"], out / "mr.dcm")
+    monkeypatch.undo()
+    transcode_file(sources["MR"], out / "mr.dcm", JPEGLSLossless, POLICY)
+    assert sources["MR"].read_bytes() == before
+    assert read_info(out / "mr.dcm").transfer_syntax == JPEGLSLossless
+    assert [p.name for p in out.iterdir()] == ["mr.dcm"]

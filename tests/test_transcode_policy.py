@@ -238,11 +238,17 @@ def test_proposed_syntaxes_never_lossy_sop_class() -> None:
         ("lossless", info("CT", transfer_syntax=JPEGLSLossless), ALL, JPEGLSLossless),
         ("lossless", info("US", transfer_syntax=JPEGBaseline8Bit, already_lossy=True), ALL, JPEGBaseline8Bit),
         # lossy
-        ("lossy", info("CT"), ALL, JPEG2000),
+        ("lossy", info("CT"), ALL, JPEGLSNearLossless),  # default order: 16-bit skips JPEG Baseline
+        ("lossy", info("US"), ALL, JPEGBaseline8Bit),
+        ("lossy", info("CT"), [JPEG2000, *UNCOMPRESSED], JPEG2000),
         ("lossy", info("CT"), [JPEGLSNearLossless, *UNCOMPRESSED], JPEGLSNearLossless),
         ("lossy", info("US"), [JPEGBaseline8Bit, *UNCOMPRESSED], JPEGBaseline8Bit),
         ("lossy", info("CT"), [JPEGBaseline8Bit, *UNCOMPRESSED], ExplicitVRLittleEndian),  # 16-bit: no JPEG 8
         ("lossy", info("MR"), [JPEGLSNearLossless, JPEGLSLossless, *UNCOMPRESSED], JPEGLSLossless),  # signed
+        # a lossless-compressed source is compressed lossily in lossy mode, kept where lossy is not allowed
+        ("lossy", info("CT", transfer_syntax=JPEGLSLossless), ALL, JPEGLSNearLossless),
+        ("lossy", info("MG", transfer_syntax=JPEGLSLossless), ALL, JPEGLSLossless),
+        ("lossy", info("CT", transfer_syntax=RLELossless), [JPEG2000, RLELossless], JPEG2000),
         # MG is never lossy: lossless target instead
         ("lossy", info("MG"), ALL, HTJ2KLossless),
         ("lossy", info("MG"), [JPEG2000, *UNCOMPRESSED], ExplicitVRLittleEndian),

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -36,7 +42,7 @@ from pydicom.uid import (
 from dicomproxy.errors import CannotTranscode
 from dicomproxy.transcode.info import InstanceInfo, info_from_dataset, read_info
 from dicomproxy.transcode.policy import Policy, codec_applies, lossy_allowed
-from dicomproxy.transcode.syntaxes import LOSSY_METHOD, LOSSY_TARGETS, is_native
+from dicomproxy.transcode.syntaxes import LOSSLESS_TARGETS, LOSSY_METHOD, LOSSY_TARGETS, is_native
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,28 @@ class TranscodeResult:
     lossy: bool
 
 
+@contextmanager
+def _atomic(dst: Path) -> Iterator[Path]:
+    """Write to a temporary name next to ``dst``, then rename it.
+
+    Readers never see half a file, a failure leaves nothing behind, and an existing ``dst`` that is a
+    hard link to some source is replaced, not written through.
+    """
+    part = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    try:
+        yield part
+        os.replace(part, dst)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Pass-through: a hard link where possible, else a streamed copy. Pixel Data is never parsed."""
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    with _atomic(dst) as part:
+        try:
+            os.link(src, part)
+        except OSError:
+            shutil.copyfile(src, part)
 
 
 def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
@@ -156,7 +176,7 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     value = ds.get(keyword)
     if value is None or value == "":
         return []
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+    if isinstance(value, (MultiValue, list, tuple)):
         return [str(v) for v in value]
     return [str(value)]
 
@@ -214,6 +234,143 @@ def _to_native(ds: Dataset, info: InstanceInfo) -> None:
         ds["PixelData"].VR = "OW" if (info.bits_allocated or 8) > 8 else "OB"
 
 
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def _patched_meta(meta: bytes, syntax: str) -> bytes | None:
+    """File Meta group (PS3.10 7.1, always Explicit VR LE) with (0002,0010) replaced and (0002,0000) fixed.
+
+    Byte-level so the pass does not pay for pydicom's meta validation and writer per file; None if the
+    group is not laid out as expected (the caller then uses pydicom).
+    """
+    out: list[bytes] = []
+    pos, found = 0, False
+    while pos < len(meta):
+        if pos + 8 > len(meta):
+            return None
+        group, elem, vr = struct.unpack_from("<HH2s", meta, pos)
+        if group != 0x0002:
+            return None
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", meta, pos + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, pos + 6)
+            header = 8
+        end = pos + header + length
+        if (group, elem) == (0x0002, 0x0000):
+            pass  # rewritten below
+        elif (group, elem) == (0x0002, 0x0010):
+            value = syntax.encode("ascii")
+            if len(value) % 2:
+                value += b"\0"
+            out.append(struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(value)) + value)
+            found = True
+        else:
+            out.append(meta[pos:end])
+        pos = end
+    if not found:
+        return None
+    rest = b"".join(out)
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(rest)) + rest
+
+
+def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str) -> list[bytes]:
+    """Lossless-encode ``(frames, rows, columns)`` single-sample frames, one codestream per frame."""
+    if target == HTJ2KLossless:
+        import imagecodecs
+
+        return [bytes(imagecodecs.htj2k_encode(frame, reversible=True)) for frame in arr]
+    from pydicom.pixels import get_encoder
+
+    encoder = get_encoder(UID(target))
+    opts: dict[str, Any] = {
+        "rows": info.rows,
+        "columns": info.columns,
+        "samples_per_pixel": 1,
+        "bits_allocated": info.bits_allocated,
+        "bits_stored": info.bits_stored or info.bits_allocated,
+        "pixel_representation": info.pixel_representation or 0,
+        "photometric_interpretation": info.photometric,
+        "number_of_frames": 1,
+    }
+    if target == RLELossless:
+        opts["encoding_plugin"] = "pylibjpeg"
+    return [encoder.encode(frame, **opts) for frame in arr]
+
+
+def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Policy) -> TranscodeResult | None:
+    """Lossless, single-sample, Explicit VR Little Endian source: only File Meta and Pixel Data change.
+
+    Nothing else in the data set changes for such an instance (PS3.5 A.4: same VR encoding; the Image
+    Pixel attributes stay valid), so the header bytes are copied verbatim instead of being parsed and
+    re-serialised. Returns None when the instance does not qualify (the general path handles it).
+    """
+    if source != ExplicitVRLittleEndian or target not in LOSSLESS_TARGETS:
+        return None
+    with open(src, "rb") as fp:
+        ds = dcmread(fp, stop_before_pixels=True)
+        pixel_pos = fp.tell()
+        head = fp.read(12)
+        if len(head) < 12 or ds.preamble is None:
+            return None
+        group, elem, vr, _, length = struct.unpack("<HH2s2sI", head)
+        info = info_from_dataset(ds, source, True, False)
+        meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+        if (
+            (group, elem) != (0x7FE0, 0x0010)
+            or vr not in (b"OB", b"OW")
+            or length != info.pixel_bytes
+            or info.samples_per_pixel != 1
+            or meta_length is None
+            or not codec_applies(policy, info, target)
+        ):
+            return None
+        raw = fp.read(length)
+        tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
+        body_start = 128 + 4 + 12 + int(meta_length)
+        fp.seek(132)
+        old_meta = fp.read(body_start - 132)
+        body = fp.read(pixel_pos - body_start)
+    dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
+    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
+    if 0 < stored < allocated:  # clear unused high bits (see _decoded_pixels)
+        if info.pixel_representation == 1:
+            shift = allocated - stored
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    frames = _encode_mono_frames(arr, info, target)
+    meta_bytes = _patched_meta(old_meta, target)
+    if meta_bytes is None:
+        meta = FileMetaDataset(ds.file_meta)
+        meta.TransferSyntaxUID = UID(target)
+        meta_buf = DicomBytesIO()
+        meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
+        write_file_meta_info(meta_buf, meta, enforce_standard=True)
+        meta_bytes = meta_buf.getvalue()
+    pixel_header = struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OB", b"\0\0", 0xFFFFFFFF)
+    with _atomic(dst) as part, open(part, "wb") as out:
+        out.write(ds.preamble)
+        out.write(b"DICM")
+        out.write(meta_bytes)
+        out.write(body)
+        out.write(pixel_header)
+        out.write(encapsulate(frames))
+        out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # (FFFE,E0DD) Sequence Delimitation Item
+        out.write(tail)
+    return TranscodeResult(
+        dst,
+        str(target),
+        info.sop_instance_uid,
+        src.stat().st_size,
+        dst.stat().st_size,
+        info.pixel_bytes,
+        False,
+    )
+
+
 def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> TranscodeResult:
     """Write ``src`` to ``dst`` (a valid PS3.10 file) in transfer syntax ``target``.
 
@@ -231,6 +388,9 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
         return TranscodeResult(
             dst, str(target), info.sop_instance_uid, bytes_in, bytes_in, info.pixel_bytes, False
         )
+    fast = _fast_lossless(src, dst, source, str(target), policy)
+    if fast is not None:
+        return fast
     ds = dcmread(src)
     info = info_from_dataset(
         ds,
@@ -261,22 +421,21 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
             if policy.uid_policy == "new":
                 _derive(ds, LOSSY_METHOD[target], ratio)
     ds.file_meta.TransferSyntaxUID = UID(target)
-    if dst.exists():
-        dst.unlink()
-    if info.transfer_syntax == ExplicitVRBigEndian:
-        # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes them;
-        # Pixel Data was swapped above. pydicom wants this spelled out.
-        for _ in ds.iterall():
-            pass
-        dcmwrite(
-            dst,
-            ds,
-            implicit_vr=UID(target).is_implicit_VR,
-            little_endian=True,
-            force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
-        )
-    else:
-        ds.save_as(dst, enforce_file_format=True)
+    with _atomic(dst) as part:
+        if info.transfer_syntax == ExplicitVRBigEndian:
+            # Retired big endian (PS3.5 A.3): values are parsed, so writing them little endian re-encodes
+            # them; Pixel Data was swapped above. pydicom wants this spelled out.
+            for _ in ds.iterall():
+                pass
+            dcmwrite(
+                part,
+                ds,
+                implicit_vr=UID(target).is_implicit_VR,
+                little_endian=True,
+                force_encoding=True,  # not with enforce_file_format; the read file has preamble and meta
+            )
+        else:
+            ds.save_as(part, enforce_file_format=True)
     out_info = info_from_dataset(ds, str(target), info.has_pixel_data, info.float_pixels)
     return TranscodeResult(
         path=dst,
@@ -289,4 +448,4 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
     )
 
 
-__all__ = ["ExplicitVRLittleEndian", "TranscodeResult", "transcode_file"]
+__all__ = ["TranscodeResult", "transcode_file"]

@@ -163,9 +163,10 @@ def choose_target(policy: Policy, info: InstanceInfo, accepted: Sequence[str]) -
 
     - ``none``: the original if accepted; else the cheapest conversion (uncompressed, then a lossless
       codec if only those are accepted).
-    - ``lossless`` / ``lossy``: an already compressed original that is lossy or one of the mode's
-      targets is sent as held; otherwise the first accepted target (lossy ones only where
-      :func:`lossy_allowed`) whose codec applies; else the original; else uncompressed.
+    - ``lossless`` / ``lossy``: an original that is lossy, or already in one of the targets this
+      instance may get (lossy targets where lossy is allowed, else lossless ones), is sent as held;
+      otherwise the first accepted target (lossy ones only where :func:`lossy_allowed`) whose codec
+      applies; else the original; else uncompressed.
 
     Raises :class:`~dicomproxy.errors.CannotTranscode` when nothing accepted can carry the instance.
     """
@@ -182,14 +183,12 @@ def choose_target(policy: Policy, info: InstanceInfo, accepted: Sequence[str]) -
         raise CannotTranscode(f"no accepted syntax can carry {info.sop_class_uid}: {', '.join(acc)}")
 
     if policy.mode != "none":
-        compressed_source = not is_native(source)
-        if (
-            source in acc
-            and compressed_source
-            and (info.already_lossy or source in _mode_targets(policy, info.sop_class_uid))
-        ):
-            return source
         lossy_ok = policy.mode == "lossy" and lossy_allowed(policy, info)
+        # Already compressed the way this instance may be compressed (or lossy: re-encoding would only
+        # inflate it): send as held. A lossless source in lossy mode is still compressed lossily.
+        fitting = policy.lossy_syntaxes if lossy_ok else policy.lossless_syntaxes
+        if source in acc and not is_native(source) and (info.already_lossy or source in fitting):
+            return source
         candidates = (list(policy.lossy_syntaxes) if lossy_ok else []) + list(policy.lossless_syntaxes)
         if is_image_sop_class(info.sop_class_uid):
             for target in candidates:

@@ -70,9 +70,12 @@ LOSSLESS_TARGETS: tuple[str, ...] = (HTJ2KLossless, JPEGLSLossless, JPEG2000Loss
 #: Targets we can encode in lossy mode (PS3.5 A.4.4 JPEG 2000, A.4.3 JPEG-LS near-lossless, A.4.1 JPEG).
 LOSSY_TARGETS: tuple[str, ...] = (JPEG2000, JPEGLSNearLossless, JPEGBaseline8Bit)
 
-#: Default preference, from docs/compression.md measurements: fastest with a good ratio first.
+#: Default preferences, from the measurements in docs/compression.md: the fastest codec with a good ratio
+#: first, the widely accepted JPEG 2000 after it; negotiation falls back along the list.
 DEFAULT_LOSSLESS: tuple[str, ...] = (HTJ2KLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless)
-DEFAULT_LOSSY: tuple[str, ...] = (JPEG2000, JPEGLSNearLossless, JPEGBaseline8Bit)
+#: JPEG Baseline applies to 8-bit images only (US, endoscopy, SC); 12/16-bit go JPEG-LS near-lossless,
+#: then JPEG 2000 at ``j2k_ratio`` (5-10x slower with OpenJPEG, see docs/compression.md).
+DEFAULT_LOSSY: tuple[str, ...] = (JPEGBaseline8Bit, JPEGLSNearLossless, JPEG2000)
 
 #: PS3.3 C.7.6.1.1.5.2 Lossy Image Compression Method (0028,2114) defined terms.
 LOSSY_METHOD: dict[str, str] = {
