@@ -28,10 +28,11 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     """
     install_pydicom_workarounds()  # ISO 2022 IR 58, see dicomproxy.charsets
     ctx = AppContext(config)
-    if view is None:
-        view = ExamView(config)
-        view.warm_up()  # UID/pinyin side tables build in the background
-    ctx.view = view
+    if view is not None:
+        ctx.view = view
+    else:
+        ctx.view = ExamView(config)
+        ctx.view.warm_up()  # UID/pinyin side tables build in the background
     ctx.find = FindService(config, ctx.view, PacsFinder(config))
     registry = ReceiveRegistry(config.proxy.ae_title)
     ctx.pacs = PacsClient(config.pacs, config.proxy.ae_title, registry)

@@ -327,3 +327,53 @@ def test_send_pdu_capped_for_unlimited_peer(rig: Rig) -> None:
     finally:
         assoc.release()
         ae.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("mode", "syntaxes"), [("lossless", "all"), ("lossless", "implicit"), ("none", "implicit")]
+)
+def test_compression_through_the_relay(
+    mode: str, syntaxes: str, make_config: Callable[..., Config], study_files: list[Path], tmp_path: Path
+) -> None:
+    """Issue 5 end to end: the accepted syntax arrives, bit-exact, and the journal says which."""
+    import numpy as np
+
+    proxy_port = free_port()
+    dest = StoreSCP(tmp_path / "dest", "DEST", syntaxes=syntaxes).start()
+    pacs = FakePacs(
+        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    ).start()
+    config = make_config(
+        proxy={"port": proxy_port, "dimse_timeout": 30.0},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port},
+        compression={"mode": mode},
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    ctx = build_context(config, view=AllVisible())
+    server = Server(config, ctx)
+    server.start()
+    try:
+        uid = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+        proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+        result = scu.move(proxy, "DEST", scu.identifier(study_uids=[uid]), calling_ae=CLOUD, timeout=60)
+        assert (result.status, result.completed) == (0x0000, 5), result.line()
+        job = ctx.journal.get(ctx.journal.recent(1)[0]["id"], all_instances=True)
+        assert job is not None
+        sent = {i["sop_instance_uid"]: i["transfer_syntax"] for i in job.instances}
+        source = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, study_files)}
+        for path in dest.received():
+            ds = dcmread(path)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            assert sent[str(ds.SOPInstanceUID)] == ts  # the journal records what was sent
+            if syntaxes == "implicit":
+                assert ts == "1.2.840.10008.1.2"
+            elif mode == "lossless":
+                assert ds.file_meta.TransferSyntaxUID.is_compressed
+            assert np.array_equal(ds.pixel_array, source[str(ds.SOPInstanceUID)].pixel_array)
+    finally:
+        pacs.stop()
+        server.stop(drain_timeout=2.0)
+        dest.stop()
