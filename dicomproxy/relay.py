@@ -34,11 +34,13 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
+from dicomproxy.access import permitted
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import (
     DicomServiceError,
     InvalidIdentifier,
     MoveDestinationUnknown,
+    NotAuthorized,
     PacsUnavailable,
     TooManySubOperations,
     UnableToProcess,
@@ -466,8 +468,15 @@ class RelayService:
         self.journal.close()
 
 
-def retrieve_request(event: Any, kind: str) -> RetrieveRequest:
-    """Normalise the pynetdicom event at the boundary (raises InvalidIdentifier)."""
+def retrieve_request(event: Any, kind: str, config: Config | None = None) -> RetrieveRequest:
+    """Normalise the pynetdicom event at the boundary.
+
+    Raises NotAuthorized (0x0124) when ``config`` says the peer may not use ``kind``,
+    InvalidIdentifier when the identifier cannot be decoded.
+    """
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if config is not None and not permitted(config, calling, kind):
+        raise NotAuthorized(f"C-{kind.upper()} not permitted for {calling}")
     try:
         identifier = event.identifier
     except Exception as exc:

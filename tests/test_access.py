@@ -157,3 +157,31 @@ def test_find_not_permitted(make_config, run_proxy, sqlite_view) -> None:
         ae.shutdown()
     assert results["jobserver"] == [0xFF00, 0x0000]
     assert results["ECHOONLY"] == [0x0124]
+
+
+def test_move_and_get_not_permitted(make_config, run_proxy, sqlite_view) -> None:
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    cfg = make_config(
+        peers=[{"ae_title": "FINDONLY", "host": "127.0.0.1", "port": 104, "services": ["find"]}]
+    )
+    server = run_proxy(cfg)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.AccessionNumber = "A0001"
+    ae = AE(ae_title="FINDONLY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    assert assoc.is_established
+    move = [
+        s.Status for s, _ in assoc.send_c_move(query, "FINDONLY", StudyRootQueryRetrieveInformationModelMove)
+    ]
+    get = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    ae.shutdown()
+    assert move == [0x0124] and get == [0x0124]

@@ -22,7 +22,7 @@ def handle_get(event: evt.Event, ctx: AppContext) -> Iterator[RetrieveResponse]:
         yield RetrieveResponse(exc.status, comment=exc.comment)
         return
     try:
-        req = retrieve_request(event, "get")
+        req = retrieve_request(event, "get", ctx.config)
     except DicomServiceError as exc:
         yield RetrieveResponse(exc.status, comment=exc.comment)
         return
