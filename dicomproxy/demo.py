@@ -135,50 +135,52 @@ def main(argv: list[str] | None = None) -> int:
         ]
         failures += step("echo", [*CLI, "echo", *target]) != 0
         failures += step("echo the PACS", [*CLI, "echo", "-c", str(config)]) != 0
-        if _has_command("find"):
-            failures += (
-                step(
+        failures += (
+            step(
+                "find (from the exam view)",
+                [
+                    *CLI,
                     "find",
-                    [
-                        *CLI,
-                        "find",
-                        *target,
-                        "--level",
-                        "STUDY",
-                        "-k",
-                        "PatientName=王*",
-                        "-k",
-                        "StudyDate=",
-                        "-k",
-                        "AccessionNumber=",
-                        "-k",
-                        "ModalitiesInStudy=",
-                    ],
-                )
-                != 0
+                    *target,
+                    "-L",
+                    "STUDY",
+                    "-k",
+                    "PatientName=王*",
+                    "-k",
+                    "StudyDate=",
+                    "-k",
+                    "AccessionNumber=",
+                    "-k",
+                    "ModalitiesInStudy=",
+                    "-k",
+                    "StudyDescription=",
+                ],
             )
-        if _has_command("move"):
-            expected = len(files["A0001"])
-            failures += (
-                step(
-                    "move",
-                    [
-                        *CLI,
-                        "move",
-                        *target,
-                        "--level",
-                        "STUDY",
-                        "--dest",
-                        "jobserver",
-                        "-k",
-                        "AccessionNumber=A0001",
-                    ],
-                )
-                != 0
+            != 0
+        )
+        expected = len(files["A0001"])
+        failures += (
+            step(
+                "move (PACS -> dicomproxy -> jobserver)",
+                [*CLI, "move", *target, "--accession", "A0001", "--dest", "jobserver"],
             )
-            got = len(cloud.received())
-            print(f"jobserver received {got} of {expected} instances of accession A0001")
-            failures += got != expected
+            != 0
+        )
+        got = len(cloud.received())
+        print(f"jobserver received {got} of {expected} instances of accession A0001")
+        failures += got != expected
+        out = folder / "get"
+        failures += (
+            step(
+                "get (instances come back on the same association)",
+                [*CLI, "get", *target, "--accession", "A0003", "--out", str(out)],
+            )
+            != 0
+        )
+        got_get = len(list(out.glob("*"))) if out.exists() else 0
+        print(f"C-GET wrote {got_get} of {len(files['A0003'])} instances of accession A0003 to {out}")
+        failures += got_get != len(files["A0003"])
+        failures += step("jobs (the journal)", [*CLI, "jobs", "-c", str(config)]) != 0
         if opts.keep:
             print("serving; Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
@@ -188,12 +190,6 @@ def main(argv: list[str] | None = None) -> int:
             item.stop()  # type: ignore[attr-defined]
     print("\ndemo " + ("OK" if not failures else f"FAILED ({failures} step(s))"))
     return 1 if failures else 0
-
-
-def _has_command(name: str) -> bool:
-    from dicomproxy.cli import cli
-
-    return name in cli.commands
 
 
 if __name__ == "__main__":
