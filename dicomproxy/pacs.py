@@ -22,7 +22,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -307,7 +306,3 @@ class PacsClient:
         finally:
             if assoc.is_established:
                 assoc.release()
-
-
-def spool_path_of(event: evt.Event) -> Path:
-    return Path(event.dataset_path)

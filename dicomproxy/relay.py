@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom.association import Association
 
 from dicomproxy.access import permitted
@@ -92,11 +93,7 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     if keyword not in ds or ds[keyword].value in (None, ""):
         return []
     value = ds[keyword].value
-    items = (
-        list(value)
-        if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str))
-        else [value]
-    )
+    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     return [str(v).strip() for v in items if str(v).strip()]
 
 

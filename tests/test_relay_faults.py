@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,9 @@ def test_streaming_first_instance_before_pacs_finishes(rig: Rig, tmp_path: Path)
     storescp = StoreSCP(tmp_path / "scp", "FAKEDEST").start()
     try:
         rig.dest.stop()
-        rig.config.peers[1].__dict__["port"] = storescp.port  # same AE title, now a real storescp
+        # same AE title, now a real storescp, on the config object the running relay reads
+        moved = replace(rig.config.peers[1], port=storescp.port)
+        object.__setattr__(rig.config, "peers", (rig.config.peers[0], moved))
         rig.pacs.behaviour.gate_at = 1
         holder: dict[str, scu.RetrieveSummary] = {}
         thread = threading.Thread(target=lambda: holder.update(r=rig.move()))
