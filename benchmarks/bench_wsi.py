@@ -1,12 +1,14 @@
 """Large-instance benchmark (not a test): one multi-frame whole-slide image through the proxy (issue 8).
 
-    .venv/bin/python benchmarks/bench_wsi.py [--gb 1.1] [--dir DIR]
+    .venv/bin/python benchmarks/bench_wsi.py [--gb 1.05] [--dir DIR]
 
 Streams a VL Whole Slide Microscopy instance of ``--gb`` GB (JPEG Baseline tiles) into a DCMTK
 dcmqrscp (the ``pis`` archive, routed by Sysid PIS), starts ``dicomproxy serve`` as a process
 and C-MOVEs the study to a DCMTK storescp (see dicomproxy.testing.wsirelay). Prints one
 Markdown row: size, frames, wall time of the C-MOVE as the requester sees it, MB/s, the
 proxy's peak RSS (VmHWM) and whether the received data set is byte-identical.
+dcmqrscp 3.6.7 refuses a study over 1 GiB (maxBytesPerStudy is capped at 1073741824), hence
+1.05 GB (10^9 bytes) by default.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--gb", type=float, default=1.1, help="slide size in GB (10^9 bytes)")
+    parser.add_argument("--gb", type=float, default=1.05, help="slide size in GB (10^9 bytes, < 1.07)")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-wsi-", dir=opts.dir) as tmp:

@@ -91,7 +91,7 @@ def relay_wsi(workdir: Path, target_bytes: int, *, timeout: float = 600.0) -> Ws
             "PISARCH",
             {"proxy": Remote(PROXY_AE, "127.0.0.1", proxy_port)},
             keep_syntax=True,
-            max_study_mb=max(1024, 2 * target_bytes // 1_000_000),
+            max_study_mb=1024,  # dcmqrscp 3.6.7 caps a study at 1 GiB (maxBytesPerStudy)
         ).start()
         started.append(archive)
         archive.load([slide.path])
