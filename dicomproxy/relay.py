@@ -320,10 +320,12 @@ class RelayService:
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
             for client, key in zip(clients, keys, strict=True):
-                refs = client.find_instances(key)
+                client, refs = self._find_with_fallback(job_id, client, key)
                 plan.append((client, key, refs))
                 for ref in refs:
                     state.expected.setdefault(ref.sop_instance_uid, ref)
+            if any(client.config.fallback for client in clients):  # record who actually serves
+                self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c, _, _ in plan)))
             n = len(state.expected)
             LOG.info(
                 "job %d: %s by %s, %d stud(ies), %d instance(s)",
@@ -406,6 +408,26 @@ class RelayService:
         the whole request fails, nothing is fetched, no other archive is tried.
         """
         return [self.archives[route(self.config, ref.sysid, ref.modality).name] for _, ref in routed]
+
+    def _find_with_fallback(
+        self, job_id: int, client: PacsClient, key: RetrieveKey
+    ) -> tuple[PacsClient, list[InstanceRef]]:
+        """Count ``key`` in its routed archive; if it has no instance, in the archives of its
+        ``fallback`` list, in order (the first that has any serves the study). Errors of the
+        routed archive are not hidden by a fallback: they fail the request as before; a fallback
+        archive that fails is skipped. Unroutable studies never get here."""
+        refs = client.find_instances(key)
+        for name in client.config.fallback if not refs else ():
+            other = self.archives[name]
+            try:
+                refs = other.find_instances(key)
+            except PacsUnavailable as exc:  # a fallback that is down is skipped, not fatal
+                LOG.warning("job %d: fallback archive %s: %s", job_id, name, exc)
+                continue
+            if refs:
+                LOG.info("job %d: a study not in archive %s was found in %s", job_id, client.name, name)
+                return other, refs
+        return client, refs
 
     def _pump(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +257,32 @@ def test_study_counts_come_from_the_routed_archive(rig: Rig) -> None:
         assert str(counts[SPECS[key].study_uid]) == str(len(rig.files[key]))
     # dcmqrscp does not compute Number of Study Related Instances: empty, and no error
     assert counts[SPECS["ECG"].study_uid] in (None, "")
+
+
+def test_fallback_finds_a_misrouted_study_in_the_next_archive(rig: Rig, tmp_path: Path) -> None:
+    """Optional ``fallback``: ``uis`` lacks the misrouted study, ``pacs`` (next in its list) has it.
+
+    A second proxy on the same two archives; its ``[pacs]`` uses upstream C-GET, so Orthanc
+    needs no C-MOVE destination for it. Unroutable studies still fail (no fallback).
+    """
+    base = rig.ctx.config
+    pacs = replace(base.pacs, retrieve="c-get")
+    uis = replace(base.archives[0], fallback=("pacs",))
+    config = replace(base, path=str(tmp_path / "fallback.toml"), pacs=pacs, archives=(uis,))
+    config = replace(config, proxy=replace(base.proxy, port=0, data_dir=str(tmp_path / "var")))
+    ctx = build_context(config)
+    server = Server(config, ctx)
+    server.start()
+    try:
+        rig.clear()
+        proxy = Remote(PROXY_AE, "127.0.0.1", server.port)
+        result = scu.move(proxy, DEST, scu.identifier(study_uids=[MISROUTED.study_uid]), calling_ae=CLOUD)
+        assert (result.status, result.completed, result.failed) == (0x0000, 2, 0), result.line()
+        assert by_uid(rig.received()) == by_uid(rig.files["MISROUTED"])
+        job = ctx.journal.recent(1)[0]
+        assert (job["archive"], job["outcome"]) == ("pacs", "success")
+        rig.clear()
+        result = scu.move(proxy, DEST, scu.identifier(study_uids=[UNROUTABLE.study_uid]), calling_ae=CLOUD)
+        assert result.status == 0xC004 and rig.received() == [], result.line()
+    finally:
+        server.stop(drain_timeout=2.0)

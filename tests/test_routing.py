@@ -114,3 +114,21 @@ def test_check_view_reports_rows_without_an_archive(make_config, sqlite_url) -> 
     assert "FAIL  route: 2 row(s)" in format_report(narrowed)
     catch_all = check_view(make_config(archives=ARCHIVES))  # [pacs] without sysids serves the rest
     assert catch_all.ok
+
+
+@pytest.mark.parametrize(
+    ("pacs", "archives", "message"),
+    [
+        ({"fallback": ["nope"]}, ARCHIVES, r"pacs\.fallback: 'nope' is not another archive's name"),
+        ({}, [{**ARCHIVES[0], "fallback": ["uis"]}], r"archives\[0\]\.fallback: 'uis'"),
+        ({}, [{**ARCHIVES[0], "fallback": "pacs"}], r"archives\[0\]\.fallback: must be a list"),
+    ],
+)
+def test_fallback_config_errors(make_config, pacs, archives, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config(pacs=pacs, archives=archives)
+
+
+def test_fallback_config_parsed(make_config) -> None:
+    cfg = make_config(archives=[{**ARCHIVES[0], "fallback": ["pacs"]}, ARCHIVES[1]])
+    assert cfg.archives[0].fallback == ("pacs",) and cfg.pacs.fallback == ()
