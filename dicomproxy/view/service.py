@@ -131,8 +131,8 @@ class FindService:
 
 class RoutedCounts:
     """Study counts for one C-FIND request, each study from its routed archive (one
-    :class:`CountsSession` per archive, opened on first need). With a single archive no
-    routing lookup is made."""
+    :class:`CountsSession` per archive, opened on first need). With a single catch-all archive
+    no routing lookup is made."""
 
     def __init__(self, service: FindService) -> None:
         self.service = service
@@ -148,7 +148,7 @@ class RoutedCounts:
     def counts(self, uid: str) -> Counts | None:
         """The routed archive's counts, or None (archive failed, study unroutable or not visible)."""
         service = self.service
-        if len(service.archives) == 1:
+        if len(service.archives) == 1 and not service.config.pacs.sysids:  # [pacs] serves everything
             finder = service.pacs
         else:
             refs = service.view.resolve_studies(study_uids=[uid])
