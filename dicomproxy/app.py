@@ -1,7 +1,8 @@
 """Wiring: build the application context (view, PACS client, journal, relay) from a Config.
 
-One engine per process, one PACS client, one journal: created here once and bound into
-the handlers through :class:`~dicomproxy.context.AppContext`.
+One engine per process, one PACS client and one C-FIND finder per archive (``[pacs]`` and each
+``[[archives]]`` entry, with that archive's timeouts and ``max_concurrent``), one journal:
+created here once and bound into the handlers through :class:`~dicomproxy.context.AppContext`.
 """
 
 from __future__ import annotations
@@ -33,11 +34,21 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     else:
         ctx.view = ExamView(config)
         ctx.view.warm_up()  # UID/pinyin side tables build in the background
-    ctx.find = FindService(config, ctx.view, PacsFinder(config))
+    finders = {a.name: PacsFinder(config, archive=a) for a in config.all_archives}
+    ctx.find = FindService(config, ctx.view, finders[config.pacs.name], archives=finders)
     registry = ReceiveRegistry(config.proxy.ae_title)
-    ctx.pacs = PacsClient(config.pacs, config.proxy.ae_title, registry)
+    ctx.archives = {
+        a.name: PacsClient(a, config.proxy.ae_title, registry, a.name) for a in config.all_archives
+    }
+    ctx.pacs = ctx.archives[config.pacs.name]
     ctx.journal = Journal.for_config(config.journal.url, config.data_path)
     ctx.relay = RelayService(
-        config, ctx.pacs, ctx.view, ctx.journal, registry, pending_interval=pending_interval
+        config,
+        ctx.pacs,
+        ctx.view,
+        ctx.journal,
+        registry,
+        pending_interval=pending_interval,
+        archives=ctx.archives,
     )
     return ctx

@@ -128,6 +128,9 @@ class PacsConfig:
     sysids: tuple[str, ...] = ()
     #: Optional narrowing by the view's ``ExamineType`` (modality); empty = any.
     modalities: tuple[str, ...] = ()
+    #: Archives (by name) asked in this order when this one has no instance of a routed study;
+    #: empty = no fallback (the default: a study is only ever looked for where it is routed).
+    fallback: tuple[str, ...] = ()
 
 
 ArchiveConfig = PacsConfig
@@ -364,6 +367,7 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
         name=fixed_name if fixed_name is not None else s.string("name"),
         sysids=tuple(x.strip().upper() for x in s.strings("sysids", ())),
         modalities=tuple(x.strip().upper() for x in s.strings("modalities", ())),
+        fallback=tuple(x.strip() for x in s.strings("fallback", ())),
     )
     s.finish()
     return archive
@@ -433,6 +437,11 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         if archive.name in {a.name for a in (pacs, *archives)}:
             raise s.error("name", f"{archive.name!r} is used twice")
         archives.append(archive)
+    names = {a.name for a in (pacs, *archives)}
+    for where, archive in [("pacs", pacs), *((f"archives[{i}]", a) for i, a in enumerate(archives))]:
+        for name in archive.fallback:
+            if name not in names or name == archive.name:
+                raise ConfigError(path, f"{where}.fallback", f"{name!r} is not another archive's name")
 
     s = section("compression", required=False)
     cd = CompressionConfig()

@@ -26,8 +26,10 @@ class AppContext:
     view: Any = None
     #: C-FIND service (dicomproxy.view.service.FindService); None until built.
     find: Any = None
-    #: Upstream PACS client(s) (dicomproxy.pacs); None until built.
+    #: Upstream PACS client of ``[pacs]`` (dicomproxy.pacs); None until built.
     pacs: Any = None
+    #: Every archive's PacsClient by name (``[pacs]`` is "pacs"); empty until built.
+    archives: dict[str, Any] = field(default_factory=dict)
     #: Job journal (dicomproxy.journal); None until built.
     journal: Any = None
     #: Relay service (dicomproxy.relay) for C-MOVE / C-GET; None until built.

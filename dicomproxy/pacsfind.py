@@ -23,7 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import Status
 
-from dicomproxy.config import Config
+from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 
@@ -39,16 +39,20 @@ MODELS = {
 
 
 class PacsFinder:
-    """C-FIND SCU to ``[pacs]``; thread-safe; the count cache is shared by all requests."""
+    """C-FIND SCU to one archive (``[pacs]`` unless ``archive`` is given); thread-safe; the count
+    cache is shared by all requests."""
 
-    def __init__(self, config: Config, cache_seconds: float = 60.0) -> None:
+    def __init__(
+        self, config: Config, cache_seconds: float = 60.0, archive: PacsConfig | None = None
+    ) -> None:
         self.config = config
+        self.archive = archive if archive is not None else config.pacs
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Counts]] = {}
         self._lock = threading.Lock()
 
     def _associate(self, model: str) -> tuple[Any, Association]:
-        pacs = self.config.pacs
+        pacs = self.archive
         ae = make_scu(
             self.config.proxy.ae_title,
             acse_timeout=pacs.acse_timeout,

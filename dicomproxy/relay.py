@@ -16,6 +16,7 @@ never arrived as failed:
 - 0xA702 all sub-operations failed (destination rejected all, or aborted before any);
 - 0xC002 the PACS could not be reached / failed before sending anything (Error Comment);
 - 0xC003 the move destination cannot be reached or refused the association (Error Comment);
+- 0xC004 a resolved study has no archive for its Sysid/ExamineType (``routing.Unroutable``);
 - 0xFE00 Cancel (C-CANCEL), with the counts so far; 0xA801 unknown move destination;
 - 0xA900 the identifier cannot be understood.
 """
@@ -26,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ from dicomproxy.qrservice import (
     STATUS_WARNING,
     RetrieveResponse,
 )
+from dicomproxy.routing import StudyRef, route
 from dicomproxy.spool import End, Spool, SpooledInstance
 from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import policy_for
@@ -75,6 +77,15 @@ class StudyResolver(Protocol):
     def resolve_study_uids(
         self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
     ) -> list[str]: ...
+
+
+def _resolve(resolver: StudyResolver, **keys: Any) -> list[StudyRef]:
+    """Visible studies with their routing fields (``ExamView.resolve_studies``); a resolver that
+    only knows UIDs gives empty Sysid/ExamineType, which only a catch-all ``[pacs]`` serves."""
+    resolve_studies = getattr(resolver, "resolve_studies", None)
+    if callable(resolve_studies):
+        return list(resolve_studies(**keys))
+    return [StudyRef(uid) for uid in resolver.resolve_study_uids(**keys)]
 
 
 @dataclass(frozen=True)
@@ -97,35 +108,36 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def parse_keys(identifier: Dataset, resolver: StudyResolver) -> tuple[str, list[RetrieveKey]]:
-    """The identifier's level and the visible studies it names (PS3.4 C.4.2.2.1, Patient/Study Root)."""
+def parse_keys(
+    identifier: Dataset, resolver: StudyResolver
+) -> tuple[str, list[tuple[RetrieveKey, StudyRef]]]:
+    """The identifier's level and the visible studies it names (PS3.4 C.4.2.2.1, Patient/Study Root),
+    each with the view row that routes it."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     studies = _values(identifier, "StudyInstanceUID")
     if level == "PATIENT":
         patient = _values(identifier, "PatientID")
         if len(patient) != 1:
             raise InvalidIdentifier("PATIENT level needs one Patient ID")
-        return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(patient_id=patient[0])]
+        return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, patient_id=patient[0])]
     if level == "STUDY":
         if studies:
-            return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(study_uids=studies)]
+            return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, study_uids=studies)]
         accession = _values(identifier, "AccessionNumber")
         patient = _values(identifier, "PatientID")
         if len(accession) == 1:
-            uids = resolver.resolve_study_uids(
-                accession=accession[0], patient_id=patient[0] if patient else None
-            )
-            return level, [RetrieveKey(uid) for uid in uids]
+            refs = _resolve(resolver, accession=accession[0], patient_id=patient[0] if patient else None)
+            return level, [(RetrieveKey(ref.uid), ref) for ref in refs]
         if len(patient) == 1:
-            return level, [RetrieveKey(uid) for uid in resolver.resolve_study_uids(patient_id=patient[0])]
+            return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, patient_id=patient[0])]
         raise InvalidIdentifier("STUDY level needs Study Instance UID, Accession Number or Patient ID")
     if level in ("SERIES", "IMAGE"):
         series = _values(identifier, "SeriesInstanceUID")
         sops = _values(identifier, "SOPInstanceUID") if level == "IMAGE" else []
         if len(studies) != 1 or not series or (level == "IMAGE" and (len(series) != 1 or not sops)):
             raise InvalidIdentifier(f"{level} level needs the unique keys of the levels above")
-        visible = resolver.resolve_study_uids(study_uids=studies)
-        return level, [RetrieveKey(uid, tuple(series), tuple(sops)) for uid in visible]
+        visible = _resolve(resolver, study_uids=studies)
+        return level, [(RetrieveKey(ref.uid, tuple(series), tuple(sops)), ref) for ref in visible]
     raise InvalidIdentifier("Query/Retrieve Level must be PATIENT, STUDY, SERIES or IMAGE")
 
 
@@ -161,11 +173,8 @@ class JobState:
 class _Upstream:
     """The producer side of a job: a thread fetching the studies into the spool; stoppable."""
 
-    def __init__(
-        self, pacs: PacsClient, keys: list[tuple[RetrieveKey, list[InstanceRef]]], spool: Spool
-    ) -> None:
-        self.pacs = pacs
-        self.keys = keys
+    def __init__(self, plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]], spool: Spool) -> None:
+        self.plan = plan
         self.spool = spool
         self.stop_requested = threading.Event()
         self._assoc: Association | None = None
@@ -189,16 +198,21 @@ class _Upstream:
                 self._assoc.abort()
 
     def _run(self) -> None:
+        """Archive after archive (one slot of each at a time); a failing archive does not stop the
+        others, its error is reported at the end."""
         error: BaseException | None = None
         try:
-            with self.pacs.slot(self.stop_requested) as got:
-                for key, refs in self.keys if got else []:
-                    if self.stop_requested.is_set():
-                        break
-                    outcome = self.pacs.retrieve(key, refs, self.spool, on_assoc=self._attach)
-                    if outcome.error and not self.stop_requested.is_set():
-                        error = PacsUnavailable(outcome.error)
-                        break
+            for pacs in dict.fromkeys(client for client, _, _ in self.plan):
+                if self.stop_requested.is_set():
+                    break
+                with pacs.slot(self.stop_requested) as got:
+                    for _, key, refs in [p for p in self.plan if p[0] is pacs] if got else []:
+                        if self.stop_requested.is_set():
+                            break
+                        outcome = pacs.retrieve(key, refs, self.spool, on_assoc=self._attach)
+                        if outcome.error and not self.stop_requested.is_set():
+                            error = error or PacsUnavailable(outcome.error)
+                            break
         except Exception as exc:
             error = exc
         finally:
@@ -217,15 +231,23 @@ class RelayService:
         registry: ReceiveRegistry,
         *,
         pending_interval: float = 5.0,
+        archives: Mapping[str, PacsClient] | None = None,
     ) -> None:
         self.config = config
         self.pacs = pacs
+        #: One client per archive by name (``[pacs]`` is "pacs"); routing picks one per study.
+        self.archives: dict[str, PacsClient] = {pacs.name: pacs, **(archives or {})}
+        for archive in config.all_archives:
+            if archive.name not in self.archives:
+                self.archives[archive.name] = PacsClient(
+                    archive, config.proxy.ae_title, registry, archive.name
+                )
         self.resolver = resolver
         self.journal = journal
         self.registry = registry
         self.pending_interval = pending_interval
         self.spool_root = config.data_path / "spool"
-        self.pacs_ae_titles = frozenset({config.pacs.ae_title})
+        self.pacs_ae_titles = frozenset(a.ae_title for a in config.all_archives)
 
     # --- entry points (generators for dicomproxy.qrservice) ---
 
@@ -234,7 +256,7 @@ class RelayService:
     ) -> Iterator[RetrieveResponse]:
         peer = self.config.peer(req.move_destination)
         job_id = self.journal.start(
-            "move", req.calling_ae, req.calling_host, req.move_destination.strip(), self.pacs.name
+            "move", req.calling_ae, req.calling_host, req.move_destination.strip(), ""
         )
         if peer is None:
             exc = MoveDestinationUnknown(
@@ -260,7 +282,7 @@ class RelayService:
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
-        job_id = self.journal.start("get", req.calling_ae, req.calling_host, req.calling_ae, self.pacs.name)
+        job_id = self.journal.start("get", req.calling_ae, req.calling_host, req.calling_ae, "")
         peer: PeerConfig | None = self.config.peer(req.calling_ae)
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
@@ -288,14 +310,19 @@ class RelayService:
         try:
             if self.resolver is None:
                 raise UnableToProcess("exam view not configured: nothing can be resolved")
-            level, keys = parse_keys(req.identifier, self.resolver)
+            level, routed = parse_keys(req.identifier, self.resolver)
+            keys = [key for key, _ in routed]
             self.journal.update(job_id, level=level, study_uids=[k.study_uid for k in keys])
-            plan: list[tuple[RetrieveKey, list[InstanceRef]]] = []
-            for key in keys:
-                refs = self.pacs.find_instances(key)
-                plan.append((key, refs))
+            clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
+            self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
+            plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
+            for client, key in zip(clients, keys, strict=True):
+                client, refs = self._find_with_fallback(job_id, client, key)
+                plan.append((client, key, refs))
                 for ref in refs:
                     state.expected.setdefault(ref.sop_instance_uid, ref)
+            if any(client.config.fallback for client in clients):  # record who actually serves
+                self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c, _, _ in plan)))
             n = len(state.expected)
             LOG.info(
                 "job %d: %s by %s, %d stud(ies), %d instance(s)",
@@ -316,7 +343,7 @@ class RelayService:
                 sop_classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
                 forwarder = opener(state, sop_classes, spool.dir)
                 yield state.response(STATUS_PENDING)
-                upstream = _Upstream(self.pacs, plan, spool)
+                upstream = _Upstream(plan, spool)
                 upstream.start()
                 final, outcome, error = yield from self._pump(
                     state, spool, forwarder, upstream, is_cancelled, alive
@@ -337,7 +364,7 @@ class RelayService:
         finally:
             if upstream is not None:
                 if outcome in ("success", "partial") and not upstream.stop_requested.is_set():
-                    upstream.thread.join(timeout=self.config.pacs.dimse_timeout)
+                    upstream.thread.join(timeout=max(a.dimse_timeout for a in self.config.all_archives))
                 else:
                     # Stopped: its PACS association is aborted; pynetdicom may still wait out the
                     # DIMSE timeout before the thread notices. Don't hold the requester for that.
@@ -369,6 +396,35 @@ class RelayService:
                 state.warning,
             )
         yield final
+
+    def _route(self, routed: list[tuple[RetrieveKey, StudyRef]]) -> list[PacsClient]:
+        """The archive client of each study (``routing.route`` on its view row's Sysid/ExamineType).
+
+        One request may span archives (a patient's RIS and UIS exams): each study is fetched from
+        its own archive into the same job. Raises Unroutable (0xC004) if any study has no archive:
+        the whole request fails, nothing is fetched, no other archive is tried.
+        """
+        return [self.archives[route(self.config, ref.sysid, ref.modality).name] for _, ref in routed]
+
+    def _find_with_fallback(
+        self, job_id: int, client: PacsClient, key: RetrieveKey
+    ) -> tuple[PacsClient, list[InstanceRef]]:
+        """Count ``key`` in its routed archive; if it has no instance, in the archives of its
+        ``fallback`` list, in order (the first that has any serves the study). Errors of the
+        routed archive are not hidden by a fallback: they fail the request as before; a fallback
+        archive that fails is skipped. Unroutable studies never get here."""
+        refs = client.find_instances(key)
+        for name in client.config.fallback if not refs else ():
+            other = self.archives[name]
+            try:
+                refs = other.find_instances(key)
+            except PacsUnavailable as exc:  # a fallback that is down is skipped, not fatal
+                LOG.warning("job %d: fallback archive %s: %s", job_id, name, exc)
+                continue
+            if refs:
+                LOG.info("job %d: a study not in archive %s was found in %s", job_id, client.name, name)
+                return other, refs
+        return client, refs
 
     def _pump(
         self,

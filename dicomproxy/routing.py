@@ -10,6 +10,8 @@ guessed archive.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import UnableToProcess
 
@@ -18,6 +20,17 @@ class Unroutable(UnableToProcess):
     """No archive is configured for the exam's Sysid/ExamineType (0xC004, "unable to process")."""
 
     status = 0xC004
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """One visible study and the view fields that route it (``ExamView.resolve_studies``)."""
+
+    uid: str
+    #: The row's ``Sysid`` (RIS, UIS, EIS, ECG, PIS ...), upper case; "" when unknown.
+    sysid: str = ""
+    #: The row's ``ExamineType`` (modality), upper case; "" when unknown.
+    modality: str = ""
 
 
 def _matches(archive: PacsConfig, sysid: str, modality: str) -> bool:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomproxy.checks import missing_view_columns
 from dicomproxy.config import Config
 from dicomproxy.errors import ViewUnavailable
+from dicomproxy.routing import Unroutable, route
 from dicomproxy.view.mapping import birth_date
 from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table
 from dicomproxy.view.repository import first_line, make_engine
@@ -226,10 +227,21 @@ def _rule_table(config: Config, present: list[str]) -> list[Check]:
         checks.append(("HospitalName", desc, lambda r: (r["HospitalName"] or "") != config.hospital.name))
     if "Privacy" in have:
         checks.append(("Privacy", "Privacy not 0-3 (NULL counts as 0)", _bad_privacy))
+    if "Sysid" in have and "ExamineType" in have:
+        desc = "no archive for its Sysid/ExamineType: retrieval fails with 0xC004 (docs/archives.md)"
+        checks.append(("route", desc, lambda r: _unroutable(config, r)))
     if "PerformTime" in have and "RegTime" in have:
         desc = "neither PerformTime nor RegTime: no StudyDate"
         checks.append(("StudyDate", desc, lambda r: _empty(r["PerformTime"]) and _empty(r["RegTime"])))
     return checks
+
+
+def _unroutable(config: Config, r: Row) -> bool:
+    try:
+        route(config, r["Sysid"], r["ExamineType"])
+    except Unroutable:
+        return True
+    return False
 
 
 def _empty(value: Any) -> bool:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config, ViewConfig
 from dicomproxy.errors import ViewUnavailable
+from dicomproxy.routing import StudyRef
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.sql import ESCAPE, batches, escape_like
 from dicomproxy.view.uidindex import UidIndex
@@ -205,6 +206,21 @@ class ExamView:
         their order, otherwise the view's (PerformTime, ExamineID) order. No key → [].
         Raises :class:`ViewUnavailable` when the database fails.
         """
+        return [
+            ref.uid
+            for ref in self.resolve_studies(study_uids=study_uids, accession=accession, patient_id=patient_id)
+        ]
+
+    def resolve_studies(
+        self,
+        *,
+        study_uids: Sequence[str] = (),
+        accession: str | None = None,
+        patient_id: str | None = None,
+    ) -> list[StudyRef]:
+        """Like :meth:`resolve_study_uids`, with the ``Sysid`` / ``ExamineType`` of the row each
+        UID came from (the first visible row in (PerformTime, ExamineID) order), for
+        :func:`dicomproxy.routing.route`."""
         wanted = dedupe(u.strip() for u in study_uids if is_valid_uid(u.strip()))
         if study_uids and not wanted:
             return []
@@ -229,8 +245,10 @@ class ExamView:
             c.Privacy,
             c.AccessionNumber,
             c.PatientID,
+            c.Sysid,
+            c.ExamineType,
         )
-        found: list[str] = []
+        found: dict[str, StudyRef] = {}
         for where in wheres:
             stmt = select(*cols).where(where).order_by(c.PerformTime, c.ExamineID)
             for row in self.stream(stmt):
@@ -240,8 +258,12 @@ class ExamView:
                     continue
                 if patient_id is not None and row["PatientID"] != patient_id:
                     continue
-                found.extend(split_uid_cell(row["StudyInstanceUID"]))
+                for uid in split_uid_cell(row["StudyInstanceUID"]):
+                    found.setdefault(uid, StudyRef(uid, _text(row["Sysid"]), _text(row["ExamineType"])))
         if wanted:
-            have = set(found)
-            return [u for u in wanted if u in have]
-        return dedupe(found)
+            return [found[u] for u in wanted if u in found]
+        return list(found.values())
+
+
+def _text(value: Any) -> str:
+    return str(value or "").strip().upper()

@@ -8,7 +8,7 @@ QueryRetrieveLevel and Specific Character Set (0008,0005).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
-from dicomproxy.pacsfind import CountsSession, PacsFinder
+from dicomproxy.pacsfind import Counts, CountsSession, PacsFinder
+from dicomproxy.routing import StudyRef, Unroutable, route
 from dicomproxy.view.query import PACS_KEYS, FindQuery
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.search import search
@@ -55,12 +56,27 @@ def build_response(query: FindQuery, attrs: dict[str, Any], charset: str) -> Dat
 
 
 class FindService:
-    """PATIENT/STUDY from the view, SERIES/IMAGE from the PACS for visible studies only."""
+    """PATIENT/STUDY from the view, SERIES/IMAGE from the archive each visible study routes to
+    (``routing.route`` on its row's Sysid/ExamineType); study counts from that archive too."""
 
-    def __init__(self, config: Config, view: ExamView, pacs: PacsFinder) -> None:
+    def __init__(
+        self,
+        config: Config,
+        view: ExamView,
+        pacs: PacsFinder,
+        archives: Mapping[str, PacsFinder] | None = None,
+    ) -> None:
         self.config = config
         self.view = view
         self.pacs = pacs
+        #: One finder per archive by name; ``[pacs]`` is "pacs".
+        self.archives: dict[str, PacsFinder] = {config.pacs.name: pacs, **(archives or {})}
+        for archive in config.all_archives:
+            self.archives.setdefault(archive.name, PacsFinder(config, archive=archive))
+
+    def finder_for(self, ref: StudyRef) -> PacsFinder:
+        """The routed archive's finder (raises Unroutable, 0xC004)."""
+        return self.archives[route(self.config, ref.sysid, ref.modality).name]
 
     def answer(
         self,
@@ -79,9 +95,9 @@ class FindService:
         limit = self.config.view.max_results
         sent = 0
         with ExitStack() as stack:
-            counts: CountsSession | None = None
+            counts: RoutedCounts | None = None
             if query.level == "STUDY" and query.wants(*PACS_KEYS):
-                counts = stack.enter_context(self.pacs.counts_session())
+                counts = stack.enter_context(RoutedCounts(self))
             for attrs in search(self.view, query, style=style, cancelled=cancelled):
                 if limit and sent >= limit:
                     LOG.warning("C-FIND stopped at [view].max_results = %d matches", limit)
@@ -94,14 +110,55 @@ class FindService:
     def _forward(
         self, query: FindQuery, identifier: Dataset, cancelled: Callable[[], bool]
     ) -> Iterator[Dataset]:
-        """SERIES/IMAGE: only the visible requested studies are asked of the PACS."""
-        visible = self.view.resolve_study_uids(study_uids=query.study_uids)
-        if not visible:
-            return
-        forwarded = Dataset()
-        forwarded.update(identifier)
-        forwarded.StudyInstanceUID = visible if len(visible) > 1 else visible[0]
-        for ds in self.pacs.find(forwarded, query.model, cancelled):
-            uid = str(ds.get("StudyInstanceUID", "") or "")
-            if not uid or uid in visible:  # never pass on a study we did not ask for
-                yield ds
+        """SERIES/IMAGE: only the visible requested studies, each asked of its routed archive.
+
+        An unroutable study fails the whole request (Unroutable, 0xC004) before any archive is
+        asked: it is never looked up in a guessed archive.
+        """
+        refs = self.view.resolve_studies(study_uids=query.study_uids)
+        groups: dict[str, list[str]] = {}
+        for ref in refs:
+            groups.setdefault(self.finder_for(ref).archive.name, []).append(ref.uid)
+        for name, visible in groups.items():
+            forwarded = Dataset()
+            forwarded.update(identifier)
+            forwarded.StudyInstanceUID = visible if len(visible) > 1 else visible[0]
+            for ds in self.archives[name].find(forwarded, query.model, cancelled):
+                uid = str(ds.get("StudyInstanceUID", "") or "")
+                if not uid or uid in visible:  # never pass on a study we did not ask for
+                    yield ds
+
+
+class RoutedCounts:
+    """Study counts for one C-FIND request, each study from its routed archive (one
+    :class:`CountsSession` per archive, opened on first need). With a single catch-all archive
+    no routing lookup is made."""
+
+    def __init__(self, service: FindService) -> None:
+        self.service = service
+        self._sessions: dict[str, CountsSession] = {}
+
+    def __enter__(self) -> RoutedCounts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for session in self._sessions.values():
+            session.close()
+
+    def counts(self, uid: str) -> Counts | None:
+        """The routed archive's counts, or None (archive failed, study unroutable or not visible)."""
+        service = self.service
+        if len(service.archives) == 1 and not service.config.pacs.sysids:  # [pacs] serves everything
+            finder = service.pacs
+        else:
+            refs = service.view.resolve_studies(study_uids=[uid])
+            if not refs:
+                return None
+            try:
+                finder = service.finder_for(refs[0])
+            except Unroutable:
+                return None
+        name = finder.archive.name
+        if name not in self._sessions:
+            self._sessions[name] = finder.counts_session()
+        return self._sessions[name].counts(uid)
