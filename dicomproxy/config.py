@@ -76,6 +76,10 @@ class ProxyConfig:
     maximum_associations: int = 32
     #: Seconds to let in-flight work finish after SIGTERM.
     drain_timeout: float = 30.0
+    #: Extra attempts of an onward C-STORE after a transient failure (association lost, 0xA7xx).
+    retries: int = 3
+    #: Seconds before the first retry; doubles with each further attempt.
+    retry_delay: float = 2.0
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
     #: Inbound DICOM TLS; None = plain TCP.
@@ -393,6 +397,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         network_timeout=s.number("network_timeout", d.network_timeout),
         maximum_associations=s.integer("maximum_associations", d.maximum_associations, lo=1),
         drain_timeout=s.number("drain_timeout", d.drain_timeout),
+        retries=s.integer("retries", d.retries, lo=0, hi=100),
+        retry_delay=s.number("retry_delay", d.retry_delay),
         data_dir=s.string("data_dir", d.data_dir),
         tls=_tls(s, inbound=True),
     )

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +45,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, contexts_for, open_destination
+from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.qrservice import (
@@ -64,6 +64,9 @@ LOG = logging.getLogger("dicomproxy.relay")
 
 #: Shortest gap between two Pending responses sent after sub-operations (seconds).
 PROGRESS_INTERVAL = 0.2
+
+#: Longest wait between two attempts of one onward C-STORE (seconds).
+MAX_RETRY_DELAY = 60.0
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
@@ -309,6 +312,8 @@ class RelayService:
                 n,
             )
             self.journal.update(job_id, expected=n)
+            # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
+            self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             if n > MAX_SUBOPERATIONS:
                 raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
             if n == 0:
@@ -423,34 +428,52 @@ class RelayService:
             return state.response(STATUS_ALL_FAILED, comment), "failed", error
         return state.response(STATUS_WARNING), "partial", error
 
+    def _send(self, job_id: int, forwarder: Forwarder, item: SpooledInstance) -> SendResult:
+        """One onward C-STORE, retried with backoff after a transient failure (``[proxy] retries``),
+        re-opening the onward association when it was lost."""
+        retries, delay = self.config.proxy.retries, self.config.proxy.retry_delay
+        res = SendResult(None, error="destination association lost")
+        for attempt in range(retries + 1):
+            if attempt:
+                LOG.warning(
+                    "job %d: onward C-STORE failed (%s); retry %d of %d",
+                    job_id,
+                    res.error or f"0x{res.status:04X}",
+                    attempt,
+                    retries,
+                )
+                time.sleep(min(delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+            if not forwarder.alive and not forwarder.reconnect():
+                res = SendResult(None, error="destination cannot be reached")
+                if not forwarder.can_reconnect:
+                    break  # the C-GET requester's association: gone for good
+                continue
+            res = forwarder.send(item)
+            if not res.transient:
+                break
+        return res
+
     def _forward_one(self, state: JobState, forwarder: Forwarder, item: SpooledInstance) -> None:
         uid = item.sop_instance_uid
-        res = forwarder.send(item) if forwarder.alive else None
+        res = self._send(state.job_id, forwarder, item)
         state.processed.add(uid)
-        record = InstanceRecord(uid, "failed", item.sop_class_uid)
-        if res is not None:
-            record.status, record.transfer_syntax, record.bytes, record.error = (
-                res.status,
-                res.transfer_syntax,
-                res.bytes_out,
-                res.error,
-            )
-        category = res.category if res is not None else "Failure"
-        if category == "Success":
+        record = InstanceRecord(
+            uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
+        )
+        if res.category == "Success":
             state.completed += 1
             record.state = "sent"
-            Spool.confirmed(item)
-        elif category == "Warning":
+        elif res.category == "Warning":
             state.warning += 1
             record.state = "warning"
-            Spool.confirmed(item)
         else:
             state.failed += 1
             state.failed_uids.append(uid)
-        state.records.append(record)
-        if len(state.records) >= 200:
-            self.journal.add_instances(state.job_id, state.records)
-            state.records = []
+        # Journal first, then drop the file: a crash between the two leaves a file that
+        # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
+        self.journal.add_instances(state.job_id, [record])
+        if record.state != "failed":
+            Spool.confirmed(item)
 
     @staticmethod
     def _count_missing(state: JobState) -> None:

@@ -171,6 +171,10 @@ class DestBehaviour:
     abort_at: int | None = None
     #: C-STORE status for specific SOP Instance UIDs (e.g. 0xA700 out of resources).
     reject: dict[str, int] = field(default_factory=dict)
+    #: Statuses answered to the first attempts for a UID, one per attempt; then Success.
+    flaky: dict[str, list[int]] = field(default_factory=dict)
+    #: Abort the association on the C-STORE with this 0-based index, once.
+    abort_once_at: int | None = None
 
 
 class FakeDestination:
@@ -181,6 +185,8 @@ class FakeDestination:
         self.port = free_port()
         self.behaviour = DestBehaviour()
         self.received: list[tuple[str, str]] = []
+        #: SOP Instance UID of every C-STORE request, whatever the answer.
+        self.attempts: list[str] = []
         #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
         self.originators: list[tuple[str, int | None]] = []
         self._count = 0
@@ -226,8 +232,16 @@ class FakeDestination:
         if self.behaviour.abort_at is not None and index >= self.behaviour.abort_at:
             event.assoc.abort()
             return 0xA700
+        if self.behaviour.abort_once_at == index:
+            event.assoc.abort()
+            return 0xA700
         req = cast(Any, event.request)
         uid = str(req.AffectedSOPInstanceUID)
+        with self._lock:
+            self.attempts.append(uid)
+            flaky = self.behaviour.flaky.get(uid)
+            if flaky:
+                return flaky.pop(0)
         with self._lock:
             self.originators.append(
                 (str(req.MoveOriginatorApplicationEntityTitle or "").strip(), req.MoveOriginatorMessageID)
