@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: neve
 #: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
 #: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).
 SEND_PDU_CAP = 4 * 1024 * 1024
+
+#: Longest wait between two attempts of one onward C-STORE (seconds).
+MAX_RETRY_DELAY = 60.0
 
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
 MAX_CONTEXTS = 128
@@ -218,6 +222,34 @@ class Forwarder:
             if self.assoc.is_established:
                 self.assoc.release()
             self.assoc.ae.shutdown()
+
+
+def send_with_retries(
+    forwarder: Forwarder, item: SpooledInstance, retries: int, delay: float, label: str
+) -> SendResult:
+    """One onward C-STORE, retried with backoff (``delay``, doubling, at most
+    :data:`MAX_RETRY_DELAY`) after a transient failure (:attr:`SendResult.transient`),
+    re-opening a lost onward association first. ``label`` names the job in the log."""
+    res = SendResult(None, error="destination association lost")
+    for attempt in range(retries + 1):
+        if attempt:
+            LOG.warning(
+                "%s: onward C-STORE failed (%s); retry %d of %d",
+                label,
+                res.error or f"0x{res.status:04X}",
+                attempt,
+                retries,
+            )
+            time.sleep(min(delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+        if not forwarder.alive and not forwarder.reconnect():
+            res = SendResult(None, error="destination cannot be reached")
+            if not forwarder.can_reconnect:
+                break  # the C-GET requester's association: gone for good
+            continue
+        res = forwarder.send(item)
+        if not res.transient:
+            break
+    return res
 
 
 def _associate_destination(

@@ -203,6 +203,11 @@ class Journal:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
 
+    def has_expected(self, job_id: int) -> bool:
+        with self.engine.connect() as conn:
+            q = select(job_expected.c.id).where(job_expected.c.job_id == job_id).limit(1)
+            return conn.execute(q).first() is not None
+
     def confirmed_count(self, job_id: int) -> int:
         """Distinct instances of ``job_id`` confirmed by the destination."""
         q = (

@@ -45,7 +45,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination
+from dicomproxy.forward import Forwarder, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.qrservice import (
@@ -64,9 +64,6 @@ LOG = logging.getLogger("dicomproxy.relay")
 
 #: Shortest gap between two Pending responses sent after sub-operations (seconds).
 PROGRESS_INTERVAL = 0.2
-
-#: Longest wait between two attempts of one onward C-STORE (seconds).
-MAX_RETRY_DELAY = 60.0
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
@@ -428,34 +425,10 @@ class RelayService:
             return state.response(STATUS_ALL_FAILED, comment), "failed", error
         return state.response(STATUS_WARNING), "partial", error
 
-    def _send(self, job_id: int, forwarder: Forwarder, item: SpooledInstance) -> SendResult:
-        """One onward C-STORE, retried with backoff after a transient failure (``[proxy] retries``),
-        re-opening the onward association when it was lost."""
-        retries, delay = self.config.proxy.retries, self.config.proxy.retry_delay
-        res = SendResult(None, error="destination association lost")
-        for attempt in range(retries + 1):
-            if attempt:
-                LOG.warning(
-                    "job %d: onward C-STORE failed (%s); retry %d of %d",
-                    job_id,
-                    res.error or f"0x{res.status:04X}",
-                    attempt,
-                    retries,
-                )
-                time.sleep(min(delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
-            if not forwarder.alive and not forwarder.reconnect():
-                res = SendResult(None, error="destination cannot be reached")
-                if not forwarder.can_reconnect:
-                    break  # the C-GET requester's association: gone for good
-                continue
-            res = forwarder.send(item)
-            if not res.transient:
-                break
-        return res
-
     def _forward_one(self, state: JobState, forwarder: Forwarder, item: SpooledInstance) -> None:
         uid = item.sop_instance_uid
-        res = self._send(state.job_id, forwarder, item)
+        proxy = self.config.proxy
+        res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, f"job {state.job_id}")
         state.processed.add(uid)
         record = InstanceRecord(
             uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -98,9 +99,9 @@ class FakePacs:
     def _matches(self, query: Dataset) -> list[Dataset]:
         study = str(query.get("StudyInstanceUID", "") or "")
         series = query.get("SeriesInstanceUID", "") or ""
-        series_set = {str(s) for s in (series if isinstance(series, list) else [series]) if s}
+        series_set = {str(s) for s in (series if isinstance(series, (list, MultiValue)) else [series]) if s}
         sops = query.get("SOPInstanceUID", "") or ""
-        sop_set = {str(s) for s in (sops if isinstance(sops, list) else [sops]) if s}
+        sop_set = {str(s) for s in (sops if isinstance(sops, (list, MultiValue)) else [sops]) if s}
         out = []
         for ds in self.instances:
             if study and ds.StudyInstanceUID != study:
