@@ -151,6 +151,9 @@ def retry_job(config: Config, journal: Journal, job_id: int) -> RetryResult:
     From the spool when the file is still there, else fetched again from the PACS at IMAGE level.
     Raises LookupError for an unknown job, ValueError for a job that cannot be retried.
     """
+    from dicomproxy.server import configure_pynetdicom
+
+    configure_pynetdicom()  # files in and out as files, as in `serve` (a CLI process has not done it)
     view = journal.get(job_id)
     if view is None:
         raise LookupError(f"no job {job_id}")
