@@ -122,6 +122,9 @@ class PacsConfig:
     connect_timeout: float = 10.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
+    #: Longest a whole retrieval (C-MOVE/C-GET of one job) may take, however the PACS keeps the
+    #: association alive; then it is aborted and the job ends as a failure. 0 = no limit.
+    total_timeout: float = 3600.0
     max_concurrent: int = 4
     max_pdu: int = 0
     #: Outbound DICOM TLS to the PACS; None = plain TCP.
@@ -362,6 +365,7 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
         acse_timeout=s.number("acse_timeout", d.acse_timeout),
         dimse_timeout=s.number("dimse_timeout", d.dimse_timeout),
+        total_timeout=s.number("total_timeout", d.total_timeout),
         max_concurrent=s.integer("max_concurrent", d.max_concurrent, lo=1),
         max_pdu=s.integer("max_pdu", d.max_pdu, lo=0),
         tls=_tls(s, inbound=False),

@@ -171,6 +171,7 @@ class _Upstream:
         self.keys = keys
         self.spool = spool
         self.stop_requested = threading.Event()
+        self.timed_out = threading.Event()
         self._assoc: Association | None = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="relay-upstream", daemon=True)
@@ -193,8 +194,14 @@ class _Upstream:
 
     def _run(self) -> None:
         error: BaseException | None = None
+        timer: threading.Timer | None = None
+        limit = self.pacs.config.total_timeout
         try:
             with self.pacs.slot(self.stop_requested) as got:
+                if got and limit > 0:
+                    timer = threading.Timer(limit, self._time_out)
+                    timer.daemon = True
+                    timer.start()
                 for key, refs in self.keys if got else []:
                     if self.stop_requested.is_set():
                         break
@@ -205,7 +212,22 @@ class _Upstream:
         except Exception as exc:
             error = exc
         finally:
-            self.spool.finish(error)
+            if timer is not None:
+                timer.cancel()
+            if not self.timed_out.is_set():  # else _time_out already ended the job's queue
+                self.spool.finish(error)
+
+    def _time_out(self) -> None:
+        """``[pacs] total_timeout`` passed: end the retrieval as a failure, not a hung association.
+
+        The job's queue is ended here, not when the thread returns: after an abort pynetdicom
+        may still wait out its DIMSE timeout."""
+        self.timed_out.set()
+        limit = self.pacs.config.total_timeout
+        self.spool.finish(
+            PacsUnavailable(f"PACS {self.pacs.config.ae_title} exceeded total_timeout ({limit:g} s)")
+        )
+        self.stop()
 
 
 class RelayService:
@@ -412,8 +434,9 @@ class RelayService:
             if now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1 or not state.remaining:
                 last_progress = now
                 yield state.response(STATUS_PENDING)
+        nothing_sent = not state.processed
         self._count_missing(state)
-        if pacs_error is not None and not state.processed:
+        if pacs_error is not None and nothing_sent:
             status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
             comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
             return state.response(status, comment), "failed", str(pacs_error)

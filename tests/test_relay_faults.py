@@ -200,6 +200,21 @@ def test_destination_abort_once_reopens_association(rig: Rig) -> None:
     assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
 
 
+def test_pacs_never_answers_ends_at_total_timeout(rig: Rig) -> None:
+    """The PACS takes the C-MOVE/C-GET and then says nothing (its DIMSE timeout here is 30 s):
+    after [pacs] total_timeout the retrieval is aborted and the job fails with 0xC002."""
+    rig.pacs.behaviour.gate_at = 0
+    rig.config.pacs.__dict__["total_timeout"] = 0.5
+    result = rig.move()
+    assert result.status == 0xC002, result.line()
+    assert "total_timeout" in result.comment
+    assert (result.completed, result.failed) == (0, 5)
+    job = rig.last_job()
+    assert job["outcome"] == "failed" and "total_timeout" in job["error"]
+    rig.pacs.behaviour.gate.set()
+    assert rig.still_serving()
+
+
 def test_destination_aborts_mid_study(rig: Rig) -> None:
     rig.dest.behaviour.abort_at = 2
     result = rig.move()
