@@ -158,6 +158,11 @@ def retry_job(config: Config, journal: Journal, job_id: int) -> RetryResult:
     if view is None:
         raise LookupError(f"no job {job_id}")
     row = view.row
+    if row["outcome"] == "running":
+        raise ValueError(
+            f"job {job_id} is still running (if the proxy was killed: "
+            "start `serve`, which marks it interrupted)"
+        )
     if row["kind"] != "move":
         raise ValueError(f"job {job_id} is a C-{row['kind'].upper()}: only the requester can repeat it")
     peer = config.peer(row["destination"])

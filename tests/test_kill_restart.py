@@ -22,8 +22,10 @@ from pydicom import dcmread
 from sqlalchemy import create_engine
 
 from dicomproxy import scu
+from dicomproxy.config import load_config
 from dicomproxy.journal import Journal
 from dicomproxy.net import Remote
+from dicomproxy.recovery import retry_job
 from dicomproxy.samples import StudySpec, exam_row, write_study
 from dicomproxy.testing import Process, free_port, wait_for_echo, wait_until
 from dicomproxy.testing.dcmtk import StoreSCP
@@ -160,6 +162,8 @@ def test_sigkill_mid_job_then_restart_and_retry(harness: Harness) -> None:
     journal = h.journal()
     job = journal.recent(1)[0]
     assert job["outcome"] == "running"  # what a crash leaves behind
+    with pytest.raises(ValueError, match="still running"):  # maybe a live serve's: not touched
+        retry_job(load_config(h.toml), journal, job["id"])
     journal.close()
 
     h.pacs.behaviour.gate_at = None
