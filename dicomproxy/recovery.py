@@ -5,8 +5,9 @@ Invariants kept by the relay (:mod:`dicomproxy.relay`): the announced instances 
 before its spool file is deleted, and the file is deleted only once the destination confirmed it
 (Success or Warning). So after a crash, for each announced instance, either the journal says it
 was confirmed, or its file is still in the spool, or it was never received — and a retry resends
-exactly the unconfirmed ones (at most the one in flight at the crash arrives twice, which the
-Storage Service allows: PS3.4 B.2.2, an SCP may receive the same SOP Instance again).
+exactly the unconfirmed ones (at most the one in flight at the crash arrives twice: the Storage
+Service does not forbid sending a SOP Instance again, and SCPs keep or overwrite a duplicate —
+e.g. Orthanc's ``OverwriteInstances``).
 """
 
 from __future__ import annotations
