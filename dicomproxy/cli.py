@@ -79,6 +79,15 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
         reconcile(config, ctx.journal)  # interrupted jobs, orphaned spool files (issue 6)
         server = Server(config, ctx)
         clean = server.run()
+        if not clean:
+            # Jobs cut off by the drain timeout: checkpoint them now (their spool is kept) so that
+            # `jobs retry` can finish them; otherwise only the next start would mark them.
+            for job_id in ctx.journal.mark_interrupted():
+                logging.getLogger("dicomproxy").warning(
+                    "job %d interrupted by the drain timeout; `dicomproxy jobs retry %d` resends it",
+                    job_id,
+                    job_id,
+                )
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(2)

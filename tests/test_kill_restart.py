@@ -214,3 +214,29 @@ def test_sigterm_during_move_drains_and_exits_zero(harness: Harness) -> None:
     journal = h.journal()
     assert journal.recent(1)[0]["outcome"] == "success"
     journal.close()
+
+
+def test_sigterm_drain_timeout_checkpoints_the_job(harness: Harness) -> None:
+    """The PACS holds the job past the drain timeout: the job is checkpointed (``interrupted``,
+    spool kept) as the process exits — exit code 1, the drain was not clean — and ``jobs retry``
+    finishes it later."""
+    h = harness
+    h.toml.write_text(h.toml.read_text().replace("drain_timeout = 20", "drain_timeout = 0.5"))
+    proxy = h.start_proxy("drain-timeout")
+    thread, _ = h.move_in_background()
+    wait_until(lambda: h.pacs.behaviour.at_gate.is_set(), 30, "PACS at its gate")
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(30) == 1, proxy.log_text()
+    h.pacs.behaviour.gate_at = None
+    h.pacs.behaviour.gate.set()
+    thread.join(30)
+    journal = h.journal()
+    job = journal.recent(1)[0]
+    # "aborted" if the job's own thread got to write its end first; both are retryable
+    assert job["outcome"] in ("interrupted", "aborted"), job
+    retry_job(load_config(h.toml), journal, job["id"])
+    assert journal.get(job["id"]).row["outcome"] == "success"  # type: ignore[union-attr]
+    journal.close()
+    expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in h.files}
+    delivered = h.delivered()
+    assert set(delivered) == expected and sum(delivered.values()) - len(expected) <= 1, delivered
