@@ -67,6 +67,7 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
     from dataclasses import replace
 
     from dicomproxy.app import build_context
+    from dicomproxy.recovery import reconcile
     from dicomproxy.server import Server
 
     config = load_or_exit(config_path)
@@ -75,8 +76,18 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
     setup_logging(config.logging, verbose=verbose)
     try:
         ctx = build_context(config)
+        reconcile(config, ctx.journal)  # interrupted jobs, orphaned spool files (issue 6)
         server = Server(config, ctx)
         clean = server.run()
+        if not clean:
+            # Jobs cut off by the drain timeout: checkpoint them now (their spool is kept) so that
+            # `jobs retry` can finish them; otherwise only the next start would mark them.
+            for job_id in ctx.journal.mark_interrupted():
+                logging.getLogger("dicomproxy").warning(
+                    "job %d interrupted by the drain timeout; `dicomproxy jobs retry %d` resends it",
+                    job_id,
+                    job_id,
+                )
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(2)
@@ -299,6 +310,36 @@ def jobs_show(journal: Any, job_id: int, all_instances: bool) -> None:
             f"  {inst['state']:8} {status:6} {inst['sop_instance_uid']} "
             f"{inst['transfer_syntax']} {inst['error']}"
         )
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@verbose_option
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_id: int, verbose: bool) -> None:
+    """Resend the instances of a C-MOVE job the destination has not confirmed.
+
+    From the spool when the files are still there, else fetched again from the PACS
+    (IMAGE level). Exit 0 when every instance of the job is now confirmed.
+    """
+    from dicomproxy.recovery import retry_job
+
+    parent = ctx.parent  # the `jobs` group: it took -c/--config
+    config = load_or_exit(Path(parent.params["config_path"] if parent is not None else DEFAULT_CONFIG))
+    setup_logging(config.logging, verbose=verbose)
+    try:
+        result = retry_job(config, ctx.obj, job_id)
+    except (LookupError, ValueError) as exc:
+        click.echo(str(exc.args[0]), err=True)
+        sys.exit(1)
+    click.echo(
+        f"job {job_id}: {result.outcome}: {result.unconfirmed} unconfirmed, "
+        f"{result.from_spool} from the spool, {result.refetched} fetched again, {result.sent} sent, "
+        f"{len(result.failed)} failed, {len(result.not_found)} not found"
+    )
+    if result.error:
+        click.echo(f"  {result.error}", err=True)
+    sys.exit(0 if result.outcome == "success" else 1)
 
 
 def _scu_options(func: F) -> F:

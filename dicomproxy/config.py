@@ -76,6 +76,10 @@ class ProxyConfig:
     maximum_associations: int = 32
     #: Seconds to let in-flight work finish after SIGTERM.
     drain_timeout: float = 30.0
+    #: Extra attempts of an onward C-STORE after a transient failure (association lost, 0xA7xx).
+    retries: int = 3
+    #: Seconds before the first retry; doubles with each further attempt.
+    retry_delay: float = 2.0
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
     #: Inbound DICOM TLS; None = plain TCP.
@@ -118,6 +122,9 @@ class PacsConfig:
     connect_timeout: float = 10.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
+    #: Longest a whole retrieval (C-MOVE/C-GET of one job) may take, however the PACS keeps the
+    #: association alive; then it is aborted and the job ends as a failure. 0 = no limit.
+    total_timeout: float = 3600.0
     max_concurrent: int = 4
     max_pdu: int = 0
     #: Outbound DICOM TLS to the PACS; None = plain TCP.
@@ -361,6 +368,7 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
         connect_timeout=s.number("connect_timeout", d.connect_timeout),
         acse_timeout=s.number("acse_timeout", d.acse_timeout),
         dimse_timeout=s.number("dimse_timeout", d.dimse_timeout),
+        total_timeout=s.number("total_timeout", d.total_timeout),
         max_concurrent=s.integer("max_concurrent", d.max_concurrent, lo=1),
         max_pdu=s.integer("max_pdu", d.max_pdu, lo=0),
         tls=_tls(s, inbound=False),
@@ -397,6 +405,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         network_timeout=s.number("network_timeout", d.network_timeout),
         maximum_associations=s.integer("maximum_associations", d.maximum_associations, lo=1),
         drain_timeout=s.number("drain_timeout", d.drain_timeout),
+        retries=s.integer("retries", d.retries, lo=0, hi=100),
+        retry_delay=s.number("retry_delay", d.retry_delay),
         data_dir=s.string("data_dir", d.data_dir),
         tls=_tls(s, inbound=True),
     )

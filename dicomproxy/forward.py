@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +43,9 @@ UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: neve
 #: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).
 SEND_PDU_CAP = 4 * 1024 * 1024
 
+#: Longest wait between two attempts of one onward C-STORE (seconds).
+MAX_RETRY_DELAY = 60.0
+
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
 MAX_CONTEXTS = 128
 
@@ -57,6 +61,13 @@ class SendResult:
     @property
     def category(self) -> str:
         return "Failure" if self.status is None else code_to_category(self.status)
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: no response (association lost or refused) or 0xA7xx Out of Resources
+        (PS3.4 B.2.3). 0xA9xx (data set does not match SOP class), 0xCxxx (cannot understand) and
+        0x0122 (SOP class not supported) would fail again."""
+        return self.status is None or (self.status & 0xFF00) == 0xA700
 
 
 def cap_send_pdu(assoc: Association) -> None:
@@ -176,20 +187,46 @@ class Forwarder:
         *,
         originator: tuple[str, int] | None = None,
         owns_association: bool = False,
+        reopen: Callable[[], Association] | None = None,
     ) -> None:
         self.assoc = assoc
+        self._reopen = reopen
         self.policy = policy
         self.work_dir = work_dir
         self.originator = originator
         self.owns = owns_association
         self.bytes_out = 0
         self._msg_ids = itertools.cycle(range(1, 65536))
+        self._accepted: dict[str, list[str]] = {}
+        self._adopt(assoc)
+
+    def _adopt(self, assoc: Association) -> None:
+        self.assoc = assoc
         cap_send_pdu(assoc)
         bound_send_queue(assoc)
-        self._accepted: dict[str, list[str]] = {}
+        self._accepted = {}
         for cx in assoc.accepted_contexts:
             if cx.as_scu and cx.abstract_syntax:
                 self._accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+
+    @property
+    def can_reconnect(self) -> bool:
+        return self._reopen is not None
+
+    def reconnect(self) -> bool:
+        """Re-open a lost onward association (C-MOVE only; a C-GET requester's cannot be)."""
+        if self.alive:
+            return True
+        if self._reopen is None:
+            return False
+        try:
+            assoc = self._reopen()
+        except DestinationUnavailable as exc:
+            LOG.warning("re-opening the onward association failed: %s", exc)
+            return False
+        self.close()
+        self._adopt(assoc)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -242,16 +279,38 @@ class Forwarder:
             self.assoc.ae.shutdown()
 
 
-def open_destination(
-    peer: PeerConfig,
-    proxy: ProxyConfig,
-    contexts: list[PresentationContext],
-    policy: Policy,
-    work_dir: Path,
-    originator: tuple[str, int],
-    connect_timeout: float = 10.0,
-) -> Forwarder:
-    """The onward association for a C-MOVE (raises DestinationUnavailable, status 0xC003)."""
+def send_with_retries(
+    forwarder: Forwarder, item: SpooledInstance, retries: int, delay: float, label: str
+) -> SendResult:
+    """One onward C-STORE, retried with backoff (``delay``, doubling, at most
+    :data:`MAX_RETRY_DELAY`) after a transient failure (:attr:`SendResult.transient`),
+    re-opening a lost onward association first. ``label`` names the job in the log."""
+    res = SendResult(None, error="destination association lost")
+    for attempt in range(retries + 1):
+        if attempt:
+            LOG.warning(
+                "%s: onward C-STORE failed (%s); retry %d of %d",
+                label,
+                res.error or f"0x{res.status:04X}",
+                attempt,
+                retries,
+            )
+            time.sleep(min(delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+        if not forwarder.alive and not forwarder.reconnect():
+            res = SendResult(None, error="destination cannot be reached")
+            if not forwarder.can_reconnect:
+                break  # the C-GET requester's association: gone for good
+            continue
+        res = forwarder.send(item)
+        if not res.transient:
+            break
+    return res
+
+
+def _associate_destination(
+    peer: PeerConfig, proxy: ProxyConfig, contexts: list[PresentationContext], connect_timeout: float
+) -> Association:
+    """An established onward association to ``peer`` (raises DestinationUnavailable, status 0xC003)."""
     ae = make_scu(
         proxy.ae_title,
         acse_timeout=proxy.acse_timeout,
@@ -276,4 +335,28 @@ def open_destination(
         assoc.release()
         ae.shutdown()
         raise DestinationUnavailable(f"destination {peer.ae_title} accepted no storage context")
-    return Forwarder(assoc, policy, work_dir, originator=originator, owns_association=True)
+    return assoc
+
+
+def open_destination(
+    peer: PeerConfig,
+    proxy: ProxyConfig,
+    contexts: list[PresentationContext],
+    policy: Policy,
+    work_dir: Path,
+    originator: tuple[str, int] | None,
+    connect_timeout: float = 10.0,
+) -> Forwarder:
+    """The onward association for a C-MOVE (raises DestinationUnavailable, status 0xC003).
+
+    The forwarder can re-open it (:meth:`Forwarder.reconnect`) after it was lost.
+    """
+    assoc = _associate_destination(peer, proxy, contexts, connect_timeout)
+    return Forwarder(
+        assoc,
+        policy,
+        work_dir,
+        originator=originator,
+        owns_association=True,
+        reopen=lambda: _associate_destination(peer, proxy, contexts, connect_timeout),
+    )

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     insert,
     select,
     update,
@@ -72,6 +73,31 @@ job_instances = Table(
 )
 
 
+#: Every instance the PACS announced for a job (issue 6): what ``jobs retry`` must end up confirming.
+job_expected = Table(
+    "job_expected",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False, default=""),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False, default=""),
+)
+
+#: States of ``job_instances`` rows that mean the destination confirmed the instance.
+CONFIRMED_STATES = ("sent", "warning")
+
+
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """WAL + synchronous=NORMAL: a commit per instance stays cheap and survives a killed process
+    (only a power loss may drop the last commits)."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
@@ -98,6 +124,8 @@ class Journal:
 
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_wal)
         METADATA.create_all(self.engine)
         self._lock = threading.Lock()
 
@@ -153,6 +181,58 @@ class Journal:
                 q = q.where(job_instances.c.state.in_(("failed", "missing", "warning")))
             inst = conn.execute(q.order_by(job_instances.c.id)).mappings().all()
         return JobView(dict(row), [dict(r) for r in inst])
+
+    # --- restart safety (issue 6) ---
+
+    def add_expected(self, job_id: int, refs: list[dict[str, str]]) -> None:
+        """Record the announced instances (keys: study_uid, series_uid, sop_instance_uid, sop_class_uid)."""
+        if refs:
+            with self.engine.begin() as conn:
+                conn.execute(insert(job_expected), [{"job_id": job_id, **r} for r in refs])
+
+    def unconfirmed(self, job_id: int) -> list[dict[str, Any]]:
+        """Announced instances of ``job_id`` the destination has not confirmed (no sent/warning row)."""
+        confirmed = select(job_instances.c.sop_instance_uid).where(
+            job_instances.c.job_id == job_id, job_instances.c.state.in_(CONFIRMED_STATES)
+        )
+        q = (
+            select(job_expected)
+            .where(job_expected.c.job_id == job_id, job_expected.c.sop_instance_uid.not_in(confirmed))
+            .order_by(job_expected.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    def has_expected(self, job_id: int) -> bool:
+        with self.engine.connect() as conn:
+            q = select(job_expected.c.id).where(job_expected.c.job_id == job_id).limit(1)
+            return conn.execute(q).first() is not None
+
+    def confirmed_count(self, job_id: int) -> int:
+        """Distinct instances of ``job_id`` confirmed by the destination."""
+        q = (
+            select(job_instances.c.sop_instance_uid)
+            .where(job_instances.c.job_id == job_id, job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return len(conn.execute(q).all())
+
+    def mark_interrupted(self) -> list[int]:
+        """Jobs still ``running`` (the process died under them) become ``interrupted``; their IDs."""
+        with self.engine.begin() as conn:
+            ids = [int(r[0]) for r in conn.execute(select(jobs.c.id).where(jobs.c.outcome == "running"))]
+            if ids:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(ids))
+                    .values(outcome="interrupted", ended=_now(), error="process ended during the job")
+                )
+        return ids
+
+    def job_ids(self) -> set[int]:
+        with self.engine.connect() as conn:
+            return {int(r[0]) for r in conn.execute(select(jobs.c.id))}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +47,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, contexts_for, open_destination
+from dicomproxy.forward import Forwarder, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.qrservice import (
@@ -177,6 +177,7 @@ class _Upstream:
         self.plan = plan
         self.spool = spool
         self.stop_requested = threading.Event()
+        self.timed_out = threading.Event()
         self._assoc: Association | None = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="relay-upstream", daemon=True)
@@ -201,11 +202,17 @@ class _Upstream:
         """Archive after archive (one slot of each at a time); a failing archive does not stop the
         others, its error is reported at the end."""
         error: BaseException | None = None
+        timer: threading.Timer | None = None
         try:
             for pacs in dict.fromkeys(client for client, _, _ in self.plan):
                 if self.stop_requested.is_set():
                     break
                 with pacs.slot(self.stop_requested) as got:
+                    limit = pacs.config.total_timeout
+                    if got and limit > 0:
+                        timer = threading.Timer(limit, self._time_out, args=(pacs,))
+                        timer.daemon = True
+                        timer.start()
                     for _, key, refs in [p for p in self.plan if p[0] is pacs] if got else []:
                         if self.stop_requested.is_set():
                             break
@@ -213,10 +220,28 @@ class _Upstream:
                         if outcome.error and not self.stop_requested.is_set():
                             error = error or PacsUnavailable(outcome.error)
                             break
+                    if timer is not None:
+                        timer.cancel()
+                        timer = None
         except Exception as exc:
             error = exc
         finally:
-            self.spool.finish(error)
+            if timer is not None:
+                timer.cancel()
+            if not self.timed_out.is_set():  # else _time_out already ended the job's queue
+                self.spool.finish(error)
+
+    def _time_out(self, pacs: PacsClient) -> None:
+        """The archive's ``total_timeout`` passed: end the retrieval as a failure, not a hung association.
+
+        The job's queue is ended here, not when the thread returns: after an abort pynetdicom
+        may still wait out its DIMSE timeout."""
+        self.timed_out.set()
+        limit = pacs.config.total_timeout
+        self.spool.finish(
+            PacsUnavailable(f"PACS {pacs.config.ae_title} exceeded total_timeout ({limit:g} s)")
+        )
+        self.stop()
 
 
 class RelayService:
@@ -333,6 +358,8 @@ class RelayService:
                 n,
             )
             self.journal.update(job_id, expected=n)
+            # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
+            self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             if n > MAX_SUBOPERATIONS:
                 raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
             if n == 0:
@@ -463,8 +490,9 @@ class RelayService:
             if now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1 or not state.remaining:
                 last_progress = now
                 yield state.response(STATUS_PENDING)
+        nothing_sent = not state.processed
         self._count_missing(state)
-        if pacs_error is not None and not state.processed:
+        if pacs_error is not None and nothing_sent:
             status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
             comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
             return state.response(status, comment), "failed", str(pacs_error)
@@ -478,32 +506,26 @@ class RelayService:
 
     def _forward_one(self, state: JobState, forwarder: Forwarder, item: SpooledInstance) -> None:
         uid = item.sop_instance_uid
-        res = forwarder.send(item) if forwarder.alive else None
+        proxy = self.config.proxy
+        res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, f"job {state.job_id}")
         state.processed.add(uid)
-        record = InstanceRecord(uid, "failed", item.sop_class_uid)
-        if res is not None:
-            record.status, record.transfer_syntax, record.bytes, record.error = (
-                res.status,
-                res.transfer_syntax,
-                res.bytes_out,
-                res.error,
-            )
-        category = res.category if res is not None else "Failure"
-        if category == "Success":
+        record = InstanceRecord(
+            uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
+        )
+        if res.category == "Success":
             state.completed += 1
             record.state = "sent"
-            Spool.confirmed(item)
-        elif category == "Warning":
+        elif res.category == "Warning":
             state.warning += 1
             record.state = "warning"
-            Spool.confirmed(item)
         else:
             state.failed += 1
             state.failed_uids.append(uid)
-        state.records.append(record)
-        if len(state.records) >= 200:
-            self.journal.add_instances(state.job_id, state.records)
-            state.records = []
+        # Journal first, then drop the file: a crash between the two leaves a file that
+        # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
+        self.journal.add_instances(state.job_id, [record])
+        if record.state != "failed":
+            Spool.confirmed(item)
 
     @staticmethod
     def _count_missing(state: JobState) -> None:

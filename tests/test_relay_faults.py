@@ -82,7 +82,7 @@ def rig(
     config = make_config(
         # A lost A-ABORT (pynetdicom aborting from inside a handler does not always get it out)
         # then ends as a DIMSE timeout on the onward association: same status, bounded wait.
-        proxy={"port": proxy_port, "dimse_timeout": 5.0},
+        proxy={"port": proxy_port, "dimse_timeout": 5.0, "retries": 2, "retry_delay": 0.01},
         pacs={
             "ae_title": pacs.ae_title,
             "host": "127.0.0.1",
@@ -160,6 +160,59 @@ def test_destination_rejects_one_instance(rig: Rig) -> None:
     # the refused instance stays in the spool (not confirmed); the confirmed ones are gone
     spooled = list((rig.config.data_path / "spool").rglob("*.dcm"))
     assert len(spooled) == 1
+
+
+def test_transient_rejection_is_retried(rig: Rig) -> None:
+    """0xA700 (out of resources) twice, then Success: the third attempt completes the job."""
+    flaky = sop_uids(rig.files)[1]
+    rig.dest.behaviour.flaky = {flaky: [0xA700, 0xA702]}
+    result = rig.move()
+    assert result.status == 0x0000, result.line()
+    assert (result.completed, result.failed) == (5, 0)
+    assert rig.dest.attempts.count(flaky) == 3
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+    assert list((rig.config.data_path / "spool").rglob("*.dcm")) == []
+
+
+def test_transient_rejection_gives_up_after_retries(rig: Rig) -> None:
+    bad = sop_uids(rig.files)[2]
+    rig.dest.behaviour.reject = {bad: 0xA700}
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.failed_uids) == (4, 1, [bad])
+    assert rig.dest.attempts.count(bad) == 3  # 1 + retries = 2
+
+
+def test_permanent_rejection_is_not_retried(rig: Rig) -> None:
+    bad = sop_uids(rig.files)[2]
+    rig.dest.behaviour.reject = {bad: 0xA900}  # data set does not match SOP class: would fail again
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert rig.dest.attempts.count(bad) == 1
+
+
+def test_destination_abort_once_reopens_association(rig: Rig) -> None:
+    """The destination aborts once: the onward association is re-opened and the instance resent."""
+    rig.dest.behaviour.abort_once_at = 2
+    result = rig.move()
+    assert result.status == 0x0000, result.line()
+    assert (result.completed, result.failed) == (5, 0)
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+
+
+def test_pacs_never_answers_ends_at_total_timeout(rig: Rig) -> None:
+    """The PACS takes the C-MOVE/C-GET and then says nothing (its DIMSE timeout here is 30 s):
+    after [pacs] total_timeout the retrieval is aborted and the job fails with 0xC002."""
+    rig.pacs.behaviour.gate_at = 0
+    rig.config.pacs.__dict__["total_timeout"] = 0.5
+    result = rig.move()
+    assert result.status == 0xC002, result.line()
+    assert "total_timeout" in result.comment
+    assert (result.completed, result.failed) == (0, 5)
+    job = rig.last_job()
+    assert job["outcome"] == "failed" and "total_timeout" in job["error"]
+    rig.pacs.behaviour.gate.set()
+    assert rig.still_serving()
 
 
 def test_destination_aborts_mid_study(rig: Rig) -> None:

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -98,9 +99,9 @@ class FakePacs:
     def _matches(self, query: Dataset) -> list[Dataset]:
         study = str(query.get("StudyInstanceUID", "") or "")
         series = query.get("SeriesInstanceUID", "") or ""
-        series_set = {str(s) for s in (series if isinstance(series, list) else [series]) if s}
+        series_set = {str(s) for s in (series if isinstance(series, (list, MultiValue)) else [series]) if s}
         sops = query.get("SOPInstanceUID", "") or ""
-        sop_set = {str(s) for s in (sops if isinstance(sops, list) else [sops]) if s}
+        sop_set = {str(s) for s in (sops if isinstance(sops, (list, MultiValue)) else [sops]) if s}
         out = []
         for ds in self.instances:
             if study and ds.StudyInstanceUID != study:
@@ -171,6 +172,10 @@ class DestBehaviour:
     abort_at: int | None = None
     #: C-STORE status for specific SOP Instance UIDs (e.g. 0xA700 out of resources).
     reject: dict[str, int] = field(default_factory=dict)
+    #: Statuses answered to the first attempts for a UID, one per attempt; then Success.
+    flaky: dict[str, list[int]] = field(default_factory=dict)
+    #: Abort the association on the C-STORE with this 0-based index, once.
+    abort_once_at: int | None = None
 
 
 class FakeDestination:
@@ -181,6 +186,8 @@ class FakeDestination:
         self.port = free_port()
         self.behaviour = DestBehaviour()
         self.received: list[tuple[str, str]] = []
+        #: SOP Instance UID of every C-STORE request, whatever the answer.
+        self.attempts: list[str] = []
         #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
         self.originators: list[tuple[str, int | None]] = []
         self._count = 0
@@ -226,8 +233,16 @@ class FakeDestination:
         if self.behaviour.abort_at is not None and index >= self.behaviour.abort_at:
             event.assoc.abort()
             return 0xA700
+        if self.behaviour.abort_once_at == index:
+            event.assoc.abort()
+            return 0xA700
         req = cast(Any, event.request)
         uid = str(req.AffectedSOPInstanceUID)
+        with self._lock:
+            self.attempts.append(uid)
+            flaky = self.behaviour.flaky.get(uid)
+            if flaky:
+                return flaky.pop(0)
         with self._lock:
             self.originators.append(
                 (str(req.MoveOriginatorApplicationEntityTitle or "").strip(), req.MoveOriginatorMessageID)

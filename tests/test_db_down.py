@@ -1,0 +1,95 @@
+"""The view database goes down and comes back (issue 6): C-FIND fails with 0xC001 while it is down
+and succeeds again afterwards, without restarting the proxy.
+
+PostgreSQL, a dedicated database per test: "down" = connections refused (ALLOW_CONNECTIONS false)
+and every open connection terminated (pg_terminate_backend), which is what a restart or a network
+cut looks like to the pool; "back" = connections allowed again.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from dicomproxy.config import Config
+from dicomproxy.samples import demo_specs, exam_row
+from dicomproxy.server import Server
+from dicomproxy.testing import wait_until
+from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from tests.conftest import PG_URL, ConfigFactory, _reachable
+from tests.view_data import FindClient
+
+CT = demo_specs()[0]
+
+
+@pytest.fixture
+def pg_database() -> Iterator[tuple[Engine, str, str]]:
+    """(admin engine, database name, URL of the new database); dropped afterwards."""
+    if not _reachable(PG_URL):
+        if os.environ.get("CI"):
+            pytest.fail(f"postgresql at {PG_URL} is not reachable; scripts/test.sh starts it")
+        pytest.skip(f"postgresql at {PG_URL} is not reachable")
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"dp_down_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield admin, name, url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _down(admin: Engine, name: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+        )
+
+
+def _up(admin: Engine, name: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+
+
+def test_view_database_down_and_back(
+    pg_database: tuple[Engine, str, str],
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    admin, name, url = pg_database
+    engine = create_engine(url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(CT)])
+    engine.dispose()
+    port = run_proxy(make_config(view={"url": url, "query_timeout": 5.0})).port
+    query = {"PatientID": CT.patient.patient_id, "StudyInstanceUID": ""}
+    with FindClient(port) as client:
+        ok = client.find(query)
+        assert ok.status == 0x0000 and len(ok.answers) == 1
+
+        _down(admin, name)
+        down = client.find(query)
+        assert (down.status, down.answers) == (0xC001, [])
+        assert down.comment and "exam view unavailable" in down.comment
+
+        _up(admin, name)
+        # The pool may hand out one more dead connection before pre-ping replaces it; poll.
+        results: list[int] = []
+
+        def answered() -> bool:
+            result = client.find(query)
+            results.append(result.status)
+            return result.status == 0x0000 and len(result.answers) == 1
+
+        wait_until(answered, 30, "C-FIND after the database came back")
+        assert set(results) <= {0x0000, 0xC001}

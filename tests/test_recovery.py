@@ -1,0 +1,162 @@
+"""Restart safety (issue 6): start-up reconciliation of spool and journal, ``jobs retry``.
+
+In-process rig: controllable pynetdicom PACS and destination (dicomproxy.testing.fakepacs).
+The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydicom import dcmread
+
+from dicomproxy import scu
+from dicomproxy.app import build_context
+from dicomproxy.config import Config
+from dicomproxy.journal import Journal
+from dicomproxy.net import Remote
+from dicomproxy.recovery import reconcile, retry_job
+from dicomproxy.samples import StudySpec, write_study
+from dicomproxy.server import Server
+from dicomproxy.testing import free_port
+from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+
+CLOUD = "CLOUD"
+
+
+class AllVisible:
+    def resolve_study_uids(
+        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
+    ) -> list[str]:
+        return list(study_uids)
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    spec = StudySpec("MR", accession="R0001", series=1, images_per_series=5, seed=17)
+    return write_study(spec, tmp_path_factory.mktemp("recovery-study"))
+
+
+def sop_uids(files: list[Path]) -> list[str]:
+    return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+
+
+def test_reconcile_marks_interrupted_keeps_and_quarantines(make_config: Callable[..., Config]) -> None:
+    config = make_config()
+    journal = Journal.for_config("", config.data_path)
+    running = journal.start("move", CLOUD, "127.0.0.1", "DEST", "pacs")
+    done = journal.start("move", CLOUD, "127.0.0.1", "DEST", "pacs")
+    journal.finish(done, status=0xB000, outcome="partial")
+    spool = config.data_path / "spool"
+    (spool / f"job-{running:06d}-aaaaaa").mkdir(parents=True)
+    (spool / f"job-{running:06d}-aaaaaa" / "000001.dcm").write_bytes(b"x")
+    (spool / f"job-{done:06d}-bbbbbb").mkdir()
+    (spool / f"job-{done:06d}-bbbbbb" / "000002.dcm").write_bytes(b"y")
+    (spool / "job-999999-cccccc").mkdir()
+    (spool / "job-999999-cccccc" / "000001.dcm").write_bytes(b"z")
+    (spool / "stray.dcm").write_bytes(b"w")
+
+    report = reconcile(config, journal)
+
+    assert report.interrupted == [running]
+    assert journal.get(running) is not None and journal.get(running).row["outcome"] == "interrupted"  # type: ignore[union-attr]
+    assert journal.get(done).row["outcome"] == "partial"  # type: ignore[union-attr]
+    assert sorted(p.name for p in report.kept) == [f"job-{running:06d}-aaaaaa", f"job-{done:06d}-bbbbbb"]
+    quarantine = config.data_path / "quarantine"
+    assert sorted(p.name for p in quarantine.iterdir()) == ["job-999999-cccccc", "stray.dcm"]
+    assert (quarantine / "job-999999-cccccc" / "000001.dcm").read_bytes() == b"z"  # moved, not deleted
+    assert reconcile(config, journal).interrupted == []  # idempotent
+    journal.close()
+
+
+@pytest.fixture(params=["c-get", "c-move"])
+def rig(
+    request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]
+) -> Iterator[tuple[FakePacs, FakeDestination, Server, Config]]:
+    proxy_port = free_port()
+    dest = FakeDestination().start()
+    pacs = FakePacs(
+        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    ).start()
+    config = make_config(
+        proxy={"port": proxy_port, "dimse_timeout": 5.0, "retries": 1, "retry_delay": 0.01},
+        pacs={
+            "ae_title": pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.port,
+            "retrieve": request.param,
+            "dimse_timeout": 30.0,
+        },
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.1))
+    server.start()
+    yield pacs, dest, server, config
+    pacs.stop()
+    server.stop(drain_timeout=2.0)
+    dest.stop()
+
+
+def test_retry_resends_exactly_the_unconfirmed(
+    rig: tuple[FakePacs, FakeDestination, Server, Config], study_files: list[Path]
+) -> None:
+    """One instance rejected (its file stays in the spool), two never received (PACS aborted):
+    the retry sends exactly those three — from the spool, and fetched again when the upstream is
+    C-GET; with C-MOVE upstream the two are reported as not found, nothing else is sent."""
+    pacs, dest, server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    pacs.behaviour.abort_after = 3
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    first = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "FAKEDEST",
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+    assert first.status == 0xB000, first.line()
+    assert (first.completed, first.failed) == (2, 3)
+    journal = Journal.for_config("", config.data_path)
+    job_id = journal.recent(1)[0]["id"]
+    assert sorted(r["sop_instance_uid"] for r in journal.unconfirmed(job_id)) == sorted(uids[1:2] + uids[3:])
+
+    dest.behaviour.reject = {}
+    pacs.behaviour.abort_after = None
+    result = retry_job(config, journal, job_id)
+
+    received = [uid for uid, _ in dest.received]
+    job = journal.get(job_id)
+    assert job is not None
+    if config.pacs.retrieve == "c-get":
+        assert (result.from_spool, result.refetched, result.sent) == (1, 2, 3), result
+        assert sorted(received) == sorted(uids)  # each exactly once
+        assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("success", 5, 0)
+        assert list((config.data_path / "spool").rglob("*")) == []
+    else:
+        assert (result.from_spool, result.refetched, result.sent) == (1, 0, 1)
+        assert sorted(result.not_found) == sorted(uids[3:])
+        assert sorted(received) == sorted(uids[:3])
+        assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("partial", 3, 2)
+        assert "c-get" in result.error
+    journal.close()
+
+
+def test_jobs_retry_cli_unknown_job(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    from dicomproxy.cli import cli
+
+    config = make_config()
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'[proxy]\ndata_dir = "{config.data_path}"\n[hospital]\nid = "1"\n'
+        f'[view]\nurl = "sqlite:///{tmp_path}/v.db"\n[pacs]\nae_title = "P"\nhost = "127.0.0.1"\nport = 1\n'
+    )
+    out = CliRunner().invoke(cli, ["jobs", "-c", str(toml), "retry", "42"])
+    assert out.exit_code == 1
+    assert "no job 42" in out.output
