@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,12 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="record the C-MOVE proxy with py-spy (raw stacks) into this file",
+    )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
     LOG_LEVEL[0] = args.log_level
@@ -210,6 +217,16 @@ def main() -> None:
         runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(orthanc.remote, dest, spec.study_uid, len(files))  # warm-up (Orthanc cache)
+        spy = None
+        if args.py_spy:
+            pid = str(procs["c-move"].pid)
+            spy_opts = ["--format", "raw", "--rate", "200", "--threads", "--output", str(args.py_spy)]
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", pid, *spy_opts],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
         uids = [sp.study_uid for sp in extra_specs]
         if uids:
             timed_concurrent(orthanc.remote, dest, uids, conc_n)  # warm-up
@@ -226,6 +243,9 @@ def main() -> None:
                     conc[name].append(wall)
                     print(f"# round {r + 1} {name} x{len(uids)}: {wall:.2f} s", file=sys.stderr)
         rss = {m: peak_rss_mb(p.pid) for m, p in procs.items()}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     finally:
         for p in procs.values():
             p.terminate()
