@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/run_all.py --full          # the issue's sizes: 1 M-row view, 30-min soak
     benchmarks/run_all.sh [--only relay,codecs,find,soak] [--minutes N] [--out DIR] [--max-pdu N]
 
-Quick defaults: relay 300 slices × 3 rounds (none/lossless/lossy, 4 concurrent studies), codecs on
-300 CT images, C-FIND on a 100,000-row view (1,000,000 with ``--full``) in PostgreSQL and SQLite, soak
-2 minutes (30 with ``--full``). Each benchmark's full output goes to ``DIR/<name>.log``; the summary
+Quick defaults: relay 300 slices × 3 rounds (none/lossless/lossy, 4 concurrent studies); codecs on
+100 CT images (300 with ``--full``; the DCMTK/GDCM baselines start one process per file); C-FIND on
+a 100,000-row view (1,000,000 with ``--full``) in PostgreSQL and SQLite; soak 2 minutes (30 with
+``--full``). Each benchmark's full output goes to ``DIR/<name>.log``; the summary
 tables are printed at the end. Never part of ``scripts/test.sh``: every number here is a measurement,
 not a pass/fail criterion. All traffic stays on 127.0.0.1.
 """
@@ -98,7 +99,7 @@ def main() -> int:
             f"--max-pdu={a.max_pdu}",
             f"--workdir={out / 'relay'}",
         ],
-        "codecs": ["bench_codecs.py", f"--workdir={out / 'codecs'}"],
+        "codecs": ["bench_codecs.py", f"--images={300 if a.full else 100}", f"--workdir={out / 'codecs'}"],
         "find": ["bench_find.py", f"--rows={rows}", f"--workdir={out / 'find'}"],
         "soak": ["soak.py", f"--minutes={minutes:g}"],
     }
