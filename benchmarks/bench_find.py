@@ -234,8 +234,12 @@ def bench(
         for status, _ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
             if status and status.Status in (0xFF00, 0xFF01):
                 n += 1
-            elif status is None or status.Status != 0:
-                raise RuntimeError(f"C-FIND failed: {status}")
+            elif not status or "Status" not in status:
+                raise RuntimeError(
+                    f"C-FIND {keys}: no response within {ae.dimse_timeout} s (association aborted)"
+                )
+            elif status.Status != 0:
+                raise RuntimeError(f"C-FIND {keys} failed: {status}")
         return (time.perf_counter() - t0) * 1000, n
 
     def day() -> str:

@@ -1,6 +1,7 @@
 """Relay benchmark (not a test): proxy relay vs direct Orthanc → storescp C-MOVE.
 
-    .venv/bin/python benchmarks/bench_relay.py [--slices 300] [--rounds 3]
+    .venv/bin/python benchmarks/bench_relay.py [--slices 300] [--rounds 3] [--modes none,lossless,lossy]
+                                               [--concurrent 4] [--max-pdu 0]
 
 Generates a CT study (512×512, 16-bit), loads it into a real Orthanc (the PACS), starts DCMTK
 storescp (the destination) and two dicomproxy processes (``serve``; upstream C-MOVE and
@@ -9,6 +10,14 @@ upstream C-GET), then alternates per round: direct C-MOVE (Orthanc → storescp)
 of the C-MOVE as seen by the requester, ratio to direct, MB/s, median time from the
 request to the first file at the destination, and each proxy's peak RSS (VmHWM).
 TCP_NODELAY=1 is set for Orthanc and DCMTK by dicomproxy.testing.
+
+``--modes``: extra proxy processes (upstream C-MOVE) whose ``[compression].mode`` is ``lossless``
+or ``lossy``; storescp accepts every syntax, so the proxy compresses what it sends. Their MB/s is
+raw (uncompressed) pixel bytes / wall time. ``--concurrent N``: N more studies of the same size are
+loaded and moved at once (N threads, one study each), direct and through the C-MOVE proxy;
+aggregate MB/s = all files / wall time of the slowest. ``--max-pdu N`` (0 = each tool's default):
+Orthanc ``MaximumPduLength`` and storescp ``--max-pdu`` both set to N, so the direct baseline and
+the proxy get the same larger PDUs (the proxy itself announces 0 = unlimited on both legs).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +34,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pydicom
 from sqlalchemy import create_engine
 
 from dicomproxy import scu
@@ -36,14 +48,25 @@ from dicomproxy.testing.orthanc import Orthanc
 from dicomproxy.testing.viewdb import create_view_table, insert_rows
 
 
+class BenchOrthanc(Orthanc):
+    max_pdu = 0
+
+    def _config(self) -> dict[str, Any]:
+        cfg = super()._config()
+        if self.max_pdu:
+            cfg["MaximumPduLength"] = self.max_pdu
+        return cfg
+
+
 def proxy_config(
-    path: Path, ae: str, port: int, data: Path, view_url: str, pacs: Remote, method: str
+    path: Path, ae: str, port: int, data: Path, view_url: str, pacs: Remote, method: str, mode: str = "none"
 ) -> None:
     path.write_text(
         f'[proxy]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
         f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
         f'retrieve = "{method}"\n'
+        f'[compression]\nmode = "{mode}"\n'
         f'[logging]\nlevel = "{LOG_LEVEL[0]}"\n'
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
@@ -88,85 +111,181 @@ def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[
     return wall, (first[0] if first else float("nan")), result.completed
 
 
+def timed_concurrent(remote: Remote, dest: StoreSCP, study_uids: list[str], n_total: int) -> float:
+    """Move every study at once, one thread each; wall seconds until the last one completes."""
+    for p in dest.received():
+        p.unlink()
+    errors: list[str] = []
+
+    def one(uid: str) -> None:
+        res = scu.move(remote, "DEST", scu.identifier(study_uids=[uid]), calling_ae="BENCH", timeout=600)
+        if res.status != 0:
+            errors.append(res.line())
+
+    threads = [threading.Thread(target=one, args=(u,)) for u in study_uids]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    got = len(dest.received())
+    if errors or got != n_total:
+        raise RuntimeError(f"{remote}: concurrent {errors[:2]}, {got}/{n_total} files")
+    return wall
+
+
+def raw_pixel_bytes(files: list[Path]) -> int:
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    return (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * int(ds.SamplesPerPixel)
+        * (int(ds.BitsAllocated) // 8)
+        * frames
+        * len(files)
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default="none,lossless,lossy", help="compression modes to relay (C-MOVE)")
+    ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
+    ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="record the C-MOVE proxy with py-spy (raw stacks) into this file",
+    )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
     LOG_LEVEL[0] = args.log_level
+    modes = [m for m in args.modes.split(",") if m and m != "none"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
     spec = StudySpec("CT", accession="B0001", series=1, images_per_series=args.slices, seed=42)
     print(f"# generating {args.slices} slices in {work}", file=sys.stderr)
     files = write_study(spec, work / "study")
     total = sum(p.stat().st_size for p in files)
+    pixels = raw_pixel_bytes(files)
+    extra_specs = [
+        StudySpec("CT", accession=f"B{k + 2:04d}", series=1, images_per_series=args.slices, seed=100 + k)
+        for k in range(args.concurrent)
+    ]
+    extra_files = [write_study(sp, work / f"study{k + 2}") for k, sp in enumerate(extra_specs)]
+    conc_total = sum(p.stat().st_size for fs in extra_files for p in fs)
+    conc_n = sum(len(fs) for fs in extra_files)
 
-    orthanc = Orthanc(work / "orthanc").start()
-    dest = StoreSCP(work / "dest", "DEST").start()
+    BenchOrthanc.max_pdu = args.max_pdu
+    orthanc = BenchOrthanc(work / "orthanc").start()
+    pdu_extra = ["--max-pdu", str(args.max_pdu)] if args.max_pdu else []
+    dest = StoreSCP(work / "dest", "DEST", extra=pdu_extra).start()
     DEST_PORT[0] = dest.port
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    load_before = os.getloadavg()
     try:
         print("# loading Orthanc", file=sys.stderr)
         orthanc.upload(files)
+        for fs in extra_files:
+            orthanc.upload(fs)
         orthanc.add_modality("dest", dest.remote)
         view_url = f"sqlite:///{work / 'view.db'}"
         engine = create_engine(view_url)
         create_view_table(engine)
-        insert_rows(engine, [exam_row(spec)])
+        insert_rows(engine, [exam_row(spec), *(exam_row(sp) for sp in extra_specs)])
         engine.dispose()
         proxies: dict[str, Remote] = {}
-        for method, ae in (("c-move", "PROXYMOVE"), ("c-get", "PROXYGET")):
+        setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
+        setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
+        for name, method, ae, mode in setups:
             port = free_port()
             cfg = work / f"{ae}.toml"
-            proxy_config(cfg, ae, port, work / f"var-{ae}", view_url, orthanc.remote, method)
+            proxy_config(cfg, ae, port, work / f"var-{ae}", view_url, orthanc.remote, method, mode)
             if method == "c-move":
                 orthanc.add_modality(ae.lower(), Remote(ae, "127.0.0.1", port))
             log = open(work / f"{ae}.log", "wb")  # noqa: SIM115 - lives as long as the process
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dicomproxy", "serve", "-c", str(cfg)], stdout=log, stderr=log
-                )
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(cfg)], stdout=log, stderr=log
             )
-            proxies[method] = Remote(ae, "127.0.0.1", port)
-            wait_for_echo(proxies[method], 30, calling="BENCH")
-        runs: dict[str, list[tuple[float, float]]] = {"direct": [], "c-move": [], "c-get": []}
+            proxies[name] = Remote(ae, "127.0.0.1", port)
+            wait_for_echo(proxies[name], 30, calling="BENCH")
+        names = ["direct", *proxies]
+        runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(orthanc.remote, dest, spec.study_uid, len(files))  # warm-up (Orthanc cache)
+        spy = None
+        if args.py_spy:
+            pid = str(procs["c-move"].pid)
+            spy_opts = ["--format", "raw", "--rate", "200", "--threads", "--output", str(args.py_spy)]
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", pid, *spy_opts],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        uids = [sp.study_uid for sp in extra_specs]
+        if uids:
+            timed_concurrent(orthanc.remote, dest, uids, conc_n)  # warm-up
         for r in range(args.rounds):
-            for name, remote in (
-                ("direct", orthanc.remote),
-                ("c-move", proxies["c-move"]),
-                ("c-get", proxies["c-get"]),
-            ):
+            for name in names:
+                remote = orthanc.remote if name == "direct" else proxies[name]
                 wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 runs[name].append((wall, first))
                 print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
-        rss = {m: peak_rss_mb(p.pid) for m, p in zip(("c-move", "c-get"), procs, strict=True)}
+            if uids:
+                for name in conc:
+                    remote = orthanc.remote if name == "direct" else proxies[name]
+                    wall = timed_concurrent(remote, dest, uids, conc_n)
+                    conc[name].append(wall)
+                    print(f"# round {r + 1} {name} x{len(uids)}: {wall:.2f} s", file=sys.stderr)
+        rss = {m: peak_rss_mb(p.pid) for m, p in procs.items()}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     finally:
-        for p in procs:
+        for p in procs.values():
             p.terminate()
             p.wait(30)
         dest.stop()
         orthanc.stop()
+    load_after = os.getloadavg()
 
     direct = statistics.median(w for w, _ in runs["direct"])
+    pdu = f"max PDU {args.max_pdu} on Orthanc and storescp" if args.max_pdu else "tools' default max PDU"
     print(
-        f"\n{args.slices} CT slices, {total / 1e6:.0f} MB, median of {args.rounds} alternating rounds, "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs\n"
+        f"\n{args.slices} CT slices, {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
+        f"median of {args.rounds} alternating rounds, {pdu}, "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f}\n"
     )
-    print("| path | wall s (median) | ratio to direct | MB/s | first instance s | proxy peak RSS MB |")
-    print("|---|---|---|---|---|---|")
-    for name, label in (
-        ("direct", "direct Orthanc → storescp"),
-        ("c-move", "proxy, upstream C-MOVE"),
-        ("c-get", "proxy, upstream C-GET"),
-    ):
+    print(
+        "| path | wall s (median) | ratio to direct | MB/s (files) | raw-pixel MB/s "
+        "| first instance s | proxy peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    labels = {"direct": "direct Orthanc → storescp", "c-move": "proxy, upstream C-MOVE, none"}
+    labels["c-get"] = "proxy, upstream C-GET, none"
+    for name in names:
         wall = statistics.median(w for w, _ in runs[name])
         first = statistics.median(f for _, f in runs[name])
         mem = f"{rss[name]:.0f}" if name in rss else "–"
+        label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
-            f"| {label} | {wall:.2f} | {wall / direct:.2f} | {total / 1e6 / wall:.0f} | {first:.3f} | {mem} |"
+            f"| {label} | {wall:.2f} | {wall / direct:.2f} | {total / 1e6 / wall:.0f} "
+            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} |"
         )
+    if conc["direct"]:
+        cd = statistics.median(conc["direct"])
+        for name, label in (("direct", "direct"), ("c-move", "proxy, upstream C-MOVE, none")):
+            wall = statistics.median(conc[name])
+            print(
+                f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
+                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | |"
+            )
 
 
 if __name__ == "__main__":
