@@ -41,19 +41,9 @@ from pydicom.uid import (
 
 from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.transcode import Policy, TranscodePool, codec_applies, read_info, transcode_file
-from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY, is_native
+from dicomproxy.transcode.syntaxes import is_native
 
-POLICY = Policy(
-    mode="lossless",
-    lossless_syntaxes=DEFAULT_LOSSLESS,
-    lossy_syntaxes=DEFAULT_LOSSY,
-    j2k_ratio=10.0,
-    j2k_psnr=0.0,
-    jpegls_near=2,
-    uid_policy="keep",
-    never_lossy_modalities=("MG",),
-    never_lossy_sop_classes=(),
-)
+POLICY = Policy.default("lossless")
 
 #: (mode, label, target)
 CASES: list[tuple[str, str, str]] = [

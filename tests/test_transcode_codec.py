@@ -40,17 +40,7 @@ from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
 
 KINDS = ("CT", "MR", "US", "MF")
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # local only: tests never download
-POLICY = Policy(
-    mode="lossless",
-    lossless_syntaxes=DEFAULT_LOSSLESS,
-    lossy_syntaxes=DEFAULT_LOSSY,
-    j2k_ratio=10.0,
-    j2k_psnr=0.0,
-    jpegls_near=2,
-    uid_policy="keep",
-    never_lossy_modalities=("MG",),
-    never_lossy_sop_classes=(),
-)
+POLICY = Policy.default("lossless")
 LOSSY = replace(POLICY, mode="lossy")
 
 

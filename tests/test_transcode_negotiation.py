@@ -24,20 +24,10 @@ from pynetdicom import AE
 from dicomproxy.samples import StudySpec, make_instance
 from dicomproxy.testing.dcmtk import StoreSCP
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
-from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
+from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-POLICY = Policy(
-    mode="lossless",
-    lossless_syntaxes=DEFAULT_LOSSLESS,
-    lossy_syntaxes=DEFAULT_LOSSY,
-    j2k_ratio=10.0,
-    j2k_psnr=0.0,
-    jpegls_near=2,
-    uid_policy="keep",
-    never_lossy_modalities=("MG",),
-    never_lossy_sop_classes=(),
-)
+POLICY = Policy.default("lossless")
 
 pytestmark = pytest.mark.dcmtk
 

@@ -51,18 +51,7 @@ UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def policy(mode: str = "lossless", **kw: Any) -> Policy:
-    base = Policy(
-        mode=mode,  # type: ignore[arg-type]
-        lossless_syntaxes=DEFAULT_LOSSLESS,
-        lossy_syntaxes=DEFAULT_LOSSY,
-        j2k_ratio=10.0,
-        j2k_psnr=0.0,
-        jpegls_near=2,
-        uid_policy="keep",
-        never_lossy_modalities=("MG",),
-        never_lossy_sop_classes=(),
-    )
-    return replace(base, **kw)
+    return replace(Policy.default(mode), **kw)  # type: ignore[arg-type]
 
 
 def info(kind: str = "CT", **kw: Any) -> InstanceInfo:

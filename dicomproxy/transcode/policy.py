@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSNearLossless
 
-from dicomproxy.config import Config, PeerConfig
+from dicomproxy.config import CompressionConfig, Config, PeerConfig
 from dicomproxy.errors import CannotTranscode, ConfigError
 from dicomproxy.transcode.info import InstanceInfo
 from dicomproxy.transcode.syntaxes import (
@@ -56,6 +56,24 @@ class Policy:
     #: Encoder processes for :class:`~dicomproxy.transcode.pool.TranscodePool`; 0 = CPU count.
     workers: int = 0
     max_encode_bytes: int = MAX_ENCODE_BYTES
+
+    @classmethod
+    def default(cls, mode: Literal["none", "lossless", "lossy"] = "lossless") -> Policy:
+        """The built-in policy for ``mode``: ``[compression]`` defaults and the default codec orders."""
+        c = CompressionConfig()
+        return cls(
+            mode=mode,
+            lossless_syntaxes=DEFAULT_LOSSLESS,
+            lossy_syntaxes=DEFAULT_LOSSY,
+            j2k_ratio=c.j2k_ratio,
+            j2k_psnr=c.j2k_psnr,
+            jpegls_near=c.jpegls_near,
+            uid_policy=c.uid_policy,
+            never_lossy_modalities=c.never_lossy_modalities,
+            never_lossy_sop_classes=c.never_lossy_sop_classes,
+            jpeg_quality=c.jpeg_quality,
+            workers=c.workers,
+        )
 
 
 def _targets(
