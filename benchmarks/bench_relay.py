@@ -8,7 +8,9 @@ storescp (the destination) and two dicomproxy processes (``serve``; upstream C-M
 upstream C-GET), then alternates per round: direct C-MOVE (Orthanc → storescp), proxy
 (c-move upstream), proxy (c-get upstream). Prints one Markdown table: median wall time
 of the C-MOVE as seen by the requester, ratio to direct, MB/s, median time from the
-request to the first file at the destination, and each proxy's peak RSS (VmHWM).
+request to the first file at the destination, each proxy's peak RSS (VmHWM) and the median CPU
+seconds its own process used per move (user + system, from /proc; transcoding pool workers are
+child processes and not included) — a figure that stays comparable when the machine is busy.
 TCP_NODELAY=1 is set for Orthanc and DCMTK by dicomproxy.testing.
 
 ``--modes``: extra proxy processes (upstream C-MOVE) whose ``[compression].mode`` is ``lossless``
@@ -82,6 +84,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (its own threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[float, float, int]:
@@ -215,6 +223,7 @@ def main() -> None:
             wait_for_echo(proxies[name], 30, calling="BENCH")
         names = ["direct", *proxies]
         runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in proxies}
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(orthanc.remote, dest, spec.study_uid, len(files))  # warm-up (Orthanc cache)
         spy = None
@@ -233,8 +242,11 @@ def main() -> None:
         for r in range(args.rounds):
             for name in names:
                 remote = orthanc.remote if name == "direct" else proxies[name]
+                c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
                 wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 runs[name].append((wall, first))
+                if name in procs:
+                    cpu[name].append(cpu_seconds(procs[name].pid) - c0)
                 print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
             if uids:
                 for name in conc:
@@ -264,19 +276,20 @@ def main() -> None:
     )
     print(
         "| path | wall s (median) | ratio to direct | MB/s (files) | raw-pixel MB/s "
-        "| first instance s | proxy peak RSS MB |"
+        "| first instance s | proxy peak RSS MB | proxy CPU s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     labels = {"direct": "direct Orthanc → storescp", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     for name in names:
         wall = statistics.median(w for w, _ in runs[name])
         first = statistics.median(f for _, f in runs[name])
         mem = f"{rss[name]:.0f}" if name in rss else "–"
+        used = f"{statistics.median(cpu[name]):.2f}" if cpu.get(name) else "–"
         label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
             f"| {label} | {wall:.2f} | {wall / direct:.2f} | {total / 1e6 / wall:.0f} "
-            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} |"
+            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} |"
         )
     if conc["direct"]:
         cd = statistics.median(conc["direct"])
@@ -284,7 +297,7 @@ def main() -> None:
             wall = statistics.median(conc[name])
             print(
                 f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
-                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | |"
+                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | |"
             )
 
 

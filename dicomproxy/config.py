@@ -84,6 +84,9 @@ class ProxyConfig:
     data_dir: str = "var"
     #: Inbound DICOM TLS; None = plain TCP.
     tls: TlsConfig | None = None
+    #: Move instances on raw sockets where it is safe (plain TCP): the archives' C-STOREs
+    #: during our C-MOVE and our onward C-STOREs (dicomproxy.fastpath). False = pynetdicom only.
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         drain_timeout=s.number("drain_timeout", d.drain_timeout),
         retries=s.integer("retries", d.retries, lo=0, hi=100),
         retry_delay=s.number("retry_delay", d.retry_delay),
+        fast_path=s.boolean("fast_path", d.fast_path),
         data_dir=s.string("data_dir", d.data_dir),
         tls=_tls(s, inbound=True),
     )

@@ -29,9 +29,11 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PeerConfig, ProxyConfig
 from dicomproxy.errors import CannotTranscode, DestinationUnavailable
+from dicomproxy.fastpath import sender as fastpath
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
+from dicomproxy.tls import client_tls_args
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
 
@@ -188,8 +190,10 @@ class Forwarder:
         originator: tuple[str, int] | None = None,
         owns_association: bool = False,
         reopen: Callable[[], Association] | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.assoc = assoc
+        self.fast_path = fast_path
         self._reopen = reopen
         self.policy = policy
         self.work_dir = work_dir
@@ -204,6 +208,8 @@ class Forwarder:
         self.assoc = assoc
         cap_send_pdu(assoc)
         bound_send_queue(assoc)
+        if self.fast_path:
+            fastpath.install_send_lock(assoc)
         self._accepted = {}
         for cx in assoc.accepted_contexts:
             if cx.as_scu and cx.abstract_syntax:
@@ -261,7 +267,10 @@ class Forwarder:
             if self.originator is not None:
                 kwargs["originator_aet"], kwargs["originator_id"] = self.originator
             size = path.stat().st_size
-            rsp = self.assoc.send_c_store(path, **kwargs)
+            if self.fast_path and fastpath.usable(self.assoc):
+                rsp = fastpath.send_file(self.assoc, path, kwargs["msg_id"], self.originator)
+            else:
+                rsp = self.assoc.send_c_store(path, **kwargs)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
         finally:
@@ -319,12 +328,14 @@ def _associate_destination(
         network_timeout=proxy.dimse_timeout,
         max_pdu=proxy.max_pdu,
     )
+    tls_args = client_tls_args(peer.tls, peer.host)
     assoc = ae.associate(
         peer.host,
         peer.port,
         contexts=contexts,
         ae_title=peer.ae_title,
         evt_handlers=cast(Any, NODELAY_HANDLERS),
+        tls_args=cast(Any, tls_args),
     )
     if not assoc.is_established:
         ae.shutdown()
@@ -359,4 +370,5 @@ def open_destination(
         originator=originator,
         owns_association=True,
         reopen=lambda: _associate_destination(peer, proxy, contexts, connect_timeout),
+        fast_path=proxy.fast_path,
     )

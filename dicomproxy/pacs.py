@@ -54,6 +54,7 @@ from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store
+from dicomproxy.tls import client_tls_args
 
 LOG = logging.getLogger("dicomproxy.pacs")
 
@@ -158,6 +159,9 @@ class PacsClient:
         )
         contexts(ae)
         handlers = [*NODELAY_HANDLERS, *kwargs.pop("evt_handlers", [])]
+        tls_args = client_tls_args(c.tls, c.host)
+        if tls_args:
+            kwargs["tls_args"] = tls_args
         assoc = ae.associate(c.host, c.port, ae_title=c.ae_title, evt_handlers=handlers, **kwargs)
         if not assoc.is_established:
             ae.shutdown()

@@ -197,9 +197,27 @@ class _RelayServer(ThreadedAssociationServer):
         kwargs["request_handler"] = _RelayRequestHandler
         super().__init__(*args, **kwargs)
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """An archive's store-only association goes to the raw acceptor (``RelayAE.store_acceptor``,
+        :mod:`dicomproxy.fastpath.receiver`) when it claims it; everything else to pynetdicom."""
+        acceptor = getattr(self.ae, "store_acceptor", None)
+        if acceptor is not None and self.ssl_context is None and acceptor.claims(request):
+            try:
+                acceptor.serve(request, client_address)
+            finally:
+                self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
 
 class RelayAE(AE):
-    """An AE whose servers use :class:`RelayAssociation`; otherwise a plain pynetdicom AE."""
+    """An AE whose servers use :class:`RelayAssociation`; otherwise a plain pynetdicom AE.
+
+    ``store_acceptor``: set before ``start_server`` to serve archives' store-only associations
+    on the raw socket (:func:`dicomproxy.store.store_acceptor`); None = pynetdicom serves all.
+    """
+
+    store_acceptor: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["server_class"] = _RelayServer

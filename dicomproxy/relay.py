@@ -311,7 +311,9 @@ class RelayService:
         peer: PeerConfig | None = self.config.peer(req.calling_ae)
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
-            return Forwarder(assoc, policy_for(self.config, peer), work_dir)
+            return Forwarder(
+                assoc, policy_for(self.config, peer), work_dir, fast_path=self.config.proxy.fast_path
+            )
 
         yield from self._job(job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
 

@@ -36,7 +36,7 @@ from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
 from dicomproxy.net import NODELAY_HANDLERS
 from dicomproxy.qrservice import RelayAE
-from dicomproxy.store import handle_store
+from dicomproxy.store import handle_store, store_acceptor
 from dicomproxy.tls import server_context
 
 LOG = logging.getLogger("dicomproxy.server")
@@ -138,6 +138,8 @@ class Server:
     def start(self) -> None:
         """Start listening in background threads."""
         tls = self.config.proxy.tls
+        acceptor = store_acceptor(self.config, self.ctx, self.ae.supported_contexts)
+        self.ae.store_acceptor = acceptor  # type: ignore[attr-defined]
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
             block=False,

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from pydicom import dcmread
 from pynetdicom import evt
 
+from dicomproxy.fastpath.receiver import StoreAcceptor, StoreRequest
+
 LOG = logging.getLogger("dicomproxy.store")
 
 STATUS_STORED = 0x0000
@@ -96,28 +98,33 @@ class ReceiveRegistry:
         return None
 
 
-def accept_store(event: evt.Event, registry: ReceiveRegistry, pacs_ae_titles: frozenset[str]) -> int:
-    """Deliver one C-STORE (``event.dataset_path``) to the retrieval it belongs to; return its status."""
-    req: Any = event.request
-    assoc = event.assoc
-    # On our own C-GET association the PACS is the acceptor; on the listening port, the requestor.
-    calling = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title.strip()
-    sop_uid = str(req.AffectedSOPInstanceUID)
-    path = Path(event.dataset_path)
+def deliver(
+    registry: ReceiveRegistry,
+    pacs_ae_titles: frozenset[str],
+    calling: str,
+    originator: tuple[str | None, int | None],
+    sop_class_uid: str,
+    sop_uid: str,
+    transfer_syntax: str,
+    path: Path,
+) -> int:
+    """Hand one received instance (the DICOM file at ``path``) to the retrieval it belongs to.
+
+    Returns the C-STORE status (PS3.4 B.2.3). On anything but success the file is deleted.
+    Shared by pynetdicom's EVT_C_STORE handler and the raw store acceptor (dicomproxy.fastpath).
+    """
     retrieval = None
     if calling in pacs_ae_titles:
-        retrieval = registry.match(
-            req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID, sop_uid, path
-        )
+        retrieval = registry.match(originator[0], originator[1], sop_uid, path)
     if retrieval is None:
         LOG.warning("C-STORE from %s refused: it belongs to no active retrieval", calling)
         path.unlink(missing_ok=True)
         return STATUS_NOT_EXPECTED
-    ts = str(event.context.transfer_syntax)
     try:
-        kept = retrieval.sink.accept(path, str(req.AffectedSOPClassUID), sop_uid, ts)
+        kept = retrieval.sink.accept(path, sop_class_uid, sop_uid, transfer_syntax)
     except OSError as exc:
         LOG.error("cannot spool a received instance: %s", exc)
+        path.unlink(missing_ok=True)
         return STATUS_NO_SPACE
     if not kept:
         LOG.warning("C-STORE from %s refused: its retrieval has already ended", calling)
@@ -127,9 +134,79 @@ def accept_store(event: evt.Event, registry: ReceiveRegistry, pacs_ae_titles: fr
     return STATUS_STORED
 
 
+def accept_store(event: evt.Event, registry: ReceiveRegistry, pacs_ae_titles: frozenset[str]) -> int:
+    """Deliver one C-STORE (``event.dataset_path``) to the retrieval it belongs to; return its status."""
+    req: Any = event.request
+    assoc = event.assoc
+    # On our own C-GET association the PACS is the acceptor; on the listening port, the requestor.
+    calling = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title.strip()
+    return deliver(
+        registry,
+        pacs_ae_titles,
+        calling,
+        (req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID),
+        str(req.AffectedSOPClassUID),
+        str(req.AffectedSOPInstanceUID),
+        str(event.context.transfer_syntax),
+        Path(event.dataset_path),
+    )
+
+
 def handle_store(event: evt.Event, ctx: Any) -> int:
     """EVT_C_STORE on the listening AE: the PACS's sub-operations of our C-MOVE-to-self."""
     if ctx.relay is None:
         Path(event.dataset_path).unlink(missing_ok=True)
         return STATUS_NOT_EXPECTED
     return accept_store(event, ctx.relay.registry, ctx.relay.pacs_ae_titles)
+
+
+def store_acceptor(config: Any, ctx: Any, supported: list[Any]) -> StoreAcceptor | None:
+    """The raw store acceptor for the archives' C-STOREs (:mod:`dicomproxy.fastpath.receiver`),
+    or None when it does not apply: ``[proxy].fast_path = false``, inbound TLS, or no relay.
+
+    It claims an association whose calling AE title is a configured archive's and not also a
+    ``[[peers]]`` entry's (a peer may query and retrieve, which needs pynetdicom's full service).
+    Access rules and their logging are :func:`dicomproxy.access.decide`'s, as for any association.
+    """
+    from dicomproxy import access
+
+    if not config.proxy.fast_path or config.proxy.tls is not None or ctx.relay is None:
+        return None
+    relay = ctx.relay
+
+    def claim(calling: str) -> bool:
+        return config.archive_for_ae(calling) is not None and config.peer(calling) is None
+
+    def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
+        decision = access.decide(config, calling, called, remote_ip)
+        if decision.accept:
+            return None
+        ctx.rejections.warn(remote_ip, decision.reason)
+        return decision.reason, decision.rjd
+
+    def on_store(request: StoreRequest, path: Path) -> int:
+        return deliver(
+            relay.registry,
+            relay.pacs_ae_titles,
+            request.calling_ae,
+            (request.originator_ae, request.originator_msg_id),
+            request.sop_class_uid,
+            request.sop_instance_uid,
+            request.transfer_syntax,
+            path,
+        )
+
+    incoming = config.data_path / "incoming"
+    for stale in incoming.glob("*.dcm"):  # half-received before a crash; never acknowledged
+        stale.unlink(missing_ok=True)
+    return StoreAcceptor(
+        ae_title=config.proxy.ae_title,
+        supported=supported,
+        max_pdu=config.proxy.max_pdu,
+        claim=claim,
+        gate=gate,
+        on_store=on_store,
+        incoming_dir=incoming,
+        acse_timeout=config.proxy.acse_timeout,
+        dimse_timeout=max(a.dimse_timeout for a in config.all_archives),
+    )

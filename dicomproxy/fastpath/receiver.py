@@ -1,0 +1,382 @@
+"""Store-only associations from an archive, served on the raw socket (PS3.8 9, PS3.4 B.2).
+
+During our C-MOVE-to-self the archive opens associations to our listening port and sends
+C-STOREs. pynetdicom would decode every P-DATA PDU into objects, pass it through its state
+machine and two threads and append it to a temporary file — about 1 s of CPU for 300 CT
+slices, on the same GIL as the onward C-STOREs. :class:`StoreAcceptor` takes such an
+association over right after ``accept()``, when the first bytes (peeked, not read) are an
+A-ASSOCIATE-RQ whose calling AE title is a configured archive: it negotiates with pynetdicom's
+own PDU classes and :func:`~pynetdicom.presentation.negotiate_as_acceptor`, applies the same
+access rules (:func:`dicomproxy.access.decide`), then streams each data set straight into a file
+(file meta + received bytes, never decoded) and answers each C-STORE with the status of the
+callback — the same :func:`dicomproxy.store.deliver` the pynetdicom handler uses.
+
+Anything else on such an association (other than C-ECHO) is answered by an A-ABORT. Every
+other association — the cloud's, TLS, an archive that also is a configured peer — stays
+pynetdicom's (:class:`dicomproxy.qrservice` server hook).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.pdu import A_ASSOCIATE_AC as AcPdu
+from pynetdicom.pdu import A_ASSOCIATE_RJ as RjPdu
+from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from dicomproxy.fastpath.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RQ,
+    CONTROL_COMMAND,
+    CONTROL_LAST,
+    P_DATA_TF,
+    PDU_HEADER,
+    PDV_HEADER,
+    PduReader,
+    PeerClosed,
+    ProtocolError,
+    abort,
+    decode_command,
+    encode_command,
+    pdata,
+    release_rp,
+)
+
+LOG = logging.getLogger("dicomproxy.fastpath")
+
+#: PS3.8 9.3.2: calling AE title at bytes 27-42 of the A-ASSOCIATE-RQ (0-based 26:42).
+_CALLING_AE = slice(26, 42)
+_CALLED_AE = slice(10, 26)
+
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+NO_DATA_SET = 0x0101
+VERIFICATION = "1.2.840.10008.1.1"
+#: PS3.7 C.5.5 Error: Cannot understand (our failure when the callback itself fails).
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+#: Bytes of data set read per step into the open file.
+WRITE_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One received C-STORE-RQ (PS3.7 Table 9.3-1), as the store callback sees it."""
+
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    originator_ae: str | None
+    originator_msg_id: int | None
+
+
+#: Takes a received instance (a complete DICOM file at the path) and returns the C-STORE status.
+#: It owns the file: it moves it away or deletes it.
+StoreCallback = Callable[[StoreRequest, Path], int]
+#: (calling AE, called AE, remote IP) → None to accept, or (reason, (result, source, diagnostic)).
+Gate = Callable[[str, str, str], "tuple[str, tuple[int, int, int]] | None"]
+
+
+def peek_calling_ae(sock: socket.socket, timeout: float) -> str | None:
+    """The calling AE title of the A-ASSOCIATE-RQ waiting on ``sock``, without consuming it;
+    None if the first bytes are not one (or do not come within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    old = sock.gettimeout()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)
+            try:
+                head = sock.recv(_CALLING_AE.stop, socket.MSG_PEEK)
+            except (TimeoutError, OSError):
+                return None
+            if not head or head[0] != A_ASSOCIATE_RQ:
+                return None
+            if len(head) >= _CALLING_AE.stop:
+                return head[_CALLING_AE].decode("ascii", "replace").strip()
+            time.sleep(0.001)  # the rest of the 42 bytes is on its way
+    finally:
+        sock.settimeout(old)
+
+
+class StoreAcceptor:
+    """Serves one store-only association at a time per call of :meth:`serve` (thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        supported: list[PresentationContext],
+        max_pdu: int,
+        claim: Callable[[str], bool],
+        gate: Gate,
+        on_store: StoreCallback,
+        incoming_dir: Path,
+        acse_timeout: float,
+        dimse_timeout: float,
+    ) -> None:
+        self.ae_title = ae_title
+        self.supported = supported
+        self.max_pdu = max_pdu
+        self.claim = claim
+        self.gate = gate
+        self.on_store = on_store
+        self.incoming_dir = incoming_dir
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def claims(self, sock: socket.socket) -> bool:
+        """Whether the association waiting on ``sock`` is ours: its calling AE passes ``claim``."""
+        calling = peek_calling_ae(sock, self.acse_timeout)
+        return calling is not None and self.claim(calling)
+
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Run the association on ``sock`` to its end; never raises (logs one line)."""
+        with self._lock:
+            self.active += 1
+        session = _Session(self, sock, address)
+        try:
+            session.run()
+        except (PeerClosed, TimeoutError, OSError) as exc:
+            LOG.warning(
+                "store association from %s:%s ended: %s", address[0], address[1], exc or type(exc).__name__
+            )
+        except ProtocolError as exc:
+            LOG.warning("store association from %s:%s aborted: %s", address[0], address[1], exc)
+            with contextlib.suppress(OSError):
+                sock.sendall(abort(0x02, 0x00))
+        except Exception:
+            LOG.exception("store association from %s:%s: internal error", address[0], address[1])
+            with contextlib.suppress(OSError):
+                sock.sendall(abort(0x02, 0x00))
+        finally:
+            session.discard()
+            with self._lock:
+                self.active -= 1
+
+
+class _Session:
+    def __init__(self, owner: StoreAcceptor, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.o = owner
+        self.sock = sock
+        self.address = address
+        self.reader = PduReader(sock)
+        self.contexts: dict[int, PresentationContext] = {}
+        self.calling = ""
+        self._file: Any = None
+        self._path: Path | None = None
+        self._request: tuple[Dataset, int] | None = None
+
+    # -- association ---------------------------------------------------------------------
+    def run(self) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.o.acse_timeout)
+        if not self._negotiate():
+            return
+        self.sock.settimeout(self.o.dimse_timeout or None)
+        LOG.info("store association accepted: %s from %s:%s", self.calling, *self.address)
+        self._serve()
+
+    def _negotiate(self) -> bool:
+        pdu_type, length = self.reader.header()
+        if pdu_type != A_ASSOCIATE_RQ:
+            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        rq_pdu = RqPdu()
+        rq_pdu.decode(PDU_HEADER.pack(pdu_type, length) + self.reader.body(length))
+        rq = rq_pdu.to_primitive()
+        self.calling = str(rq.calling_ae_title).strip()
+        refusal = self.o.gate(self.calling, str(rq.called_ae_title).strip(), self.address[0])
+        if refusal is not None:
+            reason, (result, source, diagnostic) = refusal
+            rj = A_ASSOCIATE()
+            rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
+            pdu = RjPdu()
+            pdu.from_primitive(rj)
+            self.sock.sendall(pdu.encode())
+            LOG.debug("store association refused: %s", reason)
+            return False
+        roles = {
+            item.sop_class_uid: (item.scu_role, item.scp_role)
+            for item in rq.user_information
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
+        }
+        results, role_items = negotiate_as_acceptor(
+            rq.presentation_context_definition_list, self.o.supported, roles or None
+        )
+        self.contexts = {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
+        ac = A_ASSOCIATE()
+        ac.application_context_name = rq.application_context_name
+        ac.calling_ae_title = rq.calling_ae_title
+        ac.called_ae_title = rq.called_ae_title
+        ac.result, ac.result_source = 0x00, 0x01
+        ac.presentation_context_definition_results_list = results
+        ac.user_information = [*_user_information(self.o.max_pdu), *role_items]
+        ac_pdu = AcPdu()
+        ac_pdu.from_primitive(ac)
+        self.sock.sendall(ac_pdu.encode())
+        return True
+
+    def _serve(self) -> None:
+        command = bytearray()
+        buf = bytearray(WRITE_CHUNK)
+        view = memoryview(buf)
+        while True:
+            pdu_type, length = self.reader.header()
+            if pdu_type == A_RELEASE_RQ:
+                self.reader.body(length)
+                self.sock.sendall(release_rp())
+                LOG.debug("store association from %s released", self.calling)
+                return
+            if pdu_type == A_ABORT:
+                self.reader.body(length)
+                raise PeerClosed("aborted by the peer")
+            if pdu_type != P_DATA_TF:
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
+            left = length
+            while left:
+                if left < PDV_HEADER.size:
+                    raise ProtocolError("P-DATA-TF shorter than its PDV header")
+                item, context_id, control = PDV_HEADER.unpack(self.reader.read_exact(PDV_HEADER.size))
+                if item < 2 or item + 4 > left:
+                    raise ProtocolError(f"PDV item length {item} does not fit its PDU")
+                left -= item + 4
+                size = item - 2
+                if context_id not in self.contexts:
+                    raise ProtocolError(f"presentation context {context_id} was not accepted")
+                if control & CONTROL_COMMAND:
+                    command += self.reader.read_exact(size)
+                    if len(command) > 64 * 1024:
+                        raise ProtocolError("command set larger than 64 kB")
+                    if control & CONTROL_LAST:
+                        self._command(decode_command(command), context_id)
+                        command.clear()
+                    continue
+                if self._file is None:
+                    raise ProtocolError("data set fragment without a C-STORE-RQ")
+                while size:
+                    n = min(size, len(buf))
+                    self.reader.readinto_exact(view[:n])
+                    self._file.write(view[:n])
+                    size -= n
+                if control & CONTROL_LAST:
+                    self._stored(context_id)
+
+    # -- DIMSE ---------------------------------------------------------------------------
+    def _command(self, cmd: Dataset, context_id: int) -> None:
+        field = int(cmd.CommandField)
+        if self._file is not None:
+            raise ProtocolError("a command arrived inside a data set")
+        if field == C_ECHO_RQ and str(self.contexts[context_id].abstract_syntax) == VERIFICATION:
+            self._respond(context_id, C_ECHO_RSP, cmd, 0x0000, with_instance=False)
+            return
+        if field != C_STORE_RQ:
+            raise ProtocolError(f"command 0x{field:04X} on a store association")
+        if int(cmd.get("CommandDataSetType", NO_DATA_SET)) == NO_DATA_SET:
+            raise ProtocolError("C-STORE-RQ without a data set")
+        cx = self.contexts[context_id]
+        meta = create_file_meta(
+            sop_class_uid=cmd.AffectedSOPClassUID,
+            sop_instance_uid=cmd.AffectedSOPInstanceUID,
+            transfer_syntax=cx.transfer_syntax[0],
+        )
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.o.incoming_dir)
+        self._path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
+        self._file.write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+        self._request = (cmd, context_id)
+
+    def _stored(self, context_id: int) -> None:
+        assert self._file is not None and self._path is not None and self._request is not None
+        cmd, cx_id = self._request
+        self._file.close()
+        path, self._file, self._path, self._request = self._path, None, None, None
+        if cx_id != context_id:
+            path.unlink(missing_ok=True)
+            raise ProtocolError("data set sent on another presentation context than its command")
+        cx = self.contexts[context_id]
+        request = StoreRequest(
+            calling_ae=self.calling,
+            sop_class_uid=str(cmd.AffectedSOPClassUID),
+            sop_instance_uid=str(cmd.AffectedSOPInstanceUID),
+            transfer_syntax=str(cx.transfer_syntax[0]),
+            originator_ae=_text(cmd.get("MoveOriginatorApplicationEntityTitle")),
+            originator_msg_id=_int(cmd.get("MoveOriginatorMessageID")),
+        )
+        try:
+            status = self.o.on_store(request, path)
+        except Exception:
+            LOG.exception("store callback failed")
+            status = STATUS_CANNOT_UNDERSTAND
+        if status != 0x0000:
+            path.unlink(missing_ok=True)
+        self._respond(context_id, C_STORE_RSP, cmd, status, with_instance=True)
+
+    def _respond(self, context_id: int, field: int, rq: Dataset, status: int, with_instance: bool) -> None:
+        rsp = Dataset()
+        rsp.AffectedSOPClassUID = rq.get("AffectedSOPClassUID", VERIFICATION)
+        rsp.CommandField = field
+        rsp.MessageIDBeingRespondedTo = rq.MessageID
+        rsp.CommandDataSetType = NO_DATA_SET
+        rsp.Status = status
+        if with_instance:
+            rsp.AffectedSOPInstanceUID = rq.AffectedSOPInstanceUID
+        self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, encode_command(rsp)))
+
+    def discard(self) -> None:
+        """Close the socket's reader and drop a half-received data set."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.reader.close()
+
+
+def _user_information(max_pdu: int) -> list[Any]:
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    uid = ImplementationClassUIDNotification()
+    uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    return [length, uid, version]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value).strip()
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+__all__ = ["StoreAcceptor", "StoreCallback", "StoreRequest", "peek_calling_ae"]
