@@ -38,7 +38,15 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     ctx.find = FindService(config, ctx.view, finders[config.pacs.name], archives=finders)
     registry = ReceiveRegistry(config.proxy.ae_title)
     ctx.archives = {
-        a.name: PacsClient(a, config.proxy.ae_title, registry, a.name) for a in config.all_archives
+        a.name: PacsClient(
+            a,
+            config.proxy.ae_title,
+            registry,
+            a.name,
+            fast_path=config.proxy.fast_path,
+            store_dir=config.data_path / "incoming",
+        )
+        for a in config.all_archives
     }
     ctx.pacs = ctx.archives[config.pacs.name]
     ctx.journal = Journal.for_config(config.journal.url, config.data_path)

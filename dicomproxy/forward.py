@@ -30,6 +30,7 @@ from pynetdicom.status import code_to_category
 from dicomproxy.config import PeerConfig, ProxyConfig
 from dicomproxy.errors import CannotTranscode, DestinationUnavailable
 from dicomproxy.fastpath import sender as fastpath
+from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
@@ -183,13 +184,13 @@ class Forwarder:
 
     def __init__(
         self,
-        assoc: Association,
+        assoc: Association | RawAssociation,
         policy: Policy,
         work_dir: Path,
         *,
         originator: tuple[str, int] | None = None,
         owns_association: bool = False,
-        reopen: Callable[[], Association] | None = None,
+        reopen: Callable[[], Association | RawAssociation] | None = None,
         fast_path: bool = True,
     ) -> None:
         self.assoc = assoc
@@ -204,12 +205,13 @@ class Forwarder:
         self._accepted: dict[str, list[str]] = {}
         self._adopt(assoc)
 
-    def _adopt(self, assoc: Association) -> None:
+    def _adopt(self, assoc: Association | RawAssociation) -> None:
         self.assoc = assoc
-        cap_send_pdu(assoc)
-        bound_send_queue(assoc)
-        if self.fast_path:
-            fastpath.install_send_lock(assoc)
+        if isinstance(assoc, Association):
+            cap_send_pdu(assoc)
+            bound_send_queue(assoc)
+            if self.fast_path:
+                fastpath.install_send_lock(assoc)
         self._accepted = {}
         for cx in assoc.accepted_contexts:
             if cx.as_scu and cx.abstract_syntax:
@@ -267,7 +269,9 @@ class Forwarder:
             if self.originator is not None:
                 kwargs["originator_aet"], kwargs["originator_id"] = self.originator
             size = path.stat().st_size
-            if self.fast_path and fastpath.usable(self.assoc):
+            if isinstance(self.assoc, RawAssociation):
+                rsp = self.assoc.store_file(path, kwargs["msg_id"], self.originator)
+            elif self.fast_path and fastpath.usable(self.assoc):
                 rsp = fastpath.send_file(self.assoc, path, kwargs["msg_id"], self.originator)
             else:
                 rsp = self.assoc.send_c_store(path, **kwargs)
@@ -285,7 +289,8 @@ class Forwarder:
         if self.owns:
             if self.assoc.is_established:
                 self.assoc.release()
-            self.assoc.ae.shutdown()
+            if isinstance(self.assoc, Association):
+                self.assoc.ae.shutdown()
 
 
 def send_with_retries(
@@ -318,8 +323,27 @@ def send_with_retries(
 
 def _associate_destination(
     peer: PeerConfig, proxy: ProxyConfig, contexts: list[PresentationContext], connect_timeout: float
-) -> Association:
-    """An established onward association to ``peer`` (raises DestinationUnavailable, status 0xC003)."""
+) -> Association | RawAssociation:
+    """An established onward association to ``peer`` (raises DestinationUnavailable, status 0xC003).
+
+    Plain TCP with ``[proxy] fast_path``: a :class:`RawAssociation` (no reactor threads; each
+    C-STORE-RSP is read as soon as it arrives). TLS or ``fast_path = false``: pynetdicom's.
+    """
+    if proxy.fast_path and peer.tls is None:
+        try:
+            return RawAssociation.open(
+                peer.host,
+                peer.port,
+                calling_ae=proxy.ae_title,
+                called_ae=peer.ae_title,
+                contexts=contexts,
+                max_pdu=proxy.max_pdu,
+                connect_timeout=connect_timeout,
+                acse_timeout=proxy.acse_timeout,
+                dimse_timeout=proxy.dimse_timeout,
+            )
+        except AssociationFailed as exc:
+            raise DestinationUnavailable(f"destination {peer.ae_title}: {exc}") from exc
     ae = make_scu(
         proxy.ae_title,
         acse_timeout=proxy.acse_timeout,

@@ -22,11 +22,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -38,8 +40,9 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -50,10 +53,12 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PacsConfig
 from dicomproxy.errors import PacsUnavailable
+from dicomproxy.fastpath.dimse import Message
+from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
-from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store
+from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store, deliver
 from dicomproxy.tls import client_tls_args
 
 LOG = logging.getLogger("dicomproxy.pacs")
@@ -125,11 +130,23 @@ class PacsOutcome:
 class PacsClient:
     """One upstream archive."""
 
-    def __init__(self, config: PacsConfig, calling_ae: str, registry: ReceiveRegistry, name: str = "pacs"):
+    def __init__(
+        self,
+        config: PacsConfig,
+        calling_ae: str,
+        registry: ReceiveRegistry,
+        name: str = "pacs",
+        *,
+        fast_path: bool = False,
+        store_dir: Path | None = None,
+    ):
         self.name = name
         self.config = config
         self.calling_ae = calling_ae
         self.registry = registry
+        #: C-GET on a :class:`RawAssociation` (plain TCP only), received files written to ``store_dir``.
+        self.fast_path = fast_path and config.tls is None and store_dir is not None
+        self.store_dir = store_dir
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
 
     def __str__(self) -> str:
@@ -219,6 +236,8 @@ class PacsClient:
     ) -> PacsOutcome:
         """Fetch ``key`` into ``sink``; ``on_assoc`` receives the association (to abort it on cancel)."""
         if self.config.retrieve == "c-get":
+            if self.fast_path:
+                return self._get_raw(key, refs, sink, on_assoc)
             return self._get(key, refs, sink, on_assoc)
         return self._move(key, refs, sink, on_assoc)
 
@@ -274,10 +293,7 @@ class PacsClient:
         sink: InstanceSink,
         on_assoc: Callable[[Association], None],
     ) -> PacsOutcome:
-        sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
-        if not all(r.sop_class_uid for r in refs):
-            sop_classes = storage_classes_for(sop_classes)
-        sop_classes = sop_classes[:127]  # + the Q/R GET context = 128
+        sop_classes = _get_storage_classes(refs)
         retrieval = ActiveRetrieval(
             sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs)
         )
@@ -288,13 +304,7 @@ class PacsClient:
             for uid in sop_classes:
                 ae.add_requested_context(uid, RECEIVE_SYNTAXES)
 
-        roles = []
-        for uid in sop_classes:
-            role = SCP_SCU_RoleSelectionNegotiation()
-            role.sop_class_uid = uid
-            role.scu_role = False
-            role.scp_role = True
-            roles.append(role)
+        roles = _scp_roles(sop_classes)
 
         def on_store(event: evt.Event) -> int:
             # Same rules as on the listening port, for a registry holding just this retrieval.
@@ -310,3 +320,90 @@ class PacsClient:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _get_raw(
+        self,
+        key: RetrieveKey,
+        refs: list[InstanceRef],
+        sink: InstanceSink,
+        on_assoc: Callable[[Any], None],
+    ) -> PacsOutcome:
+        """C-GET on a :class:`RawAssociation` (dicomproxy.fastpath): same contexts, roles and
+        store rules as :meth:`_get`, without pynetdicom's per-PDU machinery."""
+        c = self.config
+        assert self.store_dir is not None  # fast_path implies it
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        sop_classes = _get_storage_classes(refs)
+        local = ReceiveRegistry(self.calling_ae)
+        local.open(
+            ActiveRetrieval(sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs))
+        )
+        titles = frozenset({c.ae_title})
+        contexts = [
+            build_context(StudyRootQueryRetrieveInformationModelGet),
+            *(build_context(uid, list[str | UID](RECEIVE_SYNTAXES)) for uid in sop_classes),
+        ]
+        try:
+            assoc = RawAssociation.open(
+                c.host,
+                c.port,
+                calling_ae=self.calling_ae,
+                called_ae=c.ae_title,
+                contexts=contexts,
+                roles=_scp_roles(sop_classes),
+                store_dir=self.store_dir,
+                max_pdu=c.max_pdu,
+                connect_timeout=c.connect_timeout,
+                acse_timeout=c.acse_timeout,
+                dimse_timeout=c.dimse_timeout,
+            )
+        except AssociationFailed as exc:
+            raise PacsUnavailable(f"PACS {c.ae_title}: {exc}") from exc
+        on_assoc(assoc)
+
+        def on_store(msg: Message, path: Path) -> int:
+            cmd = msg.command
+            return deliver(
+                local,
+                titles,
+                c.ae_title,
+                (cmd.get("MoveOriginatorApplicationEntityTitle"), cmd.get("MoveOriginatorMessageID")),
+                str(cmd.get("AffectedSOPClassUID", "")),
+                str(cmd.get("AffectedSOPInstanceUID", "")),
+                str(assoc.stream.contexts[msg.context_id].transfer_syntax[0]),
+                path,
+            )
+
+        try:
+            get_uid = str(StudyRootQueryRetrieveInformationModelGet)
+            syntax = UID(str(assoc.stream.contexts[assoc.context_id(get_uid)].transfer_syntax[0]))
+            identifier = encode(key.identifier(), syntax.is_implicit_VR, syntax.is_little_endian)
+            status = assoc.get(get_uid, bytes(identifier or b""), next_message_id(), on_store)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if status is None:
+            return PacsOutcome(0xC002, f"PACS {c.ae_title} aborted or stopped answering")
+        code = int(status.Status)
+        return PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
+
+
+def _get_storage_classes(refs: list[InstanceRef]) -> list[str]:
+    """Storage SOP classes to offer for a C-GET: the study's, or the common ones when the PACS did
+    not name every class; 127 at most (+ the Q/R GET context = 128, PS3.8 9.3.2.2)."""
+    sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
+    if not all(r.sop_class_uid for r in refs):
+        sop_classes = storage_classes_for(sop_classes)
+    return sop_classes[:127]
+
+
+def _scp_roles(sop_classes: list[str]) -> list[SCP_SCU_RoleSelectionNegotiation]:
+    """SCP/SCU Role Selection (PS3.7 D.3.3.4): we are the storage SCP on a C-GET association."""
+    roles = []
+    for uid in sop_classes:
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = UID(uid)
+        role.scu_role = False
+        role.scp_role = True
+        roles.append(role)
+    return roles

@@ -2,8 +2,7 @@
 
 Association PDUs (A-ASSOCIATE-RQ/AC/RJ) are encoded and decoded by pynetdicom's own
 :mod:`pynetdicom.pdu` classes; here is only the byte framing that runs once per PDU on the data
-path — P-DATA-TF (9.3.5), A-RELEASE-RQ/RP (9.3.6, 9.3.7) and A-ABORT (9.3.8) — and the DIMSE
-command sets (PS3.7 6.3.1, Implicit VR Little Endian) built and read with pynetdicom/pydicom.
+path — P-DATA-TF (9.3.5), A-RELEASE-RQ/RP (9.3.6, 9.3.7) and A-ABORT (9.3.8).
 """
 
 from __future__ import annotations
@@ -13,9 +12,6 @@ import socket
 import struct
 from collections.abc import Iterator
 from typing import cast
-
-from pydicom.dataset import Dataset
-from pynetdicom.dsutils import decode, encode
 
 A_ASSOCIATE_RQ = 0x01
 A_ASSOCIATE_AC = 0x02
@@ -108,25 +104,6 @@ def abort(source: int = 0x02, reason: int = 0x00) -> bytes:
     return PDU_HEADER.pack(A_ABORT, 4) + bytes((0, 0, source, reason))
 
 
-def encode_command(command: Dataset) -> bytes:
-    """A command set, Implicit VR Little Endian, with (0000,0000) Command Group Length (PS3.7 E.1)."""
-    command.CommandGroupLength = 0
-    raw = encode(command, True, True)
-    if raw is None:  # pragma: no cover - pynetdicom returns None only for unencodable values
-        raise ValueError("cannot encode the command set")
-    command.CommandGroupLength = len(raw) - 12  # the group length element itself is 12 bytes
-    out = encode(command, True, True)
-    assert out is not None
-    return out
-
-
-def decode_command(raw: bytes | bytearray) -> Dataset:
-    ds = decode(io.BytesIO(bytes(raw)), True, True)
-    if ds is None or "CommandField" not in ds:
-        raise ProtocolError("undecodable DIMSE command set")
-    return ds
-
-
 def message_pdus(
     context_id: int, command: bytes, data: io.RawIOBase | io.BufferedIOBase | None, length: int, max_pdv: int
 ) -> Iterator[bytearray]:
@@ -175,7 +152,5 @@ __all__ = [
     "PduReader",
     "PeerClosed",
     "ProtocolError",
-    "decode_command",
-    "encode_command",
     "message_pdus",
 ]

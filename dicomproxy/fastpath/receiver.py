@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC as AcPdu
 from pynetdicom.pdu import A_ASSOCIATE_RJ as RjPdu
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
@@ -45,24 +41,25 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicomproxy.fastpath.dimse import (
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    Message,
+    MessageStream,
+    Released,
+)
 from dicomproxy.fastpath.pdu import (
-    A_ABORT,
     A_ASSOCIATE_RQ,
-    A_RELEASE_RQ,
-    CONTROL_COMMAND,
-    CONTROL_LAST,
-    P_DATA_TF,
     PDU_HEADER,
-    PDV_HEADER,
     PduReader,
     PeerClosed,
     ProtocolError,
     abort,
-    decode_command,
-    encode_command,
-    pdata,
     release_rp,
 )
+from dicomproxy.fastpath.sender import DEFAULT_MAX_PDV
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
@@ -70,15 +67,9 @@ LOG = logging.getLogger("dicomproxy.fastpath")
 _CALLING_AE = slice(26, 42)
 _CALLED_AE = slice(10, 26)
 
-C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
-C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
-NO_DATA_SET = 0x0101
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.7 C.5.5 Error: Cannot understand (our failure when the callback itself fails).
 STATUS_CANNOT_UNDERSTAND = 0xC000
-
-#: Bytes of data set read per step into the open file.
-WRITE_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,23 +180,37 @@ class _Session:
         self.sock = sock
         self.address = address
         self.reader = PduReader(sock)
-        self.contexts: dict[int, PresentationContext] = {}
+        self.stream: MessageStream | None = None
         self.calling = ""
-        self._file: Any = None
-        self._path: Path | None = None
-        self._request: tuple[Dataset, int] | None = None
 
-    # -- association ---------------------------------------------------------------------
     def run(self) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(self.o.acse_timeout)
-        if not self._negotiate():
+        contexts = self._negotiate()
+        if contexts is None:
             return
         self.sock.settimeout(self.o.dimse_timeout or None)
         LOG.info("store association accepted: %s from %s:%s", self.calling, *self.address)
-        self._serve()
+        self.stream = stream = MessageStream(
+            self.sock, contexts, self.o.incoming_dir, DEFAULT_MAX_PDV, reader=self.reader
+        )
+        while True:
+            try:
+                msg = stream.read()
+            except Released as end:
+                if not end.request:
+                    raise ProtocolError("A-RELEASE-RP without our A-RELEASE-RQ") from None
+                self.sock.sendall(release_rp())
+                LOG.debug("store association from %s released", self.calling)
+                return
+            if msg.field == C_ECHO_RQ and str(contexts[msg.context_id].abstract_syntax) == VERIFICATION:
+                stream.respond(msg, C_ECHO_RSP, 0x0000)
+            elif msg.field == C_STORE_RQ and msg.path is not None:
+                stream.respond(msg, C_STORE_RSP, self._stored(msg, msg.path))
+            else:
+                raise ProtocolError(f"command 0x{msg.field:04X} on a store association")
 
-    def _negotiate(self) -> bool:
+    def _negotiate(self) -> dict[int, PresentationContext] | None:
         pdu_type, length = self.reader.header()
         if pdu_type != A_ASSOCIATE_RQ:
             raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
@@ -222,7 +227,7 @@ class _Session:
             pdu.from_primitive(rj)
             self.sock.sendall(pdu.encode())
             LOG.debug("store association refused: %s", reason)
-            return False
+            return None
         roles = {
             item.sop_class_uid: (item.scu_role, item.scp_role)
             for item in rq.user_information
@@ -231,102 +236,26 @@ class _Session:
         results, role_items = negotiate_as_acceptor(
             rq.presentation_context_definition_list, self.o.supported, roles or None
         )
-        self.contexts = {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
         ac = A_ASSOCIATE()
         ac.application_context_name = rq.application_context_name
         ac.calling_ae_title = rq.calling_ae_title
         ac.called_ae_title = rq.called_ae_title
         ac.result, ac.result_source = 0x00, 0x01
         ac.presentation_context_definition_results_list = results
-        ac.user_information = [*_user_information(self.o.max_pdu), *role_items]
+        ac.user_information = [*user_information(self.o.max_pdu), *role_items]
         ac_pdu = AcPdu()
         ac_pdu.from_primitive(ac)
         self.sock.sendall(ac_pdu.encode())
-        return True
+        return {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
 
-    def _serve(self) -> None:
-        command = bytearray()
-        buf = bytearray(WRITE_CHUNK)
-        view = memoryview(buf)
-        while True:
-            pdu_type, length = self.reader.header()
-            if pdu_type == A_RELEASE_RQ:
-                self.reader.body(length)
-                self.sock.sendall(release_rp())
-                LOG.debug("store association from %s released", self.calling)
-                return
-            if pdu_type == A_ABORT:
-                self.reader.body(length)
-                raise PeerClosed("aborted by the peer")
-            if pdu_type != P_DATA_TF:
-                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
-            left = length
-            while left:
-                if left < PDV_HEADER.size:
-                    raise ProtocolError("P-DATA-TF shorter than its PDV header")
-                item, context_id, control = PDV_HEADER.unpack(self.reader.read_exact(PDV_HEADER.size))
-                if item < 2 or item + 4 > left:
-                    raise ProtocolError(f"PDV item length {item} does not fit its PDU")
-                left -= item + 4
-                size = item - 2
-                if context_id not in self.contexts:
-                    raise ProtocolError(f"presentation context {context_id} was not accepted")
-                if control & CONTROL_COMMAND:
-                    command += self.reader.read_exact(size)
-                    if len(command) > 64 * 1024:
-                        raise ProtocolError("command set larger than 64 kB")
-                    if control & CONTROL_LAST:
-                        self._command(decode_command(command), context_id)
-                        command.clear()
-                    continue
-                if self._file is None:
-                    raise ProtocolError("data set fragment without a C-STORE-RQ")
-                while size:
-                    n = min(size, len(buf))
-                    self.reader.readinto_exact(view[:n])
-                    self._file.write(view[:n])
-                    size -= n
-                if control & CONTROL_LAST:
-                    self._stored(context_id)
-
-    # -- DIMSE ---------------------------------------------------------------------------
-    def _command(self, cmd: Dataset, context_id: int) -> None:
-        field = int(cmd.CommandField)
-        if self._file is not None:
-            raise ProtocolError("a command arrived inside a data set")
-        if field == C_ECHO_RQ and str(self.contexts[context_id].abstract_syntax) == VERIFICATION:
-            self._respond(context_id, C_ECHO_RSP, cmd, 0x0000, with_instance=False)
-            return
-        if field != C_STORE_RQ:
-            raise ProtocolError(f"command 0x{field:04X} on a store association")
-        if int(cmd.get("CommandDataSetType", NO_DATA_SET)) == NO_DATA_SET:
-            raise ProtocolError("C-STORE-RQ without a data set")
-        cx = self.contexts[context_id]
-        meta = create_file_meta(
-            sop_class_uid=cmd.AffectedSOPClassUID,
-            sop_instance_uid=cmd.AffectedSOPInstanceUID,
-            transfer_syntax=cx.transfer_syntax[0],
-        )
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.o.incoming_dir)
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
-        self._file.write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
-        self._request = (cmd, context_id)
-
-    def _stored(self, context_id: int) -> None:
-        assert self._file is not None and self._path is not None and self._request is not None
-        cmd, cx_id = self._request
-        self._file.close()
-        path, self._file, self._path, self._request = self._path, None, None, None
-        if cx_id != context_id:
-            path.unlink(missing_ok=True)
-            raise ProtocolError("data set sent on another presentation context than its command")
-        cx = self.contexts[context_id]
+    def _stored(self, msg: Message, path: Path) -> int:
+        cmd = msg.command
+        assert self.stream is not None
         request = StoreRequest(
             calling_ae=self.calling,
             sop_class_uid=str(cmd.AffectedSOPClassUID),
             sop_instance_uid=str(cmd.AffectedSOPInstanceUID),
-            transfer_syntax=str(cx.transfer_syntax[0]),
+            transfer_syntax=str(self.stream.contexts[msg.context_id].transfer_syntax[0]),
             originator_ae=_text(cmd.get("MoveOriginatorApplicationEntityTitle")),
             originator_msg_id=_int(cmd.get("MoveOriginatorMessageID")),
         )
@@ -337,31 +266,17 @@ class _Session:
             status = STATUS_CANNOT_UNDERSTAND
         if status != 0x0000:
             path.unlink(missing_ok=True)
-        self._respond(context_id, C_STORE_RSP, cmd, status, with_instance=True)
-
-    def _respond(self, context_id: int, field: int, rq: Dataset, status: int, with_instance: bool) -> None:
-        rsp = Dataset()
-        rsp.AffectedSOPClassUID = rq.get("AffectedSOPClassUID", VERIFICATION)
-        rsp.CommandField = field
-        rsp.MessageIDBeingRespondedTo = rq.MessageID
-        rsp.CommandDataSetType = NO_DATA_SET
-        rsp.Status = status
-        if with_instance:
-            rsp.AffectedSOPInstanceUID = rq.AffectedSOPInstanceUID
-        self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, encode_command(rsp)))
+        return status
 
     def discard(self) -> None:
-        """Close the socket's reader and drop a half-received data set."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-        if self._path is not None:
-            self._path.unlink(missing_ok=True)
+        """Drop a half-received data set; close the reader."""
+        if self.stream is not None:
+            self.stream.discard()
         with contextlib.suppress(OSError):
             self.reader.close()
 
 
-def _user_information(max_pdu: int) -> list[Any]:
+def user_information(max_pdu: int) -> list[Any]:
     length = MaximumLengthNotification()
     length.maximum_length_received = max_pdu
     uid = ImplementationClassUIDNotification()

@@ -26,7 +26,8 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 
-from dicomproxy.fastpath.pdu import encode_command, message_pdus
+from dicomproxy.fastpath.pdu import message_pdus
+from dicomproxy.fastpath.wire import encode_command
 
 #: Largest data bytes per PDV when the peer announced 0 (unlimited, PS3.8 D.1).
 DEFAULT_MAX_PDV = 4 * 1024 * 1024 - 6
@@ -79,18 +80,19 @@ def peer_max_pdv(assoc: Association) -> int:
 
 def store_command(
     msg_id: int, sop_class: str, sop_instance: str, originator: tuple[str, int] | None
-) -> Dataset:
+) -> dict[str, Any]:
     """The C-STORE-RQ command set (PS3.7 Table 9.3-1)."""
-    cmd = Dataset()
-    cmd.AffectedSOPClassUID = sop_class
-    cmd.CommandField = C_STORE_RQ
-    cmd.MessageID = msg_id
-    cmd.Priority = PRIORITY_MEDIUM
-    cmd.CommandDataSetType = DATA_SET_PRESENT
-    cmd.AffectedSOPInstanceUID = sop_instance
+    cmd: dict[str, Any] = {
+        "AffectedSOPClassUID": sop_class,
+        "CommandField": C_STORE_RQ,
+        "MessageID": msg_id,
+        "Priority": PRIORITY_MEDIUM,
+        "CommandDataSetType": DATA_SET_PRESENT,
+        "AffectedSOPInstanceUID": sop_instance,
+    }
     if originator is not None:
-        cmd.MoveOriginatorApplicationEntityTitle = originator[0]
-        cmd.MoveOriginatorMessageID = originator[1]
+        cmd["MoveOriginatorApplicationEntityTitle"] = originator[0]
+        cmd["MoveOriginatorMessageID"] = originator[1]
     return cmd
 
 

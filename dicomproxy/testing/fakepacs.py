@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.qrservice import guard_requestor
 from dicomproxy.testing import free_port, wait_for_echo
 
 PENDING = 0xFF00
@@ -153,7 +154,10 @@ class FakePacs:
         if dest is None:
             yield None, None
             return
-        yield dest.host, dest.port, {"evt_handlers": NODELAY_HANDLERS}
+        # guard_requestor: pynetdicom's sub-association reactor can otherwise take the C-STORE-RSP
+        # of a fast destination (dicomproxy.qrservice._CallerOnlyDIMSE); Orthanc/DCMTK PACS don't race.
+        guard = (evt.EVT_ESTABLISHED, lambda e: guard_requestor(e.assoc))
+        yield dest.host, dest.port, {"evt_handlers": [*NODELAY_HANDLERS, guard]}
         matches = self._matches(event.identifier)
         yield len(matches) + len(self.behaviour.phantom_uids)
         yield from self._sub_operations(event, matches)
