@@ -67,6 +67,7 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
     from dataclasses import replace
 
     from dicomproxy.app import build_context
+    from dicomproxy.memory import limit_malloc_arenas
     from dicomproxy.recovery import reconcile
     from dicomproxy.server import Server
 
@@ -75,6 +76,7 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
         config = replace(config, proxy=replace(config.proxy, port=port))
     setup_logging(config.logging, verbose=verbose)
     try:
+        limit_malloc_arenas()  # before any thread starts (DICOMPROXY_MALLOC_ARENAS, docs/performance.md)
         ctx = build_context(config)
         reconcile(config, ctx.journal)  # interrupted jobs, orphaned spool files (issue 6)
         server = Server(config, ctx)

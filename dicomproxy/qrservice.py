@@ -8,7 +8,8 @@ instances beyond the announced count, and answer a refusing destination with 0xA
 A relay must do all of these honestly (PS3.4 C.4.2.1.5 / C.4.3.1.5).
 
 How (no global patching): :class:`RelayAE` builds its listening server with a request
-handler that gives each accepted association the class :class:`RelayAssociation`. That
+handler that gives each accepted association the class :class:`RelayAssociation` (and with
+supported contexts that are cheap to copy per association, :class:`SharedUIDContext`). That
 subclass routes C-MOVE-RQ and C-GET-RQ on the Q/R models to :class:`RetrieveService`;
 every other request (C-ECHO, C-FIND, C-STORE) goes to pynetdicom unchanged.
 
@@ -21,6 +22,7 @@ sub-operations (onward association for C-MOVE, ``event.assoc.send_c_store`` for 
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import traceback
@@ -35,6 +37,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -192,10 +195,40 @@ class _RelayRequestHandler(RequestHandler):
         return assoc
 
 
+class SharedUIDContext(PresentationContext):
+    """A supported presentation context whose deep copy shares its (immutable) UID objects.
+
+    pynetdicom deep-copies the server's supported contexts for every association it accepts
+    (``RequestHandler._create_association``) and only reads the copy during negotiation. The
+    proxy supports 177 contexts x 45 transfer syntaxes, so a real deep copy built ~8,100 new
+    ``pydicom.uid.UID`` objects per association: ~1.3 MB while the association lives and ~41 ms
+    of GIL-bound CPU to accept it. Under the soak's load that copy alone was ~280,000 live UIDs,
+    most of the RSS growth (docs/performance.md, "Soak memory"). Here the copy gets its own
+    containers (lists, dicts, sets) but the same UID strings: 0.13 MB and ~0.5 ms.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedUIDContext:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(
+            {k: copy.copy(v) if isinstance(v, list | dict | set) else v for k, v in self.__dict__.items()}
+        )
+        return new
+
+    @classmethod
+    def of(cls, cx: PresentationContext) -> SharedUIDContext:
+        new = cls()
+        new.abstract_syntax = cx.abstract_syntax
+        new.transfer_syntax = list(cx.transfer_syntax)
+        new.scu_role = cx.scu_role
+        new.scp_role = cx.scp_role
+        return new
+
+
 class _RelayServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["request_handler"] = _RelayRequestHandler
         super().__init__(*args, **kwargs)
+        self.contexts = [SharedUIDContext.of(cx) for cx in self.contexts]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """An archive's store-only association goes to the raw acceptor (``RelayAE.store_acceptor``,
@@ -211,7 +244,8 @@ class _RelayServer(ThreadedAssociationServer):
 
 
 class RelayAE(AE):
-    """An AE whose servers use :class:`RelayAssociation`; otherwise a plain pynetdicom AE.
+    """An AE whose servers use :class:`RelayAssociation` and :class:`SharedUIDContext`;
+    otherwise a plain pynetdicom AE.
 
     ``store_acceptor``: set before ``start_server`` to serve archives' store-only associations
     on the raw socket (:func:`dicomproxy.store.store_acceptor`); None = pynetdicom serves all.

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from dicomproxy.net import Remote, c_echo
@@ -61,9 +61,18 @@ def require_tool(name: str) -> str:
 
 
 class Process:
-    """A child process with its log file; ``stop()`` terminates and reaps it."""
+    """A child process with its log file; ``stop()`` terminates and reaps it.
 
-    def __init__(self, args: Sequence[str], log_path: Path, cwd: Path | None = None) -> None:
+    ``env`` adds to (or overrides) the inherited environment.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -71,7 +80,7 @@ class Process:
             self.args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=peer_env(),
+            env={**peer_env(), **(env or {})},
             cwd=cwd,
             stdin=subprocess.DEVNULL,
         )
