@@ -26,6 +26,7 @@ from pynetdicom.status import Status
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.tls import client_tls_args
 
 LOG = logging.getLogger("dicomproxy.pacsfind")
 
@@ -62,6 +63,9 @@ class PacsFinder:
         )
         ae.add_requested_context(MODELS[model])
         kwargs: dict[str, Any] = {"ae_title": pacs.ae_title, "evt_handlers": NODELAY_HANDLERS}
+        tls_args = client_tls_args(pacs.tls, pacs.host)  # [pacs.tls] / [[archives]] tls, as the relay's
+        if tls_args:
+            kwargs["tls_args"] = tls_args
         assoc = ae.associate(pacs.host, pacs.port, **kwargs)
         if not assoc.is_established:
             ae.shutdown()

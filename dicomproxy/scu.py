@@ -125,8 +125,10 @@ def move(
     timeout: float = 300.0,
     progress: Callable[[RetrieveSummary], None] | None = None,
     cancel: Callable[[RetrieveSummary], bool] | None = None,
+    tls_args: Sequence[Any] | None = None,
 ) -> RetrieveSummary:
-    """C-MOVE ``query`` to ``remote`` with Move Destination ``destination``."""
+    """C-MOVE ``query`` to ``remote`` with Move Destination ``destination`` (``tls_args``: DICOM
+    TLS, :func:`dicomproxy.tls.client_tls_args`)."""
     model = (
         PatientRootQueryRetrieveInformationModelMove
         if patient_root
@@ -136,7 +138,10 @@ def move(
     ae.add_requested_context(model)
     summary = RetrieveSummary()
     handlers: Any = NODELAY_HANDLERS
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, evt_handlers=handlers)
+    tls: Any = tuple(tls_args) if tls_args else None
+    assoc = ae.associate(
+        remote.host, remote.port, ae_title=remote.ae_title, evt_handlers=handlers, tls_args=tls
+    )
     if not assoc.is_established:
         summary.error = f"no association with {remote}"
         ae.shutdown()

@@ -136,6 +136,56 @@ def dcmtk() -> None:
     _need("echoscu")
 
 
+# --- DICOM TLS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A test PKI (PEM files): a CA; a server certificate for 127.0.0.1/localhost (``server`` =
+    key + chain in one file, ``server_key``/``server_crt`` apart for DCMTK ``+tls``); a trusted
+    client certificate (``client``, ``client_key``/``client_crt``); a second, untrusted CA
+    (``rogue_ca``) with a client certificate (``rogue_key``/``rogue_crt``) and a server certificate
+    for 127.0.0.1 (``rogue_server_key``/``rogue_server_crt``)."""
+    import trustme
+
+    d = tmp_path_factory.mktemp("pki")
+    ca, rogue = trustme.CA(), trustme.CA()
+    files = {
+        name: d / f"{name}.pem"
+        for name in (
+            "ca",
+            "server",
+            "server_key",
+            "server_crt",
+            "client",
+            "client_key",
+            "client_crt",
+            "rogue_ca",
+            "rogue_key",
+            "rogue_crt",
+            "rogue_server_key",
+            "rogue_server_crt",
+        )
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    rogue.cert_pem.write_to_path(str(files["rogue_ca"]))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.private_key_and_cert_chain_pem.write_to_path(str(files["server"]))
+    server.private_key_pem.write_to_path(str(files["server_key"]))
+    server.cert_chain_pems[0].write_to_path(str(files["server_crt"]))
+    client = ca.issue_cert("jobserver")
+    client.private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_crt"]))
+    bad = rogue.issue_cert("jobserver")
+    bad.private_key_pem.write_to_path(str(files["rogue_key"]))
+    bad.cert_chain_pems[0].write_to_path(str(files["rogue_crt"]))
+    bad_server = rogue.issue_cert("127.0.0.1", "localhost")
+    bad_server.private_key_pem.write_to_path(str(files["rogue_server_key"]))
+    bad_server.cert_chain_pems[0].write_to_path(str(files["rogue_server_crt"]))
+    return files
+
+
 # --- exam views ---------------------------------------------------------------------------------
 
 

@@ -1,43 +1,18 @@
-"""DICOM TLS (PS3.15 Annex B) inbound, with real DCMTK echoscu and pynetdicom clients."""
+"""DICOM TLS (PS3.15 Annex B) inbound, with real DCMTK echoscu and pynetdicom clients.
+
+The test PKI is the ``pki`` fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import trustme
 
 from dicomproxy.config import TlsConfig
 from dicomproxy.errors import ConfigError
 from dicomproxy.net import Remote, c_echo
 from dicomproxy.testing.dcmtk import run_tool
 from dicomproxy.tls import client_tls_args
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1, a trusted and an untrusted client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ca, rogue = trustme.CA(), trustme.CA()
-    files = {
-        "ca": d / "ca.pem",
-        "server": d / "server.pem",
-        "client": d / "client.pem",
-        "client_key": d / "client.key",
-        "client_crt": d / "client.crt",
-        "rogue_key": d / "rogue.key",
-        "rogue_crt": d / "rogue.crt",
-    }
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(files["server"]))
-    client = ca.issue_cert("jobserver")
-    client.private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    client.cert_chain_pems[0].write_to_path(str(files["client_crt"]))
-    bad = rogue.issue_cert("jobserver")
-    bad.private_key_pem.write_to_path(str(files["rogue_key"]))
-    bad.cert_chain_pems[0].write_to_path(str(files["rogue_crt"]))
-    return files
 
 
 @pytest.fixture

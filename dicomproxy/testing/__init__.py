@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dicomproxy.net import Remote, c_echo
 
@@ -43,12 +44,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 
 def wait_for_echo(
-    remote: Remote, timeout: float = 20.0, calling: str = "PROBE", proc: subprocess.Popen[bytes] | None = None
+    remote: Remote,
+    timeout: float = 20.0,
+    calling: str = "PROBE",
+    proc: subprocess.Popen[bytes] | None = None,
+    tls_args: Sequence[Any] | None = None,
 ) -> None:
+    """Poll C-ECHO until ``remote`` answers (``tls_args``: for a peer that speaks DICOM TLS only)."""
+
     def ready() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{remote} exited with {proc.returncode} before it was ready")
-        return c_echo(calling, remote, timeout=2.0).ok
+        return c_echo(calling, remote, timeout=2.0, tls_args=tls_args).ok
 
     wait_until(ready, timeout, f"DICOM peer {remote}", interval=0.1)
 

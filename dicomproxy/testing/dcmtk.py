@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dicomproxy.net import Remote
 from dicomproxy.testing import Process, free_port, peer_env, require_tool, wait_for_echo
@@ -19,8 +20,16 @@ class StoreSCP:
     """
 
     def __init__(
-        self, workdir: Path, ae_title: str = "STORESCP", syntaxes: str = "all", extra: Sequence[str] = ()
+        self,
+        workdir: Path,
+        ae_title: str = "STORESCP",
+        syntaxes: str = "all",
+        extra: Sequence[str] = (),
+        tls_args: Sequence[Any] | None = None,
     ) -> None:
+        """``extra``: more storescp options (``+tls KEY CERT ...``); ``tls_args``: what the
+        readiness C-ECHO needs then (:func:`dicomproxy.tls.client_tls_args`)."""
+        self.tls_args = tls_args
         self.workdir = workdir
         self.outdir = workdir / "received"
         self.ae_title = ae_title
@@ -49,7 +58,7 @@ class StoreSCP:
             str(self.port),
         ]
         self.process = Process(args, self.workdir / f"storescp-{self.port}.log")
-        wait_for_echo(self.remote, timeout, proc=self.process.proc)
+        wait_for_echo(self.remote, timeout, proc=self.process.proc, tls_args=self.tls_args)
         return self
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,17 @@ class Orthanc:
     """Start with :meth:`start`, load with :meth:`upload`, register move targets with :meth:`add_modality`."""
 
     def __init__(
-        self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, Remote] | None = None
+        self,
+        workdir: Path,
+        ae_title: str = "ORTHANC",
+        modalities: dict[str, Remote] | None = None,
+        settings: dict[str, Any] | None = None,
+        tls_args: Sequence[Any] | None = None,
     ) -> None:
+        """``settings``: more Orthanc configuration (e.g. ``DicomTlsEnabled`` and its files);
+        ``tls_args``: what the readiness C-ECHO needs when the DICOM port speaks TLS only."""
+        self.settings = dict(settings or {})
+        self.tls_args = tls_args
         self.workdir = workdir
         self.ae_title = ae_title
         self.dicom_port = free_port()
@@ -63,6 +73,7 @@ class Orthanc:
             "HttpTimeout": 60,
             "KeepAlive": True,
             "TcpNoDelay": True,
+            **self.settings,
         }
 
     def start(self, timeout: float = 30.0) -> Orthanc:
@@ -72,7 +83,7 @@ class Orthanc:
         cfg.write_text(json.dumps(self._config(), indent=1))
         self.process = Process([exe, str(cfg)], self.workdir / "orthanc.log", cwd=self.workdir)
         wait_until(self._http_ready, timeout, f"Orthanc HTTP on {self.http_port}", interval=0.1)
-        wait_for_echo(self.remote, timeout, proc=self.process.proc)
+        wait_for_echo(self.remote, timeout, proc=self.process.proc, tls_args=self.tls_args)
         return self
 
     def stop(self) -> None:
@@ -108,11 +119,13 @@ class Orthanc:
         for path in paths:
             self.request("POST", "/instances", path.read_bytes())
 
-    def add_modality(self, name: str, remote: Remote) -> None:
-        """Register a C-MOVE destination (REST ``PUT /modalities/{name}``)."""
-        self.request(
-            "PUT", f"/modalities/{name}", {"AET": remote.ae_title, "Host": remote.host, "Port": remote.port}
-        )
+    def add_modality(self, name: str, remote: Remote, tls: bool = False) -> None:
+        """Register a C-MOVE destination (REST ``PUT /modalities/{name}``); ``tls``: reach it with
+        DICOM TLS (``UseDicomTls``, Orthanc >= 1.9.0, with the server's own certificate)."""
+        body: dict[str, Any] = {"AET": remote.ae_title, "Host": remote.host, "Port": remote.port}
+        if tls:
+            body["UseDicomTls"] = True
+        self.request("PUT", f"/modalities/{name}", body)
 
     def study_ids(self) -> list[str]:
         return list(self.request("GET", "/studies"))
