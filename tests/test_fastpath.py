@@ -24,8 +24,9 @@ from sqlalchemy import create_engine
 from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.fastpath import pdu
+from dicomproxy.fastpath import pdu, wire
 from dicomproxy.fastpath import sender as fastsender
+from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.net import Remote, c_echo
 from dicomproxy.samples import demo_specs, exam_row, write_study
 from dicomproxy.server import Server
@@ -82,7 +83,7 @@ def check_message(pdvs: list[tuple[int, int, bytes]], context_id: int, max_pdv: 
 
 
 def a_command() -> bytes:
-    return pdu.encode_command(fastsender.store_command(7, CT_IMAGE, "1.2.3.4.5.6.7.8.9", ("CLOUD", 42)))
+    return wire.encode_command(fastsender.store_command(7, CT_IMAGE, "1.2.3.4.5.6.7.8.9", ("CLOUD", 42)))
 
 
 MAX_PDVS = [16, 1000, 16378, fastsender.DEFAULT_MAX_PDV]
@@ -177,17 +178,17 @@ def test_encode_command_matches_pynetdicom() -> None:
 
     reference = _pynetdicom_store_rq()
     ref_bytes = encode(reference.command_set, True, True)
-    assert pdu.encode_command(Dataset(reference.command_set)) == ref_bytes
+    assert wire.encode_command({e.keyword: e.value for e in reference.command_set}) == ref_bytes
 
     ours = fastsender.store_command(7, CT_IMAGE, "1.2.3.4.5.6.7.8.9", ("CLOUD", 42))
-    raw = pdu.encode_command(ours)
-    decoded = pdu.decode_command(raw)
+    raw = wire.encode_command(ours)
+    decoded = wire.decode_command(raw)
     assert decoded.CommandGroupLength == len(raw) - 12 == reference.command_set.CommandGroupLength
     assert decoded.CommandDataSetType != 0x0101
     for elem in reference.command_set:
         if elem.keyword != "CommandDataSetType":
-            assert decoded[elem.tag].value == elem.value, elem.keyword
-    assert set(decoded.keys()) == set(reference.command_set.keys())
+            assert decoded[elem.keyword] == elem.value, elem.keyword
+    assert set(decoded) == {e.keyword for e in reference.command_set}
 
 
 def test_encode_decode_round_trip_response() -> None:
@@ -199,9 +200,12 @@ def test_encode_decode_round_trip_response() -> None:
     rsp.CommandDataSetType = 0x0101
     rsp.Status = 0xC000
     rsp.AffectedSOPInstanceUID = "1.2.3"
-    raw = pdu.encode_command(rsp)
-    back = pdu.decode_command(raw)
-    assert back == rsp
+    raw = wire.encode_command({e.keyword: e.value for e in rsp})
+    from pynetdicom.dsutils import encode
+
+    assert raw[12:] == encode(rsp, True, True)  # after (0000,0000): the bytes pydicom writes
+    back = wire.decode_command(raw)
+    assert {k: v for k, v in back.items() if k != "CommandGroupLength"} == {e.keyword: e.value for e in rsp}
     assert back.CommandGroupLength == len(raw) - 12
     msg = C_STORE_RSP()
     tf = PynetdicomPDataTF()
@@ -210,9 +214,31 @@ def test_encode_decode_round_trip_response() -> None:
     assert (msg.command_set.Status, msg.command_set.MessageIDBeingRespondedTo) == (0xC000, 9)
 
 
-def test_decode_command_rejects_garbage() -> None:
-    with pytest.raises(pdu.ProtocolError):
-        pdu.decode_command(b"\x00\x00\x00\x00\x04\x00\x00\x00\x10\x00\x00\x00")  # no Command Field
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x00\x00\x00\x00\x04\x00\x00\x00\x10",  # value cut short
+        b"\x00\x00\x00\x00\x04\x00",  # element header cut short
+        b"\x08\x00\x18\x00\x02\x00\x00\x001.",  # not group 0000
+    ],
+    ids=["short-value", "short-header", "wrong-group"],
+)
+def test_decode_command_rejects_garbage(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        wire.decode_command(raw)
+
+
+def test_file_meta_matches_pydicom() -> None:
+    """The preamble + File Meta Information we write in front of a received data set are the
+    bytes pydicom writes for the same values (PS3.10 7.1)."""
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    for sop_uid in ("1.2.3.4", "1.2.3.45"):  # even and odd length: padding
+        meta = create_file_meta(
+            sop_class_uid=CT_IMAGE, sop_instance_uid=sop_uid, transfer_syntax="1.2.840.10008.1.2.4.80"
+        )
+        expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+        assert wire.file_preamble_and_meta(CT_IMAGE, sop_uid, "1.2.840.10008.1.2.4.80") == expected
 
 
 # --- the store acceptor, against real peers -----------------------------------------------------
@@ -341,7 +367,7 @@ def test_archive_breaks_off_mid_data_set(
     ae, assoc, cx = _open_as_archive(archive_proxy.port)
     try:
         sock = assoc.dul.socket.socket
-        command = pdu.encode_command(fastsender.store_command(1, CT_IMAGE, "1.2.3.4", None))
+        command = wire.encode_command(fastsender.store_command(1, CT_IMAGE, "1.2.3.4", None))
         sock.sendall(pdu.pdata(cx, pdu.CONTROL_COMMAND | pdu.CONTROL_LAST, command))
         sock.sendall(pdu.pdata(cx, 0, b"\x08\x00\x16\x00" + b"\x00" * 5000))  # a first, not last, fragment
         wait_until(lambda: len(incoming(archive_proxy)) == 1, 10, "the half-received file")
@@ -401,7 +427,7 @@ def test_archive_store_during_retrieval_is_kept_intact(
         # the second by hand: [last command fragment + first data fragment], [two data fragments]
         meta, offset = split_dataset(second)
         data = second.read_bytes()[offset:]
-        command = pdu.encode_command(
+        command = wire.encode_command(
             fastsender.store_command(2, CT_IMAGE, str(meta.MediaStorageSOPInstanceUID), None)
         )
         a, b = len(data) // 3, 2 * len(data) // 3
@@ -480,6 +506,13 @@ def test_relay_with_and_without_fast_path(
         return real_send_file(assoc, path, *args, **kwargs)
 
     monkeypatch.setattr(fastsender, "send_file", spy)
+    real_store_file = RawAssociation.store_file
+
+    def spy_raw(self: RawAssociation, path: Path, *args: Any, **kwargs: Any) -> Any:
+        sent_raw.append(path)
+        return real_store_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(RawAssociation, "store_file", spy_raw)
     engine = create_engine(sqlite_url)
     create_view_table(engine)
     insert_rows(engine, [exam_row(MR)])

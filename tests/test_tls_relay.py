@@ -27,6 +27,7 @@ from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config, TlsConfig
 from dicomproxy.fastpath import sender as fastsender
+from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.net import Remote, c_echo
 from dicomproxy.samples import demo_specs, exam_row, write_study
 from dicomproxy.server import Server
@@ -128,6 +129,12 @@ def test_move_to_tls_destination_delivers_everything(
         fastsender,
         "send_file",
         lambda a, path, *r, **k: raw_sends.append(path) or real_send_file(a, path, *r, **k),
+    )
+    real_store_file = RawAssociation.store_file
+    monkeypatch.setattr(
+        RawAssociation,
+        "store_file",
+        lambda self, path, *r, **k: raw_sends.append(path) or real_store_file(self, path, *r, **k),
     )
     dest = tls_storescp(
         tmp_path / "dest", pki["server_key"], pki["server_crt"], ["+cf", str(pki["ca"])], client_args(pki)
