@@ -231,15 +231,19 @@ class _RelayServer(ThreadedAssociationServer):
         self.contexts = [SharedUIDContext.of(cx) for cx in self.contexts]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """An archive's store-only association goes to the raw acceptor (``RelayAE.store_acceptor``,
-        :mod:`dicomproxy.fastpath.receiver`) when it claims it; everything else to pynetdicom."""
-        acceptor = getattr(self.ae, "store_acceptor", None)
-        if acceptor is not None and self.ssl_context is None and acceptor.claims(request):
-            try:
-                acceptor.serve(request, client_address)
-            finally:
-                self.shutdown_request(request)
-            return
+        """Look at the first PDU before pynetdicom builds an association (``RelayAE.intake``,
+        :mod:`dicomproxy.intake`): not an A-ASSOCIATE-RQ → closed at once; an archive's store
+        association → the raw acceptor (:mod:`dicomproxy.fastpath.receiver`); else pynetdicom."""
+        intake = getattr(self.ae, "intake", None)
+        if intake is not None and self.ssl_context is None:
+            route = intake.route(request, client_address)
+            if route != "dicom":
+                try:
+                    if route == "store":
+                        intake.acceptor.serve(request, client_address)
+                finally:
+                    self.shutdown_request(request)
+                return
         super().process_request_thread(request, client_address)
 
 
@@ -247,11 +251,12 @@ class RelayAE(AE):
     """An AE whose servers use :class:`RelayAssociation` and :class:`SharedUIDContext`;
     otherwise a plain pynetdicom AE.
 
-    ``store_acceptor``: set before ``start_server`` to serve archives' store-only associations
-    on the raw socket (:func:`dicomproxy.store.store_acceptor`); None = pynetdicom serves all.
+    ``intake``: set before ``start_server`` (:class:`dicomproxy.intake.Intake`): screens each
+    plain-TCP connection and hands archives' store-only associations to the raw acceptor;
+    None = pynetdicom sees every connection.
     """
 
-    store_acceptor: Any = None
+    intake: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["server_class"] = _RelayServer

@@ -30,10 +30,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomproxy import access
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
+from dicomproxy.fastpath.receiver import StoreAcceptor
 from dicomproxy.handlers.echo import handle_echo
 from dicomproxy.handlers.find import handle_find
 from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
+from dicomproxy.intake import Intake
 from dicomproxy.net import NODELAY_HANDLERS
 from dicomproxy.qrservice import RelayAE
 from dicomproxy.store import handle_store, store_acceptor
@@ -125,6 +127,7 @@ class Server:
         self.ctx = ctx if ctx is not None else AppContext(config)
         self.ae = build_ae(config)
         self._server: Any = None
+        self.store_acceptor: StoreAcceptor | None = None
         self._stop_requested = threading.Event()
         self._force = False
 
@@ -138,8 +141,10 @@ class Server:
     def start(self) -> None:
         """Start listening in background threads."""
         tls = self.config.proxy.tls
-        acceptor = store_acceptor(self.config, self.ctx, self.ae.supported_contexts)
-        self.ae.store_acceptor = acceptor  # type: ignore[attr-defined]
+        self.store_acceptor = store_acceptor(self.config, self.ctx, self.ae)
+        self.ae.intake = Intake(  # type: ignore[attr-defined]
+            self.config.proxy.acse_timeout, self.ctx.rejections, self.store_acceptor
+        )
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
             block=False,
@@ -155,7 +160,9 @@ class Server:
         )
 
     def active_associations(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        """Inbound associations: pynetdicom's and the raw store acceptor's."""
+        raw = self.store_acceptor.active if self.store_acceptor is not None else 0
+        return len([a for a in self.ae.active_associations if a.is_acceptor]) + raw
 
     def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, wait for active associations, abort what is left.
@@ -173,12 +180,13 @@ class Server:
         left = [a for a in self.ae.active_associations]
         for assoc in left:
             assoc.abort()
-        if left:
-            LOG.warning("drain timeout: aborted %d association(s)", len(left))
+        raw = self.store_acceptor.abort_all() if self.store_acceptor is not None else 0
+        if left or raw:
+            LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
         self.ctx.close()
         LOG.info("stopped")
-        return not left
+        return not left and not raw
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop; a second request forces it."""

@@ -31,6 +31,8 @@ STATUS_STORED = 0x0000
 STATUS_NOT_EXPECTED = 0xC000
 #: PS3.4 B.2.3 Refused: Out of Resources — we could not spool the instance.
 STATUS_NO_SPACE = 0xA700
+#: PS3.8 9.3.4: rejected-transient, ACSE service-provider (presentation), local-limit-exceeded.
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 
 class InstanceSink(Protocol):
@@ -160,7 +162,7 @@ def handle_store(event: evt.Event, ctx: Any) -> int:
     return accept_store(event, ctx.relay.registry, ctx.relay.pacs_ae_titles)
 
 
-def store_acceptor(config: Any, ctx: Any, supported: list[Any]) -> StoreAcceptor | None:
+def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
     """The raw store acceptor for the archives' C-STOREs (:mod:`dicomproxy.fastpath.receiver`),
     or None when it does not apply: ``[proxy].fast_path = false``, inbound TLS, or no relay.
 
@@ -179,10 +181,15 @@ def store_acceptor(config: Any, ctx: Any, supported: list[Any]) -> StoreAcceptor
 
     def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
         decision = access.decide(config, calling, called, remote_ip)
-        if decision.accept:
-            return None
-        ctx.rejections.warn(remote_ip, decision.reason)
-        return decision.reason, decision.rjd
+        if not decision.accept:
+            ctx.rejections.warn(remote_ip, decision.reason)
+            return decision.reason, decision.rjd
+        # The same limit pynetdicom applies to its own associations (it counts these too).
+        if len(ae.active_associations) + acceptor.active > ae.maximum_associations:
+            reason = f"more than {ae.maximum_associations} associations"
+            ctx.rejections.warn(remote_ip, reason)
+            return reason, REJECT_LOCAL_LIMIT
+        return None
 
     def on_store(request: StoreRequest, path: Path) -> int:
         return deliver(
@@ -199,9 +206,9 @@ def store_acceptor(config: Any, ctx: Any, supported: list[Any]) -> StoreAcceptor
     incoming = config.data_path / "incoming"
     for stale in incoming.glob("*.dcm"):  # half-received before a crash; never acknowledged
         stale.unlink(missing_ok=True)
-    return StoreAcceptor(
+    acceptor = StoreAcceptor(
         ae_title=config.proxy.ae_title,
-        supported=supported,
+        supported=ae.supported_contexts,
         max_pdu=config.proxy.max_pdu,
         claim=claim,
         gate=gate,
@@ -210,3 +217,4 @@ def store_acceptor(config: Any, ctx: Any, supported: list[Any]) -> StoreAcceptor
         acse_timeout=config.proxy.acse_timeout,
         dimse_timeout=max(a.dimse_timeout for a in config.all_archives),
     )
+    return acceptor

@@ -249,7 +249,7 @@ def archive_proxy(make_config: Callable[..., Config], run_proxy: Callable[[Confi
     """A proxy whose [pacs] is ARCHIVE at 127.0.0.1 (so its store associations take the fast path)."""
     config = make_config(pacs={"ae_title": ARCHIVE, "host": "127.0.0.1", "port": 1})
     server = run_proxy(config)
-    assert server.ae.store_acceptor is not None  # type: ignore[attr-defined]
+    assert server.store_acceptor is not None
     return server
 
 
@@ -363,7 +363,7 @@ def test_archive_breaks_off_mid_data_set(
     """A pynetdicom client associated as the archive sends a C-STORE-RQ and part of its data set,
     then misbehaves: the proxy logs one line, removes the half-written file, keeps serving."""
     caplog.set_level(logging.INFO, logger="dicomproxy")
-    acceptor = archive_proxy.ae.store_acceptor  # type: ignore[attr-defined]
+    acceptor = archive_proxy.store_acceptor
     ae, assoc, cx = _open_as_archive(archive_proxy.port)
     try:
         sock = assoc.dul.socket.socket
@@ -529,7 +529,7 @@ def test_relay_with_and_without_fast_path(
     server = Server(config, build_context(config))
     server.start()
     try:
-        assert (server.ae.store_acceptor is not None) is fast_path  # type: ignore[attr-defined]
+        assert (server.store_acceptor is not None) is fast_path
         proxy = Remote(PROXY_AE, "127.0.0.1", server.port)
         result = scu.move(
             proxy, "DEST", scu.identifier(study_uids=[MR.study_uid]), calling_ae="CLOUD", timeout=60

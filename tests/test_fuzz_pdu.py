@@ -94,3 +94,33 @@ def test_bad_pdu_headers(proxy, pdu_type: int, declared: int, body: bytes) -> No
 def test_malformed_associate_rq(proxy, called: bytes, calling: bytes, items: bytes) -> None:
     _send(proxy.port, _assoc_rq(called, calling, items))
     assert _alive(proxy.port)
+
+
+def test_garbage_connections_hold_no_association_slot(tmp_path) -> None:
+    """More non-DICOM connections than ``maximum_associations`` in a burst (a port scan, TCP
+    health checks): each is closed at once by the intake, so a real peer right after is served
+    (pynetdicom alone kept a slot per connection for ``acse_timeout``: 30 s by default)."""
+    from dicomproxy.config import parse_config
+    from dicomproxy.server import Server
+    from tests.conftest import base_config_dict
+
+    cfg = parse_config(
+        base_config_dict(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'v.db'}",
+            proxy={"acse_timeout": 30.0, "maximum_associations": 4},
+        ),
+        str(tmp_path / "c.toml"),
+    )
+    server = Server(cfg)
+    server.start()
+    try:
+        payloads = [b"GET / HTTP/1.0\r\n\r\n", b"\x01\x00\x00\x00\x00\x44" + b"\x00" * 68, b""]
+        for i in range(12):
+            _send(server.port, payloads[i % len(payloads)] or b"\x07")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=3):
+            pass  # connect and close without a byte
+        assert server.active_associations() == 0
+        assert _alive(server.port)
+    finally:
+        server.stop(drain_timeout=1.0)

@@ -370,7 +370,7 @@ def test_pacs_over_tls_by_c_move_with_inbound_tls(
     server = Server(config, ctx)
     server.start()
     try:
-        assert server.ae.store_acceptor is None  # type: ignore[attr-defined]
+        assert server.store_acceptor is None
         tls_orthanc.add_modality("proxy", Remote(PROXY_AE, "127.0.0.1", server.port), tls=True)
         proxy = Remote(PROXY_AE, "127.0.0.1", server.port)
         assert not c_echo(CLOUD, proxy, timeout=5).ok  # inbound is TLS only

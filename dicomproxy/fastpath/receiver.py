@@ -4,8 +4,9 @@ During our C-MOVE-to-self the archive opens associations to our listening port a
 C-STOREs. pynetdicom would decode every P-DATA PDU into objects, pass it through its state
 machine and two threads and append it to a temporary file — about 1 s of CPU for 300 CT
 slices, on the same GIL as the onward C-STOREs. :class:`StoreAcceptor` takes such an
-association over right after ``accept()``, when the first bytes (peeked, not read) are an
-A-ASSOCIATE-RQ whose calling AE title is a configured archive: it negotiates with pynetdicom's
+association over right after ``accept()``, when the first PDU (peeked by
+:mod:`dicomproxy.intake`, not consumed) is an A-ASSOCIATE-RQ whose calling AE title is a
+configured archive: it negotiates with pynetdicom's
 own PDU classes and :func:`~pynetdicom.presentation.negotiate_as_acceptor`, applies the same
 access rules (:func:`dicomproxy.access.decide`), then streams each data set straight into a file
 (file meta + received bytes, never decoded) and answers each C-STORE with the status of the
@@ -22,7 +23,6 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +63,6 @@ from dicomproxy.fastpath.sender import DEFAULT_MAX_PDV
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
-#: PS3.8 9.3.2: calling AE title at bytes 27-42 of the A-ASSOCIATE-RQ (0-based 26:42).
-_CALLING_AE = slice(26, 42)
-_CALLED_AE = slice(10, 26)
-
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.7 C.5.5 Error: Cannot understand (our failure when the callback itself fails).
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -89,30 +85,6 @@ class StoreRequest:
 StoreCallback = Callable[[StoreRequest, Path], int]
 #: (calling AE, called AE, remote IP) → None to accept, or (reason, (result, source, diagnostic)).
 Gate = Callable[[str, str, str], "tuple[str, tuple[int, int, int]] | None"]
-
-
-def peek_calling_ae(sock: socket.socket, timeout: float) -> str | None:
-    """The calling AE title of the A-ASSOCIATE-RQ waiting on ``sock``, without consuming it;
-    None if the first bytes are not one (or do not come within ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    old = sock.gettimeout()
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            sock.settimeout(left)
-            try:
-                head = sock.recv(_CALLING_AE.stop, socket.MSG_PEEK)
-            except (TimeoutError, OSError):
-                return None
-            if not head or head[0] != A_ASSOCIATE_RQ:
-                return None
-            if len(head) >= _CALLING_AE.stop:
-                return head[_CALLING_AE].decode("ascii", "replace").strip()
-            time.sleep(0.001)  # the rest of the 42 bytes is on its way
-    finally:
-        sock.settimeout(old)
 
 
 class StoreAcceptor:
@@ -141,18 +113,30 @@ class StoreAcceptor:
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
-        self.active = 0
         self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
 
-    def claims(self, sock: socket.socket) -> bool:
-        """Whether the association waiting on ``sock`` is ours: its calling AE passes ``claim``."""
-        calling = peek_calling_ae(sock, self.acse_timeout)
-        return calling is not None and self.claim(calling)
+    @property
+    def active(self) -> int:
+        """Store associations being served now."""
+        with self._lock:
+            return len(self._sockets)
+
+    def abort_all(self) -> int:
+        """A-ABORT every association being served (shutdown drain); how many there were."""
+        with self._lock:
+            socks = list(self._sockets)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.sendall(abort(0x02, 0x00))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return len(socks)
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Run the association on ``sock`` to its end; never raises (logs one line)."""
         with self._lock:
-            self.active += 1
+            self._sockets.add(sock)
         session = _Session(self, sock, address)
         try:
             session.run()
@@ -171,7 +155,7 @@ class StoreAcceptor:
         finally:
             session.discard()
             with self._lock:
-                self.active -= 1
+                self._sockets.discard(sock)
 
 
 class _Session:
@@ -294,4 +278,4 @@ def _int(value: Any) -> int | None:
     return None if value is None or value == "" else int(value)
 
 
-__all__ = ["StoreAcceptor", "StoreCallback", "StoreRequest", "peek_calling_ae"]
+__all__ = ["StoreAcceptor", "StoreCallback", "StoreRequest"]
