@@ -9,6 +9,10 @@ otherwise it is converted into a temporary file first (``transcode_file``).
 
 The syntax functions are :mod:`dicomproxy.transcode` (issue 5). Fast path: in ``none`` mode an
 instance whose syntax was accepted is sent without even reading its header.
+
+Three steps: :meth:`Forwarder.plan` (the target syntax, cheap), the conversion (inline in
+:meth:`Forwarder.send`, or in the relay's :class:`~dicomproxy.transcode.TranscodePool`), and
+:meth:`Forwarder.send_file` (the C-STORE alone).
 """
 
 from __future__ import annotations

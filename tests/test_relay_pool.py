@@ -116,14 +116,14 @@ class Rig:
 def make_rig(make_config: Callable[..., Config], tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def start(mode: str, files: list[Path]) -> Rig:
+    def start(mode: str, files: list[Path], **proxy: Any) -> Rig:
         proxy_port = free_port()
         dest = FakeDestination().start()
         dest.behaviour.keep_datasets = True
         pacs = FakePacs(files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
         pacs.start()
         config = make_config(
-            proxy={"port": proxy_port, "dimse_timeout": 30.0},
+            proxy={"port": proxy_port, "dimse_timeout": 30.0, **proxy},
             pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port},
             compression={"mode": mode, "workers": 2},
             peers=[
@@ -218,6 +218,24 @@ def test_failed_conversion_fails_that_instance_only(
     assert journal[bad]["error"].startswith(f"cannot convert to {DEFAULT_LOSSLESS[0]}")
     job = rig.ctx.journal.recent(1)[0]
     assert (job["outcome"], job["completed"], job["failed"]) == ("partial", N - 1, 1)
+
+
+def test_prepared_files_survive_retries_and_a_reopened_association(
+    spy: type[SpyPool], make_rig: Callable[..., Rig], study: list[Path]
+) -> None:
+    """A transient 0xA700 and an aborted association: the converted file is sent again, not re-made."""
+    rig = make_rig("lossless", study, retries=2, retry_delay=0.01)
+    uids = [sop_uid(p) for p in study]
+    rig.dest.behaviour.flaky = {uids[1]: [0xA700]}
+    rig.dest.behaviour.abort_once_at = 3  # counted over C-STOREs: the retry of uids[1] is one
+    result = rig.move()
+    assert (result.status, result.completed, result.failed) == (0x0000, N, 0), result.line()
+    (pool,) = spy.created
+    assert len(pool.submitted) == N  # each converted once
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(uids)
+    assert {ts for _, ts in rig.dest.received} == {DEFAULT_LOSSLESS[0]}
+    assert rig.dest.attempts.count(uids[1]) == 2
+    assert not any(rig.ctx.relay.spool_root.rglob("*.dcm"))
 
 
 def test_none_mode_never_uses_the_pool(
