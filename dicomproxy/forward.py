@@ -9,6 +9,10 @@ otherwise it is converted into a temporary file first (``transcode_file``).
 
 The syntax functions are :mod:`dicomproxy.transcode` (issue 5). Fast path: in ``none`` mode an
 instance whose syntax was accepted is sent without even reading its header.
+
+Three steps: :meth:`Forwarder.plan` (the target syntax, cheap), the conversion (inline in
+:meth:`Forwarder.send`, or in the relay's :class:`~dicomproxy.transcode.TranscodePool`), and
+:meth:`Forwarder.send_file` (the C-STORE alone).
 """
 
 from __future__ import annotations
@@ -243,27 +247,47 @@ class Forwarder:
     def accepted(self, sop_class_uid: str) -> list[str]:
         return list(self._accepted.get(sop_class_uid, []))
 
-    def send(self, item: SpooledInstance) -> SendResult:
+    def plan(self, item: SpooledInstance) -> str | SendResult:
+        """The transfer syntax ``item`` goes out in, or the failure that keeps it from going.
+
+        Cheap: the accepted contexts and the header (:func:`read_info`), no pixel is decoded. In
+        ``none`` mode an instance whose syntax was accepted is passed through unread.
+        """
         accepted = self.accepted(item.sop_class_uid)
         if not accepted:
             return SendResult(0x0122, error="destination accepted no context for this SOP class")
         if self.policy.mode == "none" and item.transfer_syntax in accepted:
-            target = item.transfer_syntax  # pass-through: the header is not even parsed
-        else:
-            try:
-                target = choose_target(self.policy, read_info(item.path), accepted)
-            except CannotTranscode as exc:
-                return SendResult(exc.status, error=str(exc))
-            except Exception as exc:  # unreadable file
-                return SendResult(0xC000, error=f"cannot read the spooled instance: {exc}")
-        path, tmp = item.path, None
-        if target != item.transfer_syntax:
-            tmp = self.work_dir / f"{item.path.stem}.out.dcm"
+            return item.transfer_syntax  # pass-through: the header is not even parsed
+        try:
+            return choose_target(self.policy, read_info(item.path), accepted)
+        except CannotTranscode as exc:
+            return SendResult(exc.status, error=str(exc))
+        except Exception as exc:  # unreadable file
+            return SendResult(0xC000, error=f"cannot read the spooled instance: {exc}")
+
+    def converted_path(self, item: SpooledInstance) -> Path:
+        """Where the converted copy of ``item`` is written (inline or by a pool worker)."""
+        return self.work_dir / f"{item.path.stem}.out.dcm"
+
+    def send(self, item: SpooledInstance) -> SendResult:
+        """Plan, convert inline when the target differs from the held syntax, send."""
+        target = self.plan(item)
+        if isinstance(target, SendResult):
+            return target
+        if target == item.transfer_syntax:
+            return self.send_file(item, item.path, target)
+        tmp = self.converted_path(item)
+        try:
             try:
                 path = transcode_file(item.path, tmp, target, self.policy).path
             except Exception as exc:
-                tmp.unlink(missing_ok=True)
                 return SendResult(0xC000, target, error=f"cannot convert to {target}: {exc}")
+            return self.send_file(item, path, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def send_file(self, item: SpooledInstance, path: Path, target: str) -> SendResult:
+        """The C-STORE of ``path`` (``item`` as prepared in syntax ``target``); never raises."""
         try:
             kwargs: dict[str, Any] = {"msg_id": next(self._msg_ids)}
             if self.originator is not None:
@@ -277,9 +301,6 @@ class Forwarder:
                 rsp = self.assoc.send_c_store(path, **kwargs)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
         if rsp is None or "Status" not in rsp:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
@@ -294,11 +315,20 @@ class Forwarder:
 
 
 def send_with_retries(
-    forwarder: Forwarder, item: SpooledInstance, retries: int, delay: float, label: str
+    forwarder: Forwarder,
+    item: SpooledInstance,
+    retries: int,
+    delay: float,
+    label: str,
+    prepared: tuple[Path, str] | None = None,
 ) -> SendResult:
     """One onward C-STORE, retried with backoff (``delay``, doubling, at most
     :data:`MAX_RETRY_DELAY`) after a transient failure (:attr:`SendResult.transient`),
-    re-opening a lost onward association first. ``label`` names the job in the log."""
+    re-opening a lost onward association first. ``label`` names the job in the log.
+
+    ``prepared``: (file, syntax) already made for ``item`` (by a :class:`TranscodePool`); it is
+    sent as it is, unless a re-opened association no longer accepts that syntax for the SOP
+    class, in which case the instance is planned and converted again inline."""
     res = SendResult(None, error="destination association lost")
     for attempt in range(retries + 1):
         if attempt:
@@ -315,7 +345,10 @@ def send_with_retries(
             if not forwarder.can_reconnect:
                 break  # the C-GET requester's association: gone for good
             continue
-        res = forwarder.send(item)
+        if prepared is not None and prepared[1] in forwarder.accepted(item.sop_class_uid):
+            res = forwarder.send_file(item, *prepared)
+        else:
+            res = forwarder.send(item)
         if not res.transient:
             break
     return res

@@ -27,7 +27,11 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +51,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, contexts_for, open_destination, send_with_retries
+from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.qrservice import (
@@ -61,7 +65,7 @@ from dicomproxy.qrservice import (
 from dicomproxy.routing import StudyRef, route
 from dicomproxy.spool import End, Spool, SpooledInstance
 from dicomproxy.store import ReceiveRegistry
-from dicomproxy.transcode import policy_for
+from dicomproxy.transcode import TranscodePool, TranscodeResult, policy_for
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -69,6 +73,9 @@ LOG = logging.getLogger("dicomproxy.relay")
 PROGRESS_INTERVAL = 0.2
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
+
+#: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
+LOOKAHEAD_POLL = 0.05
 
 
 class StudyResolver(Protocol):
@@ -168,6 +175,29 @@ class JobState:
             failed_uids=list(self.failed_uids),
             comment=comment,
         )
+
+
+@dataclass
+class _Prepared:
+    """A spooled instance in the look-ahead window, planned (:meth:`Forwarder.plan`) in arrival order.
+
+    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool); a SendResult = planning
+    failed (re-planned by ``send_with_retries``, which reports it); a syntax = send in it, from
+    ``future``'s file when a pool worker converts it into ``tmp``, else the spooled file as it is.
+    """
+
+    item: SpooledInstance
+    plan: str | SendResult | None = None
+    future: Future[TranscodeResult] | None = None
+    tmp: Path | None = None
+    pool: TranscodePool | None = None
+
+    def discard(self) -> None:
+        """Not to be sent (job stopped): cancel the conversion, or delete its file once written."""
+        future, tmp = self.future, self.tmp
+        if future is None or tmp is None or future.cancel():
+            return
+        future.add_done_callback(lambda _: tmp.unlink(missing_ok=True))
 
 
 class _Upstream:
@@ -273,6 +303,27 @@ class RelayService:
         self.pending_interval = pending_interval
         self.spool_root = config.data_path / "spool"
         self.pacs_ae_titles = frozenset(a.ae_title for a in config.all_archives)
+        #: Encoder processes shared by every job (issue 5: use the cores); made on first need.
+        self._pool: TranscodePool | None = None
+        self._pool_lock = threading.Lock()
+        modes = {config.compression.mode, *(p.compression for p in config.peers if p.compression)}
+        if modes - {"none"}:
+            self._transcode_pool().warm()  # the first job does not wait for the workers to start
+
+    def _transcode_pool(self) -> TranscodePool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = TranscodePool(self.config.compression.workers)
+            return self._pool
+
+    def _drop_pool(self, pool: TranscodePool) -> None:
+        """A worker died (BrokenProcessPool): the next conversion gets a new pool."""
+        with self._pool_lock:
+            if self._pool is not pool:
+                return
+            self._pool = None
+        LOG.warning("transcoding pool broken (a worker died); starting a new one")
+        pool.close()
 
     # --- entry points (generators for dicomproxy.qrservice) ---
 
@@ -464,34 +515,75 @@ class RelayService:
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
     ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, str, str]]:
-        """Forward instances as they arrive; returns (final response, outcome, error)."""
-        pacs_error: BaseException | None = None
+        """Forward instances as they arrive; returns (final response, outcome, error).
+
+        With a compressing policy, instances already waiting in the spool are planned ahead
+        (at most 2 × workers + 2) and those needing conversion go to the process pool, so the
+        cores encode while this thread sends; sending stays in arrival order. ``none`` mode
+        sends one instance at a time and converts inline if it must (no pool).
+        """
+        pool = self._transcode_pool() if forwarder.policy.mode != "none" else None
+        limit = 2 * pool.workers + 2 if pool is not None else 1
+        window: deque[_Prepared] = deque()
+        end: End | None = None
         dest_error = ""
         last_progress = 0.0
-        while True:
-            if is_cancelled():
-                upstream.stop()
-                return state.response(STATUS_CANCEL), "cancelled", "cancelled by the requester"
-            if not alive():
-                upstream.stop()
-                return state.response(STATUS_CANCEL), "aborted", "requester went away"
-            item = spool.get(timeout=self.pending_interval)
-            if item is None:
-                last_progress = time.monotonic()
-                yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
-                continue
-            if isinstance(item, End):
-                pacs_error = item.error
-                break
-            self._forward_one(state, forwarder, item)
-            if not forwarder.alive:
-                dest_error = "destination aborted the association"
-                upstream.stop()
-                break
-            now = time.monotonic()
-            if now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1 or not state.remaining:
-                last_progress = now
-                yield state.response(STATUS_PENDING)
+        last_yield = time.monotonic()
+        try:
+            while True:
+                if is_cancelled():
+                    upstream.stop()
+                    return state.response(STATUS_CANCEL), "cancelled", "cancelled by the requester"
+                if not alive():
+                    upstream.stop()
+                    return state.response(STATUS_CANCEL), "aborted", "requester went away"
+                if not window:
+                    if end is not None:
+                        break
+                    item = spool.get(timeout=self.pending_interval)
+                    if item is None:
+                        last_progress = last_yield = time.monotonic()
+                        yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
+                        continue
+                    if isinstance(item, End):
+                        end = item
+                        break
+                    window.append(self._prepare(forwarder, item, pool is not None))
+                while end is None and len(window) < limit:  # look ahead: what already arrived
+                    nxt = spool.poll()
+                    if nxt is None:
+                        break
+                    if isinstance(nxt, End):
+                        end = nxt
+                        break
+                    window.append(self._prepare(forwarder, nxt, pool is not None))
+                head = window[0]
+                if head.future is not None and not head.future.done():
+                    wait_futures([head.future], timeout=min(LOOKAHEAD_POLL, self.pending_interval))
+                    if not head.future.done():
+                        now = time.monotonic()
+                        if now - last_yield >= self.pending_interval:
+                            last_progress = last_yield = now
+                            yield state.response(STATUS_PENDING)
+                        continue
+                window.popleft()
+                self._forward_one(state, forwarder, head)
+                if not forwarder.alive:
+                    dest_error = "destination aborted the association"
+                    upstream.stop()
+                    break
+                now = time.monotonic()
+                if (
+                    now - last_progress >= PROGRESS_INTERVAL
+                    or len(state.processed) == 1
+                    or not state.remaining
+                ):
+                    last_progress = last_yield = now
+                    yield state.response(STATUS_PENDING)
+        finally:
+            for left in window:
+                left.discard()
+        pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
         self._count_missing(state)
         if pacs_error is not None and nothing_sent:
@@ -506,10 +598,51 @@ class RelayService:
             return state.response(STATUS_ALL_FAILED, comment), "failed", error
         return state.response(STATUS_WARNING), "partial", error
 
-    def _forward_one(self, state: JobState, forwarder: Forwarder, item: SpooledInstance) -> None:
+    def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
+        """Plan ``item``; when it needs another syntax, hand its conversion to the pool."""
+        if not use_pool:
+            return _Prepared(item)
+        target = forwarder.plan(item)
+        if isinstance(target, SendResult) or target == item.transfer_syntax:
+            return _Prepared(item, target)  # a failure, or passed through: never the pool
+        tmp = forwarder.converted_path(item)
+        pool = self._transcode_pool()
+        try:
+            future = pool.submit(item.path, tmp, target, forwarder.policy)
+        except BrokenProcessPool:
+            self._drop_pool(pool)
+            return _Prepared(item)  # converted inline; the next instance gets a new pool
+        except RuntimeError:  # the pool was shut down (the proxy is stopping)
+            return _Prepared(item)
+        return _Prepared(item, target, future, tmp, pool)
+
+    def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> None:
+        item = prepared.item
         uid = item.sop_instance_uid
         proxy = self.config.proxy
-        res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, f"job {state.job_id}")
+        label = f"job {state.job_id}"
+        target = prepared.plan
+        try:
+            if prepared.future is not None and isinstance(target, str):
+                try:
+                    converted = prepared.future.result()
+                except Exception as exc:  # this instance's failure, never the job's
+                    if isinstance(exc, BrokenProcessPool) and prepared.pool is not None:
+                        self._drop_pool(prepared.pool)
+                    res = SendResult(0xC000, target, error=f"cannot convert to {target}: {exc}")
+                else:
+                    res = send_with_retries(
+                        forwarder, item, proxy.retries, proxy.retry_delay, label, (converted.path, target)
+                    )
+            elif isinstance(target, str):  # passed through as it is held
+                res = send_with_retries(
+                    forwarder, item, proxy.retries, proxy.retry_delay, label, (item.path, target)
+                )
+            else:  # no pool, or planning failed (re-planned and reported by forwarder.send)
+                res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label)
+        finally:
+            if prepared.tmp is not None:
+                prepared.tmp.unlink(missing_ok=True)
         state.processed.add(uid)
         record = InstanceRecord(
             uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
@@ -542,6 +675,10 @@ class RelayService:
                 )
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self.journal.close()
 
 

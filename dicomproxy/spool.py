@@ -73,6 +73,13 @@ class Spool:
         except queue.Empty:
             return None
 
+    def poll(self) -> SpooledInstance | _End | None:
+        """The next instance or end marker if one is waiting, else None at once (look-ahead)."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
     @staticmethod
     def confirmed(item: SpooledInstance) -> None:
         """The destination accepted ``item``: its file may go."""

@@ -180,6 +180,8 @@ class DestBehaviour:
     flaky: dict[str, list[int]] = field(default_factory=dict)
     #: Abort the association on the C-STORE with this 0-based index, once.
     abort_once_at: int | None = None
+    #: Keep every accepted data set (with its file meta) in ``FakeDestination.datasets``.
+    keep_datasets: bool = False
 
 
 class FakeDestination:
@@ -190,6 +192,8 @@ class FakeDestination:
         self.port = free_port()
         self.behaviour = DestBehaviour()
         self.received: list[tuple[str, str]] = []
+        #: The accepted data sets in arrival order (``behaviour.keep_datasets``).
+        self.datasets: list[Dataset] = []
         #: SOP Instance UID of every C-STORE request, whatever the answer.
         self.attempts: list[str] = []
         #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
@@ -253,6 +257,12 @@ class FakeDestination:
             )
         if uid in self.behaviour.reject:
             return self.behaviour.reject[uid]
+        ds = None
+        if self.behaviour.keep_datasets:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
         with self._lock:
             self.received.append((uid, str(event.context.transfer_syntax)))
+            if ds is not None:
+                self.datasets.append(ds)
         return SUCCESS

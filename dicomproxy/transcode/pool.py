@@ -18,6 +18,10 @@ def _warm_up() -> None:
     import pydicom.pixels  # noqa: F401
 
 
+def _ready() -> None:
+    """A task that does nothing: :meth:`TranscodePool.warm` starts the workers with it."""
+
+
 class TranscodePool:
     """Worker processes running :func:`transcode_file`.
 
@@ -37,6 +41,11 @@ class TranscodePool:
 
     def submit(self, src: Path, dst: Path, target: str, policy: Policy) -> Future[TranscodeResult]:
         return self._executor.submit(transcode_file, Path(src), Path(dst), str(target), policy)
+
+    def warm(self) -> None:
+        """Start the worker processes now (in the background) instead of on the first instance."""
+        for _ in range(self.workers):
+            self._executor.submit(_ready)
 
     def map_ordered(
         self, jobs: Iterable[tuple[Path, Path, str, Policy]], window: int = 0
