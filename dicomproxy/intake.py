@@ -6,7 +6,8 @@ aborts without telling the association, which then holds one of ``maximum_associ
 slots until ``acse_timeout`` (30 s) passes (measured: 40 garbage connections → 40 slots held,
 the next real peer rejected with "local limit exceeded"). :func:`inspect` therefore peeks
 (``MSG_PEEK``: nothing is consumed) until the whole first PDU is there and decodes it with
-pynetdicom's own A-ASSOCIATE-RQ class (PS3.8 9.3.2). Anything else is closed at once with one
+pynetdicom's own A-ASSOCIATE-RQ class (PS3.8 9.3.2) — or, for an RQ too large to sit unread in
+the receive window, checks its fixed fields. Anything else is closed at once with one
 (rate-limited) log line. The same look decides whether the raw store acceptor
 (:mod:`dicomproxy.fastpath.receiver`) takes the association.
 
@@ -34,6 +35,11 @@ A_ASSOCIATE_RQ = 0x01
 MIN_RQ_LENGTH = 68
 #: 128 presentation contexts with many transfer syntaxes stay well below this (PS3.8 9.3.2).
 MAX_RQ_LENGTH = 1024 * 1024
+#: End of the fixed fields (header 6 + 68).
+_FIXED_END = 74
+#: Seconds without new bytes after which a partly peeked RQ is judged by its fixed fields: the
+#: whole PDU cannot always be peeked (it may exceed the receive window while nothing is read).
+STALL = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ def inspect(sock: socket.socket, timeout: float) -> FirstPdu | str:
     deadline = time.monotonic() + timeout
     old = sock.gettimeout()
     want = _HEADER.size
+    seen, changed = 0, time.monotonic()
     try:
         while True:
             left = deadline - time.monotonic()
@@ -72,9 +79,27 @@ def inspect(sock: socket.socket, timeout: float) -> FirstPdu | str:
                 want = _HEADER.size + length
             if len(data) >= want:
                 return _decode(data[:want])
+            now = time.monotonic()
+            if len(data) != seen:
+                seen, changed = len(data), now
+            elif len(data) >= _FIXED_END and now - changed > STALL:
+                # A large RQ may not fit the receive window while nothing is read: check what we
+                # have (header and fixed fields) and let pynetdicom read the rest.
+                return _fixed_part(data)
             time.sleep(0.001)  # the rest is on its way (or never comes: the deadline ends it)
     finally:
         sock.settimeout(old)
+
+
+def _fixed_part(data: bytes) -> FirstPdu | str:
+    """PS3.8 Table 9-11 fields before the variable items: protocol version (bit 0 set), called and
+    calling AE titles (not all spaces)."""
+    version = int.from_bytes(data[6:8], "big")
+    called = data[10:26].decode("ascii", "replace").strip()
+    calling = data[26:42].decode("ascii", "replace").strip()
+    if not version & 1 or not called or not calling:
+        return "malformed A-ASSOCIATE-RQ (fixed fields)"
+    return FirstPdu(calling, called)
 
 
 def _decode(raw: bytes) -> FirstPdu | str:

@@ -124,3 +124,39 @@ def test_garbage_connections_hold_no_association_slot(tmp_path) -> None:
         assert _alive(server.port)
     finally:
         server.stop(drain_timeout=1.0)
+
+
+def test_large_associate_rq_in_small_pieces_is_accepted(proxy) -> None:
+    """An A-ASSOCIATE-RQ larger than what can sit unread in the receive window (128 contexts with
+    many syntaxes, > 200 kB, sent 1000 bytes at a time) still gets an A-ASSOCIATE-AC: the intake
+    judges it by its fixed fields when it cannot peek the whole PDU (dicomproxy.intake)."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import PresentationContext
+
+    contexts = []
+    for i, cx in enumerate(AllStoragePresentationContexts[:128]):
+        item = PresentationContext()
+        item.context_id = 2 * i + 1
+        item.abstract_syntax = cx.abstract_syntax
+        item.transfer_syntax = [*ALL_TRANSFER_SYNTAXES, *(f"1.2.3.{n}" for n in range(60))]
+        contexts.append(item)
+    rq = A_ASSOCIATE()
+    rq.application_context_name = "1.2.840.10008.3.1.1.1"
+    rq.calling_ae_title = "jobserver"
+    rq.called_ae_title = "DICOMPROXY"
+    rq.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    rq.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(rq)
+    raw = pdu.encode()
+    assert len(raw) > 200_000
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(raw), 1000):
+            sock.sendall(raw[i : i + 1000])
+        assert sock.recv(1)[:1] == b"\x02"  # A-ASSOCIATE-AC
+        sock.sendall(bytes.fromhex("0500000000040000 0000".replace(" ", "")))  # A-RELEASE-RQ
