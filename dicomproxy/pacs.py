@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from pydicom.uid import (
 )
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -195,37 +196,81 @@ class PacsClient:
         if "SOPInstanceUID" not in query:
             query.SOPInstanceUID = ""
         query.SOPClassUID = ""  # (0008,0016) return key
-        assoc = self._associate(
-            lambda ae: ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        )
         refs: list[InstanceRef] = []
         seen: set[str] = set()
-        try:
-            for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-                if "Status" not in status:
-                    raise PacsUnavailable(
-                        f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)"
-                    )
-                code = int(status.Status)
-                category = code_to_category(code)
-                if category == "Pending" and ds is not None:
-                    sop = str(ds.get("SOPInstanceUID", "") or "")
-                    if sop and sop not in seen:
-                        seen.add(sop)
-                        refs.append(
-                            InstanceRef(
-                                key.study_uid,
-                                str(ds.get("SeriesInstanceUID", "") or ""),
-                                sop,
-                                str(ds.get("SOPClassUID", "") or ""),
-                            )
+        for code, ds in self._find(query):
+            if code is None:
+                raise PacsUnavailable(f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)")
+            category = code_to_category(code)
+            if category == "Pending" and ds is not None:
+                sop = str(ds.get("SOPInstanceUID", "") or "")
+                if sop and sop not in seen:
+                    seen.add(sop)
+                    refs.append(
+                        InstanceRef(
+                            key.study_uid,
+                            str(ds.get("SeriesInstanceUID", "") or ""),
+                            sop,
+                            str(ds.get("SOPClassUID", "") or ""),
                         )
-                elif category not in ("Pending", "Success"):
-                    raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
-        finally:
-            if assoc.is_established:
-                assoc.release()
+                    )
+            elif category not in ("Pending", "Success"):
+                raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
         return refs
+
+    def _find(self, query: Dataset) -> Iterator[tuple[int | None, Dataset | None]]:
+        """Study Root C-FIND responses as (status or None when none came, identifier)."""
+        find_uid = str(StudyRootQueryRetrieveInformationModelFind)
+        if self.fast_path:
+            assoc = self._raw([build_context(find_uid)])
+            try:
+                syntax = UID(str(assoc.stream.contexts[assoc.context_id(find_uid)].transfer_syntax[0]))
+                raw_query = encode(query, syntax.is_implicit_VR, syntax.is_little_endian) or b""
+                try:
+                    for code, data in assoc.find(find_uid, bytes(raw_query), next_message_id()):
+                        ds = (
+                            decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+                            if data
+                            else None
+                        )
+                        yield code, ds
+                except AssociationFailed:
+                    yield None, None
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            return
+        pyassoc = self._associate(
+            lambda ae: ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        )
+        try:
+            for status, ds in pyassoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                yield (int(status.Status) if "Status" in status else None), ds
+        finally:
+            if pyassoc.is_established:
+                pyassoc.release()
+
+    def _raw(
+        self, contexts: list[Any], roles: list[SCP_SCU_RoleSelectionNegotiation] | None = None
+    ) -> RawAssociation:
+        """A :class:`RawAssociation` to this archive (raises PacsUnavailable)."""
+        c = self.config
+        try:
+            return RawAssociation.open(
+                c.host,
+                c.port,
+                calling_ae=self.calling_ae,
+                called_ae=c.ae_title,
+                contexts=contexts,
+                roles=roles,
+                store_dir=self.store_dir,
+                max_pdu=c.max_pdu,
+                connect_timeout=c.connect_timeout,
+                acse_timeout=c.acse_timeout,
+                dimse_timeout=c.dimse_timeout,
+            )
+        except AssociationFailed as exc:
+            raise PacsUnavailable(f"PACS {c.ae_title}: {exc}") from exc
 
     def retrieve(
         self,
@@ -343,22 +388,7 @@ class PacsClient:
             build_context(StudyRootQueryRetrieveInformationModelGet),
             *(build_context(uid, list[str | UID](RECEIVE_SYNTAXES)) for uid in sop_classes),
         ]
-        try:
-            assoc = RawAssociation.open(
-                c.host,
-                c.port,
-                calling_ae=self.calling_ae,
-                called_ae=c.ae_title,
-                contexts=contexts,
-                roles=_scp_roles(sop_classes),
-                store_dir=self.store_dir,
-                max_pdu=c.max_pdu,
-                connect_timeout=c.connect_timeout,
-                acse_timeout=c.acse_timeout,
-                dimse_timeout=c.dimse_timeout,
-            )
-        except AssociationFailed as exc:
-            raise PacsUnavailable(f"PACS {c.ae_title}: {exc}") from exc
+        assoc = self._raw(contexts, _scp_roles(sop_classes))
         on_assoc(assoc)
 
         def on_store(msg: Message, path: Path) -> int:

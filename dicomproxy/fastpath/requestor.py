@@ -17,7 +17,7 @@ import logging
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -30,6 +30,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification, SC
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from dicomproxy.fastpath.dimse import (
+    C_FIND_RQ,
+    C_FIND_RSP,
     C_GET_RQ,
     C_GET_RSP,
     C_STORE_RQ,
@@ -217,6 +219,30 @@ class RawAssociation:
             self.abort()
             return None
         return _status(rsp.command)
+
+    def find(self, sop_class: str, identifier: bytes, msg_id: int) -> Iterator[tuple[int, bytes | None]]:
+        """C-FIND (PS3.4 C.4.1): (status, encoded identifier) per response, the final one last.
+        A lost association raises AssociationFailed (after aborting it)."""
+        cmd = {
+            "AffectedSOPClassUID": sop_class,
+            "CommandField": C_FIND_RQ,
+            "MessageID": msg_id,
+            "Priority": PRIORITY_MEDIUM,
+            "CommandDataSetType": DATA_SET_PRESENT,
+        }
+        try:
+            self.stream.send(self.context_id(sop_class), cmd, identifier)
+            while True:
+                msg = self.stream.read()
+                if msg.field != C_FIND_RSP:
+                    raise ProtocolError(f"command 0x{msg.field:04X} during C-FIND")
+                code = int(msg.command.Status)
+                yield code, msg.data
+                if code not in (0xFF00, 0xFF01):  # Pending (PS3.4 C.4.1.1.4)
+                    return
+        except (OSError, ValueError, PeerClosed, ProtocolError, Released) as exc:
+            self.abort()
+            raise AssociationFailed(f"C-FIND association lost: {exc or type(exc).__name__}") from exc
 
     def get(
         self, sop_class: str, identifier: bytes, msg_id: int, on_store: Callable[[Message, Path], int]
