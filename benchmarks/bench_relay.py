@@ -68,7 +68,7 @@ def proxy_config(
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
         f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
         f'retrieve = "{method}"\n'
-        f'[compression]\nmode = "{mode}"\n'
+        f'[compression]\nmode = "{mode}"\n{COMPRESSION_EXTRA[0]}'
         f'[logging]\nlevel = "{LOG_LEVEL[0]}"\n'
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
@@ -76,6 +76,7 @@ def proxy_config(
 
 
 DEST_PORT = [0]
+COMPRESSION_EXTRA = [""]
 LOG_LEVEL = ["WARNING"]
 
 
@@ -161,6 +162,11 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="none,lossless,lossy", help="compression modes to relay (C-MOVE)")
+    ap.add_argument(
+        "--lossless-syntaxes",
+        default="",
+        help="comma-separated [compression] lossless_syntaxes (default: the built-in order)",
+    )
     ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -172,6 +178,9 @@ def main() -> None:
     )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
+    if args.lossless_syntaxes:
+        uids = ", ".join(f'"{u.strip()}"' for u in args.lossless_syntaxes.split(","))
+        COMPRESSION_EXTRA[0] = f"lossless_syntaxes = [{uids}]\n"
     LOG_LEVEL[0] = args.log_level
     modes = [m for m in args.modes.split(",") if m and m != "none"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
