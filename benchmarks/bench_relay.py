@@ -167,6 +167,7 @@ def main() -> None:
         default="",
         help="comma-separated [compression] lossless_syntaxes (default: the built-in order)",
     )
+    ap.add_argument("--lossy-syntaxes", default="", help="comma-separated [compression] lossy_syntaxes")
     ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -178,9 +179,13 @@ def main() -> None:
     )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
-    if args.lossless_syntaxes:
-        uids = ", ".join(f'"{u.strip()}"' for u in args.lossless_syntaxes.split(","))
-        COMPRESSION_EXTRA[0] = f"lossless_syntaxes = [{uids}]\n"
+    for key, value in (
+        ("lossless_syntaxes", args.lossless_syntaxes),
+        ("lossy_syntaxes", args.lossy_syntaxes),
+    ):
+        if value:
+            uids = ", ".join(f'"{u.strip()}"' for u in value.split(","))
+            COMPRESSION_EXTRA[0] += f"{key} = [{uids}]\n"
     LOG_LEVEL[0] = args.log_level
     modes = [m for m in args.modes.split(",") if m and m != "none"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
