@@ -121,6 +121,14 @@ class InstanceRef:
 
 
 @dataclass(frozen=True)
+class StudySummary:
+    """What a STUDY-level C-FIND says about a study before its instances are listed."""
+
+    count: int
+    sop_classes: list[str]
+
+
+@dataclass(frozen=True)
 class PacsOutcome:
     """How the PACS ended its C-MOVE/C-GET (its own counts are informative only)."""
 
@@ -272,18 +280,46 @@ class PacsClient:
         except AssociationFailed as exc:
             raise PacsUnavailable(f"PACS {c.ae_title}: {exc}") from exc
 
+    def study_summary(self, study_uid: str) -> StudySummary | None:
+        """STUDY-level C-FIND for (0020,1208) Number of Study Related Instances and (0008,0062) SOP
+        Classes in Study (PS3.4 C.6.2.1.2, optional return keys); None if the PACS returns either
+        empty or the study is not there (raises PacsUnavailable when it cannot be asked)."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        query.NumberOfStudyRelatedInstances = ""
+        query.SOPClassesInStudy = ""
+        summary: StudySummary | None = None
+        for code, ds in self._find(query):
+            if code is None:
+                raise PacsUnavailable(f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)")
+            if code_to_category(code) == "Pending" and ds is not None and summary is None:
+                count = ds.get("NumberOfStudyRelatedInstances")
+                classes = ds.get("SOPClassesInStudy")
+                if count not in (None, "") and classes:
+                    values = [classes] if isinstance(classes, str) else list(classes)
+                    summary = StudySummary(int(count), sorted({str(v) for v in values if v}))
+            elif code_to_category(code) not in ("Pending", "Success"):
+                raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
+        return summary if summary is not None and summary.count > 0 and summary.sop_classes else None
+
     def retrieve(
         self,
         key: RetrieveKey,
         refs: list[InstanceRef],
         sink: InstanceSink,
         on_assoc: Callable[[Association], None] = lambda a: None,
+        sop_classes: list[str] | None = None,
     ) -> PacsOutcome:
-        """Fetch ``key`` into ``sink``; ``on_assoc`` receives the association (to abort it on cancel)."""
+        """Fetch ``key`` into ``sink``; ``on_assoc`` receives the association (to abort it on cancel).
+
+        ``sop_classes``: the storage classes to offer on a C-GET when ``refs`` is not known yet
+        (a job started from :meth:`study_summary`)."""
         if self.config.retrieve == "c-get":
+            classes = sop_classes or _get_storage_classes(refs)
             if self.fast_path:
-                return self._get_raw(key, refs, sink, on_assoc)
-            return self._get(key, refs, sink, on_assoc)
+                return self._get_raw(key, refs, sink, on_assoc, classes)
+            return self._get(key, refs, sink, on_assoc, classes)
         return self._move(key, refs, sink, on_assoc)
 
     def _final(self, assoc: Association, responses: Iterator[tuple[Dataset, Any]]) -> PacsOutcome:
@@ -337,8 +373,8 @@ class PacsClient:
         refs: list[InstanceRef],
         sink: InstanceSink,
         on_assoc: Callable[[Association], None],
+        sop_classes: list[str],
     ) -> PacsOutcome:
-        sop_classes = _get_storage_classes(refs)
         retrieval = ActiveRetrieval(
             sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs)
         )
@@ -372,13 +408,13 @@ class PacsClient:
         refs: list[InstanceRef],
         sink: InstanceSink,
         on_assoc: Callable[[Any], None],
+        sop_classes: list[str],
     ) -> PacsOutcome:
         """C-GET on a :class:`RawAssociation` (dicomproxy.fastpath): same contexts, roles and
         store rules as :meth:`_get`, without pynetdicom's per-PDU machinery."""
         c = self.config
         assert self.store_dir is not None  # fast_path implies it
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        sop_classes = _get_storage_classes(refs)
         local = ReceiveRegistry(self.calling_ae)
         local.open(
             ActiveRetrieval(sink, frozenset({key.study_uid}), frozenset(r.sop_instance_uid for r in refs))

@@ -53,7 +53,7 @@ from dicomproxy.errors import (
 )
 from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
-from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
 from dicomproxy.qrservice import (
     STATUS_ALL_FAILED,
     STATUS_CANCEL,
@@ -176,8 +176,15 @@ class JobState:
         ]
         return f"in {time.monotonic() - start:.2f} s" + (f" ({', '.join(parts)})" if parts else "")
 
+    #: Number of Study Related Instances when the job started before its instance list was known.
+    announced: int = 0
+    #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
+    finder: _Finder | None = None
+
     @property
     def remaining(self) -> int:
+        if not self.expected and self.announced:  # list not known (yet): count from the announced total
+            return max(0, self.announced - len(self.processed))
         return max(0, len(self.expected) - len(self.processed & self.expected.keys()))
 
     def response(self, status: int, comment: str = "") -> RetrieveResponse:
@@ -215,12 +222,37 @@ class _Prepared:
         future.add_done_callback(lambda _: tmp.unlink(missing_ok=True))
 
 
+class _Finder:
+    """The IMAGE-level C-FIND of an early-started job, in a thread (:meth:`RelayService._early_start`)."""
+
+    def __init__(self, client: PacsClient, key: RetrieveKey) -> None:
+        self.refs: list[InstanceRef] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(client, key), name="relay-finder", daemon=True)
+        self.thread.start()
+
+    def _run(self, client: PacsClient, key: RetrieveKey) -> None:
+        try:
+            self.refs = client.find_instances(key)
+        except BaseException as exc:  # reported by the job, never raised in this thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 class _Upstream:
     """The producer side of a job: a thread fetching the studies into the spool; stoppable."""
 
-    def __init__(self, plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]], spool: Spool) -> None:
+    def __init__(
+        self,
+        plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]],
+        spool: Spool,
+        sop_classes: list[str] | None = None,
+    ) -> None:
         self.plan = plan
         self.spool = spool
+        self.sop_classes = sop_classes  # for a C-GET started before the instance list is known
         self.stop_requested = threading.Event()
         self.timed_out = threading.Event()
         self._assoc: Association | None = None
@@ -261,7 +293,9 @@ class _Upstream:
                     for _, key, refs in [p for p in self.plan if p[0] is pacs] if got else []:
                         if self.stop_requested.is_set():
                             break
-                        outcome = pacs.retrieve(key, refs, self.spool, on_assoc=self._attach)
+                        outcome = pacs.retrieve(
+                            key, refs, self.spool, on_assoc=self._attach, sop_classes=self.sop_classes
+                        )
                         if outcome.error and not self.stop_requested.is_set():
                             error = error or PacsUnavailable(outcome.error)
                             break
@@ -409,26 +443,36 @@ class RelayService:
             clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
-            for client, key in zip(clients, keys, strict=True):
-                client, refs = self._find_with_fallback(job_id, client, key)
-                plan.append((client, key, refs))
-                for ref in refs:
-                    state.expected.setdefault(ref.sop_instance_uid, ref)
-            if any(client.config.fallback for client in clients):  # record who actually serves
-                self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c, _, _ in plan)))
-            n = len(state.expected)
+            summary = self._study_summary(job_id, clients, keys)
+            if summary is not None:
+                # Early start: fetch and forward now, list the instances beside it (_Finder).
+                plan.append((clients[0], keys[0], []))
+                state.announced, n, sop_classes = summary.count, summary.count, summary.sop_classes
+                state.finder = _Finder(clients[0], keys[0])
+                self.journal.update(job_id, expected=n)
+            else:
+                for client, key in zip(clients, keys, strict=True):
+                    client, refs = self._find_with_fallback(job_id, client, key)
+                    plan.append((client, key, refs))
+                    for ref in refs:
+                        state.expected.setdefault(ref.sop_instance_uid, ref)
+                if any(client.config.fallback for client in clients):  # record who actually serves
+                    self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c, _, _ in plan)))
+                n = len(state.expected)
+                sop_classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
+                self.journal.update(job_id, expected=n)
+                # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
+                self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             state.mark("found")
             LOG.info(
-                "job %d: %s by %s, %d stud(ies), %d instance(s)",
+                "job %d: %s by %s, %d stud(ies), %d instance(s)%s",
                 job_id,
                 req.kind,
                 req.calling_ae,
                 len(keys),
                 n,
+                " announced by the PACS, listing them meanwhile" if summary is not None else "",
             )
-            self.journal.update(job_id, expected=n)
-            # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
-            self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             if n > MAX_SUBOPERATIONS:
                 raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
             if n == 0:
@@ -436,11 +480,10 @@ class RelayService:
                 final, outcome = state.response(STATUS_SUCCESS), "empty"
             else:
                 spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
-                sop_classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
                 forwarder = opener(state, sop_classes, spool.dir)
                 state.mark("destination")
                 yield state.response(STATUS_PENDING)
-                upstream = _Upstream(plan, spool)
+                upstream = _Upstream(plan, spool, sop_classes if summary is not None else None)
                 upstream.start()
                 final, outcome, error = yield from self._pump(
                     state, spool, forwarder, upstream, is_cancelled, alive
@@ -494,6 +537,42 @@ class RelayService:
                 state.timing(),
             )
         yield final
+
+    def _study_summary(
+        self, job_id: int, clients: list[PacsClient], keys: list[RetrieveKey]
+    ) -> StudySummary | None:
+        """The STUDY-level count and SOP classes of a one-study request, to start fetching before
+        the IMAGE-level C-FIND has listed every instance (first instance independent of study
+        size, issue 7). None — and the job lists first, as before — for several studies, a
+        SERIES/IMAGE-level request, an archive with fallbacks (the list decides who serves), or a
+        PACS that does not return both keys. A PACS that cannot be asked fails the job as the
+        IMAGE-level C-FIND would."""
+        if len(keys) != 1 or keys[0].level != "STUDY" or clients[0].config.fallback:
+            return None
+        summary = clients[0].study_summary(keys[0].study_uid)
+        if summary is None:
+            LOG.debug("job %d: no study-level count from the PACS; listing first", job_id)
+        return summary
+
+    def _merge_found(self, state: JobState, wait: float = 0.0) -> None:
+        """Take the early-started job's instance list once its C-FIND is done (``wait`` seconds at
+        most): into ``state.expected`` and the journal (`jobs retry` needs it)."""
+        finder = state.finder
+        if finder is None or not finder.done.wait(wait):
+            return
+        state.finder = None
+        if finder.error is not None:
+            LOG.warning(
+                "job %d: listing the instances failed (%s); counting from the %d announced",
+                state.job_id,
+                finder.error,
+                state.announced,
+            )
+            return
+        for ref in finder.refs:
+            state.expected.setdefault(ref.sop_instance_uid, ref)
+        self.journal.update(state.job_id, expected=len(state.expected))
+        self.journal.add_expected(state.job_id, [asdict(ref) for ref in state.expected.values()])
 
     def _route(self, routed: list[tuple[RetrieveKey, StudyRef]]) -> list[PacsClient]:
         """The archive client of each study (``routing.route`` on its view row's Sysid/ExamineType).
@@ -549,6 +628,7 @@ class RelayService:
         last_yield = time.monotonic()
         try:
             while True:
+                self._merge_found(state)
                 if is_cancelled():
                     upstream.stop()
                     return state.response(STATUS_CANCEL), "cancelled", "cancelled by the requester"
@@ -603,6 +683,7 @@ class RelayService:
                 left.discard()
         pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
+        self._merge_found(state, wait=max(a.dimse_timeout for a in self.config.all_archives))
         self._count_missing(state)
         if pacs_error is not None and nothing_sent:
             status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
@@ -684,6 +765,9 @@ class RelayService:
     @staticmethod
     def _count_missing(state: JobState) -> None:
         """Announced instances that never arrived (or could not be sent) are failed sub-operations."""
+        if not state.expected and state.announced > len(state.processed):
+            state.failed += state.announced - len(state.processed)  # list unknown: no UIDs to name
+            return
         for uid, ref in state.expected.items():
             if uid not in state.processed:
                 state.processed.add(uid)

@@ -257,3 +257,26 @@ def test_concurrent_moves_are_isolated(setup: Setup, files: dict[str, list[Path]
         assert pixels_by_uid(second.received()) == pixels_by_uid(files[MR.accession])
     finally:
         second.stop()
+
+
+def test_study_move_starts_before_the_instance_list(
+    setup: Setup, files: dict[str, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Orthanc returns Number of Study Related Instances and SOP Classes in Study at STUDY level, so
+    the job fetches and forwards at once and lists the instances beside it (issue 7: first instance
+    independent of study size); the list still reaches the journal (`jobs retry` needs it) and the
+    counts are exact. With dcmqrscp (whichever path it allows) the outcome must be the same."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dicomproxy.relay")
+    query = scu.identifier(study_uids=[CT.study_uid])
+    result = scu.move(setup.proxy, DEST, query, calling_ae=CLOUD, timeout=60)
+    assert (result.status, result.completed, result.failed) == (0x0000, 10, 0), result.line()
+    assert pixels_by_uid(setup.dest.received()) == pixels_by_uid(files[CT.accession])
+    early = any("announced by the PACS" in r.getMessage() for r in caplog.records)
+    if setup.config.pacs.ae_title == "ORTHANC":
+        assert early, [r.getMessage() for r in caplog.records]
+    job = setup.ctx.journal.recent(1)[0]
+    assert (job["outcome"], job["expected"], job["completed"]) == ("success", 10, 10)
+    assert setup.ctx.journal.has_expected(job["id"])
+    assert setup.ctx.journal.unconfirmed(job["id"]) == []
