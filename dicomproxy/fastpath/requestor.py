@@ -19,6 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -223,13 +224,7 @@ class RawAssociation:
     def find(self, sop_class: str, identifier: bytes, msg_id: int) -> Iterator[tuple[int, bytes | None]]:
         """C-FIND (PS3.4 C.4.1): (status, encoded identifier) per response, the final one last.
         A lost association raises AssociationFailed (after aborting it)."""
-        cmd = {
-            "AffectedSOPClassUID": sop_class,
-            "CommandField": C_FIND_RQ,
-            "MessageID": msg_id,
-            "Priority": PRIORITY_MEDIUM,
-            "CommandDataSetType": DATA_SET_PRESENT,
-        }
+        cmd = _request(C_FIND_RQ, sop_class, msg_id)
         try:
             self.stream.send(self.context_id(sop_class), cmd, identifier)
             while True:
@@ -250,13 +245,7 @@ class RawAssociation:
         """C-GET (PS3.4 C.4.3): send the request, serve the archive's C-STOREs on this association
         with ``on_store`` (it owns the file; returns the status), return the final response's status
         data set (None if the association failed)."""
-        cmd = {
-            "AffectedSOPClassUID": sop_class,
-            "CommandField": C_GET_RQ,
-            "MessageID": msg_id,
-            "Priority": PRIORITY_MEDIUM,
-            "CommandDataSetType": DATA_SET_PRESENT,
-        }
+        cmd = _request(C_GET_RQ, sop_class, msg_id)
         try:
             self.stream.send(self.context_id(sop_class), cmd, identifier)
             while True:
@@ -313,6 +302,17 @@ class RawAssociation:
             self.stream.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
+
+
+def _request(field: int, sop_class: str, msg_id: int) -> dict[str, Any]:
+    """A C-FIND/C-GET request command set with an identifier to follow (PS3.7 9.3.2.1, 9.3.3.1)."""
+    return {
+        "AffectedSOPClassUID": sop_class,
+        "CommandField": field,
+        "MessageID": msg_id,
+        "Priority": PRIORITY_MEDIUM,
+        "CommandDataSetType": DATA_SET_PRESENT,
+    }
 
 
 def _status(command: Command) -> Dataset:
