@@ -18,7 +18,6 @@ to pynetdicom as before.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -26,11 +25,10 @@ from typing import Literal
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
 
 from dicomproxy.access import RejectionLog
+from dicomproxy.fastpath.pdu import A_ASSOCIATE_RQ
+from dicomproxy.fastpath.pdu import PDU_HEADER as _HEADER
 from dicomproxy.fastpath.receiver import StoreAcceptor
 
-#: PS3.8 9.3.1 PDU header: type (1), reserved (1), length (4, big endian).
-_HEADER = struct.Struct(">BxI")
-A_ASSOCIATE_RQ = 0x01
 #: PS3.8 Table 9-11: version, reserved, called and calling AE titles, reserved = 68 bytes before the items.
 MIN_RQ_LENGTH = 68
 #: 128 presentation contexts with many transfer syntaxes stay well below this (PS3.8 9.3.2).

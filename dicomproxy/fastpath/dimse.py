@@ -39,10 +39,11 @@ C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
-C_CANCEL_RQ = 0x0FFF
 #: (0000,0800) Command Data Set Type: 0x0101 = no data set (PS3.7 E.1); anything else = one follows.
 NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
+#: (0000,0700) Priority MEDIUM (PS3.7 9.1.1.1.1)
+PRIORITY_MEDIUM = 0x0000
 
 #: Largest command set, and largest data set kept in memory (identifiers), we accept.
 MAX_COMMAND = 64 * 1024

@@ -38,6 +38,7 @@ from dicomproxy.fastpath.dimse import (
     C_STORE_RQ,
     C_STORE_RSP,
     DATA_SET_PRESENT,
+    PRIORITY_MEDIUM,
     Message,
     MessageStream,
     Released,
@@ -53,14 +54,12 @@ from dicomproxy.fastpath.pdu import (
     release_rq,
 )
 from dicomproxy.fastpath.receiver import user_information
-from dicomproxy.fastpath.sender import DEFAULT_MAX_PDV, store_command
+from dicomproxy.fastpath.sender import max_pdv, store_command
 from dicomproxy.fastpath.wire import Command
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")  # PS3.7 A.2.1 DICOM Application Context Name
-#: C-STORE/C-GET/C-MOVE Priority MEDIUM (PS3.7 9.1.1.1.1)
-PRIORITY_MEDIUM = 0x0000
 
 
 class AssociationFailed(ConnectionError):
@@ -183,8 +182,7 @@ class RawAssociation:
             raise AssociationFailed(
                 f"association with {called_ae} failed: {exc or type(exc).__name__}"
             ) from exc
-        max_pdv = peer_max - 6 if peer_max > 6 else DEFAULT_MAX_PDV
-        return cls(sock, reader, accepted, store_dir, min(max_pdv, DEFAULT_MAX_PDV), dimse_timeout)
+        return cls(sock, reader, accepted, store_dir, max_pdv(peer_max), dimse_timeout)
 
     # -- services --------------------------------------------------------------------------
     def context_id(self, sop_class: str, syntax: str | None = None) -> int:

@@ -26,18 +26,12 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 
+from dicomproxy.fastpath.dimse import C_STORE_RQ, DATA_SET_PRESENT, PRIORITY_MEDIUM
 from dicomproxy.fastpath.pdu import message_pdus
 from dicomproxy.fastpath.wire import encode_command
 
 #: Largest data bytes per PDV when the peer announced 0 (unlimited, PS3.8 D.1).
 DEFAULT_MAX_PDV = 4 * 1024 * 1024 - 6
-
-#: (0000,0100) Command Field of C-STORE-RQ (PS3.7 9.3.1.1).
-C_STORE_RQ = 0x0001
-#: (0000,0800) any value but 0x0101 says a data set follows (PS3.7 E.1).
-DATA_SET_PRESENT = 0x0000
-#: (0000,0700) Priority MEDIUM.
-PRIORITY_MEDIUM = 0x0000
 
 
 def usable(assoc: Association) -> bool:
@@ -68,13 +62,18 @@ def install_send_lock(assoc: Association) -> None:
     dul._dicomproxy_send_lock = lock  # type: ignore[attr-defined]
 
 
+def max_pdv(maximum_length: int) -> int:
+    """Value bytes per PDV for a peer's Maximum Length (PS3.8 D.1): minus the 6-byte PDV header,
+    at most :data:`DEFAULT_MAX_PDV` (also what 0 = unlimited gets)."""
+    return min(maximum_length - 6, DEFAULT_MAX_PDV) if maximum_length > 6 else DEFAULT_MAX_PDV
+
+
 def peer_max_pdv(assoc: Association) -> int:
-    """Value bytes per PDV: the peer's Maximum Length (PS3.8 D.1) minus the 6-byte PDV header."""
+    """:func:`max_pdv` for the peer of a pynetdicom association."""
     peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
     for item in peer.user_information:
         if isinstance(item, MaximumLengthNotification):
-            size = int(item.maximum_length_received or 0)
-            return size - 6 if size > 6 else DEFAULT_MAX_PDV
+            return max_pdv(int(item.maximum_length_received or 0))
     return DEFAULT_MAX_PDV
 
 
