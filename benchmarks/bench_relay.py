@@ -10,7 +10,8 @@ upstream C-GET), then alternates per round: direct C-MOVE (Orthanc → storescp)
 of the C-MOVE as seen by the requester, ratio to direct, MB/s, median time from the
 request to the first file at the destination, each proxy's peak RSS (VmHWM) and the median CPU
 seconds its own process used per move (user + system, from /proc; transcoding pool workers are
-child processes and not included) — a figure that stays comparable when the machine is busy.
+child processes, counted apart as "pool CPU s") — figures that stay comparable when the machine is
+busy.
 TCP_NODELAY=1 is set for Orthanc and DCMTK by dicomproxy.testing.
 
 ``--modes``: extra proxy processes (upstream C-MOVE) whose ``[compression].mode`` is ``lossless``
@@ -91,6 +92,30 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (its own threads, not its children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the transcoding pool: forkserver and its workers)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            out.extend(int(c) for c in children)
+            todo.extend(int(c) for c in children)
+    return out
+
+
+def pool_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by the live descendants of ``pid`` (0.0 when it has none)."""
+    total = 0.0
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:  # ended in between
+            continue
+    return total
 
 
 def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[float, float, int]:
@@ -175,7 +200,15 @@ def main() -> None:
         "--py-spy",
         type=Path,
         default=None,
-        help="record the C-MOVE proxy with py-spy (raw stacks) into this file",
+        help="record a proxy with py-spy (raw stacks, its pool workers included) into this file",
+    )
+    ap.add_argument(
+        "--py-spy-gil", action="store_true", help="py-spy samples only the thread holding the GIL"
+    )
+    ap.add_argument(
+        "--py-spy-proxy",
+        default="c-move",
+        help="which proxy --py-spy records: c-move, c-get or a mode of --modes (default c-move)",
     )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     args = ap.parse_args()
@@ -238,12 +271,15 @@ def main() -> None:
         names = ["direct", *proxies]
         runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
+        pool_cpu: dict[str, list[float]] = {n: [] for n in proxies}
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(orthanc.remote, dest, spec.study_uid, len(files))  # warm-up (Orthanc cache)
         spy = None
         if args.py_spy:
-            pid = str(procs["c-move"].pid)
-            spy_opts = ["--format", "raw", "--rate", "200", "--threads", "--output", str(args.py_spy)]
+            pid = str(procs[args.py_spy_proxy].pid)
+            spy_opts = ["--format", "raw", "--rate", "200", "--threads", "--subprocesses"]
+            spy_opts += ["--gil"] if args.py_spy_gil else []
+            spy_opts += ["--output", str(args.py_spy)]
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", pid, *spy_opts],
                 stdout=subprocess.DEVNULL,
@@ -257,10 +293,12 @@ def main() -> None:
             for name in names:
                 remote = orthanc.remote if name == "direct" else proxies[name]
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
+                p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
                 wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 runs[name].append((wall, first))
                 if name in procs:
                     cpu[name].append(cpu_seconds(procs[name].pid) - c0)
+                    pool_cpu[name].append(pool_cpu_seconds(procs[name].pid) - p0)
                 print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
             if uids:
                 for name in conc:
@@ -290,9 +328,9 @@ def main() -> None:
     )
     print(
         "| path | wall s (median) | ratio to direct | MB/s (files) | raw-pixel MB/s "
-        "| first instance s | proxy peak RSS MB | proxy CPU s |"
+        "| first instance s | proxy peak RSS MB | proxy CPU s | pool CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     labels = {"direct": "direct Orthanc → storescp", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     for name in names:
@@ -300,10 +338,11 @@ def main() -> None:
         first = statistics.median(f for _, f in runs[name])
         mem = f"{rss[name]:.0f}" if name in rss else "–"
         used = f"{statistics.median(cpu[name]):.2f}" if cpu.get(name) else "–"
+        pool = f"{statistics.median(pool_cpu[name]):.2f}" if pool_cpu.get(name) else "–"
         label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
             f"| {label} | {wall:.2f} | {wall / direct:.2f} | {total / 1e6 / wall:.0f} "
-            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} |"
+            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {pool} |"
         )
     if conc["direct"]:
         cd = statistics.median(conc["direct"])
@@ -311,7 +350,7 @@ def main() -> None:
             wall = statistics.median(conc[name])
             print(
                 f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
-                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | |"
+                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | |"
             )
 
 

@@ -153,7 +153,8 @@ class PacsClient:
         self.config = config
         self.calling_ae = calling_ae
         self.registry = registry
-        #: C-GET on a :class:`RawAssociation` (plain TCP only), received files written to ``store_dir``.
+        #: C-FIND, C-GET and C-MOVE on a :class:`RawAssociation` (plain TCP only); files received
+        #: by a C-GET are written to ``store_dir``.
         self.fast_path = fast_path and config.tls is None and store_dir is not None
         self.store_dir = store_dir
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
@@ -349,6 +350,8 @@ class PacsClient:
             )
         )
         try:
+            if self.fast_path:
+                return self._move_raw(key, on_assoc, msg_id)
             assoc = self._associate(
                 lambda ae: ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
             )
@@ -366,6 +369,28 @@ class PacsClient:
                     assoc.release()
         finally:
             self.registry.close(retrieval)
+
+    def _move_raw(self, key: RetrieveKey, on_assoc: Callable[[Any], None], msg_id: int) -> PacsOutcome:
+        """C-MOVE to ourselves on a :class:`RawAssociation`: the responses are read by this thread
+        as they come, without pynetdicom decoding each Pending response on two threads of its own."""
+        move_uid = str(StudyRootQueryRetrieveInformationModelMove)
+        assoc = self._raw([build_context(move_uid)])
+        on_assoc(assoc)
+        try:
+            syntax = UID(str(assoc.stream.contexts[assoc.context_id(move_uid)].transfer_syntax[0]))
+            identifier = encode(key.identifier(), syntax.is_implicit_VR, syntax.is_little_endian)
+            status = assoc.move(move_uid, self.calling_ae, bytes(identifier or b""), msg_id)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return self._outcome(status)
+
+    def _outcome(self, status: Dataset | None) -> PacsOutcome:
+        """The final response of a raw C-GET/C-MOVE as a PacsOutcome (None: association lost)."""
+        if status is None:
+            return PacsOutcome(0xC002, f"PACS {self.config.ae_title} aborted or stopped answering")
+        code = int(status.Status)
+        return PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
 
     def _get(
         self,
@@ -448,10 +473,7 @@ class PacsClient:
         finally:
             if assoc.is_established:
                 assoc.release()
-        if status is None:
-            return PacsOutcome(0xC002, f"PACS {c.ae_title} aborted or stopped answering")
-        code = int(status.Status)
-        return PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
+        return self._outcome(status)
 
 
 def _get_storage_classes(refs: list[InstanceRef]) -> list[str]:

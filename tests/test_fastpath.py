@@ -13,12 +13,17 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF as PynetdicomPDataTF
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.presentation import build_context as presentation_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from sqlalchemy import create_engine
 
 from dicomproxy import scu
@@ -513,6 +518,15 @@ def test_relay_with_and_without_fast_path(
         return real_store_file(self, path, *args, **kwargs)
 
     monkeypatch.setattr(RawAssociation, "store_file", spy_raw)
+    moves: list[str] = []
+    real_move = RawAssociation.move
+
+    def spy_move(self: RawAssociation, sop_class: str, destination: str, *args: Any) -> Any:
+        status = real_move(self, sop_class, destination, *args)
+        moves.append(f"{destination} 0x{int(status.Status):04X}" if status is not None else "lost")
+        return status
+
+    monkeypatch.setattr(RawAssociation, "move", spy_move)
     engine = create_engine(sqlite_url)
     create_view_table(engine)
     insert_rows(engine, [exam_row(MR)])
@@ -541,3 +555,27 @@ def test_relay_with_and_without_fast_path(
     raw_receive = [r for r in caplog.records if r.getMessage().startswith("store association accepted:")]
     assert bool(raw_receive) is fast_path
     assert len(sent_raw) == (4 if fast_path else 0)
+    assert moves == ([f"{PROXY_AE} 0x0000"] if fast_path else [])  # the upstream C-MOVE, raw too
+
+
+def test_raw_move_to_an_unknown_destination(fp_qr: DcmQrSCP) -> None:
+    """RawAssociation.move against dcmqrscp: the archive's own failure status comes back as it is
+    (0xA801 Move Destination unknown, PS3.4 C.4.2.1.5) and the association is released cleanly."""
+    move_uid = str(StudyRootQueryRetrieveInformationModelMove)
+    qr = fp_qr.remote
+    assoc = RawAssociation.open(
+        "127.0.0.1",
+        qr.port,
+        calling_ae=PROXY_AE,
+        called_ae=qr.ae_title,
+        contexts=[presentation_context(move_uid)],
+    )
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = MR.study_uid
+    syntax = UID(str(assoc.stream.contexts[assoc.context_id(move_uid)].transfer_syntax[0]))
+    identifier = encode(query, syntax.is_implicit_VR, syntax.is_little_endian)
+    status = assoc.move(move_uid, "NOBODY", bytes(identifier or b""), 7)
+    assert status is not None and int(status.Status) == 0xA801
+    assoc.release()
+    assert not assoc.is_established and not assoc.is_aborted

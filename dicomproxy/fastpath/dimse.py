@@ -38,6 +38,7 @@ from dicomproxy.fastpath.wire import Command, decode_command, encode_command, fi
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 #: (0000,0800) Command Data Set Type: 0x0101 = no data set (PS3.7 E.1); anything else = one follows.
 NO_DATA_SET = 0x0101

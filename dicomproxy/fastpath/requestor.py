@@ -1,4 +1,4 @@
-"""A requestor association on a plain socket: onward C-STOREs and C-GET from an archive.
+"""A requestor association on a plain socket: onward C-STOREs; C-FIND, C-GET and C-MOVE to an archive.
 
 Negotiation (PS3.8 9.3.2/9.3.3, PS3.7 D.3.3.4 role selection) uses pynetdicom's PDU classes
 and :func:`~pynetdicom.presentation.negotiate_as_requestor`; messages go through
@@ -35,6 +35,8 @@ from dicomproxy.fastpath.dimse import (
     C_FIND_RSP,
     C_GET_RQ,
     C_GET_RSP,
+    C_MOVE_RQ,
+    C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     DATA_SET_PRESENT,
@@ -243,24 +245,42 @@ class RawAssociation:
         """C-GET (PS3.4 C.4.3): send the request, serve the archive's C-STOREs on this association
         with ``on_store`` (it owns the file; returns the status), return the final response's status
         data set (None if the association failed)."""
-        cmd = _request(C_GET_RQ, sop_class, msg_id)
+        return self._retrieve("GET", _request(C_GET_RQ, sop_class, msg_id), sop_class, identifier, on_store)
+
+    def move(self, sop_class: str, destination: str, identifier: bytes, msg_id: int) -> Dataset | None:
+        """C-MOVE (PS3.4 C.4.2) to ``destination``: the archive stores on an association of its own,
+        this one carries only the responses; the final response's status data set (None if the
+        association failed). Pending responses are read and dropped: nobody waits on them."""
+        cmd = _request(C_MOVE_RQ, sop_class, msg_id)
+        cmd["MoveDestination"] = destination  # (0000,0600) AE, PS3.7 9.3.4.1
+        return self._retrieve("MOVE", cmd, sop_class, identifier, None)
+
+    def _retrieve(
+        self,
+        name: str,
+        cmd: dict[str, Any],
+        sop_class: str,
+        identifier: bytes,
+        on_store: Callable[[Message, Path], int] | None,
+    ) -> Dataset | None:
+        response = C_GET_RSP if name == "GET" else C_MOVE_RSP
         try:
             self.stream.send(self.context_id(sop_class), cmd, identifier)
             while True:
                 msg = self.stream.read()
-                if msg.field == C_STORE_RQ and msg.path is not None:
+                if on_store is not None and msg.field == C_STORE_RQ and msg.path is not None:
                     status = on_store(msg, msg.path)
                     self.stream.respond(msg, C_STORE_RSP, status)
                     continue
-                if msg.field != C_GET_RSP:
-                    raise ProtocolError(f"command 0x{msg.field:04X} during C-GET")
+                if msg.field != response:
+                    raise ProtocolError(f"command 0x{msg.field:04X} during C-{name}")
                 code = int(msg.command.Status)
-                if code in (0xFF00, 0xFF01):  # Pending (PS3.4 C.4.3.1.4)
+                if code in (0xFF00, 0xFF01):  # Pending (PS3.4 C.4.2.1.5, C.4.3.1.4)
                     continue
                 return _status(msg.command)
         except (OSError, ValueError, PeerClosed, ProtocolError, Released) as exc:
             if not self.is_aborted:
-                LOG.warning("C-GET association lost: %s", exc or type(exc).__name__)
+                LOG.warning("C-%s association lost: %s", name, exc or type(exc).__name__)
             self.abort()
             return None
 
@@ -303,7 +323,8 @@ class RawAssociation:
 
 
 def _request(field: int, sop_class: str, msg_id: int) -> dict[str, Any]:
-    """A C-FIND/C-GET request command set with an identifier to follow (PS3.7 9.3.2.1, 9.3.3.1)."""
+    """A C-FIND/C-GET/C-MOVE request command set with an identifier to follow (PS3.7 9.3.2.1,
+    9.3.3.1, 9.3.4.1)."""
     return {
         "AffectedSOPClassUID": sop_class,
         "CommandField": field,
