@@ -12,6 +12,7 @@ Status values are from PS3.4 Annex C (Q/R) and PS3.7 Annex C; the 0xC0xx values 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(Exception):
@@ -43,6 +44,14 @@ class DicomServiceError(Exception):
     def comment(self) -> str:
         """Error Comment (0000,0902): VR LO, at most 64 characters, no patient data."""
         return str(self)[:64]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its status (raised in a transcoding pool worker, re-raised in the relay)."""
+        return (_rebuild, (type(self), str(self), self.status))
+
+
+def _rebuild(cls: type[DicomServiceError], message: str, status: int) -> DicomServiceError:
+    return cls(message, status=status)
 
 
 class InvalidIdentifier(DicomServiceError):

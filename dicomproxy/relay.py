@@ -43,6 +43,7 @@ from pynetdicom.association import Association
 from dicomproxy.access import permitted
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import (
+    CannotTranscode,
     DicomServiceError,
     InvalidIdentifier,
     MoveDestinationUnknown,
@@ -66,6 +67,7 @@ from dicomproxy.routing import StudyRef, route
 from dicomproxy.spool import End, Spool, SpooledInstance
 from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import TranscodePool, TranscodeResult, policy_for
+from dicomproxy.transcode.codec import ConversionFailed
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -203,9 +205,10 @@ class JobState:
 class _Prepared:
     """A spooled instance in the look-ahead window, planned (:meth:`Forwarder.plan`) in arrival order.
 
-    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool); a SendResult = planning
-    failed (re-planned by ``send_with_retries``, which reports it); a syntax = send in it, from
-    ``future``'s file when a pool worker converts it into ``tmp``, else the spooled file as it is.
+    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool) or, with a ``future``, in what
+    the pool worker chose and wrote (:func:`~dicomproxy.transcode.codec.convert_for`: the spooled
+    file itself when it goes as held, else ``tmp``); a SendResult = planning failed (re-planned by
+    ``send_with_retries``, which reports it); a syntax = send the spooled file as it is.
     """
 
     item: SpooledInstance
@@ -698,22 +701,23 @@ class RelayService:
         return state.response(STATUS_WARNING), "partial", error
 
     def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
-        """Plan ``item``; when it needs another syntax, hand its conversion to the pool."""
+        """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
+        header is read there, not on this thread); no accepted context: fail it here."""
         if not use_pool:
             return _Prepared(item)
-        target = forwarder.plan(item)
-        if isinstance(target, SendResult) or target == item.transfer_syntax:
-            return _Prepared(item, target)  # a failure, or passed through: never the pool
+        accepted = forwarder.accepted(item.sop_class_uid)
+        if not accepted:
+            return _Prepared(item, forwarder.plan(item))  # the failure, without reading the file
         tmp = forwarder.converted_path(item)
         pool = self._transcode_pool()
         try:
-            future = pool.submit(item.path, tmp, target, forwarder.policy)
+            future = pool.submit_for(item.path, tmp, tuple(accepted), forwarder.policy)
         except BrokenProcessPool:
             self._drop_pool(pool)
             return _Prepared(item)  # converted inline; the next instance gets a new pool
         except RuntimeError:  # the pool was shut down (the proxy is stopping)
             return _Prepared(item)
-        return _Prepared(item, target, future, tmp, pool)
+        return _Prepared(item, None, future, tmp, pool)
 
     def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> None:
         item = prepared.item
@@ -722,17 +726,20 @@ class RelayService:
         label = f"job {state.job_id}"
         target = prepared.plan
         try:
-            if prepared.future is not None and isinstance(target, str):
+            if prepared.future is not None:
                 try:
                     converted = prepared.future.result()
-                except Exception as exc:  # this instance's failure, never the job's
+                except CannotTranscode as exc:  # nothing accepted can carry it (0xC010)
+                    res = SendResult(exc.status, error=str(exc))
+                except ConversionFailed as exc:  # this instance's failure, never the job's
+                    res = SendResult(0xC000, exc.target, error=str(exc))
+                except Exception as exc:  # the pool itself (a worker died)
                     if isinstance(exc, BrokenProcessPool) and prepared.pool is not None:
                         self._drop_pool(prepared.pool)
-                    res = SendResult(0xC000, target, error=f"cannot convert to {target}: {exc}")
+                    res = SendResult(0xC000, error=f"cannot convert: {exc}")
                 else:
-                    res = send_with_retries(
-                        forwarder, item, proxy.retries, proxy.retry_delay, label, (converted.path, target)
-                    )
+                    sent_as = (converted.path, converted.transfer_syntax)
+                    res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as)
             elif isinstance(target, str):  # passed through as it is held
                 res = send_with_retries(
                     forwarder, item, proxy.retries, proxy.retry_delay, label, (item.path, target)

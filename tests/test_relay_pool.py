@@ -45,7 +45,7 @@ class AllVisible:
 
 
 class SpyPool(TranscodePool):
-    """The real pool, recording each submission (SOP file name, target).
+    """The real pool, recording each submission (SOP file name, accepted syntaxes) and its future.
 
     ``hold_first``: the first submission's future completes only once the ``N``-th submission's
     conversion is done, so conversions finish out of arrival order.
@@ -56,15 +56,19 @@ class SpyPool(TranscodePool):
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)
-        self.submitted: list[tuple[str, str]] = []
+        self.submitted: list[tuple[str, tuple[str, ...]]] = []
+        self.futures: list[Future[TranscodeResult]] = []
         self._held: tuple[Future[TranscodeResult], Future[TranscodeResult]] | None = None
         self._lock = threading.Lock()
         SpyPool.created.append(self)
 
-    def submit(self, src: Path, dst: Path, target: str, policy: Policy) -> Future[TranscodeResult]:
-        real = super().submit(src, dst, target, policy)
+    def submit_for(
+        self, src: Path, dst: Path, accepted: tuple[str, ...], policy: Policy
+    ) -> Future[TranscodeResult]:
+        real = super().submit_for(src, dst, accepted, policy)
         with self._lock:
-            self.submitted.append((Path(src).name, str(target)))
+            self.submitted.append((Path(src).name, tuple(accepted)))
+            self.futures.append(real)
             count = len(self.submitted)
             if self.hold_first and count == 1:
                 held: Future[TranscodeResult] = Future()
@@ -170,7 +174,9 @@ def test_pool_relay_sends_every_instance_once_in_arrival_order_bit_exact(
     (pool,) = spy.created
     assert pool.workers == 2
     assert len(pool.submitted) == N
-    assert {target for _, target in pool.submitted} == {DEFAULT_LOSSLESS[0]}
+    # the workers chose the target among what the destination accepted (it accepts them all)
+    assert all(DEFAULT_LOSSLESS[0] in accepted for _, accepted in pool.submitted)
+    assert {f.result().transfer_syntax for f in pool.futures} == {DEFAULT_LOSSLESS[0]}
 
     # exactly once each, in the order the PACS sent them (= the order they reached the proxy)
     received = [uid for uid, _ in rig.dest.received]
@@ -193,8 +199,8 @@ def test_pool_relay_sends_every_instance_once_in_arrival_order_bit_exact(
 def test_failed_conversion_fails_that_instance_only(
     spy: type[SpyPool], make_rig: Callable[..., Rig], study: list[Path], tmp_path: Path
 ) -> None:
-    # Third instance: Pixel Data half as long as Rows × Columns says. Its header reads fine (it is
-    # planned and submitted), decoding it in the worker fails.
+    # Third instance: Pixel Data half as long as Rows × Columns says. Its header reads fine (its
+    # target is chosen in the worker), decoding it there fails.
     files = []
     for i, path in enumerate(study):
         ds = dcmread(path)

@@ -29,6 +29,7 @@ from dicomproxy.errors import CannotTranscode
 from dicomproxy.samples import StudySpec, make_instance
 from dicomproxy.transcode import (
     LOSSLESS_TARGETS,
+    LOSSY_TARGETS,
     Policy,
     TranscodePool,
     choose_target,
@@ -422,19 +423,38 @@ def test_pool_keeps_results_per_instance(sources: dict[str, Path], tmp_path: Pat
         assert ordered[i].transfer_syntax == target and ordered[i].path == tmp_path / f"m{i}.dcm"
 
 
-@pytest.mark.parametrize("target", LOSSLESS_TARGETS)
-@pytest.mark.parametrize("kind", ["CT", "MR", "MF"])
-def test_fast_path_equals_general_path(
-    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, target: str
-) -> None:
-    """The header-copying fast path (Explicit VR LE, one sample, lossless) writes what the general path
-    (pydicom parse, encode, serialise) writes: same elements, same values, same Pixel Data."""
-    from dicomproxy.transcode import codec
+FAST_CASES = [
+    *((kind, target, POLICY) for kind in ("CT", "MR", "MF") for target in LOSSLESS_TARGETS),
+    ("CT", JPEGLSNearLossless, LOSSY),
+    ("CT", JPEG2000, LOSSY),
+    ("MR", JPEG2000, LOSSY),  # signed: JPEG-LS near-lossless does not apply (codec_applies)
+    ("MF", JPEGBaseline8Bit, LOSSY),
+]
 
-    fast = codec._fast_lossless(sources[kind], tmp_path / "fast.dcm", ExplicitVRLittleEndian, target, POLICY)
+
+@pytest.mark.parametrize(
+    ("kind", "target", "policy"),
+    FAST_CASES,
+    ids=[f"{kind}-{target}-{policy.mode}" for kind, target, policy in FAST_CASES],
+)
+def test_fast_path_equals_general_path(
+    sources: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    target: str,
+    policy: Policy,
+) -> None:
+    """The header-copying fast path (Explicit VR LE, one sample) writes what the general path (pydicom
+    parse, encode, serialise) writes: same elements, same values — the lossy attributes inserted in
+    tag order included — and the same Pixel Data."""
+    from dicomproxy.transcode import codec
+    from dicomproxy.transcode.info import read_header
+
+    fast = codec._fast_mono(sources[kind], tmp_path / "fast.dcm", read_header(sources[kind]), target, policy)
     assert fast is not None
-    monkeypatch.setattr(codec, "_fast_lossless", lambda *a: None)
-    general = transcode_file(sources[kind], tmp_path / "general.dcm", target, POLICY)
+    monkeypatch.setattr(codec, "_fast_mono", lambda *a: None)
+    general = transcode_file(sources[kind], tmp_path / "general.dcm", target, policy)
     a, b = dcmread(fast.path), dcmread(general.path)
     assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID == target
     # the byte-patched File Meta group equals what pydicom writes, group length included
@@ -443,7 +463,68 @@ def test_fast_path_equals_general_path(
     assert [(e.tag, e.value) for e in a if e.tag != 0x7FE00010] == [
         (e.tag, e.value) for e in b if e.tag != 0x7FE00010
     ]
-    assert (fast.sop_instance_uid, fast.pixel_bytes) == (general.sop_instance_uid, general.pixel_bytes)
+    assert (fast.sop_instance_uid, fast.pixel_bytes, fast.lossy) == (
+        general.sop_instance_uid,
+        general.pixel_bytes,
+        general.lossy,
+    )
+    assert ("LossyImageCompression" in a) is (target in LOSSY_TARGETS)
+
+
+def test_fast_path_leaves_existing_lossy_attributes_to_the_general_path(
+    sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A native source that already carries (0028,2110) "00": the general path rewrites it, so the
+    byte-level insertion declines (it would otherwise write the element twice)."""
+    from dicomproxy.transcode import codec
+    from dicomproxy.transcode.info import read_header
+
+    ds = dcmread(sources["CT"])
+    ds.LossyImageCompression = "00"
+    src = tmp_path / "marked.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    assert codec._fast_mono(src, tmp_path / "fast.dcm", read_header(src), JPEGLSNearLossless, LOSSY) is None
+    out = transcode_file(src, tmp_path / "out.dcm", JPEGLSNearLossless, LOSSY)
+    written = dcmread(out.path)
+    assert written.LossyImageCompression == "01"
+    assert written.LossyImageCompressionMethod == "ISO_14495_1"
+
+
+@pytest.mark.parametrize(
+    ("accepted", "expected"),
+    [
+        ((JPEGLSLossless, ExplicitVRLittleEndian), JPEGLSLossless),
+        ((ExplicitVRLittleEndian,), ExplicitVRLittleEndian),  # the source's own: sent as held
+        ((ImplicitVRLittleEndian,), ImplicitVRLittleEndian),
+    ],
+)
+def test_convert_for_chooses_and_writes(
+    sources: dict[str, Path], tmp_path: Path, accepted: tuple[str, ...], expected: str
+) -> None:
+    """What a pool worker does for the relay: choose among the accepted syntaxes, then convert; the
+    source itself comes back (nothing written) when it can go as held."""
+    from dicomproxy.transcode.codec import convert_for
+
+    dst = tmp_path / "out.dcm"
+    result = convert_for(sources["CT"], dst, accepted, POLICY)
+    assert result.transfer_syntax == expected
+    if expected == ExplicitVRLittleEndian:
+        assert result.path == sources["CT"] and not dst.exists()
+    else:
+        assert result.path == dst and read_info(dst).transfer_syntax == expected
+
+
+def test_convert_for_refusal_keeps_its_status_across_the_pool(
+    sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Nothing accepted can carry the instance: CannotTranscode, with its status, also when raised in a
+    worker process (the relay reports that status for the instance)."""
+    with TranscodePool(workers=1) as pool:
+        future = pool.submit_for(sources["CT"], tmp_path / "x.dcm", (JPEGBaseline8Bit,), POLICY)
+        with pytest.raises(CannotTranscode) as raised:
+            future.result(timeout=120)
+    assert raised.value.status == CannotTranscode.status
+    assert not (tmp_path / "x.dcm").exists()
 
 
 def test_failed_encode_leaves_nothing(

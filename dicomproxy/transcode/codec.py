@@ -22,7 +22,6 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -40,8 +39,8 @@ from pydicom.uid import (
 )
 
 from dicomproxy.errors import CannotTranscode
-from dicomproxy.transcode.info import InstanceInfo, info_from_dataset, read_info
-from dicomproxy.transcode.policy import Policy, codec_applies, lossy_allowed
+from dicomproxy.transcode.info import Header, InstanceInfo, info_from_dataset, read_header
+from dicomproxy.transcode.policy import Policy, choose_target, codec_applies, lossy_allowed
 from dicomproxy.transcode.syntaxes import LOSSLESS_TARGETS, LOSSY_METHOD, LOSSY_TARGETS, is_native
 
 
@@ -275,12 +274,14 @@ def _patched_meta(meta: bytes, syntax: str) -> bytes | None:
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(rest)) + rest
 
 
-def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str) -> list[bytes]:
-    """Lossless-encode ``(frames, rows, columns)`` single-sample frames, one codestream per frame."""
-    if target == HTJ2KLossless:
-        import imagecodecs
+def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str, policy: Policy) -> list[bytes]:
+    """Encode ``(frames, rows, columns)`` single-sample frames, one codestream per frame."""
+    import imagecodecs
 
+    if target == HTJ2KLossless:
         return [bytes(imagecodecs.htj2k_encode(frame, reversible=True)) for frame in arr]
+    if target == JPEGBaseline8Bit:
+        return [bytes(imagecodecs.jpeg8_encode(frame, level=policy.jpeg_quality)) for frame in arr]
     from pydicom.pixels import get_encoder
 
     encoder = get_encoder(UID(target))
@@ -296,42 +297,84 @@ def _encode_mono_frames(arr: np.ndarray, info: InstanceInfo, target: str) -> lis
     }
     if target == RLELossless:
         opts["encoding_plugin"] = "pylibjpeg"
+    elif target == JPEGLSNearLossless:
+        opts["jls_error"] = policy.jpegls_near
+    elif target == JPEG2000 and policy.j2k_psnr > 0:
+        opts["j2k_psnr"] = [policy.j2k_psnr]
+    elif target == JPEG2000:
+        opts["j2k_cr"] = [policy.j2k_ratio]
     return [encoder.encode(frame, **opts) for frame in arr]
 
 
-def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Policy) -> TranscodeResult | None:
-    """Lossless, single-sample, Explicit VR Little Endian source: only File Meta and Pixel Data change.
+#: (0028,2110) Lossy Image Compression, (0028,2112) Ratio, (0028,2114) Method; (0028,0000) group length.
+_LOSSY_TAGS = (0x00282110, 0x00282112, 0x00282114)
+_GROUP_0028_LENGTH = 0x00280000
 
-    Nothing else in the data set changes for such an instance (PS3.5 A.4: same VR encoding; the Image
-    Pixel attributes stay valid), so the header bytes are copied verbatim instead of being parsed and
-    re-serialised. Returns None when the instance does not qualify (the general path handles it).
-    """
-    if source != ExplicitVRLittleEndian or target not in LOSSLESS_TARGETS:
+
+def _lossy_insert_at(ds: Dataset, pixel_tell: int) -> int | None:
+    """File offset where the lossy attributes go in an Explicit VR LE data set read up to Pixel Data:
+    the start of the first element after (0028,2114), else Pixel Data. None if any of them (or a
+    (0028,0000) group length that would change) is there already: the general path handles those."""
+    if any(tag in ds for tag in (*_LOSSY_TAGS, _GROUP_0028_LENGTH)):
         return None
+    for tag in sorted(ds.keys()):
+        if tag <= _LOSSY_TAGS[-1]:
+            continue
+        elem = ds.get_item(tag)
+        tell = getattr(elem, "value_tell", None)
+        if tell is None:
+            tell = getattr(elem, "file_tell", None)
+        if tell is None:
+            return None
+        return int(tell) - (12 if str(elem.VR).encode("ascii") in _LONG_VRS else 8)
+    return pixel_tell
+
+
+def _text_element(tag: int, vr: str, value: str) -> bytes:
+    """One short Explicit VR Little Endian text element (PS3.5 7.1.2), space-padded to even length."""
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += b" "
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(raw)) + raw
+
+
+def _fast_mono(src: Path, dst: Path, header: Header, target: str, policy: Policy) -> TranscodeResult | None:
+    """Single-sample Explicit VR Little Endian source into a compressed syntax, header bytes copied.
+
+    Lossless: nothing but File Meta and Pixel Data changes (PS3.5 A.4: same VR encoding; the Image
+    Pixel attributes stay valid). Lossy with ``uid_policy = "keep"``: also (0028,2110/2112/2114)
+    (PS3.3 C.7.6.1.1.5), inserted in tag order. The header is not re-serialised. Returns None when
+    the instance does not qualify (the general path handles it).
+    """
+    info, ds = header.info, header.dataset
+    lossy = target in LOSSY_TARGETS
+    if (
+        info.transfer_syntax != ExplicitVRLittleEndian
+        or target not in (*LOSSLESS_TARGETS, *LOSSY_TARGETS)
+        or header.pixel_tell is None
+        or ds.preamble is None
+        or info.samples_per_pixel != 1
+        or not codec_applies(policy, info, target)
+        or (lossy and (policy.uid_policy != "keep" or not lossy_allowed(policy, info)))
+    ):
+        return None
+    meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+    insert_at = _lossy_insert_at(ds, header.pixel_tell) if lossy else header.pixel_tell
+    if meta_length is None or insert_at is None:
+        return None
+    body_start = 128 + 4 + 12 + int(meta_length)
     with open(src, "rb") as fp:
-        ds = dcmread(fp, stop_before_pixels=True)
-        pixel_pos = fp.tell()
+        fp.seek(132)
+        old_meta = fp.read(body_start - 132)
+        body = fp.read(header.pixel_tell - body_start)
         head = fp.read(12)
-        if len(head) < 12 or ds.preamble is None:
+        if len(head) < 12:
             return None
         group, elem, vr, _, length = struct.unpack("<HH2s2sI", head)
-        info = info_from_dataset(ds, source, True, False)
-        meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
-        if (
-            (group, elem) != (0x7FE0, 0x0010)
-            or vr not in (b"OB", b"OW")
-            or length != info.pixel_bytes
-            or info.samples_per_pixel != 1
-            or meta_length is None
-            or not codec_applies(policy, info, target)
-        ):
+        if (group, elem) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW") or length != info.pixel_bytes:
             return None
         raw = fp.read(length)
         tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
-        body_start = 128 + 4 + 12 + int(meta_length)
-        fp.seek(132)
-        old_meta = fp.read(body_start - 132)
-        body = fp.read(pixel_pos - body_start)
     dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
     arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
     stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
@@ -341,7 +384,19 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
             arr = (arr << shift) >> shift
         else:
             arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
-    frames = _encode_mono_frames(arr, info, target)
+    pixels = encapsulate(_encode_mono_frames(arr, info, target, policy))
+    if lossy:
+        split = insert_at - body_start
+        ratio = info.pixel_bytes / max(1, len(pixels))
+        body = b"".join(
+            (
+                body[:split],
+                _text_element(_LOSSY_TAGS[0], "CS", "01"),
+                _text_element(_LOSSY_TAGS[1], "DS", f"{ratio:.2f}"),
+                _text_element(_LOSSY_TAGS[2], "CS", LOSSY_METHOD[target]),
+                body[split:],
+            )
+        )
     meta_bytes = _patched_meta(old_meta, target)
     if meta_bytes is None:
         meta = FileMetaDataset(ds.file_meta)
@@ -357,7 +412,7 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
         out.write(meta_bytes)
         out.write(body)
         out.write(pixel_header)
-        out.write(encapsulate(frames))
+        out.write(pixels)
         out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # (FFFE,E0DD) Sequence Delimitation Item
         out.write(tail)
     return TranscodeResult(
@@ -367,28 +422,68 @@ def _fast_lossless(src: Path, dst: Path, source: str, target: str, policy: Polic
         src.stat().st_size,
         dst.stat().st_size,
         info.pixel_bytes,
-        False,
+        lossy,
     )
 
 
-def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> TranscodeResult:
+class ConversionFailed(RuntimeError):
+    """:func:`convert_for` chose ``target`` but could not write it (undecodable pixels, codec error)."""
+
+    def __init__(self, target: str, error: str) -> None:
+        super().__init__(target, error)  # both in args: it crosses the pool's process boundary
+        self.target = target
+
+    def __str__(self) -> str:
+        return f"cannot convert to {self.args[0]}: {self.args[1]}"
+
+
+def convert_for(
+    src: Path, dst: Path, accepted: list[str] | tuple[str, ...], policy: Policy
+) -> TranscodeResult:
+    """Choose the syntax ``src`` goes out in (:func:`choose_target`) and write it to ``dst``.
+
+    What a pool worker does for the relay: the header is read once for both steps, off the relay's
+    thread. A result whose ``path`` is ``src`` means "send it as held" (nothing is written).
+    Raises :class:`~dicomproxy.errors.CannotTranscode` when nothing accepted can carry it,
+    :class:`ConversionFailed` when the chosen conversion fails.
+    """
+    src = Path(src)
+    header = read_header(src)
+    target = choose_target(policy, header.info, accepted)
+    if target == header.info.transfer_syntax:
+        size = src.stat().st_size
+        return TranscodeResult(
+            src, target, header.info.sop_instance_uid, size, size, header.info.pixel_bytes, False
+        )
+    try:
+        return transcode_file(src, dst, target, policy, header)
+    except CannotTranscode:
+        raise
+    except Exception as exc:
+        raise ConversionFailed(target, str(exc) or type(exc).__name__) from exc
+
+
+def transcode_file(
+    src: Path, dst: Path, target: str, policy: Policy, header: Header | None = None
+) -> TranscodeResult:
     """Write ``src`` to ``dst`` (a valid PS3.10 file) in transfer syntax ``target``.
 
     ``target == source``: hard link or copy, Pixel Data is not even read. Native targets re-encode the
     data set (and decompress). Compressed targets decode all frames, clear unused bits, encode per frame.
     Lossless output and decompression keep the SOP Instance UID; lossy output gets the lossy attributes
-    and, with ``uid_policy = "new"``, a new UID and the derivation attributes.
+    and, with ``uid_policy = "new"``, a new UID and the derivation attributes. ``header``: the file's
+    :func:`read_header`, when the caller has it already.
     """
     src, dst = Path(src), Path(dst)
     bytes_in = src.stat().st_size
-    source = str(read_file_meta_info(src).get("TransferSyntaxUID", ""))
+    header = header or read_header(src)  # header only, no pixel byte is read
+    source = header.info.transfer_syntax
     if str(target) == source:
-        info = read_info(src)  # header only, no pixel byte is read
         _link_or_copy(src, dst)
         return TranscodeResult(
-            dst, str(target), info.sop_instance_uid, bytes_in, bytes_in, info.pixel_bytes, False
+            dst, str(target), header.info.sop_instance_uid, bytes_in, bytes_in, header.info.pixel_bytes, False
         )
-    fast = _fast_lossless(src, dst, source, str(target), policy)
+    fast = _fast_mono(src, dst, header, str(target), policy)
     if fast is not None:
         return fast
     ds = dcmread(src)
@@ -448,4 +543,4 @@ def transcode_file(src: Path, dst: Path, target: str, policy: Policy) -> Transco
     )
 
 
-__all__ = ["TranscodeResult", "transcode_file"]
+__all__ = ["ConversionFailed", "TranscodeResult", "convert_for", "transcode_file"]

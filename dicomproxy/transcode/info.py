@@ -91,24 +91,38 @@ def info_from_dataset(
     )
 
 
-def read_info(path: Path) -> InstanceInfo:
+@dataclass(frozen=True)
+class Header:
+    """A Part 10 file read up to Pixel Data (:func:`read_header`)."""
+
+    #: The data set as read, File Meta and preamble included; elements still raw where not accessed.
+    dataset: Dataset
+    info: InstanceInfo
+    #: File offset of the (7FE0,0010) Pixel Data element's tag; None when the next element is not it.
+    pixel_tell: int | None
+
+
+def read_header(path: Path) -> Header:
     """Read a Part 10 file's header up to (not into) Pixel Data and describe the instance.
 
     pydicom's ``stop_before_pixels`` rewinds to the start of the pixel element, so the next four bytes
     are its tag; no pixel byte is read, so this costs the same for a 100 kB slice and a 4 GB WSI.
     Deflated files (PS3.5 A.5) are inflated as a whole by pydicom; they are small in practice.
     """
+    pixel_tell = None
     with open(path, "rb") as fp:
         ds = dcmread(fp, stop_before_pixels=True)
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         if syntax == DeflatedExplicitVRLittleEndian:
             tag = None
         else:
+            tell = fp.tell()
             raw = fp.read(4)
             tag = None
             if len(raw) == 4:
                 group, elem = struct.unpack(">HH" if syntax == ExplicitVRBigEndian else "<HH", raw)
                 tag = (group << 16) | elem
+                pixel_tell = tell if tag == _PIXEL_DATA else None
     if tag is None and syntax == DeflatedExplicitVRLittleEndian:
         full = dcmread(path, defer_size=256)
         has_pixels = "PixelData" in full
@@ -116,4 +130,9 @@ def read_info(path: Path) -> InstanceInfo:
     else:
         has_pixels = tag == _PIXEL_DATA
         floats = tag in _FLOAT_PIXEL_DATA
-    return info_from_dataset(ds, syntax, has_pixels, floats)
+    return Header(ds, info_from_dataset(ds, syntax, has_pixels, floats), pixel_tell)
+
+
+def read_info(path: Path) -> InstanceInfo:
+    """:func:`read_header`'s description of the instance."""
+    return read_header(path).info

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from dicomproxy.transcode.codec import TranscodeResult, transcode_file
+from dicomproxy.transcode.codec import TranscodeResult, convert_for, transcode_file
 from dicomproxy.transcode.policy import Policy
 
 
@@ -41,6 +41,13 @@ class TranscodePool:
 
     def submit(self, src: Path, dst: Path, target: str, policy: Policy) -> Future[TranscodeResult]:
         return self._executor.submit(transcode_file, Path(src), Path(dst), str(target), policy)
+
+    def submit_for(
+        self, src: Path, dst: Path, accepted: tuple[str, ...], policy: Policy
+    ) -> Future[TranscodeResult]:
+        """:func:`convert_for` in a worker: the target is chosen there too (the header is read once,
+        off the caller's thread); a result whose path is ``src`` means "send as held"."""
+        return self._executor.submit(convert_for, Path(src), Path(dst), tuple(accepted), policy)
 
     def warm(self) -> None:
         """Start the worker processes now (in the background) instead of on the first instance."""
