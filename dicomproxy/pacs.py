@@ -124,7 +124,9 @@ class InstanceRef:
 class StudySummary:
     """What a STUDY-level C-FIND says about a study before its instances are listed."""
 
+    #: (0020,1208) Number of Study Related Instances; 0 when the PACS did not return it.
     count: int
+    #: (0008,0062) SOP Classes in Study; empty when the PACS did not return it.
     sop_classes: list[str]
 
 
@@ -158,6 +160,9 @@ class PacsClient:
         self.fast_path = fast_path and config.tls is None and store_dir is not None
         self.store_dir = store_dir
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        #: Whether this archive's IMAGE-level C-FIND names each instance's SOP Class UID (a return
+        #: key it may leave empty, as dcmqrscp does); None until a listing found an instance.
+        self.lists_sop_classes: bool | None = None
 
     def __str__(self) -> str:
         return f"{self.name} ({self.config.ae_title}@{self.config.host}:{self.config.port})"
@@ -225,6 +230,8 @@ class PacsClient:
                     )
             elif category not in ("Pending", "Success"):
                 raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
+        if refs:
+            self.lists_sop_classes = all(r.sop_class_uid for r in refs)
         return refs
 
     def _find(self, query: Dataset) -> Iterator[tuple[int | None, Dataset | None]]:
@@ -283,8 +290,9 @@ class PacsClient:
 
     def study_summary(self, study_uid: str) -> StudySummary | None:
         """STUDY-level C-FIND for (0020,1208) Number of Study Related Instances and (0008,0062) SOP
-        Classes in Study (PS3.4 C.6.2.1.2, optional return keys); None if the PACS returns either
-        empty or the study is not there (raises PacsUnavailable when it cannot be asked)."""
+        Classes in Study (PS3.4 C.6.2.1.2, optional return keys, so either may come back empty:
+        dcmqrscp returns neither); None if the PACS has no such study (raises PacsUnavailable when
+        it cannot be asked)."""
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
@@ -295,14 +303,14 @@ class PacsClient:
             if code is None:
                 raise PacsUnavailable(f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)")
             if code_to_category(code) == "Pending" and ds is not None and summary is None:
-                count = ds.get("NumberOfStudyRelatedInstances")
-                classes = ds.get("SOPClassesInStudy")
-                if count not in (None, "") and classes:
-                    values = [classes] if isinstance(classes, str) else list(classes)
-                    summary = StudySummary(int(count), sorted({str(v) for v in values if v}))
+                classes = ds.get("SOPClassesInStudy") or []
+                values = [classes] if isinstance(classes, str) else list(classes)
+                summary = StudySummary(
+                    _count(ds.get("NumberOfStudyRelatedInstances")), sorted({str(v) for v in values if v})
+                )
             elif code_to_category(code) not in ("Pending", "Success"):
                 raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
-        return summary if summary is not None and summary.count > 0 and summary.sop_classes else None
+        return summary
 
     def retrieve(
         self,
@@ -476,11 +484,19 @@ class PacsClient:
         return self._outcome(status)
 
 
+def _count(value: object) -> int:
+    """An IS value as a count; 0 when absent, empty or not a number."""
+    try:
+        return max(0, int(str(value))) if value not in (None, "") else 0
+    except ValueError:
+        return 0
+
+
 def _get_storage_classes(refs: list[InstanceRef]) -> list[str]:
     """Storage SOP classes to offer for a C-GET: the study's, or the common ones when the PACS did
     not name every class; 127 at most (+ the Q/R GET context = 128, PS3.8 9.3.2.2)."""
     sop_classes = sorted({r.sop_class_uid for r in refs if r.sop_class_uid})
-    if not all(r.sop_class_uid for r in refs):
+    if not refs or not all(r.sop_class_uid for r in refs):  # unlisted (early start) or unnamed
         sop_classes = storage_classes_for(sop_classes)
     return sop_classes[:127]
 

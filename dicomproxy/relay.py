@@ -184,6 +184,12 @@ class JobState:
     finder: _Finder | None = None
 
     @property
+    def counted(self) -> bool:
+        """Whether Number of Remaining Sub-operations is known, which every Pending response carries
+        (PS3.4 C.4.2.1.6): not for a job started before a PACS that announces no count listed it."""
+        return self.finder is None or self.announced > 0
+
+    @property
     def remaining(self) -> int:
         if not self.expected and self.announced:  # list not known (yet): count from the announced total
             return max(0, self.announced - len(self.processed))
@@ -397,7 +403,8 @@ class RelayService:
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
             policy = policy_for(self.config, peer)
-            complete = all(r.sop_class_uid for r in state.expected.values())
+            # SOP classes unknown (not all listed, or started before the list): the common ones
+            complete = bool(sop_classes) and all(r.sop_class_uid for r in state.expected.values())
             contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
             # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
             # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
@@ -448,11 +455,13 @@ class RelayService:
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
             summary = self._study_summary(job_id, clients, keys)
             if summary is not None:
-                # Early start: fetch and forward now, list the instances beside it (_Finder).
+                # Early start: fetch and forward now, list the instances beside it (_Finder). A PACS
+                # that announces no count (dcmqrscp): no Pending response until the list is known.
                 plan.append((clients[0], keys[0], []))
                 state.announced, n, sop_classes = summary.count, summary.count, summary.sop_classes
                 state.finder = _Finder(clients[0], keys[0])
-                self.journal.update(job_id, expected=n)
+                if n:
+                    self.journal.update(job_id, expected=n)
             else:
                 for client, key in zip(clients, keys, strict=True):
                     client, refs = self._find_with_fallback(job_id, client, key)
@@ -467,25 +476,32 @@ class RelayService:
                 # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
                 self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             state.mark("found")
+            if summary is None:
+                how = ""
+            elif n:
+                how = " announced by the PACS, listing them meanwhile"
+            else:
+                how = " (the PACS announces no count), listing them meanwhile"
             LOG.info(
-                "job %d: %s by %s, %d stud(ies), %d instance(s)%s",
+                "job %d: %s by %s, %d stud(ies), %s instance(s)%s",
                 job_id,
                 req.kind,
                 req.calling_ae,
                 len(keys),
-                n,
-                " announced by the PACS, listing them meanwhile" if summary is not None else "",
+                n if state.counted else "?",
+                how,
             )
             if n > MAX_SUBOPERATIONS:
                 raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
-            if n == 0:
+            if n == 0 and state.counted:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
                 final, outcome = state.response(STATUS_SUCCESS), "empty"
             else:
                 spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
                 forwarder = opener(state, sop_classes, spool.dir)
                 state.mark("destination")
-                yield state.response(STATUS_PENDING)
+                if state.counted:
+                    yield state.response(STATUS_PENDING)
                 upstream = _Upstream(plan, spool, sop_classes if summary is not None else None)
                 upstream.start()
                 final, outcome, error = yield from self._pump(
@@ -547,14 +563,20 @@ class RelayService:
         """The STUDY-level count and SOP classes of a one-study request, to start fetching before
         the IMAGE-level C-FIND has listed every instance (first instance independent of study
         size, issue 7). None — and the job lists first, as before — for several studies, a
-        SERIES/IMAGE-level request, an archive with fallbacks (the list decides who serves), or a
-        PACS that does not return both keys. A PACS that cannot be asked fails the job as the
-        IMAGE-level C-FIND would."""
+        SERIES/IMAGE-level request, an archive with fallbacks (the list decides who serves), a
+        study the PACS does not have, or SOP classes the STUDY level does not name but the list
+        may (exact presentation contexts matter more than 0.1 s). An archive whose lists name no
+        SOP class either (dcmqrscp, learned from its first listing) starts at once with the
+        common storage classes, and with or without a count. A PACS that cannot be asked fails
+        the job as the IMAGE-level C-FIND would."""
         if len(keys) != 1 or keys[0].level != "STUDY" or clients[0].config.fallback:
             return None
         summary = clients[0].study_summary(keys[0].study_uid)
         if summary is None:
-            LOG.debug("job %d: no study-level count from the PACS; listing first", job_id)
+            LOG.debug("job %d: the PACS does not know the study at STUDY level; listing first", job_id)
+        elif not summary.sop_classes and clients[0].lists_sop_classes is not False:
+            LOG.debug("job %d: no SOP Classes in Study from the PACS; listing first", job_id)
+            return None
         return summary
 
     def _merge_found(self, state: JobState, wait: float = 0.0) -> None:
@@ -643,8 +665,9 @@ class RelayService:
                         break
                     item = spool.get(timeout=self.pending_interval)
                     if item is None:
-                        last_progress = last_yield = time.monotonic()
-                        yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
+                        if state.counted:
+                            last_progress = last_yield = time.monotonic()
+                            yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
                         continue
                     if isinstance(item, End):
                         end = item
@@ -663,7 +686,7 @@ class RelayService:
                     wait_futures([head.future], timeout=min(LOOKAHEAD_POLL, self.pending_interval))
                     if not head.future.done():
                         now = time.monotonic()
-                        if now - last_yield >= self.pending_interval:
+                        if now - last_yield >= self.pending_interval and state.counted:
                             last_progress = last_yield = now
                             yield state.response(STATUS_PENDING)
                         continue
@@ -674,7 +697,7 @@ class RelayService:
                     upstream.stop()
                     break
                 now = time.monotonic()
-                if (
+                if state.counted and (
                     now - last_progress >= PROGRESS_INTERVAL
                     or len(state.processed) == 1
                     or not state.remaining

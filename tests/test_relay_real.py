@@ -259,24 +259,78 @@ def test_concurrent_moves_are_isolated(setup: Setup, files: dict[str, list[Path]
         second.stop()
 
 
+def learn(setup: Setup, files: dict[str, list[Path]]) -> None:
+    """One listing (a SERIES-level move lists first) teaches the archive client whether its lists
+    name SOP classes; tests of the early start must not depend on which test ran before."""
+    series = str(dcmread(files[CT.accession][0], stop_before_pixels=True).SeriesInstanceUID)
+    query = scu.identifier("SERIES", study_uids=[CT.study_uid], series_uids=[series])
+    assert scu.move(setup.proxy, DEST, query, calling_ae=CLOUD, timeout=60).status == 0x0000
+    client = setup.ctx.relay.archives[setup.config.pacs.name]
+    assert client.lists_sop_classes is (setup.config.pacs.ae_title == "ORTHANC")
+
+
 def test_study_move_starts_before_the_instance_list(
     setup: Setup, files: dict[str, list[Path]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Orthanc returns Number of Study Related Instances and SOP Classes in Study at STUDY level, so
-    the job fetches and forwards at once and lists the instances beside it (issue 7: first instance
-    independent of study size); the list still reaches the journal (`jobs retry` needs it) and the
-    counts are exact. With dcmqrscp (whichever path it allows) the outcome must be the same."""
+    """A one-study request fetches and forwards at once and lists the instances beside it (issue 7:
+    first instance independent of study size): Orthanc announces Number of Study Related Instances and
+    SOP Classes in Study at STUDY level; dcmqrscp returns neither, and no SOP Class UID in its lists
+    either (learned from the first one), so the count waits for the list and the common storage
+    classes are proposed. Either way the list reaches the journal (`jobs retry` needs it) and the
+    counts are exact."""
     import logging
 
-    caplog.set_level(logging.INFO, logger="dicomproxy.relay")
     query = scu.identifier(study_uids=[CT.study_uid])
+    learn(setup, files)
+    caplog.set_level(logging.INFO, logger="dicomproxy.relay")
     result = scu.move(setup.proxy, DEST, query, calling_ae=CLOUD, timeout=60)
     assert (result.status, result.completed, result.failed) == (0x0000, 10, 0), result.line()
     assert pixels_by_uid(setup.dest.received()) == pixels_by_uid(files[CT.accession])
-    early = any("announced by the PACS" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
     if setup.config.pacs.ae_title == "ORTHANC":
-        assert early, [r.getMessage() for r in caplog.records]
+        assert any("10 instance(s) announced by the PACS, listing them meanwhile" in m for m in said), said
+    else:
+        assert any("? instance(s) (the PACS announces no count), listing them" in m for m in said), said
     job = setup.ctx.journal.recent(1)[0]
     assert (job["outcome"], job["expected"], job["completed"]) == ("success", 10, 10)
     assert setup.ctx.journal.has_expected(job["id"])
     assert setup.ctx.journal.unconfirmed(job["id"]) == []
+
+
+def test_early_start_pending_responses_always_add_up(setup: Setup, files: dict[str, list[Path]]) -> None:
+    """Every Pending C-MOVE response of an early-started job carries Number of Remaining
+    Sub-operations (PS3.4 C.4.2.1.6), and remaining + completed + failed + warning is the study's
+    instance count in each — also when the PACS announces no count (dcmqrscp): then the proxy
+    stays silent until the list is known instead of announcing a guess."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    learn(setup, files)
+    ae = AE(ae_title=CLOUD)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", setup.proxy.port, ae_title=setup.proxy.ae_title)
+    assert assoc.is_established
+    sums, finals = [], []
+    try:
+        responses = assoc.send_c_move(
+            scu.identifier(study_uids=[CT.study_uid]), DEST, StudyRootQueryRetrieveInformationModelMove
+        )
+        for status, _ in responses:
+            counts = [
+                int(status.get(k, 0) or 0)
+                for k in (
+                    "NumberOfRemainingSuboperations",
+                    "NumberOfCompletedSuboperations",
+                    "NumberOfFailedSuboperations",
+                    "NumberOfWarningSuboperations",
+                )
+            ]
+            if int(status.Status) in (0xFF00, 0xFF01):
+                assert "NumberOfRemainingSuboperations" in status
+                sums.append(sum(counts))
+            else:
+                finals.append((int(status.Status), *counts[1:]))
+    finally:
+        assoc.release()
+    assert finals == [(0x0000, 10, 0, 0)]
+    assert sums and set(sums) == {10}, sums
