@@ -21,6 +21,9 @@ loaded and moved at once (N threads, one study each), direct and through the C-M
 aggregate MB/s = all files / wall time of the slowest. ``--max-pdu N`` (0 = each tool's default):
 Orthanc ``MaximumPduLength`` and storescp ``--max-pdu`` both set to N, so the direct baseline and
 the proxy get the same larger PDUs (the proxy itself announces 0 = unlimited on both legs).
+``--pacs dcmqrscp``: DCMTK dcmqrscp instead of Orthanc as the PACS (it returns no study-level count
+or SOP classes, so the first-instance figures show the relay's early start for such archives).
+Every proxy relays the study once before the timed rounds (warm-up).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from dicomproxy import scu
 from dicomproxy.net import Remote
 from dicomproxy.samples import StudySpec, exam_row, write_study
 from dicomproxy.testing import free_port, wait_for_echo
-from dicomproxy.testing.dcmtk import StoreSCP
+from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
 from dicomproxy.testing.orthanc import Orthanc
 from dicomproxy.testing.viewdb import create_view_table, insert_rows
 
@@ -197,6 +200,12 @@ def main() -> None:
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument(
+        "--pacs",
+        choices=("orthanc", "dcmqrscp"),
+        default="orthanc",
+        help="the PACS: Orthanc (default) or DCMTK dcmqrscp (no study-level count or SOP classes)",
+    )
+    ap.add_argument(
         "--py-spy",
         type=Path,
         default=None,
@@ -235,33 +244,45 @@ def main() -> None:
     conc_total = sum(p.stat().st_size for fs in extra_files for p in fs)
     conc_n = sum(len(fs) for fs in extra_files)
 
-    BenchOrthanc.max_pdu = args.max_pdu
-    orthanc = BenchOrthanc(work / "orthanc").start()
     pdu_extra = ["--max-pdu", str(args.max_pdu)] if args.max_pdu else []
     dest = StoreSCP(work / "dest", "DEST", extra=pdu_extra).start()
     DEST_PORT[0] = dest.port
+    setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
+    setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
+    ports = {name: free_port() for name, *_ in setups}
+    pacs: BenchOrthanc | DcmQrSCP
+    if args.pacs == "dcmqrscp":
+        peers = {"dest": dest.remote}
+        peers.update({ae.lower(): Remote(ae, "127.0.0.1", ports[name]) for name, _, ae, _ in setups})
+        pacs = DcmQrSCP(work / "dcmqrscp", peers=peers, max_study_mb=4096).start()
+    else:
+        BenchOrthanc.max_pdu = args.max_pdu
+        pacs = BenchOrthanc(work / "orthanc").start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     load_before = os.getloadavg()
     try:
-        print("# loading Orthanc", file=sys.stderr)
-        orthanc.upload(files)
-        for fs in extra_files:
-            orthanc.upload(fs)
-        orthanc.add_modality("dest", dest.remote)
+        print(f"# loading {args.pacs}", file=sys.stderr)
+        if isinstance(pacs, DcmQrSCP):
+            for chunk in (files, *extra_files):
+                for k in range(0, len(chunk), 500):  # storescu's command line stays short
+                    pacs.load(chunk[k : k + 500])
+        else:
+            pacs.upload(files)
+            for fs in extra_files:
+                pacs.upload(fs)
+            pacs.add_modality("dest", dest.remote)
         view_url = f"sqlite:///{work / 'view.db'}"
         engine = create_engine(view_url)
         create_view_table(engine)
         insert_rows(engine, [exam_row(spec), *(exam_row(sp) for sp in extra_specs)])
         engine.dispose()
         proxies: dict[str, Remote] = {}
-        setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
-        setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
         for name, method, ae, mode in setups:
-            port = free_port()
+            port = ports[name]
             cfg = work / f"{ae}.toml"
-            proxy_config(cfg, ae, port, work / f"var-{ae}", view_url, orthanc.remote, method, mode)
-            if method == "c-move":
-                orthanc.add_modality(ae.lower(), Remote(ae, "127.0.0.1", port))
+            proxy_config(cfg, ae, port, work / f"var-{ae}", view_url, pacs.remote, method, mode)
+            if method == "c-move" and isinstance(pacs, BenchOrthanc):
+                pacs.add_modality(ae.lower(), Remote(ae, "127.0.0.1", port))
             log = open(work / f"{ae}.log", "wb")  # noqa: SIM115 - lives as long as the process
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "dicomproxy", "serve", "-c", str(cfg)], stdout=log, stderr=log
@@ -273,7 +294,9 @@ def main() -> None:
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
         pool_cpu: dict[str, list[float]] = {n: [] for n in proxies}
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
-        timed_move(orthanc.remote, dest, spec.study_uid, len(files))  # warm-up (Orthanc cache)
+        timed_move(pacs.remote, dest, spec.study_uid, len(files))  # warm-up (PACS cache)
+        for name in proxies:  # and each proxy's first job (it learns whether its archive names SOP classes)
+            timed_move(proxies[name], dest, spec.study_uid, len(files))
         spy = None
         if args.py_spy:
             pid = str(procs[args.py_spy_proxy].pid)
@@ -288,10 +311,10 @@ def main() -> None:
             time.sleep(1.0)
         uids = [sp.study_uid for sp in extra_specs]
         if uids:
-            timed_concurrent(orthanc.remote, dest, uids, conc_n)  # warm-up
+            timed_concurrent(pacs.remote, dest, uids, conc_n)  # warm-up
         for r in range(args.rounds):
             for name in names:
-                remote = orthanc.remote if name == "direct" else proxies[name]
+                remote = pacs.remote if name == "direct" else proxies[name]
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
                 p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
                 wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
@@ -302,7 +325,7 @@ def main() -> None:
                 print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
             if uids:
                 for name in conc:
-                    remote = orthanc.remote if name == "direct" else proxies[name]
+                    remote = pacs.remote if name == "direct" else proxies[name]
                     wall = timed_concurrent(remote, dest, uids, conc_n)
                     conc[name].append(wall)
                     print(f"# round {r + 1} {name} x{len(uids)}: {wall:.2f} s", file=sys.stderr)
@@ -315,14 +338,14 @@ def main() -> None:
             p.terminate()
             p.wait(30)
         dest.stop()
-        orthanc.stop()
+        pacs.stop()
     load_after = os.getloadavg()
 
     direct = statistics.median(w for w, _ in runs["direct"])
     pdu = f"max PDU {args.max_pdu} on Orthanc and storescp" if args.max_pdu else "tools' default max PDU"
     print(
         f"\n{args.slices} CT slices, {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
-        f"median of {args.rounds} alternating rounds, {pdu}, "
+        f"median of {args.rounds} alternating rounds, PACS {args.pacs}, {pdu}, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f}\n"
     )
@@ -331,7 +354,7 @@ def main() -> None:
         "| first instance s | proxy peak RSS MB | proxy CPU s | pool CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    labels = {"direct": "direct Orthanc → storescp", "c-move": "proxy, upstream C-MOVE, none"}
+    labels = {"direct": f"direct {args.pacs} → storescp", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     for name in names:
         wall = statistics.median(w for w, _ in runs[name])

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -62,6 +63,17 @@ def configure_pynetdicom() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
+#: What the storage contexts accept, in the order an offered syntax is chosen (pynetdicom takes the
+#: acceptor's order): Explicit VR Little Endian first. pynetdicom's own list starts with Implicit VR
+#: LE, so an archive offering both (dcmqrscp) sent Implicit, and the relay then re-encoded every data
+#: set for a destination that chose Explicit in a context with several syntaxes (measured: proxy CPU
+#: 1.6 s instead of 0.6 s per 300 slices in `none` mode).
+STORAGE_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian,
+    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian),
+]
+
+
 def build_ae(config: Config) -> AE:
     """An AE that accepts Verification, Q/R FIND/MOVE/GET and every storage class.
 
@@ -83,7 +95,7 @@ def build_ae(config: Config) -> AE:
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is None:  # pragma: no cover - every listed context has one
             continue
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(cx.abstract_syntax, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     # Access control is ours (dicomproxy.access), with reasons in the log.
     ae.require_calling_aet = []
     ae.require_called_aet = False

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
+from dicomproxy import forward, scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.fastpath import pdu, wire
@@ -527,6 +527,14 @@ def test_relay_with_and_without_fast_path(
         return status
 
     monkeypatch.setattr(RawAssociation, "move", spy_move)
+    converted: list[str] = []
+    real_transcode = forward.transcode_file
+
+    def spy_transcode(src: Path, dst: Path, target: str, *args: Any) -> Any:
+        converted.append(target)
+        return real_transcode(src, dst, target, *args)
+
+    monkeypatch.setattr(forward, "transcode_file", spy_transcode)
     engine = create_engine(sqlite_url)
     create_view_table(engine)
     insert_rows(engine, [exam_row(MR)])
@@ -556,6 +564,31 @@ def test_relay_with_and_without_fast_path(
     assert bool(raw_receive) is fast_path
     assert len(sent_raw) == (4 if fast_path else 0)
     assert moves == ([f"{PROXY_AE} 0x0000"] if fast_path else [])  # the upstream C-MOVE, raw too
+    # dcmqrscp offers Implicit and Explicit VR LE for its C-STOREs; the proxy takes Explicit, which
+    # storescp also takes in the onward generic contexts: passed through, nothing re-encoded.
+    assert converted == []
+
+
+def test_storage_contexts_prefer_explicit_vr_little_endian(make_config: Callable[..., Config]) -> None:
+    """An archive offering Implicit and Explicit VR LE for a storage class gets Explicit (pynetdicom's
+    acceptor takes its own order; its default list starts with Implicit), whichever it lists first."""
+    from pynetdicom.presentation import negotiate_as_acceptor
+
+    from dicomproxy.server import build_ae
+
+    supported = build_ae(make_config()).supported_contexts
+    for order in (
+        [ImplicitVRLittleEndian, ExplicitVRLittleEndian],
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    ):
+        proposed = presentation_context(CTImageStorage, order)
+        proposed.context_id = 1
+        results, _ = negotiate_as_acceptor([proposed], supported)
+        assert results[0].transfer_syntax == [ExplicitVRLittleEndian]
+    only_implicit = presentation_context(CTImageStorage, [ImplicitVRLittleEndian])
+    only_implicit.context_id = 3
+    results, _ = negotiate_as_acceptor([only_implicit], supported)
+    assert results[0].transfer_syntax == [ImplicitVRLittleEndian]
 
 
 def test_raw_move_to_an_unknown_destination(fp_qr: DcmQrSCP) -> None:

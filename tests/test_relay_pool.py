@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomproxy import relay, scu
 from dicomproxy.app import build_context
@@ -252,6 +252,8 @@ def test_none_mode_never_uses_the_pool(
     assert (result.status, result.completed) == (0x0000, N), result.line()
     assert spy.created == []  # not even started: no conversion can go through it
     journal = {i["sop_instance_uid"]: i["transfer_syntax"] for i in rig.instances()}
-    for uid, ts in rig.dest.received:  # passed through as the PACS sent it (Implicit VR LE)
-        assert ts == journal[uid] == ImplicitVRLittleEndian
+    # passed through as the PACS sent it: it offers Implicit, Explicit and Deflated VR LE, the proxy
+    # takes Explicit (server.STORAGE_SYNTAXES) and so does the destination
+    for uid, ts in rig.dest.received:
+        assert ts == journal[uid] == ExplicitVRLittleEndian
     assert [uid for uid, _ in rig.dest.received] == rig.pacs.sent
