@@ -52,6 +52,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
+from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
@@ -76,6 +77,8 @@ PROGRESS_INTERVAL = 0.2
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
+#: Seconds an archive gets to end a cancelled C-MOVE/C-GET (final Cancel response) before it is aborted.
+CANCEL_GRACE = 2.0
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
 
@@ -264,25 +267,36 @@ class _Upstream:
         self.sop_classes = sop_classes  # for a C-GET started before the instance list is known
         self.stop_requested = threading.Event()
         self.timed_out = threading.Event()
-        self._assoc: Association | None = None
+        self._assoc: Association | RawAssociation | None = None
         self._lock = threading.Lock()
+        self._grace: threading.Timer | None = None  # aborts a cancelled retrieval that did not end
         self.thread = threading.Thread(target=self._run, name="relay-upstream", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
-    def _attach(self, assoc: Association) -> None:
+    def _attach(self, assoc: Association | RawAssociation) -> None:
         with self._lock:
             self._assoc = assoc
             if self.stop_requested.is_set():
                 assoc.abort()
 
     def stop(self) -> None:
-        """Stop fetching: abort the PACS association (its sub-operations end with it)."""
+        """Stop fetching. A retrieval on our raw association gets a C-CANCEL (PS3.4 C.4.2.3 / C.4.3.3:
+        the archive ends it with a Cancel response and the association is released) and is aborted
+        only if it is not over within :data:`CANCEL_GRACE`; on a pynetdicom association (TLS,
+        ``fast_path = false``) the association is aborted, and its sub-operations end with it."""
         self.stop_requested.set()
         with self._lock:
-            if self._assoc is not None and self._assoc.is_established:
-                self._assoc.abort()
+            assoc = self._assoc
+            if assoc is None or not assoc.is_established or self._grace is not None:
+                return
+            if isinstance(assoc, RawAssociation) and assoc.cancel():
+                self._grace = threading.Timer(CANCEL_GRACE, assoc.abort)
+                self._grace.daemon = True
+                self._grace.start()
+                return
+        assoc.abort()
 
     def _run(self) -> None:
         """Archive after archive (one slot of each at a time); a failing archive does not stop the

@@ -282,11 +282,18 @@ def test_pending_responses_while_pacs_is_slow(rig: Rig) -> None:
 
 
 def test_cancel_mid_study(rig: Rig) -> None:
+    """The cloud's C-CANCEL ends the job at once (0xFE00 with the counts so far) and is passed on: the
+    PACS gets a C-CANCEL for our C-MOVE/C-GET, answers Cancel and the association is released, not
+    aborted (PS3.4 C.4.2.3, C.4.3.3)."""
     rig.pacs.behaviour.gate_at = 2
     result = rig.move(cancel=lambda s: s.completed >= 2)
     assert result.status == 0xFE00, result.line()
     assert result.completed == 2 and result.remaining == 3
     assert rig.last_job()["outcome"] == "cancelled"
+    rig.pacs.behaviour.gate.set()  # the PACS was held before its third instance; it now sees the cancel
+    assert rig.pacs.behaviour.cancelled.wait(10)
+    wait_until(lambda: bool(rig.pacs.retrievals_ended), 10, "the PACS association ended")
+    assert rig.pacs.retrievals_ended == ["released"]
     assert len(rig.dest.received) == 2
     assert rig.still_serving()
 

@@ -13,6 +13,7 @@ import io
 import os
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_CANCEL_RQ = 0x0FFF
 #: (0000,0800) Command Data Set Type: 0x0101 = no data set (PS3.7 E.1); anything else = one follows.
 NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
@@ -78,7 +80,7 @@ class Released(Exception):
 
 
 class MessageStream:
-    """Reads whole DIMSE messages from ``sock``; writes messages to it (one thread each way)."""
+    """Reads whole DIMSE messages from ``sock`` (one thread); writes whole messages to it (any thread)."""
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class MessageStream:
         self._file: Any = None
         self._path: Path | None = None
         self._left = 0  # bytes of the current P-DATA-TF not read yet
+        self._send_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
     def read(self) -> Message:
@@ -210,15 +213,19 @@ class MessageStream:
         data: io.RawIOBase | io.BufferedIOBase | bytes | None = None,
         length: int = 0,
     ) -> None:
-        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``)."""
+        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``).
+
+        Whole messages only, also when two threads write (a C-CANCEL while the reading thread answers
+        a C-STORE on a C-GET association): PS3.8 9.3.5, one message's PDVs are not interleaved."""
         raw = encode_command(command)
-        if data is None:
-            self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, raw))
-            return
-        if isinstance(data, bytes):
-            length, data = len(data), io.BytesIO(data)
-        for batch in message_pdus(context_id, raw, data, length, self.max_pdv):
-            self.sock.sendall(batch)
+        with self._send_lock:
+            if data is None:
+                self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, raw))
+                return
+            if isinstance(data, bytes):
+                length, data = len(data), io.BytesIO(data)
+            for batch in message_pdus(context_id, raw, data, length, self.max_pdv):
+                self.sock.sendall(batch)
 
     def respond(self, rq: Message, field: int, status: int, **extra: Any) -> None:
         """A response without data set to ``rq`` (PS3.7 9.3, C.4)."""

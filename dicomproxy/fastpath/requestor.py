@@ -31,6 +31,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification, SC
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from dicomproxy.fastpath.dimse import (
+    C_CANCEL_RQ,
     C_FIND_RQ,
     C_FIND_RSP,
     C_GET_RQ,
@@ -40,6 +41,7 @@ from dicomproxy.fastpath.dimse import (
     C_STORE_RQ,
     C_STORE_RSP,
     DATA_SET_PRESENT,
+    NO_DATA_SET,
     PRIORITY_MEDIUM,
     Message,
     MessageStream,
@@ -93,6 +95,8 @@ class RawAssociation:
         self.is_established = True
         self.is_aborted = False
         self._closed = threading.Lock()
+        #: (context ID, Message ID) of the C-GET/C-MOVE awaiting its final response (for cancel()).
+        self._outstanding: tuple[int, int] | None = None
         sock.settimeout(dimse_timeout or None)
 
     # -- establishment ---------------------------------------------------------------------
@@ -265,7 +269,9 @@ class RawAssociation:
     ) -> Dataset | None:
         response = C_GET_RSP if name == "GET" else C_MOVE_RSP
         try:
-            self.stream.send(self.context_id(sop_class), cmd, identifier)
+            context_id = self.context_id(sop_class)
+            self._outstanding = (context_id, int(cmd["MessageID"]))
+            self.stream.send(context_id, cmd, identifier)
             while True:
                 msg = self.stream.read()
                 if on_store is not None and msg.field == C_STORE_RQ and msg.path is not None:
@@ -283,6 +289,30 @@ class RawAssociation:
                 LOG.warning("C-%s association lost: %s", name, exc or type(exc).__name__)
             self.abort()
             return None
+        finally:
+            self._outstanding = None
+
+    def cancel(self) -> bool:
+        """C-CANCEL-RQ (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3) for the C-GET/C-MOVE in progress, from any
+        thread; the reading thread then gets the archive's final response (Cancel, 0xFE00). False
+        when there is nothing to cancel or the request could not be written."""
+        outstanding = self._outstanding
+        if outstanding is None or not self.is_established:
+            return False
+        context_id, msg_id = outstanding
+        try:
+            self.stream.send(
+                context_id,
+                {
+                    "CommandField": C_CANCEL_RQ,
+                    "MessageIDBeingRespondedTo": msg_id,
+                    "CommandDataSetType": NO_DATA_SET,
+                },
+            )
+        except OSError:
+            return False
+        LOG.debug("C-CANCEL sent for message %d", msg_id)
+        return True
 
     # -- ending ----------------------------------------------------------------------------
     def release(self) -> None:
@@ -304,8 +334,8 @@ class RawAssociation:
         self._close()
 
     def abort(self) -> None:
-        """A-ABORT (PS3.8 9.3.8) and close; safe from any thread, idempotent."""
-        if not self.is_established and self.is_aborted:
+        """A-ABORT (PS3.8 9.3.8) and close; safe from any thread, idempotent, nothing once closed."""
+        if (not self.is_established and self.is_aborted) or self._closed.locked():
             return
         self.is_aborted = True
         with contextlib.suppress(OSError):

@@ -28,6 +28,7 @@ from dicomproxy.testing import free_port, wait_for_echo
 
 PENDING = 0xFF00
 SUCCESS = 0x0000
+CANCEL = 0xFE00
 
 
 @dataclass
@@ -43,6 +44,8 @@ class PacsBehaviour:
     gate: threading.Event = field(default_factory=threading.Event)
     #: Set when the PACS reached the gate (it is then "still sending").
     at_gate: threading.Event = field(default_factory=threading.Event)
+    #: Set when a C-CANCEL stopped a C-MOVE/C-GET (answered 0xFE00, PS3.4 C.4.2.3).
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class FakePacs:
@@ -57,6 +60,9 @@ class FakePacs:
         self.behaviour = PacsBehaviour()
         self.instances: list[Dataset] = [dcmread(p) for p in files]
         self.sent: list[str] = []
+        #: How each association that carried a C-MOVE/C-GET ended: "released" or "aborted", in order.
+        self.retrievals_ended: list[str] = []
+        self._retrieving: set[int] = set()
         self._server: Any = None
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_pdu_size = 0
@@ -85,6 +91,8 @@ class FakePacs:
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_MOVE, self._move),
             (evt.EVT_C_GET, self._get),
+            (evt.EVT_RELEASED, lambda e: self._ended(e, "released")),
+            (evt.EVT_ABORTED, lambda e: self._ended(e, "aborted")),
         ]
         self._server = self.ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         wait_for_echo(self.remote)
@@ -135,7 +143,12 @@ class FakePacs:
                 yield PENDING, rsp
         yield SUCCESS, None
 
+    def _ended(self, event: evt.Event, how: str) -> None:
+        if id(event.assoc) in self._retrieving:
+            self.retrievals_ended.append(how)
+
     def _sub_operations(self, event: evt.Event, matches: list[Dataset]) -> Iterator[tuple[int, Dataset]]:
+        self._retrieving.add(id(event.assoc))
         b = self.behaviour
         for i, ds in enumerate(matches):
             if b.gate_at is not None and i == b.gate_at:
@@ -145,6 +158,12 @@ class FakePacs:
                 event.assoc.abort()
                 return
             if not event.assoc.is_established:
+                return
+            if event.is_cancelled:  # pynetdicom leaves C-CANCEL to the handler
+                b.cancelled.set()
+                left = Dataset()
+                left.FailedSOPInstanceUIDList = [str(m.SOPInstanceUID) for m in matches[i:]]
+                yield CANCEL, left
                 return
             self.sent.append(str(ds.SOPInstanceUID))
             yield PENDING, ds
