@@ -28,31 +28,24 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom.association import Association
 
-from dicomproxy.access import permitted
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import (
     CannotTranscode,
     DicomServiceError,
-    InvalidIdentifier,
     MoveDestinationUnknown,
-    NotAuthorized,
     PacsUnavailable,
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
@@ -64,11 +57,13 @@ from dicomproxy.qrservice import (
     STATUS_WARNING,
     RetrieveResponse,
 )
+from dicomproxy.request import RetrieveRequest, StudyResolver, parse_keys
 from dicomproxy.routing import StudyRef, route
 from dicomproxy.spool import End, Spool, SpooledInstance
 from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import TranscodePool, TranscodeResult, policy_for
 from dicomproxy.transcode.codec import ConversionFailed
+from dicomproxy.upstream import Finder, Upstream
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -77,80 +72,8 @@ PROGRESS_INTERVAL = 0.2
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
-#: Seconds an archive gets to end a cancelled C-MOVE/C-GET (final Cancel response) before it is aborted.
-CANCEL_GRACE = 2.0
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
-
-
-class StudyResolver(Protocol):
-    """``dicomproxy.view.repository.ExamView`` (branch view): only visible Study Instance UIDs."""
-
-    def resolve_study_uids(
-        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
-    ) -> list[str]: ...
-
-
-def _resolve(resolver: StudyResolver, **keys: Any) -> list[StudyRef]:
-    """Visible studies with their routing fields (``ExamView.resolve_studies``); a resolver that
-    only knows UIDs gives empty Sysid/ExamineType, which only a catch-all ``[pacs]`` serves."""
-    resolve_studies = getattr(resolver, "resolve_studies", None)
-    if callable(resolve_studies):
-        return list(resolve_studies(**keys))
-    return [StudyRef(uid) for uid in resolver.resolve_study_uids(**keys)]
-
-
-@dataclass(frozen=True)
-class RetrieveRequest:
-    kind: str  # "move" | "get"
-    identifier: Dataset
-    calling_ae: str
-    calling_host: str = ""
-    move_destination: str = ""
-    #: Message ID (0000,0110) of the C-MOVE/C-GET request.
-    message_id: int = 0
-
-
-def _values(ds: Dataset, keyword: str) -> list[str]:
-    """A key's values: multi-valued (list of UID matching, PS3.4 C.2.2.2.2) or single; blanks dropped."""
-    if keyword not in ds or ds[keyword].value in (None, ""):
-        return []
-    value = ds[keyword].value
-    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
-def parse_keys(
-    identifier: Dataset, resolver: StudyResolver
-) -> tuple[str, list[tuple[RetrieveKey, StudyRef]]]:
-    """The identifier's level and the visible studies it names (PS3.4 C.4.2.2.1, Patient/Study Root),
-    each with the view row that routes it."""
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    studies = _values(identifier, "StudyInstanceUID")
-    if level == "PATIENT":
-        patient = _values(identifier, "PatientID")
-        if len(patient) != 1:
-            raise InvalidIdentifier("PATIENT level needs one Patient ID")
-        return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, patient_id=patient[0])]
-    if level == "STUDY":
-        if studies:
-            return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, study_uids=studies)]
-        accession = _values(identifier, "AccessionNumber")
-        patient = _values(identifier, "PatientID")
-        if len(accession) == 1:
-            refs = _resolve(resolver, accession=accession[0], patient_id=patient[0] if patient else None)
-            return level, [(RetrieveKey(ref.uid), ref) for ref in refs]
-        if len(patient) == 1:
-            return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, patient_id=patient[0])]
-        raise InvalidIdentifier("STUDY level needs Study Instance UID, Accession Number or Patient ID")
-    if level in ("SERIES", "IMAGE"):
-        series = _values(identifier, "SeriesInstanceUID")
-        sops = _values(identifier, "SOPInstanceUID") if level == "IMAGE" else []
-        if len(studies) != 1 or not series or (level == "IMAGE" and (len(series) != 1 or not sops)):
-            raise InvalidIdentifier(f"{level} level needs the unique keys of the levels above")
-        visible = _resolve(resolver, study_uids=studies)
-        return level, [(RetrieveKey(ref.uid, tuple(series), tuple(sops)), ref) for ref in visible]
-    raise InvalidIdentifier("Query/Retrieve Level must be PATIENT, STUDY, SERIES or IMAGE")
 
 
 @dataclass
@@ -184,7 +107,7 @@ class JobState:
     #: Number of Study Related Instances when the job started before its instance list was known.
     announced: int = 0
     #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
-    finder: _Finder | None = None
+    finder: Finder | None = None
 
     @property
     def counted(self) -> bool:
@@ -232,118 +155,6 @@ class _Prepared:
         if future is None or tmp is None or future.cancel():
             return
         future.add_done_callback(lambda _: tmp.unlink(missing_ok=True))
-
-
-class _Finder:
-    """The IMAGE-level C-FIND of an early-started job, in a thread (:meth:`RelayService._early_start`)."""
-
-    def __init__(self, client: PacsClient, key: RetrieveKey) -> None:
-        self.refs: list[InstanceRef] = []
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(client, key), name="relay-finder", daemon=True)
-        self.thread.start()
-
-    def _run(self, client: PacsClient, key: RetrieveKey) -> None:
-        try:
-            self.refs = client.find_instances(key)
-        except BaseException as exc:  # reported by the job, never raised in this thread
-            self.error = exc
-        finally:
-            self.done.set()
-
-
-class _Upstream:
-    """The producer side of a job: a thread fetching the studies into the spool; stoppable."""
-
-    def __init__(
-        self,
-        plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]],
-        spool: Spool,
-        sop_classes: list[str] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.spool = spool
-        self.sop_classes = sop_classes  # for a C-GET started before the instance list is known
-        self.stop_requested = threading.Event()
-        self.timed_out = threading.Event()
-        self._assoc: Association | RawAssociation | None = None
-        self._lock = threading.Lock()
-        self._grace: threading.Timer | None = None  # aborts a cancelled retrieval that did not end
-        self.thread = threading.Thread(target=self._run, name="relay-upstream", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _attach(self, assoc: Association | RawAssociation) -> None:
-        with self._lock:
-            self._assoc = assoc
-            if self.stop_requested.is_set():
-                assoc.abort()
-
-    def stop(self) -> None:
-        """Stop fetching. A retrieval on our raw association gets a C-CANCEL (PS3.4 C.4.2.3 / C.4.3.3:
-        the archive ends it with a Cancel response and the association is released) and is aborted
-        only if it is not over within :data:`CANCEL_GRACE`; on a pynetdicom association (TLS,
-        ``fast_path = false``) the association is aborted, and its sub-operations end with it."""
-        self.stop_requested.set()
-        with self._lock:
-            assoc = self._assoc
-            if assoc is None or not assoc.is_established or self._grace is not None:
-                return
-            if isinstance(assoc, RawAssociation) and assoc.cancel():
-                self._grace = threading.Timer(CANCEL_GRACE, assoc.abort)
-                self._grace.daemon = True
-                self._grace.start()
-                return
-        assoc.abort()
-
-    def _run(self) -> None:
-        """Archive after archive (one slot of each at a time); a failing archive does not stop the
-        others, its error is reported at the end."""
-        error: BaseException | None = None
-        timer: threading.Timer | None = None
-        try:
-            for pacs in dict.fromkeys(client for client, _, _ in self.plan):
-                if self.stop_requested.is_set():
-                    break
-                with pacs.slot(self.stop_requested) as got:
-                    limit = pacs.config.total_timeout
-                    if got and limit > 0:
-                        timer = threading.Timer(limit, self._time_out, args=(pacs,))
-                        timer.daemon = True
-                        timer.start()
-                    for _, key, refs in [p for p in self.plan if p[0] is pacs] if got else []:
-                        if self.stop_requested.is_set():
-                            break
-                        outcome = pacs.retrieve(
-                            key, refs, self.spool, on_assoc=self._attach, sop_classes=self.sop_classes
-                        )
-                        if outcome.error and not self.stop_requested.is_set():
-                            error = error or PacsUnavailable(outcome.error)
-                            break
-                    if timer is not None:
-                        timer.cancel()
-                        timer = None
-        except Exception as exc:
-            error = exc
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not self.timed_out.is_set():  # else _time_out already ended the job's queue
-                self.spool.finish(error)
-
-    def _time_out(self, pacs: PacsClient) -> None:
-        """The archive's ``total_timeout`` passed: end the retrieval as a failure, not a hung association.
-
-        The job's queue is ended here, not when the thread returns: after an abort pynetdicom
-        may still wait out its DIMSE timeout."""
-        self.timed_out.set()
-        limit = pacs.config.total_timeout
-        self.spool.finish(
-            PacsUnavailable(f"PACS {pacs.config.ae_title} exceeded total_timeout ({limit:g} s)")
-        )
-        self.stop()
 
 
 class RelayService:
@@ -454,7 +265,7 @@ class RelayService:
         state = JobState(job_id)
         forwarder: Forwarder | None = None
         spool: Spool | None = None
-        upstream: _Upstream | None = None
+        upstream: Upstream | None = None
         final = RetrieveResponse(STATUS_SUCCESS)
         error = ""
         outcome = "failed"
@@ -469,11 +280,11 @@ class RelayService:
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
             summary = self._study_summary(job_id, clients, keys)
             if summary is not None:
-                # Early start: fetch and forward now, list the instances beside it (_Finder). A PACS
+                # Early start: fetch and forward now, list the instances beside it (Finder). A PACS
                 # that announces no count (dcmqrscp): no Pending response until the list is known.
                 plan.append((clients[0], keys[0], []))
                 state.announced, n, sop_classes = summary.count, summary.count, summary.sop_classes
-                state.finder = _Finder(clients[0], keys[0])
+                state.finder = Finder(clients[0], keys[0])
                 if n:
                     self.journal.update(job_id, expected=n)
             else:
@@ -516,7 +327,7 @@ class RelayService:
                 state.mark("destination")
                 if state.counted:
                     yield state.response(STATUS_PENDING)
-                upstream = _Upstream(plan, spool, sop_classes if summary is not None else None)
+                upstream = Upstream(plan, spool, sop_classes if summary is not None else None)
                 upstream.start()
                 final, outcome, error = yield from self._pump(
                     state, spool, forwarder, upstream, is_cancelled, alive
@@ -647,7 +458,7 @@ class RelayService:
         state: JobState,
         spool: Spool,
         forwarder: Forwarder,
-        upstream: _Upstream,
+        upstream: Upstream,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
     ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, str, str]]:
@@ -827,30 +638,3 @@ class RelayService:
         if pool is not None:
             pool.close()
         self.journal.close()
-
-
-def retrieve_request(event: Any, kind: str, config: Config | None = None) -> RetrieveRequest:
-    """Normalise the pynetdicom event at the boundary.
-
-    Raises NotAuthorized (0x0124) when ``config`` says the peer may not use ``kind``,
-    InvalidIdentifier when the identifier cannot be decoded.
-    """
-    calling = str(event.assoc.requestor.ae_title).strip()
-    if config is not None and not permitted(config, calling, kind):
-        raise NotAuthorized(f"C-{kind.upper()} not permitted for {calling}")
-    try:
-        identifier = event.identifier
-    except Exception as exc:
-        raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
-    requestor = event.assoc.requestor
-    dest = event.move_destination if kind == "move" else ""
-    if isinstance(dest, bytes):
-        dest = dest.decode("ascii", "replace")
-    return RetrieveRequest(
-        kind,
-        identifier,
-        requestor.ae_title.strip(),
-        str(requestor.address),
-        str(dest or "").strip(),
-        int(event.request.MessageID or 0),
-    )
