@@ -21,6 +21,8 @@ loaded and moved at once (N threads, one study each), direct and through the C-M
 aggregate MB/s = all files / wall time of the slowest. ``--max-pdu N`` (0 = each tool's default):
 Orthanc ``MaximumPduLength`` and storescp ``--max-pdu`` both set to N, so the direct baseline and
 the proxy get the same larger PDUs (the proxy itself announces 0 = unlimited on both legs).
+``--cloud-get``: two more rows, the cloud's C-GET (DCMTK ``getscu``) straight from the PACS and
+through the upstream-C-MOVE proxy (the ratio of the latter is to the former).
 ``--pacs dcmqrscp``: DCMTK dcmqrscp instead of Orthanc as the PACS (it returns no study-level count
 or SOP classes, so the first-instance figures show the relay's early start for such archives).
 Every proxy relays the study once before the timed rounds (warm-up).
@@ -48,7 +50,7 @@ from sqlalchemy import create_engine
 from dicomproxy import scu
 from dicomproxy.net import Remote
 from dicomproxy.samples import StudySpec, exam_row, write_study
-from dicomproxy.testing import free_port, wait_for_echo
+from dicomproxy.testing import free_port, peer_env, require_tool, wait_for_echo
 from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
 from dicomproxy.testing.orthanc import Orthanc
 from dicomproxy.testing.viewdb import create_view_table, insert_rows
@@ -148,6 +150,39 @@ def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[
     return wall, (first[0] if first else float("nan")), result.completed
 
 
+def timed_get(remote: Remote, outdir: Path, study_uid: str, n: int) -> tuple[float, float, int]:
+    """The cloud's C-GET with DCMTK getscu (TCP_NODELAY=1) into ``outdir``: (wall s, first file s, files)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    for p in outdir.iterdir():
+        p.unlink()
+    first: list[float] = []
+    stop = threading.Event()
+
+    def watch(t0: float) -> None:
+        while not stop.is_set():
+            with os.scandir(outdir) as it:
+                if any(True for _ in it):
+                    first.append(time.perf_counter() - t0)
+                    return
+            time.sleep(0.002)
+
+    args = ["-S", "-aet", "BENCH", "-aec", remote.ae_title, "-k", "QueryRetrieveLevel=STUDY"]
+    args += ["-k", f"StudyInstanceUID={study_uid}", "-od", str(outdir), remote.host, str(remote.port)]
+    t0 = time.perf_counter()
+    watcher = threading.Thread(target=watch, args=(t0,), daemon=True)
+    watcher.start()
+    proc = subprocess.run(
+        [require_tool("getscu"), *args], capture_output=True, text=True, env=peer_env(), timeout=600
+    )
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    got = len(list(outdir.iterdir()))
+    if proc.returncode != 0 or got != n:
+        raise RuntimeError(f"getscu from {remote}: exit {proc.returncode}, {got} files: {proc.stderr[-500:]}")
+    return wall, (first[0] if first else float("nan")), got
+
+
 def timed_concurrent(remote: Remote, dest: StoreSCP, study_uids: list[str], n_total: int) -> float:
     """Move every study at once, one thread each; wall seconds until the last one completes."""
     for p in dest.received():
@@ -199,6 +234,11 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--cloud-get",
+        action="store_true",
+        help="also time the cloud's C-GET (DCMTK getscu) direct from the PACS and through the C-MOVE proxy",
+    )
     ap.add_argument(
         "--pacs",
         choices=("orthanc", "dcmqrscp"),
@@ -290,6 +330,8 @@ def main() -> None:
             proxies[name] = Remote(ae, "127.0.0.1", port)
             wait_for_echo(proxies[name], 30, calling="BENCH")
         names = ["direct", *proxies]
+        if args.cloud_get:
+            names += ["get direct", "get proxy"]
         runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
         pool_cpu: dict[str, list[float]] = {n: [] for n in proxies}
@@ -314,6 +356,12 @@ def main() -> None:
             timed_concurrent(pacs.remote, dest, uids, conc_n)  # warm-up
         for r in range(args.rounds):
             for name in names:
+                if name.startswith("get "):
+                    remote = pacs.remote if name == "get direct" else proxies["c-move"]
+                    wall, first, _ = timed_get(remote, work / "cloud-get", spec.study_uid, len(files))
+                    runs[name].append((wall, first))
+                    print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
+                    continue
                 remote = pacs.remote if name == "direct" else proxies[name]
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
                 p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
@@ -356,7 +404,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     labels = {"direct": f"direct {args.pacs} → storescp", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
+    labels["get direct"] = f"cloud C-GET (getscu), direct from {args.pacs}"
+    labels["get proxy"] = "cloud C-GET (getscu) through the proxy, upstream C-MOVE, none"
     for name in names:
+        base = statistics.median(w for w, _ in runs["get direct"]) if name.startswith("get ") else direct
         wall = statistics.median(w for w, _ in runs[name])
         first = statistics.median(f for _, f in runs[name])
         mem = f"{rss[name]:.0f}" if name in rss else "–"
@@ -364,7 +415,7 @@ def main() -> None:
         pool = f"{statistics.median(pool_cpu[name]):.2f}" if pool_cpu.get(name) else "–"
         label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
-            f"| {label} | {wall:.2f} | {wall / direct:.2f} | {total / 1e6 / wall:.0f} "
+            f"| {label} | {wall:.2f} | {wall / base:.2f} | {total / 1e6 / wall:.0f} "
             f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {pool} |"
         )
     if conc["direct"]:
