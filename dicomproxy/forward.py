@@ -205,7 +205,7 @@ class Forwarder:
         self.originator = originator
         self.owns = owns_association
         self.bytes_out = 0
-        self._msg_ids = itertools.cycle(range(1, 65536))
+        self._msg_ids = (n % 65535 + 1 for n in itertools.count())  # not cycle(): it copies what it yields
         self._accepted: dict[str, list[str]] = {}
         self._adopt(assoc)
 

@@ -79,14 +79,16 @@ RECEIVE_SYNTAXES = [
     RLELossless,
 ]
 
-_MSG_IDS = itertools.cycle(range(1, 65536))
+#: A plain counter: ``itertools.cycle`` keeps a copy of every value it has yielded (up to 65,535 ints).
+_MSG_IDS = itertools.count()
 _MSG_LOCK = threading.Lock()
 
 
 def next_message_id() -> int:
-    """Message ID (0000,0110) for our C-MOVE/C-GET, unique among the running ones of this process."""
+    """Message ID (0000,0110) for our C-MOVE/C-GET, unique among the running ones of this process;
+    1–65535 (US, PS3.7 E.1), wrapping around."""
     with _MSG_LOCK:
-        return next(_MSG_IDS)
+        return next(_MSG_IDS) % 65535 + 1
 
 
 @dataclass(frozen=True)
