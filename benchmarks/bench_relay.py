@@ -41,6 +41,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,31 +125,45 @@ def pool_cpu_seconds(pid: int) -> float:
     return total
 
 
+@contextmanager
+def first_file(folder: Path) -> Iterator[list[float]]:
+    """Times the block: yields ``[t0]``; afterwards ``[t0, seconds to the first file in folder]``
+    (polled every 2 ms by a thread; NaN if none came)."""
+    t0 = time.perf_counter()
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with os.scandir(folder) as it:
+                if any(True for _ in it):
+                    seen.append(time.perf_counter() - t0)
+                    return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    times = [t0]
+    try:
+        yield times
+    finally:
+        stop.set()
+        watcher.join()
+        times.append(seen[0] if seen else float("nan"))
+
+
 def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[float, float, int]:
     """(wall seconds, seconds to first file at the destination, completed)."""
     for p in dest.received():
         p.unlink()
-    first: list[float] = []
-    stop = threading.Event()
-
-    def watch(t0: float) -> None:
-        while not stop.is_set():
-            with os.scandir(dest.outdir) as it:
-                if any(True for _ in it):
-                    first.append(time.perf_counter() - t0)
-                    return
-            time.sleep(0.002)
-
-    t0 = time.perf_counter()
-    watcher = threading.Thread(target=watch, args=(t0,), daemon=True)
-    watcher.start()
-    result = scu.move(remote, "DEST", scu.identifier(study_uids=[study_uid]), calling_ae="BENCH", timeout=600)
-    wall = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
+    with first_file(dest.outdir) as times:
+        result = scu.move(
+            remote, "DEST", scu.identifier(study_uids=[study_uid]), calling_ae="BENCH", timeout=600
+        )
+        wall = time.perf_counter() - times[0]
     if result.status != 0 or len(dest.received()) != n:
         raise RuntimeError(f"{remote}: {result.line()}, {len(dest.received())} files")
-    return wall, (first[0] if first else float("nan")), result.completed
+    return wall, times[1], result.completed
 
 
 def timed_get(remote: Remote, outdir: Path, study_uid: str, n: int) -> tuple[float, float, int]:
@@ -155,32 +171,17 @@ def timed_get(remote: Remote, outdir: Path, study_uid: str, n: int) -> tuple[flo
     outdir.mkdir(parents=True, exist_ok=True)
     for p in outdir.iterdir():
         p.unlink()
-    first: list[float] = []
-    stop = threading.Event()
-
-    def watch(t0: float) -> None:
-        while not stop.is_set():
-            with os.scandir(outdir) as it:
-                if any(True for _ in it):
-                    first.append(time.perf_counter() - t0)
-                    return
-            time.sleep(0.002)
-
     args = ["-S", "-aet", "BENCH", "-aec", remote.ae_title, "-k", "QueryRetrieveLevel=STUDY"]
     args += ["-k", f"StudyInstanceUID={study_uid}", "-od", str(outdir), remote.host, str(remote.port)]
-    t0 = time.perf_counter()
-    watcher = threading.Thread(target=watch, args=(t0,), daemon=True)
-    watcher.start()
-    proc = subprocess.run(
-        [require_tool("getscu"), *args], capture_output=True, text=True, env=peer_env(), timeout=600
-    )
-    wall = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
+    with first_file(outdir) as times:
+        proc = subprocess.run(
+            [require_tool("getscu"), *args], capture_output=True, text=True, env=peer_env(), timeout=600
+        )
+        wall = time.perf_counter() - times[0]
     got = len(list(outdir.iterdir()))
     if proc.returncode != 0 or got != n:
         raise RuntimeError(f"getscu from {remote}: exit {proc.returncode}, {got} files: {proc.stderr[-500:]}")
-    return wall, (first[0] if first else float("nan")), got
+    return wall, times[1], got
 
 
 def timed_concurrent(remote: Remote, dest: StoreSCP, study_uids: list[str], n_total: int) -> float:

@@ -17,7 +17,6 @@ Three steps: :meth:`Forwarder.plan` (the target syntax, cheap), the conversion (
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pynetdicom.status import code_to_category
 from dicomproxy.config import PeerConfig, ProxyConfig
 from dicomproxy.errors import CannotTranscode, DestinationUnavailable
 from dicomproxy.fastpath import sender as fastpath
+from dicomproxy.fastpath.dimse import message_ids
 from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
@@ -205,7 +205,7 @@ class Forwarder:
         self.originator = originator
         self.owns = owns_association
         self.bytes_out = 0
-        self._msg_ids = (n % 65535 + 1 for n in itertools.count())  # not cycle(): it copies what it yields
+        self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
         self._adopt(assoc)
 

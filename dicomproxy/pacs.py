@@ -17,7 +17,6 @@ pynetdicom #536) with TCP_NODELAY.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -43,7 +42,7 @@ from pydicom.uid import (
 )
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -54,7 +53,7 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PacsConfig
 from dicomproxy.errors import PacsUnavailable
-from dicomproxy.fastpath.dimse import Message
+from dicomproxy.fastpath.dimse import Message, message_ids
 from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
@@ -79,16 +78,14 @@ RECEIVE_SYNTAXES = [
     RLELossless,
 ]
 
-#: A plain counter: ``itertools.cycle`` keeps a copy of every value it has yielded (up to 65,535 ints).
-_MSG_IDS = itertools.count()
+_MSG_IDS = message_ids()
 _MSG_LOCK = threading.Lock()
 
 
 def next_message_id() -> int:
-    """Message ID (0000,0110) for our C-MOVE/C-GET, unique among the running ones of this process;
-    1–65535 (US, PS3.7 E.1), wrapping around."""
+    """Message ID (0000,0110) for our C-MOVE/C-GET, unique among the running ones of this process."""
     with _MSG_LOCK:
-        return next(_MSG_IDS) % 65535 + 1
+        return next(_MSG_IDS)
 
 
 @dataclass(frozen=True)
@@ -242,10 +239,9 @@ class PacsClient:
         if self.fast_path:
             assoc = self._raw([build_context(find_uid)])
             try:
-                syntax = UID(str(assoc.stream.contexts[assoc.context_id(find_uid)].transfer_syntax[0]))
-                raw_query = encode(query, syntax.is_implicit_VR, syntax.is_little_endian) or b""
+                syntax = assoc.syntax(find_uid)
                 try:
-                    for code, data in assoc.find(find_uid, bytes(raw_query), next_message_id()):
+                    for code, data in assoc.find(find_uid, assoc.encode(find_uid, query), next_message_id()):
                         ds = (
                             decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
                             if data
@@ -387,9 +383,7 @@ class PacsClient:
         assoc = self._raw([build_context(move_uid)])
         on_assoc(assoc)
         try:
-            syntax = UID(str(assoc.stream.contexts[assoc.context_id(move_uid)].transfer_syntax[0]))
-            identifier = encode(key.identifier(), syntax.is_implicit_VR, syntax.is_little_endian)
-            status = assoc.move(move_uid, self.calling_ae, bytes(identifier or b""), msg_id)
+            status = assoc.move(move_uid, self.calling_ae, assoc.encode(move_uid, key.identifier()), msg_id)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -477,9 +471,7 @@ class PacsClient:
 
         try:
             get_uid = str(StudyRootQueryRetrieveInformationModelGet)
-            syntax = UID(str(assoc.stream.contexts[assoc.context_id(get_uid)].transfer_syntax[0]))
-            identifier = encode(key.identifier(), syntax.is_implicit_VR, syntax.is_little_endian)
-            status = assoc.get(get_uid, bytes(identifier or b""), next_message_id(), on_store)
+            status = assoc.get(get_uid, assoc.encode(get_uid, key.identifier()), next_message_id(), on_store)
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,13 @@ NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
 #: (0000,0700) Priority MEDIUM (PS3.7 9.1.1.1.1)
 PRIORITY_MEDIUM = 0x0000
+
+
+def message_ids() -> Iterator[int]:
+    """Message IDs (0000,0110), US: 1–65535, then round again (PS3.7 E.1). Not ``itertools.cycle``,
+    which keeps a copy of every value it has yielded."""
+    return (n % 65535 + 1 for n in itertools.count())
+
 
 #: Largest command set, and largest data set kept in memory (identifiers), we accept.
 MAX_COMMAND = 64 * 1024

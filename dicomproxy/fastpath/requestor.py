@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC as AcPdu
 from pynetdicom.pdu import A_ASSOCIATE_RJ as RjPdu
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
@@ -191,6 +191,15 @@ class RawAssociation:
         return cls(sock, reader, accepted, store_dir, max_pdv(peer_max), dimse_timeout)
 
     # -- services --------------------------------------------------------------------------
+    def syntax(self, sop_class: str) -> UID:
+        """The transfer syntax accepted for ``sop_class`` (its first accepted context)."""
+        return UID(str(self.stream.contexts[self.context_id(sop_class)].transfer_syntax[0]))
+
+    def encode(self, sop_class: str, identifier: Dataset) -> bytes:
+        """``identifier`` encoded in the syntax accepted for ``sop_class``."""
+        syntax = self.syntax(sop_class)
+        return bytes(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian) or b"")
+
     def context_id(self, sop_class: str, syntax: str | None = None) -> int:
         for cx in self.accepted_contexts:
             if str(cx.abstract_syntax) == sop_class and (

@@ -81,6 +81,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, part)
 
 
+def _clear_unused_bits(arr: np.ndarray, info: InstanceInfo) -> np.ndarray:
+    """PS3.5 8.1.1 / PS3.3 C.7.6.3.1: bits above Bits Stored are not pixel data (old overlays).
+
+    Cleared (unsigned) or replaced by the sign of Bits Stored (signed, two's complement), in a new
+    array; ``arr`` itself is returned untouched when every allocated bit is stored."""
+    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
+    if not 0 < stored < allocated:
+        return arr
+    if info.pixel_representation == 1:
+        shift = arr.dtype.itemsize * 8 - stored
+        return (arr << shift) >> shift
+    return arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+
+
 def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
     """All frames as ``(frames, rows, columns[, samples])``, colour interleaved, unused high bits cleared.
 
@@ -100,15 +114,7 @@ def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
             photometric = "YBR_FULL"
         ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
-    # PS3.5 8.1.1 / PS3.3 C.7.6.3.1: bits above Bits Stored are not pixel data (old overlays); clear them.
-    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
-    if 0 < stored < allocated:
-        arr = np.array(arr, copy=True)
-        if info.pixel_representation == 1:
-            shift = arr.dtype.itemsize * 8 - stored
-            arr = (arr << shift) >> shift  # two's complement sign extension from Bits Stored
-        else:
-            arr &= np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    arr = _clear_unused_bits(arr, info)
     if arr.dtype.byteorder == ">":  # from Explicit VR Big Endian; encoders want native order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return np.ascontiguousarray(arr)
@@ -377,13 +383,7 @@ def _fast_mono(src: Path, dst: Path, header: Header, target: str, policy: Policy
         tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
     dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
     arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
-    stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
-    if 0 < stored < allocated:  # clear unused high bits (see _decoded_pixels)
-        if info.pixel_representation == 1:
-            shift = allocated - stored
-            arr = (arr << shift) >> shift
-        else:
-            arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    arr = _clear_unused_bits(arr, info)
     pixels = encapsulate(_encode_mono_frames(arr, info, target, policy))
     if lossy:
         split = insert_at - body_start
