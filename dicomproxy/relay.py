@@ -135,7 +135,8 @@ class JobState:
 
 @dataclass
 class _Prepared:
-    """A spooled instance in the look-ahead window, planned (:meth:`Forwarder.plan`) in arrival order.
+    """A spooled instance in the look-ahead window, in arrival order (its syntax chosen by the pool
+    worker, or by :meth:`Forwarder.plan` without a pool).
 
     ``plan``: None = send inline (:meth:`Forwarder.send`, no pool) or, with a ``future``, in what
     the pool worker chose and wrote (:func:`~dicomproxy.transcode.codec.convert_for`: the spooled
