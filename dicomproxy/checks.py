@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -46,6 +47,43 @@ def missing_view_columns(engine: Engine, view_name: str) -> list[str]:
         return missing
 
 
+def study_lookup_checks(config: Config) -> Iterator[CheckResult]:
+    """RowTimestamp's kind, then one real Study Instance UID lookup through the path C-FIND and
+    C-MOVE use (UID side table, synced by RowTimestamp, then the view): a view the proxy
+    cannot serve fails here, not at the first request."""
+    from dicomproxy.view.repository import ExamView  # the view stack only when the view is there
+
+    view = ExamView(config)
+    try:
+        try:
+            policy = view.stamp_policy()
+        except Exception as exc:  # reported, never raised: this is a check
+            yield CheckResult("view RowTimestamp", False, _first_line(exc))
+            return
+        yield CheckResult("view RowTimestamp", True, policy.describe())
+        started = time.monotonic()
+        try:
+            sample = view.sample_study()
+            wanted = sample[1] if sample else "1.2.826.0.1.3680043.2.1143.0.404"
+            found = view.resolve_study_uids(study_uids=[wanted])
+        except Exception as exc:
+            yield CheckResult("study UID lookup", False, _first_line(exc))
+            return
+        took = time.monotonic() - started
+        how = "side table" if view.uid_index is not None else "view scan (no side table)"
+        if sample is None:
+            ok = found == []
+            verdict = "not found" if ok else "FOUND"
+            detail = f"no visible row yet; a made-up UID looked up via {how}: {verdict}"
+        else:
+            ok = found == [wanted]
+            verdict = "found" if ok else "NOT found"
+            detail = f"Study UID of ExamineID {sample[0]} {verdict} via {how} in {took:.2f} s"
+        yield CheckResult("study UID lookup", ok, detail)
+    finally:
+        view.close()
+
+
 def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[CheckResult]:
     """Database, view columns, PACS echo."""
     try:
@@ -69,6 +107,8 @@ def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[Chec
                 )
             else:
                 yield CheckResult("view columns", False, f"{config.view.name}: missing {', '.join(missing)}")
+            if not missing:
+                yield from study_lookup_checks(config)
         except SQLAlchemyError as exc:
             yield CheckResult("view database", False, _first_line(exc))
         finally:

@@ -112,6 +112,11 @@ class ViewConfig:
     query_timeout: float = 30.0
     #: Stop a C-FIND after this many matches (0 = unlimited).
     max_results: int = 1000
+    #: Date-time RowTimestamps: seconds re-read below the high-water mark (late commits).
+    stamp_overlap: float = 60.0
+    #: Bind string parameters as nvarchar (SQL Server views whose columns are nvarchar);
+    #: false = varchar, matching the seed's varchar columns (no implicit conversion).
+    unicode_params: bool = False
 
 
 @dataclass(frozen=True)
@@ -433,6 +438,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         pool_size=s.integer("pool_size", vd.pool_size, lo=1),
         query_timeout=s.number("query_timeout", vd.query_timeout),
         max_results=s.integer("max_results", vd.max_results, lo=0),
+        stamp_overlap=s.number("stamp_overlap", vd.stamp_overlap),
+        unicode_params=s.boolean("unicode_params", vd.unicode_params),
     )
     s.finish()
 

@@ -45,8 +45,11 @@ def test_all_ok(tmp_path: Path, sqlite_url: str, sqlite_view, orthanc) -> None:
     proc = _run(_config(tmp_path, sqlite_url, orthanc.dicom_port))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [ln.split()[0] for ln in lines] == ["OK"] * 4  # config, database, columns, PACS echo
+    # config, database, columns, RowTimestamp, study UID lookup, PACS echo
+    assert [ln.split()[0] for ln in lines] == ["OK"] * 6, proc.stdout
     assert "all 78 columns" in proc.stdout
+    assert "OK    view RowTimestamp: RowTimestamp: date-time; re-reads 60 s below" in proc.stdout
+    assert "OK    study UID lookup: Study UID of ExamineID EA0001 found via side table" in proc.stdout
 
 
 def test_failures_are_listed(tmp_path: Path, orthanc) -> None:

@@ -24,6 +24,7 @@ from dicomproxy.routing import Unroutable, route
 from dicomproxy.view.mapping import birth_date
 from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table
 from dicomproxy.view.repository import first_line, make_engine
+from dicomproxy.view.stamp import StampKind, kind_of, policy_for
 from dicomproxy.view.uids import invalid_uid_parts, split_uid_cell
 
 #: Enumerations from the seed (exam-view.md). NULL/empty is "not given", not a violation.
@@ -43,7 +44,6 @@ DATETIME_COLUMNS = (
     "AuditTime",
     "ReviseTime",
     "ResultDate",
-    "RowTimestamp",
 )
 
 
@@ -62,6 +62,9 @@ class ViewReport:
     missing_columns: list[str]
     rules: list[RuleResult]
     visible_rows: int = 0
+    #: RowTimestamp's kind as the driver returns it, and how the proxy reads it incrementally.
+    stamp_kind: str = ""
+    stamp: str = ""
 
     @property
     def ok(self) -> bool:
@@ -128,6 +131,8 @@ def _check(config: Config, engine: Engine, examples: int) -> ViewReport:
     for name, desc, _ in checks:
         rules.rule(name, desc)
     ids: Counter[str] = Counter()
+    kinds: Counter[StampKind] = Counter()
+    kind_examples: dict[StampKind, list[str]] = {}
     first_seen: dict[str, None] = {}
     total = visible = 0
     with engine.connect() as conn:
@@ -141,6 +146,12 @@ def _check(config: Config, engine: Engine, examples: int) -> ViewReport:
             for name, desc, broken in checks:
                 if broken(row):
                     rules.hit(name, desc, examine_id)
+            if "RowTimestamp" in row and row["RowTimestamp"] is not None:
+                kind = kind_of(row["RowTimestamp"])
+                kinds[kind] += 1
+                seen = kind_examples.setdefault(kind, [])
+                if len(seen) < examples:
+                    seen.append(str(examine_id))
             if row.get("ExamineID") is not None:
                 ids[str(row["ExamineID"])] += 1
                 first_seen.setdefault(str(row["ExamineID"]), None)
@@ -157,7 +168,26 @@ def _check(config: Config, engine: Engine, examples: int) -> ViewReport:
             dup.count += n
             if len(dup.examples) < examples:
                 dup.examples.append(examine_id)
-    return ViewReport(config.view.name, total, missing, list(rules.results.values()), visible)
+    stamp = ""
+    main_kind = StampKind.EMPTY
+    if "RowTimestamp" in present:
+        main_kind = kinds.most_common(1)[0][0] if kinds else StampKind.EMPTY
+        mixed = rules.rule("RowTimestamp:kind", "RowTimestamp not of the view's main kind (mixed kinds)")
+        for kind, count in kinds.items():
+            if kind is not main_kind:
+                mixed.count += count
+                mixed.examples.extend(kind_examples[kind][: examples - len(mixed.examples)])
+        overlap = dt.timedelta(seconds=config.view.stamp_overlap)
+        stamp = policy_for(engine, table.c.RowTimestamp, overlap).describe()
+    return ViewReport(
+        config.view.name,
+        total,
+        missing,
+        list(rules.results.values()),
+        visible,
+        stamp_kind=main_kind.value,
+        stamp=stamp,
+    )
 
 
 Row = dict[str, Any]
@@ -258,6 +288,8 @@ def _int(value: Any) -> int:
 def format_report(report: ViewReport) -> str:
     """Human-readable: one line per rule, broken rules first."""
     lines = [f"view {report.view}: {report.rows} rows, {report.visible_rows} visible to dicomproxy"]
+    if report.stamp:
+        lines.append(f"INFO  {report.stamp}")
     if report.missing_columns:
         lines.append(
             f"FAIL  missing columns ({len(report.missing_columns)}): {', '.join(report.missing_columns)}"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, Unicode
 from sqlalchemy.sql.elements import quoted_name
 from sqlalchemy.types import TypeEngine
+
+from dicomproxy.view.stamp import RowStamp
 
 #: varchar(2000) columns; MariaDB's 64 KiB row limit (utf8mb4) needs TEXT there.
 _LONG = String(2000).with_variant(Text(), "mysql", "mariadb")
@@ -96,7 +98,7 @@ COLUMNS: tuple[tuple[str, TypeEngine[Any], bool], ...] = (
     ("StudyInstanceUID", String(512), False),  # required once the exam is done
     ("OrderFilePath", String(256), False),
     ("ReportFilePath", String(256), False),
-    ("RowTimestamp", DateTime(), True),
+    ("RowTimestamp", RowStamp(), True),  # opaque and ordered: rowversion or date-time (stamp.py)
     ("Sysid", String(10), True),
 )
 
@@ -118,13 +120,29 @@ def _unquoted(name: str) -> quoted_name:
     return quoted_name(name.lower(), quote=False)
 
 
-def exam_view_table(view_name: str, metadata: MetaData | None = None) -> Table:
-    """The view as a read-only :class:`~sqlalchemy.Table`; ``table.c.ExamineID`` etc."""
+def _bind_type(typ: TypeEngine[Any], unicode_params: bool) -> TypeEngine[Any]:
+    """varchar(n) columns as ``String`` (bound as varchar: SQL_VARCHAR on pyodbc) or, for a
+    view whose columns are nvarchar, ``Unicode`` (bound as nvarchar)."""
+    if unicode_params and type(typ) is String and typ.length is not None:
+        return Unicode(typ.length)
+    return typ
+
+
+def exam_view_table(
+    view_name: str, metadata: MetaData | None = None, *, unicode_params: bool = False
+) -> Table:
+    """The view as a read-only :class:`~sqlalchemy.Table`; ``table.c.ExamineID`` etc.
+
+    Parameters compared with a column take that column's type, so on SQL Server a lookup on a
+    varchar column is bound as varchar: an nvarchar parameter would make the server convert
+    the column (CONVERT_IMPLICIT) and scan instead of seeking its index. ``unicode_params``
+    is for views whose columns are nvarchar (``[view].unicode_params``).
+    """
     schema, name = split_view_name(view_name)
     md = metadata if metadata is not None else MetaData()
     return Table(
         _unquoted(name),
         md,
-        *(Column(_unquoted(col), typ, key=col) for col, typ, _ in COLUMNS),
+        *(Column(_unquoted(col), _bind_type(typ, unicode_params), key=col) for col, typ, _ in COLUMNS),
         schema=_unquoted(schema) if schema else None,
     )

@@ -35,11 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 from sqlalchemy import ColumnElement, Select, and_, or_, select
-from sqlalchemy.sql.expression import literal
 
 from dicomproxy.errors import InvalidIdentifier
 from dicomproxy.view.mapping import MODALITY_ALIASES, SEX_FROM_DICOM, pinyin_name
-from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like, has_wildcard, string_match
+from dicomproxy.view.sql import ESCAPE, bound, dicom_wildcard_to_like, has_wildcard, string_match
 from dicomproxy.view.uids import is_valid_uid
 
 #: (0008,0052) Query/Retrieve Level per information model (PS3.4 C.6.1 / C.6.2).
@@ -314,9 +313,9 @@ def date_predicate(column: Any, lo: dt.date | None, hi: dt.date | None) -> Colum
     """``col >= :lo AND col < :hi + 1 day`` (index-friendly: no function on the column)."""
     parts = []
     if lo is not None:
-        parts.append(column >= literal(_day_start(lo)))
+        parts.append(column >= bound(column, _day_start(lo)))
     if hi is not None:
-        parts.append(column < literal(_day_start(hi + dt.timedelta(days=1))))
+        parts.append(column < bound(column, _day_start(hi + dt.timedelta(days=1))))
     return and_(*parts)
 
 
@@ -329,7 +328,7 @@ def modality_predicate(column: Any, value: str, dialect: str) -> ColumnElement[b
         if not item:
             continue
         if has_wildcard(item):
-            likes.append(column.like(literal(dicom_wildcard_to_like(item, dialect)), escape=ESCAPE))
+            likes.append(column.like(bound(column, dicom_wildcard_to_like(item, dialect)), escape=ESCAPE))
         else:
             exact.append(item)
             exact.extend(raw for raw, norm in MODALITY_ALIASES.items() if norm == item)
@@ -351,13 +350,13 @@ def sql_filters(query: FindQuery, table: Any, dialect: str) -> list[ColumnElemen
         if key in v:
             preds.append(string_match(column, v[key], dialect))
     if "StudyID" in v and not has_wildcard(v["StudyID"]):
-        preds.append(c.ExamineID == literal(v["StudyID"]))
+        preds.append(c.ExamineID == bound(c.ExamineID, v["StudyID"]))
     if "PatientName" in v:
         _, ideo = split_pn_query(v["PatientName"])
         if ideo:
             preds.append(string_match(c.PatientName, ideo, dialect))
     if "PatientSex" in v and v["PatientSex"] in SEX_FROM_DICOM:
-        preds.append(c.PatientSex == literal(SEX_FROM_DICOM[v["PatientSex"]]))
+        preds.append(c.PatientSex == bound(c.PatientSex, SEX_FROM_DICOM[v["PatientSex"]]))
     if "ModalitiesInStudy" in v:
         preds.append(modality_predicate(c.ExamineType, v["ModalitiesInStudy"], dialect))
     if "StudyDate" in v:

@@ -16,6 +16,7 @@ nothing outside the visible set can be found *or* resolved for retrieval.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from dicomproxy.errors import ViewUnavailable
 from dicomproxy.routing import StudyRef
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.sql import ESCAPE, batches, escape_like
+from dicomproxy.view.stamp import StampPolicy, policy_for
 from dicomproxy.view.uidindex import UidIndex
 from dicomproxy.view.uids import dedupe, is_valid_uid, split_uid_cell
 
@@ -75,14 +77,19 @@ class ExamView:
 
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
-        self.table = exam_view_table(config.view.name)
+        self.table = exam_view_table(config.view.name, unicode_params=config.view.unicode_params)
         self._owns_engine = engine is None
         self.engine = engine if engine is not None else make_engine(config.view)
         self.dialect = self.engine.dialect.name
+        self._overlap = dt.timedelta(seconds=config.view.stamp_overlap)
         self.uid_index: UidIndex | None
         try:
             self.uid_index = UidIndex(
-                config.data_path / "uid_index.sqlite", self.engine, self.table, _source_id(config)
+                config.data_path / "uid_index.sqlite",
+                self.engine,
+                self.table,
+                _source_id(config),
+                overlap=self._overlap,
             )
         except (OSError, SQLAlchemyError) as exc:
             LOG.warning("uid side table unavailable, StudyInstanceUID lookups will scan: %s", exc)
@@ -190,6 +197,30 @@ class ExamView:
                 )
             )
         return preds
+
+    def stamp_policy(self) -> StampPolicy:
+        """RowTimestamp's kind and late-commit guard, as the UID side table reads them."""
+        try:
+            if self.uid_index is not None:
+                return self.uid_index.stamp_policy()
+            return policy_for(self.engine, self.table.c.RowTimestamp, self._overlap)
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+
+    def sample_study(self) -> tuple[str, str] | None:
+        """(ExamineID, Study Instance UID) of one visible row, or None (``check-config``)."""
+        c = self.table.c
+        stmt = (
+            select(c.ExamineID, c.StudyInstanceUID, c.HospitalID, c.Privacy)
+            .where(self.visible())
+            .order_by(c.ExamineID)
+            .limit(100)
+        )
+        for row in self.stream(stmt):
+            uids = split_uid_cell(row["StudyInstanceUID"])
+            if self.is_visible(row) and uids:
+                return str(row["ExamineID"]), uids[0]
+        return None
 
     # --- the relay's entry point ----------------------------------------------------------------
 

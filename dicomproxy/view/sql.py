@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, literal
+from sqlalchemy import BindParameter, ColumnElement, literal
 from sqlalchemy.sql.elements import ColumnClause
 
 T = TypeVar("T")
@@ -56,10 +56,17 @@ def has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
+def bound(column: ColumnClause[Any] | Any, value: Any) -> BindParameter[Any]:
+    """A bound parameter of the column's own type. A bare ``literal("王%")`` would be typed
+    from the value (non-ASCII → Unicode → nvarchar on SQL Server/pyodbc), and comparing a
+    varchar column with nvarchar makes SQL Server convert the column: an index scan."""
+    return literal(value, type_=column.type)
+
+
 def string_match(column: ColumnClause[Any] | Any, value: str, dialect: str) -> ColumnElement[bool] | None:
     """Single value or wildcard matching (PS3.4 C.2.2.2.1/4); None for universal matching."""
     if value == "" or set(value) == {"*"}:
         return None
     if has_wildcard(value):
-        return column.like(literal(dicom_wildcard_to_like(value, dialect)), escape=ESCAPE)
-    return column == literal(value)
+        return column.like(bound(column, dicom_wildcard_to_like(value, dialect)), escape=ESCAPE)
+    return column == bound(column, value)

@@ -6,13 +6,17 @@ index can serve. The side table has one row per (uid, ExamineID) with a primary 
 ``uid``; a lookup is an index seek here plus ``ExamineID IN (...)`` on the view, where
 ExamineID is the view's unique key.
 
-Sync: incremental by RowTimestamp (the seed's change stamp, ``>= high-water - overlap``
-to tolerate late commits and equal stamps), a full rebuild when the table is empty or
-was built from another view. The side table is only a *hint*: every hit is re-read from
-the view's current row and visibility and the UID are checked again there, so a stale
-entry can never make an invisible study visible. A miss triggers one forced sync before
-we answer "not found". Rows whose StudyInstanceUID changes without a new RowTimestamp
-are not seen until the next full rebuild (delete the file or run ``rebuild()``).
+Sync: incremental by RowTimestamp, a full rebuild when the table is empty, was built from
+another view, or the view's stamp changed kind. RowTimestamp is opaque and ordered
+(:mod:`dicomproxy.view.stamp`): a SQL Server rowversion is read strictly above the
+high-water mark and below ``MIN_ACTIVE_ROWVERSION()``, so a transaction that commits late is
+never skipped; a date-time stamp re-reads an overlap window (``[view].stamp_overlap``). The
+mark is stored as text (``rowversion:<hex>``, ``datetime:<iso>``), so a restart goes on
+where it stopped. The side table is only a *hint*: every hit is re-read from the view's
+current row and visibility and the UID are checked again there, so a stale entry can never
+make an invisible study visible. A miss triggers one forced sync before we answer "not
+found". Rows whose StudyInstanceUID changes without a new RowTimestamp are not seen until
+the next full rebuild (delete the file or run ``rebuild()``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dicomproxy.view.mapping import pinyin_name
 from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like
+from dicomproxy.view.stamp import Mark, StampKind, StampPolicy, kind_of, later, policy_for
 from dicomproxy.view.uids import split_uid_cell
 
 LOG = logging.getLogger("dicomproxy.view.uidindex")
@@ -66,7 +71,7 @@ NAME_TABLE = Table(
 Index("ix_patient_name_pinyin_caret", NAME_TABLE.c.caret)
 Index("ix_patient_name_pinyin_plain", NAME_TABLE.c.plain)
 #: Bump when the side tables change shape or meaning: forces a full rebuild.
-SCHEMA = "2"
+SCHEMA = "3"
 STATE_TABLE = Table(
     "study_uid_index_state",
     _MD,
@@ -74,7 +79,7 @@ STATE_TABLE = Table(
     Column("value", String(512)),
 )
 
-#: Re-read rows whose RowTimestamp is this close below the high-water mark.
+#: Date-time stamps: re-read rows this close below the high-water mark (late commits).
 OVERLAP = dt.timedelta(seconds=60)
 BATCH = 5000
 
@@ -83,7 +88,13 @@ class UidIndex:
     """The side table; thread-safe, synced lazily (at most every ``max_age`` seconds)."""
 
     def __init__(
-        self, path: Path | str, view_engine: Engine, view_table: Table, source: str, max_age: float = 2.0
+        self,
+        path: Path | str,
+        view_engine: Engine,
+        view_table: Table,
+        source: str,
+        max_age: float = 2.0,
+        overlap: dt.timedelta = OVERLAP,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +103,9 @@ class UidIndex:
         self.view_table = view_table
         self.source = f"{source}|schema{SCHEMA}"
         self.max_age = max_age
+        self.overlap = overlap
+        #: Detected from the view's values on the first sync of this process (and each rebuild).
+        self.policy: StampPolicy | None = None
         self._lock = threading.Lock()
         self._last_sync = 0.0
         #: Set while a background build runs: lookups answer None (callers fall back).
@@ -119,16 +133,30 @@ class UidIndex:
             if not force and time.monotonic() - self._last_sync < self.max_age:
                 return 0
             state = self._state()
-            full = state.get("source") != self.source or "high_water" not in state
-            since = None if full else dt.datetime.fromisoformat(state["high_water"]) - OVERLAP
-            count = self._sync(since)
+            mark = Mark.decode(state.get("high_water", "")) if state.get("source") == self.source else None
+            policy = self.stamp_policy()
+            if mark is not None and mark.kind is not policy.kind and policy.kind is not StampKind.EMPTY:
+                LOG.warning(
+                    "uid side table: RowTimestamp changed from %s to %s, rebuilding",
+                    mark.kind.value,
+                    policy.kind.value,
+                )
+                mark = None
+            count = self._sync(mark)
             self._last_sync = time.monotonic()
             return count
+
+    def stamp_policy(self, *, detect: bool = False) -> StampPolicy:
+        """The stamp policy, detected from the view once per process (again when ``detect``)."""
+        if self.policy is None or detect or self.policy.kind is StampKind.EMPTY:
+            self.policy = policy_for(self.view_engine, self.view_table.c.RowTimestamp, self.overlap)
+            LOG.info("uid side table: %s", self.policy.describe())
+        return self.policy
 
     def is_built(self) -> bool:
         """True when the side tables hold a complete build of this view."""
         state = self._state()
-        return state.get("source") == self.source and "high_water" in state
+        return state.get("source") == self.source and Mark.decode(state.get("high_water", "")) is not None
 
     def start_background_build(self) -> threading.Thread | None:
         """Build (or catch up) in a daemon thread, so that the first C-FIND after start-up
@@ -153,16 +181,24 @@ class UidIndex:
     def rebuild(self) -> int:
         """Drop everything and read the whole view again."""
         with self._lock:
+            self.stamp_policy(detect=True)
             count = self._sync(None)
             self._last_sync = time.monotonic()
             return count
 
-    def _sync(self, since: dt.datetime | None) -> int:
+    def _sync(self, mark: Mark | None) -> int:
+        """Read the rows changed after ``mark`` (all rows when None) into the side tables."""
+        policy = self.stamp_policy()
         c = self.view_table.c
         stmt = select(c.ExamineID, c.StudyInstanceUID, c.RowTimestamp, c.PatientID, c.PatientName)
-        if since is not None:
-            stmt = stmt.where(c.RowTimestamp >= since)
-        high: dt.datetime | None = None
+        if mark is None:
+            full = policy.full(c.RowTimestamp)
+            if full is not None:
+                stmt = stmt.where(full)
+        else:
+            stmt = stmt.where(*policy.since(c.RowTimestamp, mark))
+        since = mark
+        high = mark.value if mark is not None and mark.kind is policy.kind else None
         count = 0
         started = time.monotonic()
         with self.view_engine.connect() as vconn, self.engine.begin() as conn:
@@ -196,14 +232,12 @@ class UidIndex:
                         [{"uid": u, "examine_id": e} for u, e in entries],
                     )
                 for r in batch:
-                    if r[2] is not None and (high is None or r[2] > high):
-                        high = r[2]
+                    if r[2] is not None and kind_of(r[2]) is policy.kind:
+                        high = later(high, r[2])
                 count += len(batch)
             values = {"source": self.source}
             if high is not None:
-                values["high_water"] = high.isoformat()
-            elif since is not None:
-                values["high_water"] = (since + OVERLAP).isoformat()
+                values["high_water"] = Mark(policy.kind, high).encode()
             self._set_state(conn, **values)
         LOG.info(
             "uid side table: %s sync read %d view rows in %.2f s",
