@@ -121,7 +121,9 @@ def test_ddl_matches_model(kind: str) -> None:
     if kind == "oracle":
         assert "VARCHAR2(64 CHAR)" in sql and "TEXT" not in sql
     if kind == "mssql":
-        assert "RowTimestamp DATETIME2" in sql
+        assert "RowTimestamp ROWVERSION" in sql  # the seed's `timestamp`
+    if kind == "oracle":
+        assert "RowTimestamp TIMESTAMP" in sql
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])

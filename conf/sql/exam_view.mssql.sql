@@ -3,7 +3,9 @@
 -- create the view without quotes and dicomproxy refers to every name unquoted in lower case.
 -- SQL Server: keeps the case as written, compares per collation (Chinese_PRC_CI_AS is
 -- case-insensitive). varchar holds GBK under a Chinese collation; nvarchar also works.
--- RowTimestamp must be DATETIME/DATETIME2, NOT the legacy timestamp (= rowversion) type.
+-- RowTimestamp is the seed's `timestamp`, i.e. ROWVERSION (8 binary bytes the server bumps on
+-- every write); dicomproxy reads it as an opaque counter below MIN_ACTIVE_ROWVERSION().
+-- A DATETIME/DATETIME2 column works too (read with an overlap window).
 --
 -- In production this is normally a VIEW over the RIS tables with exactly these column names;
 -- the indexes below must then exist on the underlying columns (ExamineID unique; PatientID,
@@ -87,7 +89,7 @@ CREATE TABLE v_image_cloud (
     StudyInstanceUID VARCHAR(512),
     OrderFilePath VARCHAR(256),
     ReportFilePath VARCHAR(256),
-    RowTimestamp DATETIME2,
+    RowTimestamp ROWVERSION,
     Sysid VARCHAR(10)
 );
 

@@ -86,7 +86,7 @@ CREATE TABLE v_image_cloud (
     StudyInstanceUID VARCHAR2(512 CHAR),
     OrderFilePath VARCHAR2(256 CHAR),
     ReportFilePath VARCHAR2(256 CHAR),
-    RowTimestamp DATE,
+    RowTimestamp TIMESTAMP,
     Sysid VARCHAR2(10 CHAR)
 );
 

@@ -12,11 +12,13 @@ treated as an *opaque, ordered* value (../shared/exam-view.md, "RowTimestamp is 
 
   * **rowversion** (and integer counters): a value is assigned at write time, so a
     transaction committing later can carry a lower value than rows already read. SQL Server's
-    ``MIN_ACTIVE_ROWVERSION()`` is the bound below which every value is committed; we read
-    only ``RowTimestamp > mark AND RowTimestamp < MIN_ACTIVE_ROWVERSION()``, so nothing
-    committed late is ever skipped. Other servers offer the same guard when the database
-    defines a function ``min_active_rowversion()`` (the test servers' emulation does);
-    SQLite has one writer, so its stamps are assigned in commit order and need no guard.
+    ``MIN_ACTIVE_ROWVERSION()`` is the bound below which every value is committed. Each pass
+    reads the guard *first*, then every row ``RowTimestamp > mark``; the mark advances only to
+    the highest stamp below the guard. Rows above it are taken too (an exam committed while
+    another transaction is still open is found at once) and read again on the next pass, so
+    nothing committed late is ever skipped. Other servers offer the same guard when the
+    database defines a function ``min_active_rowversion()`` (the test servers' emulation
+    does); SQLite has one writer, so its stamps are assigned in commit order and need none.
   * **date-time**: re-read an overlap window below the mark (``RowTimestamp >= mark − overlap``).
 """
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, types
+from sqlalchemy import ColumnElement, func, select, types
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.functions import Function
@@ -167,21 +169,24 @@ class StampPolicy:
     guard: Function[Any] | None = None
     overlap: dt.timedelta = dt.timedelta(seconds=60)
 
-    def full(self, column: Any) -> ColumnElement[bool] | None:
-        """WHERE clause of a full read: every row, except stamps a running transaction may
-        still undercut (read on the next incremental pass)."""
+    def since(self, column: Any, mark: Mark) -> ColumnElement[bool]:
+        """WHERE clause of an incremental read after ``mark``."""
+        if self.kind is StampKind.DATETIME:
+            return column >= mark.value - self.overlap
+        return column > mark.value
+
+    def guard_value(self, conn: Connection) -> Any:
+        """The guard's value now (read *before* the rows), or None without a guard."""
         if self.guard is None:
             return None
-        return or_(column.is_(None), column < self.guard)
+        return conn.execute(select(self.guard)).scalar()
 
-    def since(self, column: Any, mark: Mark) -> list[ColumnElement[bool]]:
-        """WHERE clauses of an incremental read after ``mark``."""
-        if self.kind is StampKind.DATETIME:
-            return [column >= mark.value - self.overlap]
-        clauses = [column > mark.value]
-        if self.guard is not None:
-            clauses.append(column < self.guard)
-        return clauses
+    def settled(self, value: Any, guard: Any) -> bool:
+        """May the mark advance to ``value``? Only below the guard read before the rows
+        (every such stamp was committed then, and no later write can go below it)."""
+        if value is None or kind_of(value) is not self.kind:
+            return False
+        return guard is None or value < guard
 
     def describe(self) -> str:
         text = f"RowTimestamp: {self.kind.description}"

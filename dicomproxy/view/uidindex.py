@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dicomproxy.view.mapping import pinyin_name
 from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like
-from dicomproxy.view.stamp import Mark, StampKind, StampPolicy, kind_of, later, policy_for
+from dicomproxy.view.stamp import Mark, StampKind, StampPolicy, later, policy_for
 from dicomproxy.view.uids import split_uid_cell
 
 LOG = logging.getLogger("dicomproxy.view.uidindex")
@@ -191,12 +191,8 @@ class UidIndex:
         policy = self.stamp_policy()
         c = self.view_table.c
         stmt = select(c.ExamineID, c.StudyInstanceUID, c.RowTimestamp, c.PatientID, c.PatientName)
-        if mark is None:
-            full = policy.full(c.RowTimestamp)
-            if full is not None:
-                stmt = stmt.where(full)
-        else:
-            stmt = stmt.where(*policy.since(c.RowTimestamp, mark))
+        if mark is not None:
+            stmt = stmt.where(policy.since(c.RowTimestamp, mark))
         since = mark
         high = mark.value if mark is not None and mark.kind is policy.kind else None
         count = 0
@@ -205,6 +201,7 @@ class UidIndex:
             if since is None:
                 conn.execute(delete(UID_TABLE))
                 conn.execute(delete(NAME_TABLE))
+            guard = policy.guard_value(vconn)
             result = vconn.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
             for batch in result.partitions(BATCH):
                 ids = [r[0] for r in batch if r[0] is not None]
@@ -232,7 +229,7 @@ class UidIndex:
                         [{"uid": u, "examine_id": e} for u, e in entries],
                     )
                 for r in batch:
-                    if r[2] is not None and kind_of(r[2]) is policy.kind:
+                    if policy.settled(r[2], guard):
                         high = later(high, r[2])
                 count += len(batch)
             values = {"source": self.source}
