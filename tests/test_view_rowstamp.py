@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
 
+from dicomproxy.checks import study_lookup_checks
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.testing.viewdb import create_view_table, drop_view_table, insert_rows, update_rows, writer
+from dicomproxy.view.check import check_view, format_report
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.stamp import Mark, StampKind
 from dicomproxy.view.uidindex import STATE_TABLE
@@ -188,3 +190,58 @@ def test_rowversion_guard_holds_the_mark_below_open_transactions(
         assert view.uid_index._lookup(["1.2.840.779.1"])
     finally:
         view.close()
+
+
+def test_check_view_and_check_config_name_the_kind(stamped: StampedView, stamped_config: Config) -> None:
+    report = check_view(stamped_config)
+    assert report.stamp_kind == stamped.kind
+    assert next(r for r in report.rules if r.rule == "RowTimestamp:kind").count == 0
+    assert "datetime:RowTimestamp" not in {r.rule for r in report.rules}  # a rowversion is no bad date
+    text = format_report(report)
+    assert f"INFO  RowTimestamp: {StampKind(stamped.kind).description}" in text
+    results = {r.name: r for r in study_lookup_checks(stamped_config)}
+    assert (
+        results["view RowTimestamp"].ok
+        and StampKind(stamped.kind).description in results["view RowTimestamp"].detail
+    )
+    lookup = results["study UID lookup"]
+    assert lookup.ok and "Study UID of ExamineID EA0001 found via side table" in lookup.detail, lookup.detail
+
+
+def test_check_view_flags_mixed_kinds(tmp_path: Path, make_config: ConfigFactory) -> None:
+    """SQLite is untyped: a view mixing binary and date-time stamps is reported, not a crash."""
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    engine = create_engine(url)
+    create_view_table(engine, "v_mixed", "datetime")
+    insert_rows(engine, view_rows(), "v_mixed")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE v_mixed SET rowtimestamp = x'00000000000007d1' WHERE examineid = 'EA0002'"))
+    engine.dispose()
+    config = make_config(view={"url": url, "name": "V_MIXED"})
+    report = check_view(config)
+    mixed = next(r for r in report.rules if r.rule == "RowTimestamp:kind")
+    assert report.stamp_kind == "datetime" and mixed.count == 1 and mixed.examples == ["EA0002"]
+    view = ExamView(config)
+    try:  # and the side table still serves lookups
+        assert view.resolve_study_uids(study_uids=[UID["m1"]]) == [UID["m1"]]
+    finally:
+        view.close()
+
+
+@pytest.mark.parametrize("failure", ["raises", "misses"])
+def test_check_config_fails_when_the_lookup_does(
+    failure: str, stamped_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unit level (the real passes are above): a lookup that raises or misses fails the check."""
+
+    def broken(self: ExamView, **_kw: Any) -> list[str]:
+        if failure == "raises":
+            raise TypeError("unsupported operand type(s) for -: 'bytes' and 'datetime.timedelta'")
+        return []
+
+    monkeypatch.setattr(ExamView, "resolve_study_uids", broken)
+    results = {r.name: r for r in study_lookup_checks(stamped_config)}
+    assert not results["study UID lookup"].ok
+    assert ("unsupported operand" if failure == "raises" else "NOT found") in results[
+        "study UID lookup"
+    ].detail

@@ -216,7 +216,13 @@ class ExamView:
             .order_by(c.ExamineID)
             .limit(100)
         )
-        for row in self.stream(stmt):
+        keys = [str(col.key) for col in stmt.selected_columns]
+        try:  # ≤ 100 rows, read whole: no server-side cursor left half-read
+            with self.engine.connect() as conn:
+                rows = [dict(zip(keys, raw, strict=True)) for raw in conn.execute(stmt)]
+        except SQLAlchemyError as exc:
+            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+        for row in rows:
             uids = split_uid_cell(row["StudyInstanceUID"])
             if self.is_visible(row) and uids:
                 return str(row["ExamineID"]), uids[0]

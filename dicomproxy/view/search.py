@@ -20,6 +20,7 @@ from dicomproxy.view.mapping import patient_attributes, study_attributes
 from dicomproxy.view.query import FindQuery, build_select, residual_match, split_pn_query
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.sql import batches
+from dicomproxy.view.stamp import StampKind, kind_of
 from dicomproxy.view.uids import split_uid_cell
 
 LOG = logging.getLogger("dicomproxy.view.search")
@@ -92,11 +93,21 @@ def search(
                     yield from _study_answers(query, patient_rows, style, only, emitted)
 
 
+def _stamp_order(value: Any) -> tuple[int, Any]:
+    """Sort key for RowTimestamp: values of one kind compare; a view mixing kinds (a data
+    error check-view reports) orders by kind instead of failing."""
+    kind = kind_of(value)
+    return (_KIND_RANK[kind], value if kind is not StampKind.EMPTY else 0)
+
+
+_KIND_RANK = {kind: rank for rank, kind in enumerate(StampKind)}
+
+
 def _patient_answer(query: FindQuery, rows: list[dict[str, Any]], style: NameStyle) -> Iterator[Attrs]:
     if not rows[0].get("PatientID"):
         return
     # Latest row first: a renamed patient is answered with the current name.
-    rows.sort(key=lambda r: (r.get("RowTimestamp") is not None, r.get("RowTimestamp")), reverse=True)
+    rows.sort(key=lambda r: _stamp_order(r.get("RowTimestamp")), reverse=True)
     attrs = patient_attributes(rows, style)
     uids = {u for r in rows for u in split_uid_cell(r.get("StudyInstanceUID"))}
     attrs["NumberOfPatientRelatedStudies"] = str(len(uids))  # (0020,1200) IS
