@@ -52,7 +52,8 @@ def test_chinese_names_survive_a_gbk_column(
         ).scalar()
         charset = conn.execute(
             text(
-                "SELECT character_set_name FROM information_schema.columns WHERE table_name = :t AND column_name = 'patientname'"
+                "SELECT character_set_name FROM information_schema.columns "
+                "WHERE table_name = :t AND column_name = 'patientname'"
             ),
             {"t": name},
         ).scalar()
