@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -272,17 +273,15 @@ def find(
 @click.pass_context
 def jobs(ctx: click.Context, config_path: Path, limit: int) -> None:
     """Recent C-MOVE/C-GET jobs from the journal (``jobs show ID`` for one)."""
-    from dicomproxy.journal import Journal
-
-    config = load_or_exit(config_path)
-    ctx.obj = Journal.for_config(config.journal.url, config.data_path)
+    # The config is read by whoever needs it, so that `jobs retry --help` works without one.
+    ctx.obj = _JobsContext(config_path)
     if ctx.invoked_subcommand is not None:
         return
     click.echo(
         f"{'ID':>6} {'kind':4} {'started (UTC)':19} {'from':16} {'to':16} {'outcome':9} {'status':6} "
         f"{'exp':>5} {'ok':>5} {'fail':>5} {'warn':>5} {'MB out':>8}"
     )
-    for job in ctx.obj.recent(limit):
+    for job in ctx.obj.journal.recent(limit):
         status = "" if job["status"] is None else f"{job['status']:04X}"
         click.echo(
             f"{job['id']:>6} {job['kind']:4} {job['started']:%Y-%m-%d %H:%M:%S} {job['calling_ae']:16} "
@@ -295,9 +294,9 @@ def jobs(ctx: click.Context, config_path: Path, limit: int) -> None:
 @click.argument("job_id", type=int)
 @click.option("--all", "all_instances", is_flag=True, help="List every instance, not only the failed ones.")
 @click.pass_obj
-def jobs_show(journal: Any, job_id: int, all_instances: bool) -> None:
+def jobs_show(obj: _JobsContext, job_id: int, all_instances: bool) -> None:
     """One job with its failed (or, with --all, every) instance."""
-    view = journal.get(job_id, all_instances=all_instances)
+    view = obj.journal.get(job_id, all_instances=all_instances)
     if view is None:
         click.echo(f"no job {job_id}", err=True)
         sys.exit(1)
@@ -316,24 +315,75 @@ def jobs_show(journal: Any, job_id: int, all_instances: bool) -> None:
 
 @jobs.command("retry")
 @click.argument("job_id", type=int)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="When `serve` runs: seconds to wait for it to finish the retry (0 = hand over and return).",
+)
 @verbose_option
-@click.pass_context
-def jobs_retry(ctx: click.Context, job_id: int, verbose: bool) -> None:
+@click.pass_obj
+def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> None:
     """Resend the instances of a C-MOVE job the destination has not confirmed.
 
-    From the spool when the files are still there, else fetched again from the PACS
-    (IMAGE level). Exit 0 when every instance of the job is now confirmed.
+    From the spool when the files are still there, else fetched again at IMAGE level from the
+    archive recorded on the job (C-MOVE to us or C-GET, as that archive is configured). If
+    `serve` is running, the job is handed to it (it holds our port, where a C-MOVE delivers);
+    otherwise this command listens on [proxy].port itself while it runs.
+    Exit 0 when every instance of the job is now confirmed.
     """
-    from dicomproxy.recovery import retry_job
+    from dicomproxy.journal import RETRY_REQUESTED, RETRYING
+    from dicomproxy.recovery import check_retryable, needs_listener, retry_job
 
-    parent = ctx.parent  # the `jobs` group: it took -c/--config
-    config = load_or_exit(Path(parent.params["config_path"] if parent is not None else DEFAULT_CONFIG))
+    config = obj.config
     setup_logging(config.logging, verbose=verbose)
+    journal = obj.journal
     try:
-        result = retry_job(config, ctx.obj, job_id)
+        row, _peer = check_retryable(config, journal, job_id)
     except (LookupError, ValueError) as exc:
         click.echo(str(exc.args[0]), err=True)
         sys.exit(1)
+    if row["outcome"] == "success" and not journal.unconfirmed(job_id):
+        click.echo(f"job {job_id}: success: nothing to resend")
+        sys.exit(0)
+    if _serving(config):
+        if row["outcome"] not in (RETRY_REQUESTED, RETRYING) and not journal.request_retry(job_id):
+            click.echo(f"job {job_id}: {row['outcome']}: cannot be handed over now", err=True)
+            sys.exit(1)
+        click.echo(f"job {job_id}: handed to the running serve")
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            view = journal.get(job_id)
+            if view is not None and view.row["outcome"] not in (RETRY_REQUESTED, RETRYING):
+                done = view.row
+                click.echo(
+                    f"job {job_id}: {done['outcome']}: {done['completed']} confirmed, {done['failed']} not"
+                    + (f" ({done['error']})" if done["error"] else "")
+                )
+                sys.exit(0 if done["outcome"] == "success" else 1)
+            time.sleep(0.5)
+        if wait_s > 0:
+            click.echo(f"job {job_id}: still being retried by serve after {wait_s:.0f} s", err=True)
+        sys.exit(0 if wait_s <= 0 else 1)
+    server = None
+    clients = None
+    if needs_listener(config, row):  # a C-MOVE to us: listen on our port for the time of the retry
+        from dicomproxy.app import build_context
+        from dicomproxy.server import Server
+
+        server = Server(config, build_context(config), retries=False)
+        server.start()
+        clients = server.ctx.archives
+    try:
+        result = retry_job(config, journal, job_id, clients)
+    except (LookupError, ValueError) as exc:
+        click.echo(str(exc.args[0]), err=True)
+        sys.exit(1)
+    finally:
+        if server is not None:
+            server.stop(drain_timeout=config.proxy.drain_timeout)
     click.echo(
         f"job {job_id}: {result.outcome}: {result.unconfirmed} unconfirmed, "
         f"{result.from_spool} from the spool, {result.refetched} fetched again, {result.sent} sent, "
@@ -342,6 +392,45 @@ def jobs_retry(ctx: click.Context, job_id: int, verbose: bool) -> None:
     if result.error:
         click.echo(f"  {result.error}", err=True)
     sys.exit(0 if result.outcome == "success" else 1)
+
+
+class _JobsContext:
+    """The ``jobs`` group's config and journal, opened on first use."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._journal: Any = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_or_exit(self.config_path)
+        return self._config
+
+    @property
+    def journal(self) -> Any:
+        if self._journal is None:
+            from dicomproxy.journal import Journal
+
+            self._journal = Journal.for_config(self.config.journal.url, self.config.data_path)
+        return self._journal
+
+
+def _serving(config: Config) -> bool:
+    """Whether something (a running `serve`) holds [proxy].port."""
+    import errno
+    import socket
+
+    host = config.proxy.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, config.proxy.port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _scu_options(func: F) -> F:

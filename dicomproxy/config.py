@@ -199,6 +199,9 @@ class LoggingConfig:
 class JournalConfig:
     #: SQLAlchemy URL of the job journal; empty = SQLite in ``proxy.data_dir``.
     url: str = ""
+    #: At start, C-MOVE jobs interrupted less than this many seconds ago are resumed by
+    #: themselves (their destination receives what it did not confirm). 0 = off.
+    resume_window: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -389,6 +392,30 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
     return archive
 
 
+def _base_dir(config_path: str) -> Path | None:
+    """The config file's folder; None for a config that is no file (``<config>``)."""
+    return None if config_path.startswith("<") else Path(config_path).resolve().parent
+
+
+def _relative_path(value: str, config_path: str) -> str:
+    """A relative file path taken from the config file's folder (as the example config says)."""
+    base = _base_dir(config_path)
+    if not value or base is None or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def _relative_sqlite(url: str, config_path: str) -> str:
+    """``sqlite:///var/x.db`` (relative) → the file beside the config; other URLs unchanged."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    rest = url[len(prefix) :]
+    if not rest or rest.startswith(":memory:") or rest.startswith("file:"):
+        return url
+    return prefix + _relative_path(rest, config_path)
+
+
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     root = _Section(path, "", data)
@@ -430,7 +457,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     s = section("view")
     vd = ViewConfig(url="")
     view = ViewConfig(
-        url=s.string("url"),
+        url=_relative_sqlite(s.string("url"), path),
         name=s.string("name", vd.name),
         max_privacy=s.integer("max_privacy", vd.max_privacy, lo=0),
         default_charset=s.string("default_charset", vd.default_charset, choices=CHARSETS),
@@ -512,7 +539,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     ld = LoggingConfig()
     logging_cfg = LoggingConfig(
         level=s.string("level", ld.level, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-        file=s.string("file", ld.file),
+        file=_relative_path(s.string("file", ld.file), path),
         max_bytes=s.integer("max_bytes", ld.max_bytes, lo=1024),
         backups=s.integer("backups", ld.backups, lo=0),
         log_identifiers=s.boolean("log_identifiers", ld.log_identifiers),
@@ -520,11 +547,15 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     s.finish()
 
     s = section("journal", required=False)
-    journal = JournalConfig(url=s.string("url", ""))
+    jd = JournalConfig()
+    journal = JournalConfig(
+        url=_relative_sqlite(s.string("url", jd.url), path),
+        resume_window=s.number("resume_window", jd.resume_window),
+    )
     s.finish()
 
     root.finish()
-    return Config(
+    config = Config(
         path=path,
         proxy=proxy,
         hospital=hospital,
@@ -536,6 +567,14 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         logging=logging_cfg,
         journal=journal,
     )
+    # Whatever would fail every job is rejected here, with its key: a syntax we cannot encode,
+    # or a lossy one in the lossless list (transcode validates; imported late: it needs codecs).
+    from dicomproxy.transcode.policy import policy_for
+
+    policy_for(config, None)
+    for each in config.peers:
+        policy_for(config, each)
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -88,6 +88,11 @@ job_expected = Table(
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
 
+#: Job outcomes a retry may start from; ``retry-requested`` (by ``jobs retry`` or the automatic
+#: resume) and ``retrying`` (claimed by a serving process) are the retry's own.
+RETRYABLE_OUTCOMES = ("interrupted", "aborted", "partial", "failed")
+RETRY_REQUESTED, RETRYING = "retry-requested", "retrying"
+
 
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
     """WAL + synchronous=NORMAL: a commit per instance stays cheap and survives a killed process
@@ -219,9 +224,13 @@ class Journal:
             return len(conn.execute(q).all())
 
     def mark_interrupted(self) -> list[int]:
-        """Jobs still ``running`` (the process died under them) become ``interrupted``; their IDs."""
+        """Jobs still ``running`` or being retried (the process died under them) become
+        ``interrupted``; their IDs."""
         with self.engine.begin() as conn:
-            ids = [int(r[0]) for r in conn.execute(select(jobs.c.id).where(jobs.c.outcome == "running"))]
+            ids = [
+                int(r[0])
+                for r in conn.execute(select(jobs.c.id).where(jobs.c.outcome.in_(("running", RETRYING))))
+            ]
             if ids:
                 conn.execute(
                     update(jobs)
@@ -229,6 +238,43 @@ class Journal:
                     .values(outcome="interrupted", ended=_now(), error="process ended during the job")
                 )
         return ids
+
+    # --- retries run by the serving process (issue 14) ---
+
+    def request_retry(self, job_id: int) -> bool:
+        """Ask the serving process to retry ``job_id`` (from a retryable outcome); False if the
+        job is not in such a state (already requested, running, done)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.outcome.in_(RETRYABLE_OUTCOMES))
+                .values(outcome=RETRY_REQUESTED)
+            )
+            return bool(res.rowcount)
+
+    def claim_retry(self) -> int | None:
+        """The oldest requested retry, now ``retrying`` and ours (an UPDATE that only one
+        process can win, so two nodes sharing a journal never run the same retry)."""
+        with self.engine.begin() as conn:
+            for (job_id,) in conn.execute(
+                select(jobs.c.id).where(jobs.c.outcome == RETRY_REQUESTED).order_by(jobs.c.id).limit(5)
+            ):
+                res = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.outcome == RETRY_REQUESTED)
+                    .values(outcome=RETRYING)
+                )
+                if res.rowcount:
+                    return int(job_id)
+        return None
+
+    def interrupted_since(self, cutoff: dt.datetime) -> list[int]:
+        """C-MOVE jobs left ``interrupted`` that started at or after ``cutoff`` (UTC)."""
+        q = select(jobs.c.id).where(
+            jobs.c.outcome == "interrupted", jobs.c.kind == "move", jobs.c.started >= cutoff
+        )
+        with self.engine.connect() as conn:
+            return sorted(int(r[0]) for r in conn.execute(q.order_by(jobs.c.id)))
 
     def job_ids(self) -> set[int]:
         with self.engine.connect() as conn:

@@ -18,13 +18,14 @@ import re
 import shutil
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 
-from dicomproxy.config import Config
+from dicomproxy.config import Config, PacsConfig, PeerConfig
 from dicomproxy.errors import DicomServiceError
 from dicomproxy.forward import contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
@@ -111,50 +112,76 @@ def _spooled(config: Config, job_id: int) -> dict[str, SpooledInstance]:
     return found
 
 
+def job_archives(config: Config, row: dict[str, Any]) -> list[PacsConfig]:
+    """The archives that served the job, as its journal row records them (``[pacs]`` for jobs
+    that recorded none); a name no longer configured is skipped."""
+    names = [n for n in str(row.get("archive") or "").split(",") if n] or ["pacs"]
+    by_name = {a.name: a for a in config.all_archives}
+    return [by_name[n] for n in names if n in by_name]
+
+
+def needs_listener(config: Config, row: dict[str, Any]) -> bool:
+    """Whether re-fetching this job's instances needs our listening port (a C-MOVE to us)."""
+    return any(a.retrieve == "c-move" for a in job_archives(config, row))
+
+
 def _refetch(
-    config: Config, job_id: int, wanted: list[dict[str, Any]]
+    config: Config,
+    row: dict[str, Any],
+    wanted: list[dict[str, Any]],
+    clients: Mapping[str, PacsClient] | None,
 ) -> tuple[dict[str, SpooledInstance], str]:
-    """Fetch ``wanted`` again from the PACS at IMAGE level, per series (C-GET only: a C-MOVE to
-    us needs our listening port, which the running ``serve`` holds)."""
+    """Fetch ``wanted`` again at IMAGE level, per series, from the archives that served the job,
+    in the order recorded (what the first does not send, the next is asked for).
+
+    C-MOVE archives need ``clients`` that share the receive registry of a listening server (the
+    PACS sends to our AE title and port); C-GET archives get a client of their own if needed."""
+    job_id = int(row["id"])
     if not wanted:
         return {}, ""
-    if config.pacs.retrieve != "c-get":
-        return (
-            {},
-            f'{len(wanted)} instance(s) not in the spool; re-fetching them needs [pacs] retrieve = "c-get"',
-        )
+    archives = job_archives(config, row)
+    if not archives:
+        return {}, f"archive {row.get('archive')!r} of job {job_id} is no longer configured"
     spool = Spool(config.data_path / "spool", f"job-{job_id:06d}-retry-{uuid.uuid4().hex[:6]}")
-    client = PacsClient(config.pacs, config.proxy.ae_title, ReceiveRegistry(config.proxy.ae_title))
-    groups: dict[tuple[str, str], list[InstanceRef]] = defaultdict(list)
-    for row in wanted:
-        ref = InstanceRef(row["study_uid"], row["series_uid"], row["sop_instance_uid"], row["sop_class_uid"])
-        groups[(ref.study_uid, ref.series_uid)].append(ref)
-    error = ""
-    for (study, series), refs in groups.items():
-        key = RetrieveKey(study, (series,), tuple(r.sop_instance_uid for r in refs))
-        outcome = client.retrieve(key, refs, spool)
-        if outcome.error:
-            error = outcome.error
-    spool.finish()
     got: dict[str, SpooledInstance] = {}
-    while True:
-        item = spool.get(timeout=0)
-        if item is None or isinstance(item, End):
+    error = ""
+    for archive in archives:
+        left = [w for w in wanted if w["sop_instance_uid"] not in got]
+        if not left:
             break
-        got.setdefault(item.sop_instance_uid, item)
+        client = (clients or {}).get(archive.name)
+        if client is None:
+            if archive.retrieve == "c-move":
+                error = (
+                    f"{len(left)} instance(s) not in the spool; a C-MOVE from {archive.name} to us "
+                    "needs the proxy's listener (run `jobs retry` while `serve` runs, or stop it)"
+                )
+                continue
+            client = PacsClient(
+                archive, config.proxy.ae_title, ReceiveRegistry(config.proxy.ae_title), archive.name
+            )
+        groups: dict[tuple[str, str], list[InstanceRef]] = defaultdict(list)
+        for w in left:
+            ref = InstanceRef(w["study_uid"], w["series_uid"], w["sop_instance_uid"], w["sop_class_uid"])
+            groups[(ref.study_uid, ref.series_uid)].append(ref)
+        for (study, series), refs in groups.items():
+            key = RetrieveKey(study, (series,), tuple(r.sop_instance_uid for r in refs))
+            outcome = client.retrieve(key, refs, spool)
+            if outcome.error:
+                error = f"{archive.name}: {outcome.error}"
+        while True:
+            item = spool.get(timeout=0)
+            if item is None or isinstance(item, End):
+                break
+            got.setdefault(item.sop_instance_uid, item)
+    spool.finish()
     spool.close()
     return got, error
 
 
-def retry_job(config: Config, journal: Journal, job_id: int) -> RetryResult:
-    """Resend the instances of ``job_id`` the destination has not confirmed; update the journal.
-
-    From the spool when the file is still there, else fetched again from the PACS at IMAGE level.
-    Raises LookupError for an unknown job, ValueError for a job that cannot be retried.
-    """
-    from dicomproxy.server import configure_pynetdicom
-
-    configure_pynetdicom()  # files in and out as files, as in `serve` (a CLI process has not done it)
+def check_retryable(config: Config, journal: Journal, job_id: int) -> tuple[dict[str, Any], PeerConfig]:
+    """The job's row and destination if ``jobs retry`` may act on it. Raises LookupError for an
+    unknown job, ValueError (with the reason) for one that cannot be retried."""
     view = journal.get(job_id)
     if view is None:
         raise LookupError(f"no job {job_id}")
@@ -171,6 +198,23 @@ def retry_job(config: Config, journal: Journal, job_id: int) -> RetryResult:
         raise ValueError(f"job {job_id}: destination {row['destination']!r} is no longer a configured peer")
     if row["expected"] and not journal.has_expected(job_id):
         raise ValueError(f"job {job_id} predates the record of announced instances: repeat the C-MOVE")
+    return row, peer
+
+
+def retry_job(
+    config: Config, journal: Journal, job_id: int, clients: Mapping[str, PacsClient] | None = None
+) -> RetryResult:
+    """Resend the instances of ``job_id`` the destination has not confirmed; update the journal.
+
+    From the spool when the file is still there, else fetched again at IMAGE level from the
+    archive(s) recorded on the job (:func:`_refetch`; ``clients``: a serving process's archive
+    clients, needed for C-MOVE archives). Raises LookupError for an unknown job, ValueError for
+    a job that cannot be retried.
+    """
+    from dicomproxy.server import configure_pynetdicom
+
+    configure_pynetdicom()  # files in and out as files, as in `serve` (a CLI process has not done it)
+    row, peer = check_retryable(config, journal, job_id)
     result = RetryResult(job_id)
     pending = journal.unconfirmed(job_id)
     result.unconfirmed = len(pending)
@@ -182,7 +226,7 @@ def retry_job(config: Config, journal: Journal, job_id: int) -> RetryResult:
             del spooled[uid]
     result.from_spool = len(spooled)
     fetched, fetch_error = _refetch(
-        config, job_id, [r for r in pending if r["sop_instance_uid"] not in spooled]
+        config, row, [r for r in pending if r["sop_instance_uid"] not in spooled], clients
     )
     result.refetched = len(fetched)
     items = {**fetched, **spooled}

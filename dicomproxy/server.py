@@ -39,6 +39,7 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.intake import Intake
 from dicomproxy.net import NODELAY_HANDLERS
 from dicomproxy.qrservice import RelayAE
+from dicomproxy.resume import RetryWorker
 from dicomproxy.store import handle_store, store_acceptor
 from dicomproxy.tls import server_context
 
@@ -134,9 +135,13 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
 class Server:
     """One listening AE bound to one application context."""
 
-    def __init__(self, config: Config, ctx: AppContext | None = None) -> None:
+    def __init__(self, config: Config, ctx: AppContext | None = None, *, retries: bool = True) -> None:
+        """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.resume`) in
+        this process; off for the short-lived listener ``jobs retry`` starts itself."""
         self.config = config
         self.ctx = ctx if ctx is not None else AppContext(config)
+        self.retry_worker: RetryWorker | None = None
+        self._retries = retries
         self.ae = build_ae(config)
         self._server: Any = None
         self.store_acceptor: StoreAcceptor | None = None
@@ -170,6 +175,9 @@ class Server:
             self.port,
             " (TLS)" if tls else "",
         )
+        if self._retries and self.ctx.journal is not None and self.ctx.archives:
+            self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives)
+            self.retry_worker.start()
 
     def active_associations(self) -> int:
         """Inbound associations: pynetdicom's and the raw store acceptor's."""
@@ -183,6 +191,8 @@ class Server:
         """
         timeout = self.config.proxy.drain_timeout if drain_timeout is None else drain_timeout
         self.ctx.stopping.set()
+        if self.retry_worker is not None:  # a retry in progress still needs the listener (C-MOVE to us)
+            self.retry_worker.stop(timeout)
         if self._server is not None:
             self._server.shutdown()  # stop listening; running associations continue
             self._server = None

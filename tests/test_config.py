@@ -143,3 +143,42 @@ def test_cli_invalid_toml(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "invalid TOML" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    """[logging].file, a relative SQLite [journal].url and [view].url, and data_dir: all beside
+    the config file, wherever the process was started from."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "proxy.toml"
+    path.write_text(
+        """
+[proxy]
+data_dir = "var"
+[hospital]
+id = "74580626"
+[view]
+url = "sqlite:///ris/view.db"
+[pacs]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 104
+[logging]
+file = "log/dicomproxy.log"
+[journal]
+url = "sqlite:///var/journal.db"
+resume_window = 0
+""",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.logging.file == str(folder / "log" / "dicomproxy.log")
+    assert config.journal.url == f"sqlite:///{folder / 'var' / 'journal.db'}"
+    assert config.view.url == f"sqlite:///{folder / 'ris' / 'view.db'}"
+    assert config.data_path == folder / "var"
+    assert config.journal.resume_window == 0
+    # absolute paths and other databases stay as given
+    text = path.read_text().replace('"sqlite:///var/journal.db"', '"sqlite:////srv/j.db"')
+    path.write_text(text.replace('"log/dicomproxy.log"', '"/var/log/d.log"'), encoding="utf-8")
+    config = load_config(path)
+    assert (config.journal.url, config.logging.file) == ("sqlite:////srv/j.db", "/var/log/d.log")

@@ -136,6 +136,9 @@ port = 1
 ae_title = "STORESCP"
 host = "127.0.0.1"
 port = {storescp.port}
+
+[journal]
+resume_window = 0  # `jobs retry` is what these tests drive (automatic resume: test_recovery_parity)
 """
     )
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -178,6 +181,7 @@ def test_sigkill_mid_job_then_restart_and_retry(harness: Harness) -> None:
     retry.proc.wait(60)
     retry.stop()
     assert retry.proc.returncode == 0, retry.log_path.read_text()
+    assert "handed to the running serve" in retry.log_path.read_text()  # serve holds the port
 
     expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in h.files}
     delivered = h.delivered()

@@ -107,8 +107,9 @@ def test_retry_resends_exactly_the_unconfirmed(
     rig: tuple[FakePacs, FakeDestination, Server, Config], study_files: list[Path]
 ) -> None:
     """One instance rejected (its file stays in the spool), two never received (PACS aborted):
-    the retry sends exactly those three — from the spool, and fetched again when the upstream is
-    C-GET; with C-MOVE upstream the two are reported as not found, nothing else is sent."""
+    the retry sends exactly those three — from the spool, and fetched again from the PACS: by
+    C-GET, or by an IMAGE-level C-MOVE to the running server (its archive clients). Without a
+    listener a C-MOVE cannot be re-fetched: the two are reported as not found."""
     pacs, dest, server, config = rig
     uids = sop_uids(study_files)
     dest.behaviour.reject = {uids[1]: 0xA900}
@@ -129,22 +130,24 @@ def test_retry_resends_exactly_the_unconfirmed(
 
     dest.behaviour.reject = {}
     pacs.behaviour.abort_after = None
-    result = retry_job(config, journal, job_id)
+    if config.pacs.retrieve == "c-move":  # no listener's clients: said clearly, nothing lost
+        alone = retry_job(config, journal, job_id)
+        assert (alone.from_spool, alone.refetched, alone.sent) == (1, 0, 1)
+        assert sorted(alone.not_found) == sorted(uids[3:]) and "needs the proxy's listener" in alone.error
+        row = journal.get(job_id).row  # type: ignore[union-attr]
+        assert (row["outcome"], row["completed"], row["failed"]) == ("partial", 3, 2)
+    result = retry_job(config, journal, job_id, server.ctx.archives)
 
     received = [uid for uid, _ in dest.received]
     job = journal.get(job_id)
     assert job is not None
     if config.pacs.retrieve == "c-get":
         assert (result.from_spool, result.refetched, result.sent) == (1, 2, 3), result
-        assert sorted(received) == sorted(uids)  # each exactly once
-        assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("success", 5, 0)
-        assert list((config.data_path / "spool").rglob("*")) == []
     else:
-        assert (result.from_spool, result.refetched, result.sent) == (1, 0, 1)
-        assert sorted(result.not_found) == sorted(uids[3:])
-        assert sorted(received) == sorted(uids[:3])
-        assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("partial", 3, 2)
-        assert "c-get" in result.error
+        assert (result.from_spool, result.refetched, result.sent) == (0, 2, 2), result
+    assert sorted(received) == sorted(uids)  # each exactly once
+    assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("success", 5, 0)
+    assert list((config.data_path / "spool").rglob("*")) == []
     journal.close()
 
 

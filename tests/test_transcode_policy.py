@@ -30,7 +30,7 @@ from pydicom.uid import (
     VideoEndoscopicImageStorage,
 )
 
-from dicomproxy.config import Config, PeerConfig
+from dicomproxy.config import Config
 from dicomproxy.errors import CannotTranscode, ConfigError
 from dicomproxy.transcode import InstanceInfo, Policy, choose_target, policy_for, proposed_syntaxes
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
@@ -128,10 +128,10 @@ def test_policy_custom_order(make_config: Any) -> None:
         ("lossless_syntaxes", ["1.2.3.4"]),
     ],
 )
-def test_policy_rejects_wrong_syntaxes(make_config: Any, key: str, value: list[str]) -> None:
-    config = make_config(compression={key: value})
-    with pytest.raises(ConfigError, match=f"compression.{key}"):
-        policy_for(config, PeerConfig("X", "h", 1))
+def test_config_load_rejects_wrong_syntaxes(make_config: Any, key: str, value: list[str]) -> None:
+    """Rejected when the file is loaded (check-config, serve start), not by every C-MOVE (0xC000)."""
+    with pytest.raises(ConfigError, match=f"compression.{key}: {value[0]} is not one of"):
+        make_config(compression={key: value})
 
 
 def test_jpeg_quality_is_validated(make_config: Any) -> None:
