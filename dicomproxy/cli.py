@@ -336,6 +336,7 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     """
     from dicomproxy.journal import RETRY_REQUESTED, RETRYING
     from dicomproxy.recovery import check_retryable, needs_listener, retry_job
+    from dicomproxy.status import JobOutcome
 
     config = obj.config
     setup_logging(config.logging, verbose=verbose)
@@ -345,7 +346,7 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     except (LookupError, ValueError) as exc:
         click.echo(str(exc.args[0]), err=True)
         sys.exit(1)
-    if row["outcome"] == "success" and not journal.unconfirmed(job_id):
+    if row["outcome"] == JobOutcome.SUCCESS and not journal.unconfirmed(job_id):
         click.echo(f"job {job_id}: success: nothing to resend")
         sys.exit(0)
     if _serving(config):
@@ -362,7 +363,7 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
                     f"job {job_id}: {done['outcome']}: {done['completed']} confirmed, {done['failed']} not"
                     + (f" ({done['error']})" if done["error"] else "")
                 )
-                sys.exit(0 if done["outcome"] == "success" else 1)
+                sys.exit(0 if done["outcome"] == JobOutcome.SUCCESS else 1)
             time.sleep(0.5)
         if wait_s > 0:
             click.echo(f"job {job_id}: still being retried by serve after {wait_s:.0f} s", err=True)
@@ -391,7 +392,7 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     )
     if result.error:
         click.echo(f"  {result.error}", err=True)
-    sys.exit(0 if result.outcome == "success" else 1)
+    sys.exit(0 if result.outcome == JobOutcome.SUCCESS else 1)
 
 
 class _JobsContext:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dicomproxy.status import Status
+
 
 class ConfigError(Exception):
     """A configuration file is missing, unreadable or invalid.
@@ -33,7 +35,7 @@ class DicomServiceError(Exception):
     """Base class: an error that becomes a DIMSE status for the peer."""
 
     #: DIMSE status the peer gets (PS3.7 C).
-    status: int = 0xC000
+    status: int = Status.UNABLE_TO_PROCESS
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -57,61 +59,61 @@ def _rebuild(cls: type[DicomServiceError], message: str, status: int) -> DicomSe
 class InvalidIdentifier(DicomServiceError):
     """The request identifier is malformed (PS3.4 C.4.1.1.4: 0xA900 Identifier does not match SOP Class)."""
 
-    status = 0xA900
+    status = Status.IDENTIFIER_MISMATCH
 
 
 class UnableToProcess(DicomServiceError):
     """Generic failure, PS3.4 C.4.1.1.4 / C.4.2.1.5 0xC000-0xCFFF "Unable to process"."""
 
-    status = 0xC000
+    status = Status.UNABLE_TO_PROCESS
 
 
 class ViewUnavailable(UnableToProcess):
     """The exam view's database cannot be reached or failed the query."""
 
-    status = 0xC001
+    status = Status.VIEW_UNAVAILABLE
 
 
 class PacsUnavailable(UnableToProcess):
     """The PACS cannot be reached, refused the association, or failed the request."""
 
-    status = 0xC002
+    status = Status.PACS_UNAVAILABLE
 
 
 class DestinationUnavailable(UnableToProcess):
     """The C-MOVE destination cannot be reached or refused the association."""
 
-    status = 0xC003
+    status = Status.DESTINATION_UNAVAILABLE
 
 
 class MoveDestinationUnknown(DicomServiceError):
     """PS3.4 C.4.2.1.5: 0xA801 Refused: Move Destination unknown."""
 
-    status = 0xA801
+    status = Status.MOVE_DESTINATION_UNKNOWN
 
 
 class OutOfResources(DicomServiceError):
     """PS3.4 C.4.2.1.5: 0xA701 Refused: Out of resources - unable to calculate number of matches."""
 
-    status = 0xA701
+    status = Status.OUT_OF_RESOURCES_MATCHES
 
 
 class TooManySubOperations(DicomServiceError):
     """PS3.4 C.4.2.1.5: 0xA702 is for sub-operation failures; >65535 sub-ops is 0xC516 in pynetdicom."""
 
-    status = 0xC516
+    status = Status.TOO_MANY_SUBOPS
 
 
 class SopClassNotSupported(DicomServiceError):
     """PS3.7 C.5: 0x0122 SOP Class not supported."""
 
-    status = 0x0122
+    status = Status.SOP_CLASS_NOT_SUPPORTED
 
 
 class NotAuthorized(DicomServiceError):
     """PS3.7 C.5.x general status 0x0124 "Refused: Not authorized" (peer lacks the service permission)."""
 
-    status = 0x0124
+    status = Status.NOT_AUTHORIZED
 
 
 class CannotTranscode(UnableToProcess):
@@ -124,4 +126,4 @@ class CannotTranscode(UnableToProcess):
     ("Data Set does not match SOP Class"): the data set is fine, the negotiated syntaxes are not.
     """
 
-    status = 0xC010
+    status = Status.CANNOT_TRANSCODE

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
+from dicomproxy.status import is_pending
 
 MODELS = {
     "patient": PatientRootQueryRetrieveInformationModelFind,
@@ -92,7 +93,7 @@ def run_find(
         for status, ds in assoc.send_c_find(query, MODELS[model]):
             if status is None or "Status" not in status:
                 return FindOutcome(-1, "no response (timeout or abort)", answers)
-            if status.Status in (0xFF00, 0xFF01):
+            if is_pending(int(status.Status)):
                 if ds is not None:
                     answers.append(ds)
             else:

@@ -38,6 +38,7 @@ from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
+from dicomproxy.status import Status, is_out_of_resources
 from dicomproxy.tls import client_tls_args
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
@@ -74,7 +75,7 @@ class SendResult:
         """Worth retrying: no response (association lost or refused) or 0xA7xx Out of Resources
         (PS3.4 B.2.3). 0xA9xx (data set does not match SOP class), 0xCxxx (cannot understand) and
         0x0122 (SOP class not supported) would fail again."""
-        return self.status is None or (self.status & 0xFF00) == 0xA700
+        return self.status is None or is_out_of_resources(self.status)
 
 
 def cap_send_pdu(assoc: Association) -> None:
@@ -255,7 +256,9 @@ class Forwarder:
         """
         accepted = self.accepted(item.sop_class_uid)
         if not accepted:
-            return SendResult(0x0122, error="destination accepted no context for this SOP class")
+            return SendResult(
+                Status.SOP_CLASS_NOT_SUPPORTED, error="destination accepted no context for this SOP class"
+            )
         if self.policy.mode == "none" and item.transfer_syntax in accepted:
             return item.transfer_syntax  # pass-through: the header is not even parsed
         try:
@@ -263,7 +266,7 @@ class Forwarder:
         except CannotTranscode as exc:
             return SendResult(exc.status, error=str(exc))
         except Exception as exc:  # unreadable file
-            return SendResult(0xC000, error=f"cannot read the spooled instance: {exc}")
+            return SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot read the spooled instance: {exc}")
 
     def converted_path(self, item: SpooledInstance) -> Path:
         """Where the converted copy of ``item`` is written (inline or by a pool worker)."""
@@ -281,7 +284,9 @@ class Forwarder:
             try:
                 path = transcode_file(item.path, tmp, target, self.policy).path
             except Exception as exc:
-                return SendResult(0xC000, target, error=f"cannot convert to {target}: {exc}")
+                return SendResult(
+                    Status.UNABLE_TO_PROCESS, target, error=f"cannot convert to {target}: {exc}"
+                )
             return self.send_file(item, path, target)
         finally:
             tmp.unlink(missing_ok=True)

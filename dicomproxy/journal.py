@@ -32,6 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from dicomproxy.status import RETRYABLE_OUTCOMES, JobKind, JobOutcome
+
 METADATA = MetaData()
 
 jobs = Table(
@@ -88,10 +90,7 @@ job_expected = Table(
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
 
-#: Job outcomes a retry may start from; ``retry-requested`` (by ``jobs retry`` or the automatic
-#: resume) and ``retrying`` (claimed by a serving process) are the retry's own.
-RETRYABLE_OUTCOMES = ("interrupted", "aborted", "partial", "failed")
-RETRY_REQUESTED, RETRYING = "retry-requested", "retrying"
+RETRY_REQUESTED, RETRYING = JobOutcome.RETRY_REQUESTED.value, JobOutcome.RETRYING.value
 
 
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
@@ -141,11 +140,11 @@ class Journal:
         data_path.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{data_path / 'journal.db'}")
 
-    def start(self, kind: str, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
+    def start(self, kind: JobKind, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
         with self.engine.begin() as conn:
             res = conn.execute(
                 insert(jobs).values(
-                    kind=kind,
+                    kind=JobKind(kind).value,
                     calling_ae=calling_ae,
                     calling_host=calling_host,
                     destination=destination,
@@ -156,6 +155,8 @@ class Journal:
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def update(self, job_id: int, **values: Any) -> None:
+        if "outcome" in values:  # stored as its text
+            values["outcome"] = JobOutcome(values["outcome"]).value
         if "study_uids" in values:
             values["study_uids"] = json.dumps(list(values["study_uids"]))
         with self.engine.begin() as conn:
@@ -168,8 +169,17 @@ class Journal:
         with self.engine.begin() as conn:
             conn.execute(insert(job_instances), rows)
 
-    def finish(self, job_id: int, *, status: int, outcome: str, error: str = "", **counts: Any) -> None:
-        self.update(job_id, status=status, outcome=outcome, error=error[:2000], ended=_now(), **counts)
+    def finish(
+        self, job_id: int, *, status: int, outcome: JobOutcome, error: str = "", **counts: Any
+    ) -> None:
+        self.update(
+            job_id,
+            status=int(status),
+            outcome=JobOutcome(outcome).value,
+            error=error[:2000],
+            ended=_now(),
+            **counts,
+        )
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -229,13 +239,19 @@ class Journal:
         with self.engine.begin() as conn:
             ids = [
                 int(r[0])
-                for r in conn.execute(select(jobs.c.id).where(jobs.c.outcome.in_(("running", RETRYING))))
+                for r in conn.execute(
+                    select(jobs.c.id).where(jobs.c.outcome.in_((JobOutcome.RUNNING.value, RETRYING)))
+                )
             ]
             if ids:
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id.in_(ids))
-                    .values(outcome="interrupted", ended=_now(), error="process ended during the job")
+                    .values(
+                        outcome=JobOutcome.INTERRUPTED.value,
+                        ended=_now(),
+                        error="process ended during the job",
+                    )
                 )
         return ids
 
@@ -247,7 +263,7 @@ class Journal:
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.outcome.in_(RETRYABLE_OUTCOMES))
+                .where(jobs.c.id == job_id, jobs.c.outcome.in_([o.value for o in RETRYABLE_OUTCOMES]))
                 .values(outcome=RETRY_REQUESTED)
             )
             return bool(res.rowcount)
@@ -271,7 +287,9 @@ class Journal:
     def interrupted_since(self, cutoff: dt.datetime) -> list[int]:
         """C-MOVE jobs left ``interrupted`` that started at or after ``cutoff`` (UTC)."""
         q = select(jobs.c.id).where(
-            jobs.c.outcome == "interrupted", jobs.c.kind == "move", jobs.c.started >= cutoff
+            jobs.c.outcome == JobOutcome.INTERRUPTED.value,
+            jobs.c.kind == JobKind.MOVE.value,
+            jobs.c.started >= cutoff,
         )
         with self.engine.connect() as conn:
             return sorted(int(r[0]) for r in conn.execute(q.order_by(jobs.c.id)))

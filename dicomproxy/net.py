@@ -17,6 +17,8 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomproxy.status import Status
+
 LOG = logging.getLogger("dicomproxy.net")
 
 
@@ -102,7 +104,7 @@ def c_echo(
         status = assoc.send_c_echo()
         if status is None or "Status" not in status:
             return EchoResult(False, f"no C-ECHO response from {remote}")
-        if status.Status != 0x0000:
+        if status.Status != Status.SUCCESS:
             return EchoResult(False, f"C-ECHO to {remote} returned status 0x{status.Status:04X}")
         return EchoResult(True, f"C-ECHO to {remote} OK")
     finally:

@@ -58,6 +58,7 @@ from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.forward import storage_classes_for
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
 from dicomproxy.qrservice import guard_requestor
+from dicomproxy.status import Status
 from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store, deliver
 from dicomproxy.tls import client_tls_args
 
@@ -330,13 +331,15 @@ class PacsClient:
         return self._move(key, refs, sink, on_assoc)
 
     def _final(self, assoc: Association, responses: Iterator[tuple[Dataset, Any]]) -> PacsOutcome:
-        last = PacsOutcome(0x0000)
+        last = PacsOutcome(Status.SUCCESS)
         for status, _ in responses:
             if "Status" not in status:
-                return PacsOutcome(0xC002, f"PACS {self.config.ae_title} aborted or stopped answering")
+                return PacsOutcome(
+                    Status.PACS_UNAVAILABLE, f"PACS {self.config.ae_title} aborted or stopped answering"
+                )
             code = int(status.Status)
             if code_to_category(code) != "Pending":
-                last = PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
+                last = self._outcome_of(code)
         return last
 
     def _move(
@@ -392,9 +395,16 @@ class PacsClient:
     def _outcome(self, status: Dataset | None) -> PacsOutcome:
         """The final response of a raw C-GET/C-MOVE as a PacsOutcome (None: association lost)."""
         if status is None:
-            return PacsOutcome(0xC002, f"PACS {self.config.ae_title} aborted or stopped answering")
-        code = int(status.Status)
-        return PacsOutcome(code, "" if code in (0x0000, 0xB000) else f"PACS answered 0x{code:04X}")
+            return PacsOutcome(
+                Status.PACS_UNAVAILABLE, f"PACS {self.config.ae_title} aborted or stopped answering"
+            )
+        return self._outcome_of(int(status.Status))
+
+    @staticmethod
+    def _outcome_of(code: int) -> PacsOutcome:
+        """Success and Warning (some sub-operations failed, PS3.4 C.4.2.1.5) carry no error."""
+        ok = code in (Status.SUCCESS, Status.SUBOPS_WARNING)
+        return PacsOutcome(code, "" if ok else f"PACS answered 0x{code:04X}")
 
     def _get(
         self,

@@ -21,11 +21,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
-from pynetdicom.status import Status
 
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.status import Status, is_pending
 from dicomproxy.tls import client_tls_args
 
 LOG = logging.getLogger("dicomproxy.pacsfind")
@@ -83,7 +83,7 @@ class PacsFinder:
                 if status is None or "Status" not in status:
                     raise PacsUnavailable("PACS C-FIND: no response (timeout or abort)")
                 code = int(status.Status)
-                if code in (Status.PENDING, 0xFF01):
+                if is_pending(code):
                     if ds is not None:
                         yield ds
                     if cancelled():
@@ -156,13 +156,13 @@ class CountsSession:
             for status, ds in self._assoc.send_c_find(query, MODELS["STUDY"]):
                 if status is None or "Status" not in status:
                     raise PacsUnavailable("PACS C-FIND: no response (timeout or abort)")
-                if int(status.Status) in (Status.PENDING, 0xFF01) and ds is not None:
+                if is_pending(int(status.Status)) and ds is not None:
                     counts = {
                         "NumberOfStudyRelatedSeries": _text(ds.get("NumberOfStudyRelatedSeries")),
                         "NumberOfStudyRelatedInstances": _text(ds.get("NumberOfStudyRelatedInstances")),
                         "SOPClassesInStudy": list(_values(ds.get("SOPClassesInStudy"))),
                     }
-                elif int(status.Status) not in (Status.SUCCESS, Status.PENDING, 0xFF01):
+                elif int(status.Status) != Status.SUCCESS and not is_pending(int(status.Status)):
                     raise PacsUnavailable(f"PACS C-FIND failed with status 0x{int(status.Status):04X}")
         except PacsUnavailable as exc:
             LOG.warning("study counts unavailable, answered empty: %s", exc)

@@ -41,15 +41,10 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from dicomproxy.status import Status, carries_error_comment
+
 LOG = logging.getLogger("dicomproxy.qrservice")
 
-# Q/R status codes, PS3.4 C.4.2.1.5 (C-MOVE) and C.4.3.1.5 (C-GET)
-STATUS_SUCCESS = 0x0000
-STATUS_PENDING = 0xFF00
-STATUS_CANCEL = 0xFE00
-STATUS_WARNING = 0xB000  # sub-operations complete, one or more failures or warnings
-STATUS_ALL_FAILED = 0xA702  # Refused: out of resources, unable to perform sub-operations
-STATUS_HANDLER_ERROR = 0xC511  # pynetdicom's "exception in handler" code, kept for familiarity
 
 _MOVE_UIDS = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
 _GET_UIDS = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
@@ -71,14 +66,14 @@ class RetrieveResponse:
 
     @property
     def is_pending(self) -> bool:
-        return self.status == STATUS_PENDING
+        return self.status == Status.PENDING
 
 
 def _fill(rsp: Any, res: RetrieveResponse, transfer_syntax: Any) -> None:
     rsp.Status = res.status
     rsp.Identifier = None
     rsp.ErrorComment = None
-    if res.is_pending or res.status == STATUS_CANCEL:
+    if res.is_pending or res.status == Status.CANCEL:
         rsp.NumberOfRemainingSuboperations = res.remaining
     else:
         # Final responses carry no Remaining count (PS3.4 C.4.2.1.4, C.4.3.1.4)
@@ -86,12 +81,12 @@ def _fill(rsp: Any, res: RetrieveResponse, transfer_syntax: Any) -> None:
     rsp.NumberOfCompletedSuboperations = res.completed
     rsp.NumberOfFailedSuboperations = res.failed
     rsp.NumberOfWarningSuboperations = res.warning
-    if not res.is_pending and res.status != STATUS_SUCCESS and (res.failed_uids or res.failed):
+    if not res.is_pending and res.status != Status.SUCCESS and (res.failed_uids or res.failed):
         ds = Dataset()
         ds.FailedSOPInstanceUIDList = list(res.failed_uids)
         raw = encode(ds, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
         rsp.Identifier = BytesIO(cast(bytes, raw))
-    if res.comment and (res.status & 0xF000) in (0xA000, 0xC000):
+    if res.comment and carries_error_comment(res.status):
         rsp.ErrorComment = res.comment[:64]
 
 
@@ -112,7 +107,7 @@ class RetrieveService(QueryRetrieveServiceClass):
         rsp.MessageID = req.MessageID
         rsp.MessageIDBeingRespondedTo = req.MessageID
         rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-        final = RetrieveResponse(STATUS_HANDLER_ERROR, comment="internal error in the relay")
+        final = RetrieveResponse(Status.HANDLER_ERROR, comment="internal error in the relay")
         try:
             gen = evt.trigger(
                 self.assoc,

@@ -31,6 +31,7 @@ from dicomproxy.forward import contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.spool import End, Spool, SpooledInstance
+from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import policy_for
 
@@ -87,7 +88,7 @@ class RetryResult:
     sent: int = 0
     failed: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
-    outcome: str = ""
+    outcome: JobOutcome = JobOutcome.INTERRUPTED
     error: str = ""
 
 
@@ -186,12 +187,12 @@ def check_retryable(config: Config, journal: Journal, job_id: int) -> tuple[dict
     if view is None:
         raise LookupError(f"no job {job_id}")
     row = view.row
-    if row["outcome"] == "running":
+    if row["outcome"] == JobOutcome.RUNNING:
         raise ValueError(
             f"job {job_id} is still running (if the proxy was killed: "
             "start `serve`, which marks it interrupted)"
         )
-    if row["kind"] != "move":
+    if row["kind"] != JobKind.MOVE:
         raise ValueError(f"job {job_id} is a C-{row['kind'].upper()}: only the requester can repeat it")
     peer = config.peer(row["destination"])
     if peer is None:
@@ -278,11 +279,11 @@ def retry_job(
         with_suppressed_rmdir(folder)
     left = journal.unconfirmed(job_id)
     completed = journal.confirmed_count(job_id)
-    result.outcome = "success" if not left else ("partial" if completed else "failed")
+    result.outcome = final_outcome(len(left), completed)
     result.error = error if left else ""
     journal.finish(
         job_id,
-        status=0x0000 if not left else (0xB000 if completed else 0xA702),
+        status=final_status(len(left), completed),
         outcome=result.outcome,
         error=result.error or (f"{len(left)} instance(s) still not confirmed" if left else ""),
         completed=completed,
@@ -292,6 +293,21 @@ def retry_job(
         "job %d: retry %s, %d resent, %d still unconfirmed", job_id, result.outcome, result.sent, len(left)
     )
     return result
+
+
+def final_outcome(unconfirmed: int, confirmed: int) -> JobOutcome:
+    """A retried job's outcome from what is still unconfirmed and what was confirmed."""
+    if not unconfirmed:
+        return JobOutcome.SUCCESS
+    return JobOutcome.PARTIAL if confirmed else JobOutcome.FAILED
+
+
+def final_status(unconfirmed: int, confirmed: int) -> Status:
+    """The C-MOVE status the job would end with now (PS3.4 C.4.2.1.5): Success, Warning when
+    some sub-operations failed, Refused (0xA702) when all did."""
+    if not unconfirmed:
+        return Status.SUCCESS
+    return Status.SUBOPS_WARNING if confirmed else Status.OUT_OF_RESOURCES_SUBOPS
 
 
 def with_suppressed_rmdir(folder: Path) -> None:

@@ -49,17 +49,11 @@ from dicomproxy.errors import (
 from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
-from dicomproxy.qrservice import (
-    STATUS_ALL_FAILED,
-    STATUS_CANCEL,
-    STATUS_PENDING,
-    STATUS_SUCCESS,
-    STATUS_WARNING,
-    RetrieveResponse,
-)
+from dicomproxy.qrservice import RetrieveResponse
 from dicomproxy.request import RetrieveRequest, StudyResolver, parse_keys
 from dicomproxy.routing import StudyRef, route
 from dicomproxy.spool import End, Spool, SpooledInstance
+from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.store import ReceiveRegistry
 from dicomproxy.transcode import TranscodePool, TranscodeResult, policy_for
 from dicomproxy.transcode.codec import ConversionFailed
@@ -216,14 +210,14 @@ class RelayService:
     ) -> Iterator[RetrieveResponse]:
         peer = self.config.peer(req.move_destination)
         job_id = self.journal.start(
-            "move", req.calling_ae, req.calling_host, req.move_destination.strip(), ""
+            JobKind.MOVE, req.calling_ae, req.calling_host, req.move_destination.strip(), ""
         )
         if peer is None:
             exc = MoveDestinationUnknown(
                 f"move destination {req.move_destination.strip()!r} is not a configured peer"
             )
             LOG.warning("job %d: %s", job_id, exc)
-            self.journal.finish(job_id, status=exc.status, outcome="refused", error=str(exc))
+            self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
             yield RetrieveResponse(exc.status, comment=exc.comment)
             return
 
@@ -243,7 +237,7 @@ class RelayService:
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
-        job_id = self.journal.start("get", req.calling_ae, req.calling_host, req.calling_ae, "")
+        job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
         peer: PeerConfig | None = self.config.peer(req.calling_ae)
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
@@ -267,9 +261,9 @@ class RelayService:
         forwarder: Forwarder | None = None
         spool: Spool | None = None
         upstream: Upstream | None = None
-        final = RetrieveResponse(STATUS_SUCCESS)
+        final = RetrieveResponse(Status.SUCCESS)
         error = ""
-        outcome = "failed"
+        outcome = JobOutcome.FAILED
         try:
             if self.resolver is None:
                 raise UnableToProcess("exam view not configured: nothing can be resolved")
@@ -321,13 +315,13 @@ class RelayService:
                 raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
             if n == 0 and state.counted:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
-                final, outcome = state.response(STATUS_SUCCESS), "empty"
+                final, outcome = state.response(Status.SUCCESS), JobOutcome.EMPTY
             else:
                 spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
                 forwarder = opener(state, sop_classes, spool.dir)
                 state.mark("destination")
                 if state.counted:
-                    yield state.response(STATUS_PENDING)
+                    yield state.response(Status.PENDING)
                 upstream = Upstream(plan, spool, sop_classes if summary is not None else None)
                 upstream.start()
                 final, outcome, error = yield from self._pump(
@@ -338,17 +332,24 @@ class RelayService:
             LOG.warning("job %d: %s", job_id, exc)
             state.failed += state.remaining
             final = state.response(exc.status, exc.comment)
-            outcome = "refused" if exc.status in (0xA801, 0xA900) else "failed"
+            outcome = (
+                JobOutcome.REFUSED
+                if exc.status in (Status.MOVE_DESTINATION_UNKNOWN, Status.IDENTIFIER_MISMATCH)
+                else JobOutcome.FAILED
+            )
         except GeneratorExit:
-            error, outcome = "requester went away", "aborted"
+            error, outcome = "requester went away", JobOutcome.ABORTED
             raise
         except Exception as exc:
             LOG.exception("job %d: unexpected error", job_id)
             error = f"internal error: {exc}"
-            final = state.response(0xC000, "internal error in the relay")
+            final = state.response(Status.UNABLE_TO_PROCESS, "internal error in the relay")
         finally:
             if upstream is not None:
-                if outcome in ("success", "partial") and not upstream.stop_requested.is_set():
+                if (
+                    outcome in (JobOutcome.SUCCESS, JobOutcome.PARTIAL)
+                    and not upstream.stop_requested.is_set()
+                ):
                     upstream.thread.join(timeout=max(a.dimse_timeout for a in self.config.all_archives))
                 else:
                     # Stopped: its PACS association is aborted; pynetdicom may still wait out the
@@ -462,7 +463,7 @@ class RelayService:
         upstream: Upstream,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
-    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, str, str]]:
+    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
         """Forward instances as they arrive; returns (final response, outcome, error).
 
         With a compressing policy, instances already waiting in the spool are planned ahead
@@ -482,10 +483,10 @@ class RelayService:
                 self._merge_found(state)
                 if is_cancelled():
                     upstream.stop()
-                    return state.response(STATUS_CANCEL), "cancelled", "cancelled by the requester"
+                    return state.response(Status.CANCEL), JobOutcome.CANCELLED, "cancelled by the requester"
                 if not alive():
                     upstream.stop()
-                    return state.response(STATUS_CANCEL), "aborted", "requester went away"
+                    return state.response(Status.CANCEL), JobOutcome.ABORTED, "requester went away"
                 if not window:
                     if end is not None:
                         break
@@ -493,7 +494,7 @@ class RelayService:
                     if item is None:
                         if state.counted:
                             last_progress = last_yield = time.monotonic()
-                            yield state.response(STATUS_PENDING)  # keeps the requester's DIMSE timer alive
+                            yield state.response(Status.PENDING)  # keeps the requester's DIMSE timer alive
                         continue
                     if isinstance(item, End):
                         end = item
@@ -514,7 +515,7 @@ class RelayService:
                         now = time.monotonic()
                         if now - last_yield >= self.pending_interval and state.counted:
                             last_progress = last_yield = now
-                            yield state.response(STATUS_PENDING)
+                            yield state.response(Status.PENDING)
                         continue
                 window.popleft()
                 self._forward_one(state, forwarder, head)
@@ -529,7 +530,7 @@ class RelayService:
                     or not state.remaining
                 ):
                     last_progress = last_yield = now
-                    yield state.response(STATUS_PENDING)
+                    yield state.response(Status.PENDING)
         finally:
             for left in window:
                 left.discard()
@@ -538,16 +539,18 @@ class RelayService:
         self._merge_found(state, wait=max(a.dimse_timeout for a in self.config.all_archives))
         self._count_missing(state)
         if pacs_error is not None and nothing_sent:
-            status = pacs_error.status if isinstance(pacs_error, DicomServiceError) else 0xC002
+            status = (
+                pacs_error.status if isinstance(pacs_error, DicomServiceError) else Status.PACS_UNAVAILABLE
+            )
             comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
-            return state.response(status, comment), "failed", str(pacs_error)
+            return state.response(status, comment), JobOutcome.FAILED, str(pacs_error)
         error = dest_error or (str(pacs_error) if pacs_error else "")
         if not state.failed and not state.warning:
-            return state.response(STATUS_SUCCESS), "success", error
+            return state.response(Status.SUCCESS), JobOutcome.SUCCESS, error
         if not state.completed and not state.warning:
             comment = dest_error or (str(pacs_error) if pacs_error else "all sub-operations failed")
-            return state.response(STATUS_ALL_FAILED, comment), "failed", error
-        return state.response(STATUS_WARNING), "partial", error
+            return state.response(Status.OUT_OF_RESOURCES_SUBOPS, comment), JobOutcome.FAILED, error
+        return state.response(Status.SUBOPS_WARNING), JobOutcome.PARTIAL, error
 
     def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
         """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
@@ -581,11 +584,11 @@ class RelayService:
                 except CannotTranscode as exc:  # nothing accepted can carry it (0xC010)
                     res = SendResult(exc.status, error=str(exc))
                 except ConversionFailed as exc:  # this instance's failure, never the job's
-                    res = SendResult(0xC000, exc.target, error=str(exc))
+                    res = SendResult(Status.UNABLE_TO_PROCESS, exc.target, error=str(exc))
                 except Exception as exc:  # the pool itself (a worker died)
                     if isinstance(exc, BrokenProcessPool) and prepared.pool is not None:
                         self._drop_pool(prepared.pool)
-                    res = SendResult(0xC000, error=f"cannot convert: {exc}")
+                    res = SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
                 else:
                     sent_as = (converted.path, converted.transfer_syntax)
                     res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as)

@@ -19,6 +19,7 @@ from dicomproxy.config import Config
 from dicomproxy.journal import Journal
 from dicomproxy.pacs import PacsClient
 from dicomproxy.recovery import retry_job
+from dicomproxy.status import JobOutcome
 
 LOG = logging.getLogger("dicomproxy.resume")
 
@@ -93,11 +94,11 @@ class RetryWorker:
             result = retry_job(self.config, self.journal, job_id, self.clients)
         except (LookupError, ValueError) as exc:
             LOG.warning("job %d: cannot be retried: %s", job_id, exc)
-            self.journal.update(job_id, outcome="failed", error=str(exc)[:2000])
+            self.journal.update(job_id, outcome=JobOutcome.FAILED, error=str(exc)[:2000])
             return
         except Exception as exc:
             LOG.exception("job %d: retry failed", job_id)
-            self.journal.update(job_id, outcome="interrupted", error=f"retry failed: {exc}"[:2000])
+            self.journal.update(job_id, outcome=JobOutcome.INTERRUPTED, error=f"retry failed: {exc}"[:2000])
             return
         LOG.info(
             "job %d: retried: %s, %d from the spool, %d fetched again, %d sent, %d still unconfirmed%s",

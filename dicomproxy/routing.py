@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import UnableToProcess
+from dicomproxy.status import Status
 
 
 class Unroutable(UnableToProcess):
     """No archive is configured for the exam's Sysid/ExamineType (0xC004, "unable to process")."""
 
-    status = 0xC004
+    status = Status.UNROUTABLE
 
 
 @dataclass(frozen=True)

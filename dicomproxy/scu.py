@@ -25,6 +25,7 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
 from dicomproxy.qrservice import guard_requestor
+from dicomproxy.status import Status
 
 #: Storage classes proposed by ``get`` (128 contexts at most, one is the Q/R GET model).
 GET_STORAGE_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts][:120]
@@ -198,7 +199,7 @@ def get(
             ds.save_as(out_dir / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
         with lock:
             summary.received += 1
-        return store_status(ds) if store_status is not None else 0x0000
+        return store_status(ds) if store_status is not None else Status.SUCCESS
 
     handlers: Any = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, on_store)]
     assoc = ae.associate(

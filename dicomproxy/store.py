@@ -23,14 +23,15 @@ from pydicom import dcmread
 from pynetdicom import evt
 
 from dicomproxy.fastpath.receiver import StoreAcceptor, StoreRequest
+from dicomproxy.status import Status
 
 LOG = logging.getLogger("dicomproxy.store")
 
-STATUS_STORED = 0x0000
+STATUS_STORED = Status.SUCCESS
 #: PS3.4 B.2.3 Error: Cannot understand — the C-STORE belongs to no active retrieval.
-STATUS_NOT_EXPECTED = 0xC000
+STATUS_NOT_EXPECTED = Status.STORE_CANNOT_UNDERSTAND
 #: PS3.4 B.2.3 Refused: Out of Resources — we could not spool the instance.
-STATUS_NO_SPACE = 0xA700
+STATUS_NO_SPACE = Status.STORE_OUT_OF_RESOURCES
 #: PS3.8 9.3.4: rejected-transient, ACSE service-provider (presentation), local-limit-exceeded.
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 

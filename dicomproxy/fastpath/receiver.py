@@ -60,12 +60,13 @@ from dicomproxy.fastpath.pdu import (
     release_rp,
 )
 from dicomproxy.fastpath.sender import DEFAULT_MAX_PDV
+from dicomproxy.status import Status
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.7 C.5.5 Error: Cannot understand (our failure when the callback itself fails).
-STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_CANNOT_UNDERSTAND = Status.STORE_CANNOT_UNDERSTAND
 
 
 @dataclass(frozen=True)

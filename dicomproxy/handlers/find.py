@@ -17,7 +17,6 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
-from pynetdicom.status import Status
 
 from dicomproxy.access import permitted
 from dicomproxy.charsets import answer_charset, check_supported, declared_charsets
@@ -29,6 +28,7 @@ from dicomproxy.errors import (
     UnableToProcess,
     ViewUnavailable,
 )
+from dicomproxy.status import Status
 from dicomproxy.view.query import parse_identifier
 
 LOG = logging.getLogger("dicomproxy.find")

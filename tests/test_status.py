@@ -1,0 +1,98 @@
+"""The one status vocabulary (dicomproxy.status) and the pure rules built on it."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from dicomproxy.journal import Journal
+from dicomproxy.recovery import final_outcome, final_status
+from dicomproxy.status import (
+    RETRYABLE_OUTCOMES,
+    JobKind,
+    JobOutcome,
+    Status,
+    carries_error_comment,
+    is_out_of_resources,
+    is_pending,
+)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dicomproxy"
+
+
+@pytest.mark.parametrize(
+    ("unconfirmed", "confirmed", "status", "outcome"),
+    [(0, 5, Status.SUCCESS, JobOutcome.SUCCESS), (0, 0, Status.SUCCESS, JobOutcome.SUCCESS),
+     (2, 3, Status.SUBOPS_WARNING, JobOutcome.PARTIAL),
+     (5, 0, Status.OUT_OF_RESOURCES_SUBOPS, JobOutcome.FAILED)],
+)  # fmt: skip
+def test_final_status_from_counts(
+    unconfirmed: int, confirmed: int, status: Status, outcome: JobOutcome
+) -> None:
+    """PS3.4 C.4.2.1.5: Success; Warning when some sub-operations failed; 0xA702 when all did."""
+    assert final_status(unconfirmed, confirmed) is status
+    assert final_outcome(unconfirmed, confirmed) is outcome
+
+
+def test_codes_are_the_standard_ones() -> None:
+    assert (Status.PENDING, Status.PENDING_WARNING, Status.CANCEL) == (0xFF00, 0xFF01, 0xFE00)
+    assert (Status.MOVE_DESTINATION_UNKNOWN, Status.IDENTIFIER_MISMATCH) == (0xA801, 0xA900)
+    assert (Status.SUBOPS_WARNING, Status.OUT_OF_RESOURCES_SUBOPS) == (0xB000, 0xA702)
+    assert (
+        is_pending(0xFF01) and is_pending(Status.PENDING) and not is_pending(0x0000) and not is_pending(None)
+    )
+    assert is_out_of_resources(0xA7FF) and is_out_of_resources(0xA700) and not is_out_of_resources(0xA900)
+    assert carries_error_comment(Status.PACS_UNAVAILABLE) and not carries_error_comment(Status.SUBOPS_WARNING)
+
+
+def test_outcomes_are_stored_as_text(tmp_path: Path) -> None:
+    journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
+    try:
+        job = journal.start(JobKind.MOVE, "CLOUD", "127.0.0.1", "DEST", "")
+        journal.finish(job, status=Status.SUBOPS_WARNING, outcome=JobOutcome.PARTIAL)
+        row = journal.get(job).row  # type: ignore[union-attr]
+        assert (row["kind"], row["outcome"], row["status"]) == ("move", "partial", 0xB000)
+        assert type(row["outcome"]) is str and row["outcome"] == JobOutcome.PARTIAL
+        assert journal.request_retry(job) and not journal.request_retry(job)  # once
+        assert journal.claim_retry() == job and journal.claim_retry() is None  # one winner
+        assert JobOutcome.PARTIAL in RETRYABLE_OUTCOMES and f"{JobOutcome.RETRYING}" == "retrying"
+    finally:
+        journal.close()
+
+
+_HEX_STATUS = re.compile(r"\b0x[0-9A-Fa-f]{4}\b")
+#: Modules whose logic sends or reads DIMSE statuses.
+STATUS_MODULES = (
+    "relay.py", "forward.py", "pacs.py", "recovery.py", "qrservice.py", "store.py", "pacsfind.py",
+    "findscu.py", "net.py", "scu.py", "errors.py", "routing.py", "resume.py", "handlers/find.py",
+    "handlers/move.py", "handlers/get.py", "fastpath/receiver.py",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("module", STATUS_MODULES)
+def test_no_bare_status_codes_in_logic(module: str) -> None:
+    """Statuses are compared and returned by name (dicomproxy.status); hex may appear in
+    docstrings, comments and log formats only."""
+    tree = ast.parse((PACKAGE / module).read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    bare = [
+        f"{module}:{node.lineno}: 0x{node.value:04X}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, int)
+        and not isinstance(node.value, bool)
+        and id(node) not in docstrings
+        and 0x0100 <= node.value <= 0xFFFF
+        and _HEX_STATUS.search(ast.get_source_segment((PACKAGE / module).read_text(), node) or "")
+    ]
+    assert bare == []
