@@ -326,6 +326,8 @@ def send_with_retries(
     delay: float,
     label: str,
     prepared: tuple[Path, str] | None = None,
+    *,
+    reconnect: bool = True,
 ) -> SendResult:
     """One onward C-STORE, retried with backoff (``delay``, doubling, at most
     :data:`MAX_RETRY_DELAY`) after a transient failure (:attr:`SendResult.transient`),
@@ -333,9 +335,14 @@ def send_with_retries(
 
     ``prepared``: (file, syntax) already made for ``item`` (by a :class:`TranscodePool`); it is
     sent as it is, unless a re-opened association no longer accepts that syntax for the SOP
-    class, in which case the instance is planned and converted again inline."""
+    class, in which case the instance is planned and converted again inline.
+
+    ``reconnect=False``: a lost association is returned at once (status None), for a caller
+    that reconnects itself while it keeps its requester informed (the relay's pump)."""
     res = SendResult(None, error="destination association lost")
     for attempt in range(retries + 1):
+        if not reconnect and not forwarder.alive and forwarder.can_reconnect:
+            return SendResult(None, error="destination association lost")
         if attempt:
             LOG.warning(
                 "%s: onward C-STORE failed (%s); retry %d of %d",

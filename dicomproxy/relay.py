@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -46,7 +46,14 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
+from dicomproxy.forward import (
+    MAX_RETRY_DELAY,
+    Forwarder,
+    SendResult,
+    contexts_for,
+    open_destination,
+    send_with_retries,
+)
 from dicomproxy.journal import InstanceRecord, Journal
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
 from dicomproxy.qrservice import RetrieveResponse
@@ -68,6 +75,9 @@ MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
+
+#: First pause before re-opening a dropped destination; doubles up to forward.MAX_RETRY_DELAY.
+RECONNECT_FIRST_DELAY = 0.5
 
 
 @dataclass
@@ -476,6 +486,8 @@ class RelayService:
         window: deque[_Prepared] = deque()
         end: End | None = None
         dest_error = ""
+        #: Times each instance's onward association was lost under it (bounded by [proxy] retries).
+        losses: Counter[str] = Counter()
         last_progress = 0.0
         last_yield = time.monotonic()
         try:
@@ -518,7 +530,16 @@ class RelayService:
                             yield state.response(Status.PENDING)
                         continue
                 window.popleft()
-                self._forward_one(state, forwarder, head)
+                if self._forward_one(state, forwarder, head) is None:  # destination lost mid-study
+                    uid = head.item.sop_instance_uid
+                    losses[uid] += 1
+                    back = losses[uid] <= self.config.proxy.retries and (
+                        yield from self._reconnect(state, forwarder, is_cancelled, alive)
+                    )
+                    if back or is_cancelled() or not alive():
+                        window.appendleft(_Prepared(head.item))  # resent (converted inline if it must)
+                        continue
+                    self._record(state, head.item, SendResult(None, error="destination association lost"))
                 if not forwarder.alive:
                     dest_error = "destination aborted the association"
                     upstream.stop()
@@ -571,12 +592,54 @@ class RelayService:
             return _Prepared(item)
         return _Prepared(item, None, future, tmp, pool)
 
-    def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> None:
+    def _reconnect(
+        self,
+        state: JobState,
+        forwarder: Forwarder,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Generator[RetrieveResponse, None, bool]:
+        """Re-open a C-MOVE destination that dropped mid-study, with backoff, for up to
+        ``[proxy] reconnect_window`` seconds; Pending responses go on meanwhile (every
+        ``pending_interval``), so the requester does not time out. True when it is back."""
+        window = self.config.proxy.reconnect_window
+        started = time.monotonic()
+        deadline = started + window
+        delay = RECONNECT_FIRST_DELAY
+        last_pending = started
+        LOG.warning("job %d: destination lost mid-study; reconnecting for up to %.0f s", state.job_id, window)
+        while True:
+            if is_cancelled() or not alive():
+                return False
+            if forwarder.reconnect():
+                LOG.info(
+                    "job %d: destination back after %.1f s; resending what it did not confirm",
+                    state.job_id,
+                    time.monotonic() - started,
+                )
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                LOG.warning("job %d: destination not back within %.0f s", state.job_id, window)
+                return False
+            pause_until = min(now + delay, deadline)
+            while (left := pause_until - time.monotonic()) > 0:
+                time.sleep(min(left, self.pending_interval))
+                if state.counted and time.monotonic() - last_pending >= self.pending_interval:
+                    last_pending = time.monotonic()
+                    yield state.response(Status.PENDING)  # the requester's DIMSE timer
+
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> SendResult | None:
+        """Send one instance and record its outcome; None when the destination association was
+        lost and may be re-opened (nothing recorded: the pump reconnects and sends it again)."""
         item = prepared.item
-        uid = item.sop_instance_uid
         proxy = self.config.proxy
         label = f"job {state.job_id}"
         target = prepared.plan
+        # A C-MOVE destination is reconnected by the pump (Pending responses going on), not here.
+        defer = forwarder.can_reconnect and proxy.reconnect_window > 0
         try:
             if prepared.future is not None:
                 try:
@@ -591,16 +654,34 @@ class RelayService:
                     res = SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
                 else:
                     sent_as = (converted.path, converted.transfer_syntax)
-                    res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as)
+                    res = send_with_retries(
+                        forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as, reconnect=not defer
+                    )
             elif isinstance(target, str):  # passed through as it is held
                 res = send_with_retries(
-                    forwarder, item, proxy.retries, proxy.retry_delay, label, (item.path, target)
+                    forwarder,
+                    item,
+                    proxy.retries,
+                    proxy.retry_delay,
+                    label,
+                    (item.path, target),
+                    reconnect=not defer,
                 )
             else:  # no pool, or planning failed (re-planned and reported by forwarder.send)
-                res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label)
+                res = send_with_retries(
+                    forwarder, item, proxy.retries, proxy.retry_delay, label, reconnect=not defer
+                )
         finally:
             if prepared.tmp is not None:
                 prepared.tmp.unlink(missing_ok=True)
+        if defer and res.status is None and not forwarder.alive:
+            return None
+        self._record(state, item, res)
+        return res
+
+    def _record(self, state: JobState, item: SpooledInstance, res: SendResult) -> None:
+        """Count one sub-operation and journal it; the spool file goes once the destination confirmed."""
+        uid = item.sop_instance_uid
         state.processed.add(uid)
         state.mark("first sent")
         record = InstanceRecord(
