@@ -8,7 +8,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
 from dicomproxy.net import Remote, c_echo
-from dicomproxy.testing.dcmtk import run_tool
+from testkit.dcmtk import run_tool
 
 
 @pytest.mark.parametrize(

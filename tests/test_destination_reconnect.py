@@ -22,11 +22,11 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.journal import Journal
 from dicomproxy.net import Remote
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port, wait_until
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.fakepacs import FakePacs
+from testkit import free_port, wait_until
+from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakePacs
+from testkit.samples import StudySpec, write_study
 from tests.test_recovery import AllVisible
 
 CLOUD, DEST = "CLOUD", "STORESCP"

@@ -1,6 +1,6 @@
 """Restart safety (issue 6): start-up reconciliation of spool and journal, ``jobs retry``.
 
-In-process rig: controllable pynetdicom PACS and destination (dicomproxy.testing.fakepacs).
+In-process rig: controllable pynetdicom PACS and destination (testkit.fakepacs).
 The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
 """
 
@@ -19,10 +19,10 @@ from dicomproxy.config import Config
 from dicomproxy.journal import Journal
 from dicomproxy.net import Remote
 from dicomproxy.recovery import reconcile, retry_job
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+from testkit import free_port
+from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 

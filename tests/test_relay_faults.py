@@ -1,4 +1,4 @@
-"""Relay faults with a controllable pynetdicom PACS / destination (dicomproxy.testing.fakepacs).
+"""Relay faults with a controllable pynetdicom PACS / destination (testkit.fakepacs).
 
 Every fault ends with the right final status and counts, the journal says so, and the proxy
 keeps serving (an echo afterwards). No sleeps: the fake PACS stalls on events.
@@ -21,11 +21,11 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.net import NODELAY_HANDLERS, Remote, c_echo
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port, wait_until
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+from testkit import free_port, wait_until
+from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 

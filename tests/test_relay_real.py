@@ -20,12 +20,12 @@ from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.net import Remote
-from dicomproxy.samples import Patient, StudySpec, demo_specs, exam_row, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP, run_tool
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port
+from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
+from testkit.orthanc import Orthanc
+from testkit.samples import Patient, StudySpec, demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CT, MR, US, MF = demo_specs()
 CLOUD = "CLOUD"

@@ -11,8 +11,8 @@ import pytest
 from dicomproxy.config import TlsConfig
 from dicomproxy.errors import ConfigError
 from dicomproxy.net import Remote, c_echo
-from dicomproxy.testing.dcmtk import run_tool
 from dicomproxy.tls import client_tls_args
+from testkit.dcmtk import run_tool
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from pydicom.uid import (
 )
 
 from dicomproxy.errors import CannotTranscode
-from dicomproxy.samples import StudySpec, make_instance
 from dicomproxy.transcode import (
     LOSSLESS_TARGETS,
     LOSSY_TARGETS,
@@ -38,6 +37,7 @@ from dicomproxy.transcode import (
 )
 from dicomproxy.transcode.codec import _mark_lossy
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
+from testkit.samples import StudySpec, make_instance
 
 KINDS = ("CT", "MR", "US", "MF")
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # local only: tests never download

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote
 from dicomproxy.qrservice import guard_requestor
-from dicomproxy.testing import free_port, wait_for_echo
+from testkit import free_port, wait_for_echo
 
 PENDING = 0xFF00
 SUCCESS = 0x0000
