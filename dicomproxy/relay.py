@@ -32,7 +32,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pynetdicom.association import Association
@@ -55,6 +55,7 @@ from dicomproxy.forward import (
     send_with_retries,
 )
 from dicomproxy.journal import InstanceRecord, Journal
+from dicomproxy.outcome import JobState
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
 from dicomproxy.qrservice import RetrieveResponse
 from dicomproxy.request import RetrieveRequest, StudyResolver, parse_keys
@@ -78,63 +79,6 @@ LOOKAHEAD_POLL = 0.05
 
 #: First pause before re-opening a dropped destination; doubles up to forward.MAX_RETRY_DELAY.
 RECONNECT_FIRST_DELAY = 0.5
-
-
-@dataclass
-class JobState:
-    """Counts of one job (sub-operations, PS3.4 C.4.2.1.4)."""
-
-    job_id: int
-    expected: dict[str, InstanceRef] = field(default_factory=dict)
-    processed: set[str] = field(default_factory=set)
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-    records: list[InstanceRecord] = field(default_factory=list)
-    #: time.monotonic() marks: job start, instance list known, destination open, first instance sent.
-    marks: dict[str, float] = field(default_factory=lambda: {"start": time.monotonic()})
-
-    def mark(self, name: str) -> None:
-        self.marks.setdefault(name, time.monotonic())
-
-    def timing(self) -> str:
-        """``in 1.62 s (found 0.21, destination 0.23, first sent 0.30)`` for the job's last log line."""
-        start = self.marks["start"]
-        parts = [
-            f"{k} {self.marks[k] - start:.2f}"
-            for k in ("found", "destination", "first sent")
-            if k in self.marks
-        ]
-        return f"in {time.monotonic() - start:.2f} s" + (f" ({', '.join(parts)})" if parts else "")
-
-    #: Number of Study Related Instances when the job started before its instance list was known.
-    announced: int = 0
-    #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
-    finder: Finder | None = None
-
-    @property
-    def counted(self) -> bool:
-        """Whether Number of Remaining Sub-operations is known, which every Pending response carries
-        (PS3.4 C.4.2.1.6): not for a job started before a PACS that announces no count listed it."""
-        return self.finder is None or self.announced > 0
-
-    @property
-    def remaining(self) -> int:
-        if not self.expected and self.announced:  # list not known (yet): count from the announced total
-            return max(0, self.announced - len(self.processed))
-        return max(0, len(self.expected) - len(self.processed & self.expected.keys()))
-
-    def response(self, status: int, comment: str = "") -> RetrieveResponse:
-        return RetrieveResponse(
-            status,
-            remaining=self.remaining,
-            completed=self.completed,
-            failed=self.failed,
-            warning=self.warning,
-            failed_uids=list(self.failed_uids),
-            comment=comment,
-        )
 
 
 @dataclass
@@ -558,20 +502,8 @@ class RelayService:
         pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
         self._merge_found(state, wait=max(a.dimse_timeout for a in self.config.all_archives))
-        self._count_missing(state)
-        if pacs_error is not None and nothing_sent:
-            status = (
-                pacs_error.status if isinstance(pacs_error, DicomServiceError) else Status.PACS_UNAVAILABLE
-            )
-            comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
-            return state.response(status, comment), JobOutcome.FAILED, str(pacs_error)
-        error = dest_error or (str(pacs_error) if pacs_error else "")
-        if not state.failed and not state.warning:
-            return state.response(Status.SUCCESS), JobOutcome.SUCCESS, error
-        if not state.completed and not state.warning:
-            comment = dest_error or (str(pacs_error) if pacs_error else "all sub-operations failed")
-            return state.response(Status.OUT_OF_RESOURCES_SUBOPS, comment), JobOutcome.FAILED, error
-        return state.response(Status.SUBOPS_WARNING), JobOutcome.PARTIAL, error
+        state.count_missing()
+        return state.final(pacs_error, dest_error, nothing_sent=nothing_sent)
 
     def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
         """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
@@ -682,40 +614,15 @@ class RelayService:
     def _record(self, state: JobState, item: SpooledInstance, res: SendResult) -> None:
         """Count one sub-operation and journal it; the spool file goes once the destination confirmed."""
         uid = item.sop_instance_uid
-        state.processed.add(uid)
-        state.mark("first sent")
         record = InstanceRecord(
             uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
         )
-        if res.category == "Success":
-            state.completed += 1
-            record.state = "sent"
-        elif res.category == "Warning":
-            state.warning += 1
-            record.state = "warning"
-        else:
-            state.failed += 1
-            state.failed_uids.append(uid)
+        state.count(record, res.category)
         # Journal first, then drop the file: a crash between the two leaves a file that
         # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
         self.journal.add_instances(state.job_id, [record])
         if record.state != "failed":
             Spool.confirmed(item)
-
-    @staticmethod
-    def _count_missing(state: JobState) -> None:
-        """Announced instances that never arrived (or could not be sent) are failed sub-operations."""
-        if not state.expected and state.announced > len(state.processed):
-            state.failed += state.announced - len(state.processed)  # list unknown: no UIDs to name
-            return
-        for uid, ref in state.expected.items():
-            if uid not in state.processed:
-                state.processed.add(uid)
-                state.failed += 1
-                state.failed_uids.append(uid)
-                state.records.append(
-                    InstanceRecord(uid, "missing", ref.sop_class_uid, error="never received")
-                )
 
     def close(self) -> None:
         with self._pool_lock:
