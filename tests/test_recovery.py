@@ -148,6 +148,56 @@ def test_retry_resends_exactly_the_unconfirmed(
     journal.close()
 
 
+def test_retry_while_destination_still_rejects(
+    rig: tuple[FakePacs, FakeDestination, Server, Config], study_files: list[Path]
+) -> None:
+    """The destination still refuses the one unconfirmed instance: the retry records it as
+    failed (never as sent), keeps its spool file, and the job stays partial; a later retry,
+    once the destination takes it, completes the job (issue 18, mutant 5)."""
+    pacs, dest, server, config = rig
+    uids = sop_uids(study_files)
+    bad = uids[1]
+    dest.behaviour.reject = {bad: 0xA700}  # out of resources: retried, and refused again
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    first = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "FAKEDEST",
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+    assert (first.status, first.completed, first.failed) == (0xB000, 4, 1), first.line()
+    journal = Journal.for_config("", config.data_path)
+    job_id = journal.recent(1)[0]["id"]
+    attempts = dest.attempts.count(bad)
+
+    result = retry_job(config, journal, job_id)
+
+    assert (result.unconfirmed, result.from_spool, result.refetched) == (1, 1, 0), result
+    assert (result.sent, result.failed, result.outcome) == (0, [bad], "partial"), result
+    assert dest.attempts.count(bad) == attempts + 1 + config.proxy.retries  # it was really resent
+    assert bad not in [uid for uid, _ in dest.received]
+    assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [bad]
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["outcome"], job.row["status"], job.row["completed"], job.row["failed"]) == (
+        "partial",
+        0xB000,
+        4,
+        1,
+    )
+    assert "1 instance(s) still not confirmed" in job.row["error"]
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 1  # kept for the next retry
+
+    dest.behaviour.reject = {}
+    again = retry_job(config, journal, job_id)
+    assert (again.sent, again.failed, again.outcome) == (1, [], "success"), again
+    assert journal.unconfirmed(job_id) == []
+    assert sorted(uid for uid, _ in dest.received) == sorted(uids)
+    assert list((config.data_path / "spool").rglob("*.dcm")) == []
+    journal.close()
+
+
 def test_jobs_retry_cli_unknown_job(make_config: Callable[..., Config], tmp_path: Path) -> None:
     from dicomproxy.cli import cli
 
