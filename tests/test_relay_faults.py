@@ -70,15 +70,21 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_study(spec, tmp_path_factory.mktemp("fault-study"))
 
 
+#: Both upstream methods, each on the list-first path and on the early-start path (the fake PACS
+#: answers STUDY-level C-FINDs with a count and SOP classes, as Orthanc does).
+BOTH_PATHS = ["c-move", "c-get", "c-move/early", "c-get/early"]
+
+
 @pytest.fixture(params=["c-move", "c-get"])
 def rig(
     request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]
 ) -> Iterator[Rig]:
+    method, _, path = str(request.param).partition("/")
     proxy_port = free_port()
     dest = FakeDestination().start()
-    pacs = FakePacs(
-        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-    ).start()
+    pacs = FakePacs(study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
+    pacs.behaviour.study_level = path == "early"
+    pacs.start()
     config = make_config(
         # A lost A-ABORT (pynetdicom aborting from inside a handler does not always get it out)
         # then ends as a DIMSE timeout on the onward association: same status, bounded wait.
@@ -87,7 +93,7 @@ def rig(
             "ae_title": pacs.ae_title,
             "host": "127.0.0.1",
             "port": pacs.port,
-            "retrieve": request.param,
+            "retrieve": method,
             "dimse_timeout": 30.0,
         },
         peers=[
@@ -109,6 +115,7 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_happy_path_counts_and_journal(rig: Rig) -> None:
     result = rig.move()
     assert result.status == 0x0000, result.line()
@@ -123,6 +130,7 @@ def test_happy_path_counts_and_journal(rig: Rig) -> None:
     assert all(i["transfer_syntax"] for i in full.instances)
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
     phantoms = ["2.25.111", "2.25.222"]
     rig.pacs.behaviour.phantom_uids = phantoms
@@ -136,6 +144,7 @@ def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
     assert rig.still_serving()
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_pacs_aborts_mid_study(rig: Rig) -> None:
     rig.pacs.behaviour.abort_after = 2
     result = rig.move()
@@ -145,6 +154,57 @@ def test_pacs_aborts_mid_study(rig: Rig) -> None:
     job = rig.last_job()
     assert job["outcome"] == "partial" and "aborted or stopped answering" in job["error"]
     assert rig.still_serving()
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
+def early_started(caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether the last job started before its instance list was known (its first log line)."""
+    return any("announced by the PACS, listing them meanwhile" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_pacs_aborts(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, the IMAGE-level listing fails and the PACS aborts after 2 of the 5 it
+    announced: the 3 never received are failed sub-operations (announced − completed), counted
+    without UIDs to name, and the job ends 0xB000, not Success (issue 18, mutant 6)."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    rig.pacs.behaviour.abort_after = 2
+    result = rig.move()
+    assert early_started(caplog)
+    assert any("listing the instances failed" in r.getMessage() for r in caplog.records)
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning, result.failed_uids) == (2, 3, 0, [])
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("partial", 5, 2, 3)
+    assert rig.still_serving()
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_phantoms(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, listing fails, the PACS announces 7 and sends its 5: 2 failed, 0xB000."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    rig.pacs.behaviour.phantom_uids = ["2.25.111", "2.25.222"]
+    result = rig.move()
+    assert early_started(caplog)
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed) == (5, 2)
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("partial", 7, 5, 2)
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, listing fails but every announced instance arrives: Success."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    result = rig.move()
+    assert early_started(caplog)
+    assert result.status == 0x0000, result.line()
+    assert (result.completed, result.failed) == (5, 0)
+    assert rig.last_job()["outcome"] == "success"
 
 
 def test_destination_rejects_one_instance(rig: Rig) -> None:
@@ -281,6 +341,7 @@ def test_pending_responses_while_pacs_is_slow(rig: Rig) -> None:
     assert seen[:3] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_cancel_mid_study(rig: Rig) -> None:
     """The cloud's C-CANCEL ends the job at once (0xFE00 with the counts so far) and is passed on: the
     PACS gets a C-CANCEL for our C-MOVE/C-GET, answers Cancel and the association is released, not
