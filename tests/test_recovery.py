@@ -154,7 +154,7 @@ def test_retry_while_destination_still_rejects(
     """The destination still refuses the one unconfirmed instance: the retry records it as
     failed (never as sent), keeps its spool file, and the job stays partial; a later retry,
     once the destination takes it, completes the job (issue 18, mutant 5)."""
-    pacs, dest, server, config = rig
+    _pacs, dest, server, config = rig
     uids = sop_uids(study_files)
     bad = uids[1]
     dest.behaviour.reject = {bad: 0xA700}  # out of resources: retried, and refused again
