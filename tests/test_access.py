@@ -146,11 +146,36 @@ def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None
     log.warn("192.0.2.2", "other")
     lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(lines) == 2
+    assert not any("more rejection(s)" in line for line in lines)  # nothing was suppressed before them
     log.window = 0.0
     log.warn("192.0.2.1", "again")
     assert "(4 more rejection(s) from this address were not logged)" in caplog.records[-1].getMessage()
     log.warn("192.0.2.1", "and again")
     assert "more rejection(s)" not in caplog.records[-1].getMessage()
+
+
+def test_rejection_log_one_line_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default window is the documented minute (docs/security.md). A fake clock, no sleeping."""
+    from types import SimpleNamespace
+
+    from dicomproxy import access
+
+    now = [5000.0]
+    monkeypatch.setattr(access, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    log = access.RejectionLog()
+
+    def logged() -> int:
+        return len([r for r in caplog.records if "rejected" in r.getMessage()])
+
+    log.warn("192.0.2.9", "scan")
+    now[0] += 59.5
+    log.warn("192.0.2.9", "scan")
+    assert logged() == 1
+    now[0] += 1.0  # 60.5 s after the first line
+    log.warn("192.0.2.9", "scan")
+    assert logged() == 2
 
 
 def test_rejection_log_memory_is_bounded(
