@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "mutants"
+OUT = Path(os.environ.get("MUTATION_OUT", ROOT / "mutants"))
 PYTHON = sys.executable
 COSMIC_RAY = str(Path(PYTHON).parent / "cosmic-ray")
 
@@ -188,7 +188,7 @@ def test_command(target: Target) -> list[str]:
     return [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *target.tests]
 
 
-def run_target(name: str, target: Target) -> dict[str, object]:
+def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, object]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -200,7 +200,9 @@ def run_target(name: str, target: Target) -> dict[str, object]:
 
     print(f"mutation: {name}: baseline {' '.join(target.tests)}", flush=True)
     began = time.monotonic()
-    base = subprocess.run(test_command(target), cwd=tree, env=env, capture_output=True, text=True)
+    base = subprocess.run(
+        ["true"] if plan_only else test_command(target), cwd=tree, env=env, capture_output=True, text=True
+    )
     baseline = time.monotonic() - began
     if base.returncode != 0:
         print(base.stdout[-3000:], base.stderr[-2000:], sep="\n")
@@ -240,6 +242,9 @@ def run_target(name: str, target: Target) -> dict[str, object]:
             )
         planned = db.num_work_items - len(skip)
     print(f"mutation: {name}: {planned} mutants (timeout {timeout:.0f} s each)", flush=True)
+    if plan_only:
+        shutil.rmtree(work)
+        return {"target": name, "mutants": planned}
 
     began = time.monotonic()
     subprocess.run([COSMIC_RAY, "exec", str(config), str(session)], cwd=tree, env=env, check=True)
@@ -337,6 +342,7 @@ def main() -> None:
     parser.add_argument("targets", nargs="*", help=f"some of: {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--report", action="store_true", help="only rewrite mutants/report.md")
+    parser.add_argument("--plan", action="store_true", help="only count the mutants of each target")
     args = parser.parse_args()
     if args.list:
         for name, t in TARGETS.items():
@@ -346,6 +352,10 @@ def main() -> None:
         unknown = [t for t in args.targets if t not in TARGETS]
         if unknown:
             raise SystemExit(f"mutation: unknown target(s) {', '.join(unknown)}; --list shows them")
+        if args.plan:
+            for name in args.targets or list(TARGETS):
+                run_target(name, TARGETS[name], plan_only=True)
+            return
         for name in args.targets or list(TARGETS):
             r = run_target(name, TARGETS[name])
             print(

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 stamp=".venv/.installed-mutation-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,mutation]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,mutation]" >.venv/pip-mutation.log 2>&1 || { cat .venv/pip-mutation.log >&2; exit 1; }
     touch "$stamp"
 fi
 exec .venv/bin/python scripts/mutation.py "$@"
