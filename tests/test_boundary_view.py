@@ -139,6 +139,24 @@ def test_resolve_hides_case_variants_and_privacy(
         assert set(view.resolve_study_uids(study_uids=[uid(examine_id)])) == found, examine_id
 
 
+def test_resolve_keys_match_exactly(exam_view: Callable[[int], ExamView]) -> None:
+    """Accession Number and Patient ID are exact-match keys for retrieval too: a case variant
+    finds nothing, also where the collation would let it through (re-checked in Python)."""
+    view = exam_view(1)
+    assert view.resolve_study_uids(accession="BOK") == [uid("BOK")]
+    assert view.resolve_study_uids(accession="bok") == []
+    assert view.resolve_study_uids(accession="Bok", patient_id=PATIENT) == []
+    assert view.resolve_study_uids(accession="BOK", patient_id=PATIENT.lower()) == []
+    assert view.resolve_study_uids(patient_id=PATIENT.lower()) == []
+    assert view.resolve_study_uids(study_uids=[uid("BOK")], patient_id=PATIENT.lower()) == []
+    assert view.resolve_study_uids(study_uids=[uid("BP1"), uid("BOK")], patient_id=PATIENT) == [
+        uid("BP1"),
+        uid("BOK"),
+    ]
+    assert view.resolve_study_uids(study_uids=["not a uid", ""]) == []
+    assert view.resolve_study_uids() == []
+
+
 @pytest.mark.parametrize("max_privacy", [0, 1])
 def test_cfind_hides_case_variants_and_privacy(
     boundary_config: Callable[[int], Config], run_proxy: Callable[[Config], Server], max_privacy: int
