@@ -115,10 +115,21 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
+def counts_seen() -> tuple[list[tuple[int | None, int, int, int]], Callable[[scu.RetrieveSummary], None]]:
+    """(remaining, completed, failed, warning) of every Pending response, and the callback that
+    records them."""
+    seen: list[tuple[int | None, int, int, int]] = []
+    return seen, lambda s: seen.append((s.remaining, s.completed, s.failed, s.warning))
+
+
 @pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_happy_path_counts_and_journal(rig: Rig) -> None:
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert result.status == 0x0000, result.line()
+    # every Pending response accounts for all 5 sub-operations (PS3.4 C.4.2.1.6), the last none left
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen
     assert (result.completed, result.failed, result.warning) == (5, 0, 0)
     assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
     assert set(rig.dest.originators) == {(CLOUD, 1)}  # PS3.4 C.4.2.2.3: the requester and its Message ID
@@ -134,8 +145,11 @@ def test_happy_path_counts_and_journal(rig: Rig) -> None:
 def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
     phantoms = ["2.25.111", "2.25.222"]
     rig.pacs.behaviour.phantom_uids = phantoms
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert result.status == 0xB000, result.line()
+    assert seen and all(r is not None and r + c + f + w == 7 for r, c, f, w in seen), seen
+    assert (result.remaining or 0, result.completed + result.failed) == (0, 7)
     assert (result.completed, result.failed) == (5, 2)
     assert sorted(result.failed_uids) == sorted(phantoms)
     job = rig.ctx.journal.get(rig.last_job()["id"])
@@ -156,7 +170,6 @@ def test_pacs_aborts_mid_study(rig: Rig) -> None:
     assert rig.still_serving()
 
 
-@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def early_started(caplog: pytest.LogCaptureFixture) -> bool:
     """Whether the last job started before its instance list was known (its first log line)."""
     return any("announced by the PACS, listing them meanwhile" in r.getMessage() for r in caplog.records)
@@ -207,6 +220,7 @@ def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCapt
     assert rig.last_job()["outcome"] == "success"
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_destination_rejects_one_instance(rig: Rig) -> None:
     bad = sop_uids(rig.files)[1]
     rig.dest.behaviour.reject = {bad: 0xA700}
@@ -220,6 +234,57 @@ def test_destination_rejects_one_instance(rig: Rig) -> None:
     # the refused instance stays in the spool (not confirmed); the confirmed ones are gone
     spooled = list((rig.config.data_path / "spool").rglob("*.dcm"))
     assert len(spooled) == 1
+    # and the journal knows it is the one to resend (`jobs retry`), also when listed beside the fetch
+    assert [r["sop_instance_uid"] for r in rig.ctx.journal.unconfirmed(job.row["id"])] == [bad]
+    assert job.row["expected"] == 5
+
+
+def test_destination_rejects_everything(rig: Rig) -> None:
+    """Every C-STORE refused: 0xA702, all failed and named, outcome failed, files kept."""
+    rig.dest.behaviour.reject = dict.fromkeys(sop_uids(rig.files), 0xA900)
+    result = rig.move()
+    assert result.status == 0xA702, result.line()
+    assert (result.completed, result.failed, result.warning) == (0, 5, 0)
+    assert sorted(result.failed_uids) == sorted(sop_uids(rig.files))
+    assert result.comment == "all sub-operations failed"
+    job = rig.last_job()
+    assert (job["outcome"], job["status"], job["completed"], job["failed"]) == ("failed", 0xA702, 0, 5)
+    assert len(list((rig.config.data_path / "spool").rglob("*.dcm"))) == 5
+    assert rig.still_serving()
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS[:2], indirect=True)
+def test_destination_warns(rig: Rig) -> None:
+    """A warning status from the destination (0xB007, coercion of data elements) is a warning
+    sub-operation: 0xB000, the instance counts as delivered (its spool file goes), not failed."""
+    uids = sop_uids(rig.files)
+    rig.dest.behaviour.reject = {uids[0]: 0xB007, uids[3]: 0xB000}
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning, result.failed_uids) == (3, 0, 2, [])
+    job = rig.ctx.journal.get(rig.last_job()["id"])
+    assert job is not None
+    assert (job.row["outcome"], job.row["completed"], job.row["warning"], job.row["failed"]) == (
+        "partial",
+        3,
+        2,
+        0,
+    )
+    assert sorted((i["sop_instance_uid"], i["state"]) for i in job.instances) == sorted(
+        [(uids[0], "warning"), (uids[3], "warning")]
+    )
+    assert rig.ctx.journal.unconfirmed(job.row["id"]) == []
+    assert list((rig.config.data_path / "spool").rglob("*.dcm")) == []
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS[:2], indirect=True)
+def test_destination_only_warns(rig: Rig) -> None:
+    """Warnings only, nothing completed: still 0xB000 (delivered), never 0xA702."""
+    rig.dest.behaviour.reject = dict.fromkeys(sop_uids(rig.files), 0xB007)
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning) == (0, 0, 5)
+    assert rig.last_job()["outcome"] == "partial"
 
 
 def test_transient_rejection_is_retried(rig: Rig) -> None:
