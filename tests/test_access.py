@@ -25,6 +25,8 @@ from dicomproxy.testing.dcmtk import run_tool
         # a host configured by name: any of its addresses (resolved) may connect
         ("NAMED", "DICOMPROXY", "127.0.0.1", True, None),
         ("NAMED", "DICOMPROXY", "10.9.9.9", False, REJECT_CALLING_AE),
+        # a host name that does not resolve matches nothing (and raises nothing)
+        ("NXHOST", "DICOMPROXY", "127.0.0.1", False, REJECT_CALLING_AE),
     ],
 )
 def test_decide(make_config, calling: str, called: str, ip: str, accept: bool, rjd: object) -> None:
@@ -33,6 +35,7 @@ def test_decide(make_config, calling: str, called: str, ip: str, accept: bool, r
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
             {"ae_title": "ANYHOST", "host": "192.0.2.1", "port": 104, "check_host": False},
             {"ae_title": "NAMED", "host": "localhost", "port": 104},
+            {"ae_title": "NXHOST", "host": "no-such-host.invalid", "port": 104},
         ]
     )
     decision = decide(cfg, calling, called, ip)
