@@ -139,15 +139,25 @@ def test_resolve_hides_case_variants_and_privacy(
         assert set(view.resolve_study_uids(study_uids=[uid(examine_id)])) == found, examine_id
 
 
-def test_resolve_keys_match_exactly(exam_view: Callable[[int], ExamView]) -> None:
+def test_resolve_keys_match_exactly(boundary_db: ViewDB, exam_view: Callable[[int], ExamView]) -> None:
     """Accession Number and Patient ID are exact-match keys for retrieval too: a case variant
-    finds nothing, also where the collation would let it through (re-checked in Python)."""
+    finds nothing, also where the collation lets it through (re-checked in Python) — and a
+    case-variant row met first (same PerformTime, lower ExamineID) does not hide the exact one."""
+    insert_rows(
+        boundary_db.engine,
+        [
+            _row("BAACC", AccessionNumber="bok"),  # sorts before BOK; MariaDB's = matches it for 'BOK'
+            _row("BAPAT", PatientID=PATIENT.lower()),  # sorts before every PB0001 row
+        ],
+        boundary_db.name,
+    )
     view = exam_view(1)
     assert view.resolve_study_uids(accession="BOK") == [uid("BOK")]
-    assert view.resolve_study_uids(accession="bok") == []
+    assert view.resolve_study_uids(accession="bok") == [uid("BAACC")]
     assert view.resolve_study_uids(accession="Bok", patient_id=PATIENT) == []
     assert view.resolve_study_uids(accession="BOK", patient_id=PATIENT.lower()) == []
-    assert view.resolve_study_uids(patient_id=PATIENT.lower()) == []
+    assert view.resolve_study_uids(patient_id=PATIENT.lower()) == [uid("BAPAT")]
+    assert set(view.resolve_study_uids(patient_id=PATIENT)) == visible_at(1) | {uid("BAACC")}
     assert view.resolve_study_uids(study_uids=[uid("BOK")], patient_id=PATIENT.lower()) == []
     assert view.resolve_study_uids(study_uids=[uid("BP1"), uid("BOK")], patient_id=PATIENT) == [
         uid("BP1"),
