@@ -193,8 +193,147 @@ def test_retry_while_destination_still_rejects(
     again = retry_job(config, journal, job_id)
     assert (again.sent, again.failed, again.outcome) == (1, [], "success"), again
     assert journal.unconfirmed(job_id) == []
+    done = journal.get(job_id)
+    assert done is not None
+    assert (done.row["outcome"], done.row["status"], done.row["completed"], done.row["failed"]) == (
+        "success",
+        0x0000,
+        5,
+        0,
+    )
     assert sorted(uid for uid, _ in dest.received) == sorted(uids)
     assert list((config.data_path / "spool").rglob("*.dcm")) == []
+    journal.close()
+
+
+Rig = tuple[FakePacs, FakeDestination, Server, Config]
+
+
+def first_move(rig: Rig, study_files: list[Path]) -> tuple[Journal, int, scu.RetrieveSummary]:
+    """The C-MOVE whose job the test then retries: (journal, job id, the cloud's summary)."""
+    _pacs, _dest, server, config = rig
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    summary = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "FAKEDEST",
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+    journal = Journal.for_config("", config.data_path)
+    return journal, journal.recent(1)[0]["id"], summary
+
+
+def test_retry_with_torn_spool_file(rig: Rig, study_files: list[Path]) -> None:
+    """The unconfirmed instance's spool file is torn (the crash): it is ignored, not sent; with
+    C-GET upstream it is fetched again and sent, with C-MOVE it is reported as not found."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (4, 1), first.line()
+    (spooled,) = list((config.data_path / "spool").rglob("*.dcm"))
+    spooled.write_bytes(b"torn")
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    job = journal.get(job_id)
+    assert job is not None
+    if config.pacs.retrieve == "c-get":
+        assert (result.from_spool, result.refetched, result.sent, result.outcome) == (0, 1, 1, "success"), (
+            result
+        )
+        assert [uid for uid, _ in dest.received].count(uids[1]) == 1
+        assert (job.row["status"], job.row["completed"]) == (0x0000, 5)
+    else:
+        assert (result.from_spool, result.refetched, result.sent, result.not_found) == (0, 0, 0, [uids[1]])
+        assert (result.outcome, job.row["status"], job.row["completed"]) == ("partial", 0xB000, 4)
+        assert uids[1] not in [uid for uid, _ in dest.received]
+    journal.close()
+
+
+def test_retry_when_the_pacs_still_fails(rig: Rig, study_files: list[Path]) -> None:
+    """Two instances never arrived; at the retry the PACS still aborts: they stay unconfirmed and
+    the reason is reported (C-GET: the PACS's; C-MOVE: that re-fetching needs C-GET)."""
+    pacs, _dest, _server, config = rig
+    uids = sop_uids(study_files)
+    pacs.behaviour.abort_after = 3
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (3, 2), first.line()
+    pacs.behaviour.abort_after = 0
+    result = retry_job(config, journal, job_id)
+    assert (result.sent, sorted(result.not_found), result.outcome) == (0, sorted(uids[3:]), "partial"), result
+    assert result.error
+    if config.pacs.retrieve == "c-get":
+        assert "c-get" not in result.error and "abort" in result.error.lower(), result.error
+    else:
+        assert "c-get" in result.error
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["status"], job.row["completed"], job.row["failed"], job.row["error"]) == (
+        0xB000,
+        3,
+        2,
+        result.error,
+    )
+    assert sorted(r["sop_instance_uid"] for r in journal.unconfirmed(job_id)) == sorted(uids[3:])
+    journal.close()
+
+
+def test_retry_nothing_confirmed_is_all_failed(rig: Rig, study_files: list[Path]) -> None:
+    """Every instance refused, before and at the retry: 0xA702, outcome failed, all five kept."""
+    _pacs, dest, _server, config = rig
+    dest.behaviour.reject = dict.fromkeys(sop_uids(study_files), 0xA900)
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.status, first.completed, first.failed) == (0xA702, 0, 5), first.line()
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, len(result.failed), result.outcome) == (5, 0, 5, "failed"), result
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["outcome"], job.row["status"], job.row["completed"], job.row["failed"]) == (
+        "failed",
+        0xA702,
+        0,
+        5,
+    )
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 5
+    journal.close()
+
+
+def test_retry_when_the_destination_refuses(rig: Rig, study_files: list[Path]) -> None:
+    """The destination refuses the association at the retry: nothing sent, the reason recorded,
+    the spool file kept, the job still partial."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, _ = first_move(rig, study_files)
+    dest.behaviour.refuse = True
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, result.outcome) == (1, 0, "partial"), result
+    assert "FAKEDEST" in result.error, result.error
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["status"], job.row["error"]) == (0xB000, result.error)
+    assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [uids[1]]
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 1
+    journal.close()
+
+
+def test_retry_drops_files_already_confirmed(rig: Rig, study_files: list[Path]) -> None:
+    """A crash between the journal row and the file's removal leaves the spool file of a
+    confirmed instance: the retry deletes it and does not send it again."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, _ = first_move(rig, study_files)
+    (left,) = list((config.data_path / "spool").rglob("*.dcm"))
+    stale = left.parent / "stale-confirmed.dcm"
+    stale.write_bytes(study_files[0].read_bytes())  # uids[0]: confirmed by the destination
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, result.outcome) == (1, 1, "success"), result
+    assert not stale.exists()
+    assert [uid for uid, _ in dest.received].count(uids[0]) == 1
+    assert dest.attempts.count(uids[0]) == 1
     journal.close()
 
 
