@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -44,7 +45,9 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
-def test_reconcile_marks_interrupted_keeps_and_quarantines(make_config: Callable[..., Config]) -> None:
+def test_reconcile_marks_interrupted_keeps_and_quarantines(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config()
     journal = Journal.for_config("", config.data_path)
     running = journal.start("move", CLOUD, "127.0.0.1", "DEST", "pacs")
@@ -62,6 +65,11 @@ def test_reconcile_marks_interrupted_keeps_and_quarantines(make_config: Callable
     report = reconcile(config, journal)
 
     assert report.interrupted == [running]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        f"job {running} was interrupted (process ended); `dicomproxy jobs retry {running}` resends it"
+        in warned
+    )
     assert journal.get(running) is not None and journal.get(running).row["outcome"] == "interrupted"  # type: ignore[union-attr]
     assert journal.get(done).row["outcome"] == "partial"  # type: ignore[union-attr]
     assert sorted(p.name for p in report.kept) == [f"job-{running:06d}-aaaaaa", f"job-{done:06d}-bbbbbb"]
@@ -225,29 +233,34 @@ def first_move(rig: Rig, study_files: list[Path]) -> tuple[Journal, int, scu.Ret
 
 
 def test_retry_with_torn_spool_file(rig: Rig, study_files: list[Path]) -> None:
-    """The unconfirmed instance's spool file is torn (the crash): it is ignored, not sent; with
-    C-GET upstream it is fetched again and sent, with C-MOVE it is reported as not found."""
+    """One of the two unconfirmed instances' spool files is torn (the crash): it is ignored, not
+    sent, and the other is still read; with C-GET upstream the torn one is fetched again and
+    sent, with C-MOVE it is reported as not found."""
     _pacs, dest, _server, config = rig
     uids = sop_uids(study_files)
-    dest.behaviour.reject = {uids[1]: 0xA900}
+    dest.behaviour.reject = {uids[1]: 0xA900, uids[2]: 0xA900}
     journal, job_id, first = first_move(rig, study_files)
-    assert (first.completed, first.failed) == (4, 1), first.line()
-    (spooled,) = list((config.data_path / "spool").rglob("*.dcm"))
-    spooled.write_bytes(b"torn")
+    assert (first.completed, first.failed) == (3, 2), first.line()
+    torn_file, kept_file = sorted((config.data_path / "spool").rglob("*.dcm"))
+    torn = str(dcmread(torn_file, stop_before_pixels=True).SOPInstanceUID)
+    kept = str(dcmread(kept_file, stop_before_pixels=True).SOPInstanceUID)
+    torn_file.write_bytes(b"torn")
     dest.behaviour.reject = {}
     result = retry_job(config, journal, job_id)
     job = journal.get(job_id)
     assert job is not None
+    received = [uid for uid, _ in dest.received]
+    assert received.count(kept) == 1
     if config.pacs.retrieve == "c-get":
-        assert (result.from_spool, result.refetched, result.sent, result.outcome) == (0, 1, 1, "success"), (
+        assert (result.from_spool, result.refetched, result.sent, result.outcome) == (1, 1, 2, "success"), (
             result
         )
-        assert [uid for uid, _ in dest.received].count(uids[1]) == 1
+        assert received.count(torn) == 1
         assert (job.row["status"], job.row["completed"]) == (0x0000, 5)
     else:
-        assert (result.from_spool, result.refetched, result.sent, result.not_found) == (0, 0, 0, [uids[1]])
+        assert (result.from_spool, result.refetched, result.sent, result.not_found) == (1, 0, 1, [torn])
         assert (result.outcome, job.row["status"], job.row["completed"]) == ("partial", 0xB000, 4)
-        assert uids[1] not in [uid for uid, _ in dest.received]
+        assert torn not in received
     journal.close()
 
 
@@ -328,12 +341,40 @@ def test_retry_drops_files_already_confirmed(rig: Rig, study_files: list[Path]) 
     (left,) = list((config.data_path / "spool").rglob("*.dcm"))
     stale = left.parent / "stale-confirmed.dcm"
     stale.write_bytes(study_files[0].read_bytes())  # uids[0]: confirmed by the destination
+    (config.data_path / "spool" / f"job-{job_id:06d}-out").mkdir()  # and an earlier retry crashed too
     dest.behaviour.reject = {}
     result = retry_job(config, journal, job_id)
     assert (result.from_spool, result.sent, result.outcome) == (1, 1, "success"), result
     assert not stale.exists()
     assert [uid for uid, _ in dest.received].count(uids[0]) == 1
     assert dest.attempts.count(uids[0]) == 1
+    journal.close()
+
+
+def test_retry_refuses_what_it_cannot_do(make_config: Callable[..., Config]) -> None:
+    """Journal states `jobs retry` must refuse, and an empty job it has nothing to do for."""
+    config = make_config()
+    journal = Journal.for_config("", config.data_path)
+
+    def job(kind: str = "move", dest: str = "jobserver", **finish: Any) -> int:
+        job_id = journal.start(kind, CLOUD, "127.0.0.1", dest, "pacs")
+        if finish:
+            journal.finish(job_id, **finish)
+        return job_id
+
+    with pytest.raises(ValueError, match="is still running"):
+        retry_job(config, journal, job())
+    with pytest.raises(ValueError, match="is a C-GET: only the requester can repeat it"):
+        retry_job(config, journal, job("get", status=0xB000, outcome="partial"))
+    with pytest.raises(ValueError, match="destination 'GONE' is no longer a configured peer"):
+        retry_job(config, journal, job(dest="GONE", status=0xB000, outcome="partial"))
+    with pytest.raises(ValueError, match="predates the record of announced instances"):
+        retry_job(config, journal, job(status=0xB000, outcome="partial", expected=3))
+    with pytest.raises(LookupError, match="no job 4242"):
+        retry_job(config, journal, 4242)
+    empty = job(status=0x0000, outcome="empty", expected=0)
+    result = retry_job(config, journal, empty)
+    assert (result.unconfirmed, result.sent, result.outcome, result.error) == (0, 0, "success", "")
     journal.close()
 
 
