@@ -576,13 +576,19 @@ def test_decoding_lossy_data_marks_it_lossy(tmp_path: Path, method: str | None, 
     assert out.LossyImageCompressionMethod == expected
 
 
-def test_fast_path_inserts_lossy_attributes_in_tag_order(sources: dict[str, Path], tmp_path: Path) -> None:
-    """Elements between (0028,2114) and Pixel Data: the lossy attributes go before them, so the
-    file stays in ascending tag order (PS3.5 7.1), as the general path writes it."""
+@pytest.mark.parametrize("first_later", ["DA", "UT"])
+def test_fast_path_inserts_lossy_attributes_in_tag_order(
+    sources: dict[str, Path], tmp_path: Path, first_later: str
+) -> None:
+    """Elements between (0028,2114) and Pixel Data: the lossy attributes go before the first of
+    them, whose header is 8 bytes (short VR, DA) or 12 (long VR, UT; PS3.5 7.1.2), so the file
+    stays in ascending tag order (PS3.5 7.1), as the general path writes it."""
     from dicomproxy.transcode import codec
     from dicomproxy.transcode.info import read_header
 
     ds = dcmread(sources["CT"])
+    if first_later == "UT":
+        ds.add_new(0x00400241, "UT", "a long-VR element first")  # (0040,0241) Performed Station AE (as UT)
     ds.PerformedProcedureStepStartDate = "20240101"  # (0040,0244)
     ds.PerformedProcedureStepDescription = "CT CHEST"  # (0040,0254)
     src = tmp_path / "later-elements.dcm"
@@ -598,3 +604,27 @@ def test_fast_path_inserts_lossy_attributes_in_tag_order(sources: dict[str, Path
         "20240101",
         "CT CHEST",
     )
+    if first_later == "UT":
+        assert out[0x00400241].value == "a long-VR element first"
+    assert np.array_equal(
+        out.pixel_array,
+        dcmread(transcode_file(src, tmp_path / "g.dcm", JPEGLSNearLossless, LOSSY).path).pixel_array,
+    )
+
+
+def test_mark_lossy_keeps_ratio_and_method_paired() -> None:
+    """No ratio known: only the Method is appended; Ratio and Method lists of unequal length (a
+    ratio was never recorded for an earlier step): no ratio is appended, which would pair it with
+    the wrong Method."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    _mark_lossy(ds, "ISO_14495_1", None)
+    assert (ds.LossyImageCompression, ds.LossyImageCompressionMethod) == ("01", "ISO_14495_1")
+    assert "LossyImageCompressionRatio" not in ds
+    ds = Dataset()
+    ds.LossyImageCompressionRatio = "8.5"
+    ds.LossyImageCompressionMethod = ["ISO_10918_1", "ISO_15444_1"]
+    _mark_lossy(ds, "ISO_14495_1", 3.0)
+    assert float(ds.LossyImageCompressionRatio) == 8.5
+    assert list(ds.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_15444_1", "ISO_14495_1"]
