@@ -32,7 +32,14 @@ from pydicom.uid import (
 
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import CannotTranscode, ConfigError
-from dicomproxy.transcode import InstanceInfo, Policy, choose_target, policy_for, proposed_syntaxes
+from dicomproxy.transcode import (
+    InstanceInfo,
+    Policy,
+    choose_target,
+    codec_applies,
+    policy_for,
+    proposed_syntaxes,
+)
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
 
 ALL = [
@@ -305,3 +312,76 @@ def test_instance_info_pixel_bytes() -> None:
 def test_unused_path_fixture_sanity(tmp_path: Path) -> None:
     # make_config writes nothing; the policy module must not need files
     assert not any(tmp_path.iterdir())
+
+
+# --- codec and fallback boundaries the mutation runs found unguarded (issue 18) ----------------
+
+
+@pytest.mark.parametrize(
+    ("inst", "applies"),
+    [
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=None), True),  # BS absent: 8
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=8), True),
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=7), False),
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", pixel_representation=1), False),
+        (info("US"), True),  # RGB
+        (info("CT"), False),  # 16 bits allocated
+    ],
+)
+def test_jpeg_baseline_takes_unsigned_8_bit_only(inst: InstanceInfo, applies: bool) -> None:
+    """PS3.5 8.2.1: JPEG Baseline carries 8-bit unsigned samples (Bits Stored absent counts as 8)."""
+    assert codec_applies(policy("lossy"), inst, JPEGBaseline8Bit) is applies
+
+
+@pytest.mark.parametrize(
+    ("bits_allocated", "samples", "applies"),
+    [
+        (8, 1, True),
+        (16, 1, True),
+        (16, 3, True),
+        (32, 1, False),
+        (12, 1, False),
+        (16, 2, False),
+        (16, 4, False),
+    ],
+)
+def test_codecs_take_8_or_16_bits_and_1_or_3_samples(
+    bits_allocated: int, samples: int, applies: bool
+) -> None:
+    photometric = "RGB" if samples == 3 else "MONOCHROME2"
+    inst = info(
+        "CT", bits_allocated=bits_allocated, bits_stored=8, samples_per_pixel=samples, photometric=photometric
+    )
+    assert codec_applies(policy("lossless"), inst, JPEGLSLossless) is applies
+
+
+def test_max_encode_bytes_is_inclusive() -> None:
+    """An instance of exactly ``max_encode_bytes`` is still encoded; one byte more is not."""
+    inst = info("CT")
+    assert codec_applies(policy("lossless", max_encode_bytes=inst.pixel_bytes), inst, JPEGLSLossless)
+    assert not codec_applies(policy("lossless", max_encode_bytes=inst.pixel_bytes - 1), inst, JPEGLSLossless)
+
+
+@pytest.mark.parametrize("mode", ["none", "lossless"])
+def test_no_pixels_fall_back_to_explicit_first(mode: str) -> None:
+    """A data set without pixels held in a syntax the destination did not accept: Explicit VR
+    Little Endian before Implicit (cheapest faithful re-encoding, UNCOMPRESSED_FALLBACK order)."""
+    inst = info("SR", transfer_syntax=DeflatedExplicitVRLittleEndian)
+    assert (
+        choose_target(policy(mode), inst, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+        == ExplicitVRLittleEndian
+    )
+    assert choose_target(policy(mode), inst, [ImplicitVRLittleEndian]) == ImplicitVRLittleEndian
+
+
+def test_cannot_transcode_names_what_was_accepted() -> None:
+    with pytest.raises(CannotTranscode, match=r"destination accepted only nothing for "):
+        choose_target(policy("lossless"), info("CT", transfer_syntax=JPEG2000, already_lossy=True), [])
+    with pytest.raises(
+        CannotTranscode, match=rf"destination accepted only {JPEGLSLossless}, {RLELossless} for "
+    ):
+        choose_target(
+            policy("lossless"),
+            info("CT", transfer_syntax=MPEG2MPML, sop_class_uid=VideoEndoscopicImageStorage),
+            [JPEGLSLossless, RLELossless],
+        )
