@@ -326,6 +326,7 @@ def test_unused_path_fixture_sanity(tmp_path: Path) -> None:
         (info("US", samples_per_pixel=1, photometric="MONOCHROME2", pixel_representation=1), False),
         (info("US"), True),  # RGB
         (info("CT"), False),  # 16 bits allocated
+        (info("CT", bits_stored=8), False),  # 16 bits allocated, 8 stored
     ],
 )
 def test_jpeg_baseline_takes_unsigned_8_bit_only(inst: InstanceInfo, applies: bool) -> None:
@@ -385,3 +386,21 @@ def test_cannot_transcode_names_what_was_accepted() -> None:
             info("CT", transfer_syntax=MPEG2MPML, sop_class_uid=VideoEndoscopicImageStorage),
             [JPEGLSLossless, RLELossless],
         )
+
+
+@pytest.mark.parametrize(("rows", "columns", "applies"), [(64, 64, True), (63, 512, False), (512, 32, False)])
+def test_jpeg2000_needs_64_pixels_each_way(rows: int, columns: int, applies: bool) -> None:
+    """pylibjpeg-openjpeg's 6 resolution levels: smaller images cannot be encoded."""
+    inst = info("CT", rows=rows, columns=columns)
+    assert codec_applies(policy("lossless"), inst, JPEG2000Lossless) is applies
+    assert codec_applies(policy("lossy"), inst, JPEG2000) is applies
+
+
+def test_no_codec_applies_to_pixels_we_cannot_decode() -> None:
+    inst = info(
+        "CT", sop_class_uid=VideoEndoscopicImageStorage, transfer_syntax=MPEG2MPML, already_lossy=True
+    )
+    assert not codec_applies(policy("lossless"), inst, JPEGLSLossless)
+    assert codec_applies(
+        policy("lossless"), replace(inst, transfer_syntax=ExplicitVRLittleEndian), JPEGLSLossless
+    )
