@@ -404,3 +404,20 @@ def test_no_codec_applies_to_pixels_we_cannot_decode() -> None:
     assert codec_applies(
         policy("lossless"), replace(inst, transfer_syntax=ExplicitVRLittleEndian), JPEGLSLossless
     )
+
+
+def test_default_encode_limit_is_one_gibibyte() -> None:
+    """Larger instances (whole-slide images) are never decoded to be re-encoded (docs/compression.md)."""
+    frames_of_128_mib = info("CT", rows=8192, columns=8192)  # 8192 × 8192 × 2 bytes = 128 MiB a frame
+    assert codec_applies(policy("lossless"), replace(frames_of_128_mib, number_of_frames=8), JPEGLSLossless)
+    assert not codec_applies(
+        policy("lossless"), replace(frames_of_128_mib, number_of_frames=9), JPEGLSLossless
+    )
+
+
+def test_data_set_without_pixels_in_an_undecodable_syntax_is_not_converted() -> None:
+    """No pixels, but held in a syntax we cannot decode: only that syntax carries it."""
+    inst = info("SR", transfer_syntax=MPEG2MPML)
+    with pytest.raises(CannotTranscode):
+        choose_target(policy("none"), inst, UNCOMPRESSED)
+    assert choose_target(policy("none"), inst, [*UNCOMPRESSED, MPEG2MPML]) == MPEG2MPML
