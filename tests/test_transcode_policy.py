@@ -15,6 +15,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalMammographyXRayImageStorageForPresentation,
     EncapsulatedPDFStorage,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     ImplicitVRLittleEndian,
@@ -421,3 +422,27 @@ def test_data_set_without_pixels_in_an_undecodable_syntax_is_not_converted() -> 
     with pytest.raises(CannotTranscode):
         choose_target(policy("none"), inst, UNCOMPRESSED)
     assert choose_target(policy("none"), inst, [*UNCOMPRESSED, MPEG2MPML]) == MPEG2MPML
+
+
+@pytest.mark.parametrize(
+    ("inst", "target"),
+    [
+        (info("CT"), MPEG2MPML),  # no encoder for it
+        (info("SR"), JPEGLSLossless),  # no pixels
+        (info("CT", float_pixels=True), JPEGLSLossless),  # Float Pixel Data: no codec takes it
+    ],
+)
+def test_no_codec_without_encoder_or_integer_pixels(inst: InstanceInfo, target: str) -> None:
+    assert not codec_applies(policy("lossy"), inst, target)
+
+
+@pytest.mark.parametrize("mode", ["none", "lossless", "lossy"])
+def test_float_pixels_are_re_encoded_uncompressed_only(mode: str) -> None:
+    """Float Pixel Data held big endian, destination takes only little endian: a re-encoding of
+    the data set, never a codec (and not refused)."""
+    inst = info("CT", float_pixels=True, bits_allocated=32, transfer_syntax=ExplicitVRBigEndian)
+    assert (
+        choose_target(policy(mode), inst, [JPEGLSLossless, ExplicitVRLittleEndian]) == ExplicitVRLittleEndian
+    )
+    with pytest.raises(CannotTranscode):
+        choose_target(policy(mode), inst, [JPEGLSLossless])
