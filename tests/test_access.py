@@ -8,6 +8,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
 from dicomproxy.net import Remote, c_echo
+from dicomproxy.testing import wait_until
 from dicomproxy.testing.dcmtk import run_tool
 
 
@@ -79,7 +80,10 @@ def test_pynetdicom_echo_accepted_and_rejected(
         ("jobserver", "NOTUS", (1, 1, 7)),
     ],
 )
-def test_rejection_reasons_on_the_wire(make_config, run_proxy, calling: str, called: str, expected) -> None:
+def test_rejection_reasons_on_the_wire(
+    make_config, run_proxy, caplog: pytest.LogCaptureFixture, calling: str, called: str, expected
+) -> None:
+    caplog.set_level("INFO", logger="dicomproxy.server")
     server = run_proxy(
         make_config(
             peers=[
@@ -97,6 +101,9 @@ def test_rejection_reasons_on_the_wire(make_config, run_proxy, calling: str, cal
         assert (rj.result, rj.result_source, rj.diagnostic) == expected
     finally:
         ae.shutdown()
+    # our side ends the association there: it is never negotiated, nor logged as accepted
+    wait_until(lambda: server.active_associations() == 0, 10, "the rejected association to end")
+    assert not [r for r in caplog.records if "association accepted" in r.getMessage()]
 
 
 @pytest.mark.usefixtures("dcmtk")
