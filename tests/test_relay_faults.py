@@ -183,7 +183,9 @@ def test_early_start_listing_fails_pacs_aborts(rig: Rig, caplog: pytest.LogCaptu
     caplog.set_level("INFO", logger="dicomproxy.relay")
     rig.pacs.behaviour.image_find_status = 0xA700
     rig.pacs.behaviour.abort_after = 2
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
     assert early_started(caplog)
     assert any("listing the instances failed" in r.getMessage() for r in caplog.records)
     assert result.status == 0xB000, result.line()
@@ -199,10 +201,13 @@ def test_early_start_listing_fails_phantoms(rig: Rig, caplog: pytest.LogCaptureF
     caplog.set_level("INFO", logger="dicomproxy.relay")
     rig.pacs.behaviour.image_find_status = 0xA700
     rig.pacs.behaviour.phantom_uids = ["2.25.111", "2.25.222"]
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert early_started(caplog)
     assert result.status == 0xB000, result.line()
     assert (result.completed, result.failed) == (5, 2)
+    # counted from the announced 7 throughout (the list never came)
+    assert seen and all(r is not None and r + c + f + w == 7 for r, c, f, w in seen), seen
     assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
     job = rig.last_job()
     assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("partial", 7, 5, 2)
@@ -213,10 +218,13 @@ def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCapt
     """Early-start path, listing fails but every announced instance arrives: Success."""
     caplog.set_level("INFO", logger="dicomproxy.relay")
     rig.pacs.behaviour.image_find_status = 0xA700
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert early_started(caplog)
     assert result.status == 0x0000, result.line()
     assert (result.completed, result.failed) == (5, 0)
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen
     assert rig.last_job()["outcome"] == "success"
 
 
