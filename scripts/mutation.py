@@ -134,6 +134,81 @@ OPERATORS = re.compile(
 )
 
 
+#: Survivors shown to be equivalent (no test can tell them apart from the original), by target:
+#: (a fragment of the original line, a fragment of the mutated line, why), matched on the lines
+#: with all whitespace removed so that they survive line moves. docs/mutation.md explains each.
+EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "access": [
+        (
+            "REJECT_NO_REASON=(0x01,0x01,0x01)",
+            "",
+            "only the default rjd of an accepting Decision: never sent (every rejection names its own)",
+        ),
+        ("@lru_cache(maxsize=256)", "", "size of the host-name cache: not behaviour"),
+        ("@dataclass(frozen=True)", "frozen=False", "Decision is never mutated"),
+        ("(-1e18,0)", "(-1e+18,0)", "1e18 ± 1 is the same float"),
+    ],
+    "request": [
+        ("message_id:int=0", "", "the default is never used: retrieve_request always passes the Message ID"),
+        ("@dataclass(frozen=True)", "frozen=False", "RetrieveRequest is never mutated"),
+        ("accession=accession[0]", "accession=accession[-1]", "reached only with exactly one value"),
+        ("_resolve(resolver,patient_id=patient[0])", "patient[-1]", "reached only with exactly one value"),
+    ],
+    "recovery": [
+        ("uuid.uuid4().hex[:6]", "", "length of a random folder-name suffix"),
+        (
+            "quarantine.mkdir(parents=True",
+            "parents=False",
+            "its parent, data_dir, holds the spool: it exists",
+        ),
+        ("work_dir.mkdir(parents=True", "parents=False", "its parent, the spool root, exists when items do"),
+        ("stop_before_pixels=True", "stop_before_pixels=False", "specific_tags reads two tags either way"),
+        ("spool.get(timeout=0)", "", "after Spool.finish() the End marker is queued: get returns at once"),
+    ],
+    "policy": [
+        ("jpeg_quality:int=90", "", "dataclass default never used: both constructors pass the value"),
+        ("workers:int=0", "", "dataclass default never used: both constructors pass the value"),
+        ("@dataclass(frozen=True)", "frozen=False", "Policy is never mutated"),
+        ("info.rowsor0", "info.rowsor1", "rows unknown: 0 or 1, both below 64"),
+        ("info.rowsor0", "info.rowsor-1", "rows unknown: 0 or -1, both below 64"),
+        ("info.columnsor0", "info.columnsor1", "columns unknown: 0 or 1, both below 64"),
+        ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
+    ],
+    "lossy": [
+        (
+            "tag&0xFFFF",
+            "tag&65534",
+            "the three tags written, (0028,2110/2112/2114), have even element numbers",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "_LOSSY_TAGS[-2]",
+            "none of the lossy tags is present here (checked above)",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "_LOSSY_TAGS[-0]",
+            "none of the lossy tags is present here (checked above)",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "iftag<_LOSSY_TAGS[-1]",
+            "(0028,2114) is not present here (checked above)",
+        ),
+    ],
+}
+
+
+def equivalent_reason(target: str, diff: str) -> str:
+    lines = diff.splitlines()
+    old = "".join("".join(ln[1:].split()) for ln in lines if ln.startswith("-"))
+    new = "".join("".join(ln[1:].split()) for ln in lines if ln.startswith("+"))
+    for before, after, why in EQUIVALENT.get(target, []):
+        if before in old and after in new:
+            return why
+    return ""
+
+
 def function_lines(source: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
     """Line ranges (1-based, inclusive) of the named functions; ``name@text`` from ``text`` on."""
     tree = ast.parse(source)
@@ -272,6 +347,14 @@ def recheck_target(name: str, target: Target) -> dict[str, object]:
             from cosmic_ray.work_db import WorkResultStorage
 
             dbs.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(again)).delete()
+    config = work / "cosmic-ray.toml"
+    config.write_text(
+        re.sub(
+            r"(?m)^test-command = .*$",
+            lambda _: f"test-command = {json.dumps(' '.join(test_command(target)))}",
+            config.read_text(),
+        )
+    )
     print(f"mutation: {name}: re-running {len(again)} survivor(s)", flush=True)
     began = time.monotonic()
     subprocess.run(
@@ -316,6 +399,9 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
                 timeouts += 1
             else:
                 killed += 1
+    for survivor in survivors:
+        survivor["equivalent"] = equivalent_reason(name, str(survivor["diff"]))
+    equivalent = sum(1 for x in survivors if x["equivalent"])
     total = killed + timeouts + incompetent + len(survivors)
     return {
         "target": name,
@@ -327,7 +413,9 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
         "timeouts": timeouts,
         "incompetent": incompetent,
         "survived": len(survivors),
+        "equivalent": equivalent,
         "kill_rate": round(100.0 * (killed + timeouts) / total, 1) if total else None,
+        "score": round(100.0 * (killed + timeouts) / (total - equivalent), 1) if total > equivalent else None,
         "baseline_s": round(baseline, 1),
         "run_s": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -340,26 +428,35 @@ def report() -> Path:
     order = list(TARGETS)
     results.sort(key=lambda r: order.index(r["target"]) if r["target"] in order else len(order))
     lines = [
-        "| target | module | mutants | killed | timeouts | survived | kill rate | run time | date |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | mutants | killed | timeouts | survived | of which equivalent | kill rate | "
+        "kill rate without equivalents | first run | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    totals = [0, 0, 0, 0]
+    totals = dict.fromkeys(("mutants", "killed", "timeouts", "survived", "equivalent"), 0)
     for r in results:
+        for s in r["survivors"]:  # reasons may have been added since the run
+            s["equivalent"] = equivalent_reason(r["target"], s["diff"])
+        r["equivalent"] = sum(1 for s in r["survivors"] if s["equivalent"])
+        total, done = int(r["mutants"]), int(r["killed"]) + int(r["timeouts"])
         lines.append(
-            f"| {r['target']} | `{r['module']}` | {r['mutants']} | {r['killed']} | {r['timeouts']} | "
-            f"{r['survived']} | {r['kill_rate']} % | {r['run_s'] / 60:.1f} min | {r['date']} |"
+            f"| {r['target']} | {total} | {r['killed']} | {r['timeouts']} | {r['survived']} | "
+            f"{r['equivalent']} | {100.0 * done / total:.1f} % | "
+            f"{100.0 * done / (total - r['equivalent']):.1f} % | {r['run_s'] / 60:.1f} min | {r['date']} |"
         )
-        for i, key in enumerate(("mutants", "killed", "timeouts", "survived")):
-            totals[i] += int(r[key])
-    if totals[0]:
-        rate = 100.0 * (totals[1] + totals[2]) / totals[0]
+        for key in totals:
+            totals[key] += int(r[key])
+    if totals["mutants"]:
+        done, t = totals["killed"] + totals["timeouts"], totals
         lines.append(
-            f"| **all** | | {totals[0]} | {totals[1]} | {totals[2]} | {totals[3]} | **{rate:.1f} %** | | |"
+            f"| **all** | {t['mutants']} | {t['killed']} | {t['timeouts']} | {t['survived']} | "
+            f"{totals['equivalent']} | **{100.0 * done / totals['mutants']:.1f} %** | "
+            f"**{100.0 * done / (totals['mutants'] - totals['equivalent']):.1f} %** | | |"
         )
     lines.append("")
     for r in results:
         for s in r["survivors"]:
-            lines.append(f"- {r['target']} `{r['module']}:{s['line']}` {s['operator']}")
+            why = f" — equivalent: {s['equivalent']}" if s["equivalent"] else " — NOT EXPLAINED"
+            lines.append(f"- {r['target']} `{r['module']}:{s['line']}` {s['operator']}{why}")
             lines.extend(f"      {d}" for d in s["diff"].splitlines())
     out = OUT / "report.md"
     out.write_text("\n".join(lines) + "\n")
