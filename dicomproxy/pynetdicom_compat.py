@@ -68,7 +68,10 @@ def provider_events_waiting(assoc: Association) -> bool:
 def valid_context_id(assoc: Association, abstract_syntax: str, role: str) -> int:
     """The context ID pynetdicom would use for ``abstract_syntax`` in ``role`` ("scu"/"scp")
     (``Association._get_valid_context``): needed to C-CANCEL on the request's context."""
-    return int(assoc._get_valid_context(abstract_syntax, "", role).context_id)
+    context_id = assoc._get_valid_context(abstract_syntax, "", role).context_id
+    if context_id is None:  # pragma: no cover - accepted contexts always have an ID
+        raise ValueError(f"no context ID for {abstract_syntax}")
+    return int(context_id)
 
 
 def accepted_context(assoc: Association, context_id: int) -> Any:

@@ -99,29 +99,29 @@ def test_association_insides_on_a_real_association() -> None:
         server.shutdown()
 
 
-INTERNALS = (
-    "_config",
-    "_STORAGE_CLASSES",
-    ".dul.",
-    "_get_valid_context",
-    "_accepted_cx",
-    "to_provider_queue",
-)
+#: Attributes of pynetdicom objects that are not its public API.
+PRIVATE_ATTRIBUTES = {"dul", "_get_valid_context", "_accepted_cx", "to_provider_queue", "send_pdu"}
+PRIVATE_IMPORTS = {"_config", "_STORAGE_CLASSES"}
 #: The acceptor adapters subclass pynetdicom's association machinery (documented there).
 ADAPTERS = {"pynetdicom_compat.py", "qrservice.py"}
 
 
 def test_internals_are_used_only_through_the_compat_module() -> None:
+    import ast
     from pathlib import Path
 
     package = Path(compat.__file__).parent
-    offenders = [
-        f"{path.relative_to(package)}:{n}: {line.strip()}"
-        for path in sorted(package.rglob("*.py"))
-        if path.name not in ADAPTERS
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if not line.lstrip().startswith("#")
-        and any(word in line for word in INTERNALS)
-        and "pynetdicom_compat" not in line
-    ]
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ADAPTERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}: .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pynetdicom"):
+                offenders += [
+                    f"{path.relative_to(package)}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name in PRIVATE_IMPORTS
+                ]
     assert offenders == []
