@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
+from dicomproxy.net import NoAssociation, Remote, open_association
 from dicomproxy.status import is_pending
 
 MODELS = {
@@ -82,13 +82,18 @@ def run_find(
     calling: str, remote: Remote, model: str, query: Dataset, *, timeout: float = 30.0
 ) -> FindOutcome:
     """One C-FIND; never raises for network problems (status -1 then)."""
-    ae = make_scu(calling, acse_timeout=timeout, dimse_timeout=timeout, connect_timeout=timeout)
-    ae.add_requested_context(MODELS[model])
-    kwargs: dict[str, Any] = {"ae_title": remote.ae_title, "evt_handlers": NODELAY_HANDLERS}
-    assoc = ae.associate(remote.host, remote.port, **kwargs)
     try:
-        if not assoc.is_established:
-            return FindOutcome(-1, f"no association with {remote}", [])
+        assoc = open_association(
+            calling,
+            remote,
+            add_contexts=lambda ae: ae.add_requested_context(MODELS[model]),
+            acse_timeout=timeout,
+            dimse_timeout=timeout,
+            connect_timeout=timeout,
+        )
+    except NoAssociation:
+        return FindOutcome(-1, f"no association with {remote}", [])
+    try:
         answers: list[Dataset] = []
         for status, ds in assoc.send_c_find(query, MODELS[model]):
             if status is None or "Status" not in status:
@@ -102,7 +107,7 @@ def run_find(
     finally:
         if assoc.is_established:
             assoc.release()
-        ae.shutdown()
+        assoc.ae.shutdown()
 
 
 def _width(text: str) -> int:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pynetdicom import StoragePresentationContexts, build_context
 from pynetdicom.association import Association
@@ -35,10 +35,9 @@ from dicomproxy.errors import CannotTranscode, DestinationUnavailable
 from dicomproxy.fastpath import sender as fastpath
 from dicomproxy.fastpath.dimse import message_ids
 from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
-from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.net import NoAssociation, Remote, open_association
 from dicomproxy.pynetdicom_compat import bound_send_queue as compat_bound_send_queue
 from dicomproxy.pynetdicom_compat import peer_max_length
-from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
 from dicomproxy.status import Status, is_out_of_resources
 from dicomproxy.tls import client_tls_args
@@ -370,31 +369,24 @@ def _associate_destination(
             )
         except AssociationFailed as exc:
             raise DestinationUnavailable(f"destination {peer.ae_title}: {exc}") from exc
-    ae = make_scu(
-        proxy.ae_title,
-        acse_timeout=proxy.acse_timeout,
-        dimse_timeout=proxy.dimse_timeout,
-        connect_timeout=connect_timeout,
-        network_timeout=proxy.dimse_timeout,
-        max_pdu=proxy.max_pdu,
-    )
-    tls_args = client_tls_args(peer.tls, peer.host)
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        contexts=contexts,
-        ae_title=peer.ae_title,
-        evt_handlers=cast(Any, NODELAY_HANDLERS),
-        tls_args=cast(Any, tls_args),
-    )
-    if not assoc.is_established:
-        ae.shutdown()
-        what = "rejected the association" if assoc.is_rejected else "cannot be reached"
-        raise DestinationUnavailable(f"destination {peer.ae_title} {what}")
-    guard_requestor(assoc)
+    try:
+        assoc = open_association(
+            proxy.ae_title,
+            Remote(peer.ae_title, peer.host, peer.port),
+            contexts=contexts,
+            acse_timeout=proxy.acse_timeout,
+            dimse_timeout=proxy.dimse_timeout,
+            connect_timeout=connect_timeout,
+            network_timeout=proxy.dimse_timeout,
+            max_pdu=proxy.max_pdu,
+            tls_args=client_tls_args(peer.tls, peer.host),
+        )
+    except NoAssociation as exc:
+        what = "rejected the association" if exc.rejected else "cannot be reached"
+        raise DestinationUnavailable(f"destination {peer.ae_title} {what}") from exc
     if not assoc.accepted_contexts:
         assoc.release()
-        ae.shutdown()
+        assoc.ae.shutdown()
         raise DestinationUnavailable(f"destination {peer.ae_title} accepted no storage context")
     return assoc
 

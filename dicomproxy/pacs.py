@@ -56,8 +56,7 @@ from dicomproxy.errors import PacsUnavailable
 from dicomproxy.fastpath.dimse import Message, message_ids
 from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.forward import storage_classes_for
-from dicomproxy.net import NODELAY_HANDLERS, make_scu
-from dicomproxy.qrservice import guard_requestor
+from dicomproxy.net import NoAssociation, Remote, open_association
 from dicomproxy.status import Status
 from dicomproxy.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, accept_store, deliver
 from dicomproxy.tls import client_tls_args
@@ -181,25 +180,22 @@ class PacsClient:
 
     def _associate(self, contexts: Callable[[Any], None], **kwargs: Any) -> Association:
         c = self.config
-        ae = make_scu(
-            self.calling_ae,
-            acse_timeout=c.acse_timeout,
-            dimse_timeout=c.dimse_timeout,
-            connect_timeout=c.connect_timeout,
-            network_timeout=c.dimse_timeout,
-            max_pdu=c.max_pdu,
-        )
-        contexts(ae)
-        handlers = [*NODELAY_HANDLERS, *kwargs.pop("evt_handlers", [])]
-        tls_args = client_tls_args(c.tls, c.host)
-        if tls_args:
-            kwargs["tls_args"] = tls_args
-        assoc = ae.associate(c.host, c.port, ae_title=c.ae_title, evt_handlers=handlers, **kwargs)
-        if not assoc.is_established:
-            ae.shutdown()
-            what = "rejected the association" if assoc.is_rejected else "cannot be reached"
-            raise PacsUnavailable(f"PACS {c.ae_title} {what}")
-        return guard_requestor(assoc)
+        try:
+            return open_association(
+                self.calling_ae,
+                Remote(c.ae_title, c.host, c.port),
+                add_contexts=contexts,
+                acse_timeout=c.acse_timeout,
+                dimse_timeout=c.dimse_timeout,
+                connect_timeout=c.connect_timeout,
+                network_timeout=c.dimse_timeout,
+                max_pdu=c.max_pdu,
+                tls_args=client_tls_args(c.tls, c.host),
+                **kwargs,
+            )
+        except NoAssociation as exc:
+            what = "rejected the association" if exc.rejected else "cannot be reached"
+            raise PacsUnavailable(f"PACS {c.ae_title} {what}") from exc
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import PacsUnavailable
-from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.net import NoAssociation, Remote, open_association
 from dicomproxy.status import Status, is_pending
 from dicomproxy.tls import client_tls_args
 
@@ -54,23 +54,24 @@ class PacsFinder:
 
     def _associate(self, model: str) -> tuple[Any, Association]:
         pacs = self.archive
-        ae = make_scu(
-            self.config.proxy.ae_title,
-            acse_timeout=pacs.acse_timeout,
-            dimse_timeout=pacs.dimse_timeout,
-            connect_timeout=pacs.connect_timeout,
-            max_pdu=pacs.max_pdu,
-        )
-        ae.add_requested_context(MODELS[model])
-        kwargs: dict[str, Any] = {"ae_title": pacs.ae_title, "evt_handlers": NODELAY_HANDLERS}
-        tls_args = client_tls_args(pacs.tls, pacs.host)  # [pacs.tls] / [[archives]] tls, as the relay's
-        if tls_args:
-            kwargs["tls_args"] = tls_args
-        assoc = ae.associate(pacs.host, pacs.port, **kwargs)
-        if not assoc.is_established:
-            ae.shutdown()
-            raise PacsUnavailable(f"no association with PACS {pacs.ae_title}@{pacs.host}:{pacs.port}")
-        return ae, assoc
+        try:
+            assoc = open_association(
+                self.config.proxy.ae_title,
+                Remote(pacs.ae_title, pacs.host, pacs.port),
+                add_contexts=lambda ae: ae.add_requested_context(MODELS[model]),
+                acse_timeout=pacs.acse_timeout,
+                dimse_timeout=pacs.dimse_timeout,
+                connect_timeout=pacs.connect_timeout,
+                max_pdu=pacs.max_pdu,
+                tls_args=client_tls_args(
+                    pacs.tls, pacs.host
+                ),  # [pacs.tls] / [[archives]] tls, as the relay's
+            )
+        except NoAssociation as exc:
+            raise PacsUnavailable(
+                f"no association with PACS {pacs.ae_title}@{pacs.host}:{pacs.port}"
+            ) from exc
+        return assoc.ae, assoc
 
     def find(
         self, identifier: Dataset, model: str, cancelled: Callable[[], bool] = lambda: False

@@ -23,9 +23,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import code_to_category
 
-from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
+from dicomproxy.net import NoAssociation, Remote, open_association
 from dicomproxy.pynetdicom_compat import valid_context_id
-from dicomproxy.qrservice import guard_requestor
 from dicomproxy.status import Status
 
 #: Storage classes proposed by ``get`` (128 contexts at most, one is the Q/R GET model).
@@ -136,19 +135,19 @@ def move(
         if patient_root
         else StudyRootQueryRetrieveInformationModelMove
     )
-    ae = make_scu(calling_ae, dimse_timeout=timeout, network_timeout=timeout)
-    ae.add_requested_context(model)
     summary = RetrieveSummary()
-    handlers: Any = NODELAY_HANDLERS
-    tls: Any = tuple(tls_args) if tls_args else None
-    assoc = ae.associate(
-        remote.host, remote.port, ae_title=remote.ae_title, evt_handlers=handlers, tls_args=tls
-    )
-    if not assoc.is_established:
+    try:
+        assoc = open_association(
+            calling_ae,
+            remote,
+            add_contexts=lambda ae: ae.add_requested_context(model),
+            dimse_timeout=timeout,
+            network_timeout=timeout,
+            tls_args=tls_args,
+        )
+    except NoAssociation:
         summary.error = f"no association with {remote}"
-        ae.shutdown()
         return summary
-    guard_requestor(assoc)
     try:
         cx_id = valid_context_id(assoc, model, "scu")
         responses = assoc.send_c_move(query, destination, model, msg_id=1)
@@ -156,7 +155,7 @@ def move(
     finally:
         if assoc.is_established:
             assoc.release()
-        ae.shutdown()
+        assoc.ae.shutdown()
     return summary
 
 
@@ -179,15 +178,17 @@ def get(
         if patient_root
         else StudyRootQueryRetrieveInformationModelGet
     )
-    ae = make_scu(calling_ae, dimse_timeout=timeout, network_timeout=timeout)
-    ae.add_requested_context(model)
     # Explicit VR LE first: pynetdicom acceptors take the first proposed syntax they support
     offered = list(syntaxes) or [
         ExplicitVRLittleEndian,
         *(t for t in ALL_TRANSFER_SYNTAXES if t != ExplicitVRLittleEndian),
     ]
-    for uid in GET_STORAGE_CLASSES[:127]:
-        ae.add_requested_context(uid, offered)
+
+    def contexts(ae: Any) -> None:
+        ae.add_requested_context(model)
+        for uid in GET_STORAGE_CLASSES[:127]:
+            ae.add_requested_context(uid, offered)
+
     roles: Any = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES[:127]]
     summary = RetrieveSummary()
     lock = threading.Lock()
@@ -202,15 +203,19 @@ def get(
             summary.received += 1
         return store_status(ds) if store_status is not None else Status.SUCCESS
 
-    handlers: Any = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, on_store)]
-    assoc = ae.associate(
-        remote.host, remote.port, ae_title=remote.ae_title, ext_neg=roles, evt_handlers=handlers
-    )
-    if not assoc.is_established:
+    try:
+        assoc = open_association(
+            calling_ae,
+            remote,
+            add_contexts=contexts,
+            dimse_timeout=timeout,
+            network_timeout=timeout,
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+    except NoAssociation:
         summary.error = f"no association with {remote}"
-        ae.shutdown()
         return summary
-    guard_requestor(assoc)
     try:
         cx_id = valid_context_id(assoc, model, "scu")
         responses = assoc.send_c_get(query, model, msg_id=1)
@@ -218,5 +223,5 @@ def get(
     finally:
         if assoc.is_established:
             assoc.release()
-        ae.shutdown()
+        assoc.ae.shutdown()
     return summary

@@ -125,3 +125,22 @@ def test_internals_are_used_only_through_the_compat_module() -> None:
                     if a.name in PRIVATE_IMPORTS
                 ]
     assert offenders == []
+
+
+def test_one_place_opens_pynetdicom_associations() -> None:
+    """``AE.associate`` is called in ``net.open_association`` only (NODELAY, timeouts, TLS and the
+    requestor guard for every outgoing association); the raw data path opens its own with
+    ``RawAssociation.open``."""
+    import ast
+    from pathlib import Path
+
+    package = Path(compat.__file__).parent
+    callers = sorted(
+        f"{path.relative_to(package)}"
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "associate"
+    )
+    assert callers == ["net.py"]
