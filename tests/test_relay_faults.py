@@ -228,6 +228,45 @@ def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCapt
     assert rig.last_job()["outcome"] == "success"
 
 
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+@pytest.mark.parametrize("announced", [True, False], ids=["count", "no-count"])
+def test_early_start_while_the_listing_is_held(
+    rig: Rig, caplog: pytest.LogCaptureFixture, announced: bool
+) -> None:
+    """Every instance arrives while the IMAGE-level listing is still held. With a count from the
+    PACS, the Pending responses count from it down to 0 remaining (each Pending carries Number of
+    Remaining Sub-operations, PS3.4 C.4.2.1.6); without one (dcmqrscp), none is sent until the
+    list is known, rather than one with a made-up count."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    gate = threading.Event()
+    rig.pacs.behaviour.listing_gate = gate
+    rig.pacs.behaviour.announce_count = announced
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        wait_until(lambda: len(rig.dest.received) == 5, 30, "all five at the destination")
+        if announced:
+            wait_until(lambda: bool(seen) and seen[-1][0] == 0, 20, "a Pending with 0 remaining")
+            assert all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+            assert seen[-1] == (0, 5, 0, 0)
+        else:
+            assert seen == []
+    finally:
+        gate.set()
+        thread.join(60)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    if announced:
+        assert "5 instance(s) announced by the PACS, listing them meanwhile" in messages
+    else:
+        assert "? instance(s) (the PACS announces no count), listing them meanwhile" in messages
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"]) == ("success", 5, 5)
+
+
 @pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_destination_rejects_one_instance(rig: Rig) -> None:
     bad = sop_uids(rig.files)[1]
