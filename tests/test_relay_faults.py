@@ -387,6 +387,27 @@ def test_pacs_never_answers_ends_at_total_timeout(rig: Rig) -> None:
     assert rig.still_serving()
 
 
+def test_upstream_crash_before_anything_arrived(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in the retrieval itself (not a DICOM status) before any instance came:
+    0xC002 with a generic comment, the reason only in the journal."""
+    from dicomproxy.pacs import PacsClient
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("socket exploded in an unexpected way")
+
+    monkeypatch.setattr(PacsClient, "retrieve", crash)
+    result = rig.move()
+    assert (result.status, result.comment) == (0xC002, "PACS failed"), result.line()
+    assert (result.completed, result.failed) == (0, 5)
+    job = rig.last_job()
+    assert (job["outcome"], job["status"], job["error"]) == (
+        "failed",
+        0xC002,
+        "socket exploded in an unexpected way",
+    )
+    assert rig.still_serving()
+
+
 def test_destination_aborts_mid_study(rig: Rig) -> None:
     rig.dest.behaviour.abort_at = 2
     result = rig.move()
