@@ -174,6 +174,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("info.columnsor0", "info.columnsor1", "columns unknown: 0 or 1, both below 64"),
         ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
     ],
+    "relay": [
+        (
+            "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))",
+            "max(-1,",
+            "processed ∩ expected never outnumbers expected: the difference is never negative",
+        ),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",
