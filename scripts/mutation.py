@@ -180,6 +180,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "max(-1,",
             "processed ∩ expected never outnumbers expected: the difference is never negative",
         ),
+        (
+            "wait:float=0.0)",
+            "wait:float=-1.0)",
+            "Event.wait with a negative timeout returns at once, as with 0",
+        ),
     ],
     "lossy": [
         (

@@ -267,6 +267,29 @@ def test_early_start_while_the_listing_is_held(
     assert (job["outcome"], job["expected"], job["completed"]) == ("success", 5, 5)
 
 
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_pacs_sends_more_than_announced(rig: Rig) -> None:
+    """The PACS announces 3 and sends 5 while its listing is held: Remaining never goes below 0
+    (it is an unsigned count), every instance is delivered, and the list decides the total."""
+    gate = threading.Event()
+    rig.pacs.behaviour.listing_gate = gate
+    rig.pacs.behaviour.announce_delta = -2
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        wait_until(lambda: len(rig.dest.received) == 5, 30, "all five at the destination")
+    finally:
+        gate.set()
+        thread.join(60)
+    assert seen and all(r is not None and r >= 0 for r, _, _, _ in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen  # nothing left once the announced count is used up
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+    assert rig.last_job()["expected"] == 5
+
+
 @pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_destination_rejects_one_instance(rig: Rig) -> None:
     bad = sop_uids(rig.files)[1]

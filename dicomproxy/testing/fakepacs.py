@@ -57,6 +57,8 @@ class PacsBehaviour:
     #: With ``study_level``: whether the STUDY-level answer carries Number of Study Related
     #: Instances (False: SOP Classes in Study only, so the relay starts without a count).
     announce_count: bool = True
+    #: Added to the announced Number of Study Related Instances (a PACS whose count is off).
+    announce_delta: int = 0
     #: IMAGE-level C-FINDs wait for this event before answering (the listing is "slow").
     listing_gate: threading.Event | None = None
 
@@ -174,7 +176,8 @@ class FakePacs:
             rsp.QueryRetrieveLevel = "STUDY"
             rsp.StudyInstanceUID = study_uid
             if self.behaviour.announce_count:
-                rsp.NumberOfStudyRelatedInstances = len(instances) + len(self.behaviour.phantom_uids)
+                count = len(instances) + len(self.behaviour.phantom_uids) + self.behaviour.announce_delta
+                rsp.NumberOfStudyRelatedInstances = count
             rsp.SOPClassesInStudy = sorted({str(ds.SOPClassUID) for ds in instances})
             yield PENDING, rsp
         yield SUCCESS, None
