@@ -268,12 +268,13 @@ def test_early_start_while_the_listing_is_held(
 
 
 @pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
-def test_early_start_pacs_sends_more_than_announced(rig: Rig) -> None:
-    """The PACS announces 3 and sends 5 while its listing is held: Remaining never goes below 0
-    (it is an unsigned count), every instance is delivered, and the list decides the total."""
+@pytest.mark.parametrize("delta", [-2, -4])
+def test_early_start_pacs_sends_more_than_announced(rig: Rig, delta: int) -> None:
+    """The PACS announces 3 (or 1) and sends 5 while its listing is held: Remaining never goes
+    below 0 (it is an unsigned count), every instance is delivered, and the list decides the total."""
     gate = threading.Event()
     rig.pacs.behaviour.listing_gate = gate
-    rig.pacs.behaviour.announce_delta = -2
+    rig.pacs.behaviour.announce_delta = delta
     seen, progress = counts_seen()
     holder: dict[str, scu.RetrieveSummary] = {}
     thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
@@ -288,6 +289,33 @@ def test_early_start_pacs_sends_more_than_announced(rig: Rig) -> None:
     result = holder["r"]
     assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
     assert rig.last_job()["expected"] == 5
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_the_list_decides_the_count(rig: Rig) -> None:
+    """The PACS announces 7 but lists and sends 5. The instances are held until the list is
+    merged: from then on the Pending counts follow the list (5 in all, 0 left at the end), and
+    the job is a Success — the announced count was only a first guess."""
+    rig.pacs.behaviour.announce_delta = 2
+    rig.pacs.behaviour.gate_at = 0
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        assert rig.pacs.behaviour.at_gate.wait(30), "PACS never started sending"
+        wait_until(lambda: rig.last_job()["expected"] == 5, 30, "the instance list merged")
+        # responses arrive in order: from the first one counted from the list on, all are
+        wait_until(lambda: bool(seen) and sum(seen[-1][1:]) + (seen[-1][0] or 0) == 5, 30, "a heartbeat")
+        before = len(seen) - 1
+    finally:
+        rig.pacs.behaviour.gate.set()
+        thread.join(60)
+    after = seen[before:]
+    assert after and all(r is not None and r + c + f + w == 5 for r, c, f, w in after), seen
+    assert after[-1] == (0, 5, 0, 0), seen
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
 
 
 @pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
