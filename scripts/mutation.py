@@ -185,6 +185,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "wait:float=-1.0)",
             "Event.wait with a negative timeout returns at once, as with 0",
         ),
+        (
+            "ifnotstate.expectedandstate.announced>len(state.processed):",
+            "state.announced>=len(state.processed):",
+            "when equal nothing is missing: adding 0 and returning is what the fall-through does",
+        ),
     ],
     "lossy": [
         (
