@@ -174,6 +174,23 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("info.columnsor0", "info.columnsor1", "columns unknown: 0 or 1, both below 64"),
         ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
     ],
+    "relay": [
+        (
+            "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))",
+            "max(-1,",
+            "processed ∩ expected never outnumbers expected: the difference is never negative",
+        ),
+        (
+            "wait:float=0.0)",
+            "wait:float=-1.0)",
+            "Event.wait with a negative timeout returns at once, as with 0",
+        ),
+        (
+            "ifnotstate.expectedandstate.announced>len(state.processed):",
+            "state.announced>=len(state.processed):",
+            "when equal nothing is missing: adding 0 and returning is what the fall-through does",
+        ),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",

@@ -54,6 +54,13 @@ class PacsBehaviour:
     study_level: bool = False
     #: Fail IMAGE-level C-FINDs with this status (e.g. 0xA700) instead of listing the instances.
     image_find_status: int | None = None
+    #: With ``study_level``: whether the STUDY-level answer carries Number of Study Related
+    #: Instances (False: SOP Classes in Study only, so the relay starts without a count).
+    announce_count: bool = True
+    #: Added to the announced Number of Study Related Instances (a PACS whose count is off).
+    announce_delta: int = 0
+    #: IMAGE-level C-FINDs wait for this event before answering (the listing is "slow").
+    listing_gate: threading.Event | None = None
 
 
 class FakePacs:
@@ -136,6 +143,8 @@ class FakePacs:
         if level == "STUDY" and self.behaviour.study_level:
             yield from self._find_studies(matches)
             return
+        if level == "IMAGE" and self.behaviour.listing_gate is not None:
+            self.behaviour.listing_gate.wait(60)
         if level == "IMAGE" and self.behaviour.image_find_status is not None:
             yield self.behaviour.image_find_status, None
             return
@@ -166,7 +175,9 @@ class FakePacs:
             rsp = Dataset()
             rsp.QueryRetrieveLevel = "STUDY"
             rsp.StudyInstanceUID = study_uid
-            rsp.NumberOfStudyRelatedInstances = len(instances) + len(self.behaviour.phantom_uids)
+            if self.behaviour.announce_count:
+                count = len(instances) + len(self.behaviour.phantom_uids) + self.behaviour.announce_delta
+                rsp.NumberOfStudyRelatedInstances = count
             rsp.SOPClassesInStudy = sorted({str(ds.SOPClassUID) for ds in instances})
             yield PENDING, rsp
         yield SUCCESS, None

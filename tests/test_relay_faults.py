@@ -228,6 +228,96 @@ def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCapt
     assert rig.last_job()["outcome"] == "success"
 
 
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+@pytest.mark.parametrize("announced", [True, False], ids=["count", "no-count"])
+def test_early_start_while_the_listing_is_held(
+    rig: Rig, caplog: pytest.LogCaptureFixture, announced: bool
+) -> None:
+    """Every instance arrives while the IMAGE-level listing is still held. With a count from the
+    PACS, the Pending responses count from it down to 0 remaining (each Pending carries Number of
+    Remaining Sub-operations, PS3.4 C.4.2.1.6); without one (dcmqrscp), none is sent until the
+    list is known, rather than one with a made-up count."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    gate = threading.Event()
+    rig.pacs.behaviour.listing_gate = gate
+    rig.pacs.behaviour.announce_count = announced
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        wait_until(lambda: len(rig.dest.received) == 5, 30, "all five at the destination")
+        if announced:
+            wait_until(lambda: bool(seen) and seen[-1][0] == 0, 20, "a Pending with 0 remaining")
+            assert all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+            assert seen[-1] == (0, 5, 0, 0)
+        else:
+            assert seen == []
+    finally:
+        gate.set()
+        thread.join(60)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    if announced:
+        assert "5 instance(s) announced by the PACS, listing them meanwhile" in messages
+    else:
+        assert "? instance(s) (the PACS announces no count), listing them meanwhile" in messages
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"]) == ("success", 5, 5)
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+@pytest.mark.parametrize("delta", [-2, -4])
+def test_early_start_pacs_sends_more_than_announced(rig: Rig, delta: int) -> None:
+    """The PACS announces 3 (or 1) and sends 5 while its listing is held: Remaining never goes
+    below 0 (it is an unsigned count), every instance is delivered, and the list decides the total."""
+    gate = threading.Event()
+    rig.pacs.behaviour.listing_gate = gate
+    rig.pacs.behaviour.announce_delta = delta
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        wait_until(lambda: len(rig.dest.received) == 5, 30, "all five at the destination")
+    finally:
+        gate.set()
+        thread.join(60)
+    assert seen and all(r is not None and r >= 0 for r, _, _, _ in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen  # nothing left once the announced count is used up
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+    assert rig.last_job()["expected"] == 5
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_the_list_decides_the_count(rig: Rig) -> None:
+    """The PACS announces 7 but lists and sends 5. The instances are held until the list is
+    merged: from then on the Pending counts follow the list (5 in all, 0 left at the end), and
+    the job is a Success — the announced count was only a first guess."""
+    rig.pacs.behaviour.announce_delta = 2
+    rig.pacs.behaviour.gate_at = 0
+    seen, progress = counts_seen()
+    holder: dict[str, scu.RetrieveSummary] = {}
+    thread = threading.Thread(target=lambda: holder.update(r=rig.move(progress=progress)))
+    thread.start()
+    try:
+        assert rig.pacs.behaviour.at_gate.wait(30), "PACS never started sending"
+        wait_until(lambda: rig.last_job()["expected"] == 5, 30, "the instance list merged")
+        # responses arrive in order: from the first one counted from the list on, all are
+        wait_until(lambda: bool(seen) and sum(seen[-1][1:]) + (seen[-1][0] or 0) == 5, 30, "a heartbeat")
+        before = len(seen) - 1
+    finally:
+        rig.pacs.behaviour.gate.set()
+        thread.join(60)
+    after = seen[before:]
+    assert after and all(r is not None and r + c + f + w == 5 for r, c, f, w in after), seen
+    assert after[-1] == (0, 5, 0, 0), seen
+    result = holder["r"]
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+
+
 @pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_destination_rejects_one_instance(rig: Rig) -> None:
     bad = sop_uids(rig.files)[1]
@@ -345,6 +435,27 @@ def test_pacs_never_answers_ends_at_total_timeout(rig: Rig) -> None:
     job = rig.last_job()
     assert job["outcome"] == "failed" and "total_timeout" in job["error"]
     rig.pacs.behaviour.gate.set()
+    assert rig.still_serving()
+
+
+def test_upstream_crash_before_anything_arrived(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in the retrieval itself (not a DICOM status) before any instance came:
+    0xC002 with a generic comment, the reason only in the journal."""
+    from dicomproxy.pacs import PacsClient
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("socket exploded in an unexpected way")
+
+    monkeypatch.setattr(PacsClient, "retrieve", crash)
+    result = rig.move()
+    assert (result.status, result.comment) == (0xC002, "PACS failed"), result.line()
+    assert (result.completed, result.failed) == (0, 5)
+    job = rig.last_job()
+    assert (job["outcome"], job["status"], job["error"]) == (
+        "failed",
+        0xC002,
+        "socket exploded in an unexpected way",
+    )
     assert rig.still_serving()
 
 
