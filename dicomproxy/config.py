@@ -8,6 +8,7 @@ that names the file and the key (``peers[1].host``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -205,6 +206,40 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class HttpTlsConfig:
+    """HTTPS for the console: a PEM certificate (chain) and its key (empty = in ``cert``)."""
+
+    cert: str
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The operations console (docs/operations.md): health, metrics, status page."""
+
+    host: str = "127.0.0.1"
+    #: 0 = no HTTP service.
+    port: int = 8080
+    #: Bearer token every request but ``/healthz`` must send; required off loopback.
+    token: str = ""
+    #: Show patient names/IDs on the status page (off: patient data stays off the page).
+    show_identifiers: bool = False
+    #: Seconds between the C-ECHOs of the PACS and each archive that ``/readyz`` reports.
+    echo_interval: float = 30.0
+    #: ``/readyz`` fails when the disk holding the data directory (spool) has less free space.
+    min_free_mb: int = 1024
+    tls: HttpTlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail of patient-data access (docs/operations.md)."""
+
+    #: Record associations, C-FIND, C-MOVE/C-GET, retries, start/stop in the journal database.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     proxy: ProxyConfig
@@ -217,6 +252,8 @@ class Config:
     archives: tuple[PacsConfig, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def peer(self, ae_title: str) -> PeerConfig | None:
         """The configured peer with this AE title (AE titles compare without padding)."""
@@ -392,6 +429,49 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
     return archive
 
 
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _http(s: _Section) -> HttpConfig:
+    d = HttpConfig()
+    tls = None
+    s.used.add("tls")
+    if "tls" in s.table:
+        t = _Section(s.path, s.key("tls"), s.table["tls"])
+        base = _base_dir(s.path) or Path.cwd()
+        files = {}
+        for name, required in (("cert", True), ("key", False)):
+            value = cast(str, t.string(name, _REQUIRED if required else ""))
+            if value:
+                resolved = (base / value).resolve()
+                if not resolved.is_file():
+                    raise t.error(name, f"file {resolved} does not exist")
+                value = str(resolved)
+            files[name] = value
+        t.finish()
+        tls = HttpTlsConfig(cert=files["cert"], key=files["key"])
+    http = HttpConfig(
+        host=s.string("host", d.host),
+        port=_port(s, "port", d.port),
+        token=s.string("token", d.token),
+        show_identifiers=s.boolean("show_identifiers", d.show_identifiers),
+        echo_interval=s.number("echo_interval", d.echo_interval, lo=1.0),
+        min_free_mb=s.integer("min_free_mb", d.min_free_mb, lo=0),
+        tls=tls,
+    )
+    if http.port and not is_loopback(http.host) and not http.token.strip():
+        raise s.error("token", f"is required when host is not a loopback address ({http.host!r})")
+    s.finish()
+    return http
+
+
 def _base_dir(config_path: str) -> Path | None:
     """The config file's folder; None for a config that is no file (``<config>``)."""
     return None if config_path.startswith("<") else Path(config_path).resolve().parent
@@ -554,6 +634,12 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     )
     s.finish()
 
+    http = _http(section("http", required=False))
+
+    s = section("audit", required=False)
+    audit = AuditConfig(enabled=s.boolean("enabled", AuditConfig().enabled))
+    s.finish()
+
     root.finish()
     config = Config(
         path=path,
@@ -566,6 +652,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         archives=tuple(archives),
         logging=logging_cfg,
         journal=journal,
+        http=http,
+        audit=audit,
     )
     # Whatever would fail every job is rejected here, with its key: a syntax we cannot encode,
     # or a lossy one in the lossless list (transcode validates; imported late: it needs codecs).
