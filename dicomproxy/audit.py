@@ -389,3 +389,72 @@ def _status_outcome(status: int) -> str:
     from dicomproxy.metrics import status_label
 
     return status_label(status)
+
+
+# --- output for `dicomproxy audit` -------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "seq",
+    "time",
+    "action",
+    "outcome",
+    "calling_ae",
+    "address",
+    "tls_identity",
+    "destination",
+    "job_id",
+    "patient_ids",
+    "study_uids",
+    "detail",
+)
+
+
+def _export(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: row[k] for k in EXPORT_COLUMNS}
+    out["time"] = row["time"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    out["patient_ids"] = row["patient_ids"].split()
+    out["study_uids"] = row["study_uids"].split()
+    out["detail"] = json.loads(row["detail"] or "{}")
+    return out
+
+
+def _summary(detail: dict[str, Any]) -> str:
+    parts = []
+    for key in ("level", "matches", "instances", "failed", "reason"):
+        if key in detail:
+            parts.append(f"{key}={detail[key]}")
+    return " ".join(parts)
+
+
+def export_rows(rows: list[dict[str, Any]], fmt: str) -> Iterator[str]:
+    """``table`` (for a terminal), ``json`` (one array) or ``csv`` (header line first)."""
+    if fmt == "json":
+        yield json.dumps([_export(r) for r in rows], ensure_ascii=False, indent=1)
+        return
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(EXPORT_COLUMNS)
+        for r in rows:
+            e = _export(r)
+            e["patient_ids"] = " ".join(e["patient_ids"])
+            e["study_uids"] = " ".join(e["study_uids"])
+            e["detail"] = json.dumps(e["detail"], ensure_ascii=False, sort_keys=True)
+            writer.writerow([e[c] for c in EXPORT_COLUMNS])
+        yield buf.getvalue().rstrip("\n")
+        return
+    yield (
+        f"{'#':>6} {'time (UTC)':19} {'action':11} {'outcome':10} {'AE':16} {'address':21} {'to':16} "
+        f"{'job':>5} {'patient IDs':16} {'studies':>7} detail"
+    )
+    for r in rows:
+        e = _export(r)
+        yield (
+            f"{e['seq']:>6} {e['time'][:19].replace('T', ' '):19} {e['action']:11} {e['outcome'][:10]:10} "
+            f"{e['calling_ae']:16} {e['address'][:21]:21} {e['destination']:16} "
+            f"{e['job_id'] if e['job_id'] is not None else '':>5} {','.join(e['patient_ids'])[:16]:16} "
+            f"{len(e['study_uids']):>7} {_summary(e['detail'])}"
+        )
