@@ -4,6 +4,7 @@
 #   orthanc (the test PACS), dicom3tools (dciodvfy validator),
 #   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark),
 #   chromium + chromium-driver (the status page tested in a real headless browser, via selenium),
+#   fonts-wqy-zenhei (Chinese glyphs for the status page in headless chromium and its screenshot),
 #   rsyslog (the ATNA audit messages received by a real syslog daemon the test starts).
 # Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
 set -euo pipefail
@@ -18,6 +19,7 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup-peers: installing ${need[*]}"

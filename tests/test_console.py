@@ -139,7 +139,7 @@ def console_proxy(
 @pytest.mark.orthanc
 @pytest.mark.dcmtk
 def test_health_ready_metrics_after_real_traffic(console_proxy: tuple[Server, Http, Any]) -> None:
-    server, http, dest = console_proxy
+    server, http, _dest = console_proxy
     proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
 
     # /healthz is open; everything else needs the token
