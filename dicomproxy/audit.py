@@ -278,11 +278,61 @@ def _split(value: str) -> list[str]:
     return [v for v in value.split("\\") if v.strip()]
 
 
+class JobIdentities:
+    """Patient IDs and accession numbers of each job's resolved studies, looked up in the exam view
+    on the events thread when a job's studies are known (never on the relay's thread). Subscribed
+    before the audit and ATNA subscribers, which read :meth:`get` for the same event."""
+
+    KEEP = 1000
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self._found: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.JobResolved) and self.view is not None:
+            try:
+                self._found[event.job_id] = patients_for_studies(self.view, event.study_uids)
+            except Exception as exc:  # the view is down: the record keeps the requested keys only
+                LOG.warning("job %d: patient IDs for the audit record not found: %s", event.job_id, exc)
+            while len(self._found) > self.KEEP:
+                self._found.pop(next(iter(self._found)))
+
+    def get(self, job_id: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self._found.get(job_id, ((), ()))
+
+
+def patients_for_studies(view: Any, study_uids: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(Patient IDs, accession numbers) of the visible view rows holding these studies."""
+    from sqlalchemy import and_
+
+    from dicomproxy.view.uids import split_uid_cell
+
+    wanted = set(study_uids)
+    if not wanted:
+        return (), ()
+    c = view.table.c
+    patients: dict[str, None] = {}
+    accessions: dict[str, None] = {}
+    for pred in view.uid_predicates(sorted(wanted)) or []:
+        stmt = select(c.PatientID, c.AccessionNumber, c.StudyInstanceUID, c.HospitalID, c.Privacy).where(
+            and_(view.visible(), pred)
+        )
+        for row in view.stream(stmt):
+            if view.is_visible(row) and wanted & set(split_uid_cell(row["StudyInstanceUID"])):
+                if row["PatientID"]:
+                    patients[str(row["PatientID"]).strip()] = None
+                if row["AccessionNumber"]:
+                    accessions[str(row["AccessionNumber"]).strip()] = None
+    return tuple(patients), tuple(accessions)
+
+
 class AuditSubscriber:
     """Turns events into audit rows (called on the events dispatcher thread)."""
 
-    def __init__(self, trail: AuditTrail) -> None:
+    def __init__(self, trail: AuditTrail, identities: JobIdentities | None = None) -> None:
         self.trail = trail
+        self.identities = identities
         self._jobs: dict[int, AuditRecord] = {}  # started, not finished
 
     def __call__(self, event: events.Event) -> None:
@@ -352,6 +402,11 @@ class AuditSubscriber:
                 pending.detail["resolved_study_uids"] = list(event.study_uids)
                 pending.detail["level"] = event.level
                 pending.study_uids = tuple(dict.fromkeys((*pending.study_uids, *event.study_uids)))
+                if self.identities is not None:
+                    patients, accessions = self.identities.get(event.job_id)
+                    pending.patient_ids = tuple(dict.fromkeys((*pending.patient_ids, *patients)))
+                    pending.detail["patient_ids"] = list(pending.patient_ids)
+                    pending.detail["accession_numbers"] = list(accessions)
             return None
         if isinstance(event, events.JobFinished):
             pending = self._jobs.pop(event.job_id, None)

@@ -237,6 +237,14 @@ class AuditConfig:
 
     #: Record associations, C-FIND, C-MOVE/C-GET, retries, start/stop in the journal database.
     enabled: bool = True
+    #: Also send DICOM audit messages (PS3.15 A.5, IHE ATNA) to ``udp://``, ``tcp://`` or
+    #: ``tls://HOST:PORT`` (RFC 5424; RFC 5425 for TLS); empty = none.
+    syslog: str = ""
+    #: TLS: CA bundle that verifies the syslog server (empty = the system's CAs).
+    syslog_ca: str = ""
+    #: TLS: our client certificate (PEM) and key, when the syslog server asks for one.
+    syslog_cert: str = ""
+    syslog_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -472,6 +480,36 @@ def _http(s: _Section) -> HttpConfig:
     return http
 
 
+SYSLOG_SCHEMES = ("udp", "tcp", "tls")
+
+
+def _audit(s: _Section) -> AuditConfig:
+    d = AuditConfig()
+    files = {}
+    for name in ("syslog_ca", "syslog_cert", "syslog_key"):
+        value = cast(str, s.string(name, ""))
+        if value:
+            value = str(Path(_relative_path(value, s.path)).resolve())
+            if not Path(value).is_file():
+                raise s.error(name, f"file {value} does not exist")
+        files[name] = value
+    audit = AuditConfig(enabled=s.boolean("enabled", d.enabled), syslog=s.string("syslog", d.syslog), **files)
+    if audit.syslog:
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(audit.syslog)
+            ok = url.scheme in SYSLOG_SCHEMES and bool(url.hostname) and bool(url.port)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise s.error(
+                "syslog", f"must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, not {audit.syslog!r}"
+            )
+    s.finish()
+    return audit
+
+
 def _base_dir(config_path: str) -> Path | None:
     """The config file's folder; None for a config that is no file (``<config>``)."""
     return None if config_path.startswith("<") else Path(config_path).resolve().parent
@@ -636,9 +674,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
 
     http = _http(section("http", required=False))
 
-    s = section("audit", required=False)
-    audit = AuditConfig(enabled=s.boolean("enabled", AuditConfig().enabled))
-    s.finish()
+    audit = _audit(section("audit", required=False))
 
     root.finish()
     config = Config(

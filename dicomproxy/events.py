@@ -120,6 +120,7 @@ class InstanceSent(Event):
     state: str
     transfer_syntax: str
     bytes: int
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)

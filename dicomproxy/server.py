@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy import __version__, access, events
-from dicomproxy.audit import AuditSubscriber, AuditTrail
+from dicomproxy.audit import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.fastpath.receiver import StoreAcceptor
@@ -154,6 +154,8 @@ class Server:
         self._console_wanted = retries if console is None else console
         self.console: Any = None
         self._audit: AuditSubscriber | None = None
+        self._atna: Any = None
+        self._identities: JobIdentities | None = None
         self.ctx = ctx if ctx is not None else AppContext(config)
         self.retry_worker: RetryWorker | None = None
         self._retries = retries
@@ -197,9 +199,16 @@ class Server:
 
     def _start_observers(self) -> None:
         """The audit trail and the HTTP console (docs/operations.md), both fed by dicomproxy.events."""
+        if self.config.audit.enabled or self.config.audit.syslog:
+            self._identities = JobIdentities(self.ctx.view)  # first: the two below read it
+            events.subscribe(self._identities)
         if self.config.audit.enabled and self.ctx.journal is not None:
-            self._audit = AuditSubscriber(AuditTrail(self.ctx.journal.engine))
+            self._audit = AuditSubscriber(AuditTrail(self.ctx.journal.engine), self._identities)
             events.subscribe(self._audit)
+        if self.config.audit.syslog:
+            from dicomproxy.atna import start_atna
+
+            self._atna = start_atna(self.config, self._identities)
         if self._console_wanted and self.config.http.port:
             from dicomproxy.console import Console  # the HTTP stack only when it is configured
 
@@ -221,6 +230,13 @@ class Server:
         if self._audit is not None:
             events.unsubscribe(self._audit)  # after the events so far are written
             self._audit = None
+        if self._atna is not None:
+            events.unsubscribe(self._atna)
+            self._atna.sender.stop()
+            self._atna = None
+        if self._identities is not None:
+            events.unsubscribe(self._identities)
+            self._identities = None
 
     def association_list(self) -> list[dict[str, Any]]:
         """Inbound associations open now, for the status page (AE titles and addresses only)."""

@@ -5,7 +5,8 @@
 #   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark),
 #   chromium + chromium-driver (the status page tested in a real headless browser, via selenium),
 #   fonts-wqy-zenhei (Chinese glyphs for the status page in headless chromium and its screenshot),
-#   rsyslog (the ATNA audit messages received by a real syslog daemon the test starts).
+#   rsyslog + rsyslog-openssl (the ATNA audit messages received by a real syslog daemon the test
+#   starts, over UDP, TCP and TLS).
 # Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -n "$(find /usr/lib -name lmnsd_ossl.so -print -quit 2>/dev/null)" ] || need+=(rsyslog-openssl)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup-peers: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -198,13 +198,16 @@ def test_trail_of_real_traffic_and_the_audit_command(
     (move,) = [row for row in rows if row["action"] == "move"]
     assert (move["outcome"], move["destination"], move["detail"]["instances"]) == ("success", "DEST", 10)
     assert move["study_uids"] == [CT.study_uid] and move["detail"]["resolved_study_uids"] == [CT.study_uid]
+    assert move["patient_ids"] == [CT.patient.patient_id] and move["detail"]["accession_numbers"] == [
+        CT.accession
+    ]
     (rejected,) = [row for row in rows if row["outcome"] == "rejected"]
     assert rejected["calling_ae"] == "STRANGER" and "not a configured peer" in rejected["detail"]["reason"]
 
     by_patient = json.loads(
         runner.invoke(cli, ["audit", "-c", str(toml), "--json", "--patient", "P0001"]).output
     )
-    assert [row["action"] for row in by_patient] == ["find"]
+    assert [row["action"] for row in by_patient] == ["find", "move"]  # the move's patient: from the view
     by_study = json.loads(
         runner.invoke(cli, ["audit", "-c", str(toml), "--json", "--study", CT.study_uid]).output
     )
