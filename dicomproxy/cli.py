@@ -341,12 +341,12 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     config = obj.config
     setup_logging(config.logging, verbose=verbose)
     journal = obj.journal
+    _audit_retry(config, journal, job_id)  # every attempt, also one refused below
     try:
         row, _peer = check_retryable(config, journal, job_id)
     except (LookupError, ValueError) as exc:
         click.echo(str(exc.args[0]), err=True)
         sys.exit(1)
-    _audit_retry(config, journal, job_id)
     if row["outcome"] == JobOutcome.SUCCESS and not journal.unconfirmed(job_id):
         click.echo(f"job {job_id}: success: nothing to resend")
         sys.exit(0)

@@ -135,6 +135,10 @@ url = "{config.view.url}"
 ae_title = "{config.pacs.ae_title}"
 host = "{config.pacs.host}"
 port = {config.pacs.port}
+[[peers]]
+ae_title = "DEST"
+host = "127.0.0.1"
+port = {config.peer("DEST").port}
 """,
         encoding="utf-8",
     )
@@ -224,6 +228,16 @@ def test_trail_of_real_traffic_and_the_audit_command(
     assert csv_out[0].startswith("seq,time,action") and len(csv_out) == 2
     table = runner.invoke(cli, ["audit", "-c", str(toml)]).output
     assert "rejected" in table and "STRANGER" in table
+
+    # `jobs retry` is audited (who: the OS user), even when there is nothing to resend
+    retried = runner.invoke(cli, ["jobs", "-c", str(toml), "retry", str(move["job_id"])])
+    assert retried.exit_code == 0, retried.output
+    after = json.loads(runner.invoke(cli, ["audit", "-c", str(toml), "--json"]).output)
+    assert (after[-1]["action"], after[-1]["outcome"], after[-1]["job_id"]) == (
+        "retry",
+        "requested",
+        move["job_id"],
+    )
 
     ok = runner.invoke(cli, ["audit", "-c", str(toml), "verify"])
     assert ok.exit_code == 0 and "intact" in ok.output

@@ -260,3 +260,22 @@ def test_console_off_with_port_0(
 ) -> None:
     server = run_proxy(make_config())
     assert server.console is None
+
+
+def test_status_identifiers_only_when_asked() -> None:
+    """The live state keeps a job's request keys, and shows them only with show_identifiers."""
+    from dicomproxy.live import LiveState
+
+    live = LiveState()
+    peer = events.Peer("jobserver", "127.0.0.1")
+    live(events.JobStarted(7, "move", peer, "DEST", {"PatientID": "P0001", "StudyInstanceUID": "1.2.3"}))
+    live(events.InstanceSent(7, "sent", "1.2.840.10008.1.2.1", 1000))
+    hidden, shown = live.snapshot(identifiers=False), live.snapshot(identifiers=True)
+    assert "P0001" not in json.dumps(hidden) and "keys" not in hidden["running"][0]
+    assert shown["running"][0]["keys"]["PatientID"] == "P0001"
+    assert (hidden["running"][0]["completed"], hidden["running"][0]["bytes"]) == (1, 1000)
+    assert sum(m["instances"] for m in hidden["throughput"]) == 1
+    live(events.JobFinished(7, "move", "failed", 0xC002, 1, 2, 0, 1000, 1.5))
+    after = live.snapshot(identifiers=False)
+    assert after["running"] == [] and after["recent"][0]["outcome"] == "failed"
+    assert "job 7" in after["errors"][0]["message"]
