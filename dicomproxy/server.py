@@ -290,8 +290,10 @@ class Server:
 
     def run(self) -> bool:
         """Serve until a stop request (signal), then drain. Returns True on a clean drain."""
-        self.start()
-        with self._signals():
+        with (
+            self._signals()
+        ):  # before start: a signal during start-up (console, retry worker) is a stop request
+            self.start()
             self._stop_requested.wait()
             LOG.info("stop requested: draining (timeout %.0f s)", self.config.proxy.drain_timeout)
             return self.stop()
