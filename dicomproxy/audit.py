@@ -421,6 +421,20 @@ class AuditSubscriber:
                 finished=event.time.isoformat(),
             )
             return pending
+        if isinstance(event, events.RetrieveRefused):
+            keys = {k: v for k, v in event.keys.items() if k in RETRIEVE_KEYS}
+            return _with_peer(
+                AuditRecord(
+                    event.kind,
+                    "refused",
+                    destination=event.destination,
+                    detail={"keys": keys, "status": event.status},
+                    patient_ids=tuple(_split(keys.get("PatientID", ""))),
+                    study_uids=tuple(_split(keys.get("StudyInstanceUID", ""))),
+                    time=t,
+                ),
+                event.peer,
+            )
         if isinstance(event, events.RetryRequested):
             return AuditRecord(
                 Action.RETRY,

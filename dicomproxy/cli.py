@@ -458,10 +458,21 @@ def audit_cmd(
 
 
 @audit_cmd.command("verify")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file (also accepted before `verify`).",
+)
 @click.pass_obj
-def audit_verify(obj: _JobsContext) -> None:
+def audit_verify(obj: _JobsContext, config_path: Path | None) -> None:
     """Recompute the hash chain; exit 1 naming the first row that was edited, removed or added."""
     from dicomproxy.audit import AuditTrail
+
+    if config_path is not None:
+        obj = _JobsContext(config_path)
 
     result = AuditTrail(obj.journal.engine).verify()
     if result.ok:

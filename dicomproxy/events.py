@@ -104,6 +104,17 @@ class JobStarted(Event):
 
 
 @dataclass(frozen=True)
+class RetrieveRefused(Event):
+    """A C-MOVE/C-GET answered with a failure before any job existed (not permitted, malformed)."""
+
+    kind: str
+    peer: Peer
+    destination: str
+    keys: dict[str, str]
+    status: int
+
+
+@dataclass(frozen=True)
 class JobResolved(Event):
     """The job's studies are known (from the exam view)."""
 

@@ -145,6 +145,8 @@ class Metrics:
             self.jobs.labels(event.kind, event.outcome).inc()
             self.job_seconds.labels(event.kind).observe(event.seconds)
             self._error(event.status)
+        elif isinstance(event, events.RetrieveRefused):
+            self.jobs.labels(event.kind, "refused").inc()
         elif isinstance(event, events.RetryRequested):
             self.retries.inc()
         elif isinstance(event, events.Failure):

@@ -25,6 +25,8 @@ from dicomproxy.status import Status, is_pending
 
 class _Current(threading.local):
     peer: events.Peer | None = None
+    #: Set by :func:`job_started`: the request became a journal job.
+    job: bool = False
 
 
 #: The requesting peer of the DIMSE request being handled on this thread.
@@ -120,18 +122,37 @@ def observed_retrieve(
     """C-MOVE/C-GET: remember the peer on this thread for the relay's JobStarted."""
 
     def wrapper(event: evt.Event, ctx: AppContext) -> Iterator[Any]:
-        CURRENT.peer = events.peer_of(event.assoc) if events.BUS.active else None
-        try:
+        if not events.BUS.active:
             yield from handler(event, ctx)
+            return
+        CURRENT.peer, CURRENT.job = events.peer_of(event.assoc), False
+        status = None
+        try:
+            for response in handler(event, ctx):
+                status = getattr(response, "status", None)
+                yield response
         finally:
-            CURRENT.peer = None
+            peer = CURRENT.peer
+            if not CURRENT.job and peer is not None and status is not None and not is_pending(status):
+                _refused(event, peer, int(status))
+            CURRENT.peer, CURRENT.job = None, False
 
     wrapper.__name__ = getattr(handler, "__name__", "handler")
     return wrapper
 
 
+def _refused(event: evt.Event, peer: events.Peer, status: int) -> None:
+    """A C-MOVE/C-GET refused before it became a job: still in the audit trail and the metrics."""
+    identifier = _identifier(event)
+    kind = "move" if event.event is evt.EVT_C_MOVE else "get"
+    raw = getattr(event, "move_destination", "") if kind == "move" else ""
+    destination = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw or "")
+    events.publish(events.RetrieveRefused(kind, peer, destination.strip(), query_keys(identifier), status))
+
+
 def job_started(job_id: int, req: Any) -> None:
     """Publish :class:`~dicomproxy.events.JobStarted` for a relay job (``req``: a RetrieveRequest)."""
+    CURRENT.job = True
     if events.BUS.active:
         destination = req.move_destination.strip() if req.kind == "move" else req.calling_ae.strip()
         peer = request_peer(req.calling_ae, req.calling_host)

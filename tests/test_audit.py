@@ -164,6 +164,7 @@ def test_trail_of_real_traffic_and_the_audit_command(
         peers=[
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
             {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+            {"ae_title": "FINDONLY", "host": "127.0.0.1", "port": 1, "services": ["find"]},
         ],
     )
     server = run_proxy(config)
@@ -180,6 +181,10 @@ def test_trail_of_real_traffic_and_the_audit_command(
     m.StudyInstanceUID = CT.study_uid
     assert scu.move(proxy, "DEST", m, calling_ae="jobserver").completed == 10
     assert not c_echo("STRANGER", proxy).ok
+    other = Dataset()
+    other.QueryRetrieveLevel = "STUDY"
+    other.StudyInstanceUID = MR.study_uid
+    assert scu.move(proxy, "DEST", other, calling_ae="FINDONLY").status == 0x0124  # not permitted
     server.stop(drain_timeout=2.0)  # the stop record; the trail is flushed before the journal closes
 
     # patient data is in the trail, never in the proxy's INFO logs (pynetdicom's are the test's SCU)
@@ -199,7 +204,14 @@ def test_trail_of_real_traffic_and_the_audit_command(
     assert find["calling_ae"] == "jobserver" and find["address"].startswith("127.0.0.1:")
     assert find["detail"]["keys"]["PatientID"] == CT.patient.patient_id
     assert find["detail"]["matches"] == found_count(found)
-    (move,) = [row for row in rows if row["action"] == "move"]
+    (move,) = [row for row in rows if row["action"] == "move" and row["outcome"] != "refused"]
+    (refused,) = [row for row in rows if row["action"] == "move" and row["outcome"] == "refused"]
+    assert (refused["calling_ae"], refused["destination"], refused["detail"]["status"]) == (
+        "FINDONLY",
+        "DEST",
+        0x0124,
+    )
+    assert refused["study_uids"] == [MR.study_uid]
     assert (move["outcome"], move["destination"], move["detail"]["instances"]) == ("success", "DEST", 10)
     assert move["study_uids"] == [CT.study_uid] and move["detail"]["resolved_study_uids"] == [CT.study_uid]
     assert move["patient_ids"] == [CT.patient.patient_id] and move["detail"]["accession_numbers"] == [
@@ -241,6 +253,7 @@ def test_trail_of_real_traffic_and_the_audit_command(
 
     ok = runner.invoke(cli, ["audit", "-c", str(toml), "verify"])
     assert ok.exit_code == 0 and "intact" in ok.output
+    assert runner.invoke(cli, ["audit", "verify", "-c", str(toml)]).output == ok.output  # either order
     engine = create_engine(f"sqlite:///{config.data_path / 'journal.db'}")
     with engine.begin() as conn:
         conn.execute(text("UPDATE audit_log SET destination = 'ELSEWHERE' WHERE action = 'move'"))
