@@ -39,9 +39,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.transcode import Policy, TranscodePool, codec_applies, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import is_native
+from testkit.samples import StudySpec, write_study
 
 POLICY = Policy.default("lossless")
 
@@ -132,7 +132,7 @@ def cpu_name() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=300, help="instances to generate")
-    ap.add_argument("--kind", default="CT", choices=("CT", "MR", "US", "MF"), help="dicomproxy.samples kind")
+    ap.add_argument("--kind", default="CT", choices=("CT", "MR", "US", "MF"), help="testkit.samples kind")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=1, help="runs per case; the best is reported")
     ap.add_argument("--skip-cli", action="store_true", help="skip the DCMTK/GDCM baseline")

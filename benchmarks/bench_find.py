@@ -34,10 +34,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote
-from dicomproxy.testing import free_port, wait_for_echo
-from dicomproxy.testing.console_load import ConsoleLoad
-from dicomproxy.testing.viewdb import create_view_table
 from dicomproxy.view.model import exam_view_table
+from testkit import free_port, wait_for_echo
+from testkit.console_load import ConsoleLoad
+from testkit.viewdb import create_view_table
 
 SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"

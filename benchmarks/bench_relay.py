@@ -12,7 +12,7 @@ request to the first file at the destination, each proxy's peak RSS (VmHWM) and 
 seconds its own process used per move (user + system, from /proc; transcoding pool workers are
 child processes, counted apart as "pool CPU s") — figures that stay comparable when the machine is
 busy.
-TCP_NODELAY=1 is set for Orthanc and DCMTK by dicomproxy.testing.
+TCP_NODELAY=1 is set for Orthanc and DCMTK by testkit.
 
 ``--modes``: extra proxy processes (upstream C-MOVE) whose ``[compression].mode`` is ``lossless``
 or ``lossy``; storescp accepts every syntax, so the proxy compresses what it sends. Their MB/s is
@@ -51,12 +51,12 @@ from sqlalchemy import create_engine
 
 from dicomproxy import scu
 from dicomproxy.net import Remote
-from dicomproxy.samples import StudySpec, exam_row, write_study
-from dicomproxy.testing import free_port, peer_env, require_tool, wait_for_echo
-from dicomproxy.testing.console_load import ConsoleLoad
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port, peer_env, require_tool, wait_for_echo
+from testkit.console_load import ConsoleLoad
+from testkit.dcmtk import DcmQrSCP, StoreSCP
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 
 class BenchOrthanc(Orthanc):

@@ -4,7 +4,7 @@
 
 Streams a VL Whole Slide Microscopy instance of ``--gb`` GB (JPEG Baseline tiles) into a DCMTK
 dcmqrscp (the ``pis`` archive, routed by Sysid PIS), starts ``dicomproxy serve`` as a process
-and C-MOVEs the study to a DCMTK storescp (see dicomproxy.testing.wsirelay). Prints one
+and C-MOVEs the study to a DCMTK storescp (see testkit.wsirelay). Prints one
 Markdown row: size, frames, wall time of the C-MOVE as the requester sees it, MB/s, the
 proxy's peak RSS (VmHWM) and whether the received data set is byte-identical.
 dcmqrscp 3.6.7 refuses a study over 1 GiB (maxBytesPerStudy is capped at 1073741824), hence
@@ -19,7 +19,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from dicomproxy.testing.wsirelay import relay_wsi
+from testkit.wsirelay import relay_wsi
 
 
 def main() -> None:

@@ -42,13 +42,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy.demo import write_config
 from dicomproxy.net import NODELAY_HANDLERS, Remote
-from dicomproxy.samples import demo_specs, exam_row, write_study
-from dicomproxy.testing import Process, free_port, wait_for_echo
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import Process, free_port, wait_for_echo
+from testkit.dcmtk import StoreSCP
+from testkit.demo import write_config
+from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 
 @dataclass

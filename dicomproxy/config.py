@@ -81,6 +81,9 @@ class ProxyConfig:
     retries: int = 3
     #: Seconds before the first retry; doubles with each further attempt.
     retry_delay: float = 2.0
+    #: A C-MOVE destination that drops mid-study is reconnected (with backoff, Pending responses
+    #: going on) for up to this many seconds before its unconfirmed instances count as failed.
+    reconnect_window: float = 60.0
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
     #: Inbound DICOM TLS; None = plain TCP.
@@ -560,6 +563,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         drain_timeout=s.number("drain_timeout", d.drain_timeout),
         retries=s.integer("retries", d.retries, lo=0, hi=100),
         retry_delay=s.number("retry_delay", d.retry_delay),
+        reconnect_window=s.number("reconnect_window", d.reconnect_window),
         fast_path=s.boolean("fast_path", d.fast_path),
         data_dir=s.string("data_dir", d.data_dir),
         tls=_tls(s, inbound=True),

@@ -36,6 +36,8 @@ from dicomproxy.fastpath import sender as fastpath
 from dicomproxy.fastpath.dimse import message_ids
 from dicomproxy.fastpath.requestor import AssociationFailed, RawAssociation
 from dicomproxy.net import NODELAY_HANDLERS, make_scu
+from dicomproxy.pynetdicom_compat import bound_send_queue as compat_bound_send_queue
+from dicomproxy.pynetdicom_compat import peer_max_length
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.spool import SpooledInstance
 from dicomproxy.status import Status, is_out_of_resources
@@ -106,29 +108,8 @@ def bound_send_queue(assoc: Association, max_bytes: int = SEND_QUEUE_BYTES) -> N
     multi-GB slide read from the spool faster than the destination takes it would end up in
     memory (measured: peak RSS 400 MB for 500 MB). Per association, no library global patched.
     """
-    dul = assoc.dul
-    if getattr(dul, "_dicomproxy_bounded", False):  # a cloud's association serving several C-GETs
-        return
-    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
-    pdu = next(
-        (
-            item.maximum_length_received
-            for item in peer.user_information
-            if isinstance(item, MaximumLengthNotification)
-        ),
-        0,
-    )
-    max_items = max(4, max_bytes // (pdu or SEND_PDU_CAP))
-    send_pdu = dul.send_pdu
-    queue = dul.to_provider_queue
-
-    def bounded(primitive: Any) -> None:
-        while queue.qsize() >= max_items and dul.is_alive() and not assoc.is_aborted:
-            time.sleep(0.0005)
-        send_pdu(primitive)
-
-    dul.send_pdu = bounded  # type: ignore[method-assign]
-    dul._dicomproxy_bounded = True  # type: ignore[attr-defined]
+    pdu = peer_max_length(assoc)
+    compat_bound_send_queue(assoc, max(4, max_bytes // (pdu or SEND_PDU_CAP)))
 
 
 def storage_classes_for(known: list[str]) -> list[str]:
@@ -326,6 +307,8 @@ def send_with_retries(
     delay: float,
     label: str,
     prepared: tuple[Path, str] | None = None,
+    *,
+    reconnect: bool = True,
 ) -> SendResult:
     """One onward C-STORE, retried with backoff (``delay``, doubling, at most
     :data:`MAX_RETRY_DELAY`) after a transient failure (:attr:`SendResult.transient`),
@@ -333,9 +316,14 @@ def send_with_retries(
 
     ``prepared``: (file, syntax) already made for ``item`` (by a :class:`TranscodePool`); it is
     sent as it is, unless a re-opened association no longer accepts that syntax for the SOP
-    class, in which case the instance is planned and converted again inline."""
+    class, in which case the instance is planned and converted again inline.
+
+    ``reconnect=False``: a lost association is returned at once (status None), for a caller
+    that reconnects itself while it keeps its requester informed (the relay's pump)."""
     res = SendResult(None, error="destination association lost")
     for attempt in range(retries + 1):
+        if not reconnect and not forwarder.alive and forwarder.can_reconnect:
+            return SendResult(None, error="destination association lost")
         if attempt:
             LOG.warning(
                 "%s: onward C-STORE failed (%s); retry %d of %d",

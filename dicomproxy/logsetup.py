@@ -11,9 +11,8 @@ import logging
 import logging.handlers
 import sys
 
-from pynetdicom import _config as pynetdicom_config
-
 from dicomproxy.config import LoggingConfig
+from dicomproxy.pynetdicom_compat import log_identifiers
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -42,8 +41,7 @@ def setup_logging(cfg: LoggingConfig, *, verbose: bool = False) -> None:
 
 def configure_identifier_logging(enabled: bool) -> None:
     """Whether pynetdicom may log request identifiers (patient data) at all."""
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = enabled
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = enabled
+    log_identifiers(enabled)
 
 
 def phi(value: object, cfg: LoggingConfig) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomproxy.pynetdicom_compat import raw_socket
 from dicomproxy.status import Status
 
 LOG = logging.getLogger("dicomproxy.net")
@@ -24,8 +25,7 @@ LOG = logging.getLogger("dicomproxy.net")
 
 def _on_conn_open(event: evt.Event) -> None:
     """EVT_CONN_OPEN: switch Nagle off on the association's socket."""
-    wrapped = event.assoc.dul.socket
-    set_nodelay(wrapped.socket if wrapped is not None else None)
+    set_nodelay(raw_socket(event.assoc))
 
 
 def set_nodelay(sock: socket.socket | None) -> None:

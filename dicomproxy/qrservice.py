@@ -41,6 +41,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from dicomproxy.pynetdicom_compat import accepted_context
 from dicomproxy.status import Status, carries_error_comment
 
 LOG = logging.getLogger("dicomproxy.qrservice")
@@ -137,7 +138,7 @@ class RelayAssociation(Association):
     """An acceptor association that serves C-MOVE/C-GET with :class:`RetrieveService`."""
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
-        cx = self._accepted_cx.get(context_id)
+        cx = accepted_context(self, context_id)
         uid = str(getattr(msg, "AffectedSOPClassUID", "") or "")
         routed = (isinstance(msg, C_MOVE) and uid in _MOVE_UIDS) or (
             isinstance(msg, C_GET) and uid in _GET_UIDS

@@ -1,13 +1,13 @@
 """The relay job: resolve → count → retrieve from the PACS ↔ forward to the destination, concurrently.
 
-One job per C-MOVE / C-GET request (PS3.4 C.4.2 / C.4.3). The request's thread is the
-consumer: it takes instances from the job's :class:`~dicomproxy.spool.Spool` as soon as they
-arrive and sends them on, while a producer thread holds a PACS slot and fetches the studies
-into the spool. The consumer yields :class:`~dicomproxy.qrservice.RetrieveResponse` objects:
-a Pending one after a sub-operation at most every :data:`PROGRESS_INTERVAL` seconds (and
-after the first and the last), every ``pending_interval`` seconds while the PACS is silent,
-then exactly one final response. Pending responses are optional (PS3.4 C.4.2.1.4); one per
-instance would cost a DIMSE message per instance on both sides.
+One job per C-MOVE / C-GET request (PS3.4 C.4.2 / C.4.3), in three pieces: here the *plan*
+(identifier → visible studies → archive → instance list, or an early start from the STUDY-level
+count), :mod:`dicomproxy.pump` the *pump* (the request's thread takes instances from the job's
+:class:`~dicomproxy.spool.Spool` as they arrive and sends them on, while an
+:class:`~dicomproxy.upstream.Upstream` thread holds a PACS slot and fetches into the spool), and
+:mod:`dicomproxy.outcome` the *outcome* (counts, missing instances, final status). The job
+yields :class:`~dicomproxy.qrservice.RetrieveResponse` objects: Pending ones while it runs
+(optional, PS3.4 C.4.2.1.4; see the pump for when), then exactly one final response.
 
 Final status (PS3.4 C.4.2.1.5, C.4.3.1.5), after counting every announced instance that
 never arrived as failed:
@@ -25,14 +25,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 from pynetdicom.association import Association
@@ -40,24 +35,28 @@ from pynetdicom.association import Association
 from dicomproxy import events, observe
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import (
-    CannotTranscode,
     DicomServiceError,
     MoveDestinationUnknown,
     PacsUnavailable,
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.forward import Forwarder, SendResult, contexts_for, open_destination, send_with_retries
-from dicomproxy.journal import InstanceRecord, Journal
+from dicomproxy.forward import (
+    Forwarder,
+    contexts_for,
+    open_destination,
+)
+from dicomproxy.journal import Journal
+from dicomproxy.outcome import JobState
 from dicomproxy.pacs import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey, StudySummary
+from dicomproxy.pump import Pump
 from dicomproxy.qrservice import RetrieveResponse
 from dicomproxy.request import RetrieveRequest, StudyResolver, parse_keys
 from dicomproxy.routing import StudyRef, route
-from dicomproxy.spool import End, Spool, SpooledInstance
+from dicomproxy.spool import Spool
 from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.store import ReceiveRegistry
-from dicomproxy.transcode import TranscodePool, TranscodeResult, policy_for
-from dicomproxy.transcode.codec import ConversionFailed
+from dicomproxy.transcode import TranscodePool, policy_for
 from dicomproxy.upstream import Finder, Upstream
 
 LOG = logging.getLogger("dicomproxy.relay")
@@ -70,87 +69,8 @@ MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US (PS3.7 C.4.2)
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
 
-
-@dataclass
-class JobState:
-    """Counts of one job (sub-operations, PS3.4 C.4.2.1.4)."""
-
-    job_id: int
-    expected: dict[str, InstanceRef] = field(default_factory=dict)
-    processed: set[str] = field(default_factory=set)
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-    records: list[InstanceRecord] = field(default_factory=list)
-    #: time.monotonic() marks: job start, instance list known, destination open, first instance sent.
-    marks: dict[str, float] = field(default_factory=lambda: {"start": time.monotonic()})
-
-    def mark(self, name: str) -> None:
-        self.marks.setdefault(name, time.monotonic())
-
-    def timing(self) -> str:
-        """``in 1.62 s (found 0.21, destination 0.23, first sent 0.30)`` for the job's last log line."""
-        start = self.marks["start"]
-        parts = [
-            f"{k} {self.marks[k] - start:.2f}"
-            for k in ("found", "destination", "first sent")
-            if k in self.marks
-        ]
-        return f"in {time.monotonic() - start:.2f} s" + (f" ({', '.join(parts)})" if parts else "")
-
-    #: Number of Study Related Instances when the job started before its instance list was known.
-    announced: int = 0
-    #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
-    finder: Finder | None = None
-
-    @property
-    def counted(self) -> bool:
-        """Whether Number of Remaining Sub-operations is known, which every Pending response carries
-        (PS3.4 C.4.2.1.6): not for a job started before a PACS that announces no count listed it."""
-        return self.finder is None or self.announced > 0
-
-    @property
-    def remaining(self) -> int:
-        if not self.expected and self.announced:  # list not known (yet): count from the announced total
-            return max(0, self.announced - len(self.processed))
-        return max(0, len(self.expected) - len(self.processed & self.expected.keys()))
-
-    def response(self, status: int, comment: str = "") -> RetrieveResponse:
-        return RetrieveResponse(
-            status,
-            remaining=self.remaining,
-            completed=self.completed,
-            failed=self.failed,
-            warning=self.warning,
-            failed_uids=list(self.failed_uids),
-            comment=comment,
-        )
-
-
-@dataclass
-class _Prepared:
-    """A spooled instance in the look-ahead window, in arrival order (its syntax chosen by the pool
-    worker, or by :meth:`Forwarder.plan` without a pool).
-
-    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool) or, with a ``future``, in what
-    the pool worker chose and wrote (:func:`~dicomproxy.transcode.codec.convert_for`: the spooled
-    file itself when it goes as held, else ``tmp``); a SendResult = planning failed (re-planned by
-    ``send_with_retries``, which reports it); a syntax = send the spooled file as it is.
-    """
-
-    item: SpooledInstance
-    plan: str | SendResult | None = None
-    future: Future[TranscodeResult] | None = None
-    tmp: Path | None = None
-    pool: TranscodePool | None = None
-
-    def discard(self) -> None:
-        """Not to be sent (job stopped): cancel the conversion, or delete its file once written."""
-        future, tmp = self.future, self.tmp
-        if future is None or tmp is None or future.cancel():
-            return
-        future.add_done_callback(lambda _: tmp.unlink(missing_ok=True))
+#: First pause before re-opening a dropped destination; doubles up to forward.MAX_RETRY_DELAY.
+RECONNECT_FIRST_DELAY = 0.5
 
 
 class RelayService:
@@ -329,7 +249,15 @@ class RelayService:
                     yield state.response(Status.PENDING)
                 upstream = Upstream(plan, spool, sop_classes if summary is not None else None)
                 upstream.start()
-                final, outcome, error = yield from self._pump(
+                pump = Pump(
+                    self.config,
+                    self.journal,
+                    self._transcode_pool,
+                    self._drop_pool,
+                    self.pending_interval,
+                    self._merge_found,
+                )
+                final, outcome, error = yield from pump.run(
                     state, spool, forwarder, upstream, is_cancelled, alive
                 )
         except DicomServiceError as exc:
@@ -377,9 +305,7 @@ class RelayService:
                 bytes_in=spool.bytes_in if spool else 0,
                 bytes_out=forwarder.bytes_out if forwarder else 0,
             )
-            observe.job_finished(
-                job_id, req.kind, outcome, final.status, state, forwarder.bytes_out if forwarder else 0
-            )
+            observe.job_finished(job_id, req.kind, outcome, final.status, state, forwarder.bytes_out if forwarder else 0)
             LOG.info(
                 "job %d: %s 0x%04X completed=%d failed=%d warning=%d %s",
                 job_id,
@@ -462,192 +388,6 @@ class RelayService:
                 LOG.info("job %d: a study not in archive %s was found in %s", job_id, client.name, name)
                 return other, refs
         return client, refs
-
-    def _pump(
-        self,
-        state: JobState,
-        spool: Spool,
-        forwarder: Forwarder,
-        upstream: Upstream,
-        is_cancelled: Callable[[], bool],
-        alive: Callable[[], bool],
-    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
-        """Forward instances as they arrive; returns (final response, outcome, error).
-
-        With a compressing policy, instances already waiting in the spool are planned ahead
-        (at most 2 × workers + 2) and those needing conversion go to the process pool, so the
-        cores encode while this thread sends; sending stays in arrival order. ``none`` mode
-        sends one instance at a time and converts inline if it must (no pool).
-        """
-        pool = self._transcode_pool() if forwarder.policy.mode != "none" else None
-        limit = 2 * pool.workers + 2 if pool is not None else 1
-        window: deque[_Prepared] = deque()
-        end: End | None = None
-        dest_error = ""
-        last_progress = 0.0
-        last_yield = time.monotonic()
-        try:
-            while True:
-                self._merge_found(state)
-                if is_cancelled():
-                    upstream.stop()
-                    return state.response(Status.CANCEL), JobOutcome.CANCELLED, "cancelled by the requester"
-                if not alive():
-                    upstream.stop()
-                    return state.response(Status.CANCEL), JobOutcome.ABORTED, "requester went away"
-                if not window:
-                    if end is not None:
-                        break
-                    item = spool.get(timeout=self.pending_interval)
-                    if item is None:
-                        if state.counted:
-                            last_progress = last_yield = time.monotonic()
-                            yield state.response(Status.PENDING)  # keeps the requester's DIMSE timer alive
-                        continue
-                    if isinstance(item, End):
-                        end = item
-                        break
-                    window.append(self._prepare(forwarder, item, pool is not None))
-                while end is None and len(window) < limit:  # look ahead: what already arrived
-                    nxt = spool.poll()
-                    if nxt is None:
-                        break
-                    if isinstance(nxt, End):
-                        end = nxt
-                        break
-                    window.append(self._prepare(forwarder, nxt, pool is not None))
-                head = window[0]
-                if head.future is not None and not head.future.done():
-                    wait_futures([head.future], timeout=min(LOOKAHEAD_POLL, self.pending_interval))
-                    if not head.future.done():
-                        now = time.monotonic()
-                        if now - last_yield >= self.pending_interval and state.counted:
-                            last_progress = last_yield = now
-                            yield state.response(Status.PENDING)
-                        continue
-                window.popleft()
-                self._forward_one(state, forwarder, head)
-                if not forwarder.alive:
-                    dest_error = "destination aborted the association"
-                    upstream.stop()
-                    break
-                now = time.monotonic()
-                if state.counted and (
-                    now - last_progress >= PROGRESS_INTERVAL
-                    or len(state.processed) == 1
-                    or not state.remaining
-                ):
-                    last_progress = last_yield = now
-                    yield state.response(Status.PENDING)
-        finally:
-            for left in window:
-                left.discard()
-        pacs_error = end.error if end is not None else None
-        nothing_sent = not state.processed
-        self._merge_found(state, wait=max(a.dimse_timeout for a in self.config.all_archives))
-        self._count_missing(state)
-        if pacs_error is not None and nothing_sent:
-            status = (
-                pacs_error.status if isinstance(pacs_error, DicomServiceError) else Status.PACS_UNAVAILABLE
-            )
-            comment = pacs_error.comment if isinstance(pacs_error, DicomServiceError) else "PACS failed"
-            return state.response(status, comment), JobOutcome.FAILED, str(pacs_error)
-        error = dest_error or (str(pacs_error) if pacs_error else "")
-        if not state.failed and not state.warning:
-            return state.response(Status.SUCCESS), JobOutcome.SUCCESS, error
-        if not state.completed and not state.warning:
-            comment = dest_error or (str(pacs_error) if pacs_error else "all sub-operations failed")
-            return state.response(Status.OUT_OF_RESOURCES_SUBOPS, comment), JobOutcome.FAILED, error
-        return state.response(Status.SUBOPS_WARNING), JobOutcome.PARTIAL, error
-
-    def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
-        """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
-        header is read there, not on this thread); no accepted context: fail it here."""
-        if not use_pool:
-            return _Prepared(item)
-        accepted = forwarder.accepted(item.sop_class_uid)
-        if not accepted:
-            return _Prepared(item, forwarder.plan(item))  # the failure, without reading the file
-        tmp = forwarder.converted_path(item)
-        pool = self._transcode_pool()
-        try:
-            future = pool.submit_for(item.path, tmp, tuple(accepted), forwarder.policy)
-        except BrokenProcessPool:
-            self._drop_pool(pool)
-            return _Prepared(item)  # converted inline; the next instance gets a new pool
-        except RuntimeError:  # the pool was shut down (the proxy is stopping)
-            return _Prepared(item)
-        return _Prepared(item, None, future, tmp, pool)
-
-    def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> None:
-        item = prepared.item
-        uid = item.sop_instance_uid
-        proxy = self.config.proxy
-        label = f"job {state.job_id}"
-        target = prepared.plan
-        try:
-            if prepared.future is not None:
-                try:
-                    converted = prepared.future.result()
-                except CannotTranscode as exc:  # nothing accepted can carry it (0xC010)
-                    res = SendResult(exc.status, error=str(exc))
-                except ConversionFailed as exc:  # this instance's failure, never the job's
-                    res = SendResult(Status.UNABLE_TO_PROCESS, exc.target, error=str(exc))
-                except Exception as exc:  # the pool itself (a worker died)
-                    if isinstance(exc, BrokenProcessPool) and prepared.pool is not None:
-                        self._drop_pool(prepared.pool)
-                    res = SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
-                else:
-                    sent_as = (converted.path, converted.transfer_syntax)
-                    res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as)
-            elif isinstance(target, str):  # passed through as it is held
-                res = send_with_retries(
-                    forwarder, item, proxy.retries, proxy.retry_delay, label, (item.path, target)
-                )
-            else:  # no pool, or planning failed (re-planned and reported by forwarder.send)
-                res = send_with_retries(forwarder, item, proxy.retries, proxy.retry_delay, label)
-        finally:
-            if prepared.tmp is not None:
-                prepared.tmp.unlink(missing_ok=True)
-        state.processed.add(uid)
-        state.mark("first sent")
-        record = InstanceRecord(
-            uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
-        )
-        if res.category == "Success":
-            state.completed += 1
-            record.state = "sent"
-        elif res.category == "Warning":
-            state.warning += 1
-            record.state = "warning"
-        else:
-            state.failed += 1
-            state.failed_uids.append(uid)
-        # Journal first, then drop the file: a crash between the two leaves a file that
-        # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
-        self.journal.add_instances(state.job_id, [record])
-        events.publish(
-            events.InstanceSent(
-                state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid
-            )
-        )
-        if record.state != "failed":
-            Spool.confirmed(item)
-
-    @staticmethod
-    def _count_missing(state: JobState) -> None:
-        """Announced instances that never arrived (or could not be sent) are failed sub-operations."""
-        if not state.expected and state.announced > len(state.processed):
-            state.failed += state.announced - len(state.processed)  # list unknown: no UIDs to name
-            return
-        for uid, ref in state.expected.items():
-            if uid not in state.processed:
-                state.processed.add(uid)
-                state.failed += 1
-                state.failed_uids.append(uid)
-                state.records.append(
-                    InstanceRecord(uid, "missing", ref.sop_class_uid, error="never received")
-                )
 
     def close(self) -> None:
         with self._pool_lock:

@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote, make_scu
+from dicomproxy.pynetdicom_compat import valid_context_id
 from dicomproxy.qrservice import guard_requestor
 from dicomproxy.status import Status
 
@@ -149,7 +150,7 @@ def move(
         return summary
     guard_requestor(assoc)
     try:
-        cx_id = assoc._get_valid_context(model, "", "scu").context_id
+        cx_id = valid_context_id(assoc, model, "scu")
         responses = assoc.send_c_move(query, destination, model, msg_id=1)
         _collect(summary, responses, progress, cancel, lambda: assoc.send_c_cancel(1, cx_id))
     finally:
@@ -211,7 +212,7 @@ def get(
         return summary
     guard_requestor(assoc)
     try:
-        cx_id = assoc._get_valid_context(model, "", "scu").context_id
+        cx_id = valid_context_id(assoc, model, "scu")
         responses = assoc.send_c_get(query, model, msg_id=1)
         _collect(summary, responses, progress, cancel, lambda: assoc.send_c_cancel(1, cx_id))
     finally:

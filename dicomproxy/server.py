@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -40,6 +40,7 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.intake import Intake
 from dicomproxy.net import NODELAY_HANDLERS
 from dicomproxy.observe import observed_find, observed_retrieve
+from dicomproxy.pynetdicom_compat import stream_datasets_to_files
 from dicomproxy.qrservice import RelayAE
 from dicomproxy.resume import RetryWorker
 from dicomproxy.store import handle_store, store_acceptor
@@ -62,8 +63,7 @@ def configure_pynetdicom() -> None:
       decoding them; it needs an accepted context with the file's exact transfer syntax,
       which :mod:`dicomproxy.forward` guarantees (or converts first).
     """
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    stream_datasets_to_files()
 
 
 #: What the storage contexts accept, in the order an offered syntax is chosen (pynetdicom takes the

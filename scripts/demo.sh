@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m dicomproxy.demo --dir .demo "$@"
+exec .venv/bin/python -m testkit.demo --dir .demo "$@"

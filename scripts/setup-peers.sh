@@ -30,9 +30,11 @@ if [ "${#need[@]}" -gt 0 ]; then
     # --no-install-recommends keeps Orthanc from pulling in its plugins' servers.
     $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Debian's orthanc package may start a system service on port 4242/8042; we run our own.
-if command -v service >/dev/null 2>&1 && pgrep -x Orthanc >/dev/null 2>&1 && [ -f /etc/init.d/orthanc ]; then
-    $SUDO service orthanc stop >/dev/null 2>&1 || true
+# Debian's orthanc package may start a system service on port 4242/8042; we run our own. Only that
+# service is stopped (its pid file): the init script's fallback would kill every Orthanc on the
+# machine, including those of a test run going on beside this set-up.
+if [ -f /run/orthanc.pid ] && [ -f /etc/init.d/orthanc ] && kill -0 "$(cat /run/orthanc.pid)" 2>/dev/null; then
+    $SUDO start-stop-daemon --stop --quiet --retry=TERM/30/KILL/5 --pidfile /run/orthanc.pid || true
 fi
 
 if [ "${1:-}" = "--with-databases" ]; then

@@ -17,13 +17,13 @@ from sqlalchemy.engine import Engine
 
 from dicomproxy.config import Config, parse_config
 from dicomproxy.context import AppContext
-from dicomproxy.samples import StudySpec, demo_specs, exam_row, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port, wait_for_echo
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
 from dicomproxy.view.model import exam_view_table
+from testkit import free_port, wait_for_echo
+from testkit.dcmtk import StoreSCP
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 PG_URL = os.environ.get("DICOMPROXY_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get(
@@ -272,13 +272,13 @@ def find_port(view_config: Config, run_proxy: Callable[[Config], Server]) -> int
 __all__ = ["StudySpec", "free_port", "wait_for_echo"]
 
 
-# --- department test objects (dicomproxy.samples_dept; imports kept here to keep merges simple) ---
+# --- department test objects (testkit.samples_dept; imports kept here to keep merges simple) ---
 
 
 @pytest.fixture(scope="session")
 def dept_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     """One study per Sysid (RIS, UIS, EIS, ECG, PIS with a small WSI) written once, by Sysid."""
-    from dicomproxy.samples_dept import DEPT_KINDS, dept_study_specs, write_dept_study
+    from testkit.samples_dept import DEPT_KINDS, dept_study_specs, write_dept_study
 
     root = tmp_path_factory.mktemp("dept-studies")
     return {DEPT_KINDS[spec.kind][0]: write_dept_study(spec, root / spec.kind) for spec in dept_study_specs()}
@@ -289,7 +289,7 @@ def big_wsi(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Factory: ``big_wsi(target_bytes=500_000_000, compressed=True)`` streams a VL Whole Slide
     Microscopy instance (PIS study) into ``tmp_path`` and returns its ``WsiInfo``; the files
     are deleted after the test. 500 MB takes a few seconds and < 100 MB of RSS."""
-    from dicomproxy.samples_dept import dept_study_specs, write_wsi
+    from testkit.samples_dept import dept_study_specs, write_wsi
 
     spec = next(s for s in dept_study_specs() if s.kind == "SM")
     written: list[Path] = []

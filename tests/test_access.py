@@ -8,7 +8,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
 from dicomproxy.net import Remote, c_echo
-from dicomproxy.testing.dcmtk import run_tool
+from testkit import wait_until
+from testkit.dcmtk import run_tool
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,11 @@ from dicomproxy.testing.dcmtk import run_tool
         ("ANYHOST", "DICOMPROXY", "10.9.9.9", True, None),
         ("ORTHANC", "DICOMPROXY", "127.0.0.1", True, None),
         ("ORTHANC", "DICOMPROXY", "10.1.1.1", False, REJECT_CALLING_AE),
+        # a host configured by name: any of its addresses (resolved) may connect
+        ("NAMED", "DICOMPROXY", "127.0.0.1", True, None),
+        ("NAMED", "DICOMPROXY", "10.9.9.9", False, REJECT_CALLING_AE),
+        # a host name that does not resolve matches nothing (and raises nothing)
+        ("NXHOST", "DICOMPROXY", "127.0.0.1", False, REJECT_CALLING_AE),
     ],
 )
 def test_decide(make_config, calling: str, called: str, ip: str, accept: bool, rjd: object) -> None:
@@ -29,6 +35,8 @@ def test_decide(make_config, calling: str, called: str, ip: str, accept: bool, r
         peers=[
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
             {"ae_title": "ANYHOST", "host": "192.0.2.1", "port": 104, "check_host": False},
+            {"ae_title": "NAMED", "host": "localhost", "port": 104},
+            {"ae_title": "NXHOST", "host": "no-such-host.invalid", "port": 104},
         ]
     )
     decision = decide(cfg, calling, called, ip)
@@ -63,15 +71,39 @@ def test_pynetdicom_echo_accepted_and_rejected(
     assert c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port)).ok
 
 
-def test_rejection_reasons_on_the_wire(make_config, run_proxy) -> None:
-    server = run_proxy(make_config())
-    ae = AE(ae_title="STRANGER")
+@pytest.mark.parametrize(
+    ("calling", "called", "expected"),
+    [
+        # PS3.8 Table 9-21: result 1 rejected-permanent, source 1 service-user, reason 3 / 7
+        ("STRANGER", "DICOMPROXY", (1, 1, 3)),
+        ("FARAWAY", "DICOMPROXY", (1, 1, 3)),
+        ("jobserver", "NOTUS", (1, 1, 7)),
+    ],
+)
+def test_rejection_reasons_on_the_wire(
+    make_config, run_proxy, caplog: pytest.LogCaptureFixture, calling: str, called: str, expected
+) -> None:
+    caplog.set_level("INFO", logger="dicomproxy.server")
+    server = run_proxy(
+        make_config(
+            peers=[
+                {"ae_title": "jobserver", "host": "127.0.0.1", "port": 104},
+                {"ae_title": "FARAWAY", "host": "192.0.2.7", "port": 104},
+            ]
+        )
+    )
+    ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == REJECT_CALLING_AE
-    ae.shutdown()
+    try:
+        assoc = ae.associate("127.0.0.1", server.port, ae_title=called)
+        assert assoc.is_rejected
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == expected
+    finally:
+        ae.shutdown()
+    # our side ends the association there: it is never negotiated, nor logged as accepted
+    wait_until(lambda: server.active_associations() == 0, 10, "the rejected association to end")
+    assert not [r for r in caplog.records if "association accepted" in r.getMessage()]
 
 
 @pytest.mark.usefixtures("dcmtk")
@@ -124,9 +156,61 @@ def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None
     log.warn("192.0.2.2", "other")
     lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(lines) == 2
+    assert not any("more rejection(s)" in line for line in lines)  # nothing was suppressed before them
     log.window = 0.0
     log.warn("192.0.2.1", "again")
-    assert "4 more rejection(s)" in caplog.records[-1].getMessage()
+    assert "(4 more rejection(s) from this address were not logged)" in caplog.records[-1].getMessage()
+    log.warn("192.0.2.1", "and again")
+    assert "more rejection(s)" not in caplog.records[-1].getMessage()
+
+
+def test_rejection_log_one_line_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default window is the documented minute (docs/security.md). A fake clock, no sleeping."""
+    from types import SimpleNamespace
+
+    from dicomproxy import access
+
+    now = [5000.0]
+    monkeypatch.setattr(access, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    log = access.RejectionLog()
+
+    def logged() -> int:
+        return len([r for r in caplog.records if "rejected" in r.getMessage()])
+
+    log.warn("192.0.2.9", "scan")
+    now[0] += 59.5
+    log.warn("192.0.2.9", "scan")
+    assert logged() == 1
+    now[0] += 0.5  # a minute after the first line: the window is over
+    log.warn("192.0.2.9", "scan")
+    assert logged() == 2
+
+
+def test_rejection_log_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scan from many addresses: past 4096 remembered addresses the log forgets all but the
+    current one, which then starts counting from nothing. A fake clock, no sleeping."""
+    from types import SimpleNamespace
+
+    from dicomproxy import access
+
+    now = [1000.0]
+    monkeypatch.setattr(access, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    log = access.RejectionLog(window=60)
+    for i in range(4097):
+        log.warn(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "scan")
+    assert len(log._last) == 1
+    last = "10.0.16.0"
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 4097
+    now[0] += 1
+    log.warn(last, "scan")  # within the window: counted, not logged
+    now[0] += 60
+    log.warn(last, "scan")
+    assert "(1 more rejection(s) from this address" in caplog.records[-1].getMessage()
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 4098
 
 
 def test_find_not_permitted(make_config, run_proxy, sqlite_view) -> None:

@@ -25,13 +25,13 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config, parse_config
 from dicomproxy.findscu import run_find
 from dicomproxy.net import Remote
-from dicomproxy.samples import Patient, StudySpec, write_study
-from dicomproxy.samples_dept import dept_exam_row, dept_study_specs
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port
+from testkit.dcmtk import DcmQrSCP, StoreSCP
+from testkit.orthanc import Orthanc
+from testkit.samples import Patient, StudySpec, write_study
+from testkit.samples_dept import dept_exam_row, dept_study_specs
+from testkit.viewdb import create_view_table, insert_rows
 from tests.conftest import base_config_dict
 
 CLOUD, DEST, PROXY_AE = "CLOUD", "DEST", "DICOMPROXY"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomproxy.testing.wsirelay import relay_wsi
+from testkit.wsirelay import relay_wsi
 
 #: Generous: the interpreter and libraries take ~140 MB; the slide must never be held in memory.
 RSS_BOUND_MB = 300

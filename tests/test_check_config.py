@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from dicomproxy.testing import free_port
+from testkit import free_port
 
 
 def _config(tmp: Path, view_url: str, pacs_port: int, extra: str = "") -> Path:

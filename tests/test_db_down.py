@@ -17,10 +17,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from dicomproxy.config import Config
-from dicomproxy.samples import demo_specs, exam_row
 from dicomproxy.server import Server
-from dicomproxy.testing import wait_until
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import wait_until
+from testkit.samples import demo_specs, exam_row
+from testkit.viewdb import create_view_table, insert_rows
 from tests.conftest import PG_URL, ConfigFactory, _reachable
 from tests.view_data import FindClient
 

@@ -1,4 +1,4 @@
-"""The README's main job: ``python -m dicomproxy.demo`` (what scripts/demo.sh runs) succeeds end to end."""
+"""The README's main job: ``python -m testkit.demo`` (what scripts/demo.sh runs) succeeds end to end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 def test_demo_end_to_end(tmp_path: Path, orthanc) -> None:  # orthanc: skips/fails cleanly without it
     proc = subprocess.run(
-        [sys.executable, "-m", "dicomproxy.demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "testkit.demo", "--dir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=300,

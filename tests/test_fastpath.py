@@ -33,11 +33,11 @@ from dicomproxy.fastpath import pdu, wire
 from dicomproxy.fastpath import sender as fastsender
 from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.net import Remote, c_echo
-from dicomproxy.samples import demo_specs, exam_row, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port, wait_until
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP, run_tool
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port, wait_until
+from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
+from testkit.samples import demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CT, MR, _, _ = demo_specs()
 PROXY_AE = "DICOMPROXY"

@@ -21,7 +21,7 @@ from pydicom.valuerep import PersonName
 from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.server import Server
-from dicomproxy.testing.dcmtk import run_tool
+from testkit.dcmtk import run_tool
 from tests.conftest import ConfigFactory
 from tests.view_data import CT, MF, MR, US, FindClient
 
@@ -197,7 +197,7 @@ def test_ir58_request_with_gb18030_default(
 @pytest.mark.dcmtk
 def test_findscu_matching_types(dcmtk: None, find_port: int, tmp_path: Path) -> None:
     """The matching types once more with DCMTK findscu as the client (Study Root, STUDY level)."""
-    from dicomproxy.samples import uid_from
+    from testkit.samples import uid_from
     from tests.view_data import UID
 
     cases: list[tuple[list[tuple[str, bytes]], set[str]]] = [

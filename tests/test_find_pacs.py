@@ -16,11 +16,11 @@ from sqlalchemy import create_engine
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.handlers.find import handle_find
-from dicomproxy.samples import demo_specs, exam_row
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port
+from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs, exam_row
+from testkit.viewdb import create_view_table, insert_rows
 from tests.conftest import ConfigFactory
 from tests.view_data import FindClient
 

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from dicomproxy.config import Config
-from dicomproxy.samples import uid_from
-from dicomproxy.testing.viewdb import insert_rows
 from dicomproxy.view.repository import ExamView
+from testkit.samples import uid_from
+from testkit.viewdb import insert_rows
 from tests.conftest import ViewDB
 from tests.view_data import (
     CT,

@@ -26,11 +26,11 @@ from dicomproxy.config import load_config
 from dicomproxy.journal import Journal
 from dicomproxy.net import Remote
 from dicomproxy.recovery import retry_job
-from dicomproxy.samples import StudySpec, exam_row, write_study
-from dicomproxy.testing import Process, free_port, wait_for_echo, wait_until
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.fakepacs import FakePacs
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakePacs
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CLOUD = "CLOUD"
 N = 6

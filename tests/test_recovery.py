@@ -1,6 +1,6 @@
 """Restart safety (issue 6): start-up reconciliation of spool and journal, ``jobs retry``.
 
-In-process rig: controllable pynetdicom PACS and destination (dicomproxy.testing.fakepacs).
+In-process rig: controllable pynetdicom PACS and destination (testkit.fakepacs).
 The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,10 +20,10 @@ from dicomproxy.config import Config
 from dicomproxy.journal import Journal
 from dicomproxy.net import Remote
 from dicomproxy.recovery import reconcile, retry_job
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+from testkit import free_port
+from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 
@@ -44,7 +45,9 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
-def test_reconcile_marks_interrupted_keeps_and_quarantines(make_config: Callable[..., Config]) -> None:
+def test_reconcile_marks_interrupted_keeps_and_quarantines(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config()
     journal = Journal.for_config("", config.data_path)
     running = journal.start("move", CLOUD, "127.0.0.1", "DEST", "pacs")
@@ -62,6 +65,11 @@ def test_reconcile_marks_interrupted_keeps_and_quarantines(make_config: Callable
     report = reconcile(config, journal)
 
     assert report.interrupted == [running]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        f"job {running} was interrupted (process ended); `dicomproxy jobs retry {running}` resends it"
+        in warned
+    )
     assert journal.get(running) is not None and journal.get(running).row["outcome"] == "interrupted"  # type: ignore[union-attr]
     assert journal.get(done).row["outcome"] == "partial"  # type: ignore[union-attr]
     assert sorted(p.name for p in report.kept) == [f"job-{running:06d}-aaaaaa", f"job-{done:06d}-bbbbbb"]
@@ -148,6 +156,224 @@ def test_retry_resends_exactly_the_unconfirmed(
     assert sorted(received) == sorted(uids)  # each exactly once
     assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("success", 5, 0)
     assert list((config.data_path / "spool").rglob("*")) == []
+    journal.close()
+
+
+def test_retry_while_destination_still_rejects(
+    rig: tuple[FakePacs, FakeDestination, Server, Config], study_files: list[Path]
+) -> None:
+    """The destination still refuses the one unconfirmed instance: the retry records it as
+    failed (never as sent), keeps its spool file, and the job stays partial; a later retry,
+    once the destination takes it, completes the job (issue 18, mutant 5)."""
+    _pacs, dest, server, config = rig
+    uids = sop_uids(study_files)
+    bad = uids[1]
+    dest.behaviour.reject = {bad: 0xA700}  # out of resources: retried, and refused again
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    first = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "FAKEDEST",
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+    assert (first.status, first.completed, first.failed) == (0xB000, 4, 1), first.line()
+    journal = Journal.for_config("", config.data_path)
+    job_id = journal.recent(1)[0]["id"]
+    attempts = dest.attempts.count(bad)
+
+    result = retry_job(config, journal, job_id)
+
+    assert (result.unconfirmed, result.from_spool, result.refetched) == (1, 1, 0), result
+    assert (result.sent, result.failed, result.outcome) == (0, [bad], "partial"), result
+    assert dest.attempts.count(bad) == attempts + 1 + config.proxy.retries  # it was really resent
+    assert bad not in [uid for uid, _ in dest.received]
+    assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [bad]
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["outcome"], job.row["status"], job.row["completed"], job.row["failed"]) == (
+        "partial",
+        0xB000,
+        4,
+        1,
+    )
+    assert "1 instance(s) still not confirmed" in job.row["error"]
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 1  # kept for the next retry
+
+    dest.behaviour.reject = {}
+    again = retry_job(config, journal, job_id)
+    assert (again.sent, again.failed, again.outcome) == (1, [], "success"), again
+    assert journal.unconfirmed(job_id) == []
+    done = journal.get(job_id)
+    assert done is not None
+    assert (done.row["outcome"], done.row["status"], done.row["completed"], done.row["failed"]) == (
+        "success",
+        0x0000,
+        5,
+        0,
+    )
+    assert sorted(uid for uid, _ in dest.received) == sorted(uids)
+    assert list((config.data_path / "spool").rglob("*.dcm")) == []
+    journal.close()
+
+
+Rig = tuple[FakePacs, FakeDestination, Server, Config]
+
+
+def first_move(rig: Rig, study_files: list[Path]) -> tuple[Journal, int, scu.RetrieveSummary]:
+    """The C-MOVE whose job the test then retries: (journal, job id, the cloud's summary)."""
+    _pacs, _dest, server, config = rig
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    summary = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "FAKEDEST",
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+    journal = Journal.for_config("", config.data_path)
+    return journal, journal.recent(1)[0]["id"], summary
+
+
+def test_retry_with_torn_spool_file(rig: Rig, study_files: list[Path]) -> None:
+    """One of the two unconfirmed instances' spool files is torn (the crash): it is ignored, not
+    sent, and the other is still read; with C-GET upstream the torn one is fetched again and
+    sent, with C-MOVE it is reported as not found."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900, uids[2]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (3, 2), first.line()
+    torn_file, kept_file = sorted((config.data_path / "spool").rglob("*.dcm"))
+    torn = str(dcmread(torn_file, stop_before_pixels=True).SOPInstanceUID)
+    kept = str(dcmread(kept_file, stop_before_pixels=True).SOPInstanceUID)
+    torn_file.write_bytes(b"torn")
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    job = journal.get(job_id)
+    assert job is not None
+    received = [uid for uid, _ in dest.received]
+    assert received.count(kept) == 1
+    if config.pacs.retrieve == "c-get":
+        assert (result.from_spool, result.refetched, result.sent, result.outcome) == (1, 1, 2, "success"), (
+            result
+        )
+        assert received.count(torn) == 1
+        assert (job.row["status"], job.row["completed"]) == (0x0000, 5)
+    else:
+        assert (result.from_spool, result.refetched, result.sent, result.not_found) == (1, 0, 1, [torn])
+        assert (result.outcome, job.row["status"], job.row["completed"]) == ("partial", 0xB000, 4)
+        assert torn not in received
+    journal.close()
+
+
+def test_retry_when_the_pacs_still_fails(rig: Rig, study_files: list[Path]) -> None:
+    """Two instances never arrived; at the retry the PACS still aborts: they stay unconfirmed and
+    the PACS's reason is reported (re-fetched by C-GET, or by C-MOVE to the running server)."""
+    pacs, _dest, server, config = rig
+    uids = sop_uids(study_files)
+    pacs.behaviour.abort_after = 3
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (3, 2), first.line()
+    pacs.behaviour.abort_after = 0
+    result = retry_job(config, journal, job_id, server.ctx.archives)
+    assert (result.sent, sorted(result.not_found), result.outcome) == (0, sorted(uids[3:]), "partial"), result
+    assert "abort" in result.error.lower() and "listener" not in result.error, result.error
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["status"], job.row["completed"], job.row["failed"], job.row["error"]) == (
+        0xB000,
+        3,
+        2,
+        result.error,
+    )
+    assert sorted(r["sop_instance_uid"] for r in journal.unconfirmed(job_id)) == sorted(uids[3:])
+    journal.close()
+
+
+def test_retry_nothing_confirmed_is_all_failed(rig: Rig, study_files: list[Path]) -> None:
+    """Every instance refused, before and at the retry: 0xA702, outcome failed, all five kept."""
+    _pacs, dest, _server, config = rig
+    dest.behaviour.reject = dict.fromkeys(sop_uids(study_files), 0xA900)
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.status, first.completed, first.failed) == (0xA702, 0, 5), first.line()
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, len(result.failed), result.outcome) == (5, 0, 5, "failed"), result
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["outcome"], job.row["status"], job.row["completed"], job.row["failed"]) == (
+        "failed",
+        0xA702,
+        0,
+        5,
+    )
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 5
+    journal.close()
+
+
+def test_retry_when_the_destination_refuses(rig: Rig, study_files: list[Path]) -> None:
+    """The destination refuses the association at the retry: nothing sent, the reason recorded,
+    the spool file kept, the job still partial."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, _ = first_move(rig, study_files)
+    dest.behaviour.refuse = True
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, result.outcome) == (1, 0, "partial"), result
+    assert "FAKEDEST" in result.error, result.error
+    job = journal.get(job_id)
+    assert job is not None
+    assert (job.row["status"], job.row["error"]) == (0xB000, result.error)
+    assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [uids[1]]
+    assert len(list((config.data_path / "spool").rglob("*.dcm"))) == 1
+    journal.close()
+
+
+def test_retry_drops_files_already_confirmed(rig: Rig, study_files: list[Path]) -> None:
+    """A crash between the journal row and the file's removal leaves the spool file of a
+    confirmed instance: the retry deletes it and does not send it again."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, _ = first_move(rig, study_files)
+    (left,) = list((config.data_path / "spool").rglob("*.dcm"))
+    stale = left.parent / "stale-confirmed.dcm"
+    stale.write_bytes(study_files[0].read_bytes())  # uids[0]: confirmed by the destination
+    (config.data_path / "spool" / f"job-{job_id:06d}-out").mkdir()  # and an earlier retry crashed too
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.sent, result.outcome) == (1, 1, "success"), result
+    assert not stale.exists()
+    assert [uid for uid, _ in dest.received].count(uids[0]) == 1
+    assert dest.attempts.count(uids[0]) == 1
+    journal.close()
+
+
+def test_retry_refuses_what_it_cannot_do(make_config: Callable[..., Config]) -> None:
+    """Journal states `jobs retry` must refuse, and an empty job it has nothing to do for."""
+    config = make_config()
+    journal = Journal.for_config("", config.data_path)
+
+    def job(kind: str = "move", dest: str = "jobserver", **finish: Any) -> int:
+        job_id = journal.start(kind, CLOUD, "127.0.0.1", dest, "pacs")
+        if finish:
+            journal.finish(job_id, **finish)
+        return job_id
+
+    with pytest.raises(ValueError, match="is still running"):
+        retry_job(config, journal, job())
+    with pytest.raises(ValueError, match="is a C-GET: only the requester can repeat it"):
+        retry_job(config, journal, job("get", status=0xB000, outcome="partial"))
+    with pytest.raises(ValueError, match="destination 'GONE' is no longer a configured peer"):
+        retry_job(config, journal, job(dest="GONE", status=0xB000, outcome="partial"))
+    with pytest.raises(ValueError, match="predates the record of announced instances"):
+        retry_job(config, journal, job(status=0xB000, outcome="partial", expected=3))
+    with pytest.raises(LookupError, match="no job 4242"):
+        retry_job(config, journal, 4242)
+    empty = job(status=0x0000, outcome="empty", expected=0)
+    result = retry_job(config, journal, empty)
+    assert (result.unconfirmed, result.sent, result.outcome, result.error) == (0, 0, "success", "")
     journal.close()
 
 

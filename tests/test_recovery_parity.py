@@ -29,10 +29,10 @@ from sqlalchemy import create_engine
 from dicomproxy import scu
 from dicomproxy.journal import Journal
 from dicomproxy.net import NODELAY_HANDLERS, Remote
-from dicomproxy.samples import Patient, StudySpec, exam_row, write_study
-from dicomproxy.testing import Process, free_port, wait_for_echo, wait_until
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit.orthanc import Orthanc
+from testkit.samples import Patient, StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CLOUD, DEST = "CLOUD", "GATEDEST"
 N = 8

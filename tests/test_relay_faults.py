@@ -1,4 +1,4 @@
-"""Relay faults with a controllable pynetdicom PACS / destination (dicomproxy.testing.fakepacs).
+"""Relay faults with a controllable pynetdicom PACS / destination (testkit.fakepacs).
 
 Every fault ends with the right final status and counts, the journal says so, and the proxy
 keeps serving (an echo afterwards). No sleeps: the fake PACS stalls on events.
@@ -21,11 +21,11 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.net import NODELAY_HANDLERS, Remote, c_echo
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port, wait_until
-from dicomproxy.testing.dcmtk import StoreSCP
-from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
+from testkit import free_port, wait_until
+from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 
@@ -70,15 +70,21 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_study(spec, tmp_path_factory.mktemp("fault-study"))
 
 
+#: Both upstream methods, each on the list-first path and on the early-start path (the fake PACS
+#: answers STUDY-level C-FINDs with a count and SOP classes, as Orthanc does).
+BOTH_PATHS = ["c-move", "c-get", "c-move/early", "c-get/early"]
+
+
 @pytest.fixture(params=["c-move", "c-get"])
 def rig(
     request: pytest.FixtureRequest, make_config: Callable[..., Config], study_files: list[Path]
 ) -> Iterator[Rig]:
+    method, _, path = str(request.param).partition("/")
     proxy_port = free_port()
     dest = FakeDestination().start()
-    pacs = FakePacs(
-        study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-    ).start()
+    pacs = FakePacs(study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
+    pacs.behaviour.study_level = path == "early"
+    pacs.start()
     config = make_config(
         # A lost A-ABORT (pynetdicom aborting from inside a handler does not always get it out)
         # then ends as a DIMSE timeout on the onward association: same status, bounded wait.
@@ -87,7 +93,7 @@ def rig(
             "ae_title": pacs.ae_title,
             "host": "127.0.0.1",
             "port": pacs.port,
-            "retrieve": request.param,
+            "retrieve": method,
             "dimse_timeout": 30.0,
         },
         peers=[
@@ -109,9 +115,21 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
+def counts_seen() -> tuple[list[tuple[int | None, int, int, int]], Callable[[scu.RetrieveSummary], None]]:
+    """(remaining, completed, failed, warning) of every Pending response, and the callback that
+    records them."""
+    seen: list[tuple[int | None, int, int, int]] = []
+    return seen, lambda s: seen.append((s.remaining, s.completed, s.failed, s.warning))
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_happy_path_counts_and_journal(rig: Rig) -> None:
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert result.status == 0x0000, result.line()
+    # every Pending response accounts for all 5 sub-operations (PS3.4 C.4.2.1.6), the last none left
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen
     assert (result.completed, result.failed, result.warning) == (5, 0, 0)
     assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
     assert set(rig.dest.originators) == {(CLOUD, 1)}  # PS3.4 C.4.2.2.3: the requester and its Message ID
@@ -123,11 +141,15 @@ def test_happy_path_counts_and_journal(rig: Rig) -> None:
     assert all(i["transfer_syntax"] for i in full.instances)
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
     phantoms = ["2.25.111", "2.25.222"]
     rig.pacs.behaviour.phantom_uids = phantoms
-    result = rig.move()
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
     assert result.status == 0xB000, result.line()
+    assert seen and all(r is not None and r + c + f + w == 7 for r, c, f, w in seen), seen
+    assert (result.remaining or 0, result.completed + result.failed) == (0, 7)
     assert (result.completed, result.failed) == (5, 2)
     assert sorted(result.failed_uids) == sorted(phantoms)
     job = rig.ctx.journal.get(rig.last_job()["id"])
@@ -136,6 +158,7 @@ def test_pacs_sends_fewer_than_announced(rig: Rig) -> None:
     assert rig.still_serving()
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_pacs_aborts_mid_study(rig: Rig) -> None:
     rig.pacs.behaviour.abort_after = 2
     result = rig.move()
@@ -147,6 +170,65 @@ def test_pacs_aborts_mid_study(rig: Rig) -> None:
     assert rig.still_serving()
 
 
+def early_started(caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether the last job started before its instance list was known (its first log line)."""
+    return any("announced by the PACS, listing them meanwhile" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_pacs_aborts(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, the IMAGE-level listing fails and the PACS aborts after 2 of the 5 it
+    announced: the 3 never received are failed sub-operations (announced − completed), counted
+    without UIDs to name, and the job ends 0xB000, not Success (issue 18, mutant 6)."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    rig.pacs.behaviour.abort_after = 2
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+    assert early_started(caplog)
+    assert any("listing the instances failed" in r.getMessage() for r in caplog.records)
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning, result.failed_uids) == (2, 3, 0, [])
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("partial", 5, 2, 3)
+    assert rig.still_serving()
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_phantoms(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, listing fails, the PACS announces 7 and sends its 5: 2 failed, 0xB000."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    rig.pacs.behaviour.phantom_uids = ["2.25.111", "2.25.222"]
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
+    assert early_started(caplog)
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed) == (5, 2)
+    # counted from the announced 7 throughout (the list never came)
+    assert seen and all(r is not None and r + c + f + w == 7 for r, c, f, w in seen), seen
+    assert sorted(uid for uid, _ in rig.dest.received) == sorted(sop_uids(rig.files))
+    job = rig.last_job()
+    assert (job["outcome"], job["expected"], job["completed"], job["failed"]) == ("partial", 7, 5, 2)
+
+
+@pytest.mark.parametrize("rig", ["c-move/early", "c-get/early"], indirect=True)
+def test_early_start_listing_fails_nothing_lost(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Early-start path, listing fails but every announced instance arrives: Success."""
+    caplog.set_level("INFO", logger="dicomproxy.relay")
+    rig.pacs.behaviour.image_find_status = 0xA700
+    seen, progress = counts_seen()
+    result = rig.move(progress=progress)
+    assert early_started(caplog)
+    assert result.status == 0x0000, result.line()
+    assert (result.completed, result.failed) == (5, 0)
+    assert seen and all(r is not None and r + c + f + w == 5 for r, c, f, w in seen), seen
+    assert seen[-1] == (0, 5, 0, 0), seen
+    assert rig.last_job()["outcome"] == "success"
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_destination_rejects_one_instance(rig: Rig) -> None:
     bad = sop_uids(rig.files)[1]
     rig.dest.behaviour.reject = {bad: 0xA700}
@@ -160,6 +242,57 @@ def test_destination_rejects_one_instance(rig: Rig) -> None:
     # the refused instance stays in the spool (not confirmed); the confirmed ones are gone
     spooled = list((rig.config.data_path / "spool").rglob("*.dcm"))
     assert len(spooled) == 1
+    # and the journal knows it is the one to resend (`jobs retry`), also when listed beside the fetch
+    assert [r["sop_instance_uid"] for r in rig.ctx.journal.unconfirmed(job.row["id"])] == [bad]
+    assert job.row["expected"] == 5
+
+
+def test_destination_rejects_everything(rig: Rig) -> None:
+    """Every C-STORE refused: 0xA702, all failed and named, outcome failed, files kept."""
+    rig.dest.behaviour.reject = dict.fromkeys(sop_uids(rig.files), 0xA900)
+    result = rig.move()
+    assert result.status == 0xA702, result.line()
+    assert (result.completed, result.failed, result.warning) == (0, 5, 0)
+    assert sorted(result.failed_uids) == sorted(sop_uids(rig.files))
+    assert result.comment == "all sub-operations failed"
+    job = rig.last_job()
+    assert (job["outcome"], job["status"], job["completed"], job["failed"]) == ("failed", 0xA702, 0, 5)
+    assert len(list((rig.config.data_path / "spool").rglob("*.dcm"))) == 5
+    assert rig.still_serving()
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS[:2], indirect=True)
+def test_destination_warns(rig: Rig) -> None:
+    """A warning status from the destination (0xB007, coercion of data elements) is a warning
+    sub-operation: 0xB000, the instance counts as delivered (its spool file goes), not failed."""
+    uids = sop_uids(rig.files)
+    rig.dest.behaviour.reject = {uids[0]: 0xB007, uids[3]: 0xB000}
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning, result.failed_uids) == (3, 0, 2, [])
+    job = rig.ctx.journal.get(rig.last_job()["id"])
+    assert job is not None
+    assert (job.row["outcome"], job.row["completed"], job.row["warning"], job.row["failed"]) == (
+        "partial",
+        3,
+        2,
+        0,
+    )
+    assert sorted((i["sop_instance_uid"], i["state"]) for i in job.instances) == sorted(
+        [(uids[0], "warning"), (uids[3], "warning")]
+    )
+    assert rig.ctx.journal.unconfirmed(job.row["id"]) == []
+    assert list((rig.config.data_path / "spool").rglob("*.dcm")) == []
+
+
+@pytest.mark.parametrize("rig", BOTH_PATHS[:2], indirect=True)
+def test_destination_only_warns(rig: Rig) -> None:
+    """Warnings only, nothing completed: still 0xB000 (delivered), never 0xA702."""
+    rig.dest.behaviour.reject = dict.fromkeys(sop_uids(rig.files), 0xB007)
+    result = rig.move()
+    assert result.status == 0xB000, result.line()
+    assert (result.completed, result.failed, result.warning) == (0, 0, 5)
+    assert rig.last_job()["outcome"] == "partial"
 
 
 def test_transient_rejection_is_retried(rig: Rig) -> None:
@@ -281,6 +414,7 @@ def test_pending_responses_while_pacs_is_slow(rig: Rig) -> None:
     assert seen[:3] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("rig", BOTH_PATHS, indirect=True)
 def test_cancel_mid_study(rig: Rig) -> None:
     """The cloud's C-CANCEL ends the job at once (0xFE00 with the counts so far) and is passed on: the
     PACS gets a C-CANCEL for our C-MOVE/C-GET, answers Cancel and the association is released, not

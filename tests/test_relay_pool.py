@@ -26,12 +26,12 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.net import Remote
-from dicomproxy.samples import StudySpec, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.fakepacs import FakeDestination, FakePacs
 from dicomproxy.transcode import Policy, TranscodePool, TranscodeResult
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS
+from testkit import free_port
+from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 N = 6  # = the look-ahead window of a 2-worker pool (2 × 2 + 2): every instance can be in flight

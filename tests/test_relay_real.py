@@ -20,12 +20,12 @@ from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.net import Remote
-from dicomproxy.samples import Patient, StudySpec, demo_specs, exam_row, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP, run_tool
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import free_port
+from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
+from testkit.orthanc import Orthanc
+from testkit.samples import Patient, StudySpec, demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CT, MR, US, MF = demo_specs()
 CLOUD = "CLOUD"
@@ -211,6 +211,35 @@ def test_invisible_study_never_delivered(setup: Setup, query: dict[str, Any], tm
     assert scu.move(setup.proxy, DEST, series, calling_ae=CLOUD).completed == 0
     assert setup.dest.received() == []
     assert setup.ctx.journal.recent(1)[0]["outcome"] == "empty"
+
+
+@pytest.mark.parametrize(
+    "spec", [OTHER_HOSP, PRIVATE, UNLISTED], ids=["other-hospital", "private", "not-in-view"]
+)
+def test_invisible_study_at_series_and_image_level(
+    setup: Setup, files: dict[str, list[Path]], spec: StudySpec, tmp_path: Path
+) -> None:
+    """SERIES- and IMAGE-level C-MOVE and C-GET of a hidden study, with the series and SOP
+    Instance UIDs the PACS really holds: the study's visibility is checked at every level, so
+    0 sub-operations, nothing at the destination, nothing received (issue 18, mutant 1: the
+    "2.25.1" series above is in no archive and proved nothing)."""
+    held = pixels_by_uid(files[spec.accession])
+    series = sorted({s for _, s, _ in held.values()})
+    sop, (_, sop_series, _) = sorted(held.items())[0]
+    queries = [
+        scu.identifier("SERIES", study_uids=[spec.study_uid], series_uids=series[:1]),
+        scu.identifier("SERIES", study_uids=[spec.study_uid], series_uids=series),
+        scu.identifier("IMAGE", study_uids=[spec.study_uid], series_uids=[sop_series], sop_uids=[sop]),
+    ]
+    for i, query in enumerate(queries):
+        moved = scu.move(setup.proxy, DEST, query, calling_ae=CLOUD, timeout=60)
+        assert (moved.status, moved.completed, moved.failed, moved.warning) == (0x0000, 0, 0, 0), moved.line()
+        assert setup.ctx.journal.recent(1)[0]["outcome"] == "empty"
+        got = scu.get(setup.proxy, query, calling_ae=CLOUD, out_dir=tmp_path / f"get{i}", timeout=60)
+        assert (got.status, got.received, got.completed) == (0x0000, 0, 0), got.line()
+        assert setup.ctx.journal.recent(1)[0]["outcome"] == "empty"
+    assert setup.dest.received() == []
+    assert not any(p.is_file() for p in tmp_path.rglob("get*/*"))
 
 
 def test_pynetdicom_cloud_series_and_image_level(setup: Setup, files: dict[str, list[Path]]) -> None:

@@ -66,9 +66,9 @@ def test_archive_stores_are_accepted_from_their_host(make_config) -> None:
 def test_resolve_studies_gives_each_visible_study_its_sysid_and_examine_type(make_config, sqlite_url) -> None:
     from sqlalchemy import create_engine
 
-    from dicomproxy.samples_dept import dept_exam_row, dept_study_specs
-    from dicomproxy.testing.viewdb import create_view_table, insert_rows
     from dicomproxy.view.repository import ExamView
+    from testkit.samples_dept import dept_exam_row, dept_study_specs
+    from testkit.viewdb import create_view_table, insert_rows
 
     specs = {dept_exam_row(s)["Sysid"]: s for s in dept_study_specs()}
     engine = create_engine(sqlite_url)
@@ -93,9 +93,9 @@ def test_resolve_studies_gives_each_visible_study_its_sysid_and_examine_type(mak
 def test_check_view_reports_rows_without_an_archive(make_config, sqlite_url) -> None:
     from sqlalchemy import create_engine
 
-    from dicomproxy.samples import StudySpec, exam_row
-    from dicomproxy.testing.viewdb import create_view_table, insert_rows
     from dicomproxy.view.check import check_view, format_report
+    from testkit.samples import StudySpec, exam_row
+    from testkit.viewdb import create_view_table, insert_rows
 
     ok = exam_row(StudySpec("CT"), ExamineID="ERIS", Sysid="RIS", ExamineType="CT")
     rows = [

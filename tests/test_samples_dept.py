@@ -20,8 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, VLWholeSlideMicroscopyImageStorage
 
-from dicomproxy.samples import StudySpec, make_instance
-from dicomproxy.samples_dept import (
+from testkit.dcmtk import StoreSCP, run_tool
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, make_instance
+from testkit.samples_dept import (
     DEPT_KINDS,
     ECG_LEADS,
     WsiInfo,
@@ -42,8 +44,6 @@ from dicomproxy.samples_dept import (
     write_dept_study,
     write_wsi,
 )
-from dicomproxy.testing.dcmtk import StoreSCP, run_tool
-from dicomproxy.testing.orthanc import Orthanc
 
 SPECS = {spec.kind: spec for spec in dept_study_specs()}
 
@@ -412,7 +412,7 @@ BIG_WSI_BYTES = 500_000_000
 _BIG_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from dicomproxy.samples_dept import dept_study_specs, write_wsi
+from testkit.samples_dept import dept_study_specs, write_wsi
 spec = next(s for s in dept_study_specs() if s.kind == "SM")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 info = write_wsi(spec, Path(sys.argv[1]), target_bytes=int(sys.argv[2]))

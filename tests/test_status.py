@@ -96,3 +96,20 @@ def test_no_bare_status_codes_in_logic(module: str) -> None:
         and _HEX_STATUS.search(ast.get_source_segment((PACKAGE / module).read_text(), node) or "")
     ]
     assert bare == []
+
+
+def test_runtime_never_imports_the_test_kit() -> None:
+    """Sample generators, peer launchers and fake peers live in ``testkit``; the serving code
+    (everything under ``dicomproxy``) imports none of it."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(PACKAGE)}: {n}" for n in names if n.split(".")[0] in ("testkit", "tests")
+            ]
+    assert offenders == []

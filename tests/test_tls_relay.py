@@ -29,13 +29,13 @@ from dicomproxy.config import Config, TlsConfig
 from dicomproxy.fastpath import sender as fastsender
 from dicomproxy.fastpath.requestor import RawAssociation
 from dicomproxy.net import Remote, c_echo
-from dicomproxy.samples import demo_specs, exam_row, write_study
 from dicomproxy.server import Server
-from dicomproxy.testing import free_port
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
-from dicomproxy.testing.orthanc import Orthanc
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
 from dicomproxy.tls import client_tls_args
+from testkit import free_port
+from testkit.dcmtk import DcmQrSCP, StoreSCP
+from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
 
 CT, MR, _, _ = demo_specs()
 CLOUD = "CLOUD"

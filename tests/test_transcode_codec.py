@@ -26,7 +26,6 @@ from pydicom.uid import (
 )
 
 from dicomproxy.errors import CannotTranscode
-from dicomproxy.samples import StudySpec, make_instance
 from dicomproxy.transcode import (
     LOSSLESS_TARGETS,
     LOSSY_TARGETS,
@@ -38,6 +37,7 @@ from dicomproxy.transcode import (
 )
 from dicomproxy.transcode.codec import _mark_lossy
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
+from testkit.samples import StudySpec, make_instance
 
 KINDS = ("CT", "MR", "US", "MF")
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # local only: tests never download
@@ -549,3 +549,82 @@ def test_failed_encode_leaves_nothing(
     assert sources["MR"].read_bytes() == before
     assert read_info(out / "mr.dcm").transfer_syntax == JPEGLSLossless
     assert [p.name for p in out.iterdir()] == ["mr.dcm"]
+
+
+# --- lossy marking: the cases the mutation runs found unguarded (issue 18) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (None, "ISO_10918_1"),  # no Method: the source syntax's is recorded
+        ("ISO_15444_1", "ISO_15444_1"),  # a Method already recorded (an earlier compression) is kept
+    ],
+)
+def test_decoding_lossy_data_marks_it_lossy(tmp_path: Path, method: str | None, expected: str) -> None:
+    """A JPEG Baseline source without (0028,2110): decompressing it says "01" (PS3.3 C.7.6.1.1.5)
+    and never rewrites a Method the data set already names."""
+    ds = dcmread(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")
+    del ds.LossyImageCompression
+    del ds.LossyImageCompressionMethod
+    if method is not None:
+        ds.LossyImageCompressionMethod = method
+    src = tmp_path / "unmarked.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    out = dcmread(transcode_file(src, tmp_path / "native.dcm", ExplicitVRLittleEndian, POLICY).path)
+    assert out.LossyImageCompression == "01"
+    assert out.LossyImageCompressionMethod == expected
+
+
+@pytest.mark.parametrize("first_later", ["DA", "UT"])
+def test_fast_path_inserts_lossy_attributes_in_tag_order(
+    sources: dict[str, Path], tmp_path: Path, first_later: str
+) -> None:
+    """Elements between (0028,2114) and Pixel Data: the lossy attributes go before the first of
+    them, whose header is 8 bytes (short VR, DA) or 12 (long VR, UT; PS3.5 7.1.2), so the file
+    stays in ascending tag order (PS3.5 7.1), as the general path writes it."""
+    from dicomproxy.transcode import codec
+    from dicomproxy.transcode.info import read_header
+
+    ds = dcmread(sources["CT"])
+    if first_later == "UT":
+        ds.add_new(0x00400241, "UT", "a long-VR element first")  # (0040,0241) Performed Station AE (as UT)
+    ds.PerformedProcedureStepStartDate = "20240101"  # (0040,0244)
+    ds.PerformedProcedureStepDescription = "CT CHEST"  # (0040,0254)
+    src = tmp_path / "later-elements.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    fast = codec._fast_mono(src, tmp_path / "fast.dcm", read_header(src), JPEGLSNearLossless, LOSSY)
+    assert fast is not None and fast.lossy
+    out = dcmread(fast.path)
+    in_file_order = list(out.keys())
+    assert in_file_order == sorted(in_file_order)
+    assert {0x00282110, 0x00282114, 0x00400244, 0x00400254} <= set(in_file_order)
+    assert (out.LossyImageCompression, out.LossyImageCompressionMethod) == ("01", "ISO_14495_1")
+    assert (out.PerformedProcedureStepStartDate, out.PerformedProcedureStepDescription) == (
+        "20240101",
+        "CT CHEST",
+    )
+    if first_later == "UT":
+        assert out[0x00400241].value == "a long-VR element first"
+    assert np.array_equal(
+        out.pixel_array,
+        dcmread(transcode_file(src, tmp_path / "g.dcm", JPEGLSNearLossless, LOSSY).path).pixel_array,
+    )
+
+
+def test_mark_lossy_keeps_ratio_and_method_paired() -> None:
+    """No ratio known: only the Method is appended; Ratio and Method lists of unequal length (a
+    ratio was never recorded for an earlier step): no ratio is appended, which would pair it with
+    the wrong Method."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    _mark_lossy(ds, "ISO_14495_1", None)
+    assert (ds.LossyImageCompression, ds.LossyImageCompressionMethod) == ("01", "ISO_14495_1")
+    assert "LossyImageCompressionRatio" not in ds
+    ds = Dataset()
+    ds.LossyImageCompressionRatio = "8.5"
+    ds.LossyImageCompressionMethod = ["ISO_10918_1", "ISO_15444_1"]
+    _mark_lossy(ds, "ISO_14495_1", 3.0)
+    assert float(ds.LossyImageCompressionRatio) == 8.5
+    assert list(ds.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_15444_1", "ISO_14495_1"]

@@ -21,10 +21,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from dicomproxy.samples import StudySpec, make_instance
-from dicomproxy.testing.dcmtk import StoreSCP
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS
+from testkit.dcmtk import StoreSCP
+from testkit.samples import StudySpec, make_instance
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 POLICY = Policy.default("lossless")

@@ -15,6 +15,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalMammographyXRayImageStorageForPresentation,
     EncapsulatedPDFStorage,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     ImplicitVRLittleEndian,
@@ -32,7 +33,14 @@ from pydicom.uid import (
 
 from dicomproxy.config import Config
 from dicomproxy.errors import CannotTranscode, ConfigError
-from dicomproxy.transcode import InstanceInfo, Policy, choose_target, policy_for, proposed_syntaxes
+from dicomproxy.transcode import (
+    InstanceInfo,
+    Policy,
+    choose_target,
+    codec_applies,
+    policy_for,
+    proposed_syntaxes,
+)
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS, DEFAULT_LOSSY
 
 ALL = [
@@ -305,3 +313,136 @@ def test_instance_info_pixel_bytes() -> None:
 def test_unused_path_fixture_sanity(tmp_path: Path) -> None:
     # make_config writes nothing; the policy module must not need files
     assert not any(tmp_path.iterdir())
+
+
+# --- codec and fallback boundaries the mutation runs found unguarded (issue 18) ----------------
+
+
+@pytest.mark.parametrize(
+    ("inst", "applies"),
+    [
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=None), True),  # BS absent: 8
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=8), True),
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", bits_stored=7), False),
+        (info("US", samples_per_pixel=1, photometric="MONOCHROME2", pixel_representation=1), False),
+        (info("US"), True),  # RGB
+        (info("CT"), False),  # 16 bits allocated
+        (info("CT", bits_stored=8), False),  # 16 bits allocated, 8 stored
+    ],
+)
+def test_jpeg_baseline_takes_unsigned_8_bit_only(inst: InstanceInfo, applies: bool) -> None:
+    """PS3.5 8.2.1: JPEG Baseline carries 8-bit unsigned samples (Bits Stored absent counts as 8)."""
+    assert codec_applies(policy("lossy"), inst, JPEGBaseline8Bit) is applies
+
+
+@pytest.mark.parametrize(
+    ("bits_allocated", "samples", "applies"),
+    [
+        (8, 1, True),
+        (16, 1, True),
+        (16, 3, True),
+        (32, 1, False),
+        (12, 1, False),
+        (16, 2, False),
+        (16, 4, False),
+    ],
+)
+def test_codecs_take_8_or_16_bits_and_1_or_3_samples(
+    bits_allocated: int, samples: int, applies: bool
+) -> None:
+    photometric = "RGB" if samples == 3 else "MONOCHROME2"
+    inst = info(
+        "CT", bits_allocated=bits_allocated, bits_stored=8, samples_per_pixel=samples, photometric=photometric
+    )
+    assert codec_applies(policy("lossless"), inst, JPEGLSLossless) is applies
+
+
+def test_max_encode_bytes_is_inclusive() -> None:
+    """An instance of exactly ``max_encode_bytes`` is still encoded; one byte more is not."""
+    inst = info("CT")
+    assert codec_applies(policy("lossless", max_encode_bytes=inst.pixel_bytes), inst, JPEGLSLossless)
+    assert not codec_applies(policy("lossless", max_encode_bytes=inst.pixel_bytes - 1), inst, JPEGLSLossless)
+
+
+@pytest.mark.parametrize("mode", ["none", "lossless"])
+def test_no_pixels_fall_back_to_explicit_first(mode: str) -> None:
+    """A data set without pixels held in a syntax the destination did not accept: Explicit VR
+    Little Endian before Implicit (cheapest faithful re-encoding, UNCOMPRESSED_FALLBACK order)."""
+    inst = info("SR", transfer_syntax=DeflatedExplicitVRLittleEndian)
+    assert (
+        choose_target(policy(mode), inst, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+        == ExplicitVRLittleEndian
+    )
+    assert choose_target(policy(mode), inst, [ImplicitVRLittleEndian]) == ImplicitVRLittleEndian
+
+
+def test_cannot_transcode_names_what_was_accepted() -> None:
+    with pytest.raises(CannotTranscode, match=r"destination accepted only nothing for "):
+        choose_target(policy("lossless"), info("CT", transfer_syntax=JPEG2000, already_lossy=True), [])
+    with pytest.raises(
+        CannotTranscode, match=rf"destination accepted only {JPEGLSLossless}, {RLELossless} for "
+    ):
+        choose_target(
+            policy("lossless"),
+            info("CT", transfer_syntax=MPEG2MPML, sop_class_uid=VideoEndoscopicImageStorage),
+            [JPEGLSLossless, RLELossless],
+        )
+
+
+@pytest.mark.parametrize(("rows", "columns", "applies"), [(64, 64, True), (63, 512, False), (512, 32, False)])
+def test_jpeg2000_needs_64_pixels_each_way(rows: int, columns: int, applies: bool) -> None:
+    """pylibjpeg-openjpeg's 6 resolution levels: smaller images cannot be encoded."""
+    inst = info("CT", rows=rows, columns=columns)
+    assert codec_applies(policy("lossless"), inst, JPEG2000Lossless) is applies
+    assert codec_applies(policy("lossy"), inst, JPEG2000) is applies
+
+
+def test_no_codec_applies_to_pixels_we_cannot_decode() -> None:
+    inst = info(
+        "CT", sop_class_uid=VideoEndoscopicImageStorage, transfer_syntax=MPEG2MPML, already_lossy=True
+    )
+    assert not codec_applies(policy("lossless"), inst, JPEGLSLossless)
+    assert codec_applies(
+        policy("lossless"), replace(inst, transfer_syntax=ExplicitVRLittleEndian), JPEGLSLossless
+    )
+
+
+def test_default_encode_limit_is_one_gibibyte() -> None:
+    """Larger instances (whole-slide images) are never decoded to be re-encoded (docs/compression.md)."""
+    frames_of_128_mib = info("CT", rows=8192, columns=8192)  # 8192 × 8192 × 2 bytes = 128 MiB a frame
+    assert codec_applies(policy("lossless"), replace(frames_of_128_mib, number_of_frames=8), JPEGLSLossless)
+    assert not codec_applies(
+        policy("lossless"), replace(frames_of_128_mib, number_of_frames=9), JPEGLSLossless
+    )
+
+
+def test_data_set_without_pixels_in_an_undecodable_syntax_is_not_converted() -> None:
+    """No pixels, but held in a syntax we cannot decode: only that syntax carries it."""
+    inst = info("SR", transfer_syntax=MPEG2MPML)
+    with pytest.raises(CannotTranscode):
+        choose_target(policy("none"), inst, UNCOMPRESSED)
+    assert choose_target(policy("none"), inst, [*UNCOMPRESSED, MPEG2MPML]) == MPEG2MPML
+
+
+@pytest.mark.parametrize(
+    ("inst", "target"),
+    [
+        (info("CT"), MPEG2MPML),  # no encoder for it
+        (info("SR"), JPEGLSLossless),  # no pixels
+        (info("CT", float_pixels=True), JPEGLSLossless),  # Float Pixel Data: no codec takes it
+    ],
+)
+def test_no_codec_without_encoder_or_integer_pixels(inst: InstanceInfo, target: str) -> None:
+    assert not codec_applies(policy("lossy"), inst, target)
+
+
+@pytest.mark.parametrize("mode", ["none", "lossless", "lossy"])
+def test_float_pixels_are_re_encoded_uncompressed_only(mode: str) -> None:
+    """Float Pixel Data held big endian, destination takes only little endian: a re-encoding of
+    the data set, never a codec (and not refused)."""
+    inst = info("CT", float_pixels=True, bits_allocated=32, transfer_syntax=ExplicitVRBigEndian)
+    assert (
+        choose_target(policy(mode), inst, [JPEGLSLossless, ExplicitVRLittleEndian]) == ExplicitVRLittleEndian
+    )
+    with pytest.raises(CannotTranscode):
+        choose_target(policy(mode), inst, [JPEGLSLossless])

@@ -12,10 +12,10 @@ from sqlalchemy import create_engine, text
 
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
-from dicomproxy.samples import StudySpec, demo_specs, exam_row
 from dicomproxy.server import Server
-from dicomproxy.testing.viewdb import insert_rows
 from dicomproxy.view.check import check_view, format_report
+from testkit.samples import StudySpec, demo_specs, exam_row
+from testkit.viewdb import insert_rows
 from tests.conftest import ConfigFactory, ViewDB, base_config_dict
 
 

@@ -274,8 +274,8 @@ def test_every_view_statement_compiles_for_sqlserver_and_oracle(
     from sqlalchemy import event
 
     from dicomproxy.checks import missing_view_columns
-    from dicomproxy.testing.viewdb import create_view_table, insert_rows
     from dicomproxy.view.check import check_view
+    from testkit.viewdb import create_view_table, insert_rows
     from tests.view_data import UID, view_rows
 
     url = f"sqlite:///{tmp_path / 'v.db'}"

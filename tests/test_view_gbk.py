@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from dicomproxy.config import Config
 from dicomproxy.server import Server
-from dicomproxy.testing.viewdb import create_view_table, drop_view_table, insert_rows
+from testkit.viewdb import create_view_table, drop_view_table, insert_rows
 from tests.conftest import FIND_PEERS, MARIADB_URL, ConfigFactory, _reachable
 from tests.view_data import CT, DEMO, UID, FindClient, view_rows
 

@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 from dicomproxy.checks import study_lookup_checks
 from dicomproxy.config import Config
 from dicomproxy.server import Server
-from dicomproxy.testing.viewdb import create_view_table, drop_view_table, insert_rows, update_rows, writer
 from dicomproxy.view.check import check_view, format_report
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.stamp import Mark, StampKind
 from dicomproxy.view.uidindex import STATE_TABLE
+from testkit.viewdb import create_view_table, drop_view_table, insert_rows, update_rows, writer
 from tests.conftest import FIND_PEERS, MARIADB_URL, PG_URL, ConfigFactory, _reachable
 from tests.view_data import UID, FindClient, _row, view_rows
 

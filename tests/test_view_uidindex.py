@@ -8,10 +8,10 @@ import datetime as dt
 from sqlalchemy import update
 
 from dicomproxy.config import Config
-from dicomproxy.testing.viewdb import insert_rows
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.uids import split_uid_cell
+from testkit.viewdb import insert_rows
 from tests.conftest import ViewDB
 from tests.view_data import CT, UID, _row
 

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy.net import NODELAY_HANDLERS
-from dicomproxy.samples import StudySpec, demo_specs, exam_row, uid_from
+from testkit.samples import StudySpec, demo_specs, exam_row, uid_from
 
 CALLING = "jobserver"
 UID = {

@@ -17,7 +17,6 @@ messages): :func:`install_send_lock` makes the reactor's socket writes take the 
 from __future__ import annotations
 
 import ssl
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from pynetdicom.pdu_primitives import MaximumLengthNotification
 from dicomproxy.fastpath.dimse import C_STORE_RQ, DATA_SET_PRESENT, PRIORITY_MEDIUM
 from dicomproxy.fastpath.pdu import message_pdus
 from dicomproxy.fastpath.wire import encode_command
+from dicomproxy.pynetdicom_compat import install_send_lock as compat_install_send_lock
+from dicomproxy.pynetdicom_compat import raw_socket, send_lock_of
 
 #: Largest data bytes per PDV when the peer announced 0 (unlimited, PS3.8 D.1).
 DEFAULT_MAX_PDV = 4 * 1024 * 1024 - 6
@@ -36,30 +37,12 @@ DEFAULT_MAX_PDV = 4 * 1024 * 1024 - 6
 
 def usable(assoc: Association) -> bool:
     """True when ``assoc`` runs on plain TCP and its reactor's writes are serialised with ours."""
-    sock = getattr(assoc.dul.socket, "socket", None)
-    return sock is not None and not isinstance(sock, ssl.SSLSocket) and _lock_of(assoc) is not None
+    sock = raw_socket(assoc)
+    return sock is not None and not isinstance(sock, ssl.SSLSocket) and send_lock_of(assoc) is not None
 
 
-def _lock_of(assoc: Association) -> threading.Lock | None:
-    lock = getattr(assoc.dul, "_dicomproxy_send_lock", None)
-    return lock if isinstance(lock, type(threading.Lock())) else None
-
-
-def install_send_lock(assoc: Association) -> None:
-    """Serialise the reactor's socket writes on ``assoc`` with :func:`send_file` (idempotent)."""
-    dul = assoc.dul
-    if _lock_of(assoc) is not None or dul.socket is None:
-        return
-    lock = threading.Lock()
-    transport = dul.socket
-    send = transport.send
-
-    def locked_send(bytestream: bytes) -> None:
-        with lock:
-            send(bytestream)
-
-    transport.send = locked_send  # type: ignore[method-assign]
-    dul._dicomproxy_send_lock = lock  # type: ignore[attr-defined]
+#: Serialise the reactor's socket writes on an association with :func:`send_file` (idempotent).
+install_send_lock = compat_install_send_lock
 
 
 def max_pdv(maximum_length: int) -> int:
@@ -104,7 +87,7 @@ def send_file(
     Raises ValueError when no accepted context has the file's exact SOP class and transfer
     syntax, OSError when the socket fails (the association is aborted then).
     """
-    lock = _lock_of(assoc)
+    lock = send_lock_of(assoc)
     if lock is None:
         raise ValueError("install_send_lock() was not applied to this association")
     meta, offset = split_dataset(path)
@@ -114,7 +97,7 @@ def send_file(
     command = encode_command(
         store_command(msg_id, sop_class, str(meta.MediaStorageSOPInstanceUID), originator)
     )
-    sock: Any = assoc.dul.socket.socket  # type: ignore[union-attr]
+    sock: Any = raw_socket(assoc)
     with path.open("rb", buffering=0) as fh:
         length = fh.seek(0, 2) - offset
         fh.seek(offset)

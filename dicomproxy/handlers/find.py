@@ -28,6 +28,7 @@ from dicomproxy.errors import (
     UnableToProcess,
     ViewUnavailable,
 )
+from dicomproxy.pynetdicom_compat import provider_events_waiting, raw_socket
 from dicomproxy.status import Status
 from dicomproxy.view.query import parse_identifier
 
@@ -50,8 +51,7 @@ def let_reactor_read(assoc: Any) -> None:
     When bytes are waiting on the socket, wait (at most :data:`READ_PAUSE`) until the queue has
     drained and the socket has been read. Nothing waits when nothing came in.
     """
-    transport = getattr(assoc.dul, "socket", None)
-    sock = getattr(transport, "socket", None)
+    sock = raw_socket(assoc)
     if sock is None:
         return
     try:
@@ -59,7 +59,7 @@ def let_reactor_read(assoc: Any) -> None:
             return
         deadline = time.monotonic() + READ_PAUSE
         while time.monotonic() < deadline and (
-            not assoc.dul.to_provider_queue.empty() or select.select([sock], [], [], 0)[0]
+            provider_events_waiting(assoc) or select.select([sock], [], [], 0)[0]
         ):
             time.sleep(0.0005)
     except (OSError, ValueError):  # closed under us: the association is ending anyway

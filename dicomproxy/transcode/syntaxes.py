@@ -21,7 +21,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from dicomproxy.pynetdicom_compat import storage_classes
 
 #: Native (unencapsulated) syntaxes, PS3.5 A.1-A.3 and A.5 (deflate). Pixel Data bytes are the raw pixels.
 NATIVE: frozenset[str] = frozenset(
@@ -144,13 +145,12 @@ def image_sop_classes() -> frozenset[str]:
     Non-image objects (SR, KO, PR, waveforms, encapsulated documents, RT plans, …) are never in here,
     so no compressed context is ever proposed for them.
     """
+    registry = storage_classes()
     names = [
-        name
-        for name in _STORAGE_CLASSES
-        if "Image" in name and not any(bad in name for bad in _NOT_COMPRESSIBLE)
+        name for name in registry if "Image" in name and not any(bad in name for bad in _NOT_COMPRESSIBLE)
     ]
     names.append("EnhancedUSVolumeStorage")
-    return frozenset(str(_STORAGE_CLASSES[n]) for n in names if n in _STORAGE_CLASSES)
+    return frozenset(str(registry[n]) for n in names if n in registry)
 
 
 def is_image_sop_class(sop_class_uid: str) -> bool:

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicomproxy.net import NODELAY_HANDLERS, Remote
 from dicomproxy.qrservice import guard_requestor
-from dicomproxy.testing import free_port, wait_for_echo
+from testkit import free_port, wait_for_echo
 
 PENDING = 0xFF00
 SUCCESS = 0x0000
@@ -46,6 +46,14 @@ class PacsBehaviour:
     at_gate: threading.Event = field(default_factory=threading.Event)
     #: Set when a C-CANCEL stopped a C-MOVE/C-GET (answered 0xFE00, PS3.4 C.4.2.3).
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: Answer a STUDY-level C-FIND as a real PACS does, one response per study with (0020,1208)
+    #: Number of Study Related Instances (phantoms included) and (0008,0062) SOP Classes in
+    #: Study: the relay then starts a one-study retrieval before listing it (the early-start
+    #: path Orthanc takes). False: every level is answered with IMAGE-level responses, which
+    #: carry neither, so the relay lists first.
+    study_level: bool = False
+    #: Fail IMAGE-level C-FINDs with this status (e.g. 0xA700) instead of listing the instances.
+    image_find_status: int | None = None
 
 
 class FakePacs:
@@ -123,7 +131,14 @@ class FakePacs:
         return out
 
     def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        level = str(event.identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
         matches = self._matches(event.identifier)
+        if level == "STUDY" and self.behaviour.study_level:
+            yield from self._find_studies(matches)
+            return
+        if level == "IMAGE" and self.behaviour.image_find_status is not None:
+            yield self.behaviour.image_find_status, None
+            return
         for ds in matches:
             rsp = Dataset()
             rsp.QueryRetrieveLevel = "IMAGE"
@@ -141,6 +156,19 @@ class FakePacs:
                 rsp.SOPInstanceUID = uid
                 rsp.SOPClassUID = matches[0].SOPClassUID
                 yield PENDING, rsp
+        yield SUCCESS, None
+
+    def _find_studies(self, matches: list[Dataset]) -> Iterator[tuple[int, Dataset | None]]:
+        studies: dict[str, list[Dataset]] = {}
+        for ds in matches:
+            studies.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+        for study_uid, instances in studies.items():
+            rsp = Dataset()
+            rsp.QueryRetrieveLevel = "STUDY"
+            rsp.StudyInstanceUID = study_uid
+            rsp.NumberOfStudyRelatedInstances = len(instances) + len(self.behaviour.phantom_uids)
+            rsp.SOPClassesInStudy = sorted({str(ds.SOPClassUID) for ds in instances})
+            yield PENDING, rsp
         yield SUCCESS, None
 
     def _ended(self, event: evt.Event, how: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomproxy.net import Remote
-from dicomproxy.testing import Process, free_port, peer_env, require_tool, wait_for_echo
+from testkit import Process, free_port, peer_env, require_tool, wait_for_echo
 
 
 class StoreSCP:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomproxy.net import Remote
-from dicomproxy.testing import Process, free_port, require_tool, wait_for_echo, wait_until
+from testkit import Process, free_port, require_tool, wait_for_echo, wait_until
 
 
 class Orthanc:

@@ -1,7 +1,7 @@
 """Test objects of every kind the hospital's departmental systems produce (issue 8).
 
 Each ``make_*`` returns one PS3.10-ready Dataset (with ``file_meta``) belonging to a
-:class:`~dicomproxy.samples.StudySpec`'s patient and study; :func:`write_wsi` streams a
+:class:`~testkit.samples.StudySpec`'s patient and study; :func:`write_wsi` streams a
 whole-slide image of any size straight to disk. IODs (PS3.3 Annex A):
 
 - :func:`make_us_cine` — Ultrasound Multi-frame Image (A.7), JPEG Baseline cine
@@ -55,7 +55,7 @@ from pydicom.uid import (
     VLWholeSlideMicroscopyImageStorage,
 )
 
-from dicomproxy.samples import Patient, StudySpec, exam_row, make_instance, uid_from
+from testkit.samples import Patient, StudySpec, exam_row, make_instance, uid_from
 
 #: StudySpec.kind → (exam-view Sysid, ExamineType). "CT" is samples.py's radiology kind.
 DEPT_KINDS: dict[str, tuple[str, str]] = {

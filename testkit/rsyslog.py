@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from dicomproxy.testing import Process, free_port, require_tool, wait_until
+from testkit import Process, free_port, require_tool, wait_until
 
 
 def _free_udp_port() -> int:

@@ -19,12 +19,21 @@ from typing import Any
 
 from dicomproxy.net import Remote, c_echo
 
+#: Ports this process has handed out: a port picked for a server that has not bound it yet is
+#: still "free" to the kernel, and a second pick could get it again (two servers, one port).
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now and was not handed out before in this process."""
+    for _ in range(100):
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def peer_env() -> dict[str, str]:

@@ -22,10 +22,10 @@ from sqlalchemy import create_engine
 
 from dicomproxy import scu
 from dicomproxy.net import Remote
-from dicomproxy.samples_dept import dept_exam_row, dept_study_specs, write_wsi
-from dicomproxy.testing import Process, free_port, wait_for_echo
-from dicomproxy.testing.dcmtk import DcmQrSCP, StoreSCP
-from dicomproxy.testing.viewdb import create_view_table, insert_rows
+from testkit import Process, free_port, wait_for_echo
+from testkit.dcmtk import DcmQrSCP, StoreSCP
+from testkit.samples_dept import dept_exam_row, dept_study_specs, write_wsi
+from testkit.viewdb import create_view_table, insert_rows
 
 PROXY_AE = "DICOMPROXY"
 

@@ -1,0 +1,499 @@
+"""Mutation testing of the boundary modules with cosmic-ray (run by scripts/mutation.sh).
+
+For each target (a module, the functions in it that decide who sees and receives what and how
+a job is counted, and the focused tests that guard them):
+
+1. a fresh copy of the working tree is made in ``mutants/<target>/tree`` (tracked and untracked,
+   not ignored, files), so that mutants never touch the tree you work in;
+2. the focused tests are run once on the unmutated copy (the baseline; it must pass, and its
+   time sets the per-mutant timeout);
+3. ``cosmic-ray init`` lists the mutations of the module; the ones outside the target's
+   functions, or made by operators not in :data:`OPERATORS`, are marked skipped;
+4. ``cosmic-ray exec`` applies each mutation in the copy and runs the focused tests
+   (``pytest -x``, with the copy first on ``PYTHONPATH``): a failing test kills the mutant;
+5. the results go to ``mutants/<target>/result.json`` and, for every target run so far, to
+   ``mutants/report.md`` (counts, kill rate, each survivor with its diff).
+
+Usage: ``scripts/mutation.sh [TARGET ...]`` (default: every target), ``--list``, ``--report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("MUTATION_OUT", ROOT / "mutants"))
+PYTHON = sys.executable
+COSMIC_RAY = str(Path(PYTHON).parent / "cosmic-ray")
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    #: Functions to mutate (``name``, ``Class.method``); ``name@text`` starts at the first line
+    #: holding ``text`` inside that function. Empty: the whole module.
+    functions: tuple[str, ...]
+    tests: tuple[str, ...]
+    why: str
+
+
+TARGETS: dict[str, Target] = {
+    "view": Target(
+        "dicomproxy/view/repository.py",
+        (
+            "ExamView.visible",
+            "ExamView.is_visible",
+            "ExamView.resolve_study_uids",
+            "ExamView.resolve_studies",
+            "_text",
+        ),
+        (
+            "tests/test_boundary_view.py",
+            "tests/test_find_view.py::test_resolve_study_uids_visibility",
+            "tests/test_routing.py",
+            "tests/test_view_uidindex.py",
+        ),
+        "visibility: HospitalID, Privacy, valid UIDs; the relay's resolution",
+    ),
+    "request": Target(
+        "dicomproxy/request.py",
+        (),
+        ("tests/test_boundary_request.py", "tests/test_access.py"),
+        "a C-MOVE/C-GET request: who asks, which visible studies it names, at every level",
+    ),
+    "access": Target(
+        "dicomproxy/access.py",
+        (),
+        ("tests/test_access.py", "tests/test_routing.py::test_archive_stores_are_accepted_from_their_host"),
+        "who may associate, per-service permission, rejection log",
+    ),
+    "tls": Target(
+        "dicomproxy/tls.py",
+        (),
+        ("tests/test_tls.py", "tests/test_tls_relay.py"),
+        "DICOM TLS contexts, inbound client certificates, outbound verification",
+    ),
+    "relay": Target(
+        "dicomproxy/relay.py",
+        (
+            "JobState.counted",
+            "JobState.remaining",
+            "JobState.response",
+            "RelayService._pump@pacs_error = end.error",
+            "RelayService._merge_found",
+            "RelayService._forward_one@state.processed.add(uid)",
+            "RelayService._count_missing",
+        ),
+        ("tests/test_relay_faults.py",),
+        "the relay's outcome and final status, sub-operation counts",
+    ),
+    "recovery": Target(
+        "dicomproxy/recovery.py",
+        ("reconcile", "_spooled", "_refetch", "retry_job"),
+        ("tests/test_recovery.py",),
+        "start-up reconciliation, `jobs retry` accounting",
+    ),
+    "policy": Target(
+        "dicomproxy/transcode/policy.py",
+        (),
+        ("tests/test_transcode_policy.py", "tests/test_transcode_negotiation.py"),
+        "which transfer syntax an instance may go in (lossy only where allowed)",
+    ),
+    "lossy": Target(
+        "dicomproxy/transcode/codec.py",
+        ("_values", "_mark_lossy", "_derive", "_note_source_lossy", "_lossy_insert_at", "_text_element"),
+        ("tests/test_transcode_codec.py",),
+        "lossy marking (0028,2110/2112/2114), derived instances",
+    ),
+}
+
+#: cosmic-ray operators used. Left out: the binary operators other than + ↔ − (``a * b`` →
+#: ``a ** b``, ``a << b``... ten per site, nearly all trivially killed or meaningless here),
+#: comparison swaps other than negation and off-by-one, ``RemoveDecorator`` (removing
+#: ``@dataclass`` or ``@property`` only crashes), ``VariableInserter``/``VariableReplacer``
+#: (random names), unary operators (none at these sites).
+OPERATORS = re.compile(
+    r"core/(?:"
+    r"ReplaceComparisonOperator_(?:Eq_NotEq|NotEq_Eq|Lt_LtE|Lt_GtE|LtE_Lt|LtE_Gt|Gt_GtE|Gt_LtE|GtE_Gt|GtE_Lt"
+    r"|Is_IsNot|IsNot_Is)"
+    r"|ReplaceBinaryOperator_(?:Add_Sub|Sub_Add)"
+    r"|AddNot|ReplaceAndWithOr|ReplaceOrWithAnd|ReplaceTrueWithFalse|ReplaceFalseWithTrue"
+    r"|NumberReplacer|ZeroIterationForLoop|ReplaceBreakWithContinue|ReplaceContinueWithBreak"
+    r"|ExceptionReplacer"
+    r")$"
+)
+
+
+#: Survivors shown to be equivalent (no test can tell them apart from the original), by target:
+#: (a fragment of the original line, a fragment of the mutated line, why), matched on the lines
+#: with all whitespace removed so that they survive line moves. docs/mutation.md explains each.
+EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "access": [
+        (
+            "REJECT_NO_REASON=(0x01,0x01,0x01)",
+            "",
+            "only the default rjd of an accepting Decision: never sent (every rejection names its own)",
+        ),
+        ("@lru_cache(maxsize=256)", "", "size of the host-name cache: not behaviour"),
+        ("@dataclass(frozen=True)", "frozen=False", "Decision is never mutated"),
+        ("(-1e18,0)", "(-1e+18,0)", "1e18 ± 1 is the same float"),
+    ],
+    "request": [
+        ("message_id:int=0", "", "the default is never used: retrieve_request always passes the Message ID"),
+        ("@dataclass(frozen=True)", "frozen=False", "RetrieveRequest is never mutated"),
+        ("accession=accession[0]", "accession=accession[-1]", "reached only with exactly one value"),
+        ("_resolve(resolver,patient_id=patient[0])", "patient[-1]", "reached only with exactly one value"),
+    ],
+    "recovery": [
+        ("uuid.uuid4().hex[:6]", "", "length of a random folder-name suffix"),
+        (
+            "quarantine.mkdir(parents=True",
+            "parents=False",
+            "its parent, data_dir, holds the spool: it exists",
+        ),
+        ("work_dir.mkdir(parents=True", "parents=False", "its parent, the spool root, exists when items do"),
+        ("stop_before_pixels=True", "stop_before_pixels=False", "specific_tags reads two tags either way"),
+        ("spool.get(timeout=0)", "", "after Spool.finish() the End marker is queued: get returns at once"),
+    ],
+    "policy": [
+        ("jpeg_quality:int=90", "", "dataclass default never used: both constructors pass the value"),
+        ("workers:int=0", "", "dataclass default never used: both constructors pass the value"),
+        ("@dataclass(frozen=True)", "frozen=False", "Policy is never mutated"),
+        ("info.rowsor0", "info.rowsor1", "rows unknown: 0 or 1, both below 64"),
+        ("info.rowsor0", "info.rowsor-1", "rows unknown: 0 or -1, both below 64"),
+        ("info.columnsor0", "info.columnsor1", "columns unknown: 0 or 1, both below 64"),
+        ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
+    ],
+    "lossy": [
+        (
+            "tag&0xFFFF",
+            "tag&65534",
+            "the three tags written, (0028,2110/2112/2114), have even element numbers",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "_LOSSY_TAGS[-2]",
+            "none of the lossy tags is present here (checked above)",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "_LOSSY_TAGS[-0]",
+            "none of the lossy tags is present here (checked above)",
+        ),
+        (
+            "iftag<=_LOSSY_TAGS[-1]",
+            "iftag<_LOSSY_TAGS[-1]",
+            "(0028,2114) is not present here (checked above)",
+        ),
+    ],
+}
+
+
+def equivalent_reason(target: str, diff: str) -> str:
+    lines = diff.splitlines()
+    old = "".join("".join(ln[1:].split()) for ln in lines if ln.startswith("-"))
+    new = "".join("".join(ln[1:].split()) for ln in lines if ln.startswith("+"))
+    for before, after, why in EQUIVALENT.get(target, []):
+        if before in old and after in new:
+            return why
+    return ""
+
+
+def function_lines(source: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Line ranges (1-based, inclusive) of the named functions; ``name@text`` from ``text`` on."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    found: dict[str, tuple[int, int]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                found[prefix + child.name] = (first, child.end_lineno or child.lineno)
+
+    visit(tree, "")
+    ranges = []
+    for spec in names:
+        name, _, text = spec.partition("@")
+        if name not in found:
+            raise SystemExit(f"mutation: no function {name} in the module")
+        start, end = found[name]
+        if text:
+            hits = [i for i in range(start, end + 1) if text in lines[i - 1]]
+            if not hits:
+                raise SystemExit(f"mutation: {text!r} not found in {name}")
+            start = hits[0]
+        ranges.append((start, end))
+    return ranges
+
+
+def copy_tree(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for raw in listed:
+        if not raw:
+            continue
+        rel = raw.decode()
+        src = ROOT / rel
+        if not src.is_file() or rel.startswith(("mutants/", "benchmarks/")):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+
+
+def test_command(target: Target) -> list[str]:
+    return [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *target.tests]
+
+
+def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, object]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    work = OUT / name
+    tree = work / "tree"
+    work.mkdir(parents=True, exist_ok=True)
+    copy_tree(tree)
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    print(f"mutation: {name}: baseline {' '.join(target.tests)}", flush=True)
+    began = time.monotonic()
+    base = subprocess.run(
+        ["true"] if plan_only else test_command(target), cwd=tree, env=env, capture_output=True, text=True
+    )
+    baseline = time.monotonic() - began
+    if base.returncode != 0:
+        print(base.stdout[-3000:], base.stderr[-2000:], sep="\n")
+        raise SystemExit(f"mutation: {name}: the tests fail without any mutant; fix that first")
+    timeout = max(60.0, 3 * baseline + 30)
+
+    config = work / "cosmic-ray.toml"
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{target.module}"\n'
+        f"timeout = {timeout:.0f}\n"
+        "excluded-modules = []\n"
+        f"test-command = {json.dumps(' '.join(test_command(target)))}\n"
+        "\n[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+    session = work / "session.sqlite"
+    session.unlink(missing_ok=True)
+    subprocess.run([COSMIC_RAY, "init", str(config), str(session)], cwd=tree, check=True)
+
+    source = (tree / target.module).read_text()
+    ranges = function_lines(source, target.functions) if target.functions else [(1, len(source.splitlines()))]
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        skip = []
+        for item in db.pending_work_items:
+            keep = all(
+                OPERATORS.match(m.operator_name)
+                and any(m.start_pos[0] <= end and start <= m.end_pos[0] for start, end in ranges)
+                for m in item.mutations
+            )
+            if not keep:
+                skip.append(item.job_id)
+        if skip:
+            db.set_multiple_results(
+                skip,
+                WorkResult(output="outside the boundary functions", worker_outcome=WorkerOutcome.SKIPPED),
+            )
+        planned = db.num_work_items - len(skip)
+    print(f"mutation: {name}: {planned} mutants (timeout {timeout:.0f} s each)", flush=True)
+    if plan_only:
+        shutil.rmtree(work)
+        return {"target": name, "mutants": planned}
+
+    began = time.monotonic()
+    subprocess.run([COSMIC_RAY, "exec", str(config), str(session)], cwd=tree, env=env, check=True)
+    elapsed = time.monotonic() - began
+    result = summarise(name, target, session, baseline, elapsed)
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    shutil.rmtree(tree)
+    return result
+
+
+def recheck_target(name: str, target: Target) -> dict[str, object]:
+    """Run the survivors of the last run of ``name`` again, against the tests as they are now (a
+    fresh copy of the tree). Killed mutants stay killed: tests are only ever added between runs."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    work = OUT / name
+    session = work / "session.sqlite"
+    previous = json.loads((work / "result.json").read_text())
+    tree = work / "tree"
+    copy_tree(tree)
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        again = [s["job"] for s in previous["survivors"]]
+        with db._session_maker.begin() as dbs:  # cosmic-ray has no public "forget this result"
+            from cosmic_ray.work_db import WorkResultStorage
+
+            dbs.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(again)).delete()
+    config = work / "cosmic-ray.toml"
+    config.write_text(
+        re.sub(
+            r"(?m)^test-command = .*$",
+            lambda _: f"test-command = {json.dumps(' '.join(test_command(target)))}",
+            config.read_text(),
+        )
+    )
+    print(f"mutation: {name}: re-running {len(again)} survivor(s)", flush=True)
+    began = time.monotonic()
+    subprocess.run(
+        [COSMIC_RAY, "exec", str(work / "cosmic-ray.toml"), str(session)], cwd=tree, env=env, check=True
+    )
+    result = summarise(name, target, session, float(previous["baseline_s"]), float(previous["run_s"]))
+    result["recheck_s"] = round(time.monotonic() - began, 1)
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    shutil.rmtree(tree)
+    return result
+
+
+def summarise(name: str, target: Target, session: Path, baseline: float, elapsed: float) -> dict[str, object]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    killed = timeouts = incompetent = 0
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        items = {item.job_id: item for item in db.work_items}
+        for job_id, res in db.results:
+            if res.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            if res.test_outcome == TestOutcome.SURVIVED:
+                m = items[job_id].mutations[0]
+                survivors.append(
+                    {
+                        "job": job_id,
+                        "line": m.start_pos[0],
+                        "operator": m.operator_name,
+                        "occurrence": m.occurrence,
+                        "diff": "\n".join(
+                            ln
+                            for ln in (res.diff or "").splitlines()
+                            if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))
+                        ),
+                    }
+                )
+            elif res.test_outcome == TestOutcome.INCOMPETENT:
+                incompetent += 1
+            elif (res.output or "") == "timeout":
+                timeouts += 1
+            else:
+                killed += 1
+    for survivor in survivors:
+        survivor["equivalent"] = equivalent_reason(name, str(survivor["diff"]))
+    equivalent = sum(1 for x in survivors if x["equivalent"])
+    total = killed + timeouts + incompetent + len(survivors)
+    return {
+        "target": name,
+        "module": target.module,
+        "functions": list(target.functions) or ["(whole module)"],
+        "tests": list(target.tests),
+        "mutants": total,
+        "killed": killed,
+        "timeouts": timeouts,
+        "incompetent": incompetent,
+        "survived": len(survivors),
+        "equivalent": equivalent,
+        "kill_rate": round(100.0 * (killed + timeouts) / total, 1) if total else None,
+        "score": round(100.0 * (killed + timeouts) / (total - equivalent), 1) if total > equivalent else None,
+        "baseline_s": round(baseline, 1),
+        "run_s": round(elapsed, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "survivors": sorted(survivors, key=lambda s: (s["line"], s["operator"])),
+    }
+
+
+def report() -> Path:
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*/result.json"))]
+    order = list(TARGETS)
+    results.sort(key=lambda r: order.index(r["target"]) if r["target"] in order else len(order))
+    lines = [
+        "| target | mutants | killed | timeouts | survived | of which equivalent | kill rate | "
+        "kill rate without equivalents | first run | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    totals = dict.fromkeys(("mutants", "killed", "timeouts", "survived", "equivalent"), 0)
+    for r in results:
+        for s in r["survivors"]:  # reasons may have been added since the run
+            s["equivalent"] = equivalent_reason(r["target"], s["diff"])
+        r["equivalent"] = sum(1 for s in r["survivors"] if s["equivalent"])
+        total, done = int(r["mutants"]), int(r["killed"]) + int(r["timeouts"])
+        lines.append(
+            f"| {r['target']} | {total} | {r['killed']} | {r['timeouts']} | {r['survived']} | "
+            f"{r['equivalent']} | {100.0 * done / total:.1f} % | "
+            f"{100.0 * done / (total - r['equivalent']):.1f} % | {r['run_s'] / 60:.1f} min | {r['date']} |"
+        )
+        for key in totals:
+            totals[key] += int(r[key])
+    if totals["mutants"]:
+        done, t = totals["killed"] + totals["timeouts"], totals
+        lines.append(
+            f"| **all** | {t['mutants']} | {t['killed']} | {t['timeouts']} | {t['survived']} | "
+            f"{totals['equivalent']} | **{100.0 * done / totals['mutants']:.1f} %** | "
+            f"**{100.0 * done / (totals['mutants'] - totals['equivalent']):.1f} %** | | |"
+        )
+    lines.append("")
+    for r in results:
+        for s in r["survivors"]:
+            why = f" — equivalent: {s['equivalent']}" if s["equivalent"] else " — NOT EXPLAINED"
+            lines.append(f"- {r['target']} `{r['module']}:{s['line']}` {s['operator']}{why}")
+            lines.extend(f"      {d}" for d in s["diff"].splitlines())
+    out = OUT / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", help=f"some of: {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the targets and exit")
+    parser.add_argument("--report", action="store_true", help="only rewrite mutants/report.md")
+    parser.add_argument("--plan", action="store_true", help="only count the mutants of each target")
+    parser.add_argument(
+        "--recheck", action="store_true", help="re-run only the survivors of each target's last run"
+    )
+    args = parser.parse_args()
+    if args.list:
+        for name, t in TARGETS.items():
+            print(f"{name:9} {t.module:32} {t.why}\n{'':9} tests: {' '.join(t.tests)}")
+        return
+    if not args.report:
+        unknown = [t for t in args.targets if t not in TARGETS]
+        if unknown:
+            raise SystemExit(f"mutation: unknown target(s) {', '.join(unknown)}; --list shows them")
+        if args.plan:
+            for name in args.targets or list(TARGETS):
+                run_target(name, TARGETS[name], plan_only=True)
+            return
+        for name in args.targets or list(TARGETS):
+            r = (recheck_target if args.recheck else run_target)(name, TARGETS[name])
+            print(
+                f"mutation: {name}: {r['mutants']} mutants, {r['killed']} killed, {r['timeouts']} timeouts, "
+                f"{r['survived']} survived ({r['kill_rate']} %), {r['run_s']} s",
+                flush=True,
+            )
+    print(report().read_text())
+
+
+if __name__ == "__main__":
+    main()

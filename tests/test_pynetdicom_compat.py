@@ -1,0 +1,127 @@
+"""One test per pynetdicom internal the proxy relies on (dicomproxy.pynetdicom_compat and the
+acceptor adapters in dicomproxy.qrservice). A pynetdicom upgrade that renames or reshapes one of
+them fails here, by name, instead of somewhere in a relay test."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+
+import pynetdicom
+import pytest
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicomproxy import pynetdicom_compat as compat
+from testkit import free_port
+
+
+def test_version_is_the_one_checked() -> None:
+    assert pynetdicom.__version__.startswith("3.0."), "re-check every internal below, then widen"
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        "STORE_RECV_CHUNKED_DATASET",
+        "STORE_SEND_CHUNKED_DATASET",
+        "LOG_REQUEST_IDENTIFIERS",
+        "LOG_RESPONSE_IDENTIFIERS",
+    ],
+)
+def test_config_switches_exist(switch: str) -> None:
+    assert isinstance(getattr(_config, switch), bool)
+
+
+def test_storage_class_registry() -> None:
+    classes = compat.storage_classes()
+    assert classes["CTImageStorage"] == "1.2.840.10008.5.1.4.1.1.2"
+    assert len(classes) > 100 and all(isinstance(v, str) for v in classes.values())
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        (Association, "_get_valid_context"),  # valid_context_id
+        (Association, "_serve_request"),  # qrservice.RelayAssociation overrides it
+        (RequestHandler, "_create_association"),  # qrservice._RelayRequestHandler overrides it
+        (DIMSEServiceProvider, "get_msg"),  # qrservice._CallerOnlyDIMSE overrides it
+        (DULServiceProvider, "send_pdu"),  # bound_send_queue wraps it
+        (AssociationSocket, "send"),  # install_send_lock wraps it
+    ],
+)
+def test_private_methods_keep_their_shape(owner: type, name: str) -> None:
+    assert callable(getattr(owner, name, None)), f"{owner.__name__}.{name} is gone"
+    expected = {
+        "_get_valid_context": ["self", "ab_syntax", "tr_syntax", "role", "context_id", "allow_conversion"],
+        "_serve_request": ["self", "msg", "context_id"],
+        "_create_association": ["self"],
+        "get_msg": ["self", "block"],
+        "send_pdu": ["self", "primitive"],
+        "send": ["self", "bytestream"],
+    }[name]
+    assert list(inspect.signature(getattr(owner, name)).parameters) == expected
+
+
+def test_association_insides_on_a_real_association() -> None:
+    """``dul.socket.socket``, ``dul.to_provider_queue``, ``_accepted_cx``, ``_is_paused``,
+    ``_sent_release``, ``dimse.cancel_req`` on a live association with a real acceptor."""
+    scp = AE("SCP")
+    scp.add_supported_context(Verification)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_ECHO, lambda e: 0)])
+    ae = AE("SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
+    try:
+        assert assoc.is_established
+        assert compat.raw_socket(assoc) is not None
+        assert compat.provider_events_waiting(assoc) in (True, False)
+        cx_id = compat.valid_context_id(assoc, Verification, "scu")
+        assert compat.accepted_context(assoc, cx_id) is not None
+        assert compat.accepted_context(assoc, 255) is None
+        for attr in ("_is_paused", "_sent_release"):
+            assert isinstance(getattr(assoc, attr), bool), attr
+        assert isinstance(assoc.dimse.cancel_req, dict)
+        assert compat.peer_max_length(assoc) >= 0
+        compat.install_send_lock(assoc)
+        compat.install_send_lock(assoc)  # idempotent
+        assert isinstance(compat.send_lock_of(assoc), type(threading.Lock()))
+        compat.bound_send_queue(assoc, 8)
+        status = assoc.send_c_echo()  # both wrappers on the path: still works
+        assert status is not None and status.Status == 0
+    finally:
+        assoc.release()
+        server.shutdown()
+
+
+#: Attributes of pynetdicom objects that are not its public API.
+PRIVATE_ATTRIBUTES = {"dul", "_get_valid_context", "_accepted_cx", "to_provider_queue", "send_pdu"}
+PRIVATE_IMPORTS = {"_config", "_STORAGE_CLASSES"}
+#: The acceptor adapters subclass pynetdicom's association machinery (documented there).
+ADAPTERS = {"pynetdicom_compat.py", "qrservice.py"}
+
+
+def test_internals_are_used_only_through_the_compat_module() -> None:
+    import ast
+    from pathlib import Path
+
+    package = Path(compat.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ADAPTERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}: .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pynetdicom"):
+                offenders += [
+                    f"{path.relative_to(package)}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name in PRIVATE_IMPORTS
+                ]
+    assert offenders == []
