@@ -13,6 +13,7 @@ like a PACS client) for: PatientID, AccessionNumber, StudyInstanceUID, one-day d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Engine
 from dicomproxy.net import NODELAY_HANDLERS, Remote
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
+from testkit.console_load import ConsoleLoad
 from testkit.viewdb import create_view_table
 
 SURNAMES = (
@@ -174,10 +176,12 @@ def existing_rows(engine: Engine, name: str) -> int | None:
         return None
 
 
-def write_config(workdir: Path, url: str, name: str, port: int) -> Path:
+def write_config(workdir: Path, url: str, name: str, port: int, http_port: int = 0) -> Path:
     path = workdir / "bench.toml"
     path.write_text(
-        f"""[proxy]
+        f"""[http]
+port = {http_port}
+[proxy]
 ae_title = "DICOMPROXY"
 host = "127.0.0.1"
 port = {port}
@@ -278,6 +282,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--workdir", type=Path, default=None, help="Keep the SQLite view and side tables here.")
     ap.add_argument("--keep", action="store_true", help="Keep the PostgreSQL table (reused next time).")
+    ap.add_argument(
+        "--console",
+        action="store_true",
+        help="run the queries twice: console off, then on with /metrics and /api/status polled each second",
+    )
     args = ap.parse_args()
     for kind in args.db or ["postgresql", "sqlite"]:
         if args.workdir:
@@ -297,34 +306,44 @@ def main() -> None:
                 f"[{kind}] built {args.rows} rows with indexes in {time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
-        port = free_port()
-        cfg = write_config(workdir, url, name, port)
-        exe = Path(sys.executable).with_name("dicomproxy")
-        proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
-        try:
-            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="BENCH", proc=proc)
-            t1 = time.perf_counter()
-            log = workdir / "serve.log"
-            # serve builds the UID/pinyin side tables in the background at start-up
-            while "uid side table: " not in log.read_text(errors="replace"):
-                if proc.poll() is not None or time.perf_counter() - t1 > 600:
-                    raise RuntimeError(f"side table not built; see {log}")
-                time.sleep(0.5)
-            print(
-                f"[{kind}] side tables built in the background in {time.perf_counter() - t1:.1f} s",
-                flush=True,
-            )
-            t1 = time.perf_counter()
-            bench(port, args.rows, 1, only="StudyInstanceUID")
-            print(f"[{kind}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
-            for q, (p50, p95, n) in bench(port, args.rows, args.queries).items():
-                print(f"[{kind}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            if kind == "postgresql" and not args.keep:
-                exam_view_table(name).drop(engine, checkfirst=True)
-            engine.dispose()
+        runs = [("console off", 0), ("console on", free_port())] if args.console else [("", 0)]
+        for label, http_port in runs:
+            serve_and_bench(kind, workdir, url, name, args, http_port, label)
+        if kind == "postgresql" and not args.keep:
+            exam_view_table(name).drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+def serve_and_bench(
+    kind: str, workdir: Path, url: str, name: str, args: Any, http_port: int, label: str
+) -> None:
+    """Start serve (console on ``http_port``, 0 = off), wait for the side tables, time the queries."""
+    tag = f"{kind}{', ' + label if label else ''}"
+    port = free_port()
+    cfg = write_config(workdir, url, name, port, http_port)
+    exe = Path(sys.executable).with_name("dicomproxy")
+    proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
+    try:
+        wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="BENCH", proc=proc)
+        t1 = time.perf_counter()
+        log = workdir / "serve.log"
+        # serve builds the UID/pinyin side tables in the background at start-up
+        while "uid side table: " not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.perf_counter() - t1 > 600:
+                raise RuntimeError(f"side table not built; see {log}")
+            time.sleep(0.5)
+        print(f"[{tag}] side tables built in the background in {time.perf_counter() - t1:.1f} s", flush=True)
+        t1 = time.perf_counter()
+        bench(port, args.rows, 1, only="StudyInstanceUID")
+        print(f"[{tag}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
+        load = ConsoleLoad(f"http://127.0.0.1:{http_port}") if http_port else contextlib.nullcontext()
+        with load:
+            results = bench(port, args.rows, args.queries)
+        for q, (p50, p95, n) in results.items():
+            print(f"[{tag}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from sqlalchemy import create_engine
 from dicomproxy import scu
 from dicomproxy.net import Remote
 from testkit import free_port, peer_env, require_tool, wait_for_echo
+from testkit.console_load import ConsoleLoad
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
@@ -69,9 +70,19 @@ class BenchOrthanc(Orthanc):
 
 
 def proxy_config(
-    path: Path, ae: str, port: int, data: Path, view_url: str, pacs: Remote, method: str, mode: str = "none"
+    path: Path,
+    ae: str,
+    port: int,
+    data: Path,
+    view_url: str,
+    pacs: Remote,
+    method: str,
+    mode: str = "none",
+    http_port: int = 0,
+    audit: bool = True,
 ) -> None:
     path.write_text(
+        f"[http]\nport = {http_port}\n[audit]\nenabled = {'true' if audit else 'false'}\n"
         f'[proxy]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
         f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
@@ -81,6 +92,11 @@ def proxy_config(
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
     )
+
+
+#: --console: proxies (upstream C-MOVE, mode none) with the HTTP console on and polled, and with the
+#: audit trail off, beside the default one (audit on, console off): setup name → (http, audit).
+CONSOLE_SETUPS = {"c-move+console": (True, True), "c-move-no-audit": (False, False)}
 
 
 DEST_PORT = [0]
@@ -261,6 +277,12 @@ def main() -> None:
         help="which proxy --py-spy records: c-move, c-get or a mode of --modes (default c-move)",
     )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
+    ap.add_argument(
+        "--console",
+        action="store_true",
+        help="two more proxies: HTTP console on (with /metrics and /api/status polled every second), "
+        "and audit trail off; the default proxy has the audit trail on and the console off",
+    )
     args = ap.parse_args()
     for key, value in (
         ("lossless_syntaxes", args.lossless_syntaxes),
@@ -290,6 +312,12 @@ def main() -> None:
     DEST_PORT[0] = dest.port
     setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
     setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
+    if args.console:
+        setups += [
+            ("c-move+console", "c-move", "PROXYHTTP", "none"),
+            ("c-move-no-audit", "c-move", "PROXYNOAUD", "none"),
+        ]
+    http_ports = {name: free_port() for name in CONSOLE_SETUPS if CONSOLE_SETUPS[name][0]}
     ports = {name: free_port() for name, *_ in setups}
     pacs: BenchOrthanc | DcmQrSCP
     if args.pacs == "dcmqrscp":
@@ -321,7 +349,19 @@ def main() -> None:
         for name, method, ae, mode in setups:
             port = ports[name]
             cfg = work / f"{ae}.toml"
-            proxy_config(cfg, ae, port, work / f"var-{ae}", view_url, pacs.remote, method, mode)
+            http_on, audit_on = CONSOLE_SETUPS.get(name, (False, True))
+            proxy_config(
+                cfg,
+                ae,
+                port,
+                work / f"var-{ae}",
+                view_url,
+                pacs.remote,
+                method,
+                mode,
+                http_ports[name] if http_on else 0,
+                audit_on,
+            )
             if method == "c-move" and isinstance(pacs, BenchOrthanc):
                 pacs.add_modality(ae.lower(), Remote(ae, "127.0.0.1", port))
             log = open(work / f"{ae}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -366,7 +406,11 @@ def main() -> None:
                 remote = pacs.remote if name == "direct" else proxies[name]
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
                 p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
-                wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
+                if name in http_ports:  # the console polled while the move runs
+                    with ConsoleLoad(f"http://127.0.0.1:{http_ports[name]}"):
+                        wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
+                else:
+                    wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 runs[name].append((wall, first))
                 if name in procs:
                     cpu[name].append(cpu_seconds(procs[name].pid) - c0)
@@ -407,6 +451,8 @@ def main() -> None:
     labels["c-get"] = "proxy, upstream C-GET, none"
     labels["get direct"] = f"cloud C-GET (getscu), direct from {args.pacs}"
     labels["get proxy"] = "cloud C-GET (getscu) through the proxy, upstream C-MOVE, none"
+    labels["c-move+console"] = "proxy, upstream C-MOVE, none, HTTP console on and polled"
+    labels["c-move-no-audit"] = "proxy, upstream C-MOVE, none, audit trail off"
     for name in names:
         base = statistics.median(w for w, _ in runs["get direct"]) if name.startswith("get ") else direct
         wall = statistics.median(w for w, _ in runs[name])

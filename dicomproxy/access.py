@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from pynetdicom import evt
 
+from dicomproxy import events
 from dicomproxy.config import Config
 
 LOG = logging.getLogger("dicomproxy.access")
@@ -111,6 +112,7 @@ def on_requested(event: evt.Event, config: Config, log: RejectionLog) -> None:
     if decision.accept:
         return
     log.warn(remote_ip, decision.reason)
+    events.association_rejected(assoc, rq, decision.reason, decision.rjd[2])
     assoc.acse.send_reject(*decision.rjd)
     assoc.is_rejected = True
     evt.trigger(assoc, evt.EVT_REJECTED, {})

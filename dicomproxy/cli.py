@@ -341,6 +341,7 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     config = obj.config
     setup_logging(config.logging, verbose=verbose)
     journal = obj.journal
+    _audit_retry(config, journal, job_id)  # every attempt, also one refused below
     try:
         row, _peer = check_retryable(config, journal, job_id)
     except (LookupError, ValueError) as exc:
@@ -393,6 +394,98 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     if result.error:
         click.echo(f"  {result.error}", err=True)
     sys.exit(0 if result.outcome == JobOutcome.SUCCESS else 1)
+
+
+def _audit_retry(config: Config, journal: Any, job_id: int) -> None:
+    """The audit record of a `jobs retry` (who: this machine's user)."""
+    if not config.audit.enabled:
+        return
+    import getpass
+
+    from dicomproxy.audit import Action, AuditRecord, AuditTrail
+
+    user = getpass.getuser()
+    record = AuditRecord(Action.RETRY, "requested", calling_ae=user[:16], job_id=job_id, detail={"by": user})
+    AuditTrail(journal.engine).append(record)
+
+
+# --- audit trail (issue 15) ------------------------------------------------------------------------
+
+_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
+
+
+@cli.group("audit", invoke_without_command=True)
+@config_option
+@click.option("--patient", default="", help="Only records naming this Patient ID.")
+@click.option("--study", default="", help="Only records naming this Study Instance UID.")
+@click.option("--peer", default="", help="Only records of this calling AE title.")
+@click.option("--since", type=click.DateTime(_TIME_FORMATS), default=None, help="From this local time on.")
+@click.option("--until", type=click.DateTime(_TIME_FORMATS), default=None, help="Before this local time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line.")
+@click.pass_context
+def audit_cmd(
+    ctx: click.Context,
+    config_path: Path,
+    patient: str,
+    study: str,
+    peer: str,
+    since: Any,
+    until: Any,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """The audit trail of patient-data access (``audit verify`` checks its hash chain).
+
+    Times are printed in UTC; --since/--until are read as this machine's local time.
+    """
+    ctx.obj = _JobsContext(config_path)
+    if ctx.invoked_subcommand is not None:
+        return
+    from dicomproxy.audit import AuditTrail, export_rows
+
+    trail = AuditTrail(ctx.obj.journal.engine)
+    rows = trail.rows(
+        patient=patient,
+        study=study,
+        peer=peer,
+        since=since.astimezone() if since else None,
+        until=until.astimezone() if until else None,
+    )
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    for line in export_rows(rows, fmt):
+        click.echo(line)
+
+
+@audit_cmd.command("verify")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file (also accepted before `verify`).",
+)
+@click.pass_obj
+def audit_verify(obj: _JobsContext, config_path: Path | None) -> None:
+    """Recompute the hash chain; exit 1 naming the first row that was edited, removed or added."""
+    from dicomproxy.audit import AuditTrail
+
+    if config_path is not None:
+        obj = _JobsContext(config_path)
+
+    result = AuditTrail(obj.journal.engine).verify()
+    if result.ok:
+        click.echo(
+            f"audit trail intact: {result.rows} record(s), last #{result.last_seq} hash {result.last_hash}"
+        )
+        sys.exit(0)
+    click.echo(
+        f"audit trail BROKEN at record #{result.broken_at}: {result.problem} "
+        f"({result.rows} record(s) before it are intact)",
+        err=True,
+    )
+    sys.exit(1)
 
 
 class _JobsContext:

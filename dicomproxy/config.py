@@ -8,6 +8,7 @@ that names the file and the key (``peers[1].host``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -208,6 +209,48 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class HttpTlsConfig:
+    """HTTPS for the console: a PEM certificate (chain) and its key (empty = in ``cert``)."""
+
+    cert: str
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The operations console (docs/operations.md): health, metrics, status page."""
+
+    host: str = "127.0.0.1"
+    #: 0 = no HTTP service.
+    port: int = 8080
+    #: Bearer token every request but ``/healthz`` must send; required off loopback.
+    token: str = ""
+    #: Show patient names/IDs on the status page (off: patient data stays off the page).
+    show_identifiers: bool = False
+    #: Seconds between the C-ECHOs of the PACS and each archive that ``/readyz`` reports.
+    echo_interval: float = 30.0
+    #: ``/readyz`` fails when the disk holding the data directory (spool) has less free space.
+    min_free_mb: int = 1024
+    tls: HttpTlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail of patient-data access (docs/operations.md)."""
+
+    #: Record associations, C-FIND, C-MOVE/C-GET, retries, start/stop in the journal database.
+    enabled: bool = True
+    #: Also send DICOM audit messages (PS3.15 A.5, IHE ATNA) to ``udp://``, ``tcp://`` or
+    #: ``tls://HOST:PORT`` (RFC 5424; RFC 5425 for TLS); empty = none.
+    syslog: str = ""
+    #: TLS: CA bundle that verifies the syslog server (empty = the system's CAs).
+    syslog_ca: str = ""
+    #: TLS: our client certificate (PEM) and key, when the syslog server asks for one.
+    syslog_cert: str = ""
+    syslog_key: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     proxy: ProxyConfig
@@ -220,6 +263,8 @@ class Config:
     archives: tuple[PacsConfig, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def peer(self, ae_title: str) -> PeerConfig | None:
         """The configured peer with this AE title (AE titles compare without padding)."""
@@ -395,6 +440,79 @@ def _archive(s: _Section, fixed_name: str | None) -> PacsConfig:
     return archive
 
 
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _http(s: _Section) -> HttpConfig:
+    d = HttpConfig()
+    tls = None
+    s.used.add("tls")
+    if "tls" in s.table:
+        t = _Section(s.path, s.key("tls"), s.table["tls"])
+        base = _base_dir(s.path) or Path.cwd()
+        files = {}
+        for name, required in (("cert", True), ("key", False)):
+            value = cast(str, t.string(name, _REQUIRED if required else ""))
+            if value:
+                resolved = (base / value).resolve()
+                if not resolved.is_file():
+                    raise t.error(name, f"file {resolved} does not exist")
+                value = str(resolved)
+            files[name] = value
+        t.finish()
+        tls = HttpTlsConfig(cert=files["cert"], key=files["key"])
+    http = HttpConfig(
+        host=s.string("host", d.host),
+        port=_port(s, "port", d.port),
+        token=s.string("token", d.token),
+        show_identifiers=s.boolean("show_identifiers", d.show_identifiers),
+        echo_interval=s.number("echo_interval", d.echo_interval, lo=1.0),
+        min_free_mb=s.integer("min_free_mb", d.min_free_mb, lo=0),
+        tls=tls,
+    )
+    if http.port and not is_loopback(http.host) and not http.token.strip():
+        raise s.error("token", f"is required when host is not a loopback address ({http.host!r})")
+    s.finish()
+    return http
+
+
+SYSLOG_SCHEMES = ("udp", "tcp", "tls")
+
+
+def _audit(s: _Section) -> AuditConfig:
+    d = AuditConfig()
+    files = {}
+    for name in ("syslog_ca", "syslog_cert", "syslog_key"):
+        value = cast(str, s.string(name, ""))
+        if value:
+            value = str(Path(_relative_path(value, s.path)).resolve())
+            if not Path(value).is_file():
+                raise s.error(name, f"file {value} does not exist")
+        files[name] = value
+    audit = AuditConfig(enabled=s.boolean("enabled", d.enabled), syslog=s.string("syslog", d.syslog), **files)
+    if audit.syslog:
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(audit.syslog)
+            ok = url.scheme in SYSLOG_SCHEMES and bool(url.hostname) and bool(url.port)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise s.error(
+                "syslog", f"must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, not {audit.syslog!r}"
+            )
+    s.finish()
+    return audit
+
+
 def _base_dir(config_path: str) -> Path | None:
     """The config file's folder; None for a config that is no file (``<config>``)."""
     return None if config_path.startswith("<") else Path(config_path).resolve().parent
@@ -558,6 +676,10 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     )
     s.finish()
 
+    http = _http(section("http", required=False))
+
+    audit = _audit(section("audit", required=False))
+
     root.finish()
     config = Config(
         path=path,
@@ -570,6 +692,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         archives=tuple(archives),
         logging=logging_cfg,
         journal=journal,
+        http=http,
+        audit=audit,
     )
     # Whatever would fail every job is rejected here, with its key: a syntax we cannot encode,
     # or a lossy one in the lossless list (transcode validates; imported late: it needs codecs).

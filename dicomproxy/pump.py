@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.errors import CannotTranscode
 from dicomproxy.forward import MAX_RETRY_DELAY, Forwarder, SendResult, send_with_retries
@@ -301,5 +302,10 @@ class Pump:
         # Journal first, then drop the file: a crash between the two leaves a file that
         # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
         self.journal.add_instances(state.job_id, [record])
+        events.publish(
+            events.InstanceSent(
+                state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid
+            )
+        )
         if record.state != "failed":
             Spool.confirmed(item)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pynetdicom.association import Association
 
+from dicomproxy import events, observe
 from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import (
     DicomServiceError,
@@ -132,12 +133,14 @@ class RelayService:
         job_id = self.journal.start(
             JobKind.MOVE, req.calling_ae, req.calling_host, req.move_destination.strip(), ""
         )
+        observe.job_started(job_id, req)
         if peer is None:
             exc = MoveDestinationUnknown(
                 f"move destination {req.move_destination.strip()!r} is not a configured peer"
             )
             LOG.warning("job %d: %s", job_id, exc)
             self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
+            observe.job_finished(job_id, req.kind, JobOutcome.REFUSED, exc.status, None, 0)
             yield RetrieveResponse(exc.status, comment=exc.comment)
             return
 
@@ -158,6 +161,7 @@ class RelayService:
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
         job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
+        observe.job_started(job_id, req)
         peer: PeerConfig | None = self.config.peer(req.calling_ae)
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
@@ -190,6 +194,7 @@ class RelayService:
             level, routed = parse_keys(req.identifier, self.resolver)
             keys = [key for key, _ in routed]
             self.journal.update(job_id, level=level, study_uids=[k.study_uid for k in keys])
+            events.publish(events.JobResolved(job_id, level, tuple(k.study_uid for k in keys)))
             clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
@@ -299,6 +304,9 @@ class RelayService:
                 warning=state.warning,
                 bytes_in=spool.bytes_in if spool else 0,
                 bytes_out=forwarder.bytes_out if forwarder else 0,
+            )
+            observe.job_finished(
+                job_id, req.kind, outcome, final.status, state, forwarder.bytes_out if forwarder else 0
             )
             LOG.info(
                 "job %d: %s 0x%04X completed=%d failed=%d warning=%d %s",

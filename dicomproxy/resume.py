@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Mapping
 
+from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.journal import Journal
 from dicomproxy.pacs import PacsClient
@@ -90,6 +91,7 @@ class RetryWorker:
                 return
 
     def _retry(self, job_id: int) -> None:
+        events.publish(events.RetryRequested(job_id, by="serve"))
         try:
             result = retry_job(self.config, self.journal, job_id, self.clients)
         except (LookupError, ValueError) as exc:

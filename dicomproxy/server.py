@@ -28,7 +28,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomproxy import access
+from dicomproxy import __version__, access, events
+from dicomproxy.audit import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.fastpath.receiver import StoreAcceptor
@@ -38,6 +39,7 @@ from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
 from dicomproxy.intake import Intake
 from dicomproxy.net import NODELAY_HANDLERS
+from dicomproxy.observe import observed_find, observed_retrieve
 from dicomproxy.pynetdicom_compat import stream_datasets_to_files
 from dicomproxy.qrservice import RelayAE
 from dicomproxy.resume import RetryWorker
@@ -105,6 +107,7 @@ def build_ae(config: Config) -> AE:
 
 def _log_accepted(event: evt.Event) -> None:
     assoc = event.assoc
+    events.publish(events.AssociationAccepted(events.peer_of(assoc), str(assoc.acceptor.ae_title).strip()))
     LOG.info(
         "association accepted: %s from %s:%s",
         assoc.requestor.ae_title,
@@ -124,9 +127,9 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
-        (evt.EVT_C_FIND, handle_find, [ctx]),
-        (evt.EVT_C_MOVE, handle_move, [ctx]),
-        (evt.EVT_C_GET, handle_get, [ctx]),
+        (evt.EVT_C_FIND, observed_find(handle_find), [ctx]),  # events for metrics/audit (dicomproxy.observe)
+        (evt.EVT_C_MOVE, observed_retrieve(handle_move), [ctx]),
+        (evt.EVT_C_GET, observed_retrieve(handle_get), [ctx]),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
     return handlers
@@ -135,10 +138,24 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
 class Server:
     """One listening AE bound to one application context."""
 
-    def __init__(self, config: Config, ctx: AppContext | None = None, *, retries: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ctx: AppContext | None = None,
+        *,
+        retries: bool = True,
+        console: bool | None = None,
+    ) -> None:
         """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.resume`) in
-        this process; off for the short-lived listener ``jobs retry`` starts itself."""
+        this process; off for the short-lived listener ``jobs retry`` starts itself.
+        ``console``: the HTTP console of ``[http]`` (default: as ``retries``; the audit trail runs
+        either way when ``[audit] enabled``)."""
         self.config = config
+        self._console_wanted = retries if console is None else console
+        self.console: Any = None
+        self._audit: AuditSubscriber | None = None
+        self._atna: Any = None
+        self._identities: JobIdentities | None = None
         self.ctx = ctx if ctx is not None else AppContext(config)
         self.retry_worker: RetryWorker | None = None
         self._retries = retries
@@ -178,6 +195,59 @@ class Server:
         if self._retries and self.ctx.journal is not None and self.ctx.archives:
             self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives)
             self.retry_worker.start()
+        self._start_observers()
+
+    def _start_observers(self) -> None:
+        """The audit trail and the HTTP console (docs/operations.md), both fed by dicomproxy.events."""
+        if self.config.audit.enabled or self.config.audit.syslog:
+            self._identities = JobIdentities(self.ctx.view)  # first: the two below read it
+            events.subscribe(self._identities)
+        if self.config.audit.enabled and self.ctx.journal is not None:
+            self._audit = AuditSubscriber(AuditTrail(self.ctx.journal.engine), self._identities)
+            events.subscribe(self._audit)
+        if self.config.audit.syslog:
+            from dicomproxy.atna import start_atna
+
+            self._atna = start_atna(self.config, self._identities)
+        if self._console_wanted and self.config.http.port:
+            from dicomproxy.console import Console  # the HTTP stack only when it is configured
+
+            console = Console(self.config, self.ctx, self.association_list)
+            try:
+                console.start()
+                self.console = console
+            except OSError as exc:  # DICOM keeps working; monitoring sees /healthz missing
+                LOG.error(
+                    "HTTP console not started on %s:%d: %s", self.config.http.host, self.config.http.port, exc
+                )
+        events.publish(events.ProcessStarted(ae_title=self.config.proxy.ae_title, version=__version__))
+
+    def _stop_observers(self, clean: bool) -> None:
+        events.publish(events.ProcessStopped(ae_title=self.config.proxy.ae_title, clean=clean))
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
+        if self._audit is not None:
+            events.unsubscribe(self._audit)  # after the events so far are written
+            self._audit = None
+        if self._atna is not None:
+            events.unsubscribe(self._atna)
+            self._atna.sender.stop()
+            self._atna = None
+        if self._identities is not None:
+            events.unsubscribe(self._identities)
+            self._identities = None
+
+    def association_list(self) -> list[dict[str, Any]]:
+        """Inbound associations open now, for the status page (AE titles and addresses only)."""
+        out = []
+        for assoc in list(self.ae.active_associations):
+            if assoc.is_acceptor:
+                req = assoc.requestor
+                out.append({"calling_ae": str(req.ae_title).strip(), "address": f"{req.address}:{req.port}"})
+        raw = self.store_acceptor.active if self.store_acceptor is not None else 0
+        out.extend({"calling_ae": "(raw C-STORE)", "address": ""} for _ in range(raw))
+        return out
 
     def active_associations(self) -> int:
         """Inbound associations: pynetdicom's and the raw store acceptor's."""
@@ -206,6 +276,7 @@ class Server:
         if left or raw:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
+        self._stop_observers(clean=not left and not raw)
         self.ctx.close()
         LOG.info("stopped")
         return not left and not raw
@@ -219,8 +290,10 @@ class Server:
 
     def run(self) -> bool:
         """Serve until a stop request (signal), then drain. Returns True on a clean drain."""
-        self.start()
-        with self._signals():
+        with (
+            self._signals()
+        ):  # before start: a signal during start-up (console, retry worker) is a stop request
+            self.start()
             self._stop_requested.wait()
             LOG.info("stop requested: draining (timeout %.0f s)", self.config.proxy.drain_timeout)
             return self.stop()

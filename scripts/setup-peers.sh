@@ -2,7 +2,11 @@
 # Install the real DICOM peers the tests and the demo use (Debian packages), if missing:
 #   dcmtk (storescp, findscu, movescu, getscu, echoscu, dcmqrscp, dcmdjpeg, dcmdjpls),
 #   orthanc (the test PACS), dicom3tools (dciodvfy validator),
-#   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark).
+#   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark),
+#   chromium + chromium-driver (the status page tested in a real headless browser, via selenium),
+#   fonts-wqy-zenhei (Chinese glyphs for the status page in headless chromium and its screenshot),
+#   rsyslog + rsyslog-openssl (the ATNA audit messages received by a real syslog daemon the test
+#   starts, over UDP, TCP and TLS).
 # Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
 set -euo pipefail
 
@@ -14,6 +18,11 @@ command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -n "$(find /usr/lib -name lmnsd_ossl.so -print -quit 2>/dev/null)" ] || need+=(rsyslog-openssl)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup-peers: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

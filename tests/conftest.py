@@ -47,6 +47,7 @@ def base_config_dict(tmp: Path, view_url: str, **sections: dict[str, Any]) -> di
         "view": {"url": view_url, "name": "V_IMAGE_CLOUD"},
         "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 1},
         "peers": [{"ae_title": "jobserver", "host": "127.0.0.1", "port": 1}],
+        "http": {"port": 0},  # the console off unless a test turns it on (tests/test_console.py)
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(doc.get(name), dict):

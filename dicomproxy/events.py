@@ -1,0 +1,259 @@
+"""What happens in the proxy, as typed events: the one hook of metrics, status page and audit trail.
+
+The DICOM code calls :func:`publish` with one of the dataclasses below (one line where something
+happens: association accepted/rejected, C-FIND done, job started/resolved/finished, an instance
+sent, a retry, start/stop). Subscribers (:mod:`dicomproxy.metrics`, :mod:`dicomproxy.audit`, the
+status page's live view) register with :func:`subscribe`.
+
+Publishing must not slow the relay: :func:`publish` appends to a :class:`queue.SimpleQueue`
+(no lock held by Python code, no I/O) and returns; one dispatcher thread calls the subscribers in
+order. With no subscriber (``[http] port = 0`` and no audit) nothing is queued at all.
+:func:`flush` waits until everything published so far has been handled (tests, and the server's
+stop so that the last audit rows are written before the journal closes).
+
+One bus per process: a process serves one proxy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+LOG = logging.getLogger("dicomproxy.events")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base: when it happened (UTC)."""
+
+    time: dt.datetime = field(default_factory=_utcnow, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of an association."""
+
+    calling_ae: str
+    address: str
+    port: int = 0
+    #: TLS client certificate subject, "" on plain TCP or without a client certificate.
+    tls_identity: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessStarted(Event):
+    ae_title: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ProcessStopped(Event):
+    ae_title: str
+    clean: bool
+
+
+@dataclass(frozen=True)
+class AssociationAccepted(Event):
+    peer: Peer
+    called_ae: str
+
+
+@dataclass(frozen=True)
+class AssociationRejected(Event):
+    peer: Peer
+    called_ae: str
+    reason: str
+    #: A-ASSOCIATE-RJ reason (PS3.8 Table 9-21).
+    reason_code: int = 0x01
+
+
+@dataclass(frozen=True)
+class FindDone(Event):
+    """One C-FIND answered (PS3.4 C.4.1)."""
+
+    peer: Peer
+    model: str  # PATIENT | STUDY (information model)
+    level: str  # Query/Retrieve Level
+    source: str  # view | pacs
+    #: The query keys with a value (keyword → value): patient data, for the audit trail only.
+    keys: dict[str, str]
+    matches: int
+    status: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    """A C-MOVE/C-GET job is in the journal (``jobs.id``)."""
+
+    job_id: int
+    kind: str
+    peer: Peer
+    destination: str
+    #: Request keys naming patient data (PatientID, AccessionNumber, StudyInstanceUID...): audit only.
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrieveRefused(Event):
+    """A C-MOVE/C-GET answered with a failure before any job existed (not permitted, malformed)."""
+
+    kind: str
+    peer: Peer
+    destination: str
+    keys: dict[str, str]
+    status: int
+
+
+@dataclass(frozen=True)
+class JobResolved(Event):
+    """The job's studies are known (from the exam view)."""
+
+    job_id: int
+    level: str
+    study_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InstanceSent(Event):
+    """One sub-operation ended (sent | warning | failed)."""
+
+    job_id: int
+    state: str
+    transfer_syntax: str
+    bytes: int
+    sop_class_uid: str = ""
+
+
+@dataclass(frozen=True)
+class JobFinished(Event):
+    job_id: int
+    kind: str
+    outcome: str
+    status: int
+    completed: int
+    failed: int
+    warning: int
+    bytes_out: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RetryRequested(Event):
+    """``jobs retry`` (or the automatic resume) asked for a job to be sent again."""
+
+    job_id: int
+    by: str
+
+
+@dataclass(frozen=True)
+class Failure(Event):
+    """An error worth showing an administrator (PACS, database, destination); no patient data."""
+
+    where: str  # pacs | view | journal | destination | relay
+    message: str
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Bus:
+    """Publish/subscribe with one dispatcher thread."""
+
+    def __init__(self) -> None:
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._queue: queue.SimpleQueue[Event | threading.Event | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._subscribers)
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to the subscribers (asynchronously); a no-op without subscribers."""
+        if self._subscribers:
+            self._queue.put(event)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers = (*self._subscribers, subscriber)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+                self._thread.start()
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` after what was published before has reached it."""
+        self.flush()
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event published before this call has been dispatched."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if item is None:  # pragma: no cover - not used: the thread is a daemon
+                return
+            for subscriber in self._subscribers:
+                try:
+                    subscriber(item)
+                except Exception:  # one broken subscriber must not silence the others
+                    LOG.exception("event subscriber %r failed on %s", subscriber, type(item).__name__)
+
+
+BUS = Bus()
+publish = BUS.publish
+subscribe = BUS.subscribe
+unsubscribe = BUS.unsubscribe
+flush = BUS.flush
+
+
+def peer_of(assoc: Any) -> Peer:
+    """The requestor of a pynetdicom association (TLS subject when a client certificate was shown)."""
+    req = assoc.requestor
+    return Peer(str(req.ae_title).strip(), str(req.address), int(req.port or 0), tls_identity(assoc))
+
+
+def tls_identity(assoc: Any) -> str:
+    """The client certificate's subject (``CN=jobserver,O=...``), or ""."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return ""
+    try:
+        cert = getpeercert()
+    except (OSError, ValueError):
+        return ""
+    if not cert:
+        return ""
+    parts = [f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
+    return ",".join(parts)
+
+
+def association_rejected(assoc: Any, rq: Any, reason: str, reason_code: int) -> None:
+    """Publish :class:`AssociationRejected` for an A-ASSOCIATE-RQ ``rq`` we reject."""
+    if BUS.active:
+        peer = Peer(
+            str(rq.calling_ae_title).strip(), str(assoc.requestor.address), int(assoc.requestor.port or 0)
+        )
+        publish(AssociationRejected(peer, str(rq.called_ae_title).strip(), reason, reason_code))

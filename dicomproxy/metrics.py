@@ -1,0 +1,169 @@
+"""Prometheus metrics (``GET /metrics``), fed by :mod:`dicomproxy.events`.
+
+prometheus-client is the reference implementation of the text format (escaping, histogram
+buckets, ``_total``/``_created`` series); each :class:`Metrics` has its own registry, so two
+proxies in one test process never share counters. Names follow the Prometheus conventions
+(``dicomproxy_…_total``, ``…_seconds``, ``…_bytes``). Labels never carry patient data; peer labels
+are configured AE titles only (anything else is ``other``: a scan from many AE titles must not
+create unbounded series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dicomproxy import events
+from dicomproxy.config import Config
+from dicomproxy.status import Status
+
+#: Where a failure status of a C-FIND or a job points (our 0xC0xx range, dicomproxy.status).
+ERROR_SOURCES = {
+    Status.VIEW_UNAVAILABLE: "view",
+    Status.PACS_UNAVAILABLE: "pacs",
+    Status.DESTINATION_UNAVAILABLE: "destination",
+}
+
+#: A-ASSOCIATE-RJ reason (PS3.8 Table 9-21, source service-user) → label.
+REJECT_REASONS = {
+    0x01: "no_reason_given",
+    0x03: "calling_ae_not_recognized",
+    0x07: "called_ae_not_recognized",
+}
+
+FIND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+JOB_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class Metrics:
+    """Counters and histograms updated by events; gauges read when scraped."""
+
+    def __init__(
+        self,
+        config: Config,
+        open_associations: Callable[[], float],
+        running_jobs: Callable[[], float],
+        spool_bytes: Callable[[], float],
+    ) -> None:
+        self.config = config
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        Gauge("dicomproxy_associations_open", "Inbound associations open now", registry=r).set_function(
+            open_associations
+        )
+        Gauge(
+            "dicomproxy_jobs_running", "C-MOVE/C-GET jobs running now (queue depth)", registry=r
+        ).set_function(running_jobs)
+        Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
+            spool_bytes
+        )
+        self.associations = Counter(
+            "dicomproxy_associations_total",
+            "Association requests by calling peer, result and rejection reason",
+            ["peer", "result", "reason"],
+            registry=r,
+        )
+        self.finds = Counter(
+            "dicomproxy_cfind_total",
+            "C-FIND requests by level, source (view/pacs) and final status",
+            ["level", "source", "status"],
+            registry=r,
+        )
+        self.find_seconds = Histogram(
+            "dicomproxy_cfind_seconds",
+            "C-FIND duration by level and source",
+            ["level", "source"],
+            buckets=FIND_BUCKETS,
+            registry=r,
+        )
+        self.find_matches = Counter(
+            "dicomproxy_cfind_matches_total", "C-FIND matches returned", ["level", "source"], registry=r
+        )
+        self.jobs = Counter(
+            "dicomproxy_jobs_total",
+            "Finished relay jobs by kind and outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "dicomproxy_job_seconds", "Relay job duration by kind", ["kind"], buckets=JOB_BUCKETS, registry=r
+        )
+        self.instances = Counter(
+            "dicomproxy_instances_sent_total",
+            "Sub-operations by compression mode, transfer syntax sent and result",
+            ["mode", "transfer_syntax", "result"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "dicomproxy_sent_bytes_total",
+            "Bytes sent to destinations by compression mode and transfer syntax",
+            ["mode", "transfer_syntax"],
+            registry=r,
+        )
+        self.retries = Counter("dicomproxy_retries_total", "Job retries requested", registry=r)
+        self.errors = Counter(
+            "dicomproxy_errors_total",
+            "Failures by where they arose (view database, pacs, destination, journal)",
+            ["where"],
+            registry=r,
+        )
+        self._modes: dict[int, str] = {}  # job id → compression mode of its destination
+
+    def _peer_label(self, ae_title: str) -> str:
+        if self.config.peer(ae_title) is not None or self.config.archive_for_ae(ae_title) is not None:
+            return ae_title.strip()
+        return "other"
+
+    def _mode(self, destination: str) -> str:
+        peer = self.config.peer(destination)
+        if peer is not None and peer.compression is not None:
+            return peer.compression
+        return self.config.compression.mode
+
+    def __call__(self, event: events.Event) -> None:
+        """The event subscriber."""
+        if isinstance(event, events.AssociationAccepted):
+            self.associations.labels(self._peer_label(event.peer.calling_ae), "accepted", "").inc()
+        elif isinstance(event, events.AssociationRejected):
+            reason = REJECT_REASONS.get(event.reason_code, "other")
+            self.associations.labels(self._peer_label(event.peer.calling_ae), "rejected", reason).inc()
+        elif isinstance(event, events.FindDone):
+            self.finds.labels(event.level, event.source, status_label(event.status)).inc()
+            self.find_seconds.labels(event.level, event.source).observe(event.seconds)
+            self.find_matches.labels(event.level, event.source).inc(event.matches)
+            self._error(event.status)
+        elif isinstance(event, events.JobStarted):
+            self._modes[event.job_id] = self._mode(event.destination)
+        elif isinstance(event, events.InstanceSent):
+            mode = self._modes.get(event.job_id, self.config.compression.mode)
+            ts = event.transfer_syntax or "none"
+            self.instances.labels(mode, ts, event.state).inc()
+            if event.state != "failed":
+                self.bytes.labels(mode, ts).inc(event.bytes)
+        elif isinstance(event, events.JobFinished):
+            self._modes.pop(event.job_id, None)
+            self.jobs.labels(event.kind, event.outcome).inc()
+            self.job_seconds.labels(event.kind).observe(event.seconds)
+            self._error(event.status)
+        elif isinstance(event, events.RetrieveRefused):
+            self.jobs.labels(event.kind, "refused").inc()
+        elif isinstance(event, events.RetryRequested):
+            self.retries.inc()
+        elif isinstance(event, events.Failure):
+            self.errors.labels(event.where).inc()
+
+    def _error(self, status: int) -> None:
+        where = ERROR_SOURCES.get(status)  # type: ignore[call-overload]
+        if where is not None:
+            self.errors.labels(where).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def status_label(status: int) -> str:
+    """``success``, ``cancel``, or the status name in lower case (``view_unavailable``), or hex."""
+    try:
+        return Status(status).name.lower()
+    except ValueError:
+        return f"0x{status:04x}"

@@ -1,0 +1,196 @@
+"""DICOM audit messages over syslog (issue 15): a real rsyslogd (Debian's, started here on free
+ports) receives the PS3.15 A.5 messages of real traffic over UDP, TCP and TLS (RFC 5424/5425);
+every message is validated against the A.5.1 structure (tests/data/dicom-audit-message.rng) and
+checked for what A.5.3 asks of its event (roles, participant objects)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+from pydicom.dataset import Dataset
+
+from dicomproxy import scu
+from dicomproxy.config import Config
+from dicomproxy.errors import ConfigError
+from dicomproxy.findscu import run_find
+from dicomproxy.net import Remote, c_echo
+from dicomproxy.server import Server
+from testkit import wait_until
+from testkit.orthanc import Orthanc
+from testkit.rsyslog import Rsyslog
+from testkit.samples import demo_specs
+from tests.conftest import ConfigFactory, _need
+
+CT, MR, US, MF = demo_specs()
+SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parent / "data" / "dicom-audit-message.rng")))
+BOM = "\ufeff"
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Rsyslog]:
+    _need("rsyslogd")
+    daemon = Rsyslog(
+        tmp_path / "rsyslog", cert=pki["server_crt"], key=pki["server_key"], ca=pki["ca"]
+    ).start()
+    yield daemon
+    daemon.stop()
+
+
+def parse(line: str) -> tuple[list[str], etree._Element]:
+    """An RFC 5424 line → (header fields, the AuditMessage)."""
+    header, _, xml = line.partition(" - " + BOM)
+    fields = header.split(" ")
+    return fields, etree.fromstring(xml.encode("utf-8"))
+
+
+def codes(msg: etree._Element, path: str) -> list[str]:
+    return [e.get("csd-code") for e in msg.iterfind(path)]
+
+
+def roles(msg: etree._Element) -> dict[str, etree._Element]:
+    out = {}
+    for p in msg.iterfind("ActiveParticipant"):
+        for r in p.iterfind("RoleIDCode"):
+            out[r.get("csd-code")] = p
+    return out
+
+
+def objects(msg: etree._Element, id_type: str) -> list[etree._Element]:
+    return [
+        o
+        for o in msg.iterfind("ParticipantObjectIdentification")
+        if o.find("ParticipantObjectIDTypeCode").get("csd-code") == id_type
+    ]
+
+
+def check_a53(msg: etree._Element) -> str:
+    """What PS3.15 A.5.3 asks of each message kind; returns the EventID code."""
+    event_id = msg.find("EventIdentification/EventID").get("csd-code")
+    type_codes = codes(msg, "EventIdentification/EventTypeCode")
+    action = msg.find("EventIdentification").get("EventActionCode")
+    if event_id == "110100":  # A.5.3.1 Application Activity
+        assert type_codes in (["110120"], ["110121"]) and action == "E"
+        assert "110150" in roles(msg)  # the application itself
+    elif event_id == "110114":  # A.5.3.x User Authentication: Login
+        assert type_codes == ["110122"]
+        assert any(p.get("UserIsRequestor") == "true" for p in msg.iterfind("ActiveParticipant"))
+    elif event_id == "110113":  # A.5.3.x Security Alert
+        assert type_codes == ["110126"]
+        (node,) = objects(msg, "110182")
+        assert node.get("ParticipantObjectTypeCodeRole") == "13"
+    elif event_id == "110112":  # A.5.3.x Query: requestor = Source, we = Destination, the SOP class + query
+        assert action == "E"
+        r = roles(msg)
+        assert r["110153"].get("UserIsRequestor") == "true" and r["110152"].get("UserIsRequestor") == "false"
+        (sop,) = objects(msg, "110181")
+        assert sop.get("ParticipantObjectTypeCode") == "2" and sop.get("ParticipantObjectTypeCodeRole") == "3"
+        assert sop.find("ParticipantObjectQuery") is not None
+    elif event_id in ("110102", "110104"):  # Begin Transferring / DICOM Instances Transferred
+        assert action == ("E" if event_id == "110102" else "R")
+        r = roles(msg)
+        assert {"110153", "110152"} <= set(r)
+        studies = objects(msg, "110180")
+        assert studies and all(s.get("ParticipantObjectTypeCode") == "2" for s in studies)
+        (patient,) = objects(msg, "2")
+        assert (patient.get("ParticipantObjectTypeCode"), patient.get("ParticipantObjectTypeCodeRole")) == (
+            "1",
+            "1",
+        )
+    else:
+        raise AssertionError(f"unexpected EventID {event_id}")
+    return event_id
+
+
+@pytest.mark.orthanc
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_audit_messages_reach_rsyslog(
+    transport: str,
+    rsyslog: Rsyslog,
+    pki: dict[str, Path],
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    storescp: Callable[..., Any],
+) -> None:
+    port = {"udp": rsyslog.udp_port, "tcp": rsyslog.tcp_port, "tls": rsyslog.tls_port}[transport]
+    audit: dict[str, Any] = {"syslog": f"{transport}://127.0.0.1:{port}"}
+    if transport == "tls":
+        audit["syslog_ca"] = str(pki["ca"])
+    dest = storescp("DEST")
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+        audit=audit,
+    )
+    server = run_proxy(config)
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.PatientID = CT.patient.patient_id
+    q.StudyInstanceUID = ""
+    assert run_find("jobserver", proxy, "study", q).status == 0
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = CT.study_uid
+    assert scu.move(proxy, "DEST", m, calling_ae="jobserver").completed == 10
+    assert not c_echo("STRANGER", proxy).ok
+    server.stop(drain_timeout=2.0)  # Application Stop; the sender empties its queue before it closes
+
+    # start, 2 logins (find, move), query, begin, transferred, security alert, stop
+    wait_until(lambda: len(rsyslog.messages(transport)) >= 8, 30, f"8 audit messages over {transport}")
+    seen = []
+    for line in rsyslog.messages(transport):
+        fields, msg = parse(line)
+        assert fields[0] == "<85>1" and fields[3] == "dicomproxy" and fields[5] == "DICOM+RFC3881"
+        SCHEMA.assertValid(msg)
+        seen.append(check_a53(msg))
+    assert seen[0] == "110100" and seen[-1] == "110100"
+    assert sorted(seen) == sorted(
+        ["110100", "110114", "110112", "110114", "110102", "110104", "110113", "110100"]
+    )
+
+    by_id = {}
+    for line in rsyslog.messages(transport):
+        _, msg = parse(line)
+        by_id[msg.find("EventIdentification/EventID").get("csd-code")] = msg
+    query = by_id["110112"]
+    text = base64.b64decode(
+        query.find("ParticipantObjectIdentification/ParticipantObjectQuery").text
+    ).decode()
+    assert f"PatientID={CT.patient.patient_id}" in text
+    done = by_id["110104"]
+    (study,) = objects(done, "110180")
+    assert study.get("ParticipantObjectID") == CT.study_uid
+    (sop,) = study.iterfind("ParticipantObjectDescription/SOPClass")
+    assert sop.get("NumberOfInstances") == "10"
+    assert objects(done, "2")[0].get("ParticipantObjectID") == CT.patient.patient_id
+    assert roles(done)["110152"].get("UserID") == "DEST"
+
+
+def test_schema_rejects_a_malformed_message() -> None:
+    """The schema is not vacuous: a message without AuditSourceIdentification fails."""
+    bad = etree.fromstring(
+        b'<AuditMessage><EventIdentification EventActionCode="E" EventDateTime="2026-01-01T00:00:00Z"'
+        b' EventOutcomeIndicator="0"><EventID csd-code="110112" codeSystemName="DCM" originalText="Query"/>'
+        b'</EventIdentification><ActiveParticipant UserID="X" UserIsRequestor="true"/></AuditMessage>'
+    )
+    assert not SCHEMA.validate(bad)
+
+
+@pytest.mark.parametrize(
+    "url", ["syslog://h:1", "udp://:514", "tcp://host", "tls//host:6514", "udp://h:99999"]
+)
+def test_syslog_url_errors_name_the_key(make_config: ConfigFactory, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"audit\.syslog"):
+        make_config(audit={"syslog": url})

@@ -1,0 +1,281 @@
+"""The operations console (issue 15): ``[http]`` config, /healthz, /readyz with real checks, /metrics
+scraped from a running proxy after a real C-ECHO, C-FIND and C-GET relay (Orthanc as the PACS,
+DCMTK storescp as a move destination), the bearer token, the status JSON without identifiers."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydicom.dataset import Dataset
+
+from dicomproxy import events, scu
+from dicomproxy.config import Config
+from dicomproxy.errors import ConfigError
+from dicomproxy.findscu import run_find
+from dicomproxy.net import Remote, c_echo
+from dicomproxy.server import Server
+from testkit import free_port, wait_until
+from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs
+from tests.conftest import ConfigFactory
+
+CT, MR, US, MF = demo_specs()
+TOKEN = "s3cret-token"
+
+
+class Http:
+    """A tiny client of the console (urllib: the test needs nothing more)."""
+
+    def __init__(self, base: str, token: str = "") -> None:
+        self.base = base
+        self.token = token
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+        req = urllib.request.Request(self.base + path)
+        token = self.token if token is None else token
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read(), dict(exc.headers)
+
+    def json(self, path: str) -> tuple[int, Any]:
+        status, body, _ = self.get(path)
+        return status, json.loads(body)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition: (name, sorted labels) → value (parsed by
+    prometheus-client's own parser, so a malformed exposition fails here)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(all_samples: dict[Any, float], name: str, **labels: str) -> float:
+    return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("http", "problem"),
+    [
+        ({"host": "0.0.0.0"}, "http.token"),
+        ({"host": "10.1.2.3", "token": "  "}, "http.token"),
+        ({"port": 70000}, "http.port"),
+        ({"echo_interval": 0.1}, "http.echo_interval"),
+        ({"tls": {"cert": "missing.pem"}}, "http.tls.cert"),
+        ({"colour": "blue"}, "http.colour"),
+    ],
+)
+def test_http_config_errors_name_the_key(
+    make_config: ConfigFactory, http: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
+        make_config(http={"port": 8080, **http})
+
+
+@pytest.mark.parametrize(
+    "http",
+    [
+        {"host": "127.0.0.1"},
+        {"host": "::1"},
+        {"host": "localhost"},
+        {"host": "0.0.0.0", "token": "t"},
+        {"host": "0.0.0.0", "port": 0},  # off: no token needed
+    ],
+)
+def test_http_config_valid(make_config: ConfigFactory, http: dict[str, Any]) -> None:
+    config = make_config(http={"port": 8080, **http})
+    assert config.http.host == http["host"]
+
+
+def test_http_defaults() -> None:
+    from dicomproxy.config import HttpConfig
+
+    d = HttpConfig()
+    assert (d.host, d.port, d.token, d.show_identifiers) == ("127.0.0.1", 8080, "", False)
+
+
+# --- a running proxy ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def console_proxy(
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    storescp: Callable[..., Any],
+) -> tuple[Server, Http, Any]:
+    dest = storescp("DEST")
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+        http={"port": free_port(), "token": TOKEN, "echo_interval": 2.0},
+    )
+    server = run_proxy(config)
+    assert server.console is not None
+    return server, Http(server.console.url, TOKEN), dest
+
+
+@pytest.mark.orthanc
+@pytest.mark.dcmtk
+def test_health_ready_metrics_after_real_traffic(console_proxy: tuple[Server, Http, Any]) -> None:
+    server, http, _dest = console_proxy
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+
+    # /healthz is open; everything else needs the token
+    assert http.get("/healthz", token="")[0] == 200
+    for path in ("/readyz", "/metrics", "/api/status"):
+        assert http.get(path, token="")[0] == 401
+        assert http.get(path, token="wrong")[0] == 401
+
+    # /readyz: 200 once the first C-ECHO of the PACS is in; every check named
+    wait_until(lambda: http.get("/readyz")[0] == 200, 30, "readiness")
+    status, body = http.json("/readyz")
+    assert body["ready"] is True
+    assert {c["name"] for c in body["checks"]} == {"view", "pacs", "journal", "disk"}
+
+    # real traffic: C-ECHO, C-FIND at STUDY (view) and SERIES (PACS), a C-MOVE relayed by C-GET
+    assert c_echo("jobserver", proxy).ok
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.PatientID = CT.patient.patient_id
+    q.StudyInstanceUID = ""
+    study = run_find("jobserver", proxy, "study", q)
+    assert study.status == 0 and study.answers
+    q2 = Dataset()
+    q2.QueryRetrieveLevel = "SERIES"
+    q2.StudyInstanceUID = CT.study_uid
+    q2.SeriesInstanceUID = ""
+    series = run_find("jobserver", proxy, "study", q2)
+    assert series.status == 0 and len(series.answers) == 2
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = CT.study_uid
+    moved = scu.move(proxy, "DEST", m, calling_ae="jobserver")
+    assert (moved.status, moved.completed, moved.failed) == (0, 10, 0)
+    assert not c_echo("STRANGER", proxy).ok  # rejected: calling AE not configured
+    events.flush()
+
+    status, raw, headers = http.get("/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    s = samples(raw.decode())
+    assert value(s, "dicomproxy_associations_total", peer="jobserver", result="accepted", reason="") >= 4
+    assert (
+        value(
+            s,
+            "dicomproxy_associations_total",
+            peer="other",
+            result="rejected",
+            reason="calling_ae_not_recognized",
+        )
+        == 1
+    )
+    assert value(s, "dicomproxy_cfind_total", level="STUDY", source="view", status="success") == 1
+    assert value(s, "dicomproxy_cfind_total", level="SERIES", source="pacs", status="success") == 1
+    assert value(s, "dicomproxy_cfind_seconds_count", level="SERIES", source="pacs") == 1
+    assert value(s, "dicomproxy_cfind_matches_total", level="SERIES", source="pacs") == 2
+    assert value(s, "dicomproxy_jobs_total", kind="move", outcome="success") == 1
+    sent = sum(v for (name, _), v in s.items() if name == "dicomproxy_instances_sent_total")
+    assert sent == 10
+    sent_bytes = sum(v for (name, _), v in s.items() if name == "dicomproxy_sent_bytes_total")
+    assert sent_bytes == server.ctx.journal.recent(1)[0]["bytes_out"] > 0
+    assert value(s, "dicomproxy_jobs_running") == 0
+    # the associations' threads end shortly after the release: the gauge follows them down to 0
+    wait_until(
+        lambda: value(samples(http.get("/metrics")[1].decode()), "dicomproxy_associations_open") == 0,
+        10,
+        "associations closed",
+    )
+
+    # the status JSON: the job, no patient data by default
+    status, st = http.json("/api/status")
+    assert status == 200
+    (job,) = st["recent"]
+    assert (job["kind"], job["outcome"], job["completed"], job["destination"]) == (
+        "move",
+        "success",
+        10,
+        "DEST",
+    )
+    text = json.dumps(st, ensure_ascii=False)
+    assert CT.study_uid not in text and CT.patient.patient_id not in text and "keys" not in job
+
+
+def test_readyz_503_names_the_failing_check(
+    sqlite_view: Any, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+) -> None:
+    """No PACS listening, and a disk minimum no disk has: 503 with those checks failing."""
+    config = make_config(
+        pacs={"ae_title": "NOPACS", "host": "127.0.0.1", "port": free_port(), "connect_timeout": 2.0},
+        http={"port": free_port(), "echo_interval": 1.0, "min_free_mb": 2**40},
+    )
+    server = run_proxy(config)
+    http = Http(server.console.url)
+    wait_until(lambda: server.console.echoer.rounds > 0, 30, "first C-ECHO round")
+    status, body = http.json("/readyz")
+    assert status == 503 and body["ready"] is False
+    checks = {c["name"]: c for c in body["checks"]}
+    assert checks["view"]["ok"] and checks["journal"]["ok"]
+    assert not checks["pacs"]["ok"] and "NOPACS" in checks["pacs"]["detail"]
+    assert not checks["disk"]["ok"]
+
+
+def test_console_port_in_use_keeps_dicom_serving(
+    sqlite_view: Any, make_config: ConfigFactory, run_proxy: Callable[[Config], Server], caplog: Any
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        config = make_config(http={"port": busy.getsockname()[1]})
+        server = run_proxy(config)
+        assert server.console is None
+        assert any("HTTP console not started" in r.getMessage() for r in caplog.records)
+        assert c_echo("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port)).ok
+
+
+def test_console_off_with_port_0(
+    sqlite_view: Any, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+) -> None:
+    server = run_proxy(make_config())
+    assert server.console is None
+
+
+def test_status_identifiers_only_when_asked() -> None:
+    """The live state keeps a job's request keys, and shows them only with show_identifiers."""
+    from dicomproxy.live import LiveState
+
+    live = LiveState()
+    peer = events.Peer("jobserver", "127.0.0.1")
+    live(events.JobStarted(7, "move", peer, "DEST", {"PatientID": "P0001", "StudyInstanceUID": "1.2.3"}))
+    live(events.InstanceSent(7, "sent", "1.2.840.10008.1.2.1", 1000))
+    hidden, shown = live.snapshot(identifiers=False), live.snapshot(identifiers=True)
+    assert "P0001" not in json.dumps(hidden) and "keys" not in hidden["running"][0]
+    assert shown["running"][0]["keys"]["PatientID"] == "P0001"
+    assert (hidden["running"][0]["completed"], hidden["running"][0]["bytes"]) == (1, 1000)
+    assert sum(m["instances"] for m in hidden["throughput"]) == 1
+    live(events.JobFinished(7, "move", "failed", 0xC002, 1, 2, 0, 1000, 1.5))
+    after = live.snapshot(identifiers=False)
+    assert after["running"] == [] and after["recent"][0]["outcome"] == "failed"
+    assert "job 7" in after["errors"][0]["message"]

@@ -1,0 +1,181 @@
+"""The status page in a real browser (issue 15): Debian's chromium, headless, driven by selenium
+through Debian's chromium-driver. The page renders with its Chinese and English labels; a job
+started by a real C-MOVE (Orthanc as the PACS, a pynetdicom storage SCP as the destination that
+holds the first instance until the page has shown the job running) appears with live progress
+and then finishes on it; no patient identifiers are shown by default."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from dicomproxy import scu
+from dicomproxy.config import Config
+from dicomproxy.net import Remote
+from dicomproxy.server import Server
+from dicomproxy.status import Status
+from testkit import free_port
+from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs
+from tests.conftest import ConfigFactory
+
+CT, MR, US, MF = demo_specs()
+TOKEN = "page-token"
+#: Longest wait for the page to show something (seconds): it polls every 2 s.
+PAGE_WAIT = 30
+
+
+def _need_browser() -> tuple[str, str]:
+    chromium = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium / chromium-driver are not installed; scripts/test.sh installs them")
+        pytest.skip("chromium / chromium-driver are not installed (run scripts/test.sh to install)")
+    return chromium, driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    chromium, driver = _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1400",
+    ):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(executable_path=driver, log_output=str(tmp_path / "chromedriver.log"))
+    drv = webdriver.Chrome(service=service, options=options)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+class GatedStoreSCP:
+    """A pynetdicom storage SCP that holds each C-STORE until :attr:`gate` is set."""
+
+    def __init__(self, ae_title: str = "GATED") -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.gate = threading.Event()
+        self.first_arrived = threading.Event()
+        self.received = 0
+        ae = AE(ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.ae = ae
+        self.server: Any = None
+
+    def _store(self, event: evt.Event) -> int:
+        self.first_arrived.set()
+        self.gate.wait(60)
+        self.received += 1
+        return int(Status.SUCCESS)
+
+    def start(self) -> GatedStoreSCP:
+        self.server = self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        return self
+
+    def stop(self) -> None:
+        self.gate.set()
+        if self.server is not None:
+            self.server.shutdown()
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedStoreSCP]:
+    scp = GatedStoreSCP().start()
+    yield scp
+    scp.stop()
+
+
+@pytest.mark.orthanc
+def test_status_page_shows_a_cmove_job_running_then_finished(
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    gated: GatedStoreSCP,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+            {"ae_title": gated.ae_title, "host": "127.0.0.1", "port": gated.port},
+        ],
+        http={"port": free_port(), "token": TOKEN},
+    )
+    server = run_proxy(config)
+    assert server.console is not None
+    browser.get(f"{server.console.url}/#token={TOKEN}")
+    wait = WebDriverWait(browser, PAGE_WAIT)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    for label in (
+        "运行中的任务",
+        "Jobs running now",
+        "最近的任务",
+        "Recent jobs",
+        "配置检查",
+        "Configuration checks",
+    ):
+        assert label in body
+    assert browser.find_element(By.ID, "version").text != "–"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#checks tr[data-check='journal'][data-ok='true']"))
+
+    # a real C-MOVE: the destination holds the first instance until the page shows the job running
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = CT.study_uid
+    result: dict[str, Any] = {}
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+    mover = threading.Thread(
+        target=lambda: result.update(summary=scu.move(proxy, gated.ae_title, m, calling_ae="jobserver")),
+        daemon=True,
+    )
+    mover.start()
+    assert gated.first_arrived.wait(30), "the destination received nothing"
+    running = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#running tr[data-outcome='running']"))
+    assert gated.ae_title in running[0].text and "move" in running[0].text
+    job_id = running[0].get_attribute("data-job-id")
+    browser.save_screenshot(str(tmp_path / "running.png"))
+    gated.gate.set()
+    mover.join(60)
+    assert result["summary"].completed == 10
+
+    done = wait.until(
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, f"#recent tr[data-job-id='{job_id}'][data-outcome='success']"
+        )
+    )
+    assert "10" in done[0].text
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#running tbody tr"))
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert CT.patient.patient_id not in text and CT.study_uid not in text and CT.patient.name not in text
+    shot = os.environ.get("DICOMPROXY_SCREENSHOT")  # docs/status-page.png is made this way
+    browser.save_screenshot(shot or str(tmp_path / "finished.png"))
