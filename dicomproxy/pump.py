@@ -302,6 +302,10 @@ class Pump:
         # Journal first, then drop the file: a crash between the two leaves a file that
         # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
         self.journal.add_instances(state.job_id, [record])
-        events.publish(events.InstanceSent(state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid))
+        events.publish(
+            events.InstanceSent(
+                state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid
+            )
+        )
         if record.state != "failed":
             Spool.confirmed(item)

@@ -305,7 +305,9 @@ class RelayService:
                 bytes_in=spool.bytes_in if spool else 0,
                 bytes_out=forwarder.bytes_out if forwarder else 0,
             )
-            observe.job_finished(job_id, req.kind, outcome, final.status, state, forwarder.bytes_out if forwarder else 0)
+            observe.job_finished(
+                job_id, req.kind, outcome, final.status, state, forwarder.bytes_out if forwarder else 0
+            )
             LOG.info(
                 "job %d: %s 0x%04X completed=%d failed=%d warning=%d %s",
                 job_id,

@@ -19,11 +19,11 @@ from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
 from dicomproxy.findscu import run_find
 from dicomproxy.net import Remote, c_echo
-from testkit.samples import demo_specs
 from dicomproxy.server import Server
 from testkit import wait_until
 from testkit.orthanc import Orthanc
 from testkit.rsyslog import Rsyslog
+from testkit.samples import demo_specs
 from tests.conftest import ConfigFactory, _need
 
 CT, MR, US, MF = demo_specs()

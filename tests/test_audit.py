@@ -23,9 +23,9 @@ from dicomproxy.cli import cli
 from dicomproxy.config import Config
 from dicomproxy.findscu import run_find
 from dicomproxy.net import Remote, c_echo
-from testkit.samples import demo_specs
 from dicomproxy.server import Server
 from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs
 from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, _reachable
 
 CT, MR, US, MF = demo_specs()

@@ -19,10 +19,10 @@ from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
 from dicomproxy.findscu import run_find
 from dicomproxy.net import Remote, c_echo
-from testkit.samples import demo_specs
 from dicomproxy.server import Server
 from testkit import free_port, wait_until
 from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs
 from tests.conftest import ConfigFactory
 
 CT, MR, US, MF = demo_specs()

@@ -20,11 +20,11 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from dicomproxy import scu
 from dicomproxy.config import Config
 from dicomproxy.net import Remote
-from testkit.samples import demo_specs
 from dicomproxy.server import Server
 from dicomproxy.status import Status
 from testkit import free_port
 from testkit.orthanc import Orthanc
+from testkit.samples import demo_specs
 from tests.conftest import ConfigFactory
 
 CT, MR, US, MF = demo_specs()
