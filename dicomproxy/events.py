@@ -236,7 +236,9 @@ def peer_of(assoc: Any) -> Peer:
 
 def tls_identity(assoc: Any) -> str:
     """The client certificate's subject (``CN=jobserver,O=...``), or ""."""
-    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    from dicomproxy.pynetdicom_compat import raw_socket  # pynetdicom internals only there
+
+    sock = raw_socket(assoc)
     getpeercert = getattr(sock, "getpeercert", None)
     if getpeercert is None:
         return ""
