@@ -75,6 +75,8 @@ def parse_keys(
             return level, [(RetrieveKey(ref.uid), ref) for ref in _resolve(resolver, study_uids=studies)]
         accession = _values(identifier, "AccessionNumber")
         patient = _values(identifier, "PatientID")
+        if len(patient) > 1:  # Patient ID is single-valued (PS3.4 C.6.2.1.2); a list is malformed
+            raise InvalidIdentifier("STUDY level takes one Patient ID")
         if len(accession) == 1:
             refs = _resolve(resolver, accession=accession[0], patient_id=patient[0] if patient else None)
             return level, [(RetrieveKey(ref.uid), ref) for ref in refs]

@@ -83,23 +83,36 @@ TARGETS: dict[str, Target] = {
         ("tests/test_tls.py", "tests/test_tls_relay.py"),
         "DICOM TLS contexts, inbound client certificates, outbound verification",
     ),
+    "outcome": Target(
+        "dicomproxy/outcome.py",
+        (),
+        ("tests/test_outcome.py", "tests/test_relay_faults.py"),
+        "the relay's outcome and final status, sub-operation counts (JobState)",
+    ),
     "relay": Target(
         "dicomproxy/relay.py",
-        (
-            "JobState.counted",
-            "JobState.remaining",
-            "JobState.response",
-            "RelayService._pump@pacs_error = end.error",
-            "RelayService._merge_found",
-            "RelayService._forward_one@state.processed.add(uid)",
-            "RelayService._count_missing",
-        ),
+        ("RelayService._merge_found",),
         ("tests/test_relay_faults.py",),
-        "the relay's outcome and final status, sub-operation counts",
+        "an early-started job's instance list merged into its counts",
+    ),
+    "pump": Target(
+        "dicomproxy/pump.py",
+        ("Pump.run@pacs_error = end.error", "Pump._record"),
+        ("tests/test_relay_faults.py", "tests/test_destination_reconnect.py"),
+        "the end of a job's pump and each sub-operation's record",
     ),
     "recovery": Target(
         "dicomproxy/recovery.py",
-        ("reconcile", "_spooled", "_refetch", "retry_job"),
+        (
+            "reconcile",
+            "_spooled",
+            "_refetch",
+            "check_retryable",
+            "retry_job",
+            "job_archives",
+            "final_outcome",
+            "final_status",
+        ),
         ("tests/test_recovery.py",),
         "start-up reconciliation, `jobs retry` accounting",
     ),
@@ -174,21 +187,23 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("info.columnsor0", "info.columnsor1", "columns unknown: 0 or 1, both below 64"),
         ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
     ],
-    "relay": [
+    "outcome": [
         (
             "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))",
             "max(-1,",
             "processed ∩ expected never outnumbers expected: the difference is never negative",
         ),
         (
+            "ifnotself.expectedandself.announced>len(self.processed):",
+            "self.announced>=len(self.processed):",
+            "when equal nothing is missing: adding 0 and returning is what the fall-through does",
+        ),
+    ],
+    "relay": [
+        (
             "wait:float=0.0)",
             "wait:float=-1.0)",
             "Event.wait with a negative timeout returns at once, as with 0",
-        ),
-        (
-            "ifnotstate.expectedandstate.announced>len(state.processed):",
-            "state.announced>=len(state.processed):",
-            "when equal nothing is missing: adding 0 and returning is what the fall-through does",
         ),
     ],
     "lossy": [

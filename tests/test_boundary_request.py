@@ -105,9 +105,16 @@ def test_study_level_by_accession_and_patient(view: ExamView) -> None:
         ident("STUDY"),
         ident("STUDY", StudyInstanceUID="", AccessionNumber="", PatientID=""),
         ident("STUDY", AccessionNumber=["A0001", "A0002"]),
-        ident("STUDY", PatientID=["P0001", "P0002"]),
     ):
         with pytest.raises(InvalidIdentifier, match="STUDY level needs"):
+            parse_keys(bad, view)
+    # Patient ID is single-valued: a list is malformed, also beside an Accession Number (it used to
+    # take the first silently)
+    for bad in (
+        ident("STUDY", PatientID=["P0001", "P0002"]),
+        ident("STUDY", AccessionNumber="A0002", PatientID=["P0002", "P0001"]),
+    ):
+        with pytest.raises(InvalidIdentifier, match="one Patient ID"):
             parse_keys(bad, view)
 
 
