@@ -290,9 +290,8 @@ class Server:
 
     def run(self) -> bool:
         """Serve until a stop request (signal), then drain. Returns True on a clean drain."""
-        with (
-            self._signals()
-        ):  # before start: a signal during start-up (console, retry worker) is a stop request
+        # Handlers before start: a signal during start-up (console, retry worker) is a stop request.
+        with self._signals():
             self.start()
             self._stop_requested.wait()
             LOG.info("stop requested: draining (timeout %.0f s)", self.config.proxy.drain_timeout)
