@@ -135,6 +135,15 @@ class InstanceSent(Event):
 
 
 @dataclass(frozen=True)
+class Transcoded(Event):
+    """One instance converted for its destination (in the transcoding pool)."""
+
+    job_id: int
+    transfer_syntax: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class JobFinished(Event):
     job_id: int
     kind: str

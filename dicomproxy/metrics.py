@@ -100,6 +100,12 @@ class Metrics:
             ["mode", "transfer_syntax"],
             registry=r,
         )
+        self.transcode_seconds = Histogram(
+            "dicomproxy_transcode_seconds",
+            "CPU seconds converting one instance for its destination, by target transfer syntax",
+            ["transfer_syntax"],
+            registry=r,
+        )
         self.retries = Counter("dicomproxy_retries_total", "Job retries requested", registry=r)
         self.errors = Counter(
             "dicomproxy_errors_total",
@@ -140,6 +146,8 @@ class Metrics:
             self.instances.labels(mode, ts, event.state).inc()
             if event.state != "failed":
                 self.bytes.labels(mode, ts).inc(event.bytes)
+        elif isinstance(event, events.Transcoded):
+            self.transcode_seconds.labels(event.transfer_syntax).observe(event.seconds)
         elif isinstance(event, events.JobFinished):
             self._modes.pop(event.job_id, None)
             self.jobs.labels(event.kind, event.outcome).inc()

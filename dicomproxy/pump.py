@@ -266,6 +266,10 @@ class Pump:
                         self._drop(prepared.pool)
                     res = SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
                 else:
+                    if converted.path != item.path:  # converted, not sent as held
+                        events.publish(
+                            events.Transcoded(state.job_id, converted.transfer_syntax, converted.seconds)
+                        )
                     sent_as = (converted.path, converted.transfer_syntax)
                     res = send_with_retries(
                         forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as, reconnect=not defer

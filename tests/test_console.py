@@ -127,7 +127,8 @@ def console_proxy(
         pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
         peers=[
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
-            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+            # lossless: the relay converts each instance in the pool (transcode metric)
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port, "compression": "lossless"},
         ],
         http={"port": free_port(), "token": TOKEN, "echo_interval": 2.0},
     )
@@ -195,6 +196,9 @@ def test_health_ready_metrics_after_real_traffic(console_proxy: tuple[Server, Ht
     assert value(s, "dicomproxy_cfind_seconds_count", level="SERIES", source="pacs") == 1
     assert value(s, "dicomproxy_cfind_matches_total", level="SERIES", source="pacs") == 2
     assert value(s, "dicomproxy_jobs_total", kind="move", outcome="success") == 1
+    converted = sum(v for (name, _), v in s.items() if name == "dicomproxy_transcode_seconds_count")
+    spent = sum(v for (name, _), v in s.items() if name == "dicomproxy_transcode_seconds_sum")
+    assert converted == 10 and spent > 0
     sent = sum(v for (name, _), v in s.items() if name == "dicomproxy_instances_sent_total")
     assert sent == 10
     sent_bytes = sum(v for (name, _), v in s.items() if name == "dicomproxy_sent_bytes_total")

@@ -55,6 +55,8 @@ class TranscodeResult:
     bytes_out: int
     pixel_bytes: int
     lossy: bool
+    #: CPU seconds the conversion took in its worker (0 when not measured).
+    seconds: float = 0.0
 
 
 @contextmanager

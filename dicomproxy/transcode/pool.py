@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -47,7 +49,7 @@ class TranscodePool:
     ) -> Future[TranscodeResult]:
         """:func:`convert_for` in a worker: the target is chosen there too (the header is read once,
         off the caller's thread); a result whose path is ``src`` means "send as held"."""
-        return self._executor.submit(convert_for, Path(src), Path(dst), tuple(accepted), policy)
+        return self._executor.submit(_timed_convert_for, Path(src), Path(dst), tuple(accepted), policy)
 
     def warm(self) -> None:
         """Start the worker processes now (in the background) instead of on the first instance."""
@@ -75,3 +77,10 @@ class TranscodePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _timed_convert_for(src: Path, dst: Path, accepted: tuple[str, ...], policy: Policy) -> TranscodeResult:
+    """:func:`convert_for` with the worker's CPU seconds for it (one task at a time per worker)."""
+    started = time.process_time()
+    result = convert_for(src, dst, accepted, policy)
+    return dataclasses.replace(result, seconds=time.process_time() - started)
