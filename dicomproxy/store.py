@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydicom import dcmread
 from pynetdicom import evt
 
+from dicomproxy import events
 from dicomproxy.fastpath.receiver import StoreAcceptor, StoreRequest
 from dicomproxy.status import Status
 
@@ -181,15 +182,20 @@ def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
         return config.archive_for_ae(calling) is not None and config.peer(calling) is None
 
     def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
+        peer = events.Peer(calling.strip(), remote_ip)
         decision = access.decide(config, calling, called, remote_ip)
         if not decision.accept:
             ctx.rejections.warn(remote_ip, decision.reason)
+            events.publish(events.AssociationRejected(peer, called.strip(), decision.reason, decision.rjd[2]))
             return decision.reason, decision.rjd
         # The same limit pynetdicom applies to its own associations (it counts these too).
         if len(ae.active_associations) + acceptor.active > ae.maximum_associations:
             reason = f"more than {ae.maximum_associations} associations"
             ctx.rejections.warn(remote_ip, reason)
+            events.publish(events.AssociationRejected(peer, called.strip(), reason, REJECT_LOCAL_LIMIT[2]))
             return reason, REJECT_LOCAL_LIMIT
+        # an archive delivering to us (audit trail, association metrics), as pynetdicom's are
+        events.publish(events.AssociationAccepted(peer, called.strip()))
         return None
 
     def on_store(request: StoreRequest, path: Path) -> int:
