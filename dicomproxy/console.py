@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.streams.stapled  # noqa: F401  (see the note below the imports)
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -40,6 +42,18 @@ from dicomproxy.config import Config
 from dicomproxy.health import Echoer, Readiness
 from dicomproxy.live import LiveState
 from dicomproxy.metrics import Metrics
+
+# anyio resolves its public names lazily: the first use imports a module (and, under pytest,
+# AST-rewrites it). Done first in the console's server thread while other threads use the ast
+# module, that hit CPython 3.11's thread-unsafe AST validator ("AST constructor recursion depth
+# mismatch", gh-106905; the status page test failed ~1 run in 3). The names starlette and uvicorn
+# use are resolved here, at import, on the importing thread.
+for _name in (
+    "open_file", "wrap_file", "AsyncFile", "to_thread", "from_thread", "lowlevel", "abc",
+    "create_memory_object_stream", "create_task_group", "EndOfStream", "CancelScope", "Event",
+    "CapacityLimiter", "sleep_forever", "BrokenResourceError",
+):  # fmt: skip
+    getattr(anyio, _name)
 
 LOG = logging.getLogger("dicomproxy.console")
 
