@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.streams.stapled  # noqa: F401  (see the note below the imports)
+import anyio.streams.stapled  # resolved at import, see the note below the imports
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
