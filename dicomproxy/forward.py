@@ -186,6 +186,8 @@ class Forwarder:
         self.originator = originator
         self.owns = owns_association
         self.bytes_out = 0
+        #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
+        self.throttle: Callable[[int], None] | None = None
         self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
         self._adopt(assoc)
@@ -289,6 +291,8 @@ class Forwarder:
         if rsp is None or "Status" not in rsp:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
+        if self.throttle is not None:
+            self.throttle(size)
         return SendResult(int(rsp.Status), target, size)
 
     def close(self) -> None:
