@@ -617,10 +617,10 @@ def _push(s: _Section, peers: set[str]) -> PushConfig:
             dt.datetime.fromisoformat(push.start_from)
         except ValueError:
             raise s.error(
-                "start_from", f"must be \"now\", \"beginning\" or an ISO date-time, not {push.start_from!r}"
+                "start_from", f'must be "now", "beginning" or an ISO date-time, not {push.start_from!r}'
             ) from None
     if push.window and not _WINDOW_RE.match(push.window):
-        raise s.error("window", f"must be \"HH:MM-HH:MM\" (e.g. \"20:00-07:00\"), not {push.window!r}")
+        raise s.error("window", f'must be "HH:MM-HH:MM" (e.g. "20:00-07:00"), not {push.window!r}')
     if push.window and push.window[:5] == push.window[6:]:
         raise s.error("window", f"{push.window!r} is empty (start equals end); leave it out for always")
     s.finish()
