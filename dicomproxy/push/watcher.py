@@ -26,7 +26,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from dicomproxy.config import Config
 from dicomproxy.push.queue import WATERMARK, Entry, PushQueue
@@ -87,10 +87,11 @@ class Watcher:
     def start_statement(self, guard: Any) -> Select[Any]:
         """``start_from = "now"``: the highest stamp already committed (below the guard)."""
         c = self.view.table.c
-        stmt = select(func.max(c.RowTimestamp))
+        # ORDER BY … DESC LIMIT 1, not MAX(): PostgreSQL has no max(bytea); an index serves both
+        stmt = select(c.RowTimestamp).where(c.RowTimestamp.is_not(None))
         if guard is not None:
             stmt = stmt.where(c.RowTimestamp < guard)
-        return stmt
+        return stmt.order_by(c.RowTimestamp.desc()).limit(1)
 
     def _wanted(self, row: dict[str, Any]) -> bool:
         """The Python half of the conditions (exact compare: a CI collation must not widen them)."""
@@ -120,7 +121,13 @@ class Watcher:
         with self.view.engine.connect() as conn:
             guard = policy.guard_value(conn)
             top = conn.execute(self.start_statement(guard)).scalar()
-        return Mark(policy.kind, top).encode() if top is not None else FROM_BEGINNING
+        if top is None:
+            return FROM_BEGINNING
+        if policy.kind is StampKind.DATETIME:
+            # a date-time read re-reads ``overlap`` below the mark: start one overlap (and a
+            # microsecond) above the newest row, so the first read begins just after it
+            top = top + policy.overlap + dt.timedelta(microseconds=1)
+        return Mark(policy.kind, top).encode()
 
     def run_pass(self) -> int | None:
         """One pass; the number of items queued or re-queued, None when another node holds the
