@@ -223,8 +223,10 @@ def secondary_capture(
     # Lossy Image Compression (C.7.6.1.1.5): the file is a lossy JPEG already
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    ds.PixelData = encapsulate([data])
+    fragment = data + b"\x00" if len(data) % 2 else data  # fragments have even length (PS3.5 A.4)
+    ds.PixelData = encapsulate([fragment])
     ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
     ds.file_meta = _meta(ds, syntax)
     return ds
 

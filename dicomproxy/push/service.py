@@ -100,7 +100,7 @@ class PushService:
 
     def start(self) -> None:
         LOG.info(
-            "push: to %s, every %.0f s%s%s",
+            "push: to %s, every %g s%s%s",
             ", ".join(self.push.destinations),
             self.push.poll_interval,
             f", window {self.push.window}" if self.push.window else "",
