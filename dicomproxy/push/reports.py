@@ -210,6 +210,7 @@ def secondary_capture(
         raise ReportUnavailable(f"JPEG with {comps} components")
     ds = _common(SECONDARY_CAPTURE, study_uid, role, data, row, style)
     ds.Modality = "OT"  # (0008,0060) General Series C.7.3.1
+    ds.Laterality = ""  # (0020,0060) type 2C: a document has no side
     ds.PatientOrientation = ""  # (0020,0020) type 2C, General Image C.7.6.1
     ds.BurnedInAnnotation = "YES"
     # Image Pixel module (C.7.6.3) as the bitstream says
