@@ -12,6 +12,7 @@ import functools
 import http.server
 import logging
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from dicomproxy.config import Config
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.push.reports import ENCAPSULATED_PDF, SECONDARY_CAPTURE
 from dicomproxy.server import Server
-from testkit import wait_until
+from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
@@ -77,8 +78,16 @@ def study_sops(spec: StudySpec) -> set[str]:
     return {spec.sop_uid(s, i) for s in range(spec.series) for i in range(spec.images_per_series)}
 
 
-def _config(make_config: ConfigFactory, view_url: str, pacs: Orthanc, scp: StoreSCP, **push: Any) -> Config:
+def _config(
+    make_config: ConfigFactory,
+    view_url: str,
+    pacs: Orthanc,
+    scp: StoreSCP,
+    http: dict[str, Any] | None = None,
+    **push: Any,
+) -> Config:
     return make_config(
+        http=http or {"port": 0},
         view={"url": view_url},
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
         peers=[{"ae_title": "STORESCP", "host": "127.0.0.1", "port": scp.port}],
@@ -110,7 +119,7 @@ def test_row_inserted_brings_study_and_report_once_through_outage_and_restart(
     create_view_table(engine, stamp=kind)  # type: ignore[arg-type]
     insert_rows(engine, [exam_row(SPECS[0])])  # there before push started: not sent (start_from = "now")
     scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"])  # not started: the destination is down
-    config = _config(make_config, view_url, push_pacs, scp)
+    config = _config(make_config, view_url, push_pacs, scp, http={"port": free_port()})
     caplog.set_level(logging.INFO, logger="dicomproxy")
     try:
         _scenario(engine, scp, config, folder, base_url, run_proxy, caplog)
@@ -189,6 +198,13 @@ def _scenario(
     assert len(order) == 1 and order[0].SeriesInstanceUID == report.SeriesInstanceUID
     assert set(counts) == study_sops(new) | {report.SOPInstanceUID, order[0].SOPInstanceUID}
     assert max(counts.values()) == 1, counts  # nothing arrived twice
+    assert server.console is not None  # the console's /metrics shows the queue and the attempts
+    events.flush()
+    with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/metrics", timeout=10) as rsp:
+        metrics = rsp.read().decode()
+    assert 'dicomproxy_push_queue{destination="STORESCP",state="done"} 1.0' in metrics
+    assert 'dicomproxy_push_attempts_total{destination="STORESCP",outcome="delivered"}' in metrics
+    assert 'dicomproxy_jobs_total{kind="push",outcome="success"}' in metrics
     kinds = {j["kind"] for j in server.ctx.journal.recent(50)}
     assert kinds == {"push"}  # `dicomproxy jobs` lists them
 
@@ -197,3 +213,33 @@ def _scenario(
     events.flush()
     server.ctx.push.watcher.run_pass()
     assert len(queue.items()) == 1
+
+
+def test_study_not_yet_in_the_pacs_waits_and_is_sent_when_it_arrives(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    push_pacs: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """The RIS says 检查完成 before the modality's images reached the PACS: the item waits (retried
+    with backoff, no busy loop) and goes once the PACS holds the study."""
+    spec = StudySpec("CT", accession="PULATE", series=1, images_per_series=2, seed=199)
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    try:
+        server = run_proxy(_config(make_config, view_url, push_pacs, scp, start_from="beginning"))
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        insert_rows(engine, [exam_row(spec, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: any(i["attempts"] >= 2 for i in queue.items()), 30, "item retried")
+        item = queue.items()[0]
+        assert item["state"] in ("waiting", "running") and not scp.received()
+        assert "no instance" in item["error"] or item["state"] == "running"
+        push_pacs.upload(write_study(spec, tmp_path / "late"))
+        wait_until(lambda: queue.get(item["id"])["state"] == "done", 30, "item done")  # type: ignore[index]
+        assert set(delivered(scp)) == study_sops(spec)
+        assert queue.get(item["id"])["attempts"] < 10  # type: ignore[index]  # backoff, no busy loop
+    finally:
+        scp.stop()
+        engine.dispose()
