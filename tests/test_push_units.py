@@ -195,8 +195,8 @@ destinations = ["CLOUD"]
         conn.execute(
             push_queue.insert(),
             [
-                {"study_uid": f"1.2.3.{i}", "destination": "CLOUD", "state": s, "next_at": now, "created": now,
-                 "updated": now, "error": "boom" if s == "failed" else ""}
+                {"study_uid": f"1.2.3.{i}", "destination": "CLOUD", "state": s, "next_at": now,
+                 "created": now, "updated": now, "error": "boom" if s == "failed" else ""}
                 for i, s in enumerate(["done", "failed", "queued"])
             ],
         )  # fmt: skip
