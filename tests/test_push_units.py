@@ -62,10 +62,10 @@ def test_rate_limiter_keeps_the_average() -> None:
     limiter = RateLimiter(8.0, clock=lambda: clock[0], sleep=sleep)  # 8 Mbit/s = 1 MB/s
     for _ in range(10):
         limiter.take(500_000)
-    # 5 MB at 1 MB/s with 1 s of initial credit: 4 s of waiting
-    assert sum(slept) == pytest.approx(4.0)
-    clock[0] += 100  # idle: credit is capped at one second, no long burst afterwards
-    assert limiter.take(1_000_000) == 0.0
+    # 5 MB at 1 MB/s from an empty bucket: 5 s of waiting
+    assert sum(slept) == pytest.approx(5.0)
+    clock[0] += 100  # idle: credit is capped at BURST (0.2 s), no long burst afterwards
+    assert limiter.take(200_000) == 0.0
     assert limiter.take(1_000_000) == pytest.approx(1.0)
 
 

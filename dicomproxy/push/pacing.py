@@ -39,12 +39,16 @@ def next_opening(window: tuple[dt.time, dt.time] | None, now: dt.datetime) -> dt
     return opening if opening > now else opening + dt.timedelta(days=1)
 
 
+#: Seconds of sending at the cap the bucket may save up while idle.
+BURST = 0.2
+
+
 class RateLimiter:
     """A token bucket in bits: ``take(n)`` returns once ``n`` bytes fit under ``mbps`` on average.
 
     Shared by every job to one destination (the cap is per destination, not per study). The
-    bucket holds at most one second of credit, so a pause is never followed by a burst longer
-    than that.
+    bucket starts empty and holds at most :data:`BURST` seconds of credit, so neither the start
+    nor the end of a pause is followed by a burst longer than that.
     """
 
     def __init__(
@@ -57,7 +61,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._credit = self.rate  # bytes
+        self._credit = 0.0  # bytes
         self._last = clock()
 
     def take(self, nbytes: int) -> float:
@@ -65,7 +69,7 @@ class RateLimiter:
         seconds waited."""
         with self._lock:
             now = self._clock()
-            self._credit = min(self.rate, self._credit + (now - self._last) * self.rate)
+            self._credit = min(self.rate * BURST, self._credit + (now - self._last) * self.rate)
             self._last = now
             self._credit -= nbytes
             wait = -self._credit / self.rate if self._credit < 0 else 0.0
