@@ -221,3 +221,15 @@ destinations = ["CLOUD"]
     assert {i["generation"] for i in queue.items()} == {1}  # sent in full: a new generation
     assert run(cli, ["push", "-c", str(toml), "requeue", "--since", "last week"]).exit_code == 2
     journal.close()
+
+
+def test_example_config_documents_every_push_key() -> None:
+    import dataclasses
+
+    from dicomproxy.config import PushConfig
+
+    text = (Path(__file__).parent.parent / "conf" / "dicomproxy.example.toml").read_text(encoding="utf-8")
+    push, reports = text.split("\n[push]", 1)[1].split("\n[reports]", 1)
+    for cls, section in ((PushConfig, push), (ReportsConfig, reports)):
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} = " in section or f"# [{cls.__name__[:-6].lower()}.{f.name}]" in section, f.name

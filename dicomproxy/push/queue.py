@@ -20,6 +20,7 @@ once its lease has expired, any node takes the item over and sends only what was
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from dicomproxy.journal import CONFIRMED_STATES, job_instances
+
+LOG = logging.getLogger("dicomproxy.push.queue")
 
 PUSH_METADATA = MetaData()
 
@@ -344,6 +347,7 @@ class PushQueue:
                 )
             ).first()
             if row is None or row.owner != self.node or row.state != RUNNING:
+                LOG.warning("push item %d: taken over by another node (our lease expired)", item.id)
                 return False
             if row.changed and state in (DONE, WAITING, FAILED):
                 state, next_at = QUEUED, now
