@@ -33,7 +33,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
 from testkit.console_load import ConsoleLoad

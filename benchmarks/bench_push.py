@@ -11,7 +11,7 @@ starts DCMTK storescp (the destination, ``--fork``) and ``dicomproxy serve`` wit
 - **push**: a fresh proxy (``start_from = "now"``) and an empty destination; the N rows are inserted
   in one transaction; the clock runs from the commit until storescp holds N files. The proxy's RSS
   (VmRSS) is sampled every 0.5 s: start, peak, end.
-- **C-MOVE loop**: with push off, one C-MOVE per study (``dicomproxy.scu.move``, STUDY level, one
+- **C-MOVE loop**: with push off, one C-MOVE per study (``dicomproxy.transport.scu.move``, STUDY level, one
   after the other) from a cloud AE through the same kind of proxy to a second storescp.
 
 ``--cap-mbps``: one more push run with ``max_mbps`` on the destination for ``--cap-studies`` rows:
@@ -35,8 +35,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
-from dicomproxy.net import Remote
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc

@@ -49,8 +49,8 @@ from typing import Any
 import pydicom
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
-from dicomproxy.net import Remote
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port, peer_env, require_tool, wait_for_echo
 from testkit.console_load import ConsoleLoad
 from testkit.dcmtk import DcmQrSCP, StoreSCP

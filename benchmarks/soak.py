@@ -42,7 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from testkit import Process, free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
 from testkit.demo import write_config

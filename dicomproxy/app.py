@@ -12,11 +12,11 @@ from typing import Any
 from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
-from dicomproxy.journal import Journal
-from dicomproxy.pacs import PacsClient
-from dicomproxy.pacsfind import PacsFinder
-from dicomproxy.relay import RelayService
-from dicomproxy.store import ReceiveRegistry
+from dicomproxy.pacs.client import PacsClient
+from dicomproxy.pacs.find import PacsFinder
+from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.plan import RelayService
+from dicomproxy.relay.store import ReceiveRegistry
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
 

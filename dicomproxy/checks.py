@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config
-from dicomproxy.net import Remote, c_echo
-from dicomproxy.tls import client_tls_args
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.tls import client_tls_args
 from dicomproxy.view.model import COLUMN_NAMES, exam_view_table
 
 

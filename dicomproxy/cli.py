@@ -19,8 +19,8 @@ from dicomproxy import __version__
 from dicomproxy.config import Config, TlsConfig, load_config
 from dicomproxy.errors import ConfigError
 from dicomproxy.logsetup import setup_logging
-from dicomproxy.net import Remote, c_echo
-from dicomproxy.tls import client_tls_args
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.tls import client_tls_args
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,7 +69,7 @@ def serve(config_path: Path, verbose: bool, port: int | None) -> None:
 
     from dicomproxy.app import build_context
     from dicomproxy.memory import limit_malloc_arenas
-    from dicomproxy.recovery import reconcile
+    from dicomproxy.relay.recovery import reconcile
     from dicomproxy.server import Server
 
     config = load_or_exit(config_path)
@@ -238,7 +238,7 @@ def find(
 ) -> None:
     """C-FIND any AE (default: this proxy) and print the answers as a table."""
     from dicomproxy.charsets import install_pydicom_workarounds
-    from dicomproxy.findscu import DEFAULT_KEYS, build_query, format_table, parse_key, run_find
+    from dicomproxy.transport.findscu import DEFAULT_KEYS, build_query, format_table, parse_key, run_find
 
     install_pydicom_workarounds()
     logging.basicConfig(level=logging.WARNING)
@@ -334,8 +334,8 @@ def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> 
     otherwise this command listens on [proxy].port itself while it runs.
     Exit 0 when every instance of the job is now confirmed.
     """
-    from dicomproxy.journal import RETRY_REQUESTED, RETRYING
-    from dicomproxy.recovery import check_retryable, needs_listener, retry_job
+    from dicomproxy.relay.journal import RETRY_REQUESTED, RETRYING
+    from dicomproxy.relay.recovery import check_retryable, needs_listener, retry_job
     from dicomproxy.status import JobOutcome
 
     config = obj.config
@@ -402,7 +402,7 @@ def _audit_retry(config: Config, journal: Any, job_id: int) -> None:
         return
     import getpass
 
-    from dicomproxy.audit import Action, AuditRecord, AuditTrail
+    from dicomproxy.audit.trail import Action, AuditRecord, AuditTrail
 
     user = getpass.getuser()
     record = AuditRecord(Action.RETRY, "requested", calling_ae=user[:16], job_id=job_id, detail={"by": user})
@@ -442,7 +442,7 @@ def audit_cmd(
     ctx.obj = _JobsContext(config_path)
     if ctx.invoked_subcommand is not None:
         return
-    from dicomproxy.audit import AuditTrail, export_rows
+    from dicomproxy.audit.trail import AuditTrail, export_rows
 
     trail = AuditTrail(ctx.obj.journal.engine)
     rows = trail.rows(
@@ -469,7 +469,7 @@ def audit_cmd(
 @click.pass_obj
 def audit_verify(obj: _JobsContext, config_path: Path | None) -> None:
     """Recompute the hash chain; exit 1 naming the first row that was edited, removed or added."""
-    from dicomproxy.audit import AuditTrail
+    from dicomproxy.audit.trail import AuditTrail
 
     if config_path is not None:
         obj = _JobsContext(config_path)
@@ -505,7 +505,7 @@ class _JobsContext:
     @property
     def journal(self) -> Any:
         if self._journal is None:
-            from dicomproxy.journal import Journal
+            from dicomproxy.relay.journal import Journal
 
             self._journal = Journal.for_config(self.config.journal.url, self.config.data_path)
         return self._journal
@@ -558,7 +558,7 @@ def _query(
     accession: str | None,
     patient_id: str | None,
 ) -> Any:
-    from dicomproxy import scu
+    from dicomproxy.transport import scu
 
     return scu.identifier(
         level,
@@ -594,8 +594,8 @@ def move_cmd(
     dest: str,
 ) -> None:
     """C-MOVE to any AE (e.g. this proxy) and show the sub-operation progress."""
-    from dicomproxy import scu
-    from dicomproxy.net import Remote
+    from dicomproxy.transport import scu
+    from dicomproxy.transport.net import Remote
 
     def progress(s: Any) -> None:
         done = s.completed + s.failed + s.warning
@@ -639,8 +639,8 @@ def get_cmd(
     out_dir: Path | None,
 ) -> None:
     """C-GET from any AE (e.g. this proxy); instances arrive on our association."""
-    from dicomproxy import scu
-    from dicomproxy.net import Remote
+    from dicomproxy.transport import scu
+    from dicomproxy.transport.net import Remote
 
     def progress(s: Any) -> None:
         click.echo(f"\r  received {s.received} instance(s), remaining {s.remaining}", nl=False)

@@ -89,7 +89,7 @@ class ProxyConfig:
     #: Inbound DICOM TLS; None = plain TCP.
     tls: TlsConfig | None = None
     #: Move instances on raw sockets where it is safe (plain TCP): the archives' C-STOREs
-    #: during our C-MOVE and our onward C-STOREs (dicomproxy.fastpath). False = pynetdicom only.
+    #: during our C-MOVE and our onward C-STOREs (dicomproxy.transport.raw). False = pynetdicom only.
     fast_path: bool = True
 
 
@@ -318,7 +318,7 @@ class Config:
     pacs: PacsConfig
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     peers: tuple[PeerConfig, ...] = ()
-    #: Further upstream archives, routed by the view's Sysid (see dicomproxy.routing).
+    #: Further upstream archives, routed by the view's Sysid (see dicomproxy.pacs.routing).
     archives: tuple[PacsConfig, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)

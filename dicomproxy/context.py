@@ -26,13 +26,13 @@ class AppContext:
     view: Any = None
     #: C-FIND service (dicomproxy.view.service.FindService); None until built.
     find: Any = None
-    #: Upstream PACS client of ``[pacs]`` (dicomproxy.pacs); None until built.
+    #: Upstream PACS client of ``[pacs]`` (dicomproxy.pacs.client); None until built.
     pacs: Any = None
     #: Every archive's PacsClient by name (``[pacs]`` is "pacs"); empty until built.
     archives: dict[str, Any] = field(default_factory=dict)
-    #: Job journal (dicomproxy.journal); None until built.
+    #: Job journal (dicomproxy.relay.journal); None until built.
     journal: Any = None
-    #: Relay service (dicomproxy.relay) for C-MOVE / C-GET; None until built.
+    #: Relay service (dicomproxy.relay.plan) for C-MOVE / C-GET; None until built.
     relay: Any = None
     #: Push mode (dicomproxy.push.service.PushService) when ``[push] enabled``; started by the server.
     push: Any = None

@@ -2,7 +2,7 @@
 
 The DICOM code calls :func:`publish` with one of the dataclasses below (one line where something
 happens: association accepted/rejected, C-FIND done, job started/resolved/finished, an instance
-sent, a retry, start/stop). Subscribers (:mod:`dicomproxy.metrics`, :mod:`dicomproxy.audit`, the
+sent, a retry, start/stop). Subscribers (:mod:`dicomproxy.console.metrics`, :mod:`dicomproxy.audit.trail`, the
 status page's live view) register with :func:`subscribe`.
 
 Publishing must not slow the relay: :func:`publish` appends to a :class:`queue.SimpleQueue`
@@ -272,7 +272,7 @@ def peer_of(assoc: Any) -> Peer:
 
 def tls_identity(assoc: Any) -> str:
     """The client certificate's subject (``CN=jobserver,O=...``), or ""."""
-    from dicomproxy.pynetdicom_compat import raw_socket  # pynetdicom internals only there
+    from dicomproxy.transport.pynetdicom_compat import raw_socket  # pynetdicom internals only there
 
     sock = raw_socket(assoc)
     getpeercert = getattr(sock, "getpeercert", None)

@@ -12,7 +12,7 @@ import logging.handlers
 import sys
 
 from dicomproxy.config import LoggingConfig
-from dicomproxy.pynetdicom_compat import log_identifiers
+from dicomproxy.transport.pynetdicom_compat import log_identifiers
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

@@ -29,22 +29,22 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy import __version__, access, events
-from dicomproxy.audit import AuditSubscriber, AuditTrail, JobIdentities
+from dicomproxy.audit.trail import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
-from dicomproxy.fastpath.receiver import StoreAcceptor
 from dicomproxy.handlers.echo import handle_echo
 from dicomproxy.handlers.find import handle_find
 from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
-from dicomproxy.intake import Intake
-from dicomproxy.net import NODELAY_HANDLERS
-from dicomproxy.observe import observed_find, observed_retrieve
-from dicomproxy.pynetdicom_compat import stream_datasets_to_files
-from dicomproxy.qrservice import RelayAE
-from dicomproxy.resume import RetryWorker
-from dicomproxy.store import handle_store, store_acceptor
-from dicomproxy.tls import server_context
+from dicomproxy.handlers.observe import observed_find, observed_retrieve
+from dicomproxy.handlers.qrservice import RelayAE
+from dicomproxy.relay.resume import RetryWorker
+from dicomproxy.relay.store import handle_store, store_acceptor
+from dicomproxy.transport.intake import Intake
+from dicomproxy.transport.net import NODELAY_HANDLERS
+from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
+from dicomproxy.transport.raw.receiver import StoreAcceptor
+from dicomproxy.transport.tls import server_context
 
 LOG = logging.getLogger("dicomproxy.server")
 
@@ -61,7 +61,7 @@ def configure_pynetdicom() -> None:
       flat whatever the instance size (WSI of several GB, issue 8).
     - ``STORE_SEND_CHUNKED_DATASET``: ``send_c_store(path)`` sends the file's bytes without
       decoding them; it needs an accepted context with the file's exact transfer syntax,
-      which :mod:`dicomproxy.forward` guarantees (or converts first).
+      which :mod:`dicomproxy.relay.forward` guarantees (or converts first).
     """
     stream_datasets_to_files()
 
@@ -85,7 +85,7 @@ def build_ae(config: Config) -> AE:
     as storage SCP; role selection is accepted for it (``scp_role=True``).
     """
     configure_pynetdicom()
-    ae = RelayAE(ae_title=config.proxy.ae_title)  # C-MOVE/C-GET via dicomproxy.qrservice
+    ae = RelayAE(ae_title=config.proxy.ae_title)  # C-MOVE/C-GET via dicomproxy.handlers.qrservice
     ae.maximum_pdu_size = config.proxy.max_pdu
     ae.acse_timeout = config.proxy.acse_timeout
     ae.dimse_timeout = config.proxy.dimse_timeout
@@ -127,7 +127,11 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
-        (evt.EVT_C_FIND, observed_find(handle_find), [ctx]),  # events for metrics/audit (dicomproxy.observe)
+        (
+            evt.EVT_C_FIND,
+            observed_find(handle_find),
+            [ctx],
+        ),
         (evt.EVT_C_MOVE, observed_retrieve(handle_move), [ctx]),
         (evt.EVT_C_GET, observed_retrieve(handle_get), [ctx]),
         (evt.EVT_C_STORE, handle_store, [ctx]),
@@ -146,7 +150,7 @@ class Server:
         retries: bool = True,
         console: bool | None = None,
     ) -> None:
-        """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.resume`) in
+        """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.relay.resume`) in
         this process; off for the short-lived listener ``jobs retry`` starts itself.
         ``console``: the HTTP console of ``[http]`` (default: as ``retries``; the audit trail runs
         either way when ``[audit] enabled``)."""
@@ -208,11 +212,11 @@ class Server:
             self._audit = AuditSubscriber(AuditTrail(self.ctx.journal.engine), self._identities)
             events.subscribe(self._audit)
         if self.config.audit.syslog:
-            from dicomproxy.atna import start_atna
+            from dicomproxy.audit.atna import start_atna
 
             self._atna = start_atna(self.config, self._identities)
         if self._console_wanted and self.config.http.port:
-            from dicomproxy.console import Console  # the HTTP stack only when it is configured
+            from dicomproxy.console.app import Console  # the HTTP stack only when it is configured
 
             console = Console(self.config, self.ctx, self.association_list)
             try:

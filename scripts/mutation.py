@@ -66,7 +66,7 @@ TARGETS: dict[str, Target] = {
         "visibility: HospitalID, Privacy, valid UIDs; the relay's resolution",
     ),
     "request": Target(
-        "dicomproxy/request.py",
+        "dicomproxy/relay/request.py",
         (),
         ("tests/test_boundary_request.py", "tests/test_access.py"),
         "a C-MOVE/C-GET request: who asks, which visible studies it names, at every level",
@@ -78,31 +78,31 @@ TARGETS: dict[str, Target] = {
         "who may associate, per-service permission, rejection log",
     ),
     "tls": Target(
-        "dicomproxy/tls.py",
+        "dicomproxy/transport/tls.py",
         (),
         ("tests/test_tls.py", "tests/test_tls_relay.py"),
         "DICOM TLS contexts, inbound client certificates, outbound verification",
     ),
     "outcome": Target(
-        "dicomproxy/outcome.py",
+        "dicomproxy/relay/outcome.py",
         (),
         ("tests/test_outcome.py", "tests/test_relay_faults.py"),
         "the relay's outcome and final status, sub-operation counts (JobState)",
     ),
     "relay": Target(
-        "dicomproxy/relay.py",
+        "dicomproxy/relay/plan.py",
         ("RelayService._merge_found",),
         ("tests/test_relay_faults.py",),
         "an early-started job's instance list merged into its counts",
     ),
     "pump": Target(
-        "dicomproxy/pump.py",
+        "dicomproxy/relay/pump.py",
         ("Pump.run@pacs_error = end.error", "Pump._record"),
         ("tests/test_relay_faults.py", "tests/test_destination_reconnect.py"),
         "the end of a job's pump and each sub-operation's record",
     ),
     "recovery": Target(
-        "dicomproxy/recovery.py",
+        "dicomproxy/relay/recovery.py",
         (
             "reconcile",
             "_spooled",

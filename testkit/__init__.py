@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dicomproxy.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo
 
 #: Ports this process has handed out: a port picked for a server that has not bound it yet is
 #: still "free" to the kernel, and a second pick could get it again (two servers, one port).

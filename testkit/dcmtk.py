@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dicomproxy.net import Remote
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, peer_env, require_tool, wait_for_echo
 
 
@@ -28,7 +28,7 @@ class StoreSCP:
         tls_args: Sequence[Any] | None = None,
     ) -> None:
         """``extra``: more storescp options (``+tls KEY CERT ...``); ``tls_args``: what the
-        readiness C-ECHO needs then (:func:`dicomproxy.tls.client_tls_args`)."""
+        readiness C-ECHO needs then (:func:`dicomproxy.transport.tls.client_tls_args`)."""
         self.tls_args = tls_args
         self.workdir = workdir
         self.outdir = workdir / "received"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from dicomproxy.net import Remote
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc

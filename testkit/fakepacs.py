@@ -22,8 +22,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomproxy.net import NODELAY_HANDLERS, Remote
-from dicomproxy.qrservice import guard_requestor
+from dicomproxy.handlers.qrservice import guard_requestor
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from testkit import free_port, wait_for_echo
 
 PENDING = 0xFF00
@@ -213,7 +213,8 @@ class FakePacs:
             yield None, None
             return
         # guard_requestor: pynetdicom's sub-association reactor can otherwise take the C-STORE-RSP
-        # of a fast destination (dicomproxy.qrservice._CallerOnlyDIMSE); Orthanc/DCMTK PACS don't race.
+        # of a fast destination (dicomproxy.handlers.qrservice._CallerOnlyDIMSE);
+        # Orthanc/DCMTK PACS don't race.
         guard = (evt.EVT_ESTABLISHED, lambda e: guard_requestor(e.assoc))
         yield dest.host, dest.port, {"evt_handlers": [*NODELAY_HANDLERS, guard]}
         matches = self._matches(event.identifier)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dicomproxy.net import Remote
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, require_tool, wait_for_echo, wait_until
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
-from dicomproxy.net import Remote
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.samples_dept import dept_exam_row, dept_study_specs, write_wsi

@@ -7,7 +7,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
-from dicomproxy.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo
 from testkit import wait_until
 from testkit.dcmtk import run_tool
 

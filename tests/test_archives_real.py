@@ -3,7 +3,7 @@
 A real Orthanc is ``[pacs]`` for RIS, EIS and PIS; a real DCMTK dcmqrscp is the ``uis`` archive
 for UIS and ECG. Each archive holds only its own studies (plus the unroutable one, in both), so
 an answer from the wrong archive would be empty. The proxy runs in-process on the real
-ExamView (SQLite); the cloud is pynetdicom (``dicomproxy.scu``) and the destination a DCMTK
+ExamView (SQLite); the cloud is pynetdicom (``dicomproxy.transport.scu``) and the destination a DCMTK
 storescp. Compression mode ``none``: every department object kind must arrive byte-identical.
 """
 
@@ -20,12 +20,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config, parse_config
-from dicomproxy.findscu import run_find
-from dicomproxy.net import Remote
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.findscu import run_find
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc

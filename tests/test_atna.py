@@ -14,12 +14,12 @@ import pytest
 from lxml import etree
 from pydicom.dataset import Dataset
 
-from dicomproxy import scu
 from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
-from dicomproxy.findscu import run_find
-from dicomproxy.net import Remote, c_echo
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.findscu import run_find
+from dicomproxy.transport.net import Remote, c_echo
 from testkit import wait_until
 from testkit.orthanc import Orthanc
 from testkit.rsyslog import Rsyslog

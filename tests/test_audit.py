@@ -17,13 +17,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.engine import Engine
 
-from dicomproxy import events, scu
-from dicomproxy.audit import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log
+from dicomproxy import events
+from dicomproxy.audit.trail import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
-from dicomproxy.findscu import run_find
-from dicomproxy.net import Remote, c_echo
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.findscu import run_find
+from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
 from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, _reachable
@@ -103,7 +104,7 @@ def test_verify_finds_tampering(audit_engine: Engine, tamper: str, broken_at: in
             row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == 5)).mappings().one())
             conn.execute(insert(audit_log).values(**{**row, "seq": 6, "prev_hash": "f" * 64}))
         else:  # edit row 3 and recompute its own hash: row 4 no longer follows
-            from dicomproxy.audit import row_hash
+            from dicomproxy.audit.trail import row_hash
 
             row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == 3)).mappings().one())
             row["calling_ae"] = "SOMEONE"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from dicomproxy.audit import AuditTrail
+from dicomproxy.audit.trail import AuditTrail
 from dicomproxy.config import Config, TlsConfig
-from dicomproxy.net import Remote, c_echo
 from dicomproxy.server import Server
-from dicomproxy.tls import client_tls_args
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.tls import client_tls_args
 from tests.conftest import ConfigFactory
 
 

@@ -1,4 +1,4 @@
-"""A C-MOVE/C-GET request at the boundary (``dicomproxy.request``), against the real ExamView on
+"""A C-MOVE/C-GET request at the boundary (``dicomproxy.relay.request``), against the real ExamView on
 SQLite: every Query/Retrieve level names only visible studies, malformed identifiers are
 refused, and a peer without the service is refused before its identifier is read (issue 18).
 
@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 
 from dicomproxy.config import Config
 from dicomproxy.errors import InvalidIdentifier, NotAuthorized
-from dicomproxy.pacs import RetrieveKey
-from dicomproxy.request import parse_keys, retrieve_request
-from dicomproxy.routing import StudyRef
+from dicomproxy.pacs.client import RetrieveKey
+from dicomproxy.pacs.routing import StudyRef
+from dicomproxy.relay.request import parse_keys, retrieve_request
 from dicomproxy.view.repository import ExamView
 from testkit.samples import Patient, StudySpec, demo_specs, exam_row
 from testkit.viewdb import insert_rows

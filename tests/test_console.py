@@ -14,12 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 
-from dicomproxy import events, scu
+from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
-from dicomproxy.findscu import run_find
-from dicomproxy.net import Remote, c_echo
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.findscu import run_find
+from dicomproxy.transport.net import Remote, c_echo
 from testkit import free_port, wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
@@ -268,7 +269,7 @@ def test_console_off_with_port_0(
 
 def test_status_identifiers_only_when_asked() -> None:
     """The live state keeps a job's request keys, and shows them only with show_identifiers."""
-    from dicomproxy.live import LiveState
+    from dicomproxy.console.live import LiveState
 
     live = LiveState()
     peer = events.Peer("jobserver", "127.0.0.1")

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.journal import Journal
-from dicomproxy.net import Remote
+from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs

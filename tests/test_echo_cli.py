@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomproxy.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo
 from testkit import free_port, wait_for_echo
 
 PY = [sys.executable, "-m", "dicomproxy"]

@@ -1,4 +1,4 @@
-"""The raw-socket data path (dicomproxy.fastpath): PDU framing, the store acceptor against real
+"""The raw-socket data path (dicomproxy.transport.raw): PDU framing, the store acceptor against real
 peers (DCMTK storescu, a pynetdicom client misbehaving mid data set), and the relay with
 ``[proxy] fast_path`` on and off."""
 
@@ -26,14 +26,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy import forward, scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.fastpath import pdu, wire
-from dicomproxy.fastpath import sender as fastsender
-from dicomproxy.fastpath.requestor import RawAssociation
-from dicomproxy.net import Remote, c_echo
+from dicomproxy.relay import forward
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.raw import pdu, wire
+from dicomproxy.transport.raw import sender as fastsender
+from dicomproxy.transport.raw.requestor import RawAssociation
 from testkit import free_port, wait_until
 from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
 from testkit.samples import demo_specs, exam_row, write_study
@@ -292,7 +293,7 @@ def test_archive_store_without_retrieval_is_refused(
     assert "Store Response (Success" not in out, out
     assert incoming(archive_proxy) == []
     accepted = [r for r in caplog.records if r.getMessage().startswith("store association accepted: ARCHIVE")]
-    assert len(accepted) == 1, "served by dicomproxy.fastpath.receiver"
+    assert len(accepted) == 1, "served by dicomproxy.transport.raw.receiver"
     refused = [r for r in caplog.records if "belongs to no active retrieval" in r.getMessage()]
     assert len(refused) == len(ct_files)
     assert fastpath_problems(caplog) == []
@@ -415,8 +416,8 @@ def test_archive_store_during_retrieval_is_kept_intact(
     from pydicom import dcmread
     from pynetdicom.dsutils import split_dataset
 
-    from dicomproxy.qrservice import guard_requestor
-    from dicomproxy.store import ActiveRetrieval
+    from dicomproxy.handlers.qrservice import guard_requestor
+    from dicomproxy.relay.store import ActiveRetrieval
 
     caplog.set_level(logging.INFO, logger="dicomproxy")
     first, second = ct_files[0], ct_files[1]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicomproxy.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -129,7 +129,7 @@ def test_garbage_connections_hold_no_association_slot(tmp_path) -> None:
 def test_large_associate_rq_in_small_pieces_is_accepted(proxy) -> None:
     """An A-ASSOCIATE-RQ larger than what can sit unread in the receive window (128 contexts with
     many syntaxes, > 200 kB, sent 1000 bytes at a time) still gets an A-ASSOCIATE-AC: the intake
-    judges it by its fixed fields when it cannot peek the whole PDU (dicomproxy.intake)."""
+    judges it by its fixed fields when it cannot peek the whole PDU (dicomproxy.transport.intake)."""
     from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
     from pynetdicom.pdu import A_ASSOCIATE_RQ
     from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification

@@ -8,6 +8,7 @@ a file and duplicates can be counted by SOP Instance UID.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -18,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from pydicom import dcmread
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
+from dicomproxy.cli import cli
 from dicomproxy.config import load_config
-from dicomproxy.journal import Journal
-from dicomproxy.net import Remote
-from dicomproxy.recovery import retry_job
+from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.recovery import retry_job
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs
@@ -62,6 +65,12 @@ class Harness:
 
     def journal(self) -> Journal:
         return Journal.for_config("", self.tmp / "var")
+
+    def audit_rows(self, job_id: int) -> list[dict[str, Any]]:
+        """The privacy officer's view: ``dicomproxy audit --json --study UID``, rows of this job."""
+        result = CliRunner().invoke(cli, ["audit", "-c", str(self.toml), "--json", "--study", self.study_uid])
+        assert result.exit_code == 0, result.output
+        return [r for r in json.loads(result.output) if r["job_id"] == job_id]
 
     def delivered(self) -> Counter[str]:
         return Counter(
@@ -173,6 +182,16 @@ def test_sigkill_mid_job_then_restart_and_retry(harness: Harness) -> None:
     h.start_proxy("second")  # start-up reconciliation
     journal = h.journal()
     assert journal.get(job["id"]).row["outcome"] == "interrupted"  # type: ignore[union-attr]
+    # The killed C-MOVE never reached its audit row; the restart writes it (issue 15: every C-MOVE).
+    wait_until(lambda: bool(h.audit_rows(job["id"])), 30, "the interrupted job's audit row")
+    (row,) = h.audit_rows(job["id"])
+    assert (row["action"], row["outcome"], row["calling_ae"], row["destination"]) == (
+        "move",
+        "interrupted",
+        CLOUD,
+        "STORESCP",
+    )
+    assert row["study_uids"] == [h.study_uid] and row["patient_ids"] == ["P0001"]  # from the exam view
 
     retry = Process(
         [sys.executable, "-m", "dicomproxy", "jobs", "-c", str(h.toml), "retry", str(job["id"])],

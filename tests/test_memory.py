@@ -12,8 +12,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  #
 
 from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
+from dicomproxy.handlers.qrservice import RelayAE, SharedUIDContext
 from dicomproxy.memory import DEFAULT_ARENAS, ENV_VAR, M_ARENA_MAX, _glibc, limit_malloc_arenas
-from dicomproxy.qrservice import RelayAE, SharedUIDContext
 from dicomproxy.server import Server
 
 

@@ -1,13 +1,13 @@
-"""A relay job's counts and final status (dicomproxy.outcome): pure rules, no sockets."""
+"""A relay job's counts and final status (dicomproxy.relay.outcome): pure rules, no sockets."""
 
 from __future__ import annotations
 
 import pytest
 
 from dicomproxy.errors import PacsUnavailable
-from dicomproxy.journal import InstanceRecord
-from dicomproxy.outcome import JobState
-from dicomproxy.pacs import InstanceRef
+from dicomproxy.pacs.client import InstanceRef
+from dicomproxy.relay.journal import InstanceRecord
+from dicomproxy.relay.outcome import JobState
 from dicomproxy.status import JobOutcome, Status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -20,9 +20,9 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from dicomproxy.journal import job_instances
-from dicomproxy.net import Remote
 from dicomproxy.push.queue import push_queue
+from dicomproxy.relay.journal import job_instances
+from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs

@@ -15,7 +15,6 @@ from pydicom import dcmread, dcmwrite
 from dicomproxy.cli import cli
 from dicomproxy.config import ReportsConfig, parse_config
 from dicomproxy.errors import ConfigError
-from dicomproxy.journal import Journal
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import PushQueue, push_queue, utcnow
 from dicomproxy.push.reports import (
@@ -27,6 +26,7 @@ from dicomproxy.push.reports import (
     jpeg_frame,
     local_path,
 )
+from dicomproxy.relay.journal import Journal
 from testkit.samples import StudySpec, exam_row
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
 from tests.conftest import _need, base_config_dict
@@ -232,4 +232,6 @@ def test_example_config_documents_every_push_key() -> None:
     push, reports = text.split("\n[push]", 1)[1].split("\n[reports]", 1)
     for cls, section in ((PushConfig, push), (ReportsConfig, reports)):
         for f in dataclasses.fields(cls):
-            assert f"\n{f.name} = " in section or f"# [{cls.__name__[:-6].lower()}.{f.name}]" in section, f.name
+            assert f"\n{f.name} = " in section or f"# [{cls.__name__[:-6].lower()}.{f.name}]" in section, (
+                f.name
+            )

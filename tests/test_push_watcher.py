@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from dicomproxy.config import Config
-from dicomproxy.journal import Journal
 from dicomproxy.push.queue import WATERMARK, PushQueue, push_queue
 from dicomproxy.push.watcher import Watcher
+from dicomproxy.relay.journal import Journal
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.stamp import Mark
 from testkit.viewdb import insert_rows, update_rows, writer

@@ -1,5 +1,5 @@
-"""One test per pynetdicom internal the proxy relies on (dicomproxy.pynetdicom_compat and the
-acceptor adapters in dicomproxy.qrservice). A pynetdicom upgrade that renames or reshapes one of
+"""One test per pynetdicom internal the proxy relies on (dicomproxy.transport.pynetdicom_compat and the
+acceptor adapters in dicomproxy.handlers.qrservice). A pynetdicom upgrade that renames or reshapes one of
 them fails here, by name, instead of somewhere in a relay test."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from dicomproxy import pynetdicom_compat as compat
+from dicomproxy.transport import pynetdicom_compat as compat
 from testkit import free_port
 
 

@@ -6,7 +6,7 @@ The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +14,19 @@ import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.journal import Journal
-from dicomproxy.net import Remote
-from dicomproxy.recovery import reconcile, retry_job
+from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.recovery import reconcile, retry_job
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.fakeview import AllVisible
 from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
-
-
-class AllVisible:
-    def resolve_study_uids(
-        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
-    ) -> list[str]:
-        return list(study_uids)
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
-from dicomproxy.journal import Journal
-from dicomproxy.net import NODELAY_HANDLERS, Remote
+from dicomproxy.relay.journal import Journal
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import Patient, StudySpec, exam_row, write_study

@@ -7,7 +7,7 @@ keeps serving (an echo afterwards). No sleeps: the fake PACS stalls on events.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,27 +16,19 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
-from dicomproxy.net import NODELAY_HANDLERS, Remote, c_echo
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, c_echo
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.fakeview import AllVisible
 from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
-
-
-class AllVisible:
-    """Stand-in resolver for relay mechanics (visibility itself is tested with the real ExamView)."""
-
-    def resolve_study_uids(
-        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
-    ) -> list[str]:
-        return list(study_uids)
 
 
 @dataclass
@@ -441,7 +433,7 @@ def test_pacs_never_answers_ends_at_total_timeout(rig: Rig) -> None:
 def test_upstream_crash_before_anything_arrived(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected error in the retrieval itself (not a DICOM status) before any instance came:
     0xC002 with a generic comment, the reason only in the journal."""
-    from dicomproxy.pacs import PacsClient
+    from dicomproxy.pacs.client import PacsClient
 
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("socket exploded in an unexpected way")
@@ -621,7 +613,7 @@ def test_cli_move_get_and_jobs(rig: Rig, tmp_path: Path) -> None:
 
 def test_send_pdu_capped_for_unlimited_peer(rig: Rig) -> None:
     """FakeDestination announces Maximum Length 0 (unlimited); we still fragment at SEND_PDU_CAP."""
-    from dicomproxy.forward import SEND_PDU_CAP, cap_send_pdu
+    from dicomproxy.transport.pynetdicom_link import SEND_PDU_CAP, cap_send_pdu
 
     ae = AE(ae_title=CLOUD)
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")

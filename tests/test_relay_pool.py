@@ -10,7 +10,7 @@ so a relay sending in completion order instead of arrival order would fail. No s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +21,22 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomproxy import relay, scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
-from dicomproxy.net import Remote
+from dicomproxy.relay import plan as relay
 from dicomproxy.server import Server
 from dicomproxy.transcode import Policy, TranscodePool, TranscodeResult
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.fakeview import AllVisible
 from testkit.samples import StudySpec, write_study
 
 CLOUD = "CLOUD"
 N = 6  # = the look-ahead window of a 2-worker pool (2 × 2 + 2): every instance can be in flight
-
-
-class AllVisible:
-    def resolve_study_uids(
-        self, *, study_uids: Sequence[str] = (), accession: str | None = None, patient_id: str | None = None
-    ) -> list[str]:
-        return list(study_uids)
 
 
 class SpyPool(TranscodePool):

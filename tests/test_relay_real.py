@@ -16,11 +16,11 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.net import Remote
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
 from testkit.orthanc import Orthanc

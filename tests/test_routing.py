@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dicomproxy.errors import ConfigError
-from dicomproxy.routing import Unroutable, route
+from dicomproxy.pacs.routing import Unroutable, route
 
 ARCHIVES = [
     {"name": "uis", "ae_title": "UISPACS", "host": "127.0.0.2", "port": 104, "sysids": ["UIS"]},

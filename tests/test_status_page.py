@@ -17,11 +17,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from dicomproxy import scu
 from dicomproxy.config import Config
-from dicomproxy.net import Remote
 from dicomproxy.server import Server
 from dicomproxy.status import Status
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from dicomproxy import events, scu
+from dicomproxy import events
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
-from dicomproxy.net import Remote
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.fakepacs import FakeDestination, FakePacs
 from testkit.samples import StudySpec, write_study

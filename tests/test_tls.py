@@ -10,8 +10,8 @@ import pytest
 
 from dicomproxy.config import TlsConfig
 from dicomproxy.errors import ConfigError
-from dicomproxy.net import Remote, c_echo
-from dicomproxy.tls import client_tls_args
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.tls import client_tls_args
 from testkit.dcmtk import run_tool
 
 

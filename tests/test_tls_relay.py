@@ -23,14 +23,14 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import create_engine
 
-from dicomproxy import scu
 from dicomproxy.app import build_context
 from dicomproxy.config import Config, TlsConfig
-from dicomproxy.fastpath import sender as fastsender
-from dicomproxy.fastpath.requestor import RawAssociation
-from dicomproxy.net import Remote, c_echo
 from dicomproxy.server import Server
-from dicomproxy.tls import client_tls_args
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.raw import sender as fastsender
+from dicomproxy.transport.raw.requestor import RawAssociation
+from dicomproxy.transport.tls import client_tls_args
 from testkit import free_port
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc
@@ -391,7 +391,7 @@ def test_find_forwarded_to_pacs_over_tls(
     tls_orthanc: Orthanc,
     pki: dict[str, Path],
 ) -> None:
-    """C-FIND's PACS leg (SERIES/IMAGE forwarding, study counts: dicomproxy.pacsfind) honours
+    """C-FIND's PACS leg (SERIES/IMAGE forwarding, study counts: dicomproxy.pacs.find) honours
     ``[pacs.tls]`` too — it is the same outbound connection to the PACS as the relay's."""
     from tests.view_data import FindClient
 

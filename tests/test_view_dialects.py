@@ -329,9 +329,9 @@ def test_push_watcher_statements_compile_for_sqlserver_and_oracle(
     study's row for its report), captured on SQLite and compiled for SQL Server and Oracle."""
     from sqlalchemy import event
 
-    from dicomproxy.journal import Journal
     from dicomproxy.push.queue import PushQueue
     from dicomproxy.push.watcher import Watcher
+    from dicomproxy.relay.journal import Journal
     from testkit.viewdb import create_view_table, insert_rows
     from tests.view_data import view_rows
 

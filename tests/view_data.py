@@ -17,7 +17,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from dicomproxy.net import NODELAY_HANDLERS
+from dicomproxy.transport.net import NODELAY_HANDLERS
 from testkit.samples import StudySpec, demo_specs, exam_row, uid_from
 
 CALLING = "jobserver"

@@ -28,8 +28,8 @@ from dicomproxy.errors import (
     UnableToProcess,
     ViewUnavailable,
 )
-from dicomproxy.pynetdicom_compat import provider_events_waiting, raw_socket
 from dicomproxy.status import Status
+from dicomproxy.transport.pynetdicom_compat import provider_events_waiting, raw_socket
 from dicomproxy.view.query import parse_identifier
 
 LOG = logging.getLogger("dicomproxy.find")

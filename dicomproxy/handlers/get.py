@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pynetdicom import evt
 
 from dicomproxy.context import AppContext
+from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.handlers.retrieve import CancelLatch, prepare
-from dicomproxy.qrservice import RetrieveResponse
 
 
 def handle_get(event: evt.Event, ctx: AppContext) -> Iterator[RetrieveResponse]:

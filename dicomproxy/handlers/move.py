@@ -1,7 +1,7 @@
 """C-MOVE SCP (PS3.4 C.4.2), Patient Root and Study Root: relay from the PACS to a configured peer.
 
-The handler yields :class:`~dicomproxy.qrservice.RetrieveResponse` objects (see
-:mod:`dicomproxy.qrservice` for why this is not pynetdicom's stock generator protocol).
+The handler yields :class:`~dicomproxy.handlers.qrservice.RetrieveResponse` objects (see
+:mod:`dicomproxy.handlers.qrservice` for why this is not pynetdicom's stock generator protocol).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pynetdicom import evt
 
 from dicomproxy.context import AppContext
+from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.handlers.retrieve import CancelLatch, prepare
-from dicomproxy.qrservice import RetrieveResponse
 
 
 def handle_move(event: evt.Event, ctx: AppContext) -> Iterator[RetrieveResponse]:

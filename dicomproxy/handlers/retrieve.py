@@ -6,8 +6,8 @@ from pynetdicom import evt
 
 from dicomproxy.context import AppContext
 from dicomproxy.errors import DicomServiceError, UnableToProcess
-from dicomproxy.qrservice import RetrieveResponse
-from dicomproxy.request import RetrieveRequest, retrieve_request
+from dicomproxy.handlers.qrservice import RetrieveResponse
+from dicomproxy.relay.request import RetrieveRequest, retrieve_request
 
 
 def prepare(event: evt.Event, ctx: AppContext, kind: str) -> RetrieveRequest | RetrieveResponse:

@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from dicomproxy.config import Config
-from dicomproxy.journal import Journal
 from dicomproxy.push.queue import PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
+from dicomproxy.relay.journal import Journal
 
 
 class _PushContext:

@@ -1,4 +1,4 @@
-"""Push mode in ``/metrics`` (registered by :class:`dicomproxy.metrics.Metrics` when push runs).
+"""Push mode in ``/metrics`` (registered by :class:`dicomproxy.console.metrics.Metrics` when push runs).
 
 - ``dicomproxy_push_queue{destination,state}``: items now, read from the journal at scrape time
   (the queue is shared by every node, so each node reports the whole queue);
@@ -42,7 +42,7 @@ class _QueueCollector(Collector):
 
 
 class PushMetrics:
-    """The push series of one :class:`~dicomproxy.metrics.Metrics` registry; an event subscriber."""
+    """The push series of one :class:`~dicomproxy.console.metrics.Metrics` registry; an event subscriber."""
 
     def __init__(
         self, registry: CollectorRegistry, config: Config, counts: Callable[[], dict[tuple[str, str], int]]

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from dicomproxy.journal import CONFIRMED_STATES, job_instances
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
 
 LOG = logging.getLogger("dicomproxy.push.queue")
 

@@ -37,9 +37,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.errors import DicomServiceError
-from dicomproxy.forward import contexts_for, open_destination, send_with_retries
-from dicomproxy.journal import InstanceRecord, Journal
-from dicomproxy.pacs import RECEIVE_SYNTAXES
+from dicomproxy.pacs.client import RECEIVE_SYNTAXES
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import (
     DONE,
@@ -53,7 +51,9 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.reports import ROLES, ReportObject, ReportUnavailable, build, fetch
 from dicomproxy.push.watcher import Watcher
-from dicomproxy.spool import SpooledInstance
+from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
+from dicomproxy.relay.journal import InstanceRecord, Journal
+from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.status import JobOutcome, Status
 from dicomproxy.transcode import policy_for
 from dicomproxy.view.service import name_style_for

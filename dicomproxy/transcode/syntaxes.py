@@ -22,7 +22,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomproxy.pynetdicom_compat import storage_classes
+from dicomproxy.transport.pynetdicom_compat import storage_classes
 
 #: Native (unencapsulated) syntaxes, PS3.5 A.1-A.3 and A.5 (deflate). Pixel Data bytes are the raw pixels.
 NATIVE: frozenset[str] = frozenset(

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomproxy.checks import missing_view_columns
 from dicomproxy.config import Config
 from dicomproxy.errors import ViewUnavailable
-from dicomproxy.routing import Unroutable, route
+from dicomproxy.pacs.routing import Unroutable, route
 from dicomproxy.view.mapping import birth_date
 from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table
 from dicomproxy.view.repository import first_line, make_engine

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config, ViewConfig
 from dicomproxy.errors import ViewUnavailable
-from dicomproxy.routing import StudyRef
+from dicomproxy.pacs.routing import StudyRef
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.sql import ESCAPE, batches, escape_like
 from dicomproxy.view.stamp import StampPolicy, policy_for
@@ -257,7 +257,7 @@ class ExamView:
     ) -> list[StudyRef]:
         """Like :meth:`resolve_study_uids`, with the ``Sysid`` / ``ExamineType`` of the row each
         UID came from (the first visible row in (PerformTime, ExamineID) order), for
-        :func:`dicomproxy.routing.route`."""
+        :func:`dicomproxy.pacs.routing.route`."""
         wanted = dedupe(u.strip() for u in study_uids if is_valid_uid(u.strip()))
         if study_uids and not wanted:
             return []

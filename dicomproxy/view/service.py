@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
-from dicomproxy.pacsfind import Counts, CountsSession, PacsFinder
-from dicomproxy.routing import StudyRef, Unroutable, route
+from dicomproxy.pacs.find import Counts, CountsSession, PacsFinder
+from dicomproxy.pacs.routing import StudyRef, Unroutable, route
 from dicomproxy.view.query import PACS_KEYS, FindQuery
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.search import search

@@ -1,0 +1,1 @@
+"""The audit trail (hash-chained, in the journal database) and DICOM audit messages over syslog."""

@@ -1,0 +1,1 @@
+"""The HTTP console: /healthz, /readyz, /metrics and the status page."""

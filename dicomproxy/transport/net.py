@@ -1,0 +1,181 @@
+"""Socket tuning and small SCU helpers shared by the server, the PACS client and the CLI.
+
+TCP_NODELAY: pynetdicom 3.0.4 leaves Nagle on. Each DIMSE message then waits for the
+peer's delayed ACK (~40 ms per instance, see dicom-notes.md). pynetdicom fires
+``EVT_CONN_OPEN`` on both the requestor and the acceptor side once the TCP connection
+exists, so we set the option there: no library patching.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomproxy.status import Status
+from dicomproxy.transport.pynetdicom_compat import raw_socket
+
+LOG = logging.getLogger("dicomproxy.net")
+
+
+def _on_conn_open(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: switch Nagle off on the association's socket."""
+    set_nodelay(raw_socket(event.assoc))
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # e.g. a socket already closed by the peer
+        LOG.debug("TCP_NODELAY not set: %s", exc)
+
+
+#: Bind these on every AE server and pass them to every ``AE.associate``.
+NODELAY_HANDLERS: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, _on_conn_open)]
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A DICOM peer we call."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def make_scu(
+    ae_title: str,
+    *,
+    acse_timeout: float = 30.0,
+    dimse_timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    network_timeout: float | None = 60.0,
+    max_pdu: int = 0,
+) -> AE:
+    """An AE for outgoing associations with our timeouts."""
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = acse_timeout
+    ae.dimse_timeout = dimse_timeout
+    ae.connection_timeout = connect_timeout
+    ae.network_timeout = network_timeout
+    ae.maximum_pdu_size = max_pdu
+    return ae
+
+
+class NoAssociation(Exception):
+    """No established association with a remote AE: refused, rejected or not reachable."""
+
+    def __init__(self, remote: Remote, detail: str, *, rejected: bool = False, reason: str = "") -> None:
+        super().__init__(f"{remote}: {detail}")
+        self.remote = remote
+        self.detail = detail
+        self.rejected = rejected
+        #: A-ASSOCIATE-RJ result, source and reason (PS3.8 9.3.4), when rejected.
+        self.reason = reason
+
+
+def open_association(
+    calling_ae: str,
+    remote: Remote,
+    *,
+    contexts: Sequence[Any] | None = None,
+    add_contexts: Callable[[AE], None] | None = None,
+    acse_timeout: float = 30.0,
+    dimse_timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    network_timeout: float | None = 60.0,
+    max_pdu: int = 0,
+    tls_args: Sequence[Any] | None = None,
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[tuple[Any, Any]] = (),
+) -> Association:
+    """The one place that opens a pynetdicom association as requestor (PS3.8 7.1).
+
+    TCP_NODELAY on its socket, our timeouts, TLS when ``tls_args`` are given, and the
+    requestor guard (:func:`dicomproxy.handlers.qrservice.guard_requestor`). Returns an established
+    association (``assoc.ae.shutdown()`` after its release) or raises :class:`NoAssociation`.
+    The raw-socket data path opens its associations with ``fastpath.RawAssociation.open``.
+    """
+    from dicomproxy.handlers.qrservice import guard_requestor  # qrservice builds on pynetdicom's classes
+
+    ae = make_scu(
+        calling_ae,
+        acse_timeout=acse_timeout,
+        dimse_timeout=dimse_timeout,
+        connect_timeout=connect_timeout,
+        network_timeout=network_timeout,
+        max_pdu=max_pdu,
+    )
+    if add_contexts is not None:
+        add_contexts(ae)
+    kwargs: dict[str, Any] = {
+        "ae_title": remote.ae_title,
+        "evt_handlers": [*NODELAY_HANDLERS, *evt_handlers],
+    }
+    if contexts is not None:
+        kwargs["contexts"] = list(contexts)
+    if tls_args:
+        kwargs["tls_args"] = tuple(tls_args)
+    if ext_neg:
+        kwargs["ext_neg"] = list(ext_neg)
+    assoc = ae.associate(remote.host, remote.port, **kwargs)
+    if not assoc.is_established:
+        ae.shutdown()
+        if assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            reason = f"result={rj.result_str}, source={rj.source_str}, reason={rj.reason_str}" if rj else "?"
+            raise NoAssociation(remote, f"association rejected ({reason})", rejected=True, reason=reason)
+        raise NoAssociation(remote, "no association (connection refused, aborted or timed out)")
+    return guard_requestor(assoc)
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    detail: str
+
+
+def c_echo(
+    calling_ae: str,
+    remote: Remote,
+    *,
+    timeout: float = 10.0,
+    tls_args: Sequence[Any] | None = None,
+) -> EchoResult:
+    """C-ECHO (PS3.4 A.4) a remote AE; never raises for network problems."""
+    try:
+        assoc = open_association(
+            calling_ae,
+            remote,
+            add_contexts=lambda ae: ae.add_requested_context(Verification),
+            acse_timeout=timeout,
+            dimse_timeout=timeout,
+            connect_timeout=timeout,
+            tls_args=tls_args,
+        )
+    except NoAssociation as exc:
+        if exc.rejected:
+            return EchoResult(False, f"association rejected by {remote} ({exc.reason})")
+        return EchoResult(False, f"no association with {remote} (connection refused, aborted or timed out)")
+    try:
+        status = assoc.send_c_echo()
+        if status is None or "Status" not in status:
+            return EchoResult(False, f"no C-ECHO response from {remote}")
+        if status.Status != Status.SUCCESS:
+            return EchoResult(False, f"C-ECHO to {remote} returned status 0x{status.Status:04X}")
+        return EchoResult(True, f"C-ECHO to {remote} OK")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        assoc.ae.shutdown()
