@@ -240,6 +240,16 @@ def test_study_not_yet_in_the_pacs_waits_and_is_sent_when_it_arrives(
         wait_until(lambda: queue.get(item["id"])["state"] == "done", 30, "item done")  # type: ignore[index]
         assert set(delivered(scp)) == study_sops(spec)
         assert queue.get(item["id"])["attempts"] < 10  # type: ignore[index]  # backoff, no busy loop
+
+        # queued, then made confidential before it was sent: dropped, nothing sent
+        queue.set_state("paused:*", "test")
+        hidden = SPECS[2]  # in the PACS: only visibility keeps it from being sent
+        insert_rows(engine, [exam_row(hidden, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: len(queue.items()) == 2, 30, "second item queued")
+        update_rows(engine, "V_IMAGE_CLOUD", exam_row(hidden)["ExamineID"], {"Privacy": 3})
+        queue.delete_state("paused:*")
+        wait_until(lambda: queue.items(state="dropped") != [], 30, "item dropped")
+        assert set(delivered(scp)) == study_sops(spec)
     finally:
         scp.stop()
         engine.dispose()

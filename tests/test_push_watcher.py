@@ -20,10 +20,13 @@ from dicomproxy.relay.journal import Journal
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.stamp import Mark
 from testkit.viewdb import insert_rows, update_rows, writer
+from tests import test_view_rowstamp
 from tests.conftest import FIND_PEERS, ConfigFactory
 from tests.test_view_rowstamp import BASE, StampedView
-from tests.test_view_rowstamp import stamped as _stamped_fixture  # noqa: F401 - registers fixture "stamped"
 from tests.view_data import UID
+
+#: The view of test_view_rowstamp: every database × both RowTimestamp kinds.
+stamped = test_view_rowstamp.stamped
 
 PEERS = [*FIND_PEERS, {"ae_title": "CLOUD2", "host": "127.0.0.1", "port": 1}]
 

@@ -75,6 +75,8 @@ push_queue = Table(
     #: ``""`` (none asked yet), ``sent``, ``none`` (the row names no file), ``pending``, ``missing``.
     Column("reports", String(12), nullable=False, default=""),
     Column("report_attempts", Integer, nullable=False, default=0),
+    #: The view row named an order or report file when it was queued (else its row is not re-read).
+    Column("files", Integer, nullable=False, default=0),
     Column("confirmed", Integer, nullable=False, default=0),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("last_job", Integer),
@@ -122,6 +124,7 @@ class Entry:
     destination: str
     examine_id: str
     row_stamp: str
+    files: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Item:
     images_done: bool
     reports: str
     report_attempts: int
+    files: bool = False
 
 
 class PushQueue:
@@ -217,6 +221,7 @@ class PushQueue:
                 "destination": e.destination,
                 "examine_id": e.examine_id,
                 "row_stamp": e.row_stamp,
+                "files": int(e.files),
                 "state": QUEUED,
                 "next_at": now,
                 "created": now,
@@ -232,7 +237,12 @@ class PushQueue:
             e = wanted.get(key)
             if e is None or row.row_stamp == e.row_stamp:
                 continue  # re-read (date-time overlap, a guard hold): not a change
-            values: dict[str, Any] = {"row_stamp": e.row_stamp, "examine_id": e.examine_id, "updated": now}
+            values: dict[str, Any] = {
+                "row_stamp": e.row_stamp,
+                "examine_id": e.examine_id,
+                "files": int(e.files),
+                "updated": now,
+            }
             if row.state == RUNNING:
                 values["changed"] = 1
             elif row.state != QUEUED:
@@ -291,6 +301,7 @@ class PushQueue:
             bool(row["images_done"]),
             str(row["reports"]),
             int(row["report_attempts"]),
+            bool(row["files"]),
         )
 
     def renew(self, ids: Sequence[int], lease: float) -> int:

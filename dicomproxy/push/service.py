@@ -221,11 +221,6 @@ class PushService:
 
     def deliver(self, item: Item) -> None:
         """Send ``item``'s study (what the destination has not confirmed), then its files."""
-        if not self.view.resolve_studies(study_uids=[item.study_uid]):
-            LOG.info("push item %d: the study is no longer visible in the view: dropped", item.id)
-            self.queue.finish(item, DROPPED, error="no longer visible in the exam view")
-            self._published(item, "dropped", 0)
-            return
         exclude = self.queue.confirmed(item.id, item.generation)
         job: dict[str, int] = {}
 
@@ -253,6 +248,11 @@ class PushService:
         done_bytes = int(row.get("bytes_out") or 0)
         if outcome == JobOutcome.CANCELLED:  # we are stopping: any node takes it up again
             self.queue.release([item.id])
+            return
+        if outcome == JobOutcome.EMPTY and row.get("study_uids") == "[]":  # the relay resolved nothing
+            LOG.info("push item %d: the study is no longer visible in the view: dropped", item.id)
+            self.queue.finish(item, DROPPED, error="no longer visible in the exam view")
+            self._published(item, "dropped", 0)
             return
         if status == Status.DESTINATION_UNAVAILABLE:
             self._destination_down(item.destination, str(row.get("error") or "cannot be reached"))
@@ -399,7 +399,7 @@ class PushService:
 
     def _reports(self, item: Item, job_id: int | None) -> tuple[str, bool]:
         """Fetch, encode and send the row's order/report files; (state, all delivered)."""
-        if not self.config.reports.enabled or job_id is None:
+        if not self.config.reports.enabled or job_id is None or not item.files:
             return "none", True
         row = self._view_row(item.examine_id)
         wanted = [(col, role) for col, role in ROLES.items() if row and str(row.get(col) or "").strip()]

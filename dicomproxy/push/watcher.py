@@ -78,6 +78,8 @@ class Watcher:
                 c.State,
                 c.Sysid,
                 c.ExamineType,
+                c.OrderFilePath,
+                c.ReportFilePath,
             )
             .where(and_(*where))
             .order_by(c.RowTimestamp, c.ExamineID)
@@ -166,9 +168,10 @@ class Watcher:
                     if not self._wanted(row):
                         continue
                     row_stamp = Mark(policy.kind, stamp).encode()
+                    files = any(str(row.get(k) or "").strip() for k in ("OrderFilePath", "ReportFilePath"))
                     for uid in split_uid_cell(row["StudyInstanceUID"]):
                         for dest in self.push.destinations:
-                            entries.append(Entry(uid, dest, str(row["ExamineID"]), row_stamp))
+                            entries.append(Entry(uid, dest, str(row["ExamineID"]), row_stamp, files))
                 n, r = self.queue.enqueue(jconn, entries)
                 new, requeued, read = new + n, requeued + r, read + len(rows)
                 if len(rows) < self.push.batch_size:
