@@ -93,6 +93,7 @@ class PushService:
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._watch_error = ""
+        self._claim_error = False
         #: Local time source (tests of the window replace it).
         self.local_now: Callable[[], dt.datetime] = dt.datetime.now
 
@@ -189,10 +190,19 @@ class PushService:
                     self._stop.wait(min(self.push.poll_interval, 5.0))
                     continue
                 item = self.queue.claim(self.push.lease, held)
-            except SQLAlchemyError as exc:
-                LOG.warning("push: journal error while claiming: %s", str(exc).splitlines()[0][:200])
+            except SQLAlchemyError as exc:  # journal down: one line when it fails, one when it is back
+                with self._lock:
+                    first, self._claim_error = not self._claim_error, True
+                if first:
+                    LOG.warning(
+                        "push: journal error while claiming (%s); retrying", str(exc).splitlines()[0][:200]
+                    )
                 self._stop.wait(self.push.poll_interval)
                 continue
+            with self._lock:
+                recovered, self._claim_error = self._claim_error, False
+            if recovered:
+                LOG.info("push: the journal answers again")
             if item is None:
                 self._idle(self.push.poll_interval)
                 continue
@@ -202,7 +212,10 @@ class PushService:
                 self.deliver(item)
             except Exception:
                 LOG.exception("push item %d: delivery failed unexpectedly", item.id)
-                self._retry_later(item, "internal error (see the log)")
+                try:
+                    self._retry_later(item, "internal error (see the log)")
+                except Exception:  # the journal too: the lease expires and the item is taken again
+                    LOG.warning("push item %d: left to its lease (journal unavailable)", item.id)
             finally:
                 with self._lock:
                     self._running.discard(item.id)
