@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import http.server
+import json
 import logging
 import threading
 import urllib.request
@@ -205,6 +206,12 @@ def _scenario(
     assert 'dicomproxy_push_queue{destination="STORESCP",state="done"} 1.0' in metrics
     assert 'dicomproxy_push_attempts_total{destination="STORESCP",outcome="delivered"}' in metrics
     assert 'dicomproxy_jobs_total{kind="push",outcome="success"}' in metrics
+    with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/api/status", timeout=10) as rsp:
+        status = json.loads(rsp.read())
+    assert status["push"] == [
+        {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "done": 1,
+         "failed": 0, "dropped": 0}
+    ]  # fmt: skip
     kinds = {j["kind"] for j in server.ctx.journal.recent(50)}
     assert kinds == {"push"}  # `dicomproxy jobs` lists them
 

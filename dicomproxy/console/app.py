@@ -252,4 +252,8 @@ class Console:
             self._last_checks = cached
         body["checks"] = cached[1]["checks"] + [c.as_dict() for c in self.echoer.peer_checks()]
         body["ready"] = cached[1]["ready"]
+        if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
+            from dicomproxy.push.service import push_summary
+
+            body["push"] = push_summary(self.ctx.push)
         return body

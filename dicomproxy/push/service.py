@@ -44,6 +44,7 @@ from dicomproxy.push.queue import (
     DROPPED,
     FAILED,
     PAUSED_ALL,
+    STATES,
     WAITING,
     Item,
     PushQueue,
@@ -503,3 +504,16 @@ class PushService:
 def _rmdir(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def push_summary(service: PushService) -> list[dict[str, Any]]:
+    """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
+    try:
+        counts = service.queue.counts()
+        everything, held = service.held()
+    except SQLAlchemyError:
+        return []
+    return [
+        {"destination": d, "held": everything or d in held, **{s: counts.get((d, s), 0) for s in STATES}}
+        for d in service.push.destinations
+    ]
