@@ -52,9 +52,13 @@ def rss_mb(pid: int) -> float:
 
 
 class RssSampler:
-    def __init__(self, pid: int) -> None:
+    """VmRSS every 0.5 s, with the number of files at the destination then (``dest``)."""
+
+    def __init__(self, pid: int, dest: StoreSCP | None = None) -> None:
         self.pid = pid
+        self.dest = dest
         self.samples: list[float] = []
+        self.by_files: list[tuple[int, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -65,7 +69,16 @@ class RssSampler:
                 self.samples.append(rss_mb(self.pid))
             except OSError:
                 return
+            if self.dest is not None:
+                self.by_files.append((files_in(self.dest), self.samples[-1]))
             self._stop.wait(0.5)
+
+    def at_quarters(self, total: int) -> list[float]:
+        """RSS when the destination first held ≥ 25, 50, 75, 100 % of ``total`` files."""
+        out = []
+        for q in (0.25, 0.5, 0.75, 1.0):
+            out.append(next((r for n, r in self.by_files if n >= q * total), float("nan")))
+        return out
 
     def stop(self) -> tuple[float, float, float]:
         self._stop.set()
@@ -122,7 +135,7 @@ def push_run(
     )
     proc, _ = start_proxy(work, name, view, pacs, dest, push)
     try:
-        sampler = RssSampler(proc.proc.pid)
+        sampler = RssSampler(proc.proc.pid, dest)
         t0 = time.monotonic()
         insert_rows(engine, [exam_row(s, RowTimestamp=dt.datetime.now()) for s in specs])
         try:
@@ -132,8 +145,10 @@ def push_run(
             seconds = float("nan")
         rss = sampler.stop()
         nbytes = sum(p.stat().st_size for p in dest.outdir.iterdir())
+        quarters = sampler.at_quarters(len(specs))
         return {"seconds": seconds, "rss0": rss[0], "rss_peak": rss[1], "rss_end": rss[2],
-                "files": files_in(dest), "bytes": nbytes}  # fmt: skip
+                "files": files_in(dest), "bytes": nbytes, "q1": quarters[0], "q2": quarters[1],
+                "q3": quarters[2], "q4": quarters[3]}  # fmt: skip
     finally:
         proc.stop()
         dest.stop()
@@ -149,7 +164,7 @@ def move_loop(work: Path, specs: list[StudySpec], pacs: Remote) -> dict[str, flo
     dest = StoreSCP(work / "loop-scp", "DEST", extra=["--fork"]).start()
     proc, port = start_proxy(work, "loop", view, pacs, dest, "")
     try:
-        sampler = RssSampler(proc.proc.pid)
+        sampler = RssSampler(proc.proc.pid, dest)
         remote = Remote("DICOMPROXY", "127.0.0.1", port)
         t0 = time.monotonic()
         for spec in specs:
@@ -159,8 +174,10 @@ def move_loop(work: Path, specs: list[StudySpec], pacs: Remote) -> dict[str, flo
         wait_files(dest, len(specs), 120)
         seconds = time.monotonic() - t0
         rss = sampler.stop()
+        quarters = sampler.at_quarters(len(specs))
         return {"seconds": seconds, "rss0": rss[0], "rss_peak": rss[1], "rss_end": rss[2],
-                "files": files_in(dest)}  # fmt: skip
+                "files": files_in(dest), "q1": quarters[0], "q2": quarters[1], "q3": quarters[2],
+                "q4": quarters[3]}  # fmt: skip
     finally:
         proc.stop()
         dest.stop()
@@ -170,7 +187,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--studies", type=int, default=1000)
     ap.add_argument("--concurrent", default="2,4", help="push max_concurrent values to run")
-    ap.add_argument("--cap-mbps", type=float, default=40.0, help="0 = no capped run")
+    ap.add_argument(
+        "--cap-mbps", type=float, default=5.0, help="0 = no capped run (pick one below the uncapped rate)"
+    )
     ap.add_argument("--cap-studies", type=int, default=100)
     ap.add_argument("--window-check", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -201,12 +220,13 @@ def main() -> None:
         print(f"# loop: {r}", flush=True)
         machine = f"{platform.node()}, {os.cpu_count()} cores"
         print(f"\n{a.studies} studies × 1 MR instance (256×256×16 bit); {machine}\n")
-        print("| run | seconds | studies/s | proxy RSS MB start / peak / end | files |")
-        print("|---|---:|---:|---|---:|")
+        print("| run | seconds | studies/s | proxy RSS MB start / peak | RSS MB at 25/50/75/100 % | files |")
+        print("|---|---:|---:|---|---|---:|")
         for name, r in rows:
             print(
                 f"| {name} | {r['seconds']:.1f} | {a.studies / r['seconds']:.1f} | "
-                f"{r['rss0']:.0f} / {r['rss_peak']:.0f} / {r['rss_end']:.0f} | {r['files']:.0f} |"
+                f"{r['rss0']:.0f} / {r['rss_peak']:.0f} | "
+                f"{r['q1']:.0f} / {r['q2']:.0f} / {r['q3']:.0f} / {r['q4']:.0f} | {r['files']:.0f} |"
             )
         if a.cap_mbps:
             sub = specs[: a.cap_studies]
