@@ -212,6 +212,10 @@ def _scenario(
         {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "done": 1,
          "failed": 0, "dropped": 0}
     ]  # fmt: skip
+    from dicomproxy.relay.recovery import check_retryable
+
+    with pytest.raises(ValueError, match="push retry"):  # `jobs retry` points to the queue
+        check_retryable(config, server.ctx.journal, server.ctx.journal.recent(1)[0]["id"])
     kinds = {j["kind"] for j in server.ctx.journal.recent(50)}
     assert kinds == {"push"}  # `dicomproxy jobs` lists them
 
