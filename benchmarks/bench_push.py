@@ -146,6 +146,7 @@ def push_run(
         rss = sampler.stop()
         nbytes = sum(p.stat().st_size for p in dest.outdir.iterdir())
         quarters = sampler.at_quarters(len(specs))
+        quarters[3] = rss[2]  # the last sample: the sampler may stop before it saw 100 %
         return {"seconds": seconds, "rss0": rss[0], "rss_peak": rss[1], "rss_end": rss[2],
                 "files": files_in(dest), "bytes": nbytes, "q1": quarters[0], "q2": quarters[1],
                 "q3": quarters[2], "q4": quarters[3]}  # fmt: skip
@@ -175,6 +176,7 @@ def move_loop(work: Path, specs: list[StudySpec], pacs: Remote) -> dict[str, flo
         seconds = time.monotonic() - t0
         rss = sampler.stop()
         quarters = sampler.at_quarters(len(specs))
+        quarters[3] = rss[2]
         return {"seconds": seconds, "rss0": rss[0], "rss_peak": rss[1], "rss_end": rss[2],
                 "files": files_in(dest), "q1": quarters[0], "q2": quarters[1], "q3": quarters[2],
                 "q4": quarters[3]}  # fmt: skip
@@ -220,7 +222,9 @@ def main() -> None:
         print(f"# loop: {r}", flush=True)
         machine = f"{platform.node()}, {os.cpu_count()} cores"
         print(f"\n{a.studies} studies × 1 MR instance (256×256×16 bit); {machine}\n")
-        print("| run | seconds | studies/s | proxy RSS MB start / peak | RSS MB at 25/50/75/100 % | files |")
+        print(
+            "| run | seconds | studies/s | proxy RSS MB start / peak | RSS MB at 25/50/75 % / end | files |"
+        )
         print("|---|---:|---:|---|---|---:|")
         for name, r in rows:
             print(
