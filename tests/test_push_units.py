@@ -162,6 +162,33 @@ def test_fetch_local_unc_and_limits(tmp_path: Path) -> None:
         fetch("http://127.0.0.1:9/nothing.pdf", ReportsConfig(timeout=2))
 
 
+@pytest.mark.filterwarnings("ignore:The (asyncore|asynchat) module is deprecated:DeprecationWarning")
+def test_fetch_over_ftp(tmp_path: Path) -> None:
+    """A report on an FTP server (pyftpdlib, anonymous read, passive mode as urllib uses it)."""
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    (tmp_path / "ris").mkdir()
+    (tmp_path / "ris" / "r1.pdf").write_bytes(PDF)
+    authorizer = DummyAuthorizer()
+    authorizer.add_anonymous(str(tmp_path / "ris"))
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "test"})
+    server = FTPServer(("127.0.0.1", 0), handler)
+    port = server.socket.getsockname()[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.1}, daemon=True)
+    thread.start()
+    try:
+        assert fetch(f"ftp://127.0.0.1:{port}/r1.pdf", ReportsConfig(timeout=10)) == PDF
+        with pytest.raises(ReportUnavailable, match="ftp fetch failed"):
+            fetch(f"ftp://127.0.0.1:{port}/missing.pdf", ReportsConfig(timeout=10))
+    finally:
+        server.close_all()
+        thread.join(5)
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 
