@@ -37,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -385,7 +386,13 @@ class PushQueue:
             conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id.in_(list(ids)), push_queue.c.owner == self.node)
-                .values(state=QUEUED, next_at=utcnow(), lease_until=None, attempts=push_queue.c.attempts - 1)
+                .values(
+                    state=QUEUED,
+                    next_at=utcnow(),
+                    lease_until=None,
+                    # the claim counted an attempt that did not happen
+                    attempts=case((push_queue.c.attempts > 0, push_queue.c.attempts - 1), else_=0),
+                )
             )
 
     # --- administration (CLI) -------------------------------------------------------------------

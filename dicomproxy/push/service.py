@@ -275,7 +275,7 @@ class PushService:
                 item,
                 WAITING,
                 next_at=self._hold_until(item.destination),
-                attempts=item.attempts - 1,
+                attempts=max(0, item.attempts - 1),
                 error=str(row.get("error") or "")[:2000],
                 confirmed=confirmed,
             )
@@ -303,7 +303,7 @@ class PushService:
                 report_attempts=item.report_attempts + 1,
                 confirmed=confirmed,
                 bytes=done_bytes,
-                attempts=item.attempts - 1,
+                attempts=max(0, item.attempts - 1),
                 error="report file not available yet",
             )
             LOG.info(
