@@ -14,13 +14,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from dicomproxy.push.queue import push_queue
+from dicomproxy.push.queue import PushQueue, push_queue
 from dicomproxy.relay.journal import job_instances
 from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo, wait_until
@@ -181,5 +182,50 @@ def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_jour
         for proc in nodes.values():
             proc.stop()
         journal.dispose()
+        pacs.stop()
+        scp.stop()
+
+
+def test_clean_stop_mid_study_gives_the_item_back(tmp_path: Path, make_config: Any, run_proxy: Any) -> None:
+    """SIGTERM-like stop while a delivery runs: the job is cancelled, the item is due again at once
+    (for any node) without an attempt counted, and the next start sends only what is missing."""
+    spec = STUDIES[0]
+    files = write_study(spec, tmp_path / "study")
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec)])
+    engine.dispose()
+    pacs = FakePacs(files).start()
+    pacs.behaviour.gate_at = 1
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    try:
+        config = make_config(
+            view={"url": view_url},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[{"ae_title": "STORESCP", "host": "127.0.0.1", "port": scp.port}],
+            push={
+                "enabled": True,
+                "destinations": ["STORESCP"],
+                "start_from": "beginning",
+                "poll_interval": 0.2,
+            },
+        )
+        server = run_proxy(config)
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        wait_until(lambda: pacs.behaviour.at_gate.is_set() and len(scp.received()) == 1, 30, "mid-study")
+        assert queue.items()[0]["state"] == "running"
+        server.stop(drain_timeout=10.0)  # the PACS still holds the rest back: the pump sees the stop
+        pacs.behaviour.gate_at = None
+        pacs.behaviour.gate.set()
+        item = queue.items()[0]
+        assert (item["state"], item["attempts"], item["lease_until"]) == ("queued", 0, None)
+        server = run_proxy(config)
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        wait_until(lambda: queue.items()[0]["state"] == "done", 30, "delivered after the restart")
+        arrived = Counter(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.received())
+        assert set(arrived) == {spec.sop_uid(0, i) for i in range(spec.images_per_series)}
+        assert max(arrived.values()) == 1, arrived
+    finally:
         pacs.stop()
         scp.stop()
