@@ -59,4 +59,8 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
         pending_interval=pending_interval,
         archives=ctx.archives,
     )
+    if config.push.enabled:
+        from dicomproxy.push.service import PushService
+
+        ctx.push = PushService(config, ctx.view, ctx.journal, ctx.relay)
     return ctx

@@ -657,6 +657,13 @@ def get_cmd(
     _finish(summary)
 
 
+# --- push mode (issue 16): registered here, defined in its own package ------------------------------
+
+from dicomproxy.push.cli import push_group  # noqa: E402 - kept beside its registration
+
+cli.add_command(config_option(push_group))
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="dicomproxy")

@@ -34,6 +34,8 @@ class AppContext:
     journal: Any = None
     #: Relay service (dicomproxy.relay.plan) for C-MOVE / C-GET; None until built.
     relay: Any = None
+    #: Push mode (dicomproxy.push.service.PushService) when ``[push] enabled``; started by the server.
+    push: Any = None
 
     def close(self) -> None:
         """Release pools and files held by the services (idempotent)."""

@@ -172,6 +172,33 @@ class Failure(Event):
     message: str
 
 
+@dataclass(frozen=True)
+class PushQueued(Event):
+    """The push watcher queued (or re-queued) this many (study, destination) items."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class PushDelivered(Event):
+    """One push queue item's attempt ended: delivered | images-delivered | waiting | failed |
+    dropped | destination-down (no patient data: the item ID only)."""
+
+    item_id: int
+    destination: str
+    outcome: str
+    instances: int
+
+
+@dataclass(frozen=True)
+class PushDestination(Event):
+    """A push destination went down (its queue held) or came back."""
+
+    destination: str
+    up: bool
+    reason: str = ""
+
+
 Subscriber = Callable[[Event], None]
 
 

@@ -200,6 +200,8 @@ class Server:
             self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives)
             self.retry_worker.start()
         self._start_observers()
+        if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
+            self.ctx.push.start()
 
     def _start_observers(self) -> None:
         """The audit trail and the HTTP console (docs/operations.md), both fed by dicomproxy.events."""
@@ -265,6 +267,8 @@ class Server:
         """
         timeout = self.config.proxy.drain_timeout if drain_timeout is None else drain_timeout
         self.ctx.stopping.set()
+        if self.ctx.push is not None:  # its running studies are cancelled and due again for any node
+            self.ctx.push.stop(timeout)
         if self.retry_worker is not None:  # a retry in progress still needs the listener (C-MOVE to us)
             self.retry_worker.stop(timeout)
         if self._server is not None:

@@ -63,6 +63,7 @@ class JobKind(str, enum.Enum):
 
     MOVE = "move"  # C-MOVE: sub-operations are C-STOREs to a move destination
     GET = "get"  # C-GET: C-STOREs back on the requester's association
+    PUSH = "push"  # push mode (dicomproxy.push): C-STOREs of a queued study to a [push] destination
 
 
 class JobOutcome(str, enum.Enum):

@@ -110,6 +110,7 @@ class Console:
             open_associations=lambda: len(self.associations()),
             running_jobs=lambda: len(self.live.running),
             spool_bytes=lambda: dir_bytes(config.data_path / "spool"),
+            push_queue=ctx.push.queue.counts if ctx.push is not None else None,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)
@@ -251,4 +252,8 @@ class Console:
             self._last_checks = cached
         body["checks"] = cached[1]["checks"] + [c.as_dict() for c in self.echoer.peer_checks()]
         body["ready"] = cached[1]["ready"]
+        if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
+            from dicomproxy.push.service import push_summary
+
+            body["push"] = push_summary(self.ctx.push)
         return body

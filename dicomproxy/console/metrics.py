@@ -45,7 +45,9 @@ class Metrics:
         open_associations: Callable[[], float],
         running_jobs: Callable[[], float],
         spool_bytes: Callable[[], float],
+        push_queue: Callable[[], dict[tuple[str, str], int]] | None = None,
     ) -> None:
+        """``push_queue``: push items by (destination, state) when push mode runs (push/metrics.py)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         Gauge("dicomproxy_associations_open", "Inbound associations open now", registry=r).set_function(
@@ -114,6 +116,11 @@ class Metrics:
             registry=r,
         )
         self._modes: dict[int, str] = {}  # job id → compression mode of its destination
+        self.push: Callable[[events.Event], None] | None = None
+        if push_queue is not None:
+            from dicomproxy.push.metrics import PushMetrics
+
+            self.push = PushMetrics(r, config, push_queue)
 
     def _peer_label(self, ae_title: str) -> str:
         if self.config.peer(ae_title) is not None or self.config.archive_for_ae(ae_title) is not None:
@@ -128,6 +135,8 @@ class Metrics:
 
     def __call__(self, event: events.Event) -> None:
         """The event subscriber."""
+        if self.push is not None:
+            self.push(event)
         if isinstance(event, events.AssociationAccepted):
             self.associations.labels(self._peer_label(event.peer.calling_ae), "accepted", "").inc()
         elif isinstance(event, events.AssociationRejected):

@@ -154,7 +154,7 @@ def job_started(job_id: int, req: Any) -> None:
     """Publish :class:`~dicomproxy.events.JobStarted` for a relay job (``req``: a RetrieveRequest)."""
     CURRENT.job = True
     if events.BUS.active:
-        destination = req.move_destination.strip() if req.kind == "move" else req.calling_ae.strip()
+        destination = req.move_destination.strip() if req.kind in ("move", "push") else req.calling_ae.strip()
         peer = request_peer(req.calling_ae, req.calling_host)
         events.publish(events.JobStarted(job_id, req.kind, peer, destination, query_keys(req.identifier)))
 

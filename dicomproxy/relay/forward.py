@@ -141,6 +141,8 @@ class Forwarder:
         self.work_dir = work_dir
         self.originator = originator
         self.bytes_out = 0
+        #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
+        self.throttle: Callable[[int], None] | None = None
         self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
         self._adopt(link)
@@ -231,6 +233,8 @@ class Forwarder:
         if code is None:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
+        if self.throttle is not None:
+            self.throttle(size)
         return SendResult(code, target, size)
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from dicomproxy import events
@@ -159,6 +160,47 @@ class RelayService:
 
         yield from self._job(job_id, req, opener, is_cancelled, alive)
 
+    def push(
+        self,
+        study_uid: str,
+        destination: str,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        on_start: Callable[[int], None] | None = None,
+        throttle: Callable[[int], None] | None = None,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[RetrieveResponse]:
+        """Push mode (:mod:`dicomproxy.push`): the job a STUDY-level C-MOVE of ``study_uid`` to
+        ``destination`` runs (visibility checked again, the peer's compression), journalled as a
+        ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
+        attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
+        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``)."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
+        req = RetrieveRequest("push", identifier, self.config.proxy.ae_title, "", destination)
+        peer = self.config.peer(destination)
+        job_id = self.journal.start(JobKind.PUSH, req.calling_ae, "", destination, "")
+        if on_start is not None:
+            on_start(job_id)
+        observe.job_started(job_id, req)
+        if peer is None:
+            exc = MoveDestinationUnknown(f"push destination {destination!r} is not a configured peer")
+            self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
+            observe.job_finished(job_id, req.kind, JobOutcome.REFUSED, exc.status, None, 0)
+            yield RetrieveResponse(exc.status, comment=exc.comment)
+            return
+
+        def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
+            policy = policy_for(self.config, peer)
+            complete = bool(sop_classes) and all(r.sop_class_uid for r in state.expected.values())
+            contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
+            forwarder = open_destination(peer, self.config.proxy, contexts, policy, work_dir, None)
+            forwarder.throttle = throttle
+            return forwarder
+
+        yield from self._job(job_id, req, opener, is_cancelled, lambda: True, exclude)
+
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
@@ -182,6 +224,7 @@ class RelayService:
         opener: Callable[[JobState, list[str], Path], Forwarder],
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
+        exclude: frozenset[str] = frozenset(),
     ) -> Iterator[RetrieveResponse]:
         state = JobState(job_id)
         forwarder: Forwarder | None = None
@@ -200,7 +243,7 @@ class RelayService:
             clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
-            summary = self._study_summary(job_id, clients, keys)
+            summary = None if exclude else self._study_summary(job_id, clients, keys)
             if summary is not None:
                 # Early start: fetch and forward now, list the instances beside it (Finder). A PACS
                 # that announces no count (dcmqrscp): no Pending response until the list is known.
@@ -212,7 +255,11 @@ class RelayService:
             else:
                 for client, key in zip(clients, keys, strict=True):
                     client, refs = self._find_with_fallback(job_id, client, key)
-                    plan.append((client, key, refs))
+                    if exclude:  # push: only what the destination has not confirmed, per series
+                        refs = [r for r in refs if r.sop_instance_uid not in exclude]
+                        plan.extend((client, k, rs) for k, rs in _by_series(key.study_uid, refs))
+                    else:
+                        plan.append((client, key, refs))
                     for ref in refs:
                         state.expected.setdefault(ref.sop_instance_uid, ref)
                 if any(client.config.fallback for client in clients):  # record who actually serves
@@ -399,3 +446,14 @@ class RelayService:
         if pool is not None:
             pool.close()
         self.journal.close()
+
+
+def _by_series(study_uid: str, refs: list[InstanceRef]) -> list[tuple[RetrieveKey, list[InstanceRef]]]:
+    """IMAGE-level keys (PS3.4 C.4.2.2.1.4: one series, a list of SOP Instance UIDs) for ``refs``."""
+    groups: dict[str, list[InstanceRef]] = {}
+    for ref in refs:
+        groups.setdefault(ref.series_uid, []).append(ref)
+    return [
+        (RetrieveKey(study_uid, (series,), tuple(r.sop_instance_uid for r in rs)), rs)
+        for series, rs in groups.items()
+    ]

@@ -192,6 +192,8 @@ def check_retryable(config: Config, journal: Journal, job_id: int) -> tuple[dict
             f"job {job_id} is still running (if the proxy was killed: "
             "start `serve`, which marks it interrupted)"
         )
+    if row["kind"] == JobKind.PUSH:
+        raise ValueError(f"job {job_id} is a push delivery: `dicomproxy push retry ITEM` resends its study")
     if row["kind"] != JobKind.MOVE:
         raise ValueError(f"job {job_id} is a C-{row['kind'].upper()}: only the requester can repeat it")
     peer = config.peer(row["destination"])

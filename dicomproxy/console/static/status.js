@@ -54,6 +54,11 @@
        el("td", keys(j), "ident")],
       { "data-job-id": j.id, "data-outcome": j.outcome })));
 
+    document.getElementById("push-section").hidden = !st.push;
+    if (st.push) fill("push", st.push.map(p => row(
+      [p.destination, p.queued, p.running, p.waiting, p.done, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
+       el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
+
     fill("assocs", st.associations.map(a => row([a.calling_ae, a.address])));
     fill("checks", st.checks.map(c => row([c.name, el("td", c.ok ? "正常 OK" : "失败 FAIL", c.ok ? "ok" : "bad"), c.detail],
                                           { "data-check": c.name, "data-ok": c.ok })));

@@ -1,0 +1,177 @@
+"""``dicomproxy push``: the push queue for administrators (status, pause/resume, retry, requeue).
+
+Every command works on the journal database, so it acts on every node sharing it, whether a
+``serve`` runs or not; a running ``serve`` sees the change at its next claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from dicomproxy.config import Config
+from dicomproxy.push.queue import PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
+from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
+from dicomproxy.relay.journal import Journal
+
+
+class _PushContext:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self._queue: PushQueue | None = None
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from dicomproxy.cli import load_or_exit  # one line and exit 2 on a config error
+
+            self._config = load_or_exit(self.config_path)
+        return self._config
+
+    @property
+    def queue(self) -> PushQueue:
+        if self._queue is None:
+            journal = Journal.for_config(self.config.journal.url, self.config.data_path)
+            self._queue = PushQueue(journal.engine, "cli")
+        return self._queue
+
+    def destination(self, ae: str | None) -> str | None:
+        """``ae`` checked against ``[push] destinations`` (exit 2 naming them when unknown)."""
+        if ae is not None and ae not in self.config.push.destinations:
+            known = ", ".join(self.config.push.destinations) or "none configured"
+            click.echo(f"error: {ae!r} is not a [push] destination ({known})", err=True)
+            sys.exit(2)
+        return ae
+
+
+@click.group("push")  # `-c` is added where it is registered (dicomproxy.cli)
+@click.pass_context
+def push_group(ctx: click.Context, config_path: Path) -> None:
+    """Push mode's queue: status, pause/resume, retry, requeue (docs/push.md)."""
+    ctx.obj = _PushContext(config_path)
+
+
+@push_group.command("status")
+@click.option("-n", "--limit", type=int, default=10, show_default=True, help="Recent items listed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@click.pass_obj
+def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
+    """Queue by destination and state, the watermark, pauses and holds, the last hour's rate."""
+    config, queue = obj.config, obj.queue
+    counts = queue.counts()
+    states = queue.states()
+    hour = queue.delivered_since(utcnow() - dt.timedelta(hours=1))
+    dests = list(dict.fromkeys([*config.push.destinations, *(d for d, _ in counts)]))
+    report = {
+        "enabled": config.push.enabled,
+        "watermark": states.get(WATERMARK, ""),
+        "paused": PAUSED_ALL in states,
+        "destinations": {
+            d: {
+                "queue": {s: counts.get((d, s), 0) for s in STATES},
+                "paused": PAUSED_PREFIX + d in states,
+                "down": json.loads(states[DOWN_PREFIX + d]) if DOWN_PREFIX + d in states else None,
+                "last_hour": {"studies": hour.get(d, (0, 0))[0], "bytes": hour.get(d, (0, 0))[1]},
+            }
+            for d in dests
+        },
+        "recent": [
+            {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in item.items()}
+            for item in queue.items(limit=limit)
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=1))
+        return
+    click.echo(
+        f"push {'enabled' if config.push.enabled else 'disabled'}{' (paused)' if report['paused'] else ''}"
+    )
+    click.echo(f"watermark: {report['watermark'] or '(not started)'}")
+    click.echo(
+        f"{'destination':16} "
+        + " ".join(f"{s:>8}" for s in STATES)
+        + f" {'hour:studies':>12} {'MB':>8}  note"
+    )
+    for d, info in report["destinations"].items():  # type: ignore[attr-defined]
+        note = "paused" if info["paused"] else ""
+        if info["down"]:
+            note = f"down since {info['down']['since']} (next try {info['down']['until']})"
+        click.echo(
+            f"{d:16} "
+            + " ".join(f"{info['queue'][s]:>8}" for s in STATES)
+            + f" {info['last_hour']['studies']:>12} {info['last_hour']['bytes'] / 1e6:>8.1f}  {note}"
+        )
+    if report["recent"]:
+        click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, error):")
+    for item in report["recent"]:  # type: ignore[attr-defined]
+        click.echo(
+            f"  {item['id']:>6} {item['destination']:16} {item['state']:8} {item['attempts']:>3} "
+            f"{item['confirmed']:>5} {item['reports'] or '-':8} {item['last_job'] or '-'!s:>6} "
+            f"{item['error'][:80]}"
+        )
+
+
+@push_group.command("pause")
+@click.argument("destination", required=False)
+@click.pass_obj
+def push_pause(obj: _PushContext, destination: str | None) -> None:
+    """Stop starting deliveries (to DESTINATION, or all); the watcher keeps queueing."""
+    name = PAUSED_PREFIX + d if (d := obj.destination(destination)) else PAUSED_ALL
+    obj.queue.set_state(name, utcnow().isoformat())
+    click.echo(f"paused {destination or 'every destination'}")
+
+
+@push_group.command("resume")
+@click.argument("destination", required=False)
+@click.pass_obj
+def push_resume(obj: _PushContext, destination: str | None) -> None:
+    """Undo ``pause`` (and end a destination's down hold: try it now)."""
+    d = obj.destination(destination)
+    names = [PAUSED_PREFIX + d, DOWN_PREFIX + d] if d else [PAUSED_ALL]
+    for name in names:
+        obj.queue.delete_state(name)
+    click.echo(f"resumed {destination or 'every destination'}")
+
+
+@push_group.command("retry")
+@click.argument("item_id", type=int)
+@click.pass_obj
+def push_retry(obj: _PushContext, item_id: int) -> None:
+    """Try a failed, waiting or dropped item now (only what its destination has not confirmed)."""
+    item = obj.queue.get(item_id)
+    if item is None:
+        click.echo(f"error: no push item {item_id}", err=True)
+        sys.exit(1)
+    if not obj.queue.retry(item_id):
+        click.echo(
+            f"error: push item {item_id} is {item['state']}: only failed, waiting or dropped items", err=True
+        )
+        sys.exit(1)
+    click.echo(f"push item {item_id} queued")
+
+
+def _since(text: str) -> dt.datetime:
+    """A local date or date-time → naive UTC (the journal's times)."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time
+    return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+@push_group.command("requeue")
+@click.option("--since", "since", required=True, help="Local date or date-time: items queued since then.")
+@click.option("--dest", "destination", default=None, help="Only this destination.")
+@click.pass_obj
+def push_requeue(obj: _PushContext, since: str, destination: str | None) -> None:
+    """Send again, in full, every study queued since DATE (e.g. the cloud lost it)."""
+    when = _since(since)
+    n = obj.queue.requeue(when, obj.destination(destination))
+    click.echo(f"{n} item(s) queued again (sent in full)")

@@ -1,0 +1,463 @@
+"""The push queue, in the journal database: one item per (study, destination), shared by every node.
+
+Tables (created beside ``jobs``; SQLite by default, PostgreSQL when ``[journal] url`` says so):
+
+- ``push_queue``: one row per (Study Instance UID, destination) with its state (``queued``,
+  ``running``, ``waiting``, ``done``, ``failed``, ``dropped``), attempts, the next attempt's time,
+  the claiming node and its lease, and the RowTimestamp of the view row it came from (a re-read
+  row with the same stamp is not queued again; a changed one is);
+- ``push_attempts``: which relay jobs (``jobs.id``, kind ``push``) served an item, so the
+  instances a destination confirmed (``job_instances``) are never sent to it again — unless
+  ``push requeue`` started a new *generation*;
+- ``push_state``: the watermark, pauses and destination holds (name → text).
+
+Concurrency: a worker claims an item with ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL,
+MariaDB ≥ 10.6; SQLite has one writer and ignores it) followed by an ``UPDATE … WHERE`` that only
+one node can win; the claim carries a lease the owner renews. A node that dies stops renewing:
+once its lease has expired, any node takes the item over and sends only what was not confirmed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
+
+LOG = logging.getLogger("dicomproxy.push.queue")
+
+PUSH_METADATA = MetaData()
+
+push_queue = Table(
+    "push_queue",
+    PUSH_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("destination", String(16), nullable=False),
+    Column("examine_id", String(64), nullable=False, default=""),
+    #: ``Mark.encode()`` of the view row's RowTimestamp when it was queued (change detection).
+    Column("row_stamp", String(128), nullable=False, default=""),
+    Column("state", String(12), nullable=False),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", DateTime, nullable=False),
+    Column("lease_until", DateTime),
+    Column("owner", String(64), nullable=False, default=""),
+    #: The view row changed while the item was running: queue it again when that run ends.
+    Column("changed", Integer, nullable=False, default=0),
+    #: The images are delivered (only a report is still being fetched).
+    Column("images_done", Integer, nullable=False, default=0),
+    #: ``""`` (none asked yet), ``sent``, ``none`` (the row names no file), ``pending``, ``missing``.
+    Column("reports", String(12), nullable=False, default=""),
+    Column("report_attempts", Integer, nullable=False, default=0),
+    #: The view row named an order or report file when it was queued (else its row is not re-read).
+    Column("files", Integer, nullable=False, default=0),
+    Column("confirmed", Integer, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("last_job", Integer),
+    Column("error", Text, nullable=False, default=""),
+    Column("created", DateTime, nullable=False),
+    Column("updated", DateTime, nullable=False),
+    UniqueConstraint("study_uid", "destination", name="uq_push_queue_study_destination"),
+)
+Index("ix_push_queue_state_next", push_queue.c.state, push_queue.c.next_at)
+
+push_attempts = Table(
+    "push_attempts",
+    PUSH_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", Integer, nullable=False, index=True),
+    Column("job_id", Integer, nullable=False, index=True),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("node", String(64), nullable=False, default=""),
+    Column("started", DateTime, nullable=False),
+)
+
+push_state = Table(
+    "push_state",
+    PUSH_METADATA,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(512), nullable=False, default=""),
+)
+
+QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED = "queued", "running", "waiting", "done", "failed", "dropped"
+STATES = (QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED)
+WATERMARK = "watermark"
+PAUSED_ALL = "paused:*"
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, as the journal stores times."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One study of one view row for one destination, as the watcher queues it."""
+
+    study_uid: str
+    destination: str
+    examine_id: str
+    row_stamp: str
+    files: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """A claimed queue item."""
+
+    id: int
+    study_uid: str
+    destination: str
+    examine_id: str
+    generation: int
+    attempts: int
+    images_done: bool
+    reports: str
+    report_attempts: int
+    files: bool = False
+
+
+class PushQueue:
+    """Reads and writes the push tables; one per process, on the journal's engine."""
+
+    def __init__(self, engine: Engine, node: str) -> None:
+        self.engine = engine
+        self.node = node
+        PUSH_METADATA.create_all(engine)
+
+    # --- state (watermark, pauses, holds) -------------------------------------------------------
+
+    def get_state(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(push_state.c.value).where(push_state.c.name == name)).scalar()
+
+    def states(self, prefix: str = "") -> dict[str, str]:
+        q = select(push_state.c.name, push_state.c.value)
+        if prefix:
+            q = q.where(push_state.c.name.like(prefix + "%"))
+        with self.engine.connect() as conn:
+            return {str(n): str(v) for n, v in conn.execute(q)}
+
+    def set_state(self, name: str, value: str, conn: Connection | None = None) -> None:
+        if conn is None:
+            with self.engine.begin() as own:
+                self.set_state(name, value, own)
+            return
+        res = conn.execute(update(push_state).where(push_state.c.name == name).values(value=value))
+        if not res.rowcount:
+            conn.execute(insert(push_state).values(name=name, value=value))
+
+    def delete_state(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(push_state).where(push_state.c.name == name))
+
+    def ensure_state(self, name: str, value: str) -> None:
+        """Create ``name`` with ``value`` unless it exists (two nodes may race: one wins)."""
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(select(push_state.c.name).where(push_state.c.name == name)).first()
+                if exists is None:
+                    conn.execute(insert(push_state).values(name=name, value=value))
+        except IntegrityError:
+            pass
+
+    def lock_state(self, conn: Connection, name: str) -> str | None:
+        """The value of ``name``, row-locked for this transaction; None when another node holds
+        the lock (``FOR UPDATE SKIP LOCKED``) or the row does not exist."""
+        q = select(push_state.c.value).where(push_state.c.name == name).with_for_update(skip_locked=True)
+        value = conn.execute(q).scalar()
+        return None if value is None else str(value)
+
+    # --- the watcher's side ---------------------------------------------------------------------
+
+    def enqueue(self, conn: Connection, entries: Sequence[Entry]) -> tuple[int, int]:
+        """Queue new (study, destination) pairs and re-queue those whose row changed, in the
+        caller's transaction (the one that advances the watermark). Returns (new, requeued)."""
+        if not entries:
+            return 0, 0
+        now = utcnow()
+        wanted = {(e.study_uid, e.destination): e for e in entries}
+        existing: dict[tuple[str, str], Any] = {}
+        uids = sorted({e.study_uid for e in entries})
+        for start in range(0, len(uids), 500):
+            q = select(
+                push_queue.c.id,
+                push_queue.c.study_uid,
+                push_queue.c.destination,
+                push_queue.c.row_stamp,
+                push_queue.c.state,
+            ).where(push_queue.c.study_uid.in_(uids[start : start + 500]))
+            for row in conn.execute(q):
+                existing[(row.study_uid, row.destination)] = row
+        fresh = [
+            {
+                "study_uid": e.study_uid,
+                "destination": e.destination,
+                "examine_id": e.examine_id,
+                "row_stamp": e.row_stamp,
+                "files": int(e.files),
+                "state": QUEUED,
+                "next_at": now,
+                "created": now,
+                "updated": now,
+            }
+            for key, e in wanted.items()
+            if key not in existing
+        ]
+        if fresh:
+            conn.execute(insert(push_queue), fresh)
+        requeued = 0
+        for key, row in existing.items():
+            e = wanted.get(key)
+            if e is None or row.row_stamp == e.row_stamp:
+                continue  # re-read (date-time overlap, a guard hold): not a change
+            values: dict[str, Any] = {
+                "row_stamp": e.row_stamp,
+                "examine_id": e.examine_id,
+                "files": int(e.files),
+                "updated": now,
+            }
+            if row.state == RUNNING:
+                values["changed"] = 1
+            elif row.state != QUEUED:
+                values.update(state=QUEUED, next_at=now, attempts=0, report_attempts=0, error="")
+            conn.execute(update(push_queue).where(push_queue.c.id == row.id).values(**values))
+            requeued += 1
+        return len(fresh), requeued
+
+    # --- the workers' side ----------------------------------------------------------------------
+
+    def _claimable(self, now: dt.datetime, held: Iterable[str]) -> Any:
+        cond = or_(
+            and_(push_queue.c.state.in_((QUEUED, WAITING)), push_queue.c.next_at <= now),
+            and_(push_queue.c.state == RUNNING, push_queue.c.lease_until < now),
+        )
+        held = list(held)
+        return and_(cond, push_queue.c.destination.not_in(held)) if held else cond
+
+    def claim(self, lease: float, held: Iterable[str] = ()) -> Item | None:
+        """The next due item (or one whose owner's lease expired), now ``running`` and ours."""
+        now = utcnow()
+        held = list(held)
+        with self.engine.begin() as conn:
+            q = (
+                select(push_queue)
+                .where(self._claimable(now, held))
+                .order_by(push_queue.c.next_at, push_queue.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            row = conn.execute(q).mappings().first()
+            if row is None:
+                return None
+            taken_over = row["state"] == RUNNING
+            res = conn.execute(
+                update(push_queue)
+                .where(push_queue.c.id == row["id"], self._claimable(now, held))
+                .values(
+                    state=RUNNING,
+                    owner=self.node,
+                    lease_until=now + dt.timedelta(seconds=lease),
+                    attempts=push_queue.c.attempts + (0 if taken_over else 1),
+                    changed=0,
+                    updated=now,
+                )
+            )
+            if not res.rowcount:
+                return None
+        return Item(
+            int(row["id"]),
+            str(row["study_uid"]),
+            str(row["destination"]),
+            str(row["examine_id"]),
+            int(row["generation"]),
+            int(row["attempts"]) + (0 if taken_over else 1),
+            bool(row["images_done"]),
+            str(row["reports"]),
+            int(row["report_attempts"]),
+            bool(row["files"]),
+        )
+
+    def renew(self, ids: Sequence[int], lease: float) -> int:
+        """Extend our leases on ``ids``; how many are still ours."""
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(push_queue)
+                .where(
+                    push_queue.c.id.in_(list(ids)),
+                    push_queue.c.owner == self.node,
+                    push_queue.c.state == RUNNING,
+                )
+                .values(lease_until=utcnow() + dt.timedelta(seconds=lease))
+            )
+            return int(res.rowcount)
+
+    def record_attempt(self, item: Item, job_id: int) -> None:
+        """Link a relay job to the item (before the job sends anything)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(push_attempts).values(
+                    item_id=item.id,
+                    job_id=job_id,
+                    generation=item.generation,
+                    node=self.node,
+                    started=utcnow(),
+                )
+            )
+            conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
+
+    def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
+        """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
+        jobs = select(push_attempts.c.job_id).where(
+            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
+        )
+        q = (
+            select(job_instances.c.sop_instance_uid)
+            .where(job_instances.c.job_id.in_(jobs), job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return frozenset(str(r[0]) for r in conn.execute(q))
+
+    def finish(self, item: Item, state: str, *, next_at: dt.datetime | None = None, **values: Any) -> bool:
+        """End our run of ``item`` in ``state``; a row change seen meanwhile queues it again.
+        False when the item is no longer ours (our lease expired and another node took it)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(push_queue.c.changed, push_queue.c.owner, push_queue.c.state).where(
+                    push_queue.c.id == item.id
+                )
+            ).first()
+            if row is None or row.owner != self.node or row.state != RUNNING:
+                LOG.warning("push item %d: taken over by another node (our lease expired)", item.id)
+                return False
+            if row.changed and state in (DONE, WAITING, FAILED):
+                state, next_at = QUEUED, now
+                values.update(attempts=0, report_attempts=0)
+            conn.execute(
+                update(push_queue)
+                .where(push_queue.c.id == item.id)
+                .values(
+                    state=state,
+                    next_at=next_at or now,
+                    lease_until=None,
+                    changed=0,
+                    updated=now,
+                    **values,
+                )
+            )
+        return True
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Give our running items back (clean stop): due again at once, for any node."""
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(push_queue)
+                .where(push_queue.c.id.in_(list(ids)), push_queue.c.owner == self.node)
+                .values(
+                    state=QUEUED,
+                    next_at=utcnow(),
+                    lease_until=None,
+                    # the claim counted an attempt that did not happen
+                    attempts=case((push_queue.c.attempts > 0, push_queue.c.attempts - 1), else_=0),
+                )
+            )
+
+    # --- administration (CLI) -------------------------------------------------------------------
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Items per (destination, state)."""
+        q = select(push_queue.c.destination, push_queue.c.state, func.count()).group_by(
+            push_queue.c.destination, push_queue.c.state
+        )
+        with self.engine.connect() as conn:
+            return {(str(d), str(s)): int(n) for d, s, n in conn.execute(q)}
+
+    def get(self, item_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(push_queue).where(push_queue.c.id == item_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+    def items(self, state: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        q = select(push_queue).order_by(push_queue.c.updated.desc(), push_queue.c.id.desc()).limit(limit)
+        if state:
+            q = q.where(push_queue.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def retry(self, item_id: int) -> bool:
+        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts reset (only what the
+        destination has not confirmed is sent)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(push_queue)
+                .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
+                .values(state=QUEUED, next_at=utcnow(), attempts=0, report_attempts=0, error="")
+            )
+            return bool(res.rowcount)
+
+    def requeue(self, since: dt.datetime, destination: str | None = None) -> int:
+        """Send again, in full, every item queued at or after ``since`` (UTC) that is not running: a
+        new generation, so earlier confirmations no longer count."""
+        cond = [push_queue.c.created >= since, push_queue.c.state != RUNNING]
+        if destination:
+            cond.append(push_queue.c.destination == destination)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(push_queue)
+                .where(*cond)
+                .values(
+                    state=QUEUED,
+                    next_at=utcnow(),
+                    attempts=0,
+                    report_attempts=0,
+                    images_done=0,
+                    reports="",
+                    confirmed=0,
+                    generation=push_queue.c.generation + 1,
+                    error="",
+                )
+            )
+            return int(res.rowcount)
+
+    def delivered_since(self, since: dt.datetime) -> dict[str, tuple[int, int]]:
+        """Per destination: (studies done, bytes) of items finished since ``since``."""
+        q = (
+            select(push_queue.c.destination, func.count(), func.coalesce(func.sum(push_queue.c.bytes), 0))
+            .where(push_queue.c.state == DONE, push_queue.c.updated >= since)
+            .group_by(push_queue.c.destination)
+        )
+        with self.engine.connect() as conn:
+            return {str(d): (int(n), int(b)) for d, n, b in conn.execute(q)}

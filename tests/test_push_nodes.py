@@ -1,0 +1,231 @@
+"""Two ``dicomproxy serve`` processes share one PostgreSQL journal (the push queue and watermark);
+one is SIGKILLed mid-study. Every study arrives at the DCMTK storescp, every SOP Instance once
+(``-uf``: each arrival is its own file), nothing lost: the survivor takes the dead node's item
+over when its lease expires and sends only what the destination had not confirmed.
+
+The PACS is the controllable pynetdicom PACS (C-GET), held at a gate after the first instance of
+each retrieval so that the kill lands mid-study, deterministically (events, no sleeps)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from dicomproxy.push.queue import PushQueue, push_queue
+from dicomproxy.relay.journal import job_instances
+from dicomproxy.transport.net import Remote
+from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakePacs
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
+from tests.conftest import PG_URL, _reachable
+
+pytestmark = pytest.mark.slow
+
+STUDIES = [
+    StudySpec("CT", accession=f"PN{i:03d}", series=1, images_per_series=3, seed=300 + i) for i in range(4)
+]
+
+
+@pytest.fixture
+def pg_journal() -> Iterator[str]:
+    """A fresh PostgreSQL database for the shared journal."""
+    if not _reachable(PG_URL):
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable; scripts/test.sh starts it")
+        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable")
+    name = f"push_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _toml(
+    tmp: Path, name: str, port: int, view_url: str, journal_url: str, pacs: FakePacs, scp: StoreSCP
+) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(
+        f"""
+[proxy]
+ae_title = "DICOMPROXY"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{tmp / name}"
+drain_timeout = 5
+retries = 1
+retry_delay = 0.1
+
+[hospital]
+id = "74580626"
+
+[view]
+url = "{view_url}"
+
+[pacs]
+ae_title = "{pacs.ae_title}"
+host = "127.0.0.1"
+port = {pacs.port}
+retrieve = "c-get"
+dimse_timeout = 30
+
+[[peers]]
+ae_title = "STORESCP"
+host = "127.0.0.1"
+port = {scp.port}
+
+[journal]
+url = "{journal_url}"
+resume_window = 0
+
+[http]
+port = 0
+
+[push]
+enabled = true
+destinations = ["STORESCP"]
+start_from = "beginning"
+poll_interval = 0.3
+retry_delay = 0.3
+max_retry_delay = 1.0
+max_concurrent = 1
+lease = 3
+"""
+    )
+    return path
+
+
+def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_journal: str) -> None:
+    files = [p for spec in STUDIES for p in write_study(spec, tmp_path / "studies" / spec.accession)]
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec) for spec in STUDIES])
+    engine.dispose()
+    pacs = FakePacs(files).start()
+    pacs.behaviour.gate_at = 1  # every retrieval stops after its first instance until released
+    scp = StoreSCP(
+        tmp_path / "scp", "STORESCP", extra=["-uf", "--fork"]
+    ).start()  # one process per association
+    journal = create_engine(pg_journal)
+    nodes: dict[str, Process] = {}
+    try:
+        for name in ("node-a", "node-b"):
+            port = free_port()
+            toml = _toml(tmp_path, name, port, view_url, pg_journal, pacs, scp)
+            nodes[name] = Process(
+                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{name}.log"
+            )
+            wait_for_echo(
+                Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="STORESCP", proc=nodes[name].proc
+            )
+
+        def running() -> list[tuple[str, int]]:
+            with journal.connect() as conn:
+                rows = conn.execute(
+                    select(push_queue.c.owner, push_queue.c.last_job).where(push_queue.c.state == "running")
+                ).all()
+            return [(str(o), int(j)) for o, j in rows if j is not None]
+
+        def confirmed(job_id: int) -> int:
+            with journal.connect() as conn:
+                q = select(func.count()).where(
+                    job_instances.c.job_id == job_id, job_instances.c.state == "sent"
+                )
+                return int(conn.execute(q).scalar() or 0)
+
+        # both nodes mid-study: each holds one item, its first instance confirmed, the rest held back
+        wait_until(
+            lambda: len(running()) == 2 and all(confirmed(j) for _, j in running()), 60, "two studies mid-way"
+        )
+        owners = {o for o, _ in running()}
+        victim = next(n for n, p in nodes.items() if any(f":{p.proc.pid}:" in o for o in owners))
+        nodes[victim].kill()  # SIGKILL: no drain, no release, its lease just stops being renewed
+        pacs.behaviour.gate_at = None
+        pacs.behaviour.gate.set()
+
+        expected = {spec.sop_uid(0, i) for spec in STUDIES for i in range(spec.images_per_series)}
+
+        def arrived() -> Counter[str]:
+            return Counter(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.received())
+
+        wait_until(lambda: set(arrived()) == expected, 90, "every instance at storescp")
+
+        def states() -> set[str]:
+            with journal.connect() as conn:
+                return {str(r[0]) for r in conn.execute(select(push_queue.c.state))}
+
+        wait_until(lambda: states() == {"done"}, 30, "every item done")
+        with journal.connect() as conn:
+            owners_done = {str(r[0]) for r in conn.execute(select(push_queue.c.owner))}
+        counts = arrived()
+        assert max(counts.values()) == 1, counts  # every study once: nothing sent twice
+        survivor = next(n for n in nodes if n != victim)
+        assert all(f":{nodes[survivor].proc.pid}:" in o for o in owners_done)  # it finished the victim's item
+    finally:
+        for proc in nodes.values():
+            proc.stop()
+        journal.dispose()
+        pacs.stop()
+        scp.stop()
+
+
+def test_clean_stop_mid_study_gives_the_item_back(tmp_path: Path, make_config: Any, run_proxy: Any) -> None:
+    """SIGTERM-like stop while a delivery runs: the job is cancelled, the item is due again at once
+    (for any node) without an attempt counted, and the next start sends only what is missing."""
+    spec = STUDIES[0]
+    files = write_study(spec, tmp_path / "study")
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec)])
+    engine.dispose()
+    pacs = FakePacs(files).start()
+    pacs.behaviour.gate_at = 1
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    try:
+        config = make_config(
+            view={"url": view_url},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[{"ae_title": "STORESCP", "host": "127.0.0.1", "port": scp.port}],
+            push={
+                "enabled": True,
+                "destinations": ["STORESCP"],
+                "start_from": "beginning",
+                "poll_interval": 0.2,
+            },
+        )
+        server = run_proxy(config)
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        wait_until(lambda: pacs.behaviour.at_gate.is_set() and len(scp.received()) == 1, 30, "mid-study")
+        assert queue.items()[0]["state"] == "running"
+        server.stop(drain_timeout=10.0)  # the PACS still holds the rest back: the pump sees the stop
+        pacs.behaviour.gate_at = None
+        pacs.behaviour.gate.set()
+        item = queue.items()[0]
+        assert (item["state"], item["attempts"], item["lease_until"]) == ("queued", 0, None)
+        server = run_proxy(config)
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        wait_until(lambda: queue.items()[0]["state"] == "done", 30, "delivered after the restart")
+        arrived = Counter(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.received())
+        assert set(arrived) == {spec.sop_uid(0, i) for i in range(spec.images_per_series)}
+        assert max(arrived.values()) == 1, arrived
+    finally:
+        pacs.stop()
+        scp.stop()
