@@ -55,6 +55,7 @@ from testkit import free_port, peer_env, require_tool, wait_for_echo
 from testkit.console_load import ConsoleLoad
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc
+from testkit.realct import write_real_study
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -241,6 +242,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--corpus",
+        choices=("real", "synthetic"),
+        default="real",
+        help="CT pixels: real slices from pydicom-data cycled under new UIDs (testkit.realct, default) "
+        "or the synthetic phantom of testkit.samples",
+    )
     ap.add_argument("--modes", default="none,lossless,lossy", help="compression modes to relay (C-MOVE)")
     ap.add_argument(
         "--lossless-syntaxes",
@@ -296,14 +304,15 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
     spec = StudySpec("CT", accession="B0001", series=1, images_per_series=args.slices, seed=42)
     print(f"# generating {args.slices} slices in {work}", file=sys.stderr)
-    files = write_study(spec, work / "study")
+    write = write_real_study if args.corpus == "real" else write_study
+    files = write(spec, work / "study")
     total = sum(p.stat().st_size for p in files)
     pixels = raw_pixel_bytes(files)
     extra_specs = [
         StudySpec("CT", accession=f"B{k + 2:04d}", series=1, images_per_series=args.slices, seed=100 + k)
         for k in range(args.concurrent)
     ]
-    extra_files = [write_study(sp, work / f"study{k + 2}") for k, sp in enumerate(extra_specs)]
+    extra_files = [write(sp, work / f"study{k + 2}") for k, sp in enumerate(extra_specs)]
     conc_total = sum(p.stat().st_size for fs in extra_files for p in fs)
     conc_n = sum(len(fs) for fs in extra_files)
 
@@ -437,7 +446,7 @@ def main() -> None:
     direct = statistics.median(w for w, _ in runs["direct"])
     pdu = f"max PDU {args.max_pdu} on Orthanc and storescp" if args.max_pdu else "tools' default max PDU"
     print(
-        f"\n{args.slices} CT slices, {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
+        f"\n{args.slices} CT slices ({args.corpus} corpus), {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
         f"median of {args.rounds} alternating rounds, PACS {args.pacs}, {pdu}, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f}\n"
