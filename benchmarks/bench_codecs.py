@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pixel_bytes = sum(read_info(p).pixel_bytes for p in files)
     mb = pixel_bytes / 1e6
     print(
-        f"# bench_codecs: {len(files)} {ns.kind} instances ({ns.corpus} corpus), {mb:.1f} MB raw pixels, {ns.workers} workers"
+        f"# bench_codecs: {len(files)} {ns.kind} instances ({ns.corpus} corpus), {mb:.1f} MB raw pixels, "
+        f"{ns.workers} workers"
     )
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.platform()},"

@@ -446,7 +446,8 @@ def main() -> None:
     direct = statistics.median(w for w, _ in runs["direct"])
     pdu = f"max PDU {args.max_pdu} on Orthanc and storescp" if args.max_pdu else "tools' default max PDU"
     print(
-        f"\n{args.slices} CT slices ({args.corpus} corpus), {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
+        f"\n{args.slices} CT slices ({args.corpus} corpus), {total / 1e6:.0f} MB files "
+        f"({pixels / 1e6:.0f} MB raw pixels), "
         f"median of {args.rounds} alternating rounds, PACS {args.pacs}, {pdu}, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f}\n"

@@ -171,6 +171,15 @@ class Forwarder:
         self._adopt(link)
         return True
 
+    def another(self) -> Forwarder:
+        """One more onward association to the same destination, with the same contexts and
+        originator (C-MOVE only; raises DestinationUnavailable, status 0xC003)."""
+        if self._reopen is None:
+            raise DestinationUnavailable("the requester's own association cannot be duplicated")
+        return Forwarder(
+            self._reopen(), self.policy, self.work_dir, originator=self.originator, reopen=self._reopen
+        )
+
     @property
     def alive(self) -> bool:
         return bool(self.link.is_established)

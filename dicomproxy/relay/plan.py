@@ -157,7 +157,7 @@ class RelayService:
                 peer, self.config.proxy, contexts, policy, work_dir, (req.calling_ae, req.message_id)
             )
 
-        yield from self._job(job_id, req, opener, is_cancelled, alive)
+        yield from self._job(job_id, req, opener, is_cancelled, alive, self.config.onward_associations(peer))
 
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
@@ -182,6 +182,7 @@ class RelayService:
         opener: Callable[[JobState, list[str], Path], Forwarder],
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
+        lanes: int = 1,
     ) -> Iterator[RetrieveResponse]:
         state = JobState(job_id)
         forwarder: Forwarder | None = None
@@ -260,7 +261,7 @@ class RelayService:
                     self._merge_found,
                 )
                 final, outcome, error = yield from pump.run(
-                    state, spool, forwarder, upstream, is_cancelled, alive
+                    state, spool, forwarder, upstream, is_cancelled, alive, lanes
                 )
         except DicomServiceError as exc:
             error = str(exc)
