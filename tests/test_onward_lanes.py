@@ -125,6 +125,26 @@ def test_three_associations_to_storescp_each_instance_once(
         dest.stop()
 
 
+@pytest.mark.dcmtk
+def test_destination_serving_one_association_at_a_time(
+    proxy: Callable[..., Server], study_files: list[Path], tmp_path: Path
+) -> None:
+    """storescp without --fork: the further associations wait in its listen backlog while the
+    first one carries the study; they are released as soon as they open after the job, so the next
+    job's association is not held up (it was, before: 0xC003 after the ACSE timeout)."""
+    dest = StoreSCP(tmp_path / "scp", DEST, extra=["+uf"]).start()
+    try:
+        server = proxy(dest.port, 3)
+        for _ in range(2):
+            result = _move(server, study_files)
+            assert (result.status, result.completed, result.failed) == (0x0000, N, 0), result.line()
+        per_uid = Counter(_uid(p) for p in dest.received())
+        assert set(per_uid) == {_uid(p) for p in study_files}
+        assert set(per_uid.values()) == {2}  # once per move
+    finally:
+        dest.stop()
+
+
 def test_one_association_aborted_mid_study_nothing_lost_or_doubled(
     proxy: Callable[..., Server], study_files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -133,7 +133,7 @@ class Forwarder:
         work_dir: Path,
         *,
         originator: tuple[str, int] | None = None,
-        reopen: Callable[[], Link] | None = None,
+        reopen: Callable[..., Link] | None = None,
     ) -> None:
         self.link = link
         self._reopen = reopen
@@ -171,13 +171,18 @@ class Forwarder:
         self._adopt(link)
         return True
 
-    def another(self) -> Forwarder:
+    def another(self, acse_timeout: float | None = None) -> Forwarder:
         """One more onward association to the same destination, with the same contexts and
-        originator (C-MOVE only; raises DestinationUnavailable, status 0xC003)."""
+        originator (C-MOVE only; raises DestinationUnavailable, status 0xC003). ``acse_timeout``:
+        how long to wait for its A-ASSOCIATE-AC (default ``[proxy] acse_timeout``)."""
         if self._reopen is None:
             raise DestinationUnavailable("the requester's own association cannot be duplicated")
         return Forwarder(
-            self._reopen(), self.policy, self.work_dir, originator=self.originator, reopen=self._reopen
+            self._reopen(acse_timeout),
+            self.policy,
+            self.work_dir,
+            originator=self.originator,
+            reopen=self._reopen,
         )
 
     @property
@@ -295,7 +300,11 @@ def send_with_retries(
 
 
 def _associate_destination(
-    peer: PeerConfig, proxy: ProxyConfig, contexts: list[PresentationContext], connect_timeout: float
+    peer: PeerConfig,
+    proxy: ProxyConfig,
+    contexts: list[PresentationContext],
+    connect_timeout: float,
+    acse_timeout: float | None = None,
 ) -> Link:
     """An established onward association to ``peer`` (raises DestinationUnavailable, status 0xC003):
     raw sockets on plain TCP with ``[proxy] fast_path``, pynetdicom otherwise (:func:`open_link`)."""
@@ -304,7 +313,7 @@ def _associate_destination(
             proxy.ae_title,
             Remote(peer.ae_title, peer.host, peer.port),
             contexts,
-            timeouts=Timeouts(connect_timeout, proxy.acse_timeout, proxy.dimse_timeout),
+            timeouts=Timeouts(connect_timeout, acse_timeout or proxy.acse_timeout, proxy.dimse_timeout),
             max_pdu=proxy.max_pdu,
             tls=peer.tls,
             fast_path=proxy.fast_path,
@@ -338,7 +347,7 @@ def open_destination(
         policy,
         work_dir,
         originator=originator,
-        reopen=lambda: _associate_destination(peer, proxy, contexts, connect_timeout),
+        reopen=lambda acse=None: _associate_destination(peer, proxy, contexts, connect_timeout, acse),
     )
 
 

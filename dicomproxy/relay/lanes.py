@@ -30,13 +30,19 @@ LOG = logging.getLogger("dicomproxy.relay")
 
 T = TypeVar("T")
 
+#: Seconds a further association waits for its A-ASSOCIATE-AC. A destination that serves one
+#: association at a time (DCMTK storescp without ``--fork``) leaves it in its listen backlog;
+#: it must give up soon, or it would hold up the destination's next association.
+EXTRA_ACSE_TIMEOUT = 3.0
+
 
 class _Down:
     """A lane's last word: it has no association any more and takes no more work."""
 
 
-#: What a lane gives back: (the work, its result), or that it is down.
-_Result = tuple[T, SendResult] | _Down
+#: What a lane gives back: (the work, its result, whether the lane is down after it), or that it is
+#: down without a result (its association never opened).
+_Result = tuple[T, SendResult, bool] | _Down
 
 
 class Lanes(Generic[T]):
@@ -68,6 +74,8 @@ class Lanes(Generic[T]):
         self._extra: list[Forwarder] = []
         #: Lanes that have their association (the others are still opening theirs, or down).
         self._serving: set[int] = {0}
+        #: Lanes whose association could not be opened.
+        self.unopened = 0
         self._lock = threading.Lock()
         #: Lanes not yet down (a lane still opening counts: its share waits in the queue meanwhile).
         self.up = count
@@ -103,8 +111,10 @@ class Lanes(Generic[T]):
                 if isinstance(got, _Down):
                     self.up -= 1
                 else:
+                    work, res, down = got
                     self.in_flight -= 1
-                    out.append(got)
+                    self.up -= down
+                    out.append((work, res))
                 got = self._results.get_nowait()
         except queue.Empty:
             pass
@@ -120,20 +130,20 @@ class Lanes(Generic[T]):
         """Stop the lanes (each finishes the C-STORE it is in, up to ``wait`` s in all):
         (results that still came back, work never taken by a lane)."""
         self._stop.set()
-        for _ in self._threads:
-            self._work.put(None)
-        for k, t in enumerate(self._threads):
-            if k in self._serving:  # one still opening its association is not waited for
-                t.join(timeout=wait)
-        late = self.take(0)
         left: list[T] = []
-        while True:
+        while True:  # first what no lane has taken; the sentinels after it
             try:
                 w = self._work.get_nowait()
             except queue.Empty:
                 break
             if w is not None:
                 left.append(w)
+        for _ in self._threads:
+            self._work.put(None)
+        for k, t in enumerate(self._threads):
+            if k in self._serving:  # one still opening its association is not waited for
+                t.join(timeout=wait)
+        late = self.take(0)
         return late, left
 
     def _serve(self, k: int, forwarder: Forwarder | None) -> None:
@@ -143,6 +153,8 @@ class Lanes(Generic[T]):
                 try:
                     forwarder = self._open_extra()
                 except DestinationUnavailable as exc:
+                    with self._lock:
+                        self.unopened += 1
                     LOG.warning(
                         "%s: onward association %d not opened (%s); going on with the others",
                         self._label,
@@ -153,15 +165,17 @@ class Lanes(Generic[T]):
                     return
                 with self._lock:
                     self._serving.add(k)
+                if self._stop.is_set():  # opened after the job ended: released at once
+                    return
             while True:
                 work = self._work.get()
                 if work is None:
                     return
                 res, lost = self._one(forwarder, work)
-                self._results.put((work, res))
                 if lost:
                     LOG.warning("%s: onward association %d lost for good", self._label, k + 1)
-                    self._results.put(_Down())
+                self._results.put((work, res, lost))
+                if lost:
                     return
         finally:
             if own and forwarder is not None:
@@ -170,7 +184,7 @@ class Lanes(Generic[T]):
     def _open_extra(self) -> Forwarder:
         """A further association; one that opens after the job ended is released at once
         (its thread then finds the stop sentinel)."""
-        forwarder = self._primary.another()
+        forwarder = self._primary.another(EXTRA_ACSE_TIMEOUT)
         with self._lock:
             self._extra.append(forwarder)
         return forwarder

@@ -94,6 +94,8 @@ class Pump:
         self._drop = drop_pool
         self.pending_interval = pending_interval
         self._merge_found = merge_found
+        #: After a run on several lanes: how many of them got their association (None: one lane).
+        self.lanes_opened: int | None = None
 
     def run(
         self,
@@ -217,6 +219,7 @@ class Pump:
         end: End | None = None
         dest_error = ""
         stop_reason: tuple[JobOutcome, str] | None = None
+        recorded = False  # results recorded since the last Pending response
         last_progress = 0.0
         last_yield = time.monotonic()
         lanes: Lanes[_Prepared] = Lanes(
@@ -237,7 +240,6 @@ class Pump:
                 if not alive():
                     stop_reason = (JobOutcome.ABORTED, "requester went away")
                     break
-                recorded = False
                 for prepared, res in lanes.take(0):
                     self._record(state, prepared.item, res)
                     recorded = True
@@ -255,16 +257,24 @@ class Pump:
                     window.append(self._prepare(forwarder, nxt, pool is not None))
                 while window and lanes.free and (window[0].future is None or window[0].future.done()):
                     lanes.submit(window.popleft())
-                if end is not None and not window and lanes.in_flight == 0:
-                    break
                 now = time.monotonic()
                 if state.counted and (
-                    (recorded and (now - last_progress >= PROGRESS_INTERVAL or len(state.processed) == 1))
+                    (
+                        recorded
+                        and (
+                            now - last_progress >= PROGRESS_INTERVAL
+                            or len(state.processed) == 1
+                            or not state.remaining
+                        )
+                    )
                     or now - last_yield >= self.pending_interval
                 ):
+                    recorded = False
                     last_progress = last_yield = now
                     yield state.response(Status.PENDING)
                     continue
+                if end is not None and not window and lanes.in_flight == 0:
+                    break
                 # Wait for what can move the job on: an instance for a free lane, a conversion, a result.
                 if window and lanes.free and window[0].future is not None:
                     wait_futures([window[0].future], timeout=LOOKAHEAD_POLL)
@@ -277,9 +287,7 @@ class Pump:
                 else:
                     for prepared, res in lanes.take(LANE_POLL):
                         self._record(state, prepared.item, res)
-                        if state.counted and len(state.processed) == 1:
-                            last_progress = last_yield = time.monotonic()
-                            yield state.response(Status.PENDING)
+                        recorded = True
         finally:
             if stop_reason is not None or dest_error:
                 upstream.stop()
@@ -290,8 +298,11 @@ class Pump:
             for prepared in [*left, *window]:
                 prepared.discard()
             forwarder.bytes_out += lanes.bytes_out
+            self.lanes_opened = count - lanes.unopened
         if stop_reason is not None:
             return state.response(Status.CANCEL), *stop_reason
+        if lanes.up == 0 and not dest_error:  # the last results were the lanes' last words
+            dest_error = "destination aborted the association"
         pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
         self._merge_found(state, max(a.dimse_timeout for a in self.config.all_archives))
