@@ -44,11 +44,6 @@ PROGRESS_INTERVAL = 0.2
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
 
-#: Outcomes committed to the journal together (one transaction), at least every JOURNAL_INTERVAL s:
-#: a commit per instance was 10-15 % of the forwarding process's GIL time (py-spy, issue 17).
-JOURNAL_BATCH = 32
-JOURNAL_INTERVAL = 0.2
-
 #: Longest wait for a lane's result, or for the next instance while lanes are busy (seconds).
 LANE_POLL = 0.01
 
@@ -101,9 +96,6 @@ class Pump:
         self._merge_found = merge_found
         #: After a run on several lanes: how many of them got their association (None: one lane).
         self.lanes_opened: int | None = None
-        #: Outcomes counted but not yet committed to the journal (their spool files still kept).
-        self._unflushed: list[tuple[InstanceRecord, SpooledInstance]] = []
-        self._last_flush = time.monotonic()
 
     def run(
         self,
@@ -202,7 +194,6 @@ class Pump:
         finally:
             for left in window:
                 left.discard()
-            self._flush(state)
         pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
         self._merge_found(state, max(a.dimse_timeout for a in self.config.all_archives))
@@ -308,7 +299,6 @@ class Pump:
                 prepared.discard()
             forwarder.bytes_out += lanes.bytes_out
             self.lanes_opened = count - lanes.unopened
-            self._flush(state)
         if stop_reason is not None:
             return state.response(Status.CANCEL), *stop_reason
         if lanes.up == 0 and not dest_error:  # the last results were the lanes' last words
@@ -468,24 +458,13 @@ class Pump:
             uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
         )
         state.count(record, res.category)
+        # Journal first, then drop the file: a crash between the two leaves a file that
+        # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
+        self.journal.add_instances(state.job_id, [record])
         events.publish(
             events.InstanceSent(
                 state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid
             )
         )
-        self._unflushed.append((record, item))
-        if len(self._unflushed) >= JOURNAL_BATCH or time.monotonic() - self._last_flush >= JOURNAL_INTERVAL:
-            self._flush(state)
-
-    def _flush(self, state: JobState) -> None:
-        """Commit the counted outcomes in one transaction, then drop the confirmed spool files.
-        Journal first, then the files: a crash between the two leaves files that `jobs retry`
-        recognises as confirmed, never a confirmed-looking instance without a record."""
-        self._last_flush = time.monotonic()
-        if not self._unflushed:
-            return
-        batch, self._unflushed = self._unflushed, []
-        self.journal.add_instances(state.job_id, [record for record, _ in batch])
-        for record, item in batch:
-            if record.state != "failed":
-                Spool.confirmed(item)
+        if record.state != "failed":
+            Spool.confirmed(item)
