@@ -141,10 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--corpus",
         choices=("synthetic", "real"),
-        default="real",
-        help="CT pixels: real slices from pydicom-data (testkit.realct, default) or testkit.samples'",
+        default=None,
+        help="CT pixels: real slices from pydicom-data (testkit.realct; the default for CT) or "
+        "testkit.samples' (the default, and the only choice, for the other kinds)",
     )
     ns = ap.parse_args(argv)
+    if ns.corpus is None:
+        ns.corpus = "real" if ns.kind == "CT" else "synthetic"
     if ns.corpus == "real" and ns.kind != "CT":
         ap.error("--corpus real has CT only")
 
