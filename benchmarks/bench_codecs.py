@@ -41,6 +41,7 @@ from pydicom.uid import (
 
 from dicomproxy.transcode import Policy, TranscodePool, codec_applies, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import is_native
+from testkit.realct import write_real_study
 from testkit.samples import StudySpec, write_study
 
 POLICY = Policy.default("lossless")
@@ -137,17 +138,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per case; the best is reported")
     ap.add_argument("--skip-cli", action="store_true", help="skip the DCMTK/GDCM baseline")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--corpus",
+        choices=("synthetic", "real"),
+        default=None,
+        help="CT pixels: real slices from pydicom-data (testkit.realct; the default for CT) or "
+        "testkit.samples' (the default, and the only choice, for the other kinds)",
+    )
     ns = ap.parse_args(argv)
+    if ns.corpus is None:
+        ns.corpus = "real" if ns.kind == "CT" else "synthetic"
+    if ns.corpus == "real" and ns.kind != "CT":
+        ap.error("--corpus real has CT only")
 
     root = ns.workdir or Path(tempfile.mkdtemp(prefix="bench-codecs-"))
-    study = root / f"study-{ns.kind}"
+    study = root / f"study-{ns.kind}-{ns.corpus}"
     files = sorted(study.glob("*.dcm")) if study.is_dir() else []
     if len(files) != ns.images:
         shutil.rmtree(study, ignore_errors=True)
-        files = write_study(StudySpec(ns.kind, images_per_series=ns.images), study)
+        writer = write_real_study if ns.corpus == "real" else write_study
+        files = writer(StudySpec(ns.kind, images_per_series=ns.images), study)
     pixel_bytes = sum(read_info(p).pixel_bytes for p in files)
     mb = pixel_bytes / 1e6
-    print(f"# bench_codecs: {len(files)} {ns.kind} instances, {mb:.1f} MB raw pixels, {ns.workers} workers")
+    print(
+        f"# bench_codecs: {len(files)} {ns.kind} instances ({ns.corpus} corpus), {mb:.1f} MB raw pixels, "
+        f"{ns.workers} workers"
+    )
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.platform()},"
         f" Python {platform.python_version()},"

@@ -55,6 +55,7 @@ from testkit import free_port, peer_env, require_tool, wait_for_echo
 from testkit.console_load import ConsoleLoad
 from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc
+from testkit.realct import write_real_study
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -102,6 +103,55 @@ CONSOLE_SETUPS = {"c-move+console": (True, True), "c-move-no-audit": (False, Fal
 DEST_PORT = [0]
 COMPRESSION_EXTRA = [""]
 LOG_LEVEL = ["WARNING"]
+
+
+class PyStoreSCP:
+    """``benchmarks/pyscp.py`` (pynetdicom, accepts HTJ2K) with the interface of testkit's StoreSCP."""
+
+    def __init__(self, workdir: Path, ae_title: str = "DEST") -> None:
+        self.workdir, self.ae_title = workdir, ae_title
+        self.outdir = workdir / "received"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def remote(self) -> Remote:
+        return Remote(self.ae_title, "127.0.0.1", self.port)
+
+    def start(self) -> PyStoreSCP:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        script = Path(__file__).parent / "pyscp.py"
+        cmd = [sys.executable, str(script), "--port", str(self.port), "--aet", self.ae_title]
+        log = open(self.workdir / "pyscp.log", "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([*cmd, "--out", str(self.outdir)], stdout=log, stderr=log)
+        wait_for_echo(self.remote, 30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.outdir.iterdir() if p.is_file())
+
+
+def verify_bit_exact(received: list[Path], sources: list[Path]) -> str:
+    """Decode every received file with pydicom's plugins (HTJ2K and JPEG 2000: pylibjpeg-openjpeg,
+    i.e. OpenJPEG — not the OpenJPH encoder that wrote it) and compare with the source pixels."""
+    want = {}
+    for p in sources:
+        ds = pydicom.dcmread(p)
+        want[str(ds.SOPInstanceUID)] = ds.pixel_array
+    syntaxes: dict[str, int] = {}
+    exact = 0
+    for p in received:
+        ds = pydicom.dcmread(p)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        syntaxes[ts] = syntaxes.get(ts, 0) + 1
+        exact += bool((ds.pixel_array == want[str(ds.SOPInstanceUID)]).all())
+    return f"{exact}/{len(received)} bit-exact after decoding with OpenJPEG; syntaxes {syntaxes}"
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -168,7 +218,7 @@ def first_file(folder: Path) -> Iterator[list[float]]:
         times.append(seen[0] if seen else float("nan"))
 
 
-def timed_move(remote: Remote, dest: StoreSCP, study_uid: str, n: int) -> tuple[float, float, int]:
+def timed_move(remote: Remote, dest: Any, study_uid: str, n: int) -> tuple[float, float, int]:
     """(wall seconds, seconds to first file at the destination, completed)."""
     for p in dest.received():
         p.unlink()
@@ -200,7 +250,7 @@ def timed_get(remote: Remote, outdir: Path, study_uid: str, n: int) -> tuple[flo
     return wall, times[1], got
 
 
-def timed_concurrent(remote: Remote, dest: StoreSCP, study_uids: list[str], n_total: int) -> float:
+def timed_concurrent(remote: Remote, dest: Any, study_uids: list[str], n_total: int) -> float:
     """Move every study at once, one thread each; wall seconds until the last one completes."""
     for p in dest.received():
         p.unlink()
@@ -241,6 +291,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--corpus",
+        choices=("real", "synthetic"),
+        default="real",
+        help="CT pixels: real slices from pydicom-data cycled under new UIDs (testkit.realct, default) "
+        "or the synthetic phantom of testkit.samples",
+    )
     ap.add_argument("--modes", default="none,lossless,lossy", help="compression modes to relay (C-MOVE)")
     ap.add_argument(
         "--lossless-syntaxes",
@@ -251,6 +308,14 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=4, help="studies moved at once; 0 = skip")
     ap.add_argument("--max-pdu", type=int, default=0, help="Orthanc and storescp max PDU; 0 = defaults")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--dest",
+        choices=("storescp", "pynetdicom"),
+        default="storescp",
+        help="the destination: DCMTK storescp (default; refuses HTJ2K) or benchmarks/pyscp.py "
+        "(pynetdicom, accepts HTJ2K: the default lossless order then sends HTJ2K); with pynetdicom the "
+        "lossless proxy's output is checked bit-exact by an independent decoder after the rounds",
+    )
     ap.add_argument(
         "--cloud-get",
         action="store_true",
@@ -296,19 +361,24 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
     spec = StudySpec("CT", accession="B0001", series=1, images_per_series=args.slices, seed=42)
     print(f"# generating {args.slices} slices in {work}", file=sys.stderr)
-    files = write_study(spec, work / "study")
+    write = write_real_study if args.corpus == "real" else write_study
+    files = write(spec, work / "study")
     total = sum(p.stat().st_size for p in files)
     pixels = raw_pixel_bytes(files)
     extra_specs = [
         StudySpec("CT", accession=f"B{k + 2:04d}", series=1, images_per_series=args.slices, seed=100 + k)
         for k in range(args.concurrent)
     ]
-    extra_files = [write_study(sp, work / f"study{k + 2}") for k, sp in enumerate(extra_specs)]
+    extra_files = [write(sp, work / f"study{k + 2}") for k, sp in enumerate(extra_specs)]
     conc_total = sum(p.stat().st_size for fs in extra_files for p in fs)
     conc_n = sum(len(fs) for fs in extra_files)
 
     pdu_extra = ["--max-pdu", str(args.max_pdu)] if args.max_pdu else []
-    dest = StoreSCP(work / "dest", "DEST", extra=pdu_extra).start()
+    dest: Any = (
+        PyStoreSCP(work / "dest").start()
+        if args.dest == "pynetdicom"
+        else StoreSCP(work / "dest", "DEST", extra=pdu_extra).start()
+    )
     DEST_PORT[0] = dest.port
     setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
     setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
@@ -423,6 +493,10 @@ def main() -> None:
                     conc[name].append(wall)
                     print(f"# round {r + 1} {name} x{len(uids)}: {wall:.2f} s", file=sys.stderr)
         rss = {m: peak_rss_mb(p.pid) for m, p in procs.items()}
+        verified = ""
+        if args.dest == "pynetdicom" and "lossless" in proxies:
+            timed_move(proxies["lossless"], dest, spec.study_uid, len(files))
+            verified = verify_bit_exact(dest.received(), files)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -437,7 +511,8 @@ def main() -> None:
     direct = statistics.median(w for w, _ in runs["direct"])
     pdu = f"max PDU {args.max_pdu} on Orthanc and storescp" if args.max_pdu else "tools' default max PDU"
     print(
-        f"\n{args.slices} CT slices, {total / 1e6:.0f} MB files ({pixels / 1e6:.0f} MB raw pixels), "
+        f"\n{args.slices} CT slices ({args.corpus} corpus), {total / 1e6:.0f} MB files "
+        f"({pixels / 1e6:.0f} MB raw pixels), "
         f"median of {args.rounds} alternating rounds, PACS {args.pacs}, {pdu}, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f}\n"
@@ -447,7 +522,7 @@ def main() -> None:
         "| first instance s | proxy peak RSS MB | proxy CPU s | pool CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    labels = {"direct": f"direct {args.pacs} → storescp", "c-move": "proxy, upstream C-MOVE, none"}
+    labels = {"direct": f"direct {args.pacs} → {args.dest}", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     labels["get direct"] = f"cloud C-GET (getscu), direct from {args.pacs}"
     labels["get proxy"] = "cloud C-GET (getscu) through the proxy, upstream C-MOVE, none"
@@ -473,6 +548,9 @@ def main() -> None:
                 f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
                 f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | |"
             )
+
+    if verified:
+        print(f"\nlossless output at the pynetdicom destination: {verified}")
 
 
 if __name__ == "__main__":

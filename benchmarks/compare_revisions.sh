@@ -4,7 +4,9 @@
 #   benchmarks/compare_revisions.sh REV [bench_relay.py args...]      e.g. f67386e --slices 300 --rounds 3
 # The earlier revision runs from a detached worktree (removed afterwards) on this checkout's venv,
 # its own code first on PYTHONPATH. Output: each run's table, labelled, on stdout; each run's progress
-# and errors in $LOGDIR (default /tmp). PASSES=1 for a single A B pass.
+# and errors in $LOGDIR (default /tmp). PASSES=1 for a single A B pass. Both sides get the same pixels:
+# a revision whose bench_relay knows --corpus gets --corpus $CORPUS (default synthetic, what revisions
+# before issue 17 generate); set CORPUS=real only when both revisions know it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: compare_revisions.sh REV [bench_relay args...]}; shift
@@ -18,7 +20,9 @@ for pass in $(seq 1 "${PASSES:-2}"); do
     label=$([ "$tree" = "$here" ] && echo "this checkout ($(git rev-parse --short HEAD))" || echo "$rev")
     echo "## pass $pass: $label — $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
     log="$logdir/compare-$pass-$(basename "$tree").log"
-    if ! (cd "$tree" && PYTHONPATH="$tree" "$here/.venv/bin/python" benchmarks/bench_relay.py "$@" 2>"$log"); then
+    corpus=()
+    if grep -q -- '"--corpus"' "$tree/benchmarks/bench_relay.py"; then corpus=(--corpus "${CORPUS:-synthetic}"); fi
+    if ! (cd "$tree" && PYTHONPATH="$tree" "$here/.venv/bin/python" benchmarks/bench_relay.py "${corpus[@]}" "$@" 2>"$log"); then
       echo "(failed: $(tail -n 3 "$log" | tr '\n' ' '))"
     fi
     echo

@@ -59,6 +59,10 @@ class TlsConfig:
     check_hostname: bool = False
 
 
+#: Most onward associations per job (``onward_associations``): each is one more peer connection and thread.
+MAX_ONWARD = 16
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """This node: the "DICOM 服务地址/端口/标识" handed to the cloud."""
@@ -84,6 +88,9 @@ class ProxyConfig:
     #: A C-MOVE destination that drops mid-study is reconnected (with backoff, Pending responses
     #: going on) for up to this many seconds before its unconfirmed instances count as failed.
     reconnect_window: float = 60.0
+    #: Onward associations a C-MOVE job opens to its destination; instances are spread over them,
+    #: each sent once (issue 17). More than one hides per-instance round trips on a far link.
+    onward_associations: int = 1
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
     #: Inbound DICOM TLS; None = plain TCP.
@@ -187,6 +194,8 @@ class PeerConfig:
     tls: TlsConfig | None = None
     #: Services this peer may request (PS3.4 A, C); others are refused with their DIMSE status.
     services: tuple[str, ...] = SERVICES
+    #: Overrides ``[proxy] onward_associations`` for C-MOVEs to this peer; None = that value.
+    onward_associations: int | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +335,10 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     push: PushConfig = field(default_factory=PushConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+
+    def onward_associations(self, peer: PeerConfig) -> int:
+        """How many onward associations a C-MOVE job opens to ``peer`` (its own key, else ``[proxy]``)."""
+        return peer.onward_associations or self.proxy.onward_associations
 
     def peer(self, ae_title: str) -> PeerConfig | None:
         """The configured peer with this AE title (AE titles compare without padding)."""
@@ -695,6 +708,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         retries=s.integer("retries", d.retries, lo=0, hi=100),
         retry_delay=s.number("retry_delay", d.retry_delay),
         reconnect_window=s.number("reconnect_window", d.reconnect_window),
+        onward_associations=s.integer("onward_associations", d.onward_associations, lo=1, hi=MAX_ONWARD),
         fast_path=s.boolean("fast_path", d.fast_path),
         data_dir=s.string("data_dir", d.data_dir),
         tls=_tls(s, inbound=True),
@@ -779,6 +793,11 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
             name_style=style,
             tls=_tls(s, inbound=False),
             services=s.strings("services", SERVICES),
+            onward_associations=(
+                s.integer("onward_associations", lo=1, hi=MAX_ONWARD)
+                if "onward_associations" in raw
+                else None
+            ),
         )
         bad = [x for x in peer.services if x not in SERVICES]
         if bad:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 extras=""
 peers_args=()
 if [ "${1:-}" = "test" ]; then
-    extras="[test]"
+    extras="[test,bench]"
     peers_args=(--with-databases)
 fi
 

@@ -37,16 +37,20 @@ class StoreSCP:
         self.syntaxes = syntaxes
         self.extra = list(extra)
         self.process: Process | None = None
+        #: Where it is reached, and a command prefix (``ip netns exec NS`` in the link benchmark).
+        self.host = "127.0.0.1"
+        self.prefix: list[str] = []
 
     @property
     def remote(self) -> Remote:
-        return Remote(self.ae_title, "127.0.0.1", self.port)
+        return Remote(self.ae_title, self.host, self.port)
 
     def start(self, timeout: float = 20.0) -> StoreSCP:
         exe = require_tool("storescp")
         self.outdir.mkdir(parents=True, exist_ok=True)
         flag = {"all": ["+xa"], "implicit": ["+xi"], "explicit": []}[self.syntaxes]
         args = [
+            *self.prefix,
             exe,
             "-aet",
             self.ae_title,

@@ -257,6 +257,9 @@ class FakeDestination:
         self.attempts: list[str] = []
         #: (Move Originator AE Title, Move Originator Message ID) of each C-STORE.
         self.originators: list[tuple[str, int | None]] = []
+        #: For each accepted instance, which association (a number per association, from 0) carried it.
+        self.carried_by: list[int] = []
+        self._assoc_ids: dict[int, int] = {}
         self._count = 0
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
@@ -322,6 +325,7 @@ class FakeDestination:
             ds.file_meta = event.file_meta
         with self._lock:
             self.received.append((uid, str(event.context.transfer_syntax)))
+            self.carried_by.append(self._assoc_ids.setdefault(id(event.assoc), len(self._assoc_ids)))
             if ds is not None:
                 self.datasets.append(ds)
         return SUCCESS

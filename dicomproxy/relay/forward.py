@@ -133,7 +133,7 @@ class Forwarder:
         work_dir: Path,
         *,
         originator: tuple[str, int] | None = None,
-        reopen: Callable[[], Link] | None = None,
+        reopen: Callable[..., Link] | None = None,
     ) -> None:
         self.link = link
         self._reopen = reopen
@@ -172,6 +172,22 @@ class Forwarder:
         self.close()
         self._adopt(link)
         return True
+
+    def another(self, acse_timeout: float | None = None) -> Forwarder:
+        """One more onward association to the same destination, with the same contexts and
+        originator (C-MOVE only; raises DestinationUnavailable, status 0xC003). ``acse_timeout``:
+        how long to wait for its A-ASSOCIATE-AC (default ``[proxy] acse_timeout``)."""
+        if self._reopen is None:
+            raise DestinationUnavailable("the requester's own association cannot be duplicated")
+        twin = Forwarder(
+            self._reopen(acse_timeout),
+            self.policy,
+            self.work_dir,
+            originator=self.originator,
+            reopen=self._reopen,
+        )
+        twin.throttle = self.throttle  # push's max_mbps: one cap for all of the job's associations
+        return twin
 
     @property
     def alive(self) -> bool:
@@ -290,7 +306,11 @@ def send_with_retries(
 
 
 def _associate_destination(
-    peer: PeerConfig, proxy: ProxyConfig, contexts: list[PresentationContext], connect_timeout: float
+    peer: PeerConfig,
+    proxy: ProxyConfig,
+    contexts: list[PresentationContext],
+    connect_timeout: float,
+    acse_timeout: float | None = None,
 ) -> Link:
     """An established onward association to ``peer`` (raises DestinationUnavailable, status 0xC003):
     raw sockets on plain TCP with ``[proxy] fast_path``, pynetdicom otherwise (:func:`open_link`)."""
@@ -299,7 +319,7 @@ def _associate_destination(
             proxy.ae_title,
             Remote(peer.ae_title, peer.host, peer.port),
             contexts,
-            timeouts=Timeouts(connect_timeout, proxy.acse_timeout, proxy.dimse_timeout),
+            timeouts=Timeouts(connect_timeout, acse_timeout or proxy.acse_timeout, proxy.dimse_timeout),
             max_pdu=proxy.max_pdu,
             tls=peer.tls,
             fast_path=proxy.fast_path,
@@ -333,7 +353,7 @@ def open_destination(
         policy,
         work_dir,
         originator=originator,
-        reopen=lambda: _associate_destination(peer, proxy, contexts, connect_timeout),
+        reopen=lambda acse=None: _associate_destination(peer, proxy, contexts, connect_timeout, acse),
     )
 
 

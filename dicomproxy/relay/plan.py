@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
@@ -63,6 +64,9 @@ from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.transcode import TranscodePool, policy_for
 
 LOG = logging.getLogger("dicomproxy.relay")
+
+#: Seconds a destination is remembered to open fewer onward associations than configured.
+LANE_HINT_SECONDS = 600.0
 
 #: Shortest gap between two Pending responses sent after sub-operations (seconds).
 PROGRESS_INTERVAL = 0.2
@@ -108,6 +112,9 @@ class RelayService:
         #: Encoder processes shared by every job (issue 5: use the cores); made on first need.
         self._pool: TranscodePool | None = None
         self._pool_lock = threading.Lock()
+        #: Destinations that would not open every onward association asked for (one association
+        #: at a time, or a limit): AE title → (associations they did open, when that was seen).
+        self._lane_hints: dict[str, tuple[int, float]] = {}
         modes = {config.compression.mode, *(p.compression for p in config.peers if p.compression)}
         if modes - {"none"}:
             self._transcode_pool().warm()  # the first job does not wait for the workers to start
@@ -158,7 +165,26 @@ class RelayService:
                 peer, self.config.proxy, contexts, policy, work_dir, (req.calling_ae, req.message_id)
             )
 
-        yield from self._job(job_id, req, opener, is_cancelled, alive)
+        yield from self._job(job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(peer))
+
+    def _lanes_for(self, peer: PeerConfig) -> int:
+        """``onward_associations`` for ``peer``, capped at what it opened recently (LANE_HINT_SECONDS)."""
+        lanes = self.config.onward_associations(peer)
+        hint = self._lane_hints.get(peer.ae_title)
+        if hint is not None and time.monotonic() - hint[1] < LANE_HINT_SECONDS:
+            lanes = min(lanes, hint[0])
+        return lanes
+
+    def _learn_lanes(self, destination: str, asked: int, opened: int) -> None:
+        if opened < asked:
+            LOG.info(
+                "destination %s opened %d of %d onward associations; using %d",
+                destination,
+                opened,
+                asked,
+                opened,
+            )
+            self._lane_hints[destination] = (opened, time.monotonic())
 
     def push(
         self,
@@ -199,7 +225,9 @@ class RelayService:
             forwarder.throttle = throttle
             return forwarder
 
-        yield from self._job(job_id, req, opener, is_cancelled, lambda: True, exclude)
+        yield from self._job(
+            job_id, req, opener, is_cancelled, lambda: True, exclude=exclude, lanes=self._lanes_for(peer)
+        )
 
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
@@ -225,6 +253,7 @@ class RelayService:
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
         exclude: frozenset[str] = frozenset(),
+        lanes: int = 1,
     ) -> Iterator[RetrieveResponse]:
         state = JobState(job_id)
         forwarder: Forwarder | None = None
@@ -307,8 +336,10 @@ class RelayService:
                     self._merge_found,
                 )
                 final, outcome, error = yield from pump.run(
-                    state, spool, forwarder, upstream, is_cancelled, alive
+                    state, spool, forwarder, upstream, is_cancelled, alive, lanes
                 )
+                if pump.lanes_opened is not None:
+                    self._learn_lanes(req.move_destination.strip(), lanes, pump.lanes_opened)
         except DicomServiceError as exc:
             error = str(exc)
             LOG.warning("job %d: %s", job_id, exc)

@@ -12,6 +12,7 @@ responses are optional (PS3.4 C.4.2.1.4): one after a sub-operation at most ever
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator
@@ -27,6 +28,7 @@ from dicomproxy.errors import CannotTranscode
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.relay.forward import MAX_RETRY_DELAY, Forwarder, SendResult, send_with_retries
 from dicomproxy.relay.journal import InstanceRecord, Journal
+from dicomproxy.relay.lanes import Lanes
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.spool import End, Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
@@ -41,6 +43,9 @@ PROGRESS_INTERVAL = 0.2
 
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
+
+#: Longest wait for a lane's result, or for the next instance while lanes are busy (seconds).
+LANE_POLL = 0.01
 
 #: First pause before re-opening a dropped destination; doubles up to forward.MAX_RETRY_DELAY.
 RECONNECT_FIRST_DELAY = 0.5
@@ -89,6 +94,8 @@ class Pump:
         self._drop = drop_pool
         self.pending_interval = pending_interval
         self._merge_found = merge_found
+        #: After a run on several lanes: how many of them got their association (None: one lane).
+        self.lanes_opened: int | None = None
 
     def run(
         self,
@@ -98,6 +105,7 @@ class Pump:
         upstream: Upstream,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
+        lanes: int = 1,
     ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
         """Forward instances as they arrive; returns (final response, outcome, error).
 
@@ -105,7 +113,13 @@ class Pump:
         (at most 2 × workers + 2) and those needing conversion go to the process pool, so the
         cores encode while this thread sends; sending stays in arrival order. ``none`` mode
         sends one instance at a time and converts inline if it must (no pool).
+
+        ``lanes`` > 1 (a C-MOVE destination, ``onward_associations``): the instances are sent
+        on that many associations at once (:class:`~dicomproxy.relay.lanes.Lanes`), in arrival
+        order of hand-out, no longer of completion.
         """
+        if lanes > 1 and forwarder.can_reconnect:
+            return (yield from self._run_lanes(state, spool, forwarder, upstream, is_cancelled, alive, lanes))
         pool = self._pools() if forwarder.policy.mode != "none" else None
         limit = 2 * pool.workers + 2 if pool is not None else 1
         window: deque[_Prepared] = deque()
@@ -186,6 +200,140 @@ class Pump:
         state.count_missing()
         return state.final(pacs_error, dest_error, nothing_sent=nothing_sent)
 
+    def _run_lanes(
+        self,
+        state: JobState,
+        spool: Spool,
+        forwarder: Forwarder,
+        upstream: Upstream,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+        count: int,
+    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
+        """:meth:`run` over ``count`` onward associations: this thread reads the spool, hands the
+        prepared instances out (at most one in flight per live lane), records the results and
+        answers the requester; the lanes send."""
+        pool = self._pools() if forwarder.policy.mode != "none" else None
+        limit = max(2 * pool.workers + 2, count) if pool is not None else count
+        window: deque[_Prepared] = deque()
+        end: End | None = None
+        dest_error = ""
+        stop_reason: tuple[JobOutcome, str] | None = None
+        recorded = False  # results recorded since the last Pending response
+        last_progress = 0.0
+        last_yield = time.monotonic()
+        lanes: Lanes[_Prepared] = Lanes(
+            forwarder,
+            count,
+            lambda fw, prepared: self._send(state, fw, prepared),
+            lambda fw, stop: self._reopen_quietly(state, fw, stop),
+            lambda prepared: _Prepared(prepared.item),
+            self.config.proxy.retries,
+            f"job {state.job_id}",
+        )
+        try:
+            while True:
+                self._merge_found(state, 0.0)
+                if is_cancelled():
+                    stop_reason = (JobOutcome.CANCELLED, "cancelled by the requester")
+                    break
+                if not alive():
+                    stop_reason = (JobOutcome.ABORTED, "requester went away")
+                    break
+                for prepared, res in lanes.take(0):
+                    self._record(state, prepared.item, res)
+                    recorded = True
+                if lanes.up == 0:
+                    dest_error = "destination aborted the association"
+                    upstream.stop()
+                    break
+                while end is None and len(window) < limit:  # what already arrived
+                    nxt = spool.poll()
+                    if nxt is None:
+                        break
+                    if isinstance(nxt, End):
+                        end = nxt
+                        break
+                    window.append(self._prepare(forwarder, nxt, pool is not None))
+                while window and lanes.free and (window[0].future is None or window[0].future.done()):
+                    lanes.submit(window.popleft())
+                now = time.monotonic()
+                if state.counted and (
+                    (
+                        recorded
+                        and (
+                            now - last_progress >= PROGRESS_INTERVAL
+                            or len(state.processed) == 1
+                            or not state.remaining
+                        )
+                    )
+                    or now - last_yield >= self.pending_interval
+                ):
+                    recorded = False
+                    last_progress = last_yield = now
+                    yield state.response(Status.PENDING)
+                    continue
+                if end is not None and not window and lanes.in_flight == 0:
+                    break
+                # Wait for what can move the job on: an instance for a free lane, a conversion, a result.
+                if window and lanes.free and window[0].future is not None:
+                    wait_futures([window[0].future], timeout=LOOKAHEAD_POLL)
+                elif not window and lanes.free and end is None:
+                    item = spool.get(timeout=LANE_POLL if lanes.in_flight else LOOKAHEAD_POLL)
+                    if isinstance(item, End):
+                        end = item
+                    elif item is not None:
+                        window.append(self._prepare(forwarder, item, pool is not None))
+                else:
+                    for prepared, res in lanes.take(LANE_POLL):
+                        self._record(state, prepared.item, res)
+                        recorded = True
+        finally:
+            if stop_reason is not None or dest_error:
+                upstream.stop()
+            wait = 2.0 if stop_reason is not None else self.config.proxy.dimse_timeout
+            late, left = lanes.close(wait)
+            for prepared, res in late:  # sent before the lanes stopped: counted like the others
+                self._record(state, prepared.item, res)
+            for prepared in [*left, *window]:
+                prepared.discard()
+            forwarder.bytes_out += lanes.bytes_out
+            self.lanes_opened = count - lanes.unopened
+        if stop_reason is not None:
+            return state.response(Status.CANCEL), *stop_reason
+        if lanes.up == 0 and not dest_error:  # the last results were the lanes' last words
+            dest_error = "destination aborted the association"
+        pacs_error = end.error if end is not None else None
+        nothing_sent = not state.processed
+        self._merge_found(state, max(a.dimse_timeout for a in self.config.all_archives))
+        state.count_missing()
+        return state.final(pacs_error, dest_error, nothing_sent=nothing_sent)
+
+    def _reopen_quietly(self, state: JobState, forwarder: Forwarder, stop: threading.Event) -> bool:
+        """A lane's :meth:`_reconnect`: the same backoff and window, without Pending responses
+        (the pump's thread keeps answering the requester). True when the association is back."""
+        window = self.config.proxy.reconnect_window
+        if window <= 0:
+            return False
+        started = time.monotonic()
+        deadline = started + window
+        delay = RECONNECT_FIRST_DELAY
+        LOG.warning(
+            "job %d: an onward association was lost; reconnecting for up to %.0f s", state.job_id, window
+        )
+        while not stop.is_set():
+            if forwarder.reconnect():
+                LOG.info(
+                    "job %d: onward association back after %.1f s", state.job_id, time.monotonic() - started
+                )
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            stop.wait(min(delay, deadline - now))
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+        return False
+
     def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
         """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
         header is read there, not on this thread); no accepted context: fail it here."""
@@ -247,6 +395,14 @@ class Pump:
     def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> SendResult | None:
         """Send one instance and record its outcome; None when the destination association was
         lost and may be re-opened (nothing recorded: the pump reconnects and sends it again)."""
+        res = self._send(state, forwarder, prepared)
+        if res is not None:
+            self._record(state, prepared.item, res)
+        return res
+
+    def _send(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> SendResult | None:
+        """Send one instance (nothing recorded); None as in :meth:`_forward_one`. Safe on a lane
+        thread: it touches only ``forwarder`` and the instance's own files."""
         item = prepared.item
         proxy = self.config.proxy
         label = f"job {state.job_id}"
@@ -293,7 +449,6 @@ class Pump:
                 prepared.tmp.unlink(missing_ok=True)
         if defer and res.status is None and not forwarder.alive:
             return None
-        self._record(state, item, res)
         return res
 
     def _record(self, state: JobState, item: SpooledInstance, res: SendResult) -> None:
