@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,17 @@ job_expected = Table(
     Column("sop_class_uid", String(64), nullable=False, default=""),
 )
 
+#: Which node runs each job (several proxies may share one journal database, docs/push.md): a job
+#: left ``running`` is marked interrupted only by its own node's next start, never by another
+#: node's (whose job may still be running). A table of its own, so that an existing journal gets it
+#: from ``create_all`` without a migration; jobs without a row (older journals) count as everyone's.
+job_nodes = Table(
+    "job_nodes",
+    METADATA,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True, autoincrement=False),
+    Column("node", String(255), nullable=False),
+)
+
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
 
@@ -126,7 +138,9 @@ class JobView:
 class Journal:
     """Write and read job records."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node: str = "") -> None:
+        #: This process's node: the host and its data directory (the spool is local to both).
+        self.node = (node or socket.gethostname())[:255]
         self.engine: Engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
@@ -135,10 +149,11 @@ class Journal:
 
     @classmethod
     def for_config(cls, journal_url: str, data_path: Path) -> Journal:
+        node = f"{socket.gethostname()}:{data_path.resolve()}"
         if journal_url:
-            return cls(journal_url)
+            return cls(journal_url, node)
         data_path.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_path / 'journal.db'}")
+        return cls(f"sqlite:///{data_path / 'journal.db'}", node)
 
     def start(self, kind: JobKind, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
         with self.engine.begin() as conn:
@@ -152,7 +167,9 @@ class Journal:
                     started=_now(),
                 )
             )
-            return int(res.inserted_primary_key[0])  # type: ignore[index]
+            job_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            conn.execute(insert(job_nodes).values(job_id=job_id, node=self.node))
+            return job_id
 
     def update(self, job_id: int, **values: Any) -> None:
         if "outcome" in values:  # stored as its text
@@ -234,13 +251,18 @@ class Journal:
             return len(conn.execute(q).all())
 
     def mark_interrupted(self) -> list[int]:
-        """Jobs still ``running`` or being retried (the process died under them) become
-        ``interrupted``; their IDs."""
+        """This node's jobs still ``running`` or being retried (the process died under them)
+        become ``interrupted``; their IDs. Another node's running jobs are left alone."""
+        mine = select(job_nodes.c.job_id).where(job_nodes.c.node == self.node)
+        anyones = select(job_nodes.c.job_id)
         with self.engine.begin() as conn:
             ids = [
                 int(r[0])
                 for r in conn.execute(
-                    select(jobs.c.id).where(jobs.c.outcome.in_((JobOutcome.RUNNING.value, RETRYING)))
+                    select(jobs.c.id).where(
+                        jobs.c.outcome.in_((JobOutcome.RUNNING.value, RETRYING)),
+                        jobs.c.id.in_(mine) | jobs.c.id.not_in(anyones),
+                    )
                 )
             ]
             if ids:
@@ -281,8 +303,14 @@ class Journal:
                     .values(outcome=RETRYING)
                 )
                 if res.rowcount:
+                    self._own(conn, int(job_id))
                     return int(job_id)
         return None
+
+    def _own(self, conn: Any, job_id: int) -> None:
+        """This node runs ``job_id`` now (a retry may run on another node than the first attempt)."""
+        conn.execute(job_nodes.delete().where(job_nodes.c.job_id == job_id))
+        conn.execute(insert(job_nodes).values(job_id=job_id, node=self.node))
 
     def interrupted_since(self, cutoff: dt.datetime) -> list[int]:
         """C-MOVE jobs left ``interrupted`` that started at or after ``cutoff`` (UTC)."""
