@@ -274,7 +274,7 @@ def find(
 def jobs(ctx: click.Context, config_path: Path, limit: int) -> None:
     """Recent C-MOVE/C-GET jobs from the journal (``jobs show ID`` for one)."""
     # The config is read by whoever needs it, so that `jobs retry --help` works without one.
-    ctx.obj = _JobsContext(config_path)
+    ctx.obj = JournalContext(config_path)
     if ctx.invoked_subcommand is not None:
         return
     click.echo(
@@ -294,7 +294,7 @@ def jobs(ctx: click.Context, config_path: Path, limit: int) -> None:
 @click.argument("job_id", type=int)
 @click.option("--all", "all_instances", is_flag=True, help="List every instance, not only the failed ones.")
 @click.pass_obj
-def jobs_show(obj: _JobsContext, job_id: int, all_instances: bool) -> None:
+def jobs_show(obj: JournalContext, job_id: int, all_instances: bool) -> None:
     """One job with its failed (or, with --all, every) instance."""
     view = obj.journal.get(job_id, all_instances=all_instances)
     if view is None:
@@ -325,7 +325,7 @@ def jobs_show(obj: _JobsContext, job_id: int, all_instances: bool) -> None:
 )
 @verbose_option
 @click.pass_obj
-def jobs_retry(obj: _JobsContext, job_id: int, wait_s: float, verbose: bool) -> None:
+def jobs_retry(obj: JournalContext, job_id: int, wait_s: float, verbose: bool) -> None:
     """Resend the instances of a C-MOVE job the destination has not confirmed.
 
     From the spool when the files are still there, else fetched again at IMAGE level from the
@@ -439,7 +439,7 @@ def audit_cmd(
 
     Times are printed in UTC; --since/--until are read as this machine's local time.
     """
-    ctx.obj = _JobsContext(config_path)
+    ctx.obj = JournalContext(config_path)
     if ctx.invoked_subcommand is not None:
         return
     from dicomproxy.audit.trail import AuditTrail, export_rows
@@ -467,12 +467,12 @@ def audit_cmd(
     help="TOML configuration file (also accepted before `verify`).",
 )
 @click.pass_obj
-def audit_verify(obj: _JobsContext, config_path: Path | None) -> None:
+def audit_verify(obj: JournalContext, config_path: Path | None) -> None:
     """Recompute the hash chain; exit 1 naming the first row that was edited, removed or added."""
     from dicomproxy.audit.trail import AuditTrail
 
     if config_path is not None:
-        obj = _JobsContext(config_path)
+        obj = JournalContext(config_path)
 
     result = AuditTrail(obj.journal.engine).verify()
     if result.ok:
@@ -488,8 +488,8 @@ def audit_verify(obj: _JobsContext, config_path: Path | None) -> None:
     sys.exit(1)
 
 
-class _JobsContext:
-    """The ``jobs`` group's config and journal, opened on first use."""
+class JournalContext:
+    """A command group's config and journal, opened on first use (``jobs``, ``audit``, ``push``)."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path

@@ -10,34 +10,33 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dicomproxy.config import Config
 from dicomproxy.push.queue import PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
-from dicomproxy.relay.journal import Journal
+
+if TYPE_CHECKING:
+    from dicomproxy.cli import JournalContext
 
 
 class _PushContext:
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
+    """The ``push`` group's config, journal (:class:`~dicomproxy.cli.JournalContext`) and queue."""
+
+    def __init__(self, base: JournalContext) -> None:
+        self._base = base
         self._queue: PushQueue | None = None
-        self._config: Config | None = None
 
     @property
     def config(self) -> Config:
-        if self._config is None:
-            from dicomproxy.cli import load_or_exit  # one line and exit 2 on a config error
-
-            self._config = load_or_exit(self.config_path)
-        return self._config
+        return self._base.config
 
     @property
     def queue(self) -> PushQueue:
         if self._queue is None:
-            journal = Journal.for_config(self.config.journal.url, self.config.data_path)
-            self._queue = PushQueue(journal.engine, "cli")
+            self._queue = PushQueue(self._base.journal.engine, "cli")
         return self._queue
 
     def destination(self, ae: str | None) -> str | None:
@@ -53,7 +52,9 @@ class _PushContext:
 @click.pass_context
 def push_group(ctx: click.Context, config_path: Path) -> None:
     """Push mode's queue: status, pause/resume, retry, requeue (docs/push.md)."""
-    ctx.obj = _PushContext(config_path)
+    from dicomproxy.cli import JournalContext  # dicomproxy.cli registers this group: import at call time
+
+    ctx.obj = _PushContext(JournalContext(config_path))
 
 
 @push_group.command("status")
