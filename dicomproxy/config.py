@@ -305,9 +305,13 @@ class PushConfig:
 
 @dataclass(frozen=True)
 class ReportsConfig:
-    """Order and report files (OrderFilePath / ReportFilePath) delivered with pushed studies."""
+    """Order and report files (OrderFilePath / ReportFilePath) as DICOM objects of their study:
+    delivered with pushed studies and, with ``in_retrieve``, offered to C-FIND/C-MOVE/C-GET."""
 
     enabled: bool = True
+    #: Also in C-MOVE/C-GET answers (one sub-operation per file) and in C-FIND (the series of
+    #: each file; counted in Number of Study Related Series/Instances).
+    in_retrieve: bool = False
     #: Seconds to fetch one file (http/https/ftp).
     timeout: float = 30.0
     #: Larger files are refused (MiB).
@@ -316,6 +320,11 @@ class ReportsConfig:
     max_attempts: int = 10
     #: UNC share prefix → the folder it is mounted on, e.g. {"\\\\ris\\reports" = "/mnt/reports"}.
     shares: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def retrievable(self) -> bool:
+        """Whether C-FIND/C-MOVE/C-GET offer the files (``in_retrieve``, and files not turned off)."""
+        return self.enabled and self.in_retrieve
 
 
 @dataclass(frozen=True)
@@ -648,6 +657,7 @@ def _reports(s: _Section) -> ReportsConfig:
         raise s.error("shares", "must be a table of UNC prefix = mounted folder")
     reports = ReportsConfig(
         enabled=s.boolean("enabled", d.enabled),
+        in_retrieve=s.boolean("in_retrieve", d.in_retrieve),
         timeout=s.number("timeout", d.timeout, lo=0.1),
         max_mb=s.number("max_mb", d.max_mb, lo=0.001),
         max_attempts=s.integer("max_attempts", d.max_attempts, lo=1),

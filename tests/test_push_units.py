@@ -17,16 +17,9 @@ from dicomproxy.config import ReportsConfig, parse_config
 from dicomproxy.errors import ConfigError
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import PushQueue, push_queue, utcnow
-from dicomproxy.push.reports import (
-    ENCAPSULATED_PDF,
-    SECONDARY_CAPTURE,
-    ReportUnavailable,
-    build,
-    fetch,
-    jpeg_frame,
-    local_path,
-)
 from dicomproxy.relay.journal import Journal
+from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE, build, jpeg_frame, series_uid
+from dicomproxy.reports.fetch import ReportUnavailable, fetch, local_path
 from testkit.samples import StudySpec, exam_row
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
 from tests.conftest import _need, base_config_dict
@@ -109,7 +102,7 @@ def _dciodvfy(path: Path) -> str:
 @pytest.mark.parametrize("kind", ["pdf", "jpeg"])
 def test_report_objects_are_valid_iods(kind: str, tmp_path: Path) -> None:
     data = PDF if kind == "pdf" else jpeg_baseline_rgb(colour_frame(48, 64, 0.5, (1, 2), (1.0, 0.9, 0.8)))
-    obj = build(SPEC.study_uid, "report", data, exam_row(SPEC), "ideographic")
+    obj = build(SPEC.study_uid, "report", data, [exam_row(SPEC)], "ideographic")
     path = tmp_path / "r.dcm"
     dcmwrite(path, obj.dataset, enforce_file_format=True)
     report = _dciodvfy(path)
@@ -123,12 +116,22 @@ def test_report_objects_are_valid_iods(kind: str, tmp_path: Path) -> None:
         assert (ds.Rows, ds.Columns, ds.SamplesPerPixel) == (48, 64, 3)
         assert ds.pixel_array.shape == (48, 64, 3)  # the bitstream decodes as declared
     # deterministic: the same file again is the same instance; another file is another one
-    again = build(SPEC.study_uid, "report", data, exam_row(SPEC), "ideographic")
-    other = build(SPEC.study_uid, "report", data + b"\n", exam_row(SPEC), "ideographic")
-    order = build(SPEC.study_uid, "order", data, exam_row(SPEC), "ideographic")
+    again = build(SPEC.study_uid, "report", data, [exam_row(SPEC)], "ideographic")
+    other = build(SPEC.study_uid, "report", data + b"\n", [exam_row(SPEC)], "ideographic")
+    order = build(SPEC.study_uid, "order", data, [exam_row(SPEC)], "ideographic")
     assert again.sop_instance_uid == obj.sop_instance_uid
     assert len({obj.sop_instance_uid, other.sop_instance_uid, order.sop_instance_uid}) == 3
-    assert again.dataset.SeriesInstanceUID == order.dataset.SeriesInstanceUID
+    # one series per role (one Modality per series), named before any file is read
+    assert (
+        again.dataset.SeriesInstanceUID
+        == obj.dataset.SeriesInstanceUID
+        == series_uid(SPEC.study_uid, "report")
+    )
+    assert (
+        order.dataset.SeriesInstanceUID
+        == series_uid(SPEC.study_uid, "order")
+        != obj.dataset.SeriesInstanceUID
+    )
 
 
 @pytest.mark.parametrize(
@@ -139,7 +142,7 @@ def test_other_files_are_refused_with_a_reason(data: bytes) -> None:
     with pytest.raises(ReportUnavailable):
         if data[:3] == b"\xff\xd8\xff":
             jpeg_frame(data)
-        build(SPEC.study_uid, "report", data, exam_row(SPEC), "ideographic")
+        build(SPEC.study_uid, "report", data, [exam_row(SPEC)], "ideographic")
 
 
 def test_fetch_local_unc_and_limits(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ Threads (daemons, stopped by :meth:`PushService.stop`):
 - ``push-worker-N`` (``max_concurrent``): claim a due item, deliver it, record the result. A
   delivery is the relay's own job (:meth:`RelayService.push`: PACS → spool → pump → onward
   C-STORE with the destination peer's compression, journalled as a ``push`` job), then the
-  order/report files (:mod:`dicomproxy.push.reports`) on an association of their own;
+  order/report files (:mod:`dicomproxy.reports`) on an association of their own;
 - ``push-lease``: renews this node's leases every ``lease / 3`` seconds.
 
 Waiting is always on an event with a timeout (no busy loop): workers sleep outside the off-peak
@@ -50,11 +50,13 @@ from dicomproxy.push.queue import (
     PushQueue,
     utcnow,
 )
-from dicomproxy.push.reports import ROLES, ReportObject, ReportUnavailable, build, fetch
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
 from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.spool import SpooledInstance
+from dicomproxy.reports.encode import ReportObject
+from dicomproxy.reports.fetch import ReportUnavailable
+from dicomproxy.reports.study import study_files
 from dicomproxy.status import JobOutcome, Status
 from dicomproxy.transcode import policy_for
 from dicomproxy.view.service import name_style_for
@@ -416,19 +418,17 @@ class PushService:
         if not self.config.reports.enabled or job_id is None or not item.files:
             return "none", True
         row = self._view_row(item.examine_id)
-        wanted = [(col, role) for col, role in ROLES.items() if row and str(row.get(col) or "").strip()]
-        if row is None or not wanted:
+        files = study_files(item.study_uid, [row]) if row is not None else []
+        if not files:
             return "none", True
         style = name_style_for(self.config, item.destination)
         objects: list[ReportObject] = []
         missing = 0
-        for col, role in wanted:
+        for file in files:
             try:
-                objects.append(
-                    build(item.study_uid, role, fetch(str(row[col]), self.config.reports), row, style)
-                )
+                objects.append(file.make(self.config.reports, style))
             except ReportUnavailable as exc:
-                LOG.warning("push item %d: %s file not available: %s", item.id, role, exc)
+                LOG.warning("push item %d: %s file not available: %s", item.id, file.role, exc)
                 missing += 1
         confirmed = self.queue.confirmed(item.id, item.generation)
         todo = [o for o in objects if o.sop_instance_uid not in confirmed]

@@ -41,6 +41,10 @@ class JobState:
     announced: int = 0
     #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
     finder: Finder | None = None
+    #: Order/report objects announced (``[reports] in_retrieve``) not yet sent or failed.
+    extras: int = 0
+    #: SOP Instance UIDs of the order/report objects processed (not the PACS's instances).
+    extra_uids: set[str] = field(default_factory=set)
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.monotonic())
@@ -64,8 +68,8 @@ class JobState:
     @property
     def remaining(self) -> int:
         if not self.expected and self.announced:  # list not known (yet): count from the announced total
-            return max(0, self.announced - len(self.processed))
-        return max(0, len(self.expected) - len(self.processed & self.expected.keys()))
+            return max(0, self.announced - len(self.processed - self.extra_uids)) + self.extras
+        return max(0, len(self.expected) - len(self.processed & self.expected.keys())) + self.extras
 
     def response(self, status: int, comment: str = "") -> RetrieveResponse:
         return RetrieveResponse(
@@ -94,10 +98,25 @@ class JobState:
             self.failed_uids.append(record.sop_instance_uid)
             record.state = "failed"
 
+    def count_extra(self, record: InstanceRecord, category: str) -> None:
+        """One order/report object sent (:meth:`count` for an object the PACS does not hold)."""
+        self.extras -= 1
+        self.extra_uids.add(record.sop_instance_uid)
+        self.count(record, category)
+
+    def count_unavailable(self) -> None:
+        """An announced order/report file that could not be fetched: a failed sub-operation
+        without a SOP Instance UID (it depends on the bytes never read)."""
+        self.extras -= 1
+        self.failed += 1
+
     def count_missing(self) -> None:
         """Announced instances that never arrived (or could not be sent) are failed sub-operations."""
-        if not self.expected and self.announced > len(self.processed):
-            self.failed += self.announced - len(self.processed)  # list unknown: no UIDs to name
+        self.failed += self.extras  # order/report objects never sent (the job stopped first)
+        self.extras = 0
+        pacs_done = len(self.processed - self.extra_uids)
+        if not self.expected and self.announced > pacs_done:
+            self.failed += self.announced - pacs_done  # list unknown: no UIDs to name
             return
         for uid, ref in self.expected.items():
             if uid not in self.processed:

@@ -56,12 +56,15 @@ from dicomproxy.relay.forward import (
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.pump import Pump
+from dicomproxy.relay.reports import ReportFetch, plan_reports
 from dicomproxy.relay.request import RetrieveRequest, StudyResolver, parse_keys
 from dicomproxy.relay.spool import Spool
 from dicomproxy.relay.store import ReceiveRegistry
 from dicomproxy.relay.upstream import Finder, Upstream
+from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.transcode import TranscodePool, policy_for
+from dicomproxy.view.service import name_style_for
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -259,6 +262,7 @@ class RelayService:
         forwarder: Forwarder | None = None
         spool: Spool | None = None
         upstream: Upstream | None = None
+        reports: ReportFetch | None = None
         final = RetrieveResponse(Status.SUCCESS)
         error = ""
         outcome = JobOutcome.FAILED
@@ -266,9 +270,17 @@ class RelayService:
             if self.resolver is None:
                 raise UnableToProcess("exam view not configured: nothing can be resolved")
             level, routed = parse_keys(req.identifier, self.resolver)
+            study_uids = [key.study_uid for key, _ in routed]
+            self.journal.update(job_id, level=level, study_uids=study_uids)
+            events.publish(events.JobResolved(job_id, level, tuple(study_uids)))
+            rows_of = getattr(self.resolver, "study_rows", None)  # the exam view (not a test's stub)
+            if self.config.reports.retrievable and rows_of is not None and not exclude:
+                style = name_style_for(self.config, req.move_destination or req.calling_ae)
+                routed, work = plan_reports(routed, rows_of, self.config.reports, style)
+                if work:
+                    reports = ReportFetch(work, self.config.reports, style)  # fetching starts now
+                    state.extras = len(reports)
             keys = [key for key, _ in routed]
-            self.journal.update(job_id, level=level, study_uids=[k.study_uid for k in keys])
-            events.publish(events.JobResolved(job_id, level, tuple(k.study_uid for k in keys)))
             clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
             plan: list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]] = []
@@ -280,7 +292,7 @@ class RelayService:
                 state.announced, n, sop_classes = summary.count, summary.count, summary.sop_classes
                 state.finder = Finder(clients[0], keys[0])
                 if n:
-                    self.journal.update(job_id, expected=n)
+                    self.journal.update(job_id, expected=n + state.extras)
             else:
                 for client, key in zip(clients, keys, strict=True):
                     client, refs = self._find_with_fallback(job_id, client, key)
@@ -295,7 +307,9 @@ class RelayService:
                     self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c, _, _ in plan)))
                 n = len(state.expected)
                 sop_classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
-                self.journal.update(job_id, expected=n)
+                if n == 0:
+                    plan = []  # only order/report objects (if any): nothing to ask the PACS for
+                self.journal.update(job_id, expected=n + state.extras)
                 # Durable before anything is fetched: `jobs retry` resends what of this was not confirmed.
                 self.journal.add_expected(job_id, [asdict(ref) for ref in state.expected.values()])
             state.mark("found")
@@ -305,23 +319,26 @@ class RelayService:
                 how = " announced by the PACS, listing them meanwhile"
             else:
                 how = " (the PACS announces no count), listing them meanwhile"
+            if state.extras:
+                how += f", {state.extras} order/report object(s)"
             LOG.info(
                 "job %d: %s by %s, %d stud(ies), %s instance(s)%s",
                 job_id,
                 req.kind,
                 req.calling_ae,
-                len(keys),
+                len(study_uids),
                 n if state.counted else "?",
                 how,
             )
-            if n > MAX_SUBOPERATIONS:
-                raise TooManySubOperations(f"{n} instances: more than 65535 sub-operations")
-            if n == 0 and state.counted:
+            if n + state.extras > MAX_SUBOPERATIONS:
+                raise TooManySubOperations(f"{n + state.extras} instances: more than 65535 sub-operations")
+            if n + state.extras == 0 and state.counted:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
                 final, outcome = state.response(Status.SUCCESS), JobOutcome.EMPTY
             else:
                 spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
-                forwarder = opener(state, sop_classes, spool.dir)
+                onward = sorted({*sop_classes, *REPORT_SOP_CLASSES}) if reports else sop_classes
+                forwarder = opener(state, onward, spool.dir)
                 state.mark("destination")
                 if state.counted:
                     yield state.response(Status.PENDING)
@@ -334,10 +351,13 @@ class RelayService:
                     self._drop_pool,
                     self.pending_interval,
                     self._merge_found,
+                    reports,
                 )
                 final, outcome, error = yield from pump.run(
                     state, spool, forwarder, upstream, is_cancelled, alive, lanes
                 )
+                if reports is not None and reports.errors and not error:
+                    error = "; ".join(reports.errors)
                 if pump.lanes_opened is not None:
                     self._learn_lanes(req.move_destination.strip(), lanes, pump.lanes_opened)
         except DicomServiceError as exc:
@@ -358,6 +378,8 @@ class RelayService:
             error = f"internal error: {exc}"
             final = state.response(Status.UNABLE_TO_PROCESS, "internal error in the relay")
         finally:
+            if reports is not None:
+                reports.close()
             if upstream is not None:
                 if (
                     outcome in (JobOutcome.SUCCESS, JobOutcome.PARTIAL)

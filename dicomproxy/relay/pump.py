@@ -17,9 +17,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dicomproxy import events
@@ -30,8 +31,10 @@ from dicomproxy.relay.forward import MAX_RETRY_DELAY, Forwarder, SendResult, sen
 from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.lanes import Lanes
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.reports import ReportFetch
 from dicomproxy.relay.spool import End, Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
+from dicomproxy.reports.fetch import ReportUnavailable
 from dicomproxy.status import JobOutcome, Status
 from dicomproxy.transcode import TranscodePool, TranscodeResult
 from dicomproxy.transcode.codec import ConversionFailed
@@ -87,6 +90,7 @@ class Pump:
         drop_pool: Callable[[TranscodePool], None],
         pending_interval: float,
         merge_found: Callable[[JobState, float], None],
+        reports: ReportFetch | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -94,6 +98,8 @@ class Pump:
         self._drop = drop_pool
         self.pending_interval = pending_interval
         self._merge_found = merge_found
+        #: The job's order/report objects, sent after the PACS's instances (``in_retrieve``).
+        self.reports = reports
         #: After a run on several lanes: how many of them got their association (None: one lane).
         self.lanes_opened: int | None = None
 
@@ -194,11 +200,7 @@ class Pump:
         finally:
             for left in window:
                 left.discard()
-        pacs_error = end.error if end is not None else None
-        nothing_sent = not state.processed
-        self._merge_found(state, max(a.dimse_timeout for a in self.config.all_archives))
-        state.count_missing()
-        return state.final(pacs_error, dest_error, nothing_sent=nothing_sent)
+        return (yield from self._finish(state, spool, forwarder, end, dest_error, is_cancelled, alive))
 
     def _run_lanes(
         self,
@@ -303,11 +305,80 @@ class Pump:
             return state.response(Status.CANCEL), *stop_reason
         if lanes.up == 0 and not dest_error:  # the last results were the lanes' last words
             dest_error = "destination aborted the association"
+        return (yield from self._finish(state, spool, forwarder, end, dest_error, is_cancelled, alive))
+
+    def _finish(
+        self,
+        state: JobState,
+        spool: Spool,
+        forwarder: Forwarder,
+        end: End | None,
+        dest_error: str,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
+        """After the PACS's last instance: the instance list merged, the order/report objects
+        sent, every announced instance counted; the final response."""
         pacs_error = end.error if end is not None else None
         nothing_sent = not state.processed
         self._merge_found(state, max(a.dimse_timeout for a in self.config.all_archives))
+        # Not after a PACS that failed before sending anything: its status is the job's answer.
+        sends_reports = not dest_error and not (pacs_error is not None and nothing_sent)
+        if (
+            self.reports is not None
+            and sends_reports
+            and not (yield from self._send_reports(state, spool, forwarder, is_cancelled, alive))
+        ):
+            if is_cancelled():
+                return state.response(Status.CANCEL), JobOutcome.CANCELLED, "cancelled by the requester"
+            return state.response(Status.CANCEL), JobOutcome.ABORTED, "requester went away"
+        nothing_sent = not state.processed  # (order/report objects sent count as something)
         state.count_missing()
         return state.final(pacs_error, dest_error, nothing_sent=nothing_sent)
+
+    def _send_reports(
+        self,
+        state: JobState,
+        spool: Spool,
+        forwarder: Forwarder,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Generator[RetrieveResponse, None, bool]:
+        """The job's order/report objects (:mod:`dicomproxy.relay.reports`), one sub-operation
+        each, on the association the instances went on; Pending responses go on while a file
+        is still being fetched. False when the requester cancelled or went away meanwhile."""
+        fetch = self.reports
+        assert fetch is not None
+        for index, future in enumerate(fetch.futures):
+            obj = None
+            while True:
+                if is_cancelled() or not alive():
+                    return False
+                try:
+                    obj = future.result(timeout=self.pending_interval)
+                except FutureTimeout:
+                    if state.counted:
+                        yield state.response(Status.PENDING)  # the requester's DIMSE timer
+                    continue
+                except Exception as exc:  # ReportUnavailable, or an encoder bug: this file's failure
+                    reason = exc if isinstance(exc, ReportUnavailable) else ReportUnavailable(repr(exc))
+                    fetch.unavailable(index, reason)
+                    LOG.warning("job %d: %s", state.job_id, fetch.errors[-1])
+                    state.count_unavailable()
+                break
+            if obj is None:
+                continue
+            item, ref = fetch.spooled(obj, spool)
+            self.journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
+            if not forwarder.alive and forwarder.can_reconnect:
+                forwarder.reconnect()
+            res = self._send(state, forwarder, _Prepared(item))
+            self._record(
+                state, item, res or SendResult(None, error="destination association lost"), extra=True
+            )
+            if state.counted:
+                yield state.response(Status.PENDING)
+        return True
 
     def _reopen_quietly(self, state: JobState, forwarder: Forwarder, stop: threading.Event) -> bool:
         """A lane's :meth:`_reconnect`: the same backoff and window, without Pending responses
@@ -451,13 +522,14 @@ class Pump:
             return None
         return res
 
-    def _record(self, state: JobState, item: SpooledInstance, res: SendResult) -> None:
-        """Count one sub-operation and journal it; the spool file goes once the destination confirmed."""
+    def _record(self, state: JobState, item: SpooledInstance, res: SendResult, extra: bool = False) -> None:
+        """Count one sub-operation and journal it; the spool file goes once the destination confirmed.
+        ``extra``: an order/report object (:meth:`JobState.count_extra`)."""
         uid = item.sop_instance_uid
         record = InstanceRecord(
             uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
         )
-        state.count(record, res.category)
+        (state.count_extra if extra else state.count)(record, res.category)
         # Journal first, then drop the file: a crash between the two leaves a file that
         # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
         self.journal.add_instances(state.job_id, [record])

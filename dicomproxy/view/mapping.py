@@ -102,6 +102,25 @@ def person_name(chinese: str | None, style: NameStyle) -> str:
     return f"={text}"
 
 
+#: View column → the role of the file it names (order and report objects, :mod:`dicomproxy.reports`).
+FILE_COLUMNS = {"OrderFilePath": "order", "ReportFilePath": "report"}
+#: Key of a STUDY-level answer's :func:`file_locations` (not a DICOM keyword: never sent).
+FILES_KEY = "_files"
+
+
+def file_locations(rows: Sequence[Row]) -> dict[str, str]:
+    """Role → where the view says the file is (the first non-blank value among merged rows,
+    as for every other single-valued attribute); roles without a file are left out."""
+    found: dict[str, str] = {}
+    for column, role in FILE_COLUMNS.items():
+        for row in rows:
+            value = str(row.get(column) or "").strip()
+            if value:
+                found[role] = value
+                break
+    return found
+
+
 def first(rows: Sequence[Row], key: str) -> Any:
     """The first non-empty value of ``key`` among merged rows."""
     for row in rows:

@@ -394,6 +394,8 @@ FIND_COLUMNS = (
     "HospitalName",
     "StudyInstanceUID",
     "RowTimestamp",
+    "OrderFilePath",
+    "ReportFilePath",
 )
 
 

@@ -228,6 +228,22 @@ class ExamView:
                 return str(row["ExamineID"]), uids[0]
         return None
 
+    def study_rows(self, study_uids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every column of the visible rows holding each of ``study_uids`` (in ExamineID order,
+        the order C-FIND merges them in): the order/report files and the patient and study
+        attributes their DICOM objects carry. Unknown or invisible UIDs are left out."""
+        wanted = dedupe(u.strip() for u in study_uids if is_valid_uid(u.strip()))
+        found: dict[str, list[dict[str, Any]]] = {}
+        wheres = (self.uid_predicates(wanted) or []) if wanted else []
+        for where in wheres:
+            stmt = select(self.table).where(self.visible(), where).order_by(self.table.c.ExamineID)
+            for row in self.stream(stmt):
+                if self.is_visible(row):
+                    for uid in split_uid_cell(row["StudyInstanceUID"]):
+                        if uid in wanted:
+                            found.setdefault(uid, []).append(row)
+        return found
+
     # --- the relay's entry point ----------------------------------------------------------------
 
     def resolve_study_uids(

@@ -1,27 +1,23 @@
 """Order and report files (the view's OrderFilePath / ReportFilePath) as DICOM objects of the study.
 
-- **Fetch** (:func:`fetch`): ``http://``/``https://`` and ``ftp://`` URLs (urllib), ``file://``
-  URLs and local paths; a UNC path (``\\\\ris\\reports\\a.pdf``) is read from where the share is
-  mounted (``[reports] shares``). Size-capped; any failure is a :class:`ReportUnavailable`
-  (logged and retried by the push service; it never holds back the images).
 - **Encode**: a PDF becomes an Encapsulated PDF (PS3.3 A.45.1), a JPEG a Secondary Capture Image
   (PS3.3 A.8.1) whose pixel data *is* the JPEG bitstream (JPEG Baseline/Extended transfer
-  syntax, PS3.5 A.4.1 — nothing decoded or re-encoded).
+  syntax, PS3.5 A.4.1 — nothing decoded or re-encoded). The type comes from the bytes.
 - **Identity**: patient and study attributes from the view row (:func:`study_attributes`, as
-  C-FIND answers them), a series of their own, and UIDs derived from the Study Instance UID,
-  the file's role and its bytes (``generate_uid(entropy_srcs=…)``): sending the same file again
-  gives the same SOP Instance UID (never a duplicate); a revised file is a new instance.
+  C-FIND answers them); each role (order, report) in a series of its own — one object kind,
+  hence one Modality, per series (PS3.3 C.7.3.1) — whose UID derives from the Study Instance
+  UID and the role (:func:`series_uid`: C-FIND can name it before any file is read); the SOP
+  Instance UID derives from the study, the role and the file's bytes
+  (``generate_uid(entropy_srcs=…)``): sending the same file again gives the same SOP Instance
+  UID (never a duplicate), a revised file is a new instance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -36,22 +32,32 @@ from pydicom.uid import (
 )
 
 from dicomproxy import __version__
-from dicomproxy.config import NameStyle, ReportsConfig
+from dicomproxy.config import NameStyle
+from dicomproxy.reports.fetch import ReportUnavailable
 from dicomproxy.view.mapping import study_attributes
+
+#: The study's visible view rows (patient and study attributes, merged as C-FIND merges them).
+Rows = Sequence[Mapping[str, Any]]
 
 #: (0008,0016) SOP Class UIDs (PS3.4 B.5).
 ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
-#: View column → the role's name (entropy for the UID, Document Title / Series Description).
-ROLES = {"OrderFilePath": "order", "ReportFilePath": "report"}
 TITLES = {"order": "Scanned order", "report": "Report"}
-SERIES_NUMBER = 9901
-SERIES_DESCRIPTION = "Order and report (dicomproxy)"
+#: (0020,0011) Series Number of each role's series.
+SERIES_NUMBERS = {"order": 9901, "report": 9902}
+#: (0008,103E) Series Description of each role's series.
+SERIES_DESCRIPTIONS = {"order": "Scanned order (dicomproxy)", "report": "Report (dicomproxy)"}
 
 
-class ReportUnavailable(Exception):
-    """The file cannot be fetched or is not a PDF or JPEG (the reason, without patient data)."""
+def series_uid(study_uid: str, role: str) -> str:
+    """(0020,000E) of ``role``'s series in ``study_uid``: the same on every node and every run."""
+    return str(generate_uid(entropy_srcs=[study_uid, "dicomproxy-reports-series", role]))
+
+
+def role_of_series(study_uid: str, uid: str) -> str | None:
+    """The role whose series ``uid`` is in ``study_uid`` (None: not one of ours)."""
+    return next((role for role in TITLES if series_uid(study_uid, role) == uid), None)
 
 
 @dataclass(frozen=True)
@@ -68,46 +74,6 @@ class ReportObject:
     @property
     def sop_class_uid(self) -> str:
         return str(self.dataset.SOPClassUID)
-
-
-def local_path(location: str, shares: Mapping[str, str]) -> Path:
-    """A ``file://`` URL, a local path, or a UNC path under a mounted share → a local path."""
-    if location.startswith("file://"):
-        return Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
-    if location.startswith("\\\\") or location.startswith("//"):
-        unc = location.replace("/", "\\")
-        for prefix, mounted in shares.items():
-            norm = prefix.replace("/", "\\").rstrip("\\")
-            if unc.lower().startswith(norm.lower() + "\\"):
-                rest = unc[len(norm) + 1 :].split("\\")
-                return Path(mounted).joinpath(*rest)
-        raise ReportUnavailable("UNC path on a share that is not mounted (see [reports] shares)")
-    return Path(location)
-
-
-def fetch(location: str, config: ReportsConfig) -> bytes:
-    """The file's bytes (raises :class:`ReportUnavailable` with a reason)."""
-    location = location.strip()
-    limit = int(config.max_mb * 1024 * 1024)
-    scheme = urllib.parse.urlsplit(location).scheme.lower()
-    if scheme in ("http", "https", "ftp"):
-        try:
-            with urllib.request.urlopen(location, timeout=config.timeout) as rsp:
-                data = bytes(rsp.read(limit + 1))
-        except Exception as exc:  # HTTPError, URLError, timeouts, ftplib errors
-            raise ReportUnavailable(f"{scheme} fetch failed: {exc}") from None
-    else:
-        path = local_path(location, dict(config.shares))
-        try:
-            with path.open("rb") as f:
-                data = f.read(limit + 1)
-        except OSError as exc:
-            raise ReportUnavailable(f"cannot read the file: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ReportUnavailable(f"larger than [reports] max_mb = {config.max_mb}")
-    if not data:
-        raise ReportUnavailable("empty file")
-    return data
 
 
 def jpeg_frame(data: bytes) -> tuple[int, int, int, int, str]:
@@ -147,12 +113,10 @@ def kind_of(data: bytes) -> str:
     raise ReportUnavailable("neither a PDF nor a JPEG")
 
 
-def _common(
-    sop_class: str, study_uid: str, role: str, data: bytes, row: Mapping[str, Any], style: NameStyle
-) -> Dataset:
+def _common(sop_class: str, study_uid: str, role: str, data: bytes, rows: Rows, style: NameStyle) -> Dataset:
     """Patient, General Study, series, equipment and SOP Common modules (PS3.3 C.7, C.12.1)."""
     digest = hashlib.sha256(data).hexdigest()
-    attrs = study_attributes(study_uid, [row], style)
+    attrs = study_attributes(study_uid, rows, style)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # (0008,0005): names are Chinese
     ds.SOPClassUID = sop_class  # (0008,0016)
@@ -168,11 +132,11 @@ def _common(
         setattr(ds, key, attrs.get(key, ""))
     if attrs.get("StudyDescription"):
         ds.StudyDescription = attrs["StudyDescription"]
-    # Series (C.7.3.1 / C.24.1): a series of its own, the same for every file of the study
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, "dicomproxy-reports-series"])
-    ds.SeriesNumber = SERIES_NUMBER
-    ds.SeriesDescription = SERIES_DESCRIPTION
-    ds.InstanceNumber = 1 if role == "order" else 2
+    # Series (C.7.3.1 / C.24.1): one series per role, the same for every file of that role
+    ds.SeriesInstanceUID = series_uid(study_uid, role)
+    ds.SeriesNumber = SERIES_NUMBERS[role]
+    ds.SeriesDescription = SERIES_DESCRIPTIONS[role]
+    ds.InstanceNumber = 1
     # General Equipment (C.7.5.1) and SC Equipment (C.8.6.1)
     ds.Manufacturer = "dicomproxy"
     ds.SoftwareVersions = __version__
@@ -183,11 +147,9 @@ def _common(
     return ds
 
 
-def encapsulated_pdf(
-    study_uid: str, role: str, data: bytes, row: Mapping[str, Any], style: NameStyle
-) -> Dataset:
+def encapsulated_pdf(study_uid: str, role: str, data: bytes, rows: Rows, style: NameStyle) -> Dataset:
     """Encapsulated PDF IOD (PS3.3 A.45.1): Encapsulated Document module C.24.2."""
-    ds = _common(ENCAPSULATED_PDF, study_uid, role, data, row, style)
+    ds = _common(ENCAPSULATED_PDF, study_uid, role, data, rows, style)
     ds.Modality = "DOC"  # (0008,0060), Encapsulated Document Series C.24.1
     ds.AcquisitionDateTime = ""  # (0008,002A) type 2
     ds.BurnedInAnnotation = "YES"  # (0028,0301) type 1: a report shows the patient's data
@@ -201,14 +163,12 @@ def encapsulated_pdf(
     return ds
 
 
-def secondary_capture(
-    study_uid: str, role: str, data: bytes, row: Mapping[str, Any], style: NameStyle
-) -> Dataset:
+def secondary_capture(study_uid: str, role: str, data: bytes, rows: Rows, style: NameStyle) -> Dataset:
     """Secondary Capture Image IOD (PS3.3 A.8.1) holding the JPEG as its one frame (PS3.5 A.4)."""
-    rows, cols, comps, precision, syntax = jpeg_frame(data)
+    height, width, comps, precision, syntax = jpeg_frame(data)
     if comps not in (1, 3):
         raise ReportUnavailable(f"JPEG with {comps} components")
-    ds = _common(SECONDARY_CAPTURE, study_uid, role, data, row, style)
+    ds = _common(SECONDARY_CAPTURE, study_uid, role, data, rows, style)
     ds.Modality = "OT"  # (0008,0060) General Series C.7.3.1
     ds.Laterality = ""  # (0020,0060) type 2C: a document has no side
     ds.PatientOrientation = ""  # (0020,0020) type 2C, General Image C.7.6.1
@@ -218,7 +178,7 @@ def secondary_capture(
     ds.PhotometricInterpretation = "YBR_FULL_422" if comps == 3 else "MONOCHROME2"
     if comps == 3:
         ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, cols
+    ds.Rows, ds.Columns = height, width
     ds.BitsAllocated = 8 if precision <= 8 else 16
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = precision, precision - 1, 0
     # Lossy Image Compression (C.7.6.1.1.5): the file is a lossy JPEG already
@@ -242,8 +202,8 @@ def _meta(ds: Dataset, syntax: str) -> FileMetaDataset:
     return meta
 
 
-def build(study_uid: str, role: str, data: bytes, row: Mapping[str, Any], style: NameStyle) -> ReportObject:
+def build(study_uid: str, role: str, data: bytes, rows: Rows, style: NameStyle) -> ReportObject:
     """The DICOM object for one fetched file (raises ReportUnavailable for other formats)."""
     kind = kind_of(data)
     make = encapsulated_pdf if kind == "pdf" else secondary_capture
-    return ReportObject(role, make(study_uid, role, data, row, style))
+    return ReportObject(role, make(study_uid, role, data, rows, style))
