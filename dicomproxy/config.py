@@ -297,6 +297,9 @@ class PushConfig:
     max_attempts: int = 20
     #: Seconds a claimed study stays this node's without renewal (another node takes it over after).
     lease: float = 60.0
+    #: Times a study's lease may expire and be taken over; at the next expiry it is ``failed``, not
+    #: run again (a study that kills every node handling it); ``push retry ID`` runs it again.
+    max_takeovers: int = 3
 
     def mbps_for(self, ae_title: str) -> float:
         """The cap for one destination in Mbps (0 = none)."""
@@ -623,6 +626,7 @@ def _push(s: _Section, peers: set[str]) -> PushConfig:
         max_retry_delay=s.number("max_retry_delay", d.max_retry_delay, lo=0.1),
         max_attempts=s.integer("max_attempts", d.max_attempts, lo=1),
         lease=s.number("lease", d.lease, lo=1.0),
+        max_takeovers=s.integer("max_takeovers", d.max_takeovers, lo=0, hi=1000),
     )
     for i, ae in enumerate(push.destinations):
         if ae not in peers:

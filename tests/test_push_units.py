@@ -72,6 +72,9 @@ def test_rate_limiter_keeps_the_average() -> None:
      ({"destinations": ["jobserver"], "max_mbps": {"jobserver": -1}}, "push.max_mbps.jobserver", "> 0"),
      ({"destinations": ["jobserver"], "max_mbps": {"other": 5}}, "push.max_mbps.other", "not one of"),
      ({"max_concurrent": 0}, "push.max_concurrent", "between"),
+     ({"max_takeovers": -1}, "push.max_takeovers", "between 0 and 1000"),
+     ({"max_takeovers": "3"}, "push.max_takeovers", "must be an integer"),
+     ({"max_takeovers": 2.5}, "push.max_takeovers", "must be an integer"),
      ({"poll_intervall": 3}, "push.poll_intervall", "unknown key")],
 )  # fmt: skip
 def test_push_config_errors_name_the_key(
@@ -86,6 +89,9 @@ def test_push_config_defaults(tmp_path: Path) -> None:
     config = parse_config(base_config_dict(tmp_path, "sqlite:///v.db"))
     assert not config.push.enabled and config.push.states == ("检查完成", "书写完成", "审核完成", "修订完成")
     assert config.reports.enabled and config.reports.max_attempts == 10
+    assert config.push.max_takeovers == 3
+    never = parse_config(base_config_dict(tmp_path, "sqlite:///v.db", push={"max_takeovers": 0}))
+    assert never.push.max_takeovers == 0
 
 
 # --- report objects -----------------------------------------------------------------------------

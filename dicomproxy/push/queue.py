@@ -3,9 +3,9 @@
 Tables (created beside ``jobs``; SQLite by default, PostgreSQL when ``[journal] url`` says so):
 
 - ``push_queue``: one row per (Study Instance UID, destination) with its state (``queued``,
-  ``running``, ``waiting``, ``done``, ``failed``, ``dropped``), attempts, the next attempt's time,
-  the claiming node and its lease, and the RowTimestamp of the view row it came from (a re-read
-  row with the same stamp is not queued again; a changed one is);
+  ``running``, ``waiting``, ``done``, ``failed``, ``dropped``), attempts, takeovers, the next
+  attempt's time, the claiming node and its lease, and the RowTimestamp of the view row it came
+  from (a re-read row with the same stamp is not queued again; a changed one is);
 - ``push_attempts``: which relay jobs (``jobs.id``, kind ``push``) served an item, so the
   instances a destination confirmed (``job_instances``) are never sent to it again — unless
   ``push requeue`` started a new *generation*;
@@ -15,13 +15,24 @@ Concurrency: a worker claims an item with ``SELECT … FOR UPDATE SKIP LOCKED`` 
 MariaDB ≥ 10.6; SQLite has one writer and ignores it) followed by an ``UPDATE … WHERE`` that only
 one node can win; the claim carries a lease the owner renews. A node that dies stops renewing:
 once its lease has expired, any node takes the item over and sends only what was not confirmed.
+
+Poison items: a takeover is not an attempt (the delivery never reported), so it is counted apart,
+in ``takeovers``. A claim that finds an expired lease on an item whose leases already expired
+``max_takeovers`` times does not run it again: it marks it ``failed`` ("abandoned by N
+nodes/leases"), for ``push retry`` (which resets the count). A delivery, a changed view row and
+``push requeue`` reset it too.
+
+Schema changes: the tables are created with ``create_all``, which never alters an existing table;
+a column added later is added to an existing journal at start by :func:`migrate`
+(``ALTER TABLE … ADD COLUMN`` when it is missing, with a server default so that nodes of the
+previous version, which do not name it, keep working beside this one).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +54,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.schema import CreateColumn
 
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
 
@@ -66,6 +80,10 @@ push_queue = Table(
     Column("state", String(12), nullable=False),
     Column("generation", Integer, nullable=False, default=0),
     Column("attempts", Integer, nullable=False, default=0),
+    #: Times a claim found the item ``running`` with its owner's lease expired (the owner died or
+    #: hung during the delivery); past ``[push] max_takeovers`` the item is ``failed``, not run.
+    #: Added after the first release: :func:`migrate` adds it to an existing journal.
+    Column("takeovers", Integer, nullable=False, default=0, server_default=text("0")),
     Column("next_at", DateTime, nullable=False),
     Column("lease_until", DateTime),
     Column("owner", String(64), nullable=False, default=""),
@@ -110,6 +128,43 @@ QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED = "queued", "running", "waiting"
 STATES = (QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED)
 WATERMARK = "watermark"
 PAUSED_ALL = "paused:*"
+#: ``[push] max_takeovers``' default: an item is run by at most 1 + 3 nodes/leases that never finish it.
+MAX_TAKEOVERS = 3
+
+#: Columns of ``push_queue`` added after tables existed in the field (``create_all`` skips an
+#: existing table): :func:`migrate` adds each one that is missing. Each needs a server default (rows
+#: already there get it, and nodes of the previous version insert without naming the column).
+ADDED_COLUMNS = ("takeovers",)
+
+
+def _columns(conn: Connection, table: str) -> set[str]:
+    return {str(c["name"]) for c in sa_inspect(conn).get_columns(table)}
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Add the :data:`ADDED_COLUMNS` an existing ``push_queue`` lacks; the names added.
+
+    Two nodes may start at once: the one whose ``ALTER TABLE`` loses (the column exists by then)
+    checks again and goes on; any other error is raised."""
+    added = []
+    with engine.connect() as conn:
+        missing = [name for name in ADDED_COLUMNS if name not in _columns(conn, push_queue.name)]
+    for name in missing:
+        # the column as CREATE TABLE spells it in this dialect ("takeovers INTEGER DEFAULT 0 NOT NULL")
+        spec = CreateColumn(push_queue.c[name]).compile(dialect=engine.dialect)
+        add = "ADD" if engine.dialect.name in ("mssql", "oracle") else "ADD COLUMN"
+        ddl = f"ALTER TABLE {push_queue.name} {add} {spec}"
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(ddl)
+        except DBAPIError:
+            with engine.connect() as conn:
+                if name not in _columns(conn, push_queue.name):
+                    raise
+            continue  # another node added it first
+        LOG.info("push queue: column %s added to the existing %s table", name, push_queue.name)
+        added.append(name)
+    return added
 
 
 def utcnow() -> dt.datetime:
@@ -142,6 +197,8 @@ class Item:
     reports: str
     report_attempts: int
     files: bool = False
+    #: Times this item was taken over (leases that expired before it; 0 for a normal claim).
+    takeovers: int = 0
 
 
 class PushQueue:
@@ -150,7 +207,10 @@ class PushQueue:
     def __init__(self, engine: Engine, node: str) -> None:
         self.engine = engine
         self.node = node
+        #: The clock of leases and due times (naive UTC); tests replace it.
+        self.now: Callable[[], dt.datetime] = utcnow
         PUSH_METADATA.create_all(engine)
+        migrate(engine)
 
     # --- state (watermark, pauses, holds) -------------------------------------------------------
 
@@ -202,7 +262,7 @@ class PushQueue:
         caller's transaction (the one that advances the watermark). Returns (new, requeued)."""
         if not entries:
             return 0, 0
-        now = utcnow()
+        now = self.now()
         wanted = {(e.study_uid, e.destination): e for e in entries}
         existing: dict[tuple[str, str], Any] = {}
         uids = sorted({e.study_uid for e in entries})
@@ -247,7 +307,7 @@ class PushQueue:
             if row.state == RUNNING:
                 values["changed"] = 1
             elif row.state != QUEUED:
-                values.update(state=QUEUED, next_at=now, attempts=0, report_attempts=0, error="")
+                values.update(state=QUEUED, next_at=now, attempts=0, takeovers=0, report_attempts=0, error="")
             conn.execute(update(push_queue).where(push_queue.c.id == row.id).values(**values))
             requeued += 1
         return len(fresh), requeued
@@ -262,48 +322,90 @@ class PushQueue:
         held = list(held)
         return and_(cond, push_queue.c.destination.not_in(held)) if held else cond
 
-    def claim(self, lease: float, held: Iterable[str] = ()) -> Item | None:
-        """The next due item (or one whose owner's lease expired), now ``running`` and ours."""
-        now = utcnow()
+    def claim(
+        self, lease: float, held: Iterable[str] = (), max_takeovers: int = MAX_TAKEOVERS
+    ) -> Item | None:
+        """The next due item (or one whose owner's lease expired), now ``running`` and ours.
+
+        Taking an expired lease over is not an attempt (the delivery never reported) but counts in
+        ``takeovers``. An item whose leases have expired more than ``max_takeovers`` times is not
+        run again — it may be what kills the nodes that take it — but marked ``failed`` (one
+        WARNING), and the next due item is claimed instead."""
         held = list(held)
-        with self.engine.begin() as conn:
-            q = (
-                select(push_queue)
-                .where(self._claimable(now, held))
-                .order_by(push_queue.c.next_at, push_queue.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            row = conn.execute(q).mappings().first()
-            if row is None:
-                return None
-            taken_over = row["state"] == RUNNING
-            res = conn.execute(
-                update(push_queue)
-                .where(push_queue.c.id == row["id"], self._claimable(now, held))
-                .values(
-                    state=RUNNING,
-                    owner=self.node,
-                    lease_until=now + dt.timedelta(seconds=lease),
-                    attempts=push_queue.c.attempts + (0 if taken_over else 1),
-                    changed=0,
-                    updated=now,
+        while True:
+            now = self.now()
+            with self.engine.begin() as conn:
+                q = (
+                    select(push_queue)
+                    .where(self._claimable(now, held))
+                    .order_by(push_queue.c.next_at, push_queue.c.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
                 )
+                row = conn.execute(q).mappings().first()
+                if row is None:
+                    return None
+                taken_over = row["state"] == RUNNING
+                takeovers = int(row["takeovers"]) + int(taken_over)
+                ours = update(push_queue).where(
+                    push_queue.c.id == row["id"],
+                    self._claimable(now, held),
+                    push_queue.c.takeovers == row["takeovers"],  # SQLite: no row lock, re-check
+                )
+                poisoned = taken_over and takeovers > max_takeovers
+                if poisoned:
+                    values: dict[str, Any] = {
+                        "state": FAILED,
+                        "lease_until": None,
+                        "error": (
+                            f"abandoned by {takeovers} nodes/leases: every lease expired before the "
+                            f"delivery ended (nodes that died or hung handling it?); [push] "
+                            f"max_takeovers = {max_takeovers}: not run again until `push retry "
+                            f"{row['id']}`"
+                        ),
+                    }
+                else:
+                    values = {
+                        "state": RUNNING,
+                        "owner": self.node,
+                        "lease_until": now + dt.timedelta(seconds=lease),
+                        "attempts": push_queue.c.attempts + (0 if taken_over else 1),
+                    }
+                res = conn.execute(ours.values(takeovers=takeovers, changed=0, updated=now, **values))
+                if not res.rowcount:
+                    return None  # another node was first
+            if poisoned:
+                LOG.warning(
+                    "push item %d (study %s): abandoned by %d nodes/leases (more than [push] "
+                    "max_takeovers = %d): failed, not run again (`dicomproxy push retry %d`)",
+                    row["id"],
+                    row["study_uid"],
+                    takeovers,
+                    max_takeovers,
+                    row["id"],
+                )
+                continue
+            if taken_over:
+                LOG.info(
+                    "push item %d: taken over from %s, whose lease expired (takeover %d of at most %d)",
+                    row["id"],
+                    row["owner"],
+                    takeovers,
+                    max_takeovers,
+                )
+            return Item(
+                int(row["id"]),
+                str(row["study_uid"]),
+                str(row["destination"]),
+                str(row["examine_id"]),
+                int(row["generation"]),
+                int(row["attempts"]) + (0 if taken_over else 1),
+                bool(row["images_done"]),
+                str(row["reports"]),
+                int(row["report_attempts"]),
+                bool(row["files"]),
+                takeovers,
             )
-            if not res.rowcount:
-                return None
-        return Item(
-            int(row["id"]),
-            str(row["study_uid"]),
-            str(row["destination"]),
-            str(row["examine_id"]),
-            int(row["generation"]),
-            int(row["attempts"]) + (0 if taken_over else 1),
-            bool(row["images_done"]),
-            str(row["reports"]),
-            int(row["report_attempts"]),
-            bool(row["files"]),
-        )
 
     def renew(self, ids: Sequence[int], lease: float) -> int:
         """Extend our leases on ``ids``; how many are still ours."""
@@ -317,7 +419,7 @@ class PushQueue:
                     push_queue.c.owner == self.node,
                     push_queue.c.state == RUNNING,
                 )
-                .values(lease_until=utcnow() + dt.timedelta(seconds=lease))
+                .values(lease_until=self.now() + dt.timedelta(seconds=lease))
             )
             return int(res.rowcount)
 
@@ -330,7 +432,7 @@ class PushQueue:
                     job_id=job_id,
                     generation=item.generation,
                     node=self.node,
-                    started=utcnow(),
+                    started=self.now(),
                 )
             )
             conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
@@ -350,8 +452,9 @@ class PushQueue:
 
     def finish(self, item: Item, state: str, *, next_at: dt.datetime | None = None, **values: Any) -> bool:
         """End our run of ``item`` in ``state``; a row change seen meanwhile queues it again.
-        False when the item is no longer ours (our lease expired and another node took it)."""
-        now = utcnow()
+        False when the item is no longer ours (our lease expired and another node took it).
+        A delivery (``done``) or a changed row resets the takeovers: the item is not poison."""
+        now = self.now()
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(push_queue.c.changed, push_queue.c.owner, push_queue.c.state).where(
@@ -364,6 +467,8 @@ class PushQueue:
             if row.changed and state in (DONE, WAITING, FAILED):
                 state, next_at = QUEUED, now
                 values.update(attempts=0, report_attempts=0)
+            if state in (DONE, QUEUED):
+                values.update(takeovers=0)
             conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id == item.id)
@@ -388,7 +493,7 @@ class PushQueue:
                 .where(push_queue.c.id.in_(list(ids)), push_queue.c.owner == self.node)
                 .values(
                     state=QUEUED,
-                    next_at=utcnow(),
+                    next_at=self.now(),
                     lease_until=None,
                     # the claim counted an attempt that did not happen
                     attempts=case((push_queue.c.attempts > 0, push_queue.c.attempts - 1), else_=0),
@@ -418,13 +523,15 @@ class PushQueue:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def retry(self, item_id: int) -> bool:
-        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts reset (only what the
-        destination has not confirmed is sent)."""
+        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts and takeovers reset
+        (only what the destination has not confirmed is sent)."""
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
-                .values(state=QUEUED, next_at=utcnow(), attempts=0, report_attempts=0, error="")
+                .values(
+                    state=QUEUED, next_at=self.now(), attempts=0, takeovers=0, report_attempts=0, error=""
+                )
             )
             return bool(res.rowcount)
 
@@ -440,8 +547,9 @@ class PushQueue:
                 .where(*cond)
                 .values(
                     state=QUEUED,
-                    next_at=utcnow(),
+                    next_at=self.now(),
                     attempts=0,
+                    takeovers=0,
                     report_attempts=0,
                     images_done=0,
                     reports="",

@@ -192,7 +192,7 @@ class PushService:
                 if everything or len(held) == len(self.push.destinations):
                     self._stop.wait(min(self.push.poll_interval, 5.0))
                     continue
-                item = self.queue.claim(self.push.lease, held)
+                item = self.queue.claim(self.push.lease, held, self.push.max_takeovers)
             except SQLAlchemyError as exc:  # journal down: one line when it fails, one when it is back
                 with self._lock:
                     first, self._claim_error = not self._claim_error, True
