@@ -55,7 +55,7 @@ def setup(
             study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
         ).start()
         pacs.behaviour.gate_at = GATE
-        dest = StoreSCP(tmp_path / "scp-1", DEST, extra=["-uf"]).start()
+        dest = StoreSCP(tmp_path / "scp-1", DEST, extra=["+uf"]).start()
         config = make_config(
             proxy={"port": proxy_port, "retries": 3, "retry_delay": 0.05, "reconnect_window": window},
             pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
@@ -111,7 +111,7 @@ def test_storescp_killed_and_restarted_mid_study(
     pacs.behaviour.gate.set()  # the rest arrives at the proxy, which cannot send it on
     wait_until(lambda: "destination lost mid-study" in _log_of(server), 30, "the relay noticing")
     pending_before = int(out["pending"])  # type: ignore[call-overload]
-    again = StoreSCP(tmp_path / "scp-2", DEST, extra=["-uf"])
+    again = StoreSCP(tmp_path / "scp-2", DEST, extra=["+uf"])
     again.port = dest.port  # the same address: the destination restarted
     wait_until(lambda: int(out["pending"]) > pending_before, 30, "Pending responses during the outage")  # type: ignore[call-overload]
     again.start()

@@ -2,7 +2,7 @@
 retried to completion; SIGTERM during a C-MOVE drains it with exit code 0.
 
 PACS: the controllable pynetdicom PACS (in this process), stalled on an event mid-study, upstream
-C-GET. Destination: a real DCMTK storescp with unique file names (``-uf``), so every delivery is
+C-GET. Destination: a real DCMTK storescp with unique file names (``+uf``), so every delivery is
 a file and duplicates can be counted by SOP Instance UID.
 """
 
@@ -108,7 +108,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     engine.dispose()
     pacs = FakePacs(files).start()
     pacs.behaviour.gate_at = GATE
-    storescp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    storescp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
     port = free_port()
     toml = tmp_path / "proxy.toml"
     toml.write_text(

@@ -1,7 +1,7 @@
 """Push mode end to end on one node, real peers: a row inserted into the exam view (SQLite, both
 RowTimestamp kinds) brings its study and its report to a DCMTK storescp without any request —
 through a destination outage and a restart, once. Orthanc is the PACS (C-GET), the report is
-served by a local HTTP server, storescp keeps every arrival (``-uf``) so duplicates show.
+served by a local HTTP server, storescp keeps every arrival (``+uf``) so duplicates show.
 PostgreSQL/MariaDB views are covered by tests/test_push_watcher.py (the watcher is the only
 part that reads RowTimestamp)."""
 
@@ -119,7 +119,7 @@ def test_row_inserted_brings_study_and_report_once_through_outage_and_restart(
     engine = create_engine(view_url)
     create_view_table(engine, stamp=kind)  # type: ignore[arg-type]
     insert_rows(engine, [exam_row(SPECS[0])])  # there before push started: not sent (start_from = "now")
-    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"])  # not started: the destination is down
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"])  # not started: the destination is down
     config = _config(make_config, view_url, push_pacs, scp, http={"port": free_port()})
     caplog.set_level(logging.INFO, logger="dicomproxy")
     try:
@@ -241,7 +241,7 @@ def test_study_not_yet_in_the_pacs_waits_and_is_sent_when_it_arrives(
     view_url = f"sqlite:///{tmp_path / 'view.db'}"
     engine = create_engine(view_url)
     create_view_table(engine)
-    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
     try:
         server = run_proxy(_config(make_config, view_url, push_pacs, scp, start_from="beginning"))
         queue = PushQueue(server.ctx.journal.engine, "test")

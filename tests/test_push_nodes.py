@@ -1,6 +1,6 @@
 """Two ``dicomproxy serve`` processes share one PostgreSQL journal (the push queue and watermark);
 one is SIGKILLed mid-study. Every study arrives at the DCMTK storescp, every SOP Instance once
-(``-uf``: each arrival is its own file), nothing lost: the survivor takes the dead node's item
+(``+uf``: each arrival is its own file), nothing lost: the survivor takes the dead node's item
 over when its lease expires and sends only what the destination had not confirmed.
 
 The PACS is the controllable pynetdicom PACS (C-GET), held at a gate after the first instance of
@@ -121,7 +121,7 @@ def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_jour
     pacs = FakePacs(files).start()
     pacs.behaviour.gate_at = 1  # every retrieval stops after its first instance until released
     scp = StoreSCP(
-        tmp_path / "scp", "STORESCP", extra=["-uf", "--fork"]
+        tmp_path / "scp", "STORESCP", extra=["+uf", "--fork"]
     ).start()  # one process per association
     journal = create_engine(pg_journal)
     nodes: dict[str, Process] = {}
@@ -198,7 +198,7 @@ def test_clean_stop_mid_study_gives_the_item_back(tmp_path: Path, make_config: A
     engine.dispose()
     pacs = FakePacs(files).start()
     pacs.behaviour.gate_at = 1
-    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["-uf"]).start()
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
     try:
         config = make_config(
             view={"url": view_url},

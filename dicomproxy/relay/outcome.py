@@ -41,7 +41,8 @@ class JobState:
     announced: int = 0
     #: The IMAGE-level C-FIND running beside an early-started job; None once merged (or never).
     finder: Finder | None = None
-    #: Order/report objects announced (``[reports] in_retrieve``) not yet sent or failed.
+    #: Order/report objects announced (``[reports] in_retrieve``), and those not yet sent or failed.
+    files: int = 0
     extras: int = 0
     #: SOP Instance UIDs of the order/report objects processed (not the PACS's instances).
     extra_uids: set[str] = field(default_factory=set)

@@ -279,7 +279,7 @@ class RelayService:
                 routed, work = plan_reports(routed, rows_of, self.config.reports, style)
                 if work:
                     reports = ReportFetch(work, self.config.reports, style)  # fetching starts now
-                    state.extras = len(reports)
+                    state.files = state.extras = len(reports)
             keys = [key for key, _ in routed]
             clients = self._route(routed)  # raises Unroutable before anything is asked of any archive
             self.journal.update(job_id, archive=",".join(dict.fromkeys(c.name for c in clients)))
@@ -461,7 +461,7 @@ class RelayService:
             return
         for ref in finder.refs:
             state.expected.setdefault(ref.sop_instance_uid, ref)
-        self.journal.update(state.job_id, expected=len(state.expected))
+        self.journal.update(state.job_id, expected=len(state.expected) + state.files)
         self.journal.add_expected(state.job_id, [asdict(ref) for ref in state.expected.values()])
 
     def _route(self, routed: list[tuple[RetrieveKey, StudyRef]]) -> list[PacsClient]:

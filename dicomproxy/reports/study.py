@@ -35,6 +35,11 @@ SOP_CLASSES = (str(ENCAPSULATED_PDF), str(SECONDARY_CAPTURE))
 _JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
+def likely_jpeg(location: str) -> bool:
+    """What a file's name suggests (C-FIND answers before the file is read; the bytes decide later)."""
+    return location.lower().rstrip().endswith(_JPEG_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class StudyFile:
     """One file the view names for a study (its role: ``order`` or ``report``)."""
@@ -51,8 +56,7 @@ class StudyFile:
 
     @property
     def likely_jpeg(self) -> bool:
-        """What the name suggests (C-FIND answers before the file is read; the bytes decide later)."""
-        return self.location.lower().rstrip().endswith(_JPEG_SUFFIXES)
+        return likely_jpeg(self.location)
 
     def make(self, config: ReportsConfig, style: NameStyle) -> ReportObject:
         """Fetch and encode (raises ReportUnavailable with the reason)."""

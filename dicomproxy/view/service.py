@@ -14,11 +14,17 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
 from dicomproxy.pacs.find import Counts, CountsSession, PacsFinder
 from dicomproxy.pacs.routing import StudyRef, Unroutable, route
+from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE
+from dicomproxy.reports.fetch import ReportUnavailable
+from dicomproxy.reports.study import StudyFile, image_attributes, likely_jpeg, series_attributes, study_files
+from dicomproxy.reports.study import answer as report_answer
+from dicomproxy.view.mapping import FILES_KEY
 from dicomproxy.view.query import PACS_KEYS, FindQuery
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.search import search
@@ -89,7 +95,7 @@ class FindService:
     ) -> Iterator[Dataset]:
         """Pending identifiers, streamed. Raises DicomServiceError subclasses."""
         if query.level in ("SERIES", "IMAGE"):
-            yield from self._forward(query, identifier, cancelled)
+            yield from self._forward(query, identifier, cancelled, calling_ae, charset)
             return
         style = name_style_for(self.config, calling_ae)
         limit = self.config.view.max_results
@@ -103,19 +109,58 @@ class FindService:
                     LOG.warning("C-FIND stopped at [view].max_results = %d matches", limit)
                     return
                 if counts is not None:
-                    attrs.update(counts.counts(attrs["StudyInstanceUID"]) or {})
+                    found = counts.counts(attrs["StudyInstanceUID"])
+                    if found and self.config.reports.retrievable:
+                        found = with_files(found, attrs.get(FILES_KEY) or {})
+                    attrs.update(found or {})
                 yield build_response(query, attrs, charset)
                 sent += 1
 
     def _forward(
-        self, query: FindQuery, identifier: Dataset, cancelled: Callable[[], bool]
+        self,
+        query: FindQuery,
+        identifier: Dataset,
+        cancelled: Callable[[], bool],
+        calling_ae: str,
+        charset: str,
     ) -> Iterator[Dataset]:
-        """SERIES/IMAGE: only the visible requested studies, each asked of its routed archive.
+        """SERIES/IMAGE: only the visible requested studies, each asked of its routed archive;
+        then, with ``[reports] in_retrieve``, the series (and objects) of their order/report files.
 
         An unroutable study fails the whole request (Unroutable, 0xC004) before any archive is
         asked: it is never looked up in a guessed archive.
         """
         refs = self.view.resolve_studies(study_uids=query.study_uids)
+        yield from self._forward_to_archives(refs, identifier, query, cancelled)
+        if self.config.reports.retrievable and refs and not cancelled():
+            yield from self._file_answers(query, identifier, [r.uid for r in refs], calling_ae, charset)
+
+    def _file_answers(
+        self, query: FindQuery, identifier: Dataset, study_uids: list[str], calling_ae: str, charset: str
+    ) -> Iterator[Dataset]:
+        """SERIES level: each file's series; IMAGE level (its series named): the object, which
+        is fetched to learn its SOP Instance UID (a file that cannot be fetched is left out)."""
+        rows = self.view.study_rows(study_uids)
+        files: list[StudyFile] = [f for uid in study_uids for f in study_files(uid, rows.get(uid, []))]
+        series = {str(s) for s in _as_list(identifier.get("SeriesInstanceUID"))}
+        for file in files:
+            if query.level == "SERIES":
+                ds = report_answer(identifier, series_attributes(file), charset)
+            elif file.series_uid in series:
+                try:
+                    obj = file.make(self.config.reports, name_style_for(self.config, calling_ae))
+                except ReportUnavailable as exc:
+                    LOG.warning("C-FIND: %s file not available: %s", file.role, exc)
+                    continue
+                ds = report_answer(identifier, image_attributes(obj), charset)
+            else:
+                continue
+            if ds is not None:
+                yield ds
+
+    def _forward_to_archives(
+        self, refs: list[StudyRef], identifier: Dataset, query: FindQuery, cancelled: Callable[[], bool]
+    ) -> Iterator[Dataset]:
         groups: dict[str, list[str]] = {}
         for ref in refs:
             groups.setdefault(self.finder_for(ref).archive.name, []).append(ref.uid)
@@ -127,6 +172,30 @@ class FindService:
                 uid = str(ds.get("StudyInstanceUID", "") or "")
                 if not uid or uid in visible:  # never pass on a study we did not ask for
                     yield ds
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A key's value as a list (list of UID matching, PS3.4 C.2.2.2.2)."""
+    if value in (None, ""):
+        return []
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+
+def with_files(counts: Counts, files: Mapping[str, str]) -> Counts:
+    """The PACS's study counts plus the order/report objects (``[reports] in_retrieve``): one
+    series and one instance per file; SOP classes as the file names suggest (PS3.4 C.6.2.1.2)."""
+    if not files:
+        return counts
+    out = dict(counts)
+    for key in ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"):
+        text = str(out.get(key) or "").strip()
+        if text.isdigit():
+            out[key] = str(int(text) + len(files))
+    classes = out.get("SOPClassesInStudy")
+    if isinstance(classes, list):
+        extra = {str(SECONDARY_CAPTURE) if likely_jpeg(w) else str(ENCAPSULATED_PDF) for w in files.values()}
+        out["SOPClassesInStudy"] = sorted({*map(str, classes), *extra})
+    return out
 
 
 class RoutedCounts:
