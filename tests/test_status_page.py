@@ -179,3 +179,50 @@ def test_status_page_shows_a_cmove_job_running_then_finished(
     assert CT.patient.patient_id not in text and CT.study_uid not in text and CT.patient.name not in text
     shot = os.environ.get("DICOMPROXY_SCREENSHOT")  # docs/status-page.png is made this way
     browser.save_screenshot(shot or str(tmp_path / "finished.png"))
+
+
+def test_status_page_shows_the_push_queue_and_a_held_destination(
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    browser: Any,
+) -> None:
+    """Push mode (issue 16) on the page: the demo rows are queued for a destination that is
+    down; the push section shows them under that destination, marked held — and no patient
+    identifier."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[{"ae_title": "jobserver", "host": "127.0.0.1", "port": free_port()}],  # nobody listens
+        http={"port": free_port(), "token": TOKEN},
+        push={
+            "enabled": True,
+            "destinations": ["jobserver"],
+            "start_from": "beginning",
+            "poll_interval": 0.2,
+            "retry_delay": 30.0,
+        },
+        reports={"enabled": False},
+    )
+    server = run_proxy(config)
+    assert server.console is not None
+    browser.get(f"{server.console.url}/#token={TOKEN}")
+    wait = WebDriverWait(browser, PAGE_WAIT)
+    held = wait.until(
+        lambda d: [
+            tr
+            for tr in d.find_elements(By.CSS_SELECTOR, "#push tr[data-destination='jobserver']")
+            if "yes" in tr.text
+        ]
+    )
+    assert browser.find_element(By.ID, "push-section").is_displayed()
+    cells = [td.text for td in held[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == "jobserver"
+    assert sum(int(c) for c in cells[1:6]) == len(demo_specs())  # every demo study, in some state
+    text = browser.find_element(By.TAG_NAME, "body").text
+    for spec in demo_specs():
+        assert spec.patient.patient_id not in text and spec.study_uid not in text
