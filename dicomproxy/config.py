@@ -427,6 +427,10 @@ class _Section:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"must be an integer, not {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
+            if hi is None:
+                raise self.error(name, f"must be >= {lo}, not {value}")
+            if lo is None:
+                raise self.error(name, f"must be <= {hi}, not {value}")
             raise self.error(name, f"must be between {lo} and {hi}, not {value}")
         return value
 

@@ -79,7 +79,9 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         ("proxy", {"prot": 1}, "proxy.prot", "unknown key"),
         ("pacs", {"retrieve": "c-fetch"}, "pacs.retrieve", "must be one of c-move, c-get"),
         ("compression", {"mode": "zip"}, "compression.mode", "must be one of none, lossless, lossy"),
-        ("view", {"max_privacy": -1}, "view.max_privacy", "between 0"),
+        ("view", {"max_privacy": -1}, "view.max_privacy", "must be >= 0, not -1"),
+        ("reports", {"max_attempts": 0}, "reports.max_attempts", "must be >= 1, not 0"),  # no upper bound
+        ("reports", {"in_retrieve": "yes"}, "reports.in_retrieve", "true or false"),
         ("hospital", {"id": ""}, "hospital.id", "must not be empty"),
         ("peers", [{"ae_title": "X", "host": "h"}], "peers[0].port", "is required"),
         (
