@@ -203,11 +203,20 @@ def test_files_are_part_of_the_study_in_find_move_and_get(
     )
     pdf_uid = str(pdf_answer.SOPInstanceUID)
 
-    # C-MOVE STUDY: 6 sub-operations, every instance once at storescp, the files in their series
-    result = scu.move(remote(server), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60)
+    # C-MOVE STUDY: 6 sub-operations, every instance once at storescp, the files in their series;
+    # every Pending response counts the files (PS3.4 C.4.2.1.6: remaining + done = 6 throughout)
+    sums: list[int] = []
+
+    def progress(s: scu.RetrieveSummary) -> None:
+        sums.append((s.remaining or 0) + s.completed + s.failed + s.warning)
+
+    result = scu.move(
+        remote(server), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60, progress=progress
+    )
     assert (result.status, result.completed, result.failed, result.warning) == (0x0000, 6, 0, 0), (
         result.line()
     )
+    assert sums and set(sums) == {6}, sums
     got = arrivals(scp)
     assert max(got.values()) == 1 and len(got) == 6 and images() < set(got) and pdf_uid in got
     objects = {str(ds.SOPClassUID): ds for ds in (dcmread(p) for p in scp.received())}
