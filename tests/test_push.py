@@ -141,6 +141,8 @@ def _scenario(
     _, new, later = SPECS
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
+    # start_from = "now" becomes the watermark in the first pass: a row inserted before it is "old"
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
     (folder / "r1.pdf").write_bytes(PDF)
     stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
     insert_rows(
