@@ -261,6 +261,9 @@ class AuditConfig:
 
 #: Exam states whose images exist (exam-view.md, State): 检查完成, 书写完成, 审核完成, 修订完成.
 PUSH_STATES: tuple[str, ...] = ("检查完成", "书写完成", "审核完成", "修订完成")
+#: ``[push] recheck_after`` at most (s): with ``rechecks`` ≤ 10 the longest gap is 7 days × 2⁹ ≈ 10
+#: years, a due time well inside the calendar.
+MAX_RECHECK_AFTER = 7 * 86400.0
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -300,6 +303,12 @@ class PushConfig:
     #: Times a study's lease may expire and be taken over; at the next expiry it is ``failed``, not
     #: run again (a study that kills every node handling it); ``push retry ID`` runs it again.
     max_takeovers: int = 3
+    #: Seconds after a delivery before the PACS is asked again whether the study grew (images that
+    #: arrived late: a series sent after the RIS said the exam was finished); 0 = no re-checks.
+    recheck_after: float = 600.0
+    #: Re-checks after each delivery: the first ``recheck_after`` s after it, each next one twice the
+    #: previous gap later (600 s and 2: at +10 min and +30 min); 0 = none. Only a grown count sends.
+    rechecks: int = 2
 
     def mbps_for(self, ae_title: str) -> float:
         """The cap for one destination in Mbps (0 = none)."""
@@ -631,6 +640,8 @@ def _push(s: _Section, peers: set[str]) -> PushConfig:
         max_attempts=s.integer("max_attempts", d.max_attempts, lo=1),
         lease=s.number("lease", d.lease, lo=1.0),
         max_takeovers=s.integer("max_takeovers", d.max_takeovers, lo=0, hi=1000),
+        recheck_after=s.number("recheck_after", d.recheck_after, lo=0.0),
+        rechecks=s.integer("rechecks", d.rechecks, lo=0, hi=10),
     )
     for i, ae in enumerate(push.destinations):
         if ae not in peers:
@@ -649,6 +660,10 @@ def _push(s: _Section, peers: set[str]) -> PushConfig:
             raise s.error(
                 "start_from", f'must be "now", "beginning" or an ISO date-time, not {push.start_from!r}'
             ) from None
+    if push.recheck_after > MAX_RECHECK_AFTER:
+        raise s.error(
+            "recheck_after", f"must be at most {MAX_RECHECK_AFTER:.0f} (7 days), not {push.recheck_after:g}"
+        )
     if push.window and not _WINDOW_RE.match(push.window):
         raise s.error("window", f'must be "HH:MM-HH:MM" (e.g. "20:00-07:00"), not {push.window!r}')
     if push.window and push.window[:5] == push.window[6:]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dicomproxy.config import Config
-from dicomproxy.push.queue import PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
+from dicomproxy.push.queue import DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
 
 if TYPE_CHECKING:
@@ -62,11 +62,13 @@ def push_group(ctx: click.Context, config_path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
 @click.pass_obj
 def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
-    """Queue by destination and state, the watermark, pauses and holds, the last hour's rate."""
+    """Queue by destination and state (re-check: delivered items still due for a re-check of the
+    PACS's count, among "done"), the watermark, pauses and holds, the last hour's rate."""
     config, queue = obj.config, obj.queue
     counts = queue.counts()
     states = queue.states()
     hour = queue.delivered_since(utcnow() - dt.timedelta(hours=1))
+    rechecks = queue.rechecks_pending()
     dests = list(dict.fromkeys([*config.push.destinations, *(d for d, _ in counts)]))
     report = {
         "enabled": config.push.enabled,
@@ -78,6 +80,11 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
                 "paused": PAUSED_PREFIX + d in states,
                 "down": json.loads(states[DOWN_PREFIX + d]) if DOWN_PREFIX + d in states else None,
                 "last_hour": {"studies": hour.get(d, (0, 0))[0], "bytes": hour.get(d, (0, 0))[1]},
+                # delivered items (counted in "done") still due for a re-check of the PACS's count
+                "rechecks": {
+                    "pending": rechecks.get(d, (0, None))[0],
+                    "next": _iso(rechecks.get(d, (0, None))[1]),
+                },
             }
             for d in dests
         },
@@ -96,25 +103,38 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
     click.echo(
         f"{'destination':16} "
         + " ".join(f"{s:>8}" for s in STATES)
-        + f" {'hour:studies':>12} {'MB':>8}  note"
+        + f" {'re-check':>8} {'hour:studies':>12} {'MB':>8}  note"
     )
     for d, info in report["destinations"].items():  # type: ignore[attr-defined]
-        note = "paused" if info["paused"] else ""
+        notes = ["paused"] if info["paused"] else []
         if info["down"]:
-            note = f"down since {info['down']['since']} (next try {info['down']['until']})"
+            notes = [f"down since {info['down']['since']} (next try {info['down']['until']})"]
+        if info["rechecks"]["next"]:
+            notes.append(f"next re-check {info['rechecks']['next']} UTC")
         click.echo(
             f"{d:16} "
             + " ".join(f"{info['queue'][s]:>8}" for s in STATES)
-            + f" {info['last_hour']['studies']:>12} {info['last_hour']['bytes'] / 1e6:>8.1f}  {note}"
+            + f" {info['rechecks']['pending']:>8} {info['last_hour']['studies']:>12}"
+            + f" {info['last_hour']['bytes'] / 1e6:>8.1f}  {'; '.join(notes)}"
         )
     if report["recent"]:
-        click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, error):")
+        click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, notes, error):")
     for item in report["recent"]:  # type: ignore[attr-defined]
+        notes = []
+        if item.get("takeovers"):
+            notes.append(f"takeovers {item['takeovers']}")
+        if item["state"] == DONE and item.get("rechecks"):
+            notes.append(f"re-check {item['next_at'][:19]} UTC ({item['rechecks']} left)")
         click.echo(
             f"  {item['id']:>6} {item['destination']:16} {item['state']:8} {item['attempts']:>3} "
             f"{item['confirmed']:>5} {item['reports'] or '-':8} {item['last_job'] or '-'!s:>6} "
-            f"{item['error'][:80]}"
+            + "".join(f"[{n}] " for n in notes)
+            + f"{item['error'][:80]}"
         )
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat(timespec="seconds") if when is not None else None
 
 
 @push_group.command("pause")

@@ -3,7 +3,8 @@
 - ``dicomproxy_push_queue{destination,state}``: items now, read from the journal at scrape time
   (the queue is shared by every node, so each node reports the whole queue);
 - ``dicomproxy_push_attempts_total{destination,outcome}``: this node's ended attempts
-  (delivered, images-delivered, waiting, failed, dropped, destination-down);
+  (delivered, images-delivered, waiting, failed, dropped, destination-down) and re-checks that
+  found nothing to send (rechecked; one that found more ends as its delivery does);
 - ``dicomproxy_push_destination_up{destination}``: 0 while this node holds a destination as down.
 """
 

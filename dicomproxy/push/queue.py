@@ -16,6 +16,11 @@ MariaDB ≥ 10.6; SQLite has one writer and ignores it) followed by an ``UPDATE 
 one node can win; the claim carries a lease the owner renews. A node that dies stops renewing:
 once its lease has expired, any node takes the item over and sends only what was not confirmed.
 
+Re-checks of delivered studies: a ``done`` item with ``rechecks`` > 0 is due again at ``next_at``
+(claimed by the same query, same lease), and its worker only asks the PACS for the study's instance
+count — a delivery follows only when the PACS holds more than the destination confirmed. The
+schedule is in :mod:`dicomproxy.push.service` (:func:`~dicomproxy.push.service.next_recheck`).
+
 Poison items: a takeover is not an attempt (the delivery never reported), so it is counted apart,
 in ``takeovers``. A claim that finds an expired lease on an item whose leases already expired
 ``max_takeovers`` times does not run it again: it marks it ``failed`` ("abandoned by N
@@ -62,7 +67,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateColumn
 
-from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_instances, jobs
+from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
 LOG = logging.getLogger("dicomproxy.push.queue")
 
@@ -87,6 +93,10 @@ push_queue = Table(
     Column("next_at", DateTime, nullable=False),
     Column("lease_until", DateTime),
     Column("owner", String(64), nullable=False, default=""),
+    #: Re-checks left (``[push] rechecks``): a ``done`` item with ``rechecks`` > 0 is due for the next
+    #: one at ``next_at`` (the PACS asked whether the study grew). 0 = none (also every row of
+    #: older versions). Added after the first release: :func:`migrate` adds it.
+    Column("rechecks", Integer, nullable=False, default=0, server_default=text("0")),
     #: The view row changed while the item was running: queue it again when that run ends.
     Column("changed", Integer, nullable=False, default=0),
     #: The images are delivered (only a report is still being fetched).
@@ -134,7 +144,7 @@ MAX_TAKEOVERS = 3
 #: Columns of ``push_queue`` added after tables existed in the field (``create_all`` skips an
 #: existing table): :func:`migrate` adds each one that is missing. Each needs a server default (rows
 #: already there get it, and nodes of the previous version insert without naming the column).
-ADDED_COLUMNS = ("takeovers",)
+ADDED_COLUMNS = ("takeovers", "rechecks")
 
 
 def _columns(conn: Connection, table: str) -> set[str]:
@@ -148,7 +158,8 @@ def migrate(engine: Engine) -> list[str]:
     checks again and goes on; any other error is raised."""
     added = []
     with engine.connect() as conn:
-        missing = [name for name in ADDED_COLUMNS if name not in _columns(conn, push_queue.name)]
+        present = _columns(conn, push_queue.name)  # read once (one inspection per start)
+    missing = [name for name in ADDED_COLUMNS if name not in present]
     for name in missing:
         # the column as CREATE TABLE spells it in this dialect ("takeovers INTEGER DEFAULT 0 NOT NULL")
         spec = CreateColumn(push_queue.c[name]).compile(dialect=engine.dialect)
@@ -199,6 +210,10 @@ class Item:
     files: bool = False
     #: Times this item was taken over (leases that expired before it; 0 for a normal claim).
     takeovers: int = 0
+    #: Re-checks left when claimed (> 0: this delivery belongs to a delivered study's re-checks).
+    rechecks: int = 0
+    #: Claimed as a due re-check of a ``done`` item: ask the PACS before delivering anything.
+    recheck: bool = False
 
 
 class PushQueue:
@@ -307,7 +322,15 @@ class PushQueue:
             if row.state == RUNNING:
                 values["changed"] = 1
             elif row.state != QUEUED:
-                values.update(state=QUEUED, next_at=now, attempts=0, takeovers=0, report_attempts=0, error="")
+                values.update(
+                    state=QUEUED,
+                    next_at=now,
+                    attempts=0,
+                    takeovers=0,
+                    rechecks=0,
+                    report_attempts=0,
+                    error="",
+                )
             conn.execute(update(push_queue).where(push_queue.c.id == row.id).values(**values))
             requeued += 1
         return len(fresh), requeued
@@ -317,6 +340,7 @@ class PushQueue:
     def _claimable(self, now: dt.datetime, held: Iterable[str]) -> Any:
         cond = or_(
             and_(push_queue.c.state.in_((QUEUED, WAITING)), push_queue.c.next_at <= now),
+            and_(push_queue.c.state == DONE, push_queue.c.rechecks > 0, push_queue.c.next_at <= now),
             and_(push_queue.c.state == RUNNING, push_queue.c.lease_until < now),
         )
         held = list(held)
@@ -326,6 +350,10 @@ class PushQueue:
         self, lease: float, held: Iterable[str] = (), max_takeovers: int = MAX_TAKEOVERS
     ) -> Item | None:
         """The next due item (or one whose owner's lease expired), now ``running`` and ours.
+
+        A ``done`` item whose re-check is due is claimed like any other (``Item.recheck``): its
+        claim starts a new count of attempts (1) and leaves ``updated`` alone (a re-check that
+        finds nothing new is not a delivery: :meth:`finish` with ``touch=False``).
 
         Taking an expired lease over is not an attempt (the delivery never reported) but counts in
         ``takeovers``. An item whose leases have expired more than ``max_takeovers`` times is not
@@ -346,6 +374,7 @@ class PushQueue:
                 if row is None:
                     return None
                 taken_over = row["state"] == RUNNING
+                recheck = row["state"] == DONE
                 takeovers = int(row["takeovers"]) + int(taken_over)
                 ours = update(push_queue).where(
                     push_queue.c.id == row["id"],
@@ -369,9 +398,11 @@ class PushQueue:
                         "state": RUNNING,
                         "owner": self.node,
                         "lease_until": now + dt.timedelta(seconds=lease),
-                        "attempts": push_queue.c.attempts + (0 if taken_over else 1),
+                        "attempts": 1 if recheck else push_queue.c.attempts + (0 if taken_over else 1),
                     }
-                res = conn.execute(ours.values(takeovers=takeovers, changed=0, updated=now, **values))
+                if not recheck:
+                    values["updated"] = now
+                res = conn.execute(ours.values(takeovers=takeovers, changed=0, **values))
                 if not res.rowcount:
                     return None  # another node was first
             if poisoned:
@@ -399,12 +430,14 @@ class PushQueue:
                 str(row["destination"]),
                 str(row["examine_id"]),
                 int(row["generation"]),
-                int(row["attempts"]) + (0 if taken_over else 1),
+                1 if recheck else int(row["attempts"]) + (0 if taken_over else 1),
                 bool(row["images_done"]),
                 str(row["reports"]),
                 int(row["report_attempts"]),
                 bool(row["files"]),
                 takeovers,
+                int(row["rechecks"]),
+                recheck,
             )
 
     def renew(self, ids: Sequence[int], lease: float) -> int:
@@ -450,10 +483,62 @@ class PushQueue:
         with self.engine.connect() as conn:
             return frozenset(str(r[0]) for r in conn.execute(q))
 
-    def finish(self, item: Item, state: str, *, next_at: dt.datetime | None = None, **values: Any) -> bool:
-        """End our run of ``item`` in ``state``; a row change seen meanwhile queues it again.
-        False when the item is no longer ours (our lease expired and another node took it).
-        A delivery (``done``) or a changed row resets the takeovers: the item is not poison."""
+    def confirmed_images(self, item_id: int, generation: int) -> frozenset[str]:
+        """:meth:`confirmed` without the order/report objects (Encapsulated PDF / Secondary Capture
+        made from the row's files, which the PACS does not hold): what the PACS's count of the
+        study is compared with. An instance of those classes the PACS listed for one of the item's
+        jobs (``job_expected``: a scanned document stored in the PACS) still counts."""
+        mine = select(push_attempts.c.job_id).where(
+            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
+        )
+        q = (
+            select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
+            .where(job_instances.c.job_id.in_(mine), job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        listed = select(job_expected.c.sop_instance_uid).where(
+            job_expected.c.job_id.in_(mine), job_expected.c.sop_class_uid.in_(REPORT_SOP_CLASSES)
+        )
+        with self.engine.connect() as conn:
+            rows = [(str(u), str(c)) for u, c in conn.execute(q)]
+            from_pacs = (
+                {str(r[0]) for r in conn.execute(listed)}
+                if any(c in REPORT_SOP_CLASSES for _, c in rows)
+                else set()
+            )
+        return frozenset(u for u, c in rows if c not in REPORT_SOP_CLASSES or u in from_pacs)
+
+    def archive(self, item_id: int, generation: int) -> str:
+        """The archive that served the item's newest job of ``generation`` (``jobs.archive``: the
+        routed one, or the fallback that held the study); "" when none recorded one."""
+        q = (
+            select(jobs.c.archive)
+            .join(push_attempts, push_attempts.c.job_id == jobs.c.id)
+            .where(
+                push_attempts.c.item_id == item_id,
+                push_attempts.c.generation == generation,
+                jobs.c.archive != "",
+            )
+            .order_by(jobs.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return str(conn.execute(q).scalar() or "")
+
+    def finish(
+        self,
+        item: Item,
+        state: str,
+        *,
+        next_at: dt.datetime | None = None,
+        touch: bool = True,
+        **values: Any,
+    ) -> bool:
+        """End our run of ``item`` in ``state``; a row change seen meanwhile queues it again (and
+        drops the re-checks: the new delivery starts its own). False when the item is no longer
+        ours (our lease expired and another node took it). A delivery (``done``) or a changed row
+        resets the takeovers: the item is not poison. ``touch=False`` leaves ``updated`` (a
+        re-check that found nothing new: not counted as a delivery in ``push status``)."""
         now = self.now()
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -465,21 +550,16 @@ class PushQueue:
                 LOG.warning("push item %d: taken over by another node (our lease expired)", item.id)
                 return False
             if row.changed and state in (DONE, WAITING, FAILED):
-                state, next_at = QUEUED, now
-                values.update(attempts=0, report_attempts=0)
+                state, next_at, touch = QUEUED, now, True
+                values.update(attempts=0, report_attempts=0, rechecks=0)
             if state in (DONE, QUEUED):
                 values.update(takeovers=0)
+            if touch:
+                values["updated"] = now
             conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id == item.id)
-                .values(
-                    state=state,
-                    next_at=next_at or now,
-                    lease_until=None,
-                    changed=0,
-                    updated=now,
-                    **values,
-                )
+                .values(state=state, next_at=next_at or now, lease_until=None, changed=0, **values)
             )
         return True
 
@@ -523,14 +603,21 @@ class PushQueue:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def retry(self, item_id: int) -> bool:
-        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts and takeovers reset
-        (only what the destination has not confirmed is sent)."""
+        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts, takeovers and
+        re-checks reset (only what the destination has not confirmed is sent; once delivered, it
+        gets the full re-check schedule again)."""
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
                 .values(
-                    state=QUEUED, next_at=self.now(), attempts=0, takeovers=0, report_attempts=0, error=""
+                    state=QUEUED,
+                    next_at=self.now(),
+                    attempts=0,
+                    takeovers=0,
+                    rechecks=0,
+                    report_attempts=0,
+                    error="",
                 )
             )
             return bool(res.rowcount)
@@ -550,6 +637,7 @@ class PushQueue:
                     next_at=self.now(),
                     attempts=0,
                     takeovers=0,
+                    rechecks=0,
                     report_attempts=0,
                     images_done=0,
                     reports="",
@@ -559,6 +647,16 @@ class PushQueue:
                 )
             )
             return int(res.rowcount)
+
+    def rechecks_pending(self) -> dict[str, tuple[int, dt.datetime | None]]:
+        """Per destination: (delivered items waiting for a re-check, the next one's due time)."""
+        q = (
+            select(push_queue.c.destination, func.count(), func.min(push_queue.c.next_at))
+            .where(push_queue.c.state == DONE, push_queue.c.rechecks > 0)
+            .group_by(push_queue.c.destination)
+        )
+        with self.engine.connect() as conn:
+            return {str(d): (int(n), when) for d, n, when in conn.execute(q)}
 
     def delivered_since(self, since: dt.datetime) -> dict[str, tuple[int, int]]:
         """Per destination: (studies done, bytes) of items finished since ``since``."""

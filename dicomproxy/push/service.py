@@ -9,6 +9,12 @@ Threads (daemons, stopped by :meth:`PushService.stop`):
   order/report files (:mod:`dicomproxy.reports`) on an association of their own;
 - ``push-lease``: renews this node's leases every ``lease / 3`` seconds.
 
+Re-checks (``[push] recheck_after``, ``rechecks``): a delivered item stays due for a few re-checks
+(:func:`next_recheck`); a worker that claims one asks the archive that served the study for its
+Number of Study Related Instances (one STUDY-level C-FIND) and compares it with the instances the
+destination confirmed. Only when the PACS holds more does the usual delivery run (which excludes
+the confirmed ones, so only the late images go).
+
 Waiting is always on an event with a timeout (no busy loop): workers sleep outside the off-peak
 window, while every destination is held or paused, and when nothing is due (the watcher wakes
 them when it queued something). A destination that cannot be reached is *held*: its items are
@@ -31,13 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmwrite
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dicomproxy import events
-from dicomproxy.config import Config
+from dicomproxy.config import Config, PushConfig
 from dicomproxy.errors import DicomServiceError
-from dicomproxy.pacs.client import RECEIVE_SYNTAXES
+from dicomproxy.pacs.client import RECEIVE_SYNTAXES, PacsClient, RetrieveKey
+from dicomproxy.pacs.routing import route
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import (
     DONE,
@@ -53,6 +61,7 @@ from dicomproxy.push.queue import (
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
 from dicomproxy.relay.journal import InstanceRecord, Journal
+from dicomproxy.relay.request import parse_keys
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.reports.encode import ReportObject
 from dicomproxy.reports.fetch import ReportUnavailable
@@ -75,6 +84,25 @@ def node_name(ae_title: str) -> str:
 def backoff(attempts: int, first: float, most: float) -> float:
     """Seconds before attempt ``attempts + 1``: ``first`` doubling, at most ``most``."""
     return float(min(most, first * 2 ** max(0, attempts - 1)))
+
+
+def next_recheck(rechecks_left: int, push: PushConfig) -> tuple[int, float]:
+    """(re-checks left, seconds until the next one) after a run of an item that ended ``done``.
+
+    ``rechecks_left`` is the item's count when it was claimed: 0 for a delivery that starts a new
+    schedule (the first one, or after a changed row, ``push retry``, ``push requeue``), which
+    gets ``push.rechecks`` of them, the first ``recheck_after`` seconds later; k > 0 for a run
+    that was one of the re-checks (or the delivery a re-check started, however many attempts it
+    took), which leaves k - 1. Re-check n (1-based) comes ``recheck_after × 2^(n-1)`` seconds
+    after the previous run: with 600 s and 2, at +10 min and +30 min. Every run consumes one, so
+    the schedule is bounded whatever the PACS answers. A lowered ``rechecks`` caps the count left;
+    ``recheck_after = 0`` or ``rechecks = 0`` ends every schedule."""
+    if push.recheck_after <= 0 or push.rechecks <= 0:
+        return 0, 0.0
+    left = push.rechecks if rechecks_left <= 0 else min(rechecks_left - 1, push.rechecks)
+    if left <= 0:
+        return 0, 0.0
+    return left, push.recheck_after * 2 ** (push.rechecks - left)
 
 
 class PushService:
@@ -236,7 +264,10 @@ class PushService:
     # --- one delivery ----------------------------------------------------------------------------
 
     def deliver(self, item: Item) -> None:
-        """Send ``item``'s study (what the destination has not confirmed), then its files."""
+        """Send ``item``'s study (what the destination has not confirmed), then its files; for a
+        re-check, only when the PACS holds more than the destination confirmed."""
+        if item.recheck and not self._recheck(item):
+            return
         exclude = self.queue.confirmed(item.id, item.generation)
         job: dict[str, int] = {}
 
@@ -293,7 +324,10 @@ class PushService:
                 reason = str(row.get("error") or f"{outcome} (0x{status:04X})")
             self._retry_later(item, reason, confirmed=confirmed, bytes=done_bytes)
             return
-        reports, reports_ok = self._reports(item, job_id)
+        if item.recheck and item.reports in ("sent", "none", "missing"):
+            reports, reports_ok = item.reports, True  # the row did not change: its files neither
+        else:
+            reports, reports_ok = self._reports(item, job_id)
         if not reports_ok and item.report_attempts + 1 < self.config.reports.max_attempts:
             delay = backoff(item.report_attempts + 1, self.push.retry_delay, self.push.max_retry_delay)
             self.queue.finish(
@@ -323,18 +357,122 @@ class PushService:
                 item.id,
                 self.config.reports.max_attempts,
             )
+        left, delay = next_recheck(item.rechecks, self.push)
         self.queue.finish(
-            item, DONE, images_done=1, reports=reports, confirmed=confirmed, bytes=done_bytes, error=""
+            item,
+            DONE,
+            next_at=self.queue.now() + dt.timedelta(seconds=delay),
+            rechecks=left,
+            images_done=1,
+            reports=reports,
+            confirmed=confirmed,
+            bytes=done_bytes,
+            error="",
         )
         LOG.info(
-            "push item %d: delivered to %s (job %s, %d instance(s) confirmed, files: %s)",
+            "push item %d: delivered to %s (job %s, %d instance(s) confirmed, files: %s)%s",
             item.id,
             item.destination,
             job_id,
             confirmed,
             reports,
+            f"; re-checked in {delay:.0f} s ({left} left)" if left else "",
         )
         self._published(item, "delivered", confirmed)
+
+    # --- re-checks of delivered studies ---------------------------------------------------------
+
+    def _recheck(self, item: Item) -> bool:
+        """A due re-check of a delivered item: True when the PACS holds more of the study than the
+        destination confirmed (the caller delivers: only the new instances go); otherwise the
+        item is ``done`` again with the next re-check scheduled (or none left), no job made.
+
+        One STUDY-level C-FIND (Number of Study Related Instances) to the archive that served the
+        item's last job; a PACS that does not return the count (dcmqrscp) is asked for the list
+        (IMAGE level) instead, compared UID by UID. A PACS that cannot be asked uses up this
+        re-check (WARNING; so does a view that cannot be read when the archive must be routed):
+        the schedule stays bounded. A study no longer visible or routable is left to the
+        delivery, which drops it. Re-checks turned off since the item was delivered
+        (``recheck_after`` or ``rechecks`` 0): it ends, nothing asked."""
+        n = max(1, self.push.rechecks - item.rechecks + 1)
+        if self.push.recheck_after <= 0 or self.push.rechecks <= 0:
+            LOG.debug("push item %d: re-checks are off: none left", item.id)
+            self._rechecked(item, 0, 0.0)
+            return False
+        try:
+            client = self._archive_of(item)
+            if client is None:
+                return True
+            sent = self.queue.confirmed_images(item.id, item.generation)
+            summary = client.study_summary(item.study_uid)
+            if summary is None:
+                in_pacs, new = 0, 0  # the PACS no longer has it: nothing to send
+            elif summary.count:
+                in_pacs, new = summary.count, summary.count - len(sent)
+            else:  # no count from this PACS: list the study
+                uids = {r.sop_instance_uid for r in client.find_instances(RetrieveKey(item.study_uid))}
+                in_pacs, new = len(uids), len(uids - self.queue.confirmed(item.id, item.generation))
+        except DicomServiceError as exc:
+            left, delay = next_recheck(item.rechecks, self.push)
+            LOG.warning(
+                "push item %d: re-check %d could not be done (%s); %s",
+                item.id,
+                n,
+                str(exc)[:200],
+                f"next in {delay:.0f} s" if left else "no re-check left",
+            )
+            self._rechecked(item, left, delay)
+            return False
+        if new > 0:
+            LOG.info(
+                "push item %d: re-check %d: the PACS holds %d instance(s), %d confirmed: delivering the new",
+                item.id,
+                n,
+                in_pacs,
+                len(sent),
+            )
+            return True
+        left, delay = next_recheck(item.rechecks, self.push)
+        LOG.info(
+            "push item %d: re-check %d: the PACS holds %d instance(s), %d confirmed: nothing new; %s",
+            item.id,
+            n,
+            in_pacs,
+            len(sent),
+            f"next in {delay:.0f} s" if left else "no re-check left",
+        )
+        self._rechecked(item, left, delay)
+        return False
+
+    def _rechecked(self, item: Item, left: int, delay: float) -> None:
+        self.queue.finish(
+            item,
+            DONE,
+            next_at=self.queue.now() + dt.timedelta(seconds=delay),
+            rechecks=left,
+            touch=False,
+        )
+        self._published(item, "rechecked", 0)
+
+    def _archive_of(self, item: Item) -> PacsClient | None:
+        """The archive client to ask about ``item``'s study: the one that served its last job, else
+        the one its view row routes to now; None when the study is not visible or not routable."""
+        archives: dict[str, PacsClient] = self.relay.archives
+        client = archives.get(self.queue.archive(item.id, item.generation))
+        if client is not None:
+            return client
+        if self.relay.resolver is None:
+            return None
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = item.study_uid
+        _, routed = parse_keys(identifier, self.relay.resolver)
+        if not routed:
+            return None
+        try:
+            return archives.get(route(self.config, routed[0][1].sysid, routed[0][1].modality).name)
+        except DicomServiceError:  # Unroutable
+            return None
 
     def _retry_later(self, item: Item, reason: str, **values: Any) -> None:
         if item.attempts >= self.push.max_attempts:
