@@ -3,14 +3,18 @@ exam views in SQLite / PostgreSQL / MariaDB."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
@@ -24,6 +28,11 @@ from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, demo_specs, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
+
+# hypothesis is imported here, at start-up, and not first by its pytest plugin at the terminal summary:
+# pytest rewrites the plugin's modules on import, and CPython 3.11.7's ast.parse can fail there with
+# "SystemError: AST constructor recursion depth mismatch" when the garbage collector runs finalizers
+# during the parse (seen after the socket-heavy push tests; exit status 1 although every test passed).
 
 PG_URL = os.environ.get("DICOMPROXY_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get(
@@ -55,6 +64,55 @@ def base_config_dict(tmp: Path, view_url: str, **sections: dict[str, Any]) -> di
         else:
             doc[name] = value
     return doc
+
+
+class QuietHTTPHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder over HTTP without a log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real local HTTP server for order/report files: (base URL, the folder it serves)."""
+    folder = tmp_path / "http"
+    folder.mkdir()
+    handler = functools.partial(QuietHTTPHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def push_cli_toml(tmp_path: Path, push_extra: str = "") -> Path:
+    """A minimal config file with push mode on (destination CLOUD) for ``dicomproxy push`` CLI tests;
+    ``push_extra``: more ``[push]`` lines."""
+    toml = tmp_path / "proxy.toml"
+    toml.write_text(
+        f"""
+[proxy]
+data_dir = "{tmp_path / "var"}"
+[hospital]
+id = "74580626"
+[view]
+url = "sqlite:///{tmp_path / "view.db"}"
+[pacs]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 1
+[[peers]]
+ae_title = "CLOUD"
+host = "127.0.0.1"
+port = 1
+[push]
+enabled = true
+destinations = ["CLOUD"]
+{push_extra}"""
+    )
+    return toml
 
 
 @pytest.fixture

@@ -8,11 +8,8 @@ part that reads RowTimestamp)."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
 import json
 import logging
-import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -53,22 +50,9 @@ def push_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 
 
 @pytest.fixture
-def report_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def report_server(http_folder: tuple[str, Path]) -> tuple[str, Path]:
     """A local HTTP server for order/report files: (base URL, folder)."""
-    folder = tmp_path / "reports"
-    folder.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    httpd.shutdown()
-    httpd.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    return http_folder
 
 
 def delivered(scp: StoreSCP) -> Counter[str]:

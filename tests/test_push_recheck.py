@@ -52,7 +52,7 @@ from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 from tests import test_push_takeover
-from tests.conftest import ConfigFactory, _need, base_config_dict
+from tests.conftest import ConfigFactory, _need, base_config_dict, push_cli_toml
 from tests.test_push import _config, delivered, study_sops
 from tests.test_push_nodes import pg_journal  # noqa: F401  (fixture: a fresh PostgreSQL database)
 from tests.test_push_takeover import LEASE, START, Clock, _enqueue, _old_push_queue, _row
@@ -513,28 +513,7 @@ def test_the_archive_asked_is_the_one_that_served_else_the_routed_one(
 
 
 def test_push_status_shows_rechecks_and_takeovers(tmp_path: Path) -> None:
-    toml = tmp_path / "proxy.toml"
-    toml.write_text(
-        f"""
-[proxy]
-data_dir = "{tmp_path / "var"}"
-[hospital]
-id = "74580626"
-[view]
-url = "sqlite:///{tmp_path / "view.db"}"
-[pacs]
-ae_title = "PACS"
-host = "127.0.0.1"
-port = 1
-[[peers]]
-ae_title = "CLOUD"
-host = "127.0.0.1"
-port = 1
-[push]
-enabled = true
-destinations = ["CLOUD"]
-"""
-    )
+    toml = push_cli_toml(tmp_path)
     journal = Journal.for_config("", tmp_path / "var")
     try:
         q = PushQueue(journal.engine, "node")

@@ -51,7 +51,7 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.service import PushService
 from dicomproxy.relay.journal import Journal
-from tests.conftest import MARIADB_URL, _reachable, base_config_dict
+from tests.conftest import MARIADB_URL, _reachable, base_config_dict, push_cli_toml
 from tests.test_push_nodes import pg_journal  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
 LEASE = 60.0
@@ -363,29 +363,7 @@ def test_serve_workers_use_max_takeovers_from_the_config(tmp_path: Path, clock: 
 
 
 def test_push_status_shows_the_abandoned_item_and_push_retry_resets_it(tmp_path: Path, clock: Clock) -> None:
-    toml = tmp_path / "proxy.toml"
-    toml.write_text(
-        f"""
-[proxy]
-data_dir = "{tmp_path / "var"}"
-[hospital]
-id = "74580626"
-[view]
-url = "sqlite:///{tmp_path / "view.db"}"
-[pacs]
-ae_title = "PACS"
-host = "127.0.0.1"
-port = 1
-[[peers]]
-ae_title = "CLOUD"
-host = "127.0.0.1"
-port = 1
-[push]
-enabled = true
-destinations = ["CLOUD"]
-max_takeovers = 1
-"""
-    )
+    toml = push_cli_toml(tmp_path, "max_takeovers = 1")
     journal = Journal.for_config("", tmp_path / "var")
     try:
         q = PushQueue(journal.engine, "node")

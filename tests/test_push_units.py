@@ -22,7 +22,7 @@ from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE, build
 from dicomproxy.reports.fetch import ReportUnavailable, fetch, local_path
 from testkit.samples import StudySpec, exam_row
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
-from tests.conftest import _need, base_config_dict
+from tests.conftest import _need, base_config_dict, push_cli_toml
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 DAY = dt.datetime(2026, 3, 2)
@@ -202,28 +202,7 @@ def test_fetch_over_ftp(tmp_path: Path) -> None:
 
 
 def test_push_cli(tmp_path: Path) -> None:
-    toml = tmp_path / "proxy.toml"
-    toml.write_text(
-        f"""
-[proxy]
-data_dir = "{tmp_path / "var"}"
-[hospital]
-id = "74580626"
-[view]
-url = "sqlite:///{tmp_path / "view.db"}"
-[pacs]
-ae_title = "PACS"
-host = "127.0.0.1"
-port = 1
-[[peers]]
-ae_title = "CLOUD"
-host = "127.0.0.1"
-port = 1
-[push]
-enabled = true
-destinations = ["CLOUD"]
-"""
-    )
+    toml = push_cli_toml(tmp_path)
     journal = Journal.for_config("", tmp_path / "var")
     queue = PushQueue(journal.engine, "t")
     now = utcnow()

@@ -8,13 +8,9 @@ in tests/test_push_watcher.py."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -32,17 +28,12 @@ from tests import test_view_rowstamp
 from tests.conftest import ConfigFactory, _need
 from tests.test_view_rowstamp import StampedView
 
-#: Every database × both RowTimestamp kinds (the fixture of tests/test_view_rowstamp.py); SQLite is
-#: left to tests/test_push.py.
+#: The view of tests/test_view_rowstamp.py, here on PostgreSQL and MariaDB × both RowTimestamp kinds
+#: (SQLite: tests/test_push.py).
 stamped = test_view_rowstamp.stamped
 
 SPEC = StudySpec("MR", accession="PV001", series=1, images_per_series=3, seed=191)
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +46,18 @@ def pv_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 
 
 @pytest.fixture
-def report_url(tmp_path: Path) -> Iterator[str]:
-    folder = tmp_path / "http"
-    folder.mkdir()
+def report_url(http_folder: tuple[str, Path]) -> str:
+    base_url, folder = http_folder
     (folder / "r.pdf").write_bytes(PDF)
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder))
-    )
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/r.pdf"
-    httpd.shutdown()
-    httpd.server_close()
+    return f"{base_url}/r.pdf"
 
 
+@pytest.mark.parametrize(
+    "stamped",
+    [(db, kind) for db in ("postgresql", "mariadb") for kind in test_view_rowstamp.KINDS],
+    indirect=True,
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def test_row_inserted_into_a_server_view_brings_study_and_report_once(
     stamped: StampedView,
     tmp_path: Path,
@@ -76,8 +66,6 @@ def test_row_inserted_into_a_server_view_brings_study_and_report_once(
     report_url: str,
     run_proxy: Callable[[Config], Server],
 ) -> None:
-    if stamped.db == "sqlite":
-        pytest.skip("SQLite: tests/test_push.py (with outage and restart)")
     _need("storescp")
     scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
     try:

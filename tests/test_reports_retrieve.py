@@ -12,10 +12,7 @@ file that cannot be fetched is one failed sub-operation (0xB000), logged, the im
 
 from __future__ import annotations
 
-import functools
-import http.server
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,11 +46,6 @@ PROXY_AE = "DICOMPROXY"
 CLOUD = "jobserver"
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def proxy_port() -> int:
     return free_port()
@@ -67,19 +59,6 @@ def pacs(tmp_path_factory: pytest.TempPathFactory, proxy_port: int) -> Iterator[
     server.add_modality("proxy", Remote(PROXY_AE, "127.0.0.1", proxy_port))
     yield server
     server.stop()
-
-
-@pytest.fixture
-def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    folder = tmp_path / "http"
-    folder.mkdir()
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder))
-    )
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture
