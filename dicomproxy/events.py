@@ -157,6 +157,21 @@ class JobFinished(Event):
 
 
 @dataclass(frozen=True)
+class JobInterrupted(Event):
+    """A job the process died in (no JobFinished ever came), found at the next start and written
+    to the audit trail then (``AuditSubscriber.interrupted_records``): for the ATNA message."""
+
+    job_id: int
+    kind: str
+    peer: Peer
+    destination: str
+    study_uids: tuple[str, ...]
+    patient_ids: tuple[str, ...]
+    #: Instances the destination confirmed before the process ended.
+    instances: int
+
+
+@dataclass(frozen=True)
 class RetryRequested(Event):
     """``jobs retry`` (or the automatic resume) asked for a job to be sent again."""
 

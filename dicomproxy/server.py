@@ -196,10 +196,13 @@ class Server:
             self.port,
             " (TLS)" if tls else "",
         )
+        self._start_observers()
         if self._retries and self.ctx.journal is not None and self.ctx.archives:
+            # ProcessStarted's audit of the jobs the last process died in reads them as `interrupted`:
+            # it runs before the automatic resume picks them up (and changes that)
+            events.flush()
             self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives)
             self.retry_worker.start()
-        self._start_observers()
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
 

@@ -194,3 +194,70 @@ def test_schema_rejects_a_malformed_message() -> None:
 def test_syslog_url_errors_name_the_key(make_config: ConfigFactory, url: str) -> None:
     with pytest.raises(ConfigError, match=r"audit\.syslog"):
         make_config(audit={"syslog": url})
+
+
+@pytest.mark.parametrize("sent", [3, 0])
+def test_a_job_the_process_died_in_gets_its_transfer_message_at_the_next_start(
+    sent: int,
+    rsyslog: Rsyslog,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """A C-MOVE whose process was killed never sent its DICOM Instances Transferred message; the
+    next start finds it (the journal says interrupted, the audit trail has no row yet) and sends
+    it: EventOutcomeIndicator 4 (minor failure) when some instances were confirmed, 8 when none
+    (PS3.15 A.5.3.4), with the study, the patient (from the exam view) and both AEs."""
+    from dicomproxy.relay.journal import InstanceRecord, Journal
+    from dicomproxy.relay.recovery import reconcile
+    from dicomproxy.status import JobKind
+
+    config = make_config(
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": 1},
+        ],
+        audit={"syslog": f"udp://127.0.0.1:{rsyslog.udp_port}"},
+    )
+    journal = Journal.for_config("", config.data_path)  # what the killed process left behind
+    job = journal.start(JobKind.MOVE, "jobserver", "127.0.0.1", "DEST", "pacs")
+    journal.update(job, level="STUDY", study_uids=[CT.study_uid], expected=10)
+    journal.add_instances(job, [InstanceRecord(CT.sop_uid(0, i), "sent") for i in range(sent)])
+    assert reconcile(config, journal).interrupted == [job]  # what `serve` does before it starts
+    journal.close()
+
+    run_proxy(config)
+
+    def transferred() -> list[etree._Element]:
+        found = []
+        for line in rsyslog.messages("udp"):
+            _, msg = parse(line)
+            if msg.find("EventIdentification/EventID").get("csd-code") == "110104":
+                found.append(msg)
+        return found
+
+    wait_until(lambda: bool(transferred()), 30, "the interrupted job's Instances Transferred message")
+    (msg,) = transferred()
+    SCHEMA.assertValid(msg)
+    assert check_a53(msg) == "110104"
+    outcome = msg.find("EventIdentification").get("EventOutcomeIndicator")
+    assert outcome == ("4" if sent else "8")
+    (study,) = objects(msg, "110180")
+    assert study.get("ParticipantObjectID") == CT.study_uid
+    assert [o.get("ParticipantObjectID") for o in objects(msg, "2")] == [CT.patient.patient_id]
+    assert roles(msg)["110152"].get("UserID") == "DEST"
+    requestor = [p for p in msg.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+    assert [p.get("UserID") for p in requestor] == ["jobserver"]
+    # the audit trail's row of the job counts what the destination confirmed before the crash
+    import json
+
+    from dicomproxy.audit.trail import AuditTrail
+
+    journal = Journal.for_config("", config.data_path)
+    try:
+        (row,) = [r for r in AuditTrail(journal.engine).rows(study=CT.study_uid) if r["job_id"] == job]
+    finally:
+        journal.close()
+    assert (row["action"], row["outcome"]) == ("move", "interrupted")
+    detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+    assert detail["instances"] == sent

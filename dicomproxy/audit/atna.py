@@ -248,6 +248,18 @@ class MessageBuilder:
                 root, [*_split(started.keys.get("PatientID", "")), *cast(tuple, context.get("patients", ()))]
             )
             return root
+        if isinstance(event, events.JobInterrupted):
+            # the process ended during the job (found at the next start): some instances may have
+            # been sent (minor failure) or none (serious failure), PS3.15 A.5.3.4 / A.5.1
+            outcome = MINOR_FAILURE if event.instances else SERIOUS_FAILURE
+            root = self._message(INSTANCES_TRANSFERRED, "R", t, outcome)
+            self._ourselves(root, False, ROLE_SOURCE)
+            self._participant(root, event.destination, False, role=ROLE_DESTINATION)
+            self._peer(root, event.peer, None)
+            self._source(root)
+            self._studies(root, event.study_uids)
+            self._patients(root, event.patient_ids)
+            return root
         if isinstance(event, events.JobFinished) and context is not None:
             started = cast(events.JobStarted, context["started"])
             studies = cast(tuple[str, ...], context.get("studies", ()))

@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
@@ -45,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from dicomproxy import events
-from dicomproxy.status import JobOutcome
+from dicomproxy.status import JobKind, JobOutcome
 
 LOG = logging.getLogger("dicomproxy.audit")
 
@@ -343,21 +344,50 @@ class AuditSubscriber:
         if isinstance(event, events.ProcessStarted):
             for interrupted in self.interrupted_records():
                 self.trail.append(interrupted)
+                events.publish(  # the ATNA message of the job (dicomproxy.audit.atna)
+                    events.JobInterrupted(
+                        job_id=interrupted.job_id or 0,
+                        kind=interrupted.action,
+                        peer=events.Peer(interrupted.calling_ae, interrupted.address),
+                        destination=interrupted.destination,
+                        study_uids=interrupted.study_uids,
+                        patient_ids=interrupted.patient_ids,
+                        instances=int(interrupted.detail.get("instances", 0)),
+                    )
+                )
 
     def interrupted_records(self) -> list[AuditRecord]:
         """A C-MOVE/C-GET whose process died (SIGKILL, power loss, drain timeout) never reached its
         JobFinished event, so its audit row was never written. At the next start every job the
         journal marked ``interrupted`` and the trail does not name yet gets its row, from the
         journal (requester, destination, studies, counts) and the exam view (patient IDs)."""
-        from dicomproxy.relay.journal import jobs  # the journal's table, in the same database
+        # the journal's tables, in the same database
+        from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances, jobs
 
-        audited = select(audit_log.c.job_id).where(audit_log.c.job_id.is_not(None))
+        # the job's own record (its kind as the action), not a `retry` row the automatic resume
+        # may have written for the same job first
+        audited = select(audit_log.c.job_id).where(
+            audit_log.c.job_id.is_not(None), audit_log.c.action.in_([kind.value for kind in JobKind])
+        )
         with self.trail.engine.connect() as conn:
             rows = conn.execute(
                 select(jobs)
                 .where(jobs.c.outcome == JobOutcome.INTERRUPTED.value, jobs.c.id.not_in(audited))
                 .order_by(jobs.c.id)
             ).all()
+            # the job row's counts are written when a job ends, which these never did: count what
+            # the destination confirmed, as `jobs retry` does
+            confirmed: dict[int, int] = {}
+            if rows:
+                counted = conn.execute(
+                    select(job_instances.c.job_id, func.count(job_instances.c.sop_instance_uid.distinct()))
+                    .where(
+                        job_instances.c.job_id.in_([row.id for row in rows]),
+                        job_instances.c.state.in_(CONFIRMED_STATES),
+                    )
+                    .group_by(job_instances.c.job_id)
+                )
+                confirmed = {int(job): int(n) for job, n in counted}
         out = []
         for row in rows:
             study_uids = tuple(json.loads(row.study_uids or "[]"))
@@ -381,7 +411,7 @@ class AuditSubscriber:
                         "patient_ids": list(patients),
                         "accession_numbers": list(accessions),
                         "study_uids": list(study_uids),
-                        "instances": int(row.completed) + int(row.warning),
+                        "instances": int(confirmed.get(row.id, 0)),
                         "expected": int(row.expected),
                         "failed": int(row.failed),
                         "started": row.started.isoformat(),
