@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.config import Config
 from dicomproxy.server import Server
@@ -79,6 +80,7 @@ class GatedStoreSCP:
         self.received = 0
         ae = AE(ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)  # the page's peer checks C-ECHO it
         self.ae = ae
         self.server: Any = None
 
@@ -124,8 +126,8 @@ def test_status_page_shows_a_cmove_job_running_then_finished(
     r = orthanc.remote
     config = make_config(
         pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
-        peers=[
-            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+        peers=[  # the cloud's own listener is stood in for by the destination (the page echoes both)
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": gated.port},
             {"ae_title": gated.ae_title, "host": "127.0.0.1", "port": gated.port},
         ],
         http={"port": free_port(), "token": TOKEN},
