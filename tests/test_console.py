@@ -226,6 +226,44 @@ def test_health_ready_metrics_after_real_traffic(console_proxy: tuple[Server, Ht
     assert CT.study_uid not in text and CT.patient.patient_id not in text and "keys" not in job
 
 
+@pytest.mark.orthanc
+@pytest.mark.dcmtk
+def test_inline_conversions_are_in_the_transcode_metric(
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    storescp: Callable[..., Any],
+) -> None:
+    """``none`` mode to a destination that takes Implicit VR Little Endian only: each instance
+    (held as Explicit VR LE) is converted on the pump's thread, not in the pool — and counted in
+    ``dicomproxy_transcode_seconds`` like the pool's conversions."""
+    dest = storescp("DEST", syntaxes="implicit")
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+        http={"port": free_port(), "token": TOKEN},
+    )
+    server = run_proxy(config)
+    assert server.console is not None
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = MR.study_uid
+    moved = scu.move(Remote("DICOMPROXY", "127.0.0.1", server.port), "DEST", m, calling_ae="jobserver")
+    assert (moved.status, moved.completed) == (0, 4), moved.line()
+    events.flush()
+    s = samples(Http(server.console.url, TOKEN).get("/metrics")[1].decode())
+    implicit = "1.2.840.10008.1.2"
+    assert value(s, "dicomproxy_transcode_seconds_count", transfer_syntax=implicit) == 4
+    assert (
+        value(s, "dicomproxy_instances_sent_total", mode="none", transfer_syntax=implicit, result="sent") == 4
+    )
+
+
 def test_readyz_503_names_the_failing_check(
     sqlite_view: Any, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
 ) -> None:

@@ -143,6 +143,9 @@ class Forwarder:
         self.bytes_out = 0
         #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
         self.throttle: Callable[[int], None] | None = None
+        #: Told (transfer syntax, CPU seconds) of each conversion made here, inline — the pool's are
+        #: reported by the pump (the ``dicomproxy_transcode_seconds`` metric counts both).
+        self.on_converted: Callable[[str, float], None] | None = None
         self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
         self._adopt(link)
@@ -187,6 +190,7 @@ class Forwarder:
             reopen=self._reopen,
         )
         twin.throttle = self.throttle  # push's max_mbps: one cap for all of the job's associations
+        twin.on_converted = self.on_converted
         return twin
 
     @property
@@ -229,12 +233,15 @@ class Forwarder:
             return self.send_file(item, item.path, target)
         tmp = self.converted_path(item)
         try:
+            started = time.thread_time()
             try:
                 path = transcode_file(item.path, tmp, target, self.policy).path
             except Exception as exc:
                 return SendResult(
                     Status.UNABLE_TO_PROCESS, target, error=f"cannot convert to {target}: {exc}"
                 )
+            if self.on_converted is not None:
+                self.on_converted(target, time.thread_time() - started)
             return self.send_file(item, path, target)
         finally:
             tmp.unlink(missing_ok=True)

@@ -339,6 +339,9 @@ class RelayService:
                 spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
                 onward = sorted({*sop_classes, *REPORT_SOP_CLASSES}) if reports else sop_classes
                 forwarder = opener(state, onward, spool.dir)
+                forwarder.on_converted = lambda syntax, seconds: events.publish(
+                    events.Transcoded(job_id, syntax, seconds)
+                )
                 state.mark("destination")
                 if state.counted:
                     yield state.response(Status.PENDING)
