@@ -165,8 +165,10 @@ def test_files_are_part_of_the_study_in_find_move_and_get(
         NumberOfStudyRelatedSeries="",
         NumberOfStudyRelatedInstances="",
         SOPClassesInStudy="",
+        ModalitiesInStudy="",
     )
     assert (int(study.NumberOfStudyRelatedSeries), int(study.NumberOfStudyRelatedInstances)) == (4, 6)
+    assert list(study.ModalitiesInStudy) == ["CT", "DOC", "OT"]
     assert {ENCAPSULATED_PDF, SECONDARY_CAPTURE} <= set(study.SOPClassesInStudy)
 
     # C-FIND SERIES: the PACS's two series and one per file (Modality as the file name says)
@@ -287,8 +289,14 @@ def test_without_in_retrieve_the_study_is_the_pacs_s(
         ],
     )
     other = run_proxy(plain)
-    (study,) = find(other, "STUDY", StudyInstanceUID=SPEC.study_uid, NumberOfStudyRelatedInstances="")
-    assert int(study.NumberOfStudyRelatedInstances) == 4
+    (study,) = find(
+        other,
+        "STUDY",
+        StudyInstanceUID=SPEC.study_uid,
+        NumberOfStudyRelatedInstances="",
+        ModalitiesInStudy="",
+    )
+    assert int(study.NumberOfStudyRelatedInstances) == 4 and study.ModalitiesInStudy == "CT"
     series = find(other, "SERIES", StudyInstanceUID=SPEC.study_uid, SeriesInstanceUID="")
     assert len(series) == 2
     result = scu.move(remote(other), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60)

@@ -108,11 +108,12 @@ class FindService:
                 if limit and sent >= limit:
                     LOG.warning("C-FIND stopped at [view].max_results = %d matches", limit)
                     return
+                files = (attrs.get(FILES_KEY) or {}) if self.config.reports.retrievable else {}
                 if counts is not None:
                     found = counts.counts(attrs["StudyInstanceUID"])
-                    if found and self.config.reports.retrievable:
-                        found = with_files(found, attrs.get(FILES_KEY) or {})
-                    attrs.update(found or {})
+                    attrs.update(with_files(found, files) if found else {})
+                if files:  # the files' series are the study's too (matching stayed the view's)
+                    attrs["ModalitiesInStudy"] = file_modalities(attrs.get("ModalitiesInStudy") or [], files)
                 yield build_response(query, attrs, charset)
                 sent += 1
 
@@ -179,6 +180,13 @@ def _as_list(value: Any) -> list[Any]:
     if value in (None, ""):
         return []
     return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+
+def file_modalities(modalities: list[str], files: Mapping[str, str]) -> list[str]:
+    """ModalitiesInStudy (0008,0061) with the files' series: DOC (PDF) or OT (JPEG), as the file
+    names suggest (PS3.4 C.6.2.1.2: every Modality of the study's series)."""
+    extra = {"OT" if likely_jpeg(w) else "DOC" for w in files.values()}
+    return sorted({*modalities, *extra})
 
 
 def with_files(counts: Counts, files: Mapping[str, str]) -> Counts:
