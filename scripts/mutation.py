@@ -86,7 +86,7 @@ TARGETS: dict[str, Target] = {
     "outcome": Target(
         "dicomproxy/relay/outcome.py",
         (),
-        ("tests/test_outcome.py", "tests/test_relay_faults.py"),
+        ("tests/test_outcome.py", "tests/test_reports_plan.py", "tests/test_relay_faults.py"),
         "the relay's outcome and final status, sub-operation counts (JobState)",
     ),
     "relay": Target(
@@ -97,9 +97,13 @@ TARGETS: dict[str, Target] = {
     ),
     "pump": Target(
         "dicomproxy/relay/pump.py",
-        ("Pump.run@pacs_error = end.error", "Pump._record"),
-        ("tests/test_relay_faults.py", "tests/test_destination_reconnect.py"),
-        "the end of a job's pump and each sub-operation's record",
+        ("Pump._finish", "Pump._send_reports", "Pump._record"),
+        (
+            "tests/test_relay_faults.py",
+            "tests/test_destination_reconnect.py",
+            "tests/test_reports_retrieve.py",
+        ),
+        "the end of a job's pump (order/report objects, missing instances) and each sub-operation's record",
     ),
     "recovery": Target(
         "dicomproxy/relay/recovery.py",
@@ -189,13 +193,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     ],
     "outcome": [
         (
-            "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))",
+            "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))+self.extras",
             "max(-1,",
             "processed ∩ expected never outnumbers expected: the difference is never negative",
         ),
         (
-            "ifnotself.expectedandself.announced>len(self.processed):",
-            "self.announced>=len(self.processed):",
+            "ifnotself.expectedandself.announced>pacs_done:",
+            "self.announced>=pacs_done:",
             "when equal nothing is missing: adding 0 and returning is what the fall-through does",
         ),
     ],
