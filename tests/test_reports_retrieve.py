@@ -187,9 +187,11 @@ def test_files_are_part_of_the_study_in_find_move_and_get(
     # C-MOVE STUDY: 6 sub-operations, every instance once at storescp, the files in their series;
     # every Pending response counts the files (PS3.4 C.4.2.1.6: remaining + done = 6 throughout)
     sums: list[int] = []
+    failed_seen: list[int] = []
 
     def progress(s: scu.RetrieveSummary) -> None:
         sums.append((s.remaining or 0) + s.completed + s.failed + s.warning)
+        failed_seen.append(s.failed)
 
     result = scu.move(
         remote(server), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60, progress=progress
@@ -237,8 +239,14 @@ def test_files_are_part_of_the_study_in_find_move_and_get(
     # a file that cannot be read: one failed sub-operation, logged, the images and the report sent
     (share / "order.jpg").unlink()
     caplog.set_level(logging.WARNING, logger="dicomproxy")
-    result = scu.move(remote(server), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60)
+    sums.clear()
+    failed_seen.clear()
+    result = scu.move(
+        remote(server), "DEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60, progress=progress
+    )
     assert (result.status, result.completed, result.failed) == (0xB000, 5, 1), result.line()
+    assert sums and set(sums) == {6}, sums  # the unfetched file counted once, as failed …
+    assert failed_seen[-1] == 1, failed_seen  # … as soon as it failed, before the final response
     assert "order file not available: cannot read the file" in caplog.text
     job = server.ctx.journal.recent(1)[0]
     assert job["outcome"] == "partial" and "order file not available" in job["error"]
