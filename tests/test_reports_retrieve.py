@@ -33,7 +33,7 @@ from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
 from testkit import free_port
 from testkit.dcmtk import StoreSCP
-from testkit.fakepacs import FakeDestination
+from testkit.fakepacs import FakeDestination, FakePacs
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
@@ -313,3 +313,41 @@ def test_without_in_retrieve_the_study_is_the_pacs_s(
 
 def _section(proxy_config: Any) -> dict[str, Any]:
     return {"ae_title": PROXY_AE, "host": "127.0.0.1", "data_dir": str(proxy_config.data_dir) + "-plain"}
+
+
+def test_a_pacs_failing_before_any_instance_answers_for_the_job_and_no_file_is_sent(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    sqlite_url: str,
+    http_folder: tuple[str, Path],
+    fakedest: FakeDestination,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """The PACS aborts the retrieval before its first instance (pynetdicom fake PACS): the job's
+    answer is the PACS's failure (0xC002, PS3.4 C.4.2.1.5), as without files — the report is not
+    sent on its own, and counts as failed like the images."""
+    base_url, http_dir = http_folder
+    (http_dir / "r.pdf").write_bytes(PDF)
+    engine = create_engine(sqlite_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(SPEC, ReportFilePath=f"{base_url}/r.pdf")])
+    engine.dispose()
+    pacs = FakePacs(write_study(SPEC, tmp_path / "study"))
+    pacs.behaviour.abort_after = 0
+    pacs.start()
+    try:
+        config = make_config(
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[
+                {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+                {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": fakedest.port},
+            ],
+            reports={"in_retrieve": True, "timeout": 5},
+        )
+        server = run_proxy(config)
+        result = scu.move(remote(server), "FAKEDEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60)
+        assert result.status == 0xC002, result.line()
+        assert (result.completed, result.failed) == (0, 5)  # 4 images + the report, none sent
+        assert fakedest.attempts == []
+    finally:
+        pacs.stop()
