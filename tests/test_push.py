@@ -193,13 +193,15 @@ def _scenario(
     with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/metrics", timeout=10) as rsp:
         metrics = rsp.read().decode()
     assert 'dicomproxy_push_queue{destination="STORESCP",state="done"} 1.0' in metrics
+    # delivered, its re-checks for late images still to come ([push] rechecks, default 2)
+    assert 'dicomproxy_push_rechecks_pending{destination="STORESCP"} 1.0' in metrics
     assert 'dicomproxy_push_attempts_total{destination="STORESCP",outcome="delivered"}' in metrics
     assert 'dicomproxy_jobs_total{kind="push",outcome="success"}' in metrics
     with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/api/status", timeout=10) as rsp:
         status = json.loads(rsp.read())
     assert status["push"] == [
         {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "done": 1,
-         "failed": 0, "dropped": 0}
+         "failed": 0, "dropped": 0, "recheck": 1}
     ]  # fmt: skip
     from dicomproxy.relay.recovery import check_retryable
 

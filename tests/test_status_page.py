@@ -223,8 +223,19 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     )
     assert browser.find_element(By.ID, "push-section").is_displayed()
     cells = [td.text for td in held[0].find_elements(By.TAG_NAME, "td")]
-    assert cells[0] == "jobserver"
-    assert sum(int(c) for c in cells[1:6]) == len(demo_specs())  # every demo study, in some state
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#push thead th")]
+    assert len(cells) == len(header) and "待复查 Re-check" in header
+    by_column = dict(zip(header, cells, strict=True))
+    assert cells[0] == "jobserver" and by_column["待复查 Re-check"] == "0"  # nothing delivered yet
+    states = (
+        "排队 Queued",
+        "发送中 Running",
+        "等待重试 Waiting",
+        "完成 Done",
+        "失败 Failed",
+        "已撤回 Dropped",
+    )
+    assert sum(int(by_column[c]) for c in states) == len(demo_specs())  # every demo study, in some state
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text

@@ -110,7 +110,7 @@ class Console:
             open_associations=lambda: len(self.associations()),
             running_jobs=lambda: len(self.live.running),
             spool_bytes=lambda: dir_bytes(config.data_path / "spool"),
-            push_queue=ctx.push.queue.counts if ctx.push is not None else None,
+            push_queue=ctx.push.queue if ctx.push is not None else None,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)

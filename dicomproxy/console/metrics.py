@@ -11,12 +11,16 @@ create unbounded series).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.status import Status
+
+if TYPE_CHECKING:
+    from dicomproxy.push.queue import PushQueue
 
 #: Where a failure status of a C-FIND or a job points (our 0xC0xx range, dicomproxy.status).
 ERROR_SOURCES = {
@@ -45,9 +49,9 @@ class Metrics:
         open_associations: Callable[[], float],
         running_jobs: Callable[[], float],
         spool_bytes: Callable[[], float],
-        push_queue: Callable[[], dict[tuple[str, str], int]] | None = None,
+        push_queue: PushQueue | None = None,
     ) -> None:
-        """``push_queue``: push items by (destination, state) when push mode runs (push/metrics.py)."""
+        """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         Gauge("dicomproxy_associations_open", "Inbound associations open now", registry=r).set_function(

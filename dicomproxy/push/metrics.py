@@ -2,6 +2,8 @@
 
 - ``dicomproxy_push_queue{destination,state}``: items now, read from the journal at scrape time
   (the queue is shared by every node, so each node reports the whole queue);
+- ``dicomproxy_push_rechecks_pending{destination}``: delivered items (counted in ``done``) that
+  still have a re-check to come (late images, ``[push] rechecks``), read the same way;
 - ``dicomproxy_push_attempts_total{destination,outcome}``: this node's ended attempts
   (delivered, images-delivered, waiting, failed, dropped, destination-down) and re-checks that
   found nothing to send (rechecked; one that found more ends as its delivery does);
@@ -10,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
@@ -18,13 +20,13 @@ from prometheus_client.registry import Collector
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.push.queue import STATES
+from dicomproxy.push.queue import STATES, PushQueue
 
 
 class _QueueCollector(Collector):
-    def __init__(self, config: Config, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(self, config: Config, queue: PushQueue) -> None:
         self.config = config
-        self.counts = counts
+        self.queue = queue
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -32,23 +34,29 @@ class _QueueCollector(Collector):
             "Push queue items by destination and state",
             labels=["destination", "state"],
         )
+        rechecks = GaugeMetricFamily(
+            "dicomproxy_push_rechecks_pending",
+            "Delivered push items (in state done) with a re-check for late images still to come",
+            labels=["destination"],
+        )
         try:
-            counts = self.counts()
+            counts = self.queue.counts()
+            pending = self.queue.rechecks_pending()
         except Exception:  # the journal is down: no sample rather than a failed scrape
-            counts = {}
+            counts, pending = {}, {}
         for dest in self.config.push.destinations:
             for state in STATES:
                 family.add_metric([dest, state], counts.get((dest, state), 0))
+            rechecks.add_metric([dest], pending.get(dest, (0, None))[0])
         yield family
+        yield rechecks
 
 
 class PushMetrics:
     """The push series of one :class:`~dicomproxy.console.metrics.Metrics` registry; an event subscriber."""
 
-    def __init__(
-        self, registry: CollectorRegistry, config: Config, counts: Callable[[], dict[tuple[str, str], int]]
-    ) -> None:
-        registry.register(_QueueCollector(config, counts))
+    def __init__(self, registry: CollectorRegistry, config: Config, queue: PushQueue) -> None:
+        registry.register(_QueueCollector(config, queue))
         self.attempts = Counter(
             "dicomproxy_push_attempts_total",
             "Push deliveries ended, by destination and outcome",

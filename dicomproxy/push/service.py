@@ -648,10 +648,16 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
     """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
     try:
         counts = service.queue.counts()
+        pending = service.queue.rechecks_pending()
         everything, held = service.held()
     except SQLAlchemyError:
         return []
     return [
-        {"destination": d, "held": everything or d in held, **{s: counts.get((d, s), 0) for s in STATES}}
+        {
+            "destination": d,
+            "held": everything or d in held,
+            **{s: counts.get((d, s), 0) for s in STATES},
+            "recheck": pending.get(d, (0, None))[0],  # of ``done``: a re-check for late images to come
+        }
         for d in service.push.destinations
     ]
