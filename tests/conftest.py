@@ -17,7 +17,7 @@ from typing import Any
 import hypothesis  # noqa: F401  (see below)
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from dicomproxy.config import Config, parse_config
 from dicomproxy.context import AppContext
@@ -259,6 +259,43 @@ def _reachable(url: str) -> bool:
         return False
 
 
+def need_server(kind: str, url: str) -> None:
+    """Skip a test whose database server is not reachable (fail under CI=true, where
+    scripts/test.sh must have started it)."""
+    if not _reachable(url):
+        if os.environ.get("CI"):
+            pytest.fail(f"{kind} at {url} is not reachable; scripts/test.sh starts it")
+        pytest.skip(f"{kind} at {url} is not reachable")
+
+
+def _fresh_database(kind: str, url: str) -> Iterator[str]:
+    """A database of its own on the server at ``url`` (created, yielded as a URL, dropped)."""
+    need_server(kind, url)
+    name = f"push_{uuid.uuid4().hex[:8]}"
+    postgres = kind == "postgresql"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT") if postgres else create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if postgres else "")))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_journal() -> Iterator[str]:
+    """A fresh PostgreSQL database for a shared journal (several nodes, the push queue)."""
+    yield from _fresh_database("postgresql", PG_URL)
+
+
+@pytest.fixture
+def mariadb_journal() -> Iterator[str]:
+    """A fresh MariaDB database (the journal may live there too)."""
+    yield from _fresh_database("mariadb", MARIADB_URL)
+
+
 @dataclass(frozen=True)
 class ViewDB:
     kind: str
@@ -279,10 +316,7 @@ def view_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ViewDB]:
         url = f"sqlite:///{tmp_path / 'view.db'}"
     else:
         url = PG_URL if kind == "postgresql" else MARIADB_URL
-        if not _reachable(url):
-            if os.environ.get("CI"):
-                pytest.fail(f"{kind} at {url} is not reachable; scripts/test.sh starts it")
-            pytest.skip(f"{kind} at {url} is not reachable")
+        need_server(kind, url)
     engine = create_engine(url)
     name = f"v_test_{uuid.uuid4().hex[:8]}"
     create_view_table(engine, name)

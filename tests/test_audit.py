@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from dicomproxy.transport.findscu import run_find
 from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
-from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, _reachable
+from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server
 
 CT, MR, US, MF = demo_specs()
 
@@ -39,10 +38,8 @@ def audit_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
     url = {"sqlite": f"sqlite:///{tmp_path / 'journal.db'}", "postgresql": PG_URL, "mariadb": MARIADB_URL}[
         kind
     ]
-    if kind != "sqlite" and not _reachable(url):
-        if os.environ.get("CI"):
-            pytest.fail(f"{kind} at {url} is not reachable; scripts/test.sh starts it")
-        pytest.skip(f"{kind} at {url} is not reachable")
+    if kind != "sqlite":
+        need_server(kind, url)
     engine = create_engine(url)
     AUDIT_METADATA.drop_all(engine)
     try:

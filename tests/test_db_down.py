@@ -8,7 +8,6 @@ cut looks like to the pool; "back" = connections allowed again.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -21,7 +20,7 @@ from dicomproxy.server import Server
 from testkit import wait_until
 from testkit.samples import demo_specs, exam_row
 from testkit.viewdb import create_view_table, insert_rows
-from tests.conftest import PG_URL, ConfigFactory, _reachable
+from tests.conftest import PG_URL, ConfigFactory, need_server
 from tests.view_data import FindClient
 
 CT = demo_specs()[0]
@@ -30,10 +29,7 @@ CT = demo_specs()[0]
 @pytest.fixture
 def pg_database() -> Iterator[tuple[Engine, str, str]]:
     """(admin engine, database name, URL of the new database); dropped afterwards."""
-    if not _reachable(PG_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"postgresql at {PG_URL} is not reachable; scripts/test.sh starts it")
-        pytest.skip(f"postgresql at {PG_URL} is not reachable")
+    need_server("postgresql", PG_URL)
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     name = f"dp_down_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:

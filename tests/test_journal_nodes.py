@@ -15,7 +15,6 @@ from sqlalchemy import insert
 
 from dicomproxy.relay.journal import Journal, jobs
 from dicomproxy.status import JobKind, JobOutcome
-from tests.test_push_nodes import pg_journal  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,18 +8,14 @@ each retrieval so that the kill lands mid-study, deterministically (events, no s
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, func, select
 
 from dicomproxy.push.queue import PushQueue, push_queue
 from dicomproxy.relay.journal import job_instances
@@ -29,32 +25,12 @@ from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
-from tests.conftest import PG_URL, _reachable
 
 pytestmark = pytest.mark.slow
 
 STUDIES = [
     StudySpec("CT", accession=f"PN{i:03d}", series=1, images_per_series=3, seed=300 + i) for i in range(4)
 ]
-
-
-@pytest.fixture
-def pg_journal() -> Iterator[str]:
-    """A fresh PostgreSQL database for the shared journal."""
-    if not _reachable(PG_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable; scripts/test.sh starts it")
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable")
-    name = f"push_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def _toml(

@@ -54,13 +54,11 @@ from testkit.viewdb import create_view_table, insert_rows
 from tests import test_push_takeover
 from tests.conftest import ConfigFactory, _need, base_config_dict, push_cli_toml
 from tests.test_push import _config, delivered, study_sops
-from tests.test_push_nodes import pg_journal  # noqa: F401  (fixture: a fresh PostgreSQL database)
 from tests.test_push_takeover import LEASE, START, Clock, _enqueue, _old_push_queue, _row
 
-# the queue tests' fixtures: a fresh journal on SQLite, PostgreSQL and MariaDB, a shared clock, nodes
+# the queue tests' fixtures: a journal on SQLite, PostgreSQL and MariaDB, a shared clock, nodes
 clock = test_push_takeover.clock
 journal = test_push_takeover.journal
-mariadb_journal = test_push_takeover.mariadb_journal
 nodes = test_push_takeover.nodes
 
 GROW = StudySpec("CT", accession="RC001", series=2, images_per_series=2, seed=301)

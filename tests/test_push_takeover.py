@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     insert,
     select,
-    text,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import make_url
 
 from dicomproxy.cli import cli
 from dicomproxy.config import parse_config
@@ -51,30 +46,10 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.service import PushService
 from dicomproxy.relay.journal import Journal
-from tests.conftest import MARIADB_URL, _reachable, base_config_dict, push_cli_toml
-from tests.test_push_nodes import pg_journal  # noqa: F401  (fixture: a fresh PostgreSQL database)
+from tests.conftest import base_config_dict, push_cli_toml
 
 LEASE = 60.0
 START = dt.datetime(2026, 3, 2, 12, 0, 0)
-
-
-@pytest.fixture
-def mariadb_journal() -> Iterator[str]:
-    """A fresh MariaDB database (the journal may live there too)."""
-    if not _reachable(MARIADB_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"MariaDB at {MARIADB_URL} is not reachable; scripts/test.sh starts it")
-        pytest.skip(f"MariaDB at {MARIADB_URL} is not reachable")
-    name = f"push_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(MARIADB_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(MARIADB_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])

@@ -8,7 +8,6 @@ utf8mb4, the server converting both ways — so the whole C-FIND path runs again
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -19,16 +18,13 @@ from sqlalchemy.engine import Engine
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from testkit.viewdb import create_view_table, drop_view_table, insert_rows
-from tests.conftest import FIND_PEERS, MARIADB_URL, ConfigFactory, _reachable
+from tests.conftest import FIND_PEERS, MARIADB_URL, ConfigFactory, need_server
 from tests.view_data import CT, DEMO, UID, FindClient, view_rows
 
 
 @pytest.fixture
 def gbk_view() -> Iterator[tuple[Engine, str]]:
-    if not _reachable(MARIADB_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"mariadb at {MARIADB_URL} is not reachable; scripts/test.sh starts it")
-        pytest.skip(f"mariadb at {MARIADB_URL} is not reachable")
+    need_server("mariadb", MARIADB_URL)
     engine = create_engine(MARIADB_URL)
     name = f"v_gbk_{uuid.uuid4().hex[:8]}"
     create_view_table(engine, name)

@@ -7,7 +7,6 @@ lost, and a restart going on from the stored high-water mark."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from dicomproxy.view.repository import ExamView
 from dicomproxy.view.stamp import Mark, StampKind
 from dicomproxy.view.uidindex import STATE_TABLE
 from testkit.viewdb import create_view_table, drop_view_table, insert_rows, update_rows, writer
-from tests.conftest import FIND_PEERS, MARIADB_URL, PG_URL, ConfigFactory, _reachable
+from tests.conftest import FIND_PEERS, MARIADB_URL, PG_URL, ConfigFactory, need_server
 from tests.view_data import UID, FindClient, _row, view_rows
 
 KINDS = ("datetime", "rowversion")
@@ -54,10 +53,7 @@ def stamped(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StampedV
         url = f"sqlite:///{tmp_path / 'view.db'}"
     else:
         url = PG_URL if db == "postgresql" else MARIADB_URL
-        if not _reachable(url):
-            if os.environ.get("CI"):
-                pytest.fail(f"{db} at {url} is not reachable; scripts/test.sh starts it")
-            pytest.skip(f"{db} at {url} is not reachable")
+        need_server(db, url)
     engine = create_engine(url)
     name = f"v_stamp_{uuid.uuid4().hex[:8]}"
     create_view_table(engine, name, kind)  # type: ignore[arg-type]
