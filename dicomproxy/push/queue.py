@@ -610,17 +610,22 @@ class PushQueue:
             res = conn.execute(
                 update(push_queue)
                 .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
-                .values(
-                    state=QUEUED,
-                    next_at=self.now(),
-                    attempts=0,
-                    takeovers=0,
-                    rechecks=0,
-                    report_attempts=0,
-                    error="",
-                )
+                .values(**self._due_afresh())
             )
             return bool(res.rowcount)
+
+    def _due_afresh(self) -> dict[str, Any]:
+        """An item queued again by hand (``push retry``, ``push requeue``): due now, its counts of
+        attempts, takeovers, re-checks and file fetches reset, no error."""
+        return {
+            "state": QUEUED,
+            "next_at": self.now(),
+            "attempts": 0,
+            "takeovers": 0,
+            "rechecks": 0,
+            "report_attempts": 0,
+            "error": "",
+        }
 
     def requeue(self, since: dt.datetime, destination: str | None = None) -> int:
         """Send again, in full, every item queued at or after ``since`` (UTC) that is not running: a
@@ -633,17 +638,11 @@ class PushQueue:
                 update(push_queue)
                 .where(*cond)
                 .values(
-                    state=QUEUED,
-                    next_at=self.now(),
-                    attempts=0,
-                    takeovers=0,
-                    rechecks=0,
-                    report_attempts=0,
+                    **self._due_afresh(),
                     images_done=0,
                     reports="",
                     confirmed=0,
                     generation=push_queue.c.generation + 1,
-                    error="",
                 )
             )
             return int(res.rowcount)

@@ -148,27 +148,45 @@ class RelayService:
         )
         observe.job_started(job_id, req)
         if peer is None:
-            exc = MoveDestinationUnknown(
-                f"move destination {req.move_destination.strip()!r} is not a configured peer"
+            yield self._refused(
+                job_id,
+                req,
+                MoveDestinationUnknown(
+                    f"move destination {req.move_destination.strip()!r} is not a configured peer"
+                ),
             )
-            LOG.warning("job %d: %s", job_id, exc)
-            self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
-            observe.job_finished(job_id, req.kind, JobOutcome.REFUSED, exc.status, None, 0)
-            yield RetrieveResponse(exc.status, comment=exc.comment)
             return
+        # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
+        # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
+        opener = self._destination_opener(peer, (req.calling_ae, req.message_id))
+        yield from self._job(job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(peer))
+
+    def _refused(self, job_id: int, req: RetrieveRequest, exc: DicomServiceError) -> RetrieveResponse:
+        """End a job refused before any work (its destination is unknown): journal, log, final answer."""
+        LOG.warning("job %d: %s", job_id, exc)
+        self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
+        observe.job_finished(job_id, req.kind, JobOutcome.REFUSED, exc.status, None, 0)
+        return RetrieveResponse(exc.status, comment=exc.comment)
+
+    def _destination_opener(
+        self,
+        peer: PeerConfig,
+        originator: tuple[str, int] | None,
+        throttle: Callable[[int], None] | None = None,
+    ) -> Callable[[JobState, list[str], Path], Forwarder]:
+        """How a job opens its association to the ``peer`` it sends to (a C-MOVE destination or a
+        push destination): the peer's compression, presentation contexts for the job's SOP classes."""
 
         def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
             policy = policy_for(self.config, peer)
             # SOP classes unknown (not all listed, or started before the list): the common ones
             complete = bool(sop_classes) and all(r.sop_class_uid for r in state.expected.values())
             contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
-            # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
-            # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
-            return open_destination(
-                peer, self.config.proxy, contexts, policy, work_dir, (req.calling_ae, req.message_id)
-            )
+            forwarder = open_destination(peer, self.config.proxy, contexts, policy, work_dir, originator)
+            forwarder.throttle = throttle
+            return forwarder
 
-        yield from self._job(job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(peer))
+        return opener
 
     def _lanes_for(self, peer: PeerConfig) -> int:
         """``onward_associations`` for ``peer``, capped at what it opened recently (LANE_HINT_SECONDS)."""
@@ -214,20 +232,13 @@ class RelayService:
             on_start(job_id)
         observe.job_started(job_id, req)
         if peer is None:
-            exc = MoveDestinationUnknown(f"push destination {destination!r} is not a configured peer")
-            self.journal.finish(job_id, status=exc.status, outcome=JobOutcome.REFUSED, error=str(exc))
-            observe.job_finished(job_id, req.kind, JobOutcome.REFUSED, exc.status, None, 0)
-            yield RetrieveResponse(exc.status, comment=exc.comment)
+            yield self._refused(
+                job_id,
+                req,
+                MoveDestinationUnknown(f"push destination {destination!r} is not a configured peer"),
+            )
             return
-
-        def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
-            policy = policy_for(self.config, peer)
-            complete = bool(sop_classes) and all(r.sop_class_uid for r in state.expected.values())
-            contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
-            forwarder = open_destination(peer, self.config.proxy, contexts, policy, work_dir, None)
-            forwarder.throttle = throttle
-            return forwarder
-
+        opener = self._destination_opener(peer, None, throttle)  # no C-MOVE asked: no Move Originator
         yield from self._job(
             job_id, req, opener, is_cancelled, lambda: True, exclude=exclude, lanes=self._lanes_for(peer)
         )
