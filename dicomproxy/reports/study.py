@@ -40,6 +40,16 @@ def likely_jpeg(location: str) -> bool:
     return location.lower().rstrip().endswith(_JPEG_SUFFIXES)
 
 
+def likely_modality(location: str) -> str:
+    """(0008,0060) of the object the file will likely become: OT (Secondary Capture) or DOC (PDF)."""
+    return "OT" if likely_jpeg(location) else "DOC"
+
+
+def likely_sop_class(location: str) -> str:
+    """(0008,0016) of the object the file will likely become."""
+    return str(SECONDARY_CAPTURE) if likely_jpeg(location) else str(ENCAPSULATED_PDF)
+
+
 @dataclass(frozen=True)
 class StudyFile:
     """One file the view names for a study (its role: ``order`` or ``report``)."""
@@ -53,10 +63,6 @@ class StudyFile:
     @property
     def series_uid(self) -> str:
         return series_uid(self.study_uid, self.role)
-
-    @property
-    def likely_jpeg(self) -> bool:
-        return likely_jpeg(self.location)
 
     def make(self, config: ReportsConfig, style: NameStyle) -> ReportObject:
         """Fetch and encode (raises ReportUnavailable with the reason)."""
@@ -73,7 +79,7 @@ def series_attributes(file: StudyFile) -> dict[str, Any]:
     return {
         "StudyInstanceUID": file.study_uid,
         "SeriesInstanceUID": file.series_uid,
-        "Modality": "OT" if file.likely_jpeg else "DOC",
+        "Modality": likely_modality(file.location),
         "SeriesNumber": str(SERIES_NUMBERS[file.role]),
         "SeriesDescription": SERIES_DESCRIPTIONS[file.role],
         "NumberOfSeriesRelatedInstances": "1",

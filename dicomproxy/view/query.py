@@ -107,10 +107,14 @@ class FindQuery:
     #: Non-universal matching values (str; multiple values joined with ``\\``).
     values: dict[str, str] = field(default_factory=dict)
 
+    def uids(self, keyword: str) -> list[str]:
+        """The values of a UID key (list of UID matching, PS3.4 C.2.2.2.2); [] when universal."""
+        value = self.values.get(keyword, "")
+        return [u for u in value.split("\\") if u] if value else []
+
     @property
     def study_uids(self) -> list[str]:
-        value = self.values.get("StudyInstanceUID", "")
-        return [u for u in value.split("\\") if u] if value else []
+        return self.uids("StudyInstanceUID")
 
     def wants(self, *keys: str) -> bool:
         return any(k in self.requested for k in keys)

@@ -14,15 +14,20 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
 from dicomproxy.pacs.find import Counts, CountsSession, PacsFinder
 from dicomproxy.pacs.routing import StudyRef, Unroutable, route
-from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE
 from dicomproxy.reports.fetch import ReportUnavailable
-from dicomproxy.reports.study import StudyFile, image_attributes, likely_jpeg, series_attributes, study_files
+from dicomproxy.reports.study import (
+    StudyFile,
+    image_attributes,
+    likely_modality,
+    likely_sop_class,
+    series_attributes,
+    study_files,
+)
 from dicomproxy.reports.study import answer as report_answer
 from dicomproxy.view.mapping import FILES_KEY
 from dicomproxy.view.query import PACS_KEYS, FindQuery
@@ -143,7 +148,7 @@ class FindService:
         is fetched to learn its SOP Instance UID (a file that cannot be fetched is left out)."""
         rows = self.view.study_rows(study_uids)
         files: list[StudyFile] = [f for uid in study_uids for f in study_files(uid, rows.get(uid, []))]
-        series = {str(s) for s in _as_list(identifier.get("SeriesInstanceUID"))}
+        series = set(query.uids("SeriesInstanceUID"))
         for file in files:
             if query.level == "SERIES":
                 ds = report_answer(identifier, series_attributes(file), charset)
@@ -175,17 +180,10 @@ class FindService:
                     yield ds
 
 
-def _as_list(value: Any) -> list[Any]:
-    """A key's value as a list (list of UID matching, PS3.4 C.2.2.2.2)."""
-    if value in (None, ""):
-        return []
-    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-
-
 def file_modalities(modalities: list[str], files: Mapping[str, str]) -> list[str]:
     """ModalitiesInStudy (0008,0061) with the files' series: DOC (PDF) or OT (JPEG), as the file
     names suggest (PS3.4 C.6.2.1.2: every Modality of the study's series)."""
-    extra = {"OT" if likely_jpeg(w) else "DOC" for w in files.values()}
+    extra = {likely_modality(w) for w in files.values()}
     return sorted({*modalities, *extra})
 
 
@@ -201,7 +199,7 @@ def with_files(counts: Counts, files: Mapping[str, str]) -> Counts:
             out[key] = str(int(text) + len(files))
     classes = out.get("SOPClassesInStudy")
     if isinstance(classes, list):
-        extra = {str(SECONDARY_CAPTURE) if likely_jpeg(w) else str(ENCAPSULATED_PDF) for w in files.values()}
+        extra = {likely_sop_class(w) for w in files.values()}
         out["SOPClassesInStudy"] = sorted({*map(str, classes), *extra})
     return out
 
