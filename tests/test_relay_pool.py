@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
-from dicomproxy.relay import plan as relay
+from dicomproxy.relay import engine as relay
 from dicomproxy.server import Server
 from dicomproxy.transcode import Policy, TranscodePool, TranscodeResult
 from dicomproxy.transcode.syntaxes import DEFAULT_LOSSLESS

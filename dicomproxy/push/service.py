@@ -60,7 +60,9 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
-from dicomproxy.relay.journal import InstanceRecord, Journal
+from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.request import parse_keys
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.reports.encode import ReportObject
@@ -604,6 +606,7 @@ class PushService:
             except DicomServiceError as exc:
                 LOG.warning("push item %d: files not sent: %s", item.id, exc)
                 return False
+            recorder = InstanceRecorder(self.journal, JobState(job_id))
             ok = True
             try:
                 for f in files:
@@ -614,22 +617,7 @@ class PushService:
                         self.config.proxy.retry_delay,
                         f"push item {item.id}",
                     )
-                    state = {"Success": "sent", "Warning": "warning"}.get(res.category, "failed")
-                    self.journal.add_instances(
-                        job_id,
-                        [
-                            InstanceRecord(
-                                f.sop_instance_uid,
-                                state,
-                                f.sop_class_uid,
-                                res.status,
-                                res.transfer_syntax,
-                                res.bytes_out,
-                                res.error,
-                            )
-                        ],
-                    )
-                    ok = ok and state != "failed"
+                    ok = recorder.record(f, res, extra=True).state != "failed" and ok
             finally:
                 forwarder.close()
             return ok

@@ -88,6 +88,21 @@ job_expected = Table(
     Column("sop_class_uid", String(64), nullable=False, default=""),
 )
 
+#: What a job asks its archives for, written once its studies are routed (before anything is
+#: fetched): a job killed before its instance list was journalled is resumed by listing these
+#: keys again at the archive recorded here (PS3.4 C.4.2.2.1: Study, Series and SOP Instance UIDs
+#: at their levels). A table of its own, like ``job_nodes``, so existing journals get it.
+job_keys = Table(
+    "job_keys",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uids", Text, nullable=False, default="[]"),  # JSON; [] = the whole study
+    Column("sop_uids", Text, nullable=False, default="[]"),  # JSON; [] = the whole series
+    Column("archive", String(64), nullable=False, default=""),
+)
+
 #: Which node runs each job (several proxies may share one journal database, docs/push.md): a job
 #: left ``running`` is marked interrupted only by its own node's next start, never by another
 #: node's (whose job may still be running). A table of its own, so that an existing journal gets it
@@ -127,6 +142,16 @@ class InstanceRecord:
     transfer_syntax: str = ""
     bytes: int = 0
     error: str = ""
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """One routed retrieve key of a job: a study, optionally some of its series and instances."""
+
+    study_uid: str
+    series_uids: tuple[str, ...] = ()
+    sop_uids: tuple[str, ...] = ()
+    archive: str = ""
 
 
 @dataclass
@@ -234,6 +259,48 @@ class Journal:
         )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    def record_keys(self, job_id: int, keys: list[JobKey], archive: str) -> None:
+        """The routed keys of ``job_id`` and the archive list recorded on the job, in one transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(archive=archive))
+            if keys:
+                conn.execute(
+                    insert(job_keys),
+                    [
+                        {
+                            "job_id": job_id,
+                            "study_uid": k.study_uid,
+                            "series_uids": json.dumps(list(k.series_uids)),
+                            "sop_uids": json.dumps(list(k.sop_uids)),
+                            "archive": k.archive,
+                        }
+                        for k in keys
+                    ],
+                )
+
+    def keys(self, job_id: int) -> list[JobKey]:
+        """The keys :meth:`record_keys` wrote for ``job_id`` (empty for a job that predates them)."""
+        q = select(job_keys).where(job_keys.c.job_id == job_id).order_by(job_keys.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            JobKey(
+                r["study_uid"],
+                tuple(json.loads(r["series_uids"])),
+                tuple(json.loads(r["sop_uids"])),
+                r["archive"],
+            )
+            for r in rows
+        ]
+
+    def confirmed_uids(self, job_id: int) -> set[str]:
+        """SOP Instance UIDs of ``job_id`` the destination confirmed."""
+        q = select(job_instances.c.sop_instance_uid).where(
+            job_instances.c.job_id == job_id, job_instances.c.state.in_(CONFIRMED_STATES)
+        )
+        with self.engine.connect() as conn:
+            return {str(r[0]) for r in conn.execute(q)}
 
     def has_expected(self, job_id: int) -> bool:
         with self.engine.connect() as conn:

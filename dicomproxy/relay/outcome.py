@@ -46,6 +46,8 @@ class JobState:
     extras: int = 0
     #: SOP Instance UIDs of the order/report objects processed (not the PACS's instances).
     extra_uids: set[str] = field(default_factory=set)
+    #: Announced instances that never reached the onward C-STORE (:meth:`count_missing`).
+    missing_uids: list[str] = field(default_factory=list)
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.monotonic())
@@ -124,7 +126,22 @@ class JobState:
                 self.processed.add(uid)
                 self.failed += 1
                 self.failed_uids.append(uid)
+                self.missing_uids.append(uid)
                 self.records.append(InstanceRecord(uid, "missing", ref.sop_class_uid, error="never received"))
+
+    def stopped_by(self, exc: DicomServiceError) -> tuple[RetrieveResponse, JobOutcome, str]:
+        """The job ends on ``exc`` before or instead of sending (the PACS or the destination cannot
+        be reached, the identifier is not understood, …): what was not sent is failed. A job that
+        already has confirmed instances (a retry's earlier attempts) ends partial (0xB000);
+        otherwise the exception's own status is the answer (PS3.4 C.4.2.1.5), 0xA801/0xA900
+        meaning the request was refused."""
+        self.failed += self.remaining
+        self.extras = 0
+        if self.completed or self.warning:
+            return self.response(Status.SUBOPS_WARNING), JobOutcome.PARTIAL, str(exc)
+        refused = exc.status in (Status.MOVE_DESTINATION_UNKNOWN, Status.IDENTIFIER_MISMATCH)
+        outcome = JobOutcome.REFUSED if refused else JobOutcome.FAILED
+        return self.response(exc.status, exc.comment), outcome, str(exc)
 
     def final(
         self, pacs_error: BaseException | None, dest_error: str, *, nothing_sent: bool
@@ -133,7 +150,7 @@ class JobState:
         (:meth:`count_missing` first). ``pacs_error``: why the retrieval ended early, if it did;
         ``dest_error``: why sending stopped, if it did; ``nothing_sent``: no instance reached
         the onward C-STORE (then a PACS failure is the job's status)."""
-        if pacs_error is not None and nothing_sent:
+        if pacs_error is not None and nothing_sent and not self.completed and not self.warning:
             if isinstance(pacs_error, DicomServiceError):
                 status, comment = pacs_error.status, pacs_error.comment
             else:

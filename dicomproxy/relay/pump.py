@@ -28,9 +28,9 @@ from dicomproxy.config import Config
 from dicomproxy.errors import CannotTranscode
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.relay.forward import MAX_RETRY_DELAY, Forwarder, SendResult, send_with_retries
-from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.lanes import Lanes
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.reports import ReportFetch
 from dicomproxy.relay.spool import End, Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
@@ -85,7 +85,7 @@ class Pump:
     def __init__(
         self,
         config: Config,
-        journal: Journal,
+        recorder: InstanceRecorder,
         pools: Callable[[], TranscodePool],
         drop_pool: Callable[[TranscodePool], None],
         pending_interval: float,
@@ -93,7 +93,8 @@ class Pump:
         reports: ReportFetch | None = None,
     ) -> None:
         self.config = config
-        self.journal = journal
+        #: Counts, journals and cleans up every instance sent (the job's one recorder).
+        self.recorder = recorder
         self._pools = pools
         self._drop = drop_pool
         self.pending_interval = pending_interval
@@ -369,7 +370,7 @@ class Pump:
             if obj is None:
                 continue
             item, ref = fetch.spooled(obj, spool)
-            self.journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
+            self.recorder.journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
             if not forwarder.alive and forwarder.can_reconnect:
                 forwarder.reconnect()
             res = self._send(state, forwarder, _Prepared(item))
@@ -523,20 +524,5 @@ class Pump:
         return res
 
     def _record(self, state: JobState, item: SpooledInstance, res: SendResult, extra: bool = False) -> None:
-        """Count one sub-operation and journal it; the spool file goes once the destination confirmed.
-        ``extra``: an order/report object (:meth:`JobState.count_extra`)."""
-        uid = item.sop_instance_uid
-        record = InstanceRecord(
-            uid, "failed", item.sop_class_uid, res.status, res.transfer_syntax, res.bytes_out, res.error
-        )
-        (state.count_extra if extra else state.count)(record, res.category)
-        # Journal first, then drop the file: a crash between the two leaves a file that
-        # `jobs retry` recognises as confirmed, never a confirmed-looking instance without a record.
-        self.journal.add_instances(state.job_id, [record])
-        events.publish(
-            events.InstanceSent(
-                state.job_id, record.state, record.transfer_syntax, record.bytes, item.sop_class_uid
-            )
-        )
-        if record.state != "failed":
-            Spool.confirmed(item)
+        """One sub-operation done: through the job's recorder (counted, journalled, file dropped)."""
+        self.recorder.record(item, res, extra=extra)

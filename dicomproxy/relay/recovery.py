@@ -13,27 +13,31 @@ e.g. Orthanc's ``OverwriteInstances``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 
 from dicomproxy.config import Config, PacsConfig, PeerConfig
 from dicomproxy.errors import DicomServiceError
-from dicomproxy.pacs.client import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
-from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
-from dicomproxy.relay.journal import InstanceRecord, Journal
-from dicomproxy.relay.spool import End, Spool, SpooledInstance
+from dicomproxy.handlers.qrservice import RetrieveResponse
+from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer, destination_opener
+from dicomproxy.relay.journal import JobKey, Journal
+from dicomproxy.relay.listing import by_series
+from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.relay.store import ReceiveRegistry
-from dicomproxy.status import JobKind, JobOutcome, Status
-from dicomproxy.transcode import policy_for
+from dicomproxy.status import JobKind, JobOutcome
+from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
 
 LOG = logging.getLogger("dicomproxy.recovery")
 
@@ -126,58 +130,95 @@ def needs_listener(config: Config, row: dict[str, Any]) -> bool:
     return any(a.retrieve == "c-move" for a in job_archives(config, row))
 
 
-def _refetch(
-    config: Config,
-    row: dict[str, Any],
-    wanted: list[dict[str, Any]],
-    clients: Mapping[str, PacsClient] | None,
-) -> tuple[dict[str, SpooledInstance], str]:
-    """Fetch ``wanted`` again at IMAGE level, per series, from the archives that served the job,
-    in the order recorded (what the first does not send, the next is asked for).
-
-    C-MOVE archives need ``clients`` that share the receive registry of a listening server (the
-    PACS sends to our AE title and port); C-GET archives get a client of their own if needed."""
-    job_id = int(row["id"])
-    if not wanted:
-        return {}, ""
+def _clients_for(
+    config: Config, row: dict[str, Any], clients: Mapping[str, PacsClient] | None
+) -> tuple[dict[str, PacsClient], str]:
+    """A client for each archive that served the job: the serving process's (``clients``, which
+    share its receive registry: a C-MOVE delivers to our listening port), or one of its own for a
+    C-GET archive. An archive whose C-MOVE needs the listener we do not have is left out (the
+    reason is returned)."""
+    got: dict[str, PacsClient] = {}
+    error = ""
     archives = job_archives(config, row)
     if not archives:
-        return {}, f"archive {row.get('archive')!r} of job {job_id} is no longer configured"
-    spool = Spool(config.data_path / "spool", f"job-{job_id:06d}-retry-{uuid.uuid4().hex[:6]}")
-    got: dict[str, SpooledInstance] = {}
-    error = ""
+        return got, f"archive {row.get('archive')!r} of job {row['id']} is no longer configured"
     for archive in archives:
-        left = [w for w in wanted if w["sop_instance_uid"] not in got]
-        if not left:
-            break
         client = (clients or {}).get(archive.name)
-        if client is None:
-            if archive.retrieve == "c-move":
-                error = (
-                    f"{len(left)} instance(s) not in the spool; a C-MOVE from {archive.name} to us "
-                    "needs the proxy's listener (run `jobs retry` while `serve` runs, or stop it)"
-                )
-                continue
-            client = PacsClient(
-                archive, config.proxy.ae_title, ReceiveRegistry(config.proxy.ae_title), archive.name
+        if client is None and archive.retrieve == "c-move":
+            error = (
+                f"a C-MOVE from {archive.name} to us needs the proxy's listener "
+                "(run `jobs retry` while `serve` runs, or stop it)"
             )
-        groups: dict[tuple[str, str], list[InstanceRef]] = defaultdict(list)
-        for w in left:
-            ref = InstanceRef(w["study_uid"], w["series_uid"], w["sop_instance_uid"], w["sop_class_uid"])
-            groups[(ref.study_uid, ref.series_uid)].append(ref)
-        for (study, series), refs in groups.items():
-            key = RetrieveKey(study, (series,), tuple(r.sop_instance_uid for r in refs))
-            outcome = client.retrieve(key, refs, spool)
-            if outcome.error:
-                error = f"{archive.name}: {outcome.error}"
-        while True:
-            item = spool.get(timeout=0)
-            if item is None or isinstance(item, End):
-                break
-            got.setdefault(item.sop_instance_uid, item)
-    spool.finish()
-    spool.close()
+            continue
+        got[archive.name] = client or PacsClient(
+            archive, config.proxy.ae_title, ReceiveRegistry(config.proxy.ae_title), archive.name
+        )
     return got, error
+
+
+def _wanted(
+    config: Config, journal: Journal, row: dict[str, Any], finders: Mapping[str, PacsClient]
+) -> list[InstanceRef]:
+    """The announced instances of the job its destination has not confirmed. A job killed before
+    its instance list was journalled (an early start whose listing had not finished) lists its
+    recorded keys again at IMAGE level (PS3.4 C.6.2) from the archive recorded on the job, and
+    journals that list first. Raises ValueError when there is nothing to list from."""
+    job_id = int(row["id"])
+    if journal.has_expected(job_id):
+        return [_ref(r) for r in journal.unconfirmed(job_id)]
+    keys = journal.keys(job_id)
+    if not keys and row.get("level") in ("STUDY", "PATIENT"):  # a journal from before job_keys
+        keys = [JobKey(uid) for uid in json.loads(row.get("study_uids") or "[]")]
+    if not keys:
+        if row["expected"]:
+            raise ValueError(f"job {job_id} predates the record of announced instances: repeat the C-MOVE")
+        if not row.get("level") and row["outcome"] != JobOutcome.EMPTY:
+            raise ValueError(
+                f"job {job_id} ended before its request was resolved in the exam view "
+                "(nothing was fetched or sent): repeat the C-MOVE"
+            )
+        return []
+    listed: dict[str, InstanceRef] = {}
+    for key in keys:
+        client = finders.get(key.archive) or next(iter(finders.values()), None)
+        if client is None:
+            raise ValueError(f"job {job_id}: no archive it was served by can be asked for its instances")
+        for ref in client.find_instances(RetrieveKey(key.study_uid, key.series_uids, key.sop_uids)):
+            listed.setdefault(ref.sop_instance_uid, ref)
+    LOG.info("job %d: its instance list was not journalled; %d listed again", job_id, len(listed))
+    journal.update(job_id, expected=len(listed))
+    journal.add_expected(job_id, [asdict(r) for r in listed.values()])
+    confirmed = journal.confirmed_uids(job_id)
+    return [r for uid, r in listed.items() if uid not in confirmed]
+
+
+def _ref(row: Mapping[str, Any]) -> InstanceRef:
+    return InstanceRef(row["study_uid"], row["series_uid"], row["sop_instance_uid"], row["sop_class_uid"])
+
+
+def _fetch_list(
+    journal: Journal, job_id: int, refs: list[InstanceRef], clients: Mapping[str, PacsClient], first: str
+) -> tuple[Fetch, int]:
+    """IMAGE-level keys, per series, at the archive that served each study (recorded with the
+    job's keys; else the first archive recorded on the job); and how many instances have no
+    client to fetch them."""
+    served_by = {k.study_uid: k.archive for k in journal.keys(job_id)}
+    by_archive: dict[str, list[InstanceRef]] = defaultdict(list)
+    for ref in refs:
+        by_archive[served_by.get(ref.study_uid) or first].append(ref)
+    fetch: Fetch = []
+    unreachable = 0
+    for name, some in by_archive.items():
+        client = clients.get(name)
+        if client is None:
+            unreachable += len(some)
+            continue
+        by_study: dict[str, list[InstanceRef]] = defaultdict(list)
+        for ref in some:
+            by_study[ref.study_uid].append(ref)
+        for study, rs in by_study.items():
+            fetch.extend((client, key, part) for key, part in by_series(study, rs))
+    return fetch, unreachable
 
 
 def check_retryable(config: Config, journal: Journal, job_id: int) -> tuple[dict[str, Any], PeerConfig]:
@@ -199,117 +240,105 @@ def check_retryable(config: Config, journal: Journal, job_id: int) -> tuple[dict
     peer = config.peer(row["destination"])
     if peer is None:
         raise ValueError(f"job {job_id}: destination {row['destination']!r} is no longer a configured peer")
-    if row["expected"] and not journal.has_expected(job_id):
-        raise ValueError(f"job {job_id} predates the record of announced instances: repeat the C-MOVE")
     return row, peer
 
 
 def retry_job(
-    config: Config, journal: Journal, job_id: int, clients: Mapping[str, PacsClient] | None = None
+    config: Config,
+    journal: Journal,
+    job_id: int,
+    clients: Mapping[str, PacsClient] | None = None,
+    engine: Engine | None = None,
 ) -> RetryResult:
     """Resend the instances of ``job_id`` the destination has not confirmed; update the journal.
 
-    From the spool when the file is still there, else fetched again at IMAGE level from the
-    archive(s) recorded on the job (:func:`_refetch`; ``clients``: a serving process's archive
-    clients, needed for C-MOVE archives). Raises LookupError for an unknown job, ValueError for
-    a job that cannot be retried.
+    The job runs again on the delivery engine (:mod:`dicomproxy.relay.engine`) with "leave out
+    what is confirmed": its spool files first, the rest fetched again at IMAGE level from the
+    archive(s) recorded on the job and streamed on as they arrive (``clients``: a serving
+    process's archive clients, needed for C-MOVE archives). Raises LookupError for an unknown
+    job, ValueError for a job that cannot be retried.
     """
-    from dicomproxy.server import configure_pynetdicom
-
-    configure_pynetdicom()  # files in and out as files, as in `serve` (a CLI process has not done it)
+    stream_datasets_to_files()  # files in and out as files, as in `serve` (a CLI process has not done it)
     row, peer = check_retryable(config, journal, job_id)
     result = RetryResult(job_id)
-    pending = journal.unconfirmed(job_id)
-    result.unconfirmed = len(pending)
-    wanted = {r["sop_instance_uid"] for r in pending}
+    archive_clients, plan_error = _clients_for(config, row, clients)
+    finders = archive_clients or {
+        a.name: PacsClient(a, config.proxy.ae_title, ReceiveRegistry(config.proxy.ae_title), a.name)
+        for a in job_archives(config, row)
+    }
+    wanted = _wanted(config, journal, row, finders)
+    result.unconfirmed = len(wanted)
+    uids = {r.sop_instance_uid for r in wanted}
     spooled = _spooled(config, job_id)
     for uid, item in list(spooled.items()):
-        if uid not in wanted:  # confirmed and journalled just before a crash: the file may go
+        if uid not in uids:  # confirmed and journalled just before a crash: the file may go
             Spool.confirmed(item)
             del spooled[uid]
     result.from_spool = len(spooled)
-    fetched, fetch_error = _refetch(
-        config, row, [r for r in pending if r["sop_instance_uid"] not in spooled], clients
-    )
-    result.refetched = len(fetched)
-    items = {**fetched, **spooled}
-    result.not_found = sorted(wanted - items.keys())
-    error = fetch_error
-    if items:
-        policy = policy_for(config, peer)
-        classes = sorted({i.sop_class_uid for i in items.values()})
-        contexts = contexts_for(policy, classes, [str(ts) for ts in RECEIVE_SYNTAXES])
-        work_dir = config.data_path / "spool" / f"job-{job_id:06d}-out"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            forwarder = open_destination(peer, config.proxy, contexts, policy, work_dir, None)
-        except DicomServiceError as exc:
-            error = str(exc)
-            forwarder = None
-        if forwarder is not None:
-            try:
-                for uid, item in items.items():
-                    proxy = config.proxy
-                    res = send_with_retries(
-                        forwarder, item, proxy.retries, proxy.retry_delay, f"job {job_id} retry"
-                    )
-                    ok = res.category in ("Success", "Warning")
-                    state = {"Success": "sent", "Warning": "warning"}.get(res.category, "failed")
-                    journal.add_instances(
-                        job_id,
-                        [
-                            InstanceRecord(
-                                uid,
-                                state,
-                                item.sop_class_uid,
-                                res.status,
-                                res.transfer_syntax,
-                                res.bytes_out,
-                                res.error,
-                            )
-                        ],
-                    )
-                    if ok:
-                        Spool.confirmed(item)  # journal first, then the file
-                        result.sent += 1
-                    else:
-                        result.failed.append(uid)
-            finally:
-                forwarder.close()
-        with_suppressed_rmdir(work_dir)
+    first = str(row.get("archive") or "pacs").split(",")[0]
+    to_fetch = [r for r in wanted if r.sop_instance_uid not in spooled]
+    fetch, unreachable = _fetch_list(journal, job_id, to_fetch, archive_clients, first)
+    plan_error = f"{unreachable} instance(s) not in the spool; {plan_error}" if unreachable else ""
+    state = JobState(job_id, expected={r.sop_instance_uid: r for r in wanted})
+    state.completed = confirmed_before = journal.confirmed_count(job_id)
+    moved = Moved(int(row.get("bytes_in") or 0), int(row.get("bytes_out") or 0))
+    own = engine is None
+    engine = engine or Engine(config, journal, PoolKeeper(config.compression.workers), RETRY_PENDING_INTERVAL)
+    try:
+        final, outcome, error = _run(engine, state, fetch, peer, list(spooled.values()), moved)
+    finally:
+        if own:
+            engine.pools.close()
+    left = journal.unconfirmed(job_id) if wanted else []
+    left_uids = {r["sop_instance_uid"] for r in left}
+    never = left_uids & set(state.missing_uids) | (left_uids - state.processed)
+    result.not_found = sorted(never)
+    result.failed = sorted(left_uids - never)
+    result.refetched = moved.fetched
+    result.sent = journal.confirmed_count(job_id) - confirmed_before
+    result.outcome = outcome
+    result.error = (plan_error or error) if left else ""
+    error = result.error or (f"{len(left)} instance(s) still not confirmed" if left else "")
+    engine.close(state, final, outcome, error, moved)
     for folder in (config.data_path / "spool").glob(f"job-{job_id:06d}-*"):
         with_suppressed_rmdir(folder)
-    left = journal.unconfirmed(job_id)
-    completed = journal.confirmed_count(job_id)
-    result.outcome = final_outcome(len(left), completed)
-    result.error = error if left else ""
-    journal.finish(
-        job_id,
-        status=final_status(len(left), completed),
-        outcome=result.outcome,
-        error=result.error or (f"{len(left)} instance(s) still not confirmed" if left else ""),
-        completed=completed,
-        failed=len(left),
-    )
     LOG.info(
         "job %d: retry %s, %d resent, %d still unconfirmed", job_id, result.outcome, result.sent, len(left)
     )
     return result
 
 
-def final_outcome(unconfirmed: int, confirmed: int) -> JobOutcome:
-    """A retried job's outcome from what is still unconfirmed and what was confirmed."""
-    if not unconfirmed:
-        return JobOutcome.SUCCESS
-    return JobOutcome.PARTIAL if confirmed else JobOutcome.FAILED
+#: How often a retry's transfer looks at its spool when nothing arrives (no requester waits).
+RETRY_PENDING_INTERVAL = 1.0
 
 
-def final_status(unconfirmed: int, confirmed: int) -> Status:
-    """The C-MOVE status the job would end with now (PS3.4 C.4.2.1.5): Success, Warning when
-    some sub-operations failed, Refused (0xA702) when all did."""
-    if not unconfirmed:
-        return Status.SUCCESS
-    return Status.SUBOPS_WARNING if confirmed else Status.OUT_OF_RESOURCES_SUBOPS
+def _run(
+    engine: Engine,
+    state: JobState,
+    fetch: Fetch,
+    peer: PeerConfig,
+    held: list[SpooledInstance],
+    moved: Moved,
+) -> tuple[RetrieveResponse, JobOutcome, str]:
+    """The retry's transfer on the engine, driven to its end (no requester reads the Pending
+    responses); nothing to resend: the counts decide."""
+    if not state.expected:
+        return state.final(None, "", nothing_sent=False)
+    classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
+    classes = sorted({*classes, *(i.sop_class_uid for i in held)})
+    lanes = engine.config.onward_associations(peer)
+    transfer = Transfer(
+        state, fetch, classes, destination_opener(engine.config, peer, None), lanes=lanes, held=held
+    )
+    steps = engine.transfer(transfer, lambda: False, lambda: True, moved)
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return cast(tuple[RetrieveResponse, JobOutcome, str], done.value)
+    except DicomServiceError as exc:
+        LOG.warning("job %d: retry: %s", state.job_id, exc)
+        return state.stopped_by(exc)
 
 
 def with_suppressed_rmdir(folder: Path) -> None:
