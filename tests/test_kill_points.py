@@ -3,8 +3,8 @@ the destination, ``serve`` SIGKILLed at four points in both upstream modes, rest
 automatic resume finishes the job: every instance arrives, at most the one in flight twice, the
 job ends ``success``.
 
-storescp sleeps a second after each C-STORE before it answers (``--sleep-after 1``), so the job is mid-study for
-long enough to be killed where the test wants. The kill points:
+storescp sleeps a second after each C-STORE before it answers (``--sleep-after 1``), so the job
+is mid-study for long enough to be killed where the test wants. The kill points:
 
 - ``start``: as soon as the job's routed keys are journalled (before anything is fetched),
   and ``few``: after two instances arrived — both
