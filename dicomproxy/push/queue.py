@@ -31,6 +31,7 @@ Schema changes: the tables are created with ``create_all``, which never alters a
 a column added later is added to an existing journal at start by :func:`migrate`
 (``ALTER TABLE … ADD COLUMN`` when it is missing, with a server default so that nodes of the
 previous version, which do not name it, keep working beside this one).
+
 The class :class:`PushQueue` is the one callers use; it is put together from parts split by job:
 the workers' side here (queue, claim and lease, finish, release), what an item's jobs delivered
 (:class:`ItemLedger`) and the operator's actions (:class:`OperatorActions`) beside it, the named
