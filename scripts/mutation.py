@@ -53,6 +53,8 @@ TARGETS: dict[str, Target] = {
         (
             "ExamView.visible",
             "ExamView.is_visible",
+            "row_visible",
+            "_privacy",
             "ExamView.resolve_study_uids",
             "ExamView.resolve_studies",
             "_text",

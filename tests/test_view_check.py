@@ -7,13 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.view.check import check_view, format_report
+from dicomproxy.view.repository import ExamView
 from testkit.samples import StudySpec, demo_specs, exam_row
 from testkit.viewdb import insert_rows
 from tests.conftest import ConfigFactory, ViewDB, base_config_dict
@@ -86,6 +88,66 @@ def test_check_view_finds_every_defect_class(view_db: ViewDB, make_config: Confi
     text_report = format_report(report)
     assert "FAIL  enum:PatientSex: 1 row(s)" in text_report and "OK    required:ExamineID" in text_report
     assert "王小东" not in text_report  # ExamineIDs only, no patient data
+
+
+AGREE_HOSPITAL = "H7458A"
+
+
+def visibility_rows() -> list[dict[str, Any]]:
+    """One row on each side of every part of the visibility rule."""
+    ok = exam_row(
+        StudySpec("CT"), hospital_id=AGREE_HOSPITAL, ExamineID="VOK", StudyInstanceUID="1.2.840.9.1"
+    )
+
+    def row(examine_id: str, n: int, **kw: Any) -> dict[str, Any]:
+        return {
+            **ok,
+            "ExamineID": examine_id,
+            "AccessionNumber": examine_id,
+            "StudyInstanceUID": f"1.2.840.9.{n}",
+            **kw,
+        }
+
+    return [
+        ok,
+        row("VNULLPRIV", 2, Privacy=None),
+        row("VPRIV1", 3, Privacy=1),
+        row("VPRIV2", 4, Privacy=2),
+        row("VCASE", 5, HospitalID=AGREE_HOSPITAL.lower()),  # MariaDB's SQL half lets it through
+        row("VOTHER", 6, HospitalID="99999999"),
+        row("VNOHOSP", 7, HospitalID=None),
+        row("VBADUID", 8, StudyInstanceUID="1.2.abc"),
+        row("VNOUID", 9, StudyInstanceUID=None),
+        row("VEMPTYUID", 10, StudyInstanceUID=""),
+        row("VTWO", 11, StudyInstanceUID="1.2.x,1.2.840.9.11"),
+    ]
+
+
+@pytest.mark.parametrize(("max_privacy", "visible"), [(0, 3), (1, 4)])
+def test_check_view_counts_the_rows_the_repository_serves(
+    view_db: ViewDB, make_config: ConfigFactory, max_privacy: int, visible: int
+) -> None:
+    """One visibility rule: check-view's "visible to dicomproxy" is exactly the set ExamView
+    serves (its SQL half, then its Python half), on each real database."""
+    insert_rows(view_db.engine, visibility_rows(), view_db.name)
+    config = make_config(
+        hospital={"id": AGREE_HOSPITAL},
+        view={"url": view_db.url, "name": view_db.name, "max_privacy": max_privacy},
+    )
+    view = ExamView(config, view_db.engine)
+    try:
+        stmt = select(
+            view.table.c.ExamineID,
+            view.table.c.HospitalID,
+            view.table.c.Privacy,
+            view.table.c.StudyInstanceUID,
+        )
+        served = {r["ExamineID"] for r in view.stream(stmt.where(view.visible())) if view.is_visible(r)}
+    finally:
+        view.close()
+    expected = {"VOK", "VNULLPRIV", "VTWO"} | ({"VPRIV1"} if max_privacy >= 1 else set())
+    assert served == expected and len(served) == visible
+    assert check_view(config, view_db.engine).visible_rows == visible
 
 
 def test_check_view_clean_view_and_missing_columns(tmp_path: Path, make_config: ConfigFactory) -> None:

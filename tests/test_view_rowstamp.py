@@ -7,6 +7,7 @@ lost, and a restart going on from the stored high-water mark."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,6 +91,51 @@ def test_kind_is_detected_with_its_guard(stamped: StampedView, stamped_config: C
             assert isinstance(mark.value, bytes) and len(mark.value) == 8
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_integer_counter_has_no_guard_and_says_so(
+    db: str, tmp_path: Path, make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An integer RowTimestamp (a counter the view's writer fills): read like a rowversion, above
+    the mark, with no late-commit guard — and one WARNING says so where several writers can
+    commit out of order (not on SQLite, which has one)."""
+    if db == "sqlite":
+        url = f"sqlite:///{tmp_path / 'view.db'}"
+    else:
+        url = PG_URL if db == "postgresql" else MARIADB_URL
+        need_server(db, url)
+    engine = create_engine(url)
+    name = f"v_stamp_{uuid.uuid4().hex[:8]}"
+    create_view_table(engine, name, "number")
+    rows = [{**row, "RowTimestamp": None} for row in view_rows()]
+    insert_rows(engine, rows, name)
+    with engine.begin() as conn:  # the counter, as the view's writer would fill it
+        for n, row in enumerate(rows, start=1):
+            conn.execute(
+                text(f"UPDATE {name} SET rowtimestamp = :n WHERE examineid = :e"),
+                {"n": n, "e": row["ExamineID"]},
+            )
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicomproxy.view.stamp"):
+            view = ExamView(make_config(view={"url": url, "name": name.upper()}))
+            try:
+                policy = view.stamp_policy()
+                assert policy.kind is StampKind.NUMBER and policy.guard is None
+                assert policy.describe() == "RowTimestamp: integer counter; no late-commit guard"
+                assert view.resolve_study_uids(study_uids=[UID["m2"]]) == [UID["m2"]]
+                assert Mark.decode(_state(view)["high_water"]) == Mark(StampKind.NUMBER, len(rows))
+            finally:
+                view.close()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if db == "sqlite":
+            assert warnings == []
+        else:
+            assert len(warnings) == 1, warnings
+            assert "integer counter" in warnings[0] and "no late-commit guard" in warnings[0]
+    finally:
+        drop_view_table(engine, name)
+        engine.dispose()
 
 
 def test_find_new_and_changed_rows_and_restart(

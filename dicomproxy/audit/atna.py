@@ -30,9 +30,9 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 from xml.etree import ElementTree as ET
 
@@ -179,105 +179,145 @@ class MessageBuilder:
                     ET.SubElement(desc, "SOPClass", {"UID": sop_class, "NumberOfInstances": str(count)})
 
     def build(self, event: events.Event, context: dict[str, object] | None = None) -> ET.Element | None:
-        """The message for ``event`` (None for events PS3.15 has no message for)."""
-        t = event.time
-        if isinstance(event, (events.ProcessStarted, events.ProcessStopped)):
-            start = isinstance(event, events.ProcessStarted)
-            root = self._message(
-                APPLICATION_ACTIVITY, "E", t, SUCCESS, APPLICATION_START if start else APPLICATION_STOP
-            )
-            self._ourselves(root, False, ROLE_APPLICATION)
-            self._source(root)
-            return root
-        if isinstance(event, events.AssociationAccepted):
-            root = self._message(USER_AUTHENTICATION, "E", t, SUCCESS, LOGIN)
-            self._peer(root, event.peer)
-            self._ourselves(root, False, None)
-            self._source(root)
-            return root
-        if isinstance(event, events.AssociationRejected):
-            root = self._message(SECURITY_ALERT, "E", t, MINOR_FAILURE, NODE_AUTHENTICATION)
-            self._peer(root, event.peer)
-            self._ourselves(root, False, None)
-            self._source(root)
-            obj = ET.SubElement(
-                root,
-                "ParticipantObjectIdentification",
-                {
-                    "ParticipantObjectID": event.peer.address,
-                    "ParticipantObjectTypeCode": "2",
-                    "ParticipantObjectTypeCodeRole": "13",  # Security Resource
-                },
-            )
-            NODE_ID.element(obj, "ParticipantObjectIDTypeCode")
-            ET.SubElement(
-                obj, "ParticipantObjectDetail", {"type": "Alert Description", "value": _b64(event.reason)}
-            )
-            return root
-        if isinstance(event, events.FindDone):
-            outcome = SUCCESS if event.status in (Status.SUCCESS, Status.CANCEL) else SERIOUS_FAILURE
-            root = self._message(QUERY, "E", t, outcome)
-            self._peer(root, event.peer, ROLE_SOURCE)
-            self._ourselves(root, False, ROLE_DESTINATION)
-            self._source(root)
-            sop = PATIENT_ROOT_FIND if event.model == "PATIENT" else STUDY_ROOT_FIND
-            obj = ET.SubElement(
-                root,
-                "ParticipantObjectIdentification",
-                {
-                    "ParticipantObjectID": sop,
-                    "ParticipantObjectTypeCode": "2",
-                    "ParticipantObjectTypeCodeRole": "3",
-                },
-            )
-            SOP_CLASS_UID.element(obj, "ParticipantObjectIDTypeCode")
-            query = "\n".join(f"{k}={v}" for k, v in event.keys.items())
-            ET.SubElement(obj, "ParticipantObjectQuery").text = _b64(query)
-            ET.SubElement(obj, "ParticipantObjectDetail", {"type": "QueryEncoding", "value": _b64("UTF-8")})
-            self._patients(root, _split(event.keys.get("PatientID", "")))
-            return root
-        if isinstance(event, events.JobResolved) and context is not None:
-            started = cast(events.JobStarted, context["started"])
-            root = self._message(BEGIN_TRANSFERRING, "E", t, SUCCESS)
-            self._ourselves(root, False, ROLE_SOURCE)
-            self._participant(root, started.destination, False, role=ROLE_DESTINATION)
-            self._peer(root, started.peer, None)
-            self._source(root)
-            self._studies(root, event.study_uids)
-            self._patients(
-                root, [*_split(started.keys.get("PatientID", "")), *cast(tuple, context.get("patients", ()))]
-            )
-            return root
-        if isinstance(event, events.JobInterrupted):
-            # the process ended during the job (found at the next start): some instances may have
-            # been sent (minor failure) or none (serious failure), PS3.15 A.5.3.4 / A.5.1
-            outcome = MINOR_FAILURE if event.instances else SERIOUS_FAILURE
-            root = self._message(INSTANCES_TRANSFERRED, "R", t, outcome)
-            self._ourselves(root, False, ROLE_SOURCE)
-            self._participant(root, event.destination, False, role=ROLE_DESTINATION)
-            self._peer(root, event.peer, None)
-            self._source(root)
-            self._studies(root, event.study_uids)
-            self._patients(root, event.patient_ids)
-            return root
-        if isinstance(event, events.JobFinished) and context is not None:
-            started = cast(events.JobStarted, context["started"])
-            studies = cast(tuple[str, ...], context.get("studies", ()))
-            classes = cast(dict[str, int], context.get("classes", {}))
-            outcome = {"success": SUCCESS, "partial": MINOR_FAILURE, "empty": SUCCESS}.get(
-                event.outcome, SERIOUS_FAILURE
-            )
-            root = self._message(INSTANCES_TRANSFERRED, "R", t, outcome)
-            self._ourselves(root, False, ROLE_SOURCE)
-            self._participant(root, started.destination, False, role=ROLE_DESTINATION)
-            self._peer(root, started.peer, None)
-            self._source(root)
-            self._studies(root, studies or tuple(_split(started.keys.get("StudyInstanceUID", ""))), classes)
-            self._patients(
-                root, [*_split(started.keys.get("PatientID", "")), *cast(tuple, context.get("patients", ()))]
-            )
-            return root
+        """The message for ``event`` (None for events PS3.15 has no message for), made by its
+        builder in :attr:`_BUILDERS`. ``context``: what :class:`AtnaSubscriber` kept of the job
+        (its JobStarted, studies, patients, SOP classes); a job's messages need it."""
+        for cls in type(event).__mro__:
+            builder = self._BUILDERS.get(cls)
+            if builder is not None:
+                return builder(self, event, context)
         return None
+
+    # --- one builder per event type (the table below) -------------------------------------------
+
+    def _application_activity(
+        self, event: events.ProcessStarted | events.ProcessStopped, context: object
+    ) -> ET.Element:
+        start = isinstance(event, events.ProcessStarted)
+        root = self._message(
+            APPLICATION_ACTIVITY, "E", event.time, SUCCESS, APPLICATION_START if start else APPLICATION_STOP
+        )
+        self._ourselves(root, False, ROLE_APPLICATION)
+        self._source(root)
+        return root
+
+    def _login(self, event: events.AssociationAccepted, context: object) -> ET.Element:
+        root = self._message(USER_AUTHENTICATION, "E", event.time, SUCCESS, LOGIN)
+        self._peer(root, event.peer)
+        self._ourselves(root, False, None)
+        self._source(root)
+        return root
+
+    def _security_alert(self, event: events.AssociationRejected, context: object) -> ET.Element:
+        root = self._message(SECURITY_ALERT, "E", event.time, MINOR_FAILURE, NODE_AUTHENTICATION)
+        self._peer(root, event.peer)
+        self._ourselves(root, False, None)
+        self._source(root)
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": event.peer.address,
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "13",  # Security Resource
+            },
+        )
+        NODE_ID.element(obj, "ParticipantObjectIDTypeCode")
+        ET.SubElement(
+            obj, "ParticipantObjectDetail", {"type": "Alert Description", "value": _b64(event.reason)}
+        )
+        return root
+
+    def _query(self, event: events.FindDone, context: object) -> ET.Element:
+        outcome = SUCCESS if event.status in (Status.SUCCESS, Status.CANCEL) else SERIOUS_FAILURE
+        root = self._message(QUERY, "E", event.time, outcome)
+        self._peer(root, event.peer, ROLE_SOURCE)
+        self._ourselves(root, False, ROLE_DESTINATION)
+        self._source(root)
+        sop = PATIENT_ROOT_FIND if event.model == "PATIENT" else STUDY_ROOT_FIND
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": sop,
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "3",
+            },
+        )
+        SOP_CLASS_UID.element(obj, "ParticipantObjectIDTypeCode")
+        query = "\n".join(f"{k}={v}" for k, v in event.keys.items())
+        ET.SubElement(obj, "ParticipantObjectQuery").text = _b64(query)
+        ET.SubElement(obj, "ParticipantObjectDetail", {"type": "QueryEncoding", "value": _b64("UTF-8")})
+        self._patients(root, _split(event.keys.get("PatientID", "")))
+        return root
+
+    def _begin_transferring(
+        self, event: events.JobResolved, context: dict[str, object] | None
+    ) -> ET.Element | None:
+        if context is None:
+            return None
+        started = cast(events.JobStarted, context["started"])
+        root = self._transfer(BEGIN_TRANSFERRING, "E", event.time, SUCCESS, started.destination, started.peer)
+        self._studies(root, event.study_uids)
+        self._patients(root, _job_patients(started, context))
+        return root
+
+    def _interrupted(self, event: events.JobInterrupted, context: object) -> ET.Element:
+        # the process ended during the job (found at the next start): some instances may have
+        # been sent (minor failure) or none (serious failure), PS3.15 A.5.3.4 / A.5.1
+        outcome = MINOR_FAILURE if event.instances else SERIOUS_FAILURE
+        root = self._transfer(INSTANCES_TRANSFERRED, "R", event.time, outcome, event.destination, event.peer)
+        self._studies(root, event.study_uids)
+        self._patients(root, event.patient_ids)
+        return root
+
+    def _transferred(self, event: events.JobFinished, context: dict[str, object] | None) -> ET.Element | None:
+        if context is None:
+            return None
+        started = cast(events.JobStarted, context["started"])
+        studies = cast(tuple[str, ...], context.get("studies", ()))
+        classes = cast(dict[str, int], context.get("classes", {}))
+        outcome = {"success": SUCCESS, "partial": MINOR_FAILURE, "empty": SUCCESS}.get(
+            event.outcome, SERIOUS_FAILURE
+        )
+        root = self._transfer(
+            INSTANCES_TRANSFERRED, "R", event.time, outcome, started.destination, started.peer
+        )
+        self._studies(root, studies or tuple(_split(started.keys.get("StudyInstanceUID", ""))), classes)
+        self._patients(root, _job_patients(started, context))
+        return root
+
+    #: Event type → its builder (an event of a type not listed has no message).
+    _BUILDERS: ClassVar[
+        dict[type[events.Event], Callable[[MessageBuilder, Any, dict[str, object] | None], ET.Element | None]]
+    ] = {
+        events.ProcessStarted: _application_activity,
+        events.ProcessStopped: _application_activity,
+        events.AssociationAccepted: _login,
+        events.AssociationRejected: _security_alert,
+        events.FindDone: _query,
+        events.JobResolved: _begin_transferring,
+        events.JobInterrupted: _interrupted,
+        events.JobFinished: _transferred,
+    }
+
+    def _transfer(
+        self,
+        event_id: Code,
+        action: str,
+        when: dt.datetime,
+        outcome: str,
+        destination: str,
+        peer: events.Peer,
+    ) -> ET.Element:
+        """The start of a transfer message (PS3.15 A.5.3.3/A.5.3.4): we are the source, the job's
+        destination and the peer that asked participate."""
+        root = self._message(event_id, action, when, outcome)
+        self._ourselves(root, False, ROLE_SOURCE)
+        self._participant(root, destination, False, role=ROLE_DESTINATION)
+        self._peer(root, peer, None)
+        self._source(root)
+        return root
 
     def _peer(self, root: ET.Element, peer: events.Peer, role: Code | None = None) -> None:
         alternative = peer.tls_identity[:200] if peer.tls_identity else ""
@@ -292,6 +332,11 @@ def _is_ip(address: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _job_patients(started: events.JobStarted, context: dict[str, object]) -> list[str]:
+    """The job's patients: the PatientID it asked for, then those of the studies it resolved."""
+    return [*_split(started.keys.get("PatientID", "")), *cast(tuple, context.get("patients", ()))]
 
 
 def _split(value: str) -> list[str]:

@@ -26,9 +26,9 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     Column,
@@ -424,110 +424,148 @@ class AuditSubscriber:
         return out
 
     def record_for(self, event: events.Event) -> AuditRecord | None:
-        t = event.time
-        if isinstance(event, events.ProcessStarted):
-            return AuditRecord(
-                Action.START, "success", calling_ae=event.ae_title, time=t, detail={"version": event.version}
-            )
-        if isinstance(event, events.ProcessStopped):
-            return AuditRecord(
-                Action.STOP,
-                "success" if event.clean else "aborted-associations",
-                calling_ae=event.ae_title,
-                time=t,
-            )
-        if isinstance(event, events.AssociationAccepted):
-            return _with_peer(
-                AuditRecord(Action.ASSOCIATION, "accepted", time=t, detail={"called_ae": event.called_ae}),
-                event.peer,
-            )
-        if isinstance(event, events.AssociationRejected):
-            detail = {"called_ae": event.called_ae, "reason": event.reason, "reason_code": event.reason_code}
-            return _with_peer(AuditRecord(Action.ASSOCIATION, "rejected", time=t, detail=detail), event.peer)
-        if isinstance(event, events.FindDone):
-            detail = {
-                "model": event.model,
-                "level": event.level,
-                "source": event.source,
-                "keys": event.keys,
-                "matches": event.matches,
-                "status": event.status,
-            }
-            return _with_peer(
-                AuditRecord(
-                    Action.FIND,
-                    _status_outcome(event.status),
-                    time=t,
-                    detail=detail,
-                    patient_ids=tuple(_split(event.keys.get("PatientID", ""))),
-                    study_uids=tuple(_split(event.keys.get("StudyInstanceUID", ""))),
-                ),
-                event.peer,
-            )
-        if isinstance(event, events.JobStarted):
-            keys = {k: v for k, v in event.keys.items() if k in RETRIEVE_KEYS}
-            self._jobs[event.job_id] = _with_peer(
-                AuditRecord(
-                    event.kind,
-                    destination=event.destination,
-                    job_id=event.job_id,
-                    detail={"keys": keys},
-                    patient_ids=tuple(_split(keys.get("PatientID", ""))),
-                    study_uids=tuple(_split(keys.get("StudyInstanceUID", ""))),
-                    time=t,
-                ),
-                event.peer,
-            )
-            return None
-        if isinstance(event, events.JobResolved):
-            pending = self._jobs.get(event.job_id)
-            if pending is not None:
-                pending.detail["resolved_study_uids"] = list(event.study_uids)
-                pending.detail["level"] = event.level
-                pending.study_uids = tuple(dict.fromkeys((*pending.study_uids, *event.study_uids)))
-                if self.identities is not None:
-                    patients, accessions = self.identities.get(event.job_id)
-                    pending.patient_ids = tuple(dict.fromkeys((*pending.patient_ids, *patients)))
-                    pending.detail["patient_ids"] = list(pending.patient_ids)
-                    pending.detail["accession_numbers"] = list(accessions)
-            return None
-        if isinstance(event, events.JobFinished):
-            pending = self._jobs.pop(event.job_id, None)
-            if pending is None:
-                pending = AuditRecord(event.kind, job_id=event.job_id)
-            pending.outcome = event.outcome
-            pending.detail.update(
-                instances=event.completed + event.warning,
-                failed=event.failed,
-                status=event.status,
-                bytes=event.bytes_out,
-                finished=event.time.isoformat(),
-            )
-            return pending
-        if isinstance(event, events.RetrieveRefused):
-            keys = {k: v for k, v in event.keys.items() if k in RETRIEVE_KEYS}
-            return _with_peer(
-                AuditRecord(
-                    event.kind,
-                    "refused",
-                    destination=event.destination,
-                    detail={"keys": keys, "status": event.status},
-                    patient_ids=tuple(_split(keys.get("PatientID", ""))),
-                    study_uids=tuple(_split(keys.get("StudyInstanceUID", ""))),
-                    time=t,
-                ),
-                event.peer,
-            )
-        if isinstance(event, events.RetryRequested):
-            return AuditRecord(
-                Action.RETRY,
-                "requested",
-                job_id=event.job_id,
-                calling_ae=event.by[:16],
-                detail={"by": event.by},
-                time=t,
-            )
+        """The row for ``event``, made by its builder in :attr:`_BUILDERS`; None for an event the
+        trail does not record, and for a job's start and resolution (kept until the job ends:
+        one row per job)."""
+        for cls in type(event).__mro__:
+            build = self._BUILDERS.get(cls)
+            if build is not None:
+                return build(self, event)
         return None
+
+    # --- one builder per event type (the table below) -------------------------------------------
+
+    def _process_started(self, event: events.ProcessStarted) -> AuditRecord:
+        return AuditRecord(
+            Action.START,
+            "success",
+            calling_ae=event.ae_title,
+            time=event.time,
+            detail={"version": event.version},
+        )
+
+    def _process_stopped(self, event: events.ProcessStopped) -> AuditRecord:
+        return AuditRecord(
+            Action.STOP,
+            "success" if event.clean else "aborted-associations",
+            calling_ae=event.ae_title,
+            time=event.time,
+        )
+
+    def _association_accepted(self, event: events.AssociationAccepted) -> AuditRecord:
+        return _with_peer(
+            AuditRecord(
+                Action.ASSOCIATION, "accepted", time=event.time, detail={"called_ae": event.called_ae}
+            ),
+            event.peer,
+        )
+
+    def _association_rejected(self, event: events.AssociationRejected) -> AuditRecord:
+        detail = {"called_ae": event.called_ae, "reason": event.reason, "reason_code": event.reason_code}
+        return _with_peer(
+            AuditRecord(Action.ASSOCIATION, "rejected", time=event.time, detail=detail), event.peer
+        )
+
+    def _find_done(self, event: events.FindDone) -> AuditRecord:
+        detail = {
+            "model": event.model,
+            "level": event.level,
+            "source": event.source,
+            "keys": event.keys,
+            "matches": event.matches,
+            "status": event.status,
+        }
+        return _with_peer(
+            AuditRecord(
+                Action.FIND,
+                _status_outcome(event.status),
+                time=event.time,
+                detail=detail,
+                patient_ids=tuple(_split(event.keys.get("PatientID", ""))),
+                study_uids=tuple(_split(event.keys.get("StudyInstanceUID", ""))),
+            ),
+            event.peer,
+        )
+
+    def _job_started(self, event: events.JobStarted) -> None:
+        keys = {k: v for k, v in event.keys.items() if k in RETRIEVE_KEYS}
+        self._jobs[event.job_id] = _with_peer(
+            AuditRecord(
+                event.kind,
+                destination=event.destination,
+                job_id=event.job_id,
+                detail={"keys": keys},
+                patient_ids=tuple(_split(keys.get("PatientID", ""))),
+                study_uids=tuple(_split(keys.get("StudyInstanceUID", ""))),
+                time=event.time,
+            ),
+            event.peer,
+        )
+
+    def _job_resolved(self, event: events.JobResolved) -> None:
+        pending = self._jobs.get(event.job_id)
+        if pending is not None:
+            pending.detail["resolved_study_uids"] = list(event.study_uids)
+            pending.detail["level"] = event.level
+            pending.study_uids = tuple(dict.fromkeys((*pending.study_uids, *event.study_uids)))
+            if self.identities is not None:
+                patients, accessions = self.identities.get(event.job_id)
+                pending.patient_ids = tuple(dict.fromkeys((*pending.patient_ids, *patients)))
+                pending.detail["patient_ids"] = list(pending.patient_ids)
+                pending.detail["accession_numbers"] = list(accessions)
+
+    def _job_finished(self, event: events.JobFinished) -> AuditRecord:
+        pending = self._jobs.pop(event.job_id, None)
+        if pending is None:
+            pending = AuditRecord(event.kind, job_id=event.job_id)
+        pending.outcome = event.outcome
+        pending.detail.update(
+            instances=event.completed + event.warning,
+            failed=event.failed,
+            status=event.status,
+            bytes=event.bytes_out,
+            finished=event.time.isoformat(),
+        )
+        return pending
+
+    def _retrieve_refused(self, event: events.RetrieveRefused) -> AuditRecord:
+        keys = {k: v for k, v in event.keys.items() if k in RETRIEVE_KEYS}
+        return _with_peer(
+            AuditRecord(
+                event.kind,
+                "refused",
+                destination=event.destination,
+                detail={"keys": keys, "status": event.status},
+                patient_ids=tuple(_split(keys.get("PatientID", ""))),
+                study_uids=tuple(_split(keys.get("StudyInstanceUID", ""))),
+                time=event.time,
+            ),
+            event.peer,
+        )
+
+    def _retry_requested(self, event: events.RetryRequested) -> AuditRecord:
+        return AuditRecord(
+            Action.RETRY,
+            "requested",
+            job_id=event.job_id,
+            calling_ae=event.by[:16],
+            detail={"by": event.by},
+            time=event.time,
+        )
+
+    #: Event type → its builder (an event of a type not listed is not recorded).
+    _BUILDERS: ClassVar[dict[type[events.Event], Callable[[AuditSubscriber, Any], AuditRecord | None]]] = {
+        events.ProcessStarted: _process_started,
+        events.ProcessStopped: _process_stopped,
+        events.AssociationAccepted: _association_accepted,
+        events.AssociationRejected: _association_rejected,
+        events.FindDone: _find_done,
+        events.JobStarted: _job_started,
+        events.JobResolved: _job_resolved,
+        events.JobFinished: _job_finished,
+        events.RetrieveRefused: _retrieve_refused,
+        events.RetryRequested: _retry_requested,
+    }
 
 
 def _with_peer(record: AuditRecord, peer: events.Peer) -> AuditRecord:

@@ -54,15 +54,7 @@ class Metrics:
         """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
-        Gauge("dicomproxy_associations_open", "Inbound associations open now", registry=r).set_function(
-            open_associations
-        )
-        Gauge(
-            "dicomproxy_jobs_running", "C-MOVE/C-GET jobs running now (queue depth)", registry=r
-        ).set_function(running_jobs)
-        Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
-            spool_bytes
-        )
+        _scrape_gauges(r, open_associations, running_jobs, spool_bytes)
         self.associations = Counter(
             "dicomproxy_associations_total",
             "Association requests by calling peer, result and rejection reason",
@@ -180,6 +172,24 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _scrape_gauges(
+    r: CollectorRegistry,
+    open_associations: Callable[[], float],
+    running_jobs: Callable[[], float],
+    spool_bytes: Callable[[], float],
+) -> None:
+    """The gauges of :class:`Metrics` read when scraped (each calls its function then)."""
+    Gauge("dicomproxy_associations_open", "Inbound associations open now", registry=r).set_function(
+        open_associations
+    )
+    Gauge("dicomproxy_jobs_running", "C-MOVE/C-GET jobs running now (queue depth)", registry=r).set_function(
+        running_jobs
+    )
+    Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
+        spool_bytes
+    )
 
 
 def status_label(status: int) -> str:

@@ -31,6 +31,13 @@ Schema changes: the tables are created with ``create_all``, which never alters a
 a column added later is added to an existing journal at start by :func:`migrate`
 (``ALTER TABLE … ADD COLUMN`` when it is missing, with a server default so that nodes of the
 previous version, which do not name it, keep working beside this one).
+
+The class :class:`PushQueue` is the one callers use; it is put together from parts split by job:
+the workers' side here (queue, claim and lease, finish, release), what an item's jobs delivered
+(:class:`ItemLedger`) and the operator's actions (:class:`OperatorActions`) beside it, the named
+values (watermark, pauses, holds: :mod:`dicomproxy.push.queue_state`) and the read-only summaries
+(:mod:`dicomproxy.push.queue_summary`) in modules of their own, the tables in
+:mod:`dicomproxy.push.schema`.
 """
 
 from __future__ import annotations
@@ -41,101 +48,57 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    and_,
-    case,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import and_, case, insert, or_, select, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn
 
+from dicomproxy.push.queue_state import PushStates
+from dicomproxy.push.queue_summary import QueueSummaries
+from dicomproxy.push.schema import (
+    DONE,
+    DROPPED,
+    FAILED,
+    PUSH_METADATA,
+    QUEUED,
+    RUNNING,
+    STATES,
+    WAITING,
+    push_attempts,
+    push_queue,
+    push_state,
+)
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_instances, jobs
 from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
+__all__ = [
+    "ADDED_COLUMNS",
+    "DONE",
+    "DROPPED",
+    "FAILED",
+    "MAX_TAKEOVERS",
+    "PAUSED_ALL",
+    "PUSH_METADATA",
+    "QUEUED",
+    "RUNNING",
+    "STATES",
+    "WAITING",
+    "WATERMARK",
+    "Entry",
+    "Item",
+    "ItemLedger",
+    "OperatorActions",
+    "PushQueue",
+    "migrate",
+    "push_attempts",
+    "push_queue",
+    "push_state",
+    "utcnow",
+]
+
 LOG = logging.getLogger("dicomproxy.push.queue")
 
-PUSH_METADATA = MetaData()
-
-push_queue = Table(
-    "push_queue",
-    PUSH_METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("study_uid", String(64), nullable=False),
-    Column("destination", String(16), nullable=False),
-    Column("examine_id", String(64), nullable=False, default=""),
-    #: ``Mark.encode()`` of the view row's RowTimestamp when it was queued (change detection).
-    Column("row_stamp", String(128), nullable=False, default=""),
-    Column("state", String(12), nullable=False),
-    Column("generation", Integer, nullable=False, default=0),
-    Column("attempts", Integer, nullable=False, default=0),
-    #: Times a claim found the item ``running`` with its owner's lease expired (the owner died or
-    #: hung during the delivery); past ``[push] max_takeovers`` the item is ``failed``, not run.
-    #: Added after the first release: :func:`migrate` adds it to an existing journal.
-    Column("takeovers", Integer, nullable=False, default=0, server_default=text("0")),
-    Column("next_at", DateTime, nullable=False),
-    Column("lease_until", DateTime),
-    Column("owner", String(64), nullable=False, default=""),
-    #: Re-checks left (``[push] rechecks``): a ``done`` item with ``rechecks`` > 0 is due for the next
-    #: one at ``next_at`` (the PACS asked whether the study grew). 0 = none (also every row of
-    #: older versions). Added after the first release: :func:`migrate` adds it.
-    Column("rechecks", Integer, nullable=False, default=0, server_default=text("0")),
-    #: The view row changed while the item was running: queue it again when that run ends.
-    Column("changed", Integer, nullable=False, default=0),
-    #: The images are delivered (only a report is still being fetched).
-    Column("images_done", Integer, nullable=False, default=0),
-    #: ``""`` (none asked yet), ``sent``, ``none`` (the row names no file), ``pending``, ``missing``.
-    Column("reports", String(12), nullable=False, default=""),
-    Column("report_attempts", Integer, nullable=False, default=0),
-    #: The view row named an order or report file when it was queued (else its row is not re-read).
-    Column("files", Integer, nullable=False, default=0),
-    Column("confirmed", Integer, nullable=False, default=0),
-    Column("bytes", BigInteger, nullable=False, default=0),
-    Column("last_job", Integer),
-    Column("error", Text, nullable=False, default=""),
-    Column("created", DateTime, nullable=False),
-    Column("updated", DateTime, nullable=False),
-    UniqueConstraint("study_uid", "destination", name="uq_push_queue_study_destination"),
-)
-Index("ix_push_queue_state_next", push_queue.c.state, push_queue.c.next_at)
-
-push_attempts = Table(
-    "push_attempts",
-    PUSH_METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("item_id", Integer, nullable=False, index=True),
-    Column("job_id", Integer, nullable=False, index=True),
-    Column("generation", Integer, nullable=False, default=0),
-    Column("node", String(64), nullable=False, default=""),
-    Column("started", DateTime, nullable=False),
-)
-
-push_state = Table(
-    "push_state",
-    PUSH_METADATA,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(512), nullable=False, default=""),
-)
-
-QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED = "queued", "running", "waiting", "done", "failed", "dropped"
-STATES = (QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED)
 WATERMARK = "watermark"
 PAUSED_ALL = "paused:*"
 #: ``[push] max_takeovers``' default: an item is run by at most 1 + 3 nodes/leases that never finish it.
@@ -216,8 +179,140 @@ class Item:
     recheck: bool = False
 
 
-class PushQueue:
-    """Reads and writes the push tables; one per process, on the journal's engine."""
+class ItemLedger:
+    """Which relay jobs served an item (``push_attempts``) and what their destination confirmed
+    (``job_instances``): what is never sent to it again. Part of :class:`PushQueue`."""
+
+    engine: Engine
+    node: str
+    now: Callable[[], dt.datetime]
+
+    def record_attempt(self, item: Item, job_id: int) -> None:
+        """Link a relay job to the item (before the job sends anything)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(push_attempts).values(
+                    item_id=item.id,
+                    job_id=job_id,
+                    generation=item.generation,
+                    node=self.node,
+                    started=self.now(),
+                )
+            )
+            conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
+
+    def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
+        """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
+        jobs = select(push_attempts.c.job_id).where(
+            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
+        )
+        q = (
+            select(job_instances.c.sop_instance_uid)
+            .where(job_instances.c.job_id.in_(jobs), job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return frozenset(str(r[0]) for r in conn.execute(q))
+
+    def confirmed_images(self, item_id: int, generation: int) -> frozenset[str]:
+        """:meth:`confirmed` without the order/report objects (Encapsulated PDF / Secondary Capture
+        made from the row's files, which the PACS does not hold): what the PACS's count of the
+        study is compared with. An instance of those classes the PACS listed for one of the item's
+        jobs (``job_expected``: a scanned document stored in the PACS) still counts."""
+        mine = select(push_attempts.c.job_id).where(
+            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
+        )
+        q = (
+            select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
+            .where(job_instances.c.job_id.in_(mine), job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        listed = select(job_expected.c.sop_instance_uid).where(
+            job_expected.c.job_id.in_(mine), job_expected.c.sop_class_uid.in_(REPORT_SOP_CLASSES)
+        )
+        with self.engine.connect() as conn:
+            rows = [(str(u), str(c)) for u, c in conn.execute(q)]
+            from_pacs = (
+                {str(r[0]) for r in conn.execute(listed)}
+                if any(c in REPORT_SOP_CLASSES for _, c in rows)
+                else set()
+            )
+        return frozenset(u for u, c in rows if c not in REPORT_SOP_CLASSES or u in from_pacs)
+
+    def archive(self, item_id: int, generation: int) -> str:
+        """The archive that served the item's newest job of ``generation`` (``jobs.archive``: the
+        routed one, or the fallback that held the study); "" when none recorded one."""
+        q = (
+            select(jobs.c.archive)
+            .join(push_attempts, push_attempts.c.job_id == jobs.c.id)
+            .where(
+                push_attempts.c.item_id == item_id,
+                push_attempts.c.generation == generation,
+                jobs.c.archive != "",
+            )
+            .order_by(jobs.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return str(conn.execute(q).scalar() or "")
+
+
+class OperatorActions:
+    """``push retry`` and ``push requeue`` (the CLI): items queued again by hand. Part of
+    :class:`PushQueue` (pauses and holds are named values: :mod:`dicomproxy.push.queue_state`)."""
+
+    engine: Engine
+    now: Callable[[], dt.datetime]
+
+    def retry(self, item_id: int) -> bool:
+        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts, takeovers and
+        re-checks reset (only what the destination has not confirmed is sent; once delivered, it
+        gets the full re-check schedule again)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(push_queue)
+                .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
+                .values(**self._due_afresh())
+            )
+            return bool(res.rowcount)
+
+    def _due_afresh(self) -> dict[str, Any]:
+        """An item queued again by hand (``push retry``, ``push requeue``): due now, its counts of
+        attempts, takeovers, re-checks and file fetches reset, no error."""
+        return {
+            "state": QUEUED,
+            "next_at": self.now(),
+            "attempts": 0,
+            "takeovers": 0,
+            "rechecks": 0,
+            "report_attempts": 0,
+            "error": "",
+        }
+
+    def requeue(self, since: dt.datetime, destination: str | None = None) -> int:
+        """Send again, in full, every item queued at or after ``since`` (UTC) that is not running: a
+        new generation, so earlier confirmations no longer count."""
+        cond = [push_queue.c.created >= since, push_queue.c.state != RUNNING]
+        if destination:
+            cond.append(push_queue.c.destination == destination)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(push_queue)
+                .where(*cond)
+                .values(
+                    **self._due_afresh(),
+                    images_done=0,
+                    reports="",
+                    confirmed=0,
+                    generation=push_queue.c.generation + 1,
+                )
+            )
+            return int(res.rowcount)
+
+
+class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
+    """Reads and writes the push tables; one per process, on the journal's engine. The workers'
+    side is here; the other parts are listed in the module docstring."""
 
     def __init__(self, engine: Engine, node: str) -> None:
         self.engine = engine
@@ -226,49 +321,6 @@ class PushQueue:
         self.now: Callable[[], dt.datetime] = utcnow
         PUSH_METADATA.create_all(engine)
         migrate(engine)
-
-    # --- state (watermark, pauses, holds) -------------------------------------------------------
-
-    def get_state(self, name: str) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(select(push_state.c.value).where(push_state.c.name == name)).scalar()
-
-    def states(self, prefix: str = "") -> dict[str, str]:
-        q = select(push_state.c.name, push_state.c.value)
-        if prefix:
-            q = q.where(push_state.c.name.like(prefix + "%"))
-        with self.engine.connect() as conn:
-            return {str(n): str(v) for n, v in conn.execute(q)}
-
-    def set_state(self, name: str, value: str, conn: Connection | None = None) -> None:
-        if conn is None:
-            with self.engine.begin() as own:
-                self.set_state(name, value, own)
-            return
-        res = conn.execute(update(push_state).where(push_state.c.name == name).values(value=value))
-        if not res.rowcount:
-            conn.execute(insert(push_state).values(name=name, value=value))
-
-    def delete_state(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(push_state).where(push_state.c.name == name))
-
-    def ensure_state(self, name: str, value: str) -> None:
-        """Create ``name`` with ``value`` unless it exists (two nodes may race: one wins)."""
-        try:
-            with self.engine.begin() as conn:
-                exists = conn.execute(select(push_state.c.name).where(push_state.c.name == name)).first()
-                if exists is None:
-                    conn.execute(insert(push_state).values(name=name, value=value))
-        except IntegrityError:
-            pass
-
-    def lock_state(self, conn: Connection, name: str) -> str | None:
-        """The value of ``name``, row-locked for this transaction; None when another node holds
-        the lock (``FOR UPDATE SKIP LOCKED``) or the row does not exist."""
-        q = select(push_state.c.value).where(push_state.c.name == name).with_for_update(skip_locked=True)
-        value = conn.execute(q).scalar()
-        return None if value is None else str(value)
 
     # --- the watcher's side ---------------------------------------------------------------------
 
@@ -383,23 +435,9 @@ class PushQueue:
                 )
                 poisoned = taken_over and takeovers > max_takeovers
                 if poisoned:
-                    values: dict[str, Any] = {
-                        "state": FAILED,
-                        "lease_until": None,
-                        "error": (
-                            f"abandoned by {takeovers} nodes/leases: every lease expired before the "
-                            f"delivery ended (nodes that died or hung handling it?); [push] "
-                            f"max_takeovers = {max_takeovers}: not run again until `push retry "
-                            f"{row['id']}`"
-                        ),
-                    }
+                    values = _abandoned(row, takeovers, max_takeovers)
                 else:
-                    values = {
-                        "state": RUNNING,
-                        "owner": self.node,
-                        "lease_until": now + dt.timedelta(seconds=lease),
-                        "attempts": 1 if recheck else push_queue.c.attempts + (0 if taken_over else 1),
-                    }
+                    values = self._running(now, lease, taken_over, recheck)
                 if not recheck:
                     values["updated"] = now
                 res = conn.execute(ours.values(takeovers=takeovers, changed=0, **values))
@@ -424,21 +462,17 @@ class PushQueue:
                     takeovers,
                     max_takeovers,
                 )
-            return Item(
-                int(row["id"]),
-                str(row["study_uid"]),
-                str(row["destination"]),
-                str(row["examine_id"]),
-                int(row["generation"]),
-                1 if recheck else int(row["attempts"]) + (0 if taken_over else 1),
-                bool(row["images_done"]),
-                str(row["reports"]),
-                int(row["report_attempts"]),
-                bool(row["files"]),
-                takeovers,
-                int(row["rechecks"]),
-                recheck,
-            )
+            return _claimed(row, takeovers, recheck, taken_over)
+
+    def _running(self, now: dt.datetime, lease: float, taken_over: bool, recheck: bool) -> dict[str, Any]:
+        """The claimed item's new values: ours, leased, one more attempt (a re-check starts a new
+        count at 1; a takeover is not an attempt)."""
+        return {
+            "state": RUNNING,
+            "owner": self.node,
+            "lease_until": now + dt.timedelta(seconds=lease),
+            "attempts": 1 if recheck else push_queue.c.attempts + (0 if taken_over else 1),
+        }
 
     def renew(self, ids: Sequence[int], lease: float) -> int:
         """Extend our leases on ``ids``; how many are still ours."""
@@ -455,75 +489,6 @@ class PushQueue:
                 .values(lease_until=self.now() + dt.timedelta(seconds=lease))
             )
             return int(res.rowcount)
-
-    def record_attempt(self, item: Item, job_id: int) -> None:
-        """Link a relay job to the item (before the job sends anything)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(push_attempts).values(
-                    item_id=item.id,
-                    job_id=job_id,
-                    generation=item.generation,
-                    node=self.node,
-                    started=self.now(),
-                )
-            )
-            conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
-
-    def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
-        """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
-        jobs = select(push_attempts.c.job_id).where(
-            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
-        )
-        q = (
-            select(job_instances.c.sop_instance_uid)
-            .where(job_instances.c.job_id.in_(jobs), job_instances.c.state.in_(CONFIRMED_STATES))
-            .distinct()
-        )
-        with self.engine.connect() as conn:
-            return frozenset(str(r[0]) for r in conn.execute(q))
-
-    def confirmed_images(self, item_id: int, generation: int) -> frozenset[str]:
-        """:meth:`confirmed` without the order/report objects (Encapsulated PDF / Secondary Capture
-        made from the row's files, which the PACS does not hold): what the PACS's count of the
-        study is compared with. An instance of those classes the PACS listed for one of the item's
-        jobs (``job_expected``: a scanned document stored in the PACS) still counts."""
-        mine = select(push_attempts.c.job_id).where(
-            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
-        )
-        q = (
-            select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
-            .where(job_instances.c.job_id.in_(mine), job_instances.c.state.in_(CONFIRMED_STATES))
-            .distinct()
-        )
-        listed = select(job_expected.c.sop_instance_uid).where(
-            job_expected.c.job_id.in_(mine), job_expected.c.sop_class_uid.in_(REPORT_SOP_CLASSES)
-        )
-        with self.engine.connect() as conn:
-            rows = [(str(u), str(c)) for u, c in conn.execute(q)]
-            from_pacs = (
-                {str(r[0]) for r in conn.execute(listed)}
-                if any(c in REPORT_SOP_CLASSES for _, c in rows)
-                else set()
-            )
-        return frozenset(u for u, c in rows if c not in REPORT_SOP_CLASSES or u in from_pacs)
-
-    def archive(self, item_id: int, generation: int) -> str:
-        """The archive that served the item's newest job of ``generation`` (``jobs.archive``: the
-        routed one, or the fallback that held the study); "" when none recorded one."""
-        q = (
-            select(jobs.c.archive)
-            .join(push_attempts, push_attempts.c.job_id == jobs.c.id)
-            .where(
-                push_attempts.c.item_id == item_id,
-                push_attempts.c.generation == generation,
-                jobs.c.archive != "",
-            )
-            .order_by(jobs.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            return str(conn.execute(q).scalar() or "")
 
     def finish(
         self,
@@ -580,89 +545,35 @@ class PushQueue:
                 )
             )
 
-    # --- administration (CLI) -------------------------------------------------------------------
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Items per (destination, state)."""
-        q = select(push_queue.c.destination, push_queue.c.state, func.count()).group_by(
-            push_queue.c.destination, push_queue.c.state
-        )
-        with self.engine.connect() as conn:
-            return {(str(d), str(s)): int(n) for d, s, n in conn.execute(q)}
+def _abandoned(row: RowMapping, takeovers: int, max_takeovers: int) -> dict[str, Any]:
+    """A poison item's new values (its leases expired more than ``max_takeovers`` times)."""
+    return {
+        "state": FAILED,
+        "lease_until": None,
+        "error": (
+            f"abandoned by {takeovers} nodes/leases: every lease expired before the "
+            f"delivery ended (nodes that died or hung handling it?); [push] "
+            f"max_takeovers = {max_takeovers}: not run again until `push retry "
+            f"{row['id']}`"
+        ),
+    }
 
-    def get(self, item_id: int) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(push_queue).where(push_queue.c.id == item_id)).mappings().first()
-        return dict(row) if row is not None else None
 
-    def items(self, state: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        q = select(push_queue).order_by(push_queue.c.updated.desc(), push_queue.c.id.desc()).limit(limit)
-        if state:
-            q = q.where(push_queue.c.state == state)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
-
-    def retry(self, item_id: int) -> bool:
-        """A ``failed``, ``waiting`` or ``dropped`` item due now, its attempts, takeovers and
-        re-checks reset (only what the destination has not confirmed is sent; once delivered, it
-        gets the full re-check schedule again)."""
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(push_queue)
-                .where(push_queue.c.id == item_id, push_queue.c.state.in_((FAILED, WAITING, DROPPED)))
-                .values(**self._due_afresh())
-            )
-            return bool(res.rowcount)
-
-    def _due_afresh(self) -> dict[str, Any]:
-        """An item queued again by hand (``push retry``, ``push requeue``): due now, its counts of
-        attempts, takeovers, re-checks and file fetches reset, no error."""
-        return {
-            "state": QUEUED,
-            "next_at": self.now(),
-            "attempts": 0,
-            "takeovers": 0,
-            "rechecks": 0,
-            "report_attempts": 0,
-            "error": "",
-        }
-
-    def requeue(self, since: dt.datetime, destination: str | None = None) -> int:
-        """Send again, in full, every item queued at or after ``since`` (UTC) that is not running: a
-        new generation, so earlier confirmations no longer count."""
-        cond = [push_queue.c.created >= since, push_queue.c.state != RUNNING]
-        if destination:
-            cond.append(push_queue.c.destination == destination)
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(push_queue)
-                .where(*cond)
-                .values(
-                    **self._due_afresh(),
-                    images_done=0,
-                    reports="",
-                    confirmed=0,
-                    generation=push_queue.c.generation + 1,
-                )
-            )
-            return int(res.rowcount)
-
-    def rechecks_pending(self) -> dict[str, tuple[int, dt.datetime | None]]:
-        """Per destination: (delivered items waiting for a re-check, the next one's due time)."""
-        q = (
-            select(push_queue.c.destination, func.count(), func.min(push_queue.c.next_at))
-            .where(push_queue.c.state == DONE, push_queue.c.rechecks > 0)
-            .group_by(push_queue.c.destination)
-        )
-        with self.engine.connect() as conn:
-            return {str(d): (int(n), when) for d, n, when in conn.execute(q)}
-
-    def delivered_since(self, since: dt.datetime) -> dict[str, tuple[int, int]]:
-        """Per destination: (studies done, bytes) of items finished since ``since``."""
-        q = (
-            select(push_queue.c.destination, func.count(), func.coalesce(func.sum(push_queue.c.bytes), 0))
-            .where(push_queue.c.state == DONE, push_queue.c.updated >= since)
-            .group_by(push_queue.c.destination)
-        )
-        with self.engine.connect() as conn:
-            return {str(d): (int(n), int(b)) for d, n, b in conn.execute(q)}
+def _claimed(row: RowMapping, takeovers: int, recheck: bool, taken_over: bool) -> Item:
+    """The claimed row as an :class:`Item` (its attempts counted as :meth:`PushQueue.claim` set them)."""
+    return Item(
+        int(row["id"]),
+        str(row["study_uid"]),
+        str(row["destination"]),
+        str(row["examine_id"]),
+        int(row["generation"]),
+        1 if recheck else int(row["attempts"]) + (0 if taken_over else 1),
+        bool(row["images_done"]),
+        str(row["reports"]),
+        int(row["report_attempts"]),
+        bool(row["files"]),
+        takeovers,
+        int(row["rechecks"]),
+        recheck,
+    )

@@ -23,7 +23,7 @@ from dicomproxy.errors import ViewUnavailable
 from dicomproxy.pacs.routing import Unroutable, route
 from dicomproxy.view.mapping import birth_date
 from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table
-from dicomproxy.view.repository import first_line, make_engine
+from dicomproxy.view.repository import first_line, make_engine, row_visible
 from dicomproxy.view.stamp import StampKind, kind_of, policy_for
 from dicomproxy.view.uids import invalid_uid_parts, split_uid_cell
 
@@ -155,12 +155,7 @@ def _check(config: Config, engine: Engine, examples: int) -> ViewReport:
             if row.get("ExamineID") is not None:
                 ids[str(row["ExamineID"])] += 1
                 first_seen.setdefault(str(row["ExamineID"]), None)
-            privacy = row.get("Privacy")
-            if (
-                row.get("HospitalID") == config.hospital.id
-                and (privacy is None or _int(privacy) <= config.view.max_privacy)
-                and split_uid_cell(row.get("StudyInstanceUID"))
-            ):
+            if row_visible(config, row):
                 visible += 1
     dup = rules.rule("ExamineID:duplicate", "ExamineID is not unique")
     for examine_id, n in ids.items():
@@ -276,13 +271,6 @@ def _unroutable(config: Config, r: Row) -> bool:
 
 def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 1 << 30
 
 
 def format_report(report: ViewReport) -> str:

@@ -5,10 +5,14 @@ Visibility is the security boundary (exam-view.md "Rules"): a row is served only
 - ``HospitalID`` equals ``[hospital].id`` (checked in SQL *and* again in Python, because
   SQL Server's Chinese_PRC_CI_AS collation compares case-insensitively),
 - ``Privacy`` ≤ ``[view].max_privacy``; a NULL Privacy counts as 0 (normal) — the seed
-  makes the column optional and a RIS that never sets it has only normal exams,
+  makes the column optional and a RIS that never sets it has only normal exams — and one that
+  is no integer hides the row,
 - its StudyInstanceUID cell holds at least one valid UID (checked in Python; SQL only
   says ``IS NOT NULL`` because Oracle treats ``''`` as NULL and ``col <> ''`` would hide
   every row there).
+
+The SQL half is :meth:`ExamView.visible`; the Python half is :func:`row_visible`, the one place
+it is written (``check-view`` counts the visible rows with it too).
 
 Everything the handlers read goes through :meth:`ExamView.visible_rows`-style filters;
 nothing outside the visible set can be found *or* resolved for retrieval.
@@ -66,6 +70,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def row_visible(config: Config, row: Row) -> bool:
+    """The Python half of the visibility rule (module docstring), the one place it is written:
+    the rows served (:meth:`ExamView.is_visible`) and those ``check-view`` counts as visible.
+    Exact hospital id; Privacy NULL or ≤ ``[view].max_privacy`` (a value that is no integer
+    hides the row: check-view's "Privacy" rule names it); at least one valid UID."""
+    privacy = row.get("Privacy")
+    return (
+        row.get("HospitalID") == config.hospital.id
+        and (privacy is None or _privacy(privacy) <= config.view.max_privacy)
+        and bool(split_uid_cell(row.get("StudyInstanceUID")))
+    )
+
+
+def _privacy(value: Any) -> int:
+    """A Privacy value as a number; one that is none: above every ``max_privacy`` (hidden)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 1 << 30
+
+
 def _source_id(config: Config) -> str:
     url = make_url(config.view.url)
     where = f"{url.host or ''}:{url.port or ''}/{url.database or ''}"
@@ -118,13 +143,8 @@ class ExamView:
         )
 
     def is_visible(self, row: Row) -> bool:
-        """The Python half: exact hospital id, privacy, at least one valid UID."""
-        privacy = row.get("Privacy")
-        return (
-            row.get("HospitalID") == self.config.hospital.id
-            and (privacy is None or int(privacy) <= self.config.view.max_privacy)
-            and bool(split_uid_cell(row.get("StudyInstanceUID")))
-        )
+        """The Python half: :func:`row_visible`."""
+        return row_visible(self.config, row)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -10,15 +10,22 @@ treated as an *opaque, ordered* value (../shared/exam-view.md, "RowTimestamp is 
 - an incremental read never does arithmetic on an opaque stamp. Late commits are handled
   per kind (:class:`StampPolicy`):
 
-  * **rowversion** (and integer counters): a value is assigned at write time, so a
-    transaction committing later can carry a lower value than rows already read. SQL Server's
-    ``MIN_ACTIVE_ROWVERSION()`` is the bound below which every value is committed. Each pass
-    reads the guard *first*, then every row ``RowTimestamp > mark``; the mark advances only to
-    the highest stamp below the guard. Rows above it are taken too (an exam committed while
-    another transaction is still open is found at once) and read again on the next pass, so
-    nothing committed late is ever skipped. Other servers offer the same guard when the
-    database defines a function ``min_active_rowversion()`` (the test servers' emulation
-    does); SQLite has one writer, so its stamps are assigned in commit order and need none.
+  * **rowversion**: a value is assigned at write time, so a transaction committing later can
+    carry a lower value than rows already read. SQL Server's ``MIN_ACTIVE_ROWVERSION()`` is the
+    bound below which every value is committed. Each pass reads the guard *first*, then every
+    row ``RowTimestamp > mark``; the mark advances only to the highest stamp below the guard.
+    Rows above it are taken too (an exam committed while another transaction is still open is
+    found at once) and read again on the next pass, so nothing committed late is ever skipped.
+    Other servers offer the same guard when the database defines a function
+    ``min_active_rowversion()`` (the test servers' emulation does); SQLite has one writer, so
+    its stamps are assigned in commit order and need none.
+  * **integer counter**: read like a rowversion (``RowTimestamp > mark``) but with **no**
+    late-commit guard: ``MIN_ACTIVE_ROWVERSION()`` bounds rowversions, not a number the view's
+    writer assigns itself, and no database bounds such a number in general. A counter assigned
+    before commit (a sequence, a trigger) can then carry a lower value than rows already read,
+    and that row is missed until the UID side table is rebuilt; one WARNING says so when the
+    kind is detected (:func:`guard_for`; not on SQLite, whose one writer commits in order). A
+    counter assigned at commit (Oracle ``ORA_ROWSCN``) is not affected.
   * **date-time**: re-read an overlap window below the mark (``RowTimestamp >= mark − overlap``).
 """
 
@@ -208,14 +215,23 @@ def detect_kind(conn: Connection, column: Any) -> StampKind:
 def guard_for(engine: Engine, kind: StampKind) -> Function[Any] | None:
     """The late-commit guard for this database and kind, if it has one.
 
-    SQL Server: ``MIN_ACTIVE_ROWVERSION()`` (built in). SQLite: none needed (one writer, so
-    stamps follow commit order). Others: ``min_active_rowversion()`` if the database defines
-    it (probed once); without it a WARNING says a late commit may be missed until the next
-    full rebuild of the side table.
+    rowversion — SQL Server: ``MIN_ACTIVE_ROWVERSION()`` (built in). SQLite: none needed (one
+    writer, so stamps follow commit order). Others: ``min_active_rowversion()`` if the database
+    defines it (probed once); without it a WARNING says a late commit may be missed until the
+    next full rebuild of the side table.
+
+    Integer counter: never a guard (module docstring); a WARNING says so, except on SQLite.
     """
+    dialect = engine.dialect.name
+    if kind is StampKind.NUMBER and dialect != "sqlite":
+        LOG.warning(
+            "RowTimestamp is an integer counter: %s gives no late-commit guard for it; if the "
+            "view's writer assigns it before commit (a sequence, a trigger), a transaction that "
+            "commits after a later one may be missed until the UID side table is rebuilt",
+            dialect,
+        )
     if kind is not StampKind.ROWVERSION:
         return None
-    dialect = engine.dialect.name
     if dialect == "mssql":
         return func.MIN_ACTIVE_ROWVERSION(type_=RowStamp())
     if dialect == "sqlite":

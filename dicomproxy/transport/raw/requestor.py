@@ -123,19 +123,7 @@ class RawAssociation:
         dimse_timeout: float = 60.0,
     ) -> RawAssociation:
         """Connect and negotiate; raises AssociationFailed."""
-        requested = []
-        for i, cx in enumerate(contexts):
-            item = PresentationContext()
-            item.context_id = 2 * i + 1
-            item.abstract_syntax = cx.abstract_syntax
-            item.transfer_syntax = list(cx.transfer_syntax)
-            requested.append(item)
-        rq = A_ASSOCIATE()
-        rq.application_context_name = APPLICATION_CONTEXT
-        rq.calling_ae_title = calling_ae
-        rq.called_ae_title = called_ae
-        rq.presentation_context_definition_list = requested
-        rq.user_information = [*user_information(max_pdu), *(roles or [])]
+        rq, requested = _association_rq(calling_ae, called_ae, contexts, roles or [], max_pdu)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -144,48 +132,7 @@ class RawAssociation:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(acse_timeout)
-            pdu = RqPdu()
-            pdu.from_primitive(rq)
-            sock.sendall(pdu.encode())
-            pdu_type, length = reader.header()
-            body = PDU_HEADER.pack(pdu_type, length) + reader.body(length)
-            if pdu_type == A_ASSOCIATE_RJ:
-                rj = RjPdu()
-                rj.decode(body)
-                raise AssociationFailed(
-                    f"{called_ae} rejected the association ({rj.reason_str})", rejected=True
-                )
-            if pdu_type != A_ASSOCIATE_AC:
-                raise AssociationFailed(f"{called_ae} answered PDU type 0x{pdu_type:02X} to A-ASSOCIATE-RQ")
-            ac_pdu = AcPdu()
-            ac_pdu.decode(body)
-            ac = ac_pdu.to_primitive()
-            ac_roles = {
-                item.sop_class_uid: (item.scu_role, item.scp_role)
-                for item in ac.user_information
-                if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
-            }
-            rq_roles = {r.sop_class_uid: (r.scu_role, r.scp_role) for r in roles or []}
-            for cx in requested:
-                if cx.abstract_syntax in rq_roles:
-                    scu, scp = rq_roles[cx.abstract_syntax]
-                    cx.scu_role, cx.scp_role = bool(scu), bool(scp)
-            results = negotiate_as_requestor(
-                requested, ac.presentation_context_definition_results_list, ac_roles
-            )
-            accepted = [cx for cx in results if cx.result == 0x00]
-            if not accepted:
-                with contextlib.suppress(OSError):
-                    sock.sendall(abort(0x00, 0x00))
-                raise AssociationFailed(f"{called_ae} accepted no presentation context")
-            peer_max = next(
-                (
-                    int(item.maximum_length_received or 0)
-                    for item in ac.user_information
-                    if isinstance(item, MaximumLengthNotification)
-                ),
-                0,
-            )
+            accepted, peer_max = _negotiate(sock, reader, rq, requested, roles or [], called_ae)
         except AssociationFailed:
             reader.close()
             sock.close()
@@ -399,3 +346,79 @@ def _status(command: Command) -> Dataset:
 
 
 __all__ = ["AssociationFailed", "RawAssociation"]
+
+
+def _association_rq(
+    calling_ae: str,
+    called_ae: str,
+    contexts: list[PresentationContext],
+    roles: list[SCP_SCU_RoleSelectionNegotiation],
+    max_pdu: int,
+) -> tuple[A_ASSOCIATE, list[PresentationContext]]:
+    """The A-ASSOCIATE request and its presentation contexts, numbered 1, 3, 5… (PS3.8 9.3.2.2)."""
+    requested = []
+    for i, cx in enumerate(contexts):
+        item = PresentationContext()
+        item.context_id = 2 * i + 1
+        item.abstract_syntax = cx.abstract_syntax
+        item.transfer_syntax = list(cx.transfer_syntax)
+        requested.append(item)
+    rq = A_ASSOCIATE()
+    rq.application_context_name = APPLICATION_CONTEXT
+    rq.calling_ae_title = calling_ae
+    rq.called_ae_title = called_ae
+    rq.presentation_context_definition_list = requested
+    rq.user_information = [*user_information(max_pdu), *roles]
+    return rq, requested
+
+
+def _negotiate(
+    sock: socket.socket,
+    reader: PduReader,
+    rq: A_ASSOCIATE,
+    requested: list[PresentationContext],
+    roles: list[SCP_SCU_RoleSelectionNegotiation],
+    called_ae: str,
+) -> tuple[list[PresentationContext], int]:
+    """Send the A-ASSOCIATE-RQ and read the answer: the accepted contexts and the peer's maximum
+    PDU length (0: none given). Raises AssociationFailed on a rejection, an unexpected PDU or no
+    accepted context (then after an A-ABORT); socket and PDU errors propagate."""
+    pdu = RqPdu()
+    pdu.from_primitive(rq)
+    sock.sendall(pdu.encode())
+    pdu_type, length = reader.header()
+    body = PDU_HEADER.pack(pdu_type, length) + reader.body(length)
+    if pdu_type == A_ASSOCIATE_RJ:
+        rj = RjPdu()
+        rj.decode(body)
+        raise AssociationFailed(f"{called_ae} rejected the association ({rj.reason_str})", rejected=True)
+    if pdu_type != A_ASSOCIATE_AC:
+        raise AssociationFailed(f"{called_ae} answered PDU type 0x{pdu_type:02X} to A-ASSOCIATE-RQ")
+    ac_pdu = AcPdu()
+    ac_pdu.decode(body)
+    ac = ac_pdu.to_primitive()
+    ac_roles = {
+        item.sop_class_uid: (item.scu_role, item.scp_role)
+        for item in ac.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
+    }
+    rq_roles = {r.sop_class_uid: (r.scu_role, r.scp_role) for r in roles}
+    for cx in requested:
+        if cx.abstract_syntax in rq_roles:
+            scu, scp = rq_roles[cx.abstract_syntax]
+            cx.scu_role, cx.scp_role = bool(scu), bool(scp)
+    results = negotiate_as_requestor(requested, ac.presentation_context_definition_results_list, ac_roles)
+    accepted = [cx for cx in results if cx.result == 0x00]
+    if not accepted:
+        with contextlib.suppress(OSError):
+            sock.sendall(abort(0x00, 0x00))
+        raise AssociationFailed(f"{called_ae} accepted no presentation context")
+    peer_max = next(
+        (
+            int(item.maximum_length_received or 0)
+            for item in ac.user_information
+            if isinstance(item, MaximumLengthNotification)
+        ),
+        0,
+    )
+    return accepted, peer_max
