@@ -3,12 +3,18 @@
 Follow one instance through these modules, in this order (docs/relay.md has the diagram):
 
 - :mod:`.request` — the request at the boundary: access rule, identifier → visible studies;
-- :mod:`.plan` — the job's plan: route each study to its archive, list its instances (or start
-  early), open the destination, start the upstream, hand over to the pump;
+- :mod:`.plan` — ``RelayService``: the C-MOVE / C-GET / push entry points; the job's plan
+  (order/report files, :mod:`.listing`: route each study to its archive, list its instances or
+  start early, journal the keys), handed to the engine;
+- :mod:`.engine` — the delivery engine every job runs on, also ``jobs retry`` and the automatic
+  resume (:mod:`.recovery`, :mod:`.resume`): open the destination, start the upstream, pump;
+  journal how the job ended;
 - :mod:`.upstream` — the fetching thread: C-MOVE to us / C-GET from the archive into the spool;
 - :mod:`.store` — incoming C-STOREs matched to their retrieval; :mod:`.spool` — the job's folder;
-- :mod:`.pump` — spool → transcode → onward send (:mod:`.forward`), Pending responses, reconnects;
-- :mod:`.outcome` — counts and final status (pure); :mod:`.journal` — jobs and instances, durably;
-- :mod:`.recovery`, :mod:`.resume` — start-up reconciliation, ``jobs retry`` and automatic resume,
-  through the same plan and pump.
+- :mod:`.pump` — the one loop: spool → look-ahead → onward associations (:mod:`.sending`: one,
+  on the pump's thread; :mod:`.lanes`: several), Pending responses, reconnects; its decisions are
+  the pure :mod:`.pumpstep`;
+- :mod:`.forward` — the onward C-STORE on a ``Link``;
+- :mod:`.recorder` — the one place a sent instance is counted, journalled and its file dropped;
+- :mod:`.outcome` — counts and final status (pure); :mod:`.journal` — jobs and instances, durably.
 """

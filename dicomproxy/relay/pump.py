@@ -1,48 +1,45 @@
 """The pump of one relay job: spooled instances → look-ahead (syntax chosen and converted in the
-transcoding pool) → onward C-STORE in arrival order → counted in :class:`~dicomproxy.relay.outcome.JobState`
-and journalled → Pending responses to the requester.
+transcoding pool) → onward C-STORE in arrival order, on one association or several
+(``onward_associations``) → each result through the job's
+:class:`~dicomproxy.relay.recorder.InstanceRecorder` → Pending responses to the requester.
 
-It also rides out a C-MOVE destination that drops mid-study (reconnect with backoff for
-``[proxy] reconnect_window``, Pending responses going on, the unconfirmed instance resent). Pending
-responses are optional (PS3.4 C.4.2.1.4): one after a sub-operation at most every
-:data:`PROGRESS_INTERVAL` seconds (and after the first and the last), and every
-``pending_interval`` seconds while nothing arrives.
+:meth:`Pump.run` is one thin loop: it takes a snapshot (:class:`~dicomproxy.relay.pumpstep.PumpView`),
+asks :func:`~dicomproxy.relay.pumpstep.next_step` what to do, and does it. The decisions are pure and
+tested without sockets; the loop only moves instances between the spool, the conversion pool and
+the onward associations (:class:`~dicomproxy.relay.sending.InlineLane` for one, sending on this
+thread; :class:`~dicomproxy.relay.lanes.Lanes` for several, one thread each).
+
+It also rides out a C-MOVE destination that drops mid-study: one association is re-opened here with
+backoff for ``[proxy] reconnect_window`` while Pending responses go on, and the unconfirmed instance
+is resent; a lane re-opens its own.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
-from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.errors import CannotTranscode
 from dicomproxy.handlers.qrservice import RetrieveResponse
-from dicomproxy.relay.forward import MAX_RETRY_DELAY, Forwarder, SendResult, send_with_retries
+from dicomproxy.relay.forward import Forwarder, SendResult
 from dicomproxy.relay.lanes import Lanes
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.pumpstep import PumpView, Step, next_step
 from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.reports import ReportFetch
-from dicomproxy.relay.spool import End, Spool, SpooledInstance
+from dicomproxy.relay.sending import InlineLane, InstanceSender, Prepared
+from dicomproxy.relay.spool import End, Spool
 from dicomproxy.relay.upstream import Upstream
 from dicomproxy.reports.fetch import ReportUnavailable
 from dicomproxy.status import JobOutcome, Status
-from dicomproxy.transcode import TranscodePool, TranscodeResult
-from dicomproxy.transcode.codec import ConversionFailed
+from dicomproxy.transcode import TranscodePool
 
 LOG = logging.getLogger("dicomproxy.relay")
-
-#: Shortest gap between two Pending responses sent after sub-operations (seconds).
-PROGRESS_INTERVAL = 0.2
 
 #: Longest wait on the conversion of the next instance before the spool is looked at again (seconds).
 LOOKAHEAD_POLL = 0.05
@@ -50,33 +47,21 @@ LOOKAHEAD_POLL = 0.05
 #: Longest wait for a lane's result, or for the next instance while lanes are busy (seconds).
 LANE_POLL = 0.01
 
-#: First pause before re-opening a dropped destination; doubles up to forward.MAX_RETRY_DELAY.
-RECONNECT_FIRST_DELAY = 0.5
+Ending = tuple[RetrieveResponse, JobOutcome, str]
 
 
 @dataclass
-class _Prepared:
-    """A spooled instance in the look-ahead window, in arrival order (its syntax chosen by the pool
-    worker, or by :meth:`Forwarder.plan` without a pool).
+class _Run:
+    """The loop's own state between steps (what :class:`PumpView` is made from)."""
 
-    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool) or, with a ``future``, in what
-    the pool worker chose and wrote (:func:`~dicomproxy.transcode.codec.convert_for`: the spooled
-    file itself when it goes as held, else ``tmp``); a SendResult = planning failed (re-planned by
-    ``send_with_retries``, which reports it); a syntax = send the spooled file as it is.
-    """
-
-    item: SpooledInstance
-    plan: str | SendResult | None = None
-    future: Future[TranscodeResult] | None = None
-    tmp: Path | None = None
-    pool: TranscodePool | None = None
-
-    def discard(self) -> None:
-        """Not to be sent (job stopped): cancel the conversion, or delete its file once written."""
-        future, tmp = self.future, self.tmp
-        if future is None or tmp is None or future.cancel():
-            return
-        future.add_done_callback(lambda _: tmp.unlink(missing_ok=True))
+    window: deque[Prepared] = field(default_factory=deque)
+    end: End | None = None
+    recorded: bool = False
+    sent_into_loss: bool = False
+    last_progress: float = 0.0
+    last_pending: float = field(default_factory=time.monotonic)
+    #: Times each instance's onward association was lost under it (bounded by [proxy] retries).
+    losses: Counter[str] = field(default_factory=Counter)
 
 
 class Pump:
@@ -95,8 +80,8 @@ class Pump:
         self.config = config
         #: Counts, journals and cleans up every instance sent (the job's one recorder).
         self.recorder = recorder
+        self.sender = InstanceSender(config.proxy, pools, drop_pool, recorder.state.job_id)
         self._pools = pools
-        self._drop = drop_pool
         self.pending_interval = pending_interval
         self._merge_found = merge_found
         #: The job's order/report objects, sent after the PACS's instances (``in_retrieve``).
@@ -113,200 +98,185 @@ class Pump:
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
         lanes: int = 1,
-    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
+    ) -> Generator[RetrieveResponse, None, Ending]:
         """Forward instances as they arrive; returns (final response, outcome, error).
 
         With a compressing policy, instances already waiting in the spool are planned ahead
         (at most 2 × workers + 2) and those needing conversion go to the process pool, so the
-        cores encode while this thread sends; sending stays in arrival order. ``none`` mode
-        sends one instance at a time and converts inline if it must (no pool).
-
-        ``lanes`` > 1 (a C-MOVE destination, ``onward_associations``): the instances are sent
-        on that many associations at once (:class:`~dicomproxy.relay.lanes.Lanes`), in arrival
-        order of hand-out, no longer of completion.
+        cores encode while this thread sends; sending stays in order of hand-out. ``none`` mode
+        sends one instance at a time and converts inline if it must (no pool). ``lanes`` > 1
+        (a C-MOVE destination, ``onward_associations``): that many associations at once.
         """
-        if lanes > 1 and forwarder.can_reconnect:
-            return (yield from self._run_lanes(state, spool, forwarder, upstream, is_cancelled, alive, lanes))
+        count = lanes if lanes > 1 and forwarder.can_reconnect else 1
         pool = self._pools() if forwarder.policy.mode != "none" else None
-        limit = 2 * pool.workers + 2 if pool is not None else 1
-        window: deque[_Prepared] = deque()
-        end: End | None = None
+        limit = max(2 * pool.workers + 2, count) if pool is not None else count
+        onward = self._onward(state, forwarder, count)
+        run = _Run()
         dest_error = ""
-        #: Times each instance's onward association was lost under it (bounded by [proxy] retries).
-        losses: Counter[str] = Counter()
-        last_progress = 0.0
-        last_yield = time.monotonic()
+        stop: tuple[JobOutcome, str] | None = None
         try:
             while True:
                 self._merge_found(state, 0.0)
-                if is_cancelled():
-                    upstream.stop()
-                    return state.response(Status.CANCEL), JobOutcome.CANCELLED, "cancelled by the requester"
-                if not alive():
-                    upstream.stop()
-                    return state.response(Status.CANCEL), JobOutcome.ABORTED, "requester went away"
-                if not window:
-                    if end is not None:
-                        break
-                    item = spool.get(timeout=self.pending_interval)
-                    if item is None:
-                        if state.counted:
-                            last_progress = last_yield = time.monotonic()
-                            yield state.response(Status.PENDING)  # keeps the requester's DIMSE timer alive
-                        continue
-                    if isinstance(item, End):
-                        end = item
-                        break
-                    window.append(self._prepare(forwarder, item, pool is not None))
-                while end is None and len(window) < limit:  # look ahead: what already arrived
-                    nxt = spool.poll()
-                    if nxt is None:
-                        break
-                    if isinstance(nxt, End):
-                        end = nxt
-                        break
-                    window.append(self._prepare(forwarder, nxt, pool is not None))
-                head = window[0]
-                if head.future is not None and not head.future.done():
-                    wait_futures([head.future], timeout=min(LOOKAHEAD_POLL, self.pending_interval))
-                    if not head.future.done():
-                        now = time.monotonic()
-                        if now - last_yield >= self.pending_interval and state.counted:
-                            last_progress = last_yield = now
-                            yield state.response(Status.PENDING)
-                        continue
-                window.popleft()
-                if self._forward_one(state, forwarder, head) is None:  # destination lost mid-study
-                    uid = head.item.sop_instance_uid
-                    losses[uid] += 1
-                    back = losses[uid] <= self.config.proxy.retries and (
-                        yield from self._reconnect(state, forwarder, is_cancelled, alive)
-                    )
-                    if back or is_cancelled() or not alive():
-                        window.appendleft(_Prepared(head.item))  # resent (converted inline if it must)
-                        continue
-                    self._record(state, head.item, SendResult(None, error="destination association lost"))
-                if not forwarder.alive:
-                    dest_error = "destination aborted the association"
-                    upstream.stop()
-                    break
-                now = time.monotonic()
-                if state.counted and (
-                    now - last_progress >= PROGRESS_INTERVAL
-                    or len(state.processed) == 1
-                    or not state.remaining
-                ):
-                    last_progress = last_yield = now
+                self._record(onward.take(0), run)
+                if run.end is None:
+                    self._fill(run, spool, forwarder, pool is not None, limit)
+                step = next_step(self._view(state, run, onward, is_cancelled, alive), self.pending_interval)
+                if step is Step.SUBMIT:
+                    onward.submit(run.window.popleft())
+                    run.sent_into_loss = isinstance(onward, InlineLane) and onward.up == 0
+                elif step is Step.PENDING:
+                    run.recorded = False
+                    run.last_progress = run.last_pending = time.monotonic()
                     yield state.response(Status.PENDING)
+                elif step is Step.WAIT:
+                    self._wait(run, spool, onward, forwarder, pool is not None, state.counted)
+                elif step is Step.RECONNECT:
+                    assert isinstance(onward, InlineLane)
+                    yield from self._recover(state, run, onward, is_cancelled, alive)
+                elif step is Step.CANCELLED:
+                    stop = (JobOutcome.CANCELLED, "cancelled by the requester")
+                    break
+                elif step is Step.ABORTED:
+                    stop = (JobOutcome.ABORTED, "requester went away")
+                    break
+                elif step is Step.DESTINATION_LOST:
+                    dest_error = "destination aborted the association"
+                    break
+                else:  # Step.FINISH
+                    break
         finally:
-            for left in window:
-                left.discard()
-        return (yield from self._finish(state, spool, forwarder, end, dest_error, is_cancelled, alive))
+            if stop is not None or dest_error:
+                upstream.stop()
+            late, left = onward.close(2.0 if stop is not None else self.config.proxy.dimse_timeout)
+            self._record(late, run)  # sent before the lanes stopped: counted like the others
+            for prepared in [*left, *run.window]:
+                prepared.discard()
+            if isinstance(onward, Lanes):
+                forwarder.bytes_out += onward.bytes_out
+                self.lanes_opened = count - onward.unopened
+        if stop is not None:
+            return state.response(Status.CANCEL), *stop
+        if onward.up == 0 and not dest_error:  # the last results were the lanes' last words
+            dest_error = "destination aborted the association"
+        return (yield from self._finish(state, spool, forwarder, run.end, dest_error, is_cancelled, alive))
 
-    def _run_lanes(
-        self,
-        state: JobState,
-        spool: Spool,
-        forwarder: Forwarder,
-        upstream: Upstream,
-        is_cancelled: Callable[[], bool],
-        alive: Callable[[], bool],
-        count: int,
-    ) -> Generator[RetrieveResponse, None, tuple[RetrieveResponse, JobOutcome, str]]:
-        """:meth:`run` over ``count`` onward associations: this thread reads the spool, hands the
-        prepared instances out (at most one in flight per live lane), records the results and
-        answers the requester; the lanes send."""
-        pool = self._pools() if forwarder.policy.mode != "none" else None
-        limit = max(2 * pool.workers + 2, count) if pool is not None else count
-        window: deque[_Prepared] = deque()
-        end: End | None = None
-        dest_error = ""
-        stop_reason: tuple[JobOutcome, str] | None = None
-        recorded = False  # results recorded since the last Pending response
-        last_progress = 0.0
-        last_yield = time.monotonic()
-        lanes: Lanes[_Prepared] = Lanes(
+    def _onward(self, state: JobState, forwarder: Forwarder, count: int) -> InlineLane | Lanes[Prepared]:
+        """The job's onward associations: ``forwarder`` alone, or ``count`` lanes beside it."""
+        if count == 1:
+            return InlineLane(forwarder, self.sender.send)
+        return Lanes(
             forwarder,
             count,
-            lambda fw, prepared: self._send(state, fw, prepared),
-            lambda fw, stop: self._reopen_quietly(state, fw, stop),
-            lambda prepared: _Prepared(prepared.item),
+            self.sender.send,
+            self.sender.reopen_quietly,
+            Prepared.again,
             self.config.proxy.retries,
             f"job {state.job_id}",
         )
-        try:
-            while True:
-                self._merge_found(state, 0.0)
-                if is_cancelled():
-                    stop_reason = (JobOutcome.CANCELLED, "cancelled by the requester")
-                    break
-                if not alive():
-                    stop_reason = (JobOutcome.ABORTED, "requester went away")
-                    break
-                for prepared, res in lanes.take(0):
-                    self._record(state, prepared.item, res)
-                    recorded = True
-                if lanes.up == 0:
-                    dest_error = "destination aborted the association"
-                    upstream.stop()
-                    break
-                while end is None and len(window) < limit:  # what already arrived
-                    nxt = spool.poll()
-                    if nxt is None:
-                        break
-                    if isinstance(nxt, End):
-                        end = nxt
-                        break
-                    window.append(self._prepare(forwarder, nxt, pool is not None))
-                while window and lanes.free and (window[0].future is None or window[0].future.done()):
-                    lanes.submit(window.popleft())
-                now = time.monotonic()
-                if state.counted and (
-                    (
-                        recorded
-                        and (
-                            now - last_progress >= PROGRESS_INTERVAL
-                            or len(state.processed) == 1
-                            or not state.remaining
-                        )
-                    )
-                    or now - last_yield >= self.pending_interval
-                ):
-                    recorded = False
-                    last_progress = last_yield = now
-                    yield state.response(Status.PENDING)
-                    continue
-                if end is not None and not window and lanes.in_flight == 0:
-                    break
-                # Wait for what can move the job on: an instance for a free lane, a conversion, a result.
-                if window and lanes.free and window[0].future is not None:
-                    wait_futures([window[0].future], timeout=LOOKAHEAD_POLL)
-                elif not window and lanes.free and end is None:
-                    item = spool.get(timeout=LANE_POLL if lanes.in_flight else LOOKAHEAD_POLL)
-                    if isinstance(item, End):
-                        end = item
-                    elif item is not None:
-                        window.append(self._prepare(forwarder, item, pool is not None))
-                else:
-                    for prepared, res in lanes.take(LANE_POLL):
-                        self._record(state, prepared.item, res)
-                        recorded = True
-        finally:
-            if stop_reason is not None or dest_error:
-                upstream.stop()
-            wait = 2.0 if stop_reason is not None else self.config.proxy.dimse_timeout
-            late, left = lanes.close(wait)
-            for prepared, res in late:  # sent before the lanes stopped: counted like the others
-                self._record(state, prepared.item, res)
-            for prepared in [*left, *window]:
-                prepared.discard()
-            forwarder.bytes_out += lanes.bytes_out
-            self.lanes_opened = count - lanes.unopened
-        if stop_reason is not None:
-            return state.response(Status.CANCEL), *stop_reason
-        if lanes.up == 0 and not dest_error:  # the last results were the lanes' last words
-            dest_error = "destination aborted the association"
-        return (yield from self._finish(state, spool, forwarder, end, dest_error, is_cancelled, alive))
+
+    def _view(
+        self,
+        state: JobState,
+        run: _Run,
+        onward: InlineLane | Lanes[Prepared],
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> PumpView:
+        now = time.monotonic()
+        return PumpView(
+            cancelled=is_cancelled(),
+            alive=alive(),
+            lanes_up=onward.up,
+            reconnect_wanted=isinstance(onward, InlineLane) and onward.lost is not None,
+            sent_into_loss=run.sent_into_loss,
+            window=len(run.window),
+            head_ready=bool(run.window) and run.window[0].ready,
+            free=onward.free,
+            in_flight=onward.in_flight,
+            end=run.end is not None,
+            counted=state.counted,
+            recorded=run.recorded,
+            first_or_last=len(state.processed) == 1 or not state.remaining,
+            since_progress=now - run.last_progress,
+            since_pending=now - run.last_pending,
+        )
+
+    def _record(self, results: list[tuple[Prepared, SendResult]], run: _Run) -> None:
+        for prepared, res in results:
+            self.recorder.record(prepared.item, res)
+            run.recorded = True
+
+    def _fill(self, run: _Run, spool: Spool, forwarder: Forwarder, use_pool: bool, limit: int) -> None:
+        """Look ahead: take what already arrived into the window (never waits)."""
+        while len(run.window) < limit:
+            nxt = spool.poll()
+            if nxt is None:
+                return
+            if isinstance(nxt, End):
+                run.end = nxt
+                return
+            run.window.append(self.sender.prepare(forwarder, nxt, use_pool))
+
+    def _wait(
+        self,
+        run: _Run,
+        spool: Spool,
+        onward: InlineLane | Lanes[Prepared],
+        forwarder: Forwarder,
+        use_pool: bool,
+        counted: bool,
+    ) -> None:
+        """Wait for what can move the job on: a conversion, an instance, a result — never past
+        the next time-based Pending response."""
+        until_pending = self.pending_interval  # no Pending response while the count is unknown
+        if counted:
+            until_pending = max(0.0, until_pending - (time.monotonic() - run.last_pending))
+        if run.window and onward.free:
+            head = run.window[0].future
+            if head is not None:
+                wait_futures([head], timeout=min(LOOKAHEAD_POLL, until_pending))
+        elif not run.window and onward.free and run.end is None:
+            if onward.in_flight:
+                timeout = LANE_POLL
+            elif isinstance(onward, Lanes):
+                timeout = min(LOOKAHEAD_POLL, until_pending)
+            else:
+                timeout = until_pending
+            item = spool.get(timeout=timeout)
+            if isinstance(item, End):
+                run.end = item
+            elif item is not None:
+                run.window.append(self.sender.prepare(forwarder, item, use_pool))
+        else:
+            self._record(onward.take(LANE_POLL), run)
+
+    def _recover(
+        self,
+        state: JobState,
+        run: _Run,
+        onward: InlineLane,
+        is_cancelled: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> Generator[RetrieveResponse, None, None]:
+        """The one association was lost under an instance: re-open it (Pending responses going
+        on) and resend the instance, within ``[proxy] retries`` losses per instance; else it
+        fails, and the destination is lost."""
+        lost = onward.lost
+        assert lost is not None
+        onward.lost = None
+        run.sent_into_loss = False
+        uid = lost.item.sop_instance_uid
+        run.losses[uid] += 1
+        back = run.losses[uid] <= self.config.proxy.retries and (
+            yield from self.sender.reopen_answering(
+                state, onward.forwarder, self.pending_interval, is_cancelled, alive
+            )
+        )
+        if back or is_cancelled() or not alive():
+            run.window.appendleft(lost.again())  # resent (converted inline if it must)
+            return
+        self._record([(lost, SendResult(None, error="destination association lost"))], run)
+        run.sent_into_loss = True
 
     def _finish(
         self,
@@ -373,156 +343,10 @@ class Pump:
             self.recorder.journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
             if not forwarder.alive and forwarder.can_reconnect:
                 forwarder.reconnect()
-            res = self._send(state, forwarder, _Prepared(item))
-            self._record(
-                state, item, res or SendResult(None, error="destination association lost"), extra=True
+            res = self.sender.send(forwarder, Prepared(item))
+            self.recorder.record(
+                item, res or SendResult(None, error="destination association lost"), extra=True
             )
             if state.counted:
                 yield state.response(Status.PENDING)
         return True
-
-    def _reopen_quietly(self, state: JobState, forwarder: Forwarder, stop: threading.Event) -> bool:
-        """A lane's :meth:`_reconnect`: the same backoff and window, without Pending responses
-        (the pump's thread keeps answering the requester). True when the association is back."""
-        window = self.config.proxy.reconnect_window
-        if window <= 0:
-            return False
-        started = time.monotonic()
-        deadline = started + window
-        delay = RECONNECT_FIRST_DELAY
-        LOG.warning(
-            "job %d: an onward association was lost; reconnecting for up to %.0f s", state.job_id, window
-        )
-        while not stop.is_set():
-            if forwarder.reconnect():
-                LOG.info(
-                    "job %d: onward association back after %.1f s", state.job_id, time.monotonic() - started
-                )
-                return True
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            stop.wait(min(delay, deadline - now))
-            delay = min(delay * 2, MAX_RETRY_DELAY)
-        return False
-
-    def _prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> _Prepared:
-        """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
-        header is read there, not on this thread); no accepted context: fail it here."""
-        if not use_pool:
-            return _Prepared(item)
-        accepted = forwarder.accepted(item.sop_class_uid)
-        if not accepted:
-            return _Prepared(item, forwarder.plan(item))  # the failure, without reading the file
-        tmp = forwarder.converted_path(item)
-        pool = self._pools()
-        try:
-            future = pool.submit_for(item.path, tmp, tuple(accepted), forwarder.policy)
-        except BrokenProcessPool:
-            self._drop(pool)
-            return _Prepared(item)  # converted inline; the next instance gets a new pool
-        except RuntimeError:  # the pool was shut down (the proxy is stopping)
-            return _Prepared(item)
-        return _Prepared(item, None, future, tmp, pool)
-
-    def _reconnect(
-        self,
-        state: JobState,
-        forwarder: Forwarder,
-        is_cancelled: Callable[[], bool],
-        alive: Callable[[], bool],
-    ) -> Generator[RetrieveResponse, None, bool]:
-        """Re-open a C-MOVE destination that dropped mid-study, with backoff, for up to
-        ``[proxy] reconnect_window`` seconds; Pending responses go on meanwhile (every
-        ``pending_interval``), so the requester does not time out. True when it is back."""
-        window = self.config.proxy.reconnect_window
-        started = time.monotonic()
-        deadline = started + window
-        delay = RECONNECT_FIRST_DELAY
-        last_pending = started
-        LOG.warning("job %d: destination lost mid-study; reconnecting for up to %.0f s", state.job_id, window)
-        while True:
-            if is_cancelled() or not alive():
-                return False
-            if forwarder.reconnect():
-                LOG.info(
-                    "job %d: destination back after %.1f s; resending what it did not confirm",
-                    state.job_id,
-                    time.monotonic() - started,
-                )
-                return True
-            now = time.monotonic()
-            if now >= deadline:
-                LOG.warning("job %d: destination not back within %.0f s", state.job_id, window)
-                return False
-            pause_until = min(now + delay, deadline)
-            while (left := pause_until - time.monotonic()) > 0:
-                time.sleep(min(left, self.pending_interval))
-                if state.counted and time.monotonic() - last_pending >= self.pending_interval:
-                    last_pending = time.monotonic()
-                    yield state.response(Status.PENDING)  # the requester's DIMSE timer
-
-            delay = min(delay * 2, MAX_RETRY_DELAY)
-
-    def _forward_one(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> SendResult | None:
-        """Send one instance and record its outcome; None when the destination association was
-        lost and may be re-opened (nothing recorded: the pump reconnects and sends it again)."""
-        res = self._send(state, forwarder, prepared)
-        if res is not None:
-            self._record(state, prepared.item, res)
-        return res
-
-    def _send(self, state: JobState, forwarder: Forwarder, prepared: _Prepared) -> SendResult | None:
-        """Send one instance (nothing recorded); None as in :meth:`_forward_one`. Safe on a lane
-        thread: it touches only ``forwarder`` and the instance's own files."""
-        item = prepared.item
-        proxy = self.config.proxy
-        label = f"job {state.job_id}"
-        target = prepared.plan
-        # A C-MOVE destination is reconnected by the pump (Pending responses going on), not here.
-        defer = forwarder.can_reconnect and proxy.reconnect_window > 0
-        try:
-            if prepared.future is not None:
-                try:
-                    converted = prepared.future.result()
-                except CannotTranscode as exc:  # nothing accepted can carry it (0xC010)
-                    res = SendResult(exc.status, error=str(exc))
-                except ConversionFailed as exc:  # this instance's failure, never the job's
-                    res = SendResult(Status.UNABLE_TO_PROCESS, exc.target, error=str(exc))
-                except Exception as exc:  # the pool itself (a worker died)
-                    if isinstance(exc, BrokenProcessPool) and prepared.pool is not None:
-                        self._drop(prepared.pool)
-                    res = SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
-                else:
-                    if converted.path != item.path:  # converted, not sent as held
-                        events.publish(
-                            events.Transcoded(state.job_id, converted.transfer_syntax, converted.seconds)
-                        )
-                    sent_as = (converted.path, converted.transfer_syntax)
-                    res = send_with_retries(
-                        forwarder, item, proxy.retries, proxy.retry_delay, label, sent_as, reconnect=not defer
-                    )
-            elif isinstance(target, str):  # passed through as it is held
-                res = send_with_retries(
-                    forwarder,
-                    item,
-                    proxy.retries,
-                    proxy.retry_delay,
-                    label,
-                    (item.path, target),
-                    reconnect=not defer,
-                )
-            else:  # no pool, or planning failed (re-planned and reported by forwarder.send)
-                res = send_with_retries(
-                    forwarder, item, proxy.retries, proxy.retry_delay, label, reconnect=not defer
-                )
-        finally:
-            if prepared.tmp is not None:
-                prepared.tmp.unlink(missing_ok=True)
-        if defer and res.status is None and not forwarder.alive:
-            return None
-        return res
-
-    def _record(self, state: JobState, item: SpooledInstance, res: SendResult, extra: bool = False) -> None:
-        """One sub-operation done: through the job's recorder (counted, journalled, file dropped)."""
-        self.recorder.record(item, res, extra=extra)

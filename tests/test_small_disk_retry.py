@@ -1,0 +1,151 @@
+"""A retry streams like the relay (issue 23): on a data disk that holds less than a third of the
+study, ``jobs retry`` delivers all of it.
+
+The data directory (spool and journal) is a 12 MB tmpfs; the study is 80 CT slices of 512 KB
+(41 MB) in a real Orthanc. The first C-MOVE meets a destination that is down (0xC003, nothing
+fetched); once it is up, ``jobs retry`` must fetch the study again and send it on — through a
+spool that never holds more than what arrived and was not yet confirmed. A retry that fetched
+the remainder into the spool before sending (the recovery before issue 23) runs out of space.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine
+
+from dicomproxy.relay.journal import Journal
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
+from testkit import Process, free_port, wait_for_echo
+from testkit.dcmtk import StoreSCP
+from testkit.orthanc import Orthanc
+from testkit.samples import Patient, StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.orthanc, pytest.mark.dcmtk]
+
+CLOUD, DEST = "CLOUD", "STORESCP"
+SERIES, PER_SERIES = 2, 40
+DISK_MB = 12
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs (root needed): {done.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+def test_retry_of_a_study_three_times_the_disk(
+    tmp_path: Path, small_disk: Path, orthanc: Orthanc, retrieve: str
+) -> None:
+    seed = 300 + (7 if retrieve == "c-move" else 0)
+    spec = StudySpec(
+        "CT",
+        Patient(patient_id=f"P{seed}", name="郑强"),
+        f"D{seed}",
+        series=SERIES,
+        images_per_series=PER_SERIES,
+        seed=seed,
+    )
+    files = write_study(spec, tmp_path / "study")
+    size = sum(p.stat().st_size for p in files)
+    assert size > 3 * DISK_MB * 2**20, size  # the point of the test
+    orthanc.upload(files)
+    expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    port = free_port()
+    ae_title = f"DP{port}"
+    orthanc.add_modality(ae_title.lower(), Remote(ae_title, "127.0.0.1", port))
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec)])
+    engine.dispose()
+    dest = StoreSCP(tmp_path / "scp", DEST)  # not started yet: the destination is down
+    toml = tmp_path / "proxy.toml"
+    toml.write_text(
+        f"""
+[proxy]
+ae_title = "{ae_title}"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{small_disk}"
+dimse_timeout = 30
+retries = 1
+retry_delay = 0.1
+
+[hospital]
+id = "74580626"
+
+[view]
+url = "{view_url}"
+
+[pacs]
+ae_title = "{orthanc.remote.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.remote.port}
+retrieve = "{retrieve}"
+dimse_timeout = 30
+
+[[peers]]
+ae_title = "{CLOUD}"
+host = "127.0.0.1"
+port = 1
+
+[[peers]]
+ae_title = "{DEST}"
+host = "127.0.0.1"
+port = {dest.port}
+
+[journal]
+resume_window = 0
+"""
+    )
+    serve = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / "serve.log")
+    try:
+        wait_for_echo(Remote(ae_title, "127.0.0.1", port), 30, calling=CLOUD, proc=serve.proc)
+        first = scu.move(
+            Remote(ae_title, "127.0.0.1", port),
+            DEST,
+            scu.identifier(study_uids=[spec.study_uid]),
+            calling_ae=CLOUD,
+        )
+        assert first.status == 0xC003, first.line()  # the destination is down
+        if retrieve == "c-get":
+            serve.stop()  # `jobs retry` runs by itself (a C-GET needs no listener)
+        dest.start()
+        retry = Process(
+            [sys.executable, "-m", "dicomproxy", "jobs", "-c", str(toml), "retry", "1"],
+            tmp_path / "retry.log",
+        )
+        retry.proc.wait(300)
+        out = retry.log_path.read_text()
+        assert retry.proc.returncode == 0, out + serve.log_text()
+        assert "No space left" not in out + serve.log_text()
+        got = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in dest.received()}
+        assert got == expected
+        journal = Journal.for_config("", small_disk)
+        row = journal.get(1).row  # type: ignore[union-attr]
+        assert (row["outcome"], row["completed"], row["failed"]) == ("success", len(expected), 0), row
+        journal.close()
+        assert not any((small_disk / "spool").rglob("*.dcm"))
+    finally:
+        serve.stop()
+        dest.stop()
