@@ -19,7 +19,7 @@ once its lease has expired, any node takes the item over and sends only what was
 Re-checks of delivered studies: a ``done`` item with ``rechecks`` > 0 is due again at ``next_at``
 (claimed by the same query, same lease), and its worker only asks the PACS for the study's instance
 count — a delivery follows only when the PACS holds more than the destination confirmed. The
-schedule is in :mod:`dicomproxy.push.service` (:func:`~dicomproxy.push.service.next_recheck`).
+schedule is in :mod:`dicomproxy.push.decide` (:func:`~dicomproxy.push.decide.next_recheck`).
 
 Poison items: a takeover is not an attempt (the delivery never reported), so it is counted apart,
 in ``takeovers``. A claim that finds an expired lease on an item whose leases already expired
