@@ -30,6 +30,7 @@ from dicomproxy.errors import ConfigError, PacsUnavailable
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import InstanceRef, RetrieveKey, StudySummary
 from dicomproxy.pacs.routing import StudyRef
+from dicomproxy.push.decide import next_recheck
 from dicomproxy.push.queue import (
     DONE,
     QUEUED,
@@ -41,7 +42,7 @@ from dicomproxy.push.queue import (
     migrate,
     utcnow,
 )
-from dicomproxy.push.service import PushService, next_recheck
+from dicomproxy.push.service import PushService
 from dicomproxy.relay.journal import InstanceRecord, Journal, job_instances
 from dicomproxy.reports.encode import ENCAPSULATED_PDF
 from dicomproxy.server import Server
@@ -409,7 +410,7 @@ def test_a_recheck_whose_count_did_not_grow_makes_no_job(
     archive = FakeArchive(3)  # the 3 images; the report PDF is not in the PACS and not counted
     service, item = recheck_service(archive)
     jobs_before = len(service.journal.recent(10))
-    assert service._recheck(item) is False
+    assert service.rechecks.run(item) is False
     assert archive.asked == ["study"]  # one STUDY-level C-FIND, nothing listed, nothing fetched
     row = _row(service.queue, item.id)
     assert (row["state"], row["rechecks"], row["lease_until"]) == (DONE, 1, None)
@@ -419,7 +420,7 @@ def test_a_recheck_whose_count_did_not_grow_makes_no_job(
     clock.advance(121)
     last = service.queue.claim(LEASE)
     assert last is not None and last.recheck and last.rechecks == 1
-    assert service._recheck(last) is False
+    assert service.rechecks.run(last) is False
     assert _row(service.queue, item.id)["rechecks"] == 0
     clock.advance(86400)
     assert service.queue.claim(LEASE) is None
@@ -430,8 +431,8 @@ def test_rechecks_turned_off_end_without_asking(
 ) -> None:
     archive = FakeArchive(4)
     service, item = recheck_service(archive)
-    service.push = dataclasses.replace(service.push, recheck_after=0.0)  # the config changed since
-    assert service._recheck(item) is False and archive.asked == []
+    service.rechecks.push = dataclasses.replace(service.push, recheck_after=0.0)  # the config changed since
+    assert service.rechecks.run(item) is False and archive.asked == []
     row = _row(service.queue, item.id)
     assert (row["state"], row["rechecks"]) == (DONE, 0)
 
@@ -440,7 +441,7 @@ def test_a_recheck_whose_count_grew_delivers(
     recheck_service: Callable[..., tuple[PushService, Item]],
 ) -> None:
     service, item = recheck_service(FakeArchive(4))
-    assert service._recheck(item) is True  # the caller (deliver) runs the delivery
+    assert service.rechecks.run(item) is True  # the caller (deliver) runs the delivery
     row = _row(service.queue, item.id)
     assert (row["state"], row["rechecks"]) == (RUNNING, 2)  # the delivery's end schedules the next
 
@@ -474,7 +475,7 @@ def test_a_pacs_without_a_count_is_listed_instead(
 ) -> None:
     archive = FakeArchive(0, listed)  # dcmqrscp: no Number of Study Related Instances
     service, item = recheck_service(archive)
-    assert service._recheck(item) is grew
+    assert service.rechecks.run(item) is grew
     assert archive.asked == ["study", "image"]
 
 
@@ -482,11 +483,11 @@ def test_a_study_gone_from_the_pacs_or_a_pacs_down_uses_up_the_recheck(
     recheck_service: Callable[..., tuple[PushService, Item]], caplog: pytest.LogCaptureFixture
 ) -> None:
     service, item = recheck_service(FakeArchive(None))  # no such study (any more)
-    assert service._recheck(item) is False
+    assert service.rechecks.run(item) is False
     assert _row(service.queue, item.id)["rechecks"] == 1
     down, item2 = recheck_service(FakeArchive(3, down=True))
     with caplog.at_level(logging.WARNING, logger="dicomproxy.push"):
-        assert down._recheck(item2) is False
+        assert down.rechecks.run(item2) is False
     row = _row(down.queue, item2.id)
     assert (row["state"], row["rechecks"]) == (DONE, 1)  # bounded: the next one still comes
     assert (
@@ -501,10 +502,10 @@ def test_the_archive_asked_is_the_one_that_served_else_the_routed_one(
     routed = FakeArchive(4)
     resolver = FakeResolver([StudyRef("1.2.3.9")])  # [pacs] without sysids serves any row
     service, item = recheck_service(routed, job_archive="", resolver=resolver)
-    assert service._recheck(item) is True and routed.asked == ["study"]
+    assert service.rechecks.run(item) is True and routed.asked == ["study"]
     # not visible any more (or no resolver): the delivery decides (it drops the item)
     gone, item2 = recheck_service(FakeArchive(3), job_archive="", resolver=FakeResolver([]))
-    assert gone._recheck(item2) is True
+    assert gone.rechecks.run(item2) is True
 
 
 # --- push status ----------------------------------------------------------------------------------

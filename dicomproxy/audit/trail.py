@@ -38,7 +38,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     insert,
     select,
     update,
@@ -361,36 +360,19 @@ class AuditSubscriber:
         JobFinished event, so its audit row was never written. At the next start every job the
         journal marked ``interrupted`` and the trail does not name yet gets its row, from the
         journal (requester, destination, studies, counts) and the exam view (patient IDs)."""
-        # the journal's tables, in the same database
-        from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances, jobs
+        # the journal, asked through its methods (same database, same engine)
+        from dicomproxy.relay.journal import Journal
 
-        # the job's own record (its kind as the action), not a `retry` row the automatic resume
-        # may have written for the same job first
-        audited = select(audit_log.c.job_id).where(
-            audit_log.c.job_id.is_not(None), audit_log.c.action.in_([kind.value for kind in JobKind])
-        )
-        with self.trail.engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs)
-                .where(jobs.c.outcome == JobOutcome.INTERRUPTED.value, jobs.c.id.not_in(audited))
-                .order_by(jobs.c.id)
-            ).all()
-            # the job row's counts are written when a job ends, which these never did: count what
-            # the destination confirmed, as `jobs retry` does
-            confirmed: dict[int, int] = {}
-            if rows:
-                counted = conn.execute(
-                    select(job_instances.c.job_id, func.count(job_instances.c.sop_instance_uid.distinct()))
-                    .where(
-                        job_instances.c.job_id.in_([row.id for row in rows]),
-                        job_instances.c.state.in_(CONFIRMED_STATES),
-                    )
-                    .group_by(job_instances.c.job_id)
-                )
-                confirmed = {int(job): int(n) for job, n in counted}
+        journal = Journal.over(self.trail.engine)
+        candidates = journal.interrupted_jobs()
+        audited = self._audited([int(row["id"]) for row in candidates])
+        rows = [row for row in candidates if int(row["id"]) not in audited]
+        # the job row's counts are written when a job ends, which these never did: count what
+        # the destination confirmed, as `jobs retry` does
+        confirmed = journal.confirmed_counts([int(row["id"]) for row in rows])
         out = []
         for row in rows:
-            study_uids = tuple(json.loads(row.study_uids or "[]"))
+            study_uids = tuple(json.loads(row["study_uids"] or "[]"))
             patients: tuple[str, ...] = ()
             accessions: tuple[str, ...] = ()
             view = self.identities.view if self.identities is not None else None
@@ -398,23 +380,23 @@ class AuditSubscriber:
                 try:
                     patients, accessions = patients_for_studies(view, study_uids)
                 except Exception as exc:  # the view is down: the row keeps the studies
-                    LOG.warning("job %d: patient IDs for the audit record not found: %s", row.id, exc)
+                    LOG.warning("job %d: patient IDs for the audit record not found: %s", row["id"], exc)
             out.append(
                 AuditRecord(
-                    row.kind,
+                    row["kind"],
                     outcome=JobOutcome.INTERRUPTED.value,
-                    calling_ae=row.calling_ae,
-                    address=row.calling_host,
-                    destination=row.destination,
-                    job_id=int(row.id),
+                    calling_ae=row["calling_ae"],
+                    address=row["calling_host"],
+                    destination=row["destination"],
+                    job_id=int(row["id"]),
                     detail={
                         "patient_ids": list(patients),
                         "accession_numbers": list(accessions),
                         "study_uids": list(study_uids),
-                        "instances": int(confirmed.get(row.id, 0)),
-                        "expected": int(row.expected),
-                        "failed": int(row.failed),
-                        "started": row.started.isoformat(),
+                        "instances": int(confirmed.get(row["id"], 0)),
+                        "expected": int(row["expected"]),
+                        "failed": int(row["failed"]),
+                        "started": row["started"].isoformat(),
                         "note": "process ended during the job; recorded at the next start",
                     },
                     patient_ids=patients,
@@ -422,6 +404,19 @@ class AuditSubscriber:
                 )
             )
         return out
+
+    def _audited(self, job_ids: list[int]) -> set[int]:
+        """Those of ``job_ids`` the trail names in a record of the job itself (its kind as the
+        action), not a `retry` row the automatic resume may have written for the same job first."""
+        audited: set[int] = set()
+        kinds = [kind.value for kind in JobKind]
+        with self.trail.engine.connect() as conn:
+            for start in range(0, len(job_ids), 500):
+                q = select(audit_log.c.job_id).where(
+                    audit_log.c.job_id.in_(job_ids[start : start + 500]), audit_log.c.action.in_(kinds)
+                )
+                audited.update(int(r[0]) for r in conn.execute(q))
+        return audited
 
     def record_for(self, event: events.Event) -> AuditRecord | None:
         """The row for ``event``, made by its builder in :attr:`_BUILDERS`; None for an event the

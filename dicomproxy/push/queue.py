@@ -19,7 +19,7 @@ once its lease has expired, any node takes the item over and sends only what was
 Re-checks of delivered studies: a ``done`` item with ``rechecks`` > 0 is due again at ``next_at``
 (claimed by the same query, same lease), and its worker only asks the PACS for the study's instance
 count — a delivery follows only when the PACS holds more than the destination confirmed. The
-schedule is in :mod:`dicomproxy.push.service` (:func:`~dicomproxy.push.service.next_recheck`).
+schedule is in :mod:`dicomproxy.push.decide` (:func:`~dicomproxy.push.decide.next_recheck`).
 
 Poison items: a takeover is not an attempt (the delivery never reported), so it is counted apart,
 in ``takeovers``. A claim that finds an expired lease on an item whose leases already expired
@@ -69,7 +69,7 @@ from dicomproxy.push.schema import (
     push_queue,
     push_state,
 )
-from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_instances, jobs
+from dicomproxy.relay.journal import Journal
 from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
 __all__ = [
@@ -181,10 +181,12 @@ class Item:
 
 class ItemLedger:
     """Which relay jobs served an item (``push_attempts``) and what their destination confirmed
-    (``job_instances``): what is never sent to it again. Part of :class:`PushQueue`."""
+    (asked of the :class:`~dicomproxy.relay.journal.Journal`): what is never sent to it again.
+    Part of :class:`PushQueue`."""
 
     engine: Engine
     node: str
+    journal: Journal
     now: Callable[[], dt.datetime]
 
     def record_attempt(self, item: Item, job_id: int) -> None:
@@ -201,60 +203,36 @@ class ItemLedger:
             )
             conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
 
-    def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
-        """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
-        jobs = select(push_attempts.c.job_id).where(
+    def _job_ids(self, item_id: int, generation: int) -> list[int]:
+        """The relay jobs that served the item in ``generation`` (``push_attempts``)."""
+        q = select(push_attempts.c.job_id).where(
             push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
         )
-        q = (
-            select(job_instances.c.sop_instance_uid)
-            .where(job_instances.c.job_id.in_(jobs), job_instances.c.state.in_(CONFIRMED_STATES))
-            .distinct()
-        )
         with self.engine.connect() as conn:
-            return frozenset(str(r[0]) for r in conn.execute(q))
+            return [int(r[0]) for r in conn.execute(q)]
+
+    def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
+        """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
+        return self.journal.confirmed_of(self._job_ids(item_id, generation))
 
     def confirmed_images(self, item_id: int, generation: int) -> frozenset[str]:
         """:meth:`confirmed` without the order/report objects (Encapsulated PDF / Secondary Capture
         made from the row's files, which the PACS does not hold): what the PACS's count of the
         study is compared with. An instance of those classes the PACS listed for one of the item's
         jobs (``job_expected``: a scanned document stored in the PACS) still counts."""
-        mine = select(push_attempts.c.job_id).where(
-            push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
+        mine = self._job_ids(item_id, generation)
+        rows = self.journal.confirmed_classes_of(mine)
+        from_pacs = (
+            self.journal.expected_of(mine, REPORT_SOP_CLASSES)
+            if any(c in REPORT_SOP_CLASSES for _, c in rows)
+            else set()
         )
-        q = (
-            select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
-            .where(job_instances.c.job_id.in_(mine), job_instances.c.state.in_(CONFIRMED_STATES))
-            .distinct()
-        )
-        listed = select(job_expected.c.sop_instance_uid).where(
-            job_expected.c.job_id.in_(mine), job_expected.c.sop_class_uid.in_(REPORT_SOP_CLASSES)
-        )
-        with self.engine.connect() as conn:
-            rows = [(str(u), str(c)) for u, c in conn.execute(q)]
-            from_pacs = (
-                {str(r[0]) for r in conn.execute(listed)}
-                if any(c in REPORT_SOP_CLASSES for _, c in rows)
-                else set()
-            )
         return frozenset(u for u, c in rows if c not in REPORT_SOP_CLASSES or u in from_pacs)
 
     def archive(self, item_id: int, generation: int) -> str:
         """The archive that served the item's newest job of ``generation`` (``jobs.archive``: the
         routed one, or the fallback that held the study); "" when none recorded one."""
-        q = (
-            select(jobs.c.archive)
-            .join(push_attempts, push_attempts.c.job_id == jobs.c.id)
-            .where(
-                push_attempts.c.item_id == item_id,
-                push_attempts.c.generation == generation,
-                jobs.c.archive != "",
-            )
-            .order_by(jobs.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            return str(conn.execute(q).scalar() or "")
+        return self.journal.newest_archive(self._job_ids(item_id, generation))
 
 
 class OperatorActions:
@@ -317,6 +295,8 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
     def __init__(self, engine: Engine, node: str) -> None:
         self.engine = engine
         self.node = node
+        #: The relay's journal on the same engine: what the item's jobs confirmed is asked of it.
+        self.journal = Journal.over(engine)
         #: The clock of leases and due times (naive UTC); tests replace it.
         self.now: Callable[[], dt.datetime] = utcnow
         PUSH_METADATA.create_all(engine)

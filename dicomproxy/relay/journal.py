@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import socket
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -160,7 +162,71 @@ class JobView:
     instances: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Journal:
+class JobQueries:
+    """What other stages ask the journal about jobs (the push queue, the audit trail): they call
+    these methods of :class:`Journal` instead of reading its tables (issue 23)."""
+
+    engine: Engine
+
+    def confirmed_of(self, job_ids: Collection[int]) -> frozenset[str]:
+        """SOP Instance UIDs the destination confirmed in any of ``job_ids``."""
+        return frozenset(uid for uid, _ in self.confirmed_classes_of(job_ids))
+
+    def confirmed_classes_of(self, job_ids: Collection[int]) -> set[tuple[str, str]]:
+        """(SOP Instance UID, SOP Class UID) of every instance confirmed in any of ``job_ids``."""
+        if not job_ids:
+            return set()
+        q = (
+            select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
+            .where(job_instances.c.job_id.in_(list(job_ids)), job_instances.c.state.in_(CONFIRMED_STATES))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {(str(uid), str(cls)) for uid, cls in conn.execute(q)}
+
+    def expected_of(self, job_ids: Collection[int], sop_classes: Collection[str]) -> set[str]:
+        """SOP Instance UIDs of ``sop_classes`` the PACS announced for any of ``job_ids``."""
+        if not job_ids:
+            return set()
+        q = select(job_expected.c.sop_instance_uid).where(
+            job_expected.c.job_id.in_(list(job_ids)), job_expected.c.sop_class_uid.in_(list(sop_classes))
+        )
+        with self.engine.connect() as conn:
+            return {str(r[0]) for r in conn.execute(q)}
+
+    def newest_archive(self, job_ids: Collection[int]) -> str:
+        """The archive recorded on the newest of ``job_ids`` that recorded one; "" when none did."""
+        if not job_ids:
+            return ""
+        q = (
+            select(jobs.c.archive)
+            .where(jobs.c.id.in_(list(job_ids)), jobs.c.archive != "")
+            .order_by(jobs.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return str(conn.execute(q).scalar() or "")
+
+    def interrupted_jobs(self) -> list[dict[str, Any]]:
+        """The rows of every job left ``interrupted``, oldest first."""
+        q = select(jobs).where(jobs.c.outcome == JobOutcome.INTERRUPTED.value).order_by(jobs.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    def confirmed_counts(self, job_ids: Collection[int]) -> dict[int, int]:
+        """Job ID → distinct instances the destination confirmed (jobs with none are left out)."""
+        if not job_ids:
+            return {}
+        q = (
+            select(job_instances.c.job_id, func.count(job_instances.c.sop_instance_uid.distinct()))
+            .where(job_instances.c.job_id.in_(list(job_ids)), job_instances.c.state.in_(CONFIRMED_STATES))
+            .group_by(job_instances.c.job_id)
+        )
+        with self.engine.connect() as conn:
+            return {int(job): int(n) for job, n in conn.execute(q)}
+
+
+class Journal(JobQueries):
     """Write and read job records."""
 
     def __init__(self, url: str, node: str = "") -> None:
@@ -179,6 +245,16 @@ class Journal:
             return cls(journal_url, node)
         data_path.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{data_path / 'journal.db'}", node)
+
+    @classmethod
+    def over(cls, engine: Engine, node: str = "") -> Journal:
+        """A journal on an engine already open on the journal database (the push queue's, the
+        audit trail's): no second engine, no tables created (the process's journal did that)."""
+        journal = cls.__new__(cls)
+        journal.node = (node or socket.gethostname())[:255]
+        journal.engine = engine
+        journal._lock = threading.Lock()
+        return journal
 
     def start(self, kind: JobKind, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
         with self.engine.begin() as conn:
