@@ -20,13 +20,12 @@ import threading
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from dicomproxy import events
-from dicomproxy.config import Config, PeerConfig
+from dicomproxy.config import Config
 from dicomproxy.handlers.qrservice import RetrieveResponse
-from dicomproxy.pacs.client import RECEIVE_SYNTAXES, InstanceRef, PacsClient, RetrieveKey
-from dicomproxy.relay.forward import Forwarder, contexts_for, open_destination
+from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.relay.destinations import Destination, Opener
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.pump import Pump
@@ -35,37 +34,12 @@ from dicomproxy.relay.reports import ReportFetch
 from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
 from dicomproxy.status import JobOutcome, Status
-from dicomproxy.transcode import TranscodePool, policy_for
+from dicomproxy.transcode import TranscodePool
 
 LOG = logging.getLogger("dicomproxy.relay")
 
-#: How a job opens its destination: (its state, the onward SOP classes, its spool folder) → Forwarder.
-Opener = Callable[[JobState, list[str], Path], Forwarder]
-
 #: What the archives are asked for: (archive, retrieve key, the instances it names).
 Fetch = list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]]
-
-
-def destination_opener(
-    config: Config,
-    peer: PeerConfig,
-    originator: tuple[str, int] | None,
-    throttle: Callable[[int], None] | None = None,
-) -> Opener:
-    """How a job opens its association to the ``peer`` it sends to (a C-MOVE destination, a push
-    destination, a retry's): the peer's compression, presentation contexts for the job's SOP
-    classes, ``originator`` as Move Originator (PS3.7 9.1.1.1; None when no C-MOVE asked)."""
-
-    def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
-        policy = policy_for(config, peer)
-        # SOP classes unknown (not all listed, or started before the list): the common ones
-        complete = bool(sop_classes) and all(r.sop_class_uid for r in state.expected.values())
-        contexts = contexts_for(policy, sop_classes, [str(ts) for ts in RECEIVE_SYNTAXES], complete)
-        forwarder = open_destination(peer, config.proxy, contexts, policy, work_dir, originator)
-        forwarder.throttle = throttle
-        return forwarder
-
-    return opener
 
 
 class PoolKeeper:
@@ -149,7 +123,7 @@ class Engine:
         state = t.state
         job_id = state.job_id
         spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
-        forwarder: Forwarder | None = None
+        forwarder: Destination | None = None
         upstream: Upstream | None = None
         finished = False
         held_bytes = 0

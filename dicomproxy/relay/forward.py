@@ -197,6 +197,19 @@ class Forwarder:
     def alive(self) -> bool:
         return bool(self.link.is_established)
 
+    def store(
+        self,
+        item: SpooledInstance,
+        prepared: tuple[Path, str] | None,
+        retries: int,
+        delay: float,
+        label: str,
+        *,
+        reconnect: bool = True,
+    ) -> SendResult:
+        """One onward C-STORE with retries (:func:`send_with_retries`)."""
+        return send_with_retries(self, item, retries, delay, label, prepared, reconnect=reconnect)
+
     def accepted(self, sop_class_uid: str) -> list[str]:
         return list(self._accepted.get(sop_class_uid, []))
 

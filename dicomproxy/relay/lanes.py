@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from dicomproxy.errors import DestinationUnavailable
-from dicomproxy.relay.forward import Forwarder, SendResult
+from dicomproxy.relay.destinations import Destination
+from dicomproxy.relay.forward import SendResult
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -56,10 +57,10 @@ class Lanes(Generic[T]):
 
     def __init__(
         self,
-        primary: Forwarder,
+        primary: Destination,
         count: int,
-        send: Callable[[Forwarder, T], SendResult | None],
-        reopen: Callable[[Forwarder, threading.Event], bool],
+        send: Callable[[Destination, T], SendResult | None],
+        reopen: Callable[[Destination, threading.Event], bool],
         resend: Callable[[T], T],
         retries: int,
         label: str,
@@ -71,7 +72,7 @@ class Lanes(Generic[T]):
         self._work: queue.Queue[T | None] = queue.Queue()
         self._results: queue.Queue[_Result[T]] = queue.Queue()
         self._stop = threading.Event()
-        self._extra: list[Forwarder] = []
+        self._extra: list[Destination] = []
         #: Lanes that have their association (the others are still opening theirs, or down).
         self._serving: set[int] = {0}
         #: Lanes whose association could not be opened.
@@ -146,7 +147,7 @@ class Lanes(Generic[T]):
         late = self.take(0)
         return late, left
 
-    def _serve(self, k: int, forwarder: Forwarder | None) -> None:
+    def _serve(self, k: int, forwarder: Destination | None) -> None:
         own = forwarder is None
         try:
             if forwarder is None:
@@ -181,7 +182,7 @@ class Lanes(Generic[T]):
             if own and forwarder is not None:
                 forwarder.close()
 
-    def _open_extra(self) -> Forwarder:
+    def _open_extra(self) -> Destination:
         """A further association; one that opens after the job ended is released at once
         (its thread then finds the stop sentinel)."""
         forwarder = self._primary.another(EXTRA_ACSE_TIMEOUT)
@@ -189,7 +190,7 @@ class Lanes(Generic[T]):
             self._extra.append(forwarder)
         return forwarder
 
-    def _one(self, forwarder: Forwarder, work: T) -> tuple[SendResult, bool]:
+    def _one(self, forwarder: Destination, work: T) -> tuple[SendResult, bool]:
         """Send ``work``, re-opening a lost association and resending (at most ``retries`` times).
         (result, whether this lane's association is gone for good)."""
         losses = 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
@@ -42,11 +41,8 @@ from dicomproxy.errors import (
 from dicomproxy.handlers import observe
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import PacsClient, StudySummary
-from dicomproxy.relay.engine import Engine, Moved, Opener, PoolKeeper, Transfer, destination_opener
-from dicomproxy.relay.forward import (
-    Forwarder,
-    requester_forwarder,
-)
+from dicomproxy.relay.destinations import Opener, destination_opener, requester
+from dicomproxy.relay.engine import Engine, Moved, PoolKeeper, Transfer
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.listing import Lister
 from dicomproxy.relay.outcome import JobState
@@ -55,7 +51,6 @@ from dicomproxy.relay.request import RetrieveRequest, StudyResolver, parse_keys
 from dicomproxy.relay.store import ReceiveRegistry
 from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 from dicomproxy.status import JobKind, JobOutcome, Status
-from dicomproxy.transcode import policy_for
 from dicomproxy.view.service import name_style_for
 
 LOG = logging.getLogger("dicomproxy.relay")
@@ -199,13 +194,7 @@ class RelayService:
     ) -> Iterator[RetrieveResponse]:
         job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
         observe.job_started(job_id, req)
-        peer: PeerConfig | None = self.config.peer(req.calling_ae)
-
-        def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Forwarder:
-            return requester_forwarder(
-                assoc, policy_for(self.config, peer), work_dir, self.config.proxy.fast_path
-            )
-
+        opener = requester(assoc, self.config, self.config.peer(req.calling_ae))
         yield from self._job(job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
 
     # --- the job ---

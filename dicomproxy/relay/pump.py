@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from dicomproxy.config import Config
 from dicomproxy.handlers.qrservice import RetrieveResponse
-from dicomproxy.relay.forward import Forwarder, SendResult
+from dicomproxy.relay.destinations import Destination
+from dicomproxy.relay.forward import SendResult
 from dicomproxy.relay.lanes import Lanes
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.pumpstep import PumpView, Step, next_step
@@ -93,7 +94,7 @@ class Pump:
         self,
         state: JobState,
         spool: Spool,
-        forwarder: Forwarder,
+        forwarder: Destination,
         upstream: Upstream,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
@@ -160,7 +161,7 @@ class Pump:
             dest_error = "destination aborted the association"
         return (yield from self._finish(state, spool, forwarder, run.end, dest_error, is_cancelled, alive))
 
-    def _onward(self, state: JobState, forwarder: Forwarder, count: int) -> InlineLane | Lanes[Prepared]:
+    def _onward(self, state: JobState, forwarder: Destination, count: int) -> InlineLane | Lanes[Prepared]:
         """The job's onward associations: ``forwarder`` alone, or ``count`` lanes beside it."""
         if count == 1:
             return InlineLane(forwarder, self.sender.send)
@@ -206,7 +207,7 @@ class Pump:
             self.recorder.record(prepared.item, res)
             run.recorded = True
 
-    def _fill(self, run: _Run, spool: Spool, forwarder: Forwarder, use_pool: bool, limit: int) -> None:
+    def _fill(self, run: _Run, spool: Spool, forwarder: Destination, use_pool: bool, limit: int) -> None:
         """Look ahead: take what already arrived into the window (never waits)."""
         while len(run.window) < limit:
             nxt = spool.poll()
@@ -222,7 +223,7 @@ class Pump:
         run: _Run,
         spool: Spool,
         onward: InlineLane | Lanes[Prepared],
-        forwarder: Forwarder,
+        forwarder: Destination,
         use_pool: bool,
         counted: bool,
     ) -> None:
@@ -282,7 +283,7 @@ class Pump:
         self,
         state: JobState,
         spool: Spool,
-        forwarder: Forwarder,
+        forwarder: Destination,
         end: End | None,
         dest_error: str,
         is_cancelled: Callable[[], bool],
@@ -311,7 +312,7 @@ class Pump:
         self,
         state: JobState,
         spool: Spool,
-        forwarder: Forwarder,
+        forwarder: Destination,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
     ) -> Generator[RetrieveResponse, None, bool]:

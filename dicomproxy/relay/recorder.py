@@ -13,6 +13,7 @@ confirmed, never a confirmed-looking instance without a record.
 from __future__ import annotations
 
 from dicomproxy import events
+from dicomproxy.relay.confirmation import Confirmation, StoreResponse
 from dicomproxy.relay.forward import SendResult
 from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.outcome import JobState
@@ -22,9 +23,11 @@ from dicomproxy.relay.spool import Spool, SpooledInstance
 class InstanceRecorder:
     """Records the sub-operations of one job (``state``) in ``journal``."""
 
-    def __init__(self, journal: Journal, state: JobState) -> None:
+    def __init__(self, journal: Journal, state: JobState, confirmation: Confirmation | None = None) -> None:
         self.journal = journal
         self.state = state
+        #: What a send's result means (today the C-STORE response: :class:`StoreResponse`).
+        self.confirmation = confirmation or StoreResponse()
 
     def record(self, item: SpooledInstance, res: SendResult, *, extra: bool = False) -> InstanceRecord:
         """Count one sent instance (``extra``: an order/report object, :meth:`JobState.count_extra`),
@@ -38,7 +41,8 @@ class InstanceRecorder:
             res.bytes_out,
             res.error,
         )
-        (self.state.count_extra if extra else self.state.count)(record, res.category)
+        category = self.confirmation.category(res)
+        (self.state.count_extra if extra else self.state.count)(record, category)
         self.journal.add_instances(self.state.job_id, [record])
         events.publish(
             events.InstanceSent(

@@ -30,7 +30,8 @@ from dicomproxy.config import Config, PacsConfig, PeerConfig
 from dicomproxy.errors import DicomServiceError
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
-from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer, destination_opener
+from dicomproxy.relay.destinations import destination_opener
+from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer
 from dicomproxy.relay.journal import JobKey, Journal
 from dicomproxy.relay.listing import by_series
 from dicomproxy.relay.outcome import JobState

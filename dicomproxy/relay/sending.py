@@ -1,7 +1,7 @@
 """Sending one instance onward, and the single-association sender the pump drives.
 
 :class:`InstanceSender` prepares an instance (its syntax chosen and converted in the transcoding
-pool, or sent as held) and sends it on a :class:`~dicomproxy.relay.forward.Forwarder`; it never
+pool, or sent as held) and sends it on a :class:`~dicomproxy.relay.destinations.Destination`; it never
 counts or journals (that is :class:`~dicomproxy.relay.recorder.InstanceRecorder`'s job, on the
 pump's thread). :class:`InlineLane` offers the interface of :class:`~dicomproxy.relay.lanes.Lanes`
 for one association, sending on the pump's own thread (no thread hop: ``none`` mode measured ~5 %
@@ -23,7 +23,8 @@ from dicomproxy import events
 from dicomproxy.config import ProxyConfig
 from dicomproxy.errors import CannotTranscode
 from dicomproxy.handlers.qrservice import RetrieveResponse
-from dicomproxy.relay.forward import MAX_RETRY_DELAY, Forwarder, SendResult, send_with_retries
+from dicomproxy.relay.destinations import Destination
+from dicomproxy.relay.forward import MAX_RETRY_DELAY, SendResult
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.status import Status
@@ -39,9 +40,9 @@ RECONNECT_FIRST_DELAY = 0.5
 @dataclass
 class Prepared:
     """A spooled instance in the look-ahead window, in arrival order (its syntax chosen by the pool
-    worker, or by :meth:`Forwarder.plan` without a pool).
+    worker, or by :meth:`Destination.plan` without a pool).
 
-    ``plan``: None = send inline (:meth:`Forwarder.send`, no pool) or, with a ``future``, in what
+    ``plan``: None = send inline (:meth:`Destination.send`, no pool) or, with a ``future``, in what
     the pool worker chose and wrote (:func:`~dicomproxy.transcode.codec.convert_for`: the spooled
     file itself when it goes as held, else ``tmp``); a SendResult = planning failed (re-planned by
     ``send_with_retries``, which reports it); a syntax = send the spooled file as it is.
@@ -86,7 +87,7 @@ class InstanceSender:
         self.job_id = job_id
         self.label = f"job {job_id}"
 
-    def prepare(self, forwarder: Forwarder, item: SpooledInstance, use_pool: bool) -> Prepared:
+    def prepare(self, forwarder: Destination, item: SpooledInstance, use_pool: bool) -> Prepared:
         """Hand ``item`` to the pool, which chooses its syntax and converts it if it must (the
         header is read there, not on this thread); no accepted context: fail it here."""
         if not use_pool:
@@ -105,7 +106,7 @@ class InstanceSender:
             return Prepared(item)
         return Prepared(item, None, future, tmp, pool)
 
-    def send(self, forwarder: Forwarder, prepared: Prepared) -> SendResult | None:
+    def send(self, forwarder: Destination, prepared: Prepared) -> SendResult | None:
         """Send one instance (nothing recorded); None when a C-MOVE destination's association was
         lost under it and may be re-opened (the caller reconnects and sends it again). Safe on a
         lane thread: it touches only ``forwarder`` and the instance's own files."""
@@ -128,8 +129,8 @@ class InstanceSender:
             elif isinstance(prepared.plan, str):  # passed through as it is held
                 sent_as = (item.path, prepared.plan)
             # else: no pool, or planning failed (re-planned and reported by forwarder.send)
-            res = send_with_retries(
-                forwarder, item, proxy.retries, proxy.retry_delay, self.label, sent_as, reconnect=not defer
+            res = forwarder.store(
+                item, sent_as, proxy.retries, proxy.retry_delay, self.label, reconnect=not defer
             )
         finally:
             if prepared.tmp is not None:
@@ -152,7 +153,7 @@ class InstanceSender:
                 self._drop(prepared.pool)
             return None, SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot convert: {exc}")
 
-    def reopen_quietly(self, forwarder: Forwarder, stop: threading.Event) -> bool:
+    def reopen_quietly(self, forwarder: Destination, stop: threading.Event) -> bool:
         """A lane's re-open of its lost association: backoff for ``[proxy] reconnect_window``,
         without Pending responses (the pump's thread keeps answering). True when it is back."""
         window = self.proxy.reconnect_window
@@ -176,7 +177,7 @@ class InstanceSender:
     def reopen_answering(
         self,
         state: JobState,
-        forwarder: Forwarder,
+        forwarder: Destination,
         pending_interval: float,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
@@ -225,7 +226,7 @@ class InlineLane:
     in_flight = 0
 
     def __init__(
-        self, forwarder: Forwarder, send: Callable[[Forwarder, Prepared], SendResult | None]
+        self, forwarder: Destination, send: Callable[[Destination, Prepared], SendResult | None]
     ) -> None:
         self.forwarder = forwarder
         self._send = send
