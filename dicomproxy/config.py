@@ -159,9 +159,6 @@ class PacsConfig:
     fallback: tuple[str, ...] = ()
 
 
-ArchiveConfig = PacsConfig
-
-
 @dataclass(frozen=True)
 class CompressionConfig:
     """影像压缩方式: what goes out to the peers (issue: compression)."""
@@ -309,10 +306,6 @@ class PushConfig:
     #: Re-checks after each delivery: the first ``recheck_after`` s after it, each next one twice the
     #: previous gap later (600 s and 2: at +10 min and +30 min); 0 = none. Only a grown count sends.
     rechecks: int = 2
-
-    def mbps_for(self, ae_title: str) -> float:
-        """The cap for one destination in Mbps (0 = none)."""
-        return next((v for k, v in self.max_mbps if k == ae_title), 0.0)
 
 
 @dataclass(frozen=True)
