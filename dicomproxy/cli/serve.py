@@ -32,13 +32,16 @@ def serve(verbose: bool, port: int | None) -> None:
     try:
         limit_malloc_arenas()  # before any thread starts (DICOMPROXY_MALLOC_ARENAS, docs/performance.md)
         ctx = build_context(config)
-        reconcile(config, ctx.journal)  # interrupted jobs, orphaned spool files (issue 6)
+        journal = ctx.journal
+        if journal is None:  # pragma: no cover - build_context always opens one
+            raise RuntimeError("build_context opened no journal")
+        reconcile(config, journal)  # interrupted jobs, orphaned spool files (issue 6)
         server = Server(config, ctx)
         clean = server.run()
         if not clean:
             # Jobs cut off by the drain timeout: checkpoint them now (their spool is kept) so that
             # `jobs retry` can finish them; otherwise only the next start would mark them.
-            for job_id in ctx.journal.mark_interrupted():
+            for job_id in journal.mark_interrupted():
                 logging.getLogger("dicomproxy").warning(
                     "job %d interrupted by the drain timeout; `dicomproxy jobs retry %d` resends it",
                     job_id,

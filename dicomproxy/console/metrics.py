@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.status import Status
+from dicomproxy.status import Status, status_label
 
 if TYPE_CHECKING:
     from dicomproxy.push.queue import PushQueue
@@ -180,11 +180,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def status_label(status: int) -> str:
-    """``success``, ``cancel``, or the status name in lower case (``view_unavailable``), or hex."""
-    try:
-        return Status(status).name.lower()
-    except ValueError:
-        return f"0x{status:04x}"

@@ -6,7 +6,8 @@ Follow one instance through these modules, in this order (docs/relay.md has the 
 - :mod:`.plan` — the job's plan: route each study to its archive, list its instances (or start
   early), open the destination, start the upstream, hand over to the pump;
 - :mod:`.upstream` — the fetching thread: C-MOVE to us / C-GET from the archive into the spool;
-- :mod:`.store` — incoming C-STOREs matched to their retrieval; :mod:`.spool` — the job's folder;
+- :mod:`dicomproxy.pacs.store` — incoming C-STOREs matched to their retrieval;
+- :mod:`.spool` — the job's folder;
 - :mod:`.pump` — spool → transcode → onward send (:mod:`.forward`), Pending responses, reconnects;
 - :mod:`.outcome` — counts and final status (pure); :mod:`.journal` — jobs and instances, durably;
 - :mod:`.recovery`, :mod:`.resume` — start-up reconciliation, ``jobs retry`` and automatic resume,

@@ -37,7 +37,7 @@ from pydicom.valuerep import PersonName
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from dicomproxy.errors import InvalidIdentifier
-from dicomproxy.view.mapping import MODALITY_ALIASES, SEX_FROM_DICOM, pinyin_name
+from dicomproxy.mapping import MODALITY_ALIASES, SEX_FROM_DICOM, pinyin_name
 from dicomproxy.view.sql import ESCAPE, bound, dicom_wildcard_to_like, has_wildcard, string_match
 from dicomproxy.view.uids import is_valid_uid
 
