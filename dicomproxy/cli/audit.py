@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
-from typing import Any
 
 import click
 
@@ -27,8 +27,8 @@ def audit_cmd(
     patient: str,
     study: str,
     peer: str,
-    since: Any,
-    until: Any,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
     as_json: bool,
     as_csv: bool,
 ) -> None:

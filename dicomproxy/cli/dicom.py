@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydicom.dataset import Dataset
@@ -17,6 +17,9 @@ from dicomproxy.cli.common import config_option, config_path, load_or_exit, verb
 from dicomproxy.config import TlsConfig
 from dicomproxy.transport.net import Remote, c_echo
 from dicomproxy.transport.tls import client_tls_args
+
+if TYPE_CHECKING:  # the requester machinery is imported by move/get only
+    from dicomproxy.transport.scu import RetrieveSummary
 
 
 @click.command()
@@ -192,7 +195,7 @@ def scu_request(func: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def _finish(summary: Any) -> None:
+def _finish(summary: RetrieveSummary) -> None:
     click.echo(f"\n{summary.line()}")
     sys.exit(0 if summary.category in ("Success", "Warning") else 1)
 
@@ -204,7 +207,7 @@ def move_cmd(request: ScuRequest, dest: str) -> None:
     """C-MOVE to any AE (e.g. this proxy) and show the sub-operation progress."""
     from dicomproxy.transport import scu
 
-    def progress(s: Any) -> None:
+    def progress(s: RetrieveSummary) -> None:
         done = s.completed + s.failed + s.warning
         total = done + (s.remaining or 0)
         click.echo(f"\r  {done}/{total} instances (failed {s.failed}, warning {s.warning})", nl=False)
@@ -234,7 +237,7 @@ def get_cmd(request: ScuRequest, out_dir: Path | None) -> None:
     """C-GET from any AE (e.g. this proxy); instances arrive on our association."""
     from dicomproxy.transport import scu
 
-    def progress(s: Any) -> None:
+    def progress(s: RetrieveSummary) -> None:
         click.echo(f"\r  received {s.received} instance(s), remaining {s.remaining}", nl=False)
 
     summary = scu.get(
