@@ -1,8 +1,8 @@
 """The whole file: :class:`Config`, :func:`parse_config` and :func:`load_config`.
 
-Precedence is command line > environment > file: the CLI passes overrides to
-:func:`load_config`. Every error is a :class:`~dicomproxy.errors.ConfigError`
-that names the file and the key (``peers[1].host``).
+``${NAME}`` in any string value comes from the environment; the CLI applies its own overrides
+(``serve --port``) to the loaded :class:`Config`. Every error is a
+:class:`~dicomproxy.errors.ConfigError` that names the file and the key (``peers[1].host``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dicomproxy.config.compression import COMPRESSION_MODES, CompressionMode
@@ -120,7 +121,7 @@ def peer(s: Section) -> PeerConfig:
     return config
 
 
-def peers(entries: list[Section]) -> tuple[PeerConfig, ...]:
+def peers(entries: Iterable[Section]) -> tuple[PeerConfig, ...]:
     """The ``[[peers]]`` entries; an AE title is listed once."""
     found: list[PeerConfig] = []
     for s in entries:

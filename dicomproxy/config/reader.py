@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -111,13 +111,13 @@ class Section:
             return Section(self.path, name, {})
         return Section(self.path, name, self.table[name])
 
-    def tables(self, name: str) -> list[Section]:
-        """A top-level ``[[name]]`` array of tables, each as ``name[i]``."""
+    def tables(self, name: str) -> Iterator[Section]:
+        """A top-level ``[[name]]`` array of tables, each read as ``name[i]`` when its turn comes."""
         self.used.add(name)
         raw = self.table.get(name, [])
         if not isinstance(raw, list):
             raise ConfigError(self.path, name, f"must be an array of tables ([[{name}]])")
-        return [Section(self.path, f"{name}[{i}]", table) for i, table in enumerate(raw)]
+        return (Section(self.path, f"{name}[{i}]", table) for i, table in enumerate(raw))
 
     def finish(self) -> None:
         unknown = sorted(set(self.table) - self.used)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,7 +105,7 @@ def view(s: Section) -> ViewConfig:
 def archive(s: Section, fixed_name: str | None) -> PacsConfig:
     """``[pacs]`` (``fixed_name`` = "pacs") or one ``[[archives]]`` entry (its own ``name``)."""
     d = PacsConfig(ae_title="X", host="", port=0)
-    archive = PacsConfig(
+    config = PacsConfig(
         ae_title=s.ae_title("ae_title"),
         host=s.string("host"),
         port=port(s, "port"),
@@ -122,10 +123,10 @@ def archive(s: Section, fixed_name: str | None) -> PacsConfig:
         fallback=tuple(x.strip() for x in s.strings("fallback", ())),
     )
     s.finish()
-    return archive
+    return config
 
 
-def archives(path: str, entries: list[Section], pacs: PacsConfig) -> tuple[PacsConfig, ...]:
+def archives(path: str, entries: Iterable[Section], pacs: PacsConfig) -> tuple[PacsConfig, ...]:
     """The ``[[archives]]`` entries: each serves some Sysids; names unique; fallbacks name another."""
     found: list[PacsConfig] = []
     for s in entries:
