@@ -1,6 +1,6 @@
 """C-MOVE SCP (PS3.4 C.4.2), Patient Root and Study Root: relay from the PACS to a configured peer.
 
-The handler yields :class:`~dicomproxy.handlers.qrservice.RetrieveResponse` objects (see
+The handler yields :class:`~dicomproxy.relay.response.RetrieveResponse` objects (see
 :mod:`dicomproxy.handlers.qrservice` for why this is not pynetdicom's stock generator protocol).
 """
 
