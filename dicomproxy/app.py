@@ -14,9 +14,9 @@ from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.pacs.client import PacsClient
 from dicomproxy.pacs.find import PacsFinder
+from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.plan import RelayService
-from dicomproxy.relay.store import ReceiveRegistry
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
 

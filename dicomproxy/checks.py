@@ -6,14 +6,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import create_engine, false, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config
 from dicomproxy.transport.net import Remote, c_echo
 from dicomproxy.transport.tls import client_tls_args
-from dicomproxy.view.model import COLUMN_NAMES, exam_view_table
+from dicomproxy.view.model import COLUMN_NAMES, missing_view_columns
 
 
 @dataclass(frozen=True)
@@ -26,25 +25,6 @@ class CheckResult:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def missing_view_columns(engine: Engine, view_name: str) -> list[str]:
-    """Columns of the seed the view lacks (one probe query, then one per column if needed)."""
-    table = exam_view_table(view_name)
-    with engine.connect() as conn:
-        try:
-            conn.execute(select(*table.c).where(false())).fetchall()
-            return []
-        except SQLAlchemyError:
-            conn.rollback()
-        missing = []
-        for name in COLUMN_NAMES:
-            try:
-                conn.execute(select(table.c[name]).where(false())).fetchall()
-            except SQLAlchemyError:
-                conn.rollback()
-                missing.append(name)
-        return missing
 
 
 def study_lookup_checks(config: Config) -> Iterator[CheckResult]:

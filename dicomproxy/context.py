@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dicomproxy.access import RejectionLog
 from dicomproxy.config import Config
+
+if TYPE_CHECKING:  # the services are built by dicomproxy.app; this module only names their types
+    from dicomproxy.pacs.client import PacsClient
+    from dicomproxy.push.service import PushService
+    from dicomproxy.relay.journal import Journal
+    from dicomproxy.relay.plan import RelayService
+    from dicomproxy.view.repository import ExamView
+    from dicomproxy.view.service import FindService
 
 
 @dataclass
@@ -23,19 +31,19 @@ class AppContext:
     #: Set when the server starts draining; long handlers check it between instances.
     stopping: threading.Event = field(default_factory=threading.Event)
     #: Exam view access (dicomproxy.view); None until built.
-    view: Any = None
-    #: C-FIND service (dicomproxy.view.service.FindService); None until built.
-    find: Any = None
-    #: Upstream PACS client of ``[pacs]`` (dicomproxy.pacs.client); None until built.
-    pacs: Any = None
+    view: ExamView | None = None
+    #: C-FIND service; None until built.
+    find: FindService | None = None
+    #: Upstream PACS client of ``[pacs]``; None until built.
+    pacs: PacsClient | None = None
     #: Every archive's PacsClient by name (``[pacs]`` is "pacs"); empty until built.
-    archives: dict[str, Any] = field(default_factory=dict)
-    #: Job journal (dicomproxy.relay.journal); None until built.
-    journal: Any = None
-    #: Relay service (dicomproxy.relay.plan) for C-MOVE / C-GET; None until built.
-    relay: Any = None
-    #: Push mode (dicomproxy.push.service.PushService) when ``[push] enabled``; started by the server.
-    push: Any = None
+    archives: dict[str, PacsClient] = field(default_factory=dict)
+    #: Job journal; None until built.
+    journal: Journal | None = None
+    #: Relay service for C-MOVE / C-GET; None until built.
+    relay: RelayService | None = None
+    #: Push mode when ``[push] enabled``; started by the server.
+    push: PushService | None = None
 
     def close(self) -> None:
         """Release pools and files held by the services (idempotent)."""

@@ -92,22 +92,10 @@ class MoveDestinationUnknown(DicomServiceError):
     status = Status.MOVE_DESTINATION_UNKNOWN
 
 
-class OutOfResources(DicomServiceError):
-    """PS3.4 C.4.2.1.5: 0xA701 Refused: Out of resources - unable to calculate number of matches."""
-
-    status = Status.OUT_OF_RESOURCES_MATCHES
-
-
 class TooManySubOperations(DicomServiceError):
     """PS3.4 C.4.2.1.5: 0xA702 is for sub-operation failures; >65535 sub-ops is 0xC516 in pynetdicom."""
 
     status = Status.TOO_MANY_SUBOPS
-
-
-class SopClassNotSupported(DicomServiceError):
-    """PS3.7 C.5: 0x0122 SOP Class not supported."""
-
-    status = Status.SOP_CLASS_NOT_SUPPORTED
 
 
 class NotAuthorized(DicomServiceError):

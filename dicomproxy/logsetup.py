@@ -42,8 +42,3 @@ def setup_logging(cfg: LoggingConfig, *, verbose: bool = False) -> None:
 def configure_identifier_logging(enabled: bool) -> None:
     """Whether pynetdicom may log request identifiers (patient data) at all."""
     log_identifiers(enabled)
-
-
-def phi(value: object, cfg: LoggingConfig) -> str:
-    """Render a patient identifier for a DEBUG log line: masked unless configured."""
-    return str(value) if cfg.log_identifiers else "***"

@@ -38,10 +38,11 @@ from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
+from dicomproxy.pacs.store import handle_store, store_acceptor
 from dicomproxy.relay.resume import RetryWorker
-from dicomproxy.relay.store import handle_store, store_acceptor
 from dicomproxy.transport.intake import Intake
 from dicomproxy.transport.net import NODELAY_HANDLERS
+from dicomproxy.transport.peer import peer_of
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
 from dicomproxy.transport.raw.receiver import StoreAcceptor
 from dicomproxy.transport.tls import server_context
@@ -107,7 +108,7 @@ def build_ae(config: Config) -> AE:
 
 def _log_accepted(event: evt.Event) -> None:
     assoc = event.assoc
-    events.publish(events.AssociationAccepted(events.peer_of(assoc), str(assoc.acceptor.ae_title).strip()))
+    events.publish(events.AssociationAccepted(peer_of(assoc), str(assoc.acceptor.ae_title).strip()))
     LOG.info(
         "association accepted: %s from %s:%s",
         assoc.requestor.ae_title,

@@ -87,3 +87,11 @@ class JobOutcome(str, enum.Enum):
 
 #: Outcomes a retry may start from.
 RETRYABLE_OUTCOMES = (JobOutcome.INTERRUPTED, JobOutcome.ABORTED, JobOutcome.PARTIAL, JobOutcome.FAILED)
+
+
+def status_label(status: int) -> str:
+    """``success``, ``cancel``, or the status name in lower case (``view_unavailable``), or hex."""
+    try:
+        return Status(status).name.lower()
+    except ValueError:
+        return f"0x{status:04x}"

@@ -128,6 +128,12 @@ TARGETS: dict[str, Target] = {
         ("tests/test_transcode_policy.py", "tests/test_transcode_negotiation.py"),
         "which transfer syntax an instance may go in (lossy only where allowed)",
     ),
+    "syntaxes": Target(
+        "dicomproxy/config/compression.py",
+        ("compression@for key, given, allowed in",),
+        ("tests/test_transcode_policy.py",),
+        "which syntaxes a [compression] list may name (was part of the policy target until issue 23)",
+    ),
     "lossy": Target(
         "dicomproxy/transcode/codec.py",
         ("_values", "_mark_lossy", "_derive", "_note_source_lossy", "_lossy_insert_at", "_text_element"),

@@ -34,3 +34,7 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# testkit/ (tests, demo, benchmarks) is not in the wheel: the development venv finds it at the repo root,
+# in every process it starts (python -m testkit.demo, benchmarks/*.py, test subprocesses).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+echo "$PWD" >"$site/dicomproxy-repo-root.pth"

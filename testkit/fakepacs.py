@@ -22,8 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomproxy.handlers.qrservice import guard_requestor
-from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, guard_requestor
 from testkit import free_port, wait_for_echo
 
 PENDING = 0xFF00

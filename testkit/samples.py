@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from pydicom.uid import (
     MRImageStorage,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     UltrasoundImageStorage,
-    generate_uid,
 )
 
 #: Our UID root for generated test data (2.25 = UUID-derived, PS3.5 B.2).
@@ -306,11 +305,3 @@ def demo_specs() -> list[StudySpec]:
         ),
         StudySpec("MF", li, "A0004", images_per_series=1, study_date="20240411", description="胃镜"),
     ]
-
-
-def with_patient(spec: StudySpec, **changes: Any) -> StudySpec:
-    return replace(spec, patient=replace(spec.patient, **changes))
-
-
-def random_uid() -> str:
-    return generate_uid(prefix=None)

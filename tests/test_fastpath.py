@@ -416,8 +416,8 @@ def test_archive_store_during_retrieval_is_kept_intact(
     from pydicom import dcmread
     from pynetdicom.dsutils import split_dataset
 
-    from dicomproxy.handlers.qrservice import guard_requestor
-    from dicomproxy.relay.store import ActiveRetrieval
+    from dicomproxy.pacs.store import ActiveRetrieval
+    from dicomproxy.transport.net import guard_requestor
 
     caplog.set_level(logging.INFO, logger="dicomproxy")
     first, second = ct_files[0], ct_files[1]

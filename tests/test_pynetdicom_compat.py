@@ -49,7 +49,7 @@ def test_storage_class_registry() -> None:
         (Association, "_get_valid_context"),  # valid_context_id
         (Association, "_serve_request"),  # qrservice.RelayAssociation overrides it
         (RequestHandler, "_create_association"),  # qrservice._RelayRequestHandler overrides it
-        (DIMSEServiceProvider, "get_msg"),  # qrservice._CallerOnlyDIMSE overrides it
+        (DIMSEServiceProvider, "get_msg"),  # transport.net._CallerOnlyDIMSE overrides it
         (DULServiceProvider, "send_pdu"),  # bound_send_queue wraps it
         (AssociationSocket, "send"),  # install_send_lock wraps it
     ],

@@ -36,6 +36,7 @@ from dicomproxy.errors import CannotTranscode, ConfigError
 from dicomproxy.transcode import (
     InstanceInfo,
     Policy,
+    check_policies,
     choose_target,
     codec_applies,
     policy_for,
@@ -140,6 +141,21 @@ def test_config_load_rejects_wrong_syntaxes(make_config: Any, key: str, value: l
     """Rejected when the file is loaded (check-config, serve start), not by every C-MOVE (0xC000)."""
     with pytest.raises(ConfigError, match=f"compression.{key}: {value[0]} is not one of"):
         make_config(compression={key: value})
+
+
+def test_a_syntax_without_an_installed_encoder_is_rejected_at_load(
+    make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file may name it (it is a lossless target), but this machine cannot encode it."""
+    from dicomproxy.transcode import policy as policy_module
+
+    config = make_config(compression={"lossless_syntaxes": [RLELossless, JPEGLSLossless]})
+    check_policies(config)  # every encoder there: fine
+    monkeypatch.setattr(policy_module, "can_encode", lambda syntax: syntax != JPEGLSLossless)
+    with pytest.raises(
+        ConfigError, match=f"compression.lossless_syntaxes: no encoder for {JPEGLSLossless} is installed"
+    ):
+        check_policies(config)
 
 
 def test_jpeg_quality_is_validated(make_config: Any) -> None:

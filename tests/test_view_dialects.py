@@ -17,7 +17,7 @@ from sqlalchemy import MetaData, Select, create_engine, select
 from sqlalchemy.dialects import mssql, mysql, oracle, postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 
-from dicomproxy.view import mapping
+from dicomproxy import mapping
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.query import FindQuery, build_select, parse_identifier, residual_match
 from dicomproxy.view.repository import ExamView
@@ -273,8 +273,8 @@ def test_every_view_statement_compiles_for_sqlserver_and_oracle(
     limits in each dialect's own syntax, every value a bound parameter."""
     from sqlalchemy import event
 
-    from dicomproxy.checks import missing_view_columns
     from dicomproxy.view.check import check_view
+    from dicomproxy.view.model import missing_view_columns
     from testkit.viewdb import create_view_table, insert_rows
     from tests.view_data import UID, view_rows
 

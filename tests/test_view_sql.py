@@ -15,8 +15,8 @@ from sqlalchemy import MetaData, create_engine, select, text
 from sqlalchemy.dialects import mssql, mysql, oracle, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
+from dicomproxy import mapping
 from dicomproxy.errors import InvalidIdentifier
-from dicomproxy.view import mapping
 from dicomproxy.view.model import COLUMN_NAMES, exam_view_table
 from dicomproxy.view.query import FindQuery, build_select, date_range, parse_identifier, time_range
 from dicomproxy.view.sql import MAX_IN_ITEMS, batches, dicom_wildcard_to_like

@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from dicomproxy import events
-from dicomproxy.status import JobKind, JobOutcome
+from dicomproxy.status import JobKind, JobOutcome, status_label
 
 LOG = logging.getLogger("dicomproxy.audit")
 
@@ -571,8 +571,6 @@ def _with_peer(record: AuditRecord, peer: events.Peer) -> AuditRecord:
 
 
 def _status_outcome(status: int) -> str:
-    from dicomproxy.console.metrics import status_label
-
     return status_label(status)
 
 

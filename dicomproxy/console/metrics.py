@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.status import Status
+from dicomproxy.status import Status, status_label
 
 if TYPE_CHECKING:
     from dicomproxy.push.queue import PushQueue
@@ -190,11 +190,3 @@ def _scrape_gauges(
     Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
         spool_bytes
     )
-
-
-def status_label(status: int) -> str:
-    """``success``, ``cancel``, or the status name in lower case (``view_unavailable``), or hex."""
-    try:
-        return Status(status).name.lower()
-    except ValueError:
-        return f"0x{status:04x}"

@@ -16,8 +16,9 @@ from dicomproxy.handlers.retrieve import CancelLatch, prepare
 
 
 def handle_get(event: evt.Event, ctx: AppContext) -> Iterator[RetrieveResponse]:
-    req = prepare(event, ctx, "get")
-    if isinstance(req, RetrieveResponse):  # refused before any work (status + Error Comment)
-        yield req
+    prepared = prepare(event, ctx, "get")
+    if isinstance(prepared, RetrieveResponse):  # refused before any work (status + Error Comment)
+        yield prepared
         return
-    yield from ctx.relay.get(req, event.assoc, CancelLatch(event))
+    relay, req = prepared
+    yield from relay.get(req, event.assoc, CancelLatch(event))

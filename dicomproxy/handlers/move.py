@@ -1,6 +1,6 @@
 """C-MOVE SCP (PS3.4 C.4.2), Patient Root and Study Root: relay from the PACS to a configured peer.
 
-The handler yields :class:`~dicomproxy.handlers.qrservice.RetrieveResponse` objects (see
+The handler yields :class:`~dicomproxy.relay.response.RetrieveResponse` objects (see
 :mod:`dicomproxy.handlers.qrservice` for why this is not pynetdicom's stock generator protocol).
 """
 
@@ -16,8 +16,9 @@ from dicomproxy.handlers.retrieve import CancelLatch, prepare
 
 
 def handle_move(event: evt.Event, ctx: AppContext) -> Iterator[RetrieveResponse]:
-    req = prepare(event, ctx, "move")
-    if isinstance(req, RetrieveResponse):  # refused before any work (status + Error Comment)
-        yield req
+    prepared = prepare(event, ctx, "move")
+    if isinstance(prepared, RetrieveResponse):  # refused before any work (status + Error Comment)
+        yield prepared
         return
-    yield from ctx.relay.move(req, CancelLatch(event), lambda: bool(event.assoc.is_established))
+    relay, req = prepared
+    yield from relay.move(req, CancelLatch(event), lambda: bool(event.assoc.is_established))

@@ -1,15 +1,14 @@
 """Handlers observed: the C-FIND, C-MOVE and C-GET handlers wrapped to publish :mod:`dicomproxy.events`.
 
 The wrappers leave the handlers unchanged (server.py binds the wrapped ones): a C-FIND is timed and
-its answers counted here, and :data:`CURRENT` remembers on the handler's thread who asked, so that
-the relay's ``JobStarted`` (published on that same thread, where the job ID is known) names the
-association's peer with its TLS identity.
+its answers counted here, and :data:`~dicomproxy.relay.observe.CURRENT` remembers on the handler's
+thread who asked, so that the relay's ``JobStarted`` (published on that same thread, where the job ID
+is known) names the association's peer with its TLS identity. ``job_started``/``job_finished`` are
+the relay's (:mod:`dicomproxy.relay.observe`), re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,46 +19,12 @@ from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  #
 
 from dicomproxy import events
 from dicomproxy.context import AppContext
+from dicomproxy.relay.observe import CURRENT, job_finished, job_started, query_keys, request_peer
 from dicomproxy.status import Status, is_pending
-
-
-class _Current(threading.local):
-    peer: events.Peer | None = None
-    #: Set by :func:`job_started`: the request became a journal job.
-    job: bool = False
-
-
-#: The requesting peer of the DIMSE request being handled on this thread.
-CURRENT = _Current()
+from dicomproxy.transport.peer import peer_of
 
 #: Levels answered from the exam view; the others are asked of the PACS (docs/view.md).
 VIEW_LEVELS = ("PATIENT", "STUDY")
-
-
-def request_peer(calling_ae: str, address: str) -> events.Peer:
-    """The peer of the request handled on this thread (with its TLS identity), else from the arguments."""
-    peer = CURRENT.peer
-    if peer is not None and peer.calling_ae == calling_ae.strip():
-        return peer
-    return events.Peer(calling_ae.strip(), address)
-
-
-def query_keys(identifier: Dataset | None) -> dict[str, str]:
-    """The identifier's keys that carry a value (keyword → text); sequences are left out."""
-    keys: dict[str, str] = {}
-    if identifier is None:
-        return keys
-    for elem in identifier:
-        if elem.VR == "SQ" or not elem.keyword or elem.value in (None, ""):
-            continue
-        value = elem.value
-        text = (
-            "\\".join(str(v) for v in value)
-            if isinstance(value, (list, tuple)) or elem.VM > 1
-            else str(value)
-        )
-        keys[elem.keyword] = text[:256]
-    return keys
 
 
 def _identifier(event: evt.Event) -> Dataset | None:
@@ -101,7 +66,7 @@ def observed_find(
             )
             events.publish(
                 events.FindDone(
-                    peer=events.peer_of(event.assoc),
+                    peer=peer_of(event.assoc),
                     model=model,
                     level=level or "?",
                     source="view" if level in VIEW_LEVELS else "pacs",
@@ -125,7 +90,7 @@ def observed_retrieve(
         if not events.BUS.active:
             yield from handler(event, ctx)
             return
-        CURRENT.peer, CURRENT.job = events.peer_of(event.assoc), False
+        CURRENT.peer, CURRENT.job = peer_of(event.assoc), False
         status = None
         try:
             for response in handler(event, ctx):
@@ -150,26 +115,13 @@ def _refused(event: evt.Event, peer: events.Peer, status: int) -> None:
     events.publish(events.RetrieveRefused(kind, peer, destination.strip(), query_keys(identifier), status))
 
 
-def job_started(job_id: int, req: Any) -> None:
-    """Publish :class:`~dicomproxy.events.JobStarted` for a relay job (``req``: a RetrieveRequest)."""
-    CURRENT.job = True
-    if events.BUS.active:
-        destination = req.move_destination.strip() if req.kind in ("move", "push") else req.calling_ae.strip()
-        peer = request_peer(req.calling_ae, req.calling_host)
-        events.publish(events.JobStarted(job_id, req.kind, peer, destination, query_keys(req.identifier)))
-
-
-def job_finished(job_id: int, kind: str, outcome: str, status: int, state: Any, bytes_out: int) -> None:
-    """Publish :class:`~dicomproxy.events.JobFinished` (``state``: the relay's JobState, or None when
-    the job was refused before any work)."""
-    if events.BUS.active:
-        done = events.JobFinished(job_id, kind, str(outcome), int(status), 0, 0, 0, bytes_out, 0.0)
-        if state is not None:
-            done = dataclasses.replace(
-                done,
-                completed=state.completed,
-                failed=state.failed,
-                warning=state.warning,
-                seconds=time.monotonic() - state.marks["start"],
-            )
-        events.publish(done)
+__all__ = [
+    "CURRENT",
+    "VIEW_LEVELS",
+    "job_finished",
+    "job_started",
+    "observed_find",
+    "observed_retrieve",
+    "query_keys",
+    "request_peer",
+]

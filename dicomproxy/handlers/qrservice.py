@@ -24,23 +24,21 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.status import Status, carries_error_comment
 from dicomproxy.transport.pynetdicom_compat import accepted_context
 
@@ -49,25 +47,6 @@ LOG = logging.getLogger("dicomproxy.qrservice")
 
 _MOVE_UIDS = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
 _GET_UIDS = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
-
-
-@dataclass
-class RetrieveResponse:
-    """One C-MOVE/C-GET response: status and sub-operation counts (PS3.4 C.4.2.1.4)."""
-
-    status: int
-    remaining: int | None = None
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    #: Failed SOP Instance UID List (0008,0058); sent with Warning/Failure/Cancel.
-    failed_uids: list[str] = field(default_factory=list)
-    #: Error Comment (0000,0902), sent with Failure statuses only; no patient data.
-    comment: str = ""
-
-    @property
-    def is_pending(self) -> bool:
-        return self.status == Status.PENDING
 
 
 def _fill(rsp: Any, res: RetrieveResponse, transfer_syntax: Any) -> None:
@@ -156,33 +135,6 @@ class RelayAssociation(Association):
             self.dimse.cancel_req = {}
 
 
-class _CallerOnlyDIMSE(DIMSEServiceProvider):
-    """DIMSE provider of a requestor association whose reactor never takes a message.
-
-    pynetdicom 3.0.4 race: ``send_c_store`` (likewise ``send_c_find/c_get/c_move``) pauses the
-    association's reactor through ``_reactor_checkpoint`` and waits until ``_is_paused`` is
-    true; but the reactor sets ``_is_paused = True`` *before* ``checkpoint.wait()`` and False
-    after it, so the caller can see a stale True and send while the reactor runs on. The
-    reactor's ``dimse.get_msg(block=False)`` then takes the response (dropped as "Received
-    unexpected C-STORE service message") or the abort sentinel, and the caller waits out its
-    DIMSE timeout. Seen once in ~2,000 onward C-STOREs (1 GB benchmark) and in the
-    destination-abort test. On associations where we only call ``send_*`` (and C-GET's
-    C-STOREs are served inside ``send_c_get``), the reactor has nothing to take: it gets nothing.
-    """
-
-    def get_msg(self, block: bool = False) -> Any:
-        if threading.current_thread() is self.assoc:  # the association's own reactor thread
-            return None, None
-        return super().get_msg(block)
-
-
-def guard_requestor(assoc: Association) -> Association:
-    """Apply :class:`_CallerOnlyDIMSE` to a just-established requestor association."""
-    if type(assoc.dimse) is DIMSEServiceProvider:
-        assoc.dimse.__class__ = _CallerOnlyDIMSE  # one method, no state
-    return assoc
-
-
 class _RelayRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -259,4 +211,4 @@ class RelayAE(AE):
         return super().make_server(*args, **kwargs)
 
 
-__all__ = ["RelayAE", "RetrieveResponse", "guard_requestor"]
+__all__ = ["RelayAE", "RetrieveResponse"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pynetdicom import evt
 
 from dicomproxy.context import AppContext
@@ -9,13 +11,19 @@ from dicomproxy.errors import DicomServiceError, UnableToProcess
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.relay.request import RetrieveRequest, retrieve_request
 
+if TYPE_CHECKING:
+    from dicomproxy.relay.plan import RelayService
 
-def prepare(event: evt.Event, ctx: AppContext, kind: str) -> RetrieveRequest | RetrieveResponse:
-    """The normalised request, or the final failure response to send instead (PS3.4 C.4.2.1.5)."""
+
+def prepare(
+    event: evt.Event, ctx: AppContext, kind: str
+) -> tuple[RelayService, RetrieveRequest] | RetrieveResponse:
+    """The relay and the normalised request, or the final failure response to send instead
+    (PS3.4 C.4.2.1.5)."""
     try:
         if ctx.relay is None:
             raise UnableToProcess("relay not configured")
-        return retrieve_request(event, kind, ctx.config)
+        return ctx.relay, retrieve_request(event, kind, ctx.config)
     except DicomServiceError as exc:
         return RetrieveResponse(exc.status, comment=exc.comment)
 

@@ -9,7 +9,7 @@ pynetdicom #536) with TCP_NODELAY.
   the SOP Instance / SOP Class UIDs, so the relay knows the count and the SOP classes before
   the first instance (needed for C-MOVE Remaining counts and the onward contexts).
 - :meth:`PacsClient.retrieve`: ``c-move`` asks the PACS to send to our own AE title; the
-  C-STOREs arrive on our listening port and :mod:`dicomproxy.relay.store` matches them by the
+  C-STOREs arrive on our listening port and :mod:`dicomproxy.pacs.store` matches them by the
   Move Originator Message ID, which is unique per process. ``c-get`` receives the
   C-STOREs on the same association (storage contexts with SCP role selection, PS3.4 C.4.3).
 """
@@ -51,11 +51,10 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PacsConfig
 from dicomproxy.errors import PacsUnavailable
-from dicomproxy.relay.forward import storage_classes_for
-from dicomproxy.relay.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, deliver
+from dicomproxy.pacs.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, deliver
 from dicomproxy.status import Status
 from dicomproxy.transport.link import IncomingStore, Link, NoAssociation, Timeouts, open_link
-from dicomproxy.transport.net import Remote
+from dicomproxy.transport.net import Remote, storage_classes_for
 from dicomproxy.transport.raw.dimse import message_ids
 
 LOG = logging.getLogger("dicomproxy.pacs")

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.relay.destinations import Destination, Opener
 from dicomproxy.relay.journal import Journal
@@ -31,6 +30,7 @@ from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.pump import Pump
 from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.reports import ReportFetch
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
 from dicomproxy.status import JobOutcome, Status

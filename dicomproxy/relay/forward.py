@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import StoragePresentationContexts, build_context
+from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
@@ -35,7 +35,7 @@ from dicomproxy.status import Status, is_out_of_resources
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
 from dicomproxy.transcode.syntaxes import UNCOMPRESSED_FALLBACK
 from dicomproxy.transport.link import Link, NoAssociation, Timeouts, open_link
-from dicomproxy.transport.net import Remote
+from dicomproxy.transport.net import MAX_CONTEXTS, Remote, storage_classes_for
 from dicomproxy.transport.pynetdicom_link import PynetdicomLink
 from dicomproxy.transport.raw.dimse import message_ids
 
@@ -45,9 +45,6 @@ UNCOMPRESSED = UNCOMPRESSED_FALLBACK[:2]  # Explicit VR LE, Implicit VR LE: neve
 
 #: Longest wait between two attempts of one onward C-STORE (seconds).
 MAX_RETRY_DELAY = 60.0
-
-#: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
-MAX_CONTEXTS = 128
 
 
 @dataclass(frozen=True)
@@ -68,13 +65,6 @@ class SendResult:
         (PS3.4 B.2.3). 0xA9xx (data set does not match SOP class), 0xCxxx (cannot understand) and
         0x0122 (SOP class not supported) would fail again."""
         return self.status is None or is_out_of_resources(self.status)
-
-
-def storage_classes_for(known: list[str]) -> list[str]:
-    """When the PACS did not name every SOP class (dcmqrscp returns no SOP Class UID at IMAGE
-    level): the known ones, then pynetdicom's 120 common storage classes, 128 at most."""
-    common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-    return list(dict.fromkeys([*known, *common]))[:MAX_CONTEXTS]
 
 
 #: Storage classes departments usually hold compressed already (US and endoscopy cine, slides):

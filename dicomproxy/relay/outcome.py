@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from dicomproxy.errors import DicomServiceError
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import InstanceRef
 from dicomproxy.relay.journal import InstanceRecord
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.upstream import Finder
 from dicomproxy.status import JobOutcome, Status
 

@@ -38,9 +38,9 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
-from dicomproxy.handlers import observe
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import PacsClient, StudySummary
+from dicomproxy.pacs.store import ReceiveRegistry
+from dicomproxy.relay import observe
 from dicomproxy.relay.destinations import Opener, destination_opener, requester
 from dicomproxy.relay.engine import Engine, Moved, PoolKeeper, Transfer
 from dicomproxy.relay.journal import Journal
@@ -48,7 +48,7 @@ from dicomproxy.relay.listing import Lister
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.reports import ReportFetch, plan_reports
 from dicomproxy.relay.request import RetrieveRequest, StudyResolver, parse_keys
-from dicomproxy.relay.store import ReceiveRegistry
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 from dicomproxy.status import JobKind, JobOutcome, Status
 from dicomproxy.view.service import name_style_for

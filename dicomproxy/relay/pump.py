@@ -25,7 +25,6 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 
 from dicomproxy.config import Config
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.relay.destinations import Destination
 from dicomproxy.relay.forward import SendResult
 from dicomproxy.relay.lanes import Lanes
@@ -33,6 +32,7 @@ from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.pumpstep import PumpView, Step, next_step
 from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.reports import ReportFetch
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.sending import InlineLane, InstanceSender, Prepared
 from dicomproxy.relay.spool import End, Spool
 from dicomproxy.relay.upstream import Upstream

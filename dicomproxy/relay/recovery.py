@@ -28,15 +28,15 @@ from pydicom import dcmread
 
 from dicomproxy.config import Config, PacsConfig, PeerConfig
 from dicomproxy.errors import DicomServiceError
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer
 from dicomproxy.relay.journal import JobKey, Journal
 from dicomproxy.relay.listing import by_series
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.spool import Spool, SpooledInstance
-from dicomproxy.relay.store import ReceiveRegistry
 from dicomproxy.status import JobKind, JobOutcome
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from dicomproxy import events
 from dicomproxy.config import ProxyConfig
 from dicomproxy.errors import CannotTranscode
-from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.relay.destinations import Destination
 from dicomproxy.relay.forward import MAX_RETRY_DELAY, SendResult
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.status import Status
 from dicomproxy.transcode import TranscodePool, TranscodeResult

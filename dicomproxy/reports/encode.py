@@ -33,8 +33,8 @@ from pydicom.uid import (
 
 from dicomproxy import __version__
 from dicomproxy.config import NameStyle
+from dicomproxy.mapping import study_attributes
 from dicomproxy.reports.fetch import ReportUnavailable
-from dicomproxy.view.mapping import study_attributes
 
 #: The study's visible view rows (patient and study attributes, merged as C-FIND merges them).
 Rows = Sequence[Mapping[str, Any]]

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicomproxy.config import NameStyle, ReportsConfig
+from dicomproxy.mapping import file_locations
 from dicomproxy.reports.encode import (
     ENCAPSULATED_PDF,
     SECONDARY_CAPTURE,
@@ -27,7 +28,6 @@ from dicomproxy.reports.encode import (
     series_uid,
 )
 from dicomproxy.reports.fetch import fetch
-from dicomproxy.view.mapping import file_locations
 
 #: SOP classes a file may become (the presentation contexts an onward association proposes).
 SOP_CLASSES = (str(ENCAPSULATED_PDF), str(SECONDARY_CAPTURE))

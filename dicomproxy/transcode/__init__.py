@@ -9,6 +9,7 @@ from dicomproxy.transcode.codec import TranscodeResult, transcode_file
 from dicomproxy.transcode.info import InstanceInfo, read_info
 from dicomproxy.transcode.policy import (
     Policy,
+    check_policies,
     choose_target,
     codec_applies,
     lossy_allowed,
@@ -33,6 +34,7 @@ __all__ = [
     "Policy",
     "TranscodePool",
     "TranscodeResult",
+    "check_policies",
     "choose_target",
     "codec_applies",
     "is_image_sop_class",

@@ -19,8 +19,6 @@ from dicomproxy.transcode.info import InstanceInfo
 from dicomproxy.transcode.syntaxes import (
     DEFAULT_LOSSLESS,
     DEFAULT_LOSSY,
-    LOSSLESS_TARGETS,
-    LOSSY_TARGETS,
     UNCOMPRESSED_FALLBACK,
     can_decode,
     can_encode,
@@ -76,17 +74,14 @@ class Policy:
         )
 
 
-def _targets(
-    config: Config, key: str, given: tuple[str, ...], allowed: tuple[str, ...], default: tuple[str, ...]
-) -> tuple[str, ...]:
-    """The configured order (validated) or the default order restricted to installed encoders."""
+def _targets(config: Config, key: str, given: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The configured order or the default order restricted to installed encoders.
+
+    Which syntaxes a list may name at all is checked when the file is read (``config.compression``).
+    """
     if not given:
         return tuple(s for s in default if can_encode(s))
     for syntax in given:
-        if syntax not in allowed:
-            raise ConfigError(
-                config.path, f"compression.{key}", f"{syntax} is not one of {', '.join(allowed)}"
-            )
         if not can_encode(syntax):
             raise ConfigError(config.path, f"compression.{key}", f"no encoder for {syntax} is installed")
     return tuple(dict.fromkeys(given))
@@ -96,8 +91,8 @@ def policy_for(config: Config, peer: PeerConfig | None) -> Policy:
     """The policy for ``peer`` (or the global one for ``None``); raises ConfigError on unusable syntaxes."""
     c = config.compression
     mode = peer.compression if peer is not None and peer.compression is not None else c.mode
-    lossless = _targets(config, "lossless_syntaxes", c.lossless_syntaxes, LOSSLESS_TARGETS, DEFAULT_LOSSLESS)
-    lossy = _targets(config, "lossy_syntaxes", c.lossy_syntaxes, LOSSY_TARGETS, DEFAULT_LOSSY)
+    lossless = _targets(config, "lossless_syntaxes", c.lossless_syntaxes, DEFAULT_LOSSLESS)
+    lossy = _targets(config, "lossy_syntaxes", c.lossy_syntaxes, DEFAULT_LOSSY)
     return Policy(
         mode=mode,
         lossless_syntaxes=lossless,
@@ -111,6 +106,14 @@ def policy_for(config: Config, peer: PeerConfig | None) -> Policy:
         jpeg_quality=c.jpeg_quality,
         workers=c.workers,
     )
+
+
+def check_policies(config: Config) -> None:
+    """Build the file's policy: a configured syntax without an installed encoder fails here, naming
+    its key, when the file is loaded — not in every job (0xC000). One build covers every peer: a peer
+    changes only the mode, the syntax lists are ``[compression]``'s.
+    """
+    policy_for(config, None)
 
 
 def _mode_targets(policy: Policy, sop_class_uid: str) -> list[str]:

@@ -37,10 +37,6 @@ class TranscodePool:
         ctx = multiprocessing.get_context("forkserver")
         self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_warm_up)
 
-    @classmethod
-    def for_policy(cls, policy: Policy) -> TranscodePool:
-        return cls(policy.workers)
-
     def submit(self, src: Path, dst: Path, target: str, policy: Policy) -> Future[TranscodeResult]:
         return self._executor.submit(transcode_file, Path(src), Path(dst), str(target), policy)
 

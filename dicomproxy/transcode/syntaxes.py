@@ -22,6 +22,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
+# The targets we can encode per mode (PS3.5 A.4) are what ``[compression]`` lists may name: defined there.
+from dicomproxy.config.compression import LOSSLESS_TARGETS as LOSSLESS_TARGETS
+from dicomproxy.config.compression import LOSSY_TARGETS as LOSSY_TARGETS
 from dicomproxy.transport.pynetdicom_compat import storage_classes
 
 #: Native (unencapsulated) syntaxes, PS3.5 A.1-A.3 and A.5 (deflate). Pixel Data bytes are the raw pixels.
@@ -66,10 +69,6 @@ LOSSY_SYNTAXES: frozenset[str] = frozenset(
     }
 )
 
-#: Targets we can encode in lossless mode (PS3.5 A.4.1 JPEG-LS, A.4.4 JPEG 2000, A.4.11 HTJ2K, A.4.2 RLE).
-LOSSLESS_TARGETS: tuple[str, ...] = (HTJ2KLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless)
-#: Targets we can encode in lossy mode (PS3.5 A.4.4 JPEG 2000, A.4.3 JPEG-LS near-lossless, A.4.1 JPEG).
-LOSSY_TARGETS: tuple[str, ...] = (JPEG2000, JPEGLSNearLossless, JPEGBaseline8Bit)
 
 #: Default preferences, from the measurements in docs/compression.md: the fastest codec with a good ratio
 #: first, the widely accepted JPEG 2000 after it; negotiation falls back along the list.

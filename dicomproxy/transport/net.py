@@ -10,18 +10,57 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.status import Status
 from dicomproxy.transport.pynetdicom_compat import raw_socket
 
 LOG = logging.getLogger("dicomproxy.net")
+
+#: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in an A-ASSOCIATE-RQ.
+MAX_CONTEXTS = 128
+
+
+def storage_classes_for(known: list[str]) -> list[str]:
+    """When the PACS did not name every SOP class (dcmqrscp returns no SOP Class UID at IMAGE
+    level): the known ones, then pynetdicom's 120 common storage classes, 128 at most."""
+    common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    return list(dict.fromkeys([*known, *common]))[:MAX_CONTEXTS]
+
+
+class _CallerOnlyDIMSE(DIMSEServiceProvider):
+    """DIMSE provider of a requestor association whose reactor never takes a message.
+
+    pynetdicom 3.0.4 race: ``send_c_store`` (likewise ``send_c_find/c_get/c_move``) pauses the
+    association's reactor through ``_reactor_checkpoint`` and waits until ``_is_paused`` is
+    true; but the reactor sets ``_is_paused = True`` *before* ``checkpoint.wait()`` and False
+    after it, so the caller can see a stale True and send while the reactor runs on. The
+    reactor's ``dimse.get_msg(block=False)`` then takes the response (dropped as "Received
+    unexpected C-STORE service message") or the abort sentinel, and the caller waits out its
+    DIMSE timeout. Seen once in ~2,000 onward C-STOREs (1 GB benchmark) and in the
+    destination-abort test. On associations where we only call ``send_*`` (and C-GET's
+    C-STOREs are served inside ``send_c_get``), the reactor has nothing to take: it gets nothing.
+    """
+
+    def get_msg(self, block: bool = False) -> Any:
+        if threading.current_thread() is self.assoc:  # the association's own reactor thread
+            return None, None
+        return super().get_msg(block)
+
+
+def guard_requestor(assoc: Association) -> Association:
+    """Apply :class:`_CallerOnlyDIMSE` to a just-established requestor association."""
+    if type(assoc.dimse) is DIMSEServiceProvider:
+        assoc.dimse.__class__ = _CallerOnlyDIMSE  # one method, no state
+    return assoc
 
 
 def _on_conn_open(event: evt.Event) -> None:
@@ -103,12 +142,10 @@ def open_association(
     """The one place that opens a pynetdicom association as requestor (PS3.8 7.1).
 
     TCP_NODELAY on its socket, our timeouts, TLS when ``tls_args`` are given, and the
-    requestor guard (:func:`dicomproxy.handlers.qrservice.guard_requestor`). Returns an established
+    requestor guard (:func:`guard_requestor`). Returns an established
     association (``assoc.ae.shutdown()`` after its release) or raises :class:`NoAssociation`.
     The raw-socket data path opens its associations with ``fastpath.RawAssociation.open``.
     """
-    from dicomproxy.handlers.qrservice import guard_requestor  # qrservice builds on pynetdicom's classes
-
     ae = make_scu(
         calling_ae,
         acse_timeout=acse_timeout,

@@ -5,8 +5,9 @@ that fails loudly when a pynetdicom upgrade changes it (checked against pynetdic
 Public pynetdicom API (``AE``, ``Association.send_c_*``, ``evt``, ``build_context``, PDU and
 primitive classes) is used where it is needed; what is here is what pynetdicom does not promise.
 The C-MOVE/C-GET acceptor adapters that subclass pynetdicom's association machinery
-(``RelayAssociation``, ``_CallerOnlyDIMSE``, the request handler and server) live in
-:mod:`dicomproxy.handlers.qrservice` and go through the helpers below for the private attributes they read.
+(``RelayAssociation``, the request handler and server) live in :mod:`dicomproxy.handlers.qrservice`,
+the requestor guard (``_CallerOnlyDIMSE``) in :mod:`dicomproxy.transport.net`; they go through the
+helpers below for the private attributes they read.
 """
 
 from __future__ import annotations

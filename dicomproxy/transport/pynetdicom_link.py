@@ -13,10 +13,10 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
-from dicomproxy.transport.link import IncomingStore, StoreHandler
 from dicomproxy.transport.pynetdicom_compat import bound_send_queue as compat_bound_send_queue
 from dicomproxy.transport.pynetdicom_compat import peer_max_length, stream_datasets_to_files
 from dicomproxy.transport.raw import sender
+from dicomproxy.transport.seam import IncomingStore, StoreHandler
 
 #: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
 #: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).

@@ -17,12 +17,11 @@ from sqlalchemy import String, cast, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicomproxy.checks import missing_view_columns
 from dicomproxy.config import Config
 from dicomproxy.errors import ViewUnavailable
+from dicomproxy.mapping import birth_date
 from dicomproxy.pacs.routing import Unroutable, route
-from dicomproxy.view.mapping import birth_date
-from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table
+from dicomproxy.view.model import COLUMN_NAMES, REQUIRED_COLUMNS, exam_view_table, missing_view_columns
 from dicomproxy.view.repository import first_line, make_engine, row_visible
 from dicomproxy.view.stamp import StampKind, kind_of, policy_for
 from dicomproxy.view.uids import invalid_uid_parts, split_uid_cell

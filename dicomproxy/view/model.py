@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, Unicode
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, Unicode, false, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import quoted_name
 from sqlalchemy.types import TypeEngine
 
@@ -146,3 +148,22 @@ def exam_view_table(
         *(Column(_unquoted(col), _bind_type(typ, unicode_params), key=col) for col, typ, _ in COLUMNS),
         schema=_unquoted(schema) if schema else None,
     )
+
+
+def missing_view_columns(engine: Engine, view_name: str) -> list[str]:
+    """Columns of the seed the view lacks (one probe query, then one per column if needed)."""
+    table = exam_view_table(view_name)
+    with engine.connect() as conn:
+        try:
+            conn.execute(select(*table.c).where(false())).fetchall()
+            return []
+        except SQLAlchemyError:
+            conn.rollback()
+        missing = []
+        for name in COLUMN_NAMES:
+            try:
+                conn.execute(select(table.c[name]).where(false())).fetchall()
+            except SQLAlchemyError:
+                conn.rollback()
+                missing.append(name)
+        return missing

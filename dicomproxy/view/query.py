@@ -37,22 +37,13 @@ from pydicom.valuerep import PersonName
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from dicomproxy.errors import InvalidIdentifier
-from dicomproxy.view.mapping import MODALITY_ALIASES, SEX_FROM_DICOM, pinyin_name
+from dicomproxy.mapping import MODALITY_ALIASES, SEX_FROM_DICOM, pinyin_name
 from dicomproxy.view.sql import ESCAPE, bound, dicom_wildcard_to_like, has_wildcard, string_match
 from dicomproxy.view.uids import is_valid_uid
 
 #: (0008,0052) Query/Retrieve Level per information model (PS3.4 C.6.1 / C.6.2).
 LEVELS = {"PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "STUDY": ("STUDY", "SERIES", "IMAGE")}
 
-#: Keys we answer at PATIENT level (PS3.4 C.6.1.1.2, Table C.6-1).
-PATIENT_KEYS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "NumberOfPatientRelatedStudies",
-)
 #: Keys we answer at STUDY level (PS3.4 C.6.1.1.3, Table C.6-2), besides the patient keys.
 STUDY_KEYS = (
     "StudyInstanceUID",

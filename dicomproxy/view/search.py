@@ -16,7 +16,7 @@ from itertools import groupby
 from typing import Any
 
 from dicomproxy.config import NameStyle
-from dicomproxy.view.mapping import FILES_KEY, file_locations, patient_attributes, study_attributes
+from dicomproxy.mapping import FILES_KEY, file_locations, patient_attributes, study_attributes
 from dicomproxy.view.query import FindQuery, build_select, residual_match, split_pn_query
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.sql import batches

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
+from dicomproxy.mapping import FILES_KEY
 from dicomproxy.pacs.find import Counts, CountsSession, PacsFinder
 from dicomproxy.pacs.routing import StudyRef, Unroutable, route
 from dicomproxy.reports.fetch import ReportUnavailable
@@ -29,7 +30,6 @@ from dicomproxy.reports.study import (
     study_files,
 )
 from dicomproxy.reports.study import answer as report_answer
-from dicomproxy.view.mapping import FILES_KEY
 from dicomproxy.view.query import PACS_KEYS, FindQuery
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.search import search

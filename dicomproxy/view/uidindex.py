@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from dicomproxy.view.mapping import pinyin_name
+from dicomproxy.mapping import pinyin_name
 from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like
 from dicomproxy.view.stamp import Mark, StampKind, StampPolicy, later, policy_for
 from dicomproxy.view.uids import split_uid_cell

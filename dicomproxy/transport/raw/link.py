@@ -11,10 +11,10 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext
 
-from dicomproxy.transport.link import IncomingStore, StoreHandler, Timeouts
 from dicomproxy.transport.net import NoAssociation, Remote
 from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
+from dicomproxy.transport.seam import IncomingStore, StoreHandler, Timeouts
 
 
 class RawLink:

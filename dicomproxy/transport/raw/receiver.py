@@ -10,7 +10,7 @@ configured archive: it negotiates with pynetdicom's
 own PDU classes and :func:`~pynetdicom.presentation.negotiate_as_acceptor`, applies the same
 access rules (:func:`dicomproxy.access.decide`), then streams each data set straight into a file
 (file meta + received bytes, never decoded) and answers each C-STORE with the status of the
-callback — the same :func:`dicomproxy.relay.store.deliver` the pynetdicom handler uses.
+callback — the same :func:`dicomproxy.pacs.store.deliver` the pynetdicom handler uses.
 
 Anything else on such an association (other than C-ECHO) is answered by an A-ABORT. Every
 other association — the cloud's, TLS, an archive that also is a configured peer — stays

@@ -9,21 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from dicomproxy.cli.common import JournalContext, config_option
 from dicomproxy.config import Config
 from dicomproxy.push.queue import DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
 
-if TYPE_CHECKING:
-    from dicomproxy.cli import JournalContext
-
 
 class _PushContext:
-    """The ``push`` group's config, journal (:class:`~dicomproxy.cli.JournalContext`) and queue."""
+    """The ``push`` group's config, journal (:class:`~dicomproxy.cli.common.JournalContext`) and queue."""
 
     def __init__(self, base: JournalContext) -> None:
         self._base = base
@@ -48,16 +44,16 @@ class _PushContext:
         return ae
 
 
-@click.group("push")  # `-c` is added where it is registered (dicomproxy.cli)
+@click.group("push")
+@config_option
 @click.pass_context
-def push_group(ctx: click.Context, config_path: Path) -> None:
+def push_group(ctx: click.Context) -> None:
     """Push mode's queue: status, pause/resume, retry, requeue (docs/push.md)."""
-    from dicomproxy.cli import JournalContext  # dicomproxy.cli registers this group: import at call time
-
-    ctx.obj = _PushContext(JournalContext(config_path))
+    ctx.obj = _PushContext(JournalContext())
 
 
 @push_group.command("status")
+@config_option
 @click.option("-n", "--limit", type=int, default=10, show_default=True, help="Recent items listed.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
 @click.pass_obj
@@ -138,6 +134,7 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 
 @push_group.command("pause")
+@config_option
 @click.argument("destination", required=False)
 @click.pass_obj
 def push_pause(obj: _PushContext, destination: str | None) -> None:
@@ -148,6 +145,7 @@ def push_pause(obj: _PushContext, destination: str | None) -> None:
 
 
 @push_group.command("resume")
+@config_option
 @click.argument("destination", required=False)
 @click.pass_obj
 def push_resume(obj: _PushContext, destination: str | None) -> None:
@@ -160,6 +158,7 @@ def push_resume(obj: _PushContext, destination: str | None) -> None:
 
 
 @push_group.command("retry")
+@config_option
 @click.argument("item_id", type=int)
 @click.pass_obj
 def push_retry(obj: _PushContext, item_id: int) -> None:
@@ -188,6 +187,7 @@ def _since(text: str) -> dt.datetime:
 
 
 @push_group.command("requeue")
+@config_option
 @click.option("--since", "since", required=True, help="Local date or date-time: items queued since then.")
 @click.option("--dest", "destination", default=None, help="Only this destination.")
 @click.pass_obj

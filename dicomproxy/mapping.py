@@ -3,6 +3,9 @@
 Pure functions; values are Python strings (or lists for multi-valued attributes) ready
 to put into a pydicom Dataset. Unparsable source values become empty (zero-length)
 attributes, never an error: a bad row must not break a whole C-FIND.
+
+Below both users: the exam view's C-FIND answers (:mod:`dicomproxy.view`) and the order/report
+objects, which carry their study's patient and study attributes (:mod:`dicomproxy.reports`).
 """
 
 from __future__ import annotations

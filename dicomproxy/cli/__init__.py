@@ -1,0 +1,47 @@
+"""Command line: ``dicomproxy serve | echo | find | move | get | check-config | jobs | audit | push``.
+
+The only place that exits the process. Errors from below arrive as exceptions and are
+printed as one line; exit code 2 for configuration errors, 1 for failed checks. One module per
+command group; ``common`` holds the ``-c/--config`` option every command shares.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dicomproxy import __version__
+from dicomproxy.cli.audit import audit_cmd
+from dicomproxy.cli.checks import check_config, check_view_cmd
+from dicomproxy.cli.dicom import echo, find, get_cmd, move_cmd
+from dicomproxy.cli.jobs import jobs
+from dicomproxy.cli.push import push_group
+from dicomproxy.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dicomproxy")
+def cli() -> None:
+    """dicomproxy: the hospital-side DICOM node between the imaging cloud, the RIS exam view and the PACS."""
+
+
+for _command in (
+    serve,
+    echo,
+    find,
+    move_cmd,
+    get_cmd,
+    check_config,
+    check_view_cmd,
+    jobs,
+    audit_cmd,
+    push_group,
+):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="dicomproxy")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,77 @@
+"""Configuration: one TOML file, validated once into frozen dataclasses.
+
+One module per family of sections — ``network`` ([proxy], [[peers]]), ``sources`` ([hospital],
+[view], [pacs], [[archives]]), ``compression``, ``operations`` ([logging], [journal], [http],
+[audit]), ``delivery`` ([push], [reports]), ``tls`` (their ``tls`` sub-tables) — read with
+``reader.Section``; ``document`` puts them together. Every name is importable from here.
+"""
+
+from dicomproxy.config.compression import (
+    COMPRESSION_MODES,
+    LOSSLESS_TARGETS,
+    LOSSY_TARGETS,
+    CompressionConfig,
+    CompressionMode,
+    UidPolicy,
+)
+from dicomproxy.config.delivery import MAX_RECHECK_AFTER, PUSH_STATES, PushConfig, ReportsConfig
+from dicomproxy.config.document import Config, load_config, parse_config
+from dicomproxy.config.network import MAX_ONWARD, SERVICES, PeerConfig, ProxyConfig
+from dicomproxy.config.operations import (
+    SYSLOG_SCHEMES,
+    AuditConfig,
+    HttpConfig,
+    HttpTlsConfig,
+    JournalConfig,
+    LoggingConfig,
+)
+from dicomproxy.config.reader import is_loopback
+from dicomproxy.config.sources import (
+    CHARSETS,
+    NAME_STYLES,
+    RETRIEVE_METHODS,
+    HospitalConfig,
+    NameStyle,
+    PacsConfig,
+    RetrieveMethod,
+    ViewConfig,
+)
+from dicomproxy.config.tls import TlsConfig
+from dicomproxy.errors import ConfigError
+
+__all__ = [
+    "CHARSETS",
+    "COMPRESSION_MODES",
+    "LOSSLESS_TARGETS",
+    "LOSSY_TARGETS",
+    "MAX_ONWARD",
+    "MAX_RECHECK_AFTER",
+    "NAME_STYLES",
+    "PUSH_STATES",
+    "RETRIEVE_METHODS",
+    "SERVICES",
+    "SYSLOG_SCHEMES",
+    "AuditConfig",
+    "CompressionConfig",
+    "CompressionMode",
+    "Config",
+    "ConfigError",
+    "HospitalConfig",
+    "HttpConfig",
+    "HttpTlsConfig",
+    "JournalConfig",
+    "LoggingConfig",
+    "NameStyle",
+    "PacsConfig",
+    "PeerConfig",
+    "ProxyConfig",
+    "PushConfig",
+    "ReportsConfig",
+    "RetrieveMethod",
+    "TlsConfig",
+    "UidPolicy",
+    "ViewConfig",
+    "is_loopback",
+    "load_config",
+    "parse_config",
+]
