@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dicomproxy.relay.journal import Journal
-from dicomproxy.relay.recovery import final_outcome, final_status
+from dicomproxy.relay.outcome import JobState
 from dicomproxy.status import (
     RETRYABLE_OUTCOMES,
     JobKind,
@@ -32,9 +32,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dicomproxy"
 def test_final_status_from_counts(
     unconfirmed: int, confirmed: int, status: Status, outcome: JobOutcome
 ) -> None:
-    """PS3.4 C.4.2.1.5: Success; Warning when some sub-operations failed; 0xA702 when all did."""
-    assert final_status(unconfirmed, confirmed) is status
-    assert final_outcome(unconfirmed, confirmed) is outcome
+    """PS3.4 C.4.2.1.5: Success; Warning when some sub-operations failed; 0xA702 when all did —
+    decided by the one outcome module for a retried job too (its earlier confirmed instances
+    counted as completed, what is still unconfirmed as failed)."""
+    state = JobState(1, completed=confirmed, failed=unconfirmed)
+    final, decided, _ = state.final(None, "", nothing_sent=False)
+    assert (final.status, decided) == (status, outcome)
 
 
 def test_codes_are_the_standard_ones() -> None:
