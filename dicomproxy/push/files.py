@@ -1,10 +1,11 @@
 """The order/report files of a push item (OrderFilePath/ReportFilePath of its view row).
 
 Fetched and encoded by :mod:`dicomproxy.reports` (Encapsulated PDF / Secondary Capture), written
-to a folder of the job's spool, C-STOREd to the item's destination on an association of their own
-(the forwarder the relay uses, the destination peer's compression), each journalled under the
-item's push job by the relay's :class:`~dicomproxy.relay.recorder.InstanceRecorder`. Objects the
-destination already confirmed are not sent again.
+to a folder of the job's spool, and sent to the item's destination as a transfer of their own on
+the relay's engine (:meth:`~dicomproxy.relay.engine.Engine.run_to_end`: the destination peer's
+compression, nothing fetched), each journalled under the item's push job by the relay's
+:class:`~dicomproxy.relay.recorder.InstanceRecorder`. Objects the destination already confirmed
+are not sent again.
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from pydicom import dcmwrite
 from sqlalchemy import select
 
 from dicomproxy.config import Config
-from dicomproxy.errors import DicomServiceError
-from dicomproxy.pacs.client import RECEIVE_SYNTAXES
+from dicomproxy.pacs.client import InstanceRef
 from dicomproxy.push.queue import Item, PushQueue
-from dicomproxy.relay.forward import contexts_for, open_destination, send_with_retries
+from dicomproxy.relay.destinations import destination_opener
+from dicomproxy.relay.engine import Moved, Transfer
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.outcome import JobState
-from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.reports.encode import ReportObject
 from dicomproxy.reports.fetch import ReportUnavailable
 from dicomproxy.reports.study import study_files
-from dicomproxy.transcode import policy_for
+from dicomproxy.status import JobOutcome
 from dicomproxy.view.service import name_style_for
 
 LOG = logging.getLogger("dicomproxy.push")
@@ -38,8 +38,10 @@ LOG = logging.getLogger("dicomproxy.push")
 class ItemFiles:
     """Sends an item's order/report files after its images."""
 
-    def __init__(self, config: Config, view: Any, journal: Journal, queue: PushQueue) -> None:
+    def __init__(self, config: Config, view: Any, journal: Journal, queue: PushQueue, relay: Any) -> None:
         self.config = config
+        #: The relay (:class:`~dicomproxy.relay.plan.RelayService`): its engine sends the files.
+        self.relay = relay
         #: The exam view (:class:`~dicomproxy.view.service.ExamView`): the item's row.
         self.view = view
         self.journal = journal
@@ -77,53 +79,47 @@ class ItemFiles:
         return None
 
     def _send_objects(self, item: Item, job_id: int, objects: list[ReportObject]) -> bool:
-        """C-STORE ``objects`` to the item's destination (the forwarder the relay uses), each
-        journalled under the push job; True when all were confirmed."""
+        """C-STORE ``objects`` to the item's destination: a transfer on the relay's engine with
+        nothing to fetch (the destination peer's compression, the instance recorder journalling
+        each under the push job); True when all were confirmed. What was not confirmed is
+        deleted: the next attempt makes the objects afresh."""
         peer = self.config.peer(item.destination)
-        if peer is None:
+        if peer is None or self.relay is None:
             return False
         work = self.config.data_path / "spool" / f"job-{job_id:06d}-reports"
         work.mkdir(parents=True, exist_ok=True)
-        files: list[SpooledInstance] = []
+        state = JobState(job_id)
+        held: list[SpooledInstance] = []
         try:
             for obj in objects:
                 path = work / f"{obj.sop_instance_uid}.dcm"
                 dcmwrite(path, obj.dataset, enforce_file_format=True)
-                files.append(
+                ds = obj.dataset
+                held.append(
                     SpooledInstance(
                         path,
                         obj.sop_class_uid,
                         obj.sop_instance_uid,
-                        str(obj.dataset.file_meta.TransferSyntaxUID),
+                        str(ds.file_meta.TransferSyntaxUID),
                         path.stat().st_size,
                     )
                 )
-            policy = policy_for(self.config, peer)
-            classes = sorted({f.sop_class_uid for f in files})
-            contexts = contexts_for(policy, classes, [str(ts) for ts in RECEIVE_SYNTAXES])
-            try:
-                forwarder = open_destination(peer, self.config.proxy, contexts, policy, work, None)
-            except DicomServiceError as exc:
-                LOG.warning("push item %d: files not sent: %s", item.id, exc)
-                return False
-            recorder = InstanceRecorder(self.journal, JobState(job_id))
-            ok = True
-            try:
-                for f in files:
-                    res = send_with_retries(
-                        forwarder,
-                        f,
-                        self.config.proxy.retries,
-                        self.config.proxy.retry_delay,
-                        f"push item {item.id}",
-                    )
-                    ok = recorder.record(f, res, extra=True).state != "failed" and ok
-            finally:
-                forwarder.close()
-            return ok
+                state.expected[obj.sop_instance_uid] = InstanceRef(
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    obj.sop_instance_uid,
+                    obj.sop_class_uid,
+                )
+            opener = destination_opener(self.config, peer, None)
+            classes = sorted({f.sop_class_uid for f in held})
+            transfer = Transfer(state, [], classes, opener, held=held, discard_unconfirmed=True)
+            _, outcome, error = self.relay.engine.run_to_end(transfer, Moved())
+            if outcome != JobOutcome.SUCCESS:
+                LOG.warning("push item %d: files not all confirmed: %s", item.id, error or outcome)
+            return not state.failed
         finally:
-            for f in files:
-                f.path.unlink(missing_ok=True)
+            for f in held:
+                f.path.unlink(missing_ok=True)  # a file the transfer never took (it stopped first)
             _rmdir(work)
 
 

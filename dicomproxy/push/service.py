@@ -6,7 +6,7 @@ Threads (daemons, stopped by :meth:`PushService.stop`):
 - ``push-worker-N`` (``max_concurrent``): claim a due item, deliver it, record the result. A
   delivery is the relay's own job (:meth:`RelayService.push`: PACS → spool → pump → onward
   C-STORE with the destination peer's compression, journalled as a ``push`` job), then the
-  order/report files (:mod:`dicomproxy.push.files`) on an association of their own;
+  order/report files (:mod:`dicomproxy.push.files`): a transfer of their own on the relay's engine;
 - ``push-lease``: renews this node's leases every ``lease / 3`` seconds.
 
 What the item becomes after its job is decided in :mod:`dicomproxy.push.decide` (pure); a due
@@ -81,7 +81,7 @@ class PushService:
         self.limiters = {ae: RateLimiter(mbps) for ae, mbps in self.push.max_mbps}
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
-        self.files = ItemFiles(config, view, journal, self.queue)
+        self.files = ItemFiles(config, view, journal, self.queue, relay)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -20,9 +20,11 @@ import threading
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.errors import DicomServiceError
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.relay.destinations import Destination, Opener
 from dicomproxy.relay.journal import Journal
@@ -88,6 +90,9 @@ class Transfer:
     reports: ReportFetch | None = None
     #: Instances already in a spool (a retry after a crash): sent first, never fetched again.
     held: list[SpooledInstance] = field(default_factory=list)
+    #: Delete what the destination did not confirm when the transfer ends (files made afresh for
+    #: every attempt, a push item's order/report objects), instead of keeping it for a retry.
+    discard_unconfirmed: bool = False
 
 
 @dataclass
@@ -161,9 +166,26 @@ class Engine:
             if forwarder is not None:
                 forwarder.close()
                 moved.bytes_out += forwarder.bytes_out
+            if t.discard_unconfirmed:
+                for left in spool.dir.glob("*.dcm"):
+                    left.unlink(missing_ok=True)
             spool.close()
             moved.bytes_in += spool.bytes_in - held_bytes
             moved.fetched += spool.received - len(t.held)
+
+    def run_to_end(self, t: Transfer, moved: Moved) -> tuple[RetrieveResponse, JobOutcome, str]:
+        """A transfer whose Pending responses nobody reads (a retry, a push item's files), driven
+        to its end. A destination that cannot be opened ends it as
+        :meth:`~dicomproxy.relay.outcome.JobState.stopped_by` decides."""
+        steps = self.transfer(t, lambda: False, lambda: True, moved)
+        try:
+            while True:
+                next(steps)
+        except StopIteration as done:
+            return cast(tuple[RetrieveResponse, JobOutcome, str], done.value)
+        except DicomServiceError as exc:
+            LOG.warning("job %d: %s", t.state.job_id, exc)
+            return t.state.stopped_by(exc)
 
     def _end_upstream(self, upstream: Upstream, finished: bool) -> None:
         if finished and not upstream.stop_requested.is_set():

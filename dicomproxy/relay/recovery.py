@@ -22,12 +22,11 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydicom import dcmread
 
 from dicomproxy.config import Config, PacsConfig, PeerConfig
-from dicomproxy.errors import DicomServiceError
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay.destinations import destination_opener
@@ -328,18 +327,8 @@ def _run(
     classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
     classes = sorted({*classes, *(i.sop_class_uid for i in held)})
     lanes = engine.config.onward_associations(peer)
-    transfer = Transfer(
-        state, fetch, classes, destination_opener(engine.config, peer, None), lanes=lanes, held=held
-    )
-    steps = engine.transfer(transfer, lambda: False, lambda: True, moved)
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return cast(tuple[RetrieveResponse, JobOutcome, str], done.value)
-    except DicomServiceError as exc:
-        LOG.warning("job %d: retry: %s", state.job_id, exc)
-        return state.stopped_by(exc)
+    opener = destination_opener(engine.config, peer, None)
+    return engine.run_to_end(Transfer(state, fetch, classes, opener, lanes=lanes, held=held), moved)
 
 
 def with_suppressed_rmdir(folder: Path) -> None:
