@@ -202,7 +202,8 @@ class Server:
             # ProcessStarted's audit of the jobs the last process died in reads them as `interrupted`:
             # it runs before the automatic resume picks them up (and changes that)
             events.flush()
-            self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives)
+            engine = self.ctx.relay.engine if self.ctx.relay is not None else None
+            self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives, engine=engine)
             self.retry_worker.start()
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()

@@ -4,7 +4,7 @@ A C-MOVE job's missing instances are re-fetched from the PACS by an IMAGE-level 
 (or a C-GET), so the retry must run where our listening port is: in ``serve``. The journal is
 the queue: ``jobs retry`` (or the resume at start) sets a job's outcome to ``retry-requested``;
 this worker claims it (``retrying``, an UPDATE only one process can win) and runs
-:func:`dicomproxy.relay.recovery.retry_job` with the server's own archive clients, whose C-STOREs
+:func:`dicomproxy.relay.recovery.retry_job` with the server's own archive clients and engine, whose C-STOREs
 arrive through the server's store acceptor. One log line per job.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.pacs.client import PacsClient
+from dicomproxy.relay.engine import Engine
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import retry_job
 from dicomproxy.status import JobOutcome
@@ -32,11 +33,18 @@ class RetryWorker:
     """One thread per serving process; runs requested retries one after the other."""
 
     def __init__(
-        self, config: Config, journal: Journal, clients: Mapping[str, PacsClient], poll: float = POLL_INTERVAL
+        self,
+        config: Config,
+        journal: Journal,
+        clients: Mapping[str, PacsClient],
+        poll: float = POLL_INTERVAL,
+        engine: Engine | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.clients = clients
+        #: The serving process's delivery engine (its transcoding pool); None: one per retry.
+        self.engine = engine
         self.poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,7 +101,7 @@ class RetryWorker:
     def _retry(self, job_id: int) -> None:
         events.publish(events.RetryRequested(job_id, by="serve"))
         try:
-            result = retry_job(self.config, self.journal, job_id, self.clients)
+            result = retry_job(self.config, self.journal, job_id, self.clients, self.engine)
         except (LookupError, ValueError) as exc:
             LOG.warning("job %d: cannot be retried: %s", job_id, exc)
             self.journal.update(job_id, outcome=JobOutcome.FAILED, error=str(exc)[:2000])
