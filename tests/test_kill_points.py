@@ -18,6 +18,7 @@ is mid-study for long enough to be killed where the test wants. The kill points:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import sys
 import threading
@@ -27,21 +28,22 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine
 
 from dicomproxy.relay.journal import Journal
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit import Process, wait_for_echo, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
-from testkit.samples import Patient, StudySpec, exam_row, write_study
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.orthancrig import proxy_site
+from testkit.samples import Patient, StudySpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.orthanc, pytest.mark.dcmtk]
 
 CLOUD, DEST = "CLOUD", "STORESCP"
 N = 5
+#: One study per rig (the session's Orthanc is shared by every test).
+SEEDS = itertools.count(230)
 
 
 class Rig:
@@ -55,58 +57,12 @@ class Rig:
             images_per_series=N,
             seed=seed,
         )
-        files = write_study(spec, tmp / "study")
-        orthanc.upload(files)
-        self.expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
-        self.study_uid = spec.study_uid
-        self.port = free_port()
-        self.ae_title = f"DP{self.port}"
-        orthanc.add_modality(self.ae_title.lower(), Remote(self.ae_title, "127.0.0.1", self.port))
-        view_url = f"sqlite:///{tmp / 'view.db'}"
-        engine = create_engine(view_url)
-        create_view_table(engine)
-        insert_rows(engine, [exam_row(spec)])
-        engine.dispose()
         self.dest = StoreSCP(tmp / "scp", DEST, extra=["+uf", "--sleep-after", "1"]).start()
-        self.toml = tmp / "proxy.toml"
-        self.toml.write_text(
-            f"""
-[proxy]
-ae_title = "{self.ae_title}"
-host = "127.0.0.1"
-port = {self.port}
-data_dir = "var"
-dimse_timeout = 30
-retries = 1
-retry_delay = 0.1
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "{view_url}"
-
-[pacs]
-ae_title = "{orthanc.remote.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.remote.port}
-retrieve = "{retrieve}"
-dimse_timeout = 30
-
-[[peers]]
-ae_title = "{CLOUD}"
-host = "127.0.0.1"
-port = 1
-
-[[peers]]
-ae_title = "{DEST}"
-host = "127.0.0.1"
-port = {self.dest.port}
-
-[journal]
-resume_window = {resume_window}
-"""
+        site = proxy_site(
+            tmp, orthanc, spec, retrieve, {CLOUD: 1, DEST: self.dest.port}, resume_window=resume_window
         )
+        self.expected, self.study_uid = set(site.expected), spec.study_uid
+        self.toml, self.port, self.ae_title = site.toml, site.port, site.ae_title
         self.procs: list[Process] = []
 
     @property
@@ -202,7 +158,7 @@ def rigs(tmp_path: Path, orthanc: Orthanc) -> Iterator[Callable[..., Rig]]:
             tmp_path / f"rig{len(made)}",
             orthanc,
             retrieve,
-            230 + len(made) * 7 + free_port() % 97,
+            next(SEEDS),
             resume_window,
         )
         made.append(rig)

@@ -18,16 +18,15 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine
 
 from dicomproxy.relay.journal import Journal
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo
+from testkit import Process, wait_for_echo
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
-from testkit.samples import Patient, StudySpec, exam_row, write_study
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.orthancrig import proxy_site
+from testkit.samples import Patient, StudySpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.orthanc, pytest.mark.dcmtk]
 
@@ -69,60 +68,12 @@ def test_retry_of_a_study_three_times_the_disk(
         images_per_series=PER_SERIES,
         seed=seed,
     )
-    files = write_study(spec, tmp_path / "study")
-    size = sum(p.stat().st_size for p in files)
-    assert size > 3 * DISK_MB * 2**20, size  # the point of the test
-    orthanc.upload(files)
-    expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
-    series = [spec.series_uid(s) for s in range(SERIES)] if level == "SERIES" else []
-    port = free_port()
-    ae_title = f"DP{port}"
-    orthanc.add_modality(ae_title.lower(), Remote(ae_title, "127.0.0.1", port))
-    view_url = f"sqlite:///{tmp_path / 'view.db'}"
-    engine = create_engine(view_url)
-    create_view_table(engine)
-    insert_rows(engine, [exam_row(spec)])
-    engine.dispose()
     dest = StoreSCP(tmp_path / "scp", DEST)  # not started yet: the destination is down
-    toml = tmp_path / "proxy.toml"
-    toml.write_text(
-        f"""
-[proxy]
-ae_title = "{ae_title}"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{small_disk}"
-dimse_timeout = 30
-retries = 1
-retry_delay = 0.1
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "{view_url}"
-
-[pacs]
-ae_title = "{orthanc.remote.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.remote.port}
-retrieve = "{retrieve}"
-dimse_timeout = 30
-
-[[peers]]
-ae_title = "{CLOUD}"
-host = "127.0.0.1"
-port = 1
-
-[[peers]]
-ae_title = "{DEST}"
-host = "127.0.0.1"
-port = {dest.port}
-
-[journal]
-resume_window = 0
-"""
-    )
+    site = proxy_site(tmp_path, orthanc, spec, retrieve, {CLOUD: 1, DEST: dest.port}, data_dir=small_disk)
+    size = sum(p.stat().st_size for p in site.files)
+    assert size > 3 * DISK_MB * 2**20, size  # the point of the test
+    expected, toml, ae_title, port = set(site.expected), site.toml, site.ae_title, site.port
+    series = [spec.series_uid(s) for s in range(SERIES)] if level == "SERIES" else []
     serve = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / "serve.log")
     try:
         wait_for_echo(Remote(ae_title, "127.0.0.1", port), 30, calling=CLOUD, proc=serve.proc)
