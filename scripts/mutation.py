@@ -94,7 +94,10 @@ TARGETS: dict[str, Target] = {
     "relay": Target(
         "dicomproxy/relay/engine.py",
         ("Engine.merge_found", "Engine.close"),
-        ("tests/test_relay_faults.py",),
+        (
+            "tests/test_relay_faults.py",
+            "tests/test_reports_retrieve.py::test_files_are_part_of_the_study_in_find_move_and_get",
+        ),
         "an early-started job's instance list merged into its counts; how a job's end is journalled",
     ),
     "pump": Target(

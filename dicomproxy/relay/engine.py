@@ -196,7 +196,7 @@ class Engine:
         upstream.stop()
         upstream.thread.join(timeout=1.0)
 
-    def merge_found(self, state: JobState, wait: float = 0.0) -> None:
+    def merge_found(self, state: JobState, wait: float) -> None:
         """Take the early-started job's instance list once its C-FIND is done (``wait`` seconds at
         most): into ``state.expected`` and the journal (a retry needs it)."""
         finder = state.finder
