@@ -4,6 +4,7 @@ from Orthanc to storescp, a rejected association, start and stop) read with `dic
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -13,11 +14,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from pydicom.dataset import Dataset
-from sqlalchemy import create_engine, delete, insert, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from dicomproxy import events
-from dicomproxy.audit.trail import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log
+from dicomproxy.audit.trail import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log, row_hash
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
 from dicomproxy.server import Server
@@ -26,7 +27,7 @@ from dicomproxy.transport.findscu import run_find
 from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
-from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server
+from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server, push_cli_toml
 
 CT, MR, US, MF = demo_specs()
 
@@ -274,3 +275,90 @@ def test_events_without_subscribers_are_dropped() -> None:
     bus.publish(events.Failure(where="pacs", message="y"))
     assert bus.flush()
     assert [e.message for e in got if isinstance(e, events.Failure)] == ["y"]
+
+
+# --- every column is covered, and the newest row too (issue 24) ----------------------------------------
+
+
+def _forged(column: str, value: Any) -> Any:
+    """A different value of the column's type."""
+    if column == "seq":
+        return 99
+    if column == "job_id":
+        return 4242
+    if column == "time":
+        return value + dt.timedelta(days=1)
+    if column == "detail":
+        return json.dumps({"level": "STUDY", "keys": {"PatientID": "FORGED"}, "matches": 0})
+    if column in ("prev_hash", "hash"):
+        return "e" * 64
+    if column in ("patient_ids", "study_uids"):
+        return " FORGED "
+    return "FORGED"
+
+
+@pytest.mark.parametrize("column", [c.name for c in audit_log.columns])
+def test_verify_finds_an_edit_of_every_column(audit_engine: Engine, column: str) -> None:
+    """Each column of a row (the table's own list, so a column added later is covered too) is part
+    of the chain: editing it in row 3 breaks the chain at row 3."""
+    trail = AuditTrail(audit_engine)
+    _fill(trail)
+    with audit_engine.begin() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.seq == 3)).mappings().one()
+        forged = _forged(column, row[column])
+        assert forged != row[column]
+        conn.execute(update(audit_log).where(audit_log.c.seq == 3).values({column: forged}))
+    result = trail.verify()
+    assert not result.ok, f"an edit of {column} verifies as intact"
+    assert result.broken_at == 3 and result.rows == 2, result
+
+
+def _rehash_newest(engine: Engine, **values: Any) -> int:
+    """Edit the newest row and recompute its own hash (nothing follows it to notice); its seq."""
+    with engine.begin() as conn:
+        seq = conn.execute(select(func.max(audit_log.c.seq))).scalar_one()
+        row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == seq)).mappings().one())
+        row.update(values)
+        row["hash"] = row_hash(row["prev_hash"], row)
+        conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(**row))
+    return int(seq)
+
+
+def test_verify_compares_the_chain_head(audit_engine: Engine) -> None:
+    """Only the chain head can tell that the newest row was edited and rehashed; the message names
+    that row (not "rows after it were removed")."""
+    trail = AuditTrail(audit_engine)
+    _fill(trail)
+    assert _rehash_newest(audit_engine, patient_ids=" FORGED ") == 5
+    result = trail.verify()
+    assert not result.ok, "an edit of the newest row, rehashed, verifies as intact"
+    assert (result.broken_at, result.rows, result.last_seq) == (5, 4, 4)
+    assert result.problem == "row 5 does not match the chain head's hash (edited)"
+    assert result.last_hash == trail.rows()[3]["hash"]  # the last row that can be trusted
+
+
+def test_verify_names_rows_added_after_the_chain_head(audit_engine: Engine) -> None:
+    trail = AuditTrail(audit_engine)
+    _fill(trail, 2)
+    with audit_engine.begin() as conn:
+        row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == 2)).mappings().one())
+        added = {**row, "seq": 3, "prev_hash": row["hash"], "calling_ae": "SOMEONE"}
+        added["hash"] = row_hash(row["hash"], added)
+        conn.execute(insert(audit_log).values(**added))
+    result = trail.verify()
+    assert (result.ok, result.broken_at, result.rows) == (False, 3, 2)
+    assert "rows after it were added" in result.problem
+
+
+def test_audit_verify_command_names_the_edited_row(tmp_path: Path) -> None:
+    toml = push_cli_toml(tmp_path)
+    (tmp_path / "var").mkdir()
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'journal.db'}")
+    trail = AuditTrail(engine)
+    _fill(trail)
+    _rehash_newest(engine, calling_ae="SOMEONE")
+    engine.dispose()
+    out = CliRunner().invoke(cli, ["audit", "verify", "-c", str(toml)])
+    assert out.exit_code == 1
+    assert "BROKEN at record #5: row 5 does not match the chain head" in out.output, out.output
+    assert "removed" not in out.output
