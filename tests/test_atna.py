@@ -261,3 +261,61 @@ def test_a_job_the_process_died_in_gets_its_transfer_message_at_the_next_start(
     assert (row["action"], row["outcome"]) == ("move", "interrupted")
     detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
     assert detail["instances"] == sent
+
+
+@pytest.mark.orthanc
+@pytest.mark.parametrize(("refused", "outcome", "indicator"), [(3, "partial", "4"), (10, "failed", "8")])
+def test_a_finished_job_with_failed_sub_operations_is_not_reported_as_success(
+    refused: int,
+    outcome: str,
+    indicator: str,
+    rsyslog: Rsyslog,
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """A C-MOVE whose destination refuses some instances ends partial (0xB000): its DICOM Instances
+    Transferred message says minor failure (4); refusing all of them, serious failure (8)
+    (PS3.15 A.5.1 EventOutcomeIndicator, A.5.3.4)."""
+    from testkit.fakepacs import FakeDestination
+
+    dest = FakeDestination("DEST")
+    uids = [CT.sop_uid(s, i) for s in range(CT.series) for i in range(CT.images_per_series)]
+    dest.behaviour.reject = {uid: 0xC000 for uid in uids[:refused]}  # a failure not retried
+    dest.start()
+    try:
+        r = orthanc.remote
+        config = make_config(
+            pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+            peers=[
+                {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+                {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+            ],
+            audit={"syslog": f"udp://127.0.0.1:{rsyslog.udp_port}"},
+        )
+        server = run_proxy(config)
+        m = Dataset()
+        m.QueryRetrieveLevel = "STUDY"
+        m.StudyInstanceUID = CT.study_uid
+        result = scu.move(Remote("DICOMPROXY", "127.0.0.1", server.port), "DEST", m, calling_ae="jobserver")
+        assert (result.completed, result.failed) == (10 - refused, refused), result.line()
+        assert result.status == (0xB000 if refused < 10 else 0xA702), result.line()
+    finally:
+        dest.stop()
+
+    def transferred() -> list[etree._Element]:
+        found = []
+        for line in rsyslog.messages("udp"):
+            _, msg = parse(line)
+            if msg.find("EventIdentification/EventID").get("csd-code") == "110104":
+                found.append(msg)
+        return found
+
+    wait_until(lambda: bool(transferred()), 30, "the job's Instances Transferred message")
+    (msg,) = transferred()
+    SCHEMA.assertValid(msg)
+    assert check_a53(msg) == "110104"
+    got = msg.find("EventIdentification").get("EventOutcomeIndicator")
+    assert got == indicator, f"a {outcome} job reported as EventOutcomeIndicator {got}"
+    assert roles(msg)["110152"].get("UserID") == "DEST"
