@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -367,3 +368,80 @@ def test_push_status_shows_the_abandoned_item_and_push_retry_resets_it(tmp_path:
         assert (row["state"], row["takeovers"], row["error"]) == (QUEUED, 0, "")
     finally:
         journal.close()
+
+
+def test_sqlite_two_workers_that_both_saw_an_item_claim_it_once(tmp_path: Path) -> None:
+    """SQLite has no row locks (SKIP LOCKED is a no-op there): two workers (an engine each, like
+    two processes) both select the same due item; the claim's UPDATE, which re-checks that the
+    item is still claimable, lets only one of them have it. A barrier holds both workers between
+    their SELECT and their UPDATE, so the race happens every time."""
+    from sqlalchemy import create_engine, event
+
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    Journal(url, "test").engine.dispose()  # the tables
+    both_selected = threading.Barrier(2, timeout=10)
+    engines = [create_engine(url) for _ in range(2)]
+    for engine in engines:
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE PUSH_QUEUE") and "owner" in statement:
+                both_selected.wait()
+
+    workers = [PushQueue(engine, f"node-{i}") for i, engine in enumerate(engines)]
+    item_id = _enqueue(workers[0], "1.2.3.1")
+    got: list[Any] = [None, None]
+
+    def claim(i: int) -> None:
+        got[i] = workers[i].claim(LEASE)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        claimed = [item for item in got if item is not None]
+        assert len(claimed) == 1, f"one item claimed by {len(claimed)} workers: {got}"
+        row = _row(workers[0], item_id)
+        assert (row["state"], row["attempts"], row["owner"]) == (RUNNING, 1, f"node-{got.index(claimed[0])}")
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_sqlite_workers_claiming_together_never_share_an_item(tmp_path: Path) -> None:
+    """Four workers (an engine each) empty a queue of 40 items at once: every item is claimed,
+    none twice."""
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    Journal(url, "test").engine.dispose()
+    engines = [create_engine(url, connect_args={"timeout": 30}) for _ in range(4)]
+    workers = [PushQueue(engine, f"node-{i}") for i, engine in enumerate(engines)]
+    with workers[0].engine.begin() as conn:
+        workers[0].enqueue(conn, [Entry(f"1.2.3.{i}", "CLOUD", f"EX-{i}", "1") for i in range(40)])
+    start = threading.Barrier(4, timeout=10)
+    claims: list[list[int]] = [[] for _ in workers]
+
+    def run(i: int) -> None:
+        start.wait()
+        while True:  # None: the queue is empty, or another worker was first (then try again)
+            item = workers[i].claim(LEASE)
+            if item is not None:
+                claims[i].append(item.id)
+            elif not workers[i].items(state=QUEUED, limit=1):
+                return
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        every = sorted(i for c in claims for i in c)
+        assert len(every) == len(set(every)), f"items claimed twice: {every}"
+        assert len(every) == 40
+    finally:
+        for engine in engines:
+            engine.dispose()
