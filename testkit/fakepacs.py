@@ -241,6 +241,11 @@ class DestBehaviour:
     abort_once_at: int | None = None
     #: Keep every accepted data set (with its file meta) in ``FakeDestination.datasets``.
     keep_datasets: bool = False
+    #: A slow destination: the C-STORE with this 0-based index is answered only once ``hold`` is
+    #: set (``holding`` is set while it waits).
+    hold_at: int | None = None
+    hold: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)
 
 
 class FakeDestination:
@@ -306,6 +311,9 @@ class FakeDestination:
         if self.behaviour.abort_once_at == index:
             event.assoc.abort()
             return 0xA700
+        if self.behaviour.hold_at == index:
+            self.behaviour.holding.set()
+            self.behaviour.hold.wait(120)
         req = cast(Any, event.request)
         uid = str(req.AffectedSOPInstanceUID)
         with self._lock:
