@@ -230,7 +230,7 @@ def test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over(
     engine.dispose()
     pacs = FakePacs(files).start()
     dest = FakeDestination("STORESCP")
-    dest.behaviour.hold_at = 1  # the second instance is answered only when the test lets it
+    dest.behaviour.hold_from = 1  # from the second instance on, answered only when the test lets it
     dest.start()
     journal = create_engine(pg_journal)
     nodes: list[Process] = []
