@@ -39,6 +39,7 @@ COSMIC_RAY = str(Path(PYTHON).parent / "cosmic-ray")
 
 @dataclass(frozen=True)
 class Target:
+    #: A module, or a package folder (every module in it; then ``functions`` must be empty).
     module: str
     #: Functions to mutate (``name``, ``Class.method``); ``name@text`` starts at the first line
     #: holding ``text`` inside that function. Empty: the whole module.
@@ -131,6 +132,86 @@ TARGETS: dict[str, Target] = {
         ("_values", "_mark_lossy", "_derive", "_note_source_lossy", "_lossy_insert_at", "_text_element"),
         ("tests/test_transcode_codec.py",),
         "lossy marking (0028,2110/2112/2114), derived instances",
+    ),
+    # --- wave 2's bookkeeping (issue 24) ---------------------------------------------------------
+    "push-queue": Target(
+        "dicomproxy/push/queue.py",
+        (
+            "PushQueue._claimable",
+            "PushQueue.claim",
+            "PushQueue.renew",
+            "PushQueue.confirmed",
+            "PushQueue.confirmed_images",
+            "PushQueue.finish",
+            "PushQueue.release",
+            "PushQueue.retry",
+            "PushQueue._due_afresh",
+            "PushQueue.requeue",
+        ),
+        (
+            "tests/test_push_takeover.py",
+            "tests/test_push_recheck.py",
+            "tests/test_push.py::test_instances_the_destination_refused_are_sent_on_the_next_attempt",
+        ),
+        "the push queue: who claims an item (leases, takeovers), what counts as confirmed, retries",
+    ),
+    "push-service": Target(
+        "dicomproxy/push/service.py",
+        ("PushService._lease_loop", "PushService.deliver"),
+        (
+            "tests/test_push.py",
+            "tests/test_push_nodes.py::test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over",
+        ),
+        "lease renewal during a delivery; what a delivery's outcome does to its item",
+    ),
+    "audit-trail": Target(
+        "dicomproxy/audit/trail.py",
+        ("_naive_utc", "_ids", "row_hash", "AuditTrail.append", "AuditTrail.rows", "AuditTrail.verify"),
+        (
+            "tests/test_audit.py::test_chain_intact_and_filters",
+            "tests/test_audit.py::test_verify_finds_tampering",
+            "tests/test_audit.py::test_verify_finds_an_edit_of_every_column",
+            "tests/test_audit.py::test_verify_compares_the_chain_head",
+            "tests/test_audit.py::test_verify_names_rows_added_after_the_chain_head",
+            "tests/test_audit.py::test_audit_verify_command_names_the_edited_row",
+        ),
+        "the audit trail's hash chain: what it covers, what verify finds",
+    ),
+    "atna": Target(
+        "dicomproxy/audit/atna.py",
+        ("MessageBuilder.build",),
+        ("tests/test_atna.py",),
+        "DICOM audit messages: which event, which outcome (PS3.15 A.5.1 EventOutcomeIndicator)",
+    ),
+    "health": Target(
+        "dicomproxy/console/health.py",
+        (),
+        ("tests/test_console.py",),
+        "/healthz and /readyz: what makes the node ready",
+    ),
+    "lanes": Target(
+        "dicomproxy/relay/lanes.py",
+        (),
+        ("tests/test_onward_lanes.py",),
+        "several onward associations per job: every instance once, late results counted",
+    ),
+    "stamp": Target(
+        "dicomproxy/view/stamp.py",
+        (),
+        ("tests/test_view_rowstamp.py", "tests/test_view_uidindex.py", "tests/test_push_watcher.py"),
+        "RowTimestamp: marks, ordering, the late-commit guard",
+    ),
+    "uidindex": Target(
+        "dicomproxy/view/uidindex.py",
+        (),
+        ("tests/test_view_uidindex.py", "tests/test_view_rowstamp.py"),
+        "the UID side table: sync by RowTimestamp, its mark bound to the view",
+    ),
+    "reports": Target(
+        "dicomproxy/reports",
+        (),
+        ("tests/test_push_units.py", "tests/test_reports_plan.py", "tests/test_reports_retrieve.py"),
+        "order/report files: fetch, encode, a study's files and their C-FIND answers",
     ),
 }
 
@@ -334,14 +415,18 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
     session.unlink(missing_ok=True)
     subprocess.run([COSMIC_RAY, "init", str(config), str(session)], cwd=tree, check=True)
 
-    source = (tree / target.module).read_text()
-    ranges = function_lines(source, target.functions) if target.functions else [(1, len(source.splitlines()))]
+    ranges = (
+        function_lines((tree / target.module).read_text(), target.functions) if target.functions else None
+    )
     with use_db(str(session), WorkDB.Mode.open) as db:
         skip = []
         for item in db.pending_work_items:
             keep = all(
                 OPERATORS.match(m.operator_name)
-                and any(m.start_pos[0] <= end and start <= m.end_pos[0] for start, end in ranges)
+                and (
+                    ranges is None
+                    or any(m.start_pos[0] <= end and start <= m.end_pos[0] for start, end in ranges)
+                )
                 for m in item.mutations
             )
             if not keep:
@@ -419,6 +504,7 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
                 survivors.append(
                     {
                         "job": job_id,
+                        "file": Path(m.module_path).as_posix(),
                         "line": m.start_pos[0],
                         "operator": m.operator_name,
                         "occurrence": m.occurrence,
@@ -455,7 +541,7 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
         "baseline_s": round(baseline, 1),
         "run_s": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "survivors": sorted(survivors, key=lambda s: (s["line"], s["operator"])),
+        "survivors": sorted(survivors, key=lambda s: (s["file"], s["line"], s["operator"])),
     }
 
 
@@ -492,7 +578,8 @@ def report() -> Path:
     for r in results:
         for s in r["survivors"]:
             why = f" — equivalent: {s['equivalent']}" if s["equivalent"] else " — NOT EXPLAINED"
-            lines.append(f"- {r['target']} `{r['module']}:{s['line']}` {s['operator']}{why}")
+            where = s.get("file") or r["module"]
+            lines.append(f"- {r['target']} `{where}:{s['line']}` {s['operator']}{why}")
             lines.extend(f"      {d}" for d in s["diff"].splitlines())
     out = OUT / "report.md"
     out.write_text("\n".join(lines) + "\n")
@@ -511,7 +598,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for name, t in TARGETS.items():
-            print(f"{name:9} {t.module:32} {t.why}\n{'':9} tests: {' '.join(t.tests)}")
+            print(f"{name:12} {t.module:32} {t.why}\n{'':12} tests: {' '.join(t.tests)}")
         return
     if not args.report:
         unknown = [t for t in args.targets if t not in TARGETS]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the boundary modules with cosmic-ray (issue 18). Not run by scripts/test.sh
 # or CI: a full run takes tens of minutes. See docs/mutation.md.
-#   scripts/mutation.sh                 every target (view, request, access, tls, relay, recovery, policy, lossy)
+#   scripts/mutation.sh                 every target (scripts/mutation.sh --list)
 #   scripts/mutation.sh access tls      some targets;  --list: what each one covers;  --report: summary only
 # Work and results in mutants/ (git-ignored): <target>/result.json, report.md.
 set -euo pipefail
