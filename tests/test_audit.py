@@ -114,6 +114,69 @@ def test_verify_finds_tampering(audit_engine: Engine, tamper: str, broken_at: in
     result = trail.verify()
     assert not result.ok
     assert result.broken_at == broken_at and problem in result.problem
+    # what can still be trusted: the rows before the break, and the last of them
+    assert result.rows == result.last_seq == broken_at - 1
+    assert result.last_hash == trail.rows()[broken_at - 2]["hash"]
+
+
+def test_rows_are_stored_canonical_and_cut_to_their_columns(audit_engine: Engine) -> None:
+    """Identifiers longer than their columns are cut to the column (every database takes the row);
+    the detail is stored as canonical JSON (sorted keys), whatever order the event gave."""
+    trail = AuditTrail(audit_engine)
+    trail.append(
+        AuditRecord(
+            Action.MOVE,
+            "success",
+            calling_ae=" " + "A" * 20 + " ",
+            address="h" * 70,
+            tls_identity="CN=" + "x" * 300,
+            destination="D" * 20,
+            detail={"zeta": 1, "alpha": {"b": 2, "a": 1}},
+            patient_ids=(" P1 ", "", "P2"),
+        )
+    )
+    (row,) = trail.rows()
+    assert (
+        len(row["calling_ae"]),
+        len(row["address"]),
+        len(row["tls_identity"]),
+        len(row["destination"]),
+    ) == (
+        16,
+        64,
+        256,
+        16,
+    )
+    assert row["calling_ae"] == "A" * 16
+    assert row["detail"] == '{"alpha": {"a": 1, "b": 2}, "zeta": 1}'
+    assert row["patient_ids"] == " P1 P2 "
+    assert trail.verify().ok
+
+
+def test_row_filters_by_time_and_literal_identifiers(audit_engine: Engine) -> None:
+    """--since is inclusive, --until exclusive (whole seconds, UTC); --patient/--study match whole
+    identifiers literally (``_`` and ``%`` are not wildcards)."""
+    trail = AuditTrail(audit_engine)
+    t0 = dt.datetime(2026, 1, 1, 8, 0, 0, tzinfo=dt.timezone.utc)
+    for i in range(3):
+        trail.append(
+            AuditRecord(
+                Action.FIND,
+                "success",
+                patient_ids=(f"P.{i}",),
+                study_uids=(f"1.2.{i}",),
+                time=t0 + dt.timedelta(hours=i),
+            )
+        )
+    seqs = lambda rows: [r["seq"] for r in rows]  # noqa: E731
+    assert seqs(trail.rows()) == [1, 2, 3]
+    assert seqs(trail.rows(since=t0 + dt.timedelta(hours=1))) == [2, 3]
+    assert seqs(trail.rows(until=t0 + dt.timedelta(hours=1))) == [1]
+    assert seqs(trail.rows(since=t0, until=t0 + dt.timedelta(hours=2))) == [1, 2]
+    assert seqs(trail.rows(study="1.2.1")) == [2]
+    assert trail.rows(study="1_2.1") == [] and trail.rows(study="1.2%") == []
+    assert trail.rows(patient="P_1") == [] and seqs(trail.rows(patient="P.1")) == [2]
+    assert seqs(trail.rows(limit=2)) == [1, 2]
 
 
 # --- real traffic ------------------------------------------------------------------------------------
