@@ -131,8 +131,9 @@ def test_rows_are_stored_canonical_and_cut_to_their_columns(audit_engine: Engine
             address="h" * 70,
             tls_identity="CN=" + "x" * 300,
             destination="D" * 20,
-            detail={"zeta": 1, "alpha": {"b": 2, "a": 1}},
-            patient_ids=(" P1 ", "", "P2"),
+            detail={"zeta": 1, "alpha": {"b": 2, "a": 1}, "name": "张三"},
+            patient_ids=(" P1 ", "", "  ", "P2"),
+            time=dt.datetime(2026, 1, 1, 16, 0, 0, 500, tzinfo=dt.timezone(dt.timedelta(hours=8))),
         )
     )
     (row,) = trail.rows()
@@ -148,7 +149,8 @@ def test_rows_are_stored_canonical_and_cut_to_their_columns(audit_engine: Engine
         16,
     )
     assert row["calling_ae"] == "A" * 16
-    assert row["detail"] == '{"alpha": {"a": 1, "b": 2}, "zeta": 1}'
+    assert row["detail"] == '{"alpha": {"a": 1, "b": 2}, "name": "张三", "zeta": 1}'  # readable in SQL
+    assert row["time"] == dt.datetime(2026, 1, 1, 8, 0, 0)  # naive UTC, whole seconds
     assert row["patient_ids"] == " P1 P2 "
     assert trail.verify().ok
 
@@ -163,6 +165,7 @@ def test_row_filters_by_time_and_literal_identifiers(audit_engine: Engine) -> No
             AuditRecord(
                 Action.FIND,
                 "success",
+                calling_ae=f"AE{i}",
                 patient_ids=(f"P.{i}",),
                 study_uids=(f"1.2.{i}",),
                 time=t0 + dt.timedelta(hours=i),
@@ -177,6 +180,7 @@ def test_row_filters_by_time_and_literal_identifiers(audit_engine: Engine) -> No
     assert trail.rows(study="1_2.1") == [] and trail.rows(study="1.2%") == []
     assert trail.rows(patient="P_1") == [] and seqs(trail.rows(patient="P.1")) == [2]
     assert seqs(trail.rows(limit=2)) == [1, 2]
+    assert seqs(trail.rows(peer=" AE1 ")) == [2]
 
 
 # --- real traffic ------------------------------------------------------------------------------------
