@@ -119,6 +119,26 @@ def test_verify_finds_tampering(audit_engine: Engine, tamper: str, broken_at: in
     assert result.last_hash == trail.rows()[broken_at - 2]["hash"]
 
 
+def test_row_hash_is_a_stable_format() -> None:
+    """A trail written by an earlier version must still verify: the hash of a fixed row is pinned
+    (SHA-256 of the previous hash + canonical JSON: sorted keys, no spaces, UTF-8, time to the second)."""
+    row = {
+        "seq": 1,
+        "time": dt.datetime(2026, 1, 1, 8, 0, 0),
+        "action": "move",
+        "outcome": "success",
+        "calling_ae": "jobserver",
+        "address": "127.0.0.1:4000",
+        "tls_identity": "",
+        "destination": "DEST",
+        "job_id": 7,
+        "detail": '{"name": "张三"}',
+        "patient_ids": " P1 ",
+        "study_uids": " 1.2.3 ",
+    }
+    assert row_hash("0" * 64, row) == "8298af3b0ef6c68623cee194f0f4c0d72e0b0a636e39d8f9f8c5d194c0fb3cf7"
+
+
 def test_rows_are_stored_canonical_and_cut_to_their_columns(audit_engine: Engine) -> None:
     """Identifiers longer than their columns are cut to the column (every database takes the row);
     the detail is stored as canonical JSON (sorted keys), whatever order the event gave."""
