@@ -156,6 +156,10 @@ def test_audit_messages_reach_rsyslog(
         SCHEMA.assertValid(msg)
         seen.append(check_a53(msg))
     assert seen[0] == "110100" and seen[-1] == "110100"
+    lines = rsyslog.messages(transport)
+    start, stop = parse(lines[0])[1], parse(lines[-1])[1]
+    assert codes(start, "EventIdentification/EventTypeCode") == ["110120"]  # Application Start
+    assert codes(stop, "EventIdentification/EventTypeCode") == ["110121"]  # Application Stop
     assert sorted(seen) == sorted(
         ["110100", "110114", "110112", "110114", "110102", "110104", "110113", "110100"]
     )
@@ -176,6 +180,28 @@ def test_audit_messages_reach_rsyslog(
     assert sop.get("NumberOfInstances") == "10"
     assert objects(done, "2")[0].get("ParticipantObjectID") == CT.patient.patient_id
     assert roles(done)["110152"].get("UserID") == "DEST"
+
+
+def test_job_events_without_their_start_make_no_message() -> None:
+    """A job's Resolved/Finished event whose JobStarted was not seen (e.g. the subscriber started
+    mid-job) has no requestor to name: no message rather than a half one."""
+    from dicomproxy import events
+    from dicomproxy.audit.atna import MessageBuilder
+
+    builder = MessageBuilder("DICOMPROXY", "host", "dicomproxy@host")
+    finished = events.JobFinished(
+        job_id=1,
+        kind="move",
+        outcome="success",
+        status=0,
+        completed=1,
+        failed=0,
+        warning=0,
+        bytes_out=1,
+        seconds=1,
+    )
+    assert builder.build(finished, None) is None
+    assert builder.build(events.JobResolved(job_id=1, level="STUDY", study_uids=("1.2.3",)), None) is None
 
 
 def test_schema_rejects_a_malformed_message() -> None:
