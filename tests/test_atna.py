@@ -94,6 +94,10 @@ def check_a53(msg: etree._Element) -> str:
         assert action == ("E" if event_id == "110102" else "R")
         r = roles(msg)
         assert {"110153", "110152"} <= set(r)
+        # the requestor is the peer that asked (no role of its own), never we (Source) or the Destination
+        assert r["110153"].get("UserIsRequestor") == "false" and r["110152"].get("UserIsRequestor") == "false"
+        requestors = [p for p in msg.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+        assert len(requestors) == 1 and requestors[0].find("RoleIDCode") is None
         studies = objects(msg, "110180")
         assert studies and all(s.get("ParticipantObjectTypeCode") == "2" for s in studies)
         (patient,) = objects(msg, "2")
