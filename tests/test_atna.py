@@ -76,13 +76,16 @@ def check_a53(msg: etree._Element) -> str:
     if event_id == "110100":  # A.5.3.1 Application Activity
         assert type_codes in (["110120"], ["110121"]) and action == "E"
         assert "110150" in roles(msg)  # the application itself
+        assert roles(msg)["110150"].get("UserIsRequestor") == "false"
     elif event_id == "110114":  # A.5.3.x User Authentication: Login
         assert type_codes == ["110122"]
-        assert any(p.get("UserIsRequestor") == "true" for p in msg.iterfind("ActiveParticipant"))
+        # the peer logs in: it is the one requestor, we are not
+        assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")].count("true") == 1
     elif event_id == "110113":  # A.5.3.x Security Alert
         assert type_codes == ["110126"]
         (node,) = objects(msg, "110182")
         assert node.get("ParticipantObjectTypeCodeRole") == "13"
+        assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")].count("true") == 1
     elif event_id == "110112":  # A.5.3.x Query: requestor = Source, we = Destination, the SOP class + query
         assert action == "E"
         r = roles(msg)
@@ -173,6 +176,7 @@ def test_audit_messages_reach_rsyslog(
         _, msg = parse(line)
         by_id[msg.find("EventIdentification/EventID").get("csd-code")] = msg
     query = by_id["110112"]
+    assert query.find("EventIdentification").get("EventOutcomeIndicator") == "0"  # the C-FIND succeeded
     text = base64.b64decode(
         query.find("ParticipantObjectIdentification/ParticipantObjectQuery").text
     ).decode()
