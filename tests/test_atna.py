@@ -177,6 +177,8 @@ def test_audit_messages_reach_rsyslog(
         by_id[msg.find("EventIdentification/EventID").get("csd-code")] = msg
     query = by_id["110112"]
     assert query.find("EventIdentification").get("EventOutcomeIndicator") == "0"  # the C-FIND succeeded
+    (sop_class,) = objects(query, "110181")
+    assert sop_class.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND
     text = base64.b64decode(
         query.find("ParticipantObjectIdentification/ParticipantObjectQuery").text
     ).decode()
@@ -331,7 +333,7 @@ def test_a_finished_job_with_failed_sub_operations_is_not_reported_as_success(
         server = run_proxy(config)
         m = Dataset()
         m.QueryRetrieveLevel = "STUDY"
-        m.StudyInstanceUID = CT.study_uid
+        m.AccessionNumber = CT.accession  # the study is named by the view, not by the request
         result = scu.move(Remote("DICOMPROXY", "127.0.0.1", server.port), "DEST", m, calling_ae="jobserver")
         assert (result.completed, result.failed) == (10 - refused, refused), result.line()
         assert result.status == (0xB000 if refused < 10 else 0xA702), result.line()
@@ -353,3 +355,4 @@ def test_a_finished_job_with_failed_sub_operations_is_not_reported_as_success(
     got = msg.find("EventIdentification").get("EventOutcomeIndicator")
     assert got == indicator, f"a {outcome} job reported as EventOutcomeIndicator {got}"
     assert roles(msg)["110152"].get("UserID") == "DEST"
+    assert [o.get("ParticipantObjectID") for o in objects(msg, "110180")] == [CT.study_uid]
