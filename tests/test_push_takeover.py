@@ -186,6 +186,27 @@ def test_one_expired_lease_is_still_taken_over_and_delivered(
     assert row["takeovers"] == 0  # delivered: not poison
 
 
+def test_a_released_item_is_due_at_once_without_the_attempt_its_claim_counted(
+    nodes: Callable[[str], PushQueue], clock: Clock
+) -> None:
+    """A clean stop gives a running item back: queued, due now, no lease, and the attempt its
+    claim counted taken back (a second attempt stays counted); only the owner's items."""
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1")
+    first = a.claim(LEASE)
+    assert first is not None and a.finish(first, WAITING, next_at=clock.now)  # a failed attempt
+    second = a.claim(LEASE)
+    assert second is not None and second.attempts == 2
+    b.release([item_id])  # not B's: nothing happens
+    assert (_row(a, item_id)["state"], _row(a, item_id)["attempts"]) == (RUNNING, 2)
+    clock.advance(5)
+    a.release([item_id])
+    row = _row(a, item_id)
+    assert (row["state"], row["attempts"], row["lease_until"], row["next_at"]) == (QUEUED, 1, None, clock.now)
+    again = b.claim(LEASE)
+    assert again is not None and (again.id, again.attempts) == (item_id, 2)
+
+
 def test_takeovers_add_up_across_reported_failures_until_delivered(
     nodes: Callable[[str], PushQueue], clock: Clock
 ) -> None:
