@@ -207,6 +207,54 @@ def test_a_released_item_is_due_at_once_without_the_attempt_its_claim_counted(
     assert again is not None and (again.id, again.attempts) == (item_id, 2)
 
 
+def test_finish_stamps_updated_and_a_row_changed_meanwhile_is_queued_again(
+    nodes: Callable[[str], PushQueue], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``finish`` stamps ``updated`` unless told not to (``touch=False``: a re-check that found
+    nothing); a view row that changed while the item ran makes any end a fresh ``queued`` (stamped,
+    counts reset, the change consumed, so the next delivery ends as it says). A takeover is logged
+    as one; a normal claim is not."""
+    caplog.set_level(logging.INFO, logger="dicomproxy.push.queue")
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1", stamp="1")
+    item = a.claim(LEASE)
+    assert item is not None and "taken over" not in caplog.text
+    _enqueue(a, "1.2.3.1", stamp="2")  # the RIS revised the row meanwhile
+    clock.advance(10)
+    assert a.finish(item, DONE, touch=False)
+    row = _row(a, item_id)
+    assert (row["state"], row["changed"], row["attempts"], row["updated"]) == (QUEUED, 0, 0, clock.now)
+    again = a.claim(LEASE)
+    assert again is not None
+    clock.advance(10)
+    assert a.finish(again, DONE)
+    row = _row(a, item_id)
+    assert (row["state"], row["updated"]) == (DONE, clock.now)
+    # taken over: one INFO line naming the node it was taken from
+    _enqueue(a, "1.2.3.2")
+    assert a.claim(LEASE) is not None
+    clock.advance(LEASE + 1)
+    assert b.claim(LEASE) is not None
+    assert "taken over from node-a" in caplog.text
+
+
+def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    """``push requeue``: a new generation, images and files to be sent again, counts reset."""
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None and a.finish(item, DONE, images_done=1, reports="sent", confirmed=4)
+    assert a.requeue(START - dt.timedelta(days=1)) == 1
+    again = a.claim(LEASE)
+    assert again is not None and (again.id, again.generation, again.images_done, again.reports) == (
+        item_id,
+        1,
+        False,
+        "",
+    )
+    assert _row(a, item_id)["confirmed"] == 0
+
+
 def test_takeovers_add_up_across_reported_failures_until_delivered(
     nodes: Callable[[str], PushQueue], clock: Clock
 ) -> None:
