@@ -223,7 +223,14 @@ def test_finish_stamps_updated_and_a_row_changed_meanwhile_is_queued_again(
     clock.advance(10)
     assert a.finish(item, DONE, touch=False)
     row = _row(a, item_id)
-    assert (row["state"], row["changed"], row["attempts"], row["updated"]) == (QUEUED, 0, 0, clock.now)
+    assert (row["state"], row["changed"], row["attempts"], row["report_attempts"], row["rechecks"]) == (
+        QUEUED,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert row["updated"] == clock.now
     again = a.claim(LEASE)
     assert again is not None
     clock.advance(10)
@@ -236,6 +243,18 @@ def test_finish_stamps_updated_and_a_row_changed_meanwhile_is_queued_again(
     clock.advance(LEASE + 1)
     assert b.claim(LEASE) is not None
     assert "taken over from node-a" in caplog.text
+
+
+def test_a_lease_is_expired_only_after_its_end(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1")
+    assert a.claim(LEASE) is not None
+    assert a.renew([], LEASE) == 0
+    clock.advance(LEASE)  # lease_until == now: still A's
+    assert b.claim(LEASE) is None
+    clock.advance(1)
+    taken = b.claim(LEASE)
+    assert taken is not None and taken.id == item_id and taken.takeovers == 1
 
 
 def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
