@@ -257,6 +257,26 @@ def test_a_lease_is_expired_only_after_its_end(nodes: Callable[[str], PushQueue]
     assert taken is not None and taken.id == item_id and taken.takeovers == 1
 
 
+def test_push_retry_makes_a_waiting_item_due_afresh(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None
+    later = clock.now + dt.timedelta(hours=1)
+    assert a.finish(item, WAITING, next_at=later, report_attempts=3, rechecks=1, error="report file missing")
+    assert not a.retry(item_id + 1) and a.retry(item_id)
+    row = _row(a, item_id)
+    assert (row["state"], row["next_at"], row["attempts"], row["report_attempts"], row["rechecks"]) == (
+        QUEUED,
+        clock.now,
+        0,
+        0,
+        0,
+    )
+    assert (row["takeovers"], row["error"], row["generation"]) == (0, "", 0)  # confirmations still count
+    assert not a.retry(item_id)  # queued already: nothing to retry
+
+
 def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
     """``push requeue``: a new generation, images and files to be sent again, counts reset."""
     a = nodes("node-a")
