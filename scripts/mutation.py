@@ -298,6 +298,29 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "Event.wait with a negative timeout returns at once, as with 0",
         ),
     ],
+    "push-queue": [
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>-1,",
+            "release: a running item has attempts >= 1 (its claim counted one); 0 never reaches the case",
+        ),
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>=0,",
+            "release: a running item has attempts >= 1 (its claim counted one); 0 never reaches the case",
+        ),
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>1,",
+            "release: at attempts 1 both branches give 0",
+        ),
+        ("str(r[0])forrinconn.execute(q)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
+        (
+            "str(r[0])forrinconn.execute(listed)",
+            "r[-1]",
+            "a one-column row: [0] and [-1] are the same column",
+        ),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",
