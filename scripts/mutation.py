@@ -314,6 +314,16 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "push_queue.c.attempts>1,",
             "release: at attempts 1 both branches give 0",
         ),
+        (
+            "push_queue.c.attempts-1),else_=0)",
+            "else_=1)",
+            "release: the else branch is for attempts 0, which a running item never has",
+        ),
+        (
+            "push_queue.c.attempts-1),else_=0)",
+            "else_=-1)",
+            "release: the else branch is for attempts 0, which a running item never has",
+        ),
         ("str(r[0])forrinconn.execute(q)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
         (
             "str(r[0])forrinconn.execute(listed)",

@@ -283,7 +283,8 @@ def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: C
     item_id = _enqueue(a, "1.2.3.1")
     item = a.claim(LEASE)
     assert item is not None and a.finish(item, DONE, images_done=1, reports="sent", confirmed=4)
-    assert a.requeue(START - dt.timedelta(days=1)) == 1
+    assert a.requeue(START + dt.timedelta(seconds=1)) == 0  # queued before that
+    assert a.requeue(START) == 1  # queued at or after it
     again = a.claim(LEASE)
     assert again is not None and (again.id, again.generation, again.images_done, again.reports) == (
         item_id,
