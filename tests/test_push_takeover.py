@@ -277,6 +277,20 @@ def test_push_retry_makes_a_waiting_item_due_afresh(nodes: Callable[[str], PushQ
     assert not a.retry(item_id)  # queued already: nothing to retry
 
 
+def test_a_recheck_is_claimed_when_it_is_due_not_before(
+    nodes: Callable[[str], PushQueue], clock: Clock
+) -> None:
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None and a.finish(item, DONE, next_at=clock.now + dt.timedelta(seconds=60), rechecks=1)
+    clock.advance(59)
+    assert a.claim(LEASE) is None
+    clock.advance(1)  # due exactly now
+    again = a.claim(LEASE)
+    assert again is not None and (again.id, again.recheck) == (item_id, True)
+
+
 def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
     """``push requeue``: a new generation, images and files to be sent again, counts reset."""
     a = nodes("node-a")
@@ -284,7 +298,8 @@ def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: C
     item = a.claim(LEASE)
     assert item is not None and a.finish(item, DONE, images_done=1, reports="sent", confirmed=4)
     assert a.requeue(START + dt.timedelta(seconds=1)) == 0  # queued before that
-    assert a.requeue(START) == 1  # queued at or after it
+    assert a.requeue(START, "ELSEWHERE") == 0  # another destination's only
+    assert a.requeue(START, "CLOUD") == 1  # queued at or after it, for this destination
     again = a.claim(LEASE)
     assert again is not None and (again.id, again.generation, again.images_done, again.reports) == (
         item_id,
