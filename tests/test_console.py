@@ -434,3 +434,9 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     assert echoer.rounds == 1
     (pacs,) = echoer.checks()
     assert pacs.name == "pacs" and not pacs.ok
+    echoer.stop()  # never started: nothing to join
+    started = Echoer(echoer.config)
+    started.start()
+    wait_until(lambda: started.rounds > 0, 30, "the first round")
+    started.stop()  # joins its thread
+    assert started._thread is not None and not started._thread.is_alive()
