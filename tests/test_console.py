@@ -365,6 +365,7 @@ def test_a_failing_check_is_not_ready_and_says_why(make_config: ConfigFactory, t
         assert (by_name["journal"].ok, by_name["journal"].detail) == (True, "writable")
         assert by_name["pacs"].detail == "no C-ECHO yet" and not by_name["pacs"].ok
         assert by_name["disk"].as_dict()["seconds"] == 0.0  # not timed
+        assert 0 <= by_name["view"].seconds < 5  # timed, also when it failed
     finally:
         readiness.close()
         journal.close()
@@ -424,7 +425,7 @@ def test_disk_check_threshold_detail_and_missing_folder(
 
 
 def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
-    from dicomproxy.console.health import Echoer
+    from dicomproxy.console.health import Check, Echoer
 
     echoer = Echoer(
         make_config(pacs={"ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()}, peers=[])
@@ -434,6 +435,17 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     assert echoer.rounds == 1
     (pacs,) = echoer.checks()
     assert pacs.name == "pacs" and not pacs.ok
+    # a result older than two intervals and a connect timeout is stale: not ready, and says so
+    when = echoer._results["pacs"][0]
+    echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
+    (stale,) = echoer.checks()
+    assert not stale.ok and stale.detail.startswith("last C-ECHO ") and "interval 30 s" in stale.detail
+    assert Check("x", True, "", 0.12345).as_dict() == {
+        "name": "x",
+        "ok": True,
+        "detail": "",
+        "seconds": 0.123,
+    }
     echoer.stop()  # never started: nothing to join
     started = Echoer(echoer.config)
     started.start()
