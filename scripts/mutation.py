@@ -331,6 +331,19 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "a one-column row: [0] and [-1] are the same column",
         ),
     ],
+    "health": [
+        ("@dataclass(frozen=True)", "frozen=False", "Check is never mutated"),
+        (
+            'Column("node",String(64)',
+            "String(63)",
+            "the probe row's node is an AE title (at most 16 characters)",
+        ),
+        (
+            "ThreadPoolExecutor(max_workers=2",
+            "max_workers=3",
+            "one /readyz uses at most two workers (a hung check and the next); a third is never busy",
+        ),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",
