@@ -338,11 +338,6 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "String(63)",
             "the probe row's node is an AE title (at most 16 characters)",
         ),
-        (
-            "ThreadPoolExecutor(max_workers=2",
-            "max_workers=3",
-            "one /readyz uses at most two workers (a hung check and the next); a third is never busy",
-        ),
     ],
     "lossy": [
         (
