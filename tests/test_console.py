@@ -356,6 +356,10 @@ def _readiness(make_config: ConfigFactory, tmp_path: Any, view: Any, **view_cfg:
 
 
 def test_a_failing_check_is_not_ready_and_says_why(make_config: ConfigFactory, tmp_path: Any) -> None:
+    from sqlalchemy import func, select
+
+    from dicomproxy.console.health import health_probe
+
     readiness, journal = _readiness(make_config, tmp_path, _View(_Engine("connection refused\nmore")))
     try:
         ok, checks = readiness.run()
@@ -366,6 +370,8 @@ def test_a_failing_check_is_not_ready_and_says_why(make_config: ConfigFactory, t
         assert by_name["pacs"].detail == "no C-ECHO yet" and not by_name["pacs"].ok
         assert by_name["disk"].as_dict()["seconds"] == 0.0  # not timed
         assert 0 <= by_name["view"].seconds < 5  # timed, also when it failed
+        with journal.engine.connect() as conn:  # the journal probe leaves nothing behind
+            assert conn.execute(select(func.count()).select_from(health_probe)).scalar_one() == 0
     finally:
         readiness.close()
         journal.close()
@@ -439,6 +445,12 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     when = echoer._results["pacs"][0]
     echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
     (stale,) = echoer.checks()
+    # every archive has its check, echoed or not
+    from tests.test_routing import ARCHIVES
+
+    more = Echoer(make_config(archives=ARCHIVES, peers=[]))
+    assert [c.name for c in more.checks()] == ["pacs", *(f"archive:{a['name']}" for a in ARCHIVES)]
+    assert {c.detail for c in more.checks()} == {"no C-ECHO yet"}
     assert not stale.ok and stale.detail.startswith("last C-ECHO ") and "interval 30 s" in stale.detail
     assert Check("x", True, "", 0.12345).as_dict() == {
         "name": "x",
