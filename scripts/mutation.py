@@ -193,7 +193,13 @@ TARGETS: dict[str, Target] = {
     "health": Target(
         "dicomproxy/console/health.py",
         (),
-        ("tests/test_console.py",),
+        (  # the checks one by one first (a killed mutant stops early), then the console end to end
+            "tests/test_console.py::test_a_failing_check_is_not_ready_and_says_why",
+            "tests/test_console.py::test_a_hung_check_does_not_hold_up_the_next",
+            "tests/test_console.py::test_disk_check_threshold_detail_and_missing_folder",
+            "tests/test_console.py::test_echo_rounds_are_counted",
+            "tests/test_console.py",
+        ),
         "/healthz and /readyz: what makes the node ready",
     ),
     "lanes": Target(
