@@ -336,7 +336,15 @@ class _Engine:
     def connect(self) -> Any:
         if self.hold is not None:
             self.hold.wait(30)
-        raise RuntimeError(self.fail or "released")
+        raise _DBError(self.fail or "released")
+
+
+class _DBError(Exception):
+    """Like SQLAlchemy's DBAPIError: the driver's own error in ``orig``, the SQL in ``str()``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"(driver.OperationalError) {reason}\n[SQL: SELECT 1]")
+        self.orig = RuntimeError(reason)
 
 
 class _View:
@@ -410,6 +418,8 @@ def test_disk_check_threshold_detail_and_missing_folder(
     readiness.config = config
     need = 100 * 1024 * 1024
     try:
+        ok, checks = readiness.run()
+        assert not ok and checks[0] == health.Check("view", False, "exam view not configured")
         monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, need))
         check = readiness._disk()
         assert check.ok and check.detail == f"0.1 GiB free at {config.data_path} (minimum 100 MiB)"
@@ -433,12 +443,15 @@ def test_disk_check_threshold_detail_and_missing_folder(
 def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     from dicomproxy.console.health import Check, Echoer
 
+    nobody = {"host": "127.0.0.1", "port": free_port()}
     echoer = Echoer(
-        make_config(pacs={"ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()}, peers=[])
+        make_config(pacs={"ae_title": "NOBODY", **nobody}, peers=[{"ae_title": "CLOUD", **nobody}])
     )
     assert echoer.rounds == 0 and echoer.checks()[0].detail == "no C-ECHO yet"
     echoer.echo_all()
     assert echoer.rounds == 1
+    (peer,) = echoer.peer_checks()  # the status page shows the peers too
+    assert (peer.name, peer.ok) == ("peer:CLOUD", False)
     (pacs,) = echoer.checks()
     assert pacs.name == "pacs" and not pacs.ok
     # a result older than two intervals and a connect timeout is stale: not ready, and says so
