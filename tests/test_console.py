@@ -397,6 +397,7 @@ def test_a_hung_check_does_not_hold_up_the_next(make_config: ConfigFactory, tmp_
         by_name = {c.name: c for c in checks}
         assert not ok
         assert (by_name["view"].ok, by_name["view"].detail) == (False, "no answer within 0.3 s")
+        assert 0.3 <= by_name["view"].seconds < 5
         assert (by_name["journal"].ok, by_name["journal"].detail) == (True, "writable")
         assert by_name["journal"].seconds < 5
     finally:
