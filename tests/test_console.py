@@ -421,13 +421,15 @@ def test_disk_check_threshold_detail_and_missing_folder(
     try:
         ok, checks = readiness.run()
         assert not ok and checks[0] == health.Check("view", False, "exam view not configured")
+        readiness.journal = None
+        assert health.Check("journal", False, "journal not configured") in readiness.run()[1]
         monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, need))
         check = readiness._disk()
         assert check.ok and check.detail == f"0.1 GiB free at {config.data_path} (minimum 100 MiB)"
         monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, need - 1))
         assert not readiness._disk().ok
-        monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, 5 * 1024**3))
-        assert readiness._disk().detail.startswith("5.0 GiB free at ")
+        monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, 100 * 1024**3))
+        assert readiness._disk().detail.startswith("100.0 GiB free at ")
 
         def gone(_: Any) -> Any:
             raise FileNotFoundError(2, "No such file or directory")
@@ -449,8 +451,15 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
         make_config(pacs={"ae_title": "NOBODY", **nobody}, peers=[{"ae_title": "CLOUD", **nobody}])
     )
     assert echoer.rounds == 0 and echoer.checks()[0].detail == "no C-ECHO yet"
-    echoer.echo_all()
+    failures: list[events.Event] = []
+    events.subscribe(failures.append)
+    try:
+        echoer.echo_all()
+        assert events.flush()
+    finally:
+        events.unsubscribe(failures.append)
     assert echoer.rounds == 1
+    assert [e.where for e in failures if isinstance(e, events.Failure)] == ["pacs"]  # the console counts it
     (peer,) = echoer.peer_checks()  # the status page shows the peers too
     assert (peer.name, peer.ok) == ("peer:CLOUD", False)
     (pacs,) = echoer.checks()
@@ -459,6 +468,9 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     when = echoer._results["pacs"][0]
     echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
     (stale,) = echoer.checks()
+    echoer._results["pacs"] = (when - echoer.interval - 15, True, "answered")
+    assert echoer.checks()[0].ok  # older than one interval, within two and a timeout: still fresh
+    echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
     # every archive has its check, echoed or not
     from tests.test_routing import ARCHIVES
 
