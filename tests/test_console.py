@@ -375,6 +375,7 @@ def test_a_failing_check_is_not_ready_and_says_why(make_config: ConfigFactory, t
         assert not ok
         assert (by_name["view"].ok, by_name["view"].detail) == (False, "connection refused")
         assert (by_name["journal"].ok, by_name["journal"].detail) == (True, "writable")
+        assert 0 <= by_name["journal"].seconds < 5
         assert by_name["pacs"].detail == "no C-ECHO yet" and not by_name["pacs"].ok
         assert by_name["disk"].as_dict()["seconds"] == 0.0  # not timed
         assert 0 <= by_name["view"].seconds < 5  # timed, also when it failed
@@ -485,8 +486,8 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
         "seconds": 0.123,
     }
     echoer.stop()  # never started: nothing to join
-    started = Echoer(echoer.config)
+    started = Echoer(make_config(http={"echo_interval": 1.0}))
     started.start()
-    wait_until(lambda: started.rounds > 0, 30, "the first round")
+    wait_until(lambda: started.rounds > 1, 30, "a second round, one interval later")
     started.stop()  # joins its thread
     assert started._thread is not None and not started._thread.is_alive()
