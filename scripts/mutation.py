@@ -24,6 +24,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,12 @@ COSMIC_RAY = str(Path(PYTHON).parent / "cosmic-ray")
 
 @dataclass(frozen=True)
 class Target:
+    #: A module, or a package folder (every module in it; then ``functions`` must be empty).
     module: str
     #: Functions to mutate (``name``, ``Class.method``); ``name@text`` starts at the first line
     #: holding ``text`` inside that function. Empty: the whole module.
     functions: tuple[str, ...]
+    #: pytest arguments: test files / node ids, and options such as ``-k EXPR`` to keep a run short.
     tests: tuple[str, ...]
     why: str
 
@@ -156,6 +159,108 @@ TARGETS: dict[str, Target] = {
         ("tests/test_transcode_codec.py",),
         "lossy marking (0028,2110/2112/2114), derived instances",
     ),
+    # --- wave 2's bookkeeping (issue 24) ---------------------------------------------------------
+    "push-queue": Target(
+        "dicomproxy/push/queue.py",
+        (
+            "PushQueue._claimable",
+            "PushQueue.claim",
+            "PushQueue.renew",
+            "ItemLedger._job_ids",
+            "ItemLedger.confirmed",
+            "ItemLedger.confirmed_images",
+            "PushQueue.finish",
+            "PushQueue.release",
+            "OperatorActions.retry",
+            "OperatorActions._due_afresh",
+            "OperatorActions.requeue",
+        ),
+        (
+            "tests/test_push_takeover.py",
+            "tests/test_push_recheck.py",
+            "tests/test_push.py::test_instances_the_destination_refused_are_sent_on_the_next_attempt",
+            "-k",
+            "not postgresql and not mariadb",  # the queue's SQL on SQLite; the claim race has its own test
+        ),
+        "the push queue: who claims an item (leases, takeovers), what counts as confirmed, retries",
+    ),
+    "push-service": Target(
+        "dicomproxy/push/service.py",
+        ("PushService._lease_loop", "PushService.deliver"),
+        (
+            "tests/test_push.py",
+            "tests/test_push_nodes.py::test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over",
+        ),
+        "lease renewal during a delivery; what a delivery's outcome does to its item",
+    ),
+    "audit-trail": Target(
+        "dicomproxy/audit/trail.py",
+        ("_naive_utc", "_ids", "row_hash", "AuditTrail.append", "AuditTrail.rows", "AuditTrail.verify"),
+        (
+            "tests/test_audit.py::test_chain_intact_and_filters",
+            "tests/test_audit.py::test_verify_finds_tampering",
+            "tests/test_audit.py::test_verify_finds_an_edit_of_every_column",
+            "tests/test_audit.py::test_verify_compares_the_chain_head",
+            "tests/test_audit.py::test_verify_names_rows_added_after_the_chain_head",
+            "tests/test_audit.py::test_audit_verify_command_names_the_edited_row",
+            "tests/test_audit.py::test_row_hash_is_a_stable_format",
+            "tests/test_audit.py::test_rows_are_stored_canonical_and_cut_to_their_columns",
+            "tests/test_audit.py::test_row_filters_by_time_and_literal_identifiers",
+        ),
+        "the audit trail's hash chain: what it covers, what verify finds",
+    ),
+    "atna": Target(
+        "dicomproxy/audit/atna.py",
+        (  # build and its per-event builders (one function before the split of issue 23)
+            "MessageBuilder.build",
+            "MessageBuilder._application_activity",
+            "MessageBuilder._login",
+            "MessageBuilder._security_alert",
+            "MessageBuilder._query",
+            "MessageBuilder._begin_transferring",
+            "MessageBuilder._interrupted",
+            "MessageBuilder._transferred",
+            "MessageBuilder._transfer",
+        ),
+        ("tests/test_atna.py",),
+        "DICOM audit messages: which event, which outcome (PS3.15 A.5.1 EventOutcomeIndicator)",
+    ),
+    "health": Target(
+        "dicomproxy/console/health.py",
+        (),
+        (  # the checks one by one first (a killed mutant stops early), then the console end to end
+            "tests/test_console.py::test_a_failing_check_is_not_ready_and_says_why",
+            "tests/test_console.py::test_a_hung_check_does_not_hold_up_the_next",
+            "tests/test_console.py::test_disk_check_threshold_detail_and_missing_folder",
+            "tests/test_console.py::test_echo_rounds_are_counted",
+            "tests/test_console.py",
+        ),
+        "/healthz and /readyz: what makes the node ready",
+    ),
+    "lanes": Target(
+        "dicomproxy/relay/lanes.py",
+        (),
+        ("tests/test_onward_lanes.py",),
+        "several onward associations per job: every instance once, late results counted",
+    ),
+    "stamp": Target(
+        "dicomproxy/view/stamp.py",
+        (),
+        ("tests/test_view_rowstamp.py", "tests/test_view_uidindex.py", "tests/test_push_watcher.py"),
+        "RowTimestamp: marks, ordering, the late-commit guard",
+    ),
+    "uidindex": Target(
+        "dicomproxy/view/uidindex.py",
+        (),
+        ("tests/test_view_uidindex.py", "tests/test_view_rowstamp.py"),
+        "the UID side table: sync by RowTimestamp, its mark bound to the view",
+    ),
+    "reports": Target(
+        "dicomproxy/reports",
+        (),
+        ("tests/test_push_units.py", "tests/test_reports_plan.py", "tests/test_reports_retrieve.py"),
+        "order/report files: fetch, encode, a study's files and their C-FIND answers",
+    ),
 }
 
 #: cosmic-ray operators used. Left out: the binary operators other than + ↔ − (``a * b`` →
@@ -233,6 +338,54 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "wait:float=-1.0)",
             "Event.wait with a negative timeout returns at once, as with 0",
         ),
+    ],
+    "push-queue": [
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>-1,",
+            "release: a running item has attempts >= 1 (its claim counted one); 0 never reaches the case",
+        ),
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>=0,",
+            "release: a running item has attempts >= 1 (its claim counted one); 0 never reaches the case",
+        ),
+        (
+            "push_queue.c.attempts>0,push_queue.c.attempts-1",
+            "push_queue.c.attempts>1,",
+            "release: at attempts 1 both branches give 0",
+        ),
+        (
+            "push_queue.c.attempts-1),else_=0)",
+            "else_=1)",
+            "release: the else branch is for attempts 0, which a running item never has",
+        ),
+        (
+            "push_queue.c.attempts-1),else_=0)",
+            "else_=-1)",
+            "release: the else branch is for attempts 0, which a running item never has",
+        ),
+        ("str(r[0])forrinconn.execute(q)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
+        (
+            "str(r[0])forrinconn.execute(listed)",
+            "r[-1]",
+            "a one-column row: [0] and [-1] are the same column",
+        ),
+    ],
+    "health": [
+        ("@dataclass(frozen=True)", "frozen=False", "Check is never mutated"),
+        (
+            'Column("node",String(64)',
+            "String(63)",
+            "the probe row's node is an AE title (at most 16 characters)",
+        ),
+        ("inserted_primary_key[0]", "inserted_primary_key[-1]", "a one-column primary key: [0] is [-1]"),
+        (
+            'Column("node",String(64)',
+            "String(65)",
+            "the probe row's node is an AE title (at most 16 characters)",
+        ),
+        ('Column("node",String(64),nullable=False)', "nullable=True", "the probe always writes its node"),
     ],
     "lossy": [
         (
@@ -350,7 +503,7 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
         f'module-path = "{target.module}"\n'
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(' '.join(test_command(target)))}\n"
+        f"test-command = {json.dumps(shlex.join(test_command(target)))}\n"
         "\n[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
@@ -358,14 +511,18 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
     session.unlink(missing_ok=True)
     subprocess.run([COSMIC_RAY, "init", str(config), str(session)], cwd=tree, check=True)
 
-    source = (tree / target.module).read_text()
-    ranges = function_lines(source, target.functions) if target.functions else [(1, len(source.splitlines()))]
+    ranges = (
+        function_lines((tree / target.module).read_text(), target.functions) if target.functions else None
+    )
     with use_db(str(session), WorkDB.Mode.open) as db:
         skip = []
         for item in db.pending_work_items:
             keep = all(
                 OPERATORS.match(m.operator_name)
-                and any(m.start_pos[0] <= end and start <= m.end_pos[0] for start, end in ranges)
+                and (
+                    ranges is None
+                    or any(m.start_pos[0] <= end and start <= m.end_pos[0] for start, end in ranges)
+                )
                 for m in item.mutations
             )
             if not keep:
@@ -411,7 +568,7 @@ def recheck_target(name: str, target: Target) -> dict[str, object]:
     config.write_text(
         re.sub(
             r"(?m)^test-command = .*$",
-            lambda _: f"test-command = {json.dumps(' '.join(test_command(target)))}",
+            lambda _: f"test-command = {json.dumps(shlex.join(test_command(target)))}",
             config.read_text(),
         )
     )
@@ -443,6 +600,7 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
                 survivors.append(
                     {
                         "job": job_id,
+                        "file": Path(m.module_path).as_posix(),
                         "line": m.start_pos[0],
                         "operator": m.operator_name,
                         "occurrence": m.occurrence,
@@ -479,7 +637,7 @@ def summarise(name: str, target: Target, session: Path, baseline: float, elapsed
         "baseline_s": round(baseline, 1),
         "run_s": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "survivors": sorted(survivors, key=lambda s: (s["line"], s["operator"])),
+        "survivors": sorted(survivors, key=lambda s: (s["file"], s["line"], s["operator"])),
     }
 
 
@@ -516,7 +674,8 @@ def report() -> Path:
     for r in results:
         for s in r["survivors"]:
             why = f" — equivalent: {s['equivalent']}" if s["equivalent"] else " — NOT EXPLAINED"
-            lines.append(f"- {r['target']} `{r['module']}:{s['line']}` {s['operator']}{why}")
+            where = s.get("file") or r["module"]
+            lines.append(f"- {r['target']} `{where}:{s['line']}` {s['operator']}{why}")
             lines.extend(f"      {d}" for d in s["diff"].splitlines())
     out = OUT / "report.md"
     out.write_text("\n".join(lines) + "\n")
@@ -535,7 +694,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for name, t in TARGETS.items():
-            print(f"{name:9} {t.module:32} {t.why}\n{'':9} tests: {' '.join(t.tests)}")
+            print(f"{name:12} {t.module:32} {t.why}\n{'':12} tests: {' '.join(t.tests)}")
         return
     if not args.report:
         unknown = [t for t in args.targets if t not in TARGETS]

@@ -240,6 +240,13 @@ class DestBehaviour:
     abort_once_at: int | None = None
     #: Keep every accepted data set (with its file meta) in ``FakeDestination.datasets``.
     keep_datasets: bool = False
+    #: A slow destination: the C-STOREs from this 0-based index on are answered only once
+    #: ``hold`` is set; ``holding`` is set when the first of them waits, ``held`` lists the SOP
+    #: Instance UIDs that waited (several at once over several associations).
+    hold_from: int | None = None
+    hold: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)
+    held: list[str] = field(default_factory=list)
 
 
 class FakeDestination:
@@ -307,6 +314,11 @@ class FakeDestination:
             return 0xA700
         req = cast(Any, event.request)
         uid = str(req.AffectedSOPInstanceUID)
+        if self.behaviour.hold_from is not None and index >= self.behaviour.hold_from:
+            with self._lock:
+                self.behaviour.held.append(uid)
+            self.behaviour.holding.set()
+            self.behaviour.hold.wait(120)
         with self._lock:
             self.attempts.append(uid)
             flaky = self.behaviour.flaky.get(uid)

@@ -76,13 +76,16 @@ def check_a53(msg: etree._Element) -> str:
     if event_id == "110100":  # A.5.3.1 Application Activity
         assert type_codes in (["110120"], ["110121"]) and action == "E"
         assert "110150" in roles(msg)  # the application itself
+        assert roles(msg)["110150"].get("UserIsRequestor") == "false"
     elif event_id == "110114":  # A.5.3.x User Authentication: Login
         assert type_codes == ["110122"]
-        assert any(p.get("UserIsRequestor") == "true" for p in msg.iterfind("ActiveParticipant"))
+        # the peer logs in: it is the one requestor, we are not
+        assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")].count("true") == 1
     elif event_id == "110113":  # A.5.3.x Security Alert
         assert type_codes == ["110126"]
         (node,) = objects(msg, "110182")
         assert node.get("ParticipantObjectTypeCodeRole") == "13"
+        assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")].count("true") == 1
     elif event_id == "110112":  # A.5.3.x Query: requestor = Source, we = Destination, the SOP class + query
         assert action == "E"
         r = roles(msg)
@@ -94,6 +97,10 @@ def check_a53(msg: etree._Element) -> str:
         assert action == ("E" if event_id == "110102" else "R")
         r = roles(msg)
         assert {"110153", "110152"} <= set(r)
+        # the requestor is the peer that asked (no role of its own), never we (Source) or the Destination
+        assert r["110153"].get("UserIsRequestor") == "false" and r["110152"].get("UserIsRequestor") == "false"
+        requestors = [p for p in msg.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+        assert len(requestors) == 1 and requestors[0].find("RoleIDCode") is None
         studies = objects(msg, "110180")
         assert studies and all(s.get("ParticipantObjectTypeCode") == "2" for s in studies)
         (patient,) = objects(msg, "2")
@@ -156,6 +163,10 @@ def test_audit_messages_reach_rsyslog(
         SCHEMA.assertValid(msg)
         seen.append(check_a53(msg))
     assert seen[0] == "110100" and seen[-1] == "110100"
+    lines = rsyslog.messages(transport)
+    start, stop = parse(lines[0])[1], parse(lines[-1])[1]
+    assert codes(start, "EventIdentification/EventTypeCode") == ["110120"]  # Application Start
+    assert codes(stop, "EventIdentification/EventTypeCode") == ["110121"]  # Application Stop
     assert sorted(seen) == sorted(
         ["110100", "110114", "110112", "110114", "110102", "110104", "110113", "110100"]
     )
@@ -165,6 +176,9 @@ def test_audit_messages_reach_rsyslog(
         _, msg = parse(line)
         by_id[msg.find("EventIdentification/EventID").get("csd-code")] = msg
     query = by_id["110112"]
+    assert query.find("EventIdentification").get("EventOutcomeIndicator") == "0"  # the C-FIND succeeded
+    (sop_class,) = objects(query, "110181")
+    assert sop_class.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND
     text = base64.b64decode(
         query.find("ParticipantObjectIdentification/ParticipantObjectQuery").text
     ).decode()
@@ -176,6 +190,28 @@ def test_audit_messages_reach_rsyslog(
     assert sop.get("NumberOfInstances") == "10"
     assert objects(done, "2")[0].get("ParticipantObjectID") == CT.patient.patient_id
     assert roles(done)["110152"].get("UserID") == "DEST"
+
+
+def test_job_events_without_their_start_make_no_message() -> None:
+    """A job's Resolved/Finished event whose JobStarted was not seen (e.g. the subscriber started
+    mid-job) has no requestor to name: no message rather than a half one."""
+    from dicomproxy import events
+    from dicomproxy.audit.atna import MessageBuilder
+
+    builder = MessageBuilder("DICOMPROXY", "host", "dicomproxy@host")
+    finished = events.JobFinished(
+        job_id=1,
+        kind="move",
+        outcome="success",
+        status=0,
+        completed=1,
+        failed=0,
+        warning=0,
+        bytes_out=1,
+        seconds=1,
+    )
+    assert builder.build(finished, None) is None
+    assert builder.build(events.JobResolved(job_id=1, level="STUDY", study_uids=("1.2.3",)), None) is None
 
 
 def test_schema_rejects_a_malformed_message() -> None:
@@ -261,3 +297,62 @@ def test_a_job_the_process_died_in_gets_its_transfer_message_at_the_next_start(
     assert (row["action"], row["outcome"]) == ("move", "interrupted")
     detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
     assert detail["instances"] == sent
+
+
+@pytest.mark.orthanc
+@pytest.mark.parametrize(("refused", "outcome", "indicator"), [(3, "partial", "4"), (10, "failed", "8")])
+def test_a_finished_job_with_failed_sub_operations_is_not_reported_as_success(
+    refused: int,
+    outcome: str,
+    indicator: str,
+    rsyslog: Rsyslog,
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """A C-MOVE whose destination refuses some instances ends partial (0xB000): its DICOM Instances
+    Transferred message says minor failure (4); refusing all of them, serious failure (8)
+    (PS3.15 A.5.1 EventOutcomeIndicator, A.5.3.4)."""
+    from testkit.fakepacs import FakeDestination
+
+    dest = FakeDestination("DEST")
+    uids = [CT.sop_uid(s, i) for s in range(CT.series) for i in range(CT.images_per_series)]
+    dest.behaviour.reject = {uid: 0xC000 for uid in uids[:refused]}  # a failure not retried
+    dest.start()
+    try:
+        r = orthanc.remote
+        config = make_config(
+            pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+            peers=[
+                {"ae_title": "jobserver", "host": "127.0.0.1", "port": 1},
+                {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
+            ],
+            audit={"syslog": f"udp://127.0.0.1:{rsyslog.udp_port}"},
+        )
+        server = run_proxy(config)
+        m = Dataset()
+        m.QueryRetrieveLevel = "STUDY"
+        m.AccessionNumber = CT.accession  # the study is named by the view, not by the request
+        result = scu.move(Remote("DICOMPROXY", "127.0.0.1", server.port), "DEST", m, calling_ae="jobserver")
+        assert (result.completed, result.failed) == (10 - refused, refused), result.line()
+        assert result.status == (0xB000 if refused < 10 else 0xA702), result.line()
+    finally:
+        dest.stop()
+
+    def transferred() -> list[etree._Element]:
+        found = []
+        for line in rsyslog.messages("udp"):
+            _, msg = parse(line)
+            if msg.find("EventIdentification/EventID").get("csd-code") == "110104":
+                found.append(msg)
+        return found
+
+    wait_until(lambda: bool(transferred()), 30, "the job's Instances Transferred message")
+    (msg,) = transferred()
+    SCHEMA.assertValid(msg)
+    assert check_a53(msg) == "110104"
+    got = msg.find("EventIdentification").get("EventOutcomeIndicator")
+    assert got == indicator, f"a {outcome} job reported as EventOutcomeIndicator {got}"
+    assert roles(msg)["110152"].get("UserID") == "DEST"
+    assert [o.get("ParticipantObjectID") for o in objects(msg, "110180")] == [CT.study_uid]

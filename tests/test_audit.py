@@ -4,6 +4,7 @@ from Orthanc to storescp, a rejected association, start and stop) read with `dic
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -13,11 +14,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from pydicom.dataset import Dataset
-from sqlalchemy import create_engine, delete, insert, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from dicomproxy import events
-from dicomproxy.audit.trail import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log
+from dicomproxy.audit.trail import AUDIT_METADATA, Action, AuditRecord, AuditTrail, audit_log, row_hash
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
 from dicomproxy.server import Server
@@ -26,7 +27,7 @@ from dicomproxy.transport.findscu import run_find
 from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
-from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server
+from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server, push_cli_toml
 
 CT, MR, US, MF = demo_specs()
 
@@ -113,6 +114,93 @@ def test_verify_finds_tampering(audit_engine: Engine, tamper: str, broken_at: in
     result = trail.verify()
     assert not result.ok
     assert result.broken_at == broken_at and problem in result.problem
+    # what can still be trusted: the rows before the break, and the last of them
+    assert result.rows == result.last_seq == broken_at - 1
+    assert result.last_hash == trail.rows()[broken_at - 2]["hash"]
+
+
+def test_row_hash_is_a_stable_format() -> None:
+    """A trail written by an earlier version must still verify: the hash of a fixed row is pinned
+    (SHA-256 of the previous hash + canonical JSON: sorted keys, no spaces, UTF-8, time to the second)."""
+    row = {
+        "seq": 1,
+        "time": dt.datetime(2026, 1, 1, 8, 0, 0),
+        "action": "move",
+        "outcome": "success",
+        "calling_ae": "jobserver",
+        "address": "127.0.0.1:4000",
+        "tls_identity": "",
+        "destination": "DEST",
+        "job_id": 7,
+        "detail": '{"name": "张三"}',
+        "patient_ids": " P1 ",
+        "study_uids": " 1.2.3 ",
+    }
+    assert row_hash("0" * 64, row) == "8298af3b0ef6c68623cee194f0f4c0d72e0b0a636e39d8f9f8c5d194c0fb3cf7"
+
+
+def test_rows_are_stored_canonical_and_cut_to_their_columns(audit_engine: Engine) -> None:
+    """Identifiers longer than their columns are cut to the column (every database takes the row);
+    the detail is stored as canonical JSON (sorted keys), whatever order the event gave."""
+    trail = AuditTrail(audit_engine)
+    trail.append(
+        AuditRecord(
+            Action.MOVE,
+            "success",
+            calling_ae=" " + "A" * 20 + " ",
+            address="h" * 70,
+            tls_identity="CN=" + "x" * 300,
+            destination="D" * 20,
+            detail={"zeta": 1, "alpha": {"b": 2, "a": 1}, "name": "张三"},
+            patient_ids=(" P1 ", "", "  ", "P2"),
+            time=dt.datetime(2026, 1, 1, 16, 0, 0, 500, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+        )
+    )
+    (row,) = trail.rows()
+    assert (
+        len(row["calling_ae"]),
+        len(row["address"]),
+        len(row["tls_identity"]),
+        len(row["destination"]),
+    ) == (
+        16,
+        64,
+        256,
+        16,
+    )
+    assert row["calling_ae"] == "A" * 16
+    assert row["detail"] == '{"alpha": {"a": 1, "b": 2}, "name": "张三", "zeta": 1}'  # readable in SQL
+    assert row["time"] == dt.datetime(2026, 1, 1, 8, 0, 0)  # naive UTC, whole seconds
+    assert row["patient_ids"] == " P1 P2 "
+    assert trail.verify().ok
+
+
+def test_row_filters_by_time_and_literal_identifiers(audit_engine: Engine) -> None:
+    """--since is inclusive, --until exclusive (whole seconds, UTC); --patient/--study match whole
+    identifiers literally (``_`` and ``%`` are not wildcards)."""
+    trail = AuditTrail(audit_engine)
+    t0 = dt.datetime(2026, 1, 1, 8, 0, 0, tzinfo=dt.timezone.utc)
+    for i in range(3):
+        trail.append(
+            AuditRecord(
+                Action.FIND,
+                "success",
+                calling_ae=f"AE{i}",
+                patient_ids=(f"P.{i}",),
+                study_uids=(f"1.2.{i}",),
+                time=t0 + dt.timedelta(hours=i),
+            )
+        )
+    seqs = lambda rows: [r["seq"] for r in rows]  # noqa: E731
+    assert seqs(trail.rows()) == [1, 2, 3]
+    assert seqs(trail.rows(since=t0 + dt.timedelta(hours=1))) == [2, 3]
+    assert seqs(trail.rows(until=t0 + dt.timedelta(hours=1))) == [1]
+    assert seqs(trail.rows(since=t0, until=t0 + dt.timedelta(hours=2))) == [1, 2]
+    assert seqs(trail.rows(study="1.2.1")) == [2]
+    assert trail.rows(study="1_2.1") == [] and trail.rows(study="1.2%") == []
+    assert trail.rows(patient="P_1") == [] and seqs(trail.rows(patient="P.1")) == [2]
+    assert seqs(trail.rows(limit=2)) == [1, 2]
+    assert seqs(trail.rows(peer=" AE1 ")) == [2]
 
 
 # --- real traffic ------------------------------------------------------------------------------------
@@ -274,3 +362,90 @@ def test_events_without_subscribers_are_dropped() -> None:
     bus.publish(events.Failure(where="pacs", message="y"))
     assert bus.flush()
     assert [e.message for e in got if isinstance(e, events.Failure)] == ["y"]
+
+
+# --- every column is covered, and the newest row too (issue 24) ----------------------------------------
+
+
+def _forged(column: str, value: Any) -> Any:
+    """A different value of the column's type."""
+    if column == "seq":
+        return 99
+    if column == "job_id":
+        return 4242
+    if column == "time":
+        return value + dt.timedelta(days=1)
+    if column == "detail":
+        return json.dumps({"level": "STUDY", "keys": {"PatientID": "FORGED"}, "matches": 0})
+    if column in ("prev_hash", "hash"):
+        return "e" * 64
+    if column in ("patient_ids", "study_uids"):
+        return " FORGED "
+    return "FORGED"
+
+
+@pytest.mark.parametrize("column", [c.name for c in audit_log.columns])
+def test_verify_finds_an_edit_of_every_column(audit_engine: Engine, column: str) -> None:
+    """Each column of a row (the table's own list, so a column added later is covered too) is part
+    of the chain: editing it in row 3 breaks the chain at row 3."""
+    trail = AuditTrail(audit_engine)
+    _fill(trail)
+    with audit_engine.begin() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.seq == 3)).mappings().one()
+        forged = _forged(column, row[column])
+        assert forged != row[column]
+        conn.execute(update(audit_log).where(audit_log.c.seq == 3).values({column: forged}))
+    result = trail.verify()
+    assert not result.ok, f"an edit of {column} verifies as intact"
+    assert result.broken_at == 3 and result.rows == 2, result
+
+
+def _rehash_newest(engine: Engine, **values: Any) -> int:
+    """Edit the newest row and recompute its own hash (nothing follows it to notice); its seq."""
+    with engine.begin() as conn:
+        seq = conn.execute(select(func.max(audit_log.c.seq))).scalar_one()
+        row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == seq)).mappings().one())
+        row.update(values)
+        row["hash"] = row_hash(row["prev_hash"], row)
+        conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(**row))
+    return int(seq)
+
+
+def test_verify_compares_the_chain_head(audit_engine: Engine) -> None:
+    """Only the chain head can tell that the newest row was edited and rehashed; the message names
+    that row (not "rows after it were removed")."""
+    trail = AuditTrail(audit_engine)
+    _fill(trail)
+    assert _rehash_newest(audit_engine, patient_ids=" FORGED ") == 5
+    result = trail.verify()
+    assert not result.ok, "an edit of the newest row, rehashed, verifies as intact"
+    assert (result.broken_at, result.rows, result.last_seq) == (5, 4, 4)
+    assert result.problem == "row 5 does not match the chain head's hash (edited)"
+    assert result.last_hash == trail.rows()[3]["hash"]  # the last row that can be trusted
+
+
+def test_verify_names_rows_added_after_the_chain_head(audit_engine: Engine) -> None:
+    trail = AuditTrail(audit_engine)
+    _fill(trail, 2)
+    with audit_engine.begin() as conn:
+        row = dict(conn.execute(select(audit_log).where(audit_log.c.seq == 2)).mappings().one())
+        added = {**row, "seq": 3, "prev_hash": row["hash"], "calling_ae": "SOMEONE"}
+        added["hash"] = row_hash(row["hash"], added)
+        conn.execute(insert(audit_log).values(**added))
+    result = trail.verify()
+    assert (result.ok, result.broken_at, result.rows) == (False, 3, 2)
+    assert "rows after it were added" in result.problem
+
+
+def test_audit_verify_command_names_the_edited_row(tmp_path: Path) -> None:
+    toml = push_cli_toml(tmp_path)
+    (tmp_path / "var").mkdir()
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'journal.db'}")
+    trail = AuditTrail(engine)
+    _fill(trail)
+    _rehash_newest(engine, calling_ae="SOMEONE")
+    engine.dispose()
+    out = CliRunner().invoke(cli, ["audit", "verify", "-c", str(toml)])
+    assert out.exit_code == 1
+    assert "BROKEN at record #5: row 5 does not match the chain head" in out.output, out.output
+    assert "removed" not in out.output

@@ -322,3 +322,172 @@ def test_status_identifiers_only_when_asked() -> None:
     after = live.snapshot(identifiers=False)
     assert after["running"] == [] and after["recent"][0]["outcome"] == "failed"
     assert "job 7" in after["errors"][0]["message"]
+
+
+# --- readiness checks, one by one (mutation survivors of console/health.py, issue 24) -----------
+
+
+class _Engine:
+    """An exam view engine whose connect() fails, or blocks until released."""
+
+    def __init__(self, fail: str = "", hold: Any = None) -> None:
+        self.fail, self.hold = fail, hold
+
+    def connect(self) -> Any:
+        if self.hold is not None:
+            self.hold.wait(30)
+        raise _DBError(self.fail or "released")
+
+
+class _DBError(Exception):
+    """Like SQLAlchemy's DBAPIError: the driver's own error in ``orig``, the SQL in ``str()``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"(driver.OperationalError) {reason}\n[SQL: SELECT 1]")
+        self.orig = RuntimeError(reason)
+
+
+class _View:
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+
+
+def _readiness(make_config: ConfigFactory, tmp_path: Any, view: Any, **view_cfg: Any) -> Any:
+    from dicomproxy.console.health import Echoer, Readiness
+    from dicomproxy.relay.journal import Journal
+
+    config = make_config(
+        view={"url": f"sqlite:///{tmp_path / 'view.db'}", **view_cfg}, http={"min_free_mb": 0}
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    return Readiness(config, view, journal, Echoer(config)), journal
+
+
+def test_a_failing_check_is_not_ready_and_says_why(make_config: ConfigFactory, tmp_path: Any) -> None:
+    from sqlalchemy import func, select
+
+    from dicomproxy.console.health import health_probe
+
+    readiness, journal = _readiness(make_config, tmp_path, _View(_Engine("connection refused\nmore")))
+    try:
+        ok, checks = readiness.run()
+        by_name = {c.name: c for c in checks}
+        assert not ok
+        assert (by_name["view"].ok, by_name["view"].detail) == (False, "connection refused")
+        assert (by_name["journal"].ok, by_name["journal"].detail) == (True, "writable")
+        assert 0 <= by_name["journal"].seconds < 5
+        assert by_name["pacs"].detail == "no C-ECHO yet" and not by_name["pacs"].ok
+        assert by_name["disk"].as_dict()["seconds"] == 0.0  # not timed
+        assert 0 <= by_name["view"].seconds < 5  # timed, also when it failed
+        with journal.engine.connect() as conn:  # the journal probe leaves nothing behind
+            assert conn.execute(select(func.count()).select_from(health_probe)).scalar_one() == 0
+    finally:
+        readiness.close()
+        journal.close()
+
+
+def test_a_hung_check_does_not_hold_up_the_next(make_config: ConfigFactory, tmp_path: Any) -> None:
+    """The view hangs past its timeout: it is reported as such, and the journal is still checked
+    (its own worker: the hung one keeps the first)."""
+    import threading
+
+    release = threading.Event()
+    readiness, journal = _readiness(make_config, tmp_path, _View(_Engine(hold=release)), query_timeout=0.3)
+    try:
+        ok, checks = readiness.run()
+        by_name = {c.name: c for c in checks}
+        assert not ok
+        assert (by_name["view"].ok, by_name["view"].detail) == (False, "no answer within 0.3 s")
+        assert 0.3 <= by_name["view"].seconds < 5
+        assert (by_name["journal"].ok, by_name["journal"].detail) == (True, "writable")
+        assert by_name["journal"].seconds < 5
+    finally:
+        release.set()
+        readiness.close()
+        journal.close()
+
+
+def test_disk_check_threshold_detail_and_missing_folder(
+    make_config: ConfigFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collections import namedtuple
+
+    from dicomproxy.console import health
+
+    usage = namedtuple("usage", "total used free")
+    readiness, journal = _readiness(make_config, tmp_path, None)
+    config = make_config(http={"min_free_mb": 100})
+    readiness.config = config
+    need = 100 * 1024 * 1024
+    try:
+        ok, checks = readiness.run()
+        assert not ok and checks[0] == health.Check("view", False, "exam view not configured")
+        readiness.journal = None
+        assert health.Check("journal", False, "journal not configured") in readiness.run()[1]
+        monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, need))
+        check = readiness._disk()
+        assert check.ok and check.detail == f"0.1 GiB free at {config.data_path} (minimum 100 MiB)"
+        monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, need - 1))
+        assert not readiness._disk().ok
+        monkeypatch.setattr(health.shutil, "disk_usage", lambda _: usage(0, 0, 100 * 1024**3))
+        assert readiness._disk().detail.startswith("100.0 GiB free at ")
+
+        def gone(_: Any) -> Any:
+            raise FileNotFoundError(2, "No such file or directory")
+
+        monkeypatch.setattr(health.shutil, "disk_usage", gone)
+        assert readiness._disk() == health.Check(
+            "disk", False, f"{config.data_path}: No such file or directory"
+        )
+    finally:
+        readiness.close()
+        journal.close()
+
+
+def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
+    from dicomproxy.console.health import Check, Echoer
+
+    nobody = {"host": "127.0.0.1", "port": free_port()}
+    echoer = Echoer(
+        make_config(pacs={"ae_title": "NOBODY", **nobody}, peers=[{"ae_title": "CLOUD", **nobody}])
+    )
+    assert echoer.rounds == 0 and echoer.checks()[0].detail == "no C-ECHO yet"
+    failures: list[events.Event] = []
+    events.subscribe(failures.append)
+    try:
+        echoer.echo_all()
+        assert events.flush()
+    finally:
+        events.unsubscribe(failures.append)
+    assert echoer.rounds == 1
+    assert [e.where for e in failures if isinstance(e, events.Failure)] == ["pacs"]  # the console counts it
+    (peer,) = echoer.peer_checks()  # the status page shows the peers too
+    assert (peer.name, peer.ok) == ("peer:CLOUD", False)
+    (pacs,) = echoer.checks()
+    assert pacs.name == "pacs" and not pacs.ok
+    # a result older than two intervals and a connect timeout is stale: not ready, and says so
+    when = echoer._results["pacs"][0]
+    echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
+    (stale,) = echoer.checks()
+    echoer._results["pacs"] = (when - echoer.interval - 15, True, "answered")
+    assert echoer.checks()[0].ok  # older than one interval, within two and a timeout: still fresh
+    echoer._results["pacs"] = (when - 2 * echoer.interval - 15, True, "answered")
+    # every archive has its check, echoed or not
+    from tests.test_routing import ARCHIVES
+
+    more = Echoer(make_config(archives=ARCHIVES, peers=[]))
+    assert [c.name for c in more.checks()] == ["pacs", *(f"archive:{a['name']}" for a in ARCHIVES)]
+    assert {c.detail for c in more.checks()} == {"no C-ECHO yet"}
+    assert not stale.ok and stale.detail.startswith("last C-ECHO ") and "interval 30 s" in stale.detail
+    assert Check("x", True, "", 0.12345).as_dict() == {
+        "name": "x",
+        "ok": True,
+        "detail": "",
+        "seconds": 0.123,
+    }
+    echoer.stop()  # never started: nothing to join
+    started = Echoer(make_config(http={"echo_interval": 1.0}))
+    started.start()
+    wait_until(lambda: started.rounds > 1, 30, "a second round, one interval later")
+    started.stop()  # joins its thread
+    assert started._thread is not None and not started._thread.is_alive()

@@ -182,3 +182,57 @@ def test_onward_associations_validated_at_load(
         peer["onward_associations"] = value
     with pytest.raises(ConfigError, match="onward_associations"):
         make_config(**sections)
+
+
+def test_cancel_while_three_c_stores_are_in_flight_counts_and_journals_what_arrived(
+    proxy: Callable[..., Server], study_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C-CANCEL of a 3-lane job while each lane has a C-STORE in flight at a slow destination: the
+    lanes finish those C-STOREs after the pump stopped handing out work; their results come back
+    late, and are counted in the Cancel response and journalled like the others (else a retry
+    would send them again and the requester's count would be short)."""
+    import threading
+
+    from dicomproxy.relay.lanes import Lanes
+
+    dest = FakeDestination(DEST)
+    dest.behaviour.hold_from = 3  # the first 3 answered at once, the next 3 (one per lane) held
+    dest.start()
+    closing = threading.Event()
+    close = Lanes.close
+
+    def closing_lanes(self: Lanes[object], wait: float) -> object:
+        closing.set()
+        return close(self, wait)
+
+    monkeypatch.setattr(Lanes, "close", closing_lanes)
+
+    def release_when_the_lanes_close() -> None:  # the held C-STOREs end while the lanes stop
+        closing.wait(60)
+        dest.behaviour.hold.set()
+
+    releaser = threading.Thread(target=release_when_the_lanes_close, daemon=True)
+    releaser.start()
+    try:
+        server = proxy(dest.port, 3)
+        study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+        result = scu.move(
+            Remote("DICOMPROXY", "127.0.0.1", server.port),
+            DEST,
+            scu.identifier(study_uids=[study]),
+            calling_ae=CLOUD,
+            timeout=60,
+            cancel=lambda _: len(dest.behaviour.held) == 3,  # all three lanes wait on the destination
+        )
+        releaser.join(10)
+        assert closing.is_set() and len(dest.behaviour.held) == 3
+        arrived = Counter(uid for uid, _ in dest.received)
+        assert len(arrived) == 6 and set(arrived.values()) == {1}, arrived
+        assert result.status == 0xFE00, result.line()
+        assert result.completed == 6, f"instances that arrived after the cancel not counted: {result.line()}"
+        job, journalled = _journalled(server)
+        assert job["outcome"] == "cancelled" and job["completed"] == 6, job
+        assert set(journalled) == set(arrived), "instances that arrived after the cancel not journalled"
+    finally:
+        dest.behaviour.hold.set()
+        dest.stop()

@@ -27,6 +27,7 @@ from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE
 from dicomproxy.server import Server
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows, update_rows
@@ -67,7 +68,7 @@ def _config(
     make_config: ConfigFactory,
     view_url: str,
     pacs: Orthanc,
-    scp: StoreSCP,
+    scp: StoreSCP | FakeDestination,
     http: dict[str, Any] | None = None,
     **push: Any,
 ) -> Config:
@@ -254,4 +255,36 @@ def test_study_not_yet_in_the_pacs_waits_and_is_sent_when_it_arrives(
         assert set(delivered(scp)) == study_sops(spec)
     finally:
         scp.stop()
+        engine.dispose()
+
+
+def test_instances_the_destination_refused_are_sent_on_the_next_attempt(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    push_pacs: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """A destination refuses one instance of the study on the first attempt (0xC000, not retried
+    within the job) and accepts it on the next: the item is retried, the refused instance arrives,
+    the one it had confirmed is not sent again (issue 24: "already confirmed" must mean confirmed)."""
+    spec = SPECS[1]
+    refused, accepted = sorted(study_sops(spec))
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    dest = FakeDestination("STORESCP")
+    dest.behaviour.flaky = {refused: [0xC000]}  # refused once, then accepted
+    dest.start()
+    try:
+        server = run_proxy(_config(make_config, view_url, push_pacs, dest, start_from="beginning"))
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        insert_rows(engine, [exam_row(spec, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: [i["state"] for i in queue.items()] == ["done"], 30, "item done")
+        (item,) = queue.items()
+        assert item["attempts"] == 2, item  # the refusal made the first attempt fail
+        got = Counter(uid for uid, _ in dest.received)
+        assert got == {refused: 1, accepted: 1}, f"the refused instance was not sent again: {got}"
+        assert dest.attempts.count(refused) == 2, dest.attempts
+    finally:
+        dest.stop()
         engine.dispose()

@@ -8,6 +8,7 @@ each retrieval so that the kill lands mid-study, deterministically (events, no s
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ from dicomproxy.relay.journal import job_instances
 from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.dcmtk import StoreSCP
-from testkit.fakepacs import FakePacs
+from testkit.fakepacs import FakeDestination, FakePacs
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -34,7 +35,14 @@ STUDIES = [
 
 
 def _toml(
-    tmp: Path, name: str, port: int, view_url: str, journal_url: str, pacs: FakePacs, scp: StoreSCP
+    tmp: Path,
+    name: str,
+    port: int,
+    view_url: str,
+    journal_url: str,
+    pacs: FakePacs,
+    scp: StoreSCP | FakeDestination,
+    lease: float = 3,
 ) -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(
@@ -81,7 +89,7 @@ poll_interval = 0.3
 retry_delay = 0.3
 max_retry_delay = 1.0
 max_concurrent = 1
-lease = 3
+lease = {lease}
 """
     )
     return path
@@ -205,3 +213,74 @@ def test_clean_stop_mid_study_gives_the_item_back(tmp_path: Path, make_config: A
     finally:
         pacs.stop()
         scp.stop()
+
+
+def test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over(
+    tmp_path: Path, pg_journal: str
+) -> None:
+    """Two nodes on one PostgreSQL journal, a lease of 1 s, a destination that holds one C-STORE
+    for several leases: the owner renews its lease while it delivers (every lease / 3), so the
+    other node — polling every 0.3 s — never takes the item over, and every instance arrives once."""
+    spec = STUDIES[1]
+    files = write_study(spec, tmp_path / "study")
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(spec)])
+    engine.dispose()
+    pacs = FakePacs(files).start()
+    dest = FakeDestination("STORESCP")
+    dest.behaviour.hold_from = 1  # from the second instance on, answered only when the test lets it
+    dest.start()
+    journal = create_engine(pg_journal)
+    nodes: list[Process] = []
+    try:
+        for name in ("node-a", "node-b"):
+            port = free_port()
+            toml = _toml(tmp_path, name, port, view_url, pg_journal, pacs, dest, lease=1)
+            nodes.append(
+                Process(
+                    [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{name}.log"
+                )
+            )
+            wait_for_echo(
+                Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="STORESCP", proc=nodes[-1].proc
+            )
+
+        def item() -> Any:
+            with journal.connect() as conn:
+                return conn.execute(
+                    select(
+                        push_queue.c.owner,
+                        push_queue.c.lease_until,
+                        push_queue.c.takeovers,
+                        push_queue.c.state,
+                    )
+                ).one()
+
+        wait_until(dest.behaviour.holding.is_set, 30, "the delivery held at the destination")
+        first = item()
+        assert first.state == "running"
+        # three leases' time later (by the journal's own clock: lease_until moved that far), still ours
+        wait_until(
+            lambda: item().takeovers > 0 or item().lease_until >= first.lease_until + dt.timedelta(seconds=3),
+            30,
+            "the lease renewed three times over, or taken over",
+        )
+        now = item()
+        assert (now.owner, now.takeovers) == (first.owner, 0), (
+            f"taken over mid-delivery: {first.owner} -> {now.owner}, takeovers {now.takeovers}"
+        )
+        dest.behaviour.hold.set()
+        wait_until(lambda: item().state == "done", 30, "item done")
+        done = item()
+        assert (done.owner, done.takeovers) == (first.owner, 0)
+        received = Counter(uid for uid, _ in dest.received)
+        assert received == {spec.sop_uid(0, i): 1 for i in range(spec.images_per_series)}, received
+    finally:
+        dest.behaviour.hold.set()
+        for proc in nodes:
+            proc.stop()
+        journal.dispose()
+        pacs.stop()
+        dest.stop()

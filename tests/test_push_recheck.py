@@ -561,3 +561,41 @@ def test_the_archive_asked_is_the_newest_job_s_of_the_generation(tmp_path: Path)
         assert q.archive(item.id, 0) == "uis" and q.archive(item.id, 1) == ""
     finally:
         journal.close()
+
+
+def test_confirmed_images_count_a_scanned_document_the_pacs_holds_but_not_our_report_objects(
+    tmp_path: Path,
+) -> None:
+    """``PushQueue.confirmed_images`` (what the PACS's count is compared with): the images, and an
+    Encapsulated PDF the PACS listed for the job (a scanned document stored there), not the
+    report objects made from the view's files, nor anything refused."""
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    try:
+        q = PushQueue(journal.engine, "n")
+        _enqueue(q, "1.2.3.1")
+        item = q.claim(LEASE)
+        assert item is not None
+        job_id = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+        q.record_attempt(item, job_id)
+        pdf = str(ENCAPSULATED_PDF)
+        journal.add_expected(
+            job_id,
+            [
+                {"study_uid": "1.2.3.1", "series_uid": "1.2.3.1.1", "sop_instance_uid": u, "sop_class_uid": c}
+                for u, c in (("1.9.1.1", MR), ("1.9.1.2", MR), ("1.9.1.3", pdf))
+            ],
+        )
+        journal.add_instances(
+            job_id,
+            [
+                InstanceRecord("1.9.1.1", "sent", MR),
+                InstanceRecord("1.9.1.2", "failed", MR),
+                InstanceRecord("1.9.1.3", "sent", pdf),  # the PACS's scanned document
+                InstanceRecord("1.9.2.1", "sent", pdf),  # our report object
+            ],
+        )
+        assert q.confirmed(item.id, 0) == {"1.9.1.1", "1.9.1.3", "1.9.2.1"}
+        assert q.confirmed_images(item.id, 0) == {"1.9.1.1", "1.9.1.3"}
+        assert q.confirmed(item.id, 1) == frozenset()  # another generation: nothing confirmed yet
+    finally:
+        journal.close()

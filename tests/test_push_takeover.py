@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,130 @@ def test_one_expired_lease_is_still_taken_over_and_delivered(
     row = _row(b, item_id)
     assert (row["state"], row["owner"], row["confirmed"]) == (DONE, "node-b", 3)
     assert row["takeovers"] == 0  # delivered: not poison
+
+
+def test_a_released_item_is_due_at_once_without_the_attempt_its_claim_counted(
+    nodes: Callable[[str], PushQueue], clock: Clock
+) -> None:
+    """A clean stop gives a running item back: queued, due now, no lease, and the attempt its
+    claim counted taken back (a second attempt stays counted); only the owner's items."""
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1")
+    first = a.claim(LEASE)
+    assert first is not None and a.finish(first, WAITING, next_at=clock.now)  # a failed attempt
+    second = a.claim(LEASE)
+    assert second is not None and second.attempts == 2
+    b.release([item_id])  # not B's: nothing happens
+    assert (_row(a, item_id)["state"], _row(a, item_id)["attempts"]) == (RUNNING, 2)
+    clock.advance(5)
+    a.release([item_id])
+    row = _row(a, item_id)
+    assert (row["state"], row["attempts"], row["lease_until"], row["next_at"]) == (QUEUED, 1, None, clock.now)
+    again = b.claim(LEASE)
+    assert again is not None and (again.id, again.attempts) == (item_id, 2)
+
+
+def test_finish_stamps_updated_and_a_row_changed_meanwhile_is_queued_again(
+    nodes: Callable[[str], PushQueue], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``finish`` stamps ``updated`` unless told not to (``touch=False``: a re-check that found
+    nothing); a view row that changed while the item ran makes any end a fresh ``queued`` (stamped,
+    counts reset, the change consumed, so the next delivery ends as it says). A takeover is logged
+    as one; a normal claim is not."""
+    caplog.set_level(logging.INFO, logger="dicomproxy.push.queue")
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1", stamp="1")
+    item = a.claim(LEASE)
+    assert item is not None and "taken over" not in caplog.text
+    _enqueue(a, "1.2.3.1", stamp="2")  # the RIS revised the row meanwhile
+    clock.advance(10)
+    assert a.finish(item, DONE, touch=False)
+    row = _row(a, item_id)
+    assert (row["state"], row["changed"], row["attempts"], row["report_attempts"], row["rechecks"]) == (
+        QUEUED,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert row["updated"] == clock.now
+    again = a.claim(LEASE)
+    assert again is not None
+    clock.advance(10)
+    assert a.finish(again, DONE)
+    row = _row(a, item_id)
+    assert (row["state"], row["updated"]) == (DONE, clock.now)
+    # taken over: one INFO line naming the node it was taken from
+    _enqueue(a, "1.2.3.2")
+    assert a.claim(LEASE) is not None
+    clock.advance(LEASE + 1)
+    assert b.claim(LEASE) is not None
+    assert "taken over from node-a" in caplog.text
+
+
+def test_a_lease_is_expired_only_after_its_end(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    a, b = nodes("node-a"), nodes("node-b")
+    item_id = _enqueue(a, "1.2.3.1")
+    assert a.claim(LEASE) is not None
+    assert a.renew([], LEASE) == 0
+    clock.advance(LEASE)  # lease_until == now: still A's
+    assert b.claim(LEASE) is None
+    clock.advance(1)
+    taken = b.claim(LEASE)
+    assert taken is not None and taken.id == item_id and taken.takeovers == 1
+
+
+def test_push_retry_makes_a_waiting_item_due_afresh(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None
+    later = clock.now + dt.timedelta(hours=1)
+    assert a.finish(item, WAITING, next_at=later, report_attempts=3, rechecks=1, error="report file missing")
+    assert not a.retry(item_id + 1) and a.retry(item_id)
+    row = _row(a, item_id)
+    assert (row["state"], row["next_at"], row["attempts"], row["report_attempts"], row["rechecks"]) == (
+        QUEUED,
+        clock.now,
+        0,
+        0,
+        0,
+    )
+    assert (row["takeovers"], row["error"], row["generation"]) == (0, "", 0)  # confirmations still count
+    assert not a.retry(item_id)  # queued already: nothing to retry
+
+
+def test_a_recheck_is_claimed_when_it_is_due_not_before(
+    nodes: Callable[[str], PushQueue], clock: Clock
+) -> None:
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None and a.finish(item, DONE, next_at=clock.now + dt.timedelta(seconds=60), rechecks=1)
+    clock.advance(59)
+    assert a.claim(LEASE) is None
+    clock.advance(1)  # due exactly now
+    again = a.claim(LEASE)
+    assert again is not None and (again.id, again.recheck) == (item_id, True)
+
+
+def test_requeue_sends_again_in_full(nodes: Callable[[str], PushQueue], clock: Clock) -> None:
+    """``push requeue``: a new generation, images and files to be sent again, counts reset."""
+    a = nodes("node-a")
+    item_id = _enqueue(a, "1.2.3.1")
+    item = a.claim(LEASE)
+    assert item is not None and a.finish(item, DONE, images_done=1, reports="sent", confirmed=4)
+    assert a.requeue(START + dt.timedelta(seconds=1)) == 0  # queued before that
+    assert a.requeue(START, "ELSEWHERE") == 0  # another destination's only
+    assert a.requeue(START, "CLOUD") == 1  # queued at or after it, for this destination
+    again = a.claim(LEASE)
+    assert again is not None and (again.id, again.generation, again.images_done, again.reports) == (
+        item_id,
+        1,
+        False,
+        "",
+    )
+    assert _row(a, item_id)["confirmed"] == 0
 
 
 def test_takeovers_add_up_across_reported_failures_until_delivered(
@@ -367,3 +492,80 @@ def test_push_status_shows_the_abandoned_item_and_push_retry_resets_it(tmp_path:
         assert (row["state"], row["takeovers"], row["error"]) == (QUEUED, 0, "")
     finally:
         journal.close()
+
+
+def test_sqlite_two_workers_that_both_saw_an_item_claim_it_once(tmp_path: Path) -> None:
+    """SQLite has no row locks (SKIP LOCKED is a no-op there): two workers (an engine each, like
+    two processes) both select the same due item; the claim's UPDATE, which re-checks that the
+    item is still claimable, lets only one of them have it. A barrier holds both workers between
+    their SELECT and their UPDATE, so the race happens every time."""
+    from sqlalchemy import create_engine, event
+
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    Journal(url, "test").engine.dispose()  # the tables
+    both_selected = threading.Barrier(2, timeout=10)
+    engines = [create_engine(url) for _ in range(2)]
+    for engine in engines:
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE PUSH_QUEUE") and "owner" in statement:
+                both_selected.wait()
+
+    workers = [PushQueue(engine, f"node-{i}") for i, engine in enumerate(engines)]
+    item_id = _enqueue(workers[0], "1.2.3.1")
+    got: list[Any] = [None, None]
+
+    def claim(i: int) -> None:
+        got[i] = workers[i].claim(LEASE)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        claimed = [item for item in got if item is not None]
+        assert len(claimed) == 1, f"one item claimed by {len(claimed)} workers: {got}"
+        row = _row(workers[0], item_id)
+        assert (row["state"], row["attempts"], row["owner"]) == (RUNNING, 1, f"node-{got.index(claimed[0])}")
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_sqlite_workers_claiming_together_never_share_an_item(tmp_path: Path) -> None:
+    """Four workers (an engine each) empty a queue of 40 items at once: every item is claimed,
+    none twice."""
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    Journal(url, "test").engine.dispose()
+    engines = [create_engine(url, connect_args={"timeout": 30}) for _ in range(4)]
+    workers = [PushQueue(engine, f"node-{i}") for i, engine in enumerate(engines)]
+    with workers[0].engine.begin() as conn:
+        workers[0].enqueue(conn, [Entry(f"1.2.3.{i}", "CLOUD", f"EX-{i}", "1") for i in range(40)])
+    start = threading.Barrier(4, timeout=10)
+    claims: list[list[int]] = [[] for _ in workers]
+
+    def run(i: int) -> None:
+        start.wait()
+        while True:  # None: the queue is empty, or another worker was first (then try again)
+            item = workers[i].claim(LEASE)
+            if item is not None:
+                claims[i].append(item.id)
+            elif not workers[i].items(state=QUEUED, limit=1):
+                return
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        every = sorted(i for c in claims for i in c)
+        assert len(every) == len(set(every)), f"items claimed twice: {every}"
+        assert len(every) == 40
+    finally:
+        for engine in engines:
+            engine.dispose()

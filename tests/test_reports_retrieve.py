@@ -23,7 +23,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from dicomproxy.config import Config
 from dicomproxy.relay.recovery import retry_job
@@ -351,3 +351,78 @@ def test_a_pacs_failing_before_any_instance_answers_for_the_job_and_no_file_is_s
         assert fakedest.attempts == []
     finally:
         pacs.stop()
+
+
+def test_a_hidden_row_of_a_visible_study_gives_neither_its_file_nor_its_patient(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    mariadb_journal: str,
+    pacs: Orthanc,
+    proxy_port: int,
+    http_folder: tuple[str, Path],
+    fakedest: FakeDestination,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """MariaDB's ``_ci`` collation: the study's UID is on a visible row and on a row whose
+    HospitalID differs from ours only in letter case. The SQL ``=`` returns both, the hidden one
+    first (ExamineID order); only the Python re-check keeps its order/report files and its
+    patient out of the study's C-FIND answers and of the objects a C-MOVE delivers."""
+    hospital = "Wl-Hosp01"
+    base_url, http_dir = http_folder
+    secret = PDF.replace(b"Catalog", b"Secret ")
+    (http_dir / "r.pdf").write_bytes(PDF)
+    (http_dir / "secret.pdf").write_bytes(secret)
+    (http_dir / "secret.jpg").write_bytes(jpeg_baseline_rgb(colour_frame(48, 64, 0.5, (1, 2), (1, 1, 1))))
+    engine = create_engine(mariadb_journal)
+    create_view_table(engine)
+    hidden = exam_row(
+        SPEC,
+        hospital_id=hospital.upper(),
+        ExamineID="E0HIDDEN",
+        PatientID="PHIDDEN",
+        PatientName="隐藏^病人",
+        ReportFilePath=f"{base_url}/secret.pdf",
+        OrderFilePath=f"{base_url}/secret.jpg",
+    )
+    visible = exam_row(
+        SPEC,
+        hospital_id=hospital,
+        ExamineID="E1VISIBLE",
+        ReportFilePath=f"{base_url}/r.pdf",
+        OrderFilePath=None,
+    )
+    insert_rows(engine, [hidden, visible])
+    with engine.connect() as conn:  # the trap is armed: the SQL predicate lets the hidden row through
+        (collation,) = conn.execute(
+            text(
+                "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND LOWER(TABLE_NAME) = 'v_image_cloud' AND LOWER(COLUMN_NAME) = 'hospitalid'"
+            )
+        ).one()
+    engine.dispose()
+    assert str(collation).endswith("_ci"), collation
+    config = make_config(
+        hospital={"id": hospital},
+        view={"url": mariadb_journal},
+        proxy={"port": proxy_port, "retry_delay": 0.1, "retries": 1, "reconnect_window": 0},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-move"},
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": fakedest.port},
+        ],
+        reports={"in_retrieve": True, "timeout": 5},
+    )
+    server = run_proxy(config)
+
+    series = find(server, "SERIES", StudyInstanceUID=SPEC.study_uid, SeriesInstanceUID="", Modality="")
+    files = {str(ds.SeriesInstanceUID) for ds in series} - {SPEC.series_uid(s) for s in range(SPEC.series)}
+    assert files == {series_uid(SPEC.study_uid, "report")}, "the hidden row's order file is offered"
+
+    fakedest.behaviour.keep_datasets = True
+    result = scu.move(remote(server), "FAKEDEST", identifier("STUDY"), calling_ae=CLOUD, timeout=60)
+    assert (result.status, result.completed, result.failed) == (0x0000, 5, 0), result.line()
+    (report,) = [ds for ds in fakedest.datasets if ds.SOPClassUID == ENCAPSULATED_PDF]
+    assert bytes(report.EncapsulatedDocument)[: len(PDF)] == PDF, "the hidden row's report file was sent"
+    assert str(report.PatientID) == SPEC.patient.patient_id, "the hidden row's patient is on the report"
+    assert SPEC.patient.name in str(report.PatientName) and "隐藏" not in str(report.PatientName)
+    assert not [ds for ds in fakedest.datasets if ds.SOPClassUID == SECONDARY_CAPTURE]

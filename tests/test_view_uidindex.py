@@ -4,15 +4,24 @@ is always re-checked on the view's current row)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import update
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import create_engine, update
 
 from dicomproxy.config import Config
+from dicomproxy.server import Server
+from dicomproxy.transport.findscu import run_find
+from dicomproxy.transport.net import Remote
 from dicomproxy.view.model import exam_view_table
 from dicomproxy.view.repository import ExamView
+from dicomproxy.view.uidindex import UidIndex
 from dicomproxy.view.uids import split_uid_cell
-from testkit.viewdb import insert_rows
-from tests.conftest import ViewDB
+from testkit.viewdb import create_view_table, insert_rows
+from tests.conftest import ConfigFactory, ViewDB
 from tests.view_data import CT, UID, _row
 
 
@@ -104,3 +113,86 @@ def test_pinyin_side_table(view_db: ViewDB, view_config: Config) -> None:
         assert view.patients_for_pinyin("Qian*") == ["P0010"]  # a miss forces one sync
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("move", ["database", "view"])
+def test_a_mark_from_another_view_is_not_reused(
+    move: str,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """``[view]`` points at another database (or another view in the same one) while ``data_dir``
+    is kept: the side table's high-water mark belongs to the first view, so the new view is read
+    in full — a C-FIND by Study Instance UID finds its rows stamped far below the old mark."""
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    new_url = f"sqlite:///{tmp_path / 'new.db'}" if move == "database" else old_url
+    new_name = "V_IMAGE_CLOUD" if move == "database" else "V_IMAGE_CLOUD_2"
+    old_engine, new_engine = create_engine(old_url), create_engine(new_url)
+    create_view_table(old_engine)
+    create_view_table(new_engine, new_name)
+    high, low = dt.datetime(2030, 1, 1), dt.datetime(2020, 1, 1)
+    insert_rows(old_engine, [_row("EOLD", "P0100", "旧一", "1.2.840.77.1", RowTimestamp=high)])
+    insert_rows(new_engine, [_row("ENEW", "P0200", "新二", "1.2.840.77.2", RowTimestamp=low)], new_name)
+    old_engine.dispose()
+    new_engine.dispose()
+
+    def find(config: Config, uid: str) -> list[str]:
+        server = run_proxy(config)
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = uid
+        q.PatientID = ""
+        found = run_find("jobserver", Remote("DICOMPROXY", "127.0.0.1", server.port), "study", q)
+        server.stop(drain_timeout=2.0)
+        assert found.status == 0
+        return [str(ds.PatientID) for ds in found.answers]
+
+    old = make_config(view={"url": old_url})
+    assert find(old, "1.2.840.77.1") == ["P0100"]  # builds the side table; mark: 2030
+    assert "high_water" in UidIndex(old.data_path / "uid_index.sqlite", *_view(old))._state()
+    new = make_config(view={"url": new_url, "name": new_name})
+    assert new.data_path == old.data_path
+    assert find(new, "1.2.840.77.2") == ["P0200"], "a row of the new view below the old mark was not indexed"
+    assert find(new, "1.2.840.77.1") == []  # and nothing of the old view is answered
+
+
+def _view(config: Config) -> tuple[Any, Any, str]:
+    from dicomproxy.view.repository import _source_id, make_engine
+
+    return make_engine(config.view), exam_view_table(config.view.name), _source_id(config)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # the same server and database, another login: another default schema (SQL Server, Oracle)
+        (
+            "mssql+pyodbc://ris_a:pw@db:1433/RIS?driver=ODBC",
+            "mssql+pyodbc://ris_b:pw@db:1433/RIS?driver=ODBC",
+        ),
+        (
+            "oracle+oracledb://pacs:pw@db:1521/?service_name=RIS",
+            "oracle+oracledb://ris:pw@db:1521/?service_name=RIS",
+        ),
+        # everything in the query: host and database are empty in the URL
+        (
+            "mssql+pyodbc:///?odbc_connect=DRIVER%3DODBC%3BSERVER%3Ddb1%3BDATABASE%3DRIS",
+            "mssql+pyodbc:///?odbc_connect=DRIVER%3DODBC%3BSERVER%3Ddb2%3BDATABASE%3DRIS",
+        ),
+        (
+            "oracle+oracledb://u:pw@db:1521/?service_name=RIS1",
+            "oracle+oracledb://u:pw@db:1521/?service_name=RIS2",
+        ),
+    ],
+)
+def test_the_view_identity_of_the_mark_tells_logins_and_connect_strings_apart(
+    old: str, new: str, make_config: ConfigFactory
+) -> None:
+    from dicomproxy.view.repository import _source_id
+
+    a = make_config(view={"url": old})
+    b = make_config(view={"url": new})
+    assert _source_id(a) != _source_id(b)
+    assert "pw" not in _source_id(a)  # the password is not stored in the side table's state
+    assert _source_id(a) == _source_id(make_config(view={"url": old.replace(":pw@", ":changed@")}))

@@ -237,6 +237,7 @@ class AuditTrail:
         """Walk the chain: consecutive sequence numbers, each prev_hash the previous hash, each hash
         recomputed; the head row must name the last row."""
         prev, expected_seq, n = GENESIS, 1, 0
+        hashes = [GENESIS]  # hashes[k]: the hash of row k (row 0: the genesis)
         for row in self._all():
             seq = int(row["seq"])
             if seq != expected_seq:
@@ -252,15 +253,35 @@ class AuditTrail:
                     False, n, seq - 1, prev, seq, "row content does not match its hash (edited)"
                 )
             prev, expected_seq, n = row["hash"], seq + 1, n + 1
+            hashes.append(prev)
         with self.engine.connect() as conn:
             head = conn.execute(
                 select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
             ).first()
-        if head is not None and (int(head.seq), head.hash) != (n, prev):
+        if head is None or (int(head.seq), head.hash) == (n, prev):
+            return VerifyResult(True, n, n, prev)
+        head_seq = int(head.seq)
+        if head_seq > n:
             return VerifyResult(
-                False, n, n, prev, n + 1, f"the chain head names row {head.seq}: rows after {n} were removed"
+                False, n, n, prev, n + 1, f"the chain head names row {head_seq}: rows after {n} were removed"
             )
-        return VerifyResult(True, n, n, prev)
+        if hashes[head_seq] != head.hash:  # the head's own row was changed and its hash recomputed
+            return VerifyResult(
+                False,
+                head_seq - 1,
+                head_seq - 1,
+                hashes[head_seq - 1],
+                head_seq,
+                f"row {head_seq} does not match the chain head's hash (edited)",
+            )
+        return VerifyResult(
+            False,
+            head_seq,
+            head_seq,
+            hashes[head_seq],
+            head_seq + 1,
+            f"the chain head names row {head_seq}: rows after it were added outside the trail",
+        )
 
 
 # --- events → records --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ nothing outside the visible set can be found *or* resolved for retrieval.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -92,9 +93,16 @@ def _privacy(value: Any) -> int:
 
 
 def _source_id(config: Config) -> str:
+    """Which view the UID side table was built from (its mark is only valid for that view): the
+    server, the database, the login (an unqualified view name resolves in the login's default
+    schema on SQL Server and Oracle) and a digest of the URL's query (``odbc_connect``,
+    ``service_name``: where the server and database are for some drivers; may hold a password)."""
     url = make_url(config.view.url)
     where = f"{url.host or ''}:{url.port or ''}/{url.database or ''}"
-    return f"{url.get_backend_name()}://{where}#{config.view.name}"
+    login = f"{url.username}@" if url.username else ""
+    query = sorted((k, v if isinstance(v, str) else "\0".join(v)) for k, v in url.query.items())
+    digest = f"?{hashlib.sha256(repr(query).encode()).hexdigest()[:16]}" if query else ""
+    return f"{url.get_backend_name()}://{login}{where}{digest}#{config.view.name}"
 
 
 class ExamView:
