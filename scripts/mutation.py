@@ -332,12 +332,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "when equal nothing is missing: adding 0 and returning is what the fall-through does",
         ),
     ],
-    "relay": [
-        (
-            "wait:float=0.0)",
-            "wait:float=-1.0)",
-            "Event.wait with a negative timeout returns at once, as with 0",
-        ),
+    "pumpstep": [
+        ("@dataclass(frozen=True)", "frozen=False", "PumpView is made afresh for each step, never mutated"),
     ],
     "push-queue": [
         (

@@ -1,11 +1,13 @@
-"""A retry streams like the relay (issue 23): on a data disk that holds less than a third of the
+"""A retry streams like the relay (issue 23): on a data disk that holds less than half of the
 study, ``jobs retry`` delivers all of it.
 
-The data directory (spool and journal) is a 12 MB tmpfs; the study is 80 CT slices of 512 KB
+The data directory (spool and journal) is a 20 MB tmpfs; the study is 80 CT slices of 512 KB
 (41 MB) in a real Orthanc. The first C-MOVE meets a destination that is down (0xC003, nothing
 fetched); once it is up, ``jobs retry`` must fetch the study again and send it on — through a
 spool that never holds more than what arrived and was not yet confirmed. A retry that fetched
 the remainder into the spool before sending (the recovery before issue 23) runs out of space.
+The spool has no back-pressure: a destination far slower than the PACS lets it grow, for a retry
+exactly as for a fresh C-MOVE (on this machine under load the backlog reached ~12 MB).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.orthanc, pytest.mark.dcmtk]
 
 CLOUD, DEST = "CLOUD", "STORESCP"
 SERIES, PER_SERIES = 2, 40
-DISK_MB = 12
+DISK_MB = 20
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
 @pytest.mark.parametrize("level", ["STUDY", "SERIES"])
-def test_retry_of_a_study_three_times_the_disk(
+def test_retry_of_a_study_twice_the_disk(
     tmp_path: Path, small_disk: Path, orthanc: Orthanc, retrieve: str, level: str
 ) -> None:
     """STUDY: an early start, killed by the destination before the instance list was journalled
@@ -71,7 +73,7 @@ def test_retry_of_a_study_three_times_the_disk(
     dest = StoreSCP(tmp_path / "scp", DEST)  # not started yet: the destination is down
     site = proxy_site(tmp_path, orthanc, spec, retrieve, {CLOUD: 1, DEST: dest.port}, data_dir=small_disk)
     size = sum(p.stat().st_size for p in site.files)
-    assert size > 3 * DISK_MB * 2**20, size  # the point of the test
+    assert size > 2 * DISK_MB * 2**20, size  # the point of the test
     expected, toml, ae_title, port = set(site.expected), site.toml, site.ae_title, site.port
     series = [spec.series_uid(s) for s in range(SERIES)] if level == "SERIES" else []
     serve = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / "serve.log")
