@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
+from sqlalchemy import text
 
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
@@ -383,3 +384,47 @@ def test_jobs_retry_cli_unknown_job(make_config: Callable[..., Config], tmp_path
     out = CliRunner().invoke(cli, ["jobs", "-c", str(toml), "retry", "42"])
     assert out.exit_code == 1
     assert "no job 42" in out.output
+
+
+@pytest.mark.parametrize("keys", ["job_keys", "study_uids"])
+def test_retry_lists_a_job_whose_instance_list_was_never_journalled(
+    rig: Rig, study_files: list[Path], keys: str
+) -> None:
+    """A job killed before its instance list was journalled (issue 23): the retry lists the study
+    again at the archive recorded on the job — from its routed keys (``job_keys``), or from its
+    ``study_uids`` in a journal from before them — journals the list, and resends what the
+    destination did not confirm: the refused instance (from the spool) and two the PACS never
+    sent (fetched again; by C-MOVE only with the serving process's clients)."""
+    pacs, dest, server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    pacs.behaviour.abort_after = 3
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (2, 3), first.line()
+    with journal.engine.begin() as conn:  # what a kill before the listing leaves
+        conn.execute(text("DELETE FROM job_expected WHERE job_id = :j"), {"j": job_id})
+        if keys == "study_uids":
+            conn.execute(text("DELETE FROM job_keys WHERE job_id = :j"), {"j": job_id})
+    assert not journal.has_expected(job_id)
+    dest.behaviour.reject = {}
+    pacs.behaviour.abort_after = None
+    result = retry_job(config, journal, job_id, server.ctx.archives)
+    assert (result.unconfirmed, result.sent, result.outcome) == (3, 3, "success"), result
+    assert sorted(uid for uid, _ in dest.received) == sorted(uids)  # each exactly once
+    assert sorted(r["sop_instance_uid"] for r in journal.unconfirmed(job_id)) == []
+    assert journal.has_expected(job_id)  # the list is journalled now: a later retry needs no listing
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["completed"], row["failed"], row["expected"]) == ("success", 5, 0, 5)
+    journal.close()
+
+
+def test_retry_of_a_job_that_never_resolved_its_request(make_config: Callable[..., Config]) -> None:
+    """Killed before its identifier was resolved in the exam view (nothing fetched, nothing sent,
+    no level recorded): said plainly, not reported as a success."""
+    config = make_config()
+    journal = Journal.for_config("", config.data_path)
+    job_id = journal.start("move", CLOUD, "127.0.0.1", "jobserver", "")
+    journal.finish(job_id, status=0xA702, outcome="interrupted")
+    with pytest.raises(ValueError, match="ended before its request was resolved"):
+        retry_job(config, journal, job_id)
+    journal.close()
