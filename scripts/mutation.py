@@ -310,6 +310,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("work_dir.mkdir(parents=True", "parents=False", "its parent, the spool root, exists when items do"),
         ("stop_before_pixels=True", "stop_before_pixels=False", "specific_tags reads two tags either way"),
         ("spool.get(timeout=0)", "", "after Spool.finish() the End marker is queued: get returns at once"),
+        (
+            'returnstate.final(None,"",nothing_sent=False)',
+            "nothing_sent=True",
+            "nothing_sent matters only beside a PACS error, and there is none here",
+        ),
     ],
     "policy": [
         ("jpeg_quality:int=90", "", "dataclass default never used: both constructors pass the value"),

@@ -428,3 +428,29 @@ def test_retry_of_a_job_that_never_resolved_its_request(make_config: Callable[..
     with pytest.raises(ValueError, match="ended before its request was resolved"):
         retry_job(config, journal, job_id)
     journal.close()
+
+
+def test_a_retry_counts_its_bytes_on_top_and_keeps_the_serving_pool(
+    rig: Rig, study_files: list[Path]
+) -> None:
+    """The destination refused the association at the first attempt (0xC003: nothing sent, 0
+    bytes); the retry inside `serve` (its engine) sends all five: the job's bytes_out is exactly
+    what the retry's instances carried, and the serving process's transcoding pool stays open."""
+    _pacs, dest, server, config = rig
+    dest.behaviour.refuse = True
+    journal, job_id, first = first_move(rig, study_files)
+    assert first.status == 0xC003, first.line()
+    before = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (before["bytes_in"], before["bytes_out"]) == (0, 0)
+    dest.behaviour.refuse = False
+    engine = server.ctx.relay.engine  # type: ignore[union-attr]
+    pool = engine.pools.get()
+    result = retry_job(config, journal, job_id, server.ctx.archives, engine)
+    assert (result.sent, result.outcome) == (5, "success"), result
+    assert engine.pools.get() is pool  # not closed by the retry
+    view = journal.get(job_id, all_instances=True)
+    assert view is not None
+    sent = sum(r["bytes"] for r in view.instances if r["state"] == "sent")
+    assert sent > 0 and view.row["bytes_out"] == sent
+    assert view.row["bytes_in"] > 0
+    journal.close()
