@@ -16,13 +16,12 @@ from dicomproxy.config import Config
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey, StudySummary
 from dicomproxy.pacs.routing import StudyRef, route
+from dicomproxy.relay.engine import Fetch
 from dicomproxy.relay.journal import JobKey, Journal
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.upstream import Finder
 
 LOG = logging.getLogger("dicomproxy.relay")
-
-Fetch = list[tuple[PacsClient, RetrieveKey, list[InstanceRef]]]
 
 
 class Lister:

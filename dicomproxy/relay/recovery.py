@@ -324,8 +324,8 @@ def _run(
     responses); nothing to resend: the counts decide."""
     if not state.expected:
         return state.final(None, "", nothing_sent=False)
-    classes = sorted({r.sop_class_uid for r in state.expected.values() if r.sop_class_uid})
-    classes = sorted({*classes, *(i.sop_class_uid for i in held)})
+    known = (r.sop_class_uid for r in state.expected.values() if r.sop_class_uid)
+    classes = sorted({*known, *(i.sop_class_uid for i in held)})
     lanes = engine.config.onward_associations(peer)
     opener = destination_opener(engine.config, peer, None)
     return engine.run_to_end(Transfer(state, fetch, classes, opener, lanes=lanes, held=held), moved)
