@@ -380,7 +380,6 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "String(63)",
             "the probe row's node is an AE title (at most 16 characters)",
         ),
-        ("inserted_primary_key[0]", "inserted_primary_key[-1]", "a one-column primary key: [0] is [-1]"),
         (
             'Column("node",String(64)',
             "String(65)",

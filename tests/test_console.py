@@ -491,3 +491,143 @@ def test_echo_rounds_are_counted(make_config: ConfigFactory) -> None:
     wait_until(lambda: started.rounds > 1, 30, "a second round, one interval later")
     started.stop()  # joins its thread
     assert started._thread is not None and not started._thread.is_alive()
+
+
+def test_echo_timeouts_and_the_freshness_boundary(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each C-ECHO waits at most its archive's connect timeout (a peer's: 10 s), never more than
+    one interval; a result is fresh up to exactly two intervals and a connect timeout."""
+    from dicomproxy.console import health
+    from dicomproxy.transport.net import EchoResult
+
+    asked: dict[str, float] = {}
+
+    def echo(_ae: str, remote: Remote, timeout: float, tls_args: Any = None) -> EchoResult:
+        asked[remote.ae_title] = timeout
+        return EchoResult(True, "answered")
+
+    monkeypatch.setattr(health, "c_echo", echo)
+    now = [1000.0]
+    nobody = {"host": "127.0.0.1", "port": free_port()}
+    config = make_config(
+        pacs={"ae_title": "PACS", "connect_timeout": 12, **nobody},
+        peers=[{"ae_title": "CLOUD", **nobody}],
+        http={"echo_interval": 30.0},
+    )
+    echoer = health.Echoer(config, clock=lambda: now[0])
+    echoer.echo_all()
+    assert asked == {"PACS": 12.0, "CLOUD": 10.0}
+    now[0] += 2 * 30 + 12  # exactly two intervals and the connect timeout: still fresh
+    assert [c.ok for c in echoer.checks()] == [True]
+    now[0] += 0.001
+    (stale,) = echoer.checks()
+    assert not stale.ok and stale.detail == "last C-ECHO 72 s ago (interval 30 s)"
+    short = health.Echoer(
+        make_config(
+            pacs={"ae_title": "PACS", "connect_timeout": 12, **nobody},
+            peers=[{"ae_title": "CLOUD", **nobody}],
+            http={"echo_interval": 4.0},
+        )
+    )
+    asked.clear()
+    short.echo_all()
+    assert asked == {"PACS": 4.0, "CLOUD": 4.0}  # never longer than one interval
+
+
+def test_stop_waits_for_an_echo_in_progress(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stop`` waits for a C-ECHO in progress — up to the longest connect timeout and 5 s — and
+    the echo thread is a daemon (a process that never calls stop still exits)."""
+    import threading
+
+    from dicomproxy.console import health
+    from dicomproxy.transport.net import EchoResult
+
+    started, release = threading.Event(), threading.Event()
+
+    def echo(_ae: str, _remote: Remote, timeout: float, tls_args: Any = None) -> EchoResult:
+        started.set()
+        release.wait(30)
+        return EchoResult(True, "answered")
+
+    monkeypatch.setattr(health, "c_echo", echo)
+    nobody = {"host": "127.0.0.1", "port": free_port()}
+    from tests.test_routing import ARCHIVES
+
+    echoer = health.Echoer(make_config(pacs={"connect_timeout": 3, **nobody}, archives=ARCHIVES, peers=[]))
+    echoer.start()
+    thread = echoer._thread
+    assert thread is not None and thread.daemon
+    assert started.wait(10)
+    joined: list[float | None] = []
+    join = thread.join
+
+    def recorded(timeout: float | None = None) -> None:
+        joined.append(timeout)
+        threading.Timer(0.2, release.set).start()  # the echo in progress ends while stop waits
+        join(timeout)
+
+    monkeypatch.setattr(thread, "join", recorded)
+    echoer.stop()
+    longest = max(a.connect_timeout for a in echoer.config.all_archives)
+    assert joined == [longest + 5]
+    assert not thread.is_alive()  # it waited for the echo, which then saw the stop
+
+
+def test_hung_checks_keep_two_threads_and_close_does_not_wait(
+    make_config: ConfigFactory, tmp_path: Any
+) -> None:
+    """Hung view checks hold at most two threads whatever the number of /readyz; closing does not
+    wait for them, and a check still queued never runs."""
+    import threading
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    class _Hanging(_Engine):
+        def connect(self) -> Any:
+            ran.append("view")
+            return super().connect()
+
+    readiness, journal = _readiness(make_config, tmp_path, _View(_Hanging(hold=release)), query_timeout=0.1)
+    readiness.journal = None  # only the view's checks take threads
+    journal.close()
+    before = set(threading.enumerate())
+    try:
+        for _ in range(3):
+            (view, *_rest) = readiness.run()[1]
+            assert view.detail == "no answer within 0.1 s"
+        workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("readyz")]
+        assert len(workers) == 2 and ran == ["view", "view"]  # the third waits in the queue
+        closer = threading.Thread(target=readiness.close)
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive(), "close() waited for the hung checks"
+    finally:
+        release.set()
+    for t in workers:
+        t.join(10)
+    assert ran == ["view", "view"]  # the queued third was cancelled, never run
+
+
+def test_journal_check_waits_ten_seconds(
+    make_config: ConfigFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's write probe is given 10 s (the view its ``query_timeout``)."""
+    readiness, journal = _readiness(make_config, tmp_path, _View(_Engine("down")), query_timeout=7)
+    given: dict[str, float] = {}
+    timed = readiness._timed
+
+    def recorded(name: str, timeout: float, fn: Any) -> Any:
+        given[name] = timeout
+        return timed(name, timeout, fn)
+
+    monkeypatch.setattr(readiness, "_timed", recorded)
+    try:
+        readiness.run()
+        assert given == {"view": 7, "journal": 10.0}
+    finally:
+        readiness.close()
+        journal.close()

@@ -6,8 +6,10 @@
 - ``journal``: a row written and removed in one committed transaction (the database takes writes);
 - ``disk``: the file system holding the data directory (spool) has ``[http].min_free_mb`` free.
 
-The view and journal checks run when ``/readyz`` is asked, bounded by their timeouts, in a worker
-thread of the HTTP server (never on the DICOM threads).
+The view and journal checks run when ``/readyz`` is asked, bounded by their timeouts, in one of
+:data:`CHECK_WORKERS` worker threads (never on the DICOM threads): a check that hangs keeps its
+worker, so hung checks never pile up more threads than that, and the next ``/readyz`` is answered
+within its timeouts all the same.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import concurrent.futures
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert, text
 
@@ -25,6 +28,19 @@ from dicomproxy import events
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.transport.net import Remote, c_echo
 from dicomproxy.transport.tls import client_tls_args
+
+if TYPE_CHECKING:
+    from dicomproxy.relay.journal import Journal
+    from dicomproxy.view.repository import ExamView
+
+#: Longest wait for one peer's C-ECHO (the status page's peers; never longer than an interval).
+PEER_ECHO_TIMEOUT = 10.0
+#: Longest wait for the journal's write probe.
+JOURNAL_TIMEOUT = 10.0
+#: How much longer than the longest connect timeout ``Echoer.stop`` waits for a C-ECHO in progress.
+STOP_GRACE = 5.0
+#: Threads the view and journal checks run in (see the module docstring).
+CHECK_WORKERS = 2
 
 PROBE_METADATA = MetaData()
 #: Written and deleted by the journal check; empty at rest.
@@ -48,10 +64,15 @@ class Check:
 
 
 class Echoer:
-    """C-ECHO the PACS and every archive every ``interval`` seconds in one background thread."""
+    """C-ECHO the PACS and every archive every ``interval`` seconds in one background thread.
 
-    def __init__(self, config: Config) -> None:
+    A result is fresh for two intervals and a connect timeout (one late round is not yet a
+    failure); ``clock`` is the monotonic clock results are stamped and aged with.
+    """
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock
         self.interval = config.http.echo_interval
         self._results: dict[str, tuple[float, bool, str]] = {}
         self._peers: dict[str, tuple[bool, str]] = {}
@@ -61,13 +82,14 @@ class Echoer:
         self.rounds = 0
 
     def start(self) -> None:
+        # a daemon: a process that never calls stop() (a crash path) still exits
         self._thread = threading.Thread(target=self._run, name="health-echo", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(a.connect_timeout for a in self.config.all_archives) + 5)
+            self._thread.join(timeout=max(a.connect_timeout for a in self.config.all_archives) + STOP_GRACE)
 
     def echo_all(self) -> None:
         for archive in self.config.all_archives:
@@ -76,7 +98,7 @@ class Echoer:
             result = c_echo(
                 self.config.proxy.ae_title,
                 Remote(peer.ae_title, peer.host, peer.port),
-                timeout=min(10.0, self.interval),
+                timeout=min(PEER_ECHO_TIMEOUT, self.interval),
                 tls_args=client_tls_args(peer.tls, peer.host),
             )
             with self._lock:
@@ -96,7 +118,7 @@ class Echoer:
             tls_args=client_tls_args(archive.tls, archive.host),
         )
         with self._lock:
-            self._results[archive.name] = (time.monotonic(), result.ok, result.detail)
+            self._results[archive.name] = (self.clock(), result.ok, result.detail)
         if not result.ok:
             events.publish(events.Failure(where="pacs", message=result.detail))
 
@@ -107,7 +129,7 @@ class Echoer:
                 return
 
     def checks(self) -> list[Check]:
-        now = time.monotonic()
+        now = self.clock()
         out = []
         for archive in self.config.all_archives:
             name = "pacs" if archive.name == "pacs" else f"archive:{archive.name}"
@@ -130,19 +152,24 @@ class Echoer:
 class Readiness:
     """All checks for ``/readyz``."""
 
-    def __init__(self, config: Config, view: Any, journal: Any, echoer: Echoer) -> None:
+    def __init__(
+        self, config: Config, view: ExamView | None, journal: Journal | None, echoer: Echoer
+    ) -> None:
         self.config = config
         self.view = view
         self.journal = journal
         self.echoer = echoer
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=CHECK_WORKERS, thread_name_prefix="readyz"
+        )
         if journal is not None:
             PROBE_METADATA.create_all(journal.engine)
 
     def close(self) -> None:
+        """Stop at once: a hung check is left to its (idle) thread, a queued one never runs."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _timed(self, name: str, timeout: float, fn: Any) -> Check:
+    def _timed(self, name: str, timeout: float, fn: Callable[[], str]) -> Check:
         start = time.monotonic()
         future = self._pool.submit(fn)
         try:
@@ -157,14 +184,18 @@ class Readiness:
             return Check(name, False, first, time.monotonic() - start)
 
     def _view(self) -> str:
+        assert self.view is not None
         with self.view.engine.connect() as conn:
             conn.execute(text("SELECT 1")).fetchall()
         return "answered"
 
     def _journal(self) -> str:
+        assert self.journal is not None
         with self.journal.engine.begin() as conn:
             res = conn.execute(insert(health_probe).values(node=self.config.proxy.ae_title))
-            conn.execute(delete(health_probe).where(health_probe.c.id == res.inserted_primary_key[0]))
+            key = res.inserted_primary_key
+            assert key is not None  # an INSERT's result
+            conn.execute(delete(health_probe).where(health_probe.c.id == key.id))
         return "writable"
 
     def _disk(self) -> Check:
@@ -179,13 +210,13 @@ class Readiness:
 
     def run(self) -> tuple[bool, list[Check]]:
         checks: list[Check] = []
-        if self.view is not None and getattr(self.view, "engine", None) is not None:
+        if self.view is not None:
             checks.append(self._timed("view", self.config.view.query_timeout, self._view))
         else:
             checks.append(Check("view", False, "exam view not configured"))
         checks.extend(self.echoer.checks())
         if self.journal is not None:
-            checks.append(self._timed("journal", 10.0, self._journal))
+            checks.append(self._timed("journal", JOURNAL_TIMEOUT, self._journal))
         else:
             checks.append(Check("journal", False, "journal not configured"))
         checks.append(self._disk())
