@@ -203,7 +203,9 @@ class Server:
             # it runs before the automatic resume picks them up (and changes that)
             events.flush()
             engine = self.ctx.relay.engine if self.ctx.relay is not None else None
-            self.retry_worker = RetryWorker(self.config, self.ctx.journal, self.ctx.archives, engine=engine)
+            self.retry_worker = RetryWorker(
+                self.config, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
+            )
             self.retry_worker.start()
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()

@@ -454,3 +454,81 @@ def test_a_retry_counts_its_bytes_on_top_and_keeps_the_serving_pool(
     assert sent > 0 and view.row["bytes_out"] == sent
     assert view.row["bytes_in"] > 0
     journal.close()
+
+
+@pytest.mark.parametrize("killed", ["while resolving", "after the level, before the keys"])
+def test_a_c_move_killed_while_its_request_was_resolved_is_resumed(
+    rig: Rig, study_files: list[Path], killed: str
+) -> None:
+    """Issue 23: a C-MOVE killed while the exam view resolved its Identifier (nothing fetched,
+    nothing sent, no keys recorded) is resolved again from the Identifier journalled at its start
+    and completed by `serve`'s automatic resume; a job that got its keys keeps no Identifier."""
+    from pydicom import Dataset
+
+    from dicomproxy.relay.journal import RETRY_REQUESTED, RETRYING
+    from dicomproxy.status import JobKind
+    from testkit import wait_until
+
+    _pacs, dest, server, config = rig
+    watcher = Journal.for_config("", config.data_path)
+    seen: list[Dataset] = []
+
+    class Watching(AllVisible):
+        def resolve_study_uids(self, **keys: Any) -> list[str]:
+            request = watcher.request(watcher.recent(1)[0]["id"])
+            seen.append(Dataset.from_json(request) if request else Dataset())
+            return super().resolve_study_uids(**keys)
+
+    assert server.ctx.relay is not None
+    server.ctx.relay.resolver = Watching()
+    journal, done_id, first = first_move(rig, study_files)  # an ordinary job first
+    watcher.close()
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    # while the view resolved it, its Identifier was in the journal; once its keys were, it is gone
+    assert [(d.get("QueryRetrieveLevel"), d.get("StudyInstanceUID")) for d in seen] == [("STUDY", study)]
+    assert first.completed == 5 and journal.request(done_id) is None
+    assert journal.keys(done_id)
+    dest.received.clear()
+    identifier = scu.identifier(study_uids=[study])
+    # what the relay's C-MOVE leaves when killed inside ExamView.resolve_studies
+    job_id = journal.start(JobKind.MOVE, CLOUD, "127.0.0.1", "FAKEDEST", "", request=identifier.to_json())
+    if killed != "while resolving":
+        journal.update(job_id, level="STUDY", study_uids=[study])
+    assert journal.mark_interrupted() == [job_id]
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["archive"], journal.keys(job_id), row["expected"]) == ("", [], 0)
+    assert server.retry_worker is not None
+    assert server.retry_worker.resume_interrupted() == [job_id]  # as at serve's start
+    wait_until(
+        lambda: journal.get(job_id).row["outcome"] not in (RETRY_REQUESTED, RETRYING),  # type: ignore[union-attr]
+        60,
+        "the resume to end",
+    )
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["level"], row["completed"], row["expected"]) == ("success", "STUDY", 5, 5)
+    assert sorted(uid for uid, _ in dest.received) == sorted(sop_uids(study_files))
+    assert row["archive"] == "pacs" and [k.study_uid for k in journal.keys(job_id)] == [study]
+    assert journal.request(job_id) is None  # resolved: the Identifier is not kept
+    journal.close()
+
+
+def test_a_request_that_cannot_be_resolved_again_is_refused_plainly(
+    make_config: Callable[..., Config],
+) -> None:
+    """The resolved-again request follows today's rules: without the exam view, or when its
+    identifier no longer parses, the retry is refused with the reason (nothing sent)."""
+    from pydicom import Dataset
+
+    from dicomproxy.status import JobKind
+
+    config = make_config(peers=[{"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": 1}])
+    journal = Journal.for_config("", config.data_path)
+    bad = Dataset()
+    bad.QueryRetrieveLevel = "PATIENT"  # no Patient ID
+    job_id = journal.start(JobKind.MOVE, CLOUD, "127.0.0.1", "FAKEDEST", "", request=bad.to_json())
+    journal.mark_interrupted()
+    with pytest.raises(ValueError, match="resolving it again needs the exam view"):
+        retry_job(config, journal, job_id)
+    with pytest.raises(ValueError, match=r"cannot be resolved again: .*needs one Patient ID"):
+        retry_job(config, journal, job_id, resolver=AllVisible())
+    journal.close()

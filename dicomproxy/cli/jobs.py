@@ -14,6 +14,7 @@ from dicomproxy.logsetup import setup_logging
 
 if TYPE_CHECKING:
     from dicomproxy.relay.journal import Journal
+    from dicomproxy.view.repository import ExamView
 
 
 @click.group(invoke_without_command=True)
@@ -129,14 +130,21 @@ def jobs_retry(obj: JournalContext, job_id: int, wait_s: float, verbose: bool) -
         server = Server(config, build_context(config), retries=False)
         server.start()
         clients = server.ctx.archives
+    exam_view: ExamView | None = None
+    if journal.request(job_id) is not None:  # killed while its request was resolved: resolve it again
+        from dicomproxy.view.repository import ExamView
+
+        exam_view = server.ctx.view if server is not None else ExamView(config)
     try:
-        result = retry_job(config, journal, job_id, clients)
+        result = retry_job(config, journal, job_id, clients, resolver=exam_view)
     except (LookupError, ValueError) as exc:
         click.echo(str(exc.args[0]), err=True)
         sys.exit(1)
     finally:
         if server is not None:
             server.stop(drain_timeout=config.proxy.drain_timeout)
+        elif exam_view is not None:
+            exam_view.close()
     click.echo(
         f"job {job_id}: {result.outcome}: {result.unconfirmed} unconfirmed, "
         f"{result.from_spool} from the spool, {result.refetched} fetched again, {result.sent} sent, "

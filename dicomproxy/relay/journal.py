@@ -105,6 +105,17 @@ job_keys = Table(
     Column("archive", String(64), nullable=False, default=""),
 )
 
+#: A C-MOVE's Identifier (DICOM JSON, PS3.18 F.2) from its start until its keys are recorded
+#: (:meth:`Journal.record_keys`) or it ends: a job killed while its request was being resolved in
+#: the exam view is resumed by resolving it again. Kept no longer than that (it may name a
+#: patient); a table of its own, so existing journals get it from ``create_all``.
+job_requests = Table(
+    "job_requests",
+    METADATA,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True, autoincrement=False),
+    Column("identifier", Text, nullable=False),
+)
+
 #: Which node runs each job (several proxies may share one journal database, docs/push.md): a job
 #: left ``running`` is marked interrupted only by its own node's next start, never by another
 #: node's (whose job may still be running). A table of its own, so that an existing journal gets it
@@ -256,7 +267,17 @@ class Journal(JobQueries):
         journal._lock = threading.Lock()
         return journal
 
-    def start(self, kind: JobKind, calling_ae: str, calling_host: str, destination: str, archive: str) -> int:
+    def start(
+        self,
+        kind: JobKind,
+        calling_ae: str,
+        calling_host: str,
+        destination: str,
+        archive: str,
+        request: str = "",
+    ) -> int:
+        """A new ``running`` job of this node; ``request``: the Identifier to keep until the job's
+        keys are recorded (``job_requests``)."""
         with self.engine.begin() as conn:
             res = conn.execute(
                 insert(jobs).values(
@@ -270,6 +291,8 @@ class Journal(JobQueries):
             )
             job_id = int(res.inserted_primary_key[0])  # type: ignore[index]
             conn.execute(insert(job_nodes).values(job_id=job_id, node=self.node))
+            if request:
+                conn.execute(insert(job_requests).values(job_id=job_id, identifier=request))
             return job_id
 
     def update(self, job_id: int, **values: Any) -> None:
@@ -298,6 +321,8 @@ class Journal(JobQueries):
             ended=_now(),
             **counts,
         )
+        with self.engine.begin() as conn:  # answered: its request is not needed again
+            conn.execute(job_requests.delete().where(job_requests.c.job_id == job_id))
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -337,9 +362,11 @@ class Journal(JobQueries):
             return [dict(r) for r in conn.execute(q).mappings().all()]
 
     def record_keys(self, job_id: int, keys: list[JobKey], archive: str) -> None:
-        """The routed keys of ``job_id`` and the archive list recorded on the job, in one transaction."""
+        """The routed keys of ``job_id`` and the archive list recorded on the job, in one transaction
+        that also drops the job's request (the keys now say what it asks)."""
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(archive=archive))
+            conn.execute(job_requests.delete().where(job_requests.c.job_id == job_id))
             if keys:
                 conn.execute(
                     insert(job_keys),
@@ -354,6 +381,12 @@ class Journal(JobQueries):
                         for k in keys
                     ],
                 )
+
+    def request(self, job_id: int) -> str | None:
+        """The Identifier (DICOM JSON) of a job whose keys were never recorded, if it was kept."""
+        q = select(job_requests.c.identifier).where(job_requests.c.job_id == job_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one_or_none()
 
     def keys(self, job_id: int) -> list[JobKey]:
         """The keys :meth:`record_keys` wrote for ``job_id`` (empty for a job that predates them)."""

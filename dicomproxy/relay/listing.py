@@ -24,6 +24,20 @@ from dicomproxy.relay.upstream import Finder
 LOG = logging.getLogger("dicomproxy.relay")
 
 
+def routed_keys(config: Config, routed: list[tuple[RetrieveKey, StudyRef]]) -> list[JobKey]:
+    """Each key with the archive that serves its study (``routing.route`` on the view row's
+    Sysid/ExamineType). Raises Unroutable (0xC004) if any study has no archive."""
+    return [
+        JobKey(key.study_uid, key.series_uids, key.sop_uids, route(config, ref.sysid, ref.modality).name)
+        for key, ref in routed
+    ]
+
+
+def record_routed(journal: Journal, job_id: int, keys: list[JobKey]) -> None:
+    """Journal ``keys`` and the job's archive list (each archive once, in order of first use)."""
+    journal.record_keys(job_id, keys, ",".join(dict.fromkeys(k.archive for k in keys)))
+
+
 class Lister:
     """Routing and listing for the jobs of one process (its archive clients by name)."""
 
@@ -40,13 +54,9 @@ class Lister:
         its own archive into the same job. Raises Unroutable (0xC004) if any study has no archive:
         the whole request fails, nothing is fetched, no other archive is tried.
         """
-        clients = [self.archives[route(self.config, ref.sysid, ref.modality).name] for _, ref in routed]
-        keys = [
-            JobKey(key.study_uid, key.series_uids, key.sop_uids, client.name)
-            for (key, _), client in zip(routed, clients, strict=True)
-        ]
-        self.journal.record_keys(job_id, keys, ",".join(dict.fromkeys(c.name for c in clients)))
-        return clients
+        keys = routed_keys(self.config, routed)
+        record_routed(self.journal, job_id, keys)
+        return [self.archives[k.archive] for k in keys]
 
     def fetch_list(
         self,

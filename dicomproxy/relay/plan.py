@@ -107,8 +107,13 @@ class RelayService:
         self, req: RetrieveRequest, is_cancelled: Callable[[], bool], alive: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
         peer = self.config.peer(req.move_destination)
-        job_id = self.journal.start(
-            JobKind.MOVE, req.calling_ae, req.calling_host, req.move_destination.strip(), ""
+        job_id = self.journal.start(  # the Identifier kept until its keys are recorded (a resume resolves it)
+            JobKind.MOVE,
+            req.calling_ae,
+            req.calling_host,
+            req.move_destination.strip(),
+            "",
+            request=req.identifier.to_json(),
         )
         observe.job_started(job_id, req)
         if peer is None:

@@ -24,16 +24,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from dicomproxy.config import Config, PacsConfig, PeerConfig
+from dicomproxy.errors import DicomServiceError
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer
 from dicomproxy.relay.journal import JobKey, Journal
-from dicomproxy.relay.listing import by_series
+from dicomproxy.relay.listing import by_series, record_routed, routed_keys
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.request import StudyResolver, parse_keys
 from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.status import JobKind, JobOutcome
@@ -173,7 +175,7 @@ def _wanted(
         if row["expected"]:
             raise ValueError(f"job {job_id} predates the record of announced instances: repeat the C-MOVE")
         if not row.get("level") and row["outcome"] != JobOutcome.EMPTY:
-            raise ValueError(
+            raise ValueError(  # a journal from before job_requests
                 f"job {job_id} ended before its request was resolved in the exam view "
                 "(nothing was fetched or sent): repeat the C-MOVE"
             )
@@ -190,6 +192,34 @@ def _wanted(
     journal.add_expected(job_id, [asdict(r) for r in listed.values()])
     confirmed = journal.confirmed_uids(job_id)
     return [r for uid, r in listed.items() if uid not in confirmed]
+
+
+def _resolve_again(
+    config: Config, journal: Journal, row: dict[str, Any], resolver: StudyResolver | None
+) -> dict[str, Any]:
+    """A C-MOVE killed before its keys were recorded (while the exam view resolved its request):
+    its Identifier, kept from its start, is resolved and routed again exactly as the relay does
+    (:func:`parse_keys`, visibility included; :func:`routed_keys`) and journalled. The job's row
+    afterwards (its archive recorded). Raises ValueError when it cannot be resolved."""
+    job_id = int(row["id"])
+    request = journal.request(job_id)
+    if request is None:
+        return row
+    if resolver is None:
+        raise ValueError(
+            f"job {job_id} ended before its request was resolved: resolving it again needs the exam view"
+        )
+    try:
+        level, routed = parse_keys(Dataset.from_json(request), resolver)
+        keys = routed_keys(config, routed)
+    except DicomServiceError as exc:
+        raise ValueError(f"job {job_id}: its request cannot be resolved again: {exc}") from exc
+    journal.update(job_id, level=level, study_uids=[k.study_uid for k in keys])
+    record_routed(journal, job_id, keys)
+    LOG.info("job %d: ended before its request was resolved; resolved again: %d stud(ies)", job_id, len(keys))
+    view = journal.get(job_id)
+    assert view is not None  # the row was read above; jobs are never deleted
+    return view.row
 
 
 def _ref(row: Mapping[str, Any]) -> InstanceRef:
@@ -249,17 +279,20 @@ def retry_job(
     job_id: int,
     clients: Mapping[str, PacsClient] | None = None,
     engine: Engine | None = None,
+    resolver: StudyResolver | None = None,
 ) -> RetryResult:
     """Resend the instances of ``job_id`` the destination has not confirmed; update the journal.
 
     The job runs again on the delivery engine (:mod:`dicomproxy.relay.engine`) with "leave out
     what is confirmed": its spool files first, the rest fetched again at IMAGE level from the
     archive(s) recorded on the job and streamed on as they arrive (``clients``: a serving
-    process's archive clients, needed for C-MOVE archives). Raises LookupError for an unknown
-    job, ValueError for a job that cannot be retried.
+    process's archive clients, needed for C-MOVE archives). A job killed before its request was
+    resolved is resolved again first (``resolver``: the exam view). Raises LookupError for an
+    unknown job, ValueError for a job that cannot be retried.
     """
     stream_datasets_to_files()  # files in and out as files, as in `serve` (a CLI process has not done it)
     row, peer = check_retryable(config, journal, job_id)
+    row = _resolve_again(config, journal, row, resolver)
     result = RetryResult(job_id)
     archive_clients, plan_error = _clients_for(config, row, clients)
     finders = archive_clients or {

@@ -21,6 +21,7 @@ from dicomproxy.pacs.client import PacsClient
 from dicomproxy.relay.engine import Engine
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import retry_job
+from dicomproxy.relay.request import StudyResolver
 from dicomproxy.status import JobOutcome
 
 LOG = logging.getLogger("dicomproxy.resume")
@@ -39,12 +40,15 @@ class RetryWorker:
         clients: Mapping[str, PacsClient],
         poll: float = POLL_INTERVAL,
         engine: Engine | None = None,
+        resolver: StudyResolver | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.clients = clients
         #: The serving process's delivery engine (its transcoding pool); None: one per retry.
         self.engine = engine
+        #: The exam view: a job killed before its request was resolved is resolved again.
+        self.resolver = resolver
         self.poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,7 +105,7 @@ class RetryWorker:
     def _retry(self, job_id: int) -> None:
         events.publish(events.RetryRequested(job_id, by="serve"))
         try:
-            result = retry_job(self.config, self.journal, job_id, self.clients, self.engine)
+            result = retry_job(self.config, self.journal, job_id, self.clients, self.engine, self.resolver)
         except (LookupError, ValueError) as exc:
             LOG.warning("job %d: cannot be retried: %s", job_id, exc)
             self.journal.update(job_id, outcome=JobOutcome.FAILED, error=str(exc)[:2000])
