@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import create_engine
 
 from dicomproxy import events
@@ -57,7 +58,15 @@ def report_server(http_folder: tuple[str, Path]) -> tuple[str, Path]:
 
 
 def delivered(scp: StoreSCP) -> Counter[str]:
-    return Counter(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.received())
+    """SOP Instance UIDs of the files storescp wrote; a file still being written (no header yet)
+    is not counted (a poll reads the folder while instances arrive)."""
+    uids: Counter[str] = Counter()
+    for path in scp.received():
+        try:
+            uids[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] += 1
+        except (InvalidDicomError, EOFError, OSError):
+            continue
+    return uids
 
 
 def study_sops(spec: StudySpec) -> set[str]:

@@ -154,6 +154,56 @@ def test_late_images_are_sent_by_a_recheck_once_and_an_unchanged_study_is_not_se
         engine.dispose()
 
 
+SWAP = StudySpec("CT", accession="RC003", series=1, images_per_series=3, seed=303)
+
+
+def test_a_recheck_notices_one_deleted_and_one_added_and_sends_only_the_added(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    recheck_pacs: Orthanc,
+    run_proxy: Callable[[Config], Server],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 25: after the delivery, the PACS loses one image and gains another (the count is
+    unchanged): a re-check by UID notices, and only the added image is sent."""
+    files = {p.stem: p for p in write_study(SWAP, tmp_path / "swap")}
+    uids = [SWAP.sop_uid(0, i) for i in range(3)]
+    recheck_pacs.upload([files[uids[0]], files[uids[1]]])
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
+    caplog.set_level(logging.INFO, logger="dicomproxy")
+    try:
+        config = _config(
+            make_config, view_url, recheck_pacs, scp, start_from="beginning", recheck_after=0.5, rechecks=3
+        )
+        server = run_proxy(config)
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        insert_rows(engine, [exam_row(SWAP, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: set(uids[:2]) <= set(delivered(scp)), 30, "the first delivery")
+        (found,) = recheck_pacs.request("POST", "/tools/lookup", uids[0].encode())
+        recheck_pacs.request("DELETE", f"/instances/{found['ID']}")
+        recheck_pacs.upload([files[uids[2]]])
+        (item_id,) = [i["id"] for i in queue.items() if i["study_uid"] == SWAP.study_uid]
+
+        def settled() -> bool:
+            row = queue.get(item_id)
+            return row is not None and (row["state"], row["rechecks"]) == (DONE, 0)
+
+        wait_until(settled, 30, "re-checks done")
+        counts = delivered(scp)
+        assert set(counts) == set(uids) and max(counts.values()) == 1, counts
+        jobs = _push_jobs(server, item_id)
+        assert len(jobs) == 2 and _sent_by(server, max(jobs)) == [uids[2]]
+        assert (
+            "the PACS holds 2 instance(s), 2 confirmed, 1 of them no longer in the PACS, 1 new" in caplog.text
+        )
+    finally:
+        scp.stop()
+        engine.dispose()
+
+
 # --- the schedule and the config -----------------------------------------------------------------
 
 
@@ -307,20 +357,21 @@ def test_an_existing_journal_gets_the_rechecks_column(journal: Journal, clock: C
 
 
 class FakeArchive:
-    """A PACS client's C-FIND side: the count (None: no such study; 0: not returned) or an error."""
+    """A PACS client's C-FIND side: the study's SOP Instance UIDs (empty: no such study), or an
+    error. Its STUDY-level count says 0 (a re-check must not rely on it)."""
 
-    def __init__(self, count: int | None, listed: list[str] | None = None, down: bool = False) -> None:
-        self.count, self.listed, self.down = count, listed or [], down
+    def __init__(self, listed: list[str], down: bool = False) -> None:
+        self.listed, self.down = listed, down
         self.asked: list[str] = []
 
     def study_summary(self, study_uid: str) -> StudySummary | None:
         self.asked.append("study")
-        if self.down:
-            raise PacsUnavailable("PACS ORTHANC: association refused")
-        return None if self.count is None else StudySummary(self.count, [MR])
+        return StudySummary(0, [MR])
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         self.asked.append("image")
+        if self.down:
+            raise PacsUnavailable("PACS ORTHANC: association refused")
         return [InstanceRef(key.study_uid, "1.9.1", uid, MR) for uid in self.listed]
 
 
@@ -404,14 +455,14 @@ def recheck_service(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., tupl
         journal.close()
 
 
-def test_a_recheck_whose_count_did_not_grow_makes_no_job(
+def test_a_recheck_that_finds_nothing_new_makes_no_job(
     recheck_service: Callable[..., tuple[PushService, Item]], clock: Clock
 ) -> None:
-    archive = FakeArchive(3)  # the 3 images; the report PDF is not in the PACS and not counted
+    archive = FakeArchive(SENT)  # the 3 images; the report PDF is not in the PACS
     service, item = recheck_service(archive)
     jobs_before = len(service.journal.recent(10))
     assert service.rechecks.run(item) is False
-    assert archive.asked == ["study"]  # one STUDY-level C-FIND, nothing listed, nothing fetched
+    assert archive.asked == ["image"]  # one IMAGE-level C-FIND, nothing fetched
     row = _row(service.queue, item.id)
     assert (row["state"], row["rechecks"], row["lease_until"]) == (DONE, 1, None)
     assert row["next_at"] == clock() + dt.timedelta(seconds=120)  # twice the first gap
@@ -429,7 +480,7 @@ def test_a_recheck_whose_count_did_not_grow_makes_no_job(
 def test_rechecks_turned_off_end_without_asking(
     recheck_service: Callable[..., tuple[PushService, Item]],
 ) -> None:
-    archive = FakeArchive(4)
+    archive = FakeArchive([*SENT, "1.9.1.4"])
     service, item = recheck_service(archive)
     service.rechecks.push = dataclasses.replace(service.push, recheck_after=0.0)  # the config changed since
     assert service.rechecks.run(item) is False and archive.asked == []
@@ -437,10 +488,10 @@ def test_rechecks_turned_off_end_without_asking(
     assert (row["state"], row["rechecks"]) == (DONE, 0)
 
 
-def test_a_recheck_whose_count_grew_delivers(
+def test_a_recheck_that_finds_a_new_instance_delivers(
     recheck_service: Callable[..., tuple[PushService, Item]],
 ) -> None:
-    service, item = recheck_service(FakeArchive(4))
+    service, item = recheck_service(FakeArchive([*SENT, "1.9.1.4"]))
     assert service.rechecks.run(item) is True  # the caller (deliver) runs the delivery
     row = _row(service.queue, item.id)
     assert (row["state"], row["rechecks"]) == (RUNNING, 2)  # the delivery's end schedules the next
@@ -452,7 +503,7 @@ def test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on(
     """The re-check found more; its delivery fails (waiting, backoff, attempts from 1); the retry
     that delivers uses up that re-check: one left, the gap doubled. Only the new instance goes."""
     clock.now = utcnow()  # the service's backoff is on the real clock
-    service, item = recheck_service(FakeArchive(4))
+    service, item = recheck_service(FakeArchive([*SENT, "1.9.1.4"]))
     relay: FakeRelay = service.relay
     relay.results = [(JobOutcome.FAILED, 0xA702, []), (JobOutcome.SUCCESS, 0, ["1.9.1.4"])]
     service.deliver(item)
@@ -469,23 +520,43 @@ def test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on(
     assert relay.results == []
 
 
-@pytest.mark.parametrize(("listed", "grew"), [(SENT, False), ([*SENT, "1.9.1.4"], True), (SENT[:2], False)])
-def test_a_pacs_without_a_count_is_listed_instead(
-    recheck_service: Callable[..., tuple[PushService, Item]], listed: list[str], grew: bool
+@pytest.mark.parametrize(
+    ("listed", "new", "gone"),
+    [
+        (SENT, 0, 0),
+        ([*SENT, "1.9.1.4"], 1, 0),
+        (SENT[:2], 0, 1),  # one deleted at the PACS: the destination keeps it, nothing to send
+        ([*SENT[:2], "1.9.1.4"], 1, 1),  # one deleted, one added: the same count, still new
+        (["1.9.2.1"], 0, 3),  # our report object's UID listed by the PACS: confirmed, not new
+    ],
+)
+def test_a_recheck_compares_uids_not_counts(
+    recheck_service: Callable[..., tuple[PushService, Item]],
+    caplog: pytest.LogCaptureFixture,
+    listed: list[str],
+    new: int,
+    gone: int,
 ) -> None:
-    archive = FakeArchive(0, listed)  # dcmqrscp: no Number of Study Related Instances
+    """Issue 25: the re-check lists the study at IMAGE level and compares SOP Instance UIDs with
+    what the destination confirmed; the log line counts the new and the ones gone from the PACS."""
+    archive = FakeArchive(listed)
     service, item = recheck_service(archive)
-    assert service.rechecks.run(item) is grew
-    assert archive.asked == ["study", "image"]
+    with caplog.at_level(logging.INFO, logger="dicomproxy.push"):
+        assert service.rechecks.run(item) is bool(new)
+    assert archive.asked == ["image"]
+    line = f"push item {item.id}: re-check 1: the PACS holds {len(listed)} instance(s), 3 confirmed"
+    line += f", {gone} of them no longer in the PACS" if gone else ""
+    line += f", {new} new: delivering the new" if new else ": nothing new; next in 120 s"
+    assert line in caplog.text
 
 
 def test_a_study_gone_from_the_pacs_or_a_pacs_down_uses_up_the_recheck(
     recheck_service: Callable[..., tuple[PushService, Item]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    service, item = recheck_service(FakeArchive(None))  # no such study (any more)
+    service, item = recheck_service(FakeArchive([]))  # no such study (any more)
     assert service.rechecks.run(item) is False
     assert _row(service.queue, item.id)["rechecks"] == 1
-    down, item2 = recheck_service(FakeArchive(3, down=True))
+    down, item2 = recheck_service(FakeArchive(SENT, down=True))
     with caplog.at_level(logging.WARNING, logger="dicomproxy.push"):
         assert down.rechecks.run(item2) is False
     row = _row(down.queue, item2.id)
@@ -499,12 +570,12 @@ def test_a_study_gone_from_the_pacs_or_a_pacs_down_uses_up_the_recheck(
 def test_the_archive_asked_is_the_one_that_served_else_the_routed_one(
     recheck_service: Callable[..., tuple[PushService, Item]],
 ) -> None:
-    routed = FakeArchive(4)
+    routed = FakeArchive([*SENT, "1.9.1.4"])
     resolver = FakeResolver([StudyRef("1.2.3.9")])  # [pacs] without sysids serves any row
     service, item = recheck_service(routed, job_archive="", resolver=resolver)
-    assert service.rechecks.run(item) is True and routed.asked == ["study"]
+    assert service.rechecks.run(item) is True and routed.asked == ["image"]
     # not visible any more (or no resolver): the delivery decides (it drops the item)
-    gone, item2 = recheck_service(FakeArchive(3), job_archive="", resolver=FakeResolver([]))
+    gone, item2 = recheck_service(FakeArchive(SENT), job_archive="", resolver=FakeResolver([]))
     assert gone.rechecks.run(item2) is True
 
 

@@ -1,10 +1,11 @@
 """Re-checks of delivered studies (``[push] recheck_after``, ``rechecks``; docs/push.md).
 
 A delivered item stays due for a few re-checks (schedule: :func:`~dicomproxy.push.decide.next_recheck`);
-a worker that claims one asks the archive that served the study for its Number of Study Related
-Instances (one STUDY-level C-FIND) and compares it with the instances the destination confirmed.
-Only when the PACS holds more does the usual delivery run (which excludes the confirmed ones, so
-only the late images go).
+a worker that claims one lists the study's SOP Instance UIDs at the archive that served it (one
+IMAGE-level C-FIND, PS3.4 C.6.2) and compares them, UID by UID, with the instances the destination
+confirmed: an instance the PACS holds and the destination never confirmed is new, even when the
+count stayed the same (one deleted, one added). Only then does the usual delivery run (which
+excludes the confirmed ones, so only the new images go).
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ class Rechecks:
         self.relay = relay
 
     def run(self, item: Item) -> bool:
-        """A due re-check of a delivered item: True when the PACS holds more of the study than the
-        destination confirmed (the caller delivers: only the new instances go); otherwise the
-        item is ``done`` again with the next re-check scheduled (or none left), no job made.
+        """A due re-check of a delivered item: True when the PACS holds an instance of the study
+        the destination never confirmed (the caller delivers: only those go); otherwise the item
+        is ``done`` again with the next re-check scheduled (or none left), no job made.
 
-        One STUDY-level C-FIND (Number of Study Related Instances) to the archive that served the
-        item's last job; a PACS that does not return the count (dcmqrscp) is asked for the list
-        (IMAGE level) instead, compared UID by UID. A PACS that cannot be asked uses up this
+        One IMAGE-level C-FIND to the archive that served the item's last job, compared UID by
+        UID (a count would miss one deleted and one added); instances confirmed but no longer in
+        the PACS are counted in the log line, not undone. A PACS that cannot be asked uses up this
         re-check (WARNING; so does a view that cannot be read when the archive must be routed):
         the schedule stays bounded. A study no longer visible or routable is left to the
         delivery, which drops it. Re-checks turned off since the item was delivered
@@ -58,8 +59,7 @@ class Rechecks:
             client = self.archive_of(item)
             if client is None:
                 return True
-            sent = self.queue.confirmed_images(item.id, item.generation)
-            in_pacs, new = self._in_pacs(item, client, sent)
+            listed = {r.sop_instance_uid for r in client.find_instances(RetrieveKey(item.study_uid))}
         except DicomServiceError as exc:
             left, delay = next_recheck(item.rechecks, self.push)
             LOG.warning(
@@ -71,37 +71,25 @@ class Rechecks:
             )
             self._done(item, left, delay)
             return False
-        if new > 0:
-            LOG.info(
-                "push item %d: re-check %d: the PACS holds %d instance(s), %d confirmed: delivering the new",
-                item.id,
-                n,
-                in_pacs,
-                len(sent),
-            )
+        new = listed - self.queue.confirmed(item.id, item.generation)
+        images = self.queue.confirmed_images(item.id, item.generation)  # our report objects left out
+        gone = len(images - listed)  # the destination holds them; the PACS no longer does: not ours to undo
+        what = f"the PACS holds {len(listed)} instance(s), {len(images)} confirmed" + (
+            f", {gone} of them no longer in the PACS" if gone else ""
+        )
+        if new:
+            LOG.info("push item %d: re-check %d: %s, %d new: delivering the new", item.id, n, what, len(new))
             return True
         left, delay = next_recheck(item.rechecks, self.push)
         LOG.info(
-            "push item %d: re-check %d: the PACS holds %d instance(s), %d confirmed: nothing new; %s",
+            "push item %d: re-check %d: %s: nothing new; %s",
             item.id,
             n,
-            in_pacs,
-            len(sent),
+            what,
             f"next in {delay:.0f} s" if left else "no re-check left",
         )
         self._done(item, left, delay)
         return False
-
-    def _in_pacs(self, item: Item, client: PacsClient, sent: frozenset[str]) -> tuple[int, int]:
-        """(instances of the study in the PACS, how many of them are new to the destination)."""
-        summary = client.study_summary(item.study_uid)
-        if summary is None:
-            return 0, 0  # the PACS no longer has it: nothing to send
-        if summary.count:
-            return summary.count, summary.count - len(sent)
-        # no count from this PACS: list the study
-        uids = {r.sop_instance_uid for r in client.find_instances(RetrieveKey(item.study_uid))}
-        return len(uids), len(uids - self.queue.confirmed(item.id, item.generation))
 
     def _done(self, item: Item, left: int, delay: float) -> None:
         self.queue.finish(
