@@ -59,6 +59,7 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
         pending_interval=pending_interval,
         archives=ctx.archives,
     )
+    ctx.commitments = ctx.relay.engine.commitments
     if config.push.enabled:
         from dicomproxy.push.service import PushService
 

@@ -17,6 +17,7 @@ from dicomproxy.config import Config
 if TYPE_CHECKING:  # the services are built by dicomproxy.app; this module only names their types
     from dicomproxy.pacs.client import PacsClient
     from dicomproxy.push.service import PushService
+    from dicomproxy.relay.commitments import CommitmentLedger
     from dicomproxy.relay.journal import Journal
     from dicomproxy.relay.plan import RelayService
     from dicomproxy.view.repository import ExamView
@@ -44,6 +45,8 @@ class AppContext:
     relay: RelayService | None = None
     #: Push mode when ``[push] enabled``; started by the server.
     push: PushService | None = None
+    #: Storage Commitment ledger when a peer has ``storage_commitment``; None otherwise.
+    commitments: CommitmentLedger | None = None
 
     def close(self) -> None:
         """Release pools and files held by the services (idempotent)."""

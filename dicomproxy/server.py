@@ -32,6 +32,7 @@ from dicomproxy import __version__, access, events
 from dicomproxy.audit.trail import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
+from dicomproxy.handlers.commitment import handle_event_report
 from dicomproxy.handlers.echo import handle_echo
 from dicomproxy.handlers.find import handle_find
 from dicomproxy.handlers.get import handle_get
@@ -39,7 +40,9 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
 from dicomproxy.pacs.store import handle_store, store_acceptor
+from dicomproxy.relay.committer import Committer
 from dicomproxy.relay.resume import RetryWorker
+from dicomproxy.transport.commitment import COMMITMENT_CLASS
 from dicomproxy.transport.intake import Intake
 from dicomproxy.transport.net import NODELAY_HANDLERS
 from dicomproxy.transport.peer import peer_of
@@ -100,6 +103,9 @@ def build_ae(config: Config) -> AE:
         if cx.abstract_syntax is None:  # pragma: no cover - every listed context has one
             continue
         ae.add_supported_context(cx.abstract_syntax, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
+    # Storage Commitment N-EVENT-REPORTs on an association the peer opens (PS3.4 J.3.3): it takes
+    # the SCP role (role selection, PS3.7 D.3.3.4), we the SCU's.
+    ae.add_supported_context(COMMITMENT_CLASS, scu_role=True, scp_role=True)
     # Access control is ours (dicomproxy.access), with reasons in the log.
     ae.require_calling_aet = []
     ae.require_called_aet = False
@@ -136,6 +142,7 @@ def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
         (evt.EVT_C_MOVE, observed_retrieve(handle_move), [ctx]),
         (evt.EVT_C_GET, observed_retrieve(handle_get), [ctx]),
         (evt.EVT_C_STORE, handle_store, [ctx]),
+        (evt.EVT_N_EVENT_REPORT, handle_event_report, [ctx]),
     ]
     return handlers
 
@@ -163,6 +170,7 @@ class Server:
         self._identities: JobIdentities | None = None
         self.ctx = ctx if ctx is not None else AppContext(config)
         self.retry_worker: RetryWorker | None = None
+        self.committer: Committer | None = None
         self._retries = retries
         self.ae = build_ae(config)
         self._server: Any = None
@@ -209,6 +217,9 @@ class Server:
             self.retry_worker.start()
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
+        if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
+            self.committer = Committer(self.config, self.ctx.commitments)
+            self.committer.start()
 
     def _start_observers(self) -> None:
         """The audit trail and the HTTP console (docs/operations.md), both fed by dicomproxy.events."""
@@ -278,6 +289,8 @@ class Server:
             self.ctx.push.stop(timeout)
         if self.retry_worker is not None:  # a retry in progress still needs the listener (C-MOVE to us)
             self.retry_worker.stop(timeout)
+        if self.committer is not None:  # open transactions stay in the journal: asked again at the next start
+            self.committer.stop(timeout)
         if self._server is not None:
             self._server.shutdown()  # stop listening; running associations continue
             self._server = None

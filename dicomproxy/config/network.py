@@ -69,6 +69,12 @@ class PeerConfig:
     services: tuple[str, ...] = SERVICES
     #: Overrides ``[proxy] onward_associations`` for C-MOVEs to this peer; None = that value.
     onward_associations: int | None = None
+    #: Ask this peer to commit what it stored (Storage Commitment Push Model, PS3.4 Annex J).
+    storage_commitment: bool = False
+    #: Seconds to wait for its N-EVENT-REPORT before asking again (doubling each time).
+    commit_timeout: float = 600.0
+    #: N-ACTIONs per transaction before its instances are reported ``unanswered``.
+    commit_attempts: int = 3
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -113,6 +119,9 @@ def peer(s: Section) -> PeerConfig:
             if "onward_associations" in s.table
             else None
         ),
+        storage_commitment=s.boolean("storage_commitment", False),
+        commit_timeout=s.number("commit_timeout", 600.0, lo=0.1),
+        commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
     )
     bad = [x for x in config.services if x not in SERVICES]
     if bad:

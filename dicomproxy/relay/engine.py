@@ -26,6 +26,7 @@ from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.errors import DicomServiceError
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.relay.destinations import Destination, Opener
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.outcome import JobState
@@ -115,6 +116,10 @@ class Engine:
         self.pools = pools
         self.pending_interval = pending_interval
         self.spool_root = config.data_path / "spool"
+        #: Storage Commitment (PS3.4 Annex J) for peers with ``storage_commitment``; None if none has.
+        self.commitments = (
+            CommitmentLedger(config, journal) if any(p.storage_commitment for p in config.peers) else None
+        )
 
     def transfer(
         self,
@@ -219,7 +224,8 @@ class Engine:
     def close(
         self, state: JobState, final: RetrieveResponse, outcome: JobOutcome, error: str, moved: Moved
     ) -> None:
-        """Journal how the job ended: the instances never sent, the final status and counts."""
+        """Journal how the job ended: the instances never sent, the final status and counts; and
+        for a destination that commits, the Storage Commitment transactions of what it stored."""
         InstanceRecorder(self.journal, state).record_missing()
         self.journal.finish(
             state.job_id,
@@ -232,3 +238,5 @@ class Engine:
             bytes_in=moved.bytes_in,
             bytes_out=moved.bytes_out,
         )
+        if self.commitments is not None:  # what it stored is to be committed (relay/committer.py sends it)
+            self.commitments.job_ended(state.job_id)

@@ -1,0 +1,257 @@
+"""The Storage Commitment ledger (PS3.4 Annex J): which delivered instances were asked to be
+committed, in which transaction, and what the destination answered.
+
+A C-MOVE or push job to a ``[[peers]]`` entry with ``storage_commitment = true`` ends
+(:meth:`~dicomproxy.relay.engine.Engine.close`); :meth:`CommitmentLedger.job_ended` then journals
+transactions for the instances the destination stored (C-STORE Success or Warning) and no
+transaction covers yet — at most :data:`MAX_REFERENCES` references each, due at once. The
+:class:`~dicomproxy.relay.committer.Committer` of the serving process sends each due transaction
+as an N-ACTION and asks again, with back-off, until it is answered or its attempts are used up.
+Everything is in the journal database before anything is sent, so a kill between N-ACTION and
+N-EVENT-REPORT loses nothing: the next start asks again (the same Transaction UID).
+
+Per instance: ``pending`` (asked, not answered) → ``committed`` | ``failed`` (Failure Reason
+kept) | ``unanswered`` (no report after the last attempt). Tables of their own, created here, so
+existing journals get them without a migration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from pydicom.uid import generate_uid
+from sqlalchemy import Column, DateTime, Integer, String, Table, insert, select, update
+
+from dicomproxy.config import Config
+from dicomproxy.relay.journal import CONFIRMED_STATES, METADATA, Journal, job_instances, jobs
+from dicomproxy.status import JobKind
+from dicomproxy.transport.commitment import INVALID_ARGUMENT_VALUE, Ref, Report
+
+LOG = logging.getLogger("dicomproxy.commitment")
+
+#: References per N-ACTION: a bounded request (dcm4chee and Orthanc take thousands; a few hundred
+#: keeps each request and its report small).
+MAX_REFERENCES = 500
+
+# transaction states
+DUE, ASKED, ANSWERED, UNANSWERED = "due", "asked", "answered", "unanswered"
+# reference states
+PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
+
+commit_requests = Table(
+    "commit_requests",
+    METADATA,
+    Column("transaction_uid", String(64), primary_key=True),
+    Column("job_id", Integer, nullable=False, index=True),
+    Column("destination", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default=DUE),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due", DateTime, nullable=False),
+    Column("created", DateTime, nullable=False),
+    Column("answered", DateTime),
+)
+
+commit_refs = Table(
+    "commit_refs",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_uid", String(64), nullable=False, index=True),
+    Column("job_id", Integer, nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default=PENDING),
+    Column("reason", Integer),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A due transaction, as the committer sends it."""
+
+    transaction_uid: str
+    job_id: int
+    destination: str
+    attempts: int
+    refs: tuple[Ref, ...]
+
+
+class CommitmentLedger:
+    """Storage Commitment transactions and references in the journal database."""
+
+    def __init__(self, config: Config, journal: Journal) -> None:
+        self.config = config
+        self.engine = journal.engine
+        METADATA.create_all(self.engine, tables=[commit_requests, commit_refs])
+
+    def wanted(self, destination: str) -> bool:
+        peer = self.config.peer(destination)
+        return peer is not None and peer.storage_commitment
+
+    def job_ended(self, job_id: int) -> list[str]:
+        """Journal transactions for what ``job_id`` stored at a destination that commits and no
+        transaction of the job asks yet (a retry's resent instances get their own); the new
+        Transaction UIDs. C-GET jobs are left out: their destination is the requester."""
+        with self.engine.begin() as conn:
+            job = conn.execute(select(jobs.c.kind, jobs.c.destination).where(jobs.c.id == job_id)).first()
+            if (
+                job is None
+                or job.kind not in (JobKind.MOVE, JobKind.PUSH)
+                or not self.wanted(job.destination)
+            ):
+                return []
+            asked = select(commit_refs.c.sop_instance_uid).where(
+                commit_refs.c.job_id == job_id, commit_refs.c.state.in_((PENDING, COMMITTED))
+            )
+            stored = conn.execute(
+                select(job_instances.c.sop_instance_uid, job_instances.c.sop_class_uid)
+                .where(
+                    job_instances.c.job_id == job_id,
+                    job_instances.c.state.in_(CONFIRMED_STATES),
+                    job_instances.c.sop_instance_uid.not_in(asked),
+                )
+                .distinct()
+                .order_by(job_instances.c.sop_instance_uid)
+            ).all()
+            now, made = _now(), list[str]()
+            for start in range(0, len(stored), MAX_REFERENCES):
+                uid = str(generate_uid())
+                conn.execute(
+                    insert(commit_requests).values(
+                        transaction_uid=uid, job_id=job_id, destination=job.destination, due=now, created=now
+                    )
+                )
+                conn.execute(
+                    insert(commit_refs),
+                    [
+                        {"transaction_uid": uid, "job_id": job_id, "sop_instance_uid": u, "sop_class_uid": c}
+                        for u, c in stored[start : start + MAX_REFERENCES]
+                    ],
+                )
+                made.append(uid)
+        if made:
+            LOG.info("job %d: %d instance(s) to be committed by %s", job_id, len(stored), job.destination)
+        return made
+
+    def due(self, now: dt.datetime | None = None) -> list[Transaction]:
+        """Transactions to send now (never asked, or asked and not answered by their due time)."""
+        q = (
+            select(commit_requests)
+            .where(commit_requests.c.state.in_((DUE, ASKED)), commit_requests.c.due <= (now or _now()))
+            .order_by(commit_requests.c.due)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+            out = []
+            for r in rows:
+                refs = conn.execute(
+                    select(commit_refs.c.sop_class_uid, commit_refs.c.sop_instance_uid)
+                    .where(commit_refs.c.transaction_uid == r["transaction_uid"])
+                    .order_by(commit_refs.c.id)
+                ).all()
+                out.append(
+                    Transaction(
+                        r["transaction_uid"],
+                        int(r["job_id"]),
+                        r["destination"],
+                        int(r["attempts"]),
+                        tuple(Ref(c, u) for c, u in refs),
+                    )
+                )
+        return out
+
+    def claim(self, tx: Transaction, next_due: dt.datetime) -> bool:
+        """Take ``tx`` for one more attempt (asked again at ``next_due`` unless answered by then):
+        an UPDATE only one node can win, so nodes sharing a journal never send it twice."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(commit_requests)
+                    .where(
+                        commit_requests.c.transaction_uid == tx.transaction_uid,
+                        commit_requests.c.attempts == tx.attempts,
+                        commit_requests.c.state.in_((DUE, ASKED)),
+                    )
+                    .values(state=ASKED, attempts=tx.attempts + 1, due=next_due)
+                ).rowcount
+            )
+
+    def give_up(self, transaction_uid: str) -> None:
+        """No report after the last attempt: its pending references are ``unanswered``."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(commit_requests)
+                .where(commit_requests.c.transaction_uid == transaction_uid)
+                .values(state=UNANSWERED)
+            )
+            conn.execute(
+                update(commit_refs)
+                .where(commit_refs.c.transaction_uid == transaction_uid, commit_refs.c.state == PENDING)
+                .values(state=UNANSWERED)
+            )
+
+    def answer(self, report: Report) -> bool:
+        """Record an N-EVENT-REPORT (PS3.4 J.3.3): its committed and failed references; a reference
+        of the transaction the report does not name counts as failed (Processing failure). False
+        for a Transaction UID we never sent."""
+        with self.engine.begin() as conn:
+            known = conn.execute(
+                update(commit_requests)
+                .where(commit_requests.c.transaction_uid == report.transaction_uid)
+                .values(state=ANSWERED, answered=_now())
+            ).rowcount
+            if not known:
+                return False
+            mine = commit_refs.c.transaction_uid == report.transaction_uid
+            refs = {
+                str(u): str(s)
+                for u, s in conn.execute(
+                    select(commit_refs.c.sop_instance_uid, commit_refs.c.state).where(mine)
+                )
+            }
+            for uid in refs:
+                if uid in report.committed:
+                    values: dict[str, object] = {"state": COMMITTED, "reason": None}
+                else:
+                    values = {"state": FAILED, "reason": report.failed.get(uid, 0x0110)}
+                conn.execute(
+                    update(commit_refs).where(mine, commit_refs.c.sop_instance_uid == uid).values(**values)
+                )
+        failed = [u for u in refs if u not in report.committed]
+        LOG.log(
+            logging.WARNING if failed else logging.INFO,
+            "commitment %s: %d committed, %d failed",
+            report.transaction_uid,
+            len(refs) - len(failed),
+            len(failed),
+        )
+        return True
+
+    def counts(self, job_id: int) -> dict[str, int]:
+        """Per reference state, the job's instances (each by its newest reference)."""
+        return dict(Counter(self.states(job_id).values()))
+
+    def states(self, job_id: int) -> dict[str, str]:
+        """SOP Instance UID → the state of its newest reference in ``job_id``."""
+        q = (
+            select(commit_refs.c.sop_instance_uid, commit_refs.c.state)
+            .where(commit_refs.c.job_id == job_id)
+            .order_by(commit_refs.c.id)
+        )
+        with self.engine.connect() as conn:
+            return {str(u): str(s) for u, s in conn.execute(q)}
+
+
+def answer_status(ledger: CommitmentLedger, report: Report) -> int:
+    """The N-EVENT-REPORT-RSP status for ``report`` once recorded: Success, or 0x0115 (invalid
+    argument value, PS3.7 10.1.1.1.8) for a Transaction UID we never sent (one WARNING)."""
+    if ledger.answer(report):
+        return 0x0000
+    LOG.warning("commitment report for an unknown transaction %s: refused (0x0115)", report.transaction_uid)
+    return INVALID_ARGUMENT_VALUE

@@ -1,0 +1,198 @@
+"""Storage Commitment Push Model as SCU (issue 25 item 1; PS3.4 Annex J).
+
+A C-MOVE through the proxy to a peer with ``storage_commitment = true``: the instances it stored
+are asked to be committed (N-ACTION), the N-EVENT-REPORT — on the same association or on a new
+one the peer opens to us — is journalled per instance. Peers: a real Orthanc (≥ 1.6, answers on
+a new association to a declared modality) and a pynetdicom SCP that answers late, fails some
+references or stays silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from dicomproxy.app import build_context
+from dicomproxy.config import Config
+from dicomproxy.relay.commitments import CommitmentLedger
+from dicomproxy.relay.journal import Journal
+from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.commitment import Report, parse_report
+from dicomproxy.transport.net import Remote
+from testkit import free_port, wait_until
+from testkit.commitscp import CommitmentDestination
+from testkit.fakepacs import FakePacs
+from testkit.fakeview import AllVisible
+from testkit.samples import StudySpec, write_study
+
+CLOUD = "CLOUD"
+SPEC = StudySpec("CT", accession="SC001", series=1, images_per_series=4, seed=451)
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_study(SPEC, tmp_path_factory.mktemp("commit-study"))
+
+
+def _uids(files: list[Path]) -> list[str]:
+    return sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
+
+
+class Site:
+    def __init__(
+        self, make_config: Callable[..., Config], files: list[Path], dest_ae: str, dest_port: int, **peer: Any
+    ) -> None:
+        self.port = free_port()
+        self.pacs = FakePacs(
+            files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", self.port)}
+        ).start()
+        self.config = make_config(
+            proxy={"port": self.port, "dimse_timeout": 10.0, "retries": 1, "retry_delay": 0.01},
+            pacs={
+                "ae_title": self.pacs.ae_title,
+                "host": "127.0.0.1",
+                "port": self.pacs.port,
+                "retrieve": "c-get",
+            },
+            peers=[
+                {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+                {
+                    "ae_title": dest_ae,
+                    "host": "127.0.0.1",
+                    "port": dest_port,
+                    "storage_commitment": True,
+                    **peer,
+                },
+            ],
+        )
+        self.dest_ae = dest_ae
+        self.server = self.start()
+
+    def start(self) -> Server:
+        server = Server(self.config, build_context(self.config, view=AllVisible(), pending_interval=0.1))
+        server.start()
+        return server
+
+    def move(self, files: list[Path]) -> int:
+        study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        summary = scu.move(
+            Remote("DICOMPROXY", "127.0.0.1", self.port),
+            self.dest_ae,
+            scu.identifier(study_uids=[study]),
+            calling_ae=CLOUD,
+            timeout=60,
+        )
+        assert summary.completed == len(files), summary.line()
+        journal = Journal.for_config("", self.config.data_path)
+        job_id = int(journal.recent(1)[0]["id"])
+        journal.close()
+        return job_id
+
+    def ledger(self) -> CommitmentLedger:
+        assert self.server.ctx.commitments is not None
+        return self.server.ctx.commitments
+
+    def stop(self) -> None:
+        self.server.stop(drain_timeout=2.0)
+        self.pacs.stop()
+
+
+@pytest.fixture
+def site(
+    make_config: Callable[..., Config], study_files: list[Path]
+) -> Iterator[Callable[..., tuple[Site, CommitmentDestination]]]:
+    made: list[tuple[Site, CommitmentDestination]] = []
+
+    def make(mode: str, **peer: Any) -> tuple[Site, CommitmentDestination]:
+        dest = CommitmentDestination(mode=mode)
+        site = Site(make_config, study_files, dest.ae_title, dest.port, **peer)
+        dest.reply_to = Remote("DICOMPROXY", "127.0.0.1", site.port)
+        dest.start()
+        made.append((site, dest))
+        return site, dest
+
+    yield make
+    for s, d in made:
+        s.stop()
+        d.stop()
+
+
+@pytest.mark.parametrize("mode", ["same", "new"])
+def test_stored_instances_are_committed_on_either_association(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path], mode: str
+) -> None:
+    s, dest = site(mode)
+    job_id = s.move(study_files)
+    wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 30, "all four committed")
+    ((_uid, asked),) = dest.requests  # one N-ACTION naming exactly what was stored
+    assert sorted(asked) == _uids(study_files) == sorted(u for u, _ in dest.received)
+    assert dest.report_statuses == [0]
+
+
+def test_failed_references_are_journalled_with_their_reason(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
+) -> None:
+    s, dest = site("new")
+    uids = _uids(study_files)
+    dest.fail = {uids[1], uids[2]}
+    job_id = s.move(study_files)
+    wait_until(
+        lambda: sum(s.ledger().counts(job_id).values()) == 4 and "pending" not in s.ledger().counts(job_id),
+        30,
+        "the report",
+    )
+    states = s.ledger().states(job_id)
+    assert states == {uids[0]: "committed", uids[1]: "failed", uids[2]: "failed", uids[3]: "committed"}
+
+
+def test_a_silent_peer_is_asked_again_then_its_instances_are_unanswered(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
+) -> None:
+    s, dest = site("silent", commit_timeout=0.3, commit_attempts=2)
+    job_id = s.move(study_files)
+    wait_until(lambda: s.ledger().counts(job_id) == {"unanswered": 4}, 30, "given up after two requests")
+    assert (
+        len(dest.requests) == 2 and dest.requests[0] == dest.requests[1]
+    )  # the same transaction, asked again
+
+
+def test_a_restart_between_n_action_and_report_asks_again(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
+) -> None:
+    """The proxy goes down after its N-ACTION, before any report: the transaction is in the
+    journal, and the next start asks again (the same Transaction UID) and records the answer."""
+    s, dest = site("silent", commit_timeout=0.5, commit_attempts=5)
+    job_id = s.move(study_files)
+    wait_until(lambda: len(dest.requests) == 1, 30, "the first N-ACTION")
+    s.server.stop(drain_timeout=2.0)
+    dest.mode = "new"
+    s.server = s.start()
+    wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 30, "committed after the restart")
+    assert len({uid for uid, _ in dest.requests}) == 1 and len(dest.requests) >= 2
+
+
+def test_a_report_naming_an_unknown_transaction_is_refused(
+    site: Callable[..., tuple[Site, CommitmentDestination]],
+) -> None:
+    s, _dest = site("new")
+    assert s.ledger().answer(Report("2.25.1", frozenset({"1.2.3"}))) is False
+
+
+def test_parse_report() -> None:
+    from pydicom.dataset import Dataset
+
+    assert parse_report(3, Dataset()) == 0x0113
+    assert parse_report(1, Dataset()) == 0x0115
+    ds = Dataset()
+    ds.TransactionUID = "2.25.9"
+    ok, bad = Dataset(), Dataset()
+    ok.ReferencedSOPClassUID, ok.ReferencedSOPInstanceUID = "1.2", "1.1"
+    bad.ReferencedSOPClassUID, bad.ReferencedSOPInstanceUID, bad.FailureReason = "1.2", "1.3", 0x0112
+    ds.ReferencedSOPSequence = [ok]
+    ds.FailedSOPSequence = [bad]
+    assert parse_report(2, ds) == Report("2.25.9", frozenset({"1.1"}), {"1.3": 0x0112})
