@@ -196,3 +196,29 @@ def test_parse_report() -> None:
     ds.ReferencedSOPSequence = [ok]
     ds.FailedSOPSequence = [bad]
     assert parse_report(2, ds) == Report("2.25.9", frozenset({"1.1"}), {"1.3": 0x0112})
+
+
+@pytest.mark.orthanc
+def test_orthanc_commits_what_it_stored(
+    make_config: Callable[..., Config], study_files: list[Path], tmp_path: Path
+) -> None:
+    """A real Orthanc as the cloud (Storage Commitment SCP since 1.6): it answers on a new
+    association to the proxy, declared as one of its modalities."""
+    from testkit.orthanc import Orthanc
+    from tests.conftest import _need
+
+    _need("Orthanc")
+    cloud = Orthanc(tmp_path / "cloud").start()
+    s: Site | None = None
+    try:
+        s = Site(make_config, study_files, cloud.remote.ae_title, cloud.dicom_port)
+        cloud.add_modality("proxy", Remote("DICOMPROXY", "127.0.0.1", s.port))
+        job_id = s.move(study_files)
+        wait_until(
+            lambda: s is not None and s.ledger().counts(job_id) == {"committed": 4}, 60, "Orthanc's report"
+        )
+        assert cloud.instance_count() == 4
+    finally:
+        if s is not None:
+            s.stop()
+        cloud.stop()

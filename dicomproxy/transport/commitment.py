@@ -127,8 +127,7 @@ def request_commitment(
         dimse_timeout=timeout,
         connect_timeout=timeout,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, handle)],
-        serve_requests=True,  # the report may come on this association: its reactor must take it
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, handle)],  # a report on this association (J.3.3)
     )
     try:
         status, _reply = assoc.send_n_action(

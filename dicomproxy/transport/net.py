@@ -138,14 +138,13 @@ def open_association(
     tls_args: Sequence[Any] | None = None,
     ext_neg: Sequence[Any] | None = None,
     evt_handlers: Sequence[tuple[Any, Any]] = (),
-    serve_requests: bool = False,
 ) -> Association:
     """The one place that opens a pynetdicom association as requestor (PS3.8 7.1).
 
     TCP_NODELAY on its socket, our timeouts, TLS when ``tls_args`` are given, and the
-    requestor guard (:func:`guard_requestor`) — unless ``serve_requests``: the peer may send
-    requests on it (a Storage Commitment N-EVENT-REPORT, PS3.4 J.3.3), which the association's
-    reactor must take (only ``send_n_action`` is called on such an association). Returns an established
+    requestor guard (:func:`guard_requestor`; it leaves requests the peer sends on the association —
+    a Storage Commitment N-EVENT-REPORT, PS3.4 J.3.3 — to pynetdicom, which serves them in a thread
+    of their own). Returns an established
     association (``assoc.ae.shutdown()`` after its release) or raises :class:`NoAssociation`.
     The raw-socket data path opens its associations with ``fastpath.RawAssociation.open``.
     """
@@ -177,7 +176,7 @@ def open_association(
             reason = f"result={rj.result_str}, source={rj.source_str}, reason={rj.reason_str}" if rj else "?"
             raise NoAssociation(remote, f"association rejected ({reason})", rejected=True, reason=reason)
         raise NoAssociation(remote, "no association (connection refused, aborted or timed out)")
-    return assoc if serve_requests else guard_requestor(assoc)
+    return guard_requestor(assoc)
 
 
 @dataclass(frozen=True)
