@@ -222,3 +222,59 @@ def test_orthanc_commits_what_it_stored(
         if s is not None:
             s.stop()
         cloud.stop()
+
+
+def test_jobs_show_lists_the_commitment(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from dicomproxy.cli import cli
+
+    s, dest = site("new")
+    uids = _uids(study_files)
+    dest.fail = {uids[3]}
+    job_id = s.move(study_files)
+    wait_until(lambda: s.ledger().counts(job_id) == {"committed": 3, "failed": 1}, 30, "the report")
+    toml = tmp_path / "jobs.toml"
+    toml.write_text(
+        f'[proxy]\ndata_dir = "{s.config.data_path}"\n[hospital]\nid = "1"\n'
+        f'[view]\nurl = "sqlite:///{tmp_path}/v.db"\n[pacs]\nae_title = "P"\nhost = "127.0.0.1"\nport = 1\n'
+        f'[[peers]]\nae_title = "{dest.ae_title}"\nhost = "127.0.0.1"\nport = {dest.port}\nstorage_commitment = true\n'
+    )
+    out = CliRunner().invoke(cli, ["jobs", "-c", str(toml), "show", str(job_id)])
+    assert out.exit_code == 0, out.output
+    assert "commitment   committed=3 failed=1" in out.output
+    assert f"  failed     {uids[3]}" in out.output and uids[0] not in out.output.split("commitment")[1]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("storage_commitment", "yes", "must be true or false"),
+        ("commit_timeout", 0, "must be >= 0.1"),
+        ("commit_attempts", 0, "must be between 1 and 20"),
+    ],
+)
+def test_commitment_config_errors_name_the_key(tmp_path: Path, key: str, value: Any, message: str) -> None:
+    from dicomproxy.config import parse_config
+    from dicomproxy.errors import ConfigError
+    from tests.conftest import base_config_dict
+
+    raw = base_config_dict(
+        tmp_path, "sqlite:///v.db", peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1, key: value}]
+    )
+    with pytest.raises(ConfigError, match=f"{key}.*{message}|{message}.*{key}") as err:
+        parse_config(raw, str(tmp_path / "proxy.toml"))
+    assert "proxy.toml" in str(err.value)
+
+
+def test_commitment_is_off_by_default(tmp_path: Path) -> None:
+    from dicomproxy.config import parse_config
+    from tests.conftest import base_config_dict
+
+    raw = base_config_dict(
+        tmp_path, "sqlite:///v.db", peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1}]
+    )
+    (peer,) = parse_config(raw, str(tmp_path / "proxy.toml")).peers
+    assert (peer.storage_commitment, peer.commit_timeout, peer.commit_attempts) == (False, 600.0, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import click
@@ -55,6 +56,7 @@ def jobs_show(obj: JournalContext, job_id: int, all_instances: bool) -> None:
         if key == "status" and value is not None:
             value = f"0x{value:04X}"
         click.echo(f"{key:12} {value}")
+    _show_commitment(obj, job_id)
     click.echo(f"instances ({'all' if all_instances else 'failed/warning'}): {len(view.instances)}")
     for inst in view.instances:
         status = "" if inst["status"] is None else f"0x{inst['status']:04X}"
@@ -62,6 +64,21 @@ def jobs_show(obj: JournalContext, job_id: int, all_instances: bool) -> None:
             f"  {inst['state']:8} {status:6} {inst['sop_instance_uid']} "
             f"{inst['transfer_syntax']} {inst['error']}"
         )
+
+
+def _show_commitment(obj: JournalContext, job_id: int) -> None:
+    """Storage Commitment of the job's instances (PS3.4 Annex J), when it was asked: counts per
+    state, and the instances not committed."""
+    from dicomproxy.relay.commitments import COMMITTED, CommitmentLedger
+
+    states = CommitmentLedger(obj.config, obj.journal).states(job_id)
+    if not states:
+        return
+    counts = Counter(states.values())
+    click.echo(f"{'commitment':12} " + " ".join(f"{k}={n}" for k, n in sorted(counts.items())))
+    for uid, state in sorted(states.items()):
+        if state != COMMITTED:
+            click.echo(f"  {state:10} {uid}")
 
 
 @jobs.command("retry")
