@@ -240,7 +240,8 @@ def test_jobs_show_lists_the_commitment(
     toml.write_text(
         f'[proxy]\ndata_dir = "{s.config.data_path}"\n[hospital]\nid = "1"\n'
         f'[view]\nurl = "sqlite:///{tmp_path}/v.db"\n[pacs]\nae_title = "P"\nhost = "127.0.0.1"\nport = 1\n'
-        f'[[peers]]\nae_title = "{dest.ae_title}"\nhost = "127.0.0.1"\nport = {dest.port}\nstorage_commitment = true\n'
+        f'[[peers]]\nae_title = "{dest.ae_title}"\nhost = "127.0.0.1"\nport = {dest.port}\n'
+        "storage_commitment = true\n"
     )
     out = CliRunner().invoke(cli, ["jobs", "-c", str(toml), "show", str(job_id)])
     assert out.exit_code == 0, out.output
