@@ -134,20 +134,47 @@ def test_stored_instances_are_committed_on_either_association(
     assert dest.report_statuses == [0]
 
 
-def test_failed_references_are_journalled_with_their_reason(
+def test_failed_references_are_sent_again_and_committed(
     site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
 ) -> None:
+    """Two references fail once (Failure Reason 0x0110): the job is retried by `serve`, which
+    sends exactly those two again; they are committed in a second transaction."""
     s, dest = site("new")
     uids = _uids(study_files)
     dest.fail = {uids[1], uids[2]}
     job_id = s.move(study_files)
+    wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 60, "committed after the resend")
+    assert sorted(u for u, _ in dest.received) == sorted([*uids, uids[1], uids[2]])  # those two twice
+    (first, first_refs), (second, second_refs) = dest.requests
+    assert sorted(first_refs) == uids and sorted(second_refs) == [uids[1], uids[2]] and first != second
+    journal = Journal.for_config("", s.config.data_path)
+    assert journal.get(job_id).row["outcome"] == "success"  # type: ignore[union-attr]
+    journal.close()
+
+
+def test_references_that_keep_failing_stay_failed_after_the_attempts(
+    site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
+) -> None:
+    s, dest = site("new", commit_attempts=2)
+    uids = _uids(study_files)
+    dest.fail, dest.fail_always = {uids[0]}, True
+    job_id = s.move(study_files)
     wait_until(
-        lambda: sum(s.ledger().counts(job_id).values()) == 4 and "pending" not in s.ledger().counts(job_id),
-        30,
-        "the report",
+        lambda: len(dest.requests) == 2 and "pending" not in s.ledger().counts(job_id), 60, "two rounds"
     )
-    states = s.ledger().states(job_id)
-    assert states == {uids[0]: "committed", uids[1]: "failed", uids[2]: "failed", uids[3]: "committed"}
+    assert s.ledger().states(job_id) == {
+        uids[0]: "failed",
+        uids[1]: "committed",
+        uids[2]: "committed",
+        uids[3]: "committed",
+    }
+    assert [u for u, _ in dest.received].count(uids[0]) == 2  # sent, then sent once more
+    assert [refs for _, refs in dest.requests] == [uids, [uids[0]]]
+    journal = Journal.for_config("", s.config.data_path)
+    assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [
+        uids[0]
+    ]  # `jobs retry` would send it
+    journal.close()
 
 
 def test_a_silent_peer_is_asked_again_then_its_instances_are_unanswered(

@@ -87,6 +87,7 @@ class CommitmentLedger:
 
     def __init__(self, config: Config, journal: Journal) -> None:
         self.config = config
+        self.journal = journal
         self.engine = journal.engine
         METADATA.create_all(self.engine, tables=[commit_requests, commit_refs])
 
@@ -231,7 +232,39 @@ class CommitmentLedger:
             len(refs) - len(failed),
             len(failed),
         )
+        if failed:
+            self._send_again(report.transaction_uid, failed)
         return True
+
+    def _send_again(self, transaction_uid: str, failed: list[str]) -> None:
+        """Failed references are no longer counted as delivered; a C-MOVE job's are sent again (the
+        same SOP Instance UIDs) by a retry of the job, and committed again, while the peer's
+        ``commit_attempts`` allow (PS3.4 J.3.3.1 leaves the SCU's recovery to it); beyond that they
+        stay ``failed`` (``jobs retry`` sends them again; a push item's next delivery would)."""
+        with self.engine.connect() as conn:
+            job_id, destination = conn.execute(
+                select(commit_requests.c.job_id, commit_requests.c.destination).where(
+                    commit_requests.c.transaction_uid == transaction_uid
+                )
+            ).one()
+            kind = conn.execute(select(jobs.c.kind).where(jobs.c.id == job_id)).scalar_one()
+            tries = Counter(
+                str(u)
+                for (u,) in conn.execute(
+                    select(commit_refs.c.sop_instance_uid).where(
+                        commit_refs.c.job_id == job_id,
+                        commit_refs.c.state == FAILED,
+                        commit_refs.c.sop_instance_uid.in_(failed),
+                    )
+                )
+            )
+        peer = self.config.peer(destination)
+        again = [u for u in failed if peer is not None and tries[u] < peer.commit_attempts]
+        last = [u for u in failed if u not in again]
+        if last:  # no retry of their own; `jobs retry` (or the next push delivery) still sends them
+            self.journal.not_committed(job_id, last, retry=False)
+        if again and self.journal.not_committed(job_id, again, retry=kind == JobKind.MOVE):
+            LOG.info("job %d: %d instance(s) not committed: sent again", job_id, len(again))
 
     def counts(self, job_id: int) -> dict[str, int]:
         """Per reference state, the job's instances (each by its newest reference)."""

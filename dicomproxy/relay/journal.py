@@ -129,6 +129,8 @@ job_nodes = Table(
 
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
+#: A stored instance whose Storage Commitment failed: sent again by a retry.
+COMMIT_FAILED = "commit-failed"
 
 RETRY_REQUESTED, RETRYING = JobOutcome.RETRY_REQUESTED.value, JobOutcome.RETRYING.value
 
@@ -454,6 +456,31 @@ class Journal(JobQueries):
         return ids
 
     # --- retries run by the serving process (issue 14) ---
+
+    def not_committed(self, job_id: int, uids: Collection[str], *, retry: bool) -> bool:
+        """Storage Commitment failed for ``uids`` (PS3.4 J.3.3.1): their stored rows become
+        ``commit-failed`` — no longer confirmed, so a retry (or a push delivery) sends them again —
+        and with ``retry`` the job is handed to the serving process's retry worker. False if it
+        was not handed over (running, already handed over, or not asked)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(job_instances)
+                .where(
+                    job_instances.c.job_id == job_id,
+                    job_instances.c.sop_instance_uid.in_(list(uids)),
+                    job_instances.c.state.in_(CONFIRMED_STATES),
+                )
+                .values(state=COMMIT_FAILED)
+            )
+            if not retry:
+                return False
+            busy = (JobOutcome.RUNNING.value, RETRY_REQUESTED, RETRYING)
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.outcome.not_in(busy))
+                .values(outcome=RETRY_REQUESTED)
+            )
+            return bool(res.rowcount)
 
     def request_retry(self, job_id: int) -> bool:
         """Ask the serving process to retry ``job_id`` (from a retryable outcome); False if the
