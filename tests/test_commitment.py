@@ -159,9 +159,13 @@ def test_references_that_keep_failing_stay_failed_after_the_attempts(
     uids = _uids(study_files)
     dest.fail, dest.fail_always = {uids[0]}, True
     job_id = s.move(study_files)
-    wait_until(
-        lambda: len(dest.requests) == 2 and "pending" not in s.ledger().counts(job_id), 60, "two rounds"
-    )
+    journal = Journal.for_config("", s.config.data_path)
+
+    def settled() -> bool:  # the second report answered, no retry under way, nothing left to ask
+        busy = journal.get(job_id).row["outcome"] in ("retry-requested", "retrying", "running")  # type: ignore[union-attr]
+        return len(dest.report_statuses) == 2 and not busy and s.ledger().open_transactions(job_id) == 0
+
+    wait_until(settled, 60, "two rounds")
     assert s.ledger().states(job_id) == {
         uids[0]: "failed",
         uids[1]: "committed",
@@ -170,7 +174,6 @@ def test_references_that_keep_failing_stay_failed_after_the_attempts(
     }
     assert [u for u, _ in dest.received].count(uids[0]) == 2  # sent, then sent once more
     assert [refs for _, refs in dest.requests] == [uids, [uids[0]]]
-    journal = Journal.for_config("", s.config.data_path)
     assert [r["sop_instance_uid"] for r in journal.unconfirmed(job_id)] == [
         uids[0]
     ]  # `jobs retry` would send it

@@ -266,6 +266,14 @@ class CommitmentLedger:
         if again and self.journal.not_committed(job_id, again, retry=kind == JobKind.MOVE):
             LOG.info("job %d: %d instance(s) not committed: sent again", job_id, len(again))
 
+    def open_transactions(self, job_id: int) -> int:
+        """The job's transactions not yet answered or given up."""
+        q = select(commit_requests.c.transaction_uid).where(
+            commit_requests.c.job_id == job_id, commit_requests.c.state.in_((DUE, ASKED))
+        )
+        with self.engine.connect() as conn:
+            return len(conn.execute(q).all())
+
     def counts(self, job_id: int) -> dict[str, int]:
         """Per reference state, the job's instances (each by its newest reference)."""
         return dict(Counter(self.states(job_id).values()))

@@ -227,6 +227,8 @@ class Engine:
         """Journal how the job ended: the instances never sent, the final status and counts; and
         for a destination that commits, the Storage Commitment transactions of what it stored."""
         InstanceRecorder(self.journal, state).record_missing()
+        if self.commitments is not None:  # what it stored is to be committed (relay/committer.py sends it),
+            self.commitments.job_ended(state.job_id)  # journalled before the job reads as ended
         self.journal.finish(
             state.job_id,
             status=final.status,
@@ -238,5 +240,3 @@ class Engine:
             bytes_in=moved.bytes_in,
             bytes_out=moved.bytes_out,
         )
-        if self.commitments is not None:  # what it stored is to be committed (relay/committer.py sends it)
-            self.commitments.job_ended(state.job_id)
