@@ -10,6 +10,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config
+from dicomproxy.transport.commitment import negotiates
 from dicomproxy.transport.net import Remote, c_echo
 from dicomproxy.transport.tls import client_tls_args
 from dicomproxy.view.model import COLUMN_NAMES, missing_view_columns
@@ -65,7 +66,8 @@ def study_lookup_checks(config: Config) -> Iterator[CheckResult]:
 
 
 def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[CheckResult]:
-    """Database, view columns, PACS echo."""
+    """Database, view columns, PACS echo; for each peer with ``storage_commitment``, whether it
+    negotiates the Storage Commitment Push Model (PS3.4 J.3)."""
     try:
         engine = create_engine(config.view.url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -103,3 +105,19 @@ def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[Chec
             continue
         result = c_echo(config.proxy.ae_title, remote, timeout=timeout, tls_args=tls_args)
         yield CheckResult(name, result.ok, result.detail)
+    for peer in config.peers:
+        if not peer.storage_commitment:
+            continue
+        name = f"peer {peer.ae_title} storage commitment"
+        try:
+            tls_args = client_tls_args(peer.tls, peer.host)
+        except (OSError, ValueError) as exc:
+            yield CheckResult(name, False, f"TLS set-up: {exc}")
+            continue
+        ok, detail = negotiates(
+            config.proxy.ae_title,
+            Remote(peer.ae_title, peer.host, peer.port),
+            timeout=timeout,
+            tls_args=tls_args,
+        )
+        yield CheckResult(name, ok, detail)

@@ -309,3 +309,38 @@ def test_commitment_is_off_by_default(tmp_path: Path) -> None:
     )
     (peer,) = parse_config(raw, str(tmp_path / "proxy.toml")).peers
     assert (peer.storage_commitment, peer.commit_timeout, peer.commit_attempts) == (False, 600.0, 3)
+
+
+def test_check_config_says_whether_the_peer_negotiates_commitment(make_config: Callable[..., Config]) -> None:
+    from dicomproxy.checks import run_config_checks
+    from testkit.fakepacs import FakeDestination
+
+    committing, plain = CommitmentDestination().start(), FakeDestination("PLAIN").start()
+    try:
+        config = make_config(
+            peers=[
+                {
+                    "ae_title": committing.ae_title,
+                    "host": "127.0.0.1",
+                    "port": committing.port,
+                    "storage_commitment": True,
+                },
+                {"ae_title": "PLAIN", "host": "127.0.0.1", "port": plain.port, "storage_commitment": True},
+                {"ae_title": "OTHER", "host": "127.0.0.1", "port": 1},
+            ]
+        )
+        got = {
+            r.name: (r.ok, r.detail)
+            for r in run_config_checks(config, timeout=5)
+            if r.name.startswith("peer ")
+        }
+    finally:
+        committing.stop()
+        plain.stop()
+    assert got == {
+        "peer COMMITDEST storage commitment": (True, "Storage Commitment Push Model accepted"),
+        "peer PLAIN storage commitment": (
+            False,
+            "Storage Commitment Push Model (1.2.840.10008.1.20.1) not accepted",
+        ),
+    }

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 
 from dicomproxy.status import Status
 from dicomproxy.transport.net import NoAssociation, Remote, open_association
@@ -143,3 +143,33 @@ def request_commitment(
         if assoc.is_established:
             assoc.release()
         assoc.ae.shutdown()
+
+
+def negotiates(
+    calling_ae: str, remote: Remote, *, timeout: float = 10.0, tls_args: Sequence[Any] | None = None
+) -> tuple[bool, str]:
+    """Whether ``remote`` accepts the Storage Commitment Push Model SOP Class as SCP (one
+    association, nothing sent); the reason when not."""
+    try:
+        assoc = open_association(
+            calling_ae,
+            remote,
+            add_contexts=_with_verification,  # so that a peer without the class still associates
+            acse_timeout=timeout,
+            connect_timeout=timeout,
+            tls_args=tls_args,
+        )
+    except NoAssociation as exc:
+        return False, exc.detail
+    try:
+        if any(cx.abstract_syntax == COMMITMENT_CLASS for cx in assoc.accepted_contexts):
+            return True, "Storage Commitment Push Model accepted"
+        return False, "Storage Commitment Push Model (1.2.840.10008.1.20.1) not accepted"
+    finally:
+        assoc.release()
+        assoc.ae.shutdown()
+
+
+def _with_verification(ae: AE) -> None:
+    ae.add_requested_context(COMMITMENT_CLASS)
+    ae.add_requested_context(Verification)
