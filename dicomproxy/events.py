@@ -195,6 +195,17 @@ class PushQueued(Event):
 
 
 @dataclass(frozen=True)
+class CommitmentAnswered(Event):
+    """A Storage Commitment transaction ended (PS3.4 J.3.3): answered, or given up after its
+    attempts (``unanswered``); counts only, no patient data."""
+
+    destination: str
+    committed: int
+    failed: int
+    unanswered: int = 0
+
+
+@dataclass(frozen=True)
 class PushDelivered(Event):
     """One push queue item's attempt ended: delivered | images-delivered | waiting | failed |
     dropped | destination-down (no patient data: the item ID only)."""

@@ -139,11 +139,26 @@ def test_failed_references_are_sent_again_and_committed(
 ) -> None:
     """Two references fail once (Failure Reason 0x0110): the job is retried by `serve`, which
     sends exactly those two again; they are committed in a second transaction."""
+    from dicomproxy import events
+    from dicomproxy.console.metrics import Metrics
+
     s, dest = site("new")
+    metrics = Metrics(s.config, lambda: 0, lambda: 0, lambda: 0, commitments=s.ledger())
+    events.subscribe(metrics)
     uids = _uids(study_files)
     dest.fail = {uids[1], uids[2]}
-    job_id = s.move(study_files)
-    wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 60, "committed after the resend")
+    try:
+        job_id = s.move(study_files)
+        wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 60, "committed after the resend")
+        assert events.flush()
+    finally:
+        events.unsubscribe(metrics)
+    text = metrics.exposition().decode()
+    dest_label = f'destination="{dest.ae_title}"'
+    assert f'dicomproxy_commitment_instances_total{{{dest_label},result="committed"}} 4.0' in text
+    assert f'dicomproxy_commitment_instances_total{{{dest_label},result="failed"}} 2.0' in text
+    assert f'dicomproxy_commitment_instances_total{{{dest_label},result="unanswered"}} 0.0' in text
+    assert f"dicomproxy_commitment_pending{{{dest_label}}} 0.0" in text
     assert sorted(u for u, _ in dest.received) == sorted([*uids, uids[1], uids[2]])  # those two twice
     (first, first_refs), (second, second_refs) = dest.requests
     assert sorted(first_refs) == uids and sorted(second_refs) == [uids[1], uids[2]] and first != second
@@ -183,8 +198,15 @@ def test_references_that_keep_failing_stay_failed_after_the_attempts(
 def test_a_silent_peer_is_asked_again_then_its_instances_are_unanswered(
     site: Callable[..., tuple[Site, CommitmentDestination]], study_files: list[Path]
 ) -> None:
+    from dicomproxy.console.metrics import Metrics
+
     s, dest = site("silent", commit_timeout=0.3, commit_attempts=2)
+    metrics = Metrics(s.config, lambda: 0, lambda: 0, lambda: 0, commitments=s.ledger())
     job_id = s.move(study_files)
+    wait_until(lambda: len(dest.requests) == 1, 30, "the first request")
+    assert (
+        f'dicomproxy_commitment_pending{{destination="{dest.ae_title}"}} 4.0' in metrics.exposition().decode()
+    )
     wait_until(lambda: s.ledger().counts(job_id) == {"unanswered": 4}, 30, "given up after two requests")
     assert (
         len(dest.requests) == 2 and dest.requests[0] == dest.requests[1]

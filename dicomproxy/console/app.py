@@ -111,6 +111,7 @@ class Console:
             running_jobs=lambda: len(self.live.running),
             spool_bytes=lambda: dir_bytes(config.data_path / "spool"),
             push_queue=ctx.push.queue if ctx.push is not None else None,
+            commitments=ctx.commitments,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)

@@ -10,10 +10,12 @@ create unbounded series).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from dicomproxy import events
 from dicomproxy.config import Config
@@ -21,6 +23,7 @@ from dicomproxy.status import Status, status_label
 
 if TYPE_CHECKING:
     from dicomproxy.push.queue import PushQueue
+    from dicomproxy.relay.commitments import CommitmentLedger
 
 #: Where a failure status of a C-FIND or a job points (our 0xC0xx range, dicomproxy.status).
 ERROR_SOURCES = {
@@ -50,8 +53,10 @@ class Metrics:
         running_jobs: Callable[[], float],
         spool_bytes: Callable[[], float],
         push_queue: PushQueue | None = None,
+        commitments: CommitmentLedger | None = None,
     ) -> None:
-        """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py)."""
+        """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py);
+        ``commitments``: the Storage Commitment ledger when a peer commits (:class:`CommitmentMetrics`)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         _scrape_gauges(r, open_associations, running_jobs, spool_bytes)
@@ -117,6 +122,7 @@ class Metrics:
             from dicomproxy.push.metrics import PushMetrics
 
             self.push = PushMetrics(r, config, push_queue)
+        self.commitment = CommitmentMetrics(r, commitments) if commitments is not None else None
 
     def _peer_label(self, ae_title: str) -> str:
         if self.config.peer(ae_title) is not None or self.config.archive_for_ae(ae_title) is not None:
@@ -133,6 +139,8 @@ class Metrics:
         """The event subscriber."""
         if self.push is not None:
             self.push(event)
+        if self.commitment is not None and isinstance(event, events.CommitmentAnswered):
+            self.commitment(event)
         if isinstance(event, events.AssociationAccepted):
             self.associations.labels(self._peer_label(event.peer.calling_ae), "accepted", "").inc()
         elif isinstance(event, events.AssociationRejected):
@@ -190,3 +198,49 @@ def _scrape_gauges(
     Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
         spool_bytes
     )
+
+
+class _PendingCollector(Collector):
+    def __init__(self, ledger: CommitmentLedger) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "dicomproxy_commitment_pending",
+            "Instances asked to be committed and not yet answered, by destination",
+            labels=["destination"],
+        )
+        try:
+            pending = self.ledger.pending()
+        except Exception:  # the journal is down: no sample rather than a failed scrape
+            pending = {}
+        for dest in self.ledger.destinations():
+            family.add_metric([dest], pending.get(dest, 0))
+        yield family
+
+
+class CommitmentMetrics:
+    """Storage Commitment (docs/commitment.md): ``dicomproxy_commitment_instances_total
+    {destination,result}`` (committed | failed | unanswered, this node's reports) and
+    ``dicomproxy_commitment_pending{destination}`` (read from the journal when scraped)."""
+
+    def __init__(self, registry: CollectorRegistry, ledger: CommitmentLedger) -> None:
+        registry.register(_PendingCollector(ledger))
+        self.results = Counter(
+            "dicomproxy_commitment_instances_total",
+            "Instances whose Storage Commitment ended, by destination and result",
+            ["destination", "result"],
+            registry=registry,
+        )
+        for dest in ledger.destinations():
+            for result in ("committed", "failed", "unanswered"):
+                self.results.labels(dest, result)
+
+    def __call__(self, event: events.CommitmentAnswered) -> None:
+        for result, n in (
+            ("committed", event.committed),
+            ("failed", event.failed),
+            ("unanswered", event.unanswered),
+        ):
+            if n:
+                self.results.labels(event.destination, result).inc(n)

@@ -23,8 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pydicom.uid import generate_uid
-from sqlalchemy import Column, DateTime, Integer, String, Table, insert, select, update
+from sqlalchemy import Column, DateTime, Integer, String, Table, func, insert, select, update
 
+from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.relay.journal import CONFIRMED_STATES, METADATA, Journal, job_instances, jobs
 from dicomproxy.status import JobKind
@@ -90,6 +91,10 @@ class CommitmentLedger:
         self.journal = journal
         self.engine = journal.engine
         METADATA.create_all(self.engine, tables=[commit_requests, commit_refs])
+
+    def destinations(self) -> list[str]:
+        """The peers asked to commit."""
+        return [p.ae_title for p in self.config.peers if p.storage_commitment]
 
     def wanted(self, destination: str) -> bool:
         peer = self.config.peer(destination)
@@ -183,6 +188,22 @@ class CommitmentLedger:
                 ).rowcount
             )
 
+    def _destination(self, transaction_uid: str) -> str:
+        q = select(commit_requests.c.destination).where(commit_requests.c.transaction_uid == transaction_uid)
+        with self.engine.connect() as conn:
+            return str(conn.execute(q).scalar_one())
+
+    def pending(self) -> dict[str, int]:
+        """Destination → references asked and not yet answered (open transactions only)."""
+        q = (
+            select(commit_requests.c.destination, func.count(commit_refs.c.id))
+            .join(commit_refs, commit_refs.c.transaction_uid == commit_requests.c.transaction_uid)
+            .where(commit_requests.c.state.in_((DUE, ASKED)), commit_refs.c.state == PENDING)
+            .group_by(commit_requests.c.destination)
+        )
+        with self.engine.connect() as conn:
+            return {str(d): int(n) for d, n in conn.execute(q)}
+
     def give_up(self, transaction_uid: str) -> None:
         """No report after the last attempt: its pending references are ``unanswered``."""
         with self.engine.begin() as conn:
@@ -191,11 +212,12 @@ class CommitmentLedger:
                 .where(commit_requests.c.transaction_uid == transaction_uid)
                 .values(state=UNANSWERED)
             )
-            conn.execute(
+            n = conn.execute(
                 update(commit_refs)
                 .where(commit_refs.c.transaction_uid == transaction_uid, commit_refs.c.state == PENDING)
                 .values(state=UNANSWERED)
-            )
+            ).rowcount
+        events.publish(events.CommitmentAnswered(self._destination(transaction_uid), 0, 0, int(n)))
 
     def answer(self, report: Report) -> bool:
         """Record an N-EVENT-REPORT (PS3.4 J.3.3): its committed and failed references; a reference
@@ -225,6 +247,8 @@ class CommitmentLedger:
                     update(commit_refs).where(mine, commit_refs.c.sop_instance_uid == uid).values(**values)
                 )
         failed = [u for u in refs if u not in report.committed]
+        destination = self._destination(report.transaction_uid)
+        events.publish(events.CommitmentAnswered(destination, len(refs) - len(failed), len(failed)))
         LOG.log(
             logging.WARNING if failed else logging.INFO,
             "commitment %s: %d committed, %d failed",
