@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dicomproxy.reconcile.decide import DESTINATION, JOURNAL, Category, decide
+from dicomproxy.reconcile.run import Pace
 
 A, B, C, D, R = "1.2.1", "1.2.2", "1.2.3", "1.2.4", "1.2.9"  # R: one of our report objects
 
@@ -110,3 +111,18 @@ def test_a_destination_that_holds_everything_in_the_pacs_misses_nothing(
 ) -> None:
     v = decide(pacs, journal, pacs | more)
     assert not v.missing and not v.lost
+
+
+def test_pace_spaces_the_calls_at_the_rate_on_an_injected_clock() -> None:
+    """``--rate 4``: four C-FINDs a second at most — a burst of calls waits 0, 0.25, 0.5 s; a call
+    after a pause does not wait (no credit saved beyond the next slot)."""
+    now = [100.0]
+    slept: list[float] = []
+    pace = Pace(4.0, clock=lambda: now[0], sleep=slept.append)
+    for _ in range(3):
+        pace()
+    assert slept == [0.25, 0.5]
+    now[0] += 10.0
+    pace()
+    pace()
+    assert slept == [0.25, 0.5, 0.25]

@@ -454,6 +454,11 @@ class InstanceFinder:
                 self.close()
         raise AssertionError("unreachable")
 
+    @property
+    def is_open(self) -> bool:
+        """An association is up (a failure status leaves it up; a refused or lost one does not)."""
+        return self._link is not None and self._link.is_established
+
     def close(self) -> None:
         """Release the association, if one is open (idempotent)."""
         link, self._link = self._link, None
