@@ -249,6 +249,10 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     status = json.loads(http_get(f"http://127.0.0.1:{http_port}/api/status"))
     (shown,) = status["reconcile"]
     assert (shown["destination"], shown["missing_instances"], shown["missing_studies"]) == ("CLOUD", 3, 2)
+    assert (shown["since"], shown["until"]) == (
+        "2024-01-01T00:00:00",
+        "2024-02-01T00:00:00",
+    )  # local, --until's day in
     assert PUSHED.study_uid not in json.dumps(status["reconcile"])
 
     # --fix: queued, then delivered by the running serve's push workers — only the missing ones

@@ -64,10 +64,12 @@ class RunSummary:
     queued: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (times as ISO 8601, UTC)."""
-        return {
-            k: (f"{v.isoformat()}Z" if isinstance(v, dt.datetime) else v) for k, v in asdict(self).items()
-        }
+        """JSON-ready, times ISO 8601: ``started``/``ended`` in UTC ("Z"); ``since``/``until``
+        local time without a zone, as the view's PerformTime they bound."""
+        d = asdict(self)
+        d["started"], d["ended"] = f"{self.started.isoformat()}Z", f"{self.ended.isoformat()}Z"
+        d["since"], d["until"] = self.since.isoformat(), self.until.isoformat()
+        return d
 
 
 class RunSummaries:
