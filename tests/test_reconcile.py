@@ -12,6 +12,7 @@ per-study confirmations, and a destination that does not answer C-FIND (the jour
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import urllib.request
@@ -199,6 +200,10 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     for uid in deleted:
         delete_at(cloud, uid)
     short = sops(ELSEWHERE)[2]
+    # an instance of SMALL the PACS never had, stored at the cloud by someone else: extra
+    stray_spec = dataclasses.replace(SMALL, images_per_series=3)
+    stray = sops(stray_spec)[2]
+    cloud.upload([p for p in write_study(stray_spec, tmp_path / "stray") if p.stem == stray])
 
     # the report
     result = reconcile(config_path, "--json")
@@ -215,30 +220,22 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     assert rows[PUSHED.study_uid]["accession"] == PUSHED.accession
     assert rows[ELSEWHERE.study_uid]["missing"] == [short]
     assert rows[ELSEWHERE.study_uid]["counts"]["lost"] == 0
-    assert rows[SMALL.study_uid]["category"] == "complete"
+    assert (rows[SMALL.study_uid]["category"], rows[SMALL.study_uid]["extra"]) == ("extra", [stray])
     # bounded load: one association per peer for all its C-FINDs, one C-FIND per study
     assert report["load"] == {
         f"PACS {pacs.ae_title}": {"cfinds": 3, "associations": 1},
         "destination CLOUD": {"cfinds": 3, "associations": 1},
     }
     (summary,) = report["destinations"]
-    assert (
-        summary["studies"],
-        summary["complete"],
-        summary["missing_studies"],
-        summary["missing_instances"],
-    ) == (
-        3,
-        1,
-        2,
-        3,
-    )
+    counts = ("studies", "complete", "missing_studies", "missing_instances", "extra_studies")
+    assert tuple(summary[k] for k in counts) == (3, 0, 2, 3, 1)
 
     # the table and the CSV say the same
     table = reconcile(config_path)
     assert f"    missing {deleted[0]} (lost at the destination)" in table.stdout
     assert f"    missing {short}" in table.stdout
-    assert "CLOUD: 3 studies, 1 complete, 2 missing (3 instances)" in table.stdout
+    assert f"    extra   {stray}" in table.stdout
+    assert "CLOUD: 3 studies, 0 complete, 2 missing (3 instances), 1 extra" in table.stdout
     csv_lines = reconcile(config_path, "--csv").stdout.splitlines()
     assert csv_lines[0].startswith("study_uid,accession,destination,archive,category")
     assert len(csv_lines) == 4 and any(short in line for line in csv_lines)
@@ -274,8 +271,12 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     assert sent_by(engine, elsewhere_job) == {short}  # not the two the cloud already held
 
     again = reconcile(config_path, "--json")
-    assert again.exit_code == 0, again.output
-    assert {r["category"] for r in json.loads(again.stdout)["studies"]} == {"complete"}
+    assert again.exit_code == 0, again.output  # extra is reported, not an error
+    assert {r["study_uid"]: r["category"] for r in json.loads(again.stdout)["studies"]} == {
+        PUSHED.study_uid: "complete",
+        SMALL.study_uid: "extra",
+        ELSEWHERE.study_uid: "complete",
+    }
     metrics = http_get(f"http://127.0.0.1:{http_port}/metrics")
     assert 'dicomproxy_reconcile_missing_instances{destination="CLOUD"} 0.0' in metrics
     view.dispose()
@@ -330,4 +331,22 @@ def test_a_destination_that_does_not_answer_cfind_is_judged_by_the_journal(
     (row,) = report["studies"]
     assert (row["category"], row["basis"], row["missing"]) == ("missing", "journal", sorted(sops(SMALL)))
     assert "STORESCP" in report["unasked"]
+    view.dispose()
+
+
+def test_an_unreachable_pacs_is_tried_once_and_every_study_is_unknown(tmp_path: Path) -> None:
+    """Nothing listens at the PACS's port: one association attempt, not one per study; each study
+    is ``unknown`` with the reason, and the run exits 1 (the report could not be made)."""
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    create_view_table(view)
+    insert_rows(view, [exam_row(SMALL), exam_row(PUSHED)])
+    closed = Orthanc(tmp_path / "never-started")  # its ports: free, nothing listening
+    config_path = write_config(tmp_path, closed, ("CLOUD", free_port()))
+    result = reconcile(config_path, "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [r["category"] for r in report["studies"]] == ["unknown", "unknown"]
+    assert all("cannot be reached" in r["error"] for r in report["studies"])
+    assert report["load"] == {"PACS ORTHANC": {"cfinds": 0, "associations": 0}}
+    assert report["destinations"][0]["unknown"] == 2
     view.dispose()
