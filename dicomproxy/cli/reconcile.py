@@ -109,6 +109,6 @@ def reconcile_cmd(
     unresolved = [
         r
         for r in outcome.reports
-        if r.verdict.category is Category.UNKNOWN or (r.verdict.category is Category.MISSING and not r.queued)
+        if r.category is Category.UNKNOWN or (r.category is Category.MISSING and not r.queued)
     ]
     sys.exit(1 if unresolved else 0)

@@ -405,6 +405,8 @@ class InstanceFinder:
         self.fast_path = fast_path and tls is None
         self.pace = pace
         self._link: Link | None = None
+        #: Set by the caller when the peer could not be reached: why (then it is not asked again).
+        self.down = ""
         #: Associations opened (1 while nothing was lost).
         self.associations = 0
         #: C-FIND requests sent.

@@ -38,25 +38,16 @@ CSV_COLUMNS = [
 
 def report_dict(r: StudyReport) -> dict[str, Any]:
     """One row as JSON: counts, and the missing and extra UIDs sorted."""
-    v = r.verdict
     return {
         "study_uid": r.study_uid,
         "accession": r.accession,
         "destination": r.destination,
         "archive": r.archive,
-        "category": v.category.value,
-        "basis": v.basis,
-        "counts": {
-            "pacs": len(v.pacs),
-            "present": len(v.present),
-            "missing": len(v.missing),
-            "lost": len(v.lost),
-            "extra": len(v.extra),
-            "ours": len(v.ours),
-            "uncommitted": len(v.uncommitted),
-        },
-        "missing": sorted(v.missing),
-        "extra": sorted(v.extra),
+        "category": r.category.value,
+        "basis": r.basis,
+        "counts": dict(r.counts),
+        "missing": list(r.missing),
+        "extra": list(r.extra),
         "queued": r.queued,
         "error": r.error,
     }
@@ -128,25 +119,21 @@ def as_table(outcome: Outcome) -> str:
     rows: list[list[str]] = []
     details: list[list[str]] = []
     for r in outcome.reports:
-        v = r.verdict
-        at_dest = str(len(v.present)) + ("" if v.basis == "destination" else "*")
+        at_dest = str(r.counts["present"]) + ("" if r.basis == "destination" else "*")
         rows.append(
             [
                 r.study_uid,
                 r.accession,
                 r.destination,
-                v.category.value,
-                str(len(v.pacs)) if v.category.value != "unknown" else "?",
+                r.category.value,
+                str(r.counts["pacs"]) if r.category.value != "unknown" else "?",
                 at_dest,
-                str(len(v.missing)),
-                str(len(v.extra)),
+                str(r.counts["missing"]),
+                str(r.counts["extra"]),
             ]
         )
-        more = [
-            f"    missing {u}" + (" (lost at the destination)" if u in v.lost else "")
-            for u in sorted(v.missing)
-        ]
-        more += [f"    extra   {u}" for u in sorted(v.extra)]
+        more = [f"    missing {u}" + (" (lost at the destination)" if u in r.lost else "") for u in r.missing]
+        more += [f"    extra   {u}" for u in r.extra]
         if r.error:
             more.append(f"    ({r.error})")
         if r.queued:
@@ -157,7 +144,7 @@ def as_table(outcome: Outcome) -> str:
     for row_line, more in zip(table[2:], details, strict=True):
         lines.append(row_line)
         lines.extend(more)
-    if any(r.verdict.basis != "destination" for r in outcome.reports):
+    if any(r.basis != "destination" for r in outcome.reports):
         lines.append("* from our journal: the destination could not be asked (no C-FIND answer)")
     for dest, why in outcome.unasked.items():
         lines.append(f"{dest}: not asked ({why})")

@@ -16,6 +16,9 @@ a hidden study is never listed) and every destination asked about:
    to it, same pace); a refused association, no Study Root FIND context or a failure status means
    "unknown": then the journal stands in for it (``basis`` = journal).
 
+Studies are taken one at a time (archive by archive), their UID sets decided and dropped: a row
+keeps counts and the missing/extra UIDs only, so a month's report is not a month of UID lists.
+
 ``fix``: for each study missing instances at a destination, the journal rows of the instances the
 destination confirmed once but no longer holds become ``lost`` (:meth:`Journal.unconfirm`), and the
 study's push item is queued with the instances it holds left out
@@ -30,7 +33,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dicomproxy.config import Config, PacsConfig
@@ -74,17 +77,53 @@ class Pace:
 
 @dataclass(frozen=True)
 class StudyReport:
-    """One study at one destination: the report's row."""
+    """One study at one destination: the report's row. Counts, and the UIDs an operator acts on
+    (missing, lost, extra) — not every UID listed, so a month's report stays small."""
 
     study_uid: str
     accession: str
     destination: str
     archive: str
-    verdict: Verdict
+    category: Category
+    #: "destination" (it answered C-FIND) or "journal" (it could not be asked).
+    basis: str
+    #: pacs, present, missing, lost, extra, ours, uncommitted → how many.
+    counts: dict[str, int]
+    missing: tuple[str, ...]
+    lost: frozenset[str]
+    extra: tuple[str, ...]
     #: Why the PACS or the destination could not be asked ("" when both answered).
     error: str = ""
     #: Instances queued for delivery by ``--fix``.
     queued: int = 0
+
+    @classmethod
+    def of(
+        cls, study: ExamStudy, destination: str, archive: str, v: Verdict, error: str, queued: int
+    ) -> StudyReport:
+        counts = {
+            "pacs": len(v.pacs),
+            "present": len(v.present),
+            "missing": len(v.missing),
+            "lost": len(v.lost),
+            "extra": len(v.extra),
+            "ours": len(v.ours),
+            "uncommitted": len(v.uncommitted),
+        }
+        return cls(
+            study.ref.uid,
+            study.accession,
+            destination,
+            archive,
+            v.category,
+            v.basis,
+            counts,
+            tuple(sorted(v.missing)),
+            v.lost,
+            tuple(sorted(v.extra)),
+            error,
+            queued,
+        )
 
 
 @dataclass
@@ -144,32 +183,45 @@ class Reconciler:
     ) -> Outcome:
         """Report on the studies performed in ``[since, until)`` at each of ``destinations``
         (configured peers); with ``fix`` (and a queue), queue what is missing. Raises
-        ViewUnavailable when the view cannot be read, SQLAlchemyError when the journal cannot."""
+        ViewUnavailable when the view cannot be read, SQLAlchemyError when the journal cannot.
+
+        One study at a time: its UID sets are decided and dropped (a month of studies is not held
+        in memory), in batches of :data:`BATCH` for the journal's reads. The studies are taken
+        archive by archive (each archive's association is released when its studies are done);
+        each destination's association stays open for the run."""
         started = self.utcnow()
         studies = list(self.view.studies_performed(since, until))
-        uids = [s.ref.uid for s in studies]
+        order = {s.ref.uid: i for i, s in enumerate(studies)}
         outcome = Outcome()
-        pacs, archive_of, errors = self._list_pacs(studies, outcome.load)
+        dests = {d: _Destination(peer_finder(self.config, d, Pace(self.rate))) for d in destinations}
+        try:
+            for archive, group in self._by_archive(studies):
+                finder = (
+                    archive_finder(
+                        archive,
+                        self.config.proxy.ae_title,
+                        fast_path=self.config.proxy.fast_path,
+                        pace=Pace(self.rate),
+                    )
+                    if archive is not None
+                    else None
+                )
+                try:
+                    for start in range(0, len(group), BATCH):
+                        self._batch(group[start : start + BATCH], archive, finder, dests, outcome, fix)
+                finally:
+                    if finder is not None:
+                        finder.close()
+                        outcome.load[finder.who] = (finder.finds, finder.associations)
+        finally:
+            for d in dests.values():
+                d.finder.close()
+        for name, d in dests.items():
+            outcome.load[d.finder.who] = (d.finder.finds, d.finder.associations)
+            if d.down:
+                outcome.unasked[name] = d.down
+        outcome.reports.sort(key=lambda r: (order[r.study_uid], destinations.index(r.destination)))
         for dest in destinations:
-            journal = self.journal.confirmed_by_study(dest, uids)
-            uncommitted = self.journal.uncommitted_by_study(dest, uids)
-            asked = [s for s in studies if pacs.get(s.ref.uid) is not None]
-            held, why = self._list_destination(dest, asked, outcome.load)
-            if "" in why:
-                outcome.unasked[dest] = why[""]
-            for study in studies:
-                uid = study.ref.uid
-                verdict = decide(
-                    pacs.get(uid),
-                    journal.get(uid, frozenset()),
-                    held.get(uid),
-                    uncommitted.get(uid, frozenset()),
-                )
-                queued = self._fix(study, dest, verdict) if fix else 0
-                error = errors.get(uid, "") or why.get(uid, why.get("", "") if uid not in held else "")
-                outcome.reports.append(
-                    StudyReport(uid, study.accession, dest, archive_of.get(uid, ""), verdict, error, queued)
-                )
             outcome.summaries.append(self._summary(dest, since, until, started, outcome.reports))
         RunSummaries(self.journal.engine).record(outcome.summaries)
         for s in outcome.summaries:
@@ -190,79 +242,69 @@ class Reconciler:
             )
         return outcome
 
-    # --- the PACS ----------------------------------------------------------------------------------
-
-    def _list_pacs(
-        self, studies: Iterable[ExamStudy], load: dict[str, tuple[int, int]]
-    ) -> tuple[dict[str, frozenset[str] | None], dict[str, str], dict[str, str]]:
-        """Each study's SOP Instance UIDs at its archive (None: not asked or not answered), the
-        archive's name, and why not. The studies of one archive are asked on one association,
-        one archive after the other; an archive that cannot be reached is not asked again."""
-        listed: dict[str, frozenset[str] | None] = {}
-        archive_of: dict[str, str] = {}
-        errors: dict[str, str] = {}
-        by_archive: dict[str, tuple[PacsConfig, list[str]]] = {}
+    def _by_archive(self, studies: Sequence[ExamStudy]) -> list[tuple[PacsConfig | None, list[ExamStudy]]]:
+        """The studies grouped by the archive each routes to, in the order first seen; those no
+        archive serves (Unroutable) in a group of their own, with None."""
+        groups: dict[str, tuple[PacsConfig | None, list[ExamStudy]]] = {}
         for study in studies:
             try:
-                archive = route(self.config, study.ref.sysid, study.ref.modality)
-            except DicomServiceError as exc:  # Unroutable
-                listed[study.ref.uid], errors[study.ref.uid] = None, str(exc)
-                continue
-            archive_of[study.ref.uid] = archive.name
-            by_archive.setdefault(archive.name, (archive, []))[1].append(study.ref.uid)
-        for archive, uids in by_archive.values():
-            finder = archive_finder(
-                archive,
-                self.config.proxy.ae_title,
-                fast_path=self.config.proxy.fast_path,
-                pace=Pace(self.rate),
-            )
-            down = ""
+                archive: PacsConfig | None = route(self.config, study.ref.sysid, study.ref.modality)
+            except DicomServiceError:  # Unroutable: reported per study by _pacs_list
+                archive = None
+            key = archive.name if archive is not None else ""
+            groups.setdefault(key, (archive, []))[1].append(study)
+        return list(groups.values())
+
+    def _batch(
+        self,
+        batch: Sequence[ExamStudy],
+        archive: PacsConfig | None,
+        finder: InstanceFinder | None,
+        dests: dict[str, _Destination],
+        outcome: Outcome,
+        fix: bool,
+    ) -> None:
+        """Decide ``batch`` (studies of one archive) at every destination."""
+        uids = [s.ref.uid for s in batch]
+        journal = {d: self.journal.confirmed_by_study(d, uids) for d in dests}
+        uncommitted = {d: self.journal.uncommitted_by_study(d, uids) for d in dests}
+        for study in batch:
+            uid = study.ref.uid
+            listed, error = self._pacs_list(study, archive, finder)
+            for name, dest in dests.items():
+                held, why = dest.list(uid) if listed is not None else (None, "")
+                verdict = decide(
+                    listed,
+                    journal[name].get(uid, frozenset()),
+                    held,
+                    uncommitted[name].get(uid, frozenset()),
+                )
+                queued = self._fix(study, name, verdict) if fix else 0
+                outcome.reports.append(
+                    StudyReport.of(
+                        study, name, archive.name if archive else "", verdict, error or why, queued
+                    )
+                )
+
+    def _pacs_list(
+        self, study: ExamStudy, archive: PacsConfig | None, finder: InstanceFinder | None
+    ) -> tuple[frozenset[str] | None, str]:
+        """The study's SOP Instance UIDs at its archive, or None and why not (not routable; the
+        archive failed for it; the archive could not be reached — then it is not tried again)."""
+        if archive is None or finder is None:
             try:
-                for uid in uids:
-                    if down:
-                        listed[uid], errors[uid] = None, down
-                        continue
-                    try:
-                        listed[uid] = frozenset(r.sop_instance_uid for r in finder.study(uid))
-                    except DicomServiceError as exc:
-                        listed[uid], errors[uid] = None, str(exc)
-                        if not finder.is_open:
-                            down = str(exc)  # no association: the others are not tried one by one
-            finally:
-                finder.close()
-                load[finder.who] = (finder.finds, finder.associations)
-        return listed, archive_of, errors
-
-    # --- a destination -------------------------------------------------------------------------------
-
-    def _list_destination(
-        self, destination: str, studies: Sequence[ExamStudy], load: dict[str, tuple[int, int]]
-    ) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
-        """What the destination holds of each study, when it answers C-FIND, and why not: by
-        study UID (a failure status for that study), or under "" when it could not be asked at
-        all (an association refused or lost, no Study Root FIND context)."""
-        held: dict[str, frozenset[str]] = {}
-        why: dict[str, str] = {}
-        if not studies:
-            return held, why
-        finder = peer_finder(self.config, destination, Pace(self.rate))
+                route(self.config, study.ref.sysid, study.ref.modality)
+            except DicomServiceError as exc:
+                return None, str(exc)
+            return None, "not routable"
+        if finder.down:
+            return None, finder.down
         try:
-            for study in studies:
-                try:
-                    held[study.ref.uid] = frozenset(r.sop_instance_uid for r in finder.study(study.ref.uid))
-                except DicomServiceError as exc:
-                    if not finder.is_open:
-                        LOG.info(
-                            "reconcile: %s cannot be asked (%s): its journal stands in", destination, exc
-                        )
-                        return {}, {"": str(exc)}
-                    LOG.info("reconcile: %s did not list study %s (%s)", destination, study.ref.uid, exc)
-                    why[study.ref.uid] = str(exc)
-        finally:
-            finder.close()
-            load[finder.who] = (finder.finds, finder.associations)
-        return held, why
+            return frozenset(r.sop_instance_uid for r in finder.study(study.ref.uid)), ""
+        except DicomServiceError as exc:
+            if not finder.is_open:  # no association: the other studies are not tried one by one
+                finder.down = str(exc)
+            return None, str(exc)
 
     # --- fix and counts ------------------------------------------------------------------------------
 
@@ -293,10 +335,8 @@ class Reconciler:
         reports: Sequence[StudyReport],
     ) -> RunSummary:
         mine = [r for r in reports if r.destination == destination]
-        count = {c: sum(1 for r in mine if r.verdict.category is c) for c in Category}
-        asked = any(
-            r.verdict.basis == DESTINATION for r in mine if r.verdict.category is not Category.UNKNOWN
-        )
+        count = {c: sum(1 for r in mine if r.category is c) for c in Category}
+        asked = any(r.basis == DESTINATION for r in mine if r.category is not Category.UNKNOWN)
         return RunSummary(
             destination=destination,
             started=started,
@@ -306,7 +346,7 @@ class Reconciler:
             studies=len(mine),
             complete=count[Category.COMPLETE],
             missing_studies=count[Category.MISSING],
-            missing_instances=sum(len(r.verdict.missing) for r in mine),
+            missing_instances=sum(len(r.missing) for r in mine),
             extra_studies=count[Category.EXTRA],
             not_in_pacs=count[Category.NOT_IN_PACS],
             uncommitted=count[Category.UNCOMMITTED],
@@ -314,3 +354,31 @@ class Reconciler:
             basis=DESTINATION if asked else JOURNAL,
             queued=sum(r.queued for r in mine),
         )
+
+
+#: Studies whose journal confirmations are read at once.
+BATCH = 200
+
+
+class _Destination:
+    """A destination's C-FIND during a run: one association, or "down" (then the journal stands in)."""
+
+    def __init__(self, finder: InstanceFinder) -> None:
+        self.finder = finder
+        #: Why it could not be asked at all ("" while it can).
+        self.down = ""
+
+    def list(self, study_uid: str) -> tuple[frozenset[str] | None, str]:
+        """What it holds of the study, or None and why not: a refused or lost association, no
+        Study Root FIND context (then not asked again this run), or a failure status for this study."""
+        if self.down:
+            return None, self.down
+        try:
+            return frozenset(r.sop_instance_uid for r in self.finder.study(study_uid)), ""
+        except DicomServiceError as exc:
+            if not self.finder.is_open:
+                self.down = str(exc)
+                LOG.info("reconcile: %s cannot be asked (%s): the journal stands in", self.finder.who, exc)
+            else:
+                LOG.info("reconcile: %s did not list study %s (%s)", self.finder.who, study_uid, exc)
+            return None, str(exc)
