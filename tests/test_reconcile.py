@@ -255,6 +255,7 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     # --fix: queued, then delivered by the running serve's push workers — only the missing ones
     items = {i["study_uid"]: i["id"] for i in queue.items()}
     jobs_before = push_jobs(engine, items[PUSHED.study_uid])
+    small_jobs = push_jobs(engine, items[SMALL.study_uid])
     fixed = reconcile(config_path, "--fix", "--json")
     assert fixed.exit_code == 0, fixed.output
     assert {r["study_uid"]: r["queued"] for r in json.loads(fixed.stdout)["studies"]} == {
@@ -267,6 +268,7 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     wait_until(lambda: {i["state"] for i in queue.items()} == {DONE}, 10, "push items done again")
     new_jobs = [j for j in push_jobs(engine, items[PUSHED.study_uid]) if j not in jobs_before]
     assert set().union(*(sent_by(engine, j) for j in new_jobs)) == set(deleted)
+    assert push_jobs(engine, items[SMALL.study_uid]) == small_jobs  # nothing missing: not queued
     (elsewhere_job,) = push_jobs(engine, items[ELSEWHERE.study_uid])
     assert sent_by(engine, elsewhere_job) == {short}  # not the two the cloud already held
 
@@ -348,7 +350,7 @@ def test_an_unreachable_pacs_is_tried_once_and_every_study_is_unknown(tmp_path: 
     assert [r["category"] for r in report["studies"]] == ["unknown", "unknown"]
     assert all("cannot be reached" in r["error"] for r in report["studies"])
     assert report["load"] == {
-        "PACS ORTHANC": {"cfinds": 0, "associations": 0},
+        "PACS ORTHANC": {"cfinds": 0, "associations": 1},  # requested once, not once per study
         "destination CLOUD": {"cfinds": 0, "associations": 0},  # nothing to compare with: not asked
     }
     assert report["destinations"][0]["unknown"] == 2

@@ -407,13 +407,14 @@ class InstanceFinder:
         self._link: Link | None = None
         #: Set by the caller when the peer could not be reached: why (then it is not asked again).
         self.down = ""
-        #: Associations opened (1 while nothing was lost).
+        #: Associations requested (1 while nothing was lost or refused).
         self.associations = 0
         #: C-FIND requests sent.
         self.finds = 0
 
     def _open(self) -> Link:
         find_uid = str(StudyRootQueryRetrieveInformationModelFind)
+        self.associations += 1
         try:
             link = open_link(
                 self.calling_ae,
@@ -427,7 +428,6 @@ class InstanceFinder:
         except NoAssociation as exc:
             what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"
             raise PacsUnavailable(f"{self.who} {what}") from exc
-        self.associations += 1
         if not any(str(cx.abstract_syntax) == find_uid for cx in link.accepted_contexts):
             link.close()
             raise FindNotSupported(f"{self.who} does not accept Study Root C-FIND")

@@ -150,7 +150,7 @@ def as_table(outcome: Outcome) -> str:
         lines.append(f"{dest}: not asked ({why})")
     lines.append("")
     for who, (n, a) in outcome.load.items():
-        lines.append(f"{who}: {n} C-FIND(s) on {a} association(s)")
+        lines.append(f"{who}: {n} C-FIND(s) on {a} association(s) requested")
     for s in outcome.summaries:
         lines.append(
             f"{s.destination}: {s.studies} studies, {s.complete} complete, {s.missing_studies} missing "

@@ -134,7 +134,8 @@ class Outcome:
     summaries: list[RunSummary] = field(default_factory=list)
     #: Destination → why it could not be asked for the whole run (then its basis is the journal).
     unasked: dict[str, str] = field(default_factory=dict)
-    #: The load the run put on each peer: "PACS <AE>" / "destination <AE>" → (C-FINDs, associations).
+    #: The load the run put on each peer: "PACS <AE>" / "destination <AE>" → (C-FINDs, associations
+    #: requested).
     load: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
