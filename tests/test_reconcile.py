@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, select
 
 from dicomproxy.cli import cli
 from dicomproxy.config import load_config
-from dicomproxy.push.queue import DONE, PushQueue, push_attempts
+from dicomproxy.push.queue import DONE, PushQueue, push_attempts, push_queue
 from dicomproxy.relay.journal import InstanceRecord, Journal, job_instances
 from dicomproxy.server import Server
 from dicomproxy.status import JobKind, JobOutcome
@@ -35,7 +35,10 @@ from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
+from tests import test_push_takeover
 from tests.conftest import _need
+
+journal = test_push_takeover.journal  # a journal on SQLite, PostgreSQL and MariaDB
 
 PUSHED = StudySpec("CT", accession="RK001", series=2, images_per_series=2, seed=401)
 SMALL = StudySpec("MR", accession="RK002", series=1, images_per_series=2, seed=402)
@@ -284,11 +287,10 @@ def test_reconcile_reports_exactly_what_the_cloud_lost_fix_delivers_only_that_an
     view.dispose()
 
 
-def test_confirmed_by_study_counts_jobs_to_that_destination_only(tmp_path: Path) -> None:
-    """The journal's side of the report: confirmations by study and destination, whatever the job's
-    kind; a job of two studies assigns each instance by what the PACS announced; failed rows and
-    ``lost`` ones (after a fix) are not confirmed."""
-    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+def test_confirmed_by_study_counts_jobs_to_that_destination_only(journal: Journal) -> None:
+    """The journal's side of the report (SQLite, PostgreSQL, MariaDB): confirmations by study and
+    destination, whatever the job's kind; a job of two studies assigns each instance by what the
+    PACS announced; failed rows and ``lost`` ones (after a fix) are not confirmed."""
     one = journal.start(JobKind.MOVE, "jobserver", "", "CLOUD", "pacs")
     journal.update(one, study_uids=["1.1"])
     journal.add_instances(one, [InstanceRecord("1.1.1", "sent"), InstanceRecord("1.1.2", "failed")])
@@ -314,7 +316,47 @@ def test_confirmed_by_study_counts_jobs_to_that_destination_only(tmp_path: Path)
     assert journal.confirmed_by_study("CLOUD", ["1.1"]) == {"1.1": frozenset({"1.1.3"})}
     assert journal.confirmed_by_study("ELSEWHERE", ["1.1"]) == {"1.1": frozenset({"1.1.9"})}
     assert journal.uncommitted_by_study("CLOUD", ["1.1"]) == {}  # the Storage Commitment hook: empty today
-    journal.close()
+
+
+def test_queue_fix_makes_or_requeues_the_item_and_leaves_out_what_the_destination_holds(
+    journal: Journal,
+) -> None:
+    """``PushQueue.queue_fix`` (SQLite, PostgreSQL, MariaDB): a study without an item gets one, due
+    now; the held instances are left out of its deliveries with the confirmed ones; a second fix
+    replaces them; a ``done`` item is due afresh, a ``running`` one is marked changed (it runs
+    again when this run ends); a new generation (``push requeue``) no longer skips them."""
+    queue = PushQueue(journal.engine, "test")
+    item_id, made = queue.queue_fix("1.9", "CLOUD", "E1", ["1.9.1", "1.9.2"])
+    assert made
+    row = queue.get(item_id)
+    assert row is not None and (row["state"], row["generation"], row["examine_id"]) == ("queued", 0, "E1")
+    job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+    journal.add_instances(job, [InstanceRecord("1.9.3", "sent")])
+    with journal.engine.begin() as conn:
+        conn.execute(
+            push_attempts.insert().values(
+                item_id=item_id, job_id=job, generation=0, node="t", started=dt.datetime.now()
+            )
+        )
+    assert queue.excluded(item_id, 0) == {"1.9.1", "1.9.2", "1.9.3"}
+    assert queue_fix_again(queue, ["1.9.2"]) == (item_id, False)
+    assert queue.excluded(item_id, 0) == {"1.9.2", "1.9.3"}  # replaced, not added to
+    for state, expected in (("done", ("queued", 0)), ("running", ("running", 1))):
+        with journal.engine.begin() as conn:
+            conn.execute(
+                push_queue.update().where(push_queue.c.id == item_id).values(state=state, rechecks=2)
+            )
+        queue_fix_again(queue, ["1.9.2"])
+        row = queue.get(item_id)
+        assert row is not None and (row["state"], row["changed"]) == expected
+    with journal.engine.begin() as conn:
+        conn.execute(push_queue.update().where(push_queue.c.id == item_id).values(state="done", changed=0))
+    queue.requeue(dt.datetime(2000, 1, 1))
+    assert queue.excluded(item_id, 1) == frozenset()
+
+
+def queue_fix_again(queue: PushQueue, held: list[str]) -> tuple[int, bool]:
+    return queue.queue_fix("1.9", "CLOUD", "E1", held)
 
 
 def test_a_destination_that_does_not_answer_cfind_is_judged_by_the_journal(
