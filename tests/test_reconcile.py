@@ -32,6 +32,7 @@ from dicomproxy.server import Server
 from dicomproxy.status import JobKind, JobOutcome
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakePacs
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
@@ -397,3 +398,27 @@ def test_an_unreachable_pacs_is_tried_once_and_every_study_is_unknown(tmp_path: 
     }
     assert report["destinations"][0]["unknown"] == 2
     view.dispose()
+
+
+def test_a_destination_failing_one_cfind_is_judged_by_the_journal_for_that_study_only(
+    tmp_path: Path, peers: dict[str, Orthanc]
+) -> None:
+    """A Q/R SCP that answers IMAGE-level C-FIND with 0xA700 (out of resources): each study is
+    judged by the journal (basis journal, the status in its error), the association is kept for
+    the next study, and the destination is not reported as unasked."""
+    cloud = FakePacs([], ae_title="FAKECLOUD")
+    cloud.behaviour.image_find_status = 0xA700
+    cloud.start()
+    try:
+        view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+        create_view_table(view)
+        insert_rows(view, [exam_row(SMALL), exam_row(PUSHED)])
+        config_path = write_config(tmp_path, peers["pacs"], ("FAKECLOUD", cloud.port))
+        report = json.loads(reconcile(config_path, "--json").stdout)
+        assert [(r["category"], r["basis"]) for r in report["studies"]] == [("missing", "journal")] * 2
+        assert all("0xA700" in r["error"] for r in report["studies"])
+        assert report["unasked"] == {}
+        assert report["load"]["destination FAKECLOUD"] == {"cfinds": 2, "associations": 1}
+        view.dispose()
+    finally:
+        cloud.stop()
