@@ -8,6 +8,8 @@ pynetdicom #536) with TCP_NODELAY.
 - :meth:`PacsClient.find_instances`: Study Root C-FIND at IMAGE level (PS3.4 C.6.2.1) for
   the SOP Instance / SOP Class UIDs, so the relay knows the count and the SOP classes before
   the first instance (needed for C-MOVE Remaining counts and the onward contexts).
+- :class:`InstanceFinder`: the same IMAGE-level C-FIND for many studies on one association
+  (``dicomproxy reconcile``, to an archive or to a destination that is a Q/R SCP).
 - :meth:`PacsClient.retrieve`: ``c-move`` asks the PACS to send to our own AE title; the
   C-STOREs arrive on our listening port and :mod:`dicomproxy.pacs.store` matches them by the
   Move Originator Message ID, which is unique per process. ``c-get`` receives the
@@ -380,7 +382,7 @@ class InstanceFinder:
     first study and kept for the next (``dicomproxy reconcile`` lists many studies without an
     association each); an association lost between studies is opened again once per study.
 
-    For an archive (:meth:`PacsClient.instance_finder`) and for a destination peer that may be a
+    For an archive (:func:`archive_finder`) and for a destination peer that may be a
     Q/R SCP: a peer that rejects the association or has no Study Root FIND context raises
     :class:`PacsUnavailable` (:class:`FindNotSupported` for the context). Close it when done."""
 
