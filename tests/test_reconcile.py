@@ -317,6 +317,8 @@ def test_confirmed_by_study_counts_jobs_to_that_destination_only(journal: Journa
     assert journal.confirmed_by_study("CLOUD", ["1.1"]) == {"1.1": frozenset({"1.1.3"})}
     assert journal.confirmed_by_study("ELSEWHERE", ["1.1"]) == {"1.1": frozenset({"1.1.9"})}
     assert journal.uncommitted_by_study("CLOUD", ["1.1"]) == {}  # the Storage Commitment hook: empty today
+    tomorrow = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=1)
+    assert journal.confirmed_by_study("CLOUD", ["1.1"], started_after=tomorrow) == {}  # no job started since
 
 
 def test_queue_fix_makes_or_requeues_the_item_and_leaves_out_what_the_destination_holds(

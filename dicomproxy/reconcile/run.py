@@ -178,6 +178,7 @@ class Reconciler:
         #: The push queue ``fix`` queues into (None: no fix).
         self.queue = queue
         self.utcnow = utcnow
+        self._jobs_from: dt.datetime | None = None
 
     def run(
         self, since: dt.datetime, until: dt.datetime, destinations: Sequence[str], *, fix: bool = False
@@ -191,6 +192,9 @@ class Reconciler:
         archive by archive (each archive's association is released when its studies are done);
         each destination's association stays open for the run."""
         started = self.utcnow()
+        #: Jobs that may have delivered these studies: since the range began (PerformTime is local
+        #: time, the journal's UTC: a day's margin covers any zone).
+        self._jobs_from = since - dt.timedelta(days=1)
         studies = list(self.view.studies_performed(since, until))
         order = {s.ref.uid: i for i, s in enumerate(studies)}
         outcome = Outcome()
@@ -267,7 +271,7 @@ class Reconciler:
     ) -> None:
         """Decide ``batch`` (studies of one archive) at every destination."""
         uids = [s.ref.uid for s in batch]
-        journal = {d: self.journal.confirmed_by_study(d, uids) for d in dests}
+        journal = {d: self.journal.confirmed_by_study(d, uids, self._jobs_from) for d in dests}
         uncommitted = {d: self.journal.uncommitted_by_study(d, uids) for d in dests}
         for study in batch:
             uid = study.ref.uid

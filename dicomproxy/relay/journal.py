@@ -229,15 +229,21 @@ class JobQueries:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
 
-    def confirmed_by_study(self, destination: str, study_uids: Collection[str]) -> dict[str, frozenset[str]]:
+    def confirmed_by_study(
+        self, destination: str, study_uids: Collection[str], started_after: dt.datetime | None = None
+    ) -> dict[str, frozenset[str]]:
         """Study Instance UID → SOP Instance UIDs that jobs of any kind (C-MOVE, C-GET, push) to
         ``destination`` journalled as confirmed (``dicomproxy reconcile``); studies with none are
         left out. A job of one study counts all its instances for it (its order/report objects
-        too); a job of several assigns each by the instances the PACS announced (``job_expected``)."""
+        too); a job of several assigns each by the instances the PACS announced (``job_expected``).
+        ``started_after`` (naive UTC): only jobs started then or later are read (a study is not
+        delivered before it was performed)."""
         wanted = set(study_uids)
         studies_of: dict[int, list[str]] = {}
         with self.engine.connect() as conn:
             q = select(jobs.c.id, jobs.c.study_uids).where(jobs.c.destination == destination)
+            if started_after is not None:
+                q = q.where(jobs.c.started >= started_after)
             for job_id, text in conn.execute(q):
                 try:
                     listed = [str(u) for u in json.loads(text or "[]")]
