@@ -6,6 +6,7 @@ and then finishes on it; no patient identifiers are shown by default."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import threading
@@ -236,6 +237,36 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
         "已撤回 Dropped",
     )
     assert sum(int(by_column[c]) for c in states) == len(demo_specs())  # every demo study, in some state
+    # a `dicomproxy reconcile` run (another process) recorded its counts: the page shows them
+    from dicomproxy.reconcile.summary import RunSummaries, RunSummary
+
+    when = dt.datetime(2026, 12, 1, 8, 0)
+    RunSummaries(server.ctx.journal.engine).record(
+        [
+            RunSummary(
+                "jobserver",
+                when,
+                when,
+                when,
+                when,
+                studies=5,
+                complete=3,
+                missing_studies=2,
+                missing_instances=7,
+            )
+        ]
+    )
+    run = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#reconcile tr[data-destination='jobserver']")
+    )
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#reconcile thead th")]
+    shown = dict(zip(header, [td.text for td in run[0].find_elements(By.TAG_NAME, "td")], strict=True))
+    assert (shown["检查 Studies"], shown["缺失 Missing"], shown["缺失实例 Missing instances"]) == (
+        "5",
+        "2",
+        "7",
+    )
+    assert browser.find_element(By.ID, "reconcile-section").is_displayed()
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text

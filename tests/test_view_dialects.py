@@ -293,6 +293,7 @@ def test_every_view_statement_compiles_for_sqlserver_and_oracle(
         view.uid_index.sync(force=True)
         view.resolve_studies(accession="A0001", patient_id="P0001")
         view.sample_study()
+        assert list(view.studies_performed(dt.datetime(1990, 1, 1), dt.datetime(2100, 1, 1)))  # reconcile
         for keys in (
             {"PatientName": "Wang^Xiao*"},
             {"PatientName": "=王*", "StudyDate": "20240101-", "ModalitiesInStudy": "CT\\MR"},

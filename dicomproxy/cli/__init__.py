@@ -1,4 +1,5 @@
-"""Command line: ``dicomproxy serve | echo | find | move | get | check-config | jobs | audit | push``.
+"""Command line: ``dicomproxy serve | echo | find | move | get | check-config | jobs | audit | push |
+reconcile``.
 
 The only place that exits the process. Errors from below arrive as exceptions and are
 printed as one line; exit code 2 for configuration errors, 1 for failed checks. One module per
@@ -15,6 +16,7 @@ from dicomproxy.cli.checks import check_config, check_view_cmd
 from dicomproxy.cli.dicom import echo, find, get_cmd, move_cmd
 from dicomproxy.cli.jobs import jobs
 from dicomproxy.cli.push import push_group
+from dicomproxy.cli.reconcile import reconcile_cmd
 from dicomproxy.cli.serve import serve
 
 
@@ -35,6 +37,7 @@ for _command in (
     jobs,
     audit_cmd,
     push_group,
+    reconcile_cmd,
 ):
     cli.add_command(_command)
 

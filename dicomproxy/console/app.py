@@ -42,6 +42,7 @@ from dicomproxy.config import Config
 from dicomproxy.console.health import Echoer, Readiness
 from dicomproxy.console.live import LiveState
 from dicomproxy.console.metrics import Metrics
+from dicomproxy.reconcile.summary import RunSummaries, RunSummary
 
 # anyio resolves its public names lazily: the first use imports a module (and, under pytest,
 # AST-rewrites it). Done first in the console's server thread while other threads use the ast
@@ -112,10 +113,12 @@ class Console:
             spool_bytes=lambda: dir_bytes(config.data_path / "spool"),
             push_queue=ctx.push.queue if ctx.push is not None else None,
             commitments=ctx.commitments,
+            reconcile_runs=self.reconcile_runs if ctx.journal is not None else None,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)
         self._last_checks: tuple[float, dict[str, Any]] | None = None
+        self._runs: RunSummaries | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -257,4 +260,14 @@ class Console:
             from dicomproxy.push.service import push_summary
 
             body["push"] = push_summary(self.ctx.push)
+        try:  # the newest `dicomproxy reconcile` per destination: counts only, no study or patient
+            body["reconcile"] = [r.as_dict() for r in self.reconcile_runs()]
+        except Exception:  # no journal, or it is down: the section is left out
+            body["reconcile"] = []
         return body
+
+    def reconcile_runs(self) -> list[RunSummary]:
+        """The newest ``dicomproxy reconcile`` run's counts per destination (``reconcile_runs``)."""
+        if self._runs is None:
+            self._runs = RunSummaries(self.ctx.journal.engine)  # creates the table on first use
+        return self._runs.latest()

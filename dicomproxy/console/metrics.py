@@ -23,6 +23,7 @@ from dicomproxy.status import Status, status_label
 
 if TYPE_CHECKING:
     from dicomproxy.push.queue import PushQueue
+    from dicomproxy.reconcile.summary import RunSummary
     from dicomproxy.relay.commitments import CommitmentLedger
 
 #: Where a failure status of a C-FIND or a job points (our 0xC0xx range, dicomproxy.status).
@@ -54,12 +55,16 @@ class Metrics:
         spool_bytes: Callable[[], float],
         push_queue: PushQueue | None = None,
         commitments: CommitmentLedger | None = None,
+        reconcile_runs: Callable[[], list[RunSummary]] | None = None,
     ) -> None:
         """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py);
-        ``commitments``: the Storage Commitment ledger when a peer commits (:class:`CommitmentMetrics`)."""
+        ``commitments``: the Storage Commitment ledger when a peer commits (:class:`CommitmentMetrics`);
+        ``reconcile_runs``: the newest ``dicomproxy reconcile`` run per destination, read at scrape time."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         _scrape_gauges(r, open_associations, running_jobs, spool_bytes)
+        if reconcile_runs is not None:
+            r.register(_ReconcileCollector(reconcile_runs))
         self.associations = Counter(
             "dicomproxy_associations_total",
             "Association requests by calling peer, result and rejection reason",
@@ -244,3 +249,26 @@ class CommitmentMetrics:
         ):
             if n:
                 self.results.labels(event.destination, result).inc(n)
+
+
+class _ReconcileCollector(Collector):
+    """``dicomproxy_reconcile_missing_instances{destination}``: SOP instances the newest
+    ``dicomproxy reconcile`` run found in the PACS and not at the destination (its summary in the
+    journal database, ``reconcile_runs``: the run is another process, maybe another node)."""
+
+    def __init__(self, runs: Callable[[], list[RunSummary]]) -> None:
+        self.runs = runs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "dicomproxy_reconcile_missing_instances",
+            "Instances in the PACS missing at the destination, as the newest reconcile run found",
+            labels=["destination"],
+        )
+        try:
+            runs = self.runs()
+        except Exception:  # the journal is down: no sample rather than a failed scrape
+            runs = []
+        for run in runs:
+            family.add_metric([run.destination], run.missing_instances)
+        yield family

@@ -8,6 +8,8 @@ pynetdicom #536) with TCP_NODELAY.
 - :meth:`PacsClient.find_instances`: Study Root C-FIND at IMAGE level (PS3.4 C.6.2.1) for
   the SOP Instance / SOP Class UIDs, so the relay knows the count and the SOP classes before
   the first instance (needed for C-MOVE Remaining counts and the onward contexts).
+- :class:`InstanceFinder`: the same IMAGE-level C-FIND for many studies on one association
+  (``dicomproxy reconcile``, to an archive or to a destination that is a Q/R SCP).
 - :meth:`PacsClient.retrieve`: ``c-move`` asks the PACS to send to our own AE title; the
   C-STOREs arrive on our listening port and :mod:`dicomproxy.pacs.store` matches them by the
   Move Originator Message ID, which is unique per process. ``c-get`` receives the
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import code_to_category
 
-from dicomproxy.config import PacsConfig
+from dicomproxy.config import PacsConfig, TlsConfig
 from dicomproxy.errors import PacsUnavailable
 from dicomproxy.pacs.store import ActiveRetrieval, InstanceSink, ReceiveRegistry, deliver
 from dicomproxy.status import Status
@@ -195,33 +197,7 @@ class PacsClient:
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""
-        query = key.identifier()
-        query.QueryRetrieveLevel = "IMAGE"
-        if "SeriesInstanceUID" not in query:
-            query.SeriesInstanceUID = ""
-        if "SOPInstanceUID" not in query:
-            query.SOPInstanceUID = ""
-        query.SOPClassUID = ""  # (0008,0016) return key
-        refs: list[InstanceRef] = []
-        seen: set[str] = set()
-        for code, ds in self._find(query):
-            if code is None:
-                raise PacsUnavailable(f"PACS {self.config.ae_title}: no C-FIND response (timeout or abort)")
-            category = code_to_category(code)
-            if category == "Pending" and ds is not None:
-                sop = str(ds.get("SOPInstanceUID", "") or "")
-                if sop and sop not in seen:
-                    seen.add(sop)
-                    refs.append(
-                        InstanceRef(
-                            key.study_uid,
-                            str(ds.get("SeriesInstanceUID", "") or ""),
-                            sop,
-                            str(ds.get("SOPClassUID", "") or ""),
-                        )
-                    )
-            elif category not in ("Pending", "Success"):
-                raise PacsUnavailable(f"PACS {self.config.ae_title}: C-FIND failed 0x{code:04X}")
+        refs = instance_refs(key, self._find(image_query(key)), f"PACS {self.config.ae_title}")
         if refs:
             self.lists_sop_classes = all(r.sop_class_uid for r in refs)
         return refs
@@ -352,6 +328,163 @@ class PacsClient:
             )
         ok = code in (Status.SUCCESS, Status.SUBOPS_WARNING)
         return PacsOutcome(code, "" if ok else f"PACS answered 0x{code:04X}")
+
+
+def image_query(key: RetrieveKey) -> Dataset:
+    """The Study Root IMAGE-level C-FIND identifier listing ``key``'s instances (PS3.4 C.6.2.1):
+    Study Instance UID (0020,000D) and any Series / SOP Instance UIDs as unique keys; Series
+    Instance UID, SOP Instance UID (0008,0018) and SOP Class UID (0008,0016) asked for."""
+    query = key.identifier()
+    query.QueryRetrieveLevel = "IMAGE"
+    if "SeriesInstanceUID" not in query:
+        query.SeriesInstanceUID = ""
+    if "SOPInstanceUID" not in query:
+        query.SOPInstanceUID = ""
+    query.SOPClassUID = ""  # (0008,0016) return key
+    return query
+
+
+def instance_refs(
+    key: RetrieveKey, responses: Iterable[tuple[int | None, Dataset | None]], who: str
+) -> list[InstanceRef]:
+    """The instances an IMAGE-level C-FIND's Pending responses name, once each (raises
+    PacsUnavailable, naming ``who``, when no final response came or it is a failure)."""
+    refs: list[InstanceRef] = []
+    seen: set[str] = set()
+    for code, ds in responses:
+        if code is None:
+            raise PacsUnavailable(f"{who}: no C-FIND response (timeout or abort)")
+        category = code_to_category(code)
+        if category == "Pending" and ds is not None:
+            sop = str(ds.get("SOPInstanceUID", "") or "")
+            if sop and sop not in seen:
+                seen.add(sop)
+                refs.append(
+                    InstanceRef(
+                        key.study_uid,
+                        str(ds.get("SeriesInstanceUID", "") or ""),
+                        sop,
+                        str(ds.get("SOPClassUID", "") or ""),
+                    )
+                )
+        elif category not in ("Pending", "Success"):
+            raise PacsUnavailable(f"{who}: C-FIND failed 0x{code:04X}")
+    return refs
+
+
+class FindNotSupported(PacsUnavailable):
+    """The peer accepted the association but not Study Root C-FIND (no Q/R SCP): what it holds
+    cannot be asked."""
+
+
+class InstanceFinder:
+    """IMAGE-level C-FINDs of whole studies (PS3.4 C.6.2.1) on **one** association, opened at the
+    first study and kept for the next (``dicomproxy reconcile`` lists many studies without an
+    association each); an association lost between studies is opened again once per study.
+
+    For an archive (:func:`archive_finder`) and for a destination peer that may be a
+    Q/R SCP: a peer that rejects the association or has no Study Root FIND context raises
+    :class:`PacsUnavailable` (:class:`FindNotSupported` for the context). Close it when done."""
+
+    def __init__(
+        self,
+        calling_ae: str,
+        remote: Remote,
+        who: str,
+        *,
+        timeouts: Timeouts,
+        max_pdu: int = 0,
+        tls: TlsConfig | None = None,
+        fast_path: bool = True,
+        pace: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.calling_ae = calling_ae
+        self.remote = remote
+        self.who = who
+        self.timeouts = timeouts
+        self.max_pdu = max_pdu
+        self.tls = tls
+        self.fast_path = fast_path and tls is None
+        self.pace = pace
+        self._link: Link | None = None
+        #: Set by the caller when the peer could not be reached: why (then it is not asked again).
+        self.down = ""
+        #: Associations requested (1 while nothing was lost or refused).
+        self.associations = 0
+        #: C-FIND requests sent.
+        self.finds = 0
+
+    def _open(self) -> Link:
+        find_uid = str(StudyRootQueryRetrieveInformationModelFind)
+        self.associations += 1
+        try:
+            link = open_link(
+                self.calling_ae,
+                self.remote,
+                [build_context(find_uid)],
+                timeouts=self.timeouts,
+                max_pdu=self.max_pdu,
+                tls=self.tls,
+                fast_path=self.fast_path,
+            )
+        except NoAssociation as exc:
+            what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"
+            raise PacsUnavailable(f"{self.who} {what}") from exc
+        if not any(str(cx.abstract_syntax) == find_uid for cx in link.accepted_contexts):
+            link.close()
+            raise FindNotSupported(f"{self.who} does not accept Study Root C-FIND")
+        return link
+
+    def study(self, study_uid: str) -> list[InstanceRef]:
+        """Every instance of the study (an empty list: the peer holds none)."""
+        key = RetrieveKey(study_uid)
+        for attempt in (1, 2):
+            if self._link is None or not self._link.is_established:
+                self.close()
+                self._link = self._open()
+            self.pace()
+            self.finds += 1
+            try:
+                return instance_refs(
+                    key,
+                    self._link.find(
+                        str(StudyRootQueryRetrieveInformationModelFind), image_query(key), next_message_id()
+                    ),
+                    self.who,
+                )
+            except PacsUnavailable:
+                if attempt == 2 or self._link.is_established:
+                    raise  # a failure status, or lost twice
+                self.close()
+        raise AssertionError("unreachable")
+
+    @property
+    def is_open(self) -> bool:
+        """An association is up (a failure status leaves it up; a refused or lost one does not)."""
+        return self._link is not None and self._link.is_established
+
+    def close(self) -> None:
+        """Release the association, if one is open (idempotent)."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+
+def archive_finder(
+    archive: PacsConfig, calling_ae: str, *, fast_path: bool = True, pace: Callable[[], None] = lambda: None
+) -> InstanceFinder:
+    """An :class:`InstanceFinder` on an archive, with its timeouts, PDU size and TLS; ``pace`` is
+    called before each C-FIND (a rate cap)."""
+    return InstanceFinder(
+        calling_ae,
+        Remote(archive.ae_title, archive.host, archive.port),
+        f"PACS {archive.ae_title}",
+        timeouts=Timeouts(archive.connect_timeout, archive.acse_timeout, archive.dimse_timeout),
+        max_pdu=archive.max_pdu,
+        tls=archive.tls,
+        fast_path=fast_path,
+        pace=pace,
+    )
 
 
 def _count(value: object) -> int:

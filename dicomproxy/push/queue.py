@@ -67,6 +67,7 @@ from dicomproxy.push.schema import (
     WAITING,
     push_attempts,
     push_queue,
+    push_skip,
     push_state,
 )
 from dicomproxy.relay.journal import Journal
@@ -93,6 +94,7 @@ __all__ = [
     "migrate",
     "push_attempts",
     "push_queue",
+    "push_skip",
     "push_state",
     "utcnow",
 ]
@@ -215,6 +217,16 @@ class ItemLedger:
         """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
         return self.journal.confirmed_of(self._job_ids(item_id, generation))
 
+    def excluded(self, item_id: int, generation: int) -> frozenset[str]:
+        """What a delivery of the item leaves out: :meth:`confirmed`, and the instances
+        ``reconcile --fix`` found its destination holding (``push_skip``) in this generation."""
+        q = select(push_skip.c.sop_instance_uid).where(
+            push_skip.c.item_id == item_id, push_skip.c.generation == generation
+        )
+        with self.engine.connect() as conn:
+            skipped = frozenset(str(r[0]) for r in conn.execute(q))
+        return self.confirmed(item_id, generation) | skipped
+
     def confirmed_images(self, item_id: int, generation: int) -> frozenset[str]:
         """:meth:`confirmed` without the order/report objects (Encapsulated PDF / Secondary Capture
         made from the row's files, which the PACS does not hold): what the PACS's count of the
@@ -236,7 +248,7 @@ class ItemLedger:
 
 
 class OperatorActions:
-    """``push retry`` and ``push requeue`` (the CLI): items queued again by hand. Part of
+    """``push retry``, ``push requeue`` and ``reconcile --fix`` (the CLI): items queued again by hand. Part of
     :class:`PushQueue` (pauses and holds are named values: :mod:`dicomproxy.push.queue_state`)."""
 
     engine: Engine
@@ -266,6 +278,55 @@ class OperatorActions:
             "report_attempts": 0,
             "error": "",
         }
+
+    def queue_fix(
+        self, study_uid: str, destination: str, examine_id: str, held: Iterable[str]
+    ) -> tuple[int, bool]:
+        """``dicomproxy reconcile --fix``: deliver to ``destination`` what it lacks of the study.
+        The item (made when the study has none) is due now with its counts reset (as ``push
+        retry``), or — running now — marked changed so it runs again when this run ends; ``held``
+        (the study's instances the destination holds) replaces its ``push_skip`` rows of the
+        current generation, so only the others go. (The caller has already made the journal's
+        rows of the instances the destination lost no longer confirmed.) Returns (item ID,
+        whether it was made)."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(push_queue.c.id, push_queue.c.state, push_queue.c.generation).where(
+                    push_queue.c.study_uid == study_uid, push_queue.c.destination == destination
+                )
+            ).first()
+            made = row is None
+            if row is None:
+                res = conn.execute(
+                    insert(push_queue).values(
+                        study_uid=study_uid,
+                        destination=destination,
+                        examine_id=examine_id,
+                        row_stamp="",
+                        state=QUEUED,
+                        next_at=now,
+                        created=now,
+                        updated=now,
+                    )
+                )
+                item_id, generation = int(res.inserted_primary_key[0]), 0  # type: ignore[index]
+            else:
+                item_id, generation = int(row.id), int(row.generation)
+                values = {"changed": 1} if row.state == RUNNING else self._due_afresh()
+                conn.execute(
+                    update(push_queue).where(push_queue.c.id == item_id).values(updated=now, **values)
+                )
+            conn.execute(
+                push_skip.delete().where(push_skip.c.item_id == item_id, push_skip.c.generation == generation)
+            )
+            rows = [
+                {"item_id": item_id, "generation": generation, "sop_instance_uid": u}
+                for u in sorted(set(held))
+            ]
+            if rows:
+                conn.execute(insert(push_skip), rows)
+        return item_id, made
 
     def requeue(self, since: dt.datetime, destination: str | None = None) -> int:
         """Send again, in full, every item queued at or after ``since`` (UTC) that is not running: a

@@ -71,7 +71,7 @@ class Rechecks:
             )
             self._done(item, left, delay)
             return False
-        new = listed - self.queue.confirmed(item.id, item.generation)
+        new = listed - self.queue.excluded(item.id, item.generation)  # a reconcile's fix: held, too
         images = self.queue.confirmed_images(item.id, item.generation)  # our report objects left out
         gone = len(images - listed)  # the destination holds them; the PACS no longer does: not ours to undo
         what = f"the PACS holds {len(listed)} instance(s), {len(images)} confirmed" + (

@@ -72,6 +72,20 @@ push_attempts = Table(
     Column("started", DateTime, nullable=False),
 )
 
+#: ``dicomproxy reconcile --fix`` (docs/operations.md): instances of an item's study its
+#: destination was found holding, for one generation, left out of the item's deliveries like the
+#: confirmed ones — so a fixed study whose images reached the destination another way (a C-MOVE
+#: of the cloud's, an earlier generation) gets only what it lacks. Replaced by the next fix; a new
+#: generation (``push requeue``) no longer reads them.
+push_skip = Table(
+    "push_skip",
+    PUSH_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", Integer, nullable=False, index=True),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("sop_instance_uid", String(64), nullable=False),
+)
+
 push_state = Table(
     "push_state",
     PUSH_METADATA,

@@ -253,7 +253,7 @@ class PushService:
     def _run_job(self, item: Item) -> JobResult:
         """The relay's push job for ``item`` (what the destination confirmed left out), run to its
         end; what it left, from its journal row."""
-        exclude = self.queue.confirmed(item.id, item.generation)
+        exclude = self.queue.excluded(item.id, item.generation)  # confirmed, or held by a reconcile's fix
         job: dict[str, int] = {}
 
         def started(job_id: int) -> None:

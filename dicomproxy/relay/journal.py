@@ -70,7 +70,7 @@ job_instances = Table(
     Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
     Column("sop_instance_uid", String(64), nullable=False),
     Column("sop_class_uid", String(64), nullable=False, default=""),
-    Column("state", String(10), nullable=False),  # sent | warning | failed | missing
+    Column("state", String(10), nullable=False),  # sent | warning | failed | missing | lost
     Column("status", Integer),  # C-STORE status from the destination
     Column("transfer_syntax", String(64), nullable=False, default=""),  # as sent
     Column("bytes", BigInteger, nullable=False, default=0),
@@ -131,6 +131,11 @@ job_nodes = Table(
 CONFIRMED_STATES = ("sent", "warning")
 #: A stored instance whose Storage Commitment failed: sent again by a retry.
 COMMIT_FAILED = "commit-failed"
+
+#: The state ``dicomproxy reconcile --fix`` gives a confirmed row whose instance the destination no
+#: longer holds (deleted there): no longer confirmed, so every stage sends it again; the row (its
+#: C-STORE status, syntax, bytes) stays for the record (docs/operations.md).
+LOST = "lost"
 
 RETRY_REQUESTED, RETRYING = JobOutcome.RETRY_REQUESTED.value, JobOutcome.RETRYING.value
 
@@ -225,6 +230,59 @@ class JobQueries:
         q = select(jobs).where(jobs.c.outcome == JobOutcome.INTERRUPTED.value).order_by(jobs.c.id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    def confirmed_by_study(
+        self, destination: str, study_uids: Collection[str], started_after: dt.datetime | None = None
+    ) -> dict[str, frozenset[str]]:
+        """Study Instance UID → SOP Instance UIDs that jobs of any kind (C-MOVE, C-GET, push) to
+        ``destination`` journalled as confirmed (``dicomproxy reconcile``); studies with none are
+        left out. A job of one study counts all its instances for it (its order/report objects
+        too); a job of several assigns each by the instances the PACS announced (``job_expected``).
+        ``started_after`` (naive UTC): only jobs started then or later are read (a study is not
+        delivered before it was performed)."""
+        wanted = set(study_uids)
+        studies_of: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            q = select(jobs.c.id, jobs.c.study_uids).where(jobs.c.destination == destination)
+            if started_after is not None:
+                q = q.where(jobs.c.started >= started_after)
+            for job_id, text in conn.execute(q):
+                try:
+                    listed = [str(u) for u in json.loads(text or "[]")]
+                except ValueError:
+                    continue
+                if wanted.intersection(listed):
+                    studies_of[int(job_id)] = listed
+            found: dict[str, set[str]] = {}
+            ids = sorted(studies_of)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                where_of: dict[tuple[int, str], str] = {}
+                several = [j for j in chunk if len(studies_of[j]) > 1]
+                if several:
+                    announced = select(
+                        job_expected.c.job_id, job_expected.c.sop_instance_uid, job_expected.c.study_uid
+                    ).where(job_expected.c.job_id.in_(several))
+                    for job_id, uid, of in conn.execute(announced):
+                        where_of[(int(job_id), str(uid))] = str(of)
+                confirmed = select(job_instances.c.job_id, job_instances.c.sop_instance_uid).where(
+                    job_instances.c.job_id.in_(chunk), job_instances.c.state.in_(CONFIRMED_STATES)
+                )
+                for job_id, uid in conn.execute(confirmed):
+                    listed = studies_of[int(job_id)]
+                    study = listed[0] if len(listed) == 1 else where_of.get((int(job_id), str(uid)), "")
+                    if study in wanted:
+                        found.setdefault(study, set()).add(str(uid))
+        return {study: frozenset(uids) for study, uids in found.items()}
+
+    def uncommitted_by_study(
+        self, destination: str, study_uids: Collection[str]
+    ) -> dict[str, frozenset[str]]:
+        """Study Instance UID → SOP Instance UIDs ``destination`` confirmed storing but has not
+        committed (Storage Commitment, PS3.4 Annex J; issue 25 item 1). The hook of
+        ``dicomproxy reconcile``'s ``stored-not-committed`` category: commitment is not journalled
+        yet, so nothing is uncommitted today — this method is where it will be asked."""
+        return {}
 
     def confirmed_counts(self, job_ids: Collection[int]) -> dict[int, int]:
         """Job ID → distinct instances the destination confirmed (jobs with none are left out)."""
@@ -338,7 +396,7 @@ class Journal(JobQueries):
                 return None
             q = select(job_instances).where(job_instances.c.job_id == job_id)
             if not all_instances:
-                q = q.where(job_instances.c.state.in_(("failed", "missing", "warning")))
+                q = q.where(job_instances.c.state.in_(("failed", "missing", "warning", LOST)))
             inst = conn.execute(q.order_by(job_instances.c.id)).mappings().all()
         return JobView(dict(row), [dict(r) for r in inst])
 
@@ -427,6 +485,28 @@ class Journal(JobQueries):
         )
         with self.engine.connect() as conn:
             return len(conn.execute(q).all())
+
+    def unconfirm(self, destination: str, sop_uids: Collection[str]) -> int:
+        """``dicomproxy reconcile --fix``: ``destination`` no longer holds these instances (its
+        C-FIND does not list them), so their confirmed rows of jobs to it become :data:`LOST`; how
+        many rows changed. Nothing then counts them as delivered (push's exclusions and re-checks,
+        ``jobs retry``), so the next delivery sends them again."""
+        uids = sorted(set(sop_uids))
+        changed = 0
+        to_dest = select(jobs.c.id).where(jobs.c.destination == destination)
+        with self.engine.begin() as conn:
+            for start in range(0, len(uids), 500):
+                res = conn.execute(
+                    update(job_instances)
+                    .where(
+                        job_instances.c.job_id.in_(to_dest),
+                        job_instances.c.sop_instance_uid.in_(uids[start : start + 500]),
+                        job_instances.c.state.in_(CONFIRMED_STATES),
+                    )
+                    .values(state=LOST)
+                )
+                changed += int(res.rowcount)
+        return changed
 
     def mark_interrupted(self) -> list[int]:
         """This node's jobs still ``running`` or being retried (the process died under them)

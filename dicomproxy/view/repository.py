@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, create_engine, or_, select
@@ -103,6 +104,16 @@ def _source_id(config: Config) -> str:
     query = sorted((k, v if isinstance(v, str) else "\0".join(v)) for k, v in url.query.items())
     digest = f"?{hashlib.sha256(repr(query).encode()).hexdigest()[:16]}" if query else ""
     return f"{url.get_backend_name()}://{login}{where}{digest}#{config.view.name}"
+
+
+@dataclass(frozen=True)
+class ExamStudy:
+    """One visible study of a view row, as ``dicomproxy reconcile`` lists it (no patient data)."""
+
+    ref: StudyRef
+    examine_id: str
+    accession: str
+    perform_time: Any
 
 
 class ExamView:
@@ -271,6 +282,41 @@ class ExamView:
                         if uid in wanted:
                             found.setdefault(uid, []).append(row)
         return found
+
+    def studies_performed(self, since: dt.datetime, until: dt.datetime) -> Iterator[ExamStudy]:
+        """Each Study Instance UID of the visible rows whose ``PerformTime`` is in
+        ``[since, until)`` (``dicomproxy reconcile``), once, from its first row in (PerformTime,
+        ExamineID) order; rows without a PerformTime are not in any range. The visibility rule in
+        SQL and again in Python (module docstring): a hidden row is never read into the report."""
+        c = self.table.c
+        cols = (
+            c.ExamineID,
+            c.StudyInstanceUID,
+            c.HospitalID,
+            c.Privacy,
+            c.AccessionNumber,
+            c.Sysid,
+            c.ExamineType,
+            c.PerformTime,
+        )
+        stmt = (
+            select(*cols)
+            .where(self.visible(), c.PerformTime >= since, c.PerformTime < until)
+            .order_by(c.PerformTime, c.ExamineID)
+        )
+        seen: set[str] = set()
+        for row in self.stream(stmt):
+            if not self.is_visible(row):
+                continue
+            for uid in split_uid_cell(row["StudyInstanceUID"]):
+                if uid not in seen:
+                    seen.add(uid)
+                    yield ExamStudy(
+                        StudyRef(uid, _text(row["Sysid"]), _text(row["ExamineType"])),
+                        str(row["ExamineID"] or ""),
+                        str(row["AccessionNumber"] or ""),
+                        row["PerformTime"],
+                    )
 
     # --- the relay's entry point ----------------------------------------------------------------
 

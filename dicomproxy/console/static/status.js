@@ -59,6 +59,13 @@
       [p.destination, p.queued, p.running, p.waiting, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
        el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
 
+    const runs = st.reconcile || [];
+    document.getElementById("reconcile-section").hidden = runs.length === 0;
+    fill("reconcile", runs.map(r => row(
+      [r.destination, (r.ended || "").slice(0, 19).replace("T", " "), r.studies, r.complete,
+       el("td", r.missing_studies, r.missing_studies ? "bad" : ""), el("td", r.missing_instances, r.missing_instances ? "bad" : ""),
+       r.extra_studies, r.not_in_pacs, r.uncommitted, r.unknown, r.queued], { "data-destination": r.destination })));
+
     fill("assocs", st.associations.map(a => row([a.calling_ae, a.address])));
     fill("checks", st.checks.map(c => row([c.name, el("td", c.ok ? "正常 OK" : "失败 FAIL", c.ok ? "ok" : "bad"), c.detail],
                                           { "data-check": c.name, "data-ok": c.ok })));
