@@ -316,7 +316,7 @@ def test_confirmed_by_study_counts_jobs_to_that_destination_only(journal: Journa
     assert journal.unconfirm("CLOUD", ["1.1.1", "1.1.9"]) == 1  # not the other destination's row
     assert journal.confirmed_by_study("CLOUD", ["1.1"]) == {"1.1": frozenset({"1.1.3"})}
     assert journal.confirmed_by_study("ELSEWHERE", ["1.1"]) == {"1.1": frozenset({"1.1.9"})}
-    assert journal.uncommitted_by_study("CLOUD", ["1.1"]) == {}  # the Storage Commitment hook: empty today
+    assert journal.uncommitted_by_study("CLOUD", ["1.1"]) == {}  # never asked to commit: not "uncommitted"
     tomorrow = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=1)
     assert journal.confirmed_by_study("CLOUD", ["1.1"], started_after=tomorrow) == {}  # no job started since
 
@@ -424,3 +424,35 @@ def test_a_destination_failing_one_cfind_is_judged_by_the_journal_for_that_study
         view.dispose()
     finally:
         cloud.stop()
+
+
+def test_uncommitted_by_study_is_what_storage_commitment_has_not_confirmed(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """The ``stored-not-committed`` category's source (SQLite, PostgreSQL, MariaDB): instances of
+    the study the destination stored and was asked to commit, whose newest reference is not
+    ``committed`` (pending, failed, unanswered)."""
+    from dicomproxy.config import parse_config
+    from dicomproxy.relay.commitments import CommitmentLedger
+    from dicomproxy.transport.commitment import Report
+    from tests.conftest import base_config_dict
+
+    config = parse_config(
+        base_config_dict(
+            tmp_path,
+            "sqlite:///v.db",
+            peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1, "storage_commitment": True}],
+        ),
+        str(tmp_path / "proxy.toml"),
+    )
+    ledger = CommitmentLedger(config, journal)
+    job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+    journal.update(job, study_uids=["2.1"])
+    journal.add_instances(job, [InstanceRecord(u, "sent", "c") for u in ("2.1.1", "2.1.2", "2.1.3")])
+    assert journal.uncommitted_by_study("CLOUD", ["2.1"]) == {}  # stored, not yet asked
+    (tx,) = ledger.job_ended(job)
+    assert journal.uncommitted_by_study("CLOUD", ["2.1"]) == {"2.1": frozenset({"2.1.1", "2.1.2", "2.1.3"})}
+    assert ledger.answer(Report(tx, frozenset({"2.1.1", "2.1.2"}), {"2.1.3": 0x0110}))
+    # failed and not resent (a push job): still not committed; the committed ones are out
+    assert journal.uncommitted_by_study("CLOUD", ["2.1"]) == {}  # 2.1.3 is no longer confirmed either
+    assert journal.uncommitted_by_study("ELSEWHERE", ["2.1"]) == {}

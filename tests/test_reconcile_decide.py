@@ -36,7 +36,7 @@ def s(*uids: str) -> frozenset[str]:
         # not yet in the PACS, whatever else is known
         (s(), s(A), s(A), s(), Category.NOT_IN_PACS, s(), s()),
         (s(), s(), None, s(), Category.NOT_IN_PACS, s(), s()),
-        # stored, not committed (the Storage Commitment hook)
+        # stored, not committed (Storage Commitment pending or unanswered)
         (s(A, B), s(A, B), s(A, B), s(B), Category.UNCOMMITTED, s(), s()),
         # missing wins over uncommitted and extra
         (s(A, B), s(A, B), s(A, D), s(A), Category.MISSING, s(B), s(D)),

@@ -9,9 +9,9 @@ a hidden study is never listed) and every destination asked about:
    association per archive** for the whole run (:class:`~dicomproxy.pacs.client.InstanceFinder`,
    through the transport's one ``open_link``), paced to ``rate`` C-FINDs per second, C-FIND only;
 2. the journal says what jobs to the destination confirmed
-   (:meth:`~dicomproxy.relay.journal.JobQueries.confirmed_by_study`) and, once Storage Commitment
-   is journalled, what is stored but not committed
-   (:meth:`~dicomproxy.relay.journal.JobQueries.uncommitted_by_study`, empty today);
+   (:meth:`~dicomproxy.relay.journal.JobQueries.confirmed_by_study`) and what is stored but not
+   committed by Storage Commitment, for a destination asked to commit
+   (:meth:`~dicomproxy.relay.journal.JobQueries.uncommitted_by_study`);
 3. the destination lists what it holds, when it is a Q/R SCP (the same C-FIND on one association
    to it, same pace); a refused association, no Study Root FIND context or a failure status means
    "unknown": then the journal stands in for it (``basis`` = journal).

@@ -11,8 +11,8 @@ Everything is in the journal database before anything is sent, so a kill between
 N-EVENT-REPORT loses nothing: the next start asks again (the same Transaction UID).
 
 Per instance: ``pending`` (asked, not answered) → ``committed`` | ``failed`` (Failure Reason
-kept) | ``unanswered`` (no report after the last attempt). Tables of their own, created here, so
-existing journals get them without a migration.
+kept) | ``unanswered`` (no report after the last attempt). The tables are the journal's
+(``relay/journal.py``), of their own, so existing journals get them without a migration.
 """
 
 from __future__ import annotations
@@ -23,11 +23,25 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pydicom.uid import generate_uid
-from sqlalchemy import Column, DateTime, Integer, String, Table, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.relay.journal import CONFIRMED_STATES, METADATA, Journal, job_instances, jobs
+from dicomproxy.relay.journal import (
+    ANSWERED,
+    ASKED,
+    COMMITTED,
+    CONFIRMED_STATES,
+    DUE,
+    FAILED,
+    PENDING,
+    UNANSWERED,
+    Journal,
+    commit_refs,
+    commit_requests,
+    job_instances,
+    jobs,
+)
 from dicomproxy.status import JobKind
 from dicomproxy.transport.commitment import INVALID_ARGUMENT_VALUE, Ref, Report
 
@@ -36,36 +50,6 @@ LOG = logging.getLogger("dicomproxy.commitment")
 #: References per N-ACTION: a bounded request (dcm4chee and Orthanc take thousands; a few hundred
 #: keeps each request and its report small).
 MAX_REFERENCES = 500
-
-# transaction states
-DUE, ASKED, ANSWERED, UNANSWERED = "due", "asked", "answered", "unanswered"
-# reference states
-PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
-
-commit_requests = Table(
-    "commit_requests",
-    METADATA,
-    Column("transaction_uid", String(64), primary_key=True),
-    Column("job_id", Integer, nullable=False, index=True),
-    Column("destination", String(64), nullable=False),
-    Column("state", String(16), nullable=False, default=DUE),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("due", DateTime, nullable=False),
-    Column("created", DateTime, nullable=False),
-    Column("answered", DateTime),
-)
-
-commit_refs = Table(
-    "commit_refs",
-    METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("transaction_uid", String(64), nullable=False, index=True),
-    Column("job_id", Integer, nullable=False, index=True),
-    Column("sop_instance_uid", String(64), nullable=False),
-    Column("sop_class_uid", String(64), nullable=False),
-    Column("state", String(16), nullable=False, default=PENDING),
-    Column("reason", Integer),
-)
 
 
 def _now() -> dt.datetime:
@@ -90,7 +74,6 @@ class CommitmentLedger:
         self.config = config
         self.journal = journal
         self.engine = journal.engine
-        METADATA.create_all(self.engine, tables=[commit_requests, commit_refs])
 
     def destinations(self) -> list[str]:
         """The peers asked to commit."""

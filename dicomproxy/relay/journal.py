@@ -70,7 +70,7 @@ job_instances = Table(
     Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
     Column("sop_instance_uid", String(64), nullable=False),
     Column("sop_class_uid", String(64), nullable=False, default=""),
-    Column("state", String(10), nullable=False),  # sent | warning | failed | missing | lost
+    Column("state", String(10), nullable=False),  # sent | warning | failed | missing | lost | nocommit
     Column("status", Integer),  # C-STORE status from the destination
     Column("transfer_syntax", String(64), nullable=False, default=""),  # as sent
     Column("bytes", BigInteger, nullable=False, default=0),
@@ -116,6 +116,39 @@ job_requests = Table(
     Column("identifier", Text, nullable=False),
 )
 
+# transaction states
+DUE, ASKED, ANSWERED, UNANSWERED = "due", "asked", "answered", "unanswered"
+# reference states
+PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
+
+#: Storage Commitment transactions (PS3.4 Annex J), written by :mod:`dicomproxy.relay.commitments`.
+commit_requests = Table(
+    "commit_requests",
+    METADATA,
+    Column("transaction_uid", String(64), primary_key=True),
+    Column("job_id", Integer, nullable=False, index=True),
+    Column("destination", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default=DUE),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due", DateTime, nullable=False),
+    Column("created", DateTime, nullable=False),
+    Column("answered", DateTime),
+)
+
+#: One row per instance referenced in a transaction (its newest row says where it stands).
+commit_refs = Table(
+    "commit_refs",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_uid", String(64), nullable=False, index=True),
+    Column("job_id", Integer, nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default=PENDING),
+    Column("reason", Integer),
+)
+
+
 #: Which node runs each job (several proxies may share one journal database, docs/push.md): a job
 #: left ``running`` is marked interrupted only by its own node's next start, never by another
 #: node's (whose job may still be running). A table of its own, so that an existing journal gets it
@@ -130,7 +163,7 @@ job_nodes = Table(
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
 #: A stored instance whose Storage Commitment failed: sent again by a retry.
-COMMIT_FAILED = "commit-failed"
+COMMIT_FAILED = "nocommit"  # job_instances.state is VARCHAR(10)
 
 #: The state ``dicomproxy reconcile --fix`` gives a confirmed row whose instance the destination no
 #: longer holds (deleted there): no longer confirmed, so every stage sends it again; the row (its
@@ -278,11 +311,30 @@ class JobQueries:
     def uncommitted_by_study(
         self, destination: str, study_uids: Collection[str]
     ) -> dict[str, frozenset[str]]:
-        """Study Instance UID → SOP Instance UIDs ``destination`` confirmed storing but has not
-        committed (Storage Commitment, PS3.4 Annex J; issue 25 item 1). The hook of
-        ``dicomproxy reconcile``'s ``stored-not-committed`` category: commitment is not journalled
-        yet, so nothing is uncommitted today — this method is where it will be asked."""
-        return {}
+        """Study Instance UID → SOP Instance UIDs ``destination`` confirmed storing and was asked to
+        commit (Storage Commitment, PS3.4 Annex J) without committing them: the newest reference
+        is pending, failed or unanswered. ``dicomproxy reconcile``'s ``stored-not-committed``;
+        instances never asked (commitment off) are not in it."""
+        confirmed = self.confirmed_by_study(destination, study_uids)
+        uids = sorted({u for some in confirmed.values() for u in some})
+        newest: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(uids), 500):
+                q = (
+                    select(commit_refs.c.sop_instance_uid, commit_refs.c.state)
+                    .join(commit_requests, commit_requests.c.transaction_uid == commit_refs.c.transaction_uid)
+                    .where(
+                        commit_requests.c.destination == destination,
+                        commit_refs.c.sop_instance_uid.in_(uids[start : start + 500]),
+                    )
+                    .order_by(commit_refs.c.id)
+                )
+                newest.update((str(u), str(s)) for u, s in conn.execute(q))
+        out = {
+            study: frozenset(u for u in some if newest.get(u, COMMITTED) != COMMITTED)
+            for study, some in confirmed.items()
+        }
+        return {study: some for study, some in out.items() if some}
 
     def confirmed_counts(self, job_ids: Collection[int]) -> dict[int, int]:
         """Job ID → distinct instances the destination confirmed (jobs with none are left out)."""
@@ -539,7 +591,7 @@ class Journal(JobQueries):
 
     def not_committed(self, job_id: int, uids: Collection[str], *, retry: bool) -> bool:
         """Storage Commitment failed for ``uids`` (PS3.4 J.3.3.1): their stored rows become
-        ``commit-failed`` — no longer confirmed, so a retry (or a push delivery) sends them again —
+        ``nocommit`` — no longer confirmed, so a retry (or a push delivery) sends them again —
         and with ``retry`` the job is handed to the serving process's retry worker. False if it
         was not handed over (running, already handed over, or not asked)."""
         with self.engine.begin() as conn:
