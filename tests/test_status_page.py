@@ -200,7 +200,9 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     r = orthanc.remote
     config = make_config(
         pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
-        peers=[{"ae_title": "jobserver", "host": "127.0.0.1", "port": free_port()}],  # nobody listens
+        peers=[  # nobody listens; asked to commit what it stores (it stores nothing here)
+            {"ae_title": "jobserver", "host": "127.0.0.1", "port": free_port(), "storage_commitment": True}
+        ],
         http={"port": free_port(), "token": TOKEN},
         push={
             "enabled": True,
@@ -267,6 +269,23 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
         "7",
     )
     assert browser.find_element(By.ID, "reconcile-section").is_displayed()
+    # Storage Commitment: three instances stored by a C-MOVE job and asked, not yet answered
+    from dicomproxy.relay.journal import InstanceRecord
+    from dicomproxy.status import JobKind
+
+    journal, ledger = server.ctx.journal, server.ctx.commitments
+    assert journal is not None and ledger is not None
+    job = journal.start(JobKind.MOVE, "jobserver", "", "jobserver", "pacs")
+    journal.add_instances(
+        job, [InstanceRecord(f"2.25.{i}", "sent", "1.2.840.10008.5.1.4.1.1.2") for i in (1, 2, 3)]
+    )
+    ledger.job_ended(job)
+    pending = "#commitment tr[data-destination='jobserver'] td:nth-child(2)"
+    wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, pending)] == ["3"])
+    commit = browser.find_elements(By.CSS_SELECTOR, "#commitment tr[data-destination='jobserver']")
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#commitment thead th")]
+    shown = dict(zip(header, [td.text for td in commit[0].find_elements(By.TAG_NAME, "td")], strict=True))
+    assert (shown["等待 Pending"], shown["已确认 Committed"], shown["失败 Failed"]) == ("3", "0", "0")
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text

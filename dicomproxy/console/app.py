@@ -260,6 +260,11 @@ class Console:
             from dicomproxy.push.service import push_summary
 
             body["push"] = push_summary(self.ctx.push)
+        if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)
+            try:
+                body["commitment"] = self.ctx.commitments.summary()
+            except Exception:  # the journal is down: the section is left out
+                body["commitment"] = []
         try:  # the newest `dicomproxy reconcile` per destination: counts only, no study or patient
             body["reconcile"] = [r.as_dict() for r in self.reconcile_runs()]
         except Exception:  # no journal, or it is down: the section is left out

@@ -187,6 +187,29 @@ class CommitmentLedger:
         with self.engine.connect() as conn:
             return {str(d): int(n) for d, n in conn.execute(q)}
 
+    def summary(self, hours: float = 24.0) -> list[dict[str, int | str]]:
+        """Per destination asked to commit: references of the transactions made in the last
+        ``hours``, by state (counts only: the status page)."""
+        since = _now() - dt.timedelta(hours=hours)
+        q = (
+            select(commit_requests.c.destination, commit_refs.c.state, func.count(commit_refs.c.id))
+            .join(commit_refs, commit_refs.c.transaction_uid == commit_requests.c.transaction_uid)
+            .where(commit_requests.c.created >= since)
+            .group_by(commit_requests.c.destination, commit_refs.c.state)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out: list[dict[str, int | str]] = []
+        for dest in self.destinations():
+            counts = {str(state): int(n) for d, state, n in rows if d == dest}
+            out.append(
+                {
+                    "destination": dest,
+                    **{k: counts.get(k, 0) for k in (PENDING, COMMITTED, FAILED, UNANSWERED)},
+                }
+            )
+        return out
+
     def give_up(self, transaction_uid: str) -> None:
         """No report after the last attempt: its pending references are ``unanswered``."""
         with self.engine.begin() as conn:

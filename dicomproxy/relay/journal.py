@@ -131,7 +131,7 @@ commit_requests = Table(
     Column("state", String(16), nullable=False, default=DUE),
     Column("attempts", Integer, nullable=False, default=0),
     Column("due", DateTime, nullable=False),
-    Column("created", DateTime, nullable=False),
+    Column("created", DateTime, nullable=False, index=True),
     Column("answered", DateTime),
 )
 

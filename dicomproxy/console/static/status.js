@@ -59,6 +59,12 @@
       [p.destination, p.queued, p.running, p.waiting, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
        el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
 
+    const commits = st.commitment || [];
+    document.getElementById("commitment-section").hidden = commits.length === 0;
+    fill("commitment", commits.map(c => row(
+      [c.destination, c.pending, c.committed, el("td", c.failed, c.failed ? "bad" : ""),
+       el("td", c.unanswered, c.unanswered ? "bad" : "")], { "data-destination": c.destination })));
+
     const runs = st.reconcile || [];
     document.getElementById("reconcile-section").hidden = runs.length === 0;
     fill("reconcile", runs.map(r => row(
