@@ -618,6 +618,39 @@ def test_push_status_shows_rechecks_and_takeovers(tmp_path: Path) -> None:
         journal.close()
 
 
+def test_push_status_shows_storage_commitment(tmp_path: Path) -> None:
+    """A push destination asked to commit (docs/commitment.md): its last 24 h of references by state."""
+    from dicomproxy.config import load_config
+    from dicomproxy.relay.commitments import CommitmentLedger
+    from dicomproxy.transport.commitment import Report
+
+    toml = push_cli_toml(tmp_path)
+    toml.write_text(
+        toml.read_text().replace("port = 1\n[push]", "port = 1\nstorage_commitment = true\n[push]")
+    )
+    journal = Journal.for_config("", tmp_path / "var")
+    try:
+        ledger = CommitmentLedger(load_config(toml), journal)
+        job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+        journal.add_instances(job, [InstanceRecord(u, "sent", MR) for u in ("2.25.1", "2.25.2", "2.25.3")])
+        (tx,) = ledger.job_ended(job)
+        assert ledger.answer(Report(tx, frozenset({"2.25.1", "2.25.2"}), {"2.25.3": 0x0110}))
+        out = CliRunner().invoke(cli, ["push", "-c", str(toml), "status"])
+        assert out.exit_code == 0, out.output
+        assert (
+            "storage commitment, last 24 h, CLOUD: pending=0 committed=2 failed=1 unanswered=0" in out.output
+        )
+        out = CliRunner().invoke(cli, ["push", "-c", str(toml), "status", "--json"])
+        assert json.loads(out.output)["destinations"]["CLOUD"]["commitment_24h"] == {
+            "pending": 0,
+            "committed": 2,
+            "failed": 1,
+            "unanswered": 0,
+        }
+    finally:
+        journal.close()
+
+
 def test_the_archive_asked_is_the_newest_job_s_of_the_generation(tmp_path: Path) -> None:
     """``PushQueue.archive``: the newest job of the item's generation that recorded an archive (a
     job refused before routing records none)."""

@@ -89,6 +89,9 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             for item in queue.items(limit=limit)
         ],
     }
+    commitment = _commitment(obj)
+    for d, info in report["destinations"].items():  # type: ignore[attr-defined]
+        info["commitment_24h"] = commitment.get(d)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=1))
         return
@@ -113,6 +116,8 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             + f" {info['rechecks']['pending']:>8} {info['last_hour']['studies']:>12}"
             + f" {info['last_hour']['bytes'] / 1e6:>8.1f}  {'; '.join(notes)}"
         )
+    for d, refs in commitment.items():
+        click.echo(f"storage commitment, last 24 h, {d}: " + " ".join(f"{k}={n}" for k, n in refs.items()))
     if report["recent"]:
         click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, notes, error):")
     for item in report["recent"]:  # type: ignore[attr-defined]
@@ -127,6 +132,21 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             + "".join(f"[{n}] " for n in notes)
             + f"{item['error'][:80]}"
         )
+
+
+def _commitment(obj: _PushContext) -> dict[str, dict[str, int]]:
+    """Destination → its Storage Commitment references of the last 24 h by state, for the
+    push destinations asked to commit (docs/commitment.md)."""
+    from dicomproxy.relay.commitments import CommitmentLedger
+
+    if not any(p.storage_commitment for p in obj.config.peers):
+        return {}
+    ledger = CommitmentLedger(obj.config, obj._base.journal)
+    return {
+        str(row["destination"]): {k: int(v) for k, v in row.items() if k != "destination"}
+        for row in ledger.summary()
+        if row["destination"] in obj.config.push.destinations
+    }
 
 
 def _iso(when: dt.datetime | None) -> str | None:
