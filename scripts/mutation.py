@@ -233,6 +233,10 @@ TARGETS: dict[str, Target] = {
             "tests/test_console.py::test_a_hung_check_does_not_hold_up_the_next",
             "tests/test_console.py::test_disk_check_threshold_detail_and_missing_folder",
             "tests/test_console.py::test_echo_rounds_are_counted",
+            "tests/test_console.py::test_echo_timeouts_and_the_freshness_boundary",
+            "tests/test_console.py::test_stop_waits_for_an_echo_in_progress",
+            "tests/test_console.py::test_hung_checks_keep_two_threads_and_close_does_not_wait",
+            "tests/test_console.py::test_journal_check_waits_ten_seconds",
             "tests/test_console.py",
         ),
         "/healthz and /readyz: what makes the node ready",
@@ -386,6 +390,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "the probe row's node is an AE title (at most 16 characters)",
         ),
         ('Column("node",String(64),nullable=False)', "nullable=True", "the probe always writes its node"),
+        (
+            "ifTYPE_CHECKING:",
+            "ifnotTYPE_CHECKING:",
+            "imports for type names only: importing them at run time changes nothing",
+        ),
     ],
     "lossy": [
         (
