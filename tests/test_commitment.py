@@ -366,3 +366,69 @@ def test_check_config_says_whether_the_peer_negotiates_commitment(make_config: C
             "Storage Commitment Push Model (1.2.840.10008.1.20.1) not accepted",
         ),
     }
+
+
+@pytest.mark.slow
+@pytest.mark.orthanc
+def test_serve_killed_between_n_action_and_report_asks_again_after_restart(
+    orthanc: Any, tmp_path: Path
+) -> None:
+    """`serve` (a real process) SIGKILLed after its N-ACTION, before any report: the transaction
+    is in the journal; the restarted `serve` asks again with the same Transaction UID and records
+    the report (Orthanc is the PACS, C-GET upstream)."""
+    import sys
+
+    from dicomproxy.config import load_config
+    from testkit import Process, wait_for_echo
+    from testkit.orthancrig import proxy_site
+    from testkit.samples import Patient
+
+    spec = StudySpec(
+        "CT", Patient(patient_id="P25K", name="吴刚"), "K25K", series=1, images_per_series=3, seed=461
+    )
+    dest = CommitmentDestination(mode="silent").start()
+    procs: list[Process] = []
+    try:
+        site = proxy_site(tmp_path, orthanc, spec, "c-get", {CLOUD: 1, dest.ae_title: dest.port})
+        block = f'ae_title = "{dest.ae_title}"\nhost = "127.0.0.1"\nport = {dest.port}\n'
+        text = site.toml.read_text()
+        assert block in text
+        site.toml.write_text(text.replace(block, block + "storage_commitment = true\ncommit_timeout = 1\n"))
+        dest.reply_to = site.remote
+
+        def serve(name: str) -> Process:
+            proc = Process(
+                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(site.toml)], tmp_path / f"{name}.log"
+            )
+            procs.append(proc)
+            wait_for_echo(site.remote, 30, calling=CLOUD, proc=proc.proc)
+            return proc
+
+        first = serve("first")
+        summary = scu.move(
+            site.remote,
+            dest.ae_title,
+            scu.identifier(study_uids=[spec.study_uid]),
+            calling_ae=CLOUD,
+            timeout=60,
+        )
+        assert summary.completed == 3, summary.line()
+        wait_until(lambda: len(dest.requests) == 1, 30, "the N-ACTION")
+        first.kill()
+        first.stop()
+        dest.mode = "new"
+        serve("second")
+        journal = Journal.for_config("", tmp_path / "var")
+        try:
+            ledger = CommitmentLedger(load_config(site.toml), journal)
+            job_id = int(journal.recent(1)[0]["id"])
+            wait_until(lambda: ledger.counts(job_id) == {"committed": 3}, 60, "committed after the restart")
+        finally:
+            journal.close()
+        uids = {uid for uid, _ in dest.requests}
+        assert len(uids) == 1 and len(dest.requests) >= 2  # the same transaction, asked again
+        assert sorted(dest.requests[-1][1]) == sorted(site.expected)
+    finally:
+        for proc in procs:
+            proc.stop()
+        dest.stop()
