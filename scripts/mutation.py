@@ -265,6 +265,24 @@ TARGETS: dict[str, Target] = {
         ("tests/test_push_units.py", "tests/test_reports_plan.py", "tests/test_reports_retrieve.py"),
         "order/report files: fetch, encode, a study's files and their C-FIND answers",
     ),
+    "commitments": Target(
+        "dicomproxy/relay/commitments.py",
+        (),
+        (
+            "tests/test_commitment.py::test_parse_report",
+            "tests/test_reconcile.py::test_uncommitted_by_study_is_what_storage_commitment_has_not_confirmed",
+            "tests/test_commitment.py",
+            "-k",
+            "not serve_killed and not orthanc",
+        ),
+        "the Storage Commitment ledger: transactions, claims, reports, resends (issue 25)",
+    ),
+    "committer": Target(
+        "dicomproxy/relay/committer.py",
+        (),
+        ("tests/test_commitment.py", "-k", "not serve_killed and not orthanc"),
+        "the Storage Commitment sender: back-off, attempts, give-up",
+    ),
 }
 
 #: cosmic-ray operators used. Left out: the binary operators other than + ↔ − (``a * b`` →
