@@ -41,7 +41,8 @@ def proxy_toml(
     path.write_text(
         f'[proxy]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{path.parent / ae}"\n'
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n[logging]\nlevel = "WARNING"\n'
-        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\nretrieve = "c-get"\n'
+        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
+        'retrieve = "c-get"\n'
         f'[[peers]]\nae_title = "{CALLER}"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "{cloud.ae_title}"\nhost = "{cloud.host}"\nport = {cloud.port}\n'
         + ("storage_commitment = true\ncommit_timeout = 60\n" if commit else "")
@@ -120,9 +121,8 @@ def main() -> None:
         print("|---|---|---|---|")
         print(f"| commitment off | {off:.2f} | {args.slices / off:.0f} | — |")
         print(f"| commitment on | {on:.2f} | {args.slices / on:.0f} | {commit:.2f} |")
-        print(
-            f"\nratio on/off (C-MOVE wall): {on / off:.2f}; all rounds: off {rows['off']}, on {rows['on']}, commit {rows['commit']}"
-        )
+        print(f"\nratio on/off (C-MOVE wall): {on / off:.2f}")
+        print(" ".join(f"{k}: {[round(v, 2) for v in vs]}" for k, vs in rows.items()))
     finally:
         for proc in procs:
             proc.stop()
