@@ -414,6 +414,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "imports for type names only: importing them at run time changes nothing",
         ),
     ],
+    "commitments": [
+        ("@dataclass(frozen=True)", "frozen=False", "Transaction is never mutated"),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",

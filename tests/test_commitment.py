@@ -207,7 +207,20 @@ def test_a_silent_peer_is_asked_again_then_its_instances_are_unanswered(
     assert (
         f'dicomproxy_commitment_pending{{destination="{dest.ae_title}"}} 4.0' in metrics.exposition().decode()
     )
-    wait_until(lambda: s.ledger().counts(job_id) == {"unanswered": 4}, 30, "given up after two requests")
+    from dicomproxy import events
+
+    events.subscribe(metrics)
+    try:
+        wait_until(lambda: s.ledger().counts(job_id) == {"unanswered": 4}, 30, "given up after two requests")
+        assert events.flush()
+    finally:
+        events.unsubscribe(metrics)
+    text = metrics.exposition().decode()
+    for result, n in (("committed", 0), ("failed", 0), ("unanswered", 4)):
+        assert (
+            f'dicomproxy_commitment_instances_total{{destination="{dest.ae_title}",result="{result}"}} {n}.0'
+            in text
+        )
     assert (
         len(dest.requests) == 2 and dest.requests[0] == dest.requests[1]
     )  # the same transaction, asked again
@@ -432,3 +445,97 @@ def test_serve_killed_between_n_action_and_report_asks_again_after_restart(
         for proc in procs:
             proc.stop()
         dest.stop()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[tuple[CommitmentLedger, Journal]]:
+    """A ledger on a real SQLite journal; CLOUD commits, OTHER does not."""
+    from dicomproxy.config import parse_config
+    from tests.conftest import base_config_dict
+
+    config = parse_config(
+        base_config_dict(
+            tmp_path,
+            "sqlite:///v.db",
+            peers=[
+                {"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1, "storage_commitment": True},
+                {"ae_title": "OTHER", "host": "127.0.0.1", "port": 1},
+            ],
+        ),
+        str(tmp_path / "proxy.toml"),
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    yield CommitmentLedger(config, journal), journal
+    journal.close()
+
+
+def _stored(journal: Journal, kind: str, destination: str, n: int) -> int:
+    from dicomproxy.relay.journal import InstanceRecord
+    from dicomproxy.status import JobKind
+
+    job = journal.start(JobKind(kind), "CLOUD", "", destination, "pacs")
+    journal.add_instances(job, [InstanceRecord(f"2.25.{job}.{i}", "sent", "1.2.3") for i in range(n)])
+    return job
+
+
+def test_which_jobs_are_asked_to_commit(ledger: tuple[CommitmentLedger, Journal]) -> None:
+    """C-MOVE and push jobs to a committing peer; never a C-GET (its destination is the
+    requester), nor a peer without ``storage_commitment``."""
+    led, journal = ledger
+    assert len(led.job_ended(_stored(journal, "move", "CLOUD", 2))) == 1
+    assert len(led.job_ended(_stored(journal, "push", "CLOUD", 2))) == 1
+    assert led.job_ended(_stored(journal, "get", "CLOUD", 2)) == []
+    assert led.job_ended(_stored(journal, "move", "OTHER", 2)) == []
+    assert led.destinations() == ["CLOUD"]
+
+
+def test_a_report_names_its_counts_and_unnamed_references_fail_with_0110(
+    ledger: tuple[CommitmentLedger, Journal], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from sqlalchemy import select
+
+    from dicomproxy.relay.journal import commit_refs
+
+    led, journal = ledger
+    job = _stored(journal, "push", "CLOUD", 4)
+    (tx,) = led.job_ended(job)
+    uids = [f"2.25.{job}.{i}" for i in range(4)]
+    with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
+        assert led.answer(Report(tx, frozenset(uids[:2]), {uids[2]: 0x0112}))  # uids[3] not named
+    (line,) = [r for r in caplog.records if "committed" in r.getMessage()]
+    assert (line.levelno, line.getMessage()) == (logging.WARNING, f"commitment {tx}: 2 committed, 2 failed")
+    with journal.engine.connect() as conn:
+        reasons = dict(conn.execute(select(commit_refs.c.sop_instance_uid, commit_refs.c.reason)).all())
+    assert reasons == {uids[0]: None, uids[1]: None, uids[2]: 0x0112, uids[3]: 0x0110}
+    caplog.clear()
+    job2 = _stored(journal, "push", "CLOUD", 1)
+    (tx2,) = led.job_ended(job2)
+    with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
+        assert led.answer(Report(tx2, frozenset({f"2.25.{job2}.0"})))
+    (line,) = [r for r in caplog.records if "committed" in r.getMessage()]
+    assert (line.levelno, line.getMessage()) == (logging.INFO, f"commitment {tx2}: 1 committed, 0 failed")
+
+
+def test_the_summary_counts_the_last_day_per_destination(ledger: tuple[CommitmentLedger, Journal]) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from dicomproxy.relay.journal import commit_requests
+
+    led, journal = ledger
+    job = _stored(journal, "move", "CLOUD", 3)
+    (tx,) = led.job_ended(job)
+    assert led.summary() == [
+        {"destination": "CLOUD", "pending": 3, "committed": 0, "failed": 0, "unanswered": 0}
+    ]
+    led.give_up(tx)
+    now = dt.datetime(2026, 12, 6, 12, 0)
+    with journal.engine.begin() as conn:  # made exactly 24 h before `now`: still in
+        conn.execute(update(commit_requests).values(created=now - dt.timedelta(hours=24)))
+    assert led.summary(now=now) == [
+        {"destination": "CLOUD", "pending": 0, "committed": 0, "failed": 0, "unanswered": 3}
+    ]
+    assert led.summary(now=now + dt.timedelta(microseconds=1))[0]["unanswered"] == 0

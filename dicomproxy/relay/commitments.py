@@ -187,10 +187,10 @@ class CommitmentLedger:
         with self.engine.connect() as conn:
             return {str(d): int(n) for d, n in conn.execute(q)}
 
-    def summary(self, hours: float = 24.0) -> list[dict[str, int | str]]:
+    def summary(self, hours: float = 24.0, now: dt.datetime | None = None) -> list[dict[str, int | str]]:
         """Per destination asked to commit: references of the transactions made in the last
-        ``hours``, by state (counts only: the status page)."""
-        since = _now() - dt.timedelta(hours=hours)
+        ``hours`` (up to ``now``), by state (counts only: the status page)."""
+        since = (now or _now()) - dt.timedelta(hours=hours)
         q = (
             select(commit_requests.c.destination, commit_refs.c.state, func.count(commit_refs.c.id))
             .join(commit_refs, commit_refs.c.transaction_uid == commit_requests.c.transaction_uid)
