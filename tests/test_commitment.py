@@ -539,3 +539,16 @@ def test_the_summary_counts_the_last_day_per_destination(ledger: tuple[Commitmen
         {"destination": "CLOUD", "pending": 0, "committed": 0, "failed": 0, "unanswered": 3}
     ]
     assert led.summary(now=now + dt.timedelta(microseconds=1))[0]["unanswered"] == 0
+
+
+def test_open_transactions_and_pending_are_per_job_and_destination(
+    ledger: tuple[CommitmentLedger, Journal],
+) -> None:
+    led, journal = ledger
+    one, two = _stored(journal, "move", "CLOUD", 2), _stored(journal, "push", "CLOUD", 3)
+    (tx1,) = led.job_ended(one)
+    led.job_ended(two)
+    assert (led.open_transactions(one), led.open_transactions(two), led.pending()) == (1, 1, {"CLOUD": 5})
+    assert led.answer(Report(tx1, frozenset({f"2.25.{one}.0", f"2.25.{one}.1"})))
+    assert (led.open_transactions(one), led.open_transactions(two), led.pending()) == (0, 1, {"CLOUD": 3})
+    assert led.counts(one) == {"committed": 2} and led.counts(two) == {"pending": 3}
