@@ -454,3 +454,88 @@ def test_a_retry_counts_its_bytes_on_top_and_keeps_the_serving_pool(
     assert sent > 0 and view.row["bytes_out"] == sent
     assert view.row["bytes_in"] > 0
     journal.close()
+
+
+def test_a_retry_without_the_listener_lists_a_c_move_archive_by_c_find(
+    rig: Rig, study_files: list[Path]
+) -> None:
+    """A job whose instance list was never journalled, retried by the CLI without `serve`'s
+    clients (issue 23): listing needs only a C-FIND, so it is done even for a C-MOVE archive
+    (with a client of the retry's own); the spooled instance is resent, and what must be fetched
+    again is fetched by C-GET or, for a C-MOVE archive, reported as not found (no listener)."""
+    pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    pacs.behaviour.abort_after = 3
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (2, 3), first.line()
+    with journal.engine.begin() as conn:  # killed before its list was journalled
+        conn.execute(text("DELETE FROM job_expected WHERE job_id = :j"), {"j": job_id})
+    dest.behaviour.reject = {}
+    pacs.behaviour.abort_after = None
+    result = retry_job(config, journal, job_id)
+    assert (result.unconfirmed, result.from_spool) == (3, 1), result
+    assert journal.has_expected(job_id)
+    received = sorted(uid for uid, _ in dest.received)
+    if config.pacs.retrieve == "c-get":
+        assert (result.sent, result.not_found, result.outcome) == (3, [], "success"), result
+        assert received == sorted(uids)
+    else:
+        assert (result.sent, result.not_found, result.outcome) == (1, sorted(uids[3:]), "partial"), result
+        assert "needs the proxy's listener" in result.error, result.error
+        assert received == sorted(uids[:3])
+    journal.close()
+
+
+@pytest.mark.parametrize("before", ["refused", "one rejected"])
+def test_a_retry_that_moves_nothing_keeps_the_jobs_byte_counts(
+    rig: Rig, study_files: list[Path], before: str
+) -> None:
+    """The job's bytes_in/bytes_out after a retry are the first attempt's plus the retry's; a
+    retry whose destination refuses the association moves nothing, so they stay exactly as the
+    first attempt left them — none (the destination refused then too) or some (one instance
+    rejected, four sent)."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    if before == "refused":
+        dest.behaviour.refuse = True
+    else:
+        dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert first.completed == (0 if before == "refused" else 4), first.line()
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    moved = (row["bytes_in"], row["bytes_out"])
+    assert moved == (0, 0) if before == "refused" else moved[0] > 0 and moved[1] > 0, moved
+    dest.behaviour.refuse = True
+    result = retry_job(config, journal, job_id)
+    assert (result.sent, result.refetched, result.outcome) == (0, 0, row["outcome"]), result
+    after = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (after["bytes_in"], after["bytes_out"]) == moved
+    journal.close()
+
+
+def test_a_retry_adds_its_bytes_out_to_the_first_attempts(rig: Rig, study_files: list[Path]) -> None:
+    """The first attempt sent all five instances and the destination refused one; the retry
+    resends that one from the spool (nothing fetched): bytes_in stays the first attempt's, and
+    bytes_out grows by exactly what the retry's instance carried."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (4, 1), first.line()
+    before = journal.get(job_id, all_instances=True)
+    assert before is not None
+    assert before.row["bytes_in"] > 0 and before.row["bytes_out"] > 0
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.refetched, result.sent, result.outcome) == (1, 0, 1, "success"), result
+    after = journal.get(job_id, all_instances=True)
+    assert after is not None
+    known = {r["id"] for r in before.instances}
+    (resent,) = [r for r in after.instances if r["id"] not in known]
+    assert (resent["sop_instance_uid"], resent["state"]) == (uids[1], "sent") and resent["bytes"] > 0
+    assert (after.row["bytes_in"], after.row["bytes_out"]) == (
+        before.row["bytes_in"],
+        before.row["bytes_out"] + resent["bytes"],
+    )
+    journal.close()
