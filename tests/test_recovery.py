@@ -6,7 +6,8 @@ The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import text
 
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
+from dicomproxy.pacs.routing import StudyRef
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import reconcile, retry_job
 from dicomproxy.server import Server
@@ -538,4 +540,168 @@ def test_a_retry_adds_its_bytes_out_to_the_first_attempts(rig: Rig, study_files:
         before.row["bytes_in"],
         before.row["bytes_out"] + resent["bytes"],
     )
+    journal.close()
+
+
+# --- a job served by two archives (issue 23) -------------------------------------------------------
+
+
+class RoutedView:
+    """Resolves the requested studies in the order asked, each with the Sysid that routes it."""
+
+    def __init__(self, sysids: dict[str, str]) -> None:
+        self.sysids = sysids
+
+    def resolve_studies(self, *, study_uids: Sequence[str] = (), **_: Any) -> list[StudyRef]:
+        return [StudyRef(uid, self.sysids[uid]) for uid in study_uids if uid in self.sysids]
+
+
+@dataclass
+class TwoArchives:
+    """``uis`` (an ``[[archives]]`` entry, C-MOVE, Sysid UIS) serves study B (2 instances);
+    ``[pacs]`` (C-GET, the catch-all) serves study A (the 5 of ``study_files``). The first move
+    asks for B then A, so the job records the archives as ``uis,pacs``."""
+
+    pacs: FakePacs
+    uis: FakePacs
+    dest: FakeDestination
+    server: Server
+    config: Config
+    a_uids: list[str]
+    b_uids: list[str]
+
+    def first_move(self) -> tuple[Journal, int, scu.RetrieveSummary]:
+        studies = [self.study(self.uis), self.study(self.pacs)]
+        summary = scu.move(
+            Remote("DICOMPROXY", "127.0.0.1", self.server.port),
+            "FAKEDEST",
+            scu.identifier(study_uids=studies),
+            calling_ae=CLOUD,
+            timeout=60,
+        )
+        journal = Journal.for_config("", self.config.data_path)
+        job_id = journal.recent(1)[0]["id"]
+        assert journal.get(job_id).row["archive"] == "uis,pacs"  # type: ignore[union-attr]
+        return journal, job_id, summary
+
+    @staticmethod
+    def study(pacs: FakePacs) -> str:
+        return str(pacs.instances[0].StudyInstanceUID)
+
+
+@pytest.fixture(scope="module")
+def other_study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    spec = StudySpec("CT", accession="R0002", series=1, images_per_series=2, seed=18)
+    return write_study(spec, tmp_path_factory.mktemp("recovery-other-study"))
+
+
+@pytest.fixture
+def two_archives(
+    make_config: Callable[..., Config], study_files: list[Path], other_study_files: list[Path]
+) -> Iterator[TwoArchives]:
+    proxy_port = free_port()
+    to_proxy = {"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    dest = FakeDestination().start()
+    pacs = FakePacs(study_files, destinations=to_proxy).start()
+    uis = FakePacs(other_study_files, ae_title="FAKEUIS", destinations=to_proxy).start()
+    config = make_config(
+        proxy={"port": proxy_port, "dimse_timeout": 5.0, "retries": 1, "retry_delay": 0.01},
+        pacs={
+            "ae_title": pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.port,
+            "retrieve": "c-get",
+            "dimse_timeout": 30.0,
+        },
+        archives=[
+            {
+                "name": "uis",
+                "ae_title": uis.ae_title,
+                "host": "127.0.0.1",
+                "port": uis.port,
+                "retrieve": "c-move",
+                "sysids": ["UIS"],
+                "dimse_timeout": 30.0,
+            }
+        ],
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    view = RoutedView({TwoArchives.study(pacs): "RIS", TwoArchives.study(uis): "UIS"})
+    server = Server(config, build_context(config, view=view, pending_interval=0.1))
+    server.start()
+    yield TwoArchives(pacs, uis, dest, server, config, sop_uids(study_files), sop_uids(other_study_files))
+    pacs.stop()
+    uis.stop()
+    server.stop(drain_timeout=2.0)
+    dest.stop()
+
+
+def test_a_two_archive_job_retried_without_the_listener_fetches_from_its_c_get_archive(
+    two_archives: TwoArchives,
+) -> None:
+    """The destination refused the first attempt. Retried without `serve`'s clients, the job's
+    C-MOVE archive (``uis``, recorded first) cannot send to us: its study is reported not found
+    and why; the C-GET archive's study is fetched and sent all the same. Retried inside `serve`,
+    the rest follows: each instance arrives once, each from its own archive."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, first = t.first_move()
+    assert first.status == 0xC003, first.line()
+    t.dest.behaviour.refuse = False
+    alone = retry_job(t.config, journal, job_id)
+    assert (alone.unconfirmed, alone.refetched, alone.sent, alone.outcome) == (7, 5, 5, "partial"), alone
+    assert alone.not_found == sorted(t.b_uids)
+    assert "2 instance(s) not in the spool" in alone.error, alone.error
+    assert "a C-MOVE from uis to us needs the proxy's listener" in alone.error, alone.error
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids)
+    assert (sorted(t.pacs.sent), t.uis.sent) == (sorted(t.a_uids), [])
+
+    served = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (served.unconfirmed, served.sent, served.outcome) == (2, 2, "success"), served
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids + t.b_uids)  # each once
+    assert (sorted(t.pacs.sent), sorted(t.uis.sent)) == (sorted(t.a_uids), sorted(t.b_uids))
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["completed"], row["failed"]) == ("success", 7, 0)
+    journal.close()
+
+
+def test_a_two_archive_job_whose_list_was_never_journalled_is_listed_at_each_studys_archive(
+    two_archives: TwoArchives,
+) -> None:
+    """Killed before its instance list was journalled: each routed key is listed again at the
+    archive recorded with it (not at the first archive of the job), and all seven are sent."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, _ = t.first_move()
+    with journal.engine.begin() as conn:
+        conn.execute(text("DELETE FROM job_expected WHERE job_id = :j"), {"j": job_id})
+    t.dest.behaviour.refuse = False
+    result = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (result.unconfirmed, result.sent, result.outcome) == (7, 7, "success"), result
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids + t.b_uids)
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["completed"], row["expected"]) == ("success", 7, 7)
+    journal.close()
+
+
+def test_a_two_archive_job_from_before_job_keys_is_fetched_from_the_first_archive_on_it(
+    two_archives: TwoArchives,
+) -> None:
+    """A journal from before job_keys knows only the job's archive list (``uis,pacs``): every
+    instance is asked of the first archive on it, ``uis``, which has only study B — A's are
+    reported not found, and ``[pacs]`` is not asked."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, _ = t.first_move()
+    with journal.engine.begin() as conn:
+        conn.execute(text("DELETE FROM job_keys WHERE job_id = :j"), {"j": job_id})
+    t.dest.behaviour.refuse = False
+    result = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (result.unconfirmed, result.sent, result.outcome) == (7, 2, "partial"), result
+    assert result.not_found == sorted(t.a_uids)
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.b_uids)
+    assert (t.pacs.sent, sorted(t.uis.sent)) == ([], sorted(t.b_uids))
     journal.close()
