@@ -107,6 +107,7 @@ TARGETS: dict[str, Target] = {
         "dicomproxy/relay/pump.py",
         ("Pump._finish", "Pump._send_reports", "Pump._record"),
         (
+            "tests/test_pump_reports.py",  # the pump's end on stand-ins (fast), then real peers
             "tests/test_relay_faults.py",
             "tests/test_destination_reconnect.py",
             "tests/test_reports_retrieve.py",
