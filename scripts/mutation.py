@@ -328,6 +328,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     ],
     "outcome": [
         (
+            "announced:int=0",
+            "announced:int=-1",
+            "the default is read only beside no finder (counted) or an empty list (remaining and "
+            "count_missing give the same for 0 and -1); an early start sets the PACS's count",
+        ),
+        (
             "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))+self.extras",
             "max(-1,",
             "processed ∩ expected never outnumbers expected: the difference is never negative",

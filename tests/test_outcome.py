@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from dicomproxy.config import Config
 from dicomproxy.errors import (
     DestinationUnavailable,
     DicomServiceError,
@@ -14,10 +17,12 @@ from dicomproxy.errors import (
     MoveDestinationUnknown,
     PacsUnavailable,
 )
-from dicomproxy.pacs.client import InstanceRef
+from dicomproxy.pacs.client import InstanceRef, RetrieveKey
 from dicomproxy.relay import outcome as outcome_module
-from dicomproxy.relay.journal import InstanceRecord
+from dicomproxy.relay.engine import Engine, PoolKeeper
+from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.upstream import Finder
 from dicomproxy.status import JobOutcome, Status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -276,3 +281,43 @@ def test_timing_names_the_marks_reached(monkeypatch: pytest.MonkeyPatch) -> None
     state.marks.update({"found": 1000.21, "first sent": 1000.3})
     state.mark("found")  # the first mark stays
     assert state.timing() == "in 2.50 s (found 0.21, first sent 0.30)"
+
+
+def test_a_listed_job_counts_from_its_list_even_when_a_count_was_announced() -> None:
+    """An early-started job whose listing was merged: the list decides what is remaining and
+    what is missing (named), not the PACS's announced count (off by two here)."""
+    state = _state(3)
+    state.announced = 5
+    _sent(state, "Success")
+    assert state.remaining == 2
+    state.count_missing()
+    assert (state.failed, state.missing_uids) == (2, ["1.2.3.1", "1.2.3.2"])
+
+
+class _Lister:
+    def __init__(self, refs: list[InstanceRef]) -> None:
+        self.refs = refs
+
+    def find_instances(self, key: object) -> list[InstanceRef]:
+        return self.refs
+
+
+def test_a_merged_list_journals_the_objects_only_when_there_are_some(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """``job_expected``/``expected`` after an early start's listing: its instances, plus the
+    order/report objects of the job — none unless it has some."""
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    engine = Engine(make_config(), journal, PoolKeeper(0), 0.1)
+    refs = [InstanceRef("1.2.3", "1.2.3.0", f"1.2.3.{i}", CT) for i in range(3)]
+    for objects in (0, 2):
+        job_id = journal.start("move", "CLOUD", "127.0.0.1", "DEST", "pacs")
+        state = JobState(job_id, announced=3)
+        if objects:
+            state.files = state.extras = objects
+        state.finder = Finder(_Lister(refs), RetrieveKey("1.2.3"))  # type: ignore[arg-type]
+        engine.merge_found(state, 10.0)
+        assert state.finder is None and sorted(state.expected) == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+        assert journal.get(job_id).row["expected"] == 3 + objects  # type: ignore[union-attr]
+        assert len(journal.unconfirmed(job_id)) == 3
+    journal.close()
