@@ -218,7 +218,7 @@ def test_a_slow_report_keeps_the_requester_informed_while_counted(
 
 
 def test_reports_that_cannot_be_fetched_are_failed_sub_operations_and_say_why(
-    make_config: Callable[..., Config], journal: Journal, tmp_path: Path
+    make_config: Callable[..., Config], journal: Journal, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rig = Rig(
         make_config(),
@@ -233,6 +233,11 @@ def test_reports_that_cannot_be_fetched_are_failed_sub_operations_and_say_why(
     assert rig.fetch.errors == [
         "file 0 not available: no such file",
         "file 1 not available: ValueError('encoder bug')",
+    ]
+    job = rig.state.job_id
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"job {job}: file 0 not available: no such file",
+        f"job {job}: file 1 not available: ValueError('encoder bug')",
     ]
     assert rig.sender.sent == ["7.7.3"]  # the next ones still go
     assert (final.status, outcome, final.completed, final.failed, final.failed_uids) == (
