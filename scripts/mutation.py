@@ -107,6 +107,7 @@ TARGETS: dict[str, Target] = {
         "dicomproxy/relay/pump.py",
         ("Pump._finish", "Pump._send_reports", "Pump._record"),
         (
+            "tests/test_pump_reports.py",  # the pump's end on stand-ins (fast), then real peers
             "tests/test_relay_faults.py",
             "tests/test_destination_reconnect.py",
             "tests/test_reports_retrieve.py",
@@ -348,6 +349,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("info.columnsor0", "info.columnsor-1", "columns unknown: 0 or -1, both below 64"),
     ],
     "outcome": [
+        (
+            "announced:int=0",
+            "announced:int=-1",
+            "the default is read only beside no finder (counted) or an empty list (remaining and "
+            "count_missing give the same for 0 and -1); an early start sets the PACS's count",
+        ),
         (
             "returnmax(0,len(self.expected)-len(self.processed&self.expected.keys()))+self.extras",
             "max(-1,",

@@ -6,7 +6,8 @@ The kill -9 proof with real processes is ``tests/test_kill_restart.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import text
 
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
+from dicomproxy.pacs.routing import StudyRef
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import reconcile, retry_job
 from dicomproxy.server import Server
@@ -531,4 +533,253 @@ def test_a_request_that_cannot_be_resolved_again_is_refused_plainly(
         retry_job(config, journal, job_id)
     with pytest.raises(ValueError, match=r"cannot be resolved again: .*needs one Patient ID"):
         retry_job(config, journal, job_id, resolver=AllVisible())
+    journal.close()
+
+
+def test_a_retry_without_the_listener_lists_a_c_move_archive_by_c_find(
+    rig: Rig, study_files: list[Path]
+) -> None:
+    """A job whose instance list was never journalled, retried by the CLI without `serve`'s
+    clients (issue 23): listing needs only a C-FIND, so it is done even for a C-MOVE archive
+    (with a client of the retry's own); the spooled instance is resent, and what must be fetched
+    again is fetched by C-GET or, for a C-MOVE archive, reported as not found (no listener)."""
+    pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    pacs.behaviour.abort_after = 3
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (2, 3), first.line()
+    with journal.engine.begin() as conn:  # killed before its list was journalled
+        conn.execute(text("DELETE FROM job_expected WHERE job_id = :j"), {"j": job_id})
+    dest.behaviour.reject = {}
+    pacs.behaviour.abort_after = None
+    result = retry_job(config, journal, job_id)
+    assert (result.unconfirmed, result.from_spool) == (3, 1), result
+    assert journal.has_expected(job_id)
+    received = sorted(uid for uid, _ in dest.received)
+    if config.pacs.retrieve == "c-get":
+        assert (result.sent, result.not_found, result.outcome) == (3, [], "success"), result
+        assert received == sorted(uids)
+    else:
+        assert (result.sent, result.not_found, result.outcome) == (1, sorted(uids[3:]), "partial"), result
+        assert "needs the proxy's listener" in result.error, result.error
+        assert received == sorted(uids[:3])
+    journal.close()
+
+
+@pytest.mark.parametrize("before", ["refused", "one rejected"])
+def test_a_retry_that_moves_nothing_keeps_the_jobs_byte_counts(
+    rig: Rig, study_files: list[Path], before: str
+) -> None:
+    """The job's bytes_in/bytes_out after a retry are the first attempt's plus the retry's; a
+    retry whose destination refuses the association moves nothing, so they stay exactly as the
+    first attempt left them — none (the destination refused then too) or some (one instance
+    rejected, four sent)."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    if before == "refused":
+        dest.behaviour.refuse = True
+    else:
+        dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert first.completed == (0 if before == "refused" else 4), first.line()
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    moved = (row["bytes_in"], row["bytes_out"])
+    assert moved == (0, 0) if before == "refused" else moved[0] > 0 and moved[1] > 0, moved
+    dest.behaviour.refuse = True
+    result = retry_job(config, journal, job_id)
+    assert (result.sent, result.refetched, result.outcome) == (0, 0, row["outcome"]), result
+    after = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (after["bytes_in"], after["bytes_out"]) == moved
+    journal.close()
+
+
+def test_a_retry_adds_its_bytes_out_to_the_first_attempts(rig: Rig, study_files: list[Path]) -> None:
+    """The first attempt sent all five instances and the destination refused one; the retry
+    resends that one from the spool (nothing fetched): bytes_in stays the first attempt's, and
+    bytes_out grows by exactly what the retry's instance carried."""
+    _pacs, dest, _server, config = rig
+    uids = sop_uids(study_files)
+    dest.behaviour.reject = {uids[1]: 0xA900}
+    journal, job_id, first = first_move(rig, study_files)
+    assert (first.completed, first.failed) == (4, 1), first.line()
+    before = journal.get(job_id, all_instances=True)
+    assert before is not None
+    assert before.row["bytes_in"] > 0 and before.row["bytes_out"] > 0
+    dest.behaviour.reject = {}
+    result = retry_job(config, journal, job_id)
+    assert (result.from_spool, result.refetched, result.sent, result.outcome) == (1, 0, 1, "success"), result
+    after = journal.get(job_id, all_instances=True)
+    assert after is not None
+    known = {r["id"] for r in before.instances}
+    (resent,) = [r for r in after.instances if r["id"] not in known]
+    assert (resent["sop_instance_uid"], resent["state"]) == (uids[1], "sent") and resent["bytes"] > 0
+    assert (after.row["bytes_in"], after.row["bytes_out"]) == (
+        before.row["bytes_in"],
+        before.row["bytes_out"] + resent["bytes"],
+    )
+    journal.close()
+
+
+# --- a job served by two archives (issue 23) -------------------------------------------------------
+
+
+class RoutedView:
+    """Resolves the requested studies in the order asked, each with the Sysid that routes it."""
+
+    def __init__(self, sysids: dict[str, str]) -> None:
+        self.sysids = sysids
+
+    def resolve_studies(self, *, study_uids: Sequence[str] = (), **_: Any) -> list[StudyRef]:
+        return [StudyRef(uid, self.sysids[uid]) for uid in study_uids if uid in self.sysids]
+
+
+@dataclass
+class TwoArchives:
+    """``uis`` (an ``[[archives]]`` entry, C-MOVE, Sysid UIS) serves study B (2 instances);
+    ``[pacs]`` (C-GET, the catch-all) serves study A (the 5 of ``study_files``). The first move
+    asks for B then A, so the job records the archives as ``uis,pacs``."""
+
+    pacs: FakePacs
+    uis: FakePacs
+    dest: FakeDestination
+    server: Server
+    config: Config
+    a_uids: list[str]
+    b_uids: list[str]
+
+    def first_move(self) -> tuple[Journal, int, scu.RetrieveSummary]:
+        studies = [self.study(self.uis), self.study(self.pacs)]
+        summary = scu.move(
+            Remote("DICOMPROXY", "127.0.0.1", self.server.port),
+            "FAKEDEST",
+            scu.identifier(study_uids=studies),
+            calling_ae=CLOUD,
+            timeout=60,
+        )
+        journal = Journal.for_config("", self.config.data_path)
+        job_id = journal.recent(1)[0]["id"]
+        assert journal.get(job_id).row["archive"] == "uis,pacs"  # type: ignore[union-attr]
+        return journal, job_id, summary
+
+    @staticmethod
+    def study(pacs: FakePacs) -> str:
+        return str(pacs.instances[0].StudyInstanceUID)
+
+
+@pytest.fixture(scope="module")
+def other_study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    spec = StudySpec("CT", accession="R0002", series=1, images_per_series=2, seed=18)
+    return write_study(spec, tmp_path_factory.mktemp("recovery-other-study"))
+
+
+@pytest.fixture
+def two_archives(
+    make_config: Callable[..., Config], study_files: list[Path], other_study_files: list[Path]
+) -> Iterator[TwoArchives]:
+    proxy_port = free_port()
+    to_proxy = {"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+    dest = FakeDestination().start()
+    pacs = FakePacs(study_files, destinations=to_proxy).start()
+    uis = FakePacs(other_study_files, ae_title="FAKEUIS", destinations=to_proxy).start()
+    config = make_config(
+        proxy={"port": proxy_port, "dimse_timeout": 5.0, "retries": 1, "retry_delay": 0.01},
+        pacs={
+            "ae_title": pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.port,
+            "retrieve": "c-get",
+            "dimse_timeout": 30.0,
+        },
+        archives=[
+            {
+                "name": "uis",
+                "ae_title": uis.ae_title,
+                "host": "127.0.0.1",
+                "port": uis.port,
+                "retrieve": "c-move",
+                "sysids": ["UIS"],
+                "dimse_timeout": 30.0,
+            }
+        ],
+        peers=[
+            {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
+            {"ae_title": "FAKEDEST", "host": "127.0.0.1", "port": dest.port},
+        ],
+    )
+    view = RoutedView({TwoArchives.study(pacs): "RIS", TwoArchives.study(uis): "UIS"})
+    server = Server(config, build_context(config, view=view, pending_interval=0.1))
+    server.start()
+    yield TwoArchives(pacs, uis, dest, server, config, sop_uids(study_files), sop_uids(other_study_files))
+    pacs.stop()
+    uis.stop()
+    server.stop(drain_timeout=2.0)
+    dest.stop()
+
+
+def test_a_two_archive_job_retried_without_the_listener_fetches_from_its_c_get_archive(
+    two_archives: TwoArchives,
+) -> None:
+    """The destination refused the first attempt. Retried without `serve`'s clients, the job's
+    C-MOVE archive (``uis``, recorded first) cannot send to us: its study is reported not found
+    and why; the C-GET archive's study is fetched and sent all the same. Retried inside `serve`,
+    the rest follows: each instance arrives once, each from its own archive."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, first = t.first_move()
+    assert first.status == 0xC003, first.line()
+    t.dest.behaviour.refuse = False
+    alone = retry_job(t.config, journal, job_id)
+    assert (alone.unconfirmed, alone.refetched, alone.sent, alone.outcome) == (7, 5, 5, "partial"), alone
+    assert alone.not_found == sorted(t.b_uids)
+    assert "2 instance(s) not in the spool" in alone.error, alone.error
+    assert "a C-MOVE from uis to us needs the proxy's listener" in alone.error, alone.error
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids)
+    assert (sorted(t.pacs.sent), t.uis.sent) == (sorted(t.a_uids), [])
+
+    served = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (served.unconfirmed, served.sent, served.outcome) == (2, 2, "success"), served
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids + t.b_uids)  # each once
+    assert (sorted(t.pacs.sent), sorted(t.uis.sent)) == (sorted(t.a_uids), sorted(t.b_uids))
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["completed"], row["failed"]) == ("success", 7, 0)
+    journal.close()
+
+
+def test_a_two_archive_job_whose_list_was_never_journalled_is_listed_at_each_studys_archive(
+    two_archives: TwoArchives,
+) -> None:
+    """Killed before its instance list was journalled: each routed key is listed again at the
+    archive recorded with it (not at the first archive of the job), and all seven are sent."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, _ = t.first_move()
+    with journal.engine.begin() as conn:
+        conn.execute(text("DELETE FROM job_expected WHERE job_id = :j"), {"j": job_id})
+    t.dest.behaviour.refuse = False
+    result = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (result.unconfirmed, result.sent, result.outcome) == (7, 7, "success"), result
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.a_uids + t.b_uids)
+    row = journal.get(job_id).row  # type: ignore[union-attr]
+    assert (row["outcome"], row["completed"], row["expected"]) == ("success", 7, 7)
+    journal.close()
+
+
+def test_a_two_archive_job_from_before_job_keys_is_fetched_from_the_first_archive_on_it(
+    two_archives: TwoArchives,
+) -> None:
+    """A journal from before job_keys knows only the job's archive list (``uis,pacs``): every
+    instance is asked of the first archive on it, ``uis``, which has only study B — A's are
+    reported not found, and ``[pacs]`` is not asked."""
+    t = two_archives
+    t.dest.behaviour.refuse = True
+    journal, job_id, _ = t.first_move()
+    with journal.engine.begin() as conn:
+        conn.execute(text("DELETE FROM job_keys WHERE job_id = :j"), {"j": job_id})
+    t.dest.behaviour.refuse = False
+    result = retry_job(t.config, journal, job_id, t.server.ctx.archives)
+    assert (result.unconfirmed, result.sent, result.outcome) == (7, 2, "partial"), result
+    assert result.not_found == sorted(t.a_uids)
+    assert sorted(uid for uid, _ in t.dest.received) == sorted(t.b_uids)
+    assert (t.pacs.sent, sorted(t.uis.sent)) == ([], sorted(t.b_uids))
     journal.close()
