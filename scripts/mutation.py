@@ -142,6 +142,12 @@ TARGETS: dict[str, Target] = {
         ("tests/test_recovery.py",),
         "start-up reconciliation, `jobs retry` on the engine (what is left out, what is listed again)",
     ),
+    "resolve-again": Target(
+        "dicomproxy/relay/recovery.py",
+        ("_resolve_again",),
+        ("tests/test_recovery.py", "-k", "resolved or resolve"),
+        "a C-MOVE killed while its request was resolved: its Identifier resolved and routed again",
+    ),
     "policy": Target(
         "dicomproxy/transcode/policy.py",
         (),
