@@ -184,14 +184,31 @@ TARGETS: dict[str, Target] = {
         ),
         "the push queue: who claims an item (leases, takeovers), what counts as confirmed, retries",
     ),
-    "push-service": Target(
+    "push-service": Target(  # deliver only applies push/decide.py's decisions since the split
         "dicomproxy/push/service.py",
-        ("PushService._lease_loop", "PushService.deliver"),
         (
+            "PushService._lease_loop",
+            "PushService.deliver",
+            "PushService._run_job",
+            "PushService._deliver_files",
+            "PushService._retry_later",
+        ),
+        (
+            "tests/test_push_recheck.py::test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on",
             "tests/test_push.py",
             "tests/test_push_nodes.py::test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over",
         ),
-        "lease renewal during a delivery; what a delivery's outcome does to its item",
+        "lease renewal during a delivery; a delivery's outcome applied to its item (counts, state, delay)",
+    ),
+    "push-decide": Target(
+        "dicomproxy/push/decide.py",
+        (),
+        (
+            "tests/test_push_decide.py",
+            "tests/test_push_recheck.py::test_recheck_schedule_doubles_and_ends",
+            "tests/test_push_recheck.py::test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on",
+        ),
+        "what a push item becomes after a run: release, drop, hold, retry, files; backoff, re-checks",
     ),
     "audit-trail": Target(
         "dicomproxy/audit/trail.py",
