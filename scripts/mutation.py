@@ -405,6 +405,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ),
         ('Column("node",String(64),nullable=False)', "nullable=True", "the probe always writes its node"),
     ],
+    "lanes": [
+        (
+            "late=self.take(0)",
+            "late=self.take(-1)",
+            "take(): any timeout <= 0 is the non-blocking get_nowait, as with 0",
+        ),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",

@@ -103,13 +103,17 @@ def _carry(assoc: ScriptedAssociation, work: int) -> SendResult:
 
 
 def _drive(lanes: Lanes[int], works: list[int]) -> list[tuple[int, SendResult]]:
-    """The pump's part: hand out while a lane is free, take the results back."""
-    pending, out = list(works), []
+    """The pump's part: hand out while a lane is free, take the results back (a lane silent for
+    20 s fails the test instead of hanging it)."""
+    pending, out, silent = list(works), [], 0
     while pending or lanes.in_flight:
         if pending and lanes.free:
             lanes.submit(pending.pop(0))
-        else:
-            out.extend(lanes.take(5.0))
+            continue
+        got = lanes.take(5.0)
+        silent = 0 if got else silent + 1
+        assert silent < 4, f"no result for 20 s: {lanes.in_flight} in flight, {lanes.up} up"
+        out.extend(got)
     return out
 
 
@@ -234,7 +238,9 @@ def test_lanes_unit_losses_beyond_the_retries_fail_the_instance(alive: bool) -> 
     lanes.close(5.0)
 
 
-def test_lanes_unit_a_reopen_that_fails_takes_the_lane_down_and_the_others_go_on() -> None:
+def test_lanes_unit_a_reopen_that_fails_takes_the_lane_down_and_the_others_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Lane 0 loses its association under its first instance and cannot get it back: that
     instance fails, the lane is down; lane 1 (opened meanwhile) carries the rest."""
 
@@ -248,7 +254,9 @@ def test_lanes_unit_a_reopen_that_fails_takes_the_lane_down_and_the_others_go_on
     primary.gate = threading.Event()  # lane 1 opens only once lane 0 has the first instance
     lanes = _lanes(primary, 2, send, reopen=lambda a, stop: False)
     lanes.submit(0)
-    first = lanes.take(10)
+    with caplog.at_level(logging.WARNING, logger="dicomproxy.relay"):
+        first = lanes.take(10)
+    assert [r.getMessage() for r in caplog.records] == ["job 7: onward association 1 lost for good"]
     assert [(w, r.status, r.error) for w, r in first] == [(0, None, "destination association lost")]
     assert (lanes.up, lanes.in_flight, lanes.free) == (1, 0, True)  # lane 1, still opening, counts
     primary.gate.set()
@@ -264,8 +272,9 @@ def test_lanes_unit_a_further_association_refused_is_not_used(caplog: pytest.Log
     lanes = _lanes(primary, 3, _carry)
     with caplog.at_level(logging.WARNING, logger="dicomproxy.relay"):
         got = _drive(lanes, list(range(6)))
-        while lanes.up > 1:  # the two refusals' last words
-            assert lanes.take(5.0) == []
+        for _ in range(3):  # the two refusals' last words
+            if lanes.up > 1:
+                assert lanes.take(5.0) == []
     assert sorted(w for w, _ in got) == list(range(6)) and primary.carried == list(range(6))
     assert (lanes.unopened, lanes.up, lanes.in_flight) == (2, 1, 0)
     assert (
@@ -320,6 +329,7 @@ def test_lanes_unit_close_does_not_wait_for_an_association_still_opening() -> No
     assert _drive(lanes, [1, 2]) == [(1, OK), (2, OK)] and primary.carried == [1, 2]
     assert lanes.close(30.0) == ([], [])
     assert lanes._threads[1].is_alive()  # still opening: not joined
+    assert all(t.daemon for t in lanes._threads)  # nor would it keep the process from exiting
     primary.gate.set()
     lanes._threads[1].join(10)
     assert not lanes._threads[1].is_alive()
