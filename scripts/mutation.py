@@ -193,7 +193,9 @@ TARGETS: dict[str, Target] = {
             "PushService._deliver_files",
             "PushService._retry_later",
         ),
-        (
+        (  # the unit tests first (a killed mutant stops early), then end to end
+            "tests/test_push_decide.py",
+            "tests/test_push_takeover.py::test_leases_are_renewed_every_third_of_the_lease_and_a_lost_one_is_logged",
             "tests/test_push_recheck.py::test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on",
             "tests/test_push.py",
             "tests/test_push_nodes.py::test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over",
