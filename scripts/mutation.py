@@ -407,6 +407,29 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ),
         ('Column("node",String(64),nullable=False)', "nullable=True", "the probe always writes its node"),
     ],
+    "push-decide": [
+        ("@dataclass(frozen=True)", "frozen=False", "JobResult, AfterJob, AfterFiles are never mutated"),
+        (
+            "bytes:int=0",
+            "",
+            "JobResult's default never used: _run_job passes every field (and after_job reads neither)",
+        ),
+        (
+            "confirmed:int=0",
+            "",
+            "JobResult's default never used: _run_job passes every field (and after_job reads neither)",
+        ),
+        (
+            "push.rechecks<=0:",
+            "push.rechecks<=-1:",
+            "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
+        ),
+        (
+            "push.rechecks<=0:",
+            "push.rechecks<0:",
+            "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
+        ),
+    ],
     "lanes": [
         (
             "late=self.take(0)",

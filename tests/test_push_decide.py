@@ -29,12 +29,14 @@ from dicomproxy.push.decide import (
     HOLD,
     RELEASE,
     RETRY,
+    AfterFiles,
     AfterJob,
     JobResult,
     after_failure,
     after_files,
     after_job,
     backoff,
+    next_recheck,
 )
 from dicomproxy.push.queue import DONE, DROPPED, FAILED, QUEUED, WAITING, Item, push_queue
 from dicomproxy.push.service import PushService
@@ -123,11 +125,18 @@ def test_after_files_all_sent_is_done_with_the_recheck_schedule() -> None:
 
 def test_after_files_a_missing_file_is_retried_then_given_up() -> None:
     first = after_files(_item(report_attempts=0), "pending", False, 3, PUSH)
-    assert (first.state, first.delay, first.reports) == (WAITING, 10.0, "pending")
+    assert first == AfterFiles(WAITING, 10.0, "pending")  # no re-check counted, nothing given up
     second = after_files(_item(report_attempts=1), "pending", False, 3, PUSH)
     assert (second.state, second.delay) == (WAITING, 20.0)
     last = after_files(_item(report_attempts=2), "pending", False, 3, PUSH)
     assert (last.state, last.reports, last.gave_up, last.rechecks) == (DONE, "missing", True, 2)
+
+
+def test_a_recheck_one_second_after_is_still_a_schedule() -> None:
+    """Only ``recheck_after = 0`` (or ``rechecks = 0``) turns re-checks off: a short gap is a gap."""
+    push = PushConfig(recheck_after=1.0, rechecks=2)
+    assert [next_recheck(n, push) for n in (0, 2, 1)] == [(2, 1.0), (1, 2.0), (0, 0.0)]
+    assert next_recheck(0, PushConfig(recheck_after=0.5, rechecks=1)) == (1, 0.5)
 
 
 # --- the service applying them: PushService.deliver on a real journal (SQLite), a scripted relay --
