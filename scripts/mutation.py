@@ -430,6 +430,20 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
         ),
     ],
+    "stamp": [
+        ("@dataclass(frozen=True)", "frozen=False", "Mark and StampPolicy are never mutated"),
+        (
+            "overlap:dt.timedelta=dt.timedelta(seconds=60)",
+            "",
+            "StampPolicy's default never used: policy_for always passes [view] stamp_overlap",
+        ),
+        ("returnbifb>aelsea", "returnbifb>=aelsea", "equal stamps: a and b are the same value"),
+        (
+            "where(column.is_not(None)).limit(1)",
+            ".limit(2)",
+            "detect_kind: scalar() takes the first row either way",
+        ),
+    ],
     "lanes": [
         (
             "late=self.take(0)",
