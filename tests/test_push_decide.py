@@ -295,13 +295,22 @@ def test_deliver_failures_wait_doubling_then_fail(delivery: Delivery) -> None:
         delivery.service.deliver(item)
         row = delivery.row()
         assert (row["state"], row["error"], row["images_done"]) == (WAITING, "failed (0xA702)", 0)
-        waits.append((row["attempts"], row["next_at"] - NOW))
-    assert waits == [(1, dt.timedelta(seconds=10)), (2, dt.timedelta(seconds=20))]
+        waits.append((row["attempts"], row["next_at"] - NOW, row["bytes"]))
+    assert waits == [(1, dt.timedelta(seconds=10), 10), (2, dt.timedelta(seconds=20), 0)]
     item = delivery.claim()
     delivery.service.deliver(item)
     row = delivery.row()
     assert (row["state"], row["attempts"], row["error"]) == (FAILED, 3, "PACS down")
     assert [p[1] for p in delivery.published] == ["waiting", "waiting", "failed"]
+
+
+@pytest.mark.parametrize(("status", "state"), [(0xA702, WAITING), (0xC003, WAITING), (0xA702, FAILED)])
+def test_deliver_keeps_the_job_s_whole_error(delivery: Delivery, status: int, state: str) -> None:
+    """The item's error is the job's, as long as the journal keeps it (2000 characters)."""
+    delivery.relay.jobs = [Job(JobOutcome.FAILED, status, error="e" * 2500)]
+    delivery.service.deliver(delivery.claim(attempts=2 if state == FAILED else 0))
+    row = delivery.row()
+    assert (row["state"], row["error"]) == (state, "e" * 2000)
 
 
 def test_deliver_a_job_without_an_answer_or_a_journal_row_is_a_failure(delivery: Delivery) -> None:
@@ -373,7 +382,7 @@ def test_deliver_a_file_not_available_waits_with_the_images_delivered(
 
     monkeypatch.setattr(delivery.service.files, "send", files)
     delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.1", "1.9.2"], bytes_out=99)]
-    item = delivery.claim()
+    item = delivery.claim(attempts=1)  # the images took two attempts
     delivery.service.deliver(item)
     row = delivery.row()
     assert (row["state"], row["images_done"], row["reports"], row["report_attempts"]) == (
@@ -382,7 +391,7 @@ def test_deliver_a_file_not_available_waits_with_the_images_delivered(
         "pending",
         1,
     )
-    assert (row["attempts"], row["confirmed"], row["bytes"]) == (0, 2, 99)
+    assert (row["attempts"], row["confirmed"], row["bytes"]) == (1, 2, 99)
     assert (row["error"], row["next_at"]) == ("report file not available yet", NOW + dt.timedelta(seconds=10))
     assert delivery.published == [(item.id, "images-delivered", 2)]
     attempts = delivery.service.config.reports.max_attempts
