@@ -430,6 +430,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
         ),
     ],
+    "push-service": [
+        (
+            "[:2000]",
+            "[:2001]",
+            "the error is jobs.error, cut to 2000 characters by every journal writer, or a short fixed text",
+        ),
+    ],
     "stamp": [
         ("@dataclass(frozen=True)", "frozen=False", "Mark and StampPolicy are never mutated"),
         (

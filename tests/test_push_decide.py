@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,10 +253,18 @@ def delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Delive
         journal.close()
 
 
-def test_deliver_a_delivered_study_is_done_with_its_counts_and_recheck_schedule(delivery: Delivery) -> None:
+def test_deliver_a_delivered_study_is_done_with_its_counts_and_recheck_schedule(
+    delivery: Delivery, caplog: pytest.LogCaptureFixture
+) -> None:
     delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.1", "1.9.2", "1.9.3"], bytes_out=4096)]
     item = delivery.claim()
-    delivery.service.deliver(item)
+    with caplog.at_level(logging.INFO, logger="dicomproxy.push"):
+        delivery.service.deliver(item)
+    job = delivery.row()["last_job"]
+    assert caplog.messages[-1] == (
+        f"push item {item.id}: delivered to CLOUD (job {job}, 3 instance(s) confirmed, files: none); "
+        "re-checked in 60 s (2 left)"
+    )
     row = delivery.row()
     assert (row["state"], row["attempts"], row["images_done"], row["confirmed"], row["bytes"]) == (
         DONE,
@@ -301,7 +310,7 @@ def test_deliver_failures_wait_doubling_then_fail(delivery: Delivery) -> None:
     delivery.service.deliver(item)
     row = delivery.row()
     assert (row["state"], row["attempts"], row["error"]) == (FAILED, 3, "PACS down")
-    assert [p[1] for p in delivery.published] == ["waiting", "waiting", "failed"]
+    assert delivery.published == [(item.id, "waiting", 0), (item.id, "waiting", 0), (item.id, "failed", 0)]
 
 
 @pytest.mark.parametrize(("status", "state"), [(0xA702, WAITING), (0xC003, WAITING), (0xA702, FAILED)])
