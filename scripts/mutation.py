@@ -432,6 +432,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     ],
     "push-service": [
         (
+            "attempts=max(0,item.attempts-1)",
+            "attempts=max(-1,",
+            "a claimed item has attempts >= 1 (its claim counted one): attempts - 1 is never negative",
+        ),
+        (
             "[:2000]",
             "[:2001]",
             "the error is jobs.error, cut to 2000 characters by every journal writer, or a short fixed text",

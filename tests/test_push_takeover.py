@@ -499,6 +499,7 @@ def test_leases_are_renewed_every_third_of_the_lease_and_a_lost_one_is_logged(
             2,
             1,
             OperationalError("UPDATE push_queue", {}, Exception("gone")),
+            OperationalError("UPDATE push_queue", {}, Exception("gone " + "x" * 300 + "\nsecond line")),
             2,
         ]
 
@@ -516,14 +517,15 @@ def test_leases_are_renewed_every_third_of_the_lease_and_a_lost_one_is_logged(
         assert ticks.waits == [30.0] * 6 and renewed == [] and caplog.records == []
         service._running = {4, 7}
         ticks.waits.clear()
-        ticks.turns = 4
+        ticks.turns = 5
         with caplog.at_level(logging.WARNING, logger="dicomproxy.push"):
             service._lease_loop()
-        assert ticks.waits == [30.0] * 5
-        assert renewed == [([4, 7], 90.0)] * 4
+        assert ticks.waits == [30.0] * 6
+        assert renewed == [([4, 7], 90.0)] * 5
         assert [r.getMessage() for r in caplog.records] == [
             "push: a lease was lost (another node took an item over)",
             "push: lease renewal failed: (builtins.Exception) gone",
+            "push: lease renewal failed: (builtins.Exception) gone " + "x" * 174,  # its first line's 200
         ]
     finally:
         journal.close()
