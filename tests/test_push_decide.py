@@ -346,15 +346,18 @@ def test_deliver_a_study_no_longer_visible_is_dropped(delivery: Delivery) -> Non
     )
 
 
-def test_deliver_a_destination_down_holds_it_without_counting_the_attempt(delivery: Delivery) -> None:
+@pytest.mark.parametrize("earlier", [0, 1])
+def test_deliver_a_destination_down_holds_it_without_counting_the_attempt(
+    delivery: Delivery, earlier: int
+) -> None:
     delivery.relay.jobs = [Job(JobOutcome.FAILED, 0xC003, ["1.9.1"], error="connection refused")]
-    item = delivery.claim(attempts=1)  # a second attempt
-    assert item.attempts == 2
+    item = delivery.claim(attempts=earlier)  # the first attempt, or a second one
+    assert item.attempts == earlier + 1
     delivery.service.deliver(item)
     row = delivery.row()
     assert (row["state"], row["attempts"], row["error"], row["confirmed"]) == (
         WAITING,
-        1,
+        earlier,
         "connection refused",
         1,
     )
@@ -378,8 +381,9 @@ def test_deliver_cancelled_at_stop_gives_the_item_back(delivery: Delivery) -> No
     assert delivery.published == []
 
 
+@pytest.mark.parametrize("earlier", [0, 1])
 def test_deliver_a_file_not_available_waits_with_the_images_delivered(
-    delivery: Delivery, monkeypatch: pytest.MonkeyPatch
+    delivery: Delivery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, earlier: int
 ) -> None:
     """The images are delivered, a report file is not there yet: waiting (backoff by the file's
     attempts), the attempt not counted against the images; given up after [reports] max_attempts."""
@@ -391,7 +395,7 @@ def test_deliver_a_file_not_available_waits_with_the_images_delivered(
 
     monkeypatch.setattr(delivery.service.files, "send", files)
     delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.1", "1.9.2"], bytes_out=99)]
-    item = delivery.claim(attempts=1)  # the images took two attempts
+    item = delivery.claim(attempts=earlier)  # the images took one attempt, or two
     delivery.service.deliver(item)
     row = delivery.row()
     assert (row["state"], row["images_done"], row["reports"], row["report_attempts"]) == (
@@ -400,16 +404,19 @@ def test_deliver_a_file_not_available_waits_with_the_images_delivered(
         "pending",
         1,
     )
-    assert (row["attempts"], row["confirmed"], row["bytes"]) == (1, 2, 99)
+    assert (row["attempts"], row["confirmed"], row["bytes"]) == (earlier, 2, 99)
     assert (row["error"], row["next_at"]) == ("report file not available yet", NOW + dt.timedelta(seconds=10))
     assert delivery.published == [(item.id, "images-delivered", 2)]
     attempts = delivery.service.config.reports.max_attempts
+    given_up = f"push item {item.id}: report/order file given up after {attempts} attempts"
     for _ in range(1, attempts):
+        assert given_up not in caplog.messages
         delivery.relay.jobs = [Job(JobOutcome.EMPTY, 0x0000)]  # nothing left to send
         delivery.service.deliver(delivery.claim())
     row = delivery.row()
     assert (row["state"], row["reports"], row["images_done"]) == (DONE, "missing", 1)
     assert [a for a, _ in sent] == list(range(attempts))
+    assert caplog.messages.count(given_up) == 1
 
 
 def test_deliver_a_recheck_unchanged_in_its_files_does_not_send_them_again(
