@@ -426,9 +426,12 @@ def test_deliver_a_recheck_unchanged_in_its_files_does_not_send_them_again(
     monkeypatch.setattr(delivery.service.rechecks, "run", lambda item: asked.append(item.id) or True)
     monkeypatch.setattr(delivery.service.files, "send", lambda item, job_id: pytest.fail("files sent again"))
     delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.4"])]
-    item = dataclasses.replace(delivery.claim(reports="sent", images_done=1), recheck=True, reports="sent")
+    item = dataclasses.replace(
+        delivery.claim(reports="sent", images_done=1, rechecks=2), recheck=True, reports="sent"
+    )
     delivery.service.deliver(item)
-    assert asked == [item.id] and delivery.row()["reports"] == "sent"
+    row = delivery.row()
+    assert asked == [item.id] and (row["state"], row["reports"], row["rechecks"]) == (DONE, "sent", 1)
     # a re-check that finds nothing new: no job
     monkeypatch.setattr(delivery.service.rechecks, "run", lambda item: False)
     delivery.service.deliver(dataclasses.replace(delivery.claim(), recheck=True))
