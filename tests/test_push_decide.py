@@ -126,7 +126,7 @@ def test_after_files_all_sent_is_done_with_the_recheck_schedule() -> None:
 
 def test_after_files_a_missing_file_is_retried_then_given_up() -> None:
     first = after_files(_item(report_attempts=0), "pending", False, 3, PUSH)
-    assert first == AfterFiles(WAITING, 10.0, "pending")  # no re-check counted, nothing given up
+    assert first == AfterFiles(WAITING, 10.0, "pending", rechecks=0, gave_up=False)  # nothing counted yet
     second = after_files(_item(report_attempts=1), "pending", False, 3, PUSH)
     assert (second.state, second.delay) == (WAITING, 20.0)
     last = after_files(_item(report_attempts=2), "pending", False, 3, PUSH)
