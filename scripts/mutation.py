@@ -191,14 +191,33 @@ TARGETS: dict[str, Target] = {
         ),
         "the push queue: who claims an item (leases, takeovers), what counts as confirmed, retries",
     ),
-    "push-service": Target(
+    "push-service": Target(  # deliver only applies push/decide.py's decisions since the split
         "dicomproxy/push/service.py",
-        ("PushService._lease_loop", "PushService.deliver"),
         (
+            "PushService._lease_loop",
+            "PushService.deliver",
+            "PushService._run_job",
+            "PushService._deliver_files",
+            "PushService._retry_later",
+        ),
+        (  # the unit tests first (a killed mutant stops early), then end to end
+            "tests/test_push_decide.py",
+            "tests/test_push_takeover.py::test_leases_are_renewed_every_third_of_the_lease_and_a_lost_one_is_logged",
+            "tests/test_push_recheck.py::test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on",
             "tests/test_push.py",
             "tests/test_push_nodes.py::test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over",
         ),
-        "lease renewal during a delivery; what a delivery's outcome does to its item",
+        "lease renewal during a delivery; a delivery's outcome applied to its item (counts, state, delay)",
+    ),
+    "push-decide": Target(
+        "dicomproxy/push/decide.py",
+        (),
+        (
+            "tests/test_push_decide.py",
+            "tests/test_push_recheck.py::test_recheck_schedule_doubles_and_ends",
+            "tests/test_push_recheck.py::test_a_recheck_delivery_that_fails_is_retried_and_the_schedule_goes_on",
+        ),
+        "what a push item becomes after a run: release, drop, hold, retry, files; backoff, re-checks",
     ),
     "audit-trail": Target(
         "dicomproxy/audit/trail.py",
@@ -429,6 +448,62 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     ],
     "commitments": [
         ("@dataclass(frozen=True)", "frozen=False", "Transaction is never mutated"),
+    ],
+    "push-decide": [
+        ("@dataclass(frozen=True)", "frozen=False", "JobResult, AfterJob, AfterFiles are never mutated"),
+        (
+            "bytes:int=0",
+            "",
+            "JobResult's default never used: _run_job passes every field (and after_job reads neither)",
+        ),
+        (
+            "confirmed:int=0",
+            "",
+            "JobResult's default never used: _run_job passes every field (and after_job reads neither)",
+        ),
+        (
+            "push.rechecks<=0:",
+            "push.rechecks<=-1:",
+            "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
+        ),
+        (
+            "push.rechecks<=0:",
+            "push.rechecks<0:",
+            "rechecks 0: the count left is 0 and the next test returns (0, 0.0) too; the config refuses < 0",
+        ),
+    ],
+    "push-service": [
+        (
+            "attempts=max(0,item.attempts-1)",
+            "attempts=max(-1,",
+            "a claimed item has attempts >= 1 (its claim counted one): attempts - 1 is never negative",
+        ),
+        (
+            "[:2000]",
+            "[:2001]",
+            "the error is jobs.error, cut to 2000 characters by every journal writer, or a short fixed text",
+        ),
+    ],
+    "stamp": [
+        ("@dataclass(frozen=True)", "frozen=False", "Mark and StampPolicy are never mutated"),
+        (
+            "overlap:dt.timedelta=dt.timedelta(seconds=60)",
+            "",
+            "StampPolicy's default never used: policy_for always passes [view] stamp_overlap",
+        ),
+        ("returnbifb>aelsea", "returnbifb>=aelsea", "equal stamps: a and b are the same value"),
+        (
+            "where(column.is_not(None)).limit(1)",
+            ".limit(2)",
+            "detect_kind: scalar() takes the first row either way",
+        ),
+    ],
+    "lanes": [
+        (
+            "late=self.take(0)",
+            "late=self.take(-1)",
+            "take(): any timeout <= 0 is the non-blocking get_nowait, as with 0",
+        ),
     ],
     "lossy": [
         (

@@ -1,27 +1,50 @@
 """What a push item becomes after a run (:mod:`dicomproxy.push.decide`), without sockets or a
 database: a table of job outcomes, statuses and counts → the next step, then the retry backoff and
-the files' step (``waiting`` for a file, ``done`` with the re-check schedule, given up)."""
+the files' step (``waiting`` for a file, ``done`` with the re-check schedule, given up).
+
+Then the service applying them (:meth:`PushService.deliver`): a scripted relay whose push jobs
+leave what a real one leaves in a real journal (SQLite), the clock held still, and the item's row
+read back — state, attempts, counts, error, when it is due — for every step."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from dicomproxy.config import PushConfig
+import pytest
+from sqlalchemy import select, update
+
+from dicomproxy import events
+from dicomproxy.config import PushConfig, parse_config
+from dicomproxy.handlers.qrservice import RetrieveResponse
+from dicomproxy.push import holds as holds_module
+from dicomproxy.push import service as service_module
 from dicomproxy.push.decide import (
     DROP,
     FILES,
     HOLD,
     RELEASE,
     RETRY,
+    AfterFiles,
     AfterJob,
     JobResult,
     after_failure,
     after_files,
     after_job,
     backoff,
+    next_recheck,
 )
-from dicomproxy.push.queue import DONE, FAILED, WAITING, Item
-from dicomproxy.status import JobOutcome, Status
+from dicomproxy.push.queue import DONE, DROPPED, FAILED, QUEUED, WAITING, Item, push_queue
+from dicomproxy.push.service import PushService
+from dicomproxy.relay.journal import InstanceRecord, Journal
+from dicomproxy.status import JobKind, JobOutcome, Status
+from tests.conftest import base_config_dict
+from tests.test_push_takeover import _enqueue
 
 S, C3, FAIL = int(Status.SUCCESS), int(Status.DESTINATION_UNAVAILABLE), int(Status.UNABLE_TO_PROCESS)
 
@@ -103,8 +126,319 @@ def test_after_files_all_sent_is_done_with_the_recheck_schedule() -> None:
 
 def test_after_files_a_missing_file_is_retried_then_given_up() -> None:
     first = after_files(_item(report_attempts=0), "pending", False, 3, PUSH)
-    assert (first.state, first.delay, first.reports) == (WAITING, 10.0, "pending")
+    assert first == AfterFiles(WAITING, 10.0, "pending", rechecks=0, gave_up=False)  # nothing counted yet
     second = after_files(_item(report_attempts=1), "pending", False, 3, PUSH)
     assert (second.state, second.delay) == (WAITING, 20.0)
     last = after_files(_item(report_attempts=2), "pending", False, 3, PUSH)
     assert (last.state, last.reports, last.gave_up, last.rechecks) == (DONE, "missing", True, 2)
+
+
+def test_a_recheck_one_second_after_is_still_a_schedule() -> None:
+    """Only ``recheck_after = 0`` (or ``rechecks = 0``) turns re-checks off: a short gap is a gap."""
+    push = PushConfig(recheck_after=1.0, rechecks=2)
+    assert [next_recheck(n, push) for n in (0, 2, 1)] == [(2, 1.0), (1, 2.0), (0, 0.0)]
+    assert next_recheck(0, PushConfig(recheck_after=0.5, rechecks=1)) == (1, 0.5)
+
+
+# --- the service applying them: PushService.deliver on a real journal (SQLite), a scripted relay --
+
+
+@dataclass
+class Job:
+    """One scripted push job: how it ends and what it leaves in the journal."""
+
+    outcome: JobOutcome
+    status: int
+    sent: list[str] = field(default_factory=list)
+    study_uids: list[str] | None = None  # None: the item's study
+    bytes_out: int = 0
+    error: str = ""
+    respond: bool = True  # False: no final response (the relay gave up without one)
+    journal: bool = True  # False: the job never reached the journal
+
+
+class ScriptedRelay:
+    """The relay as the push service sees it: ``push`` runs the next scripted :class:`Job`."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.jobs: list[Job] = []
+        self.excluded: list[frozenset[str]] = []
+        self.archives: dict[str, Any] = {}
+
+    def push(
+        self, study_uid: str, destination: str, *, exclude: frozenset[str], on_start: Any, **_: Any
+    ) -> Iterator[RetrieveResponse]:
+        job = self.jobs.pop(0)
+        self.excluded.append(exclude)
+        if job.journal:
+            job_id = self.journal.start(JobKind.PUSH, "DICOMPROXY", "", destination, "pacs")
+            on_start(job_id)
+            uids = [study_uid] if job.study_uids is None else job.study_uids
+            self.journal.update(job_id, study_uids=uids)
+            self.journal.add_instances(job_id, [InstanceRecord(uid, "sent", MR) for uid in job.sent])
+            self.journal.finish(
+                job_id, status=job.status, outcome=job.outcome, error=job.error, bytes_out=job.bytes_out
+            )
+        if job.respond:
+            yield RetrieveResponse(job.status)
+
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+STUDY = "1.2.3.9"
+NOW = dt.datetime(2026, 3, 2, 12, 0, 0)
+
+
+@dataclass
+class Delivery:
+    service: PushService
+    relay: ScriptedRelay
+    published: list[tuple[int, str, int]]
+
+    def claim(self, **values: Any) -> Item:
+        """The item of STUDY, claimed (its attempt counted), after ``values`` set on its row."""
+        q = self.service.queue
+        with q.engine.begin() as conn:
+            fresh = conn.execute(select(push_queue.c.id)).first() is None
+        if fresh:
+            _enqueue(q, STUDY)
+        with q.engine.begin() as conn:
+            conn.execute(update(push_queue).values(state=QUEUED, next_at=NOW, **values))
+        item = q.claim(60.0)
+        assert item is not None
+        return item
+
+    def row(self) -> dict[str, Any]:
+        with self.service.queue.engine.connect() as conn:
+            return dict(conn.execute(select(push_queue)).mappings().one())
+
+
+@pytest.fixture
+def delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Delivery]:
+    """A push service on a SQLite journal whose clock stands still at NOW; 3 attempts, 10 s doubling
+    to 100 s, re-checks after 60 s (2); the events it publishes recorded."""
+    config = parse_config(
+        base_config_dict(
+            tmp_path,
+            "sqlite:///v.db",
+            peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1}],
+            push={
+                "enabled": True,
+                "destinations": ["CLOUD"],
+                "retry_delay": 10,
+                "max_retry_delay": 100,
+                "max_attempts": 3,
+                "recheck_after": 60,
+                "rechecks": 2,
+            },
+        ),
+        str(tmp_path / "proxy.toml"),
+    )
+    monkeypatch.setattr(service_module, "utcnow", lambda: NOW)
+    monkeypatch.setattr(holds_module, "utcnow", lambda: NOW)
+    published: list[tuple[int, str, int]] = []
+
+    def publish(event: events.Event) -> None:
+        if isinstance(event, events.PushDelivered):
+            published.append((event.item_id, event.outcome, event.instances))
+
+    monkeypatch.setattr(events, "publish", publish)
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    relay = ScriptedRelay(journal)
+    service = PushService(config, None, journal, relay)
+    service.queue.now = lambda: NOW
+    try:
+        yield Delivery(service, relay, published)
+    finally:
+        journal.close()
+
+
+def test_deliver_a_delivered_study_is_done_with_its_counts_and_recheck_schedule(
+    delivery: Delivery, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.1", "1.9.2", "1.9.3"], bytes_out=4096)]
+    item = delivery.claim()
+    with caplog.at_level(logging.INFO, logger="dicomproxy.push"):
+        delivery.service.deliver(item)
+    job = delivery.row()["last_job"]
+    assert caplog.messages[-1] == (
+        f"push item {item.id}: delivered to CLOUD (job {job}, 3 instance(s) confirmed, files: none); "
+        "re-checked in 60 s (2 left)"
+    )
+    row = delivery.row()
+    assert (row["state"], row["attempts"], row["images_done"], row["confirmed"], row["bytes"]) == (
+        DONE,
+        1,
+        1,
+        3,
+        4096,
+    )
+    assert (row["reports"], row["rechecks"], row["error"], row["lease_until"]) == ("none", 2, "", None)
+    assert row["next_at"] == NOW + dt.timedelta(seconds=60)  # the first re-check
+    assert delivery.relay.excluded == [frozenset()]
+    assert delivery.published == [(item.id, "delivered", 3)]
+
+
+def test_deliver_what_was_confirmed_is_left_out_and_nothing_left_is_delivered(delivery: Delivery) -> None:
+    """A retry whose instances all reached the destination before: the job is empty, the item done."""
+    delivery.relay.jobs = [
+        Job(JobOutcome.PARTIAL, 0xB000, ["1.9.1", "1.9.2"], error="1 failed"),
+        Job(JobOutcome.EMPTY, 0x0000),
+    ]
+    delivery.service.deliver(delivery.claim())
+    row = delivery.row()
+    assert (row["state"], row["attempts"], row["confirmed"], row["error"]) == (WAITING, 1, 2, "1 failed")
+    assert row["next_at"] == NOW + dt.timedelta(seconds=10)
+    delivery.service.deliver(delivery.claim())
+    assert delivery.relay.excluded == [frozenset(), frozenset({"1.9.1", "1.9.2"})]
+    row = delivery.row()
+    assert (row["state"], row["confirmed"], row["images_done"]) == (DONE, 2, 1)
+
+
+def test_deliver_failures_wait_doubling_then_fail(delivery: Delivery) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.FAILED, 0xA702, bytes_out=10), Job(JobOutcome.FAILED, 0xA702)]
+    delivery.relay.jobs += [Job(JobOutcome.FAILED, 0xA702, error="PACS down")]
+    waits = []
+    for _ in range(2):
+        item = delivery.claim()
+        delivery.service.deliver(item)
+        row = delivery.row()
+        assert (row["state"], row["error"], row["images_done"]) == (WAITING, "failed (0xA702)", 0)
+        waits.append((row["attempts"], row["next_at"] - NOW, row["bytes"]))
+    assert waits == [(1, dt.timedelta(seconds=10), 10), (2, dt.timedelta(seconds=20), 0)]
+    item = delivery.claim()
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert (row["state"], row["attempts"], row["error"]) == (FAILED, 3, "PACS down")
+    assert delivery.published == [(item.id, "waiting", 0), (item.id, "waiting", 0), (item.id, "failed", 0)]
+
+
+@pytest.mark.parametrize(("status", "state"), [(0xA702, WAITING), (0xC003, WAITING), (0xA702, FAILED)])
+def test_deliver_keeps_the_job_s_whole_error(delivery: Delivery, status: int, state: str) -> None:
+    """The item's error is the job's, as long as the journal keeps it (2000 characters)."""
+    delivery.relay.jobs = [Job(JobOutcome.FAILED, status, error="e" * 2500)]
+    delivery.service.deliver(delivery.claim(attempts=2 if state == FAILED else 0))
+    row = delivery.row()
+    assert (row["state"], row["error"]) == (state, "e" * 2000)
+
+
+def test_deliver_a_job_without_an_answer_or_a_journal_row_is_a_failure(delivery: Delivery) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, respond=False, journal=False)]
+    delivery.service.deliver(delivery.claim())
+    row = delivery.row()
+    # no final response: 0xC000 (Unable to process), the job's outcome unknown: failed
+    assert (row["state"], row["error"], row["last_job"]) == (WAITING, "failed (0xC000)", None)
+
+
+def test_deliver_a_study_no_longer_visible_is_dropped(delivery: Delivery) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.EMPTY, 0x0000, study_uids=[])]
+    item = delivery.claim()
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert (row["state"], row["error"]) == (DROPPED, "no longer visible in the exam view")
+    assert delivery.published == [(item.id, "dropped", 0)]
+    # resolved but the PACS holds nothing yet: not dropped, retried
+    delivery.relay.jobs = [Job(JobOutcome.EMPTY, 0x0000)]
+    delivery.service.deliver(delivery.claim())
+    assert (delivery.row()["state"], delivery.row()["error"]) == (
+        WAITING,
+        "the PACS holds no instance of the study yet",
+    )
+
+
+@pytest.mark.parametrize("earlier", [0, 1])
+def test_deliver_a_destination_down_holds_it_without_counting_the_attempt(
+    delivery: Delivery, earlier: int
+) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.FAILED, 0xC003, ["1.9.1"], error="connection refused")]
+    item = delivery.claim(attempts=earlier)  # the first attempt, or a second one
+    assert item.attempts == earlier + 1
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert (row["state"], row["attempts"], row["error"], row["confirmed"]) == (
+        WAITING,
+        earlier,
+        "connection refused",
+        1,
+    )
+    assert row["next_at"] == NOW + dt.timedelta(seconds=10) == delivery.service.holds.until("CLOUD")
+    assert delivery.service.held() == (False, ["CLOUD"])
+    assert delivery.published == [(item.id, "destination-down", 0)]
+    # the next delivery reaches it: the hold ends and the workers are woken
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.2"])]
+    assert not delivery.service._wake.is_set()
+    delivery.service.deliver(delivery.claim())
+    assert delivery.service.held() == (False, []) and delivery.service._wake.is_set()
+    assert delivery.row()["state"] == DONE
+
+
+def test_deliver_cancelled_at_stop_gives_the_item_back(delivery: Delivery) -> None:
+    delivery.relay.jobs = [Job(JobOutcome.CANCELLED, 0xFE00, ["1.9.1"])]
+    item = delivery.claim()
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert (row["state"], row["attempts"], row["lease_until"], row["next_at"]) == (QUEUED, 0, None, NOW)
+    assert delivery.published == []
+
+
+@pytest.mark.parametrize("earlier", [0, 1])
+def test_deliver_a_file_not_available_waits_with_the_images_delivered(
+    delivery: Delivery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, earlier: int
+) -> None:
+    """The images are delivered, a report file is not there yet: waiting (backoff by the file's
+    attempts), the attempt not counted against the images; given up after [reports] max_attempts."""
+    sent: list[tuple[int, int | None]] = []
+
+    def files(item: Item, job_id: int | None) -> tuple[str, bool]:
+        sent.append((item.report_attempts, job_id))
+        return "pending", False
+
+    monkeypatch.setattr(delivery.service.files, "send", files)
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.1", "1.9.2"], bytes_out=99)]
+    item = delivery.claim(attempts=earlier)  # the images took one attempt, or two
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert (row["state"], row["images_done"], row["reports"], row["report_attempts"]) == (
+        WAITING,
+        1,
+        "pending",
+        1,
+    )
+    assert (row["attempts"], row["confirmed"], row["bytes"]) == (earlier, 2, 99)
+    assert (row["error"], row["next_at"]) == ("report file not available yet", NOW + dt.timedelta(seconds=10))
+    assert delivery.published == [(item.id, "images-delivered", 2)]
+    attempts = delivery.service.config.reports.max_attempts
+    given_up = f"push item {item.id}: report/order file given up after {attempts} attempts"
+    for _ in range(1, attempts):
+        assert given_up not in caplog.messages
+        delivery.relay.jobs = [Job(JobOutcome.EMPTY, 0x0000)]  # nothing left to send
+        delivery.service.deliver(delivery.claim())
+    row = delivery.row()
+    assert (row["state"], row["reports"], row["images_done"]) == (DONE, "missing", 1)
+    assert [a for a, _ in sent] == list(range(attempts))
+    assert caplog.messages.count(given_up) == 1
+
+
+def test_deliver_a_recheck_unchanged_in_its_files_does_not_send_them_again(
+    delivery: Delivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    monkeypatch.setattr(delivery.service.rechecks, "run", lambda item: asked.append(item.id) or True)
+    monkeypatch.setattr(delivery.service.files, "send", lambda item, job_id: pytest.fail("files sent again"))
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000, ["1.9.4"])]
+    item = dataclasses.replace(
+        delivery.claim(reports="sent", images_done=1, rechecks=2), recheck=True, reports="sent"
+    )
+    delivery.service.deliver(item)
+    row = delivery.row()
+    assert asked == [item.id] and (row["state"], row["reports"], row["rechecks"]) == (DONE, "sent", 1)
+    # a re-check that finds nothing new: no job
+    monkeypatch.setattr(delivery.service.rechecks, "run", lambda item: False)
+    delivery.service.deliver(dataclasses.replace(delivery.claim(), recheck=True))
+    assert delivery.relay.jobs == [] and len(delivery.relay.excluded) == 1
+    # an ordinary delivery never asks the PACS first
+    monkeypatch.setattr(delivery.service.rechecks, "run", lambda item: pytest.fail("re-check asked"))
+    monkeypatch.setattr(delivery.service.files, "send", lambda item, job_id: ("none", True))
+    delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000)]
+    delivery.service.deliver(delivery.claim())
+    assert delivery.row()["state"] == DONE

@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import OperationalError
 
 from dicomproxy.cli import cli
 from dicomproxy.config import parse_config
@@ -458,6 +459,74 @@ def test_serve_workers_use_max_takeovers_from_the_config(tmp_path: Path, clock: 
         service._work_loop()
         row = _row(dead, item_id)
         assert (row["state"], row["takeovers"]) == (FAILED, 1)  # the default (3) would have run it
+    finally:
+        journal.close()
+
+
+class _Ticks:
+    """Stands in for the service's stop event in ``_lease_loop``: records each wait's timeout and
+    says "stopped" after ``turns`` waits (the loop runs on the test's thread, no clock)."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return len(self.waits) > self.turns
+
+
+def test_leases_are_renewed_every_third_of_the_lease_and_a_lost_one_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease thread: every ``lease / 3`` s it renews this node's running items (nothing to do
+    when none run); fewer renewed than asked is a takeover, logged; a journal error is logged and
+    the next turn tries again. Bug 2 of issue 24 (``lease × 3``) took items over mid-delivery."""
+    config = parse_config(
+        base_config_dict(
+            tmp_path,
+            "sqlite:///v.db",
+            peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1}],
+            push={"enabled": True, "destinations": ["CLOUD"], "lease": 90},
+        ),
+        str(tmp_path / "proxy.toml"),
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    try:
+        service = PushService(config, None, journal, None)
+        renewed: list[tuple[list[int], float]] = []
+        answers: list[int | Exception] = [
+            2,
+            1,
+            OperationalError("UPDATE push_queue", {}, Exception("gone")),
+            OperationalError("UPDATE push_queue", {}, Exception("gone " + "x" * 300 + "\nsecond line")),
+            2,
+        ]
+
+        def renew(ids: list[int], lease: float) -> int:
+            renewed.append((sorted(ids), lease))
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        service.queue.renew = renew  # type: ignore[method-assign]
+        ticks = _Ticks(5)
+        service._stop = ticks  # type: ignore[assignment]
+        service._lease_loop()  # nothing running: no renewal, no line
+        assert ticks.waits == [30.0] * 6 and renewed == [] and caplog.records == []
+        service._running = {4, 7}
+        ticks.waits.clear()
+        ticks.turns = 5
+        with caplog.at_level(logging.WARNING, logger="dicomproxy.push"):
+            service._lease_loop()
+        assert ticks.waits == [30.0] * 6
+        assert renewed == [([4, 7], 90.0)] * 5
+        assert [r.getMessage() for r in caplog.records] == [
+            "push: a lease was lost (another node took an item over)",
+            "push: lease renewal failed: (builtins.Exception) gone",
+            "push: lease renewal failed: (builtins.Exception) gone " + "x" * 174,  # its first line's 200
+        ]
     finally:
         journal.close()
 

@@ -2,7 +2,8 @@
 column the server fills, and ``min_active_rowversion()``) and a date-time, on SQLite,
 PostgreSQL and MariaDB. Through a running proxy and a real C-FIND: a Study UID found, a row
 inserted after start found, a row whose UID changes found, a late-committing transaction not
-lost, and a restart going on from the stored high-water mark."""
+lost, and a restart going on from the stored high-water mark. First, the stamp's own rules one by
+one (:mod:`dicomproxy.view.stamp`: kinds, marks, the incremental read, the guard per database)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,34 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, func, select, text
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.default import CacheStats
 
 from dicomproxy.checks import study_lookup_checks
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.view.check import check_view, format_report
 from dicomproxy.view.repository import ExamView
-from dicomproxy.view.stamp import Mark, StampKind
+from dicomproxy.view.stamp import (
+    GUARD_FUNCTION,
+    Mark,
+    RowStamp,
+    StampKind,
+    StampPolicy,
+    detect_kind,
+    guard_for,
+    kind_of,
+    later,
+)
 from dicomproxy.view.uidindex import STATE_TABLE
 from testkit.viewdb import create_view_table, drop_view_table, insert_rows, update_rows, writer
 from tests.conftest import FIND_PEERS, MARIADB_URL, PG_URL, ConfigFactory, need_server
@@ -45,6 +61,203 @@ class StampedView:
     def row(self, examine_id: str, uid: str, stamp: dt.datetime, **kw: Any) -> dict[str, Any]:
         """A visible row; ``stamp`` is its RowTimestamp on date-time views (the server fills rowversion)."""
         return _row(examine_id, "P0100", "钱七", uid, RowTimestamp=stamp, **kw)
+
+
+# --- the stamp's own rules, one by one (unit: no view; SQLite in memory, PostgreSQL for the guard) --
+# First in the file: they take a second, and a broken stamp stops the file early (mutation runs).
+
+
+def test_kind_of_each_driver_value() -> None:
+    assert kind_of(None) is StampKind.EMPTY
+    for raw in (b"\x00" * 8, bytearray(b"\x01"), memoryview(b"\x02")):
+        assert kind_of(raw) is StampKind.ROWVERSION
+    assert kind_of(dt.datetime(2031, 5, 1, 9)) is StampKind.DATETIME
+    assert kind_of(dt.date(2031, 5, 1)) is StampKind.DATETIME
+    assert kind_of(7) is StampKind.NUMBER and kind_of(Decimal(7)) is StampKind.NUMBER
+    assert kind_of(True) is StampKind.TEXT  # a flag is no counter
+    assert kind_of("2031-05-01") is StampKind.TEXT
+
+
+@pytest.mark.parametrize(
+    ("mark", "written"),
+    [
+        (Mark(StampKind.ROWVERSION, b"\x00\x00\x00\x00\x00\x00\x07\xd1"), "rowversion:00000000000007d1"),
+        (
+            Mark(StampKind.DATETIME, dt.datetime(2031, 5, 1, 9, 0, 0, 5)),
+            "datetime:2031-05-01T09:00:00.000005",
+        ),
+        (Mark(StampKind.NUMBER, 2001), "number:2001"),
+        (Mark(StampKind.TEXT, "a:b"), "text:a:b"),
+    ],
+)
+def test_mark_text_survives_restart(mark: Mark, written: str) -> None:
+    assert mark.encode() == written
+    assert Mark.decode(written) == mark
+
+
+def test_mark_of_a_date_is_its_midnight_and_unreadable_marks_are_none() -> None:
+    assert Mark(StampKind.DATETIME, dt.date(2031, 5, 1)).encode() == "datetime:2031-05-01T00:00:00"
+    assert Mark(StampKind.ROWVERSION, bytearray(b"\x01\x02")).encode() == "rowversion:0102"
+    for written in ("", "number", "nokind:1", "number:x", "rowversion:zz", "datetime:soon", "empty:"):
+        assert Mark.decode(written) is None, written
+
+
+def test_later_is_the_larger_stamp() -> None:
+    assert later(None, None) is None
+    assert later(None, 3) == 3 and later(3, None) == 3
+    assert later(3, 5) == 5 and later(5, 3) == 5
+    assert later(b"\x00\x02", b"\x00\x01") == b"\x00\x02"
+
+
+def test_settled_only_below_the_guard_and_of_the_same_kind() -> None:
+    rv = StampPolicy(StampKind.ROWVERSION, func.min_active_rowversion())
+    assert rv.settled(b"\x00\x01", b"\x00\x02")
+    assert not rv.settled(b"\x00\x02", b"\x00\x02")  # the guard itself may still be open
+    assert not rv.settled(b"\x00\x03", b"\x00\x02")
+    assert not rv.settled(None, b"\x00\x02")
+    assert not rv.settled(dt.datetime(2031, 5, 1), b"\x00\x02")  # another kind (a mixed view)
+    free = StampPolicy(StampKind.NUMBER)
+    assert free.settled(10**9, None) and not free.settled(None, None) and not free.settled("x", None)
+
+
+def test_describe_each_kind() -> None:
+    minute = dt.timedelta(seconds=90)
+    assert StampPolicy(StampKind.DATETIME, None, minute).describe() == (
+        "RowTimestamp: date-time; re-reads 90 s below the high-water mark"
+    )
+    assert StampPolicy(StampKind.ROWVERSION, func.MIN_ACTIVE_ROWVERSION()).describe() == (
+        "RowTimestamp: binary change counter (SQL Server rowversion/timestamp); "
+        "reads below MIN_ACTIVE_ROWVERSION() (late commits never skipped)"
+    )
+    assert StampPolicy(StampKind.ROWVERSION).describe() == (
+        "RowTimestamp: binary change counter (SQL Server rowversion/timestamp); no late-commit guard"
+    )
+    assert StampPolicy(StampKind.NUMBER).describe() == "RowTimestamp: integer counter; no late-commit guard"
+    assert StampPolicy(StampKind.TEXT).describe() == "RowTimestamp: text, ordered as text"
+    assert StampPolicy(StampKind.EMPTY).describe() == "RowTimestamp: no row has a RowTimestamp yet"
+
+
+def _stamps_table() -> tuple[Engine, Table]:
+    engine = create_engine("sqlite://")
+    table = Table("v", MetaData(), Column("n", Integer), Column("ts", RowStamp()))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE v (n INTEGER, ts)"))
+    return engine, table
+
+
+def test_since_reads_above_the_mark_or_an_overlap_below_it() -> None:
+    engine, table = _stamps_table()
+    mark = BASE
+    with engine.begin() as conn:
+        for n, seconds in enumerate((-61, -60, -59, 0, 1)):
+            conn.execute(table.insert().values(n=n, ts=mark + dt.timedelta(seconds=seconds)))
+    policy = StampPolicy(StampKind.DATETIME, None, dt.timedelta(seconds=60))
+    with engine.connect() as conn:
+        got = [
+            r.n
+            for r in conn.execute(select(table.c.n).where(policy.since(table.c.ts, Mark(policy.kind, mark))))
+        ]
+    assert sorted(got) == [1, 2, 3, 4]  # from mark − overlap, inclusive
+    numbers = StampPolicy(StampKind.NUMBER)
+    with engine.begin() as conn:
+        conn.execute(table.delete())
+        for n in (4, 5, 6):
+            conn.execute(table.insert().values(n=n, ts=n))
+        got = [
+            r.n
+            for r in conn.execute(select(table.c.n).where(numbers.since(table.c.ts, Mark(numbers.kind, 5))))
+        ]
+    assert got == [6]  # strictly above the mark
+    engine.dispose()
+
+
+def test_row_stamp_normalises_driver_values_and_binds_sqlite_date_times() -> None:
+    sqlite, pg = sqlite_dialect.dialect(), postgresql_dialect.dialect()
+    stamp = RowStamp()
+    when = dt.datetime(2031, 5, 1, 9, 0, 0, 5)
+    assert stamp.process_bind_param(when, sqlite) == "2031-05-01 09:00:00.000005"
+    assert stamp.process_bind_param(when, pg) is when
+    assert stamp.process_bind_param(b"\x01", sqlite) == b"\x01"
+    assert stamp.process_result_value(memoryview(b"\x00\x07"), pg) == b"\x00\x07"
+    assert type(stamp.process_result_value(bytearray(b"\x07"), pg)) is bytes
+    got = stamp.process_result_value(Decimal("2001"), pg)
+    assert got == 2001 and type(got) is int  # Oracle NUMBER
+    assert stamp.process_result_value(Decimal("20.5"), pg) == Decimal("20.5")
+    assert stamp.process_result_value("2031-05-01 09:00:00.000005", sqlite) == when
+    assert stamp.process_result_value("not a date", sqlite) == "not a date"
+    assert (
+        stamp.process_result_value("2031-05-01 09:00:00", pg) == "2031-05-01 09:00:00"
+    )  # a real text column
+    assert stamp.process_result_value(None, sqlite) is None
+
+
+def test_guard_value_is_read_from_the_database_or_none() -> None:
+    engine = create_engine("sqlite://")
+    with engine.connect() as conn:
+        assert StampPolicy(StampKind.ROWVERSION).guard_value(conn) is None
+        assert StampPolicy(StampKind.ROWVERSION, func.abs(-7)).guard_value(conn) == 7
+    engine.dispose()
+
+
+def test_detect_kind_skips_rows_without_a_stamp() -> None:
+    engine, table = _stamps_table()
+    with engine.begin() as conn:
+        assert detect_kind(conn, table.c.ts) is StampKind.EMPTY
+        conn.execute(table.insert().values(n=1, ts=None))
+        assert detect_kind(conn, table.c.ts) is StampKind.EMPTY
+        conn.execute(table.insert().values(n=2, ts=5))
+        assert detect_kind(conn, table.c.ts) is StampKind.NUMBER
+    engine.dispose()
+
+
+def test_guard_for_each_database_and_kind(caplog: pytest.LogCaptureFixture) -> None:
+    """The guard per dialect and kind, and the WARNING where a late commit may be missed: SQL
+    Server's built-in; none needed on SQLite; PostgreSQL's ``min_active_rowversion()`` when the
+    database defines it (the test database does: testkit installs it), else a WARNING; an integer
+    counter never has one (a WARNING except on SQLite); a date-time needs none (its overlap)."""
+    need_server("postgresql", PG_URL)
+    sqlite = create_engine("sqlite://")
+    pg = create_engine(PG_URL)
+    hidden = create_engine(PG_URL, connect_args={"options": "-csearch_path=pg_catalog"})  # no function
+    mssql = cast(Engine, SimpleNamespace(dialect=SimpleNamespace(name="mssql")))  # never connected
+    name = f"v_stamp_{uuid.uuid4().hex[:8]}"
+    create_view_table(pg, name, "rowversion")  # installs min_active_rowversion()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicomproxy.view.stamp"):
+            guard = guard_for(mssql, StampKind.ROWVERSION)
+            assert guard is not None and guard.name == "MIN_ACTIVE_ROWVERSION"
+            assert guard_for(sqlite, StampKind.ROWVERSION) is None
+            assert guard_for(sqlite, StampKind.NUMBER) is None
+            assert guard_for(pg, StampKind.DATETIME) is None and guard_for(mssql, StampKind.TEXT) is None
+            assert caplog.records == []
+            guard = guard_for(pg, StampKind.ROWVERSION)
+            assert guard is not None and guard.name == GUARD_FUNCTION
+            assert caplog.records == []
+            assert guard_for(hidden, StampKind.ROWVERSION) is None
+            assert [r.getMessage() for r in caplog.records] == [
+                "RowTimestamp is a binary counter but postgresql has no min_active_rowversion(): a "
+                "transaction that commits after a later one may be missed until the UID side table is rebuilt"
+            ]
+            caplog.clear()
+            assert guard_for(mssql, StampKind.NUMBER) is None
+            assert len(caplog.records) == 1 and "integer counter: mssql gives no late-commit guard" in (
+                caplog.records[0].getMessage()
+            )
+    finally:
+        drop_view_table(pg, name)
+        for engine in (sqlite, pg, hidden):
+            engine.dispose()
+
+
+def test_reads_with_a_row_stamp_are_compiled_once() -> None:
+    """RowStamp is safe for SQLAlchemy's statement cache: a pass of the UID side table or the push
+    watcher reuses the compiled read instead of compiling it again every time."""
+    engine, table = _stamps_table()
+    with engine.connect() as conn:
+        stmt = select(table.c.n).where(table.c.ts > 5)
+        hits = [conn.execute(stmt).context.cache_hit for _ in range(2)]
+    assert hits[1] == CacheStats.CACHE_HIT
+    engine.dispose()
 
 
 @pytest.fixture(params=[(db, kind) for db in DBS for kind in KINDS], ids=lambda p: f"{p[0]}-{p[1]}")
