@@ -28,6 +28,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -590,8 +591,21 @@ def copy_tree(dest: Path) -> None:
         shutil.copy2(src, dest / rel)
 
 
-def test_command(target: Target) -> list[str]:
-    return [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *target.tests]
+def test_command(target: Target, name: str) -> list[str]:
+    """pytest on the target's tests, stopping at the first failure, with a temporary folder of the
+    target's own (mutation runs of several targets at once never prune each other's)."""
+    basetemp = Path(tempfile.gettempdir()) / f"mutation-{name}-pytest"
+    return [
+        PYTHON,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={basetemp}",
+        *target.tests,
+    ]
 
 
 def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, object]:
@@ -607,7 +621,11 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
     print(f"mutation: {name}: baseline {' '.join(target.tests)}", flush=True)
     began = time.monotonic()
     base = subprocess.run(
-        ["true"] if plan_only else test_command(target), cwd=tree, env=env, capture_output=True, text=True
+        ["true"] if plan_only else test_command(target, name),
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     baseline = time.monotonic() - began
     if base.returncode != 0:
@@ -621,7 +639,7 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
         f'module-path = "{target.module}"\n'
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(shlex.join(test_command(target)))}\n"
+        f"test-command = {json.dumps(shlex.join(test_command(target, name)))}\n"
         "\n[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
@@ -686,7 +704,7 @@ def recheck_target(name: str, target: Target) -> dict[str, object]:
     config.write_text(
         re.sub(
             r"(?m)^test-command = .*$",
-            lambda _: f"test-command = {json.dumps(shlex.join(test_command(target)))}",
+            lambda _: f"test-command = {json.dumps(shlex.join(test_command(target, name)))}",
             config.read_text(),
         )
     )

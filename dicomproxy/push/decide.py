@@ -59,7 +59,7 @@ class JobResult:
     job_id: int | None
     #: ``jobs.outcome`` (``failed`` when the job never reached the journal).
     outcome: str
-    #: The final response's status (0x0110 Processing Failure when there was none).
+    #: The final response's status (0xC000 Unable to process, our UNABLE_TO_PROCESS, when there was none).
     status: int
     #: ``jobs.error``.
     error: str = ""
