@@ -552,3 +552,61 @@ def test_open_transactions_and_pending_are_per_job_and_destination(
     assert led.answer(Report(tx1, frozenset({f"2.25.{one}.0", f"2.25.{one}.1"})))
     assert (led.open_transactions(one), led.open_transactions(two), led.pending()) == (0, 1, {"CLOUD": 3})
     assert led.counts(one) == {"committed": 2} and led.counts(two) == {"pending": 3}
+
+
+def test_transactions_hold_at_most_500_references_and_are_due_at_once(
+    ledger: tuple[CommitmentLedger, Journal], caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime as dt
+    import logging
+
+    from sqlalchemy import select
+
+    from dicomproxy.relay.journal import commit_requests
+
+    led, journal = ledger
+    job = _stored(journal, "move", "CLOUD", 1001)
+    with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
+        made = led.job_ended(job)
+    assert f"job {job}: 1001 instance(s) to be committed by CLOUD" in caplog.text
+    assert sorted(len(t.refs) for t in led.due() if t.transaction_uid in made) == [1, 500, 500]
+    with journal.engine.connect() as conn:
+        due = conn.execute(select(commit_requests.c.due)).scalars().first()
+    assert [t.transaction_uid for t in led.due(now=due)]  # due exactly now: due
+    assert led.due(now=due - dt.timedelta(microseconds=1)) == []
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
+        assert led.job_ended(job) == []  # everything asked already: nothing new, no line
+    assert "to be committed" not in caplog.text
+
+
+def test_giving_up_ends_that_transaction_only(ledger: tuple[CommitmentLedger, Journal]) -> None:
+    led, journal = ledger
+    one, two = _stored(journal, "move", "CLOUD", 1), _stored(journal, "move", "CLOUD", 1)
+    (tx1,) = led.job_ended(one)
+    led.job_ended(two)
+    led.give_up(tx1)
+    assert (led.open_transactions(one), led.open_transactions(two)) == (0, 1)
+    assert (led.counts(one), led.counts(two)) == ({"unanswered": 1}, {"pending": 1})
+
+
+def test_the_summary_covers_a_day_by_default(ledger: tuple[CommitmentLedger, Journal]) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from dicomproxy.relay.journal import commit_requests
+
+    led, journal = ledger
+    recent, old = _stored(journal, "move", "CLOUD", 2), _stored(journal, "move", "CLOUD", 3)
+    led.job_ended(recent)
+    led.job_ended(old)
+    now = dt.datetime(2026, 12, 6, 12, 0)
+    with journal.engine.begin() as conn:
+        for job, hours in ((recent, 23.5), (old, 24.5)):
+            conn.execute(
+                update(commit_requests)
+                .where(commit_requests.c.job_id == job)
+                .values(created=now - dt.timedelta(hours=hours))
+            )
+    assert led.summary(now=now)[0]["pending"] == 2  # the one 23.5 h old, not the one 24.5 h old
