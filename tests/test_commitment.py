@@ -610,3 +610,52 @@ def test_the_summary_covers_a_day_by_default(ledger: tuple[CommitmentLedger, Jou
                 .values(created=now - dt.timedelta(hours=hours))
             )
     assert led.summary(now=now)[0]["pending"] == 2  # the one 23.5 h old, not the one 24.5 h old
+
+
+def test_the_committer_backs_off_doubling_and_numbers_its_attempts(
+    ledger: tuple[CommitmentLedger, Journal],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each attempt is claimed with its next due time, ``commit_timeout × 2^attempts`` later (the
+    peer here refuses the connection: the attempt is used up all the same); the INFO line numbers
+    the attempt; the thread polls every second and is a daemon."""
+    import datetime as dt
+    import logging
+
+    from sqlalchemy import select
+
+    from dicomproxy.relay import committer as committer_module
+    from dicomproxy.relay.committer import Committer
+    from dicomproxy.relay.journal import commit_requests
+
+    led, journal = ledger
+    (tx,) = led.job_ended(_stored(journal, "move", "CLOUD", 2))
+    committer = Committer(led.config, led)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(seconds=1)  # it is due
+
+    def due_of() -> dt.datetime:
+        with journal.engine.connect() as conn:
+            return conn.execute(
+                select(commit_requests.c.due).where(commit_requests.c.transaction_uid == tx)
+            ).scalar_one()
+
+    with caplog.at_level(logging.WARNING, logger="dicomproxy.commitment"):
+        assert committer.run_due(now=now) == 0  # asked, refused: not sent
+    assert "not asked" in caplog.text and due_of() == now + dt.timedelta(seconds=600)
+    later = due_of()
+    assert committer.run_due(now=later) == 0
+    assert due_of() == later + dt.timedelta(seconds=1200)  # doubled
+    # an attempt that reaches the peer is logged with its number
+    monkeypatch.setattr(committer_module, "request_commitment", lambda *a, **k: 0)
+    with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
+        assert committer.run_due(now=due_of()) == 1
+    assert (
+        f"commitment {tx} (job" in caplog.text and "2 instance(s) asked of CLOUD (attempt 3)" in caplog.text
+    )
+    waits: list[float] = []
+    committer._stop.wait = lambda timeout=None: waits.append(timeout) or True  # type: ignore[method-assign]
+    committer.start()
+    assert committer._thread is not None and committer._thread.daemon
+    committer._thread.join(10)
+    assert waits == [1.0]  # one round, then the (stubbed) stop
