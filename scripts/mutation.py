@@ -252,13 +252,53 @@ TARGETS: dict[str, Target] = {
     "uidindex": Target(
         "dicomproxy/view/uidindex.py",
         (),
-        ("tests/test_view_uidindex.py", "tests/test_view_rowstamp.py"),
+        (  # its unit tests first (SQLite, a fake clock: a killed mutant stops early), then both files
+            *(
+                f"tests/test_view_uidindex.py::{name}"
+                for name in (
+                    "test_lazy_syncs_are_max_age_apart_and_a_forced_one_is_not_held_back",
+                    "test_a_hit_is_answered_without_a_view_read_a_miss_with_one",
+                    "test_lookups_of_many_uids_are_chunked_without_losing_or_doubling_any",
+                    "test_pinyin_patterns_by_prefix_and_wildcards",
+                    "test_rows_without_a_patient_id_or_name_are_not_in_the_name_table",
+                    "test_is_built_only_for_its_own_view_and_once_a_mark_is_stored",
+                    "test_an_empty_view_is_not_built_until_it_has_a_stamp",
+                    "test_the_kind_is_detected_once_per_process_and_again_by_rebuild",
+                    "test_a_mark_of_another_kind_is_dropped_with_a_warning_unless_the_view_is_empty",
+                )
+            ),
+            "tests/test_view_uidindex.py",
+            "tests/test_view_rowstamp.py",
+        ),
         "the UID side table: sync by RowTimestamp, its mark bound to the view",
     ),
     "reports": Target(
         "dicomproxy/reports",
         (),
-        ("tests/test_push_units.py", "tests/test_reports_plan.py", "tests/test_reports_retrieve.py"),
+        (  # unit tests first (a killed mutant stops early), the Orthanc end-to-end file last;
+            # test_push_units.py's push-only tests (window, pacing, config, CLI) left out
+            "tests/test_reports_plan.py",
+            *(
+                f"tests/test_push_units.py::{name}"
+                for name in (
+                    "test_jpeg_frame_header_is_found_past_segments_fill_bytes_and_standalone_markers",
+                    "test_jpeg_frame_transfer_syntax",
+                    "test_jpeg_frames_dicom_does_not_carry_are_refused",
+                    "test_a_jpeg_cut_short_is_refused_with_a_reason",
+                    "test_secondary_capture_describes_the_bitstream",
+                    "test_secondary_capture_refuses_other_component_counts",
+                    "test_encapsulated_pdf_pads_to_even_and_states_the_true_length",
+                    "test_optional_study_attributes_are_copied_only_when_the_view_has_them",
+                    "test_other_files_are_refused_with_a_reason",
+                    "test_fetch_local_unc_and_limits",
+                    "test_fetch_takes_a_file_of_exactly_max_mb_and_refuses_one_byte_more",
+                    "test_fetch_reasons_name_no_path_and_urls_and_shares_are_mapped",
+                    "test_report_objects_are_valid_iods",
+                    "test_fetch_over_ftp",
+                )
+            ),
+            "tests/test_reports_retrieve.py",
+        ),
         "order/report files: fetch, encode, a study's files and their C-FIND answers",
     ),
 }
