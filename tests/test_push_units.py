@@ -244,6 +244,7 @@ def test_jpeg_frame_header_is_found_past_segments_fill_bytes_and_standalone_mark
         + _seg(0xC8, DECOYS)
         + b"\xff\xd7"  # RST7
         + SOI
+        + _seg(0xE2, DECOYS + b"\xff")  # payload bytes are arbitrary: one ending in 0xFF
         + b"\x00"  # a stray byte
         + _sof()
         + EOI
@@ -313,6 +314,7 @@ def test_secondary_capture_describes_the_bitstream(
         assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (*bits, 0)
         assert ds.get("PlanarConfiguration") == (0 if comps == 3 else None)
         assert ds.file_meta.TransferSyntaxUID == (JPEGBaseline8Bit if precision == 8 else JPEGExtended12Bit)
+        assert ds["PixelData"].is_undefined_length  # encapsulated (PS3.5 A.4)
         _offsets, fragment = generate_fragments(ds.PixelData)  # the Basic Offset Table, the one fragment
         assert fragment == (data + b"\x00" if len(data) % 2 else data)
 
