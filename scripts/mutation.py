@@ -428,6 +428,46 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ),
         ('Column("node",String(64),nullable=False)', "nullable=True", "the probe always writes its node"),
     ],
+    "uidindex": [
+        *(
+            (
+                f"String({n})",
+                f"String({n + d})",
+                "the side tables are SQLite: it does not enforce VARCHAR lengths",
+            )
+            for n in (64, 200, 32, 512)
+            for d in (-1, 1)
+        ),
+        (
+            "chr(ord(prefix[-1])+1)",
+            "chr(ord(prefix[-1])+2)",
+            "a wider upper bound of the prefix range: the range narrows the scan, LIKE decides the match",
+        ),
+    ],
+    "reports": [
+        (
+            "@dataclass(frozen=True)",
+            "frozen=False",
+            "ReportObject is never mutated (StudyFile's is killed: hashing)",
+        ),
+        ("i=2", "i=1", "data[1] is 0xD8 (kind_of checked FF D8 FF): not 0xFF, so the scan steps on to 2"),
+        ("if0xC2<=marker<=0xCF", "193<=marker", "0xC1 (SOF1) is taken as a frame header just above"),
+        ("if0xC2<=marker<=0xCF", "marker<=208", "0xD0 (RST0) is passed over as a standalone marker above"),
+        ("0xD0<=marker<=0xD7", "marker<=216", "0xD8 (SOI) is a standalone marker already: the same branch"),
+        (
+            "i+=1ifmarker==0xFFelse2",
+            "else1",
+            "after a standalone marker one step lands on its code byte (never 0xFF): the scan steps over it",
+        ),
+        ("8ifprecision<=8else16", "precision<=9", "a DCT JPEG's precision is 8 or 12 (ISO 10918-1 B.2.2)"),
+        (
+            "rest=unc[len(norm)+1:]",
+            "len(norm)+0",
+            "the path then starts with a separator: joinpath drops the empty part",
+        ),
+        ("rsp.read(limit+1)", "limit+2", "one byte more of a file over the limit, refused either way"),
+        ("f.read(limit+1)", "limit+2", "one byte more of a file over the limit, refused either way"),
+    ],
     "lossy": [
         (
             "tag&0xFFFF",
