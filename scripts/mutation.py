@@ -438,6 +438,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             for n in (64, 200, 32, 512)
             for d in (-1, 1)
         ),
+        ("str(r[0])forrinconn.execute(stmt)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
+        (
+            'Column("name",String(32),primary_key=True)',
+            "primary_key=False",
+            "the state table: _set_state deletes a name before inserting it, one row per name either way",
+        ),
         (
             "chr(ord(prefix[-1])+1)",
             "chr(ord(prefix[-1])+2)",

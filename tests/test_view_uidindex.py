@@ -355,13 +355,16 @@ def test_pinyin_patterns_by_prefix_and_wildcards(side: Side) -> None:
 
 def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side) -> None:
     """A row with a name but no PatientID gives no pinyin hint (nothing to answer it by); a row
-    with no name is not indexed under the text "None"."""
+    with no name is not indexed under the text "None"; a row without a Study UID is."""
     side.add("ENOPID", "1.2.840.99.31", LATER, PatientID=None, PatientName="冯八")
     side.add("ENOPID2", "1.2.840.99.32", LATER, PatientID="", PatientName="冯八")
     side.add("ENONAME", "1.2.840.99.33", LATER, PatientID="P0092", PatientName=None)
+    side.add("ENOUIDYET", None, LATER, PatientID="P0094", PatientName="冯九")
     index = side.index()
     try:
         assert index.patients_for_pinyin("Feng^Ba") == []
+        # a row without a Study UID yet is still a hint (every row is: the view query re-checks)
+        assert index.patients_for_pinyin("Feng^Jiu") == ["P0094"]
         assert index.patients_for_pinyin("None") == [] and index.patients_for_pinyin("N*") == []
         # their UIDs are indexed all the same
         assert set(index.lookup(["1.2.840.99.31", "1.2.840.99.32", "1.2.840.99.33"]) or {}) == {
