@@ -261,6 +261,7 @@ TARGETS: dict[str, Target] = {
                     "test_lookups_of_many_uids_are_chunked_without_losing_or_doubling_any",
                     "test_pinyin_patterns_by_prefix_and_wildcards",
                     "test_rows_without_a_patient_id_or_name_are_not_in_the_name_table",
+                    "test_a_study_uid_taken_off_a_row_leaves_the_side_table",
                     "test_is_built_only_for_its_own_view_and_once_a_mark_is_stored",
                     "test_an_empty_view_is_not_built_until_it_has_a_stamp",
                     "test_the_kind_is_detected_once_per_process_and_again_by_rebuild",
@@ -437,6 +438,14 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             )
             for n in (64, 200, 32, 512)
             for d in (-1, 1)
+        ),
+        *(
+            (
+                "OVERLAP=dt.timedelta(seconds=60)",
+                f"seconds={n}",
+                "the default is never used: ExamView passes stamp_overlap",
+            )
+            for n in (59, 61)
         ),
         ("str(r[0])forrinconn.execute(stmt)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
         (

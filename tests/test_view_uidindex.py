@@ -360,8 +360,11 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
     side.add("ENOPID2", "1.2.840.99.32", LATER, PatientID="", PatientName="冯八")
     side.add("ENONAME", "1.2.840.99.33", LATER, PatientID="P0092", PatientName=None)
     side.add("ENOUIDYET", None, LATER, PatientID="P0094", PatientName="冯九")
+    insert_rows(side.engine, [_row(None, "P0095", "冯十", "1.2.840.99.34", RowTimestamp=LATER)])  # type: ignore[arg-type]
     index = side.index()
     try:
+        # no ExamineID: nothing to re-read the row by, so neither its UID nor its name is a hint
+        assert index.lookup(["1.2.840.99.34"]) == {} and index.patients_for_pinyin("Feng^Shi") == []
         assert index.patients_for_pinyin("Feng^Ba") == []
         # a row without a Study UID yet is still a hint (every row is: the view query re-checks)
         assert index.patients_for_pinyin("Feng^Jiu") == ["P0094"]
@@ -372,6 +375,26 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
             "1.2.840.99.32",
             "1.2.840.99.33",
         }
+    finally:
+        index.close()
+
+
+def test_a_study_uid_taken_off_a_row_leaves_the_side_table(side: Side) -> None:
+    """The RIS clears a row's StudyInstanceUID (a new RowTimestamp): the incremental sync drops
+    the UID the row had (and the row's other UIDs stay where they are)."""
+    side.add("ECLEAR", "1.2.840.99.51", LATER)
+    index = side.index()
+    try:
+        assert index.lookup(["1.2.840.99.51"]) == {"1.2.840.99.51": ["ECLEAR"]}
+        update_rows(
+            side.engine,
+            "V_IMAGE_CLOUD",
+            "ECLEAR",
+            {"StudyInstanceUID": None, "RowTimestamp": LATER + dt.timedelta(minutes=1)},
+        )
+        assert index.sync(force=True) > 0
+        assert index._lookup(["1.2.840.99.51"]) == {}
+        assert index._lookup([UID["m1"]]) == {UID["m1"]: ["EMULTI"]}
     finally:
         index.close()
 
