@@ -454,6 +454,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "the state table: _set_state deletes a name before inserting it, one row per name either way",
         ),
         (
+            "column<prefix[:-1]+chr(ord(prefix[-1])+1)",
+            "column<=prefix[:-1]",
+            "the prefix range's upper bound let in: the range narrows the scan, LIKE decides the match",
+        ),
+        (
             "chr(ord(prefix[-1])+1)",
             "chr(ord(prefix[-1])+2)",
             "a wider upper bound of the prefix range: the range narrows the scan, LIKE decides the match",

@@ -380,20 +380,25 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
 
 
 def test_a_study_uid_taken_off_a_row_leaves_the_side_table(side: Side) -> None:
-    """The RIS clears a row's StudyInstanceUID (a new RowTimestamp): the incremental sync drops
-    the UID the row had (and the row's other UIDs stay where they are)."""
+    """The RIS clears a row's StudyInstanceUID, or re-keys a row that has no patient name (a new
+    RowTimestamp): the incremental sync drops the UID the row had; other rows stay."""
     side.add("ECLEAR", "1.2.840.99.51", LATER)
+    side.add("ENONAME", "1.2.840.99.52", LATER, PatientName=None)
     index = side.index()
     try:
         assert index.lookup(["1.2.840.99.51"]) == {"1.2.840.99.51": ["ECLEAR"]}
+        moved = LATER + dt.timedelta(minutes=1)
+        update_rows(side.engine, "V_IMAGE_CLOUD", "ECLEAR", {"StudyInstanceUID": None, "RowTimestamp": moved})
+        # and a row without a patient name is re-keyed
         update_rows(
             side.engine,
             "V_IMAGE_CLOUD",
-            "ECLEAR",
-            {"StudyInstanceUID": None, "RowTimestamp": LATER + dt.timedelta(minutes=1)},
+            "ENONAME",
+            {"StudyInstanceUID": "1.2.840.99.53", "RowTimestamp": moved},
         )
         assert index.sync(force=True) > 0
-        assert index._lookup(["1.2.840.99.51"]) == {}
+        assert index._lookup(["1.2.840.99.51", "1.2.840.99.52"]) == {}
+        assert index._lookup(["1.2.840.99.53"]) == {"1.2.840.99.53": ["ENONAME"]}
         assert index._lookup([UID["m1"]]) == {UID["m1"]: ["EMULTI"]}
     finally:
         index.close()
