@@ -650,7 +650,8 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
 
 def recheck_target(name: str, target: Target) -> dict[str, object]:
     """Run the survivors of the last run of ``name`` again, against the tests as they are now (a
-    fresh copy of the tree). Killed mutants stay killed: tests are only ever added between runs."""
+    fresh copy of the tree). Killed mutants stay killed: tests are only ever added between runs.
+    Survivors explained in :data:`EQUIVALENT` are not run again (no test can kill them)."""
     from cosmic_ray.work_db import WorkDB, use_db
 
     work = OUT / name
@@ -660,7 +661,7 @@ def recheck_target(name: str, target: Target) -> dict[str, object]:
     copy_tree(tree)
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     with use_db(str(session), WorkDB.Mode.open) as db:
-        again = [s["job"] for s in previous["survivors"]]
+        again = [s["job"] for s in previous["survivors"] if not equivalent_reason(name, str(s["diff"]))]
         with db._session_maker.begin() as dbs:  # cosmic-ray has no public "forget this result"
             from cosmic_ray.work_db import WorkResultStorage
 
