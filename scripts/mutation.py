@@ -262,6 +262,8 @@ TARGETS: dict[str, Target] = {
                     "test_pinyin_patterns_by_prefix_and_wildcards",
                     "test_rows_without_a_patient_id_or_name_are_not_in_the_name_table",
                     "test_a_study_uid_taken_off_a_row_leaves_the_side_table",
+                    "test_the_mark_never_moves_back",
+                    "test_a_failed_background_build_is_logged_and_lookups_go_on",
                     "test_is_built_only_for_its_own_view_and_once_a_mark_is_stored",
                     "test_an_empty_view_is_not_built_until_it_has_a_stamp",
                     "test_the_kind_is_detected_once_per_process_and_again_by_rebuild",
@@ -446,6 +448,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
                 "the default is never used: ExamView passes stamp_overlap",
             )
             for n in (59, 61)
+        ),
+        *(
+            ("BATCH=5000", f"BATCH={n}", "rows are read and written per batch: the same rows, the same mark")
+            for n in (4999, 5001)
         ),
         ("str(r[0])forrinconn.execute(stmt)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
         (

@@ -404,6 +404,43 @@ def test_a_study_uid_taken_off_a_row_leaves_the_side_table(side: Side) -> None:
         index.close()
 
 
+def test_the_mark_never_moves_back(side: Side) -> None:
+    """The row at the mark is deleted: the overlap re-reads only rows below it, and the mark stays
+    where it was (a mark moving back would only re-read more, but a restart would go on from it)."""
+    side.add("ETOP", "1.2.840.99.61", LATER)
+    side.add("EBELOW", "1.2.840.99.62", LATER - dt.timedelta(seconds=30))
+    index = side.index()
+    try:
+        index.sync(force=True)
+        assert index._state()["high_water"] == f"datetime:{LATER.isoformat()}"
+        with side.engine.begin() as conn:
+            conn.execute(text("DELETE FROM v_image_cloud WHERE examineid = 'ETOP'"))
+        assert index.sync(force=True) == 1  # EBELOW, in the overlap
+        assert index._state()["high_water"] == f"datetime:{LATER.isoformat()}"
+    finally:
+        index.close()
+
+
+def test_a_failed_background_build_is_logged_and_lookups_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The view cannot be read (no such table): the build's thread logs a WARNING and clears
+    ``building``, so lookups do not wait for it (they build lazily later)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    index = UidIndex(tmp_path / "uid_index.sqlite", engine, exam_view_table("V_IMAGE_CLOUD"), "s")
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicomproxy.view.uidindex"):
+            thread = index.start_background_build()
+            assert thread is not None
+            thread.join(30)
+        assert not index.building.is_set() and not index.is_built()
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning.startswith("uid side table: background build failed: ") and "v_image_cloud" in warning
+    finally:
+        index.close()
+        engine.dispose()
+
+
 def test_is_built_only_for_its_own_view_and_once_a_mark_is_stored(side: Side) -> None:
     index = side.index()
     other = side.index(source="sqlite:///elsewhere.db#V_IMAGE_CLOUD")
