@@ -360,6 +360,7 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
     side.add("ENOPID2", "1.2.840.99.32", LATER, PatientID="", PatientName="冯八")
     side.add("ENONAME", "1.2.840.99.33", LATER, PatientID="P0092", PatientName=None)
     side.add("ENOUIDYET", None, LATER, PatientID="P0094", PatientName="冯九")
+    side.add("ENOUIDYET2", None, LATER, PatientID="P0096", PatientName="冯一")
     insert_rows(side.engine, [_row(None, "P0095", "冯十", "1.2.840.99.34", RowTimestamp=LATER)])  # type: ignore[arg-type]
     index = side.index()
     try:
@@ -368,6 +369,7 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
         assert index.patients_for_pinyin("Feng^Ba") == []
         # a row without a Study UID yet is still a hint (every row is: the view query re-checks)
         assert index.patients_for_pinyin("Feng^Jiu") == ["P0094"]
+        assert index.patients_for_pinyin("Feng^Yi") == ["P0096"]
         assert index.patients_for_pinyin("None") == [] and index.patients_for_pinyin("N*") == []
         # their UIDs are indexed all the same
         assert set(index.lookup(["1.2.840.99.31", "1.2.840.99.32", "1.2.840.99.33"]) or {}) == {
