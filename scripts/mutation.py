@@ -453,6 +453,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             ("BATCH=5000", f"BATCH={n}", "rows are read and written per batch: the same rows, the same mark")
             for n in (4999, 5001)
         ),
+        (
+            'Column("examine_id",String(64),primary_key=True)',
+            "primary_key=False",
+            "the name table's key (the UID table's, same text, is killed): a sync deletes an exam's row "
+            "before it inserts it, and one batch holds an exam once",
+        ),
         ("str(r[0])forrinconn.execute(stmt)", "r[-1]", "a one-column row: [0] and [-1] are the same column"),
         (
             'Column("name",String(32),primary_key=True)',

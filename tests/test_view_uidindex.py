@@ -361,6 +361,7 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
     side.add("ENONAME", "1.2.840.99.33", LATER, PatientID="P0092", PatientName=None)
     side.add("ENOUIDYET", None, LATER, PatientID="P0094", PatientName="冯九")
     side.add("ENOUIDYET2", None, LATER, PatientID="P0096", PatientName="冯一")
+    side.add("ESAMENAME", "1.2.840.99.35", LATER, PatientID="P0097", PatientName="冯九")  # another 冯九
     insert_rows(side.engine, [_row(None, "P0095", "冯十", "1.2.840.99.34", RowTimestamp=LATER)])  # type: ignore[arg-type]
     index = side.index()
     try:
@@ -368,7 +369,7 @@ def test_rows_without_a_patient_id_or_name_are_not_in_the_name_table(side: Side)
         assert index.lookup(["1.2.840.99.34"]) == {} and index.patients_for_pinyin("Feng^Shi") == []
         assert index.patients_for_pinyin("Feng^Ba") == []
         # a row without a Study UID yet is still a hint (every row is: the view query re-checks)
-        assert index.patients_for_pinyin("Feng^Jiu") == ["P0094"]
+        assert index.patients_for_pinyin("Feng^Jiu") == ["P0094", "P0097"]
         assert index.patients_for_pinyin("Feng^Yi") == ["P0096"]
         assert index.patients_for_pinyin("None") == [] and index.patients_for_pinyin("N*") == []
         # their UIDs are indexed all the same
