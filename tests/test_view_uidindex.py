@@ -333,6 +333,8 @@ def test_lookups_of_many_uids_are_chunked_without_losing_or_doubling_any(side: S
     try:
         assert index.lookup(wanted) == {wanted[n]: [e] for n, e in present.items()}
         assert index.lookup([wanted[500], wanted[0]]) == {wanted[0]: ["EC0"], wanted[500]: ["EC500"]}
+        # one UID on two rows (one study, two exams): both
+        assert sorted((index.lookup([UID["merged"]]) or {})[UID["merged"]]) == ["EMERGE1", "EMERGE2"]
     finally:
         index.close()
 
