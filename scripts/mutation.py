@@ -259,6 +259,7 @@ TARGETS: dict[str, Target] = {
                     "test_lazy_syncs_are_max_age_apart_and_a_forced_one_is_not_held_back",
                     "test_a_hit_is_answered_without_a_view_read_a_miss_with_one",
                     "test_lookups_of_many_uids_are_chunked_without_losing_or_doubling_any",
+                    "test_the_view_is_streamed_in_batches",
                     "test_pinyin_patterns_by_prefix_and_wildcards",
                     "test_rows_without_a_patient_id_or_name_are_not_in_the_name_table",
                     "test_a_study_uid_taken_off_a_row_leaves_the_side_table",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import Table, create_engine, text, update
+from sqlalchemy import Table, create_engine, event, text, update
 from sqlalchemy.engine import Engine
 
 from dicomproxy.config import Config
@@ -337,6 +337,26 @@ def test_lookups_of_many_uids_are_chunked_without_losing_or_doubling_any(side: S
         assert sorted((index.lookup([UID["merged"]]) or {})[UID["merged"]]) == ["EMERGE1", "EMERGE2"]
     finally:
         index.close()
+
+
+def test_the_view_is_streamed_in_batches(side: Side) -> None:
+    """A view of millions of rows is read through a streaming cursor, ``BATCH`` rows at a time,
+    never loaded whole into memory (the options of every SELECT on the view, as executed)."""
+    seen: list[dict[str, Any]] = []
+
+    def record(conn: Any, clause: Any, _multi: Any, _params: Any, options: Any) -> None:
+        if "v_image_cloud" in str(clause).lower():
+            seen.append({**conn.get_execution_options(), **options})
+
+    event.listen(side.engine, "before_execute", record)
+    index = side.index()
+    try:
+        index.sync(force=True)
+    finally:
+        event.remove(side.engine, "before_execute", record)
+        index.close()
+    reads = [o for o in seen if "yield_per" in o]
+    assert reads and all(o.get("stream_results") is True and o["yield_per"] == uidindex.BATCH for o in reads)
 
 
 def test_pinyin_patterns_by_prefix_and_wildcards(side: Side) -> None:
