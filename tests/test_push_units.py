@@ -226,8 +226,11 @@ def _sof(marker: int = 0xC0, precision: int = 8, rows: int = 300, cols: int = 51
 #: so that a scan that loses its place in the segments finds a wrong frame instead of the real one.
 DECOYS = _sof(rows=7, cols=7, comps=1) * 30
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+#: A scan that never ends (a step of 0, a step backwards) fails here rather than at the suite's 300 s.
+NO_HANG = pytest.mark.timeout(20)
 
 
+@NO_HANG
 def test_jpeg_frame_header_is_found_past_segments_fill_bytes_and_standalone_markers() -> None:
     """B.1.1.2/B.1.1.3: segments are skipped by their length (≥ 256 here, two bytes big-endian),
     standalone markers (SOI, TEM, RST0–RST7) have none, 0xFF fill bytes and stray bytes between
@@ -252,6 +255,7 @@ def test_jpeg_frame_header_is_found_past_segments_fill_bytes_and_standalone_mark
     assert jpeg_frame(data) == (300, 513, 3, 8, JPEGBaseline8Bit)
 
 
+@NO_HANG
 @pytest.mark.parametrize(
     ("marker", "precision", "syntax"),
     [
@@ -266,6 +270,7 @@ def test_jpeg_frame_transfer_syntax(marker: int, precision: int, syntax: str) ->
     assert jpeg_frame(data) == (1024, 2, 1, precision, syntax)
 
 
+@NO_HANG
 @pytest.mark.parametrize("marker", [0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
 def test_jpeg_frames_dicom_does_not_carry_are_refused(marker: int) -> None:
     """Progressive, lossless, hierarchical and arithmetic-coded frames (SOF2–SOF15)."""
@@ -273,6 +278,7 @@ def test_jpeg_frames_dicom_does_not_carry_are_refused(marker: int) -> None:
         jpeg_frame(SOI + _seg(0xE0, b"JFIF\x00") + _sof(marker) + EOI)
 
 
+@NO_HANG
 def test_a_jpeg_cut_short_is_refused_with_a_reason() -> None:
     """Never an IndexError: callers expect ReportUnavailable for every unusable file."""
     whole = SOI + _sof(rows=1, cols=1, comps=1)
@@ -286,6 +292,7 @@ def test_a_jpeg_cut_short_is_refused_with_a_reason() -> None:
         jpeg_frame(SOI + _seg(0xE0, b"JFIF\x00") + EOI)
 
 
+@NO_HANG
 @pytest.mark.parametrize(
     ("comps", "precision", "photometric", "bits"),
     [
@@ -319,6 +326,7 @@ def test_secondary_capture_describes_the_bitstream(
         assert fragment == (data + b"\x00" if len(data) % 2 else data)
 
 
+@NO_HANG
 @pytest.mark.parametrize("comps", [2, 4])
 def test_secondary_capture_refuses_other_component_counts(comps: int) -> None:
     with pytest.raises(ReportUnavailable, match=f"JPEG with {comps} components"):
