@@ -492,6 +492,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "else1",
             "after a standalone marker one step lands on its code byte (never 0xFF): the scan steps over it",
         ),
+        (
+            'fragment=data+b"\\x00"iflen(data)%2elsedata',
+            "len(data)%1",
+            "never padded here: pydicom's encapsulate pads an odd frame to even itself (the same bytes)",
+        ),
         ("8ifprecision<=8else16", "precision<=9", "a DCT JPEG's precision is 8 or 12 (ISO 10918-1 B.2.2)"),
         (
             "rest=unc[len(norm)+1:]",

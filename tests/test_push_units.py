@@ -306,10 +306,11 @@ def test_secondary_capture_describes_the_bitstream(
 ) -> None:
     """Image Pixel module as the frame header says; the JPEG is the one fragment, padded to even."""
     marker = 0xC0 if precision == 8 else 0xC1
-    for data in (
-        SOI + _sof(marker, precision, 300, 513, comps) + b"\x00" + EOI,
+    for data in (  # an even length that is no multiple of 3, an odd one
+        SOI + _sof(marker, precision, 300, 513, comps) + b"\x00" * 3 + EOI,
         SOI + _sof(marker, precision, 300, 513, comps) + EOI,
     ):
+        assert len(data) % 3 or len(data) % 2
         ds = build(SPEC.study_uid, "order", data, [exam_row(SPEC)], "ideographic").dataset
         assert ds.SOPClassUID == SECONDARY_CAPTURE and ds.Modality == "OT"
         assert (ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation) == (
