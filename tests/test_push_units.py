@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmread, dcmwrite
+from pydicom.encaps import generate_fragments
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from dicomproxy.cli import cli
 from dicomproxy.config import ReportsConfig, parse_config
@@ -18,7 +21,14 @@ from dicomproxy.errors import ConfigError
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import PushQueue, push_queue, utcnow
 from dicomproxy.relay.journal import Journal
-from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE, build, jpeg_frame, series_uid
+from dicomproxy.reports.encode import (
+    ENCAPSULATED_PDF,
+    SECONDARY_CAPTURE,
+    build,
+    jpeg_frame,
+    role_of_series,
+    series_uid,
+)
 from dicomproxy.reports.fetch import ReportUnavailable, fetch, local_path
 from testkit.samples import StudySpec, exam_row
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
@@ -196,6 +206,201 @@ def test_fetch_over_ftp(tmp_path: Path) -> None:
     finally:
         server.close_all()
         thread.join(5)
+
+
+# --- report objects: the JPEG's frame header, the IODs' attributes, fetching at the limits ------
+
+
+def _seg(marker: int, payload: bytes) -> bytes:
+    """A JPEG marker segment (ISO 10918-1 B.1.1.4): FF, marker, length (itself included), payload."""
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _sof(marker: int = 0xC0, precision: int = 8, rows: int = 300, cols: int = 513, comps: int = 3) -> bytes:
+    """A frame header (B.2.2): P, Y, X, Nf and one (id, sampling, table) triple per component."""
+    head = bytes([precision]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([comps])
+    return _seg(marker, head + b"\x01\x22\x00" * comps)
+
+
+#: Payload of every segment before the frame header: decoy frame headers (7 × 7, one component),
+#: so that a scan that loses its place in the segments finds a wrong frame instead of the real one.
+DECOYS = _sof(rows=7, cols=7, comps=1) * 30
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+#: A scan that never ends (a step of 0, a step backwards) fails here rather than at the suite's 300 s.
+NO_HANG = pytest.mark.timeout(20)
+
+
+@NO_HANG
+def test_jpeg_frame_header_is_found_past_segments_fill_bytes_and_standalone_markers() -> None:
+    """B.1.1.2/B.1.1.3: segments are skipped by their length (≥ 256 here, two bytes big-endian),
+    standalone markers (SOI, TEM, RST0–RST7) have none, 0xFF fill bytes and stray bytes between
+    markers are passed over; DHT (C4), JPG (C8) and DAC (CC) before the frame are not frames."""
+    data = (
+        SOI
+        + _seg(0xE1, DECOYS)
+        + _seg(0xE0, DECOYS)  # right after another segment
+        + b"\xff"  # a fill byte
+        + _seg(0xC4, DECOYS)
+        + b"\xff\x01"  # TEM
+        + _seg(0xCC, DECOYS)
+        + b"\xff\xd0"  # RST0
+        + _seg(0xC8, DECOYS)
+        + b"\xff\xd7"  # RST7
+        + SOI
+        + _seg(0xE2, DECOYS + b"\xff")  # payload bytes are arbitrary: one ending in 0xFF
+        + b"\x00"  # a stray byte
+        + _sof()
+        + EOI
+    )
+    assert jpeg_frame(data) == (300, 513, 3, 8, JPEGBaseline8Bit)
+
+
+@NO_HANG
+@pytest.mark.parametrize(
+    ("marker", "precision", "syntax"),
+    [
+        (0xC0, 8, JPEGBaseline8Bit),
+        (0xC0, 12, JPEGExtended12Bit),
+        (0xC1, 8, JPEGExtended12Bit),  # extended sequential, 8 bits: the Extended syntax (PS3.5 A.4.1)
+        (0xC1, 12, JPEGExtended12Bit),
+    ],
+)
+def test_jpeg_frame_transfer_syntax(marker: int, precision: int, syntax: str) -> None:
+    data = SOI + _seg(0xDB, DECOYS) + _sof(marker, precision, rows=1024, cols=2, comps=1) + EOI
+    assert jpeg_frame(data) == (1024, 2, 1, precision, syntax)
+
+
+@NO_HANG
+@pytest.mark.parametrize("marker", [0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
+def test_jpeg_frames_dicom_does_not_carry_are_refused(marker: int) -> None:
+    """Progressive, lossless, hierarchical and arithmetic-coded frames (SOF2–SOF15)."""
+    with pytest.raises(ReportUnavailable, match="progressive/lossless"):
+        jpeg_frame(SOI + _seg(0xE0, b"JFIF\x00") + _sof(marker) + EOI)
+
+
+@NO_HANG
+def test_a_jpeg_cut_short_is_refused_with_a_reason() -> None:
+    """Never an IndexError: callers expect ReportUnavailable for every unusable file."""
+    whole = SOI + _sof(rows=1, cols=1, comps=1)
+    assert jpeg_frame(whole[:12]) == (1, 1, 1, 8, JPEGBaseline8Bit)  # P, Y, X and Nf are enough
+    for cut in (11, 6):  # without Nf; marker and length only
+        with pytest.raises(ReportUnavailable, match="cut short"):
+            jpeg_frame(whole[:cut])
+    with pytest.raises(ReportUnavailable, match="without a frame header"):
+        jpeg_frame(whole[:5])  # not even a segment's length
+    with pytest.raises(ReportUnavailable, match="without a frame header"):
+        jpeg_frame(SOI + _seg(0xE0, b"JFIF\x00") + EOI)
+
+
+@NO_HANG
+@pytest.mark.parametrize(
+    ("comps", "precision", "photometric", "bits"),
+    [
+        (1, 8, "MONOCHROME2", (8, 8, 7)),
+        (3, 8, "YBR_FULL_422", (8, 8, 7)),
+        (1, 12, "MONOCHROME2", (16, 12, 11)),
+    ],
+)
+def test_secondary_capture_describes_the_bitstream(
+    comps: int, precision: int, photometric: str, bits: tuple[int, int, int]
+) -> None:
+    """Image Pixel module as the frame header says; the JPEG is the one fragment, padded to even."""
+    marker = 0xC0 if precision == 8 else 0xC1
+    for data in (  # an even length that is no multiple of 3, an odd one
+        SOI + _sof(marker, precision, 300, 513, comps) + b"\x00" * 3 + EOI,
+        SOI + _sof(marker, precision, 300, 513, comps) + EOI,
+    ):
+        assert len(data) % 3 or len(data) % 2
+        ds = build(SPEC.study_uid, "order", data, [exam_row(SPEC)], "ideographic").dataset
+        assert ds.SOPClassUID == SECONDARY_CAPTURE and ds.Modality == "OT"
+        assert (ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation) == (
+            300,
+            513,
+            comps,
+            photometric,
+        )
+        assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (*bits, 0)
+        assert ds.get("PlanarConfiguration") == (0 if comps == 3 else None)
+        assert ds.file_meta.TransferSyntaxUID == (JPEGBaseline8Bit if precision == 8 else JPEGExtended12Bit)
+        assert ds["PixelData"].is_undefined_length  # encapsulated (PS3.5 A.4)
+        _offsets, fragment = generate_fragments(ds.PixelData)  # the Basic Offset Table, the one fragment
+        assert fragment == (data + b"\x00" if len(data) % 2 else data)
+
+
+@NO_HANG
+@pytest.mark.parametrize("comps", [2, 4])
+def test_secondary_capture_refuses_other_component_counts(comps: int) -> None:
+    with pytest.raises(ReportUnavailable, match=f"JPEG with {comps} components"):
+        build(SPEC.study_uid, "order", SOI + _sof(comps=comps) + EOI, [exam_row(SPEC)], "ideographic")
+
+
+@pytest.mark.parametrize("size", [81, 80])  # odd (and a multiple of 3); even (and not)
+def test_encapsulated_pdf_pads_to_even_and_states_the_true_length(size: int) -> None:
+    data = PDF[: size - 6].ljust(size - 6, b" ") + b"%%EOF\n"
+    assert len(data) == size
+    for role, title, number in (("report", "Report", 9902), ("order", "Scanned order", 9901)):
+        obj = build(SPEC.study_uid, role, data, [exam_row(SPEC)], "ideographic")
+        ds = obj.dataset
+        assert ds.EncapsulatedDocument == (data + b"\x00" if size % 2 else data)
+        assert ds.EncapsulatedDocumentLength == size
+        assert (ds.Modality, ds.DocumentTitle, ds.MIMETypeOfEncapsulatedDocument) == (
+            "DOC",
+            title,
+            "application/pdf",
+        )
+        # docs/conformance.md: Series Number 9901 order, 9902 report; one instance per series
+        assert (ds.SeriesNumber, ds.InstanceNumber) == (number, 1)
+        assert ds.SeriesInstanceUID == series_uid(SPEC.study_uid, role)
+        assert role_of_series(SPEC.study_uid, ds.SeriesInstanceUID) == role
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ds.file_meta.MediaStorageSOPInstanceUID == obj.sop_instance_uid
+    assert role_of_series(SPEC.study_uid, SPEC.series_uid(0)) is None
+
+
+def test_optional_study_attributes_are_copied_only_when_the_view_has_them() -> None:
+    full = build(SPEC.study_uid, "report", PDF, [exam_row(SPEC)], "ideographic").dataset
+    assert full.StudyDescription and full.InstitutionName
+    bare_row = {**exam_row(SPEC), "ExamineItem": None, "HospitalName": None}
+    bare = build(SPEC.study_uid, "report", PDF, [bare_row], "ideographic").dataset
+    assert "StudyDescription" not in bare and "InstitutionName" not in bare
+
+
+@pytest.mark.parametrize("where", ["local", "http"])
+def test_fetch_takes_a_file_of_exactly_max_mb_and_refuses_one_byte_more(
+    where: str, tmp_path: Path, http_folder: tuple[str, Path]
+) -> None:
+    """``max_mb`` is in MiB (0.001 MiB: 1048 bytes); a file at the limit is read whole, one byte
+    more is refused; an empty file is refused."""
+    base, served = http_folder
+    folder = served if where == "http" else tmp_path
+    config = ReportsConfig(max_mb=0.001, timeout=5)
+    at_limit = PDF.ljust(1048, b" ")
+    for name, data in (("at.pdf", at_limit), ("over.pdf", at_limit + b" "), ("empty.pdf", b"")):
+        (folder / name).write_bytes(data)
+
+    def location(name: str) -> str:
+        return f"{base}/{name}" if where == "http" else str(folder / name)
+
+    assert fetch(location("at.pdf"), config) == at_limit
+    with pytest.raises(ReportUnavailable, match=r"max_mb = 0\.001"):
+        fetch(location("over.pdf"), config)
+    with pytest.raises(ReportUnavailable, match="empty file"):
+        fetch(location("empty.pdf"), config)
+
+
+def test_fetch_reasons_name_no_path_and_urls_and_shares_are_mapped(tmp_path: Path) -> None:
+    """The reason is logged: it names no path (a path may hold a patient's name)."""
+    folder = tmp_path / "王小东 2026"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(PDF)
+    config = ReportsConfig(shares=(("//ris/reports/", str(folder)),))
+    with pytest.raises(ReportUnavailable) as refused:
+        fetch(str(folder / "missing.pdf"), config)
+    assert str(refused.value) == "cannot read the file: No such file or directory"
+    assert fetch(f"file://{urllib.parse.quote(str(folder / 'a.pdf'))}", config) == PDF  # %-escapes undone
+    assert fetch("\\\\ris\\reports\\a.pdf", config) == PDF  # a share given with / and a trailing one
+    with pytest.raises(ReportUnavailable, match="not mounted"):
+        fetch("\\\\ris\\reportsold\\a.pdf", config)  # a share's name is not a prefix of another
 
 
 # --- CLI ----------------------------------------------------------------------------------------

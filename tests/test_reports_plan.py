@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dicomproxy.config import ReportsConfig
 from dicomproxy.pacs.client import RetrieveKey
@@ -17,7 +18,15 @@ from dicomproxy.pacs.routing import StudyRef
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.reports import plan_reports
 from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE, series_uid
-from dicomproxy.reports.study import answer, series_attributes, study_files
+from dicomproxy.reports.study import (
+    StudyFile,
+    answer,
+    image_attributes,
+    likely_modality,
+    likely_sop_class,
+    series_attributes,
+    study_files,
+)
 from dicomproxy.view.service import with_files
 from testkit.samples import StudySpec, exam_row
 
@@ -155,3 +164,84 @@ def test_remaining_counts_files_until_sent_or_failed() -> None:
     state.count_missing()
     assert (state.completed, state.failed, state.remaining) == (2, 3, 0)
     assert state.failed_uids == ["1.2", "1.3"]  # the unfetched file has no UID to name
+
+
+@pytest.mark.parametrize(
+    ("location", "modality", "sop_class"),
+    [
+        ("/x/A.JPG ", "OT", SECONDARY_CAPTURE),
+        ("http://ris/a.jpeg", "OT", SECONDARY_CAPTURE),
+        ("\\\\ris\\r\\a.jfif", "OT", SECONDARY_CAPTURE),
+        ("a.jpe", "OT", SECONDARY_CAPTURE),
+        ("/x/r.pdf", "DOC", ENCAPSULATED_PDF),
+        ("/x/jpg", "DOC", ENCAPSULATED_PDF),
+    ],
+)
+def test_what_a_file_will_likely_become_is_named_from_its_suffix(
+    location: str, modality: str, sop_class: str
+) -> None:
+    assert (likely_modality(location), likely_sop_class(location)) == (modality, str(sop_class))
+
+
+def test_a_study_file_names_no_patient_data_and_compares_without_its_rows() -> None:
+    """StudyFiles are logged and collected: their repr carries no row (names, IDs), two files of
+    one study, role and location are the same file whatever rows came with them."""
+    rows = rows_with(Path("."), report="http://ris/r.pdf")
+    (file,) = study_files(SPEC.study_uid, rows)
+    assert SPEC.patient.patient_id not in repr(file) and SPEC.patient.name not in repr(file)
+    again = StudyFile(SPEC.study_uid, "report", "http://ris/r.pdf", [])
+    assert file == again and len({file, again}) == 1
+
+
+def test_image_answers_name_the_object(tmp_path: Path) -> None:
+    (tmp_path / "r.pdf").write_bytes(PDF)
+    (file,) = study_files(SPEC.study_uid, rows_with(tmp_path, report=str(tmp_path / "r.pdf")))
+    obj = file.make(ReportsConfig(), "ideographic")
+    assert image_attributes(obj) == {
+        "StudyInstanceUID": SPEC.study_uid,
+        "SeriesInstanceUID": file.series_uid,
+        "SOPInstanceUID": obj.sop_instance_uid,
+        "SOPClassUID": str(ENCAPSULATED_PDF),
+        "InstanceNumber": "1",
+        "Modality": "DOC",
+        "SeriesNumber": "9902",
+    }
+
+
+@pytest.mark.parametrize(
+    ("keys", "matches"),
+    [
+        ({"SeriesInstanceUID": ["1.2.3", "1.2.4"]}, False),  # a list of UIDs none of which is ours
+        ({"SeriesDescription": "Repor? (dicomproxy)"}, True),
+        ({"SeriesDescription": "Repo? (dicomproxy)"}, False),
+        ({"SeriesDescription": "*"}, True),
+        ({"SeriesDescription": "Repor[t] (dicomproxy)"}, False),  # no wildcard: "[" is literal
+        ({"SeriesDescription": "Report (dicomproxy)"}, True),
+        ({"SeriesDescription": "report (dicomproxy)"}, False),  # case-sensitive (PS3.4 C.2.2.2.1)
+    ],
+)
+def test_series_answers_match_lists_wildcards_and_literals(keys: dict[str, Any], matches: bool) -> None:
+    (file,) = study_files(SPEC.study_uid, rows_with(Path("."), report="http://ris/r.pdf"))
+    ds = answer(_identifier(StudyInstanceUID=SPEC.study_uid, **keys), series_attributes(file), "ISO_IR 192")
+    assert (ds is not None) == matches
+
+
+def test_an_empty_list_of_uids_is_universal() -> None:
+    (file,) = study_files(SPEC.study_uid, rows_with(Path("."), report="http://ris/r.pdf"))
+    query = _identifier(StudyInstanceUID=SPEC.study_uid)
+    query.SeriesInstanceUID = MultiValue(str, [])
+    assert answer(query, series_attributes(file), "GB18030") is not None
+
+
+def test_answers_keep_the_charset_return_sequences_empty_and_skip_private_tags() -> None:
+    (file,) = study_files(SPEC.study_uid, rows_with(Path("."), report="http://ris/r.pdf"))
+    query = _identifier(StudyInstanceUID=SPEC.study_uid, SeriesDescription="")
+    query.SpecificCharacterSet = "ISO_IR 100"
+    query.RequestAttributesSequence = []
+    query.add_new(0x00091010, "LO", "private")
+    ds = answer(query, series_attributes(file), "GB18030")
+    assert ds is not None
+    assert ds.SpecificCharacterSet == "GB18030" and ds.QueryRetrieveLevel == "SERIES"
+    assert ds.SeriesDescription == "Report (dicomproxy)"
+    assert ds["RequestAttributesSequence"].VR == "SQ" and list(ds.RequestAttributesSequence) == []
+    assert 0x00091010 not in ds

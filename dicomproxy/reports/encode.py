@@ -78,7 +78,8 @@ class ReportObject:
 
 def jpeg_frame(data: bytes) -> tuple[int, int, int, int, str]:
     """(rows, columns, components, precision, transfer syntax) from a JPEG's SOF marker
-    (ISO 10918-1 B.2.2); raises ReportUnavailable for progressive or lossless JPEG."""
+    (ISO 10918-1 B.2.2); raises ReportUnavailable for progressive or lossless JPEG, or a frame
+    header cut short (a file still being written, a truncated copy)."""
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -90,6 +91,8 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int, int, str]:
             continue
         length = int.from_bytes(data[i + 2 : i + 4], "big")
         if marker in (0xC0, 0xC1):  # baseline / extended sequential DCT
+            if i + 10 > len(data):  # P, Y, X and Nf: the bytes read below
+                raise ReportUnavailable("JPEG frame header cut short")
             precision = data[i + 4]
             rows = int.from_bytes(data[i + 5 : i + 7], "big")
             cols = int.from_bytes(data[i + 7 : i + 9], "big")
