@@ -575,3 +575,18 @@ def test_a_mark_of_another_kind_is_dropped_with_a_warning_unless_the_view_is_emp
         assert empty._lookup([UID["m1"]]) == {UID["m1"]: ["EMULTI"]}  # not emptied by a rebuild
     finally:
         empty.close()
+
+
+def test_the_first_sync_of_a_process_runs_whatever_the_clock_reads(
+    side: Side, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new index has never synced: its first lazy ``sync()`` reads the view even when the
+    monotonic clock is still below ``max_age`` (seconds after boot), and the next one waits."""
+    clock = Clock(0.5)
+    monkeypatch.setattr(uidindex, "time", clock)
+    index = side.index()
+    try:
+        assert index.sync() == len(view_rows())
+        assert index.sync() == 0  # 0 s later: not due
+    finally:
+        index.close()

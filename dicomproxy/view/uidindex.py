@@ -107,7 +107,8 @@ class UidIndex:
         #: Detected from the view's values on the first sync of this process (and each rebuild).
         self.policy: StampPolicy | None = None
         self._lock = threading.Lock()
-        self._last_sync = 0.0
+        #: When the last sync ended (monotonic); None: never in this process, so the first one runs.
+        self._last_sync: float | None = None
         #: Set while a background build runs: lookups answer None (callers fall back).
         self.building = threading.Event()
         _MD.create_all(self.engine)
@@ -130,7 +131,8 @@ class UidIndex:
     def sync(self, *, force: bool = False) -> int:
         """Bring the side table up to date; returns the number of view rows read."""
         with self._lock:
-            if not force and time.monotonic() - self._last_sync < self.max_age:
+            fresh = self._last_sync is not None and time.monotonic() - self._last_sync < self.max_age
+            if fresh and not force:
                 return 0
             state = self._state()
             mark = Mark.decode(state.get("high_water", "")) if state.get("source") == self.source else None
