@@ -339,8 +339,16 @@ TARGETS: dict[str, Target] = {
     "commitments": Target(
         "dicomproxy/relay/commitments.py",
         (),
-        (
+        (  # the ledger's unit tests first (a killed mutant stops early), then the peers
             "tests/test_commitment.py::test_parse_report",
+            "tests/test_commitment.py::test_which_jobs_are_asked_to_commit",
+            "tests/test_commitment.py::test_a_report_names_its_counts_and_unnamed_references_fail_with_0110",
+            "tests/test_commitment.py::test_the_summary_counts_the_last_day_per_destination",
+            "tests/test_commitment.py::test_open_transactions_and_pending_are_per_job_and_destination",
+            "tests/test_commitment.py::test_transactions_hold_at_most_500_references_and_are_due_at_once",
+            "tests/test_commitment.py::test_giving_up_ends_that_transaction_only",
+            "tests/test_commitment.py::test_the_summary_covers_a_day_by_default",
+            "tests/test_commitment.py::test_the_committer_backs_off_doubling_and_numbers_its_attempts",
             "tests/test_reconcile.py::test_uncommitted_by_study_is_what_storage_commitment_has_not_confirmed",
             "tests/test_commitment.py",
             "-k",
@@ -351,7 +359,20 @@ TARGETS: dict[str, Target] = {
     "committer": Target(
         "dicomproxy/relay/committer.py",
         (),
-        ("tests/test_commitment.py", "-k", "not serve_killed and not orthanc"),
+        (
+            "tests/test_commitment.py::test_parse_report",
+            "tests/test_commitment.py::test_which_jobs_are_asked_to_commit",
+            "tests/test_commitment.py::test_a_report_names_its_counts_and_unnamed_references_fail_with_0110",
+            "tests/test_commitment.py::test_the_summary_counts_the_last_day_per_destination",
+            "tests/test_commitment.py::test_open_transactions_and_pending_are_per_job_and_destination",
+            "tests/test_commitment.py::test_transactions_hold_at_most_500_references_and_are_due_at_once",
+            "tests/test_commitment.py::test_giving_up_ends_that_transaction_only",
+            "tests/test_commitment.py::test_the_summary_covers_a_day_by_default",
+            "tests/test_commitment.py::test_the_committer_backs_off_doubling_and_numbers_its_attempts",
+            "tests/test_commitment.py",
+            "-k",
+            "not serve_killed and not orthanc",
+        ),
         "the Storage Commitment sender: back-off, attempts, give-up",
     ),
 }
