@@ -751,7 +751,8 @@ def run_target(name: str, target: Target, plan_only: bool = False) -> dict[str, 
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    work = OUT / name
+    # --plan works in a folder of its own: a target's real run may be going on in OUT / name
+    work = OUT / ("plan-" + name if plan_only else name)
     tree = work / "tree"
     work.mkdir(parents=True, exist_ok=True)
     copy_tree(tree)
