@@ -11,12 +11,9 @@ from pynetdicom import evt
 
 from dicomproxy.context import AppContext
 from dicomproxy.relay.commitments import answer_status
-from dicomproxy.transport.commitment import Report, parse_report
+from dicomproxy.transport.commitment import PROCESSING_FAILURE, Report, parse_report
 
 LOG = logging.getLogger("dicomproxy.commitment")
-
-#: Processing failure (PS3.7 C.4): no ledger here (no peer has ``storage_commitment``).
-PROCESSING_FAILURE = 0x0110
 
 
 def handle_event_report(event: evt.Event, ctx: AppContext) -> tuple[int, None]:
@@ -29,5 +26,5 @@ def handle_event_report(event: evt.Event, ctx: AppContext) -> tuple[int, None]:
         return report, None
     if ctx.commitments is None:
         LOG.warning("N-EVENT-REPORT from %s refused: no peer is asked for Storage Commitment", calling)
-        return PROCESSING_FAILURE, None
+        return PROCESSING_FAILURE, None  # 0x0110 Processing failure (PS3.7 C.4): no ledger here
     return answer_status(ctx.commitments, report), None

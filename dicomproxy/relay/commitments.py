@@ -42,8 +42,8 @@ from dicomproxy.relay.journal import (
     job_instances,
     jobs,
 )
-from dicomproxy.status import JobKind
-from dicomproxy.transport.commitment import INVALID_ARGUMENT_VALUE, Ref, Report
+from dicomproxy.status import JobKind, Status
+from dicomproxy.transport.commitment import INVALID_ARGUMENT_VALUE, PROCESSING_FAILURE, Ref, Report
 
 LOG = logging.getLogger("dicomproxy.commitment")
 
@@ -248,7 +248,7 @@ class CommitmentLedger:
                 if uid in report.committed:
                     values: dict[str, object] = {"state": COMMITTED, "reason": None}
                 else:
-                    values = {"state": FAILED, "reason": report.failed.get(uid, 0x0110)}
+                    values = {"state": FAILED, "reason": report.failed.get(uid, PROCESSING_FAILURE)}
                 conn.execute(
                     update(commit_refs).where(mine, commit_refs.c.sop_instance_uid == uid).values(**values)
                 )
@@ -323,6 +323,6 @@ def answer_status(ledger: CommitmentLedger, report: Report) -> int:
     """The N-EVENT-REPORT-RSP status for ``report`` once recorded: Success, or 0x0115 (invalid
     argument value, PS3.7 10.1.1.1.8) for a Transaction UID we never sent (one WARNING)."""
     if ledger.answer(report):
-        return 0x0000
+        return Status.SUCCESS
     LOG.warning("commitment report for an unknown transaction %s: refused (0x0115)", report.transaction_uid)
     return INVALID_ARGUMENT_VALUE
