@@ -98,7 +98,7 @@ class Site:
         return self.server.ctx.commitments
 
     def stop(self) -> None:
-        self.server.stop(drain_timeout=2.0)
+        self.server.stop(drain_timeout=0.5)
         self.pacs.stop()
 
 
@@ -234,7 +234,7 @@ def test_a_restart_between_n_action_and_report_asks_again(
     s, dest = site("silent", commit_timeout=0.5, commit_attempts=5)
     job_id = s.move(study_files)
     wait_until(lambda: len(dest.requests) == 1, 30, "the first N-ACTION")
-    s.server.stop(drain_timeout=2.0)
+    s.server.stop(drain_timeout=0.5)
     dest.mode = "new"
     s.server = s.start()
     wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 30, "committed after the restart")

@@ -27,8 +27,9 @@ LOG = logging.getLogger("dicomproxy.commitment")
 
 #: How often the ledger is looked at for due transactions (seconds).
 POLL_INTERVAL = 1.0
-#: How long an association stays open after the N-ACTION for a report sent on it (seconds).
-SAME_ASSOCIATION_GRACE = 2.0
+#: How long an association stays open after the N-ACTION for a report sent on it (seconds; SCPs
+#: that answer there do so right after the N-ACTION-RSP, the others open an association of their own).
+SAME_ASSOCIATION_GRACE = 0.5
 
 
 class Committer:
