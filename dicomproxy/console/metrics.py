@@ -122,12 +122,16 @@ class Metrics:
             registry=r,
         )
         self._modes: dict[int, str] = {}  # job id → compression mode of its destination
+        self._optional_series(push_queue, commitments)
+
+    def _optional_series(self, push_queue: PushQueue | None, commitments: CommitmentLedger | None) -> None:
+        """Push mode's and Storage Commitment's series, when they run."""
         self.push: Callable[[events.Event], None] | None = None
         if push_queue is not None:
             from dicomproxy.push.metrics import PushMetrics
 
-            self.push = PushMetrics(r, config, push_queue)
-        self.commitment = CommitmentMetrics(r, commitments) if commitments is not None else None
+            self.push = PushMetrics(self.registry, self.config, push_queue)
+        self.commitment = CommitmentMetrics(self.registry, commitments) if commitments is not None else None
 
     def _peer_label(self, ae_title: str) -> str:
         if self.config.peer(ae_title) is not None or self.config.archive_for_ae(ae_title) is not None:

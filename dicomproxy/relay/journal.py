@@ -349,7 +349,110 @@ class JobQueries:
             return {int(job): int(n) for job, n in conn.execute(q)}
 
 
-class Journal(JobQueries):
+class JobRetries:
+    """Retries run by the serving process (issue 14) and what makes a job retryable: a part of
+    :class:`Journal` (interrupted jobs, retry requests and claims, failed commitments)."""
+
+    engine: Engine
+    node: str
+
+    def mark_interrupted(self) -> list[int]:
+        """This node's jobs still ``running`` or being retried (the process died under them)
+        become ``interrupted``; their IDs. Another node's running jobs are left alone."""
+        mine = select(job_nodes.c.job_id).where(job_nodes.c.node == self.node)
+        anyones = select(job_nodes.c.job_id)
+        with self.engine.begin() as conn:
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.outcome.in_((JobOutcome.RUNNING.value, RETRYING)),
+                        jobs.c.id.in_(mine) | jobs.c.id.not_in(anyones),
+                    )
+                )
+            ]
+            if ids:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(ids))
+                    .values(
+                        outcome=JobOutcome.INTERRUPTED.value,
+                        ended=_now(),
+                        error="process ended during the job",
+                    )
+                )
+        return ids
+
+    def not_committed(self, job_id: int, uids: Collection[str], *, retry: bool) -> bool:
+        """Storage Commitment failed for ``uids`` (PS3.4 J.3.3.1): their stored rows become
+        ``nocommit`` — no longer confirmed, so a retry (or a push delivery) sends them again —
+        and with ``retry`` the job is handed to the serving process's retry worker. False if it
+        was not handed over (running, already handed over, or not asked)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(job_instances)
+                .where(
+                    job_instances.c.job_id == job_id,
+                    job_instances.c.sop_instance_uid.in_(list(uids)),
+                    job_instances.c.state.in_(CONFIRMED_STATES),
+                )
+                .values(state=COMMIT_FAILED)
+            )
+            if not retry:
+                return False
+            busy = (JobOutcome.RUNNING.value, RETRY_REQUESTED, RETRYING)
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.outcome.not_in(busy))
+                .values(outcome=RETRY_REQUESTED)
+            )
+            return bool(res.rowcount)
+
+    def request_retry(self, job_id: int) -> bool:
+        """Ask the serving process to retry ``job_id`` (from a retryable outcome); False if the
+        job is not in such a state (already requested, running, done)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.outcome.in_([o.value for o in RETRYABLE_OUTCOMES]))
+                .values(outcome=RETRY_REQUESTED)
+            )
+            return bool(res.rowcount)
+
+    def claim_retry(self) -> int | None:
+        """The oldest requested retry, now ``retrying`` and ours (an UPDATE that only one
+        process can win, so two nodes sharing a journal never run the same retry)."""
+        with self.engine.begin() as conn:
+            for (job_id,) in conn.execute(
+                select(jobs.c.id).where(jobs.c.outcome == RETRY_REQUESTED).order_by(jobs.c.id).limit(5)
+            ):
+                res = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.outcome == RETRY_REQUESTED)
+                    .values(outcome=RETRYING)
+                )
+                if res.rowcount:
+                    self._own(conn, int(job_id))
+                    return int(job_id)
+        return None
+
+    def _own(self, conn: Any, job_id: int) -> None:
+        """This node runs ``job_id`` now (a retry may run on another node than the first attempt)."""
+        conn.execute(job_nodes.delete().where(job_nodes.c.job_id == job_id))
+        conn.execute(insert(job_nodes).values(job_id=job_id, node=self.node))
+
+    def interrupted_since(self, cutoff: dt.datetime) -> list[int]:
+        """C-MOVE jobs left ``interrupted`` that started at or after ``cutoff`` (UTC)."""
+        q = select(jobs.c.id).where(
+            jobs.c.outcome == JobOutcome.INTERRUPTED.value,
+            jobs.c.kind == JobKind.MOVE.value,
+            jobs.c.started >= cutoff,
+        )
+        with self.engine.connect() as conn:
+            return sorted(int(r[0]) for r in conn.execute(q.order_by(jobs.c.id)))
+
+
+class Journal(JobQueries, JobRetries):
     """Write and read job records."""
 
     def __init__(self, url: str, node: str = "") -> None:
@@ -559,103 +662,6 @@ class Journal(JobQueries):
                 )
                 changed += int(res.rowcount)
         return changed
-
-    def mark_interrupted(self) -> list[int]:
-        """This node's jobs still ``running`` or being retried (the process died under them)
-        become ``interrupted``; their IDs. Another node's running jobs are left alone."""
-        mine = select(job_nodes.c.job_id).where(job_nodes.c.node == self.node)
-        anyones = select(job_nodes.c.job_id)
-        with self.engine.begin() as conn:
-            ids = [
-                int(r[0])
-                for r in conn.execute(
-                    select(jobs.c.id).where(
-                        jobs.c.outcome.in_((JobOutcome.RUNNING.value, RETRYING)),
-                        jobs.c.id.in_(mine) | jobs.c.id.not_in(anyones),
-                    )
-                )
-            ]
-            if ids:
-                conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(ids))
-                    .values(
-                        outcome=JobOutcome.INTERRUPTED.value,
-                        ended=_now(),
-                        error="process ended during the job",
-                    )
-                )
-        return ids
-
-    # --- retries run by the serving process (issue 14) ---
-
-    def not_committed(self, job_id: int, uids: Collection[str], *, retry: bool) -> bool:
-        """Storage Commitment failed for ``uids`` (PS3.4 J.3.3.1): their stored rows become
-        ``nocommit`` — no longer confirmed, so a retry (or a push delivery) sends them again —
-        and with ``retry`` the job is handed to the serving process's retry worker. False if it
-        was not handed over (running, already handed over, or not asked)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(job_instances)
-                .where(
-                    job_instances.c.job_id == job_id,
-                    job_instances.c.sop_instance_uid.in_(list(uids)),
-                    job_instances.c.state.in_(CONFIRMED_STATES),
-                )
-                .values(state=COMMIT_FAILED)
-            )
-            if not retry:
-                return False
-            busy = (JobOutcome.RUNNING.value, RETRY_REQUESTED, RETRYING)
-            res = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.outcome.not_in(busy))
-                .values(outcome=RETRY_REQUESTED)
-            )
-            return bool(res.rowcount)
-
-    def request_retry(self, job_id: int) -> bool:
-        """Ask the serving process to retry ``job_id`` (from a retryable outcome); False if the
-        job is not in such a state (already requested, running, done)."""
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.outcome.in_([o.value for o in RETRYABLE_OUTCOMES]))
-                .values(outcome=RETRY_REQUESTED)
-            )
-            return bool(res.rowcount)
-
-    def claim_retry(self) -> int | None:
-        """The oldest requested retry, now ``retrying`` and ours (an UPDATE that only one
-        process can win, so two nodes sharing a journal never run the same retry)."""
-        with self.engine.begin() as conn:
-            for (job_id,) in conn.execute(
-                select(jobs.c.id).where(jobs.c.outcome == RETRY_REQUESTED).order_by(jobs.c.id).limit(5)
-            ):
-                res = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.outcome == RETRY_REQUESTED)
-                    .values(outcome=RETRYING)
-                )
-                if res.rowcount:
-                    self._own(conn, int(job_id))
-                    return int(job_id)
-        return None
-
-    def _own(self, conn: Any, job_id: int) -> None:
-        """This node runs ``job_id`` now (a retry may run on another node than the first attempt)."""
-        conn.execute(job_nodes.delete().where(job_nodes.c.job_id == job_id))
-        conn.execute(insert(job_nodes).values(job_id=job_id, node=self.node))
-
-    def interrupted_since(self, cutoff: dt.datetime) -> list[int]:
-        """C-MOVE jobs left ``interrupted`` that started at or after ``cutoff`` (UTC)."""
-        q = select(jobs.c.id).where(
-            jobs.c.outcome == JobOutcome.INTERRUPTED.value,
-            jobs.c.kind == JobKind.MOVE.value,
-            jobs.c.started >= cutoff,
-        )
-        with self.engine.connect() as conn:
-            return sorted(int(r[0]) for r in conn.execute(q.order_by(jobs.c.id)))
 
     def job_ids(self) -> set[int]:
         with self.engine.connect() as conn:
