@@ -171,11 +171,6 @@ class CommitmentLedger:
                 ).rowcount
             )
 
-    def _destination(self, transaction_uid: str) -> str:
-        q = select(commit_requests.c.destination).where(commit_requests.c.transaction_uid == transaction_uid)
-        with self.engine.connect() as conn:
-            return str(conn.execute(q).scalar_one())
-
     def pending(self) -> dict[str, int]:
         """Destination → references asked and not yet answered (open transactions only)."""
         q = (
@@ -213,6 +208,11 @@ class CommitmentLedger:
     def give_up(self, transaction_uid: str) -> None:
         """No report after the last attempt: its pending references are ``unanswered``."""
         with self.engine.begin() as conn:
+            destination = conn.execute(
+                select(commit_requests.c.destination).where(
+                    commit_requests.c.transaction_uid == transaction_uid
+                )
+            ).scalar_one()
             conn.execute(
                 update(commit_requests)
                 .where(commit_requests.c.transaction_uid == transaction_uid)
@@ -223,7 +223,7 @@ class CommitmentLedger:
                 .where(commit_refs.c.transaction_uid == transaction_uid, commit_refs.c.state == PENDING)
                 .values(state=UNANSWERED)
             ).rowcount
-        events.publish(events.CommitmentAnswered(self._destination(transaction_uid), 0, 0, int(n)))
+        events.publish(events.CommitmentAnswered(str(destination), 0, 0, int(n)))
 
     def answer(self, report: Report) -> bool:
         """Record an N-EVENT-REPORT (PS3.4 J.3.3): its committed and failed references; a reference
@@ -231,29 +231,31 @@ class CommitmentLedger:
         for a Transaction UID we never sent."""
         with self.engine.begin() as conn:
             known = conn.execute(
+                select(commit_requests.c.job_id, commit_requests.c.destination).where(
+                    commit_requests.c.transaction_uid == report.transaction_uid
+                )
+            ).first()
+            if known is None:
+                return False
+            job_id, destination = int(known.job_id), str(known.destination)
+            conn.execute(
                 update(commit_requests)
                 .where(commit_requests.c.transaction_uid == report.transaction_uid)
                 .values(state=ANSWERED, answered=_now())
-            ).rowcount
-            if not known:
-                return False
+            )
             mine = commit_refs.c.transaction_uid == report.transaction_uid
-            refs = {
-                str(u): str(s)
-                for u, s in conn.execute(
-                    select(commit_refs.c.sop_instance_uid, commit_refs.c.state).where(mine)
-                )
-            }
+            refs = [str(u) for (u,) in conn.execute(select(commit_refs.c.sop_instance_uid).where(mine))]
+            reasons: dict[int | None, list[str]] = {}
             for uid in refs:
-                if uid in report.committed:
-                    values: dict[str, object] = {"state": COMMITTED, "reason": None}
-                else:
-                    values = {"state": FAILED, "reason": report.failed.get(uid, PROCESSING_FAILURE)}
+                reason = None if uid in report.committed else report.failed.get(uid, PROCESSING_FAILURE)
+                reasons.setdefault(reason, []).append(uid)
+            for reason, uids in reasons.items():
                 conn.execute(
-                    update(commit_refs).where(mine, commit_refs.c.sop_instance_uid == uid).values(**values)
+                    update(commit_refs)
+                    .where(mine, commit_refs.c.sop_instance_uid.in_(uids))
+                    .values(state=COMMITTED if reason is None else FAILED, reason=reason)
                 )
         failed = [u for u in refs if u not in report.committed]
-        destination = self._destination(report.transaction_uid)
         events.publish(events.CommitmentAnswered(destination, len(refs) - len(failed), len(failed)))
         LOG.log(
             logging.WARNING if failed else logging.INFO,
@@ -263,20 +265,15 @@ class CommitmentLedger:
             len(failed),
         )
         if failed:
-            self._send_again(report.transaction_uid, failed)
+            self._send_again(job_id, destination, failed)
         return True
 
-    def _send_again(self, transaction_uid: str, failed: list[str]) -> None:
+    def _send_again(self, job_id: int, destination: str, failed: list[str]) -> None:
         """Failed references are no longer counted as delivered; a C-MOVE job's are sent again (the
         same SOP Instance UIDs) by a retry of the job, and committed again, while the peer's
         ``commit_attempts`` allow (PS3.4 J.3.3.1 leaves the SCU's recovery to it); beyond that they
         stay ``failed`` (``jobs retry`` sends them again; a push item's next delivery would)."""
         with self.engine.connect() as conn:
-            job_id, destination = conn.execute(
-                select(commit_requests.c.job_id, commit_requests.c.destination).where(
-                    commit_requests.c.transaction_uid == transaction_uid
-                )
-            ).one()
             kind = conn.execute(select(jobs.c.kind).where(jobs.c.id == job_id)).scalar_one()
             tries = Counter(
                 str(u)
