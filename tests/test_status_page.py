@@ -234,6 +234,7 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
         "排队 Queued",
         "发送中 Running",
         "等待重试 Waiting",
+        "待确认 Committing",
         "完成 Done",
         "失败 Failed",
         "已撤回 Dropped",

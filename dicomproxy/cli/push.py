@@ -101,7 +101,7 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
     click.echo(f"watermark: {report['watermark'] or '(not started)'}")
     click.echo(
         f"{'destination':16} "
-        + " ".join(f"{s:>8}" for s in STATES)
+        + " ".join(f"{s:>{max(8, len(s))}}" for s in STATES)
         + f" {'re-check':>8} {'hour:studies':>12} {'MB':>8}  note"
     )
     for d, info in report["destinations"].items():  # type: ignore[attr-defined]
@@ -112,7 +112,7 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             notes.append(f"next re-check {info['rechecks']['next']} UTC")
         click.echo(
             f"{d:16} "
-            + " ".join(f"{info['queue'][s]:>8}" for s in STATES)
+            + " ".join(f"{info['queue'][s]:>{max(8, len(s))}}" for s in STATES)
             + f" {info['rechecks']['pending']:>8} {info['last_hour']['studies']:>12}"
             + f" {info['last_hour']['bytes'] / 1e6:>8.1f}  {'; '.join(notes)}"
         )

@@ -10,10 +10,15 @@ checks them without a peer.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dicomproxy.config import PushConfig
-from dicomproxy.push.queue import DONE, FAILED, WAITING, Item
+from dicomproxy.push.queue import COMMITTING, DONE, FAILED, QUEUED, WAITING, Item
+from dicomproxy.relay.journal import FAILED as REF_FAILED
+from dicomproxy.relay.journal import PENDING as REF_PENDING
+from dicomproxy.relay.journal import UNANSWERED as REF_UNANSWERED
 from dicomproxy.status import JobOutcome, Status
 
 #: :attr:`AfterJob.step`: we are stopping (the job was cancelled): due again at once, for any node.
@@ -49,7 +54,12 @@ def next_recheck(rechecks_left: int, push: PushConfig) -> tuple[int, float]:
     left = push.rechecks if rechecks_left <= 0 else min(rechecks_left - 1, push.rechecks)
     if left <= 0:
         return 0, 0.0
-    return left, push.recheck_after * 2 ** (push.rechecks - left)
+    return left, recheck_delay(left, push)
+
+
+def recheck_delay(left: int, push: PushConfig) -> float:
+    """Seconds from a run that left ``left`` > 0 re-checks to the next one (:func:`next_recheck`)."""
+    return float(push.recheck_after * 2 ** (push.rechecks - left))
 
 
 @dataclass(frozen=True)
@@ -137,3 +147,41 @@ def after_files(item: Item, reports: str, ok: bool, max_attempts: int, push: Pus
     if not ok:
         return AfterFiles(DONE, delay, "missing", left, gave_up=True)
     return AfterFiles(DONE, delay, reports, left)
+
+
+@dataclass(frozen=True)
+class AfterCommitment:
+    """:func:`after_commitment`'s answer."""
+
+    #: ``done`` (every instance committed), ``queued`` (failed ones are sent again), ``failed``, or
+    #: ``committing`` (references still pending: asked again later).
+    state: str
+    #: Why (queued, failed): the item's error, the log line.
+    reason: str = ""
+
+
+def after_commitment(
+    states: Mapping[str, str], failures: Mapping[str, int], attempts: int
+) -> AfterCommitment:
+    """What a ``committing`` item becomes, from each stored instance's newest reference state
+    (``states``, over the jobs of the item's generation), how often the destination failed each
+    (``failures``) and the peer's ``commit_attempts``. A failed reference is sent again (the same
+    SOP Instance UID, PS3.4 J.3.3.1 leaves the SCU's recovery to it) until it has failed
+    ``attempts`` times; pending references are waited for; references the destination never
+    answered after the committer's last attempt fail the item — never silently done."""
+    newest = Counter(states.values())
+    spent = sorted(u for u, s in states.items() if s == REF_FAILED and failures.get(u, 0) >= attempts)
+    if spent:
+        return AfterCommitment(
+            FAILED, f"{len(spent)} instance(s) not committed by the destination after {attempts} attempt(s)"
+        )
+    if newest[REF_FAILED]:
+        return AfterCommitment(QUEUED, f"{newest[REF_FAILED]} instance(s) not committed: sent again")
+    if newest[REF_PENDING]:
+        return AfterCommitment(COMMITTING)
+    if newest[REF_UNANSWERED]:
+        return AfterCommitment(
+            FAILED,
+            f"no storage commitment report for {newest[REF_UNANSWERED]} instance(s) after the last attempt",
+        )
+    return AfterCommitment(DONE)

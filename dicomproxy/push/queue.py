@@ -57,6 +57,7 @@ from sqlalchemy.schema import CreateColumn
 from dicomproxy.push.queue_state import PushStates
 from dicomproxy.push.queue_summary import QueueSummaries
 from dicomproxy.push.schema import (
+    COMMITTING,
     DONE,
     DROPPED,
     FAILED,
@@ -75,6 +76,7 @@ from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
 __all__ = [
     "ADDED_COLUMNS",
+    "COMMITTING",
     "DONE",
     "DROPPED",
     "FAILED",
@@ -205,7 +207,7 @@ class ItemLedger:
             )
             conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(last_job=job_id))
 
-    def _job_ids(self, item_id: int, generation: int) -> list[int]:
+    def job_ids(self, item_id: int, generation: int) -> list[int]:
         """The relay jobs that served the item in ``generation`` (``push_attempts``)."""
         q = select(push_attempts.c.job_id).where(
             push_attempts.c.item_id == item_id, push_attempts.c.generation == generation
@@ -215,7 +217,7 @@ class ItemLedger:
 
     def confirmed(self, item_id: int, generation: int) -> frozenset[str]:
         """SOP Instance UIDs this item's destination confirmed in this generation's jobs."""
-        return self.journal.confirmed_of(self._job_ids(item_id, generation))
+        return self.journal.confirmed_of(self.job_ids(item_id, generation))
 
     def excluded(self, item_id: int, generation: int) -> frozenset[str]:
         """What a delivery of the item leaves out: :meth:`confirmed`, and the instances
@@ -232,7 +234,7 @@ class ItemLedger:
         made from the row's files, which the PACS does not hold): what the PACS's count of the
         study is compared with. An instance of those classes the PACS listed for one of the item's
         jobs (``job_expected``: a scanned document stored in the PACS) still counts."""
-        mine = self._job_ids(item_id, generation)
+        mine = self.job_ids(item_id, generation)
         rows = self.journal.confirmed_classes_of(mine)
         from_pacs = (
             self.journal.expected_of(mine, REPORT_SOP_CLASSES)
@@ -244,7 +246,7 @@ class ItemLedger:
     def archive(self, item_id: int, generation: int) -> str:
         """The archive that served the item's newest job of ``generation`` (``jobs.archive``: the
         routed one, or the fallback that held the study); "" when none recorded one."""
-        return self.journal.newest_archive(self._job_ids(item_id, generation))
+        return self.journal.newest_archive(self.job_ids(item_id, generation))
 
 
 class OperatorActions:
@@ -555,7 +557,7 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
             if row is None or row.owner != self.node or row.state != RUNNING:
                 LOG.warning("push item %d: taken over by another node (our lease expired)", item.id)
                 return False
-            if row.changed and state in (DONE, WAITING, FAILED):
+            if row.changed and state in (DONE, COMMITTING, WAITING, FAILED):
                 state, next_at, touch = QUEUED, now, True
                 values.update(attempts=0, report_attempts=0, rechecks=0)
             if state in (DONE, QUEUED):

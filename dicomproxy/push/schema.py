@@ -94,4 +94,7 @@ push_state = Table(
 )
 
 QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED = "queued", "running", "waiting", "done", "failed", "dropped"
-STATES = (QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED)
+#: Stored at a destination asked to commit (``[[peers]] storage_commitment``), not yet all committed:
+#: ``done`` once every instance is (:mod:`dicomproxy.push.committing`).
+COMMITTING = "committing"
+STATES = (QUEUED, RUNNING, WAITING, COMMITTING, DONE, FAILED, DROPPED)

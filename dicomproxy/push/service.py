@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.push.committing import CommitmentWait, commitment_ledger
 from dicomproxy.push.decide import (
     DROP,
     HOLD,
@@ -48,7 +49,7 @@ from dicomproxy.push.decide import (
 from dicomproxy.push.files import ItemFiles
 from dicomproxy.push.holds import DOWN_PREFIX, PAUSED_PREFIX, DestinationHolds
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
-from dicomproxy.push.queue import DONE, DROPPED, STATES, WAITING, Item, PushQueue, utcnow
+from dicomproxy.push.queue import COMMITTING, DONE, DROPPED, STATES, WAITING, Item, PushQueue, utcnow
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.journal import Journal
@@ -82,6 +83,7 @@ class PushService:
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
+        self.commitments = CommitmentWait(config, self.queue, commitment_ledger(config, journal))
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -133,6 +135,7 @@ class PushService:
         while not self._stop.is_set():
             try:
                 queued = self.watcher.run_pass()
+                self.commitments.settle()
                 if queued:
                     events.publish(events.PushQueued(queued))
                     self._wake.set()
@@ -320,10 +323,12 @@ class PushService:
                 item.id,
                 self.config.reports.max_attempts,
             )
+        # to a destination that commits: `committing` until it has (push/committing.py)
+        committing = self.commitments.stored(item.destination, result.job_id)
         self.queue.finish(
             item,
-            DONE,
-            next_at=self.queue.now() + dt.timedelta(seconds=after.delay),
+            COMMITTING if committing else DONE,
+            next_at=self.queue.now() + dt.timedelta(seconds=0 if committing else after.delay),
             rechecks=after.rechecks,
             images_done=1,
             reports=after.reports,
@@ -332,15 +337,16 @@ class PushService:
             error="",
         )
         LOG.info(
-            "push item %d: delivered to %s (job %s, %d instance(s) confirmed, files: %s)%s",
+            "push item %d: %s %s (job %s, %d instance(s) confirmed, files: %s)%s",
             item.id,
+            "stored, awaiting the storage commitment of" if committing else "delivered to",
             item.destination,
             result.job_id,
             result.confirmed,
             after.reports,
-            f"; re-checked in {after.delay:.0f} s ({after.rechecks} left)" if after.rechecks else "",
+            f"; re-checked {after.delay:.0f} s after that ({after.rechecks} left)" if after.rechecks else "",
         )
-        self._published(item, "delivered", result.confirmed)
+        self._published(item, "stored" if committing else "delivered", result.confirmed)
 
     def _retry_later(self, item: Item, reason: str, **values: Any) -> None:
         state, delay = after_failure(item.attempts, self.push)

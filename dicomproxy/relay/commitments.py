@@ -23,10 +23,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pydicom.uid import generate_uid
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.relay.commitment_queries import CommitmentQueries, utcnow
 from dicomproxy.relay.journal import (
     ANSWERED,
     ASKED,
@@ -52,10 +53,6 @@ LOG = logging.getLogger("dicomproxy.commitment")
 MAX_REFERENCES = 500
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
 @dataclass(frozen=True)
 class Transaction:
     """A due transaction, as the committer sends it."""
@@ -67,21 +64,14 @@ class Transaction:
     refs: tuple[Ref, ...]
 
 
-class CommitmentLedger:
-    """Storage Commitment transactions and references in the journal database."""
+class CommitmentLedger(CommitmentQueries):
+    """Storage Commitment transactions and references in the journal database (what they hold:
+    :class:`~dicomproxy.relay.commitment_queries.CommitmentQueries`)."""
 
     def __init__(self, config: Config, journal: Journal) -> None:
         self.config = config
         self.journal = journal
         self.engine = journal.engine
-
-    def destinations(self) -> list[str]:
-        """The peers asked to commit."""
-        return [p.ae_title for p in self.config.peers if p.storage_commitment]
-
-    def wanted(self, destination: str) -> bool:
-        peer = self.config.peer(destination)
-        return peer is not None and peer.storage_commitment
 
     def job_ended(self, job_id: int) -> list[str]:
         """Journal transactions for what ``job_id`` stored at a destination that commits and no
@@ -108,7 +98,7 @@ class CommitmentLedger:
                 .distinct()
                 .order_by(job_instances.c.sop_instance_uid)
             ).all()
-            now, made = _now(), list[str]()
+            now, made = utcnow(), list[str]()
             for start in range(0, len(stored), MAX_REFERENCES):
                 uid = str(generate_uid())
                 conn.execute(
@@ -132,7 +122,7 @@ class CommitmentLedger:
         """Transactions to send now (never asked, or asked and not answered by their due time)."""
         q = (
             select(commit_requests)
-            .where(commit_requests.c.state.in_((DUE, ASKED)), commit_requests.c.due <= (now or _now()))
+            .where(commit_requests.c.state.in_((DUE, ASKED)), commit_requests.c.due <= (now or utcnow()))
             .order_by(commit_requests.c.due)
         )
         with self.engine.connect() as conn:
@@ -171,40 +161,6 @@ class CommitmentLedger:
                 ).rowcount
             )
 
-    def pending(self) -> dict[str, int]:
-        """Destination → references asked and not yet answered (open transactions only)."""
-        q = (
-            select(commit_requests.c.destination, func.count(commit_refs.c.id))
-            .join(commit_refs, commit_refs.c.transaction_uid == commit_requests.c.transaction_uid)
-            .where(commit_requests.c.state.in_((DUE, ASKED)), commit_refs.c.state == PENDING)
-            .group_by(commit_requests.c.destination)
-        )
-        with self.engine.connect() as conn:
-            return {str(d): int(n) for d, n in conn.execute(q)}
-
-    def summary(self, hours: float = 24.0, now: dt.datetime | None = None) -> list[dict[str, int | str]]:
-        """Per destination asked to commit: references of the transactions made in the last
-        ``hours`` (up to ``now``), by state (counts only: the status page)."""
-        since = (now or _now()) - dt.timedelta(hours=hours)
-        q = (
-            select(commit_requests.c.destination, commit_refs.c.state, func.count(commit_refs.c.id))
-            .join(commit_refs, commit_refs.c.transaction_uid == commit_requests.c.transaction_uid)
-            .where(commit_requests.c.created >= since)
-            .group_by(commit_requests.c.destination, commit_refs.c.state)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        out: list[dict[str, int | str]] = []
-        for dest in self.destinations():
-            counts = {str(state): int(n) for d, state, n in rows if d == dest}
-            out.append(
-                {
-                    "destination": dest,
-                    **{k: counts.get(k, 0) for k in (PENDING, COMMITTED, FAILED, UNANSWERED)},
-                }
-            )
-        return out
-
     def give_up(self, transaction_uid: str) -> None:
         """No report after the last attempt: its pending references are ``unanswered``."""
         with self.engine.begin() as conn:
@@ -241,7 +197,7 @@ class CommitmentLedger:
             conn.execute(
                 update(commit_requests)
                 .where(commit_requests.c.transaction_uid == report.transaction_uid)
-                .values(state=ANSWERED, answered=_now())
+                .values(state=ANSWERED, answered=utcnow())
             )
             mine = commit_refs.c.transaction_uid == report.transaction_uid
             refs = [str(u) for (u,) in conn.execute(select(commit_refs.c.sop_instance_uid).where(mine))]
@@ -292,28 +248,6 @@ class CommitmentLedger:
             self.journal.not_committed(job_id, last, retry=False)
         if again and self.journal.not_committed(job_id, again, retry=kind == JobKind.MOVE):
             LOG.info("job %d: %d instance(s) not committed: sent again", job_id, len(again))
-
-    def open_transactions(self, job_id: int) -> int:
-        """The job's transactions not yet answered or given up."""
-        q = select(commit_requests.c.transaction_uid).where(
-            commit_requests.c.job_id == job_id, commit_requests.c.state.in_((DUE, ASKED))
-        )
-        with self.engine.connect() as conn:
-            return len(conn.execute(q).all())
-
-    def counts(self, job_id: int) -> dict[str, int]:
-        """Per reference state, the job's instances (each by its newest reference)."""
-        return dict(Counter(self.states(job_id).values()))
-
-    def states(self, job_id: int) -> dict[str, str]:
-        """SOP Instance UID → the state of its newest reference in ``job_id``."""
-        q = (
-            select(commit_refs.c.sop_instance_uid, commit_refs.c.state)
-            .where(commit_refs.c.job_id == job_id)
-            .order_by(commit_refs.c.id)
-        )
-        with self.engine.connect() as conn:
-            return {str(u): str(s) for u, s in conn.execute(q)}
 
 
 def answer_status(ledger: CommitmentLedger, report: Report) -> int:

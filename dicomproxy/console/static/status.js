@@ -56,7 +56,7 @@
 
     document.getElementById("push-section").hidden = !st.push;
     if (st.push) fill("push", st.push.map(p => row(
-      [p.destination, p.queued, p.running, p.waiting, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
+      [p.destination, p.queued, p.running, p.waiting, p.committing, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
        el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
 
     const commits = st.commitment || [];
