@@ -600,7 +600,16 @@ def test_push_status_shows_rechecks_and_takeovers(tmp_path: Path) -> None:
         out = run(cli, ["push", "-c", str(toml), "status"])
         assert out.exit_code == 0, out.output
         line = next(x for x in out.output.splitlines() if x.startswith("CLOUD"))
-        assert line.split()[1:9] == ["1", "0", "0", "0", "2", "0", "0", "1"]  # ... committing done failed dropped re-check
+        assert line.split()[1:9] == [
+            "1",
+            "0",
+            "0",
+            "0",
+            "2",
+            "0",
+            "0",
+            "1",
+        ]  # ... committing done failed dropped re-check
         assert "next re-check 2030-01-02T03:04:05 UTC" in line
         lines = {x.split()[0]: x for x in out.output.splitlines()[4:] if x.strip()}
         assert "[re-check 2030-01-02T03:04:05 UTC (2 left)]" in lines["1"]
