@@ -24,25 +24,40 @@ from dicomproxy.config import PushConfig, parse_config
 from dicomproxy.handlers.qrservice import RetrieveResponse
 from dicomproxy.push import holds as holds_module
 from dicomproxy.push import service as service_module
+from dicomproxy.push.committing import CommitmentWait
 from dicomproxy.push.decide import (
     DROP,
     FILES,
     HOLD,
     RELEASE,
     RETRY,
+    AfterCommitment,
     AfterFiles,
     AfterJob,
     JobResult,
+    after_commitment,
     after_failure,
     after_files,
     after_job,
     backoff,
     next_recheck,
 )
-from dicomproxy.push.queue import DONE, DROPPED, FAILED, QUEUED, WAITING, Item, push_queue
+from dicomproxy.push.queue import (
+    COMMITTING,
+    DONE,
+    DROPPED,
+    FAILED,
+    QUEUED,
+    WAITING,
+    Item,
+    PushQueue,
+    push_queue,
+)
 from dicomproxy.push.service import PushService
+from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.status import JobKind, JobOutcome, Status
+from dicomproxy.transport.commitment import Report
 from tests.conftest import base_config_dict
 from tests.test_push_takeover import _enqueue
 
@@ -442,3 +457,168 @@ def test_deliver_a_recheck_unchanged_in_its_files_does_not_send_them_again(
     delivery.relay.jobs = [Job(JobOutcome.SUCCESS, 0x0000)]
     delivery.service.deliver(delivery.claim())
     assert delivery.row()["state"] == DONE
+
+
+# --- Storage Commitment: a `committing` item (push/committing.py) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("states", "failures", "expected"),
+    [
+        ({}, {}, AfterCommitment(DONE)),  # nothing was stored to be committed
+        (
+            {"1": "committed", "2": "committed"},
+            {"2": 1},
+            AfterCommitment(DONE),
+        ),  # failed once, then committed
+        ({"1": "committed", "2": "pending"}, {}, AfterCommitment(COMMITTING)),
+        (
+            {"1": "failed", "2": "pending"},
+            {"1": 1},
+            AfterCommitment(QUEUED, "1 instance(s) not committed: sent again"),
+        ),
+        (
+            {"1": "failed", "2": "failed"},
+            {"1": 2, "2": 1},
+            AfterCommitment(QUEUED, "2 instance(s) not committed: sent again"),
+        ),
+        (
+            {"1": "failed", "2": "failed"},
+            {"1": 3, "2": 1},
+            AfterCommitment(FAILED, "1 instance(s) not committed by the destination after 3 attempt(s)"),
+        ),
+        ({"1": "unanswered", "2": "pending"}, {}, AfterCommitment(COMMITTING)),  # the pending answer first
+        (
+            {"1": "unanswered", "2": "committed", "3": "unanswered"},
+            {},
+            AfterCommitment(FAILED, "no storage commitment report for 2 instance(s) after the last attempt"),
+        ),
+        (  # a failed one beside an unanswered one is still sent again
+            {"1": "unanswered", "2": "failed"},
+            {"2": 2},
+            AfterCommitment(QUEUED, "1 instance(s) not committed: sent again"),
+        ),
+    ],
+)
+def test_after_commitment(
+    states: dict[str, str], failures: dict[str, int], expected: AfterCommitment
+) -> None:
+    assert after_commitment(states, failures, 3) == expected
+
+
+def test_after_commitment_counts_failures_against_the_peer_s_attempts() -> None:
+    assert after_commitment({"1": "failed"}, {"1": 1}, 1).state == FAILED
+    assert after_commitment({"1": "failed"}, {"1": 1}, 2).state == QUEUED
+    assert after_commitment({"1": "failed"}, {}, 1).state == QUEUED  # no failure counted: not spent
+
+
+@pytest.fixture
+def committing(tmp_path: Path) -> Iterator[tuple[CommitmentWait, PushQueue, CommitmentLedger, Journal]]:
+    raw = base_config_dict(tmp_path, "sqlite:///v.db")
+    raw["peers"] = [
+        {
+            "ae_title": "CLOUD",
+            "host": "127.0.0.1",
+            "port": 1,
+            "storage_commitment": True,
+            "commit_attempts": 2,
+        }
+    ]
+    raw["push"] = {
+        "enabled": True,
+        "destinations": ["CLOUD"],
+        "poll_interval": 5,
+        "rechecks": 2,
+        "recheck_after": 60,
+    }
+    config = parse_config(raw, str(tmp_path / "x.toml"))
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    queue = PushQueue(journal.engine, "n")
+    queue.now = lambda: NOW
+    ledger = CommitmentLedger(config, journal)
+    try:
+        yield CommitmentWait(config, queue, ledger), queue, ledger, journal
+    finally:
+        journal.close()
+
+
+def _committing_item(
+    queue: PushQueue, journal: Journal, ledger: CommitmentLedger, uids: list[str]
+) -> tuple[int, str]:
+    """A claimed item whose job stored ``uids`` and ended; its run finished ``committing``."""
+    _enqueue(queue, "1.2.3.9")
+    item = queue.claim(60.0)
+    assert item is not None
+    job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+    queue.record_attempt(item, job)
+    journal.add_instances(job, [InstanceRecord(u, "sent", "1.2.840.10008.5.1.4.1.1.2") for u in uids])
+    (tx,) = ledger.job_ended(job)
+    assert queue.finish(item, COMMITTING, next_at=NOW, rechecks=2)
+    return item.id, tx
+
+
+def test_settle_waits_while_pending_then_done_with_its_recheck_schedule(committing: Any) -> None:
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1", "2.25.2"])
+    assert wait.settle() == 0
+    row = queue.get(item_id)
+    assert (row["state"], row["next_at"]) == (COMMITTING, NOW + dt.timedelta(seconds=5))  # poll_interval
+    assert wait.settle() == 0  # not due again before then
+    assert ledger.answer(Report(tx, frozenset({"2.25.1", "2.25.2"}), {}))
+    assert wait.settle(lambda: NOW + dt.timedelta(seconds=5)) == 1
+    row = queue.get(item_id)
+    # re-check 1 of 2: 60 s after the commitment (recheck_after × 2^(2-2))
+    assert (row["state"], row["next_at"], row["rechecks"]) == (DONE, NOW + dt.timedelta(seconds=65), 2)
+
+
+def test_settle_queues_the_item_again_for_what_failed_then_fails_it_after_the_attempts(
+    committing: Any,
+) -> None:
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1", "2.25.2"])
+    assert ledger.answer(Report(tx, frozenset({"2.25.1"}), {"2.25.2": 0x0110}))
+    assert wait.settle() == 1
+    row = queue.get(item_id)
+    assert (row["state"], row["next_at"], row["error"]) == (
+        QUEUED,
+        NOW,
+        "1 instance(s) not committed: sent again",
+    )
+    # the resend: a second job of the same generation stores 2.25.2 again, which fails again
+    item = queue.claim(60.0)
+    assert item is not None and item.id == item_id
+    job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+    queue.record_attempt(item, job)
+    journal.add_instances(job, [InstanceRecord("2.25.2", "sent", "1.2.840.10008.5.1.4.1.1.2")])
+    (tx2,) = ledger.job_ended(job)
+    assert queue.finish(item, COMMITTING, next_at=NOW)
+    assert ledger.answer(Report(tx2, frozenset(), {"2.25.2": 0x0110}))
+    assert wait.settle() == 1
+    row = queue.get(item_id)
+    assert row["state"] == FAILED
+    assert row["error"] == "1 instance(s) not committed by the destination after 2 attempt(s)"
+
+
+def test_settle_moves_only_an_item_still_committing(committing: Any) -> None:
+    """Another node moved it (or `push retry` did) between the read and the write: left alone."""
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1"])
+    assert ledger.answer(Report(tx, frozenset({"2.25.1"}), {}))
+    with journal.engine.begin() as conn:
+        conn.execute(update(push_queue).where(push_queue.c.id == item_id).values(state=WAITING))
+    assert wait.settle() == 0 and queue.get(item_id)["state"] == WAITING
+
+
+def test_a_destination_not_asked_to_commit_is_done_at_once(tmp_path: Path) -> None:
+    config = parse_config(
+        base_config_dict(
+            tmp_path, "sqlite:///v.db", peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1}]
+        ),
+        str(tmp_path / "x.toml"),
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    try:
+        wait = CommitmentWait(config, PushQueue(journal.engine, "n"), None)
+        assert wait.stored("CLOUD", 1) is False and wait.settle() == 0
+    finally:
+        journal.close()

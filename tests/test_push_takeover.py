@@ -546,14 +546,15 @@ def test_push_status_shows_the_abandoned_item_and_push_retry_resets_it(tmp_path:
         out = run(cli, ["push", "-c", str(toml), "status"])
         assert out.exit_code == 0, out.output
         line = next(x for x in out.output.splitlines() if x.startswith("CLOUD"))
-        assert line.split()[1:7] == [
+        assert line.split()[1:8] == [
+            "0",
             "0",
             "0",
             "0",
             "0",
             "1",
             "0",
-        ]  # queued running waiting done failed dropped
+        ]  # queued running waiting committing done failed dropped
         assert "abandoned by 2 nodes/leases" in out.output
         out = run(cli, ["push", "-c", str(toml), "retry", str(item_id)])
         assert out.exit_code == 0, out.output

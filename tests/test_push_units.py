@@ -424,7 +424,8 @@ def test_push_cli(tmp_path: Path) -> None:
     out = run(cli, ["push", "-c", str(toml), "status"])
     assert out.exit_code == 0, out.output
     line = next(x for x in out.output.splitlines() if x.startswith("CLOUD"))
-    assert line.split()[1:7] == ["1", "0", "0", "1", "1", "0"]  # queued running waiting done failed dropped
+    # queued running waiting committing done failed dropped
+    assert line.split()[1:8] == ["1", "0", "0", "0", "1", "1", "0"]
     assert run(cli, ["push", "-c", str(toml), "pause"]).exit_code == 0
     assert "(paused)" in run(cli, ["push", "-c", str(toml), "status"]).output
     assert run(cli, ["push", "-c", str(toml), "resume"]).exit_code == 0

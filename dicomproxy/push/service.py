@@ -344,7 +344,7 @@ class PushService:
             result.job_id,
             result.confirmed,
             after.reports,
-            f"; re-checked {after.delay:.0f} s after that ({after.rechecks} left)" if after.rechecks else "",
+            _recheck_note(after.delay, after.rechecks, committing),
         )
         self._published(item, "stored" if committing else "delivered", result.confirmed)
 
@@ -363,6 +363,13 @@ class PushService:
 
     def _published(self, item: Item, outcome: str, instances: int) -> None:
         events.publish(events.PushDelivered(item.id, item.destination, outcome, instances))
+
+
+def _recheck_note(delay: float, left: int, committing: bool) -> str:
+    """The delivered line's re-check schedule (from when it is ``done``, for a ``committing`` item)."""
+    return (
+        f"; re-checked {'once done, +' if committing else 'in'} {delay:.0f} s ({left} left)" if left else ""
+    )
 
 
 def push_summary(service: PushService) -> list[dict[str, Any]]:
