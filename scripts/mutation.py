@@ -174,7 +174,7 @@ TARGETS: dict[str, Target] = {
             "PushQueue._claimable",
             "PushQueue.claim",
             "PushQueue.renew",
-            "ItemLedger._job_ids",
+            "ItemLedger.job_ids",
             "ItemLedger.confirmed",
             "ItemLedger.confirmed_images",
             "PushQueue.finish",
@@ -374,6 +374,30 @@ TARGETS: dict[str, Target] = {
             "not serve_killed and not orthanc",
         ),
         "the Storage Commitment sender: back-off, attempts, give-up",
+    ),
+    "commitment-queries": Target(
+        "dicomproxy/relay/commitment_queries.py",
+        (),
+        (
+            "tests/test_commitment.py::test_the_summary_counts_the_last_day_per_destination",
+            "tests/test_commitment.py::test_open_transactions_and_pending_are_per_job_and_destination",
+            "tests/test_commitment.py::test_the_summary_covers_a_day_by_default",
+            "tests/test_commitment.py::test_which_jobs_are_asked_to_commit",
+            "tests/test_push_decide.py",
+            "tests/test_commitment.py",
+            "-k",
+            "not serve_killed and not orthanc",
+        ),
+        "what the commitment ledger holds: pending, the day's summary, each instance's newest state",
+    ),
+    "push-commit": Target(
+        "dicomproxy/push/committing.py",
+        (),
+        (
+            "tests/test_push_decide.py",
+            "tests/test_push_commitment.py",
+        ),
+        "a push item to a destination that commits: committing until every instance is, resend, fail",
     ),
 }
 
