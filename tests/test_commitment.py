@@ -659,3 +659,80 @@ def test_the_committer_backs_off_doubling_and_numbers_its_attempts(
     assert committer._thread is not None and committer._thread.daemon
     committer._thread.join(10)
     assert waits == [1.0]  # one round, then the (stubbed) stop
+
+
+@pytest.mark.postgresql
+def test_two_nodes_on_one_postgresql_journal_send_each_attempt_once(
+    pg_journal: str, make_config: Callable[..., Config]
+) -> None:
+    """Two serving processes share a PostgreSQL journal; both read the same due transactions and
+    both try to send them at the same moment: the claim (``UPDATE … WHERE attempts = n``) lets one
+    node send each attempt, the other sends nothing — every transaction is asked exactly
+    ``commit_attempts`` times in all, then given up once."""
+    import threading
+
+    from dicomproxy.relay.committer import Committer
+    from dicomproxy.relay.journal import InstanceRecord
+    from dicomproxy.status import JobKind
+
+    dest = CommitmentDestination(mode="silent").start()
+    config = make_config(
+        peers=[
+            {
+                "ae_title": dest.ae_title,
+                "host": "127.0.0.1",
+                "port": dest.port,
+                "storage_commitment": True,
+                "commit_timeout": 0.1,
+                "commit_attempts": 2,
+            }
+        ]
+    )
+    nodes = [
+        Journal(pg_journal, "host-a:/var/lib/dicomproxy"),
+        Journal(pg_journal, "host-b:/var/lib/dicomproxy"),
+    ]
+    ledgers = [CommitmentLedger(config, j) for j in nodes]
+    committers = [Committer(config, led) for led in ledgers]
+    try:
+        made = []
+        for n in range(3):
+            job = nodes[0].start(JobKind.MOVE, "jobserver", "", dest.ae_title, "pacs")
+            nodes[0].add_instances(
+                job, [InstanceRecord(f"2.25.7{n}{i}", "sent", "1.2.840.10008.5.1.4.1.1.2") for i in range(2)]
+            )
+            made += ledgers[0].job_ended(job)
+        import datetime as dt
+
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        sent: list[list[bool]] = [[], []]
+        for attempt in range(3):  # two attempts each, then the give-up round
+            when = now + dt.timedelta(seconds=60 * attempt)
+            due = [led.due(when) for led in ledgers]
+            assert (
+                sorted(t.transaction_uid for t in due[0])
+                == sorted(t.transaction_uid for t in due[1])
+                == sorted(made)
+            )
+            start = threading.Barrier(2)
+
+            def run(
+                i: int, when: dt.datetime = when, due: list[Any] = due, start: threading.Barrier = start
+            ) -> None:
+                start.wait()
+                sent[i].extend(committers[i].send(tx, when) for tx in due[i])
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            if attempt < 2:
+                assert sum(sent[0]) + sum(sent[1]) == 3 * (attempt + 1)  # each transaction by one node
+        asked = [uid for uid, _ in dest.requests]
+        assert sorted(asked) == sorted(made * 2)  # every transaction asked twice in all, never more
+        assert ledgers[1].counts(int(nodes[0].recent(1)[0]["id"])) == {"unanswered": 2}
+    finally:
+        for j in nodes:
+            j.close()
+        dest.stop()
