@@ -9,6 +9,8 @@ references or stays silent.
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,10 @@ from pydicom import dcmread
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.relay.commitments import CommitmentLedger
-from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.committer import Committer
+from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.server import Server
+from dicomproxy.status import JobKind
 from dicomproxy.transport import scu
 from dicomproxy.transport.commitment import Report, parse_report
 from dicomproxy.transport.net import Remote
@@ -470,8 +474,6 @@ def ledger(tmp_path: Path) -> Iterator[tuple[CommitmentLedger, Journal]]:
 
 
 def _stored(journal: Journal, kind: str, destination: str, n: int) -> int:
-    from dicomproxy.relay.journal import InstanceRecord
-    from dicomproxy.status import JobKind
 
     job = journal.start(JobKind(kind), "CLOUD", "", destination, "pacs")
     journal.add_instances(job, [InstanceRecord(f"2.25.{job}.{i}", "sent", "1.2.3") for i in range(n)])
@@ -626,7 +628,6 @@ def test_the_committer_backs_off_doubling_and_numbers_its_attempts(
     from sqlalchemy import select
 
     from dicomproxy.relay import committer as committer_module
-    from dicomproxy.relay.committer import Committer
     from dicomproxy.relay.journal import commit_requests
 
     led, journal = ledger
@@ -669,8 +670,6 @@ def test_two_nodes_on_one_postgresql_journal_send_each_attempt_once(
     both try to send them at the same moment: the claim (``UPDATE … WHERE attempts = n``) lets one
     node send each attempt, the other sends nothing — every transaction is asked exactly
     ``commit_attempts`` times in all, then given up once."""
-    import threading
-
     from dicomproxy.relay.committer import Committer
     from dicomproxy.relay.journal import InstanceRecord
     from dicomproxy.status import JobKind
@@ -702,8 +701,6 @@ def test_two_nodes_on_one_postgresql_journal_send_each_attempt_once(
                 job, [InstanceRecord(f"2.25.7{n}{i}", "sent", "1.2.840.10008.5.1.4.1.1.2") for i in range(2)]
             )
             made += ledgers[0].job_ended(job)
-        import datetime as dt
-
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         sent: list[list[bool]] = [[], []]
         for attempt in range(3):  # two attempts each, then the give-up round
