@@ -30,6 +30,7 @@ from dicomproxy.push.queue import DONE, PushQueue, push_attempts, push_queue
 from dicomproxy.relay.journal import InstanceRecord, Journal, job_instances
 from dicomproxy.server import Server
 from dicomproxy.status import JobKind, JobOutcome
+from dicomproxy.transport.net import Remote
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs
@@ -456,3 +457,44 @@ def test_uncommitted_by_study_is_what_storage_commitment_has_not_confirmed(
     # failed and not resent (a push job): still not committed; the committed ones are out
     assert journal.uncommitted_by_study("CLOUD", ["2.1"]) == {}  # 2.1.3 is no longer confirmed either
     assert journal.uncommitted_by_study("ELSEWHERE", ["2.1"]) == {}
+
+
+def test_stored_but_not_committed_is_reported_until_the_destination_commits(
+    tmp_path: Path, peers: dict[str, Orthanc], run_proxy: Callable[..., Server]
+) -> None:
+    """A push destination asked to commit (a pynetdicom Storage Commitment SCP, silent at first)
+    stored the study: the report says ``stored-not-committed`` with exactly those UIDs (the push
+    item waits ``committing``); once the destination answers the committer's next request, the
+    item is done and the report says complete."""
+    from testkit.commitscp import CommitmentDestination
+
+    dest = CommitmentDestination("COMMITCLOUD", mode="silent")
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    create_view_table(view)
+    earlier = dt.datetime.now() - dt.timedelta(hours=1)  # push starts "now": from above its stamp
+    insert_rows(view, [exam_row(OTHER_HOSPITAL, hospital_id="99999999", RowTimestamp=earlier)])
+    try:
+        config_path = write_config(tmp_path, peers["pacs"], (dest.ae_title, dest.port))
+        commitment = "storage_commitment = true\ncommit_timeout = 1.0\ncommit_attempts = 5"
+        text = config_path.read_text()
+        text = text.replace(f"port = {dest.port}\n[push]", f"port = {dest.port}\n{commitment}\n[push]")
+        config_path.write_text(text)
+        server = run_proxy(load_config(config_path))
+        dest.reply_to = Remote("DICOMPROXY", "127.0.0.1", server.port)
+        dest.start()
+        queue = PushQueue(server.ctx.journal.engine, "test")
+        insert_rows(view, [exam_row(SMALL, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: len(dest.requests) == 1, 30, "stored, and asked to commit")
+        assert [i["state"] for i in queue.items()] == ["committing"]
+        report = json.loads(reconcile(config_path, "--json").stdout)
+        (row,) = report["studies"]
+        assert (row["category"], row["basis"], row["missing"]) == ("stored-not-committed", "journal", [])
+        assert row["uncommitted"] == sorted(sops(SMALL)) and row["counts"]["uncommitted"] == 2
+        assert report["destinations"][0]["uncommitted"] == 1  # studies
+        dest.mode = "new"  # the committer's next request is answered
+        wait_until(lambda: [i["state"] for i in queue.items()] == [DONE], 30, "committed, the item done")
+        (row,) = json.loads(reconcile(config_path, "--json").stdout)["studies"]
+        assert (row["category"], row["uncommitted"]) == ("complete", [])
+    finally:
+        dest.stop()
+        view.dispose()

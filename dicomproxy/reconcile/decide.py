@@ -9,10 +9,9 @@ The inputs, for one Study Instance UID (0020,000D) and one destination AE:
   included;
 - ``held``: those the destination lists for the study when it answers C-FIND (a Q/R SCP); None
   when it cannot be asked — then the journal stands in for it (``basis`` says which);
-- ``uncommitted``: those stored but not (yet) committed by Storage Commitment (PS3.4 Annex J).
-  Commitment is being added beside this report: the journal's
-  :meth:`~dicomproxy.relay.journal.JobQueries.uncommitted_by_study` answers nothing today, so the
-  category :data:`UNCOMMITTED` is never given until it does.
+- ``uncommitted``: those stored and asked to be committed by Storage Commitment (PS3.4 Annex J)
+  whose newest reference is not committed (pending, failed, unanswered: the journal's
+  :meth:`~dicomproxy.relay.journal.JobQueries.uncommitted_by_study`).
 
 The UIDs of ``pacs ∪ journal ∪ held`` fall into exactly one of: ``present`` (in the PACS and at
 the destination), ``missing`` (in the PACS, not at the destination), ``extra`` (at the destination,

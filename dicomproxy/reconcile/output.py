@@ -29,9 +29,11 @@ CSV_COLUMNS = [
     "missing",
     "lost",
     "extra",
+    "uncommitted",
     "queued",
     "missing_uids",
     "extra_uids",
+    "uncommitted_uids",
     "error",
 ]
 
@@ -48,6 +50,7 @@ def report_dict(r: StudyReport) -> dict[str, Any]:
         "counts": dict(r.counts),
         "missing": list(r.missing),
         "extra": list(r.extra),
+        "uncommitted": list(r.uncommitted),
         "queued": r.queued,
         "error": r.error,
     }
@@ -87,9 +90,11 @@ def as_csv(outcome: Outcome) -> str:
                 c["missing"],
                 c["lost"],
                 c["extra"],
+                c["uncommitted"],
                 r.queued,
                 " ".join(d["missing"]),
                 " ".join(d["extra"]),
+                " ".join(d["uncommitted"]),
                 r.error,
             ]
         )
@@ -134,6 +139,7 @@ def as_table(outcome: Outcome) -> str:
         )
         more = [f"    missing {u}" + (" (lost at the destination)" if u in r.lost else "") for u in r.missing]
         more += [f"    extra   {u}" for u in r.extra]
+        more += [f"    not committed {u}" for u in r.uncommitted]
         if r.error:
             more.append(f"    ({r.error})")
         if r.queued:

@@ -78,7 +78,8 @@ class Pace:
 @dataclass(frozen=True)
 class StudyReport:
     """One study at one destination: the report's row. Counts, and the UIDs an operator acts on
-    (missing, lost, extra) — not every UID listed, so a month's report stays small."""
+    (missing, lost, extra, stored but not committed) — not every UID listed, so a month's report
+    stays small."""
 
     study_uid: str
     accession: str
@@ -96,6 +97,8 @@ class StudyReport:
     error: str = ""
     #: Instances queued for delivery by ``--fix``.
     queued: int = 0
+    #: Stored at the destination, its Storage Commitment not (yet) given.
+    uncommitted: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -123,6 +126,7 @@ class StudyReport:
             tuple(sorted(v.extra)),
             error,
             queued,
+            tuple(sorted(v.uncommitted)),
         )
 
 
