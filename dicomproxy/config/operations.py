@@ -79,6 +79,13 @@ class AuditConfig:
     #: TLS: our client certificate (PEM) and key, when the syslog server asks for one.
     syslog_cert: str = ""
     syslog_key: str = ""
+    #: The hash chain's algorithm for new rows: ``sha256`` or ``sm3`` (国密, GB/T 32905).
+    hash: str = "sha256"
+    #: Rows older than this many days are exported (``export_dir``) and deleted; 0 = kept for ever.
+    #: At least 180 otherwise: 网络安全法 第二十一条 asks for network logs kept ≥ 6 months.
+    keep_days: int = 180
+    #: Where the retention writes the rows it deletes (JSON Lines); default ``<data_dir>/audit-export``.
+    export_dir: str = ""
 
 
 def logging(s: Section) -> LoggingConfig:
@@ -137,6 +144,23 @@ def http(s: Section) -> HttpConfig:
     return http
 
 
+#: The shortest retention ``[audit] keep_days`` accepts (besides 0).
+MIN_KEEP_DAYS = 180
+
+
+def sm3_available() -> bool:
+    """SM3 from OpenSSL (hashlib) or the ``gmssl`` package (as :mod:`dicomproxy.audit.hashing`
+    uses them; config sits below audit, so it asks the same question itself)."""
+    import hashlib
+    import importlib.util
+
+    try:
+        hashlib.new("sm3", b"")
+        return True
+    except ValueError:
+        return importlib.util.find_spec("gmssl") is not None
+
+
 def audit(s: Section) -> AuditConfig:
     d = AuditConfig()
     files = {}
@@ -147,7 +171,28 @@ def audit(s: Section) -> AuditConfig:
             if not Path(value).is_file():
                 raise s.error(name, f"file {value} does not exist")
         files[name] = value
-    audit = AuditConfig(enabled=s.boolean("enabled", d.enabled), syslog=s.string("syslog", d.syslog), **files)
+    keep_days = s.integer("keep_days", d.keep_days, lo=0)
+    if 0 < keep_days < MIN_KEEP_DAYS:
+        raise s.error(
+            "keep_days",
+            f"must be 0 (kept for ever) or at least {MIN_KEEP_DAYS} "
+            f"(网络安全法 第二十一条: ≥ 6 months), not {keep_days}",
+        )
+    hash_alg = s.string("hash", d.hash, choices=("sha256", "sm3"))
+    if hash_alg == "sm3" and not sm3_available():
+        raise s.error(
+            "hash",
+            "sm3: OpenSSL here lacks SM3 and the gmssl package is not installed (pip install dicomproxy[gm])",
+        )
+    export_dir = s.string("export_dir", d.export_dir)
+    audit = AuditConfig(
+        enabled=s.boolean("enabled", d.enabled),
+        syslog=s.string("syslog", d.syslog),
+        hash=hash_alg,
+        keep_days=keep_days,
+        export_dir=relative_path(export_dir, s.path) if export_dir else "",
+        **files,
+    )
     if audit.syslog:
         try:
             url = urlsplit(audit.syslog)
