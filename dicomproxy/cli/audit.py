@@ -83,7 +83,7 @@ def audit_purge(obj: JournalContext, dry_run: bool) -> None:
     """Export the records older than [audit] keep_days to [audit] export_dir (JSON Lines), then
     remove them; the chain still verifies from the last removed record. Refused (exit 1) when the
     chain is broken; keep_days = 0 keeps everything."""
-    from dicomproxy.audit.retention import PurgeRefused, audit_export_dir, old_prefix, cutoff_for, purge
+    from dicomproxy.audit.retention import PurgeRefused, audit_export_dir, cutoff_for, old_prefix, purge
     from dicomproxy.audit.trail import AuditTrail
 
     config = obj.config
