@@ -168,6 +168,7 @@ class Server:
         self.console: Any = None
         self._audit: AuditSubscriber | None = None
         self._retention: RetentionTimer | None = None
+        self._trail: AuditTrail | None = None
         self._atna: Any = None
         self._identities: JobIdentities | None = None
         self.ctx = ctx if ctx is not None else AppContext(config)
@@ -229,7 +230,7 @@ class Server:
             self._identities = JobIdentities(self.ctx.view)  # first: the two below read it
             events.subscribe(self._identities)
         if self.config.audit.enabled and self.ctx.journal is not None:
-            trail = AuditTrail(self.ctx.journal.engine, self.config.audit.hash)
+            trail = self._trail = AuditTrail(self.ctx.journal.engine, self.config.audit.hash)
             self._audit = AuditSubscriber(trail, self._identities)
             events.subscribe(self._audit)
             if self.config.audit.keep_days:
@@ -244,7 +245,7 @@ class Server:
         if self._console_wanted and self.config.http.port:
             from dicomproxy.console.app import Console  # the HTTP stack only when it is configured
 
-            console = Console(self.config, self.ctx, self.association_list)
+            console = Console(self.config, self.ctx, self.association_list, self._trail)
             try:
                 console.start()
                 self.console = console

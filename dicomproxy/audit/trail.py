@@ -103,6 +103,8 @@ audit_anchor = Table(
 )
 
 GENESIS = "0" * 64
+#: How often :meth:`AuditTrail.verify` reads the head again when rows were appended as it walked.
+VERIFY_ROUNDS = 20
 
 
 class Action:
@@ -244,9 +246,10 @@ class AuditTrail:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def _all(self) -> Iterator[dict[str, Any]]:
+    def _after(self, seq: int) -> Iterator[dict[str, Any]]:
+        q = select(audit_log).where(audit_log.c.seq > seq).order_by(audit_log.c.seq)
         with self.engine.connect() as conn:
-            for r in conn.execute(select(audit_log).order_by(audit_log.c.seq)).mappings():
+            for r in conn.execute(q).mappings():
                 yield dict(r)
 
     def verify(self) -> VerifyResult:
@@ -259,17 +262,20 @@ class AuditTrail:
         prev, expected_seq, n = (str(anchor["hash"]) if anchor else GENESIS), first + 1, first
         alg = str(anchor["hash_alg"]) if anchor else ""  # the first row may start with either
         hashes = {first: prev}  # the hash of each row verified so far (and of the anchor/genesis)
-        for row in self._all():
-            seq = int(row["seq"])
-            problem = _row_problem(row, expected_seq, prev, alg)
-            if problem:
-                return VerifyResult(False, n - first, expected_seq - 1, prev, expected_seq, problem)
-            prev, alg, expected_seq, n = row["hash"], row["hash_alg"], seq + 1, seq
-            hashes[seq] = prev
-        with self.engine.connect() as conn:
-            head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-            ).first()
+        for _ in range(VERIFY_ROUNDS):  # serve may append while we walk: the head first, then the rows
+            with self.engine.connect() as conn:
+                head = conn.execute(
+                    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                ).first()
+            for row in self._after(n):
+                seq = int(row["seq"])
+                problem = _row_problem(row, expected_seq, prev, alg)
+                if problem:
+                    return VerifyResult(False, n - first, expected_seq - 1, prev, expected_seq, problem)
+                prev, alg, expected_seq, n = row["hash"], row["hash_alg"], seq + 1, seq
+                hashes[seq] = prev
+            if head is None or int(head.seq) >= n:
+                break  # every row the head names was committed before we read it: judge it
         rows = n - first
         if head is None or (int(head.seq), head.hash) == (n, prev):
             return VerifyResult(True, rows, n, prev)
@@ -607,6 +613,14 @@ class AuditSubscriber:
             event.peer,
         )
 
+    def _console_request(self, event: events.ConsoleRequest) -> AuditRecord:
+        return AuditRecord(
+            Action.CONSOLE,
+            outcome="success" if event.status < 400 else "refused",
+            address=event.client,
+            detail={"role": event.role, "method": event.method, "path": event.path, "status": event.status},
+        )
+
     def _retry_requested(self, event: events.RetryRequested) -> AuditRecord:
         return AuditRecord(
             Action.RETRY,
@@ -629,6 +643,7 @@ class AuditSubscriber:
         events.JobFinished: _job_finished,
         events.RetrieveRefused: _retrieve_refused,
         events.RetryRequested: _retry_requested,
+        events.ConsoleRequest: _console_request,
     }
 
 

@@ -14,6 +14,7 @@ import click
 
 from dicomproxy.cli.common import JournalContext, config_option
 from dicomproxy.config import Config
+from dicomproxy.push.holds import pause, resume
 from dicomproxy.push.queue import DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
 
@@ -159,8 +160,7 @@ def _iso(when: dt.datetime | None) -> str | None:
 @click.pass_obj
 def push_pause(obj: _PushContext, destination: str | None) -> None:
     """Stop starting deliveries (to DESTINATION, or all); the watcher keeps queueing."""
-    name = PAUSED_PREFIX + d if (d := obj.destination(destination)) else PAUSED_ALL
-    obj.queue.set_state(name, utcnow().isoformat())
+    pause(obj.queue, obj.destination(destination))
     click.echo(f"paused {destination or 'every destination'}")
 
 
@@ -170,10 +170,7 @@ def push_pause(obj: _PushContext, destination: str | None) -> None:
 @click.pass_obj
 def push_resume(obj: _PushContext, destination: str | None) -> None:
     """Undo ``pause`` (and end a destination's down hold: try it now)."""
-    d = obj.destination(destination)
-    names = [PAUSED_PREFIX + d, DOWN_PREFIX + d] if d else [PAUSED_ALL]
-    for name in names:
-        obj.queue.delete_state(name)
+    resume(obj.queue, obj.destination(destination))
     click.echo(f"resumed {destination or 'every destination'}")
 
 

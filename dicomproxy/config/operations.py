@@ -54,8 +54,13 @@ class HttpConfig:
     host: str = "127.0.0.1"
     #: 0 = no HTTP service.
     port: int = 8080
-    #: Bearer token every request but ``/healthz`` must send; required off loopback.
+    #: The administrator's bearer token (every route); some token is required off loopback. With
+    #: no token at all (loopback only) the console is open. 等保 三员分立 (docs/operations.md):
     token: str = ""
+    #: the operator's: status, metrics, readiness, push pause/resume;
+    operator_token: str = ""
+    #: the auditor's: the audit trail and its verification only.
+    auditor_token: str = ""
     #: Show patient names/IDs on the status page (off: patient data stays off the page).
     show_identifiers: bool = False
     #: Seconds between the C-ECHOs of the PACS and each archive that ``/readyz`` reports.
@@ -133,13 +138,21 @@ def http(s: Section) -> HttpConfig:
         host=s.string("host", d.host),
         port=port(s, "port", d.port),
         token=s.string("token", d.token),
+        operator_token=s.string("operator_token", d.operator_token),
+        auditor_token=s.string("auditor_token", d.auditor_token),
         show_identifiers=s.boolean("show_identifiers", d.show_identifiers),
         echo_interval=s.number("echo_interval", d.echo_interval, lo=1.0),
         min_free_mb=s.integer("min_free_mb", d.min_free_mb, lo=0),
         tls=tls,
     )
-    if http.port and not is_loopback(http.host) and not http.token.strip():
+    tokens = [(k, v) for k, v in (("token", http.token), ("operator_token", http.operator_token),
+              ("auditor_token", http.auditor_token)) if v.strip()]  # fmt: skip
+    if http.port and not is_loopback(http.host) and not tokens:
         raise s.error("token", f"is required when host is not a loopback address ({http.host!r})")
+    for i, (key, value) in enumerate(tokens):
+        same = [k for k, v in tokens[:i] if v == value]
+        if same:
+            raise s.error(key, f"must differ from {same[0]} (one token per role)")
     s.finish()
     return http
 

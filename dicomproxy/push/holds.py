@@ -101,3 +101,16 @@ class DestinationHolds:
         LOG.info("push: destination %s is back", destination)
         events.publish(events.PushDestination(destination, up=True))
         return True
+
+
+def pause(queue: PushQueue, destination: str | None) -> None:
+    """The operator's pause of ``destination`` (None: every one): no delivery starts; the watcher
+    keeps queueing (``push pause``, the console's ``POST /api/push/pause``)."""
+    queue.set_state(PAUSED_PREFIX + destination if destination else PAUSED_ALL, utcnow().isoformat())
+
+
+def resume(queue: PushQueue, destination: str | None) -> None:
+    """Undo :func:`pause`; for one destination also end its down hold (it is tried now)."""
+    names = [PAUSED_PREFIX + destination, DOWN_PREFIX + destination] if destination else [PAUSED_ALL]
+    for name in names:
+        queue.delete_state(name)
