@@ -179,3 +179,16 @@ def test_lane_progress_counts_and_estimates(queue: PushQueue) -> None:
     assert backfill.as_dict()["done"] == 1
     _, later = lane_progress(queue, now + dt.timedelta(hours=2))
     assert later.last_hour == 0 and later.eta_seconds is None
+
+
+def test_the_backfill_waits_while_a_live_item_is_due_or_running(queue: PushQueue) -> None:
+    now = queue.now()
+    queue_backfill(queue, [_study("1.2.1")], ["CLOUD"], PushConfig())
+    assert not queue.live_busy(now)  # history only
+    _enqueue(queue, "1.2.9")
+    assert queue.live_busy(now)  # a live item due
+    live = queue.claim(60.0)
+    assert live is not None and queue.live_busy(now)  # running
+    assert queue.finish(live, "waiting", next_at=now + dt.timedelta(minutes=5))
+    assert not queue.live_busy(now)  # waiting for later: not holding history back
+    assert queue.live_busy(now + dt.timedelta(minutes=6))

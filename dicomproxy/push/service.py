@@ -172,6 +172,8 @@ class PushService:
                 continue
             try:
                 everything, held = self.holds.held(lane)
+                if lane == BACKFILL and not everything and self.queue.live_busy(self.queue.now()):
+                    everything = True  # live exams first: history waits while one is due or running
                 if everything or len(held) == len(self.push.destinations):
                     self._stop.wait(min(self.push.poll_interval, 5.0))
                     continue
