@@ -27,20 +27,32 @@ from dicomproxy.transport.findscu import run_find
 from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
-from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server, push_cli_toml
+from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, _fresh_database, push_cli_toml
 
 CT, MR, US, MF = demo_specs()
+
+
+@pytest.fixture(scope="module")
+def audit_pg() -> Iterator[str]:
+    """A PostgreSQL database of this module's own: the audit tables have fixed names, and a shared
+    database would let two concurrent runs (xdist workers, other checkouts) drop each other's."""
+    yield from _fresh_database("postgresql", PG_URL)
+
+
+@pytest.fixture(scope="module")
+def audit_mariadb() -> Iterator[str]:
+    """A MariaDB database of this module's own (see ``audit_pg``)."""
+    yield from _fresh_database("mariadb", MARIADB_URL)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def audit_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty audit trail in each real database the journal may live in."""
     kind = request.param
-    url = {"sqlite": f"sqlite:///{tmp_path / 'journal.db'}", "postgresql": PG_URL, "mariadb": MARIADB_URL}[
-        kind
-    ]
-    if kind != "sqlite":
-        need_server(kind, url)
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        url = request.getfixturevalue("audit_pg" if kind == "postgresql" else "audit_mariadb")
     engine = create_engine(url)
     AUDIT_METADATA.drop_all(engine)
     try:
