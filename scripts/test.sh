@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
 scripts/check
-# Two workers (pytest-xdist), one test file per worker at a time (--dist loadfile: a file's module
-# fixtures — its Orthanc, its proxy — start once). The suite waits on peers, subprocesses and timers
-# much of the time, so a second worker uses the second core. DICOMPROXY_TEST_WORKERS=0: serial.
-exec .venv/bin/python -m pytest -n "${DICOMPROXY_TEST_WORKERS:-2}" --dist loadfile "$@"
+# DICOMPROXY_TEST_WORKERS=2: two pytest-xdist workers, one test file per worker at a time (--dist
+# loadfile: a file's module fixtures — its Orthanc, its proxy — start once). Serial by default until
+# two runs on a quiet 2-core machine show it faster and without a flake (docs/testing-speed.md).
+exec .venv/bin/python -m pytest -n "${DICOMPROXY_TEST_WORKERS:-0}" --dist loadfile "$@"
