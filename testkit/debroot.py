@@ -38,8 +38,16 @@ def deb_field(deb: Path, name: str) -> str:
 
 def root_tarball(suite: str, deb: Path) -> Path:
     """The cached root of ``suite`` whose apt cache holds everything ``deb`` depends on."""
-    depends = deb_field(deb, "Depends")
-    key = hashlib.sha1(f"{suite} {MIRROR} {depends}".encode()).hexdigest()[:12]
+    # Recommends too, as a plain `apt-get install` on the machine takes them (mmdebstrap's own
+    # apt runs without).
+    download = "apt-get install --download-only -y -q -o APT::Install-Recommends=true"
+    hooks = [
+        f"--customize-hook=copy-in {deb} /tmp",
+        f'--customize-hook=chroot "$1" {download} /tmp/{deb.name}',
+        f'--customize-hook=rm -f "$1/tmp/{deb.name}"',
+    ]
+    recipe = [suite, MIRROR, deb_field(deb, "Depends"), *hooks]
+    key = hashlib.sha1(" ".join(recipe).replace(deb.name, "DEB").encode()).hexdigest()[:12]
     tarball = cache_dir() / "roots" / f"{suite}-{key}.tar"
     if tarball.exists():
         return tarball
@@ -52,9 +60,7 @@ def root_tarball(suite: str, deb: Path) -> Path:
             "--format=tar",
             # keep the package lists and the downloaded .debs: the offline install reads them
             "--skip=cleanup/apt/lists,cleanup/apt/cache",
-            f"--customize-hook=copy-in {deb} /tmp",
-            f'--customize-hook=chroot "$1" apt-get install --download-only -y -q /tmp/{deb.name}',
-            f'--customize-hook=rm -f "$1/tmp/{deb.name}"',
+            *hooks,
             suite,
             str(partial),
             MIRROR,
@@ -86,6 +92,7 @@ class DebianRoot:
         setup = [
             f"mount -t proc proc {root}/proc",
             f"mount -t tmpfs shm {root}/dev/shm",
+            f"mount -t devpts -o newinstance,ptmxmode=0666 devpts {root}/dev/pts",
             *([] if net else ["ip link set lo up"]),
             f'exec chroot {root} "$@"',
         ]
