@@ -7,7 +7,7 @@ set -e
 : "${DICOMPROXY_CONFIG:=/etc/dicomproxy/dicomproxy.toml}"
 export DICOMPROXY_CONFIG
 if [ ! -x /opt/dicomproxy/venv/bin/dicomproxy ]; then
-    echo "dicomproxy: the runtime /opt/dicomproxy/venv is missing; rebuild it: dpkg-reconfigure dicomproxy" >&2
+    echo "dicomproxy: the runtime /opt/dicomproxy/venv is missing; rebuild it: /opt/dicomproxy/install-venv.sh --python /usr/bin/python3" >&2
     exit 1
 fi
 if [ "$(id -u)" = 0 ]; then

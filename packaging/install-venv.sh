@@ -3,7 +3,7 @@
 #   install-venv.sh [--prefix DIR] [--python PYTHON]
 # A new DIR/venv-VERSION.XXXXXX is created with PYTHON (default python3, >= 3.10), dicomproxy and every database
 # driver are installed into it by `pip install --no-index --find-links`, then the link DIR/venv is
-# switched to it and older DIR/venv-* are removed. Run again (dpkg-reconfigure dicomproxy does)
+# switched to it and older DIR/venv-* are removed. Run it again
 # after the system's Python changed, e.g. after a release upgrade.
 # The Debian package runs it from its postinst (/opt/dicomproxy/install-venv.sh); the offline
 # bundle ships it as install.sh.
