@@ -34,6 +34,8 @@ from testkit.viewdb import create_view_table, insert_rows
 
 pytestmark = [
     pytest.mark.package,
+    # builds and installs ~250 MB several times; minutes on a busy 2-core machine
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.environ.get("DICOMPROXY_PACKAGE_TEST") != "1", reason="opt-in: scripts/test.sh --package"
     ),
