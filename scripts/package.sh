@@ -3,8 +3,12 @@
 #   dicomproxy_VERSION-REV_ARCH.deb           Debian 12/13, Ubuntu 22.04/24.04 (dpkg-deb)
 #   dicomproxy-VERSION-offline-ARCH.tar       wheels + install.sh, for a machine without the .deb
 #
-#   scripts/package.sh [--deb] [--bundle] [--version V] [--revision N] [--python X.Y]...
-#                      [--arch amd64|arm64] [--out DIR]
+#   dicomproxy-deps-SUITE/                    with --deps SUITE: the Debian packages the .deb needs
+#                                             that a minimal SUITE system lacks (offline install:
+#                                             apt install ./dicomproxy-deps-SUITE/*.deb ./dicomproxy_*.deb)
+#
+#   scripts/package.sh [--deb] [--bundle] [--deps SUITE] [--version V] [--revision N]
+#                      [--python X.Y]... [--arch amd64|arm64] [--out DIR]
 #
 # Neither installs a compiler or needs the network on the target: both carry every wheel dicomproxy
 # and its database drivers (pyodbc for SQL Server, oracledb thin, psycopg2, PyMySQL) need, for each
@@ -21,6 +25,7 @@ repo=$PWD
 
 want_deb=false
 want_bundle=false
+deps_suite=""
 version=""
 revision=1
 pythons=()
@@ -30,16 +35,18 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --deb) want_deb=true; shift ;;
         --bundle) want_bundle=true; shift ;;
+        --deps) deps_suite=$2; shift 2 ;;
         --version) version=$2; shift 2 ;;
         --revision) revision=$2; shift 2 ;;
         --python) pythons+=("$2"); shift 2 ;;
         --arch) arch=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "package: unknown argument '$1' (--help)" >&2; exit 2 ;;
     esac
 done
 if ! $want_deb && ! $want_bundle; then want_deb=true; want_bundle=true; fi
+if [ -n "$deps_suite" ] && ! $want_deb; then want_deb=true; fi
 [ "${#pythons[@]}" -gt 0 ] || pythons=(3.10 3.11 3.12 3.13)
 case "$arch" in
     amd64) machine=x86_64 ;;
@@ -166,6 +173,12 @@ if $want_deb; then
     # an uncompressed data.tar.
     dpkg-deb --root-owner-group -Znone --build "$root" "$deb" >/dev/null
     echo "package: $deb ($(du -h "$deb" | cut -f1))"
+fi
+
+if [ -n "$deps_suite" ]; then
+    deps="$out/dicomproxy-deps-$deps_suite"
+    "$repo/scripts/package-deps.sh" "$deps_suite" "$deb" "$deps"
+    echo "package: $deps ($(ls "$deps" | wc -l) packages, $(du -sh "$deps" | cut -f1))"
 fi
 
 if $want_bundle; then

@@ -1,13 +1,12 @@
 """A clean Debian root to install the .deb into, as a hospital machine without network would.
 
 The root is made once by ``mmdebstrap`` from deb.debian.org (minbase: only the Essential and
-Priority required packages) with the package's dependencies downloaded into its apt cache, and kept
-as a tarball in the cache folder, keyed by the suite and the package's ``Depends``; each test
-unpacks a fresh copy (a second or two). Commands run in it through ``chroot`` in a private mount
-namespace (its own /proc and /dev/shm) and, unless ``net=True``, a network namespace of their own:
-loopback only, no route out. ``start`` runs a command the way the systemd unit's ``[Service]``
-section says (user, group, environment file, capabilities), since systemd itself does not run in a
-chroot.
+Priority required packages) and kept as a tarball in the cache folder; each test unpacks a fresh
+copy (a second or two) without apt's package lists, like a machine with no package source.
+Commands run in it through ``chroot`` in a private mount namespace (its own /proc, /dev/shm,
+/dev/pts) and, unless ``net=True``, a network namespace of their own: loopback only, no route out.
+``start`` runs a command the way the systemd unit's ``[Service]`` section says (user, group,
+environment file, capabilities), since systemd itself does not run in a chroot.
 """
 
 from __future__ import annotations
@@ -30,41 +29,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DICOMPROXY_PACKAGE_CACHE", default))
 
 
-def deb_field(deb: Path, name: str) -> str:
-    return subprocess.run(
-        ["dpkg-deb", "--field", str(deb), name], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def root_tarball(suite: str, deb: Path) -> Path:
-    """The cached root of ``suite`` whose apt cache holds everything ``deb`` depends on."""
-    # Recommends too, as a plain `apt-get install` on the machine takes them (mmdebstrap's own
-    # apt runs without).
-    download = "apt-get install --download-only -y -q -o APT::Install-Recommends=true"
-    hooks = [
-        f"--customize-hook=copy-in {deb} /tmp",
-        f'--customize-hook=chroot "$1" {download} /tmp/{deb.name}',
-        f'--customize-hook=rm -f "$1/tmp/{deb.name}"',
-    ]
-    recipe = [suite, MIRROR, deb_field(deb, "Depends"), *hooks]
-    key = hashlib.sha1(" ".join(recipe).replace(deb.name, "DEB").encode()).hexdigest()[:12]
+def root_tarball(suite: str) -> Path:
+    """The cached minimal root of ``suite`` (mmdebstrap --variant=minbase: Essential and Priority
+    required packages, what every Debian system has)."""
+    key = hashlib.sha1(f"{suite} {MIRROR} minbase".encode()).hexdigest()[:12]
     tarball = cache_dir() / "roots" / f"{suite}-{key}.tar"
     if tarball.exists():
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name(tarball.name + ".part")
     subprocess.run(
-        [
-            "mmdebstrap",
-            "--variant=minbase",
-            "--format=tar",
-            # keep the package lists and the downloaded .debs: the offline install reads them
-            "--skip=cleanup/apt/lists,cleanup/apt/cache",
-            *hooks,
-            suite,
-            str(partial),
-            MIRROR,
-        ],
+        ["mmdebstrap", "--variant=minbase", "--format=tar", suite, str(partial), MIRROR],
         check=True,
         capture_output=True,
         timeout=900,
@@ -83,6 +58,8 @@ class DebianRoot:
     def unpack(cls, tarball: Path, path: Path) -> DebianRoot:
         path.mkdir(parents=True)
         subprocess.run(["tar", "-C", str(path), "-xf", str(tarball)], check=True)
+        for lists in (path / "var" / "lib" / "apt" / "lists").glob("*_Packages*"):
+            lists.unlink()  # no package source: apt installs only the .deb files it is given
         (path / "dev" / "shm").mkdir(exist_ok=True)
         return cls(path)
 

@@ -1,12 +1,13 @@
 """The Debian package and the offline bundle, installed as a hospital machine without network would.
 
 Opt-in: ``scripts/test.sh --package`` (root, mmdebstrap; the network only to build the packages and,
-once, the cached Debian root). ``scripts/package.sh`` builds the .deb twice (the project's version and
-a newer one) and the bundle; a clean Debian root (testkit.debroot) gets them with **no network**
-(``unshare --net`` + ``chroot``): install, ``--version``, the drivers, ``check-config`` against a
-SQLite view (host loopback: it echoes the PACS), ``serve`` started as the unit says (user
-dicomproxy, port 104 through the unit's capabilities alone) answering a C-ECHO from the host's
-``echoscu``, upgrade with config and journal kept, remove (config kept), purge (all gone).
+once, the cached Debian root). ``scripts/package.sh`` builds the .deb twice (the project's version
+and a newer one), the bundle and the .deb's dependencies (``--deps``). A clean minimal Debian root
+(testkit.debroot) without package lists gets them with **no network** (``unshare --net`` +
+``chroot``), as docs/部署指南.md 2.3 installs them: install, ``--version``, the drivers,
+``check-config`` against a SQLite view (host loopback: it echoes the PACS), ``serve`` started as the
+unit says (user dicomproxy, port 104 through the unit's capabilities alone) answering a C-ECHO from
+the host's ``echoscu``, upgrade with config and journal kept, remove (config kept), purge (all gone).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Built:
     old: Path
     new: Path
     bundle: Path
+    deps: Path  # scripts/package.sh --deps SUITE: what a minimal SUITE system lacks
     old_version: str
     new_version: str
 
@@ -70,12 +72,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     version = re.findall(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M)[0]
     newer = f"{version}.post1"
     script = str(REPO / "scripts" / "package.sh")
-    subprocess.run([script, "--out", str(out)], check=True, timeout=1200)
+    subprocess.run([script, "--deps", SUITE, "--bundle", "--out", str(out)], check=True, timeout=1200)
     subprocess.run([script, "--deb", "--version", newer, "--out", str(out)], check=True, timeout=1200)
     return Built(
         old=out / f"dicomproxy_{version}-1_amd64.deb",
         new=out / f"dicomproxy_{newer}-1_amd64.deb",
         bundle=out / f"dicomproxy-{version}-offline-amd64.tar",
+        deps=out / f"dicomproxy-deps-{SUITE}",
         old_version=version,
         new_version=newer,
     )
@@ -83,7 +86,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 @pytest.fixture
 def root(built: Built, tmp_path: Path) -> DebianRoot:
-    return DebianRoot.unpack(root_tarball(SUITE, built.old), tmp_path / "root")
+    root = DebianRoot.unpack(root_tarball(SUITE), tmp_path / "root")
+    shutil.copytree(built.deps, root.path / "tmp" / "deps")
+    return root
 
 
 @pytest.fixture
@@ -133,11 +138,11 @@ def configure(root: DebianRoot, pacs: FakePacs) -> None:
     config.write_text(text, encoding="utf-8")
 
 
-def install(root: DebianRoot, deb: Path) -> str:
+def install(root: DebianRoot, deb: Path, *deps: str) -> str:
+    """``apt-get install`` of local files only, as docs/部署指南.md 2.3 says (no package lists)."""
     shutil.copy(deb, root.path / "tmp" / deb.name)
     started = time.monotonic()
-    # No --no-download: apt 2.6 then loses the local .deb's path; the namespace has no network anyway.
-    out = root.run("apt-get", "install", "-y", "-q", f"/tmp/{deb.name}").stdout
+    out = root.run("apt-get", "install", "-y", "-q", *deps, f"/tmp/{deb.name}").stdout
     print(f"apt-get install {deb.name}: {time.monotonic() - started:.1f} s")  # shown with -s / -rP
     return out
 
@@ -229,7 +234,8 @@ def check_layout(root: DebianRoot) -> None:
 def test_deb_installs_serves_upgrades_and_purges_without_network(
     built: Built, root: DebianRoot, pacs: FakePacs, tmp_path: Path
 ) -> None:
-    assert "dicomproxy installed (not started)" in install(root, built.old)
+    deps = sorted(f"/tmp/deps/{deb.name}" for deb in built.deps.glob("*.deb"))
+    assert "dicomproxy installed (not started)" in install(root, built.old, *deps)
     check_layout(root)
     assert root.run("dicomproxy", "--version").stdout.strip() == f"dicomproxy, version {built.old_version}"
     check_drivers(root)
@@ -275,9 +281,10 @@ def test_deb_installs_serves_upgrades_and_purges_without_network(
 
 
 def test_offline_bundle_installs_without_network(built: Built, root: DebianRoot) -> None:
-    # what the bundle needs of the system, from the root's apt cache: Python with venv, and for
+    # what the bundle needs of the system, from the .deb's dependencies: Python with venv, and for
     # SQL Server unixODBC with FreeTDS (pyodbc's wheel links libodbc.so.2)
-    root.run("apt-get", "install", "-y", "-q", "--no-download", "python3-venv", "tdsodbc")
+    deps = [f"/tmp/deps/{deb.name}" for deb in built.deps.glob("*.deb")]
+    root.run("apt-get", "install", "-y", "-q", *deps)
     shutil.copy(built.bundle, root.path / "tmp")
     root.run("tar", "-C", "/srv", "-xf", f"/tmp/{built.bundle.name}")
     folder = f"/srv/{built.bundle.name.removesuffix('.tar')}"
