@@ -186,13 +186,13 @@ if $want_bundle; then
     mkdir -p "$work/$name"
     cp -r "$runtime"/. "$work/$name/"
     mv "$work/$name/install-venv.sh" "$work/$name/install.sh"
-    install -m 0644 conf/dicomproxy.example.toml packaging/dicomproxy.service "$work/$name/"
+    install -m 0644 conf/dicomproxy.example.toml packaging/dicomproxy.service docs/部署指南.md "$work/$name/"
     cat >"$work/$name/README.txt" <<EOF
 dicomproxy $version offline bundle ($arch, Python ${pythons[*]}, glibc >= $glibc)
   ./install.sh [--prefix /opt/dicomproxy] [--python python3]
 builds PREFIX/venv from wheels/ with no network; then run PREFIX/venv/bin/dicomproxy.
 dicomproxy.service is the Debian package's unit (user dicomproxy, /etc/dicomproxy): adapt it.
-See docs/部署指南.md.
+See 部署指南.md (2.4).
 EOF
     bundle="$out/$name.tar"  # not compressed, as the .deb
     tar -C "$work" -cf "$bundle" "$name"
