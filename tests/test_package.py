@@ -43,7 +43,8 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-SUITE = os.environ.get("DICOMPROXY_PACKAGE_SUITE", "bookworm")  # Debian 12: Python 3.11
+# Debian 12 (Python 3.11); "trixie" (Debian 13, Python 3.13) passes too
+SUITE = os.environ.get("DICOMPROXY_PACKAGE_SUITE", "bookworm")
 UNIT = "/lib/systemd/system/dicomproxy.service"
 CONFIG = "etc/dicomproxy/dicomproxy.toml"
 ENV_FILE = "etc/dicomproxy/dicomproxy.env"
