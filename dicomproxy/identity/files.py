@@ -1,0 +1,286 @@
+"""The view's identity written into a DICOM file: the header rewritten, the pixel data copied unread.
+
+:func:`coerce_file` reads the data set up to Pixel Data with pydicom (``stop_before_pixels``),
+makes the changes of :mod:`dicomproxy.identity.coerce`, writes the file meta and the new header
+in the file's own transfer syntax (explicit or implicit VR, its byte order) and then copies the
+rest of the source — the Pixel Data element and what follows it — byte for byte with
+``os.copy_file_range`` (in the kernel: no pixel is decoded, nothing large passes through Python).
+Deflated data sets (PS3.5 A.5) cannot be spliced: they are read whole and written again.
+
+pydicom was chosen for the header because it already reads and writes every data set the relay
+handles (character sets, sequences, both VR encodings); only the splice is ours.
+
+:class:`Coercer` is one job's coercion toward one destination: the identities of its studies by
+Study Instance UID. It is called on the thread that sends (the pump or a lane), per file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.tag import Tag
+
+from dicomproxy.identity.coerce import apply_changes, declared_of, plan_changes
+from dicomproxy.identity.model import Identity
+
+LOG = logging.getLogger("dicomproxy.identity")
+
+#: Patches a Coercer remembers (distinct headers of one job: usually one per study).
+MAX_PATCHES = 256
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
+_CHUNK = 8 * 1024 * 1024
+
+
+class Result(Enum):
+    """What :func:`coerce_file` did."""
+
+    COERCED = "coerced"  # the copy was written
+    UNCHANGED = "unchanged"  # the file carries the view's identity already: send it as it is
+    UNKNOWN = "unknown"  # the view names no patient for the file's study: send it as it is
+
+
+#: Tag → the element's new encoding (None: removed): what coercion does to one header.
+Patch = dict[int, bytes | None]
+
+ORIGINAL_ATTRIBUTES = 0x04000561  # (0400,0561)
+SPECIFIC_CHARSET = 0x00080005  # (0008,0005)
+#: Every element a coercion may touch: a header whose bytes of these are those of a header
+#: already coerced for the same study gets the same patch (:class:`Coercer`'s cache).
+COERCED_TAGS = (
+    SPECIFIC_CHARSET,
+    *(int(Tag(k)) for k in ("AccessionNumber", "IssuerOfAccessionNumberSequence", "InstitutionName")),
+    *(
+        int(Tag(k))
+        for k in ("PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence")
+    ),
+    *(int(Tag(k)) for k in ("PatientBirthDate", "PatientSex")),
+    ORIGINAL_ATTRIBUTES,
+)
+#: Explicit VRs whose element header is 12 bytes (PS3.5 7.1.2).
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+@dataclass
+class Header:
+    """A file's data set up to Pixel Data: parsed (``ds``), as bytes (``head``), where each
+    top-level element lies in them (``bounds``) and where the rest of the file starts (``tail``)."""
+
+    ds: Dataset
+    head: bytes
+    bounds: dict[int, tuple[int, int]]
+    tail: int
+
+    @classmethod
+    def read(cls, path: Path) -> Header:
+        with path.open("rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True)
+            tail = fh.tell()
+            bounds = element_bounds(ds, tail)  # before any element is decoded: raw positions
+            fh.seek(0)
+            return cls(ds, fh.read(tail), bounds, tail)
+
+    @property
+    def study(self) -> str:
+        return str(self.ds.get("StudyInstanceUID", "") or "")
+
+    @property
+    def spliceable(self) -> bool:
+        """Patchable element by element: positions known, not deflated (PS3.5 A.5), no group length
+        the patch would make wrong (PS3.5 7.2, retired but still written)."""
+        syntax = str(self.ds.file_meta.get("TransferSyntaxUID", ""))
+        return bool(self.bounds) and syntax != DEFLATED and not any(t & 0xFFFF == 0 for t in self.bounds)
+
+    def key(self) -> tuple[object, ...]:
+        """What a patch depends on: the study, the encoding, the bytes of :data:`COERCED_TAGS`."""
+        raw = tuple(self.head[slice(*self.bounds[t])] if t in self.bounds else None for t in COERCED_TAGS)
+        return (self.study, self.ds.original_encoding, raw)
+
+
+def coerce_file(
+    src: Path,
+    dst: Path,
+    identities: Mapping[str, Identity],
+    *,
+    system: str,
+    sources: Mapping[str, str] | None = None,
+    header: Header | None = None,
+) -> tuple[Result, str, Patch | None]:
+    """Write ``src`` into ``dst`` with the identity ``identities`` gives its study (by Study
+    Instance UID; ``sources``: Source of Previous Values by study): (what was done, the study,
+    the patch made — None when the header had to be written whole)."""
+    h = header or Header.read(src)
+    identity = identities.get(h.study)
+    if identity is None:
+        return Result.UNKNOWN, h.study, None
+    changes = plan_changes(h.ds, identity)
+    if not changes:
+        return Result.UNCHANGED, h.study, {}
+    source = (sources or {}).get(h.study, "")
+    if not h.spliceable:
+        ds = dcmread(src)  # read whole and written again (see the module docstring)
+        apply_changes(ds, plan_changes(ds, identity), system=system, source=source)
+        ds.save_as(dst, enforce_file_format=True)
+        return Result.COERCED, h.study, None
+    declared = declared_of(h.ds)
+    before = set(h.ds.keys())
+    apply_changes(h.ds, changes, system=system, source=source)
+    charset = declared_of(h.ds)
+    if charset != declared and declared not in ([], ["ISO_IR 6"]):
+        # texts of the old set are re-encoded: the whole header is written again
+        with dst.open("wb") as out:
+            h.ds.save_as(out, enforce_file_format=True)
+            _copy_tail(src, h.tail, out)
+        return Result.COERCED, h.study, None
+    touched = {int(Tag(c.keyword)) for c in changes} | {ORIGINAL_ATTRIBUTES, SPECIFIC_CHARSET}
+    patch = encode_patch(h.ds, {t for t in touched if t in h.ds or t in before}, charset)
+    write_patched(src, h, patch, dst)
+    return Result.COERCED, h.study, patch
+
+
+def element_bounds(ds: Dataset, end: int) -> dict[int, tuple[int, int]]:
+    """Tag → (first byte, byte after) of each top-level element in the file, from the raw
+    elements' value positions (an element ends where the next begins; the last at ``end``)."""
+    implicit = bool(ds.original_encoding[0])
+    starts: list[tuple[int, int]] = []
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset decodes its elements)
+        elem = ds.get_item(tag)
+        # a raw element's value position; pydicom decodes (0008,0005) while reading (file_tell)
+        tell = getattr(elem, "value_tell", None) or getattr(elem, "file_tell", None)
+        if tell is None:
+            return {}
+        vr = None if implicit else elem.VR
+        starts.append((int(tag), int(tell) - (12 if vr in LONG_VRS else 8)))
+    starts.sort(key=lambda t: t[1])
+    ends = [s for _, s in starts[1:]] + [end]
+    return {tag: (start, stop) for (tag, start), stop in zip(starts, ends, strict=True)}
+
+
+def encode_patch(ds: Dataset, touched: set[int], charset: list[str]) -> Patch:
+    """The ``touched`` elements of ``ds`` encoded in the file's own VR encoding and byte order."""
+    encodings = convert_encodings(charset or ["ISO_IR 6"])
+    implicit, little = ds.original_encoding
+    patch: Patch = {}
+    for tag in touched:
+        if tag not in ds:
+            patch[tag] = None
+            continue
+        fp = DicomBytesIO()
+        fp.is_little_endian = bool(little)
+        fp.is_implicit_VR = bool(implicit)
+        write_data_element(fp, ds[tag], encodings)
+        patch[tag] = bytes(fp.getvalue())
+    return patch
+
+
+def write_patched(src: Path, header: Header, patch: Patch, dst: Path) -> None:
+    """``dst``: the header with ``patch`` applied (every other element copied as it was), then
+    ``src`` from the Pixel Data element on, unread."""
+    head, bounds = header.head, header.bounds
+    parts = [head[: min((b[0] for b in bounds.values()), default=len(head))]]  # preamble, file meta
+    for tag in sorted(bounds.keys() | patch.keys()):
+        if tag in patch:
+            new = patch[tag]
+            if new is not None:
+                parts.append(new)
+        else:
+            parts.append(head[slice(*bounds[tag])])
+    with dst.open("wb") as out:
+        out.write(b"".join(parts))
+        _copy_tail(src, header.tail, out)
+
+
+def _copy_tail(src: Path, tail: int, out: BinaryIO) -> None:
+    """``src`` from byte ``tail`` (the Pixel Data element) to its end, appended to ``out`` unread
+    (``os.copy_file_range``: in the kernel)."""
+    out.flush()
+    with src.open("rb") as fin:
+        left = os.fstat(fin.fileno()).st_size - tail
+        offset = tail
+        try:
+            while left > 0:
+                n = os.copy_file_range(fin.fileno(), out.fileno(), min(left, _CHUNK), offset)
+                if n == 0:
+                    raise OSError(f"{src} ended before its size")
+                offset += n
+                left -= n
+        except OSError:  # a file system that cannot: copy in Python
+            fin.seek(offset)
+            out.seek(0, os.SEEK_END)
+            shutil.copyfileobj(fin, out, _CHUNK)
+
+
+class Coercer:
+    """One job's coercion toward one destination (``label`` names the job in the log).
+
+    ``identities``: Study Instance UID → the view's identity; ``sources``: Study Instance UID →
+    the archive it came from (Source of Previous Values). A study the view cannot name is sent
+    unchanged, with one WARNING per study (its UID only: no patient data in the log)."""
+
+    def __init__(
+        self,
+        identities: Mapping[str, Identity],
+        system: str,
+        label: str,
+        sources: Mapping[str, str] | None = None,
+    ) -> None:
+        self.identities = dict(identities)
+        self.system = system
+        self.label = label
+        self.sources = dict(sources or {})
+        self._warned: set[str] = set()
+        #: Header key (:meth:`Header.key`) → its patch ({} = nothing to change).
+        self._patches: dict[tuple[object, ...], Patch] = {}
+        self._lock = threading.Lock()
+        #: Instances whose header was rewritten (for the job's log line).
+        self.coerced = 0
+
+    def coerce(self, src: Path, dst: Path) -> bool:
+        """Write the coerced copy of ``src`` into ``dst``; False = send ``src`` as it is.
+
+        The instances of a study carry the same identifying elements: the patch made for the
+        first is applied to the next ones whose bytes of those elements are the same."""
+        header = Header.read(src)
+        key = header.key() if header.spliceable else None
+        patch = self._patches.get(key) if key is not None else None
+        if patch is not None:
+            if not patch:
+                return False
+            write_patched(src, header, patch, dst)
+            result, study = Result.COERCED, header.study
+        else:
+            result, study, made = coerce_file(
+                src, dst, self.identities, system=self.system, sources=self.sources, header=header
+            )
+            if key is not None and made is not None and len(self._patches) < MAX_PATCHES:
+                self._patches[key] = made
+        if result is Result.UNKNOWN:
+            self._warn(study)
+        elif result is Result.COERCED:
+            with self._lock:
+                self.coerced += 1
+        return result is Result.COERCED
+
+    def _warn(self, study: str) -> None:
+        with self._lock:
+            if study in self._warned:
+                return
+            self._warned.add(study)
+        LOG.warning(
+            "%s: the exam view names no patient for study %s; its instances go with the PACS's attributes",
+            self.label,
+            study or "(no Study Instance UID)",
+        )
