@@ -169,6 +169,13 @@ def _file(tmp: Path, syntax: str, charset: str = "ISO_IR 192", **values: Any) ->
     ds.StudyDescription = "CT"
     ds.PatientName = "ANON"
     ds.PatientID = "P1"
+    ds.IssuerOfPatientID = "74580626.HIS"  # kept: copied right before a replaced sequence
+    ref = Dataset()  # SQ elements (12-byte headers in explicit VR): one copied, one replaced
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, "1.2.3.5"
+    ds.ReferencedImageSequence = [ref]
+    old_issuer = Dataset()
+    old_issuer.UniversalEntityID, old_issuer.UniversalEntityIDType = "9.9", "ISO"
+    ds.IssuerOfPatientIDQualifiersSequence = [old_issuer]
     for keyword, value in values.items():
         setattr(ds, keyword, value)
     if not charset:

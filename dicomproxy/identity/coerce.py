@@ -11,7 +11,8 @@ Rules (docs/identity.md):
   Sequence (0400,0561) with Reason for the Attribute Modification (0400,0565) ``COERCE``
   (PS3.3 C.12.1.1.9); attributes that were absent and are added have no previous value to keep;
 - a new value that the instance's Specific Character Set (0008,0005) cannot carry switches it to
-  ``ISO_IR 192`` after every text of the data set was decoded in the old set (PS3.3 C.12.1.1.2).
+  ``ISO_IR 192`` (PS3.3 C.12.1.1.2); pydicom's writer decodes the data set's texts in the set they
+  were read in and encodes them in the new one.
 
 SOP Instance UID, pixel data and everything else stay as they are.
 """
@@ -134,9 +135,7 @@ def apply_changes(
     if not changes:
         return False
     switch = charset_for(declared_of(ds), (c.value for c in changes if isinstance(c.value, str)))
-    if switch is not None:
-        for _ in ds.iterall():  # decode every text in the old set before the set changes
-            pass
+    if switch is not None:  # pydicom decodes the old set's texts when it writes the new one
         ds.SpecificCharacterSet = switch
     originals = Dataset()
     for change in changes:
