@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.dsutils import split_dataset
 
 from dicomproxy.config import ConfigError, HospitalConfig, UniversalId, parse_config
 from dicomproxy.identity import (
@@ -32,7 +33,9 @@ from dicomproxy.identity import (
     plan_changes,
 )
 from dicomproxy.identity.coerce import charset_for
+from dicomproxy.identity.files import coerce
 from dicomproxy.relay.journal import Journal
+from dicomproxy.transport.rewritten import Rewritten, open_data
 from testkit.samples import StudySpec, exam_row, make_instance
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -217,6 +220,16 @@ def test_file_rewrite_equals_pydicoms_full_rewrite(
     if how == "spliced":
         raw_src, raw_dst = src.read_bytes(), dst.read_bytes()
         assert raw_dst.endswith(raw_src[raw_src.index(b"\xe0\x7f\x10\x00") :])  # Pixel Data bytes as held
+        # what the raw senders stream: the new head, then the file's tail from disk
+        spare = tmp_path / "spare.dcm"
+        done = coerce(src, spare, {STUDY: VIEW}, system="DICOMPROXY", sources={STUDY: "PACS"})
+        assert isinstance(done.send, Rewritten) and not spare.exists()
+        written = done.send.write(tmp_path / "written.dcm").read_bytes()
+        _, offset = split_dataset(tmp_path / "written.dcm")
+        with open_data(done.send, offset) as (stream, length):
+            streamed = stream.read()
+        assert length == len(streamed) and streamed == written[offset:]
+        assert done.send.stat_size() == len(written)
 
 
 def test_coercer_warns_once_per_unknown_study_and_reuses_its_patch(

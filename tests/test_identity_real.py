@@ -116,7 +116,8 @@ def _proxy(
     doc = base_config_dict(
         tmp,
         view_url,
-        proxy={"port": port},
+        # the c-get proxy sends through pynetdicom (a written file), the c-move one on raw sockets
+        proxy={"port": port, "fast_path": retrieve == "c-move"},
         hospital={
             "id": "74580626",
             "name": "温岭市第一人民医院",

@@ -17,14 +17,11 @@ Study Instance UID. It is called on the thread that sends (the pump or a lane), 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
@@ -35,6 +32,7 @@ from pydicom.tag import Tag
 
 from dicomproxy.identity.coerce import apply_changes, declared_of, plan_changes
 from dicomproxy.identity.model import Identity
+from dicomproxy.transport.rewritten import Rewritten
 
 LOG = logging.getLogger("dicomproxy.identity")
 
@@ -42,7 +40,6 @@ LOG = logging.getLogger("dicomproxy.identity")
 MAX_PATCHES = 256
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
-_CHUNK = 8 * 1024 * 1024
 
 
 class Result(Enum):
@@ -110,6 +107,59 @@ class Header:
         return (self.study, self.ds.original_encoding, raw)
 
 
+@dataclass(frozen=True)
+class Coerced:
+    """What :func:`coerce` did to one file, and what to send: the file itself, a file written whole
+    (``spare``), or the file with its header rewritten (:class:`Rewritten`: the tail stays on disk)."""
+
+    result: Result
+    study: str
+    #: The patch made (None: the header was written whole or nothing was coerced).
+    patch: Patch | None
+    send: Path | Rewritten
+
+
+def coerce(
+    src: Path,
+    spare: Path,
+    identities: Mapping[str, Identity],
+    *,
+    system: str,
+    sources: Mapping[str, str] | None = None,
+    header: Header | None = None,
+) -> Coerced:
+    """``src`` with the identity ``identities`` gives its study (by Study Instance UID;
+    ``sources``: Source of Previous Values by study). ``spare`` is written only when the header
+    cannot be patched element by element (see the module docstring)."""
+    h = header or Header.read(src)
+    identity = identities.get(h.study)
+    if identity is None:
+        return Coerced(Result.UNKNOWN, h.study, None, src)
+    changes = plan_changes(h.ds, identity)
+    if not changes:
+        return Coerced(Result.UNCHANGED, h.study, {}, src)
+    source = (sources or {}).get(h.study, "")
+    if not h.spliceable:
+        ds = dcmread(src)  # read whole and written again
+        apply_changes(ds, plan_changes(ds, identity), system=system, source=source)
+        ds.save_as(spare, enforce_file_format=True)
+        return Coerced(Result.COERCED, h.study, None, spare)
+    declared = declared_of(h.ds)
+    before = set(h.ds.keys())
+    apply_changes(h.ds, changes, system=system, source=source)
+    charset = declared_of(h.ds)
+    if charset != declared and declared not in ([], ["ISO_IR 6"]):
+        # texts of the old set are re-encoded: the whole header is written again, the tail copied
+        with spare.open("wb") as out:
+            h.ds.save_as(out, enforce_file_format=True)
+        bare = Rewritten(src, 0, b"", h.tail)  # nothing but the tail, appended
+        bare.append_tail(spare)
+        return Coerced(Result.COERCED, h.study, None, spare)
+    touched = {int(Tag(c.keyword)) for c in changes} | {ORIGINAL_ATTRIBUTES, SPECIFIC_CHARSET}
+    patch = encode_patch(h.ds, {t for t in touched if t in h.ds or t in before}, charset)
+    return Coerced(Result.COERCED, h.study, patch, patched(src, h, patch))
+
+
 def coerce_file(
     src: Path,
     dst: Path,
@@ -117,38 +167,13 @@ def coerce_file(
     *,
     system: str,
     sources: Mapping[str, str] | None = None,
-    header: Header | None = None,
 ) -> tuple[Result, str, Patch | None]:
-    """Write ``src`` into ``dst`` with the identity ``identities`` gives its study (by Study
-    Instance UID; ``sources``: Source of Previous Values by study): (what was done, the study,
+    """:func:`coerce` with the result written to ``dst`` when coerced: (what was done, the study,
     the patch made — None when the header had to be written whole)."""
-    h = header or Header.read(src)
-    identity = identities.get(h.study)
-    if identity is None:
-        return Result.UNKNOWN, h.study, None
-    changes = plan_changes(h.ds, identity)
-    if not changes:
-        return Result.UNCHANGED, h.study, {}
-    source = (sources or {}).get(h.study, "")
-    if not h.spliceable:
-        ds = dcmread(src)  # read whole and written again (see the module docstring)
-        apply_changes(ds, plan_changes(ds, identity), system=system, source=source)
-        ds.save_as(dst, enforce_file_format=True)
-        return Result.COERCED, h.study, None
-    declared = declared_of(h.ds)
-    before = set(h.ds.keys())
-    apply_changes(h.ds, changes, system=system, source=source)
-    charset = declared_of(h.ds)
-    if charset != declared and declared not in ([], ["ISO_IR 6"]):
-        # texts of the old set are re-encoded: the whole header is written again
-        with dst.open("wb") as out:
-            h.ds.save_as(out, enforce_file_format=True)
-            _copy_tail(src, h.tail, out)
-        return Result.COERCED, h.study, None
-    touched = {int(Tag(c.keyword)) for c in changes} | {ORIGINAL_ATTRIBUTES, SPECIFIC_CHARSET}
-    patch = encode_patch(h.ds, {t for t in touched if t in h.ds or t in before}, charset)
-    write_patched(src, h, patch, dst)
-    return Result.COERCED, h.study, patch
+    done = coerce(src, dst, identities, system=system, sources=sources)
+    if isinstance(done.send, Rewritten):
+        done.send.write(dst)
+    return done.result, done.study, done.patch
 
 
 def element_bounds(ds: Dataset, end: int) -> dict[int, tuple[int, int]]:
@@ -186,11 +211,12 @@ def encode_patch(ds: Dataset, touched: set[int], charset: list[str]) -> Patch:
     return patch
 
 
-def write_patched(src: Path, header: Header, patch: Patch, dst: Path) -> None:
-    """``dst``: the header with ``patch`` applied (every other element copied as it was), then
-    ``src`` from the Pixel Data element on, unread."""
+def patched(src: Path, header: Header, patch: Patch) -> Rewritten:
+    """``src`` with ``patch`` applied to its header (every other element as it was): the new bytes
+    of the data set up to Pixel Data, the rest to be read from ``src``."""
     head, bounds = header.head, header.bounds
-    parts = [head[: min((b[0] for b in bounds.values()), default=len(head))]]  # preamble, file meta
+    first = min((b[0] for b in bounds.values()), default=len(head))  # after preamble and file meta
+    parts = []
     for tag in sorted(bounds.keys() | patch.keys()):
         if tag in patch:
             new = patch[tag]
@@ -198,29 +224,7 @@ def write_patched(src: Path, header: Header, patch: Patch, dst: Path) -> None:
                 parts.append(new)
         else:
             parts.append(head[slice(*bounds[tag])])
-    with dst.open("wb") as out:
-        out.write(b"".join(parts))
-        _copy_tail(src, header.tail, out)
-
-
-def _copy_tail(src: Path, tail: int, out: BinaryIO) -> None:
-    """``src`` from byte ``tail`` (the Pixel Data element) to its end, appended to ``out`` unread
-    (``os.copy_file_range``: in the kernel)."""
-    out.flush()
-    with src.open("rb") as fin:
-        left = os.fstat(fin.fileno()).st_size - tail
-        offset = tail
-        try:
-            while left > 0:
-                n = os.copy_file_range(fin.fileno(), out.fileno(), min(left, _CHUNK), offset)
-                if n == 0:
-                    raise OSError(f"{src} ended before its size")
-                offset += n
-                left -= n
-        except OSError:  # a file system that cannot: copy in Python
-            fin.seek(offset)
-            out.seek(0, os.SEEK_END)
-            shutil.copyfileobj(fin, out, _CHUNK)
+    return Rewritten(src, first, b"".join(parts), header.tail)
 
 
 class Coercer:
@@ -248,31 +252,38 @@ class Coercer:
         #: Instances whose header was rewritten (for the job's log line).
         self.coerced = 0
 
-    def coerce(self, src: Path, dst: Path) -> bool:
-        """Write the coerced copy of ``src`` into ``dst``; False = send ``src`` as it is.
+    def rewrite(self, src: Path, spare: Path) -> Path | Rewritten:
+        """What to send for ``src``: itself (nothing differs, or its study is unknown), its header
+        rewritten (:class:`Rewritten`), or ``spare`` written whole.
 
         The instances of a study carry the same identifying elements: the patch made for the
         first is applied to the next ones whose bytes of those elements are the same."""
         header = Header.read(src)
         key = header.key() if header.spliceable else None
         patch = self._patches.get(key) if key is not None else None
-        if patch is not None:
-            if not patch:
-                return False
-            write_patched(src, header, patch, dst)
-            result, study = Result.COERCED, header.study
+        if patch == {}:
+            done = Coerced(Result.UNCHANGED, header.study, patch, src)
+        elif patch is not None:
+            done = Coerced(Result.COERCED, header.study, patch, patched(src, header, patch))
         else:
-            result, study, made = coerce_file(
-                src, dst, self.identities, system=self.system, sources=self.sources, header=header
+            done = coerce(
+                src, spare, self.identities, system=self.system, sources=self.sources, header=header
             )
-            if key is not None and made is not None and len(self._patches) < MAX_PATCHES:
-                self._patches[key] = made
-        if result is Result.UNKNOWN:
-            self._warn(study)
-        elif result is Result.COERCED:
+            if key is not None and done.patch is not None and len(self._patches) < MAX_PATCHES:
+                self._patches[key] = done.patch
+        if done.result is Result.UNKNOWN:
+            self._warn(done.study)
+        elif done.result is Result.COERCED:
             with self._lock:
                 self.coerced += 1
-        return result is Result.COERCED
+        return done.send
+
+    def coerce(self, src: Path, dst: Path) -> bool:
+        """Write the coerced copy of ``src`` into ``dst``; False = send ``src`` as it is."""
+        send = self.rewrite(src, dst)
+        if isinstance(send, Rewritten):
+            send.write(dst)
+        return send != src
 
     def _warn(self, study: str) -> None:
         with self._lock:

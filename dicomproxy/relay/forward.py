@@ -39,6 +39,7 @@ from dicomproxy.transport.link import Link, NoAssociation, Timeouts, open_link
 from dicomproxy.transport.net import MAX_CONTEXTS, Remote, storage_classes_for
 from dicomproxy.transport.pynetdicom_link import PynetdicomLink
 from dicomproxy.transport.raw.dimse import message_ids
+from dicomproxy.transport.rewritten import Rewritten
 
 LOG = logging.getLogger("dicomproxy.forward")
 
@@ -255,27 +256,26 @@ class Forwarder:
 
     def send_file(self, item: SpooledInstance, path: Path, target: str) -> SendResult:
         """The C-STORE of ``path`` (``item`` as prepared in syntax ``target``), with the view's
-        identity when a :attr:`coercer` is set (its header rewritten into a copy, the pixel data
-        copied unread, :mod:`dicomproxy.identity.files`); never raises."""
-        coerced: Path | None = None
+        identity when a :attr:`coercer` is set (its header rewritten in memory, the pixel data
+        streamed from ``path`` unread, :mod:`dicomproxy.identity.files`); never raises."""
+        source: Path | Rewritten = path
+        spare = path.with_name(f"{path.stem}.id.dcm")  # written only when a header cannot be patched
         if self.coercer is not None:
-            coerced = path.with_name(f"{path.stem}.id.dcm")
             try:
-                if self.coercer.coerce(path, coerced):
-                    path = coerced
+                source = self.coercer.rewrite(path, spare)
             except Exception as exc:  # an unreadable header: not sent with the PACS's identity
-                coerced.unlink(missing_ok=True)
+                spare.unlink(missing_ok=True)
                 return SendResult(
                     Status.UNABLE_TO_PROCESS, target, error=f"cannot give it the view's identity: {exc}"
                 )
         try:
-            size = path.stat().st_size
-            code = self.link.store(path, next(self._msg_ids), self.originator)
+            size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
+            code = self.link.store(source, next(self._msg_ids), self.originator)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
         finally:
-            if coerced is not None:
-                coerced.unlink(missing_ok=True)
+            if source == spare:
+                spare.unlink(missing_ok=True)
         if code is None:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
