@@ -28,17 +28,28 @@ from dicomproxy.identity import (
     Identity,
     Result,
     apply_changes,
-    coerce_file,
     identity_of,
     plan_changes,
 )
 from dicomproxy.identity.coerce import charset_for
-from dicomproxy.identity.files import coerce
+from dicomproxy.identity.files import Patch, coerce
 from dicomproxy.relay.journal import Journal
 from dicomproxy.transport.rewritten import Rewritten, open_data
 from testkit.samples import StudySpec, exam_row, make_instance
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+
+def coerce_file(
+    src: Path, dst: Path, identities: dict[str, Identity], **kw: Any
+) -> tuple[Result, str, Patch | None]:
+    """:func:`coerce` with what it sends written to ``dst``."""
+    done = coerce(src, dst, identities, **kw)
+    if isinstance(done.send, Rewritten):
+        done.send.write(dst)
+    return done.result, done.study, done.patch
+
+
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 VIEW = Identity(
     STUDY,

@@ -8,17 +8,18 @@ relay's send path (:class:`Coercer`, one per job and destination).
 """
 
 from dicomproxy.identity.coerce import COERCE_REASON, Change, apply_changes, plan_changes
-from dicomproxy.identity.files import Coercer, Result, coerce_file
+from dicomproxy.identity.files import Coerced, Coercer, Result, coerce
 from dicomproxy.identity.model import Identity, identity_of
 
 __all__ = [
     "COERCE_REASON",
     "Change",
+    "Coerced",
     "Coercer",
     "Identity",
     "Result",
     "apply_changes",
-    "coerce_file",
+    "coerce",
     "identity_of",
     "plan_changes",
 ]

@@ -1,11 +1,13 @@
-"""The view's identity written into a DICOM file: the header rewritten, the pixel data copied unread.
+"""The view's identity written into a DICOM file's header; the pixel data left where it is.
 
-:func:`coerce_file` reads the data set up to Pixel Data with pydicom (``stop_before_pixels``),
-makes the changes of :mod:`dicomproxy.identity.coerce`, writes the file meta and the new header
-in the file's own transfer syntax (explicit or implicit VR, its byte order) and then copies the
-rest of the source — the Pixel Data element and what follows it — byte for byte with
-``os.copy_file_range`` (in the kernel: no pixel is decoded, nothing large passes through Python).
-Deflated data sets (PS3.5 A.5) cannot be spliced: they are read whole and written again.
+:func:`coerce` reads the data set up to Pixel Data with pydicom (``stop_before_pixels``), makes the
+changes of :mod:`dicomproxy.identity.coerce` and encodes only the changed elements, in the file's
+own transfer syntax (explicit or implicit VR, its byte order); every other element keeps its bytes.
+The result is a :class:`~dicomproxy.transport.rewritten.Rewritten`: the new header in memory, the
+rest of the file — the Pixel Data element and what follows — streamed from disk unread by the
+sender (no pixel is decoded, nothing large passes through Python). A data set that cannot be
+patched element by element (deflated, PS3.5 A.5; with group lengths; a character-set switch that
+re-encodes texts) is written whole to a spare file instead.
 
 pydicom was chosen for the header because it already reads and writes every data set the relay
 handles (character sets, sequences, both VR encodings); only the splice is ours.
@@ -43,7 +45,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5
 
 
 class Result(Enum):
-    """What :func:`coerce_file` did."""
+    """What :func:`coerce` did."""
 
     COERCED = "coerced"  # the copy was written
     UNCHANGED = "unchanged"  # the file carries the view's identity already: send it as it is
@@ -158,22 +160,6 @@ def coerce(
     touched = {int(Tag(c.keyword)) for c in changes} | {ORIGINAL_ATTRIBUTES, SPECIFIC_CHARSET}
     patch = encode_patch(h.ds, {t for t in touched if t in h.ds or t in before}, charset)
     return Coerced(Result.COERCED, h.study, patch, patched(src, h, patch))
-
-
-def coerce_file(
-    src: Path,
-    dst: Path,
-    identities: Mapping[str, Identity],
-    *,
-    system: str,
-    sources: Mapping[str, str] | None = None,
-) -> tuple[Result, str, Patch | None]:
-    """:func:`coerce` with the result written to ``dst`` when coerced: (what was done, the study,
-    the patch made — None when the header had to be written whole)."""
-    done = coerce(src, dst, identities, system=system, sources=sources)
-    if isinstance(done.send, Rewritten):
-        done.send.write(dst)
-    return done.result, done.study, done.patch
 
 
 def element_bounds(ds: Dataset, end: int) -> dict[int, tuple[int, int]]:
