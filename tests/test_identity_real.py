@@ -56,6 +56,9 @@ VIEW = {
     "PatientName": "王小东",
     "AccessionNumber": "RIS-2026-001",
 }
+#: A study of the view with a report file and no image in the PACS (``[reports] in_retrieve``).
+REPORT_SPEC = StudySpec("CT", accession="RIS-2026-002", seed=2602)
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 HIS_OID = "1.2.156.112604.1.2.1"
 ACCESSION_OID = "1.2.156.112604.1.2.9"
 #: Destination AE title → (compression, coerce).
@@ -82,8 +85,10 @@ class Site:
     def take(self, ae: str) -> dict[str, Path]:
         """What ``ae`` received since the last take, by SOP Instance UID (the files are moved away)."""
         out = {}
+        taken = self.dests[ae].workdir / f"taken-{len(list(self.dests[ae].workdir.glob('taken-*')))}"
+        taken.mkdir()
         for path in self.dests[ae].received():
-            kept = path.with_name(f"{path.name}.taken")
+            kept = taken / path.name
             path.rename(kept)
             out[str(dcmread(kept, stop_before_pixels=True).SOPInstanceUID)] = kept
         return out
@@ -97,7 +102,10 @@ def _proxy(
     view_url = f"sqlite:///{tmp / 'view.db'}"
     engine = create_engine(view_url)
     create_view_table(engine)
-    insert_rows(engine, [exam_row(PACS_SPEC, **VIEW)])
+    (tmp / "r.pdf").write_bytes(PDF)
+    report_row = exam_row(REPORT_SPEC, **{**VIEW, "AccessionNumber": REPORT_SPEC.accession})
+    report_row["ReportFilePath"] = str(tmp / "r.pdf")
+    insert_rows(engine, [exam_row(PACS_SPEC, **VIEW, ReportFilePath=None), report_row])
     engine.dispose()
     peers: list[dict[str, Any]] = [
         {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
@@ -126,6 +134,7 @@ def _proxy(
         },
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": retrieve},
         peers=peers,
+        reports={"in_retrieve": True, "timeout": 5},
     )
     config = parse_config(doc, str(tmp / "dicomproxy.toml"))
     server = Server(config, build_context(config))
@@ -278,3 +287,18 @@ def test_orthanc_as_cloud_indexes_the_view_patient(site: Site) -> None:
     assert study["PatientMainDicomTags"]["PatientID"] == VIEW["PatientID"]
     assert study["MainDicomTags"]["AccessionNumber"] == VIEW["AccessionNumber"]
     assert len(site.cloud.request("GET", "/instances")) == 3
+
+
+def test_report_object_gets_the_issuers_and_keeps_what_it_has(site: Site) -> None:
+    """An order/report object is made from the view already: coercion adds only the issuers'
+    sequences, replaces nothing, so it keeps no Original Attributes Sequence."""
+    query = scu.identifier(study_uids=[REPORT_SPEC.study_uid])
+    result = scu.move(site.proxy(), "D_NONE", query, calling_ae=CLOUD, timeout=120)
+    assert (result.status, result.completed, result.failed) == (0x0000, 1, 0), result.line()
+    [path] = site.take("D_NONE").values()
+    ds = dcmread(path)
+    assert bytes(ds.EncapsulatedDocument)[: len(PDF)] == PDF
+    assert (ds.PatientID, str(ds.PatientName)) == (VIEW["PatientID"], "=王小东")
+    assert ds.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == HIS_OID
+    assert ds.IssuerOfAccessionNumberSequence[0].UniversalEntityID == ACCESSION_OID
+    assert "OriginalAttributesSequence" not in ds
