@@ -302,3 +302,18 @@ def test_report_object_gets_the_issuers_and_keeps_what_it_has(site: Site) -> Non
     assert ds.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == HIS_OID
     assert ds.IssuerOfAccessionNumberSequence[0].UniversalEntityID == ACCESSION_OID
     assert "OriginalAttributesSequence" not in ds
+
+
+def test_series_and_image_level_moves_find_the_row_by_study_uid(site: Site) -> None:
+    series = PACS_SPEC.series_uid(0)
+    sop = PACS_SPEC.sop_uid(0, 1)
+    for query, n in (
+        (scu.identifier("SERIES", study_uids=[PACS_SPEC.study_uid], series_uids=[series]), 3),
+        (scu.identifier("IMAGE", study_uids=[PACS_SPEC.study_uid], series_uids=[series], sop_uids=[sop]), 1),
+    ):
+        result = scu.move(site.proxy(), "D_NONE", query, calling_ae=CLOUD, timeout=120)
+        assert (result.status, result.completed) == (0x0000, n), result.line()
+        got = site.take("D_NONE")
+        assert len(got) == n
+        for path in got.values():
+            assert_view_identity(dcmread(path))

@@ -3,7 +3,8 @@
 Tables: ``jobs`` (one row per request: who asked, destination, what was resolved, counts,
 bytes, times, outcome), ``job_instances`` (one row per instance outcome with the
 transfer syntax it was sent in), ``job_identities`` (the view's identity each delivery carried)
-and the tables of retries and Storage Commitment below. One engine per process; a short transaction per write.
+and the tables of retries and Storage Commitment below. One engine per process; a short
+transaction per write.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from dicomproxy.identity import Identity
 from dicomproxy.status import RETRYABLE_OUTCOMES, JobKind, JobOutcome
@@ -482,26 +484,29 @@ class JobIdentities:
         if not identities:
             return
         t = job_identities
-        with self.engine.begin() as conn:
-            known = set(
-                conn.execute(
-                    select(t.c.study_uid).where(t.c.job_id == job_id, t.c.destination == destination)
-                ).scalars()
-            )
-            rows = [
-                {
-                    "job_id": job_id,
-                    "destination": destination,
-                    "study_uid": i.study_uid,
-                    "digest": i.digest,
-                    "identity": i.to_json(),
-                    "recorded": _now(),
-                }
-                for i in {i.study_uid: i for i in identities}.values()
-                if i.study_uid not in known
-            ]
-            if rows:
-                conn.execute(insert(t), rows)
+        try:
+            with self.engine.begin() as conn:
+                known = set(
+                    conn.execute(
+                        select(t.c.study_uid).where(t.c.job_id == job_id, t.c.destination == destination)
+                    ).scalars()
+                )
+                rows = [
+                    {
+                        "job_id": job_id,
+                        "destination": destination,
+                        "study_uid": i.study_uid,
+                        "digest": i.digest,
+                        "identity": i.to_json(),
+                        "recorded": _now(),
+                    }
+                    for i in {i.study_uid: i for i in identities}.values()
+                    if i.study_uid not in known
+                ]
+                if rows:
+                    conn.execute(insert(t), rows)
+        except IntegrityError:
+            pass  # recorded meanwhile by another writer of the same job: that record is the first
 
     def identities_of(self, job_id: int) -> dict[str, Identity]:
         """Study Instance UID → the identity ``job_id`` was planned with (its retry sends it again)."""
