@@ -18,19 +18,24 @@ Study Instance UID. It is called on the thread that sends (the pump or a lane), 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_data_element
 from pydicom.tag import Tag
+from pydicom.uid import UID
+from pynetdicom.dsutils import split_dataset
 
 from dicomproxy.identity.coerce import apply_changes, declared_of, plan_changes
 from dicomproxy.identity.model import Identity
@@ -69,6 +74,9 @@ COERCED_TAGS = (
     *(int(Tag(k)) for k in ("PatientBirthDate", "PatientSex")),
     ORIGINAL_ATTRIBUTES,
 )
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: What coercion reads of a header.
+READ_TAGS = frozenset({*COERCED_TAGS, int(Tag("StudyInstanceUID"))})
 #: Explicit VRs whose element header is 12 bytes (PS3.5 7.1.2).
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 
@@ -85,12 +93,41 @@ class Header:
 
     @classmethod
     def read(cls, path: Path) -> Header:
+        """The header, from pydicom's element reader (no Dataset of every element is built: the
+        per-instance cost on the send path); ``ds`` holds only what coercion reads. A file it cannot
+        read that way (deflated, or whose data set is not in its declared VR encoding) is read by
+        ``dcmread`` instead."""
+        meta, start = split_dataset(path)
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+        if syntax != DEFLATED and syntax.is_transfer_syntax:
+            try:
+                return cls._elements(path, meta, start, syntax)
+            except Exception:
+                pass
         with path.open("rb") as fh:
             ds = dcmread(fh, stop_before_pixels=True)
             tail = fh.tell()
             bounds = element_bounds(ds, tail)  # before any element is decoded: raw positions
             fh.seek(0)
             return cls(ds, fh.read(tail), bounds, tail)
+
+    @classmethod
+    def _elements(cls, path: Path, meta: Dataset, start: int, syntax: UID) -> Header:
+        implicit, little = bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)
+        with path.open("rb") as fh:
+            fh.seek(start)
+            elements = list(data_element_generator(fh, implicit, little, stop_when=_at_pixel_data))
+            tail = fh.tell()
+            fh.seek(0)
+            head = fh.read(tail)
+        ds = Dataset({e.tag: e for e in elements if int(e.tag) in READ_TAGS})
+        ds.file_meta = meta  # type: ignore[assignment]
+        ds.set_original_encoding(implicit, little, None)
+        starts = sorted((int(e.tag), _start(e, implicit)) for e in elements)
+        if starts and (starts[0][1] != start or any(b[1] <= a[1] for a, b in itertools.pairwise(starts))):
+            raise ValueError("elements out of order")
+        ends = [s for _, s in starts[1:]] + [tail]
+        return cls(ds, head, {t: (s, e) for (t, s), e in zip(starts, ends, strict=True)}, tail)
 
     @property
     def study(self) -> str:
@@ -152,14 +189,30 @@ def coerce(
     charset = declared_of(h.ds)
     if charset != declared and declared not in ([], ["ISO_IR 6"]):
         # texts of the old set are re-encoded: the whole header is written again, the tail copied
+        with src.open("rb") as fh:
+            full = dcmread(fh, stop_before_pixels=True)
+        apply_changes(full, plan_changes(full, identity), system=system, source=source)
         with spare.open("wb") as out:
-            h.ds.save_as(out, enforce_file_format=True)
+            full.save_as(out, enforce_file_format=True)
         bare = Rewritten(src, 0, b"", h.tail)  # nothing but the tail, appended
         bare.append_tail(spare)
         return Coerced(Result.COERCED, h.study, None, spare)
     touched = {int(Tag(c.keyword)) for c in changes} | {ORIGINAL_ATTRIBUTES, SPECIFIC_CHARSET}
     patch = encode_patch(h.ds, {t for t in touched if t in h.ds or t in before}, charset)
     return Coerced(Result.COERCED, h.study, patch, patched(src, h, patch))
+
+
+def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+    """Pixel Data, Float or Double Float Pixel Data (PS3.3 C.7.6.3): where the header ends."""
+    return tag in PIXEL_TAGS
+
+
+def _start(elem: Any, implicit: bool) -> int:
+    """Where an element read by pydicom begins: its value's position less its header (PS3.5 7.1)."""
+    tell = getattr(elem, "value_tell", None) or getattr(elem, "file_tell", None)
+    if tell is None:
+        raise ValueError(f"no position for {elem.tag}")
+    return int(tell) - (12 if not implicit and elem.VR in LONG_VRS else 8)
 
 
 def element_bounds(ds: Dataset, end: int) -> dict[int, tuple[int, int]]:
