@@ -157,6 +157,18 @@ def test_issuer_sequences_follow_their_value() -> None:
     assert len(ds.OriginalAttributesSequence) == 2  # one item per modification
 
 
+def test_an_issuer_is_judged_by_the_first_item_of_its_sequence() -> None:
+    """PS3.3 10.14 / C.7.1.1: the qualifiers are one item; a second one (another system's) is kept."""
+    ds = _dataset({k: v for k, v in VIEW.values().items()})
+    items = [Dataset(), Dataset()]
+    for item, uid in zip(items, ("1.2.156.1", "9.9.9"), strict=True):
+        item.UniversalEntityID, item.UniversalEntityIDType = uid, "ISO"
+    ds.IssuerOfPatientIDQualifiersSequence = items
+    ds.IssuerOfAccessionNumberSequence = [copy.deepcopy(items[0])]
+    ds.IssuerOfAccessionNumberSequence[0].UniversalEntityID = "1.2.156.2"
+    assert plan_changes(ds, VIEW) == []
+
+
 @pytest.mark.parametrize(
     ("declared", "texts", "expected"),
     [

@@ -159,8 +159,8 @@ def record_originals(
     when = when or dt.datetime.now().astimezone()
     item = Dataset()
     item.AttributeModificationDateTime = when.strftime("%Y%m%d%H%M%S.%f%z")  # (0400,0562) DT
-    item.ModifyingSystem = system[:64]  # (0400,0563) LO
-    item.SourceOfPreviousValues = source[:64]  # (0400,0564) LO, Type 2
+    item.ModifyingSystem = system  # (0400,0563) LO: our AE title
+    item.SourceOfPreviousValues = source  # (0400,0564) LO, Type 2: the archive's AE title, or empty
     item.ReasonForTheAttributeModification = COERCE_REASON  # (0400,0565) CS
     item.ModifiedAttributesSequence = [originals]  # (0400,0550): the previous values, one item
     if "OriginalAttributesSequence" in ds:
