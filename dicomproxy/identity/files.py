@@ -1,8 +1,9 @@
 """The view's identity written into a DICOM file's header; the pixel data left where it is.
 
-:func:`coerce` reads the data set up to Pixel Data with pydicom (``stop_before_pixels``), makes the
-changes of :mod:`dicomproxy.identity.coerce` and encodes only the changed elements, in the file's
-own transfer syntax (explicit or implicit VR, its byte order); every other element keeps its bytes.
+:func:`coerce` reads the data set up to Pixel Data with pydicom (its element reader, ``dcmread`` for
+what that cannot read: :meth:`Header.read`), makes the changes of :mod:`dicomproxy.identity.coerce`
+and encodes only the changed elements, in the file's own transfer syntax (explicit or implicit VR,
+its byte order); every other element keeps its bytes.
 The result is a :class:`~dicomproxy.transport.rewritten.Rewritten`: the new header in memory, the
 rest of the file — the Pixel Data element and what follows — streamed from disk unread by the
 sender (no pixel is decoded, nothing large passes through Python). A data set that cannot be
