@@ -81,6 +81,7 @@ def proxy_config(
     mode: str = "none",
     http_port: int = 0,
     audit: bool = True,
+    coerce: bool = True,
 ) -> None:
     path.write_text(
         f"[http]\nport = {http_port}\n[audit]\nenabled = {'true' if audit else 'false'}\n"
@@ -92,6 +93,7 @@ def proxy_config(
         f'[logging]\nlevel = "{LOG_LEVEL[0]}"\n'
         f'[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {DEST_PORT[0]}\n'
+        f"coerce = {'true' if coerce else 'false'}\n"
     )
 
 
@@ -101,6 +103,13 @@ CONSOLE_SETUPS = {"c-move+console": (True, True), "c-move-no-audit": (False, Fal
 
 
 DEST_PORT = [0]
+#: --coerce: what the view says of every study, unlike the PACS's files (issue 26).
+COERCED_VIEW = {
+    "PatientID": "H-BENCH-1",
+    "PIDAssigningAuthority": "74580626.HIS",
+    "PatientName": "李秀英",
+    "AccessionNumber": "RIS-BENCH-1",
+}
 COMPRESSION_EXTRA = [""]
 LOG_LEVEL = ["WARNING"]
 
@@ -348,6 +357,13 @@ def main() -> None:
         help="two more proxies: HTTP console on (with /metrics and /api/status polled every second), "
         "and audit trail off; the default proxy has the audit trail on and the console off",
     )
+    ap.add_argument(
+        "--coerce",
+        action="store_true",
+        help="the view names the study differently from the PACS (issue 26): the proxies above send the "
+        "PACS's bytes (coerce = false) and one more proxy, upstream C-MOVE, none, gives every instance "
+        "the view's identity (coerce = true)",
+    )
     args = ap.parse_args()
     for key, value in (
         ("lossless_syntaxes", args.lossless_syntaxes),
@@ -382,6 +398,8 @@ def main() -> None:
     DEST_PORT[0] = dest.port
     setups = [("c-move", "c-move", "PROXYMOVE", "none"), ("c-get", "c-get", "PROXYGET", "none")]
     setups += [(m, "c-move", f"PROXY{m.upper()}", m) for m in modes]
+    if args.coerce:
+        setups.insert(1, ("c-move+coerce", "c-move", "PROXYCOERCE", "none"))
     if args.console:
         setups += [
             ("c-move+console", "c-move", "PROXYHTTP", "none"),
@@ -413,7 +431,8 @@ def main() -> None:
         view_url = f"sqlite:///{work / 'view.db'}"
         engine = create_engine(view_url)
         create_view_table(engine)
-        insert_rows(engine, [exam_row(spec), *(exam_row(sp) for sp in extra_specs)])
+        differ = dict(COERCED_VIEW) if args.coerce else {}
+        insert_rows(engine, [exam_row(spec, **differ), *(exam_row(sp, **differ) for sp in extra_specs)])
         engine.dispose()
         proxies: dict[str, Remote] = {}
         for name, method, ae, mode in setups:
@@ -431,6 +450,7 @@ def main() -> None:
                 mode,
                 http_ports[name] if http_on else 0,
                 audit_on,
+                coerce=name == "c-move+coerce" or not args.coerce,
             )
             if method == "c-move" and isinstance(pacs, BenchOrthanc):
                 pacs.add_modality(ae.lower(), Remote(ae, "127.0.0.1", port))
@@ -528,6 +548,12 @@ def main() -> None:
     labels["get proxy"] = "cloud C-GET (getscu) through the proxy, upstream C-MOVE, none"
     labels["c-move+console"] = "proxy, upstream C-MOVE, none, HTTP console on and polled"
     labels["c-move-no-audit"] = "proxy, upstream C-MOVE, none, audit trail off"
+    labels["c-move+coerce"] = (
+        "proxy, upstream C-MOVE, none, **every instance coerced** to the view's identity"
+    )
+    if args.coerce:
+        labels["c-move"] += " (coerce = false)"
+        labels["c-get"] += " (coerce = false)"
     for name in names:
         base = statistics.median(w for w, _ in runs["get direct"]) if name.startswith("get ") else direct
         wall = statistics.median(w for w, _ in runs[name])

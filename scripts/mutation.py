@@ -161,6 +161,12 @@ TARGETS: dict[str, Target] = {
         ("tests/test_transcode_policy.py",),
         "which syntaxes a [compression] list may name (was part of the policy target until issue 23)",
     ),
+    "coerce": Target(
+        "dicomproxy/identity/coerce.py",
+        (),
+        ("tests/test_identity_coerce.py",),
+        "the view's identity on outgoing instances: what changes, what is kept (issue 26)",
+    ),
     "lossy": Target(
         "dicomproxy/transcode/codec.py",
         ("_values", "_mark_lossy", "_derive", "_note_source_lossy", "_lossy_insert_at", "_text_element"),

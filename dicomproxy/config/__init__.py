@@ -28,12 +28,14 @@ from dicomproxy.config.operations import (
 from dicomproxy.config.reader import is_loopback
 from dicomproxy.config.sources import (
     CHARSETS,
+    ENTITY_ID_TYPES,
     NAME_STYLES,
     RETRIEVE_METHODS,
     HospitalConfig,
     NameStyle,
     PacsConfig,
     RetrieveMethod,
+    UniversalId,
     ViewConfig,
 )
 from dicomproxy.config.tls import TlsConfig
@@ -42,6 +44,7 @@ from dicomproxy.errors import ConfigError
 __all__ = [
     "CHARSETS",
     "COMPRESSION_MODES",
+    "ENTITY_ID_TYPES",
     "LOSSLESS_TARGETS",
     "LOSSY_TARGETS",
     "MAX_ONWARD",
@@ -70,6 +73,7 @@ __all__ = [
     "RetrieveMethod",
     "TlsConfig",
     "UidPolicy",
+    "UniversalId",
     "ViewConfig",
     "is_loopback",
     "load_config",

@@ -75,6 +75,8 @@ class PeerConfig:
     commit_timeout: float = 600.0
     #: N-ACTIONs per transaction before its instances are reported ``unanswered``.
     commit_attempts: int = 3
+    #: Instances sent to it carry the exam view's identity (docs/identity.md); False = the PACS's bytes.
+    coerce: bool = True
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -122,6 +124,7 @@ def peer(s: Section) -> PeerConfig:
         storage_commitment=s.boolean("storage_commitment", False),
         commit_timeout=s.number("commit_timeout", 600.0, lo=0.1),
         commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
+        coerce=s.boolean("coerce", True),
     )
     bad = [x for x in config.services if x not in SERVICES]
     if bad:

@@ -47,6 +47,10 @@ class Section:
             return default
         return self.table[name]
 
+    def value(self, name: str, default: Any = REQUIRED) -> Any:
+        """The key's TOML value as it is (a table or mixed shape the typed getters below do not read)."""
+        return self._get(name, default)
+
     def string(self, name: str, default: Any = REQUIRED, *, choices: tuple[str, ...] = ()) -> Any:
         value = self._get(name, default)
         if value is default and default is not REQUIRED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +16,17 @@ NameStyle = Literal["ideographic", "single", "pinyin"]
 RETRIEVE_METHODS: tuple[str, ...] = ("c-move", "c-get")
 NAME_STYLES: tuple[str, ...] = ("ideographic", "single", "pinyin")
 CHARSETS: tuple[str, ...] = ("ISO_IR 192", "GB18030", "GBK")
+#: Universal Entity ID Type (0040,0033) defined terms (PS3.3 Table 10-17, HL7v2 Hierarchic Designator).
+ENTITY_ID_TYPES: tuple[str, ...] = ("ISO", "UUID", "URI", "DNS", "EUI64", "X400", "X500")
+_OID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+@dataclass(frozen=True)
+class UniversalId:
+    """A Universal Entity ID (0040,0032) and its type (0040,0033): an assigning authority's OID."""
+
+    id: str
+    type: str = "ISO"
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,15 @@ class HospitalConfig:
 
     id: str
     name: str = ""
+    #: The view's PIDAssigningAuthority values → their Universal Entity ID (Issuer of Patient ID
+    #: Qualifiers Sequence (0010,0024) on coerced instances, docs/identity.md).
+    issuers: tuple[tuple[str, UniversalId], ...] = ()
+    #: Who assigns the view's AccessionNumber (Issuer of Accession Number Sequence (0008,0051)).
+    accession_issuer: UniversalId | None = None
+
+    def issuer(self, authority: str) -> UniversalId | None:
+        """The Universal Entity ID of a PIDAssigningAuthority value, if the table names it."""
+        return next((uid for name, uid in self.issuers if name == authority), None)
 
 
 @dataclass(frozen=True)
@@ -77,11 +98,47 @@ class PacsConfig:
 
 
 def hospital(s: Section) -> HospitalConfig:
-    config = HospitalConfig(id=s.string("id"), name=s.string("name", ""))
+    raw = s.value("accession_issuer", None)
+    config = HospitalConfig(
+        id=s.string("id"),
+        name=s.string("name", ""),
+        issuers=issuers(s),
+        accession_issuer=None if raw is None else universal_id(s, "accession_issuer", raw),
+    )
     if not config.id.strip():
         raise s.error("id", "must not be empty")
     s.finish()
     return config
+
+
+def issuers(s: Section) -> tuple[tuple[str, UniversalId], ...]:
+    """``[hospital] issuers``: a table of PIDAssigningAuthority value → OID (or ``{ id, type }``)."""
+    raw = s.value("issuers", {})
+    if not isinstance(raw, dict):
+        raise s.error("issuers", 'must be a table of PIDAssigningAuthority value = "OID"')
+    out = []
+    for name, value in raw.items():
+        if not name.strip() or len(name) > 64:  # (0010,0021) LO: 64 characters
+            raise s.error(f"issuers.{name}", "the authority must be 1-64 characters")
+        out.append((name, universal_id(s, f"issuers.{name}", value)))
+    return tuple(out)
+
+
+def universal_id(s: Section, key: str, value: object) -> UniversalId:
+    """An OID string (type ISO) or ``{ id = "...", type = "UUID" }`` (PS3.3 Table 10-17)."""
+    if isinstance(value, str):
+        found = UniversalId(value.strip())
+    elif isinstance(value, dict) and set(value) <= {"id", "type"} and isinstance(value.get("id"), str):
+        found = UniversalId(str(value["id"]).strip(), str(value.get("type", "ISO")))
+    else:
+        raise s.error(key, "must be an OID string or a table { id = ..., type = ... }")
+    if found.type not in ENTITY_ID_TYPES:
+        raise s.error(key, f"type must be one of {', '.join(ENTITY_ID_TYPES)}, not {found.type!r}")
+    if found.type == "ISO" and (not _OID_RE.match(found.id) or len(found.id) > 64):
+        raise s.error(key, f"{found.id!r} is not an OID (digits and dots, e.g. 1.2.156.112604.1)")
+    if not found.id:
+        raise s.error(key, "must not be empty")
+    return found
 
 
 def view(s: Section) -> ViewConfig:

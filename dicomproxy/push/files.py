@@ -23,6 +23,7 @@ from dicomproxy.pacs.client import InstanceRef
 from dicomproxy.push.queue import Item, PushQueue
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Moved, Transfer
+from dicomproxy.relay.identities import job_coercer
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.spool import SpooledInstance
@@ -66,7 +67,7 @@ class ItemFiles:
                 missing += 1
         confirmed = self.queue.confirmed(item.id, item.generation)
         todo = [o for o in objects if o.sop_instance_uid not in confirmed]
-        if todo and not self._send_objects(item, job_id, todo):
+        if todo and not self._send_objects(item, job_id, todo, row):
             missing += 1
         return ("sent", True) if not missing else ("pending", False)
 
@@ -78,7 +79,9 @@ class ItemFiles:
                 return row
         return None
 
-    def _send_objects(self, item: Item, job_id: int, objects: list[ReportObject]) -> bool:
+    def _send_objects(
+        self, item: Item, job_id: int, objects: list[ReportObject], row: dict[str, Any] | None
+    ) -> bool:
         """C-STORE ``objects`` to the item's destination: a transfer on the relay's engine with
         nothing to fetch (the destination peer's compression, the instance recorder journalling
         each under the push job); True when all were confirmed. What was not confirmed is
@@ -112,7 +115,11 @@ class ItemFiles:
                 )
             opener = destination_opener(self.config, peer, None)
             classes = sorted({f.sop_class_uid for f in held})
-            transfer = Transfer(state, [], classes, opener, held=held, discard_unconfirmed=True)
+            rows = {item.study_uid: [row]} if row is not None else {}
+            coercer = job_coercer(self.config, self.journal, job_id, item.destination, rows, {})
+            transfer = Transfer(
+                state, [], classes, opener, held=held, discard_unconfirmed=True, coercer=coercer
+            )
             _, outcome, error = self.relay.engine.run_to_end(transfer, Moved())
             if outcome != JobOutcome.SUCCESS:
                 LOG.warning("push item %d: files not all confirmed: %s", item.id, error or outcome)

@@ -21,6 +21,7 @@ from typing import Protocol
 from pynetdicom.association import Association
 
 from dicomproxy.config import Config, PeerConfig
+from dicomproxy.identity import Coercer
 from dicomproxy.pacs.client import RECEIVE_SYNTAXES
 from dicomproxy.relay.forward import SendResult, contexts_for, open_destination, requester_forwarder
 from dicomproxy.relay.outcome import JobState
@@ -37,6 +38,8 @@ class Destination(Protocol):
     throttle: Callable[[int], None] | None
     #: Told (transfer syntax, CPU seconds) of each conversion made while sending.
     on_converted: Callable[[str, float], None] | None
+    #: Gives each instance the exam view's identity as it goes (docs/identity.md); None = as held.
+    coercer: Coercer | None
 
     @property
     def alive(self) -> bool: ...

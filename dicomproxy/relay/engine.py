@@ -25,6 +25,7 @@ from typing import cast
 from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.errors import DicomServiceError
+from dicomproxy.identity import Coercer
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.relay.destinations import Destination, Opener
@@ -94,6 +95,8 @@ class Transfer:
     #: Delete what the destination did not confirm when the transfer ends (files made afresh for
     #: every attempt, a push item's order/report objects), instead of keeping it for a retry.
     discard_unconfirmed: bool = False
+    #: Gives each instance the exam view's identity as it is sent (docs/identity.md); None = as held.
+    coercer: Coercer | None = None
 
 
 @dataclass
@@ -142,6 +145,7 @@ class Engine:
                 spool.accept(item.path, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
             held_bytes = spool.bytes_in
             forwarder = t.opener(state, t.sop_classes, spool.dir)
+            forwarder.coercer = t.coercer
             forwarder.on_converted = lambda syntax, seconds: events.publish(
                 events.Transcoded(job_id, syntax, seconds)
             )

@@ -30,6 +30,7 @@ from pynetdicom.status import code_to_category
 
 from dicomproxy.config import PeerConfig, ProxyConfig
 from dicomproxy.errors import CannotTranscode, DestinationUnavailable
+from dicomproxy.identity import Coercer
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.status import Status, is_out_of_resources
 from dicomproxy.transcode import Policy, choose_target, proposed_syntaxes, read_info, transcode_file
@@ -38,6 +39,7 @@ from dicomproxy.transport.link import Link, NoAssociation, Timeouts, open_link
 from dicomproxy.transport.net import MAX_CONTEXTS, Remote, storage_classes_for
 from dicomproxy.transport.pynetdicom_link import PynetdicomLink
 from dicomproxy.transport.raw.dimse import message_ids
+from dicomproxy.transport.rewritten import Rewritten
 
 LOG = logging.getLogger("dicomproxy.forward")
 
@@ -136,6 +138,8 @@ class Forwarder:
         #: Told (transfer syntax, CPU seconds) of each conversion made here, inline — the pool's are
         #: reported by the pump (the ``dicomproxy_transcode_seconds`` metric counts both).
         self.on_converted: Callable[[str, float], None] | None = None
+        #: Gives each instance the exam view's identity as it goes (docs/identity.md); None = as held.
+        self.coercer: Coercer | None = None
         self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
         self._adopt(link)
@@ -181,6 +185,7 @@ class Forwarder:
         )
         twin.throttle = self.throttle  # push's max_mbps: one cap for all of the job's associations
         twin.on_converted = self.on_converted
+        twin.coercer = self.coercer
         return twin
 
     @property
@@ -250,12 +255,27 @@ class Forwarder:
             tmp.unlink(missing_ok=True)
 
     def send_file(self, item: SpooledInstance, path: Path, target: str) -> SendResult:
-        """The C-STORE of ``path`` (``item`` as prepared in syntax ``target``); never raises."""
+        """The C-STORE of ``path`` (``item`` as prepared in syntax ``target``), with the view's
+        identity when a :attr:`coercer` is set (its header rewritten in memory, the pixel data
+        streamed from ``path`` unread, :mod:`dicomproxy.identity.files`); never raises."""
+        source: Path | Rewritten = path
+        spare = path.with_name(f"{path.stem}.id.dcm")  # written only when a header cannot be patched
+        if self.coercer is not None:
+            try:
+                source = self.coercer.rewrite(path, spare)
+            except Exception as exc:  # an unreadable header: not sent with the PACS's identity
+                spare.unlink(missing_ok=True)
+                return SendResult(
+                    Status.UNABLE_TO_PROCESS, target, error=f"cannot give it the view's identity: {exc}"
+                )
         try:
-            size = path.stat().st_size
-            code = self.link.store(path, next(self._msg_ids), self.originator)
+            size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
+            code = self.link.store(source, next(self._msg_ids), self.originator)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
+        finally:
+            if source == spare:
+                spare.unlink(missing_ok=True)
         if code is None:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size

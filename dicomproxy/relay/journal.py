@@ -1,8 +1,10 @@
 """Job journal: every C-MOVE / C-GET, durably (SQLAlchemy; SQLite in the data directory by default).
 
 Tables: ``jobs`` (one row per request: who asked, destination, what was resolved, counts,
-bytes, times, outcome) and ``job_instances`` (one row per instance outcome with the
-transfer syntax it was sent in). One engine per process; a short transaction per write.
+bytes, times, outcome), ``job_instances`` (one row per instance outcome with the
+transfer syntax it was sent in), ``job_identities`` (the view's identity each delivery carried)
+and the tables of retries and Storage Commitment below. One engine per process; a short
+transaction per write.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
+from dicomproxy.identity import Identity
 from dicomproxy.status import RETRYABLE_OUTCOMES, JobKind, JobOutcome
 
 METADATA = MetaData()
@@ -158,6 +162,23 @@ job_nodes = Table(
     METADATA,
     Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True, autoincrement=False),
     Column("node", String(255), nullable=False),
+)
+
+#: Which identity each delivery carried (issue 26, docs/identity.md): per job (a C-MOVE, a C-GET, a
+#: push item's job), destination and study, the exam view's values the instances were coerced to
+#: (:class:`~dicomproxy.identity.Identity` as JSON) and their digest. Written when the job is
+#: planned, before anything is sent, never overwritten (a retry of the job sends what it sent);
+#: corrections after delivery (IOCM) compare the view with it. A table of its own, so existing
+#: journals get it from ``create_all``.
+job_identities = Table(
+    "job_identities",
+    METADATA,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True, autoincrement=False),
+    Column("destination", String(16), primary_key=True),
+    Column("study_uid", String(64), primary_key=True),
+    Column("digest", String(64), nullable=False, index=True),
+    Column("identity", Text, nullable=False),
+    Column("recorded", DateTime, nullable=False),
 )
 
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
@@ -452,7 +473,59 @@ class JobRetries:
             return sorted(int(r[0]) for r in conn.execute(q.order_by(jobs.c.id)))
 
 
-class Journal(JobQueries, JobRetries):
+class JobIdentities:
+    """Which identity each delivery carried (``job_identities``): a part of :class:`Journal`."""
+
+    engine: Engine
+
+    def record_identities(self, job_id: int, destination: str, identities: Collection[Identity]) -> None:
+        """Journal the identities ``job_id`` gives its studies at ``destination``; a study already
+        recorded for the job keeps its first record (a retry or a resume sends the same)."""
+        if not identities:
+            return
+        t = job_identities
+        try:
+            with self.engine.begin() as conn:
+                known = set(
+                    conn.execute(
+                        select(t.c.study_uid).where(t.c.job_id == job_id, t.c.destination == destination)
+                    ).scalars()
+                )
+                rows = [
+                    {
+                        "job_id": job_id,
+                        "destination": destination,
+                        "study_uid": i.study_uid,
+                        "digest": i.digest,
+                        "identity": i.to_json(),
+                        "recorded": _now(),
+                    }
+                    for i in {i.study_uid: i for i in identities}.values()
+                    if i.study_uid not in known
+                ]
+                if rows:
+                    conn.execute(insert(t), rows)
+        except IntegrityError:
+            pass  # recorded meanwhile by another writer of the same job: that record is the first
+
+    def identities_of(self, job_id: int) -> dict[str, Identity]:
+        """Study Instance UID → the identity ``job_id`` was planned with (its retry sends it again)."""
+        t = job_identities
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.c.study_uid, t.c.identity).where(t.c.job_id == job_id)).all()
+        return {str(uid): Identity.from_json(text) for uid, text in rows}
+
+    def deliveries_of(self, study_uid: str) -> list[tuple[int, str, Identity]]:
+        """(job, destination, identity) of every delivery of ``study_uid``, oldest job first:
+        what a correction after delivery (IOCM) compares the view's current row with."""
+        t = job_identities
+        q = select(t.c.job_id, t.c.destination, t.c.identity).where(t.c.study_uid == study_uid)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.c.job_id)).all()
+        return [(int(job), str(dest), Identity.from_json(text)) for job, dest, text in rows]
+
+
+class Journal(JobQueries, JobRetries, JobIdentities):
     """Write and read job records."""
 
     def __init__(self, url: str, node: str = "") -> None:

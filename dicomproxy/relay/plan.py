@@ -43,6 +43,7 @@ from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay import observe
 from dicomproxy.relay.destinations import Opener, destination_opener, requester
 from dicomproxy.relay.engine import Engine, Moved, PoolKeeper, Transfer
+from dicomproxy.relay.identities import coerces, job_coercer
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.listing import Lister
 from dicomproxy.relay.outcome import JobState
@@ -275,15 +276,20 @@ class RelayService:
         events.publish(events.JobResolved(job_id, level, tuple(study_uids)))
         reports: ReportFetch | None = None
         rows_of = getattr(self.resolver, "study_rows", None)  # the exam view (not a test's stub)
+        destination = req.move_destination.strip() or req.calling_ae
+        wanted = coerces(self.config, destination) or self.config.reports.retrievable
+        rows = rows_of(study_uids) if rows_of is not None and study_uids and wanted else {}
         if self.config.reports.retrievable and rows_of is not None and not exclude:
-            style = name_style_for(self.config, req.move_destination or req.calling_ae)
-            routed, work = plan_reports(routed, rows_of, self.config.reports, style)
+            style = name_style_for(self.config, destination)
+            routed, work = plan_reports(routed, lambda _: rows, self.config.reports, style)
             if work:
                 reports = ReportFetch(work, self.config.reports, style)  # fetching starts now
                 state.files = state.extras = len(reports)
         try:
             keys = [key for key, _ in routed]
             clients = self.lister.route(job_id, routed)  # Unroutable before any archive is asked
+            sources = {key.study_uid: c.config.ae_title for (key, _), c in zip(routed, clients, strict=True)}
+            coercer = job_coercer(self.config, self.journal, job_id, destination, rows, sources)
             fetch, sop_classes, summary = self.lister.fetch_list(state, clients, keys, exclude)
             n = summary.count if summary is not None else len(state.expected)
             self._log_plan(req, state, len(study_uids), n, summary)
@@ -297,7 +303,7 @@ class RelayService:
             raise
         onward = sorted({*sop_classes, *REPORT_SOP_CLASSES}) if reports else sop_classes
         early = sop_classes if summary is not None else None
-        return Transfer(state, fetch, onward, opener, early, lanes, reports)
+        return Transfer(state, fetch, onward, opener, early, lanes, reports, coercer=coercer)
 
     @staticmethod
     def _log_plan(

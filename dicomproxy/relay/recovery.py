@@ -32,6 +32,7 @@ from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Engine, Fetch, Moved, PoolKeeper, Transfer
+from dicomproxy.relay.identities import retry_coercer
 from dicomproxy.relay.journal import JobKey, Journal
 from dicomproxy.relay.listing import by_series, record_routed, routed_keys
 from dicomproxy.relay.outcome import JobState
@@ -361,7 +362,9 @@ def _run(
     classes = sorted({*known, *(i.sop_class_uid for i in held)})
     lanes = engine.config.onward_associations(peer)
     opener = destination_opener(engine.config, peer, None)
-    return engine.run_to_end(Transfer(state, fetch, classes, opener, lanes=lanes, held=held), moved)
+    coercer = retry_coercer(engine.config, engine.journal, state.job_id, peer.ae_title)
+    transfer = Transfer(state, fetch, classes, opener, lanes=lanes, held=held, coercer=coercer)
+    return engine.run_to_end(transfer, moved)
 
 
 def with_suppressed_rmdir(folder: Path) -> None:

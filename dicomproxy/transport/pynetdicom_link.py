@@ -16,6 +16,7 @@ from pynetdicom.presentation import PresentationContext
 from dicomproxy.transport.pynetdicom_compat import bound_send_queue as compat_bound_send_queue
 from dicomproxy.transport.pynetdicom_compat import peer_max_length, stream_datasets_to_files
 from dicomproxy.transport.raw import sender
+from dicomproxy.transport.rewritten import Rewritten
 from dicomproxy.transport.seam import IncomingStore, StoreHandler
 
 #: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
@@ -128,13 +129,21 @@ class PynetdicomLink:
             last = code
         return last
 
-    def store(self, path: Path, msg_id: int, originator: tuple[str, int] | None = None) -> int | None:
+    def store(
+        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+    ) -> int | None:
         if self.fast_send and sender.usable(self.assoc):
             return _status(sender.send_file(self.assoc, path, msg_id, originator))
         kwargs: dict[str, Any] = {"msg_id": msg_id}
         if originator is not None:
             kwargs["originator_aet"], kwargs["originator_id"] = originator
-        return _status(self.assoc.send_c_store(path, **kwargs))
+        if isinstance(path, Path):
+            return _status(self.assoc.send_c_store(path, **kwargs))
+        written = path.write(path.path.with_name(f"{path.path.stem}.send.dcm"))  # pynetdicom sends files
+        try:
+            return _status(self.assoc.send_c_store(written, **kwargs))
+        finally:
+            written.unlink(missing_ok=True)
 
     def cancel(self) -> bool:
         """Not offered: the caller aborts a pynetdicom retrieval (its sub-operations end with it)."""

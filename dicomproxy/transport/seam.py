@@ -15,6 +15,8 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 from pynetdicom.presentation import PresentationContext
 
+from dicomproxy.transport.rewritten import Rewritten
+
 
 @dataclass(frozen=True)
 class IncomingStore:
@@ -59,9 +61,12 @@ class Link(Protocol):
         None if the association was lost."""
         ...
 
-    def store(self, path: Path, msg_id: int, originator: tuple[str, int] | None = None) -> int | None:
-        """C-STORE the DICOM file at ``path`` as it is encoded (PS3.4 B.2): the response status,
-        None if no response came. Raises ValueError when no accepted context fits the file."""
+    def store(
+        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+    ) -> int | None:
+        """C-STORE the DICOM file at ``path`` as it is encoded (PS3.4 B.2), or a file with its header
+        rewritten (:class:`~dicomproxy.transport.rewritten.Rewritten`): the response status, None if
+        no response came. Raises ValueError when no accepted context fits the file."""
         ...
 
     def cancel(self) -> bool:

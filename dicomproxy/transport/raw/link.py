@@ -14,6 +14,7 @@ from pynetdicom.presentation import PresentationContext
 from dicomproxy.transport.net import NoAssociation, Remote
 from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
+from dicomproxy.transport.rewritten import Rewritten
 from dicomproxy.transport.seam import IncomingStore, StoreHandler, Timeouts
 
 
@@ -94,7 +95,9 @@ class RawLink:
         status = self.assoc.get(sop_class, self.assoc.encode(sop_class, identifier), msg_id, serve)
         return None if status is None else int(status.Status)
 
-    def store(self, path: Path, msg_id: int, originator: tuple[str, int] | None = None) -> int | None:
+    def store(
+        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+    ) -> int | None:
         status = self.assoc.store_file(path, msg_id, originator)
         return None if status is None else int(status.Status)
 

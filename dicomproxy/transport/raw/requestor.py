@@ -61,6 +61,7 @@ from dicomproxy.transport.raw.pdu import (
 from dicomproxy.transport.raw.receiver import user_information
 from dicomproxy.transport.raw.sender import max_pdv, store_command
 from dicomproxy.transport.raw.wire import Command
+from dicomproxy.transport.rewritten import Rewritten, open_data
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
@@ -164,20 +165,19 @@ class RawAssociation:
         raise ValueError(f"no accepted presentation context for {sop_class} in {syntax}")
 
     def store_file(
-        self, path: Path, msg_id: int, originator: tuple[str, int] | None = None
+        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
     ) -> Dataset | None:
-        """C-STORE the DICOM file at ``path`` as it is encoded; the response status data set, or
-        None if the association failed (it is aborted then). ValueError: no matching context."""
-        meta, offset = split_dataset(path)
+        """C-STORE the DICOM file at ``path`` as it is encoded (or as rewritten: its new head, then
+        its tail from disk); the response status data set, or None if the association failed (it is
+        aborted then). ValueError: no matching context."""
+        meta, offset = split_dataset(path if isinstance(path, Path) else path.path)
         context_id = self.context_id(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
         cmd = store_command(
             msg_id, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), originator
         )
         try:
-            with path.open("rb", buffering=0) as fh:
-                length = fh.seek(0, 2) - offset
-                fh.seek(offset)
-                self.stream.send(context_id, cmd, fh, length)
+            with open_data(path, offset) as (data, length):
+                self.stream.send(context_id, cmd, data, length)
             rsp = self.stream.read()
         except (OSError, ValueError, PeerClosed, ProtocolError, Released) as exc:
             LOG.warning("onward association lost: %s", exc or type(exc).__name__)

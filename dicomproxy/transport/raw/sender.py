@@ -30,6 +30,7 @@ from dicomproxy.transport.pynetdicom_compat import raw_socket, send_lock_of
 from dicomproxy.transport.raw.dimse import C_STORE_RQ, DATA_SET_PRESENT, PRIORITY_MEDIUM
 from dicomproxy.transport.raw.pdu import message_pdus
 from dicomproxy.transport.raw.wire import encode_command
+from dicomproxy.transport.rewritten import Rewritten, open_data
 
 #: Largest data bytes per PDV when the peer announced 0 (unlimited, PS3.8 D.1).
 DEFAULT_MAX_PDV = 4 * 1024 * 1024 - 6
@@ -79,7 +80,7 @@ def store_command(
 
 
 def send_file(
-    assoc: Association, path: Path, msg_id: int, originator: tuple[str, int] | None = None
+    assoc: Association, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
 ) -> Dataset | None:
     """C-STORE the encoded data set of the DICOM file ``path``; the response's status data set
     (as ``send_c_store`` returns it) or None when no response came (timeout, abort).
@@ -90,7 +91,7 @@ def send_file(
     lock = send_lock_of(assoc)
     if lock is None:
         raise ValueError("install_send_lock() was not applied to this association")
-    meta, offset = split_dataset(path)
+    meta, offset = split_dataset(path if isinstance(path, Path) else path.path)
     sop_class = str(meta.MediaStorageSOPClassUID)
     syntax = str(meta.TransferSyntaxUID)
     context_id = _context_id(assoc, sop_class, syntax)
@@ -98,12 +99,10 @@ def send_file(
         store_command(msg_id, sop_class, str(meta.MediaStorageSOPInstanceUID), originator)
     )
     sock: Any = raw_socket(assoc)
-    with path.open("rb", buffering=0) as fh:
-        length = fh.seek(0, 2) - offset
-        fh.seek(offset)
+    with open_data(path, offset) as (data, length):
         try:
             with lock:
-                for batch in message_pdus(context_id, command, fh, length, peer_max_pdv(assoc)):
+                for batch in message_pdus(context_id, command, data, length, peer_max_pdv(assoc)):
                     sock.sendall(batch)
         except OSError:
             assoc.abort()
