@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -123,14 +124,7 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
         )
     for d, refs in commitment.items():
         click.echo(f"storage commitment, last 24 h, {d}: " + " ".join(f"{k}={n}" for k, n in refs.items()))
-    for lane in report["lanes"]:  # type: ignore[attr-defined]
-        if lane["lane"] == BACKFILL and (lane["left"] or lane["done"]):
-            eta = lane["eta_seconds"]
-            click.echo(
-                f"backfill{' (paused)' if lane['paused'] else ''}: {lane['done']} done, {lane['left']} left, "
-                f"{lane['failed']} failed; {lane['last_hour']} in the last hour"
-                + (f", about {eta / 3600:.1f} h to go" if eta else "")
-            )
+    _echo_backfill(report["lanes"])  # type: ignore[arg-type]
     if report["recent"]:
         click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, notes, error):")
     for item in report["recent"]:  # type: ignore[attr-defined]
@@ -145,6 +139,18 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             + "".join(f"[{n}] " for n in notes)
             + f"{item['error'][:80]}"
         )
+
+
+def _echo_backfill(lanes: list[dict[str, Any]]) -> None:
+    """The backfill lane's progress line (when it has items)."""
+    for lane in lanes:
+        if lane["lane"] == BACKFILL and (lane["left"] or lane["done"]):
+            eta = lane["eta_seconds"]
+            click.echo(
+                f"backfill{' (paused)' if lane['paused'] else ''}: {lane['done']} done, {lane['left']} left, "
+                f"{lane['failed']} failed; {lane['last_hour']} in the last hour"
+                + (f", about {eta / 3600:.1f} h to go" if eta else "")
+            )
 
 
 def _commitment(obj: _PushContext) -> dict[str, dict[str, int]]:
