@@ -117,8 +117,11 @@ class DingTalkTarget(RobotTarget):
             return
         timestamp = int(time.time() * 1000)
         params = {"timestamp": str(timestamp), "sign": dingtalk_sign(self.config.secret, timestamp)}
-        try:  # httpx URL-encodes the parameters (the signature's '+', '/' and '=')
-            rsp = self.client.post(self.url(), params=params, json=self.body(message))
+        # added to the URL's own (access_token): httpx's params= would replace them; httpx
+        # URL-encodes the values (the signature's '+', '/' and '=')
+        url = httpx.URL(self.url()).copy_merge_params(params)
+        try:
+            rsp = self.client.post(url, json=self.body(message))
         except httpx.HTTPError as exc:
             raise AlertDeliveryError(f"{type(exc).__name__}: {exc}") from None
         if not rsp.is_success:
