@@ -52,9 +52,11 @@ def _targets(receiver: AlertReceiver, mail_port: int, ca: Path, secret: str = SE
     return [
         {"kind": "webhook", "name": "hook", "url": f"{receiver.url}/hook"},
         {"kind": "wecom", "name": "wecom", "url": f"{receiver.url}/wecom?key=k1"},
-        {"kind": "dingtalk", "name": "dingtalk", "url": f"{receiver.url}/dingtalk?access_token=t1", "secret": secret},
-        {"kind": "email", "name": "mail", "smtp_host": "127.0.0.1", "smtp_port": mail_port, "from": "proxy@example.org",
-         "to": ["ops@example.org", "oncall@example.org"], "username": "alerts", "password": "password", "ca": str(ca)},
+        {"kind": "dingtalk", "name": "dingtalk", "url": f"{receiver.url}/dingtalk?access_token=t1",
+         "secret": secret},
+        {"kind": "email", "name": "mail", "smtp_host": "127.0.0.1", "smtp_port": mail_port,
+         "from": "proxy@example.org", "to": ["ops@example.org", "oncall@example.org"], "username": "alerts",
+         "password": "password", "ca": str(ca)},
     ]  # fmt: skip
 
 
@@ -190,11 +192,12 @@ def _node_config(
         audit={"enabled": False},
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
         peers=[{"ae_title": dest.ae_title, "host": "127.0.0.1", "port": dest.port}],
-        push={"enabled": True, "destinations": [dest.ae_title], "start_from": "beginning", "poll_interval": 0.2,
-              "retry_delay": 0.3, "max_retry_delay": 1.0},
+        push={"enabled": True, "destinations": [dest.ae_title], "start_from": "beginning",
+              "poll_interval": 0.2, "retry_delay": 0.3, "max_retry_delay": 1.0},
         alerting={"interval": 0.2, "held_after": 1.0, "node": name, "retry_delay": 0.1},
         alerts=[
-            {"kind": "webhook", "name": "held", "url": f"{receiver.url}/hook", "incidents": ["destination-held"]},
+            {"kind": "webhook", "name": "held", "url": f"{receiver.url}/hook",
+             "incidents": ["destination-held"]},
             {"kind": "wecom", "name": "everything", "url": f"{receiver.url}/wecom"},
         ],
     )  # fmt: skip
