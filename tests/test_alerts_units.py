@@ -222,3 +222,21 @@ def test_no_message_of_any_kind_names_a_patient(make_config: ConfigFactory) -> N
         config.hospital.id
         in Message(Phase.START, incidents[0], "h (74580626)", "n", dt.datetime.now()).text()
     )
+
+
+def test_the_example_configs_alert_tables_parse_when_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomproxy.config import load_config
+
+    for name in ("DB_PASSWORD", "WECOM_KEY", "DINGTALK_TOKEN", "DINGTALK_SECRET", "SMTP_PASSWORD"):
+        monkeypatch.setenv(name, "x")
+    text = (Path(__file__).parent.parent / "conf" / "dicomproxy.example.toml").read_text(encoding="utf-8")
+    head, _, block = text.partition("# [[alerts]]")
+    lines = ("# [[alerts]]" + block).splitlines()
+    uncommented = [line[2:] if line.startswith("# ") else "" for line in lines]
+    path = tmp_path / "example.toml"
+    path.write_text(head + "\n".join(uncommented), encoding="utf-8")
+    targets = load_config(path).alerts.targets
+    assert [t.kind for t in targets] == ["webhook", "wecom", "dingtalk", "email"]
+    assert targets[2].secret == "x" and targets[3].min_severity == "critical"
