@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 
 from dicomproxy.alerts.message import Incident, Message, Phase
 from dicomproxy.alerts.sender import Sender
@@ -25,6 +26,7 @@ from dicomproxy.cli import cli
 from dicomproxy.config import Config
 from testkit import free_port, wait_until
 from testkit.alertsink import DINGTALK_BAD_SIGN, AlertReceiver, MailReceiver, Received
+from testkit.commitscp import CommitmentDestination
 from testkit.fakepacs import FakeDestination, FakePacs
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
@@ -184,20 +186,25 @@ def _node_config(
     dest: FakeDestination,
     receiver: AlertReceiver,
     journal: str = "",
+    incidents: tuple[str, ...] = ("destination-held",),
+    **sections: dict[str, Any],
 ) -> Config:
+    """A node pushing to ``dest``: its ``hook`` target takes ``incidents``, its ``everything`` target
+    (企业微信) all; ``sections`` extend the push, alerting, peer (``peer``) and audit sections."""
     return make_config(
         proxy={"ae_title": name, "data_dir": str(tmp_path / name), "retry_delay": 0.1, "retries": 1,
                "reconnect_window": 0},
         journal={"url": journal or f"sqlite:///{tmp_path / 'journal.db'}", "resume_window": 0},
-        audit={"enabled": False},
+        audit={"enabled": False, **sections.get("audit", {})},
+        http={"port": 0, "echo_interval": 1.0, "min_free_mb": 0},
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-        peers=[{"ae_title": dest.ae_title, "host": "127.0.0.1", "port": dest.port}],
+        peers=[{"ae_title": dest.ae_title, "host": "127.0.0.1", "port": dest.port, **sections.get("peer", {})}],
         push={"enabled": True, "destinations": [dest.ae_title], "start_from": "beginning",
-              "poll_interval": 0.2, "retry_delay": 0.3, "max_retry_delay": 1.0},
-        alerting={"interval": 0.2, "held_after": 1.0, "node": name, "retry_delay": 0.1},
+              "poll_interval": 0.2, "retry_delay": 0.3, "max_retry_delay": 1.0, **sections.get("push", {})},
+        alerting={"interval": 0.2, "held_after": 1.0, "node": name, "retry_delay": 0.1,
+                  **sections.get("alerting", {})},
         alerts=[
-            {"kind": "webhook", "name": "held", "url": f"{receiver.url}/hook",
-             "incidents": ["destination-held"]},
+            {"kind": "webhook", "name": "hook", "url": f"{receiver.url}/hook", "incidents": list(incidents)},
             {"kind": "wecom", "name": "everything", "url": f"{receiver.url}/wecom"},
         ],
     )  # fmt: skip
@@ -266,6 +273,170 @@ def test_destination_down_longer_than_threshold_one_start_then_one_end(
     ]
     assert len(held) == 2 and "PROBLEM (critical)" in held[0] and "RESOLVED (critical)" in held[1]
     _no_patient_data(receiver.accepted())
+
+
+def _hook_phases(receiver: AlertReceiver, server: Any) -> list[tuple[str, str]]:
+    server.alerts.sender.wait_idle(10)
+    return _phases(receiver.accepted("/hook"))
+
+
+def test_push_item_failed_and_job_failure_rate_start_and_end(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Any,
+    receiver: AlertReceiver,
+    study_rig: tuple[FakePacs, FakeDestination],
+) -> None:
+    """The destination refuses every instance (0xA700): the job fails, the item is ``failed`` after
+    its one attempt — two incidents start; it accepts again and ``push retry`` delivers — both end."""
+    pacs, dest = study_rig
+    dest.behaviour.reject = {SPEC.sop_uid(0, i): 0xA700 for i in range(SPEC.images_per_series)}
+    dest.start()
+    config = _node_config(
+        make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver,
+        incidents=("push-failed", "job-failures"),
+        push={"max_attempts": 1, "rechecks": 0},
+        alerting={"failure_rate": 0.5, "failure_min_jobs": 1, "failure_window": 60},
+    )  # fmt: skip
+    server = run_proxy(config)
+    wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "two start messages")
+    assert sorted(_hook_phases(receiver, server)) == [
+        ("start", "job-failures"),
+        ("start", "push-failed:CLOUD"),
+    ]
+    push_failed = next(r for r in receiver.accepted("/hook") if r.body["kind"] == "push-failed")
+    [item] = server.ctx.push.queue.items()
+    assert push_failed.body["facts"] == {
+        "destination": "CLOUD",
+        "failed items": "1",
+        "push item IDs": str(item["id"]),
+    }
+    dest.behaviour.reject.clear()
+    assert server.ctx.push.queue.retry(item["id"])  # `dicomproxy push retry ID`
+    wait_until(lambda: len(receiver.accepted("/hook")) == 4, 30, "two end messages")
+    assert sorted(_hook_phases(receiver, server)[2:]) == [
+        ("end", "job-failures"),
+        ("end", "push-failed:CLOUD"),
+    ]
+    assert len(dest.received) == SPEC.images_per_series
+    _no_patient_data(receiver.accepted())
+
+
+def test_readiness_failing_longer_than_threshold_then_passing(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Any,
+    receiver: AlertReceiver,
+    study_rig: tuple[FakePacs, FakeDestination],
+) -> None:
+    """The PACS does not answer C-ECHO (closed port), then does: readiness:pacs starts and ends."""
+    _, dest = study_rig
+    down = FakePacs([], ae_title="LATEPACS")  # not started
+    config = _node_config(
+        make_config, tmp_path, "DICOMPROXY", down, dest, receiver, incidents=("readiness",),
+        alerting={"readiness_after": 1.0},
+    )  # fmt: skip
+    server = run_proxy(config)
+    try:
+        wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
+        down.start()
+        wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "the end message")
+    finally:
+        down.stop()
+    assert _hook_phases(receiver, server) == [
+        ("start", "readiness:pacs@DICOMPROXY"), ("end", "readiness:pacs@DICOMPROXY")
+    ]  # fmt: skip
+    start, end = receiver.accepted("/hook")
+    assert start.body["facts"] == {"check": "pacs", "node": "DICOMPROXY"}
+    assert end.body["title"] == "readiness check pacs passes again"
+
+
+def test_audit_chain_broken_then_restored(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Any,
+    receiver: AlertReceiver,
+    study_rig: tuple[FakePacs, FakeDestination],
+) -> None:
+    pacs, dest = study_rig
+    config = _node_config(
+        make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver, incidents=("audit-chain",),
+        audit={"enabled": True}, alerting={"audit_interval": 1.0},
+    )  # fmt: skip
+    server = run_proxy(config)
+    journal = server.ctx.journal.engine
+    wait_until(lambda: server.alerts.rounds >= 3, 30, "a few rounds with an intact chain")
+    assert receiver.accepted("/hook") == []
+    with journal.begin() as conn:
+        outcome = conn.execute(text("SELECT outcome FROM audit_log WHERE seq = 1")).scalar()
+        conn.execute(text("UPDATE audit_log SET outcome = 'edited' WHERE seq = 1"))
+    wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
+    with journal.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET outcome = :o WHERE seq = 1"), {"o": outcome})
+    wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "the end message")
+    assert _hook_phases(receiver, server) == [("start", "audit-chain"), ("end", "audit-chain")]
+    assert receiver.accepted("/hook")[0].body["facts"] == {"first bad record": "#1"}
+
+
+def test_storage_commitment_failure_starts_and_ends_with_its_window(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Any,
+    receiver: AlertReceiver,
+    study_rig: tuple[FakePacs, FakeDestination],
+) -> None:
+    """The destination reports one instance failed (0x0110) once: commitment:CLOUD starts; the
+    instance is sent and committed again, and once the window holds no failure the incident ends."""
+    pacs, _ = study_rig
+    dest = CommitmentDestination("CLOUD", mode="same")
+    dest.fail = {SPEC.sop_uid(0, 0)}
+    dest.start()
+    try:
+        config = _node_config(
+            make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver, incidents=("commitment",),
+            peer={"storage_commitment": True}, alerting={"failure_window": 4.0},
+        )  # fmt: skip
+        server = run_proxy(config)
+        wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
+        wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "the end message")
+    finally:
+        dest.stop()
+    assert _hook_phases(receiver, server) == [("start", "commitment:CLOUD"), ("end", "commitment:CLOUD")]
+    facts = receiver.accepted("/hook")[0].body["facts"]
+    assert (facts["destination"], facts["failed"], facts["unanswered"]) == ("CLOUD", "1", "0")
+    [item] = server.ctx.push.queue.items()
+    assert item["state"] == "done"
+
+
+def test_a_target_that_hangs_does_not_hold_up_the_others(
+    make_config: ConfigFactory, receiver: AlertReceiver
+) -> None:
+    """A webhook that accepts the connection and never answers: its thread waits out its timeout
+    and retries; the other target's message is delivered meanwhile, and submit never waits."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog, nothing is ever read or answered
+    try:
+        config = make_config(
+            alerting={"retries": 1, "retry_delay": 0.1},
+            alerts=[
+                {"kind": "webhook", "name": "silent", "url": f"http://127.0.0.1:{silent.getsockname()[1]}/",
+                 "timeout": 1},
+                {"kind": "webhook", "name": "ok", "url": f"{receiver.url}/hook"},
+            ],
+        )  # fmt: skip
+        sender = Sender([build_target(t) for t in config.alerts.targets], config.alerts)
+        sender.start()
+        hung, ok = sender.workers
+        for phase in (Phase.START, Phase.END):
+            sender.submit(_message(phase))
+        wait_until(lambda: len(receiver.accepted("/hook")) == 2, 10, "the other target's two messages")
+        assert not hung.idle() and hung.delivered == 0  # still waiting on its first message
+        assert sender.wait_idle(30)
+        assert (hung.failed, ok.delivered) == (2, 2)
+        sender.stop()
+    finally:
+        silent.close()
 
 
 @pytest.mark.postgresql

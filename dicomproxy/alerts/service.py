@@ -28,6 +28,10 @@ from dicomproxy.console.health import Echoer, Readiness
 
 LOG = logging.getLogger("dicomproxy.alerts")
 
+#: The job failure rate is read at most this often per ``failure_window`` (a scan of the jobs ended in
+#: the window: once a minute with the default 15 minutes), its last answer kept in between.
+JOB_RATE_READS = 15
+
 #: Events after which the conditions are evaluated at once (not at the next interval).
 WAKING = (events.PushDestination, events.PushDelivered, events.CommitmentAnswered, events.JobFinished)
 
@@ -63,6 +67,7 @@ class AlertService:
         self.readiness = readiness
         self.tracker = conditions.ReadinessTracker(self.settings.readiness_after, self.node, clock)
         self._audit: tuple[float, list[Incident]] | None = None
+        self._job_rate: tuple[float, list[Incident]] | None = None
         self._reported: set[str] = set()  # sources whose failure was logged (one line each)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -184,8 +189,14 @@ class AlertService:
         return conditions.commitment(self.ctx.commitments.summary(hours=window / 3600), window)
 
     def _job_failures(self) -> list[Incident]:
-        since = conditions.naive_utcnow() - dt.timedelta(seconds=self.settings.failure_window)
-        return conditions.job_failures(self.ctx.journal.ended_since(since), self.settings)
+        now, window = self.clock(), self.settings.failure_window
+        if self._job_rate is None or now - self._job_rate[0] >= window / JOB_RATE_READS:
+            since = conditions.naive_utcnow() - dt.timedelta(seconds=window)
+            self._job_rate = (
+                now,
+                conditions.job_failures(self.ctx.journal.ended_since(since), self.settings),
+            )
+        return self._job_rate[1]
 
     def _audit_chain(self) -> list[Incident]:
         now = self.clock()
