@@ -233,9 +233,22 @@ class AuditTrail:
             for r in conn.execute(select(audit_log).order_by(audit_log.c.seq)).mappings():
                 yield dict(r)
 
+    def _head(self) -> tuple[int, str] | None:
+        with self.engine.connect() as conn:
+            head = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+            ).first()
+        return None if head is None else (int(head.seq), str(head.hash))
+
     def verify(self) -> VerifyResult:
         """Walk the chain: consecutive sequence numbers, each prev_hash the previous hash, each hash
-        recomputed; the head row must name the last row."""
+        recomputed; the head row must name the last row.
+
+        A serving process may append while this runs (its row and the head in one transaction), so
+        the head is read before the walk and again after it: every row the first names was there
+        before the walk began (one missing was removed; the head's own row must hash as the head
+        says), and a row walked beyond the second was never appended through the trail."""
+        before = self._head()
         prev, expected_seq, n = GENESIS, 1, 0
         hashes = [GENESIS]  # hashes[k]: the hash of row k (row 0: the genesis)
         for row in self._all():
@@ -254,34 +267,39 @@ class AuditTrail:
                 )
             prev, expected_seq, n = row["hash"], seq + 1, n + 1
             hashes.append(prev)
-        with self.engine.connect() as conn:
-            head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-            ).first()
-        if head is None or (int(head.seq), head.hash) == (n, prev):
-            return VerifyResult(True, n, n, prev)
-        head_seq = int(head.seq)
-        if head_seq > n:
-            return VerifyResult(
-                False, n, n, prev, n + 1, f"the chain head names row {head_seq}: rows after {n} were removed"
-            )
-        if hashes[head_seq] != head.hash:  # the head's own row was changed and its hash recomputed
+        after = self._head()
+        for head in (before, after):
+            if head is None:
+                continue
+            head_seq, head_hash = head
+            if head_seq > n and head is before:
+                return VerifyResult(
+                    False,
+                    n,
+                    n,
+                    prev,
+                    n + 1,
+                    f"the chain head names row {head_seq}: rows after {n} were removed",
+                )
+            if head_seq <= n and hashes[head_seq] != head_hash:  # its row changed, its hash recomputed
+                return VerifyResult(
+                    False,
+                    head_seq - 1,
+                    head_seq - 1,
+                    hashes[head_seq - 1],
+                    head_seq,
+                    f"row {head_seq} does not match the chain head's hash (edited)",
+                )
+        if after is not None and after[0] < n:
             return VerifyResult(
                 False,
-                head_seq - 1,
-                head_seq - 1,
-                hashes[head_seq - 1],
-                head_seq,
-                f"row {head_seq} does not match the chain head's hash (edited)",
+                after[0],
+                after[0],
+                hashes[after[0]],
+                after[0] + 1,
+                f"the chain head names row {after[0]}: rows after it were added outside the trail",
             )
-        return VerifyResult(
-            False,
-            head_seq,
-            head_seq,
-            hashes[head_seq],
-            head_seq + 1,
-            f"the chain head names row {head_seq}: rows after it were added outside the trail",
-        )
+        return VerifyResult(True, n, n, prev)
 
 
 # --- events → records --------------------------------------------------------------------------
