@@ -252,6 +252,7 @@ def test_audit_verify_while_a_process_appends_never_reports_a_broken_chain(tmp_p
 
     journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
     trail = AuditTrail(journal.engine)
+
     def append() -> None:
         for _ in range(300):
             trail.append(AuditRecord("start", "success"))
