@@ -52,7 +52,7 @@ def mail(pki: dict[str, Path]) -> Iterator[MailReceiver]:
 
 def _targets(receiver: AlertReceiver, mail_port: int, ca: Path, secret: str = SECRET) -> list[dict[str, Any]]:
     return [
-        {"kind": "webhook", "name": "hook", "url": f"{receiver.url}/hook"},
+        {"kind": "webhook", "name": "hook", "url": f"{receiver.url}/hook", "token": "tok-1"},
         {"kind": "wecom", "name": "wecom", "url": f"{receiver.url}/wecom?key=k1"},
         {"kind": "dingtalk", "name": "dingtalk", "url": f"{receiver.url}/dingtalk?access_token=t1",
          "secret": secret},
@@ -87,15 +87,21 @@ def test_each_target_kind_delivers_in_its_format(
     assert hook.body["phase"] == "start" and hook.body["key"] == "destination-held:CLOUD"
     assert hook.body["severity"] == "critical" and hook.body["facts"] == {"destination": "CLOUD"}
     assert hook.body["hospital"] == "温岭市第一人民医院 (74580626)"
+    assert hook.headers["Authorization"] == "Bearer tok-1"
     [wecom] = receiver.accepted("/wecom")
     assert wecom.query == {"key": "k1"} and wecom.body["msgtype"] == "markdown"
     assert "PROBLEM (critical)" in wecom.body["markdown"]["content"]
     [ding] = receiver.accepted("/dingtalk")
     assert ding.query["access_token"] == "t1" and set(ding.query) == {"access_token", "timestamp", "sign"}
     assert ding.body["markdown"]["title"].startswith("[dicomproxy] PROBLEM")
+    assert (
+        "<font" not in ding.body["markdown"]["text"]
+        and "> **destination**: CLOUD" in ding.body["markdown"]["text"]
+    )
     [letter] = mail.mails
     assert letter["Subject"].startswith("[dicomproxy] PROBLEM (critical)")
     assert letter["To"] == "ops@example.org, oncall@example.org"
+    assert letter["Date"] and letter["Message-ID"].endswith("@example.org>")
     assert "destination: CLOUD" in letter.get_payload(decode=True).decode()
     assert mail.handler.tls == [True]  # the mail went after STARTTLS
 
@@ -245,9 +251,9 @@ def _no_patient_data(received: list[Received]) -> None:
 def test_destination_down_longer_than_threshold_one_start_then_one_end(
     tmp_path: Path,
     make_config: ConfigFactory,
-    run_proxy: Any,
-    receiver: AlertReceiver,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
+    run_proxy: Any,
 ) -> None:
     pacs, dest = study_rig
     config = _node_config(make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver)
@@ -284,9 +290,9 @@ def _hook_phases(receiver: AlertReceiver, server: Any) -> list[tuple[str, str]]:
 def test_push_item_failed_and_job_failure_rate_start_and_end(
     tmp_path: Path,
     make_config: ConfigFactory,
-    run_proxy: Any,
-    receiver: AlertReceiver,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
+    run_proxy: Any,
 ) -> None:
     """The destination refuses every instance (0xA700): the job fails, the item is ``failed`` after
     its one attempt — two incidents start; it accepts again and ``push retry`` delivers — both end."""
@@ -326,9 +332,9 @@ def test_push_item_failed_and_job_failure_rate_start_and_end(
 def test_readiness_failing_longer_than_threshold_then_passing(
     tmp_path: Path,
     make_config: ConfigFactory,
-    run_proxy: Any,
-    receiver: AlertReceiver,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
+    run_proxy: Any,
 ) -> None:
     """The PACS does not answer C-ECHO (closed port), then does: readiness:pacs starts and ends."""
     _, dest = study_rig
@@ -355,9 +361,9 @@ def test_readiness_failing_longer_than_threshold_then_passing(
 def test_audit_chain_broken_then_restored(
     tmp_path: Path,
     make_config: ConfigFactory,
-    run_proxy: Any,
-    receiver: AlertReceiver,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
+    run_proxy: Any,
 ) -> None:
     pacs, dest = study_rig
     config = _node_config(
@@ -382,9 +388,9 @@ def test_audit_chain_broken_then_restored(
 def test_storage_commitment_failure_starts_and_ends_with_its_window(
     tmp_path: Path,
     make_config: ConfigFactory,
-    run_proxy: Any,
-    receiver: AlertReceiver,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
+    run_proxy: Any,
 ) -> None:
     """The destination reports one instance failed (0x0110) once: commitment:CLOUD starts; the
     instance is sent and committed again, and once the window holds no failure the incident ends."""
@@ -443,11 +449,11 @@ def test_a_target_that_hangs_does_not_hold_up_the_others(
 @pytest.mark.postgresql
 def test_two_nodes_on_one_postgresql_journal_tell_once(
     tmp_path: Path,
+    pg_journal: str,  # before run_proxy: the database is dropped after the nodes stopped
     make_config: ConfigFactory,
-    run_proxy: Any,
     receiver: AlertReceiver,
     study_rig: tuple[FakePacs, FakeDestination],
-    pg_journal: str,
+    run_proxy: Any,
 ) -> None:
     pacs, dest = study_rig
     servers = [

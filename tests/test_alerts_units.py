@@ -229,7 +229,14 @@ def test_the_example_configs_alert_tables_parse_when_uncommented(
 ) -> None:
     from dicomproxy.config import load_config
 
-    for name in ("DB_PASSWORD", "WECOM_KEY", "DINGTALK_TOKEN", "DINGTALK_SECRET", "SMTP_PASSWORD"):
+    for name in (
+        "DB_PASSWORD",
+        "ALERTS_TOKEN",
+        "WECOM_KEY",
+        "DINGTALK_TOKEN",
+        "DINGTALK_SECRET",
+        "SMTP_PASSWORD",
+    ):
         monkeypatch.setenv(name, "x")
     text = (Path(__file__).parent.parent / "conf" / "dicomproxy.example.toml").read_text(encoding="utf-8")
     head, _, block = text.partition("# [[alerts]]")
@@ -239,7 +246,7 @@ def test_the_example_configs_alert_tables_parse_when_uncommented(
     path.write_text(head + "\n".join(uncommented), encoding="utf-8")
     targets = load_config(path).alerts.targets
     assert [t.kind for t in targets] == ["webhook", "wecom", "dingtalk", "email"]
-    assert targets[2].secret == "x" and targets[3].min_severity == "critical"
+    assert targets[0].token == "x" and targets[2].secret == "x" and targets[3].min_severity == "critical"
 
 
 def test_audit_verify_while_a_process_appends_never_reports_a_broken_chain(tmp_path: Path) -> None:

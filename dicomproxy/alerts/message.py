@@ -82,11 +82,13 @@ class Message:
         body = "\n".join([self.headline, *(f"{k}: {v}" for k, v in self.lines())])
         return _cap(body)
 
-    def markdown(self) -> str:
-        colour = {"critical": "warning", "warning": "warning", "info": "info"}[self.severity]
-        if self.phase is Phase.END:
-            colour = "info"
-        head = f'### <font color="{colour}">{self.headline}</font>'
+    def markdown(self, colour: bool = True) -> str:
+        """A heading and a quote block; ``colour``: 企业微信's ``<font color>`` on the heading
+        (``warning`` orange-red for a problem, ``info`` green otherwise)."""
+        head = f"### {self.headline}"
+        if colour:
+            tone = "warning" if self.phase is Phase.START else "info"
+            head = f'### <font color="{tone}">{self.headline}</font>'
         return _cap("\n".join([head, *(f"> **{k}**: {v}" for k, v in self.lines())]))
 
     def as_json(self) -> dict[str, Any]:

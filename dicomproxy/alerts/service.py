@@ -72,6 +72,7 @@ class AlertService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tick_lock = threading.Lock()  # the thread's rounds and a caller's (tests) one at a time
         self.rounds = 0
 
     def wanted(self, kind: str) -> bool:
@@ -120,6 +121,10 @@ class AlertService:
 
     def tick(self) -> None:
         """Evaluate every condition once; open and end incidents; queue their messages."""
+        with self._tick_lock:
+            self._tick()
+
+    def _tick(self) -> None:
         active, answered = self.evaluate()
         open_keys = self.store.open_keys()
 

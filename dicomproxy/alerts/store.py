@@ -54,18 +54,24 @@ class IncidentStore:
         #: Incidents opened while the journal did not answer (key → incident).
         self._alone: dict[str, Incident] = {}
         self._down = False
+        self._created = False
         if engine is not None:
             try:
-                ALERT_METADATA.create_all(engine)
+                self._create()
             except SQLAlchemyError as exc:
                 self._journal_down(exc)
+
+    def _create(self) -> None:
+        if not self._created and self.engine is not None:
+            ALERT_METADATA.create_all(self.engine)
+            self._created = True
 
     def open_keys(self) -> set[str]:
         """Keys of the incidents open now (this node's memory when the journal does not answer)."""
         if self.engine is None:
             return set(self._alone)
         try:
-            ALERT_METADATA.create_all(self.engine)  # a no-op once it exists (a journal that came back)
+            self._create()  # a journal that did not answer at start
             with self.engine.connect() as conn:
                 keys = {
                     str(k)

@@ -16,6 +16,7 @@ import smtplib
 import ssl
 import time
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 import httpx
@@ -46,11 +47,11 @@ class HttpTarget:
 
     def __init__(self, config: AlertTarget) -> None:
         self.config = config
+        headers = {"User-Agent": "dicomproxy-alerts"}
+        if config.token:
+            headers["Authorization"] = f"Bearer {config.token}"
         self.client = httpx.Client(
-            timeout=config.timeout,
-            verify=tls_context(config),
-            headers={"User-Agent": "dicomproxy-alerts"},
-            follow_redirects=False,
+            timeout=config.timeout, verify=tls_context(config), headers=headers, follow_redirects=False
         )
 
     def body(self, message: Message) -> dict[str, Any]:
@@ -109,7 +110,8 @@ class DingTalkTarget(RobotTarget):
     ``secret`` is set."""
 
     def body(self, message: Message) -> dict[str, Any]:
-        return {"msgtype": "markdown", "markdown": {"title": message.headline, "text": message.markdown()}}
+        text = message.markdown(colour=False)  # 钉钉's markdown has no font colours
+        return {"msgtype": "markdown", "markdown": {"title": message.headline, "text": text}}
 
     def send(self, message: Message) -> None:
         if not self.config.secret:
@@ -141,6 +143,8 @@ class EmailTarget:
         mail["Subject"] = message.headline
         mail["From"] = c.sender
         mail["To"] = ", ".join(c.to)
+        mail["Date"] = formatdate(localtime=True)
+        mail["Message-ID"] = make_msgid(domain=c.sender.rpartition("@")[2])
         mail.set_content(message.text())
         try:
             with smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=c.timeout) as smtp:

@@ -40,6 +40,8 @@ class AlertTarget:
     url: str = ""
     #: dingtalk: the robot's signing secret (``SEC…``); empty = the robot does not sign.
     secret: str = ""
+    #: webhook: sent as ``Authorization: Bearer TOKEN``; empty = no header.
+    token: str = ""
     #: email: the SMTP server (STARTTLS, certificate verified), its account and the addresses.
     smtp_host: str = ""
     smtp_port: int = 587
@@ -157,7 +159,8 @@ def _http(t: Section, kind: str) -> dict[str, str]:
     if kind != "webhook" and parts.scheme != "https" and not is_loopback(parts.hostname or ""):
         raise t.error("url", "must be https:// (the robot's key is in the URL)")
     secret = t.string("secret", "") if kind == "dingtalk" else ""
-    return {"url": url, "secret": secret}
+    token = t.string("token", "") if kind == "webhook" else ""
+    return {"url": url, "secret": secret, "token": token}
 
 
 def _email(t: Section) -> dict[str, object]:
