@@ -5,6 +5,7 @@ readiness tracker, the conditions' thresholds, the incident store's dedup on SQL
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -272,4 +273,53 @@ def test_audit_verify_while_a_process_appends_never_reports_a_broken_chain(tmp_p
     writer.join()
     assert [r.problem for r in results if not r.ok] == []
     assert len(results) > 10 and trail.verify().rows == 300
+    journal.engine.dispose()
+
+
+# --- a source that does not answer ends nothing ------------------------------------------------------
+
+
+class _Holds:
+    def __init__(self) -> None:
+        self.answer: dict[str, dt.datetime] | Exception = {}
+
+    def down_since(self) -> dict[str, dt.datetime]:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_source_that_fails_is_logged_once_and_ends_nothing(
+    make_config: ConfigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stand-in push service (unit test): its holds answer, then raise, then answer again."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import OperationalError
+
+    from dicomproxy.alerts.service import AlertService
+    from dicomproxy.relay.journal import Journal
+
+    config = make_config(
+        alerting={"held_after": 0},
+        alerts=[{"kind": "webhook", "url": "http://127.0.0.1:9/x", "incidents": ["destination-held"]}],
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+    holds = _Holds()
+    push = SimpleNamespace(holds=holds, queue=None)
+    service = AlertService(config, SimpleNamespace(journal=journal, push=push, commitments=None, view=None))
+    sent: list[tuple[str, str]] = []
+    service.sender.submit = lambda m: sent.append((str(m.phase), m.incident.key)) or 1  # type: ignore[method-assign]
+    holds.answer = {"CLOUD": conditions.naive_utcnow()}
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD")]
+    holds.answer = OperationalError("SELECT", {}, Exception("server closed the connection"))
+    caplog.set_level(logging.WARNING, logger="dicomproxy.alerts")
+    service.tick()
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD")]  # not seeing the hold is not seeing it end
+    assert caplog.text.count("cannot evaluate destination-held") == 1
+    holds.answer = {}
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD"), ("end", "destination-held:CLOUD")]
     journal.engine.dispose()
