@@ -180,6 +180,18 @@ class RetryRequested(Event):
 
 
 @dataclass(frozen=True)
+class ConsoleRequest(Event):
+    """A request to the HTTP console that needed a token (served or refused): who by role, what,
+    the HTTP status (the token itself is never carried)."""
+
+    role: str  # admin | operator | auditor | "" (no or unknown token)
+    method: str
+    path: str
+    status: int
+    client: str
+
+
+@dataclass(frozen=True)
 class Failure(Event):
     """An error worth showing an administrator (PACS, database, destination); no patient data."""
 

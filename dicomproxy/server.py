@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomproxy import __version__, access, events
+from dicomproxy.audit.retention import RetentionTimer, audit_export_dir
 from dicomproxy.audit.trail import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
 from dicomproxy.context import AppContext
@@ -166,6 +167,8 @@ class Server:
         self._console_wanted = retries if console is None else console
         self.console: Any = None
         self._audit: AuditSubscriber | None = None
+        self._retention: RetentionTimer | None = None
+        self._trail: AuditTrail | None = None
         self._atna: Any = None
         self._identities: JobIdentities | None = None
         self.alerts: Any = None
@@ -228,8 +231,14 @@ class Server:
             self._identities = JobIdentities(self.ctx.view)  # first: the two below read it
             events.subscribe(self._identities)
         if self.config.audit.enabled and self.ctx.journal is not None:
-            self._audit = AuditSubscriber(AuditTrail(self.ctx.journal.engine), self._identities)
+            trail = self._trail = AuditTrail(self.ctx.journal.engine, self.config.audit.hash)
+            self._audit = AuditSubscriber(trail, self._identities)
             events.subscribe(self._audit)
+            if self.config.audit.keep_days:
+                self._retention = RetentionTimer(
+                    trail, self.config.audit.keep_days, audit_export_dir(self.config)
+                )
+                self._retention.start()
         if self.config.audit.syslog:
             from dicomproxy.audit.atna import start_atna
 
@@ -237,7 +246,7 @@ class Server:
         if self._console_wanted and self.config.http.port:
             from dicomproxy.console.app import Console  # the HTTP stack only when it is configured
 
-            console = Console(self.config, self.ctx, self.association_list)
+            console = Console(self.config, self.ctx, self.association_list, self._trail)
             try:
                 console.start()
                 self.console = console
@@ -261,6 +270,9 @@ class Server:
         if self.console is not None:
             self.console.stop()
             self.console = None
+        if self._retention is not None:
+            self._retention.stop()
+            self._retention = None
         if self._audit is not None:
             events.unsubscribe(self._audit)  # after the events so far are written
             self._audit = None

@@ -539,6 +539,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     "commitments": [
         ("@dataclass(frozen=True)", "frozen=False", "Transaction is never mutated"),
     ],
+    "push-commit": [
+        (
+            "attempts=peer.commit_attemptsifpeerisnotNoneelse1",
+            "else0",
+            "a newest state 'failed' means at least one failed reference: failures ≥ 1 ≥ 0 alike",
+        ),
+    ],
     "push-decide": [
         ("@dataclass(frozen=True)", "frozen=False", "JobResult, AfterJob, AfterFiles are never mutated"),
         (

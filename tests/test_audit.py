@@ -4,6 +4,7 @@ from Orthanc to storescp, a rejected association, start and stop) read with `dic
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -27,20 +28,38 @@ from dicomproxy.transport.findscu import run_find
 from dicomproxy.transport.net import Remote, c_echo
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs
-from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, need_server, push_cli_toml
+from tests.conftest import MARIADB_URL, PG_URL, ConfigFactory, _fresh_database, push_cli_toml
 
 CT, MR, US, MF = demo_specs()
 
 
+@pytest.fixture(scope="module")
+def audit_servers() -> Iterator[dict[str, str]]:
+    """A database of this module's own on PostgreSQL and on MariaDB (created on first use, dropped
+    at the end): other test runs on the same servers never see or drop its tables."""
+    made: dict[str, str] = {}
+    gens: list[Iterator[str]] = []
+
+    class Lazy(dict[str, str]):
+        def __missing__(self, kind: str) -> str:
+            gen = _fresh_database(kind, PG_URL if kind == "postgresql" else MARIADB_URL)
+            gens.append(gen)
+            self[kind] = next(gen)
+            return self[kind]
+
+    yield Lazy(made)
+    for gen in gens:
+        with contextlib.suppress(StopIteration):
+            next(gen)
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def audit_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def audit_engine(
+    request: pytest.FixtureRequest, tmp_path: Path, audit_servers: dict[str, str]
+) -> Iterator[Engine]:
     """An empty audit trail in each real database the journal may live in."""
     kind = request.param
-    url = {"sqlite": f"sqlite:///{tmp_path / 'journal.db'}", "postgresql": PG_URL, "mariadb": MARIADB_URL}[
-        kind
-    ]
-    if kind != "sqlite":
-        need_server(kind, url)
+    url = f"sqlite:///{tmp_path / 'journal.db'}" if kind == "sqlite" else audit_servers[kind]
     engine = create_engine(url)
     AUDIT_METADATA.drop_all(engine)
     try:

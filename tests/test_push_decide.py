@@ -51,6 +51,7 @@ from dicomproxy.push.queue import (
     WAITING,
     Item,
     PushQueue,
+    push_attempts,
     push_queue,
 )
 from dicomproxy.push.service import PushService
@@ -620,5 +621,119 @@ def test_a_destination_not_asked_to_commit_is_done_at_once(tmp_path: Path) -> No
     try:
         wait = CommitmentWait(config, PushQueue(journal.engine, "n"), None)
         assert wait.stored("CLOUD", 1) is False and wait.settle() == 0
+    finally:
+        journal.close()
+
+
+def test_stored_asks_for_what_the_job_stored_after_its_transactions(committing: Any) -> None:
+    """A push job's order/report objects are sent after the relay journalled the job's
+    transactions: ``stored`` asks for them in a transaction of their own."""
+    wait, _, ledger, journal = committing
+    job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+    journal.add_instances(job, [InstanceRecord("2.25.1", "sent", "1.2.840.10008.5.1.4.1.1.2")])
+    assert len(ledger.job_ended(job)) == 1
+    journal.add_instances(
+        job, [InstanceRecord("2.25.9", "sent", "1.2.840.10008.5.1.4.1.104.1")]
+    )  # the report
+    assert wait.stored("CLOUD", job) is True
+    assert ledger.states(job) == {"2.25.1": "pending", "2.25.9": "pending"}
+    assert ledger.open_transactions(job) == 2
+    assert wait.stored("CLOUD", None) is True  # a delivery that never reached the journal: nothing to ask
+
+
+@pytest.mark.parametrize(("rechecks", "due_in"), [(0, 0), (1, 120), (2, 60)])
+def test_settle_done_counts_the_recheck_from_the_commitment(
+    committing: Any, rechecks: int, due_in: int
+) -> None:
+    """``recheck_after`` 60, ``rechecks`` 2: the next re-check is recheck_after × 2^(2 - left) after
+    the item is done; with none left it is due at once and never claimed (rechecks 0)."""
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1"])
+    with journal.engine.begin() as conn:
+        conn.execute(update(push_queue).where(push_queue.c.id == item_id).values(rechecks=rechecks))
+    assert ledger.answer(Report(tx, frozenset({"2.25.1"}), {}))
+    assert wait.settle() == 1
+    row = queue.get(item_id)
+    assert (row["state"], row["next_at"]) == (DONE, NOW + dt.timedelta(seconds=due_in))
+
+
+def test_settle_logs_and_publishes_each_move(
+    committing: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published: list[tuple[int, str, int]] = []
+
+    def publish(e: events.Event) -> None:
+        if isinstance(e, events.PushDelivered):
+            published.append((e.item_id, e.outcome, e.instances))
+
+    monkeypatch.setattr(events, "publish", publish)
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1", "2.25.2"])
+    assert ledger.answer(Report(tx, frozenset({"2.25.1"}), {"2.25.2": 0x0110}))
+    with caplog.at_level(logging.INFO, logger="dicomproxy.push"):
+        assert wait.settle() == 1  # queued again
+        with journal.engine.begin() as conn:  # its resend failed once more (commit_attempts 2)
+            conn.execute(update(push_queue).where(push_queue.c.id == item_id).values(state=COMMITTING))
+        job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "CLOUD", "pacs")
+        with journal.engine.begin() as conn:
+            conn.execute(
+                push_attempts.insert().values(
+                    item_id=item_id, job_id=job, generation=0, node="n", started=NOW
+                )
+            )
+        journal.add_instances(job, [InstanceRecord("2.25.2", "sent", "1.2.840.10008.5.1.4.1.1.2")])
+        (tx2,) = ledger.job_ended(job)
+        assert ledger.answer(Report(tx2, frozenset(), {"2.25.2": 0x0110}))
+        assert wait.settle() == 1  # failed
+    mine = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dicomproxy.push"]
+    assert mine == [
+        (logging.INFO, f"push item {item_id}: 1 instance(s) not committed: sent again (CLOUD)"),
+        (
+            logging.WARNING,
+            f"push item {item_id}: 1 instance(s) not committed by the destination after 2 attempt(s) (CLOUD)",
+        ),
+    ]
+    assert [(i, o) for i, o, _ in published] == [(item_id, "commit-resend"), (item_id, "failed")]
+    assert [n for _, _, n in published] == [2, 2]  # the instances judged
+
+
+def test_settle_logs_done_at_info(committing: Any, caplog: pytest.LogCaptureFixture) -> None:
+    wait, queue, ledger, journal = committing
+    item_id, tx = _committing_item(queue, journal, ledger, ["2.25.1"])
+    assert ledger.answer(Report(tx, frozenset({"2.25.1"}), {}))
+    with caplog.at_level(logging.INFO, logger="dicomproxy.push"):
+        assert wait.settle() == 1
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dicomproxy.push"] == [
+        (logging.INFO, f"push item {item_id}: every instance committed by CLOUD: done")
+    ]
+
+
+def test_settle_an_item_to_a_destination_no_longer_configured_gets_one_attempt(tmp_path: Path) -> None:
+    """The item's destination was removed from ``[[peers]]`` (the ledger stays: another peer
+    commits): a failed reference is not sent again (one attempt), the item fails."""
+    raw = base_config_dict(
+        tmp_path,
+        "sqlite:///v.db",
+        peers=[{"ae_title": "OTHER", "host": "127.0.0.1", "port": 1, "storage_commitment": True}],
+    )
+    config = parse_config(raw, str(tmp_path / "x.toml"))
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}", "test")
+    try:
+        queue = PushQueue(journal.engine, "n")
+        queue.now = lambda: NOW
+        ledger = CommitmentLedger(config, journal)
+        _enqueue(queue, "1.2.3.9")
+        item = queue.claim(60.0)
+        assert item is not None
+        job = journal.start(JobKind.PUSH, "DICOMPROXY", "", "OTHER", "pacs")
+        queue.record_attempt(item, job)
+        journal.add_instances(job, [InstanceRecord("2.25.1", "sent", "1.2.840.10008.5.1.4.1.1.2")])
+        (tx,) = ledger.job_ended(job)
+        with journal.engine.begin() as conn:  # the item's destination: one the config no longer names
+            conn.execute(update(push_queue).where(push_queue.c.id == item.id).values(destination="GONE"))
+        assert queue.finish(item, COMMITTING, next_at=NOW)
+        assert ledger.answer(Report(tx, frozenset(), {"2.25.1": 0x0110}))
+        assert CommitmentWait(config, queue, ledger).settle() == 1
+        assert queue.get(item.id)["state"] == FAILED
     finally:
         journal.close()

@@ -208,7 +208,7 @@ class AlertService:
         if self._audit is None or now - self._audit[0] >= self.settings.audit_interval:
             from dicomproxy.audit.trail import AuditTrail
 
-            result = AuditTrail(self.ctx.journal.engine).verify()
+            result = AuditTrail(self.ctx.journal.engine, self.config.audit.hash).verify()
             self._audit = (now, conditions.audit_broken(result.ok, result.broken_at))
         return self._audit[1]
 

@@ -1,9 +1,13 @@
 """The audit trail: every access to patient data, durably, in the journal database.
 
 One table, ``audit_log``, written only through :meth:`AuditTrail.append` (this module has no
-update or delete). Each row carries ``hash = SHA-256(previous hash + canonical JSON of the row)``,
-so :meth:`AuditTrail.verify` finds a row that was edited, deleted or inserted out of order: the
-chain breaks at the first such row. (Deleting the newest rows leaves a valid, shorter chain;
+update or delete; :mod:`dicomproxy.audit.retention` deletes the oldest rows after exporting them,
+leaving an anchor). Each row carries ``hash = H(previous hash + canonical JSON of the row)`` with H
+= SHA-256 or SM3 (``[audit] hash``, :mod:`dicomproxy.audit.hashing`; the row's ``hash_alg``), so
+:meth:`AuditTrail.verify` finds a row that was edited, deleted or inserted out of order: the
+chain breaks at the first such row. The algorithm changes only at a ``hash-switch`` row, appended
+by the first write after ``[audit] hash`` was changed. (Deleting the newest rows leaves a valid,
+shorter chain;
 ``audit verify`` prints the last sequence number and hash so that they can be compared with a copy
 kept elsewhere, e.g. the syslog/ATNA repository.)
 
@@ -22,7 +26,6 @@ IMMEDIATE``-like because the first statement is a write (the head row is updated
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import threading
@@ -39,12 +42,17 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn
 
 from dicomproxy import events
+from dicomproxy.audit.hashing import SHA256, hasher, row_hash
 from dicomproxy.status import JobKind, JobOutcome, status_label
 
 LOG = logging.getLogger("dicomproxy.audit")
@@ -70,6 +78,9 @@ audit_log = Table(
     Column("study_uids", Text, nullable=False, default=""),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    #: The row's hash algorithm (:mod:`dicomproxy.audit.hashing`). Added after the first release:
+    #: :func:`_migrate` adds it to an existing trail (its rows are SHA-256).
+    Column("hash_alg", String(8), nullable=False, default=SHA256, server_default=SHA256),
 )
 
 #: One row: the chain head (last seq and hash), updated in the same transaction as each append.
@@ -81,23 +92,20 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-GENESIS = "0" * 64
-
-#: Columns that the hash covers, in this order.
-HASHED = (
-    "seq",
-    "time",
-    "action",
-    "outcome",
-    "calling_ae",
-    "address",
-    "tls_identity",
-    "destination",
-    "job_id",
-    "detail",
-    "patient_ids",
-    "study_uids",
+#: The rows :mod:`dicomproxy.audit.retention` exported and deleted end at this one (id 1): the
+#: chain verifies from its sequence number and hash instead of the genesis.
+audit_anchor = Table(
+    "audit_anchor",
+    AUDIT_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("hash_alg", String(8), nullable=False),
 )
+
+GENESIS = "0" * 64
+#: How often :meth:`AuditTrail.verify` reads the head again when rows were appended as it walked.
+VERIFY_ROUNDS = 20
 
 
 class Action:
@@ -110,6 +118,12 @@ class Action:
     MOVE = "move"
     GET = "get"
     RETRY = "retry"
+    #: The chain's hash algorithm changes from this row on (detail: from, to).
+    HASH_SWITCH = "hash-switch"
+    #: Rows exported and deleted by the retention (detail: count, first/last seq, file, digest).
+    PURGE = "purge"
+    #: A request to the HTTP console (detail: role, method, path, status).
+    CONSOLE = "console"
 
 
 @dataclass
@@ -139,18 +153,6 @@ def _ids(values: tuple[str, ...] | list[str]) -> str:
     return f" {' '.join(clean)} " if clean else ""
 
 
-def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """SHA-256 over the previous hash and the canonical JSON of the hashed columns."""
-    values = {}
-    for name in HASHED:
-        value = row[name]
-        if isinstance(value, dt.datetime):
-            value = value.strftime("%Y-%m-%dT%H:%M:%S")
-        values[name] = value
-    canonical = json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -163,16 +165,43 @@ class VerifyResult:
 
 
 class AuditTrail:
-    """Append-only access to ``audit_log`` on the journal's engine."""
+    """Append-only access to ``audit_log`` on the journal's engine; new rows hashed with ``hash_alg``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, hash_alg: str = SHA256) -> None:
         self.engine = engine
+        self.hash_alg = hash_alg
+        hasher(hash_alg)  # SM3 where none exists: ValueError now, not at the first append
         AUDIT_METADATA.create_all(engine)
+        _migrate(engine)
         self._lock = threading.Lock()  # one writer per process at a time; the DB serialises processes
 
     def append(self, record: AuditRecord) -> int:
-        """Write one row at the end of the chain; its sequence number."""
-        base = {
+        """Write one row at the end of the chain (after a ``hash-switch`` row when the chain's
+        algorithm is not ours yet); its sequence number."""
+        with self._lock, self.engine.begin() as conn:
+            return self.append_in(conn, record)
+
+    def append_in(self, conn: Connection, record: AuditRecord) -> int:
+        """:meth:`append` inside the caller's transaction (the retention's purge)."""
+        # Write first (takes the write lock on SQLite, a row lock elsewhere), then read the head.
+        res = conn.execute(update(audit_head).where(audit_head.c.id == 1).values(id=1))
+        if not res.rowcount:
+            conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        head = conn.execute(
+            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+        ).one()
+        seq, prev = int(head.seq), str(head.hash)
+        chain_alg = conn.execute(select(audit_log.c.hash_alg).where(audit_log.c.seq == seq)).scalar()
+        if chain_alg is not None and chain_alg != self.hash_alg:
+            switch = AuditRecord(Action.HASH_SWITCH, detail={"from": chain_alg, "to": self.hash_alg})
+            seq, prev = self._insert(conn, switch, seq, prev)
+        seq, prev = self._insert(conn, record, seq, prev)
+        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+        return seq
+
+    def _insert(self, conn: Connection, record: AuditRecord, seq: int, prev: str) -> tuple[int, str]:
+        row: dict[str, Any] = {
+            "seq": seq + 1,
             "time": _naive_utc(record.time),
             "action": record.action,
             "outcome": record.outcome,
@@ -184,22 +213,12 @@ class AuditTrail:
             "detail": json.dumps(record.detail, sort_keys=True, ensure_ascii=False, default=str),
             "patient_ids": _ids(record.patient_ids),
             "study_uids": _ids(record.study_uids),
+            "prev_hash": prev,
+            "hash_alg": self.hash_alg,
         }
-        with self._lock, self.engine.begin() as conn:
-            # Write first (takes the write lock on SQLite, a row lock elsewhere), then read the head.
-            res = conn.execute(update(audit_head).where(audit_head.c.id == 1).values(id=1))
-            if not res.rowcount:
-                conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-            head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-            ).one()
-            row = {**base, "seq": int(head.seq) + 1, "prev_hash": head.hash}
-            row["hash"] = row_hash(head.hash, row)
-            conn.execute(insert(audit_log).values(**row))
-            conn.execute(
-                update(audit_head).where(audit_head.c.id == 1).values(seq=row["seq"], hash=row["hash"])
-            )
-            return int(row["seq"])
+        row["hash"] = row_hash(prev, row, self.hash_alg)
+        conn.execute(insert(audit_log).values(**row))
+        return int(row["seq"]), str(row["hash"])
 
     def rows(
         self,
@@ -228,78 +247,101 @@ class AuditTrail:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def _all(self) -> Iterator[dict[str, Any]]:
+    def _after(self, seq: int) -> Iterator[dict[str, Any]]:
+        q = select(audit_log).where(audit_log.c.seq > seq).order_by(audit_log.c.seq)
         with self.engine.connect() as conn:
-            for r in conn.execute(select(audit_log).order_by(audit_log.c.seq)).mappings():
+            for r in conn.execute(q).mappings():
                 yield dict(r)
 
-    def _head(self) -> tuple[int, str] | None:
-        with self.engine.connect() as conn:
-            head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-            ).first()
-        return None if head is None else (int(head.seq), str(head.hash))
-
     def verify(self) -> VerifyResult:
-        """Walk the chain: consecutive sequence numbers, each prev_hash the previous hash, each hash
-        recomputed; the head row must name the last row.
-
-        A serving process may append while this runs (its row and the head in one transaction), so
-        the head is read before the walk and again after it: every row the first names was there
-        before the walk began (one missing was removed; the head's own row must hash as the head
-        says), and a row walked beyond the second was never appended through the trail."""
-        before = self._head()
-        prev, expected_seq, n = GENESIS, 1, 0
-        hashes = [GENESIS]  # hashes[k]: the hash of row k (row 0: the genesis)
-        for row in self._all():
-            seq = int(row["seq"])
-            if seq != expected_seq:
-                return VerifyResult(
-                    False, n, expected_seq - 1, prev, expected_seq, f"row {expected_seq} is missing"
-                )
-            if row["prev_hash"] != prev:
-                return VerifyResult(
-                    False, n, seq - 1, prev, seq, "previous hash does not match (row removed?)"
-                )
-            if row_hash(prev, row) != row["hash"]:
-                return VerifyResult(
-                    False, n, seq - 1, prev, seq, "row content does not match its hash (edited)"
-                )
-            prev, expected_seq, n = row["hash"], seq + 1, n + 1
-            hashes.append(prev)
-        after = self._head()
-        for head in (before, after):
-            if head is None:
-                continue
-            head_seq, head_hash = head
-            if head_seq > n and head is before:
-                return VerifyResult(
-                    False,
-                    n,
-                    n,
-                    prev,
-                    n + 1,
-                    f"the chain head names row {head_seq}: rows after {n} were removed",
-                )
-            if head_seq <= n and hashes[head_seq] != head_hash:  # its row changed, its hash recomputed
-                return VerifyResult(
-                    False,
-                    head_seq - 1,
-                    head_seq - 1,
-                    hashes[head_seq - 1],
-                    head_seq,
-                    f"row {head_seq} does not match the chain head's hash (edited)",
-                )
-        if after is not None and after[0] < n:
+        """Walk the chain from the genesis (or the retention's anchor): consecutive sequence
+        numbers, each prev_hash the previous hash, each hash recomputed with the row's algorithm,
+        which changes only at a ``hash-switch`` row; the head row must name the last row."""
+        with self.engine.connect() as conn:
+            anchor = conn.execute(select(audit_anchor).where(audit_anchor.c.id == 1)).mappings().first()
+        first = int(anchor["seq"]) if anchor else 0
+        prev, expected_seq, n = (str(anchor["hash"]) if anchor else GENESIS), first + 1, first
+        alg = str(anchor["hash_alg"]) if anchor else ""  # the first row may start with either
+        hashes = {first: prev}  # the hash of each row verified so far (and of the anchor/genesis)
+        for _ in range(VERIFY_ROUNDS):  # serve may append while we walk: the head first, then the rows
+            with self.engine.connect() as conn:
+                head = conn.execute(
+                    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                ).first()
+            for row in self._after(n):
+                seq = int(row["seq"])
+                problem = _row_problem(row, expected_seq, prev, alg)
+                if problem:
+                    return VerifyResult(False, n - first, expected_seq - 1, prev, expected_seq, problem)
+                prev, alg, expected_seq, n = row["hash"], row["hash_alg"], seq + 1, seq
+                hashes[seq] = prev
+            if head is None or int(head.seq) >= n:
+                break  # every row the head names was committed before we read it: judge it
+        rows = n - first
+        if head is None or (int(head.seq), head.hash) == (n, prev):
+            return VerifyResult(True, rows, n, prev)
+        head_seq = int(head.seq)
+        if head_seq > n:
             return VerifyResult(
                 False,
-                after[0],
-                after[0],
-                hashes[after[0]],
-                after[0] + 1,
-                f"the chain head names row {after[0]}: rows after it were added outside the trail",
+                rows,
+                n,
+                prev,
+                n + 1,
+                f"the chain head names row {head_seq}: rows after {n} were removed",
             )
-        return VerifyResult(True, n, n, prev)
+        if head_seq not in hashes:
+            return VerifyResult(
+                False, rows, n, prev, head_seq, f"the chain head names row {head_seq}, before the anchor"
+            )
+        if hashes[head_seq] != head.hash:  # the head's own row was changed and its hash recomputed
+            return VerifyResult(
+                False,
+                head_seq - 1 - first,
+                head_seq - 1,
+                hashes.get(head_seq - 1, ""),
+                head_seq,
+                f"row {head_seq} does not match the chain head's hash (edited)",
+            )
+        return VerifyResult(
+            False,
+            head_seq - first,
+            head_seq,
+            hashes[head_seq],
+            head_seq + 1,
+            f"the chain head names row {head_seq}: rows after it were added outside the trail",
+        )
+
+
+def _row_problem(row: dict[str, Any], expected_seq: int, prev: str, alg: str) -> str:
+    """Why ``row`` breaks the chain ("" when it does not)."""
+    if int(row["seq"]) != expected_seq:
+        return f"row {expected_seq} is missing"
+    if row["prev_hash"] != prev:
+        return "previous hash does not match (row removed?)"
+    if alg and row["hash_alg"] != alg and row["action"] != Action.HASH_SWITCH:
+        return f"the hash algorithm changes ({alg} → {row['hash_alg']}) at a row that is no hash-switch"
+    try:
+        recomputed = row_hash(prev, row, str(row["hash_alg"]))
+    except ValueError as exc:
+        return str(exc)
+    if recomputed != row["hash"]:
+        return "row content does not match its hash (edited)"
+    return ""
+
+
+def _migrate(engine: Engine) -> None:
+    """Add the columns a trail written by an older release lacks (its rows: SHA-256)."""
+    have = {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    if "hash_alg" not in have:
+        column = CreateColumn(audit_log.c.hash_alg).compile(dialect=engine.dialect)
+        add = "ADD" if engine.dialect.name in ("mssql", "oracle") else "ADD COLUMN"
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE audit_log {add} {column}"))
+        except DBAPIError:  # another process added it first
+            if "hash_alg" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}:
+                raise
 
 
 # --- events → records --------------------------------------------------------------------------
@@ -577,6 +619,14 @@ class AuditSubscriber:
             event.peer,
         )
 
+    def _console_request(self, event: events.ConsoleRequest) -> AuditRecord:
+        return AuditRecord(
+            Action.CONSOLE,
+            outcome="success" if event.status < 400 else "refused",
+            address=event.client,
+            detail={"role": event.role, "method": event.method, "path": event.path, "status": event.status},
+        )
+
     def _retry_requested(self, event: events.RetryRequested) -> AuditRecord:
         return AuditRecord(
             Action.RETRY,
@@ -599,6 +649,7 @@ class AuditSubscriber:
         events.JobFinished: _job_finished,
         events.RetrieveRefused: _retrieve_refused,
         events.RetryRequested: _retry_requested,
+        events.ConsoleRequest: _console_request,
     }
 
 

@@ -73,3 +73,37 @@ def audit_verify(obj: JournalContext) -> None:
         err=True,
     )
     sys.exit(1)
+
+
+@audit_cmd.command("purge")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Only say how many records are older than [audit] keep_days.")
+@click.pass_obj
+def audit_purge(obj: JournalContext, dry_run: bool) -> None:
+    """Export the records older than [audit] keep_days to [audit] export_dir (JSON Lines), then
+    remove them; the chain still verifies from the last removed record. Refused (exit 1) when the
+    chain is broken; keep_days = 0 keeps everything."""
+    from dicomproxy.audit.retention import PurgeRefused, audit_export_dir, cutoff_for, old_prefix, purge
+    from dicomproxy.audit.trail import AuditTrail
+
+    config = obj.config
+    if not config.audit.keep_days:
+        click.echo("[audit] keep_days = 0: records are kept for ever; nothing removed")
+        return
+    trail = AuditTrail(obj.journal.engine, config.audit.hash)
+    cutoff = cutoff_for(config.audit.keep_days)
+    if dry_run:
+        click.echo(f"{len(old_prefix(trail, cutoff))} record(s) older than {config.audit.keep_days} days")
+        return
+    try:
+        done = purge(trail, cutoff, audit_export_dir(config))
+    except PurgeRefused as exc:
+        click.echo(f"audit purge refused: {exc}", err=True)
+        sys.exit(1)
+    if not done.count:
+        click.echo(f"no record older than {config.audit.keep_days} days")
+        return
+    click.echo(
+        f"{done.count} record(s) #{done.first_seq}–#{done.last_seq} exported to {done.file} "
+        f"({config.audit.hash} {done.digest}) and removed"
+    )

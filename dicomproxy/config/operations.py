@@ -54,8 +54,13 @@ class HttpConfig:
     host: str = "127.0.0.1"
     #: 0 = no HTTP service.
     port: int = 8080
-    #: Bearer token every request but ``/healthz`` must send; required off loopback.
+    #: The administrator's bearer token (every route); some token is required off loopback. With
+    #: no token at all (loopback only) the console is open. 等保 三员分立 (docs/operations.md):
     token: str = ""
+    #: the operator's: status, metrics, readiness, push pause/resume;
+    operator_token: str = ""
+    #: the auditor's: the audit trail and its verification only.
+    auditor_token: str = ""
     #: Show patient names/IDs on the status page (off: patient data stays off the page).
     show_identifiers: bool = False
     #: Seconds between the C-ECHOs of the PACS and each archive that ``/readyz`` reports.
@@ -79,6 +84,13 @@ class AuditConfig:
     #: TLS: our client certificate (PEM) and key, when the syslog server asks for one.
     syslog_cert: str = ""
     syslog_key: str = ""
+    #: The hash chain's algorithm for new rows: ``sha256`` or ``sm3`` (国密, GB/T 32905).
+    hash: str = "sha256"
+    #: Rows older than this many days are exported (``export_dir``) and deleted; 0 = kept for ever.
+    #: At least 180 otherwise: 网络安全法 第二十一条 asks for network logs kept ≥ 6 months.
+    keep_days: int = 180
+    #: Where the retention writes the rows it deletes (JSON Lines); default ``<data_dir>/audit-export``.
+    export_dir: str = ""
 
 
 def logging(s: Section) -> LoggingConfig:
@@ -126,15 +138,40 @@ def http(s: Section) -> HttpConfig:
         host=s.string("host", d.host),
         port=port(s, "port", d.port),
         token=s.string("token", d.token),
+        operator_token=s.string("operator_token", d.operator_token),
+        auditor_token=s.string("auditor_token", d.auditor_token),
         show_identifiers=s.boolean("show_identifiers", d.show_identifiers),
         echo_interval=s.number("echo_interval", d.echo_interval, lo=1.0),
         min_free_mb=s.integer("min_free_mb", d.min_free_mb, lo=0),
         tls=tls,
     )
-    if http.port and not is_loopback(http.host) and not http.token.strip():
+    tokens = [(k, v) for k, v in (("token", http.token), ("operator_token", http.operator_token),
+              ("auditor_token", http.auditor_token)) if v.strip()]  # fmt: skip
+    if http.port and not is_loopback(http.host) and not tokens:
         raise s.error("token", f"is required when host is not a loopback address ({http.host!r})")
+    for i, (key, value) in enumerate(tokens):
+        same = [k for k, v in tokens[:i] if v == value]
+        if same:
+            raise s.error(key, f"must differ from {same[0]} (one token per role)")
     s.finish()
     return http
+
+
+#: The shortest retention ``[audit] keep_days`` accepts (besides 0).
+MIN_KEEP_DAYS = 180
+
+
+def sm3_available() -> bool:
+    """SM3 from OpenSSL (hashlib) or the ``gmssl`` package (as :mod:`dicomproxy.audit.hashing`
+    uses them; config sits below audit, so it asks the same question itself)."""
+    import hashlib
+    import importlib.util
+
+    try:
+        hashlib.new("sm3", b"")
+        return True
+    except ValueError:
+        return importlib.util.find_spec("gmssl") is not None
 
 
 def audit(s: Section) -> AuditConfig:
@@ -147,7 +184,28 @@ def audit(s: Section) -> AuditConfig:
             if not Path(value).is_file():
                 raise s.error(name, f"file {value} does not exist")
         files[name] = value
-    audit = AuditConfig(enabled=s.boolean("enabled", d.enabled), syslog=s.string("syslog", d.syslog), **files)
+    keep_days = s.integer("keep_days", d.keep_days, lo=0)
+    if 0 < keep_days < MIN_KEEP_DAYS:
+        raise s.error(
+            "keep_days",
+            f"must be 0 (kept for ever) or at least {MIN_KEEP_DAYS} "
+            f"(网络安全法 第二十一条: ≥ 6 months), not {keep_days}",
+        )
+    hash_alg = s.string("hash", d.hash, choices=("sha256", "sm3"))
+    if hash_alg == "sm3" and not sm3_available():
+        raise s.error(
+            "hash",
+            "sm3: OpenSSL here lacks SM3 and the gmssl package is not installed (pip install dicomproxy[gm])",
+        )
+    export_dir = s.string("export_dir", d.export_dir)
+    audit = AuditConfig(
+        enabled=s.boolean("enabled", d.enabled),
+        syslog=s.string("syslog", d.syslog),
+        hash=hash_alg,
+        keep_days=keep_days,
+        export_dir=relative_path(export_dir, s.path) if export_dir else "",
+        **files,
+    )
     if audit.syslog:
         try:
             url = urlsplit(audit.syslog)

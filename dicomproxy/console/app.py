@@ -1,8 +1,10 @@
 """The operations console: an embedded HTTP service (``[http]``) started and stopped by the server.
 
 Routes: ``/healthz`` (open), ``/readyz``, ``/metrics``, ``/api/status``, ``/`` (the status page,
-static files from ``dicomproxy/console/static``). Every route but ``/healthz`` needs
-``Authorization: Bearer TOKEN`` when ``[http] token`` is set (required off loopback, see config).
+static files from ``dicomproxy/console/static``), and the actions of :mod:`dicomproxy.console.actions`
+(push pause/resume, the audit trail). Every route but ``/healthz`` and the page needs
+``Authorization: Bearer TOKEN`` of a role that may call it (:mod:`dicomproxy.console.roles`) when a
+token is configured (required off loopback, see config).
 
 Starlette + uvicorn: Starlette gives routing, responses and static files in a small, typed,
 well-maintained package; uvicorn is the ASGI server with TLS, keep-alive and graceful shutdown
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hmac
 import logging
 import os
 import socket
@@ -32,16 +33,17 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomproxy import __version__, events
 from dicomproxy.config import Config
+from dicomproxy.console.actions import Actions, AuditReader
 from dicomproxy.console.health import Echoer, Readiness
 from dicomproxy.console.live import LiveState
 from dicomproxy.console.metrics import Metrics
+from dicomproxy.console.roles import RoleGate
 from dicomproxy.reconcile.summary import RunSummaries, RunSummary
 
 # anyio resolves its public names lazily: the first use imports a module (and, under pytest,
@@ -59,32 +61,8 @@ for _name in (
 LOG = logging.getLogger("dicomproxy.console")
 
 STATIC = Path(__file__).parent / "static"
-#: No token needed: liveness, and the page and its static files (they carry no data; the page sends
-#: the token, given in its address as ``/#token=...``, with each ``/api/status`` request).
-OPEN_PATHS = ("/healthz", "/")
-OPEN_PREFIXES = ("/static/",)
 #: The status page shows the last readiness result at most this old (seconds).
 CHECK_CACHE = 10.0
-
-
-class BearerToken:
-    """ASGI middleware: 401 without ``Authorization: Bearer <token>`` (``/healthz`` excepted)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        if path and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                response = PlainTextResponse(
-                    "unauthorized", status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dicomproxy"'}
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def dir_bytes(path: Path) -> int:
@@ -100,7 +78,13 @@ def dir_bytes(path: Path) -> int:
 class Console:
     """Metrics, live state, readiness and the HTTP server of one proxy."""
 
-    def __init__(self, config: Config, ctx: Any, associations: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ctx: Any,
+        associations: Callable[[], list[dict[str, Any]]],
+        audit: AuditReader | None = None,
+    ) -> None:
         self.config = config
         self.ctx = ctx
         self.associations = associations
@@ -123,6 +107,7 @@ class Console:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._ready = threading.Event()
+        self.actions = Actions(config, ctx.push, audit)
         self.app = self._app()
 
     # --- lifecycle ---
@@ -191,7 +176,7 @@ class Console:
     # --- the application ---
 
     def _app(self) -> Starlette:
-        middleware = [Middleware(BearerToken, token=self.config.http.token)] if self.config.http.token else []
+        middleware = [Middleware(RoleGate, http=self.config.http)]
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -204,6 +189,10 @@ class Console:
                 Route("/readyz", self.readyz),
                 Route("/metrics", self.metrics_route),
                 Route("/api/status", self.status),
+                Route("/api/push/pause", self.actions.push_pause, methods=["POST"]),
+                Route("/api/push/resume", self.actions.push_resume, methods=["POST"]),
+                Route("/api/audit", self.actions.audit_rows),
+                Route("/api/audit/verify", self.actions.audit_verify),
                 Route("/", self.index),
                 Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             ],
@@ -257,9 +246,17 @@ class Console:
         body["checks"] = cached[1]["checks"] + [c.as_dict() for c in self.echoer.peer_checks()]
         body["ready"] = cached[1]["ready"]
         if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
+            from dicomproxy.push.backfill import lane_progress
+            from dicomproxy.push.queue import BACKFILL
             from dicomproxy.push.service import push_summary
 
             body["push"] = push_summary(self.ctx.push)
+            try:  # the backfill lane's progress (counts only)
+                body["backfill"] = next(
+                    p.as_dict() for p in lane_progress(self.ctx.push.queue) if p.lane == BACKFILL
+                )
+            except Exception:  # the journal is down: the section is left out
+                body["backfill"] = None
         if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)
             try:
                 body["commitment"] = self.ctx.commitments.summary()

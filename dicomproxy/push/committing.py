@@ -75,17 +75,23 @@ class CommitmentWait:
         for item_id, destination, generation, rechecks in due:
             jobs = self.queue.job_ids(int(item_id), int(generation))
             peer = self.config.peer(str(destination))
-            verdict = after_commitment(
-                self.ledger.states_of(jobs),
-                self.ledger.failures_of(jobs),
-                peer.commit_attempts if peer is not None else 1,
-            )
-            moved += self._move(int(item_id), str(destination), int(rechecks), verdict, clock())
+            states = self.ledger.states_of(jobs)
+            # a destination since removed from the config: one attempt (nothing asks it again)
+            attempts = peer.commit_attempts if peer is not None else 1
+            verdict = after_commitment(states, self.ledger.failures_of(jobs), attempts)
+            moved += self._move(int(item_id), str(destination), int(rechecks), verdict, clock(), len(states))
         return moved
 
     def _move(
-        self, item_id: int, destination: str, rechecks: int, verdict: AfterCommitment, now: dt.datetime
+        self,
+        item_id: int,
+        destination: str,
+        rechecks: int,
+        verdict: AfterCommitment,
+        now: dt.datetime,
+        instances: int,
     ) -> int:
+        """Apply ``verdict`` to the item if it is still ``committing``; 1 when it moved on."""
         push = self.config.push
         values: dict[str, Any]
         if verdict.state == COMMITTING:
@@ -114,5 +120,5 @@ class CommitmentWait:
                 destination,
             )
         outcome = {DONE: "committed", FAILED: "failed"}.get(verdict.state, "commit-resend")
-        events.publish(events.PushDelivered(item_id, destination, outcome, 0))
+        events.publish(events.PushDelivered(item_id, destination, outcome, instances))
         return 1
