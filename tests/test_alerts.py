@@ -6,6 +6,7 @@ a closed port, then listening — on one node and on two nodes sharing a Postgre
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -329,21 +330,28 @@ def test_push_item_failed_and_job_failure_rate_start_and_end(
     _no_patient_data(receiver.accepted())
 
 
+@pytest.mark.parametrize("console", [False, True], ids=["own-checks", "console-checks"])
 def test_readiness_failing_longer_than_threshold_then_passing(
+    console: bool,
     tmp_path: Path,
     make_config: ConfigFactory,
     receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
     study_rig: tuple[FakePacs, FakeDestination],
     run_proxy: Any,
 ) -> None:
-    """The PACS does not answer C-ECHO (closed port), then does: readiness:pacs starts and ends."""
+    """The PACS does not answer C-ECHO (closed port), then does: readiness:pacs starts and ends —
+    with the alerts' own checks (console off) and with the console's."""
     _, dest = study_rig
     down = FakePacs([], ae_title="LATEPACS")  # not started
     config = _node_config(
         make_config, tmp_path, "DICOMPROXY", down, dest, receiver, incidents=("readiness",),
         alerting={"readiness_after": 1.0},
     )  # fmt: skip
+    if console:  # the alerts use the console's readiness checks (and its C-ECHO thread)
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, port=free_port()))
     server = run_proxy(config)
+    assert (server.console is not None) is console
+    assert (server.alerts.readiness is server.console.readiness) if console else server.alerts.readiness
     try:
         wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
         down.start()
