@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text
 
 from dicomproxy.alerts.message import Incident, Message, Phase
-from dicomproxy.alerts.sender import Sender
+from dicomproxy.alerts.sender import RateLimit, Sender
 from dicomproxy.alerts.store import alert_incidents
 from dicomproxy.alerts.targets import AlertDeliveryError, build_target
 from dicomproxy.cli import cli
@@ -157,6 +157,32 @@ def test_sender_retries_with_backoff_and_gives_up_in_one_line(
     assert (flaky.delivered, flaky.failed, gone.delivered, gone.failed) == (1, 0, 0, 1)
     lost = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert len(lost) == 1 and "dead: start destination-held:CLOUD not delivered after 3 attempt(s)" in lost[0]
+
+
+def test_rate_limit_holds_back_and_the_next_message_says_how_many(
+    make_config: ConfigFactory, receiver: AlertReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(alerts=[{"kind": "webhook", "url": f"{receiver.url}/hook", "max_per_hour": 1}])
+    sender = Sender([build_target(t) for t in config.alerts.targets], config.alerts)
+    [worker] = sender.workers
+    now = [0.0]
+    worker.limit = RateLimit(1, clock=lambda: now[0])  # the hour passes when the test says so
+    sender.start()
+    caplog.set_level(logging.WARNING, logger="dicomproxy.alerts")
+    try:
+        for phase in (Phase.START, Phase.END, Phase.START):
+            sender.submit(_message(phase))
+        assert sender.wait_idle(10)
+        now[0] = 3600.0
+        sender.submit(_message(Phase.END))
+        assert sender.wait_idle(10)
+    finally:
+        sender.stop()
+    first, later = receiver.accepted("/hook")
+    assert (first.body["phase"], first.body["suppressed"]) == ("start", 0)
+    assert (later.body["phase"], later.body["suppressed"]) == ("end", 2)
+    assert "rate limit: 2 earlier alert(s) held back" in later.body["text"]
+    assert caplog.text.count("rate limit (1/hour) holds back") == 2
 
 
 def test_alerts_test_command_prints_each_target_and_fails_when_one_does(
