@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
 scripts/check
-exec .venv/bin/python -m pytest "$@"
+# DICOMPROXY_TEST_WORKERS=2: two pytest-xdist workers, one test file per worker at a time (--dist
+# loadfile: a file's module fixtures — its Orthanc, its proxy — start once). Serial by default until
+# two runs on a quiet 2-core machine show it faster and without a flake (docs/testing-speed.md).
+exec .venv/bin/python -m pytest -n "${DICOMPROXY_TEST_WORKERS:-0}" --dist loadfile "$@"

@@ -182,10 +182,10 @@ def test_lane_progress_counts_and_estimates(queue: PushQueue) -> None:
 
 
 def test_the_backfill_waits_while_a_live_item_is_due_or_running(queue: PushQueue) -> None:
-    now = queue.now()
     queue_backfill(queue, [_study("1.2.1")], ["CLOUD"], PushConfig())
-    assert not queue.live_busy(now)  # history only
+    assert not queue.live_busy(queue.now())  # history only
     _enqueue(queue, "1.2.9")
+    now = queue.now()
     assert queue.live_busy(now)  # a live item due
     live = queue.claim(60.0)
     assert live is not None and queue.live_busy(now)  # running
