@@ -171,6 +171,7 @@ class Server:
         self._trail: AuditTrail | None = None
         self._atna: Any = None
         self._identities: JobIdentities | None = None
+        self.alerts: Any = None
         self.ctx = ctx if ctx is not None else AppContext(config)
         self.retry_worker: RetryWorker | None = None
         self.committer: Committer | None = None
@@ -225,7 +226,7 @@ class Server:
             self.committer.start()
 
     def _start_observers(self) -> None:
-        """The audit trail and the HTTP console (docs/operations.md), both fed by dicomproxy.events."""
+        """The audit trail, the HTTP console and the alerts (docs/operations.md), fed by dicomproxy.events."""
         if self.config.audit.enabled or self.config.audit.syslog:
             self._identities = JobIdentities(self.ctx.view)  # first: the two below read it
             events.subscribe(self._identities)
@@ -253,10 +254,19 @@ class Server:
                 LOG.error(
                     "HTTP console not started on %s:%d: %s", self.config.http.host, self.config.http.port, exc
                 )
+        if self._retries and self.config.alerts.targets:  # `serve` only, like push
+            from dicomproxy.alerts.service import AlertService  # httpx only when alerts are configured
+
+            readiness = self.console.readiness if self.console is not None else None
+            self.alerts = AlertService(self.config, self.ctx, readiness)
+            self.alerts.start()
         events.publish(events.ProcessStarted(ae_title=self.config.proxy.ae_title, version=__version__))
 
     def _stop_observers(self, clean: bool) -> None:
         events.publish(events.ProcessStopped(ae_title=self.config.proxy.ae_title, clean=clean))
+        if self.alerts is not None:  # before the console: it may use the console's readiness checks
+            self.alerts.stop()
+            self.alerts = None
         if self.console is not None:
             self.console.stop()
             self.console = None

@@ -1,5 +1,5 @@
 """Command line: ``dicomproxy serve | echo | find | move | get | check-config | jobs | audit | push |
-reconcile``.
+reconcile | alerts``.
 
 The only place that exits the process. Errors from below arrive as exceptions and are
 printed as one line; exit code 2 for configuration errors, 1 for failed checks. One module per
@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from dicomproxy import __version__
+from dicomproxy.cli.alerts import alerts_group
 from dicomproxy.cli.audit import audit_cmd
 from dicomproxy.cli.checks import check_config, check_view_cmd
 from dicomproxy.cli.dicom import echo, find, get_cmd, move_cmd
@@ -38,6 +39,7 @@ for _command in (
     audit_cmd,
     push_group,
     reconcile_cmd,
+    alerts_group,
 ):
     cli.add_command(_command)
 

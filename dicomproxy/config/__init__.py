@@ -2,10 +2,19 @@
 
 One module per family of sections — ``network`` ([proxy], [[peers]]), ``sources`` ([hospital],
 [view], [pacs], [[archives]]), ``compression``, ``operations`` ([logging], [journal], [http],
-[audit]), ``delivery`` ([push], [reports]), ``tls`` (their ``tls`` sub-tables) — read with
-``reader.Section``; ``document`` puts them together. Every name is importable from here.
+[audit]), ``alerts`` ([alerting], [[alerts]]), ``delivery`` ([push], [reports]), ``tls`` (their
+``tls`` sub-tables) — read with ``reader.Section``; ``document`` puts them together. Every name
+is importable from here.
 """
 
+from dicomproxy.config.alerts import (
+    INCIDENT_KINDS,
+    INCIDENT_SEVERITY,
+    SEVERITIES,
+    TARGET_KINDS,
+    AlertsConfig,
+    AlertTarget,
+)
 from dicomproxy.config.compression import (
     COMPRESSION_MODES,
     LOSSLESS_TARGETS,
@@ -45,6 +54,8 @@ __all__ = [
     "CHARSETS",
     "COMPRESSION_MODES",
     "ENTITY_ID_TYPES",
+    "INCIDENT_KINDS",
+    "INCIDENT_SEVERITY",
     "LOSSLESS_TARGETS",
     "LOSSY_TARGETS",
     "MAX_ONWARD",
@@ -53,7 +64,11 @@ __all__ = [
     "PUSH_STATES",
     "RETRIEVE_METHODS",
     "SERVICES",
+    "SEVERITIES",
     "SYSLOG_SCHEMES",
+    "TARGET_KINDS",
+    "AlertTarget",
+    "AlertsConfig",
     "AuditConfig",
     "CompressionConfig",
     "CompressionMode",

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicomproxy.config import delivery, network, operations, sources
+from dicomproxy.config import alerts, delivery, network, operations, sources
+from dicomproxy.config.alerts import AlertsConfig
 from dicomproxy.config.compression import CompressionConfig, compression
 from dicomproxy.config.delivery import PushConfig, ReportsConfig
 from dicomproxy.config.network import PeerConfig, ProxyConfig
@@ -46,6 +47,8 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     push: PushConfig = field(default_factory=PushConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    #: ``[alerting]`` and the ``[[alerts]]`` targets (docs/operations.md, Alerts).
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def onward_associations(self, peer: PeerConfig) -> int:
         """How many onward associations a C-MOVE job opens to ``peer`` (its own key, else ``[proxy]``)."""
@@ -91,6 +94,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     audit = operations.audit(root.child("audit", required=False))
     push = delivery.push(root.child("push", required=False), {p.ae_title for p in peers})
     reports = delivery.reports(root.child("reports", required=False))
+    alerts_cfg = alerts.alerting(root.child("alerting", required=False), root.tables("alerts"))
     root.finish()
     return Config(
         path=path,
@@ -107,6 +111,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         audit=audit,
         push=push,
         reports=reports,
+        alerts=alerts_cfg,
     )
 
 

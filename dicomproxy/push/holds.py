@@ -52,6 +52,13 @@ class DestinationHolds:
                 held.append(ae)
         return False, held
 
+    def down_since(self) -> dict[str, dt.datetime]:
+        """Each destination held down now (by any node), with when its hold began (naive UTC)."""
+        return {
+            name[len(DOWN_PREFIX) :]: dt.datetime.fromisoformat(json.loads(text)["since"])
+            for name, text in self.queue.states(DOWN_PREFIX).items()
+        }
+
     def until(self, destination: str) -> dt.datetime:
         """When the hold on ``destination`` ends (``retry_delay`` from now when there is none)."""
         text = self.queue.get_state(DOWN_PREFIX + destination)

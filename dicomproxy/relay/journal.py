@@ -279,6 +279,13 @@ class JobQueries:
         with self.engine.connect() as conn:
             return str(conn.execute(q).scalar() or "")
 
+    def ended_since(self, since: dt.datetime) -> list[tuple[int, str]]:
+        """(job ID, outcome) of every job that ended at or after ``since`` (naive UTC), oldest first
+        (the alerts' job failure rate)."""
+        q = select(jobs.c.id, jobs.c.outcome).where(jobs.c.ended >= since).order_by(jobs.c.id)
+        with self.engine.connect() as conn:
+            return [(int(i), str(o)) for i, o in conn.execute(q)]
+
     def interrupted_jobs(self) -> list[dict[str, Any]]:
         """The rows of every job left ``interrupted``, oldest first."""
         q = select(jobs).where(jobs.c.outcome == JobOutcome.INTERRUPTED.value).order_by(jobs.c.id)
