@@ -25,7 +25,7 @@ REQUIRED: Any = object()
 def is_ae_title(value: str) -> bool:
     """PS3.5 6.2 AE: 1-16 characters of the default repertoire without backslash or control
     characters, not all spaces (leading/trailing spaces are not significant)."""
-    return bool(_AE_RE.match(value)) and bool(value.strip())
+    return bool(_AE_RE.fullmatch(value)) and bool(value.strip())  # match: "$" passes a final "\n"
 
 
 class Section:
