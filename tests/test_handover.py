@@ -255,9 +255,9 @@ def test_collect_names_every_missing_answer() -> None:
 def test_collect_refuses_unknown_keys_and_bad_values() -> None:
     with pytest.raises(AnswerError, match="db_hots: unknown question"):
         collect({**ANSWERS, "db_hots": "x"})
-    with pytest.raises(AnswerError, match="pacs_port: .*65536"):
+    with pytest.raises(AnswerError, match=r"pacs_port: .*65536"):
         collect({**ANSWERS, "pacs_port": 65536})
-    with pytest.raises(AnswerError, match="cloud_ae: .*the same as proxy_ae"):
+    with pytest.raises(AnswerError, match=r"cloud_ae: .*the same as proxy_ae"):
         collect({**ANSWERS, "cloud_ae": "DICOMPROXY"})
 
 
