@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from dicomproxy.config import load_config
 from testkit import wait_until
 from testkit.fakepacs import FakePacs
 from testkit.viewdb import create_view_table
-from tests.conftest import MARIADB_URL, PG_URL, need_server
+from tests.conftest import MARIADB_URL, PG_URL, _need, need_server
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +283,7 @@ class Tmux:
 
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed (scripts/setup-peers.sh installs it)")
+    _need("tmux")  # scripts/setup-peers.sh installs it
     term = Tmux(tmp_path)
     yield term
     term.stop()
