@@ -5,6 +5,8 @@ MariaDB user with a password) and a real pynetdicom PACS, and one run in a real 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import shlex
 import subprocess
@@ -21,6 +23,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from dicomproxy.cli import cli
 from dicomproxy.config import load_config
+from dicomproxy.handover import writer
 from testkit import wait_until
 from testkit.fakepacs import FakePacs
 from testkit.viewdb import create_view_table
@@ -244,6 +247,48 @@ def test_no_prompt_names_the_missing_answers_and_writes_nothing(tmp_path: Path, 
     assert not (tmp_path / "dicomproxy.toml").exists()
     bad = _init(tmp_path, "--no-prompt", "--hospital-id", "74580626-1")
     assert bad.exit_code == 2 and "hospital_id: 校验码错误" in bad.output
+
+
+def test_end_of_input_aborts_and_writes_nothing(tmp_path: Path) -> None:
+    result = _init(tmp_path, input="5\n")
+    assert result.exit_code == 2
+    assert "init: aborted, nothing written" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_as_another_user_the_files_go_to_the_current_folder(
+    tmp_path: Path, pacs: FakePacs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DICOMPROXY_CONFIG", raising=False)
+    answers = _answers(pacs, db_type="postgresql", db_host="db", db_name="ris", db_user="u", db_password="pw")
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in answers.items()]
+    result = CliRunner().invoke(cli, ["init", *args, "--no-prompt", "--no-check"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicomproxy.env", "dicomproxy.toml"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DB_PASSWORD", "pw")
+        assert load_config(tmp_path / "dicomproxy.toml").data_path == tmp_path / "var"  # the example's
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_as_root_what_the_checks_create_goes_to_the_service_user(
+    tmp_path: Path, sqlite_url: str, sqlite_view: Engine, pacs: FakePacs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks build the UID side table in data_dir; run as root, the service user must own it
+    (here ``nobody`` stands in for the Debian package's ``dicomproxy``)."""
+    monkeypatch.setattr(writer, "SERVICE_USER", "nobody")
+    nobody = pwd.getpwnam("nobody")
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mine.txt").write_text("kept as it is")
+    answers = _answers(pacs, db_type="sqlite", db_name=sqlite_url.removeprefix("sqlite:///"))
+    result = _init(tmp_path, *[f"--{k.replace('_', '-')}={v}" for k, v in answers.items()], "--no-prompt")
+    assert result.exit_code == 0, result.output
+    index = tmp_path / "var" / "uid_index.sqlite"
+    assert (index.stat().st_uid, index.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert (tmp_path / "var" / "mine.txt").stat().st_uid == 0
+    assert (tmp_path / "var").stat().st_uid == 0
 
 
 # --- a real terminal ----------------------------------------------------------------------------

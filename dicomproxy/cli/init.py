@@ -19,14 +19,19 @@ import click
 
 from dicomproxy.cli.checks import echo_config_checks
 from dicomproxy.cli.common import config_option, config_path, load_or_exit
+from dicomproxy.config import ConfigError, parse_config
+from dicomproxy.config.document import tomllib
 from dicomproxy.handover.answers import QUESTIONS, AnswerError, Answers, Question, Values, collect
 from dicomproxy.handover.database import PASSWORD_VAR, env_value
 from dicomproxy.handover.table import handover_table
 from dicomproxy.handover.writer import (
     PACKAGE_CONFIG_DIR,
     example_text,
+    hand_over_new_files,
     layout_for,
     render_config,
+    service_ids,
+    tree,
     write_config,
     write_env,
 )
@@ -44,8 +49,6 @@ def _default_config() -> Path:
 
 def _read_answers(path: Path) -> dict[str, Any]:
     """An ``--answers`` file: JSON when it ends in ``.json``, else TOML; a table of key = answer."""
-    from dicomproxy.config.document import tomllib
-
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
@@ -103,6 +106,12 @@ def _question_options(func: F) -> F:
 
 def _write(answers: Answers, config: Path, env_file: Path, view_name: str | None) -> None:
     text = render_config(answers, example_text(), layout_for(config), view_name=view_name)
+    try:  # the file as load_config will read it, before anything is written
+        with _environ(PASSWORD_VAR, env_value(answers.password)):
+            parse_config(tomllib.loads(text), str(config))
+    except ConfigError as exc:
+        click.echo(f"init: the config would not load, nothing written: {exc}", err=True)
+        sys.exit(2)
     backup = write_config(config, text)
     click.echo(f"已写入 Written: {config} (0640)" + (f"; 原文件 old file kept as {backup}" if backup else ""))
     if answers.password:
@@ -110,10 +119,17 @@ def _write(answers: Answers, config: Path, env_file: Path, view_name: str | None
         click.echo(f"已写入 Written: {env_file} (0600, {PASSWORD_VAR})")
 
 
-def _check(answers: Answers, config: Path, timeout: float) -> int:
+def _check(answers: Answers, config_file: Path, timeout: float) -> int:
+    """The check-config checks; what they create in data_dir (as root) goes to the service user."""
     click.echo("\n检查 Checks (dicomproxy check-config):")
     with _environ(PASSWORD_VAR, env_value(answers.password)):
-        return echo_config_checks(load_or_exit(config), timeout)
+        config = load_or_exit(config_file)
+        before = tree(config.data_path)
+        failed = echo_config_checks(config, timeout)
+    ids = service_ids()
+    if ids is not None:
+        hand_over_new_files(config.data_path, before, ids)
+    return failed
 
 
 @click.command("init")
@@ -191,4 +207,6 @@ def _collect(given: Mapping[str, Any], ask: Any) -> Answers:
         return collect(given, ask)
     except AnswerError as exc:
         click.echo(f"init: {exc}", err=True)
-        sys.exit(2)
+    except click.Abort:  # Ctrl-C, or the end of the input before the last answer
+        click.echo("\ninit: aborted, nothing written", err=True)
+    sys.exit(2)

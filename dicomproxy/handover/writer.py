@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from tomlkit.items import Item, Table
 from dicomproxy.handover.answers import Answers
 from dicomproxy.handover.database import PASSWORD_VAR, env_value
 
-#: The group of the Debian package's service user: it reads the config (0640 root:dicomproxy).
+#: The Debian package's service user, and its group: it reads the config (0640 root:dicomproxy)
+#: and owns data_dir.
+SERVICE_USER = "dicomproxy"
 SERVICE_GROUP = "dicomproxy"
 #: The Debian package's config folder: a config written there uses :data:`PACKAGE_LAYOUT`.
 PACKAGE_CONFIG_DIR = Path("/etc/dicomproxy")
@@ -129,6 +132,31 @@ def write_config(path: Path, text: str) -> Path | None:
         with contextlib.suppress(KeyError):  # no service user: not the Debian package's machine
             os.chown(path, 0, grp.getgrnam(SERVICE_GROUP).gr_gid)
     return backup
+
+
+def service_ids() -> tuple[int, int] | None:
+    """The service user's uid and gid when we run as root and it exists (the Debian package)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def tree(folder: Path) -> set[Path]:
+    """``folder`` and everything in it (empty when it does not exist)."""
+    return {folder, *folder.rglob("*")} if folder.exists() else set()
+
+
+def hand_over_new_files(folder: Path, before: set[Path], ids: tuple[int, int]) -> int:
+    """Give what appeared in ``folder`` since ``before`` (the checks' UID side table, made as
+    root) to the service user, who must write it later; the number of paths changed."""
+    new = tree(folder) - before
+    for path in new:
+        os.chown(path, *ids, follow_symlinks=False)
+    return len(new)
 
 
 def env_text(existing: str, name: str, value: str) -> str:
