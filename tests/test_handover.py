@@ -96,9 +96,15 @@ def test_org_code_exactly_one_check_character_fits(body: str, check: str) -> Non
 # --- hosts, ports, AE titles --------------------------------------------------------------------
 
 
-@given(st.ip_addresses())
+@given(st.ip_addresses().filter(lambda a: not a.is_unspecified))
 def test_any_ip_address_is_a_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     assert fields.parse_host(f" {address} ") == str(address)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "0:0::0"])
+def test_the_unspecified_address_is_no_host(host: str) -> None:
+    with pytest.raises(ValueError, match="another machine"):
+        fields.parse_host(host)
 
 
 @pytest.mark.parametrize("host", ["pacs", "pacs-01.hospital.local", "ris.example.cn."])

@@ -156,8 +156,10 @@ def test_answers_file_password_only_in_the_env_file(
     )
     path = tmp_path / "answers.toml"
     path.write_text(_toml(answers), encoding="utf-8")
+    path.chmod(0o644)
     result = _init(tmp_path, "--answers", str(path), "--no-prompt", "--view-name", view)
     assert result.exit_code == 0, result.output
+    assert "holds the password and others may read it (chmod 600)" in result.output
     assert "OK    view database: connected (mysql)" in result.output
     toml, env = tmp_path / "dicomproxy.toml", tmp_path / "dicomproxy.env"
     assert password not in toml.read_text(encoding="utf-8")

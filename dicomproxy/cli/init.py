@@ -56,6 +56,8 @@ def _read_answers(path: Path) -> dict[str, Any]:
         raise click.BadParameter(f"{path}: {exc}", param_hint="--answers") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: must hold a table of answers", param_hint="--answers")
+    if "db_password" in data and path.stat().st_mode & 0o077:
+        click.echo(f"init: warning: {path} holds the password and others may read it (chmod 600)", err=True)
     return data
 
 

@@ -19,12 +19,19 @@ RETRIEVE_CHOICES = {"C-MOVE": "c-move", "C-GET": "c-get"}
 
 
 def parse_host(text: str) -> str:
-    """An IPv4/IPv6 address or an RFC 1123 host name; all-numeric dotted text must be an IPv4 address."""
+    """An IPv4/IPv6 address (not 0.0.0.0 or ::) or an RFC 1123 host name; all-numeric dotted
+    text must be an IPv4 address."""
     value = text.strip()
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        if address.is_unspecified:
+            raise ValueError(
+                f"{value} 是“任意地址”，请填写实际地址 / is no address another machine can reach"
+            )
+        return str(address)
     labels = value.rstrip(".").split(".")
     if (
         value
