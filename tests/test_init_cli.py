@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
+from dicomproxy.checks import connect_timeout_args
 from dicomproxy.cli import cli
 from dicomproxy.config import load_config
 from dicomproxy.handover import writer
@@ -222,6 +224,58 @@ def test_unreachable_database_is_reported_and_the_files_are_written(tmp_path: Pa
     assert (tmp_path / "dicomproxy.toml").exists()
     assert "DB_PASSWORD=secret" in (tmp_path / "dicomproxy.env").read_text().splitlines()
     assert "交给影像云 For the cloud (jobserver@127.0.0.1:104)" in result.output
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a database host behind a
+    firewall that lets the SYN through, or a hung server)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.mark.timeout(90)  # without a connect time-out the driver waits for ever
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_silent_database_is_a_fail_after_the_timeout(
+    tmp_path: Path, pacs: FakePacs, silent_server: int, kind: str
+) -> None:
+    answers = _answers(
+        pacs, db_type=kind, db_host="127.0.0.1", db_port=silent_server, db_name="ris", db_user="u"
+    )
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in answers.items()]
+    result = CliRunner().invoke(
+        cli,
+        [
+            "init",
+            "-c",
+            str(tmp_path / "d.toml"),
+            *args,
+            "--db-password",
+            "pw",
+            "--no-prompt",
+            "--timeout",
+            "2",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert re.search(r"^FAIL  view database: .*(timeout|timed out)", result.output, re.MULTILINE), (
+        result.output
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "args"),
+    [
+        ("postgresql+psycopg2://u@h/d", {"connect_timeout": 3}),
+        ("mysql+pymysql://u@h/d", {"connect_timeout": 3, "read_timeout": 3}),
+        ("mssql+pyodbc://u@h/d?driver=FreeTDS", {"timeout": 3}),
+        ("oracle+oracledb://u@h:1521/?service_name=S", {"tcp_connect_timeout": 2.5}),
+        ("sqlite:///x.db", {}),
+    ],
+)
+def test_connect_timeout_per_driver(url: str, args: dict[str, Any]) -> None:
+    timeout = 2.5 if "oracle" in url else 3.0
+    assert connect_timeout_args(make_url(url), timeout) == args
 
 
 def test_existing_config_needs_force(tmp_path: Path, pacs: FakePacs, sqlite_url: str) -> None:
