@@ -113,6 +113,9 @@ def test_prompts_reask_a_wrong_answer_and_the_config_passes_check_config(
     assert (config.proxy.port, config.pacs.retrieve, config.compression.mode) == (104, "c-get", "lossless")
     assert config.view.url == sqlite_url
     assert not (tmp_path / "dicomproxy.env").exists()  # SQLite: no password, no env file
+    assert (
+        f"下一步 Next: `dicomproxy check-view -c {tmp_path / 'dicomproxy.toml'}`" in out
+    )  # no env file to load
     again = _check_config(tmp_path / "dicomproxy.toml")
     assert again.exit_code == 0, again.output
     assert len(_ok_lines(again.output)) == 6
@@ -223,6 +226,8 @@ def test_unreachable_database_is_reported_and_the_files_are_written(tmp_path: Pa
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert (tmp_path / "dicomproxy.toml").exists()
     assert "DB_PASSWORD=secret" in (tmp_path / "dicomproxy.env").read_text().splitlines()
+    env, config = tmp_path / "dicomproxy.env", tmp_path / "dicomproxy.toml"
+    assert f"`set -a; . {env}; set +a; dicomproxy check-config -c {config}`" in result.output
     assert "交给影像云 For the cloud (jobserver@127.0.0.1:104)" in result.output
 
 

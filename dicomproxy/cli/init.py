@@ -195,11 +195,17 @@ def init_cmd(
     _write(answers, config, env_file, view_name)
     failed = 0 if no_check else _check(answers, config, timeout)
     click.echo("\n" + handover_table(answers))
+    load = f"set -a; . {env_file}; set +a; " if answers.password else ""
     if failed:
         click.echo(
             f"\n{failed} 项检查未通过 / check(s) failed: the files are written; fix the cause, then "
-            f"`set -a; . {env_file}; set +a; dicomproxy check-config -c {config}`",
+            f"`{load}dicomproxy check-config -c {config}`",
             err=True,
+        )
+    else:
+        click.echo(
+            f"\n下一步 Next: `{load}dicomproxy check-view -c {config}` checks the view's rows "
+            "(HospitalID and HospitalName must be as typed here)"
         )
     sys.exit(1 if failed else 0)
 
