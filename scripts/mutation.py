@@ -549,6 +549,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     "push-decide": [
         ("@dataclass(frozen=True)", "frozen=False", "JobResult, AfterJob, AfterFiles are never mutated"),
         (
+            "failures.get(u,0)>=attempts",
+            "failures.get(u,-1)",
+            "commit_attempts ≥ 1 (the config refuses less): an absent count, 0 or -1, is never spent",
+        ),
+        (
             "bytes:int=0",
             "",
             "JobResult's default never used: _run_job passes every field (and after_job reads neither)",

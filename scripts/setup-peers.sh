@@ -7,8 +7,19 @@
 #   fonts-wqy-zenhei (Chinese glyphs for the status page in headless chromium and its screenshot),
 #   rsyslog + rsyslog-openssl (the ATNA audit messages received by a real syslog daemon the test
 #   starts, over UDP, TCP and TLS).
-# Start PostgreSQL / MariaDB if they are installed but stopped. Idempotent.
+# With --with-package-tools also mmdebstrap (the clean Debian root tests/test_package.py installs the
+# .deb into). Start PostgreSQL / MariaDB if they are installed but stopped (--with-databases). Idempotent.
 set -euo pipefail
+
+with_databases=false
+with_package_tools=false
+for arg in "$@"; do
+    case "$arg" in
+        --with-databases) with_databases=true ;;
+        --with-package-tools) with_package_tools=true ;;
+        *) echo "setup-peers: unknown argument '$arg'" >&2; exit 2 ;;
+    esac
+done
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -24,6 +35,9 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -n "$(find /usr/lib -name lmnsd_ossl.so -print -quit 2>/dev/null)" ] || need+=(rsyslog-openssl)
+if $with_package_tools; then
+    command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup-peers: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -38,7 +52,7 @@ if [ -f /run/orthanc.pid ] && [ -f /etc/init.d/orthanc ] && kill -0 "$(cat /run/
     $SUDO start-stop-daemon --stop --quiet --retry=TERM/30/KILL/5 --pidfile /run/orthanc.pid || true
 fi
 
-if [ "${1:-}" = "--with-databases" ]; then
+if $with_databases; then
     if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         echo "setup-peers: starting PostgreSQL"
         for v in $(ls /etc/postgresql 2>/dev/null); do

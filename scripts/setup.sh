@@ -2,15 +2,19 @@
 # Idempotent set-up: system peers (setup-peers.sh), a virtualenv in .venv, the package.
 #   scripts/setup.sh           runtime only
 #   scripts/setup.sh test      with the test extras, and databases started
+#   scripts/setup.sh test package   also the package test's tools (mmdebstrap; tests/test_package.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 peers_args=()
-if [ "${1:-}" = "test" ]; then
-    extras="[test,bench]"
-    peers_args=(--with-databases)
-fi
+for arg in "$@"; do
+    case "$arg" in
+        test) extras="[test,bench]"; peers_args+=(--with-databases) ;;
+        package) peers_args+=(--with-package-tools) ;;
+        *) echo "setup: unknown argument '$arg' (test, package)" >&2; exit 2 ;;
+    esac
+done
 
 scripts/setup-peers.sh "${peers_args[@]}"
 

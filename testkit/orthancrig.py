@@ -85,6 +85,10 @@ dimse_timeout = 30
 {peer_blocks}
 [journal]
 resume_window = {resume_window}
+
+# no HTTP console: it would default to the fixed port 8080, shared with every concurrent run
+[http]
+port = 0
 """
     )
     expected = frozenset(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)

@@ -4,7 +4,6 @@ from Orthanc to storescp, a rejected association, start and stop) read with `dic
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -34,32 +33,26 @@ CT, MR, US, MF = demo_specs()
 
 
 @pytest.fixture(scope="module")
-def audit_servers() -> Iterator[dict[str, str]]:
-    """A database of this module's own on PostgreSQL and on MariaDB (created on first use, dropped
-    at the end): other test runs on the same servers never see or drop its tables."""
-    made: dict[str, str] = {}
-    gens: list[Iterator[str]] = []
+def audit_pg() -> Iterator[str]:
+    """A PostgreSQL database of this module's own: the audit tables have fixed names, and a shared
+    database would let two concurrent runs (xdist workers, other checkouts) drop each other's."""
+    yield from _fresh_database("postgresql", PG_URL)
 
-    class Lazy(dict[str, str]):
-        def __missing__(self, kind: str) -> str:
-            gen = _fresh_database(kind, PG_URL if kind == "postgresql" else MARIADB_URL)
-            gens.append(gen)
-            self[kind] = next(gen)
-            return self[kind]
 
-    yield Lazy(made)
-    for gen in gens:
-        with contextlib.suppress(StopIteration):
-            next(gen)
+@pytest.fixture(scope="module")
+def audit_mariadb() -> Iterator[str]:
+    """A MariaDB database of this module's own (see ``audit_pg``)."""
+    yield from _fresh_database("mariadb", MARIADB_URL)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def audit_engine(
-    request: pytest.FixtureRequest, tmp_path: Path, audit_servers: dict[str, str]
-) -> Iterator[Engine]:
+def audit_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty audit trail in each real database the journal may live in."""
     kind = request.param
-    url = f"sqlite:///{tmp_path / 'journal.db'}" if kind == "sqlite" else audit_servers[kind]
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        url = request.getfixturevalue("audit_pg" if kind == "postgresql" else "audit_mariadb")
     engine = create_engine(url)
     AUDIT_METADATA.drop_all(engine)
     try:

@@ -26,7 +26,7 @@ from dicomproxy.config import operations as config_operations
 from dicomproxy.server import Server
 from dicomproxy.transport.net import Remote, c_echo
 from tests.conftest import ConfigFactory, push_cli_toml
-from tests.test_audit import audit_engine, audit_servers  # noqa: F401  (SQLite, PostgreSQL, MariaDB)
+from tests.test_audit import audit_engine, audit_mariadb, audit_pg  # noqa: F401  (SQLite, PostgreSQL, MariaDB)
 
 #: GB/T 32905-2016 appendix A: example 1 ("abc") and example 2 ("abcd" × 16).
 SM3_VECTORS = {

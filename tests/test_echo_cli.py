@@ -68,6 +68,9 @@ port = {pacs_port}
 ae_title = "jobserver"
 host = "127.0.0.1"
 port = 104
+
+[http]
+port = {free_port()}  # the console runs and stops with serve; not on 8080, which concurrent runs share
 """,
         encoding="utf-8",
     )

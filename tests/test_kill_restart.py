@@ -148,6 +148,10 @@ port = {storescp.port}
 
 [journal]
 resume_window = 0  # `jobs retry` is what these tests drive (automatic resume: test_recovery_parity)
+
+# no HTTP console: it would default to the fixed port 8080, shared with every concurrent run
+[http]
+port = 0
 """
     )
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

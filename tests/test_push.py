@@ -210,8 +210,8 @@ def _scenario(
     with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/api/status", timeout=10) as rsp:
         status = json.loads(rsp.read())
     assert status["push"] == [
-        {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "done": 1,
-         "failed": 0, "dropped": 0, "recheck": 1}
+        {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "committing": 0,
+         "done": 1, "failed": 0, "dropped": 0, "recheck": 1}
     ]  # fmt: skip
     from dicomproxy.relay.recovery import check_retryable
 

@@ -237,6 +237,10 @@ port = {dest.port}
 
 [journal]
 resume_window = {resume_window}
+
+# no HTTP console: it would default to the fixed port 8080, shared with every concurrent run
+[http]
+port = 0
 """
         )
         expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}

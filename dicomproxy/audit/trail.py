@@ -48,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn
 
 from dicomproxy import events
@@ -334,8 +335,13 @@ def _migrate(engine: Engine) -> None:
     have = {c["name"] for c in inspect(engine).get_columns("audit_log")}
     if "hash_alg" not in have:
         column = CreateColumn(audit_log.c.hash_alg).compile(dialect=engine.dialect)
-        with engine.begin() as conn:
-            conn.execute(text(f"ALTER TABLE audit_log ADD COLUMN {column}"))
+        add = "ADD" if engine.dialect.name in ("mssql", "oracle") else "ADD COLUMN"
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE audit_log {add} {column}"))
+        except DBAPIError:  # another process added it first
+            if "hash_alg" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}:
+                raise
 
 
 # --- events → records --------------------------------------------------------------------------

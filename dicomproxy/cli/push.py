@@ -1,4 +1,5 @@
-"""``dicomproxy push``: the push queue for administrators (status, pause/resume, retry, requeue).
+"""``dicomproxy push``: the push queue for administrators (status, pause/resume, retry, requeue,
+backfill).
 
 Every command works on the journal database, so it acts on every node sharing it, whether a
 ``serve`` runs or not; a running ``serve`` sees the change at its next claim.
@@ -14,8 +15,9 @@ import click
 
 from dicomproxy.cli.common import JournalContext, config_option
 from dicomproxy.config import Config
-from dicomproxy.push.holds import pause, resume
-from dicomproxy.push.queue import DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
+from dicomproxy.push.backfill import lane_progress, queue_backfill
+from dicomproxy.push.holds import LANE_PAUSED_PREFIX, pause, resume
+from dicomproxy.push.queue import BACKFILL, DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
 
 
@@ -90,6 +92,8 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             for item in queue.items(limit=limit)
         ],
     }
+    lanes = lane_progress(queue)
+    report["lanes"] = [p.as_dict() | {"paused": LANE_PAUSED_PREFIX + p.lane in states} for p in lanes]
     commitment = _commitment(obj)
     for d, info in report["destinations"].items():  # type: ignore[attr-defined]
         info["commitment_24h"] = commitment.get(d)
@@ -119,6 +123,14 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
         )
     for d, refs in commitment.items():
         click.echo(f"storage commitment, last 24 h, {d}: " + " ".join(f"{k}={n}" for k, n in refs.items()))
+    for lane in report["lanes"]:  # type: ignore[attr-defined]
+        if lane["lane"] == BACKFILL and (lane["left"] or lane["done"]):
+            eta = lane["eta_seconds"]
+            click.echo(
+                f"backfill{' (paused)' if lane['paused'] else ''}: {lane['done']} done, {lane['left']} left, "
+                f"{lane['failed']} failed; {lane['last_hour']} in the last hour"
+                + (f", about {eta / 3600:.1f} h to go" if eta else "")
+            )
     if report["recent"]:
         click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, notes, error):")
     for item in report["recent"]:  # type: ignore[attr-defined]
@@ -154,24 +166,70 @@ def _iso(when: dt.datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when is not None else None
 
 
+_LANE = click.option(
+    "--lane", type=click.Choice([BACKFILL]), default=None, help="Only this lane's workers (the backfill)."
+)
+
+
 @push_group.command("pause")
 @config_option
 @click.argument("destination", required=False)
+@_LANE
 @click.pass_obj
-def push_pause(obj: _PushContext, destination: str | None) -> None:
-    """Stop starting deliveries (to DESTINATION, or all); the watcher keeps queueing."""
-    pause(obj.queue, obj.destination(destination))
-    click.echo(f"paused {destination or 'every destination'}")
+def push_pause(obj: _PushContext, destination: str | None, lane: str | None) -> None:
+    """Stop starting deliveries (to DESTINATION, all, or of the --lane); the watcher keeps queueing."""
+    pause(obj.queue, obj.destination(destination), lane)
+    click.echo(f"paused {f'the {lane} lane' if lane else destination or 'every destination'}")
 
 
 @push_group.command("resume")
 @config_option
 @click.argument("destination", required=False)
+@_LANE
 @click.pass_obj
-def push_resume(obj: _PushContext, destination: str | None) -> None:
+def push_resume(obj: _PushContext, destination: str | None, lane: str | None) -> None:
     """Undo ``pause`` (and end a destination's down hold: try it now)."""
-    resume(obj.queue, obj.destination(destination))
-    click.echo(f"resumed {destination or 'every destination'}")
+    resume(obj.queue, obj.destination(destination), lane)
+    click.echo(f"resumed {f'the {lane} lane' if lane else destination or 'every destination'}")
+
+
+@push_group.command("backfill")
+@config_option
+@click.option("--from", "since", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First exam day.")
+@click.option(
+    "--to", "until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last exam day (default: today)."
+)
+@click.option(
+    "--dest", "dests", multiple=True, help="Only this [push] destination (repeatable; default: all)."
+)
+@click.option("--newest-first", is_flag=True, help="Deliver the newest exams first.")
+@click.pass_obj
+def push_backfill(
+    obj: _PushContext,
+    since: dt.datetime,
+    until: dt.datetime | None,
+    dests: tuple[str, ...],
+    newest_first: bool,
+) -> None:
+    """Queue the visible exams performed from --from to --to (PerformTime, whole days) in the backfill
+    lane: its own workers ([push] backfill_concurrent, backfill_mbps); live exams always go first."""
+    from dicomproxy.view.repository import ExamView
+
+    config = obj.config
+    destinations = [d for d in (obj.destination(x) for x in dests) if d] or list(config.push.destinations)
+    end = (until or dt.datetime.now()).replace(hour=0, minute=0, second=0) + dt.timedelta(days=1)
+    view = ExamView(config)
+    try:
+        done = queue_backfill(
+            obj.queue, view.studies_performed(since, end), destinations, config.push, newest_first
+        )
+    finally:
+        view.close()
+    last = end - dt.timedelta(days=1)
+    click.echo(
+        f"backfill: {done.studies} visible exam(s) from {since:%Y-%m-%d} to {last:%Y-%m-%d}; "
+        f"{done.queued} item(s) queued for {', '.join(destinations)}, {done.present} already queued"
+    )
 
 
 @push_group.command("retry")

@@ -246,9 +246,17 @@ class Console:
         body["checks"] = cached[1]["checks"] + [c.as_dict() for c in self.echoer.peer_checks()]
         body["ready"] = cached[1]["ready"]
         if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
+            from dicomproxy.push.backfill import lane_progress
+            from dicomproxy.push.queue import BACKFILL
             from dicomproxy.push.service import push_summary
 
             body["push"] = push_summary(self.ctx.push)
+            try:  # the backfill lane's progress (counts only)
+                body["backfill"] = next(
+                    p.as_dict() for p in lane_progress(self.ctx.push.queue) if p.lane == BACKFILL
+                )
+            except Exception:  # the journal is down: the section is left out
+                body["backfill"] = None
         if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)
             try:
                 body["commitment"] = self.ctx.commitments.summary()

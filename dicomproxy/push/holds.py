@@ -18,13 +18,15 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomproxy import events
 from dicomproxy.config import PushConfig
-from dicomproxy.push.queue import PAUSED_ALL, PushQueue, utcnow
+from dicomproxy.push.queue import LIVE, PAUSED_ALL, PushQueue, utcnow
 from dicomproxy.push.schema import push_state
 
 LOG = logging.getLogger("dicomproxy.push")
 
 DOWN_PREFIX = "down:"
 PAUSED_PREFIX = "paused:"
+#: ``paused-lane:backfill``: ``push pause --lane backfill`` (that lane's workers only).
+LANE_PAUSED_PREFIX = "paused-lane:"
 
 
 class DestinationHolds:
@@ -34,10 +36,10 @@ class DestinationHolds:
         self.queue = queue
         self.push = push
 
-    def held(self) -> tuple[bool, list[str]]:
-        """(everything paused, destinations paused or held down now)."""
+    def held(self, lane: str = LIVE) -> tuple[bool, list[str]]:
+        """(everything paused — or ``lane`` — , destinations paused or held down now)."""
         states = self.queue.states()
-        if PAUSED_ALL in states:
+        if PAUSED_ALL in states or LANE_PAUSED_PREFIX + lane in states:
             return True, list(self.push.destinations)
         now = utcnow()
         held = []
@@ -103,14 +105,18 @@ class DestinationHolds:
         return True
 
 
-def pause(queue: PushQueue, destination: str | None) -> None:
-    """The operator's pause of ``destination`` (None: every one): no delivery starts; the watcher
-    keeps queueing (``push pause``, the console's ``POST /api/push/pause``)."""
-    queue.set_state(PAUSED_PREFIX + destination if destination else PAUSED_ALL, utcnow().isoformat())
+def pause(queue: PushQueue, destination: str | None, lane: str | None = None) -> None:
+    """The operator's pause of ``destination`` (None: every one) or of a ``lane``: no delivery
+    starts; the watcher keeps queueing (``push pause``, the console's ``POST /api/push/pause``)."""
+    name = PAUSED_PREFIX + destination if destination else PAUSED_ALL
+    queue.set_state(LANE_PAUSED_PREFIX + lane if lane else name, utcnow().isoformat())
 
 
-def resume(queue: PushQueue, destination: str | None) -> None:
+def resume(queue: PushQueue, destination: str | None, lane: str | None = None) -> None:
     """Undo :func:`pause`; for one destination also end its down hold (it is tried now)."""
+    if lane:
+        queue.delete_state(LANE_PAUSED_PREFIX + lane)
+        return
     names = [PAUSED_PREFIX + destination, DOWN_PREFIX + destination] if destination else [PAUSED_ALL]
     for name in names:
         queue.delete_state(name)

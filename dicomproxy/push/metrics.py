@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.push.backfill import lane_progress
 from dicomproxy.push.queue import STATES, PushQueue
 
 
@@ -39,17 +40,35 @@ class _QueueCollector(Collector):
             "Delivered push items (in state done) with a re-check for late images still to come",
             labels=["destination"],
         )
+        lanes = GaugeMetricFamily(
+            "dicomproxy_push_lane_items",
+            "Push queue items by lane (live, backfill) and state",
+            labels=["lane", "state"],
+        )
+        left = GaugeMetricFamily(
+            "dicomproxy_push_lane_eta_seconds",
+            "Seconds until a lane's items are through at the last hour's rate (absent: none done lately)",
+            labels=["lane"],
+        )
         try:
             counts = self.queue.counts()
             pending = self.queue.rechecks_pending()
+            progress = lane_progress(self.queue)
         except Exception:  # the journal is down: no sample rather than a failed scrape
-            counts, pending = {}, {}
+            counts, pending, progress = {}, {}, []
         for dest in self.config.push.destinations:
             for state in STATES:
                 family.add_metric([dest, state], counts.get((dest, state), 0))
             rechecks.add_metric([dest], pending.get(dest, (0, None))[0])
+        for lane in progress:
+            for state in STATES:
+                lanes.add_metric([lane.lane, state], lane.counts.get(state, 0))
+            if lane.eta_seconds is not None:
+                left.add_metric([lane.lane], lane.eta_seconds)
         yield family
         yield rechecks
+        yield lanes
+        yield left
 
 
 class PushMetrics:

@@ -57,10 +57,13 @@ from sqlalchemy.schema import CreateColumn
 from dicomproxy.push.queue_state import PushStates
 from dicomproxy.push.queue_summary import QueueSummaries
 from dicomproxy.push.schema import (
+    BACKFILL,
     COMMITTING,
     DONE,
     DROPPED,
     FAILED,
+    LANES,
+    LIVE,
     PUSH_METADATA,
     QUEUED,
     RUNNING,
@@ -76,10 +79,13 @@ from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
 __all__ = [
     "ADDED_COLUMNS",
+    "BACKFILL",
     "COMMITTING",
     "DONE",
     "DROPPED",
     "FAILED",
+    "LANES",
+    "LIVE",
     "MAX_TAKEOVERS",
     "PAUSED_ALL",
     "PUSH_METADATA",
@@ -111,7 +117,7 @@ MAX_TAKEOVERS = 3
 #: Columns of ``push_queue`` added after tables existed in the field (``create_all`` skips an
 #: existing table): :func:`migrate` adds each one that is missing. Each needs a server default (rows
 #: already there get it, and nodes of the previous version insert without naming the column).
-ADDED_COLUMNS = ("takeovers", "rechecks")
+ADDED_COLUMNS = ("takeovers", "rechecks", "lane")
 
 
 def _columns(conn: Connection, table: str) -> set[str]:
@@ -181,6 +187,8 @@ class Item:
     rechecks: int = 0
     #: Claimed as a due re-check of a ``done`` item: ask the PACS before delivering anything.
     recheck: bool = False
+    #: ``live`` or ``backfill`` (:data:`~dicomproxy.push.schema.LANES`).
+    lane: str = LIVE
 
 
 class ItemLedger:
@@ -432,17 +440,18 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
 
     # --- the workers' side ----------------------------------------------------------------------
 
-    def _claimable(self, now: dt.datetime, held: Iterable[str]) -> Any:
-        cond = or_(
+    def _claimable(self, now: dt.datetime, held: Iterable[str], lane: str = LIVE) -> Any:
+        due = or_(
             and_(push_queue.c.state.in_((QUEUED, WAITING)), push_queue.c.next_at <= now),
             and_(push_queue.c.state == DONE, push_queue.c.rechecks > 0, push_queue.c.next_at <= now),
             and_(push_queue.c.state == RUNNING, push_queue.c.lease_until < now),
         )
+        cond = and_(due, push_queue.c.lane == lane)
         held = list(held)
         return and_(cond, push_queue.c.destination.not_in(held)) if held else cond
 
     def claim(
-        self, lease: float, held: Iterable[str] = (), max_takeovers: int = MAX_TAKEOVERS
+        self, lease: float, held: Iterable[str] = (), max_takeovers: int = MAX_TAKEOVERS, lane: str = LIVE
     ) -> Item | None:
         """The next due item (or one whose owner's lease expired), now ``running`` and ours.
 
@@ -460,7 +469,7 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
             with self.engine.begin() as conn:
                 q = (
                     select(push_queue)
-                    .where(self._claimable(now, held))
+                    .where(self._claimable(now, held, lane))
                     .order_by(push_queue.c.next_at, push_queue.c.id)
                     .limit(1)
                     .with_for_update(skip_locked=True)
@@ -473,7 +482,7 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
                 takeovers = int(row["takeovers"]) + int(taken_over)
                 ours = update(push_queue).where(
                     push_queue.c.id == row["id"],
-                    self._claimable(now, held),
+                    self._claimable(now, held, lane),
                     push_queue.c.takeovers == row["takeovers"],  # SQLite: no row lock, re-check
                 )
                 poisoned = taken_over and takeovers > max_takeovers
@@ -619,4 +628,5 @@ def _claimed(row: RowMapping, takeovers: int, recheck: bool, taken_over: bool) -
         takeovers,
         int(row["rechecks"]),
         recheck,
+        str(row["lane"]),
     )

@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
-from dicomproxy.push.schema import DONE, push_queue
+from dicomproxy.push.schema import DONE, LIVE, QUEUED, RUNNING, WAITING, push_queue
 
 
 class QueueSummaries:
@@ -26,6 +26,15 @@ class QueueSummaries:
         )
         with self.engine.connect() as conn:
             return {(str(d), str(s)): int(n) for d, s, n in conn.execute(q)}
+
+    def live_busy(self, now: dt.datetime) -> bool:
+        """Is a live item running, or due and not held back, on any node? (The backfill workers
+        claim nothing then: live exams first, also in the PACS's, the CPU's and the link's share.)"""
+        live = push_queue.c.lane == LIVE
+        due = and_(push_queue.c.state.in_((QUEUED, WAITING)), push_queue.c.next_at <= now)
+        q = select(push_queue.c.id).where(live, or_(push_queue.c.state == RUNNING, due)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
 
     def get(self, item_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

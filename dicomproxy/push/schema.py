@@ -42,6 +42,9 @@ push_queue = Table(
     #: one at ``next_at`` (the PACS asked whether the study grew). 0 = none (also every row of
     #: older versions). Added after the first release: :func:`~dicomproxy.push.queue.migrate` adds it.
     Column("rechecks", Integer, nullable=False, default=0, server_default=text("0")),
+    #: ``live`` (the watcher's) or ``backfill`` (``push backfill``: history, its own workers, never
+    #: claimed by a live worker). Added after the first release: :func:`~dicomproxy.push.queue.migrate`.
+    Column("lane", String(8), nullable=False, default="live", server_default="live"),
     #: The view row changed while the item was running: queue it again when that run ends.
     Column("changed", Integer, nullable=False, default=0),
     #: The images are delivered (only a report is still being fetched).
@@ -98,3 +101,6 @@ QUEUED, RUNNING, WAITING, DONE, FAILED, DROPPED = "queued", "running", "waiting"
 #: ``done`` once every instance is (:mod:`dicomproxy.push.committing`).
 COMMITTING = "committing"
 STATES = (QUEUED, RUNNING, WAITING, COMMITTING, DONE, FAILED, DROPPED)
+#: The lanes (``push_queue.lane``): the watcher's new exams, and ``push backfill``'s history.
+LIVE, BACKFILL = "live", "backfill"
+LANES = (LIVE, BACKFILL)

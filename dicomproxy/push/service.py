@@ -49,7 +49,18 @@ from dicomproxy.push.decide import (
 from dicomproxy.push.files import ItemFiles
 from dicomproxy.push.holds import DOWN_PREFIX, PAUSED_PREFIX, DestinationHolds
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
-from dicomproxy.push.queue import COMMITTING, DONE, DROPPED, STATES, WAITING, Item, PushQueue, utcnow
+from dicomproxy.push.queue import (
+    BACKFILL,
+    COMMITTING,
+    DONE,
+    DROPPED,
+    LIVE,
+    STATES,
+    WAITING,
+    Item,
+    PushQueue,
+    utcnow,
+)
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.journal import Journal
@@ -80,6 +91,7 @@ class PushService:
         self.watcher = Watcher(config, view, self.queue)
         self.window = parse_window(self.push.window)
         self.limiters = {ae: RateLimiter(mbps) for ae, mbps in self.push.max_mbps}
+        self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
@@ -89,7 +101,6 @@ class PushService:
         self._threads: list[threading.Thread] = []
         self._running: set[int] = set()
         self._lock = threading.Lock()
-        self._watch_error = ""
         self._claim_error = False
         #: Local time source (tests of the window replace it).
         self.local_now: Callable[[], dt.datetime] = dt.datetime.now
@@ -107,6 +118,8 @@ class PushService:
         self._spawn("push-watcher", self._watch_loop)
         for i in range(self.push.max_concurrent):
             self._spawn(f"push-worker-{i}", self._work_loop)
+        for i in range(self.push.backfill_concurrent):
+            self._spawn(f"push-backfill-{i}", lambda: self._work_loop(BACKFILL))
         self._spawn("push-lease", self._lease_loop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -132,26 +145,13 @@ class PushService:
     # --- the watcher -----------------------------------------------------------------------------
 
     def _watch_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                queued = self.watcher.run_pass()
-                self.commitments.settle()
-                if queued:
-                    events.publish(events.PushQueued(queued))
-                    self._wake.set()
-                if self._watch_error:
-                    LOG.info("push: the exam view can be read again")
-                    self._watch_error = ""
-            except Exception as exc:  # view or journal down: one line per change, retried
-                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                if reason != self._watch_error:
-                    LOG.warning(
-                        "push: watcher pass failed (%s); retrying every %.0f s",
-                        reason,
-                        self.push.poll_interval,
-                    )
-                    self._watch_error = reason
-            self._stop.wait(self.push.poll_interval)
+        def after(queued: int | None) -> None:
+            self.commitments.settle()
+            if queued:
+                events.publish(events.PushQueued(queued))
+                self._wake.set()
+
+        self.watcher.loop(self._stop, after)
 
     # --- the workers -----------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class PushService:
         self._wake.wait(max(0.05, seconds))
         self._wake.clear()
 
-    def _work_loop(self) -> None:
+    def _work_loop(self, lane: str = LIVE) -> None:
         while not self._stop.is_set():
             now = self.local_now()
             if not in_window(self.window, now):
@@ -171,11 +171,13 @@ class PushService:
                 self._stop.wait(min(60.0, max(1.0, wait)))
                 continue
             try:
-                everything, held = self.held()
+                everything, held = self.holds.held(lane)
+                if lane == BACKFILL and not everything and self.queue.live_busy(self.queue.now()):
+                    everything = True  # live exams first: history waits while one is due or running
                 if everything or len(held) == len(self.push.destinations):
                     self._stop.wait(min(self.push.poll_interval, 5.0))
                     continue
-                item = self.queue.claim(self.push.lease, held, self.push.max_takeovers)
+                item = self.queue.claim(self.push.lease, held, self.push.max_takeovers, lane)
             except SQLAlchemyError as exc:  # journal down: one line when it fails, one when it is back
                 with self._lock:
                     first, self._claim_error = not self._claim_error, True
@@ -263,14 +265,15 @@ class PushService:
             job["id"] = job_id
             self.queue.record_attempt(item, job_id)
 
-        limiter = self.limiters.get(item.destination)
+        caps = [self.limiters.get(item.destination), self.backfill_cap if item.lane == BACKFILL else None]
+        takes = [c.take for c in caps if c is not None]
         final = None
         for response in self.relay.push(
             item.study_uid,
             item.destination,
             exclude=exclude,
             on_start=started,
-            throttle=limiter.take if limiter is not None else None,
+            throttle=(lambda n: sum(take(n) for take in takes)) if takes else None,
             is_cancelled=self._stop.is_set,
         ):
             final = response

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Select, and_, or_, select
@@ -130,6 +132,26 @@ class Watcher:
             # microsecond) above the newest row, so the first read begins just after it
             top = top + policy.overlap + dt.timedelta(microseconds=1)
         return Mark(policy.kind, top).encode()
+
+    def loop(self, stop: threading.Event, after: Callable[[int | None], None]) -> None:
+        """Passes every ``[push] poll_interval`` until ``stop``; ``after`` gets each pass's count.
+        A view or journal down: one line when it fails (and when the reason changes), one when it
+        is back; retried."""
+        error = ""
+        while not stop.is_set():
+            try:
+                after(self.run_pass())
+                if error:
+                    LOG.info("push: the exam view can be read again")
+                    error = ""
+            except Exception as exc:
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if reason != error:
+                    LOG.warning(
+                        "push: watcher pass failed (%s); retrying every %g s", reason, self.push.poll_interval
+                    )
+                    error = reason
+            stop.wait(self.push.poll_interval)
 
     def run_pass(self) -> int | None:
         """One pass; the number of items queued or re-queued, None when another node holds the

@@ -59,6 +59,12 @@
       [p.destination, p.queued, p.running, p.waiting, p.committing, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
        el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
 
+    const bf = st.backfill;
+    document.getElementById("backfill-section").hidden = !(bf && (bf.left || bf.done));
+    if (bf) fill("backfill", [row(
+      [bf.queued, bf.running, bf.done, el("td", bf.failed, bf.failed ? "bad" : ""), bf.left, bf.last_hour,
+       bf.eta_seconds === null ? "?" : (bf.eta_seconds / 3600).toFixed(1) + " h"], { "data-lane": "backfill" })]);
+
     const commits = st.commitment || [];
     document.getElementById("commitment-section").hidden = commits.length === 0;
     fill("commitment", commits.map(c => row(
