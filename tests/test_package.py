@@ -7,7 +7,8 @@ and a newer one), the bundle and the .deb's dependencies (``--deps``). A clean m
 ``chroot``), as docs/部署指南.md 2.3 installs them: install, ``--version``, the drivers,
 ``dicomproxy init`` from an answers file (docs/init.md), ``check-config`` against a SQLite view
 (host loopback: it echoes the PACS), ``serve`` started as the unit says (user dicomproxy, port 104
-through the unit's capabilities alone) answering a C-ECHO from the host's ``echoscu``, upgrade with config and journal kept, remove (config kept), purge (all gone).
+through the unit's capabilities alone) answering a C-ECHO from the host's ``echoscu``, upgrade with
+config and journal kept, remove (config kept), purge (all gone).
 """
 
 from __future__ import annotations
