@@ -302,6 +302,17 @@ def test_no_prompt_names_the_missing_answers_and_writes_nothing(tmp_path: Path, 
     assert bad.exit_code == 2 and "hospital_id: 校验码错误" in bad.output
 
 
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path: Path, pacs: FakePacs) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    answers = _answers(pacs, db_type="postgresql", db_host="db", db_name="ris", db_user="u", db_password="pw")
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in answers.items()]
+    config = tmp_path / "file" / "dicomproxy.toml"
+    result = CliRunner().invoke(cli, ["init", "-c", str(config), *args, "--no-prompt", "--no-check"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"init: cannot write {tmp_path / 'file'}")
+    assert isinstance(result.exception, SystemExit)
+
+
 def test_end_of_input_aborts_and_writes_nothing(tmp_path: Path) -> None:
     result = _init(tmp_path, input="5\n")
     assert result.exit_code == 2

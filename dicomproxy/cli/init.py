@@ -114,11 +114,15 @@ def _write(answers: Answers, config: Path, env_file: Path, view_name: str | None
     except ConfigError as exc:
         click.echo(f"init: the config would not load, nothing written: {exc}", err=True)
         sys.exit(2)
-    backup = write_config(config, text)
+    try:  # the env file first: a config never names a password that is not there
+        if answers.password:
+            write_env(env_file, answers.password)
+            click.echo(f"已写入 Written: {env_file} (0600, {PASSWORD_VAR})")
+        backup = write_config(config, text)
+    except OSError as exc:
+        click.echo(f"init: cannot write {exc.filename or config}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
     click.echo(f"已写入 Written: {config} (0640)" + (f"; 原文件 old file kept as {backup}" if backup else ""))
-    if answers.password:
-        write_env(env_file, answers.password)
-        click.echo(f"已写入 Written: {env_file} (0600, {PASSWORD_VAR})")
 
 
 def _check(answers: Answers, config_file: Path, timeout: float) -> int:
@@ -178,7 +182,8 @@ def init_cmd(
     As root the files go to /etc/dicomproxy by default; a config there uses the Debian package's
     folders (/var/lib/dicomproxy, /var/log/dicomproxy), one elsewhere the example's (var/ beside
     it). Exit 0: written and every check passed; 1: written, a check failed (a database or PACS
-    not reachable yet); 2: nothing written.
+    not reachable yet); 2: the config not written (a bad or missing answer, an existing file, a
+    folder that cannot be written).
     """
     config = config_path(default=None) or _default_config()
     env_file = env_file or config.with_name("dicomproxy.env")
