@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy.config import Config
@@ -65,11 +67,37 @@ def study_lookup_checks(config: Config) -> Iterator[CheckResult]:
         view.close()
 
 
+#: Each driver's own name for "give up connecting after N seconds".
+_CONNECT_TIMEOUT = {
+    "psycopg2": "connect_timeout",  # libpq, whole seconds
+    "pymysql": "connect_timeout",  # socket connect and handshake
+    "pyodbc": "timeout",  # ODBC SQL_ATTR_LOGIN_TIMEOUT
+    "oracledb": "tcp_connect_timeout",
+}
+
+
+def connect_timeout_args(url: URL, timeout: float) -> dict[str, Any]:
+    """``connect_args`` that bound the connection attempt: a database host that drops packets or
+    never answers is a FAIL after ``timeout`` s, not a wait for the operating system (or for ever).
+    PyMySQL reads the server's greeting under ``read_timeout``; this engine only connects and
+    reads the view's columns (the study lookup uses the view's own engine and query_timeout)."""
+    driver = url.get_driver_name()
+    key = _CONNECT_TIMEOUT.get(driver)
+    if key is None or timeout <= 0:
+        return {}
+    seconds = max(1, round(timeout))
+    args: dict[str, Any] = {key: float(timeout) if key == "tcp_connect_timeout" else seconds}
+    if driver == "pymysql":
+        args["read_timeout"] = seconds
+    return args
+
+
 def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[CheckResult]:
     """Database, view columns, PACS echo; for each peer with ``storage_commitment``, whether it
     negotiates the Storage Commitment Push Model (PS3.4 J.3)."""
     try:
-        engine = create_engine(config.view.url, pool_pre_ping=True)
+        url = make_url(config.view.url)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_timeout_args(url, timeout))
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         yield CheckResult("view database", False, f"bad URL or driver: {_first_line(exc)}")
         engine = None

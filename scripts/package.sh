@@ -70,7 +70,8 @@ mkdir -p "$out" "$cache"
 
 # 1. dicomproxy's own wheel, from a copy of the source with the version set.
 mkdir -p "$work/src"
-cp -r pyproject.toml README.md dicomproxy "$work/src/"
+# conf/: dicomproxy/handover/example.toml (init's template) is a link to conf/dicomproxy.example.toml.
+cp -r pyproject.toml README.md conf dicomproxy "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 sed -i "s/^version = \".*\"/version = \"$version\"/" "$work/src/pyproject.toml"
 "${pip[@]}" wheel -q --no-deps -w "$work/dist" "$work/src" >"$work/wheel.log" 2>&1 || {

@@ -30,6 +30,7 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)  # tests/test_init_cli.py: init in a real terminal
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)

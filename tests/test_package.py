@@ -5,9 +5,10 @@ once, the cached Debian root). ``scripts/package.sh`` builds the .deb twice (the
 and a newer one), the bundle and the .deb's dependencies (``--deps``). A clean minimal Debian root
 (testkit.debroot) without package lists gets them with **no network** (``unshare --net`` +
 ``chroot``), as docs/部署指南.md 2.3 installs them: install, ``--version``, the drivers,
-``check-config`` against a SQLite view (host loopback: it echoes the PACS), ``serve`` started as the
-unit says (user dicomproxy, port 104 through the unit's capabilities alone) answering a C-ECHO from
-the host's ``echoscu``, upgrade with config and journal kept, remove (config kept), purge (all gone).
+``dicomproxy init`` from an answers file (docs/init.md), ``check-config`` against a SQLite view
+(host loopback: it echoes the PACS), ``serve`` started as the unit says (user dicomproxy, port 104
+through the unit's capabilities alone) answering a C-ECHO from the host's ``echoscu``, upgrade with
+config and journal kept, remove (config kept), purge (all gone).
 """
 
 from __future__ import annotations
@@ -139,6 +140,40 @@ def configure(root: DebianRoot, pacs: FakePacs) -> None:
     config.write_text(text, encoding="utf-8")
 
 
+def init_config(root: DebianRoot, pacs: FakePacs) -> None:
+    """``sudo dicomproxy init --force`` over the packaged config (docs/init.md): run as root by the
+    wrapper, it writes /etc/dicomproxy, its checks pass, and what they made in data_dir (the UID
+    side table) belongs to the service user."""
+    view = root.path / "srv" / "init-view.db"
+    engine = create_engine(f"sqlite:///{view}")
+    create_view_table(engine)
+    engine.dispose()
+    answers = {
+        "db_type": "sqlite",
+        "db_name": "/srv/init-view.db",
+        "hospital_name": "温岭市第一人民医院",
+        "hospital_id": "74580626",
+        "pacs_ae": pacs.ae_title,
+        "pacs_host": "127.0.0.1",
+        "pacs_port": pacs.port,
+        "proxy_host": "127.0.0.1",
+        "cloud_host": "127.0.0.1",
+    }
+    (root.path / "tmp" / "answers.json").write_text(json.dumps(answers), encoding="utf-8")
+    args = ("--answers", "/tmp/answers.json", "--no-prompt", "--force", "--timeout", "5")
+    done = root.run("dicomproxy", "init", *args, net=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "交给影像云 For the cloud (jobserver@127.0.0.1:104)" in done.stdout
+    ids = root.ids("dicomproxy")
+    assert ids is not None
+    st = (root.path / CONFIG).stat()
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, ids[1])
+    assert 'data_dir = "/var/lib/dicomproxy"' in (root.path / CONFIG).read_text(encoding="utf-8")
+    index = (root.path / "var/lib/dicomproxy/uid_index.sqlite").stat()
+    assert (index.st_uid, index.st_gid) == ids
+    assert (root.path / "etc/dicomproxy/dicomproxy.toml.bak").exists()
+
+
 def install(root: DebianRoot, deb: Path, *deps: str) -> str:
     """``apt-get install`` of local files only, as docs/部署指南.md 2.3 says (no package lists)."""
     shutil.copy(deb, root.path / "tmp" / deb.name)
@@ -242,6 +277,7 @@ def test_deb_installs_serves_upgrades_and_purges_without_network(
     check_drivers(root)
     verify_unit(root)
 
+    init_config(root, pacs)
     configure(root, pacs)
     checked = root.run("dicomproxy", "check-config", "--timeout", "5", net=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,5 +1,5 @@
-"""Command line: ``dicomproxy serve | echo | find | move | get | check-config | jobs | audit | push |
-reconcile | alerts``.
+"""Command line: ``dicomproxy init | serve | echo | find | move | get | check-config | jobs | audit |
+push | reconcile | alerts``.
 
 The only place that exits the process. Errors from below arrive as exceptions and are
 printed as one line; exit code 2 for configuration errors, 1 for failed checks. One module per
@@ -15,6 +15,7 @@ from dicomproxy.cli.alerts import alerts_group
 from dicomproxy.cli.audit import audit_cmd
 from dicomproxy.cli.checks import check_config, check_view_cmd
 from dicomproxy.cli.dicom import echo, find, get_cmd, move_cmd
+from dicomproxy.cli.init import init_cmd
 from dicomproxy.cli.jobs import jobs
 from dicomproxy.cli.push import push_group
 from dicomproxy.cli.reconcile import reconcile_cmd
@@ -28,6 +29,7 @@ def cli() -> None:
 
 
 for _command in (
+    init_cmd,
     serve,
     echo,
     find,

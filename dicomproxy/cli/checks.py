@@ -7,6 +7,19 @@ import sys
 import click
 
 from dicomproxy.cli.common import config_option, required_config
+from dicomproxy.config import Config
+
+
+def echo_config_checks(config: Config, timeout: float) -> int:
+    """Print one line per check (``check-config``, ``init``); the number that failed."""
+    from dicomproxy.checks import run_config_checks
+
+    click.echo(f"OK    config {config.path}")
+    failed = 0
+    for check in run_config_checks(config, timeout=timeout):
+        click.echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        failed += 0 if check.ok else 1
+    return failed
 
 
 @click.command("check-config")
@@ -14,15 +27,7 @@ from dicomproxy.cli.common import config_option, required_config
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 def check_config(timeout: float) -> None:
     """Validate the config, reach the view and its columns, echo the PACS. One line per check."""
-    from dicomproxy.checks import run_config_checks
-
-    config = required_config()
-    click.echo(f"OK    config {config.path}")
-    failed = 0
-    for check in run_config_checks(config, timeout=timeout):
-        click.echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-        failed += 0 if check.ok else 1
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if echo_config_checks(required_config(), timeout) else 0)
 
 
 @click.command("check-view")

@@ -22,6 +22,12 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 REQUIRED: Any = object()
 
 
+def is_ae_title(value: str) -> bool:
+    """PS3.5 6.2 AE: 1-16 characters of the default repertoire without backslash or control
+    characters, not all spaces (leading/trailing spaces are not significant)."""
+    return bool(_AE_RE.fullmatch(value)) and bool(value.strip())  # match: "$" passes a final "\n"
+
+
 class Section:
     """Reads one TOML table; every error names the file and the dotted key."""
 
@@ -64,7 +70,7 @@ class Section:
 
     def ae_title(self, name: str, default: Any = REQUIRED) -> str:
         value = cast(str, self.string(name, default))
-        if not _AE_RE.match(value) or not value.strip():
+        if not is_ae_title(value):
             raise self.error(
                 name, f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no '\\')"
             )
