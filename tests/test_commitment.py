@@ -135,6 +135,8 @@ def test_stored_instances_are_committed_on_either_association(
     wait_until(lambda: s.ledger().counts(job_id) == {"committed": 4}, 30, "all four committed")
     ((_uid, asked),) = dest.requests  # one N-ACTION naming exactly what was stored
     assert sorted(asked) == _uids(study_files) == sorted(u for u, _ in dest.received)
+    # the SCP records the N-EVENT-REPORT-RSP's status after we answered it (the ledger first)
+    wait_until(lambda: dest.report_statuses != [], 10, "the report's response at the SCP")
     assert dest.report_statuses == [0]
 
 
