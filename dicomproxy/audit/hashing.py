@@ -19,6 +19,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dicomproxy.config.operations import sm3_source
+
 SHA256 = "sha256"
 SM3 = "sm3"
 ALGORITHMS = (SHA256, SM3)
@@ -48,21 +50,6 @@ def _gmssl_sm3(data: bytes) -> str:
     from gmssl import func, sm3  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     return str(sm3.sm3_hash(func.bytes_to_list(data)))
-
-
-def sm3_source() -> str:
-    """Where SM3 comes from here: ``"openssl"``, ``"gmssl"`` or ``""`` (none)."""
-    if SM3 in hashlib.algorithms_available:
-        try:
-            _openssl_sm3(b"")
-            return "openssl"
-        except ValueError:  # listed, but the provider refuses it
-            pass
-    try:
-        import gmssl  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
-    except ImportError:
-        return ""
-    return "gmssl"
 
 
 def hasher(alg: str) -> Callable[[bytes], str]:

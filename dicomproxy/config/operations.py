@@ -161,17 +161,25 @@ def http(s: Section) -> HttpConfig:
 MIN_KEEP_DAYS = 180
 
 
-def sm3_available() -> bool:
-    """SM3 from OpenSSL (hashlib) or the ``gmssl`` package (as :mod:`dicomproxy.audit.hashing`
-    uses them; config sits below audit, so it asks the same question itself)."""
+def sm3_source() -> str:
+    """Where SM3 (GB/T 32905) comes from here: ``"openssl"`` (hashlib), ``"gmssl"`` or ``""``
+    (none). Here, below both, so that ``[audit] hash`` is checked at load and
+    :mod:`dicomproxy.audit.hashing` picks the same source."""
     import hashlib
     import importlib.util
 
-    try:
-        hashlib.new("sm3", b"")
-        return True
-    except ValueError:
-        return importlib.util.find_spec("gmssl") is not None
+    if "sm3" in hashlib.algorithms_available:
+        try:
+            hashlib.new("sm3", b"")
+            return "openssl"
+        except ValueError:  # listed, but the provider refuses it
+            pass
+    return "gmssl" if importlib.util.find_spec("gmssl") is not None else ""
+
+
+def sm3_available() -> bool:
+    """Is there an SM3 implementation (:func:`sm3_source`)?"""
+    return sm3_source() != ""
 
 
 def audit(s: Section) -> AuditConfig:
