@@ -6,6 +6,7 @@ the happy paths; these make the faults happen on demand, deterministically (even
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,8 @@ class DestBehaviour:
     hold: threading.Event = field(default_factory=threading.Event)
     holding: threading.Event = field(default_factory=threading.Event)
     held: list[str] = field(default_factory=list)
+    #: Seconds each C-STORE takes before it is answered (a destination slower than the archive).
+    delay: float = 0.0
 
 
 class FakeDestination:
@@ -314,6 +317,8 @@ class FakeDestination:
             return 0xA700
         req = cast(Any, event.request)
         uid = str(req.AffectedSOPInstanceUID)
+        if self.behaviour.delay:
+            time.sleep(self.behaviour.delay)
         if self.behaviour.hold_from is not None and index >= self.behaviour.hold_from:
             with self._lock:
                 self.behaviour.held.append(uid)

@@ -6,8 +6,9 @@ The data directory (spool and journal) is a 20 MB tmpfs; the study is 80 CT slic
 fetched); once it is up, ``jobs retry`` must fetch the study again and send it on — through a
 spool that never holds more than what arrived and was not yet confirmed. A retry that fetched
 the remainder into the spool before sending (the recovery before issue 23) runs out of space.
-The spool has no back-pressure: a destination far slower than the PACS lets it grow, for a retry
-exactly as for a fresh C-MOVE (on this machine under load the backlog reached ~12 MB).
+The spool holds the archive back once the disk is below `spool_headroom_mb` (256 MiB, more than this
+disk holds): each C-STORE response waits for the destination, so the spool never outgrows the disk (before
+  that, under load, a slow destination let it reach 20 MB and the archive met ENOSPC).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
 from testkit import Process, wait_for_echo
 from testkit.dcmtk import StoreSCP
+from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
 from testkit.orthancrig import proxy_site
 from testkit.samples import Patient, StudySpec
@@ -103,6 +105,47 @@ def test_retry_of_a_study_twice_the_disk(
         row = journal.get(1).row  # type: ignore[union-attr]
         assert (row["outcome"], row["completed"], row["failed"]) == ("success", len(expected), 0), row
         journal.close()
+        assert not any((small_disk / "spool").rglob("*.dcm"))
+    finally:
+        serve.stop()
+        dest.stop()
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+def test_a_slow_destination_holds_the_archive_back(
+    tmp_path: Path, small_disk: Path, orthanc: Orthanc, retrieve: str
+) -> None:
+    """A fresh C-MOVE of a study twice the disk to a destination that takes 50 ms per instance
+    (Orthanc sends the 41 MB in about a second): without back-pressure the spool outgrows the
+    20 MB disk and the archive's association ends with ENOSPC; with it every instance arrives."""
+    seed = 320 + (1 if retrieve == "c-move" else 0)
+    spec = StudySpec(
+        "CT",
+        Patient(patient_id=f"P{seed}", name="钱敏"),
+        f"D{seed}",
+        series=SERIES,
+        images_per_series=PER_SERIES,
+        seed=seed,
+    )
+    dest = FakeDestination(DEST)
+    dest.behaviour.delay = 0.05
+    site = proxy_site(tmp_path, orthanc, spec, retrieve, {CLOUD: 1, DEST: dest.port}, data_dir=small_disk)
+    assert sum(p.stat().st_size for p in site.files) > 2 * DISK_MB * 2**20
+    serve = Process(
+        [sys.executable, "-m", "dicomproxy", "serve", "-c", str(site.toml)], tmp_path / "serve.log"
+    )
+    dest.start()
+    try:
+        remote = Remote(site.ae_title, "127.0.0.1", site.port)
+        wait_for_echo(remote, 30, calling=CLOUD, proc=serve.proc)
+        result = scu.move(
+            remote, DEST, scu.identifier("STUDY", study_uids=[spec.study_uid]), calling_ae=CLOUD
+        )
+        log = serve.log_path.read_text()
+        assert result.status == 0x0000, result.line() + log
+        assert "No space left" not in log
+        assert "below spool_headroom_mb" in log  # it did hold the archive back
+        assert {uid for uid, _ in dest.received} == set(site.expected)
         assert not any((small_disk / "spool").rglob("*.dcm"))
     finally:
         serve.stop()

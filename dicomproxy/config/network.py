@@ -46,6 +46,9 @@ class ProxyConfig:
     onward_associations: int = 1
     #: Proxy-owned state: journal, spool, UID side table.
     data_dir: str = "var"
+    #: Below this much free space (MiB) on the data disk, each archive C-STORE response waits
+    #: for the destination to take what the job holds (dicomproxy.relay.spool); 0 = never wait.
+    spool_headroom_mb: int = 256
     #: Inbound DICOM TLS; None = plain TCP.
     tls: TlsConfig | None = None
     #: Move instances on raw sockets where it is safe (plain TCP): the archives' C-STOREs
@@ -97,6 +100,7 @@ def proxy(s: Section) -> ProxyConfig:
         onward_associations=s.integer("onward_associations", d.onward_associations, lo=1, hi=MAX_ONWARD),
         fast_path=s.boolean("fast_path", d.fast_path),
         data_dir=s.string("data_dir", d.data_dir),
+        spool_headroom_mb=s.integer("spool_headroom_mb", d.spool_headroom_mb, lo=0),
         tls=tls(s, inbound=True),
     )
     s.finish()

@@ -40,6 +40,10 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 class InstanceSink(Protocol):
     def accept(self, src: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bool: ...
 
+    def wait_for_room(self) -> float:
+        """Block (bounded) while the disk that holds what was accepted runs low; seconds waited."""
+        ...
+
 
 @dataclass(eq=False)
 class ActiveRetrieval:
@@ -135,6 +139,7 @@ def deliver(
         path.unlink(missing_ok=True)
         return STATUS_NOT_EXPECTED
     retrieval.received += 1
+    retrieval.sink.wait_for_room()  # back-pressure: the archive's next C-STORE waits for this response
     return STATUS_STORED
 
 

@@ -35,7 +35,7 @@ from dicomproxy.relay.pump import Pump
 from dicomproxy.relay.recorder import InstanceRecorder
 from dicomproxy.relay.reports import ReportFetch
 from dicomproxy.relay.response import RetrieveResponse
-from dicomproxy.relay.spool import Spool, SpooledInstance
+from dicomproxy.relay.spool import DiskRoom, Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
 from dicomproxy.status import JobOutcome, Status
 from dicomproxy.transcode import TranscodePool
@@ -119,6 +119,8 @@ class Engine:
         self.pools = pools
         self.pending_interval = pending_interval
         self.spool_root = config.data_path / "spool"
+        #: Back-pressure on the archives when the data disk runs low (``[proxy] spool_headroom_mb``).
+        self.room = DiskRoom(self.spool_root, config.proxy.spool_headroom_mb * 2**20)
         #: Storage Commitment (PS3.4 Annex J) for peers with ``storage_commitment``; None if none has.
         self.commitments = (
             CommitmentLedger(config, journal) if any(p.storage_commitment for p in config.peers) else None
@@ -135,7 +137,7 @@ class Engine:
         outcome, error). Raises what opening the destination raises (0xC003 …)."""
         state = t.state
         job_id = state.job_id
-        spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}")
+        spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}", self.room)
         forwarder: Destination | None = None
         upstream: Upstream | None = None
         finished = False

@@ -51,6 +51,7 @@ class InstanceRecorder:
         )
         if record.state != "failed":
             Spool.confirmed(item)
+        Spool.settled(item)
         return record
 
     def record_missing(self) -> None:
