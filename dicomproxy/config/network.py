@@ -80,6 +80,9 @@ class PeerConfig:
     commit_attempts: int = 3
     #: Instances sent to it carry the exam view's identity (docs/identity.md); False = the PACS's bytes.
     coerce: bool = True
+    #: Corrections after delivery go to it as IOCM rejection notes and corrected copies
+    #: (docs/identity.md); False = a WARNING, an audit row and a ``reconcile`` line only.
+    iocm: bool = False
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -129,6 +132,7 @@ def peer(s: Section) -> PeerConfig:
         commit_timeout=s.number("commit_timeout", 600.0, lo=0.1),
         commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
         coerce=s.boolean("coerce", True),
+        iocm=s.boolean("iocm", False),
     )
     bad = [x for x in config.services if x not in SERVICES]
     if bad:

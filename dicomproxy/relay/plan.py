@@ -38,6 +38,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
+from dicomproxy.identity import Coercer
 from dicomproxy.pacs.client import PacsClient, StudySummary
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay import observe
@@ -168,12 +169,14 @@ class RelayService:
         on_start: Callable[[int], None] | None = None,
         throttle: Callable[[int], None] | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Iterator[RetrieveResponse]:
         """Push mode (:mod:`dicomproxy.push`): the job a STUDY-level C-MOVE of ``study_uid`` to
         ``destination`` runs (visibility checked again, the peer's compression), journalled as a
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
-        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``)."""
+        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``); ``wrap``
+        replaces the job's coercer (a correction's copies, :mod:`dicomproxy.push.correcting`)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
@@ -192,7 +195,14 @@ class RelayService:
             return
         opener = destination_opener(self.config, peer, None, throttle)  # no C-MOVE asked: no Move Originator
         yield from self._job(
-            job_id, req, opener, is_cancelled, lambda: True, exclude=exclude, lanes=self._lanes_for(peer)
+            job_id,
+            req,
+            opener,
+            is_cancelled,
+            lambda: True,
+            exclude=exclude,
+            lanes=self._lanes_for(peer),
+            wrap=wrap,
         )
 
     def get(
@@ -214,6 +224,7 @@ class RelayService:
         alive: Callable[[], bool],
         exclude: frozenset[str] = frozenset(),
         lanes: int = 1,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Iterator[RetrieveResponse]:
         """Plan the job (:meth:`_plan`), run its transfer on the engine, journal how it ended."""
         state = JobState(job_id)
@@ -222,7 +233,7 @@ class RelayService:
         error = ""
         outcome = JobOutcome.FAILED
         try:
-            transfer = self._plan(req, state, opener, exclude, lanes)
+            transfer = self._plan(req, state, opener, exclude, lanes, wrap)
             if transfer is None:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
                 final, outcome = state.response(Status.SUCCESS), JobOutcome.EMPTY
@@ -264,6 +275,7 @@ class RelayService:
         opener: Opener,
         exclude: frozenset[str],
         lanes: int,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Transfer | None:
         """The job's transfer: identifier → visible studies → order/report files → archive →
         instance list (or an early start); None for zero sub-operations. Raises DicomServiceError."""
@@ -290,6 +302,8 @@ class RelayService:
             clients = self.lister.route(job_id, routed)  # Unroutable before any archive is asked
             sources = {key.study_uid: c.config.ae_title for (key, _), c in zip(routed, clients, strict=True)}
             coercer = job_coercer(self.config, self.journal, job_id, destination, rows, sources)
+            if wrap is not None:
+                coercer = wrap(coercer)
             fetch, sop_classes, summary = self.lister.fetch_list(state, clients, keys, exclude)
             n = summary.count if summary is not None else len(state.expected)
             self._log_plan(req, state, len(study_uids), n, summary)

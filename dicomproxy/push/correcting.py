@@ -1,0 +1,233 @@
+"""Corrections after delivery, carried out toward ``iocm = true`` destinations (IHE RAD IOCM;
+docs/identity.md).
+
+A claimed ``corrections`` row (:class:`~dicomproxy.push.corrections_store.CorrectionStore`):
+
+1. **the rejection note** — a Key Object Selection Document (:mod:`dicomproxy.identity.rejection`)
+   with the correction's CID 7011 title, carrying the identity the instances were delivered with
+   and referencing exactly the instances the destination confirmed under it (the journal's
+   ``job_instances`` of the jobs whose ``job_identities`` record has that digest). Sent as the
+   push item's files are (:mod:`dicomproxy.push.files`): a transfer of its own on the relay's
+   engine, journalled as a job (its instance row is the note);
+2. **the corrected copies** (identity corrected only) — the relay's own push job for the study
+   (visibility checked again: a study the view hides is never sent), each instance given the
+   view's identity and its corrected SOP Instance UID (:class:`~dicomproxy.identity.copies.
+   CorrectedCopies`); the instances this correction's copy jobs confirmed are not sent again, nor
+   those the destination holds with another identity.
+
+Each step is recorded before the next one (note UID, copy jobs), so a node that died mid-way is
+replaced by one that resumes where it stopped; UIDs are derived from the correction, so a step
+done twice sends the same instances again, never new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+from pydicom import dcmwrite
+
+from dicomproxy import events
+from dicomproxy.config import Config
+from dicomproxy.identity import Coercer
+from dicomproxy.identity.copies import CorrectedCopies
+from dicomproxy.identity.corrections import TITLES, Kind, note_series_uid, note_uid
+from dicomproxy.identity.rejection import KOS_SOP_CLASS, rejection_note
+from dicomproxy.pacs.client import InstanceRef
+from dicomproxy.push.corrections_store import COPIES, DONE, DUE, FAILED, NOTE, CorrectionStore, Row
+from dicomproxy.relay.destinations import destination_opener
+from dicomproxy.relay.engine import Moved, Transfer
+from dicomproxy.relay.identities import coerces
+from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.outcome import JobState
+from dicomproxy.relay.spool import SpooledInstance
+from dicomproxy.status import JobKind, JobOutcome
+
+LOG = logging.getLogger("dicomproxy.push.corrections")
+
+#: Attempts before a correction is ``failed`` (then `dicomproxy reconcile` lists it).
+MAX_ATTEMPTS = 10
+
+
+class CorrectionSender:
+    """Carries out claimed corrections on the relay's engine."""
+
+    def __init__(self, config: Config, journal: Journal, relay: Any, store: CorrectionStore) -> None:
+        self.config = config
+        self.journal = journal
+        #: The relay (:class:`~dicomproxy.relay.plan.RelayService`): its engine and push jobs.
+        self.relay = relay
+        self.store = store
+
+    def run(self, row: Row) -> str:
+        """Carry out ``row`` (claimed by this node); its new state."""
+        try:
+            referenced, note = self._note(row)
+            if note is None:
+                return self._again(row, "the rejection note was not confirmed")
+            copies = 0
+            if row.kind == Kind.IDENTITY.value and coerces(self.config, row.destination):
+                copies, error = self._copies(row)
+                if error:
+                    return self._again(row, error)
+        except Exception as exc:  # the journal, the view: tried again later
+            LOG.exception("correction %d: failed unexpectedly", row.id)
+            return self._again(row, f"internal error: {exc}")
+        self.store.finish(row.id, DONE, referenced=referenced, copies=copies, error="")
+        LOG.info(
+            "correction %d: study %s at %s: %s, rejection note %s (%d instance(s))%s",
+            row.id,
+            row.study_uid,
+            row.destination,
+            row.kind,
+            note or "not needed",
+            referenced,
+            f", {copies} corrected cop(ies)" if row.kind == Kind.IDENTITY.value else "",
+        )
+        self._publish(row, DONE, referenced, copies, note or "")
+        return DONE
+
+    def _again(self, row: Row, reason: str) -> str:
+        state = FAILED if row.attempts >= MAX_ATTEMPTS else DUE
+        delay = min(3600.0, 10.0 * 2 ** max(0, row.attempts - 1))
+        self.store.finish(
+            row.id,
+            state,
+            error=reason[:2000],
+            next_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(seconds=delay),
+            owner="",
+        )
+        LOG.warning(
+            "correction %d: study %s at %s: %s (%s)", row.id, row.study_uid, row.destination, reason, state
+        )
+        self._publish(row, FAILED if state == FAILED else "retry", 0, 0, "")
+        return state
+
+    def _publish(self, row: Row, outcome: str, referenced: int, copies: int, note: str) -> None:
+        old = (
+            self.store.deliveries([row.study_uid])
+            .get((row.destination, row.study_uid), {})
+            .get(row.old_digest)
+        )
+        events.publish(
+            events.CorrectionSent(
+                row.destination,
+                row.study_uid,
+                row.kind,
+                outcome,
+                referenced,
+                copies,
+                note,
+                old.patient_id if old is not None else "",
+            )
+        )
+
+    # --- 1. the rejection note -------------------------------------------------------------------
+
+    def _note(self, row: Row) -> tuple[int, str | None]:
+        """(instances referenced, the note's UID; None = not confirmed); "" when nothing to reject."""
+        delivered = self.store.delivered_instances(row.destination, row.study_uid, row.old_digest)
+        if not delivered:
+            return 0, ""
+        if row.note_uid:
+            return len(delivered), row.note_uid  # sent by an earlier attempt
+        old = (
+            self.store.deliveries([row.study_uid])
+            .get((row.destination, row.study_uid), {})
+            .get(row.old_digest)
+        )
+        if old is None:
+            return 0, ""
+        uid = note_uid(row.study_uid, row.fingerprint, row.destination)
+        note = rejection_note(
+            old,
+            [d for _, d in delivered],
+            TITLES[Kind(row.kind)],
+            sop_instance_uid=uid,
+            series_uid=note_series_uid(row.study_uid),
+            manufacturer="dicomproxy",
+            description=f"dicomproxy: {row.kind}",
+        )
+        if not self._send_note(row, note):
+            return len(delivered), None
+        self.store.update(row.id, note_uid=uid, referenced=len(delivered))
+        return len(delivered), uid
+
+    def _send_note(self, row: Row, note: Any) -> bool:
+        peer = self.config.peer(row.destination)
+        if peer is None or self.relay is None:
+            return False
+        job_id = self.journal.start(JobKind.PUSH, self.config.proxy.ae_title, "", row.destination, "")
+        self.store.add_job(row.id, job_id, NOTE)
+        work = self.config.data_path / "spool" / f"job-{job_id:06d}-iocm"
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / f"{note.SOPInstanceUID}.dcm"
+        state = JobState(job_id)
+        moved = Moved()
+        try:
+            dcmwrite(path, note, enforce_file_format=True)
+            uid = str(note.SOPInstanceUID)
+            held = [
+                SpooledInstance(
+                    path, KOS_SOP_CLASS, uid, str(note.file_meta.TransferSyntaxUID), path.stat().st_size
+                )
+            ]
+            state.expected[uid] = InstanceRef(
+                str(note.StudyInstanceUID), str(note.SeriesInstanceUID), uid, KOS_SOP_CLASS
+            )
+            opener = destination_opener(self.config, peer, None)
+            transfer = Transfer(state, [], [KOS_SOP_CLASS], opener, held=held, discard_unconfirmed=True)
+            final, outcome, error = self.relay.engine.run_to_end(transfer, moved)
+            self.relay.engine.close(state, final, outcome, error, moved)
+            if outcome != JobOutcome.SUCCESS:
+                LOG.warning("correction %d: rejection note not confirmed: %s", row.id, error or outcome.value)
+            return outcome == JobOutcome.SUCCESS and not state.failed
+        finally:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                work.rmdir()
+
+    # --- 2. the corrected copies -----------------------------------------------------------------
+
+    def _copies(self, row: Row) -> tuple[int, str]:
+        """Send the corrected copies; (confirmed copies, error or "")."""
+        delivered = {
+            pacs for pacs, _ in self.store.delivered_instances(row.destination, row.study_uid, row.old_digest)
+        }
+        done_jobs = self.store.jobs_of(row.id, COPIES)
+        confirmed = self.store.confirmed_of_jobs(done_jobs)
+        held = self.journal.confirmed_by_study(row.destination, [row.study_uid]).get(
+            row.study_uid, frozenset()
+        )
+        exclude = frozenset((held - delivered) | confirmed)
+        if delivered <= confirmed:
+            return len(confirmed & delivered), ""
+
+        def started(job_id: int) -> None:
+            self.store.add_job(row.id, job_id, COPIES)
+
+        def wrap(coercer: Coercer | None) -> Coercer | None:
+            return CorrectedCopies(coercer, row.fingerprint) if coercer is not None else None
+
+        final = None
+        for response in self.relay.push(
+            row.study_uid, row.destination, exclude=exclude, on_start=started, wrap=wrap
+        ):
+            final = response
+        jobs = self.store.jobs_of(row.id, COPIES)
+        last = self.journal.get(jobs[-1]) if jobs else None
+        if last is not None and last.row.get("outcome") == JobOutcome.EMPTY.value:
+            LOG.warning(
+                "correction %d: study %s is no longer visible: no corrected copies", row.id, row.study_uid
+            )
+            return 0, ""
+        confirmed = self.store.confirmed_of_jobs(self.store.jobs_of(row.id, COPIES))
+        missing = delivered - confirmed
+        if missing:
+            status = f"0x{int(final.status):04X}" if final is not None else "none"
+            return len(
+                confirmed & delivered
+            ), f"{len(missing)} corrected cop(ies) not confirmed (status {status})"
+        return len(confirmed & delivered), ""
