@@ -68,6 +68,13 @@ def rejection_note(
         manufacturer=manufacturer,
         institution_name=identity.institution or None,
     )
+    # highdicom's name check warns on an ideographic-only name ("=王小东", PS3.5 6.2.1.2 allows it):
+    # the evidence carries a placeholder, the note the view's name
+    doc.PatientName = identity.patient_name
+    if identity.issuer:  # (0010,0021), (0010,0024): highdicom copies neither from the evidence
+        doc.IssuerOfPatientID = identity.issuer
+    if identity.issuer_uid is not None:
+        doc.IssuerOfPatientIDQualifiersSequence = [entity_item(identity.issuer_uid)]
     if any(not t.isascii() for t in identity.values().values()):
         doc.SpecificCharacterSet = "ISO_IR 192"
     return doc
@@ -81,14 +88,10 @@ def _evidence(identity: Identity, ref: Delivered) -> Dataset:
     ds.SeriesInstanceUID = ref.series_uid
     ds.StudyInstanceUID = identity.study_uid
     ds.PatientID = identity.patient_id
-    ds.PatientName = identity.patient_name
+    ds.PatientName = "^"  # set on the note afterwards (see rejection_note)
     ds.PatientBirthDate = identity.birth_date
     ds.PatientSex = identity.sex
     ds.AccessionNumber = identity.accession
-    if identity.issuer:
-        ds.IssuerOfPatientID = identity.issuer
-    if identity.issuer_uid is not None:
-        ds.IssuerOfPatientIDQualifiersSequence = [entity_item(identity.issuer_uid)]
     ds.StudyID = ""
     ds.StudyDate = ""
     ds.StudyTime = ""

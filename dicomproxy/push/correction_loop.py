@@ -31,6 +31,8 @@ class CorrectionLoop:
         self.detector = CorrectionDetector(config, view, queue, self.store)
         self.sender = CorrectionSender(config, journal, relay, self.store)
         self._swept: float | None = None
+        #: Passes run to their end (tests wait on it).
+        self.passes = 0
 
     def run_pass(self) -> int:
         """One pass: the changed rows (and the sweep when due), then every due correction; the
@@ -44,6 +46,7 @@ class CorrectionLoop:
         # a correction's copies are a whole study's job: a lease long enough not to be taken over
         while (row := self.store.claim(max(self.config.push.lease, CLAIM_LEASE))) is not None:
             self.sender.run(row)
+        self.passes += 1
         return found
 
     def loop(self, stop: threading.Event) -> None:

@@ -1,0 +1,234 @@
+"""Corrections after delivery (IHE RAD IOCM; docs/identity.md) end to end: the exam view on
+PostgreSQL with both RowTimestamp kinds (rowversion emulated by a trigger-filled binary column,
+and a date-time), an Orthanc PACS, and an Orthanc as the cloud (``iocm = true``).
+
+A study is pushed; the RIS corrects the row's PatientID: a rejection note arrives at the cloud
+(dciodvfy-clean, Document Title 113038, referencing exactly the delivered SOP Instance UIDs), then
+the corrected copies under their derived UIDs, once — a restart in between sends nothing again.
+Then the row's privacy is raised: a rejection note (113037) for the copies, and no image is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from sqlalchemy import select
+
+from dicomproxy.config import Config
+from dicomproxy.identity.corrections import corrected_uid
+from dicomproxy.identity.rejection import KOS_SOP_CLASS
+from dicomproxy.push.corrections_store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
+from dicomproxy.push.queue import PushQueue
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
+from dicomproxy.server import Server
+from testkit import wait_until
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import insert_rows, update_rows
+from tests import test_view_rowstamp
+from tests.conftest import ConfigFactory, _need
+from tests.test_view_rowstamp import StampedView
+
+stamped = test_view_rowstamp.stamped
+
+SPEC = StudySpec("CT", accession="IOCM01", series=1, images_per_series=3, seed=261)
+SOPS = {SPEC.sop_uid(0, i) for i in range(SPEC.images_per_series)}
+
+
+@pytest.fixture(scope="module")
+def iocm_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    _need("Orthanc")
+    server = Orthanc(tmp_path_factory.mktemp("iocm-pacs")).start()
+    server.upload(write_study(SPEC, tmp_path_factory.mktemp("iocm-study")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Orthanc]:
+    _need("Orthanc")
+    server = Orthanc(tmp_path / "cloud", ae_title="CLOUD").start()
+    yield server
+    server.stop()
+
+
+def cloud_instances(cloud: Orthanc) -> dict[str, Dataset]:
+    """SOP Instance UID → data set of everything the cloud holds."""
+    out: dict[str, Dataset] = {}
+    for oid in cloud.request("GET", "/instances"):
+        raw = urllib_bytes(cloud, f"/instances/{oid}/file")
+        ds = dcmread(DicomBytesIO(raw))
+        out[str(ds.SOPInstanceUID)] = ds
+    return out
+
+
+def urllib_bytes(server: Orthanc, path: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + path, timeout=30) as rsp:  # noqa: S310 - local test server
+        return bytes(rsp.read())
+
+
+def referenced(kos: Dataset) -> set[str]:
+    """The SOP Instance UIDs a KOS's Current Requested Procedure Evidence Sequence lists."""
+    return {
+        str(sop.ReferencedSOPInstanceUID)
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+
+
+def dciodvfy_errors(ds: Dataset, path: Path) -> list[str]:
+    _need("dciodvfy")
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def correction_rows(server: Server) -> list[dict[str, Any]]:
+    with server.ctx.journal.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(corrections).order_by(corrections.c.id)).mappings()]
+
+
+def sent_by_role(server: Server, role: str) -> list[str]:
+    """SOP Instance UIDs (as spooled) the corrections' jobs of ``role`` had confirmed: one per C-STORE."""
+    cj, i = correction_jobs, job_instances
+    q = (
+        select(i.c.sop_instance_uid)
+        .join(cj, cj.c.job_id == i.c.job_id)
+        .where(cj.c.role == role, i.c.state.in_(CONFIRMED_STATES))
+    )
+    with server.ctx.journal.engine.connect() as conn:
+        return [str(u) for u in conn.execute(q).scalars()]
+
+
+def pass_done(server: Server) -> Callable[[], bool]:
+    """True once a corrections pass of ``server`` ran to its end after this call."""
+    assert server.ctx.push is not None
+    loop = server.ctx.push.corrections
+    before = loop.passes
+    return lambda: loop.passes >= before + 2
+
+
+@pytest.mark.parametrize(
+    "stamped",
+    [("postgresql", kind) for kind in test_view_rowstamp.KINDS],
+    indirect=True,
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2, "corrections_sweep": 0},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    assert set(cloud_instances(cloud)) == SOPS
+    old_pid = row["PatientID"]
+
+    # --- the RIS corrects the patient: rejection note + corrected copies -----------------------
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"PatientID": "IOCM-NEW-1", "RowTimestamp": stamp + dt.timedelta(minutes=5)},
+    )
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "identity-corrected" and done["changed"] == "patient_id"
+    held = cloud_instances(cloud)
+    notes = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert len(notes) == 1
+    note = notes[0]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038"
+    assert note.ConceptNameCodeSequence[0].CodingSchemeDesignator == "DCM"
+    assert referenced(note) == SOPS  # exactly the delivered instances
+    assert note.PatientID == old_pid and note.StudyInstanceUID == SPEC.study_uid
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    copies = {corrected_uid(uid, done["fingerprint"]): uid for uid in SOPS}
+    assert set(held) == SOPS | set(copies) | {str(note.SOPInstanceUID)}
+    for uid, old in copies.items():
+        copy = held[uid]
+        assert copy.PatientID == "IOCM-NEW-1"
+        reasons = {str(i.ReasonForTheAttributeModification) for i in copy.OriginalAttributesSequence}
+        assert reasons == {"COERCE", "CORRECT"}
+        olds = [
+            str(m.get("SOPInstanceUID", ""))
+            for i in copy.OriginalAttributesSequence
+            for m in i.ModifiedAttributesSequence
+        ]
+        assert old in olds
+        assert any(
+            str(m.get("PatientID", "")) == old_pid
+            for i in copy.OriginalAttributesSequence
+            for m in i.ModifiedAttributesSequence
+        )
+    assert sorted(sent_by_role(server, COPIES)) == sorted(SOPS)  # each copy once
+    assert len(sent_by_role(server, NOTE)) == 1
+
+    # --- a restart: nothing is sent again ------------------------------------------------------
+    server.stop(drain_timeout=2.0)
+    server = run_proxy(config)
+    wait_until(pass_done(server), 60, "two corrections passes after the restart")
+    assert sorted(sent_by_role(server, COPIES)) == sorted(SOPS)
+    assert len(sent_by_role(server, NOTE)) == 1
+    assert len(correction_rows(server)) == 1
+
+    # --- the row is withdrawn (privacy raised): a note for the copies, no image sent -----------
+    images_before = len(cloud_instances(cloud))
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"Privacy": 9, "RowTimestamp": stamp + dt.timedelta(minutes=10)},
+    )
+    wait_until(
+        lambda: len(correction_rows(server)) == 2 and correction_rows(server)[1]["state"] == "done",
+        120,
+        "the withdrawal done",
+    )
+    withdrawn = correction_rows(server)[1]
+    assert withdrawn["kind"] == "row-withdrawn"
+    held = cloud_instances(cloud)
+    assert len(held) == images_before + 1  # the note only
+    (second,) = [
+        ds
+        for ds in held.values()
+        if ds.SOPClassUID == KOS_SOP_CLASS and ds.SOPInstanceUID != note.SOPInstanceUID
+    ]
+    assert second.ConceptNameCodeSequence[0].CodeValue == "113037"
+    assert referenced(second) == set(copies)  # what it held with the corrected identity
+    assert second.PatientID == "IOCM-NEW-1"
+    assert dciodvfy_errors(second, tmp_path / "note2.dcm") == []
+    store = CorrectionStore(server.ctx.journal.engine, "test")
+    assert store.counts() == {
+        ("CLOUD", "identity-corrected", "done"): 1,
+        ("CLOUD", "row-withdrawn", "done"): 1,
+    }
