@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,7 @@ def cloud_instances(cloud: Orthanc) -> dict[str, Dataset]:
 
 
 def urllib_bytes(server: Orthanc, path: str) -> bytes:
-    import urllib.request
-
-    with urllib.request.urlopen(server.url + path, timeout=30) as rsp:  # noqa: S310 - local test server
+    with urllib.request.urlopen(server.url + path, timeout=30) as rsp:
         return bytes(rsp.read())
 
 

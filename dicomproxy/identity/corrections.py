@@ -129,7 +129,7 @@ def corrected_uid(old_uid: str, fingerprint: str) -> str:
     """The SOP Instance UID of the corrected copy of ``old_uid`` (PS3.5 B.2: ``2.25.`` + a UUID
     made from a SHA-256 of both): the same on every node and every run, so a repeat is the same
     instance at the destination."""
-    digest = hashlib.sha256(f"{old_uid}|{fingerprint}".encode("ascii")).digest()
+    digest = hashlib.sha256(f"{old_uid}|{fingerprint}".encode()).digest()
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 

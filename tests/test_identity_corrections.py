@@ -1,0 +1,168 @@
+"""The decisions of corrections after delivery (dicomproxy/identity/corrections.py), the rejection
+note (identity/rejection.py, checked by dciodvfy) and the corrected copy's UID (identity/copies.py).
+End to end at an Orthanc cloud: tests/test_iocm_real.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+
+from dicomproxy.config import UniversalId
+from dicomproxy.identity import Identity
+from dicomproxy.identity.copies import CORRECT_REASON, copy_of
+from dicomproxy.identity.corrections import (
+    IDENTIFYING,
+    INCORRECT_WORKLIST_ENTRY,
+    PATIENT_SAFETY,
+    Kind,
+    corrected_uid,
+    decide,
+    note_series_uid,
+    note_uid,
+)
+from dicomproxy.identity.rejection import KOS_SOP_CLASS, Delivered, rejection_note
+from dicomproxy.view.uids import is_valid_uid
+from tests.conftest import _need
+
+OLD = Identity(
+    study_uid="1.2.840.99.1",
+    patient_id="P1",
+    issuer="74580626.HIS",
+    patient_name="=王小东",
+    birth_date="19800101",
+    sex="M",
+    accession="ACC1",
+    institution="温岭市第一人民医院",
+    issuer_uid=UniversalId("1.2.156.112604.1", "ISO"),
+    accession_issuer=None,
+)
+
+texts = st.text(alphabet="ABCDEFGHIJ0123456789王李", min_size=1, max_size=12)
+uids = st.lists(st.integers(1, 99999), min_size=2, max_size=8).map(lambda p: "1.2." + ".".join(map(str, p)))
+
+
+def _with(field: str, value: str) -> Identity:
+    if field in ("issuer_uid", "accession_issuer"):
+        return dataclasses.replace(
+            OLD, **{field: UniversalId(f"1.2.{len(value)}.{abs(hash(value)) % 999}", "ISO")}
+        )
+    return dataclasses.replace(OLD, **{field: value})
+
+
+def test_the_same_identity_needs_nothing() -> None:
+    assert decide(OLD, OLD) is None
+    assert decide(OLD, dataclasses.replace(OLD, institution="another name")) is None  # not an identifier
+
+
+@given(field=st.sampled_from(IDENTIFYING), value=texts)
+def test_one_identifier_changed_is_an_identity_correction(field: str, value: str) -> None:
+    new = _with(field, value)
+    got = decide(OLD, new)
+    if getattr(new, field) == getattr(OLD, field):
+        assert got is None
+        return
+    assert got is not None
+    assert got.kind is Kind.IDENTITY and got.changed == (field,)
+    assert got.old_digest == OLD.digest and got.new_digest == new.digest
+    assert got.title == INCORRECT_WORKLIST_ENTRY and got.resends
+
+
+@pytest.mark.parametrize("field", [f for f in IDENTIFYING if f not in ("issuer_uid", "accession_issuer")])
+def test_an_emptied_view_cell_is_no_correction(field: str) -> None:
+    assert decide(OLD, dataclasses.replace(OLD, **{field: ""})) is None
+    if field == "issuer":
+        assert decide(OLD, dataclasses.replace(OLD, issuer_uid=None)) is None
+
+
+def test_no_visible_row_is_a_withdrawal_and_a_new_uid_a_relink() -> None:
+    gone = decide(OLD, None)
+    assert gone is not None and gone.kind is Kind.WITHDRAWN and gone.new_digest == ""
+    assert gone.title == PATIENT_SAFETY and not gone.resends
+    moved = decide(OLD, None, relinked_to="1.2.840.99.2")
+    assert moved is not None and moved.kind is Kind.RELINKED and moved.relinked_to == "1.2.840.99.2"
+    assert moved.title == INCORRECT_WORKLIST_ENTRY and not moved.resends
+    same = decide(OLD, None, relinked_to=OLD.study_uid)  # the exam still names this study: withdrawn
+    assert same is not None and same.kind is Kind.WITHDRAWN
+    with pytest.raises(ValueError, match="two studies"):
+        decide(OLD, dataclasses.replace(OLD, study_uid="1.2.3"))
+
+
+def test_fingerprints_tell_corrections_apart_and_repeat() -> None:
+    a = decide(OLD, _with("patient_id", "P2"))
+    b = decide(OLD, _with("patient_id", "P3"))
+    c = decide(OLD, None)
+    assert a is not None and b is not None and c is not None
+    assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+    assert a.fingerprint == decide(OLD, _with("patient_id", "P2")).fingerprint  # type: ignore[union-attr]
+    assert len(a.fingerprint) == 32
+
+
+@given(old=uids, one=st.text(min_size=1, max_size=40), two=st.text(min_size=1, max_size=40))
+def test_corrected_uids_are_valid_new_and_deterministic(old: str, one: str, two: str) -> None:
+    uid = corrected_uid(old, one)
+    assert is_valid_uid(uid) and len(uid) <= 64 and uid.startswith("2.25.")
+    assert uid != old and uid == corrected_uid(old, one)
+    if one != two:
+        assert uid != corrected_uid(old, two)
+    assert is_valid_uid(note_uid(old, one, "CLOUD")) and is_valid_uid(note_series_uid(old))
+    assert note_uid(old, one, "CLOUD") != note_uid(old, one, "OTHER")
+
+
+def test_copy_keeps_the_old_uid_in_original_attributes() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.840.99.1.1.1"
+    new = copy_of(ds, "f" * 32, system="DICOMPROXY")
+    assert new == corrected_uid("1.2.840.99.1.1.1", "f" * 32) == ds.SOPInstanceUID
+    (item,) = ds.OriginalAttributesSequence
+    assert item.ReasonForTheAttributeModification == CORRECT_REASON
+    assert item.ModifiedAttributesSequence[0].SOPInstanceUID == "1.2.840.99.1.1.1"
+    assert item.ModifyingSystem == "DICOMPROXY"
+
+
+def test_rejection_note_references_exactly_the_instances_and_passes_dciodvfy(tmp_path: Path) -> None:
+    _need("dciodvfy")
+    refs = [
+        Delivered("1.2.840.10008.5.1.4.1.1.2", "1.2.840.99.1.1", "1.2.840.99.1.1.1"),
+        Delivered("1.2.840.10008.5.1.4.1.1.2", "1.2.840.99.1.1", "1.2.840.99.1.1.2"),
+        Delivered("1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.99.1.2", "1.2.840.99.1.2.1"),
+    ]
+    note = rejection_note(
+        OLD,
+        refs,
+        PATIENT_SAFETY,
+        sop_instance_uid=note_uid(OLD.study_uid, "x", "CLOUD"),
+        series_uid=note_series_uid(OLD.study_uid),
+        manufacturer="dicomproxy",
+    )
+    assert note.SOPClassUID == KOS_SOP_CLASS
+    title = note.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == (
+        "113037",
+        "DCM",
+        "Rejected for Patient Safety Reasons",
+    )
+    (study,) = note.CurrentRequestedProcedureEvidenceSequence
+    assert study.StudyInstanceUID == OLD.study_uid
+    got = {
+        (str(series.SeriesInstanceUID), str(sop.ReferencedSOPClassUID), str(sop.ReferencedSOPInstanceUID))
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert got == {(r.series_uid, r.sop_class_uid, r.sop_instance_uid) for r in refs}
+    assert (note.PatientID, note.PatientName, note.IssuerOfPatientID) == ("P1", "=王小东", "74580626.HIS")
+    assert note.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "1.2.156.112604.1"
+    assert note.SpecificCharacterSet == "ISO_IR 192"
+    path = tmp_path / "note.dcm"
+    note.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    assert [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")] == []
+    with pytest.raises(ValueError, match="at least one"):
+        rejection_note(
+            OLD, [], PATIENT_SAFETY, sop_instance_uid="1.2.3", series_uid="1.2.4", manufacturer="x"
+        )
