@@ -22,6 +22,7 @@ from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
+from dicomproxy.audit.trail import Action, AuditTrail
 from dicomproxy.config import Config
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS
@@ -231,3 +232,53 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
         ("CLOUD", "identity-corrected", "done"): 1,
         ("CLOUD", "row-withdrawn", "done"): 1,
     }
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "datetime")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
+    stamped: StampedView,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port}],  # iocm = false
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"AccessionNumber": "IOCM-ACC-2", "RowTimestamp": stamp + dt.timedelta(minutes=5)},
+    )
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["warned"], 60, "the correction warned"
+    )
+    wait_until(pass_done(server), 30, "two more corrections passes")
+    assert correction_rows(server)[0]["changed"] == "accession"
+    assert set(cloud_instances(cloud)) == SOPS  # nothing else sent
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.push.corrections"]
+    assert len(warnings) == 1 and SPEC.study_uid in warnings[0]
+    assert "IOCM-ACC-2" not in warnings[0] and row["PatientID"] not in warnings[0]
+    audit = AuditTrail(server.ctx.journal.engine)
+    wait_until(lambda: audit.rows(study=SPEC.study_uid), 10, "the audit row")
+    (found,) = [r for r in audit.rows(study=SPEC.study_uid) if r["action"] == Action.CORRECTION]
+    assert found["outcome"] == "warned" and row["PatientID"] in found["patient_ids"]
