@@ -42,6 +42,8 @@ stamped = test_view_rowstamp.stamped
 
 SPEC = StudySpec("CT", accession="IOCM01", series=1, images_per_series=3, seed=261)
 SOPS = {SPEC.sop_uid(0, i) for i in range(SPEC.images_per_series)}
+#: The study an exam is re-linked to (in the PACS too).
+SPEC2 = StudySpec("CT", accession="IOCM02", series=1, images_per_series=2, seed=262)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def iocm_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     _need("Orthanc")
     server = Orthanc(tmp_path_factory.mktemp("iocm-pacs")).start()
     server.upload(write_study(SPEC, tmp_path_factory.mktemp("iocm-study")))
+    server.upload(write_study(SPEC2, tmp_path_factory.mktemp("iocm-study2")))
     yield server
     server.stop()
 
@@ -282,3 +285,47 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
     wait_until(lambda: audit.rows(study=SPEC.study_uid), 10, "the audit row")
     (found,) = [r for r in audit.rows(study=SPEC.study_uid) if r["action"] == Action.CORRECTION]
     assert found["outcome"] == "warned" and row["PatientID"] in found["patient_ids"]
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "rowversion")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    row = exam_row(SPEC)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    # the RIS re-links the exam to another study (its images are in the PACS)
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"StudyInstanceUID": SPEC2.study_uid})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 2, 90, "the new study delivered")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "exam-relinked" and done["relinked_to"] == SPEC2.study_uid
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038"
+    assert note.StudyInstanceUID == SPEC.study_uid and referenced(note) == SOPS
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    new = {SPEC2.sop_uid(0, i) for i in range(SPEC2.images_per_series)}
+    assert set(held) == SOPS | new | {str(note.SOPInstanceUID)}  # no copies of the old study
+    assert sent_by_role(server, COPIES) == []
