@@ -23,6 +23,7 @@ from dicomproxy.identity.corrections import (
     Kind,
     corrected_uid,
     decide,
+    held_as_listed,
     note_series_uid,
     note_uid,
 )
@@ -166,3 +167,14 @@ def test_rejection_note_references_exactly_the_instances_and_passes_dciodvfy(tmp
         rejection_note(
             OLD, [], PATIENT_SAFETY, sop_instance_uid="1.2.3", series_uid="1.2.4", manufacturer="x"
         )
+
+
+def test_reconcile_counts_a_corrected_copy_as_its_pacs_instance() -> None:
+    listed = {"1.2.3.1", "1.2.3.2", "1.2.3.3"}
+    fp = "a" * 32
+    copy1, copy2 = corrected_uid("1.2.3.1", fp), corrected_uid("1.2.3.2", fp)
+    # the cloud deleted the rejected originals and holds the copies, and one original never corrected
+    assert held_as_listed(listed, {copy1, copy2, "1.2.3.3"}, [fp]) == listed
+    # without a correction nothing is translated; an unknown UID stays what it is
+    assert held_as_listed(listed, {copy1, "9.9"}, []) == {copy1, "9.9"}
+    assert held_as_listed(listed, {copy1, "9.9"}, ["b" * 32]) == {copy1, "9.9"}

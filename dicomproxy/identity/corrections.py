@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
@@ -133,6 +134,19 @@ def corrected_uid(old_uid: str, fingerprint: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
+def held_as_listed(
+    listed: Collection[str], held: Collection[str], fingerprints: Collection[str]
+) -> frozenset[str]:
+    """What a destination holds, in the PACS's UIDs: a corrected copy (held under
+    :func:`corrected_uid` of a listed UID and one of the study's identity corrections) counts as
+    its PACS instance — ``reconcile`` must not call a copy "extra", nor its rejected original
+    "missing" (a fix would send the rejected instance again)."""
+    if not fingerprints:
+        return frozenset(held)
+    copies = {corrected_uid(p, f): p for p in listed for f in fingerprints}
+    return frozenset(copies.get(uid, uid) for uid in held)
+
+
 def note_uid(study_uid: str, fingerprint: str, destination: str) -> str:
     """The SOP Instance UID of the rejection note of one correction at one destination."""
     digest = hashlib.sha256(f"kos|{study_uid}|{fingerprint}|{destination}".encode()).digest()
@@ -156,6 +170,7 @@ __all__ = [
     "changed_fields",
     "corrected_uid",
     "decide",
+    "held_as_listed",
     "note_series_uid",
     "note_uid",
 ]

@@ -190,6 +190,21 @@ class CorrectionStore:
         with self.engine.connect() as conn:
             return {str(d) for d in conn.execute(q).scalars()}
 
+    def copied(self, destination: str, study_uids: Collection[str]) -> dict[str, list[str]]:
+        """Study → fingerprints of its identity corrections whose copies went to ``destination``."""
+        c, cj = corrections, correction_jobs
+        q = (
+            select(c.c.study_uid, c.c.fingerprint)
+            .where(c.c.destination == destination, c.c.study_uid.in_(list(study_uids)))
+            .where(select(cj.c.job_id).where(cj.c.correction_id == c.c.id, cj.c.role == COPIES).exists())
+            .distinct()
+        )
+        out: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for study, fingerprint in conn.execute(q):
+                out.setdefault(str(study), []).append(str(fingerprint))
+        return out
+
     # --- the rows --------------------------------------------------------------------------------
 
     def record(self, destination: str, correction: Correction, iocm: bool) -> bool:
