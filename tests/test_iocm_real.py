@@ -28,8 +28,11 @@ from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS
 from dicomproxy.push.corrections_store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
 from dicomproxy.push.queue import PushQueue
+from dicomproxy.reconcile.decide import Category
+from dicomproxy.reconcile.run import Reconciler
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
 from dicomproxy.server import Server
+from dicomproxy.view.repository import ExamView
 from testkit import wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
@@ -195,6 +198,21 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
         )
     assert sorted(sent_by_role(server, COPIES)) == sorted(SOPS)  # each copy once
     assert len(sent_by_role(server, NOTE)) == 1
+
+    # --- the cloud drops the rejected originals: reconcile sees the copies, nothing missing -----
+    for uid in SOPS:
+        (found,) = cloud.request("POST", "/tools/lookup", uid.encode())
+        cloud.request("DELETE", f"/instances/{found['ID']}")
+    view = ExamView(config)
+    try:
+        performed = dt.datetime.strptime(SPEC.study_date, "%Y%m%d")
+        outcome = Reconciler(config, view, server.ctx.journal, rate=50).run(
+            performed, performed + dt.timedelta(days=1), ["CLOUD"]
+        )
+    finally:
+        view.close()
+    (report,) = [r for r in outcome.reports if r.study_uid == SPEC.study_uid]
+    assert report.basis == "destination" and report.category is Category.COMPLETE, report
 
     # --- a restart: nothing is sent again ------------------------------------------------------
     server.stop(drain_timeout=2.0)

@@ -161,6 +161,8 @@ class CorrectionSender:
             return False
         job_id = self.journal.start(JobKind.PUSH, self.config.proxy.ae_title, "", row.destination, "")
         self.store.add_job(row.id, job_id, NOTE)
+        # the note is one of ours in the study (``reconcile``: not "extra" at the destination)
+        self.journal.update(job_id, level="STUDY", study_uids=[row.study_uid])
         work = self.config.data_path / "spool" / f"job-{job_id:06d}-iocm"
         work.mkdir(parents=True, exist_ok=True)
         path = work / f"{note.SOPInstanceUID}.dcm"
