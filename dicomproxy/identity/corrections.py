@@ -10,7 +10,10 @@ may since have changed. :func:`decide` compares the two and names the correction
   the old one is rejected with the same code (the new study is pushed as any new row is);
 - :attr:`Kind.WITHDRAWN` — the study has no visible row (privacy above ``max_privacy``, another
   HospitalID, row deleted, UID cleared): everything delivered is rejected with (113037, DCM,
-  "Rejected for Patient Safety Reasons"), and nothing is sent again.
+  "Rejected for Patient Safety Reasons"), and nothing is sent again;
+- :attr:`Kind.REPORT` — an order/report file's bytes changed: push sent the new object (its SOP
+  Instance UID derives from the bytes), the superseded one is rejected with (113001, DCM,
+  "Rejected for Quality Reasons") (:func:`revised`).
 
 The Document Titles are from PS3.16 CID 7011 (Rejected for Quality Reasons, Patient Safety,
 Incorrect Modality Worklist Entry, Data Retention Policy Expired), as IHE RAD IOCM uses them.
@@ -49,6 +52,7 @@ class Kind(str, Enum):
     IDENTITY = "identity-corrected"
     RELINKED = "exam-relinked"
     WITHDRAWN = "row-withdrawn"
+    REPORT = "report-revised"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Title:
     scheme: str = "DCM"
 
 
+QUALITY = Title("113001", "Rejected for Quality Reasons")
 INCORRECT_WORKLIST_ENTRY = Title("113038", "Incorrect Modality Worklist Entry")
 PATIENT_SAFETY = Title("113037", "Rejected for Patient Safety Reasons")
 
@@ -68,6 +73,7 @@ TITLES = {
     Kind.IDENTITY: INCORRECT_WORKLIST_ENTRY,
     Kind.RELINKED: INCORRECT_WORKLIST_ENTRY,
     Kind.WITHDRAWN: PATIENT_SAFETY,
+    Kind.REPORT: QUALITY,
 }
 
 
@@ -126,6 +132,26 @@ def decide(old: Identity, new: Identity | None, relinked_to: str = "") -> Correc
     return Correction(Kind.IDENTITY, old.study_uid, old.digest, new.digest, changed)
 
 
+def revised(study_uid: str, role: str, old_uid: str, new_uid: str) -> Correction | None:
+    """The correction of the ``role`` object ``old_uid`` a destination holds, superseded by
+    ``new_uid`` (None: the same object). Its "digests" are the objects' own: one correction per
+    superseded object and destination."""
+    if old_uid == new_uid:
+        return None
+    return Correction(
+        Kind.REPORT,
+        study_uid,
+        _object_digest(role, old_uid),
+        _object_digest(role, new_uid),
+        (role,),
+    )
+
+
+def _object_digest(role: str, uid: str) -> str:
+    """A made object's stand-in for an identity digest (64 hex digits, as those are)."""
+    return hashlib.sha256(f"object|{role}|{uid}".encode()).hexdigest()
+
+
 def corrected_uid(old_uid: str, fingerprint: str) -> str:
     """The SOP Instance UID of the corrected copy of ``old_uid`` (PS3.5 B.2: ``2.25.`` + a UUID
     made from a SHA-256 of both): the same on every node and every run, so a repeat is the same
@@ -163,6 +189,7 @@ __all__ = [
     "IDENTIFYING",
     "INCORRECT_WORKLIST_ENTRY",
     "PATIENT_SAFETY",
+    "QUALITY",
     "TITLES",
     "Correction",
     "Kind",
@@ -173,4 +200,5 @@ __all__ = [
     "held_as_listed",
     "note_series_uid",
     "note_uid",
+    "revised",
 ]

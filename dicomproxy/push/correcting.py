@@ -31,7 +31,7 @@ from pydicom import dcmwrite
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.identity import Coercer
+from dicomproxy.identity import Coercer, Identity
 from dicomproxy.identity.copies import CorrectedCopies
 from dicomproxy.identity.corrections import TITLES, Kind, note_series_uid, note_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS, rejection_note
@@ -105,12 +105,15 @@ class CorrectionSender:
         self._publish(row, FAILED if state == FAILED else "retry", 0, 0, "")
         return state
 
+    def _identity(self, row: Row) -> Identity | None:
+        """The identity the corrected instances were delivered with."""
+        if row.kind == Kind.REPORT.value:
+            return self.store.object_delivery(row.destination, row.study_uid, row.object_uid)[0]
+        deliveries = self.store.deliveries([row.study_uid]).get((row.destination, row.study_uid), {})
+        return deliveries.get(row.old_digest)
+
     def _publish(self, row: Row, outcome: str, referenced: int, copies: int, note: str) -> None:
-        old = (
-            self.store.deliveries([row.study_uid])
-            .get((row.destination, row.study_uid), {})
-            .get(row.old_digest)
-        )
+        old = self._identity(row)
         events.publish(
             events.CorrectionSent(
                 row.destination,
@@ -128,18 +131,22 @@ class CorrectionSender:
 
     def _note(self, row: Row) -> tuple[int, str | None]:
         """(instances referenced, the note's UID; None = not confirmed); "" when nothing to reject."""
-        delivered = self.store.delivered_instances(row.destination, row.study_uid, row.old_digest)
-        if not delivered:
+        old: Identity | None
+        if row.kind == Kind.REPORT.value:  # the superseded object only
+            old, obj = self.store.object_delivery(row.destination, row.study_uid, row.object_uid)
+            delivered = [(row.object_uid, obj)] if obj is not None else []
+        else:
+            # a withdrawn or re-linked study's order/report objects go too; a corrected identity's
+            # stay (the copies are made from the PACS: a rejected object would not come back)
+            objects = row.kind != Kind.IDENTITY.value
+            delivered = self.store.delivered_instances(
+                row.destination, row.study_uid, row.old_digest, objects
+            )
+            old = self._identity(row)
+        if not delivered or old is None:
             return 0, ""
         if row.note_uid:
             return len(delivered), row.note_uid  # sent by an earlier attempt
-        old = (
-            self.store.deliveries([row.study_uid])
-            .get((row.destination, row.study_uid), {})
-            .get(row.old_digest)
-        )
-        if old is None:
-            return 0, ""
         uid = note_uid(row.study_uid, row.fingerprint, row.destination)
         note = rejection_note(
             old,

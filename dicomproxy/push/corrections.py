@@ -50,6 +50,46 @@ def iocm_of(config: Config, destination: str) -> bool:
     return bool(peer is not None and peer.iocm)
 
 
+def record_correction(
+    config: Config,
+    store: CorrectionStore,
+    destination: str,
+    correction: Correction,
+    old: Identity | None,
+    now: Identity | None,
+    object_uid: str = "",
+) -> bool:
+    """Journal ``correction``; when this call inserted it (not another node, not an earlier pass):
+    one WARNING (UIDs, kind and field names only) and :class:`~dicomproxy.events.CorrectionFound`."""
+    iocm = iocm_of(config, destination)
+    if not store.record(destination, correction, iocm, object_uid):
+        return False
+    LOG.warning(
+        "correction after delivery: study %s at %s: %s%s%s; %s",
+        correction.study_uid,
+        destination,
+        correction.kind.value,
+        f" ({', '.join(correction.changed)})" if correction.changed else "",
+        f" of {object_uid}" if object_uid else "",
+        "a rejection note follows (iocm = true)"
+        if iocm
+        else "the destination holds it as delivered (iocm = false; see `dicomproxy reconcile`)",
+    )
+    events.publish(
+        events.CorrectionFound(
+            destination=destination,
+            study_uid=correction.study_uid,
+            kind=correction.kind.value,
+            changed=correction.changed,
+            acted=iocm,
+            old_patient_id=old.patient_id if old is not None else "",
+            new_patient_id=now.patient_id if now is not None else "",
+            relinked_to=correction.relinked_to,
+        )
+    )
+    return True
+
+
 class CorrectionDetector:
     """Compares delivered identities with the view; one per process (push service thread)."""
 
@@ -155,32 +195,7 @@ class CorrectionDetector:
         return found
 
     def _record(self, destination: str, correction: Correction, old: Identity, now: Identity | None) -> bool:
-        iocm = iocm_of(self.config, destination)
-        if not self.store.record(destination, correction, iocm):
-            return False
-        LOG.warning(
-            "correction after delivery: study %s at %s: %s%s; %s",
-            correction.study_uid,
-            destination,
-            correction.kind.value,
-            f" ({', '.join(correction.changed)})" if correction.changed else "",
-            "a rejection note follows (iocm = true)"
-            if iocm
-            else "the destination holds it as delivered (iocm = false; see `dicomproxy reconcile`)",
-        )
-        events.publish(
-            events.CorrectionFound(
-                destination=destination,
-                study_uid=correction.study_uid,
-                kind=correction.kind.value,
-                changed=correction.changed,
-                acted=iocm,
-                old_patient_id=old.patient_id,
-                new_patient_id=now.patient_id if now is not None else "",
-                relinked_to=correction.relinked_to,
-            )
-        )
-        return True
+        return record_correction(self.config, self.store, destination, correction, old, now)
 
     def _pushed_studies(self, examine_ids: Iterable[str]) -> set[str]:
         """Study Instance UIDs push queued for these ExamineIDs (what the rows named before)."""

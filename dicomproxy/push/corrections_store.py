@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import Correction, corrected_uid
 from dicomproxy.identity.rejection import Delivered
-from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_identities, job_instances
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_identities, job_instances, jobs
 
 CORRECTIONS_METADATA = MetaData()
 
@@ -61,6 +61,8 @@ corrections = Table(
     Column("kind", String(20), nullable=False),
     Column("new_digest", String(64), nullable=False, default=""),
     Column("relinked_to", String(64), nullable=False, default=""),
+    #: The superseded order/report object (report revised only).
+    Column("object_uid", String(64), nullable=False, default=""),
     Column("changed", String(255), nullable=False, default=""),  # field names, no values
     Column("state", String(8), nullable=False),
     Column("note_uid", String(64), nullable=False, default=""),
@@ -74,6 +76,19 @@ corrections = Table(
     Column("ended", DateTime),
     Column("error", Text, nullable=False, default=""),
     UniqueConstraint("destination", "study_uid", "old_digest", name="uq_corrections_delivery"),
+)
+
+#: The order/report objects push made and sent (:mod:`dicomproxy.push.files`), per job: their role
+#: and series, which the journal's ``job_expected`` (the PACS's instances) does not hold.
+delivered_objects = Table(
+    "delivered_objects",
+    CORRECTIONS_METADATA,
+    Column("job_id", Integer, primary_key=True, autoincrement=False),
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("role", String(8), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
 )
 
 correction_jobs = Table(
@@ -101,6 +116,7 @@ class Row:
     kind: str
     new_digest: str
     relinked_to: str
+    object_uid: str
     state: str
     note_uid: str
     attempts: int
@@ -146,12 +162,13 @@ class CorrectionStore:
         return found
 
     def delivered_instances(
-        self, destination: str, study_uid: str, digest: str
+        self, destination: str, study_uid: str, digest: str, objects: bool = False
     ) -> list[tuple[str, Delivered]]:
         """(the PACS's SOP Instance UID, the instance the destination holds) of the instances of
         ``study_uid`` that ``destination`` confirmed from jobs that gave them identity ``digest``
         (their series from the PACS's announcement, ``job_expected``); the corrected copies of an
-        earlier correction are held under their own UIDs."""
+        earlier correction are held under their own UIDs. ``objects``: the order/report objects
+        push made and sent with them too (``delivered_objects``)."""
         t, i, e, cj = job_identities, job_instances, job_expected, correction_jobs
         q = (
             select(i.c.job_id, i.c.sop_class_uid, e.c.series_uid, i.c.sop_instance_uid)
@@ -173,9 +190,25 @@ class CorrectionStore:
             .join(corrections, corrections.c.id == cj.c.correction_id)
             .where(cj.c.role == COPIES)
         )
+        d = delivered_objects
+        made = (
+            select(i.c.job_id, i.c.sop_class_uid, d.c.series_uid, i.c.sop_instance_uid)
+            .select_from(
+                t.join(i, i.c.job_id == t.c.job_id).join(
+                    d, and_(d.c.job_id == i.c.job_id, d.c.sop_instance_uid == i.c.sop_instance_uid)
+                )
+            )
+            .where(
+                t.c.destination == destination,
+                t.c.study_uid == study_uid,
+                t.c.digest == digest,
+                d.c.study_uid == study_uid,
+                i.c.state.in_(CONFIRMED_STATES),
+            )
+        )
         with self.engine.connect() as conn:
             renamed = {int(j): str(f) for j, f in conn.execute(copies)}
-            rows = conn.execute(q).all()
+            rows = [*conn.execute(q).all(), *(conn.execute(made).all() if objects else [])]
         out: dict[str, tuple[str, Delivered]] = {}
         for job_id, sop_class, series, uid in rows:
             fingerprint = renamed.get(int(job_id))
@@ -205,9 +238,80 @@ class CorrectionStore:
                 out.setdefault(str(study), []).append(str(fingerprint))
         return out
 
+    # --- order/report objects (report revised) ---------------------------------------------------
+
+    def record_objects(
+        self, job_id: int, study_uid: str, objects: Collection[tuple[str, str, str, str]]
+    ) -> None:
+        """Journal the (role, SOP Instance UID, SOP Class UID, Series Instance UID) objects
+        ``job_id`` is about to send (one record per job and object)."""
+        t = delivered_objects
+        with self.engine.begin() as conn:
+            known = set(conn.execute(select(t.c.sop_instance_uid).where(t.c.job_id == job_id)).scalars())
+            rows = [
+                {
+                    "job_id": job_id,
+                    "study_uid": study_uid,
+                    "role": r,
+                    "sop_instance_uid": u,
+                    "sop_class_uid": c,
+                    "series_uid": s,
+                }
+                for r, u, c, s in objects
+                if u not in known
+            ]
+            if rows:
+                conn.execute(insert(t), rows)
+
+    def superseded(self, destination: str, study_uid: str, role: str, current: str) -> list[str]:
+        """The ``role`` objects of ``study_uid`` that ``destination`` confirmed, other than ``current``."""
+        t, i = delivered_objects, job_instances
+        q = (
+            select(t.c.sop_instance_uid)
+            .join(i, and_(i.c.job_id == t.c.job_id, i.c.sop_instance_uid == t.c.sop_instance_uid))
+            .join(jobs, jobs.c.id == t.c.job_id)
+            .where(
+                t.c.study_uid == study_uid,
+                t.c.role == role,
+                t.c.sop_instance_uid != current,
+                jobs.c.destination == destination,
+                i.c.state.in_(CONFIRMED_STATES),
+            )
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return sorted(str(u) for u in conn.execute(q).scalars())
+
+    def object_delivery(
+        self, destination: str, study_uid: str, sop_uid: str
+    ) -> tuple[Identity | None, Delivered | None]:
+        """The identity an order/report object went out with to ``destination``, and the object."""
+        t, ji = delivered_objects, job_identities
+        q = (
+            select(t.c.sop_class_uid, t.c.series_uid, ji.c.identity)
+            .select_from(
+                t.outerjoin(
+                    ji,
+                    and_(
+                        ji.c.job_id == t.c.job_id,
+                        ji.c.destination == destination,
+                        ji.c.study_uid == study_uid,
+                    ),
+                )
+            )
+            .where(t.c.study_uid == study_uid, t.c.sop_instance_uid == sop_uid)
+            .order_by(t.c.job_id)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(q).first()
+        if found is None:
+            return None, None
+        identity = Identity.from_json(found.identity) if found.identity else None
+        return identity, Delivered(str(found.sop_class_uid), str(found.series_uid), sop_uid)
+
     # --- the rows --------------------------------------------------------------------------------
 
-    def record(self, destination: str, correction: Correction, iocm: bool) -> bool:
+    def record(self, destination: str, correction: Correction, iocm: bool, object_uid: str = "") -> bool:
         """Journal a correction; False when it was known already (another node, an earlier pass)."""
         now = utcnow()
         try:
@@ -221,6 +325,7 @@ class CorrectionStore:
                         kind=correction.kind.value,
                         new_digest=correction.new_digest,
                         relinked_to=correction.relinked_to,
+                        object_uid=object_uid,
                         changed=",".join(correction.changed)[:255],
                         state=DUE if iocm else WARNED,
                         next_at=now,
