@@ -20,12 +20,14 @@ from dicomproxy.identity.corrections import (
     IDENTIFYING,
     INCORRECT_WORKLIST_ENTRY,
     PATIENT_SAFETY,
+    QUALITY,
     Kind,
     corrected_uid,
     decide,
     held_as_listed,
     note_series_uid,
     note_uid,
+    revised,
 )
 from dicomproxy.identity.rejection import KOS_SOP_CLASS, Delivered, rejection_note
 from dicomproxy.view.uids import is_valid_uid
@@ -178,3 +180,13 @@ def test_reconcile_counts_a_corrected_copy_as_its_pacs_instance() -> None:
     # without a correction nothing is translated; an unknown UID stays what it is
     assert held_as_listed(listed, {copy1, "9.9"}, []) == {copy1, "9.9"}
     assert held_as_listed(listed, {copy1, "9.9"}, ["b" * 32]) == {copy1, "9.9"}
+
+
+def test_a_revised_report_is_one_correction_per_superseded_object() -> None:
+    assert revised("1.2.3", "report", "1.2.3.9.1", "1.2.3.9.1") is None
+    got = revised("1.2.3", "report", "1.2.3.9.1", "1.2.3.9.2")
+    assert got is not None and got.kind is Kind.REPORT and got.changed == ("report",)
+    assert got.title == QUALITY and not got.resends
+    assert len(got.old_digest) == 64 and got.old_digest != got.new_digest
+    other = revised("1.2.3", "order", "1.2.3.9.1", "1.2.3.9.2")
+    assert other is not None and other.old_digest != got.old_digest  # roles apart

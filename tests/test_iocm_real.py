@@ -31,6 +31,7 @@ from dicomproxy.push.queue import PushQueue
 from dicomproxy.reconcile.decide import Category
 from dicomproxy.reconcile.run import Reconciler
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
+from dicomproxy.reports.encode import ENCAPSULATED_PDF
 from dicomproxy.server import Server
 from dicomproxy.view.repository import ExamView
 from testkit import wait_until
@@ -347,3 +348,74 @@ def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
     new = {SPEC2.sop_uid(0, i) for i in range(SPEC2.images_per_series)}
     assert set(held) == SOPS | new | {str(note.SOPInstanceUID)}  # no copies of the old study
     assert sent_by_role(server, COPIES) == []
+
+
+PDF1 = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+PDF2 = b"%PDF-1.4\n% revised\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "datetime")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the_report_too(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF1)
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp, ReportFilePath=f"{base_url}/r.pdf")
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: len(cloud_instances(cloud)) == len(SOPS) + 1, 90, "images and report at the cloud")
+    (first,) = [u for u, ds in cloud_instances(cloud).items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+
+    # the report is revised: new bytes, the row's stamp moves
+    (folder / "r.pdf").write_bytes(PDF2)
+    update_rows(
+        stamped.engine, stamped.name, row["ExamineID"], {"RowTimestamp": stamp + dt.timedelta(minutes=5)}
+    )
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "report-revised" and done["object_uid"] == first
+    held = cloud_instances(cloud)
+    reports = [u for u, ds in held.items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+    assert len(reports) == 2 and first in reports
+    (second,) = [u for u in reports if u != first]
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert referenced(note) == {first}  # the superseded object only
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+
+    # withdrawn: the note takes the images and the current report
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"Privacy": 9, "RowTimestamp": stamp + dt.timedelta(minutes=10)},
+    )
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["done", "done"], 120, "the withdrawal done"
+    )
+    notes = [ds for ds in cloud_instances(cloud).values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    (gone,) = [ds for ds in notes if ds.SOPInstanceUID != note.SOPInstanceUID]
+    assert gone.ConceptNameCodeSequence[0].CodeValue == "113037"
+    assert referenced(gone) >= SOPS | {second}
