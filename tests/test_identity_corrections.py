@@ -25,6 +25,7 @@ from dicomproxy.identity.corrections import (
     corrected_uid,
     decide,
     held_as_listed,
+    name_key,
     note_series_uid,
     note_uid,
     revised,
@@ -46,7 +47,9 @@ OLD = Identity(
     accession_issuer=None,
 )
 
-texts = st.text(alphabet="ABCDEFGHIJ0123456789王李", min_size=1, max_size=12)
+texts = st.text(alphabet="ABCDEFGHIJ0123456789王李小东=^", min_size=1, max_size=12).filter(
+    lambda t: t.strip("=^")
+)
 uids = st.lists(st.integers(1, 99999), min_size=2, max_size=8).map(lambda p: "1.2." + ".".join(map(str, p)))
 
 
@@ -67,7 +70,8 @@ def test_the_same_identity_needs_nothing() -> None:
 def test_one_identifier_changed_is_an_identity_correction(field: str, value: str) -> None:
     new = _with(field, value)
     got = decide(OLD, new)
-    if getattr(new, field) == getattr(OLD, field):
+    key = name_key if field == "patient_name" else (lambda v: v)
+    if key(getattr(new, field)) == key(getattr(OLD, field)):
         assert got is None
         return
     assert got is not None
@@ -190,3 +194,16 @@ def test_a_revised_report_is_one_correction_per_superseded_object() -> None:
     assert len(got.old_digest) == 64 and got.old_digest != got.new_digest
     other = revised("1.2.3", "order", "1.2.3.9.1", "1.2.3.9.2")
     assert other is not None and other.old_digest != got.old_digest  # roles apart
+
+
+def test_configuration_changes_are_no_corrections_but_a_renamed_patient_is() -> None:
+    """A peer's name_style or the [hospital] issuers table edited: every delivered study would
+    otherwise look corrected."""
+    for style in ("王小东", "Wang^Xiaodong=王小东", "=王小东"):
+        assert decide(OLD, dataclasses.replace(OLD, patient_name=style)) is None
+    assert decide(OLD, dataclasses.replace(OLD, issuer_uid=UniversalId("1.2.3", "ISO"))) is None
+    assert decide(OLD, dataclasses.replace(OLD, accession_issuer=UniversalId("1.2.4", "ISO"))) is None
+    pinyin = dataclasses.replace(OLD, patient_name="Wang^Xiaodong=王小东")
+    renamed = decide(pinyin, dataclasses.replace(OLD, patient_name="Wang^Xiaodong=王晓东"))  # same pinyin
+    assert renamed is not None and renamed.changed == ("patient_name",)
+    assert name_key("SMITH^JOHN") == "SMITH^JOHN" and name_key("=王小东") == "王小东"

@@ -33,16 +33,16 @@ from enum import Enum
 
 from dicomproxy.identity.model import Identity
 
-#: Identity fields whose change makes a correction (attribute names of :class:`Identity`).
+#: Identity fields whose change makes a correction (attribute names of :class:`Identity`): those
+#: the view's row gives. The issuers' OIDs come from ``[hospital] issuers`` (configuration): editing
+#: that table is not a correction of every study ever delivered.
 IDENTIFYING = (
     "patient_id",
     "issuer",
-    "issuer_uid",
     "patient_name",
     "birth_date",
     "sex",
     "accession",
-    "accession_issuer",
 )
 
 
@@ -108,12 +108,28 @@ class Correction:
 
 
 def changed_fields(old: Identity, new: Identity) -> tuple[str, ...]:
-    """The :data:`IDENTIFYING` fields whose new value is not empty and differs from the old."""
-    return tuple(
-        name
-        for name in IDENTIFYING
-        if getattr(new, name) not in (None, "") and getattr(new, name) != getattr(old, name)
-    )
+    """The :data:`IDENTIFYING` fields whose new value is not empty and differs from the old (a
+    name by :func:`name_key`: a peer's ``name_style`` changed is not a correction)."""
+    changed = []
+    for name in IDENTIFYING:
+        was, now = getattr(old, name), getattr(new, name)
+        if name == "patient_name":
+            was, now = name_key(was), name_key(now)
+        if now not in (None, "") and now != was:
+            changed.append(name)
+    return tuple(changed)
+
+
+def name_key(pn: str) -> str:
+    """What a Person Name says whatever the style it is written in (``=王小东``, ``王小东``,
+    ``Wang^Xiaodong=王小东``): its ideographic component when it has one — the view's own text,
+    which the pinyin is made from — else its first (PS3.5 6.2.1.2)."""
+    groups = [g.strip() for g in pn.split("=")]
+    ideographic = groups[1] if len(groups) > 1 else ""
+    if ideographic:
+        return ideographic.rstrip("^")
+    first = groups[0].rstrip("^")
+    return first
 
 
 def decide(old: Identity, new: Identity | None, relinked_to: str = "") -> Correction | None:
@@ -198,6 +214,7 @@ __all__ = [
     "corrected_uid",
     "decide",
     "held_as_listed",
+    "name_key",
     "note_series_uid",
     "note_uid",
     "revised",
