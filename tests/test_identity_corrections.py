@@ -207,3 +207,22 @@ def test_configuration_changes_are_no_corrections_but_a_renamed_patient_is() -> 
     renamed = decide(pinyin, dataclasses.replace(OLD, patient_name="Wang^Xiaodong=王晓东"))  # same pinyin
     assert renamed is not None and renamed.changed == ("patient_name",)
     assert name_key("SMITH^JOHN") == "SMITH^JOHN" and name_key("=王小东") == "王小东"
+
+
+def test_derived_uids_never_change_between_versions() -> None:
+    """Pinned: a repeat after an upgrade must derive the same UIDs, or it would send new copies
+    and a second note (the mutation run's survivors: the UUID version bits)."""
+    assert corrected_uid("1.2.840.99.1.1.1", "f" * 32) == "2.25.145724192376844238779785145259327519983"
+    assert note_uid("1.2.840.99.1", "f" * 32, "CLOUD") == "2.25.292314584849270190709739412126749811820"
+    assert note_series_uid("1.2.840.99.1") == "2.25.194486894644088469088907631155794696611"
+
+
+def test_name_key_of_names_without_an_ideographic_group_and_frozen_values() -> None:
+    assert name_key("SMITH^JOHN=") == "SMITH^JOHN"
+    assert name_key("SMITH^JOHN==スミス") == "SMITH^JOHN"  # a phonetic group is not the ideographic one
+    correction = decide(OLD, None)
+    assert correction is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        correction.kind = Kind.IDENTITY  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        INCORRECT_WORKLIST_ENTRY.value = "1"  # type: ignore[misc]
