@@ -419,3 +419,51 @@ def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the
     (gone,) = [ds for ds in notes if ds.SOPInstanceUID != note.SOPInstanceUID]
     assert gone.ConceptNameCodeSequence[0].CodeValue == "113037"
     assert referenced(gone) >= SOPS | {second}
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "rowversion")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_identity_corrected_rejects_and_resends_the_report_object_too(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF1)
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    row = exam_row(SPEC, ReportFilePath=f"{base_url}/r.pdf")
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: len(cloud_instances(cloud)) == len(SOPS) + 1, 90, "images and report at the cloud")
+    (report,) = [u for u, ds in cloud_instances(cloud).items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"PatientID": "IOCM-NEW-2"})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert referenced(note) == SOPS | {report}  # the images and the report object
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    copies = {corrected_uid(uid, done["fingerprint"]) for uid in SOPS | {report}}
+    assert set(held) == SOPS | {report} | copies | {str(note.SOPInstanceUID)}
+    report_copy = held[corrected_uid(report, done["fingerprint"])]
+    assert report_copy.SOPClassUID == ENCAPSULATED_PDF and report_copy.PatientID == "IOCM-NEW-2"
+    assert done["copies"] == len(SOPS) + 1
+    assert len(sent_by_role(server, "objects")) == 1

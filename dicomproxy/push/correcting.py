@@ -22,28 +22,32 @@ done twice sends the same instances again, never new ones.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 from typing import Any
 
-from pydicom import dcmwrite
-
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.identity import Coercer, Identity
+from dicomproxy.identity import Coercer, Identity, identity_of
 from dicomproxy.identity.copies import CorrectedCopies
 from dicomproxy.identity.corrections import TITLES, Kind, note_series_uid, note_uid
-from dicomproxy.identity.rejection import KOS_SOP_CLASS, rejection_note
-from dicomproxy.pacs.client import InstanceRef
-from dicomproxy.push.corrections_store import COPIES, DONE, DUE, FAILED, NOTE, CorrectionStore, Row
-from dicomproxy.relay.destinations import destination_opener
-from dicomproxy.relay.engine import Moved, Transfer
+from dicomproxy.identity.rejection import rejection_note
+from dicomproxy.push.correction_objects import corrected_objects, send_datasets
+from dicomproxy.push.corrections_store import (
+    COPIES,
+    DONE,
+    DUE,
+    FAILED,
+    NOTE,
+    OBJECTS,
+    CorrectionStore,
+    Row,
+)
 from dicomproxy.relay.identities import coerces
 from dicomproxy.relay.journal import Journal
-from dicomproxy.relay.outcome import JobState
-from dicomproxy.relay.spool import SpooledInstance
-from dicomproxy.status import JobKind, JobOutcome
+from dicomproxy.reports.fetch import ReportUnavailable
+from dicomproxy.status import JobOutcome
+from dicomproxy.view.service import name_style_for
 
 LOG = logging.getLogger("dicomproxy.push.corrections")
 
@@ -54,8 +58,12 @@ MAX_ATTEMPTS = 10
 class CorrectionSender:
     """Carries out claimed corrections on the relay's engine."""
 
-    def __init__(self, config: Config, journal: Journal, relay: Any, store: CorrectionStore) -> None:
+    def __init__(
+        self, config: Config, view: Any, journal: Journal, relay: Any, store: CorrectionStore
+    ) -> None:
         self.config = config
+        #: The exam view: the rows the order/report objects are made again from.
+        self.view = view
         self.journal = journal
         #: The relay (:class:`~dicomproxy.relay.plan.RelayService`): its engine and push jobs.
         self.relay = relay
@@ -136,11 +144,9 @@ class CorrectionSender:
             old, obj = self.store.object_delivery(row.destination, row.study_uid, row.object_uid)
             delivered = [(row.object_uid, obj)] if obj is not None else []
         else:
-            # a withdrawn or re-linked study's order/report objects go too; a corrected identity's
-            # stay (the copies are made from the PACS: a rejected object would not come back)
-            objects = row.kind != Kind.IDENTITY.value
+            # the order/report objects push made go too (an identity correction makes them again)
             delivered = self.store.delivered_instances(
-                row.destination, row.study_uid, row.old_digest, objects
+                row.destination, row.study_uid, row.old_digest, objects=True
             )
             old = self._identity(row)
         if not delivered or old is None:
@@ -163,45 +169,78 @@ class CorrectionSender:
         return len(delivered), uid
 
     def _send_note(self, row: Row, note: Any) -> bool:
-        peer = self.config.peer(row.destination)
-        if peer is None or self.relay is None:
-            return False
-        job_id = self.journal.start(JobKind.PUSH, self.config.proxy.ae_title, "", row.destination, "")
-        self.store.add_job(row.id, job_id, NOTE)
-        # the note is one of ours in the study (``reconcile``: not "extra" at the destination)
-        self.journal.update(job_id, level="STUDY", study_uids=[row.study_uid])
-        work = self.config.data_path / "spool" / f"job-{job_id:06d}-iocm"
-        work.mkdir(parents=True, exist_ok=True)
-        path = work / f"{note.SOPInstanceUID}.dcm"
-        state = JobState(job_id)
-        moved = Moved()
-        try:
-            dcmwrite(path, note, enforce_file_format=True)
-            uid = str(note.SOPInstanceUID)
-            held = [
-                SpooledInstance(
-                    path, KOS_SOP_CLASS, uid, str(note.file_meta.TransferSyntaxUID), path.stat().st_size
-                )
-            ]
-            state.expected[uid] = InstanceRef(
-                str(note.StudyInstanceUID), str(note.SeriesInstanceUID), uid, KOS_SOP_CLASS
-            )
-            opener = destination_opener(self.config, peer, None)
-            transfer = Transfer(state, [], [KOS_SOP_CLASS], opener, held=held, discard_unconfirmed=True)
-            final, outcome, error = self.relay.engine.run_to_end(transfer, moved)
-            self.relay.engine.close(state, final, outcome, error, moved)
-            if outcome != JobOutcome.SUCCESS:
-                LOG.warning("correction %d: rejection note not confirmed: %s", row.id, error or outcome.value)
-            return outcome == JobOutcome.SUCCESS and not state.failed
-        finally:
-            path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                work.rmdir()
+        return send_datasets(
+            self.config,
+            self.journal,
+            self.relay,
+            row.destination,
+            row.study_uid,
+            [note],
+            lambda job_id: self.store.add_job(row.id, job_id, NOTE),
+        )
 
     # --- 2. the corrected copies -----------------------------------------------------------------
 
     def _copies(self, row: Row) -> tuple[int, str]:
-        """Send the corrected copies; (confirmed copies, error or "")."""
+        """Send the corrected copies of the images, then of the order/report objects push made;
+        (confirmed copies, error or "")."""
+        images, error = self._image_copies(row)
+        if error:
+            return images, error
+        made, error = self._object_copies(row)
+        return images + made, error
+
+    def _object_copies(self, row: Row) -> tuple[int, str]:
+        """The order/report objects delivered with the old identity, made again from the view's
+        files (their corrected UIDs); (confirmed, error or "")."""
+        if not self.config.reports.enabled:
+            return 0, ""
+        every = self.store.delivered_instances(row.destination, row.study_uid, row.old_digest, objects=True)
+        images = self.store.delivered_instances(row.destination, row.study_uid, row.old_digest)
+        if len(every) == len(images):
+            return 0, ""  # none was delivered with it
+        try:
+            made = corrected_objects(self.config, self.view, row.study_uid, row.destination, row.fingerprint)
+        except ReportUnavailable as exc:
+            return 0, f"an order/report file is not available: {exc}"
+        sent = self.store.confirmed_of_jobs(self.store.jobs_of(row.id, OBJECTS))
+        todo = [(role, ds) for role, ds in made if str(ds.SOPInstanceUID) not in sent]
+        if not todo:
+            return len(made), ""
+        identity = self._current(row)
+
+        def started(job_id: int) -> None:
+            self.store.add_job(row.id, job_id, OBJECTS)
+            objects = [
+                (r, str(d.SOPInstanceUID), str(d.SOPClassUID), str(d.SeriesInstanceUID)) for r, d in todo
+            ]
+            self.store.record_objects(job_id, row.study_uid, objects)
+            if identity is not None:  # what a later correction compares with
+                self.journal.record_identities(job_id, row.destination, [identity])
+
+        ok = send_datasets(
+            self.config,
+            self.journal,
+            self.relay,
+            row.destination,
+            row.study_uid,
+            [d for _, d in todo],
+            started,
+        )
+        if not ok:
+            return 0, "the corrected order/report objects were not all confirmed"
+        return len(made), ""
+
+    def _current(self, row: Row) -> Identity | None:
+        """The view's identity of the study now, as the destination gets it."""
+        rows = self.view.study_rows([row.study_uid]).get(row.study_uid, [])
+        if not rows:
+            return None
+        style = name_style_for(self.config, row.destination)
+        return identity_of(row.study_uid, rows, style, self.config.hospital)
+
+    def _image_copies(self, row: Row) -> tuple[int, str]:
+        """The images' corrected copies: the relay's push job; (confirmed, error or "")."""
         delivered = {
             pacs for pacs, _ in self.store.delivered_instances(row.destination, row.study_uid, row.old_digest)
         }

@@ -29,7 +29,7 @@ class CorrectionLoop:
         self.config = config
         self.store = CorrectionStore(journal.engine, queue.node)
         self.detector = CorrectionDetector(config, view, queue, self.store)
-        self.sender = CorrectionSender(config, journal, relay, self.store)
+        self.sender = CorrectionSender(config, view, journal, relay, self.store)
         self._swept: float | None = None
         #: Passes run to their end (tests wait on it).
         self.passes = 0

@@ -12,7 +12,7 @@ CORRECTIONS_METADATA = MetaData()
 WARNED, DUE, RUNNING, DONE, FAILED = "warned", "due", "running", "done", "failed"
 STATES = (WARNED, DUE, RUNNING, DONE, FAILED)
 #: Roles of the jobs a correction runs.
-NOTE, COPIES = "note", "copies"
+NOTE, COPIES, OBJECTS = "note", "copies", "objects"
 
 corrections = Table(
     "corrections",
