@@ -5,19 +5,25 @@ tested end to end in tests/test_iocm_real.py."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
 from lxml import etree
 from sqlalchemy import create_engine
 
 from dicomproxy import events
 from dicomproxy.audit.atna import MessageBuilder, to_bytes
 from dicomproxy.audit.trail import Action, AuditSubscriber, AuditTrail
+from dicomproxy.cli import cli
 from dicomproxy.cli.reconcile import corrections_not_done
 from dicomproxy.console.metrics import Metrics
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import decide
 from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.relay.journal import Journal
-from tests.conftest import ConfigFactory
+from tests.conftest import ConfigFactory, push_cli_toml
 from tests.test_atna import SCHEMA
 
 FOUND = events.CorrectionFound(
@@ -114,3 +120,27 @@ def test_two_nodes_claim_a_correction_once() -> None:
     assert not two.update(row.id, error="x")  # not ours
     assert one.finish(row.id, "done")
     assert one.claim(60) is None and two.claim(60) is None
+
+
+def test_push_status_counts_corrections_per_destination(tmp_path: Path) -> None:
+    toml = push_cli_toml(tmp_path)
+    journal = Journal.for_config("", tmp_path / "var")
+    store = CorrectionStore(journal.engine, "node")
+    old = Identity("1.2.840.99.9", "P-OLD", "", "", "", "", "", "")
+    for new_id in ("P-A", "P-B"):
+        correction = decide(old, dataclasses.replace(old, patient_id=new_id))
+        assert correction is not None
+        store.record("CLOUD", dataclasses.replace(correction, old_digest=new_id), iocm=False)
+    journal.close()
+    out = CliRunner().invoke(cli, ["push", "status", "--json", "-c", str(toml)])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["destinations"]["CLOUD"]["corrections"] == {
+        "warned": 2,
+        "due": 0,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+    }
+    text = CliRunner().invoke(cli, ["push", "status", "-c", str(toml)]).output
+    assert "corrections after delivery, CLOUD: warned=2" in text
