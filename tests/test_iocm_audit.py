@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from lxml import etree
 from sqlalchemy import create_engine
@@ -108,8 +109,15 @@ def test_reconcile_lists_what_is_not_corrected_without_patient_data() -> None:
     }
 
 
-def test_two_nodes_claim_a_correction_once() -> None:
-    journal = Journal("sqlite://")
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"])
+def test_two_nodes_claim_a_correction_once(db: str, request: pytest.FixtureRequest) -> None:
+    """On each journal database: one node inserts, one claims; the other gets nothing."""
+    url = (
+        "sqlite://"
+        if db == "sqlite"
+        else request.getfixturevalue(f"{'pg' if db == 'postgresql' else db}_journal")
+    )
+    journal = Journal(url)
     one, two = CorrectionStore(journal.engine, "node-1"), CorrectionStore(journal.engine, "node-2")
     old = Identity("1.2.840.99.8", "P-OLD", "", "", "", "", "", "")
     correction = decide(old, None)
@@ -118,8 +126,11 @@ def test_two_nodes_claim_a_correction_once() -> None:
     assert row is not None and row.owner == "node-1" and row.attempts == 1
     assert two.claim(60) is None  # running, its lease alive
     assert not two.update(row.id, error="x")  # not ours
+    assert not two.record("CLOUD", correction, iocm=True)  # the unique key: one row
     assert one.finish(row.id, "done")
     assert one.claim(60) is None and two.claim(60) is None
+    assert one.counts() == {("CLOUD", "row-withdrawn", "done"): 1}
+    journal.close()
 
 
 def test_push_status_counts_corrections_per_destination(tmp_path: Path) -> None:

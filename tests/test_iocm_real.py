@@ -137,9 +137,12 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
     make_config: ConfigFactory,
     iocm_pacs: Orthanc,
     cloud: Orthanc,
+    pg_journal: str,
     run_proxy: Callable[[Config], Server],
 ) -> None:
+    """The journal on PostgreSQL too, as several nodes share it."""
     config = make_config(
+        journal={"url": pg_journal},
         view={"url": stamped.url, "name": stamped.name.upper()},
         pacs={
             "ae_title": iocm_pacs.ae_title,
