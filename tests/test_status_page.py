@@ -287,6 +287,26 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#commitment thead th")]
     shown = dict(zip(header, [td.text for td in commit[0].find_elements(By.TAG_NAME, "td")], strict=True))
     assert (shown["等待 Pending"], shown["已确认 Committed"], shown["失败 Failed"]) == ("3", "0", "0")
+    # the backfill lane, paused by the operator (`push pause --lane backfill`), with one study queued
+    from sqlalchemy import update
+
+    from dicomproxy.push import holds
+    from dicomproxy.push.queue import BACKFILL
+    from dicomproxy.push.schema import push_queue
+
+    push = server.ctx.push
+    assert push is not None
+    holds.pause(push.queue, None, lane=BACKFILL)
+    with push.queue.engine.begin() as conn:  # one of the queued demo studies moved to the lane
+        first = conn.execute(push_queue.select().order_by(push_queue.c.id).limit(1)).mappings().one()
+        conn.execute(update(push_queue).where(push_queue.c.id == first["id"]).values(lane=BACKFILL))
+    lane = "#backfill tr[data-lane='backfill']"
+    row_ = wait.until(lambda d: [tr for tr in d.find_elements(By.CSS_SELECTOR, lane) if "yes" in tr.text])
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#backfill thead th")]
+    shown = dict(zip(header, [td.text for td in row_[0].find_elements(By.TAG_NAME, "td")], strict=True))
+    assert (shown["剩余 Left"], shown["暂停 Paused"]) == ("1", "是 yes")
+    holds.resume(push.queue, None, lane=BACKFILL)
+    wait.until(lambda d: [tr.text for tr in d.find_elements(By.CSS_SELECTOR, lane) if "yes" not in tr.text])
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text

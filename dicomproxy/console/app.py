@@ -247,13 +247,17 @@ class Console:
         body["ready"] = cached[1]["ready"]
         if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
             from dicomproxy.push.backfill import lane_progress
+            from dicomproxy.push.holds import LANE_PAUSED_PREFIX
             from dicomproxy.push.queue import BACKFILL
             from dicomproxy.push.service import push_summary
 
             body["push"] = push_summary(self.ctx.push)
-            try:  # the backfill lane's progress (counts only)
+            try:  # the backfill lane's progress (counts only) and whether the operator paused it
+                queue = self.ctx.push.queue
                 body["backfill"] = next(
-                    p.as_dict() for p in lane_progress(self.ctx.push.queue) if p.lane == BACKFILL
+                    p.as_dict() | {"paused": queue.get_state(LANE_PAUSED_PREFIX + p.lane) is not None}
+                    for p in lane_progress(queue)
+                    if p.lane == BACKFILL
                 )
             except Exception:  # the journal is down: the section is left out
                 body["backfill"] = None

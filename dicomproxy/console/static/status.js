@@ -63,7 +63,8 @@
     document.getElementById("backfill-section").hidden = !(bf && (bf.left || bf.done));
     if (bf) fill("backfill", [row(
       [bf.queued, bf.running, bf.done, el("td", bf.failed, bf.failed ? "bad" : ""), bf.left, bf.last_hour,
-       bf.eta_seconds === null ? "?" : (bf.eta_seconds / 3600).toFixed(1) + " h"], { "data-lane": "backfill" })]);
+       bf.eta_seconds === null ? "?" : (bf.eta_seconds / 3600).toFixed(1) + " h",
+       el("td", bf.paused ? "是 yes" : "", bf.paused ? "bad" : "")], { "data-lane": "backfill" })]);
 
     const commits = st.commitment || [];
     document.getElementById("commitment-section").hidden = commits.length === 0;
