@@ -176,7 +176,7 @@ class Console:
     # --- the application ---
 
     def _app(self) -> Starlette:
-        middleware = [Middleware(RoleGate, http=self.config.http)]
+        middleware = [Middleware(RoleGate, http=lambda: self.ctx.config.http)]  # tokens: reloadable
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
