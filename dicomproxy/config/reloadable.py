@@ -71,19 +71,14 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _merge(old: Any, new: Any, prefix: str) -> Any:
-    """``new`` with every restart-only key's value taken from ``old``."""
-    if prefix and is_reloadable(prefix):
-        return new
+    """``new`` with every restart-only key's value taken from ``old`` (sections key by key)."""
     if not (_is_section(old) and _is_section(new) and type(old) is type(new)):
-        return old
+        return new if is_reloadable(prefix) else old
     values = {}
     for f in dataclasses.fields(old):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        values[f.name] = (
-            getattr(new, f.name)
-            if key in IGNORED
-            else _merge(getattr(old, f.name), getattr(new, f.name), key)
-        )
+        mine, theirs = getattr(old, f.name), getattr(new, f.name)
+        values[f.name] = theirs if key in IGNORED else _merge(mine, theirs, key)
     return dataclasses.replace(old, **values)
 
 
