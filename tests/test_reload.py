@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from dicomproxy.audit.trail import AuditTrail
 from dicomproxy.relay.journal import Journal
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.net import c_echo
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
@@ -51,7 +51,9 @@ class Site:
     serve: Process
     data: Path
 
-    def write(self, *peers: str, compression: str = 'mode = "none"', port: int | None = None) -> None:
+    def write(
+        self, *peers: str, compression: str = 'mode = "none"', port: int | None = None, extra: str = ""
+    ) -> None:
         text = (
             self.base
             if port is None
@@ -60,6 +62,7 @@ class Site:
         self.site.toml.write_text(
             text
             + f'\n[compression]\n{compression}\nlossless_syntaxes = ["{JPEGLSLossless}"]\n'
+            + extra
             + "".join(peers),
             encoding="utf-8",
         )
@@ -157,15 +160,23 @@ def test_restart_only_keys_and_an_invalid_file(site: tuple[Site, StudySpec], tmp
             timeout=60,
         )
 
-    # a new port (restart-only) beside a new peer: the peer now, the port named once and kept
-    s.write(peer(CLOUD, 1), peer(DEST, s.dest.port), peer(NEW, 1), port=free_port())
+    # a new port (restart-only) beside a new peer and log level: those now, the port named once and kept
+    s.write(
+        peer(CLOUD, 1),
+        peer(DEST, s.dest.port),
+        peer(NEW, 1),
+        port=free_port(),
+        extra='[logging]\nlevel = "WARNING"\n',
+    )
     done = reload_cmd()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "reload applied" in done.stdout and "peers" in done.stdout
+    assert "reload applied" in done.stdout and "peers, logging.level" in done.stdout
     assert "needs a restart, left unchanged: proxy.port" in done.stdout
     warnings = [line for line in s.serve.log_text().splitlines() if "WARNING" in line and "restart" in line]
     assert len(warnings) == 1 and "proxy.port" in warnings[0], warnings
+    seen = len(s.serve.log_text())
     assert s.echo(NEW)  # answered on the port it started on
+    assert " INFO " not in s.serve.log_text()[seen:]  # "association accepted" is INFO: now below the level
 
     # an invalid file: `dicomproxy reload` says so without signalling; a SIGHUP is refused by the serve
     s.write(peer(CLOUD, 1), peer(DEST, s.dest.port), compression='mode = "zip"')
@@ -180,3 +191,4 @@ def test_restart_only_keys_and_an_invalid_file(site: tuple[Site, StudySpec], tmp
     rows = s.audit_rows()
     assert [r["outcome"] for r in rows] == ["applied", "refused"]
     assert json.loads(str(rows[0]["detail"]))["restart"] == ["proxy.port"]
+    assert json.loads(str(rows[0]["detail"]))["changed"] == ["peers", "logging.level"]
