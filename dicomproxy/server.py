@@ -224,13 +224,13 @@ class Server:
             events.flush()
             engine = self.ctx.relay.engine if self.ctx.relay is not None else None
             self.retry_worker = RetryWorker(
-                self.config, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
+                self.ctx.settings, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
             )
             self.retry_worker.start()
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
-            self.committer = Committer(self.config, self.ctx.commitments)
+            self.committer = Committer(self.ctx.settings, self.ctx.commitments)
             self.committer.start()
 
     def _start_observers(self) -> None:
