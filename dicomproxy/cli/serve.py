@@ -4,6 +4,7 @@ reloads the config file (:mod:`dicomproxy.reloader`)."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def serve(verbose: bool, port: int | None) -> None:
         return replace(config, proxy=replace(config.proxy, port=port)) if port is not None else config
 
     config = overrides(required_config())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the server listens: nothing to reload yet
     setup_logging(config.logging, verbose=verbose)
     try:
         limit_malloc_arenas()  # before any thread starts (DICOMPROXY_MALLOC_ARENAS, docs/performance.md)

@@ -107,7 +107,7 @@ class Console:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._ready = threading.Event()
-        self.actions = Actions(config, ctx.push, audit)
+        self.actions = Actions(ctx.settings, ctx.push, audit)
         self.app = self._app()
 
     # --- lifecycle ---
