@@ -3,6 +3,8 @@ the config a reload makes current (restart-only keys keep their running values).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,25 @@ def test_settings_replace_tells_the_listeners(tmp_path: Path) -> None:
     assert settings.replace(new) is old
     assert settings.current is new and seen == [new]
     assert held.compression.mode == "none"
+
+
+def test_reload_command_without_a_running_serve(tmp_path: Path) -> None:
+    """`dicomproxy reload` finds the serve by ``<data_dir>/dicomproxy.pid``: none, or a stale one,
+    is exit 1 naming the file or pid (nothing is signalled)."""
+    import tomlkit
+    from click.testing import CliRunner
+
+    from dicomproxy.cli import cli
+
+    path = tmp_path / "site.toml"
+    path.write_text(tomlkit.dumps(base_config_dict(tmp_path, "sqlite://")), encoding="utf-8")
+    runner = CliRunner()
+    done = runner.invoke(cli, ["reload", "-c", str(path)])
+    assert done.exit_code == 1 and "dicomproxy.pid" in done.output, done.output
+    stale = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "dicomproxy.pid").write_text(stale.stdout)
+    done = runner.invoke(cli, ["reload", "-c", str(path)])
+    assert done.exit_code == 1 and f"pid {stale.stdout.strip()}" in done.output, done.output
