@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from dicomproxy.audit.trail import AuditTrail
 from dicomproxy.relay.journal import Journal
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import c_echo
+from dicomproxy.transport.net import Remote, c_echo
 from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
@@ -161,11 +161,12 @@ def test_restart_only_keys_and_an_invalid_file(site: tuple[Site, StudySpec], tmp
         )
 
     # a new port (restart-only) beside a new peer and log level: those now, the port named once and kept
+    new_port = free_port()
     s.write(
         peer(CLOUD, 1),
         peer(DEST, s.dest.port),
         peer(NEW, 1),
-        port=free_port(),
+        port=new_port,
         extra='[logging]\nlevel = "WARNING"\n',
     )
     done = reload_cmd()
@@ -176,6 +177,7 @@ def test_restart_only_keys_and_an_invalid_file(site: tuple[Site, StudySpec], tmp
     assert len(warnings) == 1 and "proxy.port" in warnings[0], warnings
     seen = len(s.serve.log_text())
     assert s.echo(NEW)  # answered on the port it started on
+    assert not c_echo(NEW, Remote(s.site.ae_title, "127.0.0.1", new_port), timeout=2.0).ok  # nothing there
     assert " INFO " not in s.serve.log_text()[seen:]  # "association accepted" is INFO: now below the level
 
     # an invalid file: `dicomproxy reload` says so without signalling; a SIGHUP is refused by the serve
