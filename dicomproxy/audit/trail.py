@@ -124,6 +124,8 @@ class Action:
     PURGE = "purge"
     #: A request to the HTTP console (detail: role, method, path, status).
     CONSOLE = "console"
+    #: A reload of the config file (detail: path, changed keys, restart-only keys, error).
+    RELOAD = "reload"
 
 
 @dataclass
@@ -637,6 +639,17 @@ class AuditSubscriber:
             time=event.time,
         )
 
+    def _config_reloaded(self, event: events.ConfigReloaded) -> AuditRecord:
+        detail = {
+            "path": event.path,
+            "changed": list(event.changed),
+            "restart": list(event.restart),
+            "error": event.error,
+        }
+        return AuditRecord(
+            Action.RELOAD, "applied" if event.applied else "refused", time=event.time, detail=detail
+        )
+
     #: Event type → its builder (an event of a type not listed is not recorded).
     _BUILDERS: ClassVar[dict[type[events.Event], Callable[[AuditSubscriber, Any], AuditRecord | None]]] = {
         events.ProcessStarted: _process_started,
@@ -650,6 +663,7 @@ class AuditSubscriber:
         events.RetrieveRefused: _retrieve_refused,
         events.RetryRequested: _retry_requested,
         events.ConsoleRequest: _console_request,
+        events.ConfigReloaded: _config_reloaded,
     }
 
 

@@ -107,7 +107,7 @@ class Console:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._ready = threading.Event()
-        self.actions = Actions(config, ctx.push, audit)
+        self.actions = Actions(ctx.settings, ctx.push, audit)
         self.app = self._app()
 
     # --- lifecycle ---
@@ -176,7 +176,7 @@ class Console:
     # --- the application ---
 
     def _app(self) -> Starlette:
-        middleware = [Middleware(RoleGate, http=self.config.http)]
+        middleware = [Middleware(RoleGate, http=lambda: self.ctx.config.http)]  # tokens: reloadable
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -105,6 +105,28 @@ class PushService:
         #: Local time source (tests of the window replace it).
         self.local_now: Callable[[], dt.datetime] = dt.datetime.now
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload (docs/operations.md, Reload): the next watcher pass reads the new filters, the
+        next claim the window and holds, the next job the peers and ``max_mbps``; a running job
+        keeps the rate limiter it started with. Threads and the watermark stay as started."""
+        if config.push == self.push and config.peers == self.config.peers:
+            return
+        old, old_backfill = dict(self.push.max_mbps), self.push.backfill_mbps
+        self.config, self.push = config, config.push
+        self.window = parse_window(self.push.window)
+        self.limiters = {  # an unchanged cap keeps its bucket (it is shared by the running jobs)
+            ae: self.limiters[ae] if old.get(ae) == mbps and ae in self.limiters else RateLimiter(mbps)
+            for ae, mbps in self.push.max_mbps
+        }
+        if self.push.backfill_mbps != old_backfill:
+            self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
+        for part in (self.watcher, self.rechecks):
+            part.config, part.push = config, config.push
+        self.holds.push = config.push
+        self.files.config = config
+        self.commitments.config = config
+        self._wake.set()
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -97,6 +97,8 @@ class Transfer:
     discard_unconfirmed: bool = False
     #: Gives each instance the exam view's identity as it is sent (docs/identity.md); None = as held.
     coercer: Coercer | None = None
+    #: The Config the job started with (a reload meanwhile does not change it); None = the engine's.
+    config: Config | None = None
 
 
 @dataclass
@@ -157,7 +159,7 @@ class Engine:
             upstream = Upstream(t.fetch, spool, t.early_classes)
             upstream.start()
             pump = Pump(
-                self.config,
+                t.config or self.config,
                 InstanceRecorder(self.journal, state),
                 self.pools.get,
                 self.pools.drop,
