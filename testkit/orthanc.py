@@ -12,7 +12,6 @@ from typing import Any
 from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, require_tool, wait_for_echo, wait_until
 
-
 #: Where Debian's ``orthanc-dicomweb`` puts the plugin.
 DICOMWEB_PLUGIN_DIR = "/usr/share/orthanc/plugins"
 

@@ -9,7 +9,6 @@ transfer syntax the compression mode chose, and the journal and the C-MOVE's cou
 from __future__ import annotations
 
 import io
-
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
