@@ -140,7 +140,13 @@ class StowServer:
         body = await request.body()
         parts = self._parts(content_type, body)
         self.seen.append(
-            Seen(action, content_type, [t for t, _ in parts], [self._uid(d) for _, d in parts], time.monotonic())
+            Seen(
+                action,
+                content_type,
+                [t for t, _ in parts],
+                [self._uid(d) for _, d in parts],
+                time.monotonic(),
+            )
         )
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
@@ -155,7 +161,10 @@ class StowServer:
         head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         return [
-            ((part.get_content_type(), str(part.get_param("transfer-syntax") or "")), part.get_payload(decode=True))
+            (
+                (part.get_content_type(), str(part.get_param("transfer-syntax") or "")),
+                part.get_payload(decode=True),
+            )
             for part in msg.iter_parts()
         ]
 
@@ -184,7 +193,9 @@ class StowServer:
             with self._lock:
                 self.stored[uid] += 1
                 self.syntaxes[uid] = str(ds.file_meta.TransferSyntaxUID)
-            stored.append(_item(uid, cls, "00081196", self.script.warn.get(uid)))  # (0008,1196) Warning Reason
+            stored.append(
+                _item(uid, cls, "00081196", self.script.warn.get(uid))
+            )  # (0008,1196) Warning Reason
         body = {"00081199": _seq(stored), "00081198": _seq(failed)}
         status = 200 if not failed else 409 if not stored else 202
         return JSONResponse(body, status_code=status, media_type="application/dicom+json")

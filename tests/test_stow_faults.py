@@ -117,7 +117,9 @@ def test_instances_failed_by_reason_are_counted_and_only_transient_ones_sent_aga
         warn={uids[3]: 0xB000},  # coercion of data elements: stored with a warning
     )
     web, result, server = run(script)
-    assert (result.status, result.completed, result.warning, result.failed) == (0xB000, N - 3, 1, 2), result.line()
+    assert (result.status, result.completed, result.warning, result.failed) == (0xB000, N - 3, 1, 2), (
+        result.line()
+    )
 
     assert set(web.stored) == set(uids[2:])  # everything but the two refused, each once
     assert set(web.stored.values()) == {1}
@@ -174,7 +176,9 @@ def test_a_4xx_answer_fails_its_batch_at_once_and_the_rest_goes_on(
     web, result, server = run(StowScript(requests=["400"]))
     first = web.seen[0].uids
     assert web.seen[0].action == "400" and first
-    assert (result.status, result.completed, result.failed) == (0xB000, N - len(first), len(first)), result.line()
+    assert (result.status, result.completed, result.failed) == (0xB000, N - len(first), len(first)), (
+        result.line()
+    )
     assert set(web.stored) == set(uids) - set(first)  # the refused batch is not sent again
     assert all(first != s.uids for s in web.seen[1:])
     job, rows = journal_rows(server)
