@@ -76,6 +76,12 @@ def _item(uid: str, sop_class: str, key: str | None = None, reason: int | None =
     return out
 
 
+def _payload(part: Any) -> bytes:
+    data = part.get_payload(decode=True)
+    assert isinstance(data, bytes)
+    return data
+
+
 class StowServer:
     """Start with :meth:`start`; ``url`` is the STOW-RS endpoint; :attr:`stored` counts each UID."""
 
@@ -163,7 +169,7 @@ class StowServer:
         return [
             (
                 (part.get_content_type(), str(part.get_param("transfer-syntax") or "")),
-                part.get_payload(decode=True),
+                _payload(part),
             )
             for part in msg.iter_parts()
         ]
