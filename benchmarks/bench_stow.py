@@ -40,13 +40,16 @@ def write_config(
     path: Path, port: int, view_url: str, pacs: Orthanc, cloud: Orthanc, mode: str, batch: int
 ) -> None:
     path.write_text(
-        f'[proxy]\nae_title = "{PROXY_AE}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{path.parent / "var"}"\n'
+        f'[proxy]\nae_title = "{PROXY_AE}"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'data_dir = "{path.parent / "var"}"\n'
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
-        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\nport = {pacs.dicom_port}\nretrieve = "c-move"\n'
+        f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\nport = {pacs.dicom_port}\n'
+        'retrieve = "c-move"\n'
         f'[compression]\nmode = "{mode}"\n[logging]\nlevel = "WARNING"\n'
         '[[peers]]\nae_title = "BENCH"\nhost = "127.0.0.1"\nport = 1\n'
         f'[[peers]]\nae_title = "CLOUDDIMSE"\nhost = "127.0.0.1"\nport = {cloud.dicom_port}\n'
-        f'[[peers]]\nae_title = "CLOUDWEB"\nkind = "dicomweb"\nurl = "{cloud.stow_url}"\nmax_batch = {batch}\n'
+        f'[[peers]]\nae_title = "CLOUDWEB"\nkind = "dicomweb"\nurl = "{cloud.stow_url}"\n'
+        f"max_batch = {batch}\n"
         "transfer_syntax_param = false\n"  # Orthanc's DICOMweb plugin 1.7 refuses the parameter
     )
 
