@@ -32,6 +32,7 @@ SPECS = [
     StudySpec("CT", accession=f"SP{i:03d}", series=1, images_per_series=4, seed=190 + i) for i in range(4)
 ]
 
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 OLD = StudySpec("CT", accession="SP999", series=1, images_per_series=1, seed=199)
 
 
@@ -82,6 +83,7 @@ def push_one(
     pacs: Orthanc,
     peer: dict[str, Any],
     spec: StudySpec,
+    **row: Any,
 ) -> tuple[Server, PushQueue]:
     """Start a pushing proxy, then insert ``spec``'s row (after the first pass: it is new)."""
     view_url = f"sqlite:///{tmp_path / 'view.db'}"
@@ -92,7 +94,7 @@ def push_one(
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
     stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
-    insert_rows(engine, [exam_row(spec, RowTimestamp=stamp)])
+    insert_rows(engine, [exam_row(spec, RowTimestamp=stamp, **row)])
     engine.dispose()
     return server, queue
 
@@ -111,21 +113,35 @@ def test_push_delivers_a_new_exam_to_orthanc_by_stow_rs(
     run_proxy: Callable[[Config], Server],
     pacs: Orthanc,
     cloud: Orthanc,
+    http_folder: tuple[str, Path],
 ) -> None:
     cloud.clear()
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF)  # the report: an Encapsulated PDF sent after the images
     peer = {"url": cloud.stow_url, "compression": mode, "transfer_syntax_param": False}
-    server, queue = push_one(tmp_path, make_config, run_proxy, pacs, peer, spec)
+    server, queue = push_one(
+        tmp_path, make_config, run_proxy, pacs, peer, spec, ReportFilePath=f"{base_url}/r.pdf"
+    )
     wait_until(lambda: item_done(queue), 60, "push item done")
     held = stored_syntaxes(cloud)
-    assert set(held) == sops(spec)
+    assert set(held) >= sops(spec)
+    (report,) = set(held) - sops(spec)
+    assert held.pop(report) == ExplicitVRLittleEndian  # the PDF object, as made
     wanted = {
         "none": {ExplicitVRLittleEndian},
         "lossless": set(LOSSLESS_TARGETS),
         "lossy": set(LOSSY_TARGETS),
     }
     assert set(held.values()) <= wanted[mode], held
-    job = server.ctx.journal.recent(1)[0]
-    assert (job["kind"], job["outcome"], job["completed"], job["failed"]) == ("push", "success", len(held), 0)
+    jobs = server.ctx.journal.recent(10)  # the images' job, and the report's (push/files.py)
+    assert {(j["kind"], j["outcome"], j["failed"]) for j in jobs} == {("push", "success", 0)}
+    assert sum(j["completed"] for j in jobs) == len(held)  # the images; the report counts apart
+    states = {
+        r["sop_instance_uid"]: r["state"]
+        for j in jobs
+        for r in server.ctx.journal.get(j["id"], all_instances=True).instances  # type: ignore[union-attr]
+    }
+    assert states == dict.fromkeys([*held, report], "sent")
 
 
 def test_push_holds_a_dicomweb_destination_that_does_not_answer_and_delivers_once_later(

@@ -220,7 +220,8 @@ class StowDestination:
             wait = None
             try:
                 reply = self.client.post([o.part for o in left if o.part is not None])
-            except httpx.HTTPError as exc:  # no answer: connect, read, write errors, a dropped connection
+            except (httpx.HTTPError, OSError) as exc:  # no answer: connect/read/write errors, a dropped
+                # connection, a spool file that could not be read while the body was made
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 answered = False
                 continue
