@@ -17,6 +17,7 @@ from pydicom import dcmread
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.recovery import retry_job
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
@@ -198,3 +199,22 @@ def test_a_server_that_never_answers_fails_the_job_without_losing_count(
     job, rows = journal_rows(server)
     assert (job["outcome"], job["completed"], job["failed"]) == ("failed", 0, N)
     assert sorted(r["sop_instance_uid"] for r in rows) == sorted(uids)  # each one recorded, none twice
+
+
+def test_jobs_retry_after_the_server_came_back_sends_each_instance_once(
+    run: Callable[[StowScript], tuple[StowServer, scu.RetrieveSummary, Server]], uids: list[str]
+) -> None:
+    web, result, server = run(StowScript(requests=["503"] * 4, retry_after="0"))  # then "ok" for ever
+    assert (result.completed, result.failed) == (0, N), result.line()
+    journal = Journal.for_config("", server.config.data_path)
+    try:
+        job_id = journal.recent(1)[0]["id"]
+        retried = retry_job(server.config, journal, job_id, server.ctx.archives)
+        assert retried.sent == N and not retried.failed, retried
+        assert set(web.stored) == set(uids) and set(web.stored.values()) == {1}
+        job = journal.get(job_id)
+        assert job is not None
+        assert (job.row["outcome"], job.row["completed"], job.row["failed"]) == ("success", N, 0)
+        assert journal.confirmed_uids(job_id) == set(uids)
+    finally:
+        journal.close()
