@@ -17,6 +17,7 @@ import email.parser
 import email.policy
 import io
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,8 @@ class StowScript:
     warn: dict[str, int] = field(default_factory=dict)
     #: Seconds each request is held before its answer.
     delay: float = 0.0
+    #: The ``Authorization`` header every request must carry (401 otherwise); "" = none asked.
+    authorization: str = ""
 
 
 @dataclass
@@ -85,8 +88,11 @@ def _payload(part: Any) -> bytes:
 class StowServer:
     """Start with :meth:`start`; ``url`` is the STOW-RS endpoint; :attr:`stored` counts each UID."""
 
-    def __init__(self, script: StowScript | None = None) -> None:
+    def __init__(self, script: StowScript | None = None, tls: dict[str, str] | None = None) -> None:
+        """``tls``: serve HTTPS with ``cert``/``key``; with ``ca``, a client certificate signed by it
+        is required."""
         self.script = script or StowScript()
+        self.tls = tls
         self.port = free_port()
         self.seen: list[Seen] = []
         self.stored: Counter[str] = Counter()
@@ -97,13 +103,20 @@ class StowServer:
         self._lock = threading.Lock()
         self._turn = 0
         app = Starlette(routes=[Route("/studies", self._studies, methods=["POST"])])
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical", access_log=False)
+        https: dict[str, Any] = {}
+        if tls is not None:
+            https = {"ssl_certfile": tls["cert"], "ssl_keyfile": tls["key"]}
+            if tls.get("ca"):
+                https |= {"ssl_ca_certs": tls["ca"], "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        cfg = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="critical", access_log=False, **https
+        )
         self._server = uvicorn.Server(cfg)
         self._thread = threading.Thread(target=self._server.run, name="stow-server", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/studies"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/studies"
 
     def start(self) -> StowServer:
         self._thread.start()
@@ -127,8 +140,12 @@ class StowServer:
         return self.script.requests[k] if k < len(self.script.requests) else "ok"
 
     async def _studies(self, request: Request) -> Response:
-        action = self._next_action()
         content_type = request.headers.get("content-type", "")
+        if self.script.authorization and request.headers.get("authorization") != self.script.authorization:
+            await request.body()
+            self.seen.append(Seen("401", content_type, [], [], time.monotonic()))
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        action = self._next_action()
         if action == "drop":  # read a part of the body, store the first instance, then hang up
             got = b""
             async for chunk in request.stream():

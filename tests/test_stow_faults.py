@@ -218,3 +218,56 @@ def test_jobs_retry_after_the_server_came_back_sends_each_instance_once(
         assert journal.confirmed_uids(job_id) == set(uids)
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize(
+    ("auth", "header"),
+    [({"token": "t0k3n"}, "Bearer t0k3n"), ({"username": "u", "password": "p"}, "Basic dTpw")],
+)
+def test_bearer_and_basic_authentication(
+    make_config: Callable[..., Config],
+    study_files: list[Path],
+    uids: list[str],
+    auth: dict[str, str],
+    header: str,
+) -> None:
+    started: list[Any] = []
+    try:
+        good = StowServer(StowScript(authorization=header)).start()
+        wrong = StowServer(StowScript(authorization="Bearer another")).start()
+        started += [good, wrong]
+        for web, ok in ((good, True), (wrong, False)):
+            peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "max_batch": BATCH, **auth}
+            result = move(start_proxy(make_config, study_files, peer, started), study_files)
+            if ok:
+                assert (result.completed, result.failed) == (N, 0), result.line()
+                assert set(web.stored) == set(uids)
+            else:  # 401: final for each instance (0x0124 journalled), never retried
+                assert (result.completed, result.failed) == (0, N), result.line()
+                assert [s.action for s in web.seen] == ["401"] * len(web.seen) and not web.stored
+                assert len(web.seen) == -(-N // BATCH)  # one request per batch, none again
+    finally:
+        stop_all(started)
+
+
+def test_https_with_a_client_certificate(
+    make_config: Callable[..., Config], study_files: list[Path], uids: list[str], pki: dict[str, Path]
+) -> None:
+    server_tls = {"cert": str(pki["server_crt"]), "key": str(pki["server_key"]), "ca": str(pki["ca"])}
+    started: list[Any] = []
+    try:
+        web = StowServer(tls=server_tls).start()
+        started.append(web)
+        client = {"ca": str(pki["ca"]), "cert": str(pki["client_crt"]), "key": str(pki["client_key"])}
+        peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": client}
+        result = move(start_proxy(make_config, study_files, peer, started), study_files)
+        assert (result.completed, result.failed) == (N, 0), result.line()
+        assert set(web.stored) == set(uids)
+        # no client certificate: the handshake fails, nothing is stored, every instance failed
+        web.stored.clear()
+        peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": {"ca": str(pki["ca"])}}
+        result = move(start_proxy(make_config, study_files, peer, started), study_files)
+        assert (result.completed, result.failed) == (0, N), result.line()
+        assert not web.stored
+    finally:
+        stop_all(started)
