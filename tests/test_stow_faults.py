@@ -15,6 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from dicomproxy.app import build_context
+from dicomproxy.checks import dicomweb_checks
 from dicomproxy.config import Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import retry_job
@@ -271,3 +272,31 @@ def test_https_with_a_client_certificate(
         assert not web.stored
     finally:
         stop_all(started)
+
+
+def test_check_config_asks_each_dicomweb_endpoint(
+    make_config: Callable[..., Config], pki: dict[str, Path]
+) -> None:
+    server_tls = {"cert": str(pki["server_crt"]), "key": str(pki["server_key"])}
+    plain, https = StowServer().start(), StowServer(tls=server_tls).start()
+    try:
+        config = make_config(
+            peers=[
+                {"ae_title": "UP", "kind": "dicomweb", "url": plain.url},
+                {"ae_title": "DOWN", "kind": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/studies"},
+                {"ae_title": "TRUSTED", "kind": "dicomweb", "url": https.url, "tls": {"ca": str(pki["ca"])}},
+                {"ae_title": "UNTRUSTED", "kind": "dicomweb", "url": https.url},  # the system CAs only
+            ]
+        )
+        results = {r.name: r for r in dicomweb_checks(config, timeout=5)}
+        assert [(name, r.ok) for name, r in results.items()] == [
+            ("peer UP STOW-RS", True),
+            ("peer DOWN STOW-RS", False),
+            ("peer TRUSTED STOW-RS", True),
+            ("peer UNTRUSTED STOW-RS", False),
+        ], results
+        assert "405" in results["peer UP STOW-RS"].detail  # the fault server has no QIDO-RS
+        assert "ConnectError" in results["peer DOWN STOW-RS"].detail
+    finally:
+        plain.stop()
+        https.stop()

@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomproxy.app import build_context
+from dicomproxy.checks import dicomweb_checks
 from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
@@ -153,3 +154,11 @@ def test_c_move_to_a_dicomweb_peer_stores_every_instance_in_orthanc(
         assert job["bytes_out"] == sum(r["bytes"] for r in rows) > 0
     finally:
         journal.close()
+
+
+def test_check_config_finds_orthancs_dicomweb_endpoint(
+    make_config: Callable[..., Config], cloud: Orthanc
+) -> None:
+    config = make_config(peers=[web_peer(cloud.stow_url)])
+    (result,) = dicomweb_checks(config, timeout=5)
+    assert result.ok and "HTTP 200" in result.detail, result  # QIDO-RS answered the GET

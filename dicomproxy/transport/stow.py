@@ -198,5 +198,20 @@ class StowClient:
         reply.reason = f"HTTP {rsp.status_code} {rsp.reason_phrase}".strip()
         return reply
 
+    def probe(self) -> tuple[bool, str]:
+        """Whether the endpoint answers, with our TLS and credentials: one ``GET`` of the URL (a
+        QIDO-RS study search with ``limit=1``, PS3.18 10.6, where the server offers one). Any answer
+        but 401/403/407 or 5xx is taken as reachable (a STOW-only endpoint may answer 405)."""
+        try:
+            rsp = self._http.get(self.url, params={"limit": "1"})
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        answer = f"HTTP {rsp.status_code} {rsp.reason_phrase}".strip()
+        if rsp.status_code in (401, 403, 407):
+            return False, f"{answer}: check the token, the username/password or the client certificate"
+        if rsp.status_code >= 500:
+            return False, answer
+        return True, f"reachable ({answer} to a GET)"
+
     def close(self) -> None:
         self._http.close()
