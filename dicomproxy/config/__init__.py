@@ -24,6 +24,7 @@ from dicomproxy.config.compression import (
     UidPolicy,
 )
 from dicomproxy.config.delivery import MAX_RECHECK_AFTER, PUSH_STATES, PushConfig, ReportsConfig
+from dicomproxy.config.dicomweb import PEER_KINDS, DicomWebConfig
 from dicomproxy.config.document import Config, load_config, parse_config
 from dicomproxy.config.network import MAX_ONWARD, SERVICES, PeerConfig, ProxyConfig
 from dicomproxy.config.operations import (
@@ -61,6 +62,7 @@ __all__ = [
     "MAX_ONWARD",
     "MAX_RECHECK_AFTER",
     "NAME_STYLES",
+    "PEER_KINDS",
     "PUSH_STATES",
     "RETRIEVE_METHODS",
     "SERVICES",
@@ -74,6 +76,7 @@ __all__ = [
     "CompressionMode",
     "Config",
     "ConfigError",
+    "DicomWebConfig",
     "HospitalConfig",
     "HttpConfig",
     "HttpTlsConfig",

@@ -115,8 +115,28 @@ def contexts_for(
     return out
 
 
+def plan_instance(policy: Policy, accepted: list[str], item: SpooledInstance) -> str | SendResult:
+    """The transfer syntax ``item`` goes out in, among the ``accepted`` ones, or the failure that
+    keeps it from going — the one rule for every kind of destination (C-STORE, STOW-RS)."""
+    if not accepted:
+        return SendResult(
+            Status.SOP_CLASS_NOT_SUPPORTED, error="destination accepted no context for this SOP class"
+        )
+    if policy.mode == "none" and item.transfer_syntax in accepted:
+        return item.transfer_syntax  # pass-through: the header is not even parsed
+    try:
+        return choose_target(policy, read_info(item.path), accepted)
+    except CannotTranscode as exc:
+        return SendResult(exc.status, error=str(exc))
+    except Exception as exc:  # unreadable file
+        return SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot read the spooled instance: {exc}")
+
+
 class Forwarder:
     """Sends spooled instances on one :class:`Link`; counts bytes; never raises for network problems."""
+
+    #: One C-STORE carries one instance (PS3.4 B.2).
+    max_batch = 1
 
     def __init__(
         self,
@@ -205,6 +225,16 @@ class Forwarder:
         """One onward C-STORE with retries (:func:`send_with_retries`)."""
         return send_with_retries(self, item, retries, delay, label, prepared, reconnect=reconnect)
 
+    def store_batch(
+        self,
+        items: list[tuple[SpooledInstance, tuple[Path, str] | None]],
+        retries: int,
+        delay: float,
+        label: str,
+    ) -> list[SendResult]:
+        """C-STORE sends one instance per request (:attr:`max_batch` 1): one after the other."""
+        return [self.store(item, prepared, retries, delay, label) for item, prepared in items]
+
     def accepted(self, sop_class_uid: str) -> list[str]:
         return list(self._accepted.get(sop_class_uid, []))
 
@@ -214,19 +244,7 @@ class Forwarder:
         Cheap: the accepted contexts and the header (:func:`read_info`), no pixel is decoded. In
         ``none`` mode an instance whose syntax was accepted is passed through unread.
         """
-        accepted = self.accepted(item.sop_class_uid)
-        if not accepted:
-            return SendResult(
-                Status.SOP_CLASS_NOT_SUPPORTED, error="destination accepted no context for this SOP class"
-            )
-        if self.policy.mode == "none" and item.transfer_syntax in accepted:
-            return item.transfer_syntax  # pass-through: the header is not even parsed
-        try:
-            return choose_target(self.policy, read_info(item.path), accepted)
-        except CannotTranscode as exc:
-            return SendResult(exc.status, error=str(exc))
-        except Exception as exc:  # unreadable file
-            return SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot read the spooled instance: {exc}")
+        return plan_instance(self.policy, self.accepted(item.sop_class_uid), item)
 
     def converted_path(self, item: SpooledInstance) -> Path:
         """Where the converted copy of ``item`` is written (inline or by a pool worker)."""
