@@ -219,6 +219,8 @@ class Server:
                 self.config, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
             )
             self.retry_worker.start()
+        if self.ctx.relay is not None and self.ctx.journal is not None:  # [[bandwidth]]: the nodes alive
+            self.ctx.relay.engine.bandwidth.start(self.ctx.journal.engine, self.ctx.journal.node)
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
@@ -327,6 +329,8 @@ class Server:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
         self._stop_observers(clean=not left and not raw)
+        if self.ctx.relay is not None:  # the other nodes take up this node's share of the timetable
+            self.ctx.relay.engine.bandwidth.stop()
         self.ctx.close()
         LOG.info("stopped")
         return not left and not raw

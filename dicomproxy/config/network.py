@@ -80,6 +80,9 @@ class PeerConfig:
     commit_attempts: int = 3
     #: Instances sent to it carry the exam view's identity (docs/identity.md); False = the PACS's bytes.
     coerce: bool = True
+    #: The bandwidth timetable (``[[bandwidth]]``) also caps the onward C-STOREs of C-MOVE and
+    #: C-GET jobs to this peer (its own pulls); False = only push deliveries are capped.
+    cap_pulls: bool = False
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -129,6 +132,7 @@ def peer(s: Section) -> PeerConfig:
         commit_timeout=s.number("commit_timeout", 600.0, lo=0.1),
         commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
         coerce=s.boolean("coerce", True),
+        cap_pulls=s.boolean("cap_pulls", False),
     )
     bad = [x for x in config.services if x not in SERVICES]
     if bad:

@@ -133,7 +133,8 @@ class Forwarder:
         self.work_dir = work_dir
         self.originator = originator
         self.bytes_out = 0
-        #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
+        #: Called with the bytes of each instance sent (push's ``max_mbps``, ``[[bandwidth]]``: the one
+        #: place every onward C-STORE is capped, :mod:`dicomproxy.relay.bandwidth`); None = no cap.
         self.throttle: Callable[[int], None] | None = None
         #: Told (transfer syntax, CPU seconds) of each conversion made here, inline — the pool's are
         #: reported by the pump (the ``dicomproxy_transcode_seconds`` metric counts both).

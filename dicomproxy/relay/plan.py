@@ -128,7 +128,8 @@ class RelayService:
             return
         # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
         # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
-        opener = destination_opener(self.config, peer, (req.calling_ae, req.message_id))
+        throttle = self.engine.pull_throttle(peer)  # [[bandwidth]] when the peer has cap_pulls
+        opener = destination_opener(self.config, peer, (req.calling_ae, req.message_id), throttle)
         yield from self._job(job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(peer))
 
     def _refused(self, job_id: int, req: RetrieveRequest, exc: DicomServiceError) -> RetrieveResponse:
@@ -200,7 +201,8 @@ class RelayService:
     ) -> Iterator[RetrieveResponse]:
         job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
         observe.job_started(job_id, req)
-        opener = requester(assoc, self.config, self.config.peer(req.calling_ae))
+        peer = self.config.peer(req.calling_ae)
+        opener = requester(assoc, self.config, peer, self.engine.pull_throttle(peer))
         yield from self._job(job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
 
     # --- the job ---
