@@ -26,7 +26,7 @@ class BandwidthRule:
 
     ``end`` before ``start`` crosses midnight: the period belongs to the day it starts on
     (``days = ["fri"]``, ``"22:00-06:00"`` is Friday 22:00 to Saturday 06:00). ``start == end``
-    (``"00:00-24:00"``, the default) is the whole day.
+    is 24 hours from ``start`` (``"00:00-24:00"``, the default: the whole day).
     """
 
     days: frozenset[int]

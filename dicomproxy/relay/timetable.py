@@ -36,10 +36,9 @@ def covers(rule: BandwidthRule, t: dt.datetime) -> bool:
     period crossing midnight belongs to the day it starts on."""
     tod = t.time().replace(tzinfo=None)
     day = t.weekday()
-    if rule.start == rule.end:  # the whole day
-        return day in rule.days
     if rule.start < rule.end:
         return day in rule.days and rule.start <= tod < rule.end
+    # crossing midnight, or 24 hours from ``start`` when ``end == start`` (00:00-24:00: the day)
     if tod >= rule.start:
         return day in rule.days
     return tod < rule.end and (day - 1) % 7 in rule.days
