@@ -1,0 +1,273 @@
+"""The bandwidth timetable on real associations: a C-MOVE through dicomproxy (the pynetdicom PACS
+of testkit upstream, a pynetdicom storage SCP downstream over loopback) to a peer with
+``cap_pulls = true``; the rate is measured at the receiver, from the arrival time and size of
+each C-STORE. Within 10 % of the rule's rate; a rule change at an injected near-future time
+changes the measured rate; two ``serve`` processes on one PostgreSQL journal together stay within
+the cap (each sends its share: the rule's rate / the nodes alive).
+
+Each C-MOVE moves a small study (30 × ~0.5 MB) at a few MB/s: a few seconds per measurement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import create_engine
+
+from dicomproxy.app import build_context
+from dicomproxy.config import Config
+from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
+from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit.fakepacs import FakePacs
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import create_view_table, insert_rows
+from tests.test_recovery import AllVisible
+
+CAPPED, FREE, REQUESTER = "METER", "UNCAPPED", "CLOUD"
+N = 30
+MONDAY = dt.datetime(2026, 12, 7)
+SPEC = StudySpec("CT", accession="BW001", series=2, images_per_series=N // 2, seed=71)
+
+
+class Meter:
+    """A storage SCP that notes when each C-STORE arrived and how many bytes (PDUs as received on
+    the socket) it took since the previous one: the rate on the wire."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.arrivals: list[tuple[float, int]] = []
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title=CAPPED)
+        self.ae.maximum_pdu_size = 0
+        self.ae.network_timeout = None
+        self.ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        handlers: Any = [(evt.EVT_C_STORE, self._store), (evt.EVT_DATA_RECV, self._received)]
+        self._server = self.ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        wait_for_echo(Remote(CAPPED, "127.0.0.1", self.port))
+
+    def _received(self, event: evt.Event) -> None:
+        with self._lock:
+            self._bytes += len(cast(Any, event).data)
+
+    def _store(self, event: evt.Event) -> int:
+        with self._lock:
+            self.arrivals.append((time.monotonic(), self._bytes))
+            self._bytes = 0
+        return 0x0000
+
+    def take(self) -> list[tuple[float, int]]:
+        with self._lock:
+            out, self.arrivals = sorted(self.arrivals), []
+        return out
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self.ae.shutdown()
+
+
+def mbps(arrivals: list[tuple[float, int]]) -> float:
+    """Megabits per second from the first arrival to the last: the bytes of every arrival but the
+    first (which went before the span began) over the span."""
+    assert len(arrivals) >= 3, arrivals
+    span = arrivals[-1][0] - arrivals[0][0]
+    return sum(n for _, n in arrivals[1:]) * 8 / 1e6 / span
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_study(SPEC, tmp_path_factory.mktemp("bw-study"))
+
+
+@pytest.fixture
+def meter() -> Iterator[Meter]:
+    m = Meter()
+    yield m
+    m.stop()
+
+
+def _peers(meter: Meter) -> list[dict[str, Any]]:
+    return [
+        {"ae_title": REQUESTER, "host": "127.0.0.1", "port": 1},
+        {"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port, "cap_pulls": True},
+        {"ae_title": FREE, "host": "127.0.0.1", "port": meter.port},  # the same SCP, not capped
+    ]
+
+
+@pytest.fixture
+def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Callable[..., Server]]:
+    started: list[FakePacs | Server] = []
+
+    def make(peers: list[dict[str, Any]], rules: list[dict[str, Any]]) -> Server:
+        proxy_port = free_port()
+        pacs = FakePacs(
+            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+        ).start()
+        config = make_config(
+            proxy={"port": proxy_port, "onward_associations": 1},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
+            peers=peers,
+            bandwidth=rules,
+        )
+        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
+        server.start()
+        started.extend([pacs, server])
+        return server
+
+    yield make
+    for thing in reversed(started):
+        if isinstance(thing, Server):
+            thing.stop(drain_timeout=2.0)
+        else:
+            thing.stop()
+
+
+def _move(port: int, destination: str, study_files: list[Path]) -> None:
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    result = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", port),
+        destination,
+        scu.identifier(study_uids=[study]),
+        calling_ae=REQUESTER,
+        timeout=60,
+    )
+    assert (result.status, result.completed, result.failed) == (0x0000, N, 0), result.line()
+
+
+def test_a_c_move_to_a_cap_pulls_peer_goes_at_the_rule_rate(
+    proxy: Callable[..., Server], meter: Meter, study_files: list[Path]
+) -> None:
+    server = proxy(_peers(meter), [{"mbps": 40}])
+    _move(server.port, FREE, study_files)  # cap_pulls = false (the default): not capped
+    free = mbps(meter.take())
+    _move(server.port, CAPPED, study_files)
+    capped = mbps(meter.take())
+    assert capped == pytest.approx(40, rel=0.10), f"capped {capped:.1f} Mbit/s (uncapped {free:.1f})"
+    assert free > 60, f"uncapped {free:.1f} Mbit/s: the link cannot show the cap"
+
+
+def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
+    proxy: Callable[..., Server], meter: Meter, study_files: list[Path]
+) -> None:
+    server = proxy(
+        _peers(meter),
+        [
+            {"days": "mon-fri", "hours": "08:00-18:00", "mbps": 40},
+            {"days": "mon-fri", "hours": "18:00-08:00", "mbps": 16, "dest": CAPPED},
+        ],
+    )
+    bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
+    started = time.monotonic()
+    change = started + 1.5  # Monday 18:00 comes 1.5 s after the C-MOVE starts
+    bandwidth.local_now = lambda: MONDAY + dt.timedelta(hours=18, seconds=time.monotonic() - change)
+    assert bandwidth.in_force(CAPPED).mbps == 40
+    _move(server.port, CAPPED, study_files)
+    arrivals = meter.take()
+    before = [a for a in arrivals if a[0] < change]
+    after = [a for a in arrivals if a[0] >= change + 0.3]  # an instance charged at 40 may straddle 18:00
+    office, night = mbps(before), mbps(after)
+    assert office == pytest.approx(40, rel=0.10), f"before 18:00 {office:.1f}, after {night:.1f} Mbit/s"
+    assert night == pytest.approx(16, rel=0.10), f"before 18:00 {office:.1f}, after {night:.1f} Mbit/s"
+    info = bandwidth.in_force(CAPPED)
+    assert info.mbps == 16 and info.change is not None and info.change.mbps == 40
+    assert info.change.at == MONDAY + dt.timedelta(days=1, hours=8)
+
+
+# --- two nodes on one PostgreSQL journal ------------------------------------------------------------
+
+
+def _node_toml(tmp: Path, name: str, port: int, journal_url: str, pacs: FakePacs, meter: Meter) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(
+        f"""
+[proxy]
+ae_title = "DICOMPROXY"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{tmp / name}"
+drain_timeout = 5
+
+[hospital]
+id = "74580626"
+
+[view]
+url = "sqlite:///{tmp / "view.db"}"
+
+[pacs]
+ae_title = "{pacs.ae_title}"
+host = "127.0.0.1"
+port = {pacs.port}
+retrieve = "c-get"
+
+[[peers]]
+ae_title = "{REQUESTER}"
+host = "127.0.0.1"
+port = 1
+
+[[peers]]
+ae_title = "{CAPPED}"
+host = "127.0.0.1"
+port = {meter.port}
+cap_pulls = true
+
+[journal]
+url = "{journal_url}"
+
+[http]
+port = 0
+
+[[bandwidth]]
+mbps = 40
+"""
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
+    pg_journal: str, meter: Meter, study_files: list[Path], tmp_path: Path
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(SPEC)])
+    engine.dispose()
+    pacs = FakePacs(study_files).start()
+    nodes: list[Process] = []
+    try:
+        ports = [free_port(), free_port()]
+        for i, port in enumerate(ports):
+            toml = _node_toml(tmp_path, f"node{i}", port, pg_journal, pacs, meter)
+            node = Process(
+                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
+            )
+            nodes.append(node)
+            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling=REQUESTER, proc=node.proc)
+        for node in nodes:  # each node has counted the other
+            wait_until(lambda n=node: "2 node(s) alive" in n.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+        moves = [threading.Thread(target=_move, args=(port, CAPPED, study_files)) for port in ports]
+        for t in moves:
+            t.start()
+        for t in moves:
+            t.join(60)
+        arrivals = meter.take()
+        assert len(arrivals) == 2 * N
+        together = mbps(arrivals)
+        assert together == pytest.approx(40, rel=0.10), f"two nodes together: {together:.1f} Mbit/s"
+    finally:
+        for node in nodes:
+            node.stop()
+        pacs.stop()
