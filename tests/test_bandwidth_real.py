@@ -271,3 +271,43 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
         for node in nodes:
             node.stop()
         pacs.stop()
+
+
+# --- push --------------------------------------------------------------------------------------------
+
+
+def test_push_deliveries_follow_the_timetable_below_max_mbps(
+    make_config: Callable[..., Config],
+    run_proxy: Callable[[Config], Server],
+    meter: Meter,
+    study_files: list[Path],
+    tmp_path: Path,
+) -> None:
+    """A study pushed to a destination with ``max_mbps = 100`` (this node's per-lane cap) under a
+    timetable rule of 24 Mbit/s for every destination: the rule, the lower, is what leaves."""
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    pacs = FakePacs(study_files).start()
+    try:
+        config = make_config(
+            view={"url": view_url},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
+            push={
+                "enabled": True,
+                "destinations": [CAPPED],
+                "poll_interval": 0.2,
+                "start_from": "beginning",
+                "max_mbps": {CAPPED: 100},
+            },
+            bandwidth=[{"mbps": 24}],
+        )
+        run_proxy(config)
+        insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now())])
+        wait_until(lambda: len(meter.arrivals) >= N, 30, "the study delivered")
+        rate = mbps(meter.take())
+        assert rate == pytest.approx(24, rel=0.10), f"push at {rate:.1f} Mbit/s"
+    finally:
+        pacs.stop()
+        engine.dispose()

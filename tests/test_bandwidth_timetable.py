@@ -283,3 +283,34 @@ def test_node_registry_counts_the_nodes_alive(journal_url: str) -> None:
     b.leave()  # a clean stop: gone at once
     assert a.alive() == 1
     engine.dispose()
+
+
+# --- push status ---------------------------------------------------------------------------------
+
+
+def test_push_status_shows_the_rate_in_force_and_the_next_change(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from dicomproxy.cli import cli
+    from tests.conftest import push_cli_toml
+
+    toml = push_cli_toml(
+        tmp_path,
+        '\n[[bandwidth]]\nhours = "00:00-12:00"\nmbps = 20\n'
+        '\n[[bandwidth]]\nhours = "12:00-00:00"\nmbps = 100\ndest = "CLOUD"\n',
+    )
+    before = dt.datetime.now()
+    out = CliRunner().invoke(cli, ["push", "-c", str(toml), "status", "--json"])
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(out.output)["bandwidth"]
+    morning = before.hour < 12
+    assert row["destination"] == "CLOUD" and row["nodes"] == 1
+    assert row["mbps"] == (20 if morning else 100) and row["rule"] == f"bandwidth[{0 if morning else 1}]"
+    change = dt.datetime.fromisoformat(row["next_change"]["at"])
+    assert row["next_change"]["mbps"] == (100 if morning else 20)
+    assert change.time() == (dt.time(12) if morning else dt.time(0)) and before < change
+    text = CliRunner().invoke(cli, ["push", "-c", str(toml), "status"]).output
+    line = next(x for x in text.splitlines() if x.strip().startswith("CLOUD") and "Mbit/s" in x)
+    assert f"until {change:%a %Y-%m-%d %H:%M}, then {100 if morning else 20} Mbit/s" in line, line
