@@ -257,6 +257,11 @@ class Console:
                 )
             except Exception:  # the journal is down: the section is left out
                 body["backfill"] = None
+        if self.ctx.relay is not None and self.config.bandwidth:  # [[bandwidth]]: rate now, next change
+            from dicomproxy.relay.bandwidth import capped_destinations
+
+            timetable = self.ctx.relay.engine.bandwidth
+            body["bandwidth"] = [timetable.in_force(d).as_dict() for d in capped_destinations(self.config)]
         if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)
             try:
                 body["commitment"] = self.ctx.commitments.summary()
