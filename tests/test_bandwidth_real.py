@@ -48,10 +48,12 @@ class Meter:
     def __init__(self) -> None:
         self.port = free_port()
         self.arrivals: list[tuple[float, int]] = []
+        #: (when, bytes) of every PDU received.
+        self.pdus: list[tuple[float, int]] = []
         self._bytes = 0
         self._lock = threading.Lock()
         self.ae = AE(ae_title=CAPPED)
-        self.ae.maximum_pdu_size = 0
+        self.ae.maximum_pdu_size = 16384  # pynetdicom's and DCMTK's default: PDUs arrive as they go
         self.ae.network_timeout = None
         self.ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
@@ -61,8 +63,10 @@ class Meter:
         wait_for_echo(Remote(CAPPED, "127.0.0.1", self.port))
 
     def _received(self, event: evt.Event) -> None:
+        size = len(cast(Any, event).data)
         with self._lock:
-            self._bytes += len(cast(Any, event).data)
+            self._bytes += size
+            self.pdus.append((time.monotonic(), size))
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
@@ -158,6 +162,62 @@ def test_a_c_move_to_a_cap_pulls_peer_goes_at_the_rule_rate(
     capped = mbps(meter.take())
     assert capped == pytest.approx(40, rel=0.10), f"capped {capped:.1f} Mbit/s (uncapped {free:.1f})"
     assert free > 60, f"uncapped {free:.1f} Mbit/s: the link cannot show the cap"
+
+
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three CT instances of 4 MiB each (2048 × 1024, 16 bits)."""
+    from testkit.samples import iter_study
+
+    folder = tmp_path_factory.mktemp("bw-big")
+    paths = []
+    for ds in iter_study(StudySpec("CT", accession="BW002", series=1, images_per_series=3, seed=72)):
+        ds.Rows, ds.Columns = 2048, 1024
+        ds.PixelData = bytes(range(256)) * (2048 * 1024 * 2 // 256)
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_a_large_instance_is_paced_as_it_is_written_not_after(
+    make_config: Callable[..., Config], meter: Meter, big_files: list[Path]
+) -> None:
+    """The throttle is called per batch of PDUs (≤ 1 MiB), not once per instance: no 0.1 s at the
+    receiver carries much more than the rule allows plus one batch — a 4 MiB instance sent at line
+    speed, then a pause, would put all of it in one."""
+    proxy_port = free_port()
+    pacs = FakePacs(big_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
+    pacs.start()
+    config = make_config(
+        proxy={"port": proxy_port, "onward_associations": 1},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
+        peers=_peers(meter),
+        bandwidth=[{"mbps": 48}],  # 6 MB/s
+    )
+    server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
+    server.start()
+    meter.pdus.clear()  # the readiness C-ECHO's
+    try:
+        study = str(dcmread(big_files[0], stop_before_pixels=True).StudyInstanceUID)
+        result = scu.move(
+            Remote("DICOMPROXY", "127.0.0.1", server.port),
+            CAPPED,
+            scu.identifier(study_uids=[study]),
+            calling_ae=REQUESTER,
+            timeout=60,
+        )
+        assert (result.status, result.completed) == (0x0000, 3), result.line()
+    finally:
+        server.stop(drain_timeout=2.0)
+        pacs.stop()
+    pdus = sorted(meter.pdus)
+    times = [t for t, _ in pdus]
+    densest = max(sum(n for t, n in pdus[i:] if t < start + 0.1) for i, start in enumerate(times))
+    assert densest < 3_000_000, f"{densest / 1e6:.2f} MB in 0.1 s at a 6 MB/s cap"
+    span = times[-1] - times[0]
+    rate = sum(n for _, n in pdus[1:]) * 8 / 1e6 / span
+    assert rate == pytest.approx(48, rel=0.10), f"{rate:.1f} Mbit/s"
 
 
 def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
