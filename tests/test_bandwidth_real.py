@@ -116,13 +116,13 @@ def _peers(meter: Meter) -> list[dict[str, Any]]:
 def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Callable[..., Server]]:
     started: list[FakePacs | Server] = []
 
-    def make(peers: list[dict[str, Any]], rules: list[dict[str, Any]]) -> Server:
+    def make(peers: list[dict[str, Any]], rules: list[dict[str, Any]], fast_path: bool = True) -> Server:
         proxy_port = free_port()
         pacs = FakePacs(
             study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
         ).start()
         config = make_config(
-            proxy={"port": proxy_port, "onward_associations": 1},
+            proxy={"port": proxy_port, "onward_associations": 1, "fast_path": fast_path},
             pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
             peers=peers,
             bandwidth=rules,
@@ -152,10 +152,13 @@ def _move(port: int, destination: str, study_files: list[Path]) -> None:
     assert (result.status, result.completed, result.failed) == (0x0000, N, 0), result.line()
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["raw-sender", "pynetdicom-sender"])
 def test_a_c_move_to_a_cap_pulls_peer_goes_at_the_rule_rate(
-    proxy: Callable[..., Server], meter: Meter, study_files: list[Path]
+    proxy: Callable[..., Server], meter: Meter, study_files: list[Path], fast_path: bool
 ) -> None:
-    server = proxy(_peers(meter), [{"mbps": 40}])
+    """Our raw sender paces per slice as it writes; pynetdicom's (``fast_path = false``, TLS) once
+    per instance after it went: both at the rule's rate."""
+    server = proxy(_peers(meter), [{"mbps": 40}], fast_path)
     _move(server.port, FREE, study_files)  # cap_pulls = false (the default): not capped
     free = mbps(meter.take())
     _move(server.port, CAPPED, study_files)

@@ -142,13 +142,13 @@ class PynetdicomLink:
         if originator is not None:
             kwargs["originator_aet"], kwargs["originator_id"] = originator
         if isinstance(path, Path):
+            size = path.stat().st_size if pace is not None else 0
             status = self.assoc.send_c_store(path, **kwargs)
-            size = path.stat().st_size
         else:
             written = path.write(path.path.with_name(f"{path.path.stem}.send.dcm"))  # pynetdicom sends files
+            size = path.stat_size()
             try:
                 status = self.assoc.send_c_store(written, **kwargs)
-                size = written.stat().st_size
             finally:
                 written.unlink(missing_ok=True)
         if pace is not None:  # pynetdicom writes the PDUs (TLS, or no fast path): the file at once
