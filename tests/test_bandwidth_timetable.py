@@ -314,3 +314,31 @@ def test_push_status_shows_the_rate_in_force_and_the_next_change(tmp_path: Path)
     text = CliRunner().invoke(cli, ["push", "-c", str(toml), "status"]).output
     line = next(x for x in text.splitlines() if x.strip().startswith("CLOUD") and "Mbit/s" in x)
     assert f"until {change:%a %Y-%m-%d %H:%M}, then {100 if morning else 20} Mbit/s" in line, line
+
+
+def test_metrics_show_the_rate_in_force_this_nodes_share_and_the_nodes(tmp_path: Path) -> None:
+    from dicomproxy.console.metrics import Metrics
+
+    doc = base_config_dict(
+        tmp_path,
+        "sqlite:///v.db",
+        peers=PEERS,
+        bandwidth=[{"days": "mon-fri", "mbps": 40}, {"days": "sat-sun", "mbps": 100, "dest": "CLOUD"}],
+    )
+    config = parse_config(doc)
+    when = [_at(0, "10:00")]
+    bw = Bandwidth(config.bandwidth, local_now=lambda: when[0])
+    bw.nodes = 2
+    metrics = Metrics(
+        config,
+        lambda: 0,
+        lambda: 0,
+        lambda: 0,
+        bandwidth=lambda: [bw.in_force(d) for d in capped_destinations(config)],
+    )
+    text = metrics.exposition().decode()
+    assert 'dicomproxy_bandwidth_limit_mbps{destination="CLOUD"} 40.0' in text
+    assert 'dicomproxy_bandwidth_node_mbps{destination="CLOUD"} 20.0' in text
+    assert "dicomproxy_bandwidth_nodes 2.0" in text
+    when[0] = _at(5, "10:00")
+    assert 'dicomproxy_bandwidth_limit_mbps{destination="CLOUD"} 100.0' in metrics.exposition().decode()
