@@ -177,6 +177,27 @@ def test_next_change_is_in_the_future_and_nothing_changes_before_it(
         x += dt.timedelta(minutes=1)
 
 
+@settings(max_examples=300, deadline=None)
+@given(rules=_rule_sets(), t=_times, dest=st.sampled_from(["CLOUD", "jobserver"]))
+def test_the_rule_in_force_covers_the_time_and_none_that_covers_it_is_more_specific(
+    rules: tuple[BandwidthRule, ...], t: dt.datetime, dest: str
+) -> None:
+    rule = rule_at(rules, dest, t)
+    covering = [r for r in rules if (not r.dest or r.dest == dest) and covers(r, t)]
+    if rule is None:
+        assert covering == []
+        return
+    assert rule in covering
+    for other in covering:
+        assert (bool(other.dest), -other.weekly_minutes, -other.index) <= (
+            bool(rule.dest),
+            -rule.weekly_minutes,
+            -rule.index,
+        )
+        if other.dest and not rule.dest:
+            raise AssertionError("a rule for every destination beat one naming it")
+
+
 @settings(max_examples=200, deadline=None)
 @given(day=st.integers(0, 6), start=st.integers(1, 1439), length=st.integers(1, 1439), t=_times)
 def test_a_rule_covers_exactly_its_length_from_its_start_on_its_days(
