@@ -7,8 +7,10 @@ the journal (:mod:`dicomproxy.relay.liveness`), so that the nodes together send 
 rate — the cap is what leaves the hospital, not what one process sends. Which rule is in force
 is :mod:`dicomproxy.relay.timetable`'s (pure).
 
-The throttle is called by :class:`~dicomproxy.relay.forward.Forwarder` with the bytes of each
-instance it sent — the one place every onward C-STORE passes (push, C-MOVE, C-GET, retries).
+The throttle is :class:`~dicomproxy.relay.forward.Forwarder`'s — the one place every onward C-STORE
+passes (push, C-MOVE, C-GET, retries); the link calls it with the bytes as they are written, per
+slice of at most 1 MiB (:data:`~dicomproxy.transport.seam.Pace`), so a large instance is paced as it
+goes, not sent at line speed and paid for afterwards.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class Bandwidth:
         return mbps / max(1, self.nodes)
 
     def throttle(self, destination: str) -> Callable[[int], float] | None:
-        """What a sender to ``destination`` calls with the bytes of each instance sent (it waits
+        """What a sender to ``destination`` calls with the bytes it wrote (it waits
         while the rule in force is exceeded); None when there is no timetable."""
         if not self.rules:
             return None

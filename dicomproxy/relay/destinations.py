@@ -34,7 +34,7 @@ class Destination(Protocol):
 
     policy: Policy
     bytes_out: int
-    #: Called with the bytes of each instance sent (push's ``max_mbps``, ``[[bandwidth]]``); None = no cap.
+    #: Told the bytes sent as they go (push's ``max_mbps``, ``[[bandwidth]]``); None = no cap.
     throttle: Callable[[int], None] | None
     #: Told (transfer syntax, CPU seconds) of each conversion made while sending.
     on_converted: Callable[[str, float], None] | None

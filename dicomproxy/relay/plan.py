@@ -174,7 +174,7 @@ class RelayService:
         ``destination`` runs (visibility checked again, the peer's compression), journalled as a
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
-        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``)."""
+        work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
