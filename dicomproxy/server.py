@@ -41,6 +41,7 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
 from dicomproxy.pacs.store import handle_store, store_acceptor
+from dicomproxy.relay.bandwidth import capped_destinations
 from dicomproxy.relay.committer import Committer
 from dicomproxy.relay.resume import RetryWorker
 from dicomproxy.transport.commitment import COMMITMENT_CLASS
@@ -220,7 +221,9 @@ class Server:
             )
             self.retry_worker.start()
         if self.ctx.relay is not None and self.ctx.journal is not None:  # [[bandwidth]]: the nodes alive
-            self.ctx.relay.engine.bandwidth.start(self.ctx.journal.engine, self.ctx.journal.node)
+            self.ctx.relay.engine.bandwidth.start(
+                self.ctx.journal.engine, self.ctx.journal.node, capped_destinations(self.config)
+            )
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only

@@ -11,6 +11,7 @@ Each C-MOVE moves a small study (30 × ~0.5 MB) at a few MB/s: a few seconds per
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 import threading
 import time
@@ -116,7 +117,12 @@ def _peers(meter: Meter) -> list[dict[str, Any]]:
 def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Callable[..., Server]]:
     started: list[FakePacs | Server] = []
 
-    def make(peers: list[dict[str, Any]], rules: list[dict[str, Any]], fast_path: bool = True) -> Server:
+    def make(
+        peers: list[dict[str, Any]],
+        rules: list[dict[str, Any]],
+        fast_path: bool = True,
+        local_now: Callable[[], dt.datetime] | None = None,
+    ) -> Server:
         proxy_port = free_port()
         pacs = FakePacs(
             study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
@@ -128,6 +134,8 @@ def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterat
             bandwidth=rules,
         )
         server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
+        if local_now is not None:  # the timetable's clock, before the first heartbeat reads it
+            server.ctx.relay.engine.bandwidth.local_now = local_now  # type: ignore[union-attr]
         server.start()
         started.extend([pacs, server])
         return server
@@ -224,30 +232,49 @@ def test_a_large_instance_is_paced_as_it_is_written_not_after(
 
 
 def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
-    proxy: Callable[..., Server], meter: Meter, study_files: list[Path]
+    proxy: Callable[..., Server], meter: Meter, study_files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The timetable's clock is injected: Monday 17:59:59 until the receiver has 12 instances, then
+    18:00 — the change comes at a point of the transfer the test chose, whatever the machine's load."""
+    caplog.set_level(logging.INFO, "dicomproxy.relay")
+    turn = 12
+    turned = threading.Event()  # latched: meter.take() empties the arrivals
+
+    def local_now() -> dt.datetime:
+        if len(meter.arrivals) >= turn:
+            turned.set()
+        return MONDAY + dt.timedelta(hours=18, seconds=0 if turned.is_set() else -1)
+
     server = proxy(
         _peers(meter),
         [
             {"days": "mon-fri", "hours": "08:00-18:00", "mbps": 40},
             {"days": "mon-fri", "hours": "18:00-08:00", "mbps": 16, "dest": CAPPED},
         ],
+        local_now=local_now,
     )
     bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
-    started = time.monotonic()
-    change = started + 1.5  # Monday 18:00 comes 1.5 s after the C-MOVE starts
-    bandwidth.local_now = lambda: MONDAY + dt.timedelta(hours=18, seconds=time.monotonic() - change)
     assert bandwidth.in_force(CAPPED).mbps == 40
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"bandwidth to {CAPPED}")]
+
+    wait_until(lambda: len(logged()) >= 1, 10, "the rate at start logged")
     _move(server.port, CAPPED, study_files)
     arrivals = meter.take()
-    before = [a for a in arrivals if a[0] < change]
-    after = [a for a in arrivals if a[0] >= change + 0.3]  # an instance charged at 40 may straddle 18:00
-    office, night = mbps(before), mbps(after)
+    # the instance being sent when the clock turned is charged partly at each rate: left out
+    office, night = mbps(arrivals[:turn]), mbps(arrivals[turn + 1 :])
     assert office == pytest.approx(40, rel=0.10), f"before 18:00 {office:.1f}, after {night:.1f} Mbit/s"
     assert night == pytest.approx(16, rel=0.10), f"before 18:00 {office:.1f}, after {night:.1f} Mbit/s"
     info = bandwidth.in_force(CAPPED)
     assert info.mbps == 16 and info.change is not None and info.change.mbps == 40
     assert info.change.at == MONDAY + dt.timedelta(days=1, hours=8)
+    # the log tells the rate at start and the change (at the next heartbeat after it)
+    wait_until(lambda: len(logged()) >= 2, 10, "the change logged at a heartbeat")
+    assert logged() == [
+        f"bandwidth to {CAPPED}: 40 Mbit/s (bandwidth[0]) until Mon 2026-12-07 18:00, then 16 Mbit/s",
+        f"bandwidth to {CAPPED}: 16 Mbit/s (bandwidth[1]) until Tue 2026-12-08 08:00, then 40 Mbit/s",
+    ]
 
 
 # --- two nodes on one PostgreSQL journal ------------------------------------------------------------

@@ -154,15 +154,24 @@ class Bandwidth:
         self._buckets: dict[int, RateLimiter] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
+        #: Destinations whose rate in force is logged when it changes (at each heartbeat).
+        self._watched: dict[str, tuple[str, int]] = {}
 
-    def start(self, engine: Engine, node: str) -> None:
-        """Count the nodes alive on the journal ``engine`` from now on (nothing without rules)."""
+    def start(self, engine: Engine, node: str, destinations: Sequence[str] = ()) -> None:
+        """Count the nodes alive on the journal ``engine`` from now on, and log the rate in force
+        for ``destinations`` now and whenever it changes (nothing without rules)."""
         if self.rules and self._heartbeat is None:
+            self._watched = {d: ("?", 0) for d in destinations}
             self._heartbeat = Heartbeat(NodeRegistry(engine, node), self._counted)
             self._heartbeat.start()
 
     def _counted(self, nodes: int) -> None:
         self.nodes = nodes
+        for destination, seen in self._watched.items():
+            now = self.in_force(destination)
+            if (now.rule, now.nodes) != seen:
+                LOG.info("bandwidth to %s: %s", destination, now.line())
+                self._watched[destination] = (now.rule, now.nodes)
 
     def stop(self) -> None:
         """Stop the heartbeat and leave the table (the other nodes take up this node's share)."""
