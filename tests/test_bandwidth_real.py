@@ -204,7 +204,7 @@ def test_a_large_instance_is_paced_as_it_is_written_not_after(
         proxy={"port": proxy_port, "onward_associations": 1},
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
         peers=_peers(meter),
-        bandwidth=[{"mbps": 48}],  # 6 MB/s
+        bandwidth=[{"mbps": 32}],  # 4 MB/s: well below what the in-process PACS feeds under load
     )
     server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
     server.start()
@@ -225,10 +225,10 @@ def test_a_large_instance_is_paced_as_it_is_written_not_after(
     pdus = sorted(meter.pdus)
     times = [t for t, _ in pdus]
     densest = max(sum(n for t, n in pdus[i:] if t < start + 0.1) for i, start in enumerate(times))
-    assert densest < 3_000_000, f"{densest / 1e6:.2f} MB in 0.1 s at a 6 MB/s cap"
+    assert densest < 3_000_000, f"{densest / 1e6:.2f} MB in 0.1 s at a 4 MB/s cap"
     span = times[-1] - times[0]
     rate = sum(n for _, n in pdus[1:]) * 8 / 1e6 / span
-    assert rate == pytest.approx(48, rel=0.10), f"{rate:.1f} Mbit/s"
+    assert rate == pytest.approx(32, rel=0.10), f"{rate:.1f} Mbit/s"
 
 
 def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
