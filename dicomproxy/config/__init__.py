@@ -2,9 +2,9 @@
 
 One module per family of sections — ``network`` ([proxy], [[peers]]), ``sources`` ([hospital],
 [view], [pacs], [[archives]]), ``compression``, ``operations`` ([logging], [journal], [http],
-[audit]), ``alerts`` ([alerting], [[alerts]]), ``delivery`` ([push], [reports]), ``tls`` (their
-``tls`` sub-tables) — read with ``reader.Section``; ``document`` puts them together. Every name
-is importable from here.
+[audit]), ``alerts`` ([alerting], [[alerts]]), ``bandwidth`` ([[bandwidth]]), ``delivery``
+([push], [reports]), ``tls`` (their ``tls`` sub-tables) — read with ``reader.Section``;
+``document`` puts them together. Every name is importable from here.
 """
 
 from dicomproxy.config.alerts import (
@@ -15,6 +15,7 @@ from dicomproxy.config.alerts import (
     AlertsConfig,
     AlertTarget,
 )
+from dicomproxy.config.bandwidth import BandwidthRule
 from dicomproxy.config.compression import (
     COMPRESSION_MODES,
     LOSSLESS_TARGETS,
@@ -72,6 +73,7 @@ __all__ = [
     "AlertTarget",
     "AlertsConfig",
     "AuditConfig",
+    "BandwidthRule",
     "CompressionConfig",
     "CompressionMode",
     "Config",

@@ -94,6 +94,10 @@ class PeerConfig:
         """It has a DIMSE port we can call (C-ECHO, C-FIND, Storage Commitment)."""
         return self.dicomweb is None
 
+    #: The bandwidth timetable (``[[bandwidth]]``) also caps the onward C-STOREs of C-MOVE and
+    #: C-GET jobs to this peer (its own pulls); False = only push deliveries are capped.
+    cap_pulls: bool = False
+
 
 def proxy(s: Section) -> ProxyConfig:
     d = ProxyConfig()
@@ -145,6 +149,7 @@ def peer(s: Section) -> PeerConfig:
         commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
         coerce=s.boolean("coerce", True),
         dicomweb=web,
+        cap_pulls=s.boolean("cap_pulls", False),
     )
     if web is not None and config.storage_commitment:
         raise s.error("storage_commitment", "is DIMSE (PS3.4 Annex J); a dicomweb peer cannot commit")

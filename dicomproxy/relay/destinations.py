@@ -38,7 +38,7 @@ class Destination(Protocol):
 
     policy: Policy
     bytes_out: int
-    #: Called with the bytes of each instance sent (push's ``max_mbps``); None = no cap.
+    #: Told the bytes sent as they go (push's ``max_mbps``, ``[[bandwidth]]``); None = no cap.
     throttle: Callable[[int], None] | None
     #: Told (transfer syntax, CPU seconds) of each conversion made while sending.
     on_converted: Callable[[str, float], None] | None
@@ -155,11 +155,18 @@ def destination_opener(
     return KINDS[peer.kind].opener(config, peer, originator, throttle)
 
 
-def requester(assoc: Association, config: Config, peer: PeerConfig | None) -> Opener:
+def requester(
+    assoc: Association,
+    config: Config,
+    peer: PeerConfig | None,
+    throttle: Callable[[int], None] | None = None,
+) -> Opener:
     """C-GET: the sub-operations go on the requester's own association (PS3.4 C.4.3.2), with the
-    compression configured for it (if it is a peer)."""
+    compression configured for it (if it is a peer) and its ``cap_pulls`` throttle."""
 
     def opener(state: JobState, sop_classes: list[str], work_dir: Path) -> Destination:
-        return requester_forwarder(assoc, policy_for(config, peer), work_dir, config.proxy.fast_path)
+        forwarder = requester_forwarder(assoc, policy_for(config, peer), work_dir, config.proxy.fast_path)
+        forwarder.throttle = throttle
+        return forwarder
 
     return opener

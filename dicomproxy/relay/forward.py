@@ -153,7 +153,9 @@ class Forwarder:
         self.work_dir = work_dir
         self.originator = originator
         self.bytes_out = 0
-        #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
+        #: Told the bytes of each C-STORE as they are written (push's ``max_mbps``, ``[[bandwidth]]``:
+        #: the one place every onward C-STORE is capped, :mod:`dicomproxy.relay.bandwidth`; the link
+        #: calls it per batch of PDUs, :data:`~dicomproxy.transport.seam.Pace`); None = no cap.
         self.throttle: Callable[[int], None] | None = None
         #: Told (transfer syntax, CPU seconds) of each conversion made here, inline — the pool's are
         #: reported by the pump (the ``dicomproxy_transcode_seconds`` metric counts both).
@@ -288,7 +290,8 @@ class Forwarder:
                 )
         try:
             size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
-            code = self.link.store(source, next(self._msg_ids), self.originator)
+            # the throttle paces the C-STORE as it is written (per batch of PDUs, raw.pdu.SEND_BATCH)
+            code = self.link.store(source, next(self._msg_ids), self.originator, self.throttle)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
         finally:
@@ -297,8 +300,6 @@ class Forwarder:
         if code is None:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
-        if self.throttle is not None:
-            self.throttle(size)
         return SendResult(code, target, size)
 
     def close(self) -> None:
