@@ -19,6 +19,7 @@ from pynetdicom import evt
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings
 
 LOG = logging.getLogger("dicomproxy.access")
 
@@ -101,8 +102,10 @@ class RejectionLog:
         LOG.warning("association from %s rejected: %s%s", remote_ip, reason, more)
 
 
-def on_requested(event: evt.Event, config: Config, log: RejectionLog) -> None:
-    """EVT_REQUESTED handler: reject before any negotiation if ``decide`` says so."""
+def on_requested(event: evt.Event, settings: Settings, log: RejectionLog) -> None:
+    """EVT_REQUESTED handler: reject before any negotiation if ``decide`` says so (with the
+    access rules current when the association is requested: a reload applies to the next one)."""
+    config = settings.current
     assoc = event.assoc
     rq = assoc.requestor.primitive
     if rq is None:  # pragma: no cover - EVT_REQUESTED always carries the A-ASSOCIATE-RQ

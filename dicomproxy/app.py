@@ -11,6 +11,7 @@ from typing import Any
 
 from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings
 from dicomproxy.context import AppContext
 from dicomproxy.pacs.client import PacsClient
 from dicomproxy.pacs.find import PacsFinder
@@ -28,14 +29,14 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     the longest silence before a C-MOVE/C-GET Pending response.
     """
     install_pydicom_workarounds()  # ISO 2022 IR 58, see dicomproxy.charsets
-    ctx = AppContext(config)
+    ctx = AppContext(Settings(config))  # a reload replaces ctx.settings.current
     if view is not None:
         ctx.view = view
     else:
         ctx.view = ExamView(config)
         ctx.view.warm_up()  # UID/pinyin side tables build in the background
     finders = {a.name: PacsFinder(config, archive=a) for a in config.all_archives}
-    ctx.find = FindService(config, ctx.view, finders[config.pacs.name], archives=finders)
+    ctx.find = FindService(ctx.settings, ctx.view, finders[config.pacs.name], archives=finders)
     registry = ReceiveRegistry(config.proxy.ae_title)
     ctx.archives = {
         a.name: PacsClient(
@@ -51,7 +52,7 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     ctx.pacs = ctx.archives[config.pacs.name]
     ctx.journal = Journal.for_config(config.journal.url, config.data_path)
     ctx.relay = RelayService(
-        config,
+        ctx.settings,
         ctx.pacs,
         ctx.view,
         ctx.journal,
@@ -60,8 +61,11 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
         archives=ctx.archives,
     )
     ctx.commitments = ctx.relay.engine.commitments
+    bandwidth = ctx.relay.engine.bandwidth  # push shares it: one timetable for every sender
+    ctx.settings.subscribe(lambda new: bandwidth.set_rules(new.bandwidth))
     if config.push.enabled:
         from dicomproxy.push.service import PushService
 
         ctx.push = PushService(config, ctx.view, ctx.journal, ctx.relay)
+        ctx.settings.subscribe(ctx.push.reconfigure)  # its next pass and job read a reloaded [push]
     return ctx

@@ -2,7 +2,8 @@
 
 Handlers receive this object as their bound argument (pynetdicom's ``(event, handler,
 [args])`` form), never reach for globals. Services that are not configured or not built
-yet are ``None`` and the handler answers with the matching DIMSE failure.
+yet are ``None`` and the handler answers with the matching DIMSE failure. ``config`` is the
+current one of ``settings`` (a reload replaces it): a handler reads it once per request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from dicomproxy.access import RejectionLog
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings
 
 if TYPE_CHECKING:  # the services are built by dicomproxy.app; this module only names their types
     from dicomproxy.pacs.client import PacsClient
@@ -26,7 +28,8 @@ if TYPE_CHECKING:  # the services are built by dicomproxy.app; this module only 
 
 @dataclass
 class AppContext:
-    config: Config
+    #: The process's current Config (dicomproxy.config.holder); a reload replaces it.
+    settings: Settings
     #: Rate-limited log of rejected associations (one line per address per minute).
     rejections: RejectionLog = field(default_factory=RejectionLog)
     #: Set when the server starts draining; long handlers check it between instances.
@@ -47,6 +50,11 @@ class AppContext:
     push: PushService | None = None
     #: Storage Commitment ledger when a peer has ``storage_commitment``; None otherwise.
     commitments: CommitmentLedger | None = None
+
+    @property
+    def config(self) -> Config:
+        """The current Config: read it once per association or request and keep that object."""
+        return self.settings.current
 
     def close(self) -> None:
         """Release pools and files held by the services (idempotent)."""

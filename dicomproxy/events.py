@@ -192,6 +192,18 @@ class ConsoleRequest(Event):
 
 
 @dataclass(frozen=True)
+class ConfigReloaded(Event):
+    """A reload of the config file (SIGHUP, ``dicomproxy reload``): applied, or refused with the
+    error; the keys it changed and those left for a restart (names only, never values)."""
+
+    path: str
+    applied: bool
+    changed: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Failure(Event):
     """An error worth showing an administrator (PACS, database, destination); no patient data."""
 

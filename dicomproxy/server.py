@@ -2,7 +2,9 @@
 
 ``Server(config).run()`` serves until SIGINT/SIGTERM, then stops accepting, lets active
 associations finish within ``[proxy].drain_timeout`` and aborts the rest. A second signal
-aborts at once. Tests use :meth:`Server.start` / :meth:`Server.stop` on a free port.
+aborts at once. SIGHUP calls ``on_reload`` on the main thread (``serve``: the
+:class:`~dicomproxy.reloader.Reloader`). Tests use :meth:`Server.start` / :meth:`Server.stop`
+on a free port.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -32,6 +34,7 @@ from dicomproxy import __version__, access, events
 from dicomproxy.audit.retention import RetentionTimer, audit_export_dir
 from dicomproxy.audit.trail import AuditSubscriber, AuditTrail, JobIdentities
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings
 from dicomproxy.context import AppContext
 from dicomproxy.handlers.commitment import handle_event_report
 from dicomproxy.handlers.echo import handle_echo
@@ -41,6 +44,7 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
 from dicomproxy.pacs.store import handle_store, store_acceptor
+from dicomproxy.relay.bandwidth import capped_destinations
 from dicomproxy.relay.committer import Committer
 from dicomproxy.relay.resume import RetryWorker
 from dicomproxy.transport.commitment import COMMITMENT_CLASS
@@ -131,7 +135,7 @@ def _log_aborted(event: evt.Event) -> None:
 def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
     handlers: list[tuple[Any, ...]] = [
         *NODELAY_HANDLERS,
-        (evt.EVT_REQUESTED, access.on_requested, [ctx.config, ctx.rejections]),
+        (evt.EVT_REQUESTED, access.on_requested, [ctx.settings, ctx.rejections]),
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
@@ -158,11 +162,13 @@ class Server:
         *,
         retries: bool = True,
         console: bool | None = None,
+        on_reload: Callable[[], object] | None = None,
     ) -> None:
         """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.relay.resume`) in
         this process; off for the short-lived listener ``jobs retry`` starts itself.
         ``console``: the HTTP console of ``[http]`` (default: as ``retries``; the audit trail runs
-        either way when ``[audit] enabled``)."""
+        either way when ``[audit] enabled``). ``on_reload``: what a SIGHUP runs (none: SIGHUP is
+        left alone)."""
         self.config = config
         self._console_wanted = retries if console is None else console
         self.console: Any = None
@@ -172,7 +178,7 @@ class Server:
         self._atna: Any = None
         self._identities: JobIdentities | None = None
         self.alerts: Any = None
-        self.ctx = ctx if ctx is not None else AppContext(config)
+        self.ctx = ctx if ctx is not None else AppContext(Settings(config))
         self.retry_worker: RetryWorker | None = None
         self.committer: Committer | None = None
         self._retries = retries
@@ -180,6 +186,9 @@ class Server:
         self._server: Any = None
         self.store_acceptor: StoreAcceptor | None = None
         self._stop_requested = threading.Event()
+        self._reload_requested = threading.Event()
+        self._wake = threading.Event()
+        self._on_reload = on_reload
         self._force = False
 
     @property
@@ -216,13 +225,17 @@ class Server:
             events.flush()
             engine = self.ctx.relay.engine if self.ctx.relay is not None else None
             self.retry_worker = RetryWorker(
-                self.config, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
+                self.ctx.settings, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
             )
             self.retry_worker.start()
+        if self.ctx.relay is not None and self.ctx.journal is not None:  # [[bandwidth]]: the nodes alive
+            self.ctx.relay.engine.bandwidth.start(
+                self.ctx.journal.engine, self.ctx.journal.node, capped_destinations(self.config)
+            )
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
-            self.committer = Committer(self.config, self.ctx.commitments)
+            self.committer = Committer(self.ctx.settings, self.ctx.commitments)
             self.committer.start()
 
     def _start_observers(self) -> None:
@@ -327,6 +340,8 @@ class Server:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
         self._stop_observers(clean=not left and not raw)
+        if self.ctx.relay is not None:  # the other nodes take up this node's share of the timetable
+            self.ctx.relay.engine.bandwidth.stop()
         self.ctx.close()
         LOG.info("stopped")
         return not left and not raw
@@ -337,19 +352,42 @@ class Server:
             self._force = True
             LOG.warning("second stop request: aborting associations now")
         self._stop_requested.set()
+        self._wake.set()
 
-    def run(self) -> bool:
-        """Serve until a stop request (signal), then drain. Returns True on a clean drain."""
+    def request_reload(self) -> None:
+        """Ask :meth:`run` to call ``on_reload`` (SIGHUP); several requests before it runs are one."""
+        self._reload_requested.set()
+        self._wake.set()
+
+    def run(self, on_started: Callable[[], object] | None = None) -> bool:
+        """Serve until a stop request (signal), then drain. Returns True on a clean drain.
+        ``on_started``: called once listening (``serve`` writes its pid file)."""
         # Handlers before start: a signal during start-up (console, retry worker) is a stop request.
         with self._signals():
             self.start()
-            self._stop_requested.wait()
+            if on_started is not None:
+                on_started()
+            while not self._stop_requested.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                if self._reload_requested.is_set() and not self._stop_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload()
             LOG.info("stop requested: draining (timeout %.0f s)", self.config.proxy.drain_timeout)
             return self.stop()
 
+    def _reload(self) -> None:
+        if self._on_reload is None:
+            return
+        try:
+            self._on_reload()
+        except Exception:  # a bug in a reload must not end the service
+            LOG.exception("reload failed; the running configuration is unchanged")
+
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM request a stop; the previous handlers are restored afterwards."""
+        """SIGINT/SIGTERM request a stop, SIGHUP a reload (with ``on_reload``); the previous
+        handlers are restored afterwards."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -357,7 +395,12 @@ class Server:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request_stop()
 
+        def hangup(signum: int, frame: FrameType | None) -> None:
+            self.request_reload()
+
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if self._on_reload is not None:
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
         try:
             yield
         finally:

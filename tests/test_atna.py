@@ -81,6 +81,10 @@ def check_a53(msg: etree._Element) -> str:
         assert type_codes == ["110122"]
         # the peer logs in: it is the one requestor, we are not
         assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")].count("true") == 1
+    elif event_id == "110113" and type_codes == ["110131"]:  # Security Alert: a reload of the config
+        (subject,) = objects(msg, "12")
+        assert subject.get("ParticipantObjectTypeCodeRole") == "13"
+        assert [p.get("UserIsRequestor") for p in msg.iterfind("ActiveParticipant")] == ["true"]
     elif event_id == "110113":  # A.5.3.x Security Alert
         assert type_codes == ["110126"]
         (node,) = objects(msg, "110182")
@@ -212,6 +216,34 @@ def test_job_events_without_their_start_make_no_message() -> None:
     )
     assert builder.build(finished, None) is None
     assert builder.build(events.JobResolved(job_id=1, level="STUDY", study_uids=("1.2.3",)), None) is None
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_reload_is_a_security_alert(applied: bool) -> None:
+    """A reload of the config (docs/operations.md, Reload): Security Alert, Software Configuration,
+    the file as its subject; the keys named, no value."""
+    from dicomproxy import events
+    from dicomproxy.audit.atna import MessageBuilder, to_bytes
+
+    builder = MessageBuilder("DICOMPROXY", "host", "dicomproxy@host")
+    event = events.ConfigReloaded(
+        "/etc/dicomproxy/dicomproxy.toml",
+        applied,
+        changed=("peers",) if applied else (),
+        restart=("proxy.port",) if applied else (),
+        error="" if applied else "/etc/dicomproxy/dicomproxy.toml: compression.mode: must be one of none",
+    )
+    message = builder.build(event, None)
+    assert message is not None
+    msg = etree.fromstring(to_bytes(message))
+    assert SCHEMA.validate(msg), SCHEMA.error_log
+    assert check_a53(msg) == "110113"
+    assert msg.find("EventIdentification").get("EventOutcomeIndicator") == ("0" if applied else "4")
+    detail = base64.b64decode(
+        msg.find("ParticipantObjectIdentification/ParticipantObjectDetail").get("value")
+    )
+    expected = "reload applied: peers; needs a restart: proxy.port" if applied else "reload refused: "
+    assert detail.decode().startswith(expected)
 
 
 def test_schema_rejects_a_malformed_message() -> None:

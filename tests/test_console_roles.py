@@ -162,3 +162,17 @@ def test_tokens_must_differ_per_role(make_config: ConfigFactory, http: dict[str,
 def test_off_loopback_one_role_s_token_is_enough(make_config: ConfigFactory) -> None:
     config = make_config(http={"host": "0.0.0.0", "auditor_token": "x"})
     assert (config.http.token, config.http.auditor_token) == ("", "x")
+
+
+def test_a_reload_changes_the_tokens_for_the_next_request(console: tuple[Server, str]) -> None:
+    """``[http] token`` is reloadable (docs/operations.md, Reload): the console reads the current
+    one per request; the old token is refused from then on."""
+    from dataclasses import replace
+
+    server, base = console
+    assert call(base, "/api/status", ADMIN)[0] == 200
+    config = server.ctx.config
+    server.ctx.settings.replace(replace(config, http=replace(config.http, token="admin-N3w")))
+    assert call(base, "/api/status", ADMIN)[0] == 401
+    assert call(base, "/api/status", "admin-N3w")[0] == 200
+    assert call(base, "/api/status", OPERATOR)[0] == 200  # unchanged

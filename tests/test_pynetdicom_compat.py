@@ -92,6 +92,12 @@ def test_association_insides_on_a_real_association() -> None:
         compat.install_send_lock(assoc)  # idempotent
         assert isinstance(compat.send_lock_of(assoc), type(threading.Lock()))
         compat.bound_send_queue(assoc, 8)
+        default = assoc.dul._run_loop_delay
+        assert isinstance(default, float) and default < 0.01
+        with compat.reactor_poll(assoc, 0.01):
+            assert assoc.dul._run_loop_delay == 0.01
+            assert assoc.send_c_echo().Status == 0  # the reactor still answers, less often awake
+        assert assoc.dul._run_loop_delay == default
         status = assoc.send_c_echo()  # both wrappers on the path: still works
         assert status is not None and status.Status == 0
     finally:

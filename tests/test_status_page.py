@@ -212,11 +212,22 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
             "retry_delay": 30.0,
         },
         reports={"enabled": False},
+        bandwidth=[{"mbps": 20}, {"days": "sat-sun", "mbps": 100, "dest": "jobserver"}],
     )
     server = run_proxy(config)
     assert server.console is not None
     browser.get(f"{server.console.url}/#token={TOKEN}")
     wait = WebDriverWait(browser, PAGE_WAIT)
+    # the bandwidth timetable: the rate in force for the push destination, and the next change
+    rate = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#bandwidth tr[data-destination='jobserver']")
+    )
+    cells = [td.text for td in rate[0].find_elements(By.TAG_NAME, "td")]
+    weekend = dt.date.today().weekday() >= 5
+    assert cells[1:5] == (
+        ["100", "bandwidth[1]", "1", "100"] if weekend else ["20", "bandwidth[0]", "1", "20"]
+    )
+    assert cells[5].endswith(" 00:00") and cells[6] == ("20" if weekend else "100"), cells
     held = wait.until(
         lambda d: [
             tr
@@ -287,6 +298,26 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#commitment thead th")]
     shown = dict(zip(header, [td.text for td in commit[0].find_elements(By.TAG_NAME, "td")], strict=True))
     assert (shown["等待 Pending"], shown["已确认 Committed"], shown["失败 Failed"]) == ("3", "0", "0")
+    # the backfill lane, paused by the operator (`push pause --lane backfill`), with one study queued
+    from sqlalchemy import update
+
+    from dicomproxy.push import holds
+    from dicomproxy.push.queue import BACKFILL
+    from dicomproxy.push.schema import push_queue
+
+    push = server.ctx.push
+    assert push is not None
+    holds.pause(push.queue, None, lane=BACKFILL)
+    with push.queue.engine.begin() as conn:  # one of the queued demo studies moved to the lane
+        first = conn.execute(push_queue.select().order_by(push_queue.c.id).limit(1)).mappings().one()
+        conn.execute(update(push_queue).where(push_queue.c.id == first["id"]).values(lane=BACKFILL))
+    lane = "#backfill tr[data-lane='backfill']"
+    row_ = wait.until(lambda d: [tr for tr in d.find_elements(By.CSS_SELECTOR, lane) if "yes" in tr.text])
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#backfill thead th")]
+    shown = dict(zip(header, [td.text for td in row_[0].find_elements(By.TAG_NAME, "td")], strict=True))
+    assert (shown["剩余 Left"], shown["暂停 Paused"]) == ("1", "是 yes")
+    holds.resume(push.queue, None, lane=BACKFILL)
+    wait.until(lambda d: [tr.text for tr in d.find_elements(By.CSS_SELECTOR, lane) if "yes" not in tr.text])
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text

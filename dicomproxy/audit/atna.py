@@ -77,6 +77,7 @@ APPLICATION_START = Code("110120", "DCM", "Application Start")
 APPLICATION_STOP = Code("110121", "DCM", "Application Stop")
 LOGIN = Code("110122", "DCM", "Login")
 NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
+SOFTWARE_CONFIGURATION = Code("110131", "DCM", "Software Configuration")
 ROLE_APPLICATION = Code("110150", "DCM", "Application")
 ROLE_DESTINATION = Code("110152", "DCM", "Destination Role ID")
 ROLE_SOURCE = Code("110153", "DCM", "Source Role ID")
@@ -85,6 +86,7 @@ PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
 STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
 SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 NODE_ID = Code("110182", "DCM", "Node ID")
+URI = Code("12", "RFC-3881", "URI")
 
 #: Key Object Selection Document Storage: the IOCM rejection note (dicomproxy.identity.rejection).
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -231,6 +233,31 @@ class MessageBuilder:
         )
         return root
 
+    def _configuration(self, event: events.ConfigReloaded, context: object) -> ET.Element:
+        """A reload (PS3.15 A.5.3.11 Security Alert, Software Configuration): we report it, the
+        config file is the alert's subject; its description names keys, never their values."""
+        outcome = SUCCESS if event.applied else MINOR_FAILURE
+        root = self._message(SECURITY_ALERT, "E", event.time, outcome, SOFTWARE_CONFIGURATION)
+        self._ourselves(root, True, None)
+        self._source(root)
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": event.path,
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "13",  # Security Resource
+            },
+        )
+        URI.element(obj, "ParticipantObjectIDTypeCode")
+        if event.applied:
+            text = f"reload applied: {', '.join(event.changed) or 'no change'}"
+            text += f"; needs a restart: {', '.join(event.restart)}" if event.restart else ""
+        else:
+            text = f"reload refused: {event.error}"
+        ET.SubElement(obj, "ParticipantObjectDetail", {"type": "Alert Description", "value": _b64(text)})
+        return root
+
     def _query(self, event: events.FindDone, context: object) -> ET.Element:
         outcome = SUCCESS if event.status in (Status.SUCCESS, Status.CANCEL) else SERIOUS_FAILURE
         root = self._message(QUERY, "E", event.time, outcome)
@@ -321,6 +348,7 @@ class MessageBuilder:
         events.ProcessStopped: _application_activity,
         events.AssociationAccepted: _login,
         events.AssociationRejected: _security_alert,
+        events.ConfigReloaded: _configuration,
         events.FindDone: _query,
         events.JobResolved: _begin_transferring,
         events.JobInterrupted: _interrupted,

@@ -127,6 +127,8 @@ class Action:
     #: A correction after delivery found (outcome detected | warned) or carried out (done |
     #: failed | retry); detail: kind, changed fields, note UID, counts (docs/identity.md).
     CORRECTION = "correction"
+    #: A reload of the config file (detail: path, changed keys, restart-only keys, error).
+    RELOAD = "reload"
 
 
 @dataclass
@@ -667,6 +669,17 @@ class AuditSubscriber:
             time=event.time,
         )
 
+    def _config_reloaded(self, event: events.ConfigReloaded) -> AuditRecord:
+        detail = {
+            "path": event.path,
+            "changed": list(event.changed),
+            "restart": list(event.restart),
+            "error": event.error,
+        }
+        return AuditRecord(
+            Action.RELOAD, "applied" if event.applied else "refused", time=event.time, detail=detail
+        )
+
     #: Event type → its builder (an event of a type not listed is not recorded).
     _BUILDERS: ClassVar[dict[type[events.Event], Callable[[AuditSubscriber, Any], AuditRecord | None]]] = {
         events.ProcessStarted: _process_started,
@@ -682,6 +695,7 @@ class AuditSubscriber:
         events.ConsoleRequest: _console_request,
         events.CorrectionFound: _correction_found,
         events.CorrectionSent: _correction_sent,
+        events.ConfigReloaded: _config_reloaded,
     }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``dicomproxy init | serve | echo | find | move | get | check-config | jobs | audit |
+"""Command line: ``dicomproxy init | serve | reload | echo | find | move | get | check-config | jobs | audit |
 push | reconcile | alerts``.
 
 The only place that exits the process. Errors from below arrive as exceptions and are
@@ -19,6 +19,7 @@ from dicomproxy.cli.init import init_cmd
 from dicomproxy.cli.jobs import jobs
 from dicomproxy.cli.push import push_group
 from dicomproxy.cli.reconcile import reconcile_cmd
+from dicomproxy.cli.reload import reload_cmd
 from dicomproxy.cli.serve import serve
 
 
@@ -31,6 +32,7 @@ def cli() -> None:
 for _command in (
     init_cmd,
     serve,
+    reload_cmd,
     echo,
     find,
     move_cmd,

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings, as_settings
 from dicomproxy.push.holds import pause, resume
 
 #: The most audit records one request returns.
@@ -38,8 +39,8 @@ class AuditReader(Protocol):
 class Actions:
     """Push pause/resume and the audit trail over HTTP."""
 
-    def __init__(self, config: Config, push: Any, audit: AuditReader | None) -> None:
-        self.config = config
+    def __init__(self, config: Config | Settings, push: Any, audit: AuditReader | None) -> None:
+        self.settings = as_settings(config)  # push destinations as reloaded
         self.push = push
         self.audit = audit
 
@@ -57,7 +58,7 @@ class Actions:
             destination = body.get("destination") if isinstance(body, dict) else None
         except ValueError:
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
-        if destination is not None and destination not in self.config.push.destinations:
+        if destination is not None and destination not in self.settings.current.push.destinations:
             return JSONResponse({"error": f"{destination!r} is not a [push] destination"}, status_code=400)
         await asyncio.to_thread(act, self.push.queue, destination)
         return JSONResponse({done: destination or "*"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Callable
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,22 +55,35 @@ def allowed(role: Role, path: str) -> bool:
 class RoleGate:
     """ASGI middleware: the caller's role from its bearer token, 401/403, and the audit event."""
 
-    def __init__(self, app: ASGIApp, http: HttpConfig) -> None:
+    def __init__(self, app: ASGIApp, http: HttpConfig | Callable[[], HttpConfig]) -> None:
+        """``http``: the ``[http]`` section, or a callable giving the current one (a reload changes
+        the tokens for the next request)."""
         self.app = app
-        self.tokens = [
-            (f"Bearer {token}".encode(), role)
-            for token, role in (
-                (http.token, Role.ADMIN),
-                (http.operator_token, Role.OPERATOR),
-                (http.auditor_token, Role.AUDITOR),
-            )
-            if token.strip()
-        ]
+        self._http = http if callable(http) else (lambda: http)
+        self._seen: tuple[HttpConfig, list[tuple[bytes, Role]]] | None = None
 
-    def role_of(self, authorization: bytes) -> Role | None:
+    @property
+    def tokens(self) -> list[tuple[bytes, Role]]:
+        """(``Bearer <token>``, role) of every configured token, for the current ``[http]``."""
+        http = self._http()
+        seen = self._seen
+        if seen is None or seen[0] is not http:
+            tokens = [
+                (f"Bearer {token}".encode(), role)
+                for token, role in (
+                    (http.token, Role.ADMIN),
+                    (http.operator_token, Role.OPERATOR),
+                    (http.auditor_token, Role.AUDITOR),
+                )
+                if token.strip()
+            ]
+            self._seen = seen = (http, tokens)
+        return seen[1]
+
+    def role_of(self, authorization: bytes, tokens: list[tuple[bytes, Role]] | None = None) -> Role | None:
         """The role whose token ``authorization`` carries (every token compared, in constant time)."""
         found = None
-        for expected, role in self.tokens:
+        for expected, role in self.tokens if tokens is None else tokens:
             if hmac.compare_digest(authorization, expected):
                 found = role
         return found
@@ -79,7 +93,10 @@ class RoleGate:
         if not path or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
-        role = self.role_of(dict(scope["headers"]).get(b"authorization", b"")) if self.tokens else Role.ADMIN
+        tokens = self.tokens
+        role = (
+            self.role_of(dict(scope["headers"]).get(b"authorization", b""), tokens) if tokens else Role.ADMIN
+        )
         client = scope.get("client") or ("", 0)
         status = {"code": 0}
 

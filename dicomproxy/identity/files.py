@@ -40,6 +40,7 @@ from pynetdicom.dsutils import split_dataset
 
 from dicomproxy.identity.coerce import apply_changes, declared_of, plan_changes
 from dicomproxy.identity.model import Identity
+from dicomproxy.identity.scan import Scanned, scan
 from dicomproxy.transport.rewritten import Rewritten
 
 LOG = logging.getLogger("dicomproxy.identity")
@@ -142,9 +143,16 @@ class Header:
         return bool(self.bounds) and syntax != DEFLATED and not any(t & 0xFFFF == 0 for t in self.bounds)
 
     def key(self) -> tuple[object, ...]:
-        """What a patch depends on: the study, the encoding, the bytes of :data:`COERCED_TAGS`."""
-        raw = tuple(self.head[slice(*self.bounds[t])] if t in self.bounds else None for t in COERCED_TAGS)
-        return (self.study, self.ds.original_encoding, raw)
+        implicit, little = self.ds.original_encoding
+        return patch_key(self.study, bool(implicit), bool(little), self.head, self.bounds)
+
+
+def patch_key(
+    study: str, implicit: bool, little: bool, head: bytes, bounds: Mapping[int, tuple[int, int]]
+) -> tuple[object, ...]:
+    """What a patch depends on: the study, the encoding, the bytes of :data:`COERCED_TAGS`."""
+    raw = tuple(head[slice(*bounds[t])] if t in bounds else None for t in COERCED_TAGS)
+    return (study, implicit, little, raw)
 
 
 @dataclass(frozen=True)
@@ -251,7 +259,7 @@ def encode_patch(ds: Dataset, touched: set[int], charset: list[str]) -> Patch:
     return patch
 
 
-def patched(src: Path, header: Header, patch: Patch) -> Rewritten:
+def patched(src: Path, header: Header | Scanned, patch: Patch) -> Rewritten:
     """``src`` with ``patch`` applied to its header (every other element as it was): the new bytes
     of the data set up to Pixel Data, the rest to be read from ``src``."""
     head, bounds = header.head, header.bounds
@@ -297,7 +305,22 @@ class Coercer:
         rewritten (:class:`Rewritten`), or ``spare`` written whole.
 
         The instances of a study carry the same identifying elements: the patch made for the
-        first is applied to the next ones whose bytes of those elements are the same."""
+        first is applied to the next ones whose bytes of those elements are the same; their
+        headers are only scanned (:mod:`dicomproxy.identity.scan`), not read by pydicom."""
+        scanned = scan(src)
+        if scanned is not None and scanned.study not in self.identities:
+            self._warn(scanned.study)
+            return src
+        if scanned is not None:
+            patch = self._patches.get(
+                patch_key(scanned.study, scanned.implicit, True, scanned.head, scanned.bounds)
+            )
+            if patch == {}:
+                return src
+            if patch is not None:
+                with self._lock:
+                    self.coerced += 1
+                return patched(src, scanned, patch)
         header = Header.read(src)
         key = header.key() if header.spliceable else None
         patch = self._patches.get(key) if key is not None else None

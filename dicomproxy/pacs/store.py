@@ -183,12 +183,12 @@ def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
         return None
     relay = ctx.relay
 
-    def claim(calling: str) -> bool:
-        return config.archive_for_ae(calling) is not None and config.peer(calling) is None
+    def claim(calling: str) -> bool:  # peers as current (a reload), archives as at start
+        return config.archive_for_ae(calling) is not None and ctx.config.peer(calling) is None
 
     def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
         peer = events.Peer(calling.strip(), remote_ip)
-        decision = access.decide(config, calling, called, remote_ip)
+        decision = access.decide(ctx.config, calling, called, remote_ip)
         if not decision.accept:
             ctx.rejections.warn(remote_ip, decision.reason)
             events.publish(events.AssociationRejected(peer, called.strip(), decision.reason, decision.rjd[2]))

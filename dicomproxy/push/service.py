@@ -65,6 +65,7 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
+from dicomproxy.relay.bandwidth import Bandwidth
 from dicomproxy.relay.journal import Journal
 from dicomproxy.status import JobOutcome, Status
 
@@ -94,6 +95,10 @@ class PushService:
         self.window = parse_window(self.push.window)
         self.limiters = {ae: RateLimiter(mbps) for ae, mbps in self.push.max_mbps}
         self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
+        #: ``[[bandwidth]]``, the relay's: caps the total sent to a destination by every lane and
+        #: node (``max_mbps`` and ``backfill_mbps`` stay this node's per-lane caps beside it).
+        engine = getattr(relay, "engine", None)  # tests of the queue alone have no relay
+        self.bandwidth: Bandwidth = engine.bandwidth if engine is not None else Bandwidth(config.bandwidth)
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
@@ -108,6 +113,28 @@ class PushService:
         self._claim_error = False
         #: Local time source (tests of the window replace it).
         self.local_now: Callable[[], dt.datetime] = dt.datetime.now
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload (docs/operations.md, Reload): the next watcher pass reads the new filters, the
+        next claim the window and holds, the next job the peers and ``max_mbps``; a running job
+        keeps the rate limiter it started with. Threads and the watermark stay as started."""
+        if config.push == self.push and config.peers == self.config.peers:
+            return
+        old, old_backfill = dict(self.push.max_mbps), self.push.backfill_mbps
+        self.config, self.push = config, config.push
+        self.window = parse_window(self.push.window)
+        self.limiters = {  # an unchanged cap keeps its bucket (it is shared by the running jobs)
+            ae: self.limiters[ae] if old.get(ae) == mbps and ae in self.limiters else RateLimiter(mbps)
+            for ae, mbps in self.push.max_mbps
+        }
+        if self.push.backfill_mbps != old_backfill:
+            self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
+        for part in (self.watcher, self.rechecks):
+            part.config, part.push = config, config.push
+        self.holds.push = config.push
+        self.files.config = config
+        self.commitments.config = config
+        self._wake.set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -271,7 +298,10 @@ class PushService:
             self.queue.record_attempt(item, job_id)
 
         caps = [self.limiters.get(item.destination), self.backfill_cap if item.lane == BACKFILL else None]
-        takes = [c.take for c in caps if c is not None]
+        takes: list[Callable[[int], float]] = [c.take for c in caps if c is not None]
+        timetable = self.bandwidth.throttle(item.destination)  # [[bandwidth]]: every lane, every node
+        if timetable is not None:
+            takes.append(timetable)
         final = None
         for response in self.relay.push(
             item.study_uid,

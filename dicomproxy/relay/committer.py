@@ -17,6 +17,7 @@ import logging
 import threading
 
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings, as_settings
 from dicomproxy.relay.commitments import CommitmentLedger, Transaction, answer_status
 from dicomproxy.status import Status
 from dicomproxy.transport.commitment import Report, request_commitment
@@ -35,12 +36,19 @@ SAME_ASSOCIATION_GRACE = 0.5
 class Committer:
     """Sends due Storage Commitment requests until stopped."""
 
-    def __init__(self, config: Config, ledger: CommitmentLedger, poll: float = POLL_INTERVAL) -> None:
-        self.config = config
+    def __init__(
+        self, config: Config | Settings, ledger: CommitmentLedger, poll: float = POLL_INTERVAL
+    ) -> None:
+        #: The current Config (a reload changes the next retry / request, not a running one).
+        self.settings = as_settings(config)
         self.ledger = ledger
         self.poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.settings.current
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="commitment", daemon=True)

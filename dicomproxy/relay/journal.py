@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from dicomproxy.identity import Identity
+from dicomproxy.relay.fastinsert import FastInsert
 from dicomproxy.status import RETRYABLE_OUTCOMES, JobKind, JobOutcome
 
 METADATA = MetaData()
@@ -216,6 +217,10 @@ class InstanceRecord:
     transfer_syntax: str = ""
     bytes: int = 0
     error: str = ""
+
+
+#: The ``job_instances`` columns an :class:`InstanceRecord` fills, with its job.
+INSTANCE_COLUMNS = ("job_id", *InstanceRecord.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -543,6 +548,7 @@ class Journal(JobQueries, JobRetries, JobIdentities):
             event.listen(self.engine, "connect", _sqlite_wal)
         METADATA.create_all(self.engine)
         self._lock = threading.Lock()
+        self._instance_insert: FastInsert | None = None
 
     @classmethod
     def for_config(cls, journal_url: str, data_path: Path) -> Journal:
@@ -560,6 +566,7 @@ class Journal(JobQueries, JobRetries, JobIdentities):
         journal.node = (node or socket.gethostname())[:255]
         journal.engine = engine
         journal._lock = threading.Lock()
+        journal._instance_insert = None
         return journal
 
     def start(
@@ -599,11 +606,14 @@ class Journal(JobQueries, JobRetries, JobIdentities):
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 
     def add_instances(self, job_id: int, records: list[InstanceRecord]) -> None:
+        """Journal sent instances in one transaction (the relay's per-instance hot path:
+        :class:`~dicomproxy.relay.fastinsert.FastInsert`)."""
         if not records:
             return
-        rows = [{"job_id": job_id, **r.__dict__} for r in records]
-        with self.engine.begin() as conn:
-            conn.execute(insert(job_instances), rows)
+        writer = self._instance_insert
+        if writer is None:
+            writer = self._instance_insert = FastInsert(self.engine, job_instances, INSTANCE_COLUMNS)
+        writer([{"job_id": job_id, **r.__dict__} for r in records])
 
     def finish(
         self, job_id: int, *, status: int, outcome: JobOutcome, error: str = "", **counts: Any

@@ -32,6 +32,7 @@ from pynetdicom.association import Association
 
 from dicomproxy import events
 from dicomproxy.config import Config, PeerConfig
+from dicomproxy.config.holder import Settings, as_settings
 from dicomproxy.errors import (
     DicomServiceError,
     MoveDestinationUnknown,
@@ -68,7 +69,7 @@ class RelayService:
 
     def __init__(
         self,
-        config: Config,
+        config: Config | Settings,
         pacs: PacsClient,
         resolver: StudyResolver | None,
         journal: Journal,
@@ -77,7 +78,10 @@ class RelayService:
         pending_interval: float = 5.0,
         archives: Mapping[str, PacsClient] | None = None,
     ) -> None:
-        self.config = config
+        #: The current Config; each job reads it once when it starts and keeps that object to its
+        #: end (a reload changes the next job, never a running one: docs/operations.md, Reload).
+        self.settings = as_settings(config)
+        config = self.settings.current
         self.pacs = pacs
         #: One client per archive by name (``[pacs]`` is "pacs"); routing picks one per study.
         self.archives: dict[str, PacsClient] = {pacs.name: pacs, **(archives or {})}
@@ -103,12 +107,17 @@ class RelayService:
         if modes - {"none"}:
             self.pools.get().warm()  # the first job does not wait for the workers to start
 
+    @property
+    def config(self) -> Config:
+        return self.settings.current
+
     # --- entry points (generators for dicomproxy.handlers.qrservice) ---
 
     def move(
         self, req: RetrieveRequest, is_cancelled: Callable[[], bool], alive: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
-        peer = self.config.peer(req.move_destination)
+        config = self.config  # this job's, to its end
+        peer = config.peer(req.move_destination)
         job_id = self.journal.start(  # the Identifier kept until its keys are recorded (a resume resolves it)
             JobKind.MOVE,
             req.calling_ae,
@@ -129,8 +138,11 @@ class RelayService:
             return
         # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
         # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
-        opener = destination_opener(self.config, peer, (req.calling_ae, req.message_id))
-        yield from self._job(job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(peer))
+        throttle = self.engine.pull_throttle(peer)  # [[bandwidth]] when the peer has cap_pulls
+        opener = destination_opener(config, peer, (req.calling_ae, req.message_id), throttle)
+        yield from self._job(
+            config, job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(config, peer)
+        )
 
     def _refused(self, job_id: int, req: RetrieveRequest, exc: DicomServiceError) -> RetrieveResponse:
         """End a job refused before any work (its destination is unknown): journal, log, final answer."""
@@ -141,9 +153,9 @@ class RelayService:
         observe.job_finished(job_id, req.kind, outcome, final.status, None, 0)
         return final
 
-    def _lanes_for(self, peer: PeerConfig) -> int:
+    def _lanes_for(self, config: Config, peer: PeerConfig) -> int:
         """``onward_associations`` for ``peer``, capped at what it opened recently (LANE_HINT_SECONDS)."""
-        lanes = self.config.onward_associations(peer)
+        lanes = config.onward_associations(peer)
         hint = self._lane_hints.get(peer.ae_title)
         if hint is not None and time.monotonic() - hint[1] < LANE_HINT_SECONDS:
             lanes = min(lanes, hint[0])
@@ -175,13 +187,14 @@ class RelayService:
         ``destination`` runs (visibility checked again, the peer's compression), journalled as a
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
-        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``); ``wrap``
+        work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``); ``wrap``
         replaces the job's coercer (a correction's copies, :mod:`dicomproxy.push.correcting`)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
-        req = RetrieveRequest("push", identifier, self.config.proxy.ae_title, "", destination)
-        peer = self.config.peer(destination)
+        config = self.config  # this job's, to its end
+        req = RetrieveRequest("push", identifier, config.proxy.ae_title, "", destination)
+        peer = config.peer(destination)
         job_id = self.journal.start(JobKind.PUSH, req.calling_ae, "", destination, "")
         if on_start is not None:
             on_start(job_id)
@@ -193,30 +206,34 @@ class RelayService:
                 MoveDestinationUnknown(f"push destination {destination!r} is not a configured peer"),
             )
             return
-        opener = destination_opener(self.config, peer, None, throttle)  # no C-MOVE asked: no Move Originator
+        opener = destination_opener(config, peer, None, throttle)  # no C-MOVE asked: no Move Originator
         yield from self._job(
+            config,
             job_id,
             req,
             opener,
             is_cancelled,
             lambda: True,
             exclude=exclude,
-            lanes=self._lanes_for(peer),
+            lanes=self._lanes_for(config, peer),
             wrap=wrap,
         )
 
     def get(
         self, req: RetrieveRequest, assoc: Association, is_cancelled: Callable[[], bool]
     ) -> Iterator[RetrieveResponse]:
+        config = self.config  # this job's, to its end
         job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
         observe.job_started(job_id, req)
-        opener = requester(assoc, self.config, self.config.peer(req.calling_ae))
-        yield from self._job(job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
+        peer = config.peer(req.calling_ae)
+        opener = requester(assoc, config, peer, self.engine.pull_throttle(peer))
+        yield from self._job(config, job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
 
     # --- the job ---
 
     def _job(
         self,
+        config: Config,
         job_id: int,
         req: RetrieveRequest,
         opener: Opener,
@@ -233,7 +250,7 @@ class RelayService:
         error = ""
         outcome = JobOutcome.FAILED
         try:
-            transfer = self._plan(req, state, opener, exclude, lanes, wrap)
+            transfer = self._plan(config, req, state, opener, exclude, lanes, wrap)
             if transfer is None:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
                 final, outcome = state.response(Status.SUCCESS), JobOutcome.EMPTY
@@ -270,6 +287,7 @@ class RelayService:
 
     def _plan(
         self,
+        config: Config,
         req: RetrieveRequest,
         state: JobState,
         opener: Opener,
@@ -289,19 +307,19 @@ class RelayService:
         reports: ReportFetch | None = None
         rows_of = getattr(self.resolver, "study_rows", None)  # the exam view (not a test's stub)
         destination = req.move_destination.strip() or req.calling_ae
-        wanted = coerces(self.config, destination) or self.config.reports.retrievable
+        wanted = coerces(config, destination) or config.reports.retrievable
         rows = rows_of(study_uids) if rows_of is not None and study_uids and wanted else {}
-        if self.config.reports.retrievable and rows_of is not None and not exclude:
-            style = name_style_for(self.config, destination)
-            routed, work = plan_reports(routed, lambda _: rows, self.config.reports, style)
+        if config.reports.retrievable and rows_of is not None and not exclude:
+            style = name_style_for(config, destination)
+            routed, work = plan_reports(routed, lambda _: rows, config.reports, style)
             if work:
-                reports = ReportFetch(work, self.config.reports, style)  # fetching starts now
+                reports = ReportFetch(work, config.reports, style)  # fetching starts now
                 state.files = state.extras = len(reports)
         try:
             keys = [key for key, _ in routed]
             clients = self.lister.route(job_id, routed)  # Unroutable before any archive is asked
             sources = {key.study_uid: c.config.ae_title for (key, _), c in zip(routed, clients, strict=True)}
-            coercer = job_coercer(self.config, self.journal, job_id, destination, rows, sources)
+            coercer = job_coercer(config, self.journal, job_id, destination, rows, sources)
             if wrap is not None:
                 coercer = wrap(coercer)
             fetch, sop_classes, summary = self.lister.fetch_list(state, clients, keys, exclude)
@@ -317,7 +335,7 @@ class RelayService:
             raise
         onward = sorted({*sop_classes, *REPORT_SOP_CLASSES}) if reports else sop_classes
         early = sop_classes if summary is not None else None
-        return Transfer(state, fetch, onward, opener, early, lanes, reports, coercer=coercer)
+        return Transfer(state, fetch, onward, opener, early, lanes, reports, coercer=coercer, config=config)
 
     @staticmethod
     def _log_plan(

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.config.holder import Settings, as_settings
 from dicomproxy.pacs.client import PacsClient
 from dicomproxy.relay.engine import Engine
 from dicomproxy.relay.journal import Journal
@@ -35,14 +36,15 @@ class RetryWorker:
 
     def __init__(
         self,
-        config: Config,
+        config: Config | Settings,
         journal: Journal,
         clients: Mapping[str, PacsClient],
         poll: float = POLL_INTERVAL,
         engine: Engine | None = None,
         resolver: StudyResolver | None = None,
     ) -> None:
-        self.config = config
+        #: The current Config (a reload changes the next retry / request, not a running one).
+        self.settings = as_settings(config)
         self.journal = journal
         self.clients = clients
         #: The serving process's delivery engine (its transcoding pool); None: one per retry.
@@ -52,6 +54,10 @@ class RetryWorker:
         self.poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.settings.current
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="retry-worker", daemon=True)

@@ -12,9 +12,10 @@ helpers below for the private attributes they read.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pynetdicom import _config
@@ -59,6 +60,19 @@ def storage_classes() -> Mapping[str, str]:
 def raw_socket(assoc: Association) -> Any:
     """The TCP (or TLS) socket under ``assoc`` (``dul.socket.socket``); None once closed."""
     return getattr(getattr(assoc.dul, "socket", None), "socket", None)
+
+
+@contextlib.contextmanager
+def reactor_poll(assoc: Association, seconds: float) -> Iterator[None]:
+    """Let ``assoc``'s DUL reactor sleep ``seconds`` between idle polls (``dul._run_loop_delay``,
+    1 ms by default: ~1,000 wake-ups a second, each taking the GIL) for the time of the block."""
+    dul = assoc.dul
+    before = dul._run_loop_delay
+    dul._run_loop_delay = seconds
+    try:
+        yield
+    finally:
+        dul._run_loop_delay = before
 
 
 def provider_events_waiting(assoc: Association) -> bool:

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomproxy.config import Config, NameStyle
+from dicomproxy.config.holder import Settings, as_settings
 from dicomproxy.mapping import FILES_KEY
 from dicomproxy.pacs.find import Counts, CountsSession, PacsFinder
 from dicomproxy.pacs.routing import StudyRef, Unroutable, route
@@ -72,18 +73,24 @@ class FindService:
 
     def __init__(
         self,
-        config: Config,
+        config: Config | Settings,
         view: ExamView,
         pacs: PacsFinder,
         archives: Mapping[str, PacsFinder] | None = None,
     ) -> None:
-        self.config = config
+        self.settings = as_settings(config)
+        config = self.settings.current
         self.view = view
         self.pacs = pacs
         #: One finder per archive by name; ``[pacs]`` is "pacs".
         self.archives: dict[str, PacsFinder] = {config.pacs.name: pacs, **(archives or {})}
         for archive in config.all_archives:
             self.archives.setdefault(archive.name, PacsFinder(config, archive=archive))
+
+    @property
+    def config(self) -> Config:
+        """The current Config: of what a reload changes only ``[[peers]]`` (name styles) is read here."""
+        return self.settings.current
 
     def finder_for(self, ref: StudyRef) -> PacsFinder:
         """The routed archive's finder (raises Unroutable, 0xC004)."""

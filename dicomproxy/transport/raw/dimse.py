@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from dicomproxy.transport.raw.pdu import (
     ProtocolError,
     message_pdus,
     pdata,
+    send_paced,
 )
 from dicomproxy.transport.raw.wire import Command, decode_command, encode_command, file_preamble_and_meta
 
@@ -221,8 +222,10 @@ class MessageStream:
         command: dict[str, Any],
         data: io.RawIOBase | io.BufferedIOBase | bytes | None = None,
         length: int = 0,
+        pace: Callable[[int], object] | None = None,
     ) -> None:
-        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``).
+        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``);
+        ``pace`` is told each batch's bytes once written (a rate cap waits in it).
 
         Whole messages only, also when two threads write (a C-CANCEL while the reading thread answers
         a C-STORE on a C-GET association): PS3.8 9.3.5, one message's PDVs are not interleaved."""
@@ -234,7 +237,7 @@ class MessageStream:
             if isinstance(data, bytes):
                 length, data = len(data), io.BytesIO(data)
             for batch in message_pdus(context_id, raw, data, length, self.max_pdv):
-                self.sock.sendall(batch)
+                send_paced(self.sock, batch, pace)
 
     def respond(self, rq: Message, field: int, status: int, **extra: Any) -> None:
         """A response without data set to ``rq`` (PS3.7 9.3, C.4)."""

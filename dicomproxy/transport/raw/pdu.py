@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 A_ASSOCIATE_RQ = 0x01
@@ -148,9 +148,24 @@ def message_pdus(
         yield batch
 
 
+def send_paced(sock: socket.socket, batch: bytes | bytearray, pace: Callable[[int], object] | None) -> None:
+    """``sock.sendall(batch)``; with ``pace``, in slices of at most :data:`SEND_BATCH` bytes, each
+    told to ``pace`` once written (a rate cap waits in it) — also inside one PDU larger than that
+    (a peer announcing an unlimited or a large Maximum Length: PDUs of up to 4 MiB)."""
+    if pace is None:
+        sock.sendall(batch)
+        return
+    view = memoryview(batch)
+    for start in range(0, len(view), SEND_BATCH):
+        piece = view[start : start + SEND_BATCH]
+        sock.sendall(piece)
+        pace(len(piece))
+
+
 __all__ = [
     "PduReader",
     "PeerClosed",
     "ProtocolError",
     "message_pdus",
+    "send_paced",
 ]
