@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import os
 import statistics
 import subprocess
@@ -33,19 +32,17 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import create_engine
 
 from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, wait_for_echo
+from testkit.bulk import upload_studies
 from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
-from testkit.realct import real_slices
-from testkit.samples import StudySpec, exam_row, make_instance
+from testkit.samples import StudySpec, exam_row
 from testkit.viewdb import create_view_table, insert_rows
 
 CALLER = "BENCH"
@@ -58,36 +55,6 @@ def specs(prefix: str, n: int, seed: int, day: str) -> list[StudySpec]:
         )
         for i in range(n)
     ]
-
-
-def small_real_instance(spec: StudySpec, k: int, size: int) -> bytes:
-    """The study's one instance (DICOM file bytes): the centre ``size`` × ``size`` of a real slice."""
-    slices = real_slices()
-    src = slices[k % len(slices)]
-    lo = (512 - size) // 2
-    ds = make_instance(spec, 0, 0)
-    ds.Rows = ds.Columns = size
-    ds.BitsStored = src.bits_stored
-    ds.HighBit = src.bits_stored - 1
-    ds.PixelRepresentation = src.pixel_representation
-    ds.RescaleIntercept = src.rescale_intercept
-    ds.RescaleSlope = src.rescale_slope
-    crop = np.ascontiguousarray(src.pixels[lo : lo + size, lo : lo + size])
-    ds.PixelData = crop.astype(np.int16 if src.pixel_representation else np.uint16).tobytes()
-    ds["PixelData"].VR = "OW"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def upload_bulk(pacs: Orthanc, studies: list[StudySpec], size: int, chunk: int = 500) -> None:
-    """Every study into Orthanc, ``chunk`` instances per ZIP archive (one ``POST /instances`` each)."""
-    for start in range(0, len(studies), chunk):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            for k, spec in enumerate(studies[start : start + chunk], start):
-                zf.writestr(f"{k:06d}.dcm", small_real_instance(spec, k, size))
-        pacs.request("POST", "/instances", buf.getvalue())
 
 
 def toml(path: Path, port: int, pacs: Remote, dest: Remote, view_url: str, backfill: int) -> None:
@@ -232,7 +199,7 @@ def main() -> None:
     live_a, live_b = specs("LA", args.live, 50_000, "20241201"), specs("LB", args.live, 60_000, "20241201")
     pacs = Orthanc(work / "pacs").start()
     try:
-        upload_bulk(pacs, [*history, *live_a, *live_b], args.size)
+        upload_studies(pacs, [*history, *live_a, *live_b], args.size)
         loaded = time.perf_counter() - t0
         view_url = f"sqlite:///{work / 'view.db'}"
         engine = create_engine(view_url)
@@ -254,14 +221,15 @@ def main() -> None:
     print(
         f"\n{args.history} historical + {args.live} live studies (one {args.size}×{args.size} crop of a "
         f"real CT slice each), a live row every {args.every} s; max_concurrent = 2, "
-        f"backfill_concurrent = {args.backfill_concurrent}; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} "
-        f"UTC, {os.cpu_count()} cores\n"
+        f"backfill_concurrent = {args.backfill_concurrent}; "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n"
     )
     print("| run | live p50 s | live p95 s | live max s | live delivered | backfill meanwhile |")
     print("|---|---|---|---|---|---|")
     for label, r in (("A: no backfill", a), ("B: backfill running", b)):
         meanwhile = (
-            f"{r.backfilled_meanwhile} in {r.live_window:.0f} s ({r.backfilled_meanwhile / r.live_window:.1f}/s)"
+            f"{r.backfilled_meanwhile} in {r.live_window:.0f} s "
+            f"({r.backfilled_meanwhile / r.live_window:.1f}/s)"
             if r is b
             else "—"
         )
