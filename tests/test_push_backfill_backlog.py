@@ -12,12 +12,16 @@ push on (``backfill_concurrent = 2``), ``dicomproxy push backfill`` by its CLI. 
   backfill workers claim nothing while a live item is due or running (``PushQueue.live_busy``);
 - at the end, per SOP Instance UID, every study once: none missing, none twice, nothing else.
 
+Then two ``dicomproxy serve`` processes on one PostgreSQL journal share the lane: a backlog queued
+once is delivered by both nodes' backfill workers, every study exactly once.
+
 Speed is measured in benchmarks/bench_backfill.py (2,000 studies), not here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,14 +31,15 @@ from typing import Any, cast
 import pytest
 from click.testing import CliRunner
 from pynetdicom import evt
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 
 from dicomproxy.cli import cli
 from dicomproxy.config import load_config
 from dicomproxy.push.backfill import lane_progress
-from dicomproxy.push.queue import BACKFILL, DONE, PushQueue
+from dicomproxy.push.queue import BACKFILL, DONE, PushQueue, push_queue
 from dicomproxy.server import Server
-from testkit import wait_until
+from dicomproxy.transport.net import Remote
+from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.bulk import upload_studies
 from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
@@ -142,3 +147,99 @@ def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(
     finally:
         dest.stop()
         view.dispose()
+
+
+def _node_toml(tmp: Path, name: str, port: int, pacs: Orthanc, dest: FakeDestination, journal: str) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(
+        f"""
+[proxy]
+ae_title = "DICOMPROXY"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{tmp / name}"
+drain_timeout = 5
+[hospital]
+id = "74580626"
+[view]
+url = "sqlite:///{tmp / "view.db"}"
+[pacs]
+ae_title = "{pacs.ae_title}"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+retrieve = "c-get"
+[[peers]]
+ae_title = "{dest.ae_title}"
+host = "127.0.0.1"
+port = {dest.port}
+[journal]
+url = "{journal}"
+resume_window = 0
+[http]
+port = 0
+[push]
+enabled = true
+destinations = ["{dest.ae_title}"]
+start_from = "now"
+poll_interval = 0.3
+retry_delay = 0.3
+max_retry_delay = 1.0
+recheck_after = 0
+max_concurrent = 1
+backfill_concurrent = 1
+"""
+    )
+    return path
+
+
+@pytest.mark.postgresql
+def test_two_nodes_share_the_backfill_lane_every_study_once(
+    tmp_path: Path, pacs: Orthanc, pg_journal: str
+) -> None:
+    backlog = BACKLOG[:60]
+    history = [s.sop_uid(0, 0) for s in backlog]
+    dest = FakeDestination("CLOUD").start()
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    create_view_table(view)
+    long_ago = dt.datetime.now() - dt.timedelta(days=500)
+    insert_rows(
+        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(seconds=i)) for i, s in enumerate(backlog)]
+    )
+    journal = create_engine(pg_journal)
+    nodes: list[Process] = []
+    try:
+        configs = []
+        for name in ("node-a", "node-b"):
+            port = free_port()
+            configs.append(_node_toml(tmp_path, name, port, pacs, dest, pg_journal))
+            nodes.append(
+                Process(
+                    [sys.executable, "-m", "dicomproxy", "serve", "-c", str(configs[-1])],
+                    tmp_path / f"{name}.log",
+                )
+            )
+            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 60, calling="CLOUD", proc=nodes[-1].proc)
+        out = CliRunner().invoke(
+            cli, ["push", "-c", str(configs[0]), "backfill", "--from", "2023-01-01", "--to", "2023-12-31"]
+        )
+        assert out.exit_code == 0 and "60 item(s) queued for CLOUD" in out.output, out.output
+
+        def finished() -> list[tuple[str, str]]:
+            with journal.connect() as conn:
+                q = select(push_queue.c.owner, push_queue.c.state).where(push_queue.c.lane == BACKFILL)
+                return [(str(o), str(s)) for o, s in conn.execute(q)]
+
+        wait_until(
+            lambda: len(finished()) == 60 and all(s == DONE for _, s in finished()),
+            120,
+            "the backlog delivered",
+        )
+        owners = Counter(o.split(":")[1] for o, _ in finished())  # host:pid:AE — by process
+        assert set(owners) == {str(p.proc.pid) for p in nodes}, owners  # both nodes took a share
+        assert Counter(u for u, _ in dest.received) == Counter({u: 1 for u in history})
+    finally:
+        for proc in nodes:
+            proc.stop()
+        dest.stop()
+        view.dispose()
+        journal.dispose()
