@@ -130,7 +130,7 @@ def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(
             wait_until(lambda u=uid: u in arrived(), 60, f"live exam {spec.accession} delivered")  # type: ignore[misc]
             order = arrived()
             ahead[uid] = len(set(order[: order.index(uid)]) & set(history))
-        wait_until(lambda: set(history) <= set(arrived()), 120, "the backlog drained")
+        wait_until(lambda: set(history) <= set(arrived()), 240, "the backlog drained")
         wait_until(
             lambda: all(p.left == 0 for p in lane_progress(queue)), 30, "every item finished in both lanes"
         )
@@ -231,7 +231,7 @@ def test_two_nodes_share_the_backfill_lane_every_study_once(
 
         wait_until(
             lambda: len(finished()) == 60 and all(s == DONE for _, s in finished()),
-            120,
+            240,
             "the backlog delivered",
         )
         owners = Counter(o.split(":")[1] for o, _ in finished())  # host:pid:AE — by process
