@@ -41,7 +41,8 @@ def link(tmp_path: Path) -> Iterator[tuple[ShapedLink, StoreSCP]]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    shaped = ShapedLink()
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    shaped = ShapedLink(str(100 + worker))  # names and a subnet of its own per xdist worker
     with shaped.up():
         shaped.shape(LINK_MBPS)
         # storescp takes any called AE title (FREE too); --fork: both nodes' associations at once
