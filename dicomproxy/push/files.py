@@ -141,7 +141,9 @@ class ItemFiles:
                     for o in objects
                 ],
             )
-            opener = destination_opener(self.config, peer, None)
+            # the timetable caps what leaves the hospital: the order/report files too
+            timetable = self.relay.engine.bandwidth.throttle(item.destination)
+            opener = destination_opener(self.config, peer, None, timetable)
             classes = sorted({f.sop_class_uid for f in held})
             rows = {item.study_uid: [row]} if row is not None else {}
             coercer = job_coercer(self.config, self.journal, job_id, item.destination, rows, {})
