@@ -260,8 +260,9 @@ class CorrectionSender:
             return CorrectedCopies(coercer, row.fingerprint) if coercer is not None else None
 
         final = None
+        throttle = self.relay.engine.bandwidth.throttle(row.destination)  # [[bandwidth]], as push's
         for response in self.relay.push(
-            row.study_uid, row.destination, exclude=exclude, on_start=started, wrap=wrap
+            row.study_uid, row.destination, exclude=exclude, on_start=started, wrap=wrap, throttle=throttle
         ):
             final = response
         jobs = self.store.jobs_of(row.id, COPIES)

@@ -64,7 +64,8 @@ def send_datasets(
             syntax = str(ds.file_meta.TransferSyntaxUID)
             held.append(SpooledInstance(path, sop_class, uid, syntax, path.stat().st_size))
             state.expected[uid] = InstanceRef(study_uid, str(ds.SeriesInstanceUID), uid, sop_class)
-        opener = destination_opener(config, peer, None)
+        # the bandwidth timetable caps what leaves the hospital: notes and corrected objects too
+        opener = destination_opener(config, peer, None, relay.engine.bandwidth.throttle(destination))
         classes = sorted({h.sop_class_uid for h in held})
         transfer = Transfer(state, [], classes, opener, held=held, discard_unconfirmed=True)
         final, outcome, error = relay.engine.run_to_end(transfer, moved)
