@@ -30,11 +30,12 @@ from dicomproxy.transport.raw.pdu import (
     CONTROL_LAST,
     P_DATA_TF,
     PDV_HEADER,
+    READ_CHUNK,
     PduReader,
     PeerClosed,
     ProtocolError,
-    message_pdus,
     pdata,
+    send_message,
 )
 from dicomproxy.transport.raw.wire import Command, decode_command, encode_command, file_preamble_and_meta
 
@@ -109,6 +110,8 @@ class MessageStream:
         self._path: Path | None = None
         self._left = 0  # bytes of the current P-DATA-TF not read yet
         self._send_lock = threading.Lock()
+        #: Read buffer of the data sets this stream sends (allocated on the first one, reused).
+        self._out = bytearray()
 
     # -- reading -------------------------------------------------------------------------
     def read(self) -> Message:
@@ -233,8 +236,9 @@ class MessageStream:
                 return
             if isinstance(data, bytes):
                 length, data = len(data), io.BytesIO(data)
-            for batch in message_pdus(context_id, raw, data, length, self.max_pdv):
-                self.sock.sendall(batch)
+            if not self._out:
+                self._out = bytearray(READ_CHUNK)
+            send_message(self.sock, context_id, raw, data, length, self.max_pdv, self._out)
 
     def respond(self, rq: Message, field: int, status: int, **extra: Any) -> None:
         """A response without data set to ``rq`` (PS3.7 9.3, C.4)."""
