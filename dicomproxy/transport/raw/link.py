@@ -98,8 +98,7 @@ class RawLink:
     def store(
         self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
     ) -> int | None:
-        status = self.assoc.store_file(path, msg_id, originator)
-        return None if status is None else int(status.Status)
+        return self.assoc.store_file(path, msg_id, originator)
 
     def cancel(self) -> bool:
         return self.assoc.cancel()

@@ -166,10 +166,10 @@ class RawAssociation:
 
     def store_file(
         self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
-    ) -> Dataset | None:
+    ) -> int | None:
         """C-STORE the DICOM file at ``path`` as it is encoded (or as rewritten: its new head, then
-        its tail from disk); the response status data set, or None if the association failed (it is
-        aborted then). ValueError: no matching context."""
+        its tail from disk); the response's (0000,0900) Status, or None if the association failed
+        (it is aborted then). ValueError: no matching context."""
         meta = file_meta(path if isinstance(path, Path) else path.path)
         context_id = self.context_id(meta.sop_class_uid, meta.transfer_syntax)
         cmd = store_command(msg_id, meta.sop_class_uid, meta.sop_instance_uid, originator)
@@ -181,11 +181,16 @@ class RawAssociation:
             LOG.warning("onward association lost: %s", exc or type(exc).__name__)
             self.abort()
             return None
-        if rsp.field != C_STORE_RSP or int(rsp.command.MessageIDBeingRespondedTo) != msg_id:
+        status = rsp.command.get("Status")
+        if (
+            rsp.field != C_STORE_RSP
+            or int(rsp.command.get("MessageIDBeingRespondedTo", -1)) != msg_id
+            or not isinstance(status, int)
+        ):
             LOG.warning("onward association: unexpected 0x%04X instead of the C-STORE-RSP", rsp.field)
             self.abort()
             return None
-        return _status(rsp.command)
+        return status  # a status code only: no pydicom Dataset per instance (29 us, issue 29)
 
     def find(self, sop_class: str, identifier: bytes, msg_id: int) -> Iterator[tuple[int, bytes | None]]:
         """C-FIND (PS3.4 C.4.1): (status, encoded identifier) per response, the final one last.
