@@ -28,11 +28,15 @@ def main() -> None:
     )
     parser.add_argument("--gb", type=float, default=1.05, help="slide size in GB (10^9 bytes, < 1.07)")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--stow", action="store_true", help="to Orthanc's DICOMweb plugin by STOW-RS (issue 27)"
+    )
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-wsi-", dir=opts.dir) as tmp:
-        result = relay_wsi(Path(tmp), int(opts.gb * 1e9), timeout=1800)
+        result = relay_wsi(Path(tmp), int(opts.gb * 1e9), timeout=1800, stow=opts.stow)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# bench_wsi {when}, {platform.node()}, python {platform.python_version()}")
+    how = "STOW-RS to Orthanc DICOMweb" if opts.stow else "C-STORE to storescp"
+    print(f"# bench_wsi {when}, {platform.node()}, python {platform.python_version()}, {how}")
     print("| size MB | frames | status | wall s | MB/s | proxy peak RSS MB | byte-identical |")
     print("|---|---|---|---|---|---|---|")
     mb = result.file_bytes / 1e6

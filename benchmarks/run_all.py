@@ -102,6 +102,13 @@ def main() -> int:
         "codecs": ["bench_codecs.py", f"--images={300 if a.full else 100}", f"--workdir={out / 'codecs'}"],
         "find": ["bench_find.py", f"--rows={rows}", f"--workdir={out / 'find'}"],
         "soak": ["soak.py", f"--minutes={minutes:g}"],
+        # STOW-RS vs C-STORE to Orthanc (issue 27); not in the default --only
+        "stow": [
+            "bench_stow.py",
+            f"--slices={a.slices}",
+            f"--rounds={a.rounds}",
+            f"--workdir={out / 'stow'}",
+        ],
     }
     chosen = [n for n in a.only.split(",") if n]
     unknown = set(chosen) - set(suite)

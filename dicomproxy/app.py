@@ -61,6 +61,8 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
         archives=ctx.archives,
     )
     ctx.commitments = ctx.relay.engine.commitments
+    bandwidth = ctx.relay.engine.bandwidth  # push shares it: one timetable for every sender
+    ctx.settings.subscribe(lambda new: bandwidth.set_rules(new.bandwidth))
     if config.push.enabled:
         from dicomproxy.push.service import PushService
 

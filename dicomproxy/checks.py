@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomproxy.config import Config
 from dicomproxy.transport.commitment import negotiates
 from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.stow import StowClient
 from dicomproxy.transport.tls import client_tls_args
 from dicomproxy.view.model import COLUMN_NAMES, missing_view_columns
 
@@ -92,9 +93,26 @@ def connect_timeout_args(url: URL, timeout: float) -> dict[str, Any]:
     return args
 
 
+def dicomweb_checks(config: Config, timeout: float = 10.0) -> Iterator[CheckResult]:
+    """Each ``kind = "dicomweb"`` peer: its STOW-RS endpoint answers, with our TLS and credentials."""
+    for peer in config.peers:
+        if peer.dicomweb is None:
+            continue
+        name = f"peer {peer.ae_title} STOW-RS"
+        try:
+            client = StowClient(peer.dicomweb, peer.tls, timeout, timeout)
+        except (OSError, ValueError) as exc:
+            yield CheckResult(name, False, f"TLS set-up: {exc}")
+            continue
+        try:
+            yield CheckResult(name, *client.probe())
+        finally:
+            client.close()
+
+
 def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[CheckResult]:
-    """Database, view columns, PACS echo; for each peer with ``storage_commitment``, whether it
-    negotiates the Storage Commitment Push Model (PS3.4 J.3)."""
+    """Database, view columns, PACS echo; each DICOMweb peer's endpoint; for each peer with
+    ``storage_commitment``, whether it negotiates the Storage Commitment Push Model (PS3.4 J.3)."""
     try:
         url = make_url(config.view.url)
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_timeout_args(url, timeout))
@@ -133,6 +151,7 @@ def run_config_checks(config: Config, *, timeout: float = 10.0) -> Iterator[Chec
             continue
         result = c_echo(config.proxy.ae_title, remote, timeout=timeout, tls_args=tls_args)
         yield CheckResult(name, result.ok, result.detail)
+    yield from dicomweb_checks(config, timeout)
     for peer in config.peers:
         if not peer.storage_commitment:
             continue

@@ -44,6 +44,7 @@ from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
 from dicomproxy.pacs.store import handle_store, store_acceptor
+from dicomproxy.relay.bandwidth import capped_destinations
 from dicomproxy.relay.committer import Committer
 from dicomproxy.relay.resume import RetryWorker
 from dicomproxy.transport.commitment import COMMITMENT_CLASS
@@ -227,6 +228,10 @@ class Server:
                 self.ctx.settings, self.ctx.journal, self.ctx.archives, engine=engine, resolver=self.ctx.view
             )
             self.retry_worker.start()
+        if self.ctx.relay is not None and self.ctx.journal is not None:  # [[bandwidth]]: the nodes alive
+            self.ctx.relay.engine.bandwidth.start(
+                self.ctx.journal.engine, self.ctx.journal.node, capped_destinations(self.config)
+            )
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
@@ -335,6 +340,8 @@ class Server:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
         self._stop_observers(clean=not left and not raw)
+        if self.ctx.relay is not None:  # the other nodes take up this node's share of the timetable
+            self.ctx.relay.engine.bandwidth.stop()
         self.ctx.close()
         LOG.info("stopped")
         return not left and not raw

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real DICOM peers the tests and the demo use (Debian packages), if missing:
 #   dcmtk (storescp, findscu, movescu, getscu, echoscu, dcmqrscp, dcmdjpeg, dcmdjpls),
-#   orthanc (the test PACS), dicom3tools (dciodvfy validator),
+#   orthanc (the test PACS), orthanc-dicomweb (its DICOMweb plugin: the STOW-RS cloud of
+#   tests/test_stow_orthanc.py), dicom3tools (dciodvfy validator),
 #   libgdcm-tools (gdcmconv: second JPEG 2000 decoder in the transcode tests and benchmark),
 #   chromium + chromium-driver (the status page tested in a real headless browser, via selenium),
 #   fonts-wqy-zenhei (Chinese glyphs for the status page in headless chromium and its screenshot),
@@ -27,6 +28,8 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 need=()
 command -v storescp >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -n "$(find /usr/share/orthanc/plugins /usr/lib/orthanc -name 'libOrthancDicomWeb.so*' -print -quit 2>/dev/null)" ] ||
+    need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)

@@ -12,6 +12,9 @@ from typing import Any
 from dicomproxy.transport.net import Remote
 from testkit import Process, free_port, require_tool, wait_for_echo, wait_until
 
+#: Where Debian's ``orthanc-dicomweb`` puts the plugin.
+DICOMWEB_PLUGIN_DIR = "/usr/share/orthanc/plugins"
+
 
 class Orthanc:
     """Start with :meth:`start`, load with :meth:`upload`, register move targets with :meth:`add_modality`."""
@@ -23,10 +26,13 @@ class Orthanc:
         modalities: dict[str, Remote] | None = None,
         settings: dict[str, Any] | None = None,
         tls_args: Sequence[Any] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         """``settings``: more Orthanc configuration (e.g. ``DicomTlsEnabled`` and its files);
-        ``tls_args``: what the readiness C-ECHO needs when the DICOM port speaks TLS only."""
+        ``tls_args``: what the readiness C-ECHO needs when the DICOM port speaks TLS only;
+        ``dicomweb``: load the DICOMweb plugin (Debian ``orthanc-dicomweb``), STOW-RS at :attr:`stow_url`."""
         self.settings = dict(settings or {})
+        self.dicomweb = dicomweb
         self.tls_args = tls_args
         self.workdir = workdir
         self.ae_title = ae_title
@@ -42,6 +48,21 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def stow_url(self) -> str:
+        """The DICOMweb plugin's STOW-RS endpoint (PS3.18 10.5.1)."""
+        return f"{self.url}/dicom-web/studies"
+
+    def _plugins(self) -> list[str]:
+        if not self.dicomweb:
+            return []
+        found = sorted(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*"))
+        if not found:
+            raise FileNotFoundError(
+                f"no Orthanc DICOMweb plugin in {DICOMWEB_PLUGIN_DIR} (scripts/setup-peers.sh)"
+            )
+        return [str(found[0])]
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -66,7 +87,8 @@ class Orthanc:
             "DefaultEncoding": "Utf8",
             "StableAge": 1,
             "SaveJobs": False,
-            "Plugins": [],
+            "Plugins": self._plugins(),
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
             "ConcurrentJobs": 2,
             "DicomModalities": {name: [r.ae_title, r.host, r.port] for name, r in self.modalities.items()},
             "DicomModalitiesInDatabase": False,
@@ -114,6 +136,11 @@ class Orthanc:
         with urllib.request.urlopen(req, timeout=60) as rsp:
             raw = rsp.read()
         return json.loads(raw) if raw else None
+
+    def raw(self, path: str) -> bytes:
+        """A GET's body as it is (e.g. ``/instances/{id}/file``: the stored PS3.10 file)."""
+        with urllib.request.urlopen(self.url + path, timeout=60) as rsp:
+            return bytes(rsp.read())
 
     def upload(self, paths: list[Path]) -> None:
         for path in paths:

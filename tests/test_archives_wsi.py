@@ -23,3 +23,17 @@ def test_500mb_slide_relayed_byte_identical_with_bounded_proxy_memory(tmp_path: 
     assert (result.status, result.completed) == (0x0000, 1), result
     assert result.identical, "the received data set differs from the slide"
     assert result.proxy_peak_rss_mb < RSS_BOUND_MB, result
+
+
+@pytest.mark.slow
+@pytest.mark.orthanc
+def test_500mb_slide_stored_by_stow_rs_byte_identical_with_bounded_proxy_memory(tmp_path: Path) -> None:
+    """The same slide to a DICOMweb peer (Orthanc's plugin): the request body is streamed from the
+    spool file, so the proxy's memory stays as bounded as for C-STORE (issue 27)."""
+    for tool in ("dcmqrscp", "storescu", "Orthanc"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/setup.sh test installs it)")
+    result = relay_wsi(tmp_path / "wsi", 500_000_000, timeout=240, stow=True)
+    assert (result.status, result.completed) == (0x0000, 1), result
+    assert result.identical, "the stored data set differs from the slide"
+    assert result.proxy_peak_rss_mb < RSS_BOUND_MB, result

@@ -203,13 +203,23 @@ def echo_104(server: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[str
 
 
 def serve_and_echo(root: DebianRoot, log: Path) -> int:
-    """Start the unit's ExecStart, C-ECHO it, stop it (SIGTERM); the server process's uid."""
+    """Start the unit's ExecStart, C-ECHO it, reload it as its ExecReload does (SIGHUP to the main
+    pid), C-ECHO it again, stop it (SIGTERM); the server process's uid."""
     server = root.start(UNIT, log)
     try:
         wait_until(lambda: server.poll() is not None or echo_104(server).returncode == 0, 60, "serve on 104")
         assert server.poll() is None, log.read_text(errors="replace")
         uid = int(Path(f"/proc/{server.pid}/status").read_text().split("\nUid:")[1].split()[0])
         assert echo_104(server).returncode == 0
+        unit = (root.path / UNIT.lstrip("/")).read_text()
+        assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+        result = root.path / "var/lib/dicomproxy/reload.json"
+        result.unlink(missing_ok=True)
+        server.send_signal(signal.SIGHUP)
+        wait_until(result.exists, 30, "reload.json after SIGHUP")
+        assert json.loads(result.read_text())["applied"] is True, result.read_text()
+        assert "reload applied from /etc/dicomproxy/dicomproxy.toml" in log.read_text(errors="replace")
+        assert server.poll() is None and echo_104(server).returncode == 0
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=90)

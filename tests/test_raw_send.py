@@ -106,3 +106,15 @@ def test_send_message_stays_under_iov_max() -> None:
     pdu.send_message(sock, 1, a_command(), io.BytesIO(data), len(data), 16, bytearray(1 << 20))  # type: ignore[arg-type]
     assert sock.widest == pdu.MAX_IOV
     assert bytes(sock.out) == b"".join(pdu.message_pdus(1, a_command(), io.BytesIO(data), len(data), 16))
+
+
+def test_send_message_tells_pace_each_step() -> None:
+    """A rate cap (``pace``) hears of every byte written, about :data:`pdu.READ_CHUNK` at a time."""
+    sock = Trickle(1000)
+    told: list[int] = []
+    data = payload(3 * pdu.READ_CHUNK + 5)
+    buf = bytearray(pdu.READ_CHUNK)
+    pdu.send_message(sock, 1, a_command(), io.BytesIO(data), len(data), 16378, buf, told.append)  # type: ignore[arg-type]
+    assert sum(told) == len(sock.out) == len(framed(a_command(), data, 16378))
+    assert len(told) == 4
+    assert max(told) < pdu.READ_CHUNK + 1024

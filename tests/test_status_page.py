@@ -212,11 +212,22 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
             "retry_delay": 30.0,
         },
         reports={"enabled": False},
+        bandwidth=[{"mbps": 20}, {"days": "sat-sun", "mbps": 100, "dest": "jobserver"}],
     )
     server = run_proxy(config)
     assert server.console is not None
     browser.get(f"{server.console.url}/#token={TOKEN}")
     wait = WebDriverWait(browser, PAGE_WAIT)
+    # the bandwidth timetable: the rate in force for the push destination, and the next change
+    rate = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#bandwidth tr[data-destination='jobserver']")
+    )
+    cells = [td.text for td in rate[0].find_elements(By.TAG_NAME, "td")]
+    weekend = dt.date.today().weekday() >= 5
+    assert cells[1:5] == (
+        ["100", "bandwidth[1]", "1", "100"] if weekend else ["20", "bandwidth[0]", "1", "20"]
+    )
+    assert cells[5].endswith(" 00:00") and cells[6] == ("20" if weekend else "100"), cells
     held = wait.until(
         lambda d: [
             tr

@@ -57,6 +57,9 @@ def echo(
         if peer is None:
             click.echo(f"FAIL: {peer_name!r} is not a configured peer", err=True)
             sys.exit(1)
+        if not peer.speaks_dimse:
+            click.echo(f"FAIL: {peer_name!r} is a DICOMweb peer (no DIMSE port to echo)", err=True)
+            sys.exit(1)
         remote = Remote(peer.ae_title, peer.host, peer.port)
         tls = peer.tls
     elif config is not None:

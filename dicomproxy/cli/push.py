@@ -20,6 +20,18 @@ from dicomproxy.push.backfill import lane_progress, queue_backfill
 from dicomproxy.push.holds import LANE_PAUSED_PREFIX, pause, resume
 from dicomproxy.push.queue import BACKFILL, DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
+from dicomproxy.relay.bandwidth import Bandwidth, InForce, capped_destinations
+from dicomproxy.relay.liveness import NodeRegistry
+
+
+def _timetable(obj: _PushContext) -> list[InForce]:
+    """The rate in force now and the next change, per capped destination (``[[bandwidth]]``)."""
+    destinations = capped_destinations(obj.config)
+    if not destinations:
+        return []
+    bandwidth = Bandwidth(obj.config.bandwidth)
+    bandwidth.nodes = NodeRegistry(obj.queue.engine, "cli").alive()
+    return [bandwidth.in_force(d) for d in destinations]
 
 
 class _PushContext:
@@ -98,6 +110,8 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
     commitment = _commitment(obj)
     for d, info in report["destinations"].items():  # type: ignore[attr-defined]
         info["commitment_24h"] = commitment.get(d)
+    timetable = _timetable(obj)
+    report["bandwidth"] = [row.as_dict() for row in timetable]
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=1))
         return
@@ -125,6 +139,10 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
     for d, refs in commitment.items():
         click.echo(f"storage commitment, last 24 h, {d}: " + " ".join(f"{k}={n}" for k, n in refs.items()))
     _echo_backfill(report["lanes"])  # type: ignore[arg-type]
+    if timetable:
+        click.echo(f"bandwidth timetable ([[bandwidth]], {timetable[0].nodes} node(s) alive share it):")
+    for row in timetable:
+        click.echo(f"  {row.destination:16} {row.line()}")
     if report["recent"]:
         click.echo("recent items (ID, destination, state, attempts, confirmed, files, job, notes, error):")
     for item in report["recent"]:  # type: ignore[attr-defined]

@@ -2,9 +2,9 @@
 
 One module per family of sections — ``network`` ([proxy], [[peers]]), ``sources`` ([hospital],
 [view], [pacs], [[archives]]), ``compression``, ``operations`` ([logging], [journal], [http],
-[audit]), ``alerts`` ([alerting], [[alerts]]), ``delivery`` ([push], [reports]), ``tls`` (their
-``tls`` sub-tables) — read with ``reader.Section``; ``document`` puts them together. Every name
-is importable from here.
+[audit]), ``alerts`` ([alerting], [[alerts]]), ``bandwidth`` ([[bandwidth]]), ``delivery``
+([push], [reports]), ``tls`` (their ``tls`` sub-tables) — read with ``reader.Section``;
+``document`` puts them together. Every name is importable from here.
 """
 
 from dicomproxy.config.alerts import (
@@ -15,6 +15,7 @@ from dicomproxy.config.alerts import (
     AlertsConfig,
     AlertTarget,
 )
+from dicomproxy.config.bandwidth import BandwidthRule
 from dicomproxy.config.compression import (
     COMPRESSION_MODES,
     LOSSLESS_TARGETS,
@@ -24,6 +25,7 @@ from dicomproxy.config.compression import (
     UidPolicy,
 )
 from dicomproxy.config.delivery import MAX_RECHECK_AFTER, PUSH_STATES, PushConfig, ReportsConfig
+from dicomproxy.config.dicomweb import PEER_KINDS, DicomWebConfig
 from dicomproxy.config.document import Config, load_config, parse_config
 from dicomproxy.config.network import MAX_ONWARD, SERVICES, PeerConfig, ProxyConfig
 from dicomproxy.config.operations import (
@@ -61,6 +63,7 @@ __all__ = [
     "MAX_ONWARD",
     "MAX_RECHECK_AFTER",
     "NAME_STYLES",
+    "PEER_KINDS",
     "PUSH_STATES",
     "RETRIEVE_METHODS",
     "SERVICES",
@@ -70,10 +73,12 @@ __all__ = [
     "AlertTarget",
     "AlertsConfig",
     "AuditConfig",
+    "BandwidthRule",
     "CompressionConfig",
     "CompressionMode",
     "Config",
     "ConfigError",
+    "DicomWebConfig",
     "HospitalConfig",
     "HttpConfig",
     "HttpTlsConfig",

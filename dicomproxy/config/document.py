@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicomproxy.config import alerts, delivery, network, operations, sources
+from dicomproxy.config import alerts, bandwidth, delivery, network, operations, sources
 from dicomproxy.config.alerts import AlertsConfig
+from dicomproxy.config.bandwidth import BandwidthRule
 from dicomproxy.config.compression import CompressionConfig, compression
 from dicomproxy.config.delivery import PushConfig, ReportsConfig
 from dicomproxy.config.network import PeerConfig, ProxyConfig
@@ -49,6 +50,8 @@ class Config:
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     #: ``[alerting]`` and the ``[[alerts]]`` targets (docs/operations.md, Alerts).
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    #: ``[[bandwidth]]``: the bandwidth timetable (docs/push.md); empty = no timetable.
+    bandwidth: tuple[BandwidthRule, ...] = ()
 
     def onward_associations(self, peer: PeerConfig) -> int:
         """How many onward associations a C-MOVE job opens to ``peer`` (its own key, else ``[proxy]``)."""
@@ -95,6 +98,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     push = delivery.push(root.child("push", required=False), {p.ae_title for p in peers})
     reports = delivery.reports(root.child("reports", required=False))
     alerts_cfg = alerts.alerting(root.child("alerting", required=False), root.tables("alerts"))
+    timetable = bandwidth.rules(root.tables("bandwidth"), {p.ae_title for p in peers})
     root.finish()
     return Config(
         path=path,
@@ -112,6 +116,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         push=push,
         reports=reports,
         alerts=alerts_cfg,
+        bandwidth=timetable,
     )
 
 

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dicomproxy.config.compression import COMPRESSION_MODES, CompressionMode
-from dicomproxy.config.reader import Section, port
+from dicomproxy.config.dicomweb import PEER_KINDS, DicomWebConfig, dicomweb
+from dicomproxy.config.reader import REQUIRED, Section, port
 from dicomproxy.config.sources import NAME_STYLES, NameStyle
 from dicomproxy.config.tls import TlsConfig, tls
 
@@ -80,6 +81,22 @@ class PeerConfig:
     commit_attempts: int = 3
     #: Instances sent to it carry the exam view's identity (docs/identity.md); False = the PACS's bytes.
     coerce: bool = True
+    #: ``kind = "dicomweb"``: instances go to it by STOW-RS (PS3.18 10.5), not C-STORE; None = DIMSE.
+    dicomweb: DicomWebConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        """``dimse`` or ``dicomweb`` (:data:`~dicomproxy.config.dicomweb.PEER_KINDS`)."""
+        return "dimse" if self.dicomweb is None else "dicomweb"
+
+    @property
+    def speaks_dimse(self) -> bool:
+        """It has a DIMSE port we can call (C-ECHO, C-FIND, Storage Commitment)."""
+        return self.dicomweb is None
+
+    #: The bandwidth timetable (``[[bandwidth]]``) also caps the onward C-STOREs of C-MOVE and
+    #: C-GET jobs to this peer (its own pulls); False = only push deliveries are capped.
+    cap_pulls: bool = False
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -108,13 +125,15 @@ def proxy(s: Section) -> ProxyConfig:
 
 
 def peer(s: Section) -> PeerConfig:
-    """One ``[[peers]]`` entry."""
+    """One ``[[peers]]`` entry: a DIMSE peer (``host``, ``port``), or with ``kind = "dicomweb"`` a
+    STOW-RS endpoint (``url``; ``host`` only when it also calls us)."""
     comp = s.string("compression", None, choices=COMPRESSION_MODES)
     style = s.string("name_style", None, choices=NAME_STYLES)
+    web = dicomweb(s) if s.string("kind", "dimse", choices=PEER_KINDS) == "dicomweb" else None
     config = PeerConfig(
         ae_title=s.ae_title("ae_title"),
-        host=s.string("host"),
-        port=port(s, "port"),
+        host=s.string("host", "" if web else REQUIRED),
+        port=port(s, "port", 0 if web else REQUIRED),
         check_host=s.boolean("check_host", True),
         compression=comp,
         name_style=style,
@@ -129,7 +148,11 @@ def peer(s: Section) -> PeerConfig:
         commit_timeout=s.number("commit_timeout", 600.0, lo=0.1),
         commit_attempts=s.integer("commit_attempts", 3, lo=1, hi=20),
         coerce=s.boolean("coerce", True),
+        dicomweb=web,
+        cap_pulls=s.boolean("cap_pulls", False),
     )
+    if web is not None and config.storage_commitment:
+        raise s.error("storage_commitment", "is DIMSE (PS3.4 Annex J); a dicomweb peer cannot commit")
     bad = [x for x in config.services if x not in SERVICES]
     if bad:
         raise s.error("services", f"unknown service {bad[0]!r}; expected some of {', '.join(SERVICES)}")

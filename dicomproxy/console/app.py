@@ -45,6 +45,7 @@ from dicomproxy.console.live import LiveState
 from dicomproxy.console.metrics import Metrics
 from dicomproxy.console.roles import RoleGate
 from dicomproxy.reconcile.summary import RunSummaries, RunSummary
+from dicomproxy.relay.bandwidth import InForce, capped_destinations
 
 # anyio resolves its public names lazily: the first use imports a module (and, under pytest,
 # AST-rewrites it). Done first in the console's server thread while other threads use the ast
@@ -98,6 +99,7 @@ class Console:
             push_queue=ctx.push.queue if ctx.push is not None else None,
             commitments=ctx.commitments,
             reconcile_runs=self.reconcile_runs if ctx.journal is not None else None,
+            bandwidth=self.bandwidth if ctx.relay is not None and config.bandwidth else None,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)
@@ -261,6 +263,8 @@ class Console:
                 )
             except Exception:  # the journal is down: the section is left out
                 body["backfill"] = None
+        if self.ctx.relay is not None and self.config.bandwidth:  # [[bandwidth]]: rate now, next change
+            body["bandwidth"] = [row.as_dict() for row in self.bandwidth()]
         if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)
             try:
                 body["commitment"] = self.ctx.commitments.summary()
@@ -271,6 +275,13 @@ class Console:
         except Exception:  # no journal, or it is down: the section is left out
             body["reconcile"] = []
         return body
+
+    def bandwidth(self) -> list[InForce]:
+        """The ``[[bandwidth]]`` timetable in force per capped destination (status page, metrics)."""
+        if self.ctx.relay is None:
+            return []
+        timetable = self.ctx.relay.engine.bandwidth
+        return [timetable.in_force(d) for d in capped_destinations(self.config)]
 
     def reconcile_runs(self) -> list[RunSummary]:
         """The newest ``dicomproxy reconcile`` run's counts per destination (``reconcile_runs``)."""

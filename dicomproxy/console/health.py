@@ -95,6 +95,8 @@ class Echoer:
         for archive in self.config.all_archives:
             self._echo(archive)
         for peer in self.config.peers:  # shown on the status page; not part of readiness
+            if not peer.speaks_dimse:  # a STOW-RS endpoint has no C-ECHO
+                continue
             result = c_echo(
                 self.config.proxy.ae_title,
                 Remote(peer.ae_title, peer.host, peer.port),

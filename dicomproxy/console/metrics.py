@@ -24,6 +24,7 @@ from dicomproxy.status import Status, status_label
 if TYPE_CHECKING:
     from dicomproxy.push.queue import PushQueue
     from dicomproxy.reconcile.summary import RunSummary
+    from dicomproxy.relay.bandwidth import InForce
     from dicomproxy.relay.commitments import CommitmentLedger
 
 #: Where a failure status of a C-FIND or a job points (our 0xC0xx range, dicomproxy.status).
@@ -56,15 +57,20 @@ class Metrics:
         push_queue: PushQueue | None = None,
         commitments: CommitmentLedger | None = None,
         reconcile_runs: Callable[[], list[RunSummary]] | None = None,
+        bandwidth: Callable[[], list[InForce]] | None = None,
     ) -> None:
         """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py);
         ``commitments``: the Storage Commitment ledger when a peer commits (:class:`CommitmentMetrics`);
-        ``reconcile_runs``: the newest ``dicomproxy reconcile`` run per destination, read at scrape time."""
+        ``reconcile_runs``: the newest ``dicomproxy reconcile`` run per destination, read at scrape time;
+        ``bandwidth``: the ``[[bandwidth]]`` timetable in force per capped destination, read at
+        scrape time (:class:`_BandwidthCollector`)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         _scrape_gauges(r, open_associations, running_jobs, spool_bytes)
         if reconcile_runs is not None:
             r.register(_ReconcileCollector(reconcile_runs))
+        if bandwidth is not None:
+            r.register(_BandwidthCollector(bandwidth))
         self.associations = Counter(
             "dicomproxy_associations_total",
             "Association requests by calling peer, result and rejection reason",
@@ -276,3 +282,36 @@ class _ReconcileCollector(Collector):
         for run in runs:
             family.add_metric([run.destination], run.missing_instances)
         yield family
+
+
+class _BandwidthCollector(Collector):
+    """The bandwidth timetable now: ``dicomproxy_bandwidth_limit_mbps{destination}`` (the rule in
+    force, all nodes together; no sample when no rule caps it), ``dicomproxy_bandwidth_node_mbps``
+    (this node's share) and ``dicomproxy_bandwidth_nodes`` (the nodes alive sharing it)."""
+
+    def __init__(self, rows: Callable[[], list[InForce]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        limit = GaugeMetricFamily(
+            "dicomproxy_bandwidth_limit_mbps",
+            "Megabits per second the [[bandwidth]] rule in force allows, all nodes together",
+            labels=["destination"],
+        )
+        share = GaugeMetricFamily(
+            "dicomproxy_bandwidth_node_mbps",
+            "This node's share of the [[bandwidth]] rule in force (megabits per second)",
+            labels=["destination"],
+        )
+        rows = self.rows()
+        for row in rows:
+            if row.mbps is not None and row.share is not None:
+                limit.add_metric([row.destination], row.mbps)
+                share.add_metric([row.destination], row.share)
+        yield limit
+        yield share
+        yield GaugeMetricFamily(
+            "dicomproxy_bandwidth_nodes",
+            "Nodes alive on the journal sharing the [[bandwidth]] rates",
+            value=rows[0].nodes if rows else 1,
+        )

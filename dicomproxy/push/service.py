@@ -63,6 +63,7 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
+from dicomproxy.relay.bandwidth import Bandwidth
 from dicomproxy.relay.journal import Journal
 from dicomproxy.status import JobOutcome, Status
 
@@ -92,6 +93,10 @@ class PushService:
         self.window = parse_window(self.push.window)
         self.limiters = {ae: RateLimiter(mbps) for ae, mbps in self.push.max_mbps}
         self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
+        #: ``[[bandwidth]]``, the relay's: caps the total sent to a destination by every lane and
+        #: node (``max_mbps`` and ``backfill_mbps`` stay this node's per-lane caps beside it).
+        engine = getattr(relay, "engine", None)  # tests of the queue alone have no relay
+        self.bandwidth: Bandwidth = engine.bandwidth if engine is not None else Bandwidth(config.bandwidth)
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
@@ -288,7 +293,10 @@ class PushService:
             self.queue.record_attempt(item, job_id)
 
         caps = [self.limiters.get(item.destination), self.backfill_cap if item.lane == BACKFILL else None]
-        takes = [c.take for c in caps if c is not None]
+        takes: list[Callable[[int], float]] = [c.take for c in caps if c is not None]
+        timetable = self.bandwidth.throttle(item.destination)  # [[bandwidth]]: every lane, every node
+        if timetable is not None:
+            takes.append(timetable)
         final = None
         for response in self.relay.push(
             item.study_uid,

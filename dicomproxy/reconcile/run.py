@@ -203,6 +203,10 @@ class Reconciler:
         order = {s.ref.uid: i for i, s in enumerate(studies)}
         outcome = Outcome()
         dests = {d: _Destination(peer_finder(self.config, d, Pace(self.rate))) for d in destinations}
+        for name, asked in dests.items():
+            peer = self.config.peer(name)
+            if peer is not None and not peer.speaks_dimse:  # no C-FIND port; QIDO-RS not asked (yet)
+                asked.down = "a DICOMweb peer: not asked, the journal stands in"
         try:
             for archive, group in self._by_archive(studies):
                 finder = (

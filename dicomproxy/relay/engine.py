@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 from typing import cast
 
 from dicomproxy import events
-from dicomproxy.config import Config
+from dicomproxy.config import Config, PeerConfig
 from dicomproxy.errors import DicomServiceError
 from dicomproxy.identity import Coercer
 from dicomproxy.pacs.client import InstanceRef, PacsClient, RetrieveKey
+from dicomproxy.relay.bandwidth import Bandwidth
 from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.relay.destinations import Destination, Opener
 from dicomproxy.relay.journal import Journal
@@ -127,6 +128,19 @@ class Engine:
         self.commitments = (
             CommitmentLedger(config, journal) if any(p.storage_commitment for p in config.peers) else None
         )
+        #: The bandwidth timetable (``[[bandwidth]]``): push's and ``cap_pulls`` peers' onward C-STOREs.
+        self.bandwidth = Bandwidth(config.bandwidth)
+
+    def pull_throttle(self, peer: PeerConfig | None) -> Callable[[int], None] | None:
+        """The timetable's cap on a C-MOVE/C-GET job's onward C-STOREs to ``peer`` (``cap_pulls``)."""
+        take = self.bandwidth.throttle(peer.ae_title) if peer is not None and peer.cap_pulls else None
+        if take is None:
+            return None
+
+        def throttle(nbytes: int) -> None:
+            take(nbytes)
+
+        return throttle
 
     def transfer(
         self,

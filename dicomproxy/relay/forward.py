@@ -115,8 +115,28 @@ def contexts_for(
     return out
 
 
+def plan_instance(policy: Policy, accepted: list[str], item: SpooledInstance) -> str | SendResult:
+    """The transfer syntax ``item`` goes out in, among the ``accepted`` ones, or the failure that
+    keeps it from going — the one rule for every kind of destination (C-STORE, STOW-RS)."""
+    if not accepted:
+        return SendResult(
+            Status.SOP_CLASS_NOT_SUPPORTED, error="destination accepted no context for this SOP class"
+        )
+    if policy.mode == "none" and item.transfer_syntax in accepted:
+        return item.transfer_syntax  # pass-through: the header is not even parsed
+    try:
+        return choose_target(policy, read_info(item.path), accepted)
+    except CannotTranscode as exc:
+        return SendResult(exc.status, error=str(exc))
+    except Exception as exc:  # unreadable file
+        return SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot read the spooled instance: {exc}")
+
+
 class Forwarder:
     """Sends spooled instances on one :class:`Link`; counts bytes; never raises for network problems."""
+
+    #: One C-STORE carries one instance (PS3.4 B.2).
+    max_batch = 1
 
     def __init__(
         self,
@@ -133,7 +153,9 @@ class Forwarder:
         self.work_dir = work_dir
         self.originator = originator
         self.bytes_out = 0
-        #: Called with the bytes of each instance sent (push mode's ``max_mbps``); None = no cap.
+        #: Told the bytes of each C-STORE as they are written (push's ``max_mbps``, ``[[bandwidth]]``:
+        #: the one place every onward C-STORE is capped, :mod:`dicomproxy.relay.bandwidth`; the link
+        #: calls it per batch of PDUs, :data:`~dicomproxy.transport.seam.Pace`); None = no cap.
         self.throttle: Callable[[int], None] | None = None
         #: Told (transfer syntax, CPU seconds) of each conversion made here, inline — the pool's are
         #: reported by the pump (the ``dicomproxy_transcode_seconds`` metric counts both).
@@ -205,6 +227,16 @@ class Forwarder:
         """One onward C-STORE with retries (:func:`send_with_retries`)."""
         return send_with_retries(self, item, retries, delay, label, prepared, reconnect=reconnect)
 
+    def store_batch(
+        self,
+        items: list[tuple[SpooledInstance, tuple[Path, str] | None]],
+        retries: int,
+        delay: float,
+        label: str,
+    ) -> list[SendResult]:
+        """C-STORE sends one instance per request (:attr:`max_batch` 1): one after the other."""
+        return [self.store(item, prepared, retries, delay, label) for item, prepared in items]
+
     def accepted(self, sop_class_uid: str) -> list[str]:
         return list(self._accepted.get(sop_class_uid, []))
 
@@ -214,19 +246,7 @@ class Forwarder:
         Cheap: the accepted contexts and the header (:func:`read_info`), no pixel is decoded. In
         ``none`` mode an instance whose syntax was accepted is passed through unread.
         """
-        accepted = self.accepted(item.sop_class_uid)
-        if not accepted:
-            return SendResult(
-                Status.SOP_CLASS_NOT_SUPPORTED, error="destination accepted no context for this SOP class"
-            )
-        if self.policy.mode == "none" and item.transfer_syntax in accepted:
-            return item.transfer_syntax  # pass-through: the header is not even parsed
-        try:
-            return choose_target(self.policy, read_info(item.path), accepted)
-        except CannotTranscode as exc:
-            return SendResult(exc.status, error=str(exc))
-        except Exception as exc:  # unreadable file
-            return SendResult(Status.UNABLE_TO_PROCESS, error=f"cannot read the spooled instance: {exc}")
+        return plan_instance(self.policy, self.accepted(item.sop_class_uid), item)
 
     def converted_path(self, item: SpooledInstance) -> Path:
         """Where the converted copy of ``item`` is written (inline or by a pool worker)."""
@@ -270,7 +290,8 @@ class Forwarder:
                 )
         try:
             size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
-            code = self.link.store(source, next(self._msg_ids), self.originator)
+            # the throttle paces the C-STORE as it is written (per batch of PDUs, raw.pdu.SEND_BATCH)
+            code = self.link.store(source, next(self._msg_ids), self.originator, self.throttle)
         except Exception as exc:  # association gone, no context, unreadable file
             return SendResult(None, target, error=str(exc) or type(exc).__name__)
         finally:
@@ -279,8 +300,6 @@ class Forwarder:
         if code is None:
             return SendResult(None, target, error="no C-STORE response (timeout or abort)")
         self.bytes_out += size
-        if self.throttle is not None:
-            self.throttle(size)
         return SendResult(code, target, size)
 
     def close(self) -> None:

@@ -137,7 +137,8 @@ class RelayService:
             return
         # PS3.4 C.4.2.2.3 / PS3.7 9.1.1.1: the sub-operations name the C-MOVE's requester and
         # Message ID as Move Originator (pynetdicom's stock SCP puts its own AE title there).
-        opener = destination_opener(config, peer, (req.calling_ae, req.message_id))
+        throttle = self.engine.pull_throttle(peer)  # [[bandwidth]] when the peer has cap_pulls
+        opener = destination_opener(config, peer, (req.calling_ae, req.message_id), throttle)
         yield from self._job(
             config, job_id, req, opener, is_cancelled, alive, lanes=self._lanes_for(config, peer)
         )
@@ -184,7 +185,7 @@ class RelayService:
         ``destination`` runs (visibility checked again, the peer's compression), journalled as a
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
-        work; ``throttle`` is called with the bytes of each instance sent (``max_mbps``)."""
+        work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
@@ -220,7 +221,8 @@ class RelayService:
         config = self.config  # this job's, to its end
         job_id = self.journal.start(JobKind.GET, req.calling_ae, req.calling_host, req.calling_ae, "")
         observe.job_started(job_id, req)
-        opener = requester(assoc, config, config.peer(req.calling_ae))
+        peer = config.peer(req.calling_ae)
+        opener = requester(assoc, config, peer, self.engine.pull_throttle(peer))
         yield from self._job(config, job_id, req, opener, is_cancelled, lambda: bool(assoc.is_established))
 
     # --- the job ---

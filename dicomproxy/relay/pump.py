@@ -25,6 +25,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 
 from dicomproxy.config import Config
+from dicomproxy.relay.batches import BatchLane
 from dicomproxy.relay.destinations import Destination
 from dicomproxy.relay.forward import SendResult
 from dicomproxy.relay.lanes import Lanes
@@ -161,8 +162,13 @@ class Pump:
             dest_error = "destination aborted the association"
         return (yield from self._finish(state, spool, forwarder, run.end, dest_error, is_cancelled, alive))
 
-    def _onward(self, state: JobState, forwarder: Destination, count: int) -> InlineLane | Lanes[Prepared]:
-        """The job's onward associations: ``forwarder`` alone, or ``count`` lanes beside it."""
+    def _onward(
+        self, state: JobState, forwarder: Destination, count: int
+    ) -> InlineLane | Lanes[Prepared] | BatchLane:
+        """The job's onward associations: ``forwarder`` alone, or ``count`` lanes beside it; a
+        destination that takes several instances per request gets them in batches (STOW-RS)."""
+        if forwarder.max_batch > 1:
+            return BatchLane(forwarder, self.sender.send_batch)
         if count == 1:
             return InlineLane(forwarder, self.sender.send)
         return Lanes(
@@ -179,7 +185,7 @@ class Pump:
         self,
         state: JobState,
         run: _Run,
-        onward: InlineLane | Lanes[Prepared],
+        onward: InlineLane | Lanes[Prepared] | BatchLane,
         is_cancelled: Callable[[], bool],
         alive: Callable[[], bool],
     ) -> PumpView:
@@ -222,7 +228,7 @@ class Pump:
         self,
         run: _Run,
         spool: Spool,
-        onward: InlineLane | Lanes[Prepared],
+        onward: InlineLane | Lanes[Prepared] | BatchLane,
         forwarder: Destination,
         use_pool: bool,
         counted: bool,

@@ -361,7 +361,7 @@ def _run(
     known = (r.sop_class_uid for r in state.expected.values() if r.sop_class_uid)
     classes = sorted({*known, *(i.sop_class_uid for i in held)})
     lanes = engine.config.onward_associations(peer)
-    opener = destination_opener(engine.config, peer, None)
+    opener = destination_opener(engine.config, peer, None, engine.pull_throttle(peer))
     coercer = retry_coercer(engine.config, engine.journal, state.job_id, peer.ae_title)
     transfer = Transfer(state, fetch, classes, opener, lanes=lanes, held=held, coercer=coercer)
     return engine.run_to_end(transfer, moved)

@@ -115,20 +115,9 @@ class InstanceSender:
         # A C-MOVE destination is reconnected by the pump or its lane, not here.
         defer = forwarder.can_reconnect and proxy.reconnect_window > 0
         try:
-            sent_as: tuple[Path, str] | None = None
-            if prepared.future is not None:
-                converted, res = self._converted(prepared)
-                if res is not None:
-                    return res
-                assert converted is not None
-                if converted.path != item.path:  # converted, not sent as held
-                    events.publish(
-                        events.Transcoded(self.job_id, converted.transfer_syntax, converted.seconds)
-                    )
-                sent_as = (converted.path, converted.transfer_syntax)
-            elif isinstance(prepared.plan, str):  # passed through as it is held
-                sent_as = (item.path, prepared.plan)
-            # else: no pool, or planning failed (re-planned and reported by forwarder.send)
+            sent_as = self._sent_as(prepared)
+            if isinstance(sent_as, SendResult):
+                return sent_as
             res = forwarder.store(
                 item, sent_as, proxy.retries, proxy.retry_delay, self.label, reconnect=not defer
             )
@@ -138,6 +127,48 @@ class InstanceSender:
         if defer and res.status is None and not forwarder.alive:
             return None
         return res
+
+    def send_batch(self, forwarder: Destination, batch: list[Prepared]) -> list[SendResult]:
+        """Send ``batch`` together (:meth:`Destination.store_batch`, one STOW-RS request); one
+        result per instance, in order (nothing recorded)."""
+        results: list[SendResult | None] = [None] * len(batch)
+        todo: list[tuple[int, SpooledInstance, tuple[Path, str] | None]] = []
+        try:
+            for k, prepared in enumerate(batch):
+                sent_as = self._sent_as(prepared)
+                if isinstance(sent_as, SendResult):
+                    results[k] = sent_as
+                else:
+                    todo.append((k, prepared.item, sent_as))
+            sent = forwarder.store_batch(
+                [(item, sent_as) for _, item, sent_as in todo],
+                self.proxy.retries,
+                self.proxy.retry_delay,
+                self.label,
+            )
+            for (k, _, _), res in zip(todo, sent, strict=True):
+                results[k] = res
+        finally:
+            for prepared in batch:
+                if prepared.tmp is not None:
+                    prepared.tmp.unlink(missing_ok=True)
+        return [res or SendResult(None, error="not sent") for res in results]
+
+    def _sent_as(self, prepared: Prepared) -> tuple[Path, str] | SendResult | None:
+        """The file and syntax ``prepared`` goes in (the pool's conversion, or the spooled file as
+        planned), None when it is planned and converted inline by the destination, or its failure."""
+        item = prepared.item
+        if prepared.future is not None:
+            converted, res = self._converted(prepared)
+            if res is not None:
+                return res
+            assert converted is not None
+            if converted.path != item.path:  # converted, not sent as held
+                events.publish(events.Transcoded(self.job_id, converted.transfer_syntax, converted.seconds))
+            return (converted.path, converted.transfer_syntax)
+        if isinstance(prepared.plan, str):  # passed through as it is held
+            return (item.path, prepared.plan)
+        return None  # no pool, or planning failed (re-planned and reported by the destination)
 
     def _converted(self, prepared: Prepared) -> tuple[TranscodeResult | None, SendResult | None]:
         """The pool's conversion, or the instance's failure (never the job's)."""

@@ -17,7 +17,7 @@ from dicomproxy.transport.pynetdicom_compat import bound_send_queue as compat_bo
 from dicomproxy.transport.pynetdicom_compat import peer_max_length, stream_datasets_to_files
 from dicomproxy.transport.raw import sender
 from dicomproxy.transport.rewritten import Rewritten
-from dicomproxy.transport.seam import IncomingStore, StoreHandler
+from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler
 
 #: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
 #: whole instance in one PDU, read into memory at once; a multi-GB WSI must stream (issue 8).
@@ -130,20 +130,30 @@ class PynetdicomLink:
         return last
 
     def store(
-        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+        self,
+        path: Path | Rewritten,
+        msg_id: int,
+        originator: tuple[str, int] | None = None,
+        pace: Pace | None = None,
     ) -> int | None:
         if self.fast_send and sender.usable(self.assoc):
-            return _status(sender.send_file(self.assoc, path, msg_id, originator))
+            return _status(sender.send_file(self.assoc, path, msg_id, originator, pace))
         kwargs: dict[str, Any] = {"msg_id": msg_id}
         if originator is not None:
             kwargs["originator_aet"], kwargs["originator_id"] = originator
         if isinstance(path, Path):
-            return _status(self.assoc.send_c_store(path, **kwargs))
-        written = path.write(path.path.with_name(f"{path.path.stem}.send.dcm"))  # pynetdicom sends files
-        try:
-            return _status(self.assoc.send_c_store(written, **kwargs))
-        finally:
-            written.unlink(missing_ok=True)
+            size = path.stat().st_size if pace is not None else 0
+            status = self.assoc.send_c_store(path, **kwargs)
+        else:
+            written = path.write(path.path.with_name(f"{path.path.stem}.send.dcm"))  # pynetdicom sends files
+            size = path.stat_size()
+            try:
+                status = self.assoc.send_c_store(written, **kwargs)
+            finally:
+                written.unlink(missing_ok=True)
+        if pace is not None:  # pynetdicom writes the PDUs (TLS, or no fast path): the file at once
+            pace(size)
+        return _status(status)
 
     def cancel(self) -> bool:
         """Not offered: the caller aborts a pynetdicom retrieval (its sub-operations end with it)."""

@@ -36,6 +36,12 @@ class IncomingStore:
 StoreHandler = Callable[[IncomingStore, Path], int]
 
 
+#: Told the bytes of a C-STORE as they are written — per batch of PDUs (at most about 1 MiB,
+#: ``raw.pdu.SEND_BATCH``) where we write the socket, else once for the whole file — and waits while
+#: a rate cap is exceeded (:mod:`dicomproxy.relay.bandwidth`). What it returns is ignored.
+Pace = Callable[[int], object]
+
+
 class Link(Protocol):
     """An established association on which the proxy is the requester of DIMSE operations."""
 
@@ -62,11 +68,16 @@ class Link(Protocol):
         ...
 
     def store(
-        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+        self,
+        path: Path | Rewritten,
+        msg_id: int,
+        originator: tuple[str, int] | None = None,
+        pace: Pace | None = None,
     ) -> int | None:
         """C-STORE the DICOM file at ``path`` as it is encoded (PS3.4 B.2), or a file with its header
         rewritten (:class:`~dicomproxy.transport.rewritten.Rewritten`): the response status, None if
-        no response came. Raises ValueError when no accepted context fits the file."""
+        no response came. Raises ValueError when no accepted context fits the file. ``pace`` is
+        told the bytes written as they go (:data:`Pace`)."""
         ...
 
     def cancel(self) -> bool:

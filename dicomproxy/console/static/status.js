@@ -66,6 +66,14 @@
        bf.eta_seconds === null ? "?" : (bf.eta_seconds / 3600).toFixed(1) + " h",
        el("td", bf.paused ? "是 yes" : "", bf.paused ? "bad" : "")], { "data-lane": "backfill" })]);
 
+    const bw = st.bandwidth || [];
+    const cap = v => v === null ? "不限 no cap" : String(v);
+    document.getElementById("bandwidth-section").hidden = bw.length === 0;
+    fill("bandwidth", bw.map(b => row(
+      [b.destination, cap(b.mbps), b.rule, b.nodes, cap(b.node_mbps),
+       b.next_change ? b.next_change.at.replace("T", " ") : "—", b.next_change ? cap(b.next_change.mbps) : ""],
+      { "data-destination": b.destination })));
+
     const commits = st.commitment || [];
     document.getElementById("commitment-section").hidden = commits.length === 0;
     fill("commitment", commits.map(c => row(

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,8 +224,10 @@ class MessageStream:
         command: dict[str, Any],
         data: io.RawIOBase | io.BufferedIOBase | bytes | None = None,
         length: int = 0,
+        pace: Callable[[int], object] | None = None,
     ) -> None:
-        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``).
+        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``);
+        ``pace`` is told each batch's bytes once written (a rate cap waits in it).
 
         Whole messages only, also when two threads write (a C-CANCEL while the reading thread answers
         a C-STORE on a C-GET association): PS3.8 9.3.5, one message's PDVs are not interleaved."""
@@ -238,7 +240,7 @@ class MessageStream:
                 length, data = len(data), io.BytesIO(data)
             if not self._out:
                 self._out = bytearray(READ_CHUNK)
-            send_message(self.sock, context_id, raw, data, length, self.max_pdv, self._out)
+            send_message(self.sock, context_id, raw, data, length, self.max_pdv, self._out, pace)
 
     def respond(self, rq: Message, field: int, status: int, **extra: Any) -> None:
         """A response without data set to ``rq`` (PS3.7 9.3, C.4)."""

@@ -15,7 +15,7 @@ from dicomproxy.transport.net import NoAssociation, Remote
 from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
 from dicomproxy.transport.rewritten import Rewritten
-from dicomproxy.transport.seam import IncomingStore, StoreHandler, Timeouts
+from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler, Timeouts
 
 
 class RawLink:
@@ -96,9 +96,13 @@ class RawLink:
         return None if status is None else int(status.Status)
 
     def store(
-        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+        self,
+        path: Path | Rewritten,
+        msg_id: int,
+        originator: tuple[str, int] | None = None,
+        pace: Pace | None = None,
     ) -> int | None:
-        return self.assoc.store_file(path, msg_id, originator)
+        return self.assoc.store_file(path, msg_id, originator, pace)
 
     def cancel(self) -> bool:
         return self.assoc.cancel()

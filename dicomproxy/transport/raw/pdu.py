@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 A_ASSOCIATE_RQ = 0x01
@@ -36,7 +36,10 @@ CONTROL_LAST = 0x02
 #: P-DATA is never read whole, so its size is bounded by what we announced instead.
 MAX_CONTROL_PDU = 1024 * 1024
 
-#: Data set bytes read from a file per step (and so written per system call).
+#: Bytes written before a rate cap (``pace``) is told, where a whole batch is written at once.
+SEND_BATCH = 1024 * 1024
+
+#: Data set bytes read from a file per step (and so written per ``sendmsg`` and told to ``pace``).
 READ_CHUNK = 1024 * 1024
 
 
@@ -186,11 +189,17 @@ def send_message(
     length: int,
     max_pdv: int,
     buf: bytearray,
+    pace: Callable[[int], object] | None = None,
 ) -> None:
     """Write one message (:func:`message_iov`) to ``sock`` without joining headers and data set
-    bytes: ``sendmsg`` gathers them in the kernel. ``buf`` is the caller's reusable read buffer."""
+    bytes: ``sendmsg`` gathers them in the kernel. ``buf`` is the caller's reusable read buffer
+    (``len(buf)`` data set bytes per list: at most :data:`READ_CHUNK` for a rate cap's steps);
+    ``pace`` is told each list's bytes once written (a rate cap waits in it)."""
     for iov in message_iov(context_id, command, data, length, max_pdv, buf):
+        size = sum(len(b) for b in iov) if pace is not None else 0
         send_iov(sock, iov)
+        if pace is not None:
+            pace(size)
 
 
 def send_iov(sock: socket.socket, iov: list[bytes | memoryview]) -> None:
@@ -210,6 +219,20 @@ def send_iov(sock: socket.socket, iov: list[bytes | memoryview]) -> None:
             iov[0] = memoryview(iov[0])[sent:]
 
 
+def send_paced(sock: socket.socket, batch: bytes | bytearray, pace: Callable[[int], object] | None) -> None:
+    """``sock.sendall(batch)``; with ``pace``, in slices of at most :data:`SEND_BATCH` bytes, each
+    told to ``pace`` once written (a rate cap waits in it) — also inside one PDU larger than that
+    (a peer announcing an unlimited or a large Maximum Length: PDUs of up to 4 MiB)."""
+    if pace is None:
+        sock.sendall(batch)
+        return
+    view = memoryview(batch)
+    for start in range(0, len(view), SEND_BATCH):
+        piece = view[start : start + SEND_BATCH]
+        sock.sendall(piece)
+        pace(len(piece))
+
+
 __all__ = [
     "PduReader",
     "PeerClosed",
@@ -218,4 +241,5 @@ __all__ = [
     "message_pdus",
     "send_iov",
     "send_message",
+    "send_paced",
 ]

@@ -165,17 +165,22 @@ class RawAssociation:
         raise ValueError(f"no accepted presentation context for {sop_class} in {syntax}")
 
     def store_file(
-        self, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+        self,
+        path: Path | Rewritten,
+        msg_id: int,
+        originator: tuple[str, int] | None = None,
+        pace: Callable[[int], object] | None = None,
     ) -> int | None:
         """C-STORE the DICOM file at ``path`` as it is encoded (or as rewritten: its new head, then
         its tail from disk); the response's (0000,0900) Status, or None if the association failed
-        (it is aborted then). ValueError: no matching context."""
+        (it is aborted then). ValueError: no matching context. ``pace``: told each batch's bytes as
+        written (a rate cap waits in it)."""
         meta = file_meta(path if isinstance(path, Path) else path.path)
         context_id = self.context_id(meta.sop_class_uid, meta.transfer_syntax)
         cmd = store_command(msg_id, meta.sop_class_uid, meta.sop_instance_uid, originator)
         try:
             with open_data(path, meta.offset) as (data, length):
-                self.stream.send(context_id, cmd, data, length)
+                self.stream.send(context_id, cmd, data, length, pace)
             rsp = self.stream.read()
         except (OSError, ValueError, PeerClosed, ProtocolError, Released) as exc:
             LOG.warning("onward association lost: %s", exc or type(exc).__name__)

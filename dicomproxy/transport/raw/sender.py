@@ -17,6 +17,7 @@ messages): :func:`install_send_lock` makes the reactor's socket writes take the 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pynetdicom.pdu_primitives import MaximumLengthNotification
 from dicomproxy.transport.pynetdicom_compat import install_send_lock as compat_install_send_lock
 from dicomproxy.transport.pynetdicom_compat import raw_socket, send_lock_of
 from dicomproxy.transport.raw.dimse import C_STORE_RQ, DATA_SET_PRESENT, PRIORITY_MEDIUM
-from dicomproxy.transport.raw.pdu import message_pdus
+from dicomproxy.transport.raw.pdu import message_pdus, send_paced
 from dicomproxy.transport.raw.wire import encode_command
 from dicomproxy.transport.rewritten import Rewritten, open_data
 
@@ -80,10 +81,16 @@ def store_command(
 
 
 def send_file(
-    assoc: Association, path: Path | Rewritten, msg_id: int, originator: tuple[str, int] | None = None
+    assoc: Association,
+    path: Path | Rewritten,
+    msg_id: int,
+    originator: tuple[str, int] | None = None,
+    pace: Callable[[int], object] | None = None,
 ) -> Dataset | None:
     """C-STORE the encoded data set of the DICOM file ``path``; the response's status data set
-    (as ``send_c_store`` returns it) or None when no response came (timeout, abort).
+    (as ``send_c_store`` returns it) or None when no response came (timeout, abort). ``pace`` is
+    told each batch's bytes once written (a rate cap waits in it, the message's lock held: its
+    PDUs must not interleave with another message's, PS3.7 6.3.1).
 
     Raises ValueError when no accepted context has the file's exact SOP class and transfer
     syntax, OSError when the socket fails (the association is aborted then).
@@ -103,7 +110,7 @@ def send_file(
         try:
             with lock:
                 for batch in message_pdus(context_id, command, data, length, peer_max_pdv(assoc)):
-                    sock.sendall(batch)
+                    send_paced(sock, batch, pace)
         except OSError:
             assoc.abort()
             raise

@@ -1,0 +1,164 @@
+"""STOW-RS delivery to a real cloud: Orthanc with its DICOMweb plugin (Debian ``orthanc-dicomweb``).
+
+The cloud asks for a study by C-MOVE with Move Destination = the AE title of a ``[[peers]] kind =
+"dicomweb"`` entry; the proxy fetches it from the PACS (the pynetdicom fake PACS) and stores it at
+Orthanc's ``/dicom-web/studies`` in batches. Every instance must then be in Orthanc with the
+transfer syntax the compression mode chose, and the journal and the C-MOVE's counts must say so.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomproxy.app import build_context
+from dicomproxy.checks import dicomweb_checks
+from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
+from dicomproxy.relay.journal import Journal
+from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
+from testkit import free_port
+from testkit.fakepacs import FakePacs
+from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
+from testkit.samples import StudySpec, write_study
+from tests.test_recovery import AllVisible
+
+pytestmark = pytest.mark.orthanc
+
+CLOUD, WEB = "CLOUD", "WEBCLOUD"
+N = 7  # more than one batch of 3, the last one short
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    spec = StudySpec("CT", accession="STOW01", series=1, images_per_series=N, seed=41)
+    return write_study(spec, tmp_path_factory.mktemp("stow-study"))
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    if not list(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*")):
+        pytest.skip("the Orthanc DICOMweb plugin is not installed (scripts/setup-peers.sh installs it)")
+    server = Orthanc(tmp_path_factory.mktemp("stow-orthanc"), dicomweb=True).start()
+    yield server
+    server.stop()
+
+
+def web_peer(url: str, **extra: Any) -> dict[str, Any]:
+    # Orthanc's DICOMweb plugin 1.7 refuses a part that names its transfer syntax (HTTP 415)
+    return {
+        "ae_title": WEB,
+        "kind": "dicomweb",
+        "url": url,
+        "max_batch": 3,
+        "transfer_syntax_param": False,
+        **extra,
+    }
+
+
+@pytest.fixture
+def proxy(
+    make_config: Callable[..., Config], study_files: list[Path]
+) -> Iterator[Callable[[dict[str, Any]], Server]]:
+    started: list[Any] = []
+
+    def make(peer: dict[str, Any]) -> Server:
+        proxy_port = free_port()
+        pacs = FakePacs(
+            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
+        ).start()
+        started.append(pacs)
+        config = make_config(
+            proxy={"port": proxy_port, "retries": 2, "retry_delay": 0.05},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
+            peers=[{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, peer],
+        )
+        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for thing in reversed(started):
+        if isinstance(thing, Server):
+            thing.stop(drain_timeout=2.0)
+        else:
+            thing.stop()
+
+
+def stored_syntaxes(cloud: Orthanc) -> dict[str, str]:
+    """SOP Instance UID → the transfer syntax Orthanc holds it in."""
+    out = {}
+    for iid in cloud.request("GET", "/instances"):
+        header = cloud.request("GET", f"/instances/{iid}/header?simplify")
+        out[header["MediaStorageSOPInstanceUID"]] = header["TransferSyntaxUID"]
+    return out
+
+
+def move(server: Server, study_files: list[Path]) -> scu.RetrieveSummary:
+    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
+    return scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        WEB,
+        scu.identifier(study_uids=[study]),
+        calling_ae=CLOUD,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("mode", ["none", "lossless", "lossy"])
+def test_c_move_to_a_dicomweb_peer_stores_every_instance_in_orthanc(
+    mode: str, proxy: Callable[[dict[str, Any]], Server], cloud: Orthanc, study_files: list[Path]
+) -> None:
+    cloud.clear()
+    server = proxy(web_peer(cloud.stow_url, compression=mode))
+    result = move(server, study_files)
+    assert (result.status, result.completed, result.failed, result.warning) == (0x0000, N, 0, 0), (
+        result.line()
+    )
+
+    originals = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in study_files)}
+    held = stored_syntaxes(cloud)
+    assert set(held) == set(originals)  # every instance, under its own UID (uid_policy keep)
+    wanted = {
+        "none": {ExplicitVRLittleEndian},
+        "lossless": set(LOSSLESS_TARGETS),
+        "lossy": set(LOSSY_TARGETS),
+    }
+    assert set(held.values()) <= wanted[mode], held
+    if mode == "lossless":  # decoded by Orthanc's copy: the same pixels
+        for uid, original in originals.items():
+            iid = cloud.request("POST", "/tools/lookup", uid.encode())[0]["ID"]
+            raw = cloud.raw(f"/instances/{iid}/file")
+            got = dcmread(io.BytesIO(raw))
+            assert np.array_equal(got.pixel_array, original.pixel_array)
+
+    journal = Journal.for_config("", server.config.data_path)
+    try:
+        job = journal.recent(1)[0]
+        assert (job["outcome"], job["completed"], job["failed"]) == ("success", N, 0)
+        view = journal.get(job["id"], all_instances=True)
+        assert view is not None
+        rows = view.instances
+        assert sorted(r["sop_instance_uid"] for r in rows) == sorted(originals)
+        assert {r["state"] for r in rows} == {"sent"}
+        assert {r["sop_instance_uid"]: r["transfer_syntax"] for r in rows} == held
+        assert job["bytes_out"] == sum(r["bytes"] for r in rows) > 0
+    finally:
+        journal.close()
+
+
+def test_check_config_finds_orthancs_dicomweb_endpoint(
+    make_config: Callable[..., Config], cloud: Orthanc
+) -> None:
+    config = make_config(peers=[web_peer(cloud.stow_url)])
+    (result,) = dicomweb_checks(config, timeout=5)
+    assert result.ok and "HTTP 200" in result.detail, result  # QIDO-RS answered the GET

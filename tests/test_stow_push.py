@@ -1,0 +1,162 @@
+"""Push mode to a DICOMweb peer: a row inserted into the exam view brings its study to the cloud by
+STOW-RS — Orthanc with its DICOMweb plugin, in each compression mode — and, against the fault
+server, a destination that answers 503 until push's next attempt: held, then delivered once.
+Orthanc (plain) is the PACS (C-GET)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import create_engine
+
+from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
+from dicomproxy.push.queue import PushQueue
+from dicomproxy.server import Server
+from testkit import wait_until
+from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.stowserver import StowScript, StowServer
+from testkit.viewdb import create_view_table, insert_rows
+from tests.conftest import ConfigFactory, _need
+from tests.test_stow_orthanc import stored_syntaxes
+
+pytestmark = pytest.mark.orthanc
+
+WEB = "WEBCLOUD"
+SPECS = [
+    StudySpec("CT", accession=f"SP{i:03d}", series=1, images_per_series=4, seed=190 + i) for i in range(4)
+]
+
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+OLD = StudySpec("CT", accession="SP999", series=1, images_per_series=1, seed=199)
+
+
+def sops(spec: StudySpec) -> set[str]:
+    return {spec.sop_uid(s, i) for s in range(spec.series) for i in range(spec.images_per_series)}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    _need("Orthanc")
+    root = tmp_path_factory.mktemp("stow-push-studies")
+    server = Orthanc(tmp_path_factory.mktemp("stow-push-pacs")).start()
+    for spec in SPECS:
+        server.upload(write_study(spec, root / spec.accession))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    if not list(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*")):
+        pytest.skip("the Orthanc DICOMweb plugin is not installed (scripts/setup-peers.sh installs it)")
+    server = Orthanc(tmp_path_factory.mktemp("stow-push-cloud"), dicomweb=True).start()
+    yield server
+    server.stop()
+
+
+def push_config(make_config: ConfigFactory, view_url: str, pacs: Orthanc, peer: dict[str, Any]) -> Config:
+    return make_config(
+        view={"url": view_url},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
+        peers=[{"ae_title": WEB, "kind": "dicomweb", "max_batch": 3, **peer}],
+        proxy={"retry_delay": 0.05, "retries": 1},
+        push={
+            "enabled": True,
+            "destinations": [WEB],
+            "poll_interval": 0.2,
+            "retry_delay": 0.3,
+            "max_retry_delay": 1.0,
+        },
+    )
+
+
+def push_one(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    pacs: Orthanc,
+    peer: dict[str, Any],
+    spec: StudySpec,
+    **row: Any,
+) -> tuple[Server, PushQueue]:
+    """Start a pushing proxy, then insert ``spec``'s row (after the first pass: it is new)."""
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine, stamp="datetime")
+    insert_rows(engine, [exam_row(OLD)])  # there before push started: the first pass's watermark, not sent
+    server = run_proxy(push_config(make_config, view_url, pacs, peer))
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    insert_rows(engine, [exam_row(spec, RowTimestamp=stamp, **row)])
+    engine.dispose()
+    return server, queue
+
+
+def item_done(queue: PushQueue) -> bool:
+    items = queue.items()
+    return len(items) == 1 and items[0]["state"] == "done"
+
+
+@pytest.mark.parametrize(("mode", "spec"), [("none", SPECS[0]), ("lossless", SPECS[1]), ("lossy", SPECS[2])])
+def test_push_delivers_a_new_exam_to_orthanc_by_stow_rs(
+    mode: str,
+    spec: StudySpec,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+) -> None:
+    cloud.clear()
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF)  # the report: an Encapsulated PDF sent after the images
+    peer = {"url": cloud.stow_url, "compression": mode, "transfer_syntax_param": False}
+    server, queue = push_one(
+        tmp_path, make_config, run_proxy, pacs, peer, spec, ReportFilePath=f"{base_url}/r.pdf"
+    )
+    wait_until(lambda: item_done(queue), 60, "push item done")
+    held = stored_syntaxes(cloud)
+    assert set(held) >= sops(spec)
+    (report,) = set(held) - sops(spec)
+    assert held.pop(report) == ExplicitVRLittleEndian  # the PDF object, as made
+    wanted = {
+        "none": {ExplicitVRLittleEndian},
+        "lossless": set(LOSSLESS_TARGETS),
+        "lossy": set(LOSSY_TARGETS),
+    }
+    assert set(held.values()) <= wanted[mode], held
+    jobs = server.ctx.journal.recent(10)  # the images' job, and the report's (push/files.py)
+    assert {(j["kind"], j["outcome"], j["failed"]) for j in jobs} == {("push", "success", 0)}
+    assert sum(j["completed"] for j in jobs) == len(held)  # the images; the report counts apart
+    states = {
+        r["sop_instance_uid"]: r["state"]
+        for j in jobs
+        for r in server.ctx.journal.get(j["id"], all_instances=True).instances  # type: ignore[union-attr]
+    }
+    assert states == dict.fromkeys([*held, report], "sent")
+
+
+def test_push_holds_a_dicomweb_destination_that_does_not_answer_and_delivers_once_later(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    pacs: Orthanc,
+) -> None:
+    web = StowServer(StowScript(requests=["503", "503"], retry_after="0")).start()
+    try:
+        server, queue = push_one(tmp_path, make_config, run_proxy, pacs, {"url": web.url}, SPECS[3])
+        wait_until(lambda: item_done(queue), 60, "push item done")
+        assert set(web.stored) == sops(SPECS[3]) and set(web.stored.values()) == {1}
+        assert [s.action for s in web.seen[:3]] == ["503", "503", "ok"]
+        jobs = server.ctx.journal.recent(10)
+        assert [(j["outcome"], j["completed"]) for j in reversed(jobs)] == [("failed", 0), ("success", 4)]
+    finally:
+        web.stop()
