@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import socket
 import threading
+from pathlib import Path
 
 import pytest
+from pynetdicom.presentation import build_context as presentation_context
 
-from dicomproxy.transport.raw import pdu, wire
+from dicomproxy.transport.raw import dimse, pdu, wire
 from dicomproxy.transport.raw import sender as fastsender
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -118,3 +120,38 @@ def test_send_message_tells_pace_each_step() -> None:
     assert sum(told) == len(sock.out) == len(framed(a_command(), data, 16378))
     assert len(told) == 4
     assert max(told) < pdu.READ_CHUNK + 1024
+
+
+@pytest.mark.parametrize("max_pdv", [1000, 16378, fastsender.DEFAULT_MAX_PDV])
+@pytest.mark.parametrize(
+    "length", [1, dimse.WRITE_CHUNK - 200, dimse.WRITE_CHUNK, dimse.WRITE_CHUNK + 1, 3 * 1024 * 1024 + 7]
+)
+def test_received_data_set_is_the_file(tmp_path: Path, max_pdv: int, length: int) -> None:
+    """The receiving side (``MessageStream.read``) gathers PDVs in its buffer and writes them
+    unbuffered: the file is our meta group and then exactly the bytes sent, for data sets ending
+    before, on and after a buffer boundary; two messages in a row on one stream."""
+    context = presentation_context(CT_IMAGE, ["1.2.840.10008.1.2.1"])
+    context.context_id = 5
+    a, b = socket.socketpair()
+    data = payload(length)
+    command = wire.encode_command(fastsender.store_command(7, CT_IMAGE, "1.2.3.4", None))
+
+    def write() -> None:
+        for _ in range(2):
+            pdu.send_message(a, 5, command, io.BytesIO(data), length, max_pdv, bytearray(pdu.READ_CHUNK))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    stream = dimse.MessageStream(b, {5: context}, tmp_path, max_pdv)
+    try:
+        for _ in range(2):
+            msg = stream.read()
+            assert msg.path is not None
+            expected = wire.file_preamble_and_meta(CT_IMAGE, "1.2.3.4", "1.2.840.10008.1.2.1") + data
+            assert msg.path.read_bytes() == expected
+            msg.path.unlink()
+    finally:
+        writer.join(30)
+        stream.close()
+        a.close()
+        b.close()
