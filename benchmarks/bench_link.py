@@ -37,54 +37,13 @@ from sqlalchemy import create_engine
 from dicomproxy.transport.net import Remote
 from testkit import free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
+from testkit.netns import ShapedLink
 from testkit.orthanc import Orthanc
 from testkit.realct import write_real_study
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
-NS = "dpbench"
-HOST_SIDE, NS_SIDE = "dpb0", "dpb1"
-HOST_IP, NS_IP = "10.77.0.1", "10.77.0.2"
-
-
-def sh(*cmd: str, check: bool = True) -> None:
-    subprocess.run(cmd, check=check, capture_output=True)
-
-
-@contextmanager
-def namespace() -> Iterator[None]:
-    """The destination's namespace and its veth pair (deleted afterwards, also after a crash)."""
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_SIDE, check=False)
-    sh("ip", "netns", "add", NS)
-    try:
-        sh("ip", "link", "add", HOST_SIDE, "type", "veth", "peer", "name", NS_SIDE)
-        sh("ip", "link", "set", NS_SIDE, "netns", NS)
-        sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_SIDE)
-        sh("ip", "link", "set", HOST_SIDE, "up")
-        for cmd in (
-            ("ip", "addr", "add", f"{NS_IP}/24", "dev", NS_SIDE),
-            ("ip", "link", "set", NS_SIDE, "up"),
-            ("ip", "link", "set", "lo", "up"),
-        ):
-            sh("ip", "netns", "exec", NS, *cmd)
-        yield
-    finally:
-        sh("ip", "netns", "del", NS, check=False)
-        sh("ip", "link", "del", HOST_SIDE, check=False)
-
-
-def shape(rate_mbit: int) -> None:
-    """tbf on both ends of the veth (each direction of the link): ``rate_mbit`` Mbit/s."""
-    # burst ≥ one GSO segment (64 kB) or tbf drops it; 50 ms of queue
-    for prefix, dev in (((), HOST_SIDE), (("ip", "netns", "exec", NS), NS_SIDE)):
-        sh(*prefix, "tc", "qdisc", "del", "dev", dev, "root", check=False)
-        sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
-           "burst", "128kb", "latency", "50ms")  # fmt: skip
-
-
-def tx_bytes() -> int:
-    return int(Path(f"/sys/class/net/{HOST_SIDE}/statistics/tx_bytes").read_text())
+LINK = ShapedLink("bench")  # namespace dpbench, veth dpbencha/dpbenchb, 10.78.77.1/.2
 
 
 def write_config(
@@ -138,11 +97,11 @@ def main() -> None:
     dest = StoreSCP(work / "dest", "DEST", extra=["--fork"])
     relay: subprocess.Popen[bytes] | None = None
     if args.link == "shaped":
-        dest.prefix, dest.host = ["ip", "netns", "exec", NS], NS_IP
+        dest.prefix, dest.host = LINK.prefix, LINK.ns_ip
     pacs = Orthanc(work / "orthanc")
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[str] = []
-    with namespace() if args.link == "shaped" else _nothing():
+    with LINK.up() if args.link == "shaped" else _nothing():
         dest.start()
         reach = dest.remote
         if args.link == "delay":
@@ -173,7 +132,7 @@ def main() -> None:
             conditions = [int(x) for x in (args.rates if args.link == "shaped" else args.rtts).split(",")]
             for cond in conditions:
                 if args.link == "shaped":
-                    shape(cond)
+                    LINK.shape(cond)
                 else:
                     if relay is not None:
                         relay.terminate()
@@ -190,10 +149,10 @@ def main() -> None:
                     for key in ["direct", *proxies]:
                         remote, proc = (pacs.remote, None) if key == "direct" else proxies[key]  # type: ignore[index]
                         l0 = load()
-                        b0 = tx_bytes() if args.link == "shaped" else 0
+                        b0 = LINK.tx_bytes() if args.link == "shaped" else 0
                         c0 = cpu_seconds(proc.pid) if proc else 0.0
                         wall, _first, _ = timed_move(remote, dest, spec.study_uid, len(files))
-                        sent = (tx_bytes() - b0) if args.link == "shaped" else 0
+                        sent = (LINK.tx_bytes() - b0) if args.link == "shaped" else 0
                         cpu = cpu_seconds(proc.pid) - c0 if proc else 0.0
                         runs.setdefault(str(key), []).append((wall, sent / wall if wall else 0.0, cpu))
                         print(f"# {args.link} {cond}: {key}: {wall:.2f} s (load {l0})", file=sys.stderr)

@@ -248,6 +248,39 @@ class PushDelivered(Event):
 
 
 @dataclass(frozen=True)
+class CorrectionFound(Event):
+    """The view corrected a study after its delivery (IOCM, docs/identity.md): ``kind`` is
+    identity-corrected | exam-relinked | row-withdrawn; ``changed`` names fields, not values;
+    ``acted``: the destination gets a rejection note (``iocm = true``). The patient IDs are for
+    the audit trail only (never logged)."""
+
+    destination: str
+    study_uid: str
+    kind: str
+    changed: tuple[str, ...] = ()
+    acted: bool = False
+    old_patient_id: str = ""
+    new_patient_id: str = ""
+    relinked_to: str = ""
+
+
+@dataclass(frozen=True)
+class CorrectionSent(Event):
+    """A correction was carried out at its destination (or given up): ``outcome`` is done |
+    failed | retry; ``referenced``: instances the rejection note rejects; ``copies``: corrected
+    copies confirmed; ``note_uid``: the note's SOP Instance UID."""
+
+    destination: str
+    study_uid: str
+    kind: str
+    outcome: str
+    referenced: int = 0
+    copies: int = 0
+    note_uid: str = ""
+    patient_id: str = ""
+
+
+@dataclass(frozen=True)
 class PushDestination(Event):
     """A push destination went down (its queue held) or came back."""
 

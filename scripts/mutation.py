@@ -167,6 +167,12 @@ TARGETS: dict[str, Target] = {
         ("tests/test_identity_coerce.py",),
         "the view's identity on outgoing instances: what changes, what is kept (issue 26)",
     ),
+    "corrections": Target(
+        "dicomproxy/identity/corrections.py",
+        (),
+        ("tests/test_identity_corrections.py",),
+        "corrections after delivery (IOCM): the decision, its title, derived UIDs (issue 26 item 2)",
+    ),
     "lossy": Target(
         "dicomproxy/transcode/codec.py",
         ("_values", "_mark_lossy", "_derive", "_note_source_lossy", "_lossy_insert_at", "_text_element"),

@@ -17,4 +17,4 @@ scripts/check
 # module fixtures — its Orthanc, its proxy — start once). Serially the suite keeps less than one of
 # the two cores busy (its peers wait on sockets); with 2 workers 1929 tests took 721 s (docs/testing-speed.md).
 # DICOMPROXY_TEST_WORKERS=0 runs it serially.
-exec .venv/bin/python -m pytest -n "${DICOMPROXY_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${DICOMPROXY_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"

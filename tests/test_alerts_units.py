@@ -323,3 +323,49 @@ def test_a_source_that_fails_is_logged_once_and_ends_nothing(
     service.tick()
     assert sent == [("start", "destination-held:CLOUD"), ("end", "destination-held:CLOUD")]
     journal.engine.dispose()
+
+
+def test_an_incident_another_node_ends_meanwhile_is_not_opened_again(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """Two nodes, one journal: while this node reads the hold (still there), the other node sees it
+    gone and ends the incident. This round must not open it again (a second start message): the
+    open incidents are read before the conditions (the race CI met in
+    test_alerts.py::test_two_nodes_on_one_postgresql_journal_tell_once)."""
+    from types import SimpleNamespace
+
+    from dicomproxy.alerts.service import AlertService
+    from dicomproxy.alerts.store import IncidentStore
+    from dicomproxy.relay.journal import Journal
+
+    config = make_config(
+        alerting={"held_after": 0},
+        alerts=[{"kind": "webhook", "url": "http://127.0.0.1:9/x", "incidents": ["destination-held"]}],
+    )
+    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+    other = IncidentStore(journal.engine, "NODE_B")
+    holds = _Holds()
+    service = AlertService(
+        config,
+        SimpleNamespace(journal=journal, push=SimpleNamespace(holds=holds), commitments=None, view=None),
+    )
+    sent: list[tuple[str, str]] = []
+    service.sender.submit = lambda m: sent.append((str(m.phase), m.incident.key)) or 1  # type: ignore[method-assign]
+    holds.answer = {"CLOUD": conditions.naive_utcnow()}
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD")]
+
+    class EndedMeanwhile:
+        def down_since(self) -> dict[str, dt.datetime]:
+            other.close("destination-held:CLOUD")  # node B ends it while we read the stale hold
+            return {"CLOUD": conditions.naive_utcnow()}
+
+    service.ctx.push.holds = EndedMeanwhile()
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD")]  # neither a new start nor our own end
+    holds.answer = {}
+    service.ctx.push.holds = holds
+    service.tick()
+    assert sent == [("start", "destination-held:CLOUD")]  # B told the end; nothing is open here
+    assert service.store.open_keys() == set()
+    journal.engine.dispose()

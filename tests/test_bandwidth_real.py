@@ -401,3 +401,46 @@ def test_push_deliveries_follow_the_timetable_below_max_mbps(
     finally:
         pacs.stop()
         engine.dispose()
+
+
+def test_pushed_report_objects_are_charged_to_the_timetable(
+    make_config: Callable[..., Config],
+    run_proxy: Callable[[Config], Server],
+    meter: Meter,
+    study_files: list[Path],
+    http_folder: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    """What leaves the hospital includes the order/report objects push makes from the view's files:
+    the report PDF's object is charged to the rule's bucket like the images (the bytes each sender
+    reports to ``Bandwidth.take``, recorded on the real push of a real study and report)."""
+    base_url, folder = http_folder
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 2048 + b"\n%%EOF\n"  # ~0.5 MB
+    (folder / "r.pdf").write_bytes(pdf)
+    view_url = f"sqlite:///{tmp_path / 'view.db'}"
+    engine = create_engine(view_url)
+    create_view_table(engine)
+    pacs = FakePacs(study_files).start()
+    try:
+        config = make_config(
+            view={"url": view_url},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
+            push={"enabled": True, "destinations": [CAPPED], "poll_interval": 0.2, "start_from": "beginning"},
+            reports={"enabled": True},
+            bandwidth=[{"mbps": 400}],
+        )
+        server = run_proxy(config)
+        bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
+        charged: list[int] = []
+        take = bandwidth.take
+        bandwidth.take = lambda destination, n: charged.append(n) or take(destination, n)  # type: ignore[method-assign]
+        insert_rows(
+            engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now(), ReportFilePath=f"{base_url}/r.pdf")]
+        )
+        wait_until(lambda: len(meter.arrivals) >= N + 1, 30, "the study and its report delivered")
+        images = sum(p.stat().st_size for p in study_files)
+        assert sum(charged) > images + len(pdf) * 0.9, (sum(charged), images, len(pdf))
+    finally:
+        pacs.stop()
+        engine.dispose()

@@ -211,7 +211,8 @@ def _scenario(
         status = json.loads(rsp.read())
     assert status["push"] == [
         {"destination": "STORESCP", "held": False, "queued": 0, "running": 0, "waiting": 0, "committing": 0,
-         "done": 1, "failed": 0, "dropped": 0, "recheck": 1}
+         "done": 1, "failed": 0, "dropped": 0, "recheck": 1,
+         "corrections": {"warned": 0, "due": 0, "running": 0, "done": 0, "failed": 0}}
     ]  # fmt: skip
     from dicomproxy.relay.recovery import check_retryable
 

@@ -125,8 +125,13 @@ class AlertService:
             self._tick()
 
     def _tick(self) -> None:
-        active, answered = self.evaluate()
+        # The open incidents are read BEFORE the conditions: another node may end an incident
+        # between the two reads (it saw the condition end). Read after, a condition this node saw
+        # just before it ended would find the incident closed and open it again — a second start
+        # message (seen in CI with two nodes). Read before, the incident still counts as open
+        # this round, and next round the condition is seen ended (the shared journal's rows).
         open_keys = self.store.open_keys()
+        active, answered = self.evaluate()
 
         def judged(key: str) -> bool:
             kind = key.partition(":")[0]

@@ -69,6 +69,7 @@ class Code:
 APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 BEGIN_TRANSFERRING = Code("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+PROCEDURE_RECORD = Code("110111", "DCM", "Procedure Record")
 QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
@@ -87,6 +88,8 @@ SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 NODE_ID = Code("110182", "DCM", "Node ID")
 URI = Code("12", "RFC-3881", "URI")
 
+#: Key Object Selection Document Storage: the IOCM rejection note (dicomproxy.identity.rejection).
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 
@@ -314,6 +317,29 @@ class MessageBuilder:
         self._patients(root, _job_patients(started, context))
         return root
 
+    def _correction_found(self, event: events.CorrectionFound, context: object) -> ET.Element:
+        """The RIS corrected an exam after delivery (IOCM): Procedure Record, Update (PS3.15
+        A.5.3.11); the study and both patient IDs."""
+        root = self._message(PROCEDURE_RECORD, "U", event.time, SUCCESS)
+        self._ourselves(root, False, ROLE_APPLICATION)
+        self._participant(root, event.destination, False, role=ROLE_DESTINATION)
+        self._source(root)
+        self._studies(root, [event.study_uid, event.relinked_to])
+        self._patients(root, [event.old_patient_id, event.new_patient_id])
+        return root
+
+    def _correction_sent(self, event: events.CorrectionSent, context: object) -> ET.Element:
+        """A rejection note sent (DICOM Instances Transferred, PS3.15 A.5.3.4): the KOS class;
+        the corrected copies are a push job of their own, audited as every job."""
+        outcome = SUCCESS if event.outcome == "done" else SERIOUS_FAILURE
+        root = self._message(INSTANCES_TRANSFERRED, "R", event.time, outcome)
+        self._ourselves(root, False, ROLE_SOURCE)
+        self._participant(root, event.destination, False, role=ROLE_DESTINATION)
+        self._source(root)
+        self._studies(root, [event.study_uid], {KOS_SOP_CLASS: 1} if event.note_uid else None)
+        self._patients(root, [event.patient_id])
+        return root
+
     #: Event type → its builder (an event of a type not listed has no message).
     _BUILDERS: ClassVar[
         dict[type[events.Event], Callable[[MessageBuilder, Any, dict[str, object] | None], ET.Element | None]]
@@ -327,6 +353,8 @@ class MessageBuilder:
         events.JobResolved: _begin_transferring,
         events.JobInterrupted: _interrupted,
         events.JobFinished: _transferred,
+        events.CorrectionFound: _correction_found,
+        events.CorrectionSent: _correction_sent,
     }
 
     def _transfer(

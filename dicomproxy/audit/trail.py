@@ -124,6 +124,9 @@ class Action:
     PURGE = "purge"
     #: A request to the HTTP console (detail: role, method, path, status).
     CONSOLE = "console"
+    #: A correction after delivery found (outcome detected | warned) or carried out (done |
+    #: failed | retry); detail: kind, changed fields, note UID, counts (docs/identity.md).
+    CORRECTION = "correction"
     #: A reload of the config file (detail: path, changed keys, restart-only keys, error).
     RELOAD = "reload"
 
@@ -639,6 +642,33 @@ class AuditSubscriber:
             time=event.time,
         )
 
+    def _correction_found(self, event: events.CorrectionFound) -> AuditRecord:
+        return AuditRecord(
+            Action.CORRECTION,
+            "detected" if event.acted else "warned",
+            destination=event.destination,
+            detail={"kind": event.kind, "changed": list(event.changed), "relinked_to": event.relinked_to},
+            patient_ids=tuple(p for p in (event.old_patient_id, event.new_patient_id) if p),
+            study_uids=tuple(u for u in (event.study_uid, event.relinked_to) if u),
+            time=event.time,
+        )
+
+    def _correction_sent(self, event: events.CorrectionSent) -> AuditRecord:
+        return AuditRecord(
+            Action.CORRECTION,
+            event.outcome,
+            destination=event.destination,
+            detail={
+                "kind": event.kind,
+                "note_uid": event.note_uid,
+                "referenced": event.referenced,
+                "copies": event.copies,
+            },
+            patient_ids=(event.patient_id,) if event.patient_id else (),
+            study_uids=(event.study_uid,),
+            time=event.time,
+        )
+
     def _config_reloaded(self, event: events.ConfigReloaded) -> AuditRecord:
         detail = {
             "path": event.path,
@@ -663,6 +693,8 @@ class AuditSubscriber:
         events.RetrieveRefused: _retrieve_refused,
         events.RetryRequested: _retry_requested,
         events.ConsoleRequest: _console_request,
+        events.CorrectionFound: _correction_found,
+        events.CorrectionSent: _correction_sent,
         events.ConfigReloaded: _config_reloaded,
     }
 

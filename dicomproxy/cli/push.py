@@ -17,6 +17,8 @@ import click
 from dicomproxy.cli.common import JournalContext, config_option
 from dicomproxy.config import Config
 from dicomproxy.push.backfill import lane_progress, queue_backfill
+from dicomproxy.push.corrections_store import STATES as CORRECTION_STATES
+from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.holds import LANE_PAUSED_PREFIX, pause, resume
 from dicomproxy.push.queue import BACKFILL, DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX
@@ -105,6 +107,13 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             for item in queue.items(limit=limit)
         ],
     }
+    corrections = CorrectionStore(queue.engine, "status").counts()
+    for d, info in report["destinations"].items():  # type: ignore[attr-defined]
+        # corrections after delivery (IOCM, docs/identity.md) by state
+        info["corrections"] = {
+            s: sum(n for (dest, _, st), n in corrections.items() if dest == d and st == s)
+            for s in CORRECTION_STATES
+        }
     lanes = lane_progress(queue)
     report["lanes"] = [p.as_dict() | {"paused": LANE_PAUSED_PREFIX + p.lane in states} for p in lanes]
     commitment = _commitment(obj)
@@ -136,6 +145,12 @@ def push_status(obj: _PushContext, limit: int, as_json: bool) -> None:
             + f" {info['rechecks']['pending']:>8} {info['last_hour']['studies']:>12}"
             + f" {info['last_hour']['bytes'] / 1e6:>8.1f}  {'; '.join(notes)}"
         )
+    for d, info in report["destinations"].items():  # type: ignore[attr-defined]
+        if any(info["corrections"].values()):
+            click.echo(
+                f"corrections after delivery, {d}: "
+                + " ".join(f"{k}={n}" for k, n in info["corrections"].items() if n)
+            )
     for d, refs in commitment.items():
         click.echo(f"storage commitment, last 24 h, {d}: " + " ".join(f"{k}={n}" for k, n in refs.items()))
     _echo_backfill(report["lanes"])  # type: ignore[arg-type]

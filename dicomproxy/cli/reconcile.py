@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from typing import Any
 
 import click
 
@@ -24,6 +25,22 @@ def day_or_time(text: str, *, end: bool) -> dt.datetime:
     if end and len(text.strip()) == 10:  # a date: the whole day
         when += dt.timedelta(days=1)
     return when
+
+
+def corrections_not_done(journal: Any, destinations: list[str]) -> list[str]:
+    """One line per correction after delivery (IOCM, docs/identity.md) a destination still holds
+    uncorrected: ``warned`` (``iocm = false``), due, running or failed; no patient data."""
+    from dicomproxy.push.corrections_store import DONE, CorrectionStore
+
+    rows = CorrectionStore(journal.engine, "reconcile").rows(limit=10_000)
+    return [
+        f"correction {r['state']}: study {r['study_uid']} at {r['destination']}: {r['kind']}"
+        + (f" ({r['changed']})" if r["changed"] else "")
+        + (f" -> {r['relinked_to']}" if r["relinked_to"] else "")
+        + (f"; {r['error'][:120]}" if r["error"] else "")
+        for r in reversed(rows)
+        if r["destination"] in destinations and r["state"] != DONE
+    ]
 
 
 @click.command("reconcile")
@@ -94,6 +111,7 @@ def reconcile_cmd(
     try:
         queue = PushQueue(journal.engine, "reconcile") if fix else None
         outcome = Reconciler(config, view, journal, rate=rate, queue=queue).run(start, end, dests, fix=fix)
+        open_corrections = corrections_not_done(journal, dests)
     except ViewUnavailable as exc:
         click.echo(f"FAIL  {exc}", err=True)
         sys.exit(1)
@@ -102,6 +120,9 @@ def reconcile_cmd(
         journal.close()
     text = as_json(outcome) if fmt == "json" else as_csv(outcome) if fmt == "csv" else as_table(outcome)
     click.echo(text.rstrip("\n"))
+    if fmt is None:
+        for line in open_corrections:
+            click.echo(line)
     if fix and not config.push.enabled:
         click.echo(
             "note: [push] enabled is false here: a serve with push mode on delivers what was queued", err=True

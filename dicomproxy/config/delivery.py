@@ -46,6 +46,9 @@ class PushConfig:
     backfill_concurrent: int = 1
     #: Cap on the backfill lane's sent megabits per second on this node (beside ``max_mbps``); 0 = none.
     backfill_mbps: float = 0.0
+    #: Seconds between two comparisons of every delivered study with the view (corrections the
+    #: RowTimestamp cannot announce: deleted rows, cleared UIDs; docs/identity.md); 0 = at start only.
+    corrections_sweep: float = 3600.0
     #: View rows read per statement.
     batch_size: int = 500
     #: First pause before a failed study is tried again; doubles up to ``max_retry_delay``.
@@ -114,6 +117,7 @@ def push(s: Section, peers: set[str]) -> PushConfig:
         max_concurrent=s.integer("max_concurrent", d.max_concurrent, lo=1, hi=64),
         backfill_concurrent=s.integer("backfill_concurrent", d.backfill_concurrent, lo=0, hi=64),
         backfill_mbps=s.number("backfill_mbps", d.backfill_mbps, lo=0.0),
+        corrections_sweep=s.number("corrections_sweep", d.corrections_sweep, lo=0.0),
         batch_size=s.integer("batch_size", d.batch_size, lo=1, hi=1000),
         retry_delay=s.number("retry_delay", d.retry_delay, lo=0.1),
         max_retry_delay=s.number("max_retry_delay", d.max_retry_delay, lo=0.1),

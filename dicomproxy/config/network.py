@@ -97,6 +97,9 @@ class PeerConfig:
     #: The bandwidth timetable (``[[bandwidth]]``) also caps the onward C-STOREs of C-MOVE and
     #: C-GET jobs to this peer (its own pulls); False = only push deliveries are capped.
     cap_pulls: bool = False
+    #: Corrections after delivery go to it as IOCM rejection notes and corrected copies
+    #: (docs/identity.md); False = a WARNING, an audit row and a ``reconcile`` line only.
+    iocm: bool = False
 
 
 def proxy(s: Section) -> ProxyConfig:
@@ -150,6 +153,7 @@ def peer(s: Section) -> PeerConfig:
         coerce=s.boolean("coerce", True),
         dicomweb=web,
         cap_pulls=s.boolean("cap_pulls", False),
+        iocm=s.boolean("iocm", False),
     )
     if web is not None and config.storage_commitment:
         raise s.error("storage_commitment", "is DIMSE (PS3.4 Annex J); a dicomweb peer cannot commit")

@@ -121,6 +121,13 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("dicomproxy_retries_total", "Job retries requested", registry=r)
+        self.corrections = Counter(
+            "dicomproxy_corrections_total",
+            "Corrections after delivery (IOCM) by destination, kind and outcome "
+            "(detected | warned when found; done | failed | retry when carried out)",
+            ["destination", "kind", "outcome"],
+            registry=r,
+        )
         self.errors = Counter(
             "dicomproxy_errors_total",
             "Failures by where they arose (view database, pacs, destination, journal)",
@@ -185,6 +192,12 @@ class Metrics:
             self.jobs.labels(event.kind, "refused").inc()
         elif isinstance(event, events.RetryRequested):
             self.retries.inc()
+        elif isinstance(event, events.CorrectionFound):
+            self.corrections.labels(
+                event.destination, event.kind, "detected" if event.acted else "warned"
+            ).inc()
+        elif isinstance(event, events.CorrectionSent):
+            self.corrections.labels(event.destination, event.kind, event.outcome).inc()
         elif isinstance(event, events.Failure):
             self.errors.labels(event.where).inc()
 

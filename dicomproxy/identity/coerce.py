@@ -153,7 +153,13 @@ def apply_changes(
 
 
 def record_originals(
-    ds: Dataset, originals: Dataset, *, system: str, source: str, when: dt.datetime | None = None
+    ds: Dataset,
+    originals: Dataset,
+    *,
+    system: str,
+    source: str,
+    when: dt.datetime | None = None,
+    reason: str = COERCE_REASON,
 ) -> None:
     """Append one Original Attributes Sequence item holding ``originals`` (PS3.3 Table C.12-1)."""
     when = when or dt.datetime.now().astimezone()
@@ -161,7 +167,7 @@ def record_originals(
     item.AttributeModificationDateTime = when.strftime("%Y%m%d%H%M%S.%f%z")  # (0400,0562) DT
     item.ModifyingSystem = system  # (0400,0563) LO: our AE title
     item.SourceOfPreviousValues = source  # (0400,0564) LO, Type 2: the archive's AE title, or empty
-    item.ReasonForTheAttributeModification = COERCE_REASON  # (0400,0565) CS
+    item.ReasonForTheAttributeModification = reason  # (0400,0565) CS: COERCE | CORRECT
     item.ModifiedAttributesSequence = [originals]  # (0400,0550): the previous values, one item
     if "OriginalAttributesSequence" in ds:
         ds.OriginalAttributesSequence.append(item)

@@ -19,7 +19,10 @@ from pydicom import dcmwrite
 from sqlalchemy import select
 
 from dicomproxy.config import Config
+from dicomproxy.identity.corrections import revised
 from dicomproxy.pacs.client import InstanceRef
+from dicomproxy.push.corrections import record_correction
+from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.queue import Item, PushQueue
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Moved, Transfer
@@ -47,6 +50,8 @@ class ItemFiles:
         self.view = view
         self.journal = journal
         self.queue = queue
+        #: Which object each job sent, and the corrections of revised reports (docs/identity.md).
+        self.corrections = CorrectionStore(journal.engine, queue.node)
 
     def send(self, item: Item, job_id: int | None) -> tuple[str, bool]:
         """Fetch, encode and send the row's order/report files; (state, all delivered)."""
@@ -69,7 +74,22 @@ class ItemFiles:
         todo = [o for o in objects if o.sop_instance_uid not in confirmed]
         if todo and not self._send_objects(item, job_id, todo, row):
             missing += 1
+        if todo and not missing:
+            self._revised(item, todo)
         return ("sent", True) if not missing else ("pending", False)
+
+    def _revised(self, item: Item, sent: list[ReportObject]) -> None:
+        """An object of a role the destination held under another UID (the file's bytes changed):
+        the superseded one is a correction after delivery (IOCM "report revised")."""
+        for obj in sent:
+            for old in self.corrections.superseded(
+                item.destination, item.study_uid, obj.role, obj.sop_instance_uid
+            ):
+                correction = revised(item.study_uid, obj.role, old, obj.sop_instance_uid)
+                if correction is not None:
+                    record_correction(
+                        self.config, self.corrections, item.destination, correction, None, None, old
+                    )
 
     def _view_row(self, examine_id: str) -> dict[str, Any] | None:
         table = self.view.table
@@ -113,7 +133,17 @@ class ItemFiles:
                     obj.sop_instance_uid,
                     obj.sop_class_uid,
                 )
-            opener = destination_opener(self.config, peer, None)
+            self.corrections.record_objects(
+                job_id,
+                item.study_uid,
+                [
+                    (o.role, o.sop_instance_uid, o.sop_class_uid, str(o.dataset.SeriesInstanceUID))
+                    for o in objects
+                ],
+            )
+            # the timetable caps what leaves the hospital: the order/report files too
+            timetable = self.relay.engine.bandwidth.throttle(item.destination)
+            opener = destination_opener(self.config, peer, None, timetable)
             classes = sorted({f.sop_class_uid for f in held})
             rows = {item.study_uid: [row]} if row is not None else {}
             coercer = job_coercer(self.config, self.journal, job_id, item.destination, rows, {})

@@ -36,6 +36,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomproxy import events
 from dicomproxy.config import Config
 from dicomproxy.push.committing import CommitmentWait, commitment_ledger
+from dicomproxy.push.correction_loop import CorrectionLoop
+from dicomproxy.push.corrections_store import STATES as CORRECTION_STATES
 from dicomproxy.push.decide import (
     DROP,
     HOLD,
@@ -101,6 +103,8 @@ class PushService:
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
         self.commitments = CommitmentWait(config, self.queue, commitment_ledger(config, journal))
+        #: Corrections after delivery (IOCM, docs/identity.md): their own thread.
+        self.corrections = CorrectionLoop(config, view, journal, relay, self.queue)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -148,6 +152,7 @@ class PushService:
         for i in range(self.push.backfill_concurrent):
             self._spawn(f"push-backfill-{i}", lambda: self._work_loop(BACKFILL))
         self._spawn("push-lease", self._lease_loop)
+        self._spawn("push-corrections", lambda: self.corrections.loop(self._stop))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -409,6 +414,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
     """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
     try:
         counts = service.queue.counts()
+        corrections = service.corrections.store.counts()
         pending = service.queue.rechecks_pending()
         everything, held = service.held()
     except SQLAlchemyError:
@@ -419,6 +425,11 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
             "held": everything or d in held,
             **{s: counts.get((d, s), 0) for s in STATES},
             "recheck": pending.get(d, (0, None))[0],  # of ``done``: a re-check for late images to come
+            # corrections after delivery (IOCM) by state: warned | due | running | done | failed
+            "corrections": {
+                s: sum(n for (dest, _, st), n in corrections.items() if dest == d and st == s)
+                for s in CORRECTION_STATES
+            },
         }
         for d in service.push.destinations
     ]

@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 
 from dicomproxy.config import Config, PacsConfig
 from dicomproxy.errors import DicomServiceError
+from dicomproxy.identity.corrections import held_as_listed
 from dicomproxy.pacs.client import InstanceFinder, archive_finder
 from dicomproxy.pacs.routing import route
+from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.reconcile.decide import DESTINATION, JOURNAL, Category, Verdict, decide
 from dicomproxy.reconcile.summary import RunSummaries, RunSummary
@@ -183,6 +185,8 @@ class Reconciler:
         self.queue = queue
         self.utcnow = utcnow
         self._jobs_from: dt.datetime | None = None
+        #: Corrections after delivery: a corrected copy counts as its PACS instance.
+        self.corrections = CorrectionStore(journal.engine, "reconcile")
 
     def run(
         self, since: dt.datetime, until: dt.datetime, destinations: Sequence[str], *, fix: bool = False
@@ -281,11 +285,14 @@ class Reconciler:
         uids = [s.ref.uid for s in batch]
         journal = {d: self.journal.confirmed_by_study(d, uids, self._jobs_from) for d in dests}
         uncommitted = {d: self.journal.uncommitted_by_study(d, uids) for d in dests}
+        copied = {d: self.corrections.copied(d, uids) for d in dests}  # IOCM copies (docs/identity.md)
         for study in batch:
             uid = study.ref.uid
             listed, error = self._pacs_list(study, archive, finder)
             for name, dest in dests.items():
                 held, why = dest.list(uid) if listed is not None else (None, "")
+                if held is not None and listed is not None:
+                    held = held_as_listed(listed, held, copied[name].get(uid, ()))
                 verdict = decide(
                     listed,
                     journal[name].get(uid, frozenset()),

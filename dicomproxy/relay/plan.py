@@ -39,6 +39,7 @@ from dicomproxy.errors import (
     TooManySubOperations,
     UnableToProcess,
 )
+from dicomproxy.identity import Coercer
 from dicomproxy.pacs.client import PacsClient, StudySummary
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay import observe
@@ -180,12 +181,14 @@ class RelayService:
         on_start: Callable[[int], None] | None = None,
         throttle: Callable[[int], None] | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Iterator[RetrieveResponse]:
         """Push mode (:mod:`dicomproxy.push`): the job a STUDY-level C-MOVE of ``study_uid`` to
         ``destination`` runs (visibility checked again, the peer's compression), journalled as a
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
-        work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``)."""
+        work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``); ``wrap``
+        replaces the job's coercer (a correction's copies, :mod:`dicomproxy.push.correcting`)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key
@@ -213,6 +216,7 @@ class RelayService:
             lambda: True,
             exclude=exclude,
             lanes=self._lanes_for(config, peer),
+            wrap=wrap,
         )
 
     def get(
@@ -237,6 +241,7 @@ class RelayService:
         alive: Callable[[], bool],
         exclude: frozenset[str] = frozenset(),
         lanes: int = 1,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Iterator[RetrieveResponse]:
         """Plan the job (:meth:`_plan`), run its transfer on the engine, journal how it ended."""
         state = JobState(job_id)
@@ -245,7 +250,7 @@ class RelayService:
         error = ""
         outcome = JobOutcome.FAILED
         try:
-            transfer = self._plan(config, req, state, opener, exclude, lanes)
+            transfer = self._plan(config, req, state, opener, exclude, lanes, wrap)
             if transfer is None:
                 # Nothing visible, or nothing in the PACS: zero sub-operations (PS3.4 C.4.2.3.1).
                 final, outcome = state.response(Status.SUCCESS), JobOutcome.EMPTY
@@ -288,6 +293,7 @@ class RelayService:
         opener: Opener,
         exclude: frozenset[str],
         lanes: int,
+        wrap: Callable[[Coercer | None], Coercer | None] | None = None,
     ) -> Transfer | None:
         """The job's transfer: identifier → visible studies → order/report files → archive →
         instance list (or an early start); None for zero sub-operations. Raises DicomServiceError."""
@@ -314,6 +320,8 @@ class RelayService:
             clients = self.lister.route(job_id, routed)  # Unroutable before any archive is asked
             sources = {key.study_uid: c.config.ae_title for (key, _), c in zip(routed, clients, strict=True)}
             coercer = job_coercer(config, self.journal, job_id, destination, rows, sources)
+            if wrap is not None:
+                coercer = wrap(coercer)
             fetch, sop_classes, summary = self.lister.fetch_list(state, clients, keys, exclude)
             n = summary.count if summary is not None else len(state.expected)
             self._log_plan(req, state, len(study_uids), n, summary)

@@ -57,7 +57,13 @@
     document.getElementById("push-section").hidden = !st.push;
     if (st.push) fill("push", st.push.map(p => row(
       [p.destination, p.queued, p.running, p.waiting, p.committing, p.done, p.recheck, el("td", p.failed, p.failed ? "bad" : ""), p.dropped,
-       el("td", p.held ? "是 yes" : "", p.held ? "bad" : "")], { "data-destination": p.destination })));
+       el("td", p.held ? "是 yes" : "", p.held ? "bad" : ""), corrections(p.corrections)],
+      { "data-destination": p.destination })));
+
+    function corrections(c) {  // corrections after delivery by state (docs/identity.md)
+      const text = c ? Object.entries(c).filter(([, n]) => n).map(([s, n]) => s + " " + n).join(", ") : "";
+      return el("td", text, c && (c.warned || c.failed) ? "bad" : "");
+    }
 
     const bf = st.backfill;
     document.getElementById("backfill-section").hidden = !(bf && (bf.left || bf.done));

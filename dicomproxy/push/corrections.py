@@ -1,0 +1,234 @@
+"""Corrections after delivery, detected (IOCM; docs/identity.md, "Corrections after delivery").
+
+Every study some delivery recorded an identity for (``job_identities``: C-MOVE, C-GET, push) is
+compared with the exam view's current row by :func:`dicomproxy.identity.corrections.decide`.
+Two feeders name the studies to compare:
+
+- **changed rows** (:meth:`CorrectionDetector.changed`): the rows whose RowTimestamp is above the
+  detector's own watermark (``push_state`` ``corrections-watermark``; either kind of stamp, with
+  the late-commit guard of :mod:`dicomproxy.view.stamp`, as the push watcher reads), *visible or
+  not* — a row whose privacy was raised or whose HospitalID changed is read too;
+- **the sweep** (:meth:`CorrectionDetector.sweep`): every delivered study, at start and every
+  ``[push] corrections_sweep`` seconds — what no stamp announces: a deleted row, a cleared UID.
+
+A correction is journalled once per (destination, study, delivered identity)
+(:class:`~dicomproxy.push.corrections_store.CorrectionStore`): the node whose insert wins writes
+one WARNING (UIDs and kinds only), and publishes :class:`~dicomproxy.events.CorrectionFound` (the
+audit trail and ATNA take the patient IDs from it; ``/metrics`` counts it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from dicomproxy import events
+from dicomproxy.config import Config
+from dicomproxy.identity import Identity, identity_of
+from dicomproxy.identity.corrections import Correction, decide
+from dicomproxy.push.corrections_store import CorrectionStore
+from dicomproxy.push.queue import PushQueue
+from dicomproxy.push.schema import push_queue
+from dicomproxy.view.service import name_style_for
+from dicomproxy.view.stamp import Mark, StampKind, later
+from dicomproxy.view.uids import is_valid_uid, split_uid_cell
+
+LOG = logging.getLogger("dicomproxy.push.corrections")
+
+#: ``push_state`` name of the detector's watermark.
+WATERMARK = "corrections-watermark"
+#: Rows read per batch above the watermark.
+BATCH = 500
+
+
+def iocm_of(config: Config, destination: str) -> bool:
+    """``[[peers]] iocm`` of the destination (off for a requester that is not a peer)."""
+    peer = config.peer(destination)
+    return bool(peer is not None and peer.iocm)
+
+
+def record_correction(
+    config: Config,
+    store: CorrectionStore,
+    destination: str,
+    correction: Correction,
+    old: Identity | None,
+    now: Identity | None,
+    object_uid: str = "",
+) -> bool:
+    """Journal ``correction``; when this call inserted it (not another node, not an earlier pass):
+    one WARNING (UIDs, kind and field names only) and :class:`~dicomproxy.events.CorrectionFound`."""
+    iocm = iocm_of(config, destination)
+    if not store.record(destination, correction, iocm, object_uid):
+        return False
+    LOG.warning(
+        "correction after delivery: study %s at %s: %s%s%s; %s",
+        correction.study_uid,
+        destination,
+        correction.kind.value,
+        f" ({', '.join(correction.changed)})" if correction.changed else "",
+        f" of {object_uid}" if object_uid else "",
+        "a rejection note follows (iocm = true)"
+        if iocm
+        else "the destination holds it as delivered (iocm = false; see `dicomproxy reconcile`)",
+    )
+    events.publish(
+        events.CorrectionFound(
+            destination=destination,
+            study_uid=correction.study_uid,
+            kind=correction.kind.value,
+            changed=correction.changed,
+            acted=iocm,
+            old_patient_id=old.patient_id if old is not None else "",
+            new_patient_id=now.patient_id if now is not None else "",
+            relinked_to=correction.relinked_to,
+        )
+    )
+    return True
+
+
+class CorrectionDetector:
+    """Compares delivered identities with the view; one per process (push service thread)."""
+
+    def __init__(self, config: Config, view: Any, queue: PushQueue, store: CorrectionStore) -> None:
+        self.config = config
+        self.view = view
+        self.queue = queue
+        self.store = store
+
+    # --- the feeders -----------------------------------------------------------------------------
+
+    def changed(self) -> int:
+        """Compare the studies of the rows changed since the watermark; the corrections found.
+        None of this runs while another node holds the watermark (it is reading now)."""
+        policy = self.view.stamp_policy()
+        if policy.kind is StampKind.EMPTY:
+            return 0
+        if self.queue.get_state(WATERMARK) is None:
+            self.queue.ensure_state(WATERMARK, self._initial(policy))
+        uids: set[str] = set()
+        exams: set[str] = set()
+        with self.queue.engine.begin() as jconn:
+            text = self.queue.lock_state(jconn, WATERMARK)
+            if text is None:
+                return 0
+            mark = Mark.decode(text) if text else None
+            if mark is not None and mark.kind is not policy.kind:
+                mark = None  # the sweep covers what was before
+            with self.view.engine.connect() as vconn:
+                guard = policy.guard_value(vconn)
+            high = mark.value if mark is not None else None
+            cursor: tuple[Any, str] | None = None
+            c = self.view.table.c
+            while True:
+                where = [c.RowTimestamp.is_not(None)]
+                if mark is not None:
+                    where.append(policy.since(c.RowTimestamp, mark))
+                if cursor is not None:
+                    stamp, examine_id = cursor
+                    where.append(
+                        or_(c.RowTimestamp > stamp, and_(c.RowTimestamp == stamp, c.ExamineID > examine_id))
+                    )
+                stmt = (
+                    select(c.ExamineID, c.StudyInstanceUID, c.RowTimestamp)
+                    .where(and_(*where))
+                    .order_by(c.RowTimestamp, c.ExamineID)
+                    .limit(BATCH)
+                )
+                rows = list(self.view.stream(stmt))
+                for row in rows:
+                    if policy.settled(row["RowTimestamp"], guard):
+                        high = later(high, row["RowTimestamp"])
+                    uids.update(split_uid_cell(row["StudyInstanceUID"]))
+                    exams.add(str(row["ExamineID"] or ""))
+                if len(rows) < BATCH:
+                    break
+                cursor = (rows[-1]["RowTimestamp"], str(rows[-1]["ExamineID"]))
+            if high is not None and (mark is None or high != mark.value):
+                self.queue.set_state(WATERMARK, Mark(policy.kind, high).encode(), jconn)
+        uids |= self._pushed_studies(exams)  # what the exams named before: a re-link, a cleared UID
+        return len(self.check(sorted(uids))) if uids else 0
+
+    def _initial(self, policy: Any) -> str:
+        """From now on (the sweep at start compares what was delivered before)."""
+        c = self.view.table.c
+        with self.view.engine.connect() as conn:
+            guard = policy.guard_value(conn)
+            stmt = select(c.RowTimestamp).where(c.RowTimestamp.is_not(None))
+            if guard is not None:
+                stmt = stmt.where(c.RowTimestamp < guard)
+            top = conn.execute(stmt.order_by(c.RowTimestamp.desc()).limit(1)).scalar()
+        return "" if top is None else Mark(policy.kind, top).encode()
+
+    def sweep(self) -> int:
+        """Compare every delivered study; the corrections found."""
+        studies = self.store.delivered_studies()
+        found = 0
+        for start in range(0, len(studies), BATCH):
+            found += len(self.check(studies[start : start + BATCH]))
+        return found
+
+    # --- the comparison --------------------------------------------------------------------------
+
+    def check(self, study_uids: Sequence[str]) -> list[tuple[str, Correction]]:
+        """Compare the deliveries of ``study_uids`` with the view; journal what changed."""
+        deliveries = self.store.deliveries(study_uids)
+        if not deliveries:
+            return []
+        studies = sorted({study for _, study in deliveries})
+        rows = self.view.study_rows(studies)
+        relinked = self._relinked([s for s in studies if s not in rows])
+        found: list[tuple[str, Correction]] = []
+        for (destination, study), delivered in sorted(deliveries.items()):
+            done = self.store.corrected(destination, study)
+            style = name_style_for(self.config, destination)
+            now = identity_of(study, rows[study], style, self.config.hospital) if study in rows else None
+            for digest, old in delivered.items():
+                if digest in done or (now is not None and digest == now.digest):
+                    continue
+                correction = decide(old, now, relinked.get(study, ""))
+                if correction is not None and self._record(destination, correction, old, now):
+                    found.append((destination, correction))
+        return found
+
+    def _record(self, destination: str, correction: Correction, old: Identity, now: Identity | None) -> bool:
+        return record_correction(self.config, self.store, destination, correction, old, now)
+
+    def _pushed_studies(self, examine_ids: Iterable[str]) -> set[str]:
+        """Study Instance UIDs push queued for these ExamineIDs (what the rows named before)."""
+        q = push_queue
+        ids = [e for e in examine_ids if e]
+        if not ids:
+            return set()
+        with self.queue.engine.connect() as conn:
+            rows = conn.execute(select(q.c.study_uid).where(q.c.examine_id.in_(ids)).distinct()).scalars()
+            return {str(u) for u in rows}
+
+    def _relinked(self, study_uids: Sequence[str]) -> dict[str, str]:
+        """Old Study Instance UID → the one its exam's visible row names now (push knew the exam)."""
+        if not study_uids:
+            return {}
+        q = push_queue
+        with self.queue.engine.connect() as conn:
+            pairs = conn.execute(
+                select(q.c.study_uid, q.c.examine_id).where(q.c.study_uid.in_(list(study_uids))).distinct()
+            ).all()
+        exams = {str(e): str(s) for s, e in pairs if e}
+        if not exams:
+            return {}
+        t = self.view.table
+        stmt = select(t.c.ExamineID, t.c.StudyInstanceUID, t.c.HospitalID, t.c.Privacy).where(
+            self.view.visible(), t.c.ExamineID.in_(sorted(exams))
+        )
+        out: dict[str, str] = {}
+        for row in self.view.stream(stmt):
+            if not self.view.is_visible(row):
+                continue
+            old = exams.get(str(row["ExamineID"]))
+            new = [u for u in split_uid_cell(row["StudyInstanceUID"]) if is_valid_uid(u) and u != old]
+            if old and new:
+                out[old] = new[0]
+        return out

@@ -1,0 +1,472 @@
+"""Corrections after delivery (IHE RAD IOCM; docs/identity.md) end to end: the exam view on
+PostgreSQL with both RowTimestamp kinds (rowversion emulated by a trigger-filled binary column,
+and a date-time), an Orthanc PACS, and an Orthanc as the cloud (``iocm = true``).
+
+A study is pushed; the RIS corrects the row's PatientID: a rejection note arrives at the cloud
+(dciodvfy-clean, Document Title 113038, referencing exactly the delivered SOP Instance UIDs), then
+the corrected copies under their derived UIDs, once — a restart in between sends nothing again.
+Then the row's privacy is raised: a rejection note (113037) for the copies, and no image is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from sqlalchemy import select
+
+from dicomproxy.audit.trail import Action, AuditTrail
+from dicomproxy.config import Config
+from dicomproxy.identity.corrections import corrected_uid
+from dicomproxy.identity.rejection import KOS_SOP_CLASS
+from dicomproxy.push.corrections_store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
+from dicomproxy.push.queue import PushQueue
+from dicomproxy.reconcile.decide import Category
+from dicomproxy.reconcile.run import Reconciler
+from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
+from dicomproxy.reports.encode import ENCAPSULATED_PDF
+from dicomproxy.server import Server
+from dicomproxy.view.repository import ExamView
+from testkit import wait_until
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, exam_row, write_study
+from testkit.viewdb import insert_rows, update_rows
+from tests import test_view_rowstamp
+from tests.conftest import ConfigFactory, _need
+from tests.test_view_rowstamp import StampedView
+
+stamped = test_view_rowstamp.stamped
+
+SPEC = StudySpec("CT", accession="IOCM01", series=1, images_per_series=3, seed=261)
+SOPS = {SPEC.sop_uid(0, i) for i in range(SPEC.images_per_series)}
+#: The study an exam is re-linked to (in the PACS too).
+SPEC2 = StudySpec("CT", accession="IOCM02", series=1, images_per_series=2, seed=262)
+
+
+@pytest.fixture(scope="module")
+def iocm_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    _need("Orthanc")
+    server = Orthanc(tmp_path_factory.mktemp("iocm-pacs")).start()
+    server.upload(write_study(SPEC, tmp_path_factory.mktemp("iocm-study")))
+    server.upload(write_study(SPEC2, tmp_path_factory.mktemp("iocm-study2")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Orthanc]:
+    _need("Orthanc")
+    server = Orthanc(tmp_path / "cloud", ae_title="CLOUD").start()
+    yield server
+    server.stop()
+
+
+def cloud_instances(cloud: Orthanc) -> dict[str, Dataset]:
+    """SOP Instance UID → data set of everything the cloud holds."""
+    out: dict[str, Dataset] = {}
+    for oid in cloud.request("GET", "/instances"):
+        raw = urllib_bytes(cloud, f"/instances/{oid}/file")
+        ds = dcmread(DicomBytesIO(raw))
+        out[str(ds.SOPInstanceUID)] = ds
+    return out
+
+
+def urllib_bytes(server: Orthanc, path: str) -> bytes:
+    with urllib.request.urlopen(server.url + path, timeout=30) as rsp:
+        return bytes(rsp.read())
+
+
+def referenced(kos: Dataset) -> set[str]:
+    """The SOP Instance UIDs a KOS's Current Requested Procedure Evidence Sequence lists."""
+    return {
+        str(sop.ReferencedSOPInstanceUID)
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+
+
+def dciodvfy_errors(ds: Dataset, path: Path) -> list[str]:
+    _need("dciodvfy")
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def correction_rows(server: Server) -> list[dict[str, Any]]:
+    with server.ctx.journal.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(corrections).order_by(corrections.c.id)).mappings()]
+
+
+def sent_by_role(server: Server, role: str) -> list[str]:
+    """SOP Instance UIDs (as spooled) the corrections' jobs of ``role`` had confirmed: one per C-STORE."""
+    cj, i = correction_jobs, job_instances
+    q = (
+        select(i.c.sop_instance_uid)
+        .join(cj, cj.c.job_id == i.c.job_id)
+        .where(cj.c.role == role, i.c.state.in_(CONFIRMED_STATES))
+    )
+    with server.ctx.journal.engine.connect() as conn:
+        return [str(u) for u in conn.execute(q).scalars()]
+
+
+def pass_done(server: Server) -> Callable[[], bool]:
+    """True once a corrections pass of ``server`` ran to its end after this call."""
+    assert server.ctx.push is not None
+    loop = server.ctx.push.corrections
+    before = loop.passes
+    return lambda: loop.passes >= before + 2
+
+
+@pytest.mark.parametrize(
+    "stamped",
+    [("postgresql", kind) for kind in test_view_rowstamp.KINDS],
+    indirect=True,
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    pg_journal: str,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    """The journal on PostgreSQL too, as several nodes share it."""
+    config = make_config(
+        journal={"url": pg_journal},
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2, "corrections_sweep": 0},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    assert set(cloud_instances(cloud)) == SOPS
+    old_pid = row["PatientID"]
+
+    # --- the RIS corrects the patient: rejection note + corrected copies -----------------------
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"PatientID": "IOCM-NEW-1", "RowTimestamp": stamp + dt.timedelta(minutes=5)},
+    )
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "identity-corrected" and done["changed"] == "patient_id"
+    held = cloud_instances(cloud)
+    notes = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert len(notes) == 1
+    note = notes[0]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038"
+    assert note.ConceptNameCodeSequence[0].CodingSchemeDesignator == "DCM"
+    assert referenced(note) == SOPS  # exactly the delivered instances
+    assert note.PatientID == old_pid and note.StudyInstanceUID == SPEC.study_uid
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    copies = {corrected_uid(uid, done["fingerprint"]): uid for uid in SOPS}
+    assert set(held) == SOPS | set(copies) | {str(note.SOPInstanceUID)}
+    for uid, old in copies.items():
+        copy = held[uid]
+        assert copy.PatientID == "IOCM-NEW-1"
+        reasons = {str(i.ReasonForTheAttributeModification) for i in copy.OriginalAttributesSequence}
+        assert reasons == {"COERCE", "CORRECT"}
+        olds = [
+            str(m.get("SOPInstanceUID", ""))
+            for i in copy.OriginalAttributesSequence
+            for m in i.ModifiedAttributesSequence
+        ]
+        assert old in olds
+        assert any(
+            str(m.get("PatientID", "")) == old_pid
+            for i in copy.OriginalAttributesSequence
+            for m in i.ModifiedAttributesSequence
+        )
+    assert sorted(sent_by_role(server, COPIES)) == sorted(SOPS)  # each copy once
+    assert len(sent_by_role(server, NOTE)) == 1
+
+    # --- the cloud drops the rejected originals: reconcile sees the copies, nothing missing -----
+    for uid in SOPS:
+        (found,) = cloud.request("POST", "/tools/lookup", uid.encode())
+        cloud.request("DELETE", f"/instances/{found['ID']}")
+    view = ExamView(config)
+    try:
+        performed = dt.datetime.strptime(SPEC.study_date, "%Y%m%d")
+        outcome = Reconciler(config, view, server.ctx.journal, rate=50).run(
+            performed, performed + dt.timedelta(days=1), ["CLOUD"]
+        )
+    finally:
+        view.close()
+    (report,) = [r for r in outcome.reports if r.study_uid == SPEC.study_uid]
+    assert report.basis == "destination" and report.category is Category.COMPLETE, report
+
+    # --- a restart: nothing is sent again ------------------------------------------------------
+    server.stop(drain_timeout=2.0)
+    server = run_proxy(config)
+    wait_until(pass_done(server), 60, "two corrections passes after the restart")
+    assert sorted(sent_by_role(server, COPIES)) == sorted(SOPS)
+    assert len(sent_by_role(server, NOTE)) == 1
+    assert len(correction_rows(server)) == 1
+
+    # --- the row is withdrawn (privacy raised): a note for the copies, no image sent -----------
+    images_before = len(cloud_instances(cloud))
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"Privacy": 9, "RowTimestamp": stamp + dt.timedelta(minutes=10)},
+    )
+    wait_until(
+        lambda: len(correction_rows(server)) == 2 and correction_rows(server)[1]["state"] == "done",
+        120,
+        "the withdrawal done",
+    )
+    withdrawn = correction_rows(server)[1]
+    assert withdrawn["kind"] == "row-withdrawn"
+    held = cloud_instances(cloud)
+    assert len(held) == images_before + 1  # the note only
+    (second,) = [
+        ds
+        for ds in held.values()
+        if ds.SOPClassUID == KOS_SOP_CLASS and ds.SOPInstanceUID != note.SOPInstanceUID
+    ]
+    assert second.ConceptNameCodeSequence[0].CodeValue == "113037"
+    assert referenced(second) == set(copies)  # what it held with the corrected identity
+    assert second.PatientID == "IOCM-NEW-1"
+    assert dciodvfy_errors(second, tmp_path / "note2.dcm") == []
+    store = CorrectionStore(server.ctx.journal.engine, "test")
+    assert store.counts() == {
+        ("CLOUD", "identity-corrected", "done"): 1,
+        ("CLOUD", "row-withdrawn", "done"): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "datetime")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
+    stamped: StampedView,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port}],  # iocm = false
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"AccessionNumber": "IOCM-ACC-2", "RowTimestamp": stamp + dt.timedelta(minutes=5)},
+    )
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["warned"], 60, "the correction warned"
+    )
+    wait_until(pass_done(server), 30, "two more corrections passes")
+    assert correction_rows(server)[0]["changed"] == "accession"
+    assert set(cloud_instances(cloud)) == SOPS  # nothing else sent
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.push.corrections"]
+    assert len(warnings) == 1 and SPEC.study_uid in warnings[0]
+    assert "IOCM-ACC-2" not in warnings[0] and row["PatientID"] not in warnings[0]
+    audit = AuditTrail(server.ctx.journal.engine)
+    wait_until(lambda: audit.rows(study=SPEC.study_uid), 10, "the audit row")
+    (found,) = [r for r in audit.rows(study=SPEC.study_uid) if r["action"] == Action.CORRECTION]
+    assert found["outcome"] == "warned" and row["PatientID"] in found["patient_ids"]
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "rowversion")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    row = exam_row(SPEC)
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 1, 90, "the study delivered")
+    # the RIS re-links the exam to another study (its images are in the PACS)
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"StudyInstanceUID": SPEC2.study_uid})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    wait_until(lambda: queue.counts().get(("CLOUD", "done"), 0) == 2, 90, "the new study delivered")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "exam-relinked" and done["relinked_to"] == SPEC2.study_uid
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038"
+    assert note.StudyInstanceUID == SPEC.study_uid and referenced(note) == SOPS
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    new = {SPEC2.sop_uid(0, i) for i in range(SPEC2.images_per_series)}
+    assert set(held) == SOPS | new | {str(note.SOPInstanceUID)}  # no copies of the old study
+    assert sent_by_role(server, COPIES) == []
+
+
+PDF1 = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+PDF2 = b"%PDF-1.4\n% revised\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "datetime")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the_report_too(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF1)
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    stamp = dt.datetime.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    row = exam_row(SPEC, RowTimestamp=stamp, ReportFilePath=f"{base_url}/r.pdf")
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: len(cloud_instances(cloud)) == len(SOPS) + 1, 90, "images and report at the cloud")
+    (first,) = [u for u, ds in cloud_instances(cloud).items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+
+    # the report is revised: new bytes, the row's stamp moves
+    (folder / "r.pdf").write_bytes(PDF2)
+    update_rows(
+        stamped.engine, stamped.name, row["ExamineID"], {"RowTimestamp": stamp + dt.timedelta(minutes=5)}
+    )
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "report-revised" and done["object_uid"] == first
+    held = cloud_instances(cloud)
+    reports = [u for u, ds in held.items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+    assert len(reports) == 2 and first in reports
+    (second,) = [u for u in reports if u != first]
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert referenced(note) == {first}  # the superseded object only
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+
+    # withdrawn: the note takes the images and the current report
+    update_rows(
+        stamped.engine,
+        stamped.name,
+        row["ExamineID"],
+        {"Privacy": 9, "RowTimestamp": stamp + dt.timedelta(minutes=10)},
+    )
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["done", "done"], 120, "the withdrawal done"
+    )
+    notes = [ds for ds in cloud_instances(cloud).values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    (gone,) = [ds for ds in notes if ds.SOPInstanceUID != note.SOPInstanceUID]
+    assert gone.ConceptNameCodeSequence[0].CodeValue == "113037"
+    assert referenced(gone) >= SOPS | {second}
+
+
+@pytest.mark.parametrize(
+    "stamped", [("postgresql", "rowversion")], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def test_identity_corrected_rejects_and_resends_the_report_object_too(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF1)
+    config = make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={
+            "ae_title": iocm_pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": iocm_pacs.dicom_port,
+            "retrieve": "c-get",
+        },
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+    )
+    server = run_proxy(config)
+    queue = PushQueue(server.ctx.journal.engine, "test")
+    wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
+    row = exam_row(SPEC, ReportFilePath=f"{base_url}/r.pdf")
+    insert_rows(stamped.engine, [row], stamped.name)
+    wait_until(lambda: len(cloud_instances(cloud)) == len(SOPS) + 1, 90, "images and report at the cloud")
+    (report,) = [u for u, ds in cloud_instances(cloud).items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"PatientID": "IOCM-NEW-2"})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert referenced(note) == SOPS | {report}  # the images and the report object
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    copies = {corrected_uid(uid, done["fingerprint"]) for uid in SOPS | {report}}
+    assert set(held) == SOPS | {report} | copies | {str(note.SOPInstanceUID)}
+    report_copy = held[corrected_uid(report, done["fingerprint"])]
+    assert report_copy.SOPClassUID == ENCAPSULATED_PDF and report_copy.PatientID == "IOCM-NEW-2"
+    assert done["copies"] == len(SOPS) + 1
+    assert len(sent_by_role(server, "objects")) == 1
