@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,13 @@ class PacsClient:
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""
-        refs = instance_refs(key, self._find(image_query(key)), f"PACS {self.config.ae_title}")
+        find_uid = str(StudyRootQueryRetrieveInformationModelFind)
+        link = self._link([build_context(find_uid)])
+        try:
+            responses = link.find_uids(find_uid, image_query(key), next_message_id(), LISTED)
+            refs = instance_refs(key, responses, f"PACS {self.config.ae_title}")
+        finally:
+            link.close()
         if refs:
             self.lists_sop_classes = all(r.sop_class_uid for r in refs)
         return refs
@@ -344,27 +350,28 @@ def image_query(key: RetrieveKey) -> Dataset:
     return query
 
 
+#: What an IMAGE-level listing reads of each response (:meth:`Link.find_uids`).
+LISTED = ("SOPInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+
+
 def instance_refs(
-    key: RetrieveKey, responses: Iterable[tuple[int | None, Dataset | None]], who: str
+    key: RetrieveKey, responses: Iterable[tuple[int | None, Mapping[str, str] | None]], who: str
 ) -> list[InstanceRef]:
     """The instances an IMAGE-level C-FIND's Pending responses name, once each (raises
     PacsUnavailable, naming ``who``, when no final response came or it is a failure)."""
     refs: list[InstanceRef] = []
     seen: set[str] = set()
-    for code, ds in responses:
+    for code, uids in responses:
         if code is None:
             raise PacsUnavailable(f"{who}: no C-FIND response (timeout or abort)")
         category = code_to_category(code)
-        if category == "Pending" and ds is not None:
-            sop = str(ds.get("SOPInstanceUID", "") or "")
+        if category == "Pending" and uids is not None:
+            sop = uids.get("SOPInstanceUID", "")
             if sop and sop not in seen:
                 seen.add(sop)
                 refs.append(
                     InstanceRef(
-                        key.study_uid,
-                        str(ds.get("SeriesInstanceUID", "") or ""),
-                        sop,
-                        str(ds.get("SOPClassUID", "") or ""),
+                        key.study_uid, uids.get("SeriesInstanceUID", ""), sop, uids.get("SOPClassUID", "")
                     )
                 )
         elif category not in ("Pending", "Success"):
@@ -447,8 +454,11 @@ class InstanceFinder:
             try:
                 return instance_refs(
                     key,
-                    self._link.find(
-                        str(StudyRootQueryRetrieveInformationModelFind), image_query(key), next_message_id()
+                    self._link.find_uids(
+                        str(StudyRootQueryRetrieveInformationModelFind),
+                        image_query(key),
+                        next_message_id(),
+                        LISTED,
                     ),
                     self.who,
                 )

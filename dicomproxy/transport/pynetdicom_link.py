@@ -95,6 +95,12 @@ class PynetdicomLink:
         for status, ds in self.assoc.send_c_find(identifier, sop_class, msg_id=msg_id):
             yield _status(status), ds
 
+    def find_uids(
+        self, sop_class: str, identifier: Dataset, msg_id: int, keywords: tuple[str, ...]
+    ) -> Iterator[tuple[int | None, dict[str, str] | None]]:
+        for code, ds in self.find(sop_class, identifier, msg_id):
+            yield code, None if ds is None else {k: str(ds.get(k, "") or "") for k in keywords}
+
     def move(self, sop_class: str, destination: str, identifier: Dataset, msg_id: int) -> int | None:
         return self._final(self.assoc.send_c_move(identifier, destination, sop_class, msg_id=msg_id))
 

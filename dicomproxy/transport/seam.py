@@ -57,6 +57,13 @@ class Link(Protocol):
         """C-FIND (PS3.4 C.4.1): (status, identifier) per response; status None = association lost."""
         ...
 
+    def find_uids(
+        self, sop_class: str, identifier: Dataset, msg_id: int, keywords: tuple[str, ...]
+    ) -> Iterator[tuple[int | None, dict[str, str] | None]]:
+        """:meth:`find`, each identifier reduced to the UID-valued ``keywords`` as text ("" when
+        absent): an IMAGE-level listing of thousands of instances without a Dataset per response."""
+        ...
+
     def move(self, sop_class: str, destination: str, identifier: Dataset, msg_id: int) -> int | None:
         """C-MOVE to ``destination`` (PS3.4 C.4.2): the final status, None if the association was lost.
         Pending responses are consumed."""

@@ -30,12 +30,12 @@ from dicomproxy.transport.raw.pdu import (
     CONTROL_LAST,
     P_DATA_TF,
     PDV_HEADER,
+    READ_CHUNK,
     PduReader,
     PeerClosed,
     ProtocolError,
-    message_pdus,
     pdata,
-    send_paced,
+    send_message,
 )
 from dicomproxy.transport.raw.wire import Command, decode_command, encode_command, file_preamble_and_meta
 
@@ -106,10 +106,13 @@ class MessageStream:
         self.store_dir = store_dir
         self.max_pdv = max_pdv
         self._buf = bytearray(WRITE_CHUNK)
+        self._fill = 0  # bytes of the data set being received that wait in _buf for the file
         self._file: Any = None
         self._path: Path | None = None
         self._left = 0  # bytes of the current P-DATA-TF not read yet
         self._send_lock = threading.Lock()
+        #: Read buffer of the data sets this stream sends (allocated on the first one, reused).
+        self._out = bytearray()
 
     # -- reading -------------------------------------------------------------------------
     def read(self) -> Message:
@@ -160,10 +163,12 @@ class MessageStream:
                 if context_id != cmd_context:
                     raise ProtocolError("data set on another presentation context than its command")
                 if self._file is not None:
-                    while size:
-                        n = min(size, len(self._buf))
-                        self.reader.readinto_exact(view[:n])
-                        self._file.write(view[:n])
+                    while size:  # PDVs gathered in _buf, written WRITE_CHUNK at a time, unbuffered
+                        if self._fill == len(self._buf):
+                            self._flush(view)
+                        n = min(size, len(self._buf) - self._fill)
+                        self.reader.readinto_exact(view[self._fill : self._fill + n])
+                        self._fill += n
                         size -= n
                 else:
                     data += self.reader.read_exact(size)
@@ -171,6 +176,7 @@ class MessageStream:
                         raise ProtocolError("identifier larger than 16 MB")
                 if control & CONTROL_LAST:
                     if self._file is not None:
+                        self._flush(view)
                         self._file.close()
                         path, self._file, self._path = self._path, None, None
                         return Message(context_id, cmd, path=path)
@@ -202,13 +208,22 @@ class MessageStream:
         )
         fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)
         self._path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
-        self._file.write(head)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._buf[: len(head)] = head
+        self._fill = len(head)
+
+    def _flush(self, view: memoryview) -> None:
+        """Write what waits in the buffer (a raw file may take part of it per call)."""
+        done = 0
+        while done < self._fill:
+            done += self._file.write(view[done : self._fill])
+        self._fill = 0
 
     def discard(self) -> None:
         """Drop a half-received data set file."""
         fh, self._file = self._file, None
         path, self._path = self._path, None
+        self._fill = 0
         if fh is not None:
             with contextlib.suppress(OSError, ValueError):
                 fh.close()
@@ -236,8 +251,9 @@ class MessageStream:
                 return
             if isinstance(data, bytes):
                 length, data = len(data), io.BytesIO(data)
-            for batch in message_pdus(context_id, raw, data, length, self.max_pdv):
-                send_paced(self.sock, batch, pace)
+            if not self._out:
+                self._out = bytearray(READ_CHUNK)
+            send_message(self.sock, context_id, raw, data, length, self.max_pdv, self._out, pace)
 
     def respond(self, rq: Message, field: int, status: int, **extra: Any) -> None:
         """A response without data set to ``rq`` (PS3.7 9.3, C.4)."""

@@ -7,6 +7,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext
@@ -14,6 +15,7 @@ from pynetdicom.presentation import PresentationContext
 from dicomproxy.transport.net import NoAssociation, Remote
 from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
+from dicomproxy.transport.raw.wire import identifier_uids
 from dicomproxy.transport.rewritten import Rewritten
 from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler, Timeouts
 
@@ -74,6 +76,26 @@ class RawLink:
         except AssociationFailed:
             yield None, None
 
+    def find_uids(
+        self, sop_class: str, identifier: Dataset, msg_id: int, keywords: tuple[str, ...]
+    ) -> Iterator[tuple[int | None, dict[str, str] | None]]:
+        """:meth:`find` read by :func:`~dicomproxy.transport.raw.wire.identifier_uids`; pydicom
+        only for an identifier that is not simple (or a Big Endian context)."""
+        syntax = self.assoc.syntax(sop_class)
+        tags = {int(tag_for_keyword(k) or 0): k for k in keywords}
+        try:
+            for code, data in self.assoc.find(sop_class, self.assoc.encode(sop_class, identifier), msg_id):
+                if not data:
+                    yield code, None
+                    continue
+                uids = identifier_uids(data, syntax.is_implicit_VR, tags) if syntax.is_little_endian else None
+                if uids is None:
+                    ds = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+                    uids = {k: str(ds.get(k, "") or "") for k in keywords}
+                yield code, uids
+        except AssociationFailed:
+            yield None, None
+
     def move(self, sop_class: str, destination: str, identifier: Dataset, msg_id: int) -> int | None:
         status = self.assoc.move(sop_class, destination, self.assoc.encode(sop_class, identifier), msg_id)
         return None if status is None else int(status.Status)
@@ -102,8 +124,7 @@ class RawLink:
         originator: tuple[str, int] | None = None,
         pace: Pace | None = None,
     ) -> int | None:
-        status = self.assoc.store_file(path, msg_id, originator, pace)
-        return None if status is None else int(status.Status)
+        return self.assoc.store_file(path, msg_id, originator, pace)
 
     def cancel(self) -> bool:
         return self.assoc.cancel()

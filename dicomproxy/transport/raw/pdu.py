@@ -36,10 +36,10 @@ CONTROL_LAST = 0x02
 #: P-DATA is never read whole, so its size is bounded by what we announced instead.
 MAX_CONTROL_PDU = 1024 * 1024
 
-#: Bytes gathered before one ``sendall`` (several PDUs per system call).
+#: Bytes written before a rate cap (``pace``) is told, where a whole batch is written at once.
 SEND_BATCH = 1024 * 1024
 
-#: Data set bytes read from a file per step.
+#: Data set bytes read from a file per step (and so written per ``sendmsg`` and told to ``pace``).
 READ_CHUNK = 1024 * 1024
 
 
@@ -104,48 +104,119 @@ def abort(source: int = 0x02, reason: int = 0x00) -> bytes:
     return PDU_HEADER.pack(A_ABORT, 4) + bytes((0, 0, source, reason))
 
 
-def message_pdus(
-    context_id: int, command: bytes, data: io.RawIOBase | io.BufferedIOBase | None, length: int, max_pdv: int
-) -> Iterator[bytearray]:
-    """One DIMSE message as P-DATA-TF PDUs of at most ``max_pdv`` value bytes each, gathered
-    into batches of about :data:`SEND_BATCH` bytes (PS3.8 9.3.5, PS3.7 6.3.1).
+#: Buffers handed to one ``sendmsg`` call: well under Linux's IOV_MAX (1024).
+MAX_IOV = 512
 
-    ``data``: ``length`` bytes of an encoded data set, read from the file's current position
-    and never decoded. Command and data set never share a PDU.
+
+def message_iov(
+    context_id: int,
+    command: bytes,
+    data: io.RawIOBase | io.BufferedIOBase | None,
+    length: int,
+    max_pdv: int,
+    buf: bytearray,
+) -> Iterator[list[bytes | memoryview]]:
+    """One DIMSE message as P-DATA-TF PDUs of at most ``max_pdv`` value bytes each (PS3.8 9.3.5,
+    PS3.7 6.3.1), as lists of buffers for ``socket.sendmsg``: the 12-byte PDU + PDV headers and
+    views of ``buf``, into which the data set is read ``len(buf)`` bytes at a time. A list's views
+    are valid until the next list is asked for (the next read overwrites ``buf``).
+
+    ``data``: ``length`` bytes of an encoded data set, read from the file's current position and
+    never decoded. Command and data set never share a PDU. A PDV's value may span two reads: its
+    header states the whole length, the bytes follow from consecutive views. A list holds about
+    :data:`MAX_IOV` buffers (:func:`send_iov` cuts it to that per call).
     """
-    batch = bytearray()
+    iov: list[bytes | memoryview] = []
     for start in range(0, len(command), max_pdv):
         last = start + max_pdv >= len(command)
-        batch += pdata(
-            context_id, CONTROL_COMMAND | (CONTROL_LAST if last else 0), command[start : start + max_pdv]
+        iov.append(
+            pdata(
+                context_id, CONTROL_COMMAND | (CONTROL_LAST if last else 0), command[start : start + max_pdv]
+            )
         )
     if data is None:
-        yield batch
+        yield iov
         return
     if length <= 0:
         raise ValueError("empty data set")
-    buf = bytearray(min(length, max(max_pdv, READ_CHUNK - READ_CHUNK % max_pdv)))
-    left = length
-    while left:
-        n = min(len(buf), left)
-        view = memoryview(buf)[:n]
+    chunk = len(buf) - len(buf) % max_pdv if max_pdv <= len(buf) else len(buf)
+    view = memoryview(buf)
+    pack = PDATA_ONE_PDV.pack
+    offset = pdv_end = 0  # data set bytes read so far; where the current PDV ends
+    while offset < length:
+        n = min(chunk, length - offset)
         got = 0
         while got < n:
-            step = data.readinto(view[got:])
+            step = data.readinto(view[got:n])
             if not step:
-                raise ValueError(f"data set ended {left - got} bytes early")
+                raise ValueError(f"data set ended {length - offset - got} bytes early")
             got += step
-        for start in range(0, n, max_pdv):
-            end = min(start + max_pdv, n)
-            control = CONTROL_LAST if left == end else 0
-            batch += PDATA_ONE_PDV.pack(P_DATA_TF, end - start + 6, end - start + 2, context_id, control)
-            batch += view[start:end]
-            if len(batch) >= SEND_BATCH:
-                yield batch
-                batch = bytearray()
-        left -= n
-    if batch:
-        yield batch
+        pos = 0
+        while pos < n:
+            if offset + pos == pdv_end:
+                size = min(max_pdv, length - pdv_end)
+                pdv_end += size
+                iov.append(
+                    pack(P_DATA_TF, size + 6, size + 2, context_id, CONTROL_LAST if pdv_end == length else 0)
+                )
+            step = min(n - pos, pdv_end - offset - pos)
+            iov.append(view[pos : pos + step])
+            pos += step
+            if len(iov) >= MAX_IOV:
+                yield iov
+                iov = []
+        offset += n
+        if iov:
+            yield iov
+            iov = []
+
+
+def message_pdus(
+    context_id: int, command: bytes, data: io.RawIOBase | io.BufferedIOBase | None, length: int, max_pdv: int
+) -> Iterator[bytes]:
+    """:func:`message_iov` joined: batches of whole bytes of at most about :data:`READ_CHUNK`
+    data set bytes each, for a socket written with ``sendall`` (pynetdicom's)."""
+    buf = bytearray(max(1, min(length, READ_CHUNK)))
+    for iov in message_iov(context_id, command, data, length, max_pdv, buf):
+        yield b"".join(iov)
+
+
+def send_message(
+    sock: socket.socket,
+    context_id: int,
+    command: bytes,
+    data: io.RawIOBase | io.BufferedIOBase | None,
+    length: int,
+    max_pdv: int,
+    buf: bytearray,
+    pace: Callable[[int], object] | None = None,
+) -> None:
+    """Write one message (:func:`message_iov`) to ``sock`` without joining headers and data set
+    bytes: ``sendmsg`` gathers them in the kernel. ``buf`` is the caller's reusable read buffer
+    (``len(buf)`` data set bytes per list: at most :data:`READ_CHUNK` for a rate cap's steps);
+    ``pace`` is told each list's bytes once written (a rate cap waits in it)."""
+    for iov in message_iov(context_id, command, data, length, max_pdv, buf):
+        size = sum(len(b) for b in iov) if pace is not None else 0
+        send_iov(sock, iov)
+        if pace is not None:
+            pace(size)
+
+
+def send_iov(sock: socket.socket, iov: list[bytes | memoryview]) -> None:
+    """``sendall`` for a list of buffers (consumed): ``sendmsg`` until every byte is written (a
+    socket with a timeout may take only part of them per call)."""
+    if not hasattr(sock, "sendmsg"):  # pragma: no cover - not on Linux
+        sock.sendall(b"".join(iov))
+        return
+    while iov:
+        sent = sock.sendmsg(iov[:MAX_IOV])
+        done = 0
+        while done < len(iov) and sent >= len(iov[done]):
+            sent -= len(iov[done])
+            done += 1
+        del iov[:done]
+        if sent:
+            iov[0] = memoryview(iov[0])[sent:]
 
 
 def send_paced(sock: socket.socket, batch: bytes | bytearray, pace: Callable[[int], object] | None) -> None:
@@ -166,6 +237,9 @@ __all__ = [
     "PduReader",
     "PeerClosed",
     "ProtocolError",
+    "message_iov",
     "message_pdus",
+    "send_iov",
+    "send_message",
     "send_paced",
 ]

@@ -6,12 +6,16 @@ Measured (cProfile of the store acceptor, 300 CT slices): pydicom's general writ
 front of each received data set (PS3.10 7.1, Explicit VR Little Endian) — more than moving
 the 512 kB of pixel data. Their layout is fixed and tiny, so they are written here; the
 element keywords and VRs still come from pydicom's data dictionary, and tests compare the
-bytes with pydicom/pynetdicom's own encoders.
+bytes with pydicom/pynetdicom's own encoders. The onward sender reads the file meta group back
+with :func:`read_file_meta` (issue 29: pynetdicom's ``split_dataset`` took ~40 µs per instance);
+tests compare it with pydicom's reader.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -22,6 +26,9 @@ _ELEMENT = struct.Struct("<HHI")  # Implicit VR LE: group, element, value length
 _SHORT = struct.Struct("<HH2sH")  # Explicit VR LE, 2-byte length (PS3.5 7.1.2)
 _LONG = struct.Struct("<HH2s2xI")  # Explicit VR LE, OB etc.: 4-byte length
 _TEXT_VRS = {"AE", "SH", "LO", "CS", "ST", "LT", "UT"}
+_TAG = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 
 
 class Command(dict[str, Any]):
@@ -120,3 +127,97 @@ def file_preamble_and_meta(sop_class_uid: str, sop_instance_uid: str, transfer_s
     )
     length = _meta_element(0x0000, "UL", struct.pack("<I", len(body)))
     return b"\x00" * 128 + b"DICM" + length + body
+
+
+#: Explicit VR LE VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2, Table 7.1-1).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+#: Bytes read to find the end of the File Meta Information (ours is ~200 bytes after the preamble).
+_META_READ = 4096
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a C-STORE needs from a DICOM file's File Meta Information (PS3.10 7.1)."""
+
+    sop_class_uid: str  # (0002,0002) Media Storage SOP Class UID
+    sop_instance_uid: str  # (0002,0003) Media Storage SOP Instance UID
+    transfer_syntax: str  # (0002,0010) Transfer Syntax UID
+    #: Where the data set begins: the first byte after group 0002.
+    offset: int
+
+
+def read_file_meta(path: str | os.PathLike[str]) -> FileMeta:
+    """The three UIDs and the data set offset of a DICOM file with a preamble, ``DICM`` and an
+    Explicit VR Little Endian group 0002 (PS3.10 7.1), read from its first bytes without building a
+    pydicom Dataset. ValueError for anything else (no preamble, a UID missing, a meta group longer
+    than :data:`_META_READ`): the caller then asks pydicom (``pynetdicom.dsutils.split_dataset``)."""
+    with open(path, "rb", buffering=0) as fh:
+        head = fh.read(_META_READ)
+    whole = len(head) < _META_READ  # the file ends inside what was read
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise ValueError("no DICOM preamble")
+    uids: dict[int, str] = {}
+    pos, end = 132, len(head)
+    while True:
+        if end - pos < 4:
+            if whole and pos == end:
+                break
+            raise ValueError("file meta information not within the bytes read")
+        group, element = _TAG.unpack_from(head, pos)
+        if group != 2:
+            break
+        if end - pos < 8:
+            raise ValueError("truncated file meta element")
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if end - pos < 12:
+                raise ValueError("truncated file meta element")
+            (length,) = _U32.unpack_from(head, pos + 8)
+            pos += 12
+        else:
+            (length,) = _U16.unpack_from(head, pos + 6)
+            pos += 8
+        if length > end - pos:  # also an undefined length (0xFFFFFFFF)
+            raise ValueError(f"file meta element (0002,{element:04X}) not within the bytes read")
+        if element in (0x0002, 0x0003, 0x0010):
+            uids[element] = head[pos : pos + length].rstrip(b"\x00 ").decode("ascii")
+        pos += length
+    try:
+        return FileMeta(uids[0x0002], uids[0x0003], uids[0x0010], pos)
+    except KeyError as exc:
+        raise ValueError(f"file meta without (0002,{exc.args[0]:04X})") from None
+
+
+def identifier_uids(raw: bytes, implicit_vr: bool, tags: dict[int, str]) -> dict[str, str] | None:
+    """The UID-valued top-level elements ``tags`` (tag → keyword) of an encoded Little Endian
+    identifier (a C-FIND response, PS3.4 C.4.1.1.3.2) as keyword → text ("" when absent), without
+    a pydicom Dataset (~5 µs instead of ~90 µs per response). None when the identifier is not that
+    simple — an undefined length, a multi-valued or non-ASCII value, bytes that do not parse — and
+    the caller asks pydicom. Only UIs are read, so the character set (0008,0005) never matters."""
+    out = dict.fromkeys(tags.values(), "")
+    pos, end = 0, len(raw)
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, element = _TAG.unpack_from(raw, pos)
+        if implicit_vr:
+            (length,) = _U32.unpack_from(raw, pos + 4)
+            pos += 8
+        elif raw[pos + 4 : pos + 6] in _LONG_VRS:
+            if end - pos < 12:
+                return None
+            (length,) = _U32.unpack_from(raw, pos + 8)
+            pos += 12
+        else:
+            (length,) = _U16.unpack_from(raw, pos + 6)
+            pos += 8
+        if length > end - pos or group == 0xFFFE:  # also an undefined length (0xFFFFFFFF)
+            return None
+        keyword = tags.get(group << 16 | element)
+        if keyword is not None:
+            value = raw[pos : pos + length].rstrip(b"\x00 ")
+            if b"\\" in value or not value.isascii():
+                return None
+            out[keyword] = value.decode("ascii")
+        pos += length
+    return out
