@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import os
 import shutil
 import threading
@@ -33,6 +34,19 @@ from testkit.viewdb import create_view_table, insert_rows
 # pytest rewrites the plugin's modules on import, and CPython 3.11.7's ast.parse can fail there with
 # "SystemError: AST constructor recursion depth mismatch" when the garbage collector runs finalizers
 # during the parse (seen after the socket-heavy push tests; exit status 1 although every test passed).
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels() -> Iterator[None]:
+    """Each test leaves the logger levels as it found them: in-process commands (``setup_logging``
+    via click's runner, a reload's ``apply_log_level``) set the root logger's level, and a later
+    test reading ``caplog`` then saw records it did not ask for (CI: test_commitment.py)."""
+    names = ("", "dicomproxy", "pynetdicom")
+    before = {n: logging.getLogger(n).level for n in names}
+    yield
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
+
 
 PG_URL = os.environ.get("DICOMPROXY_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get(

@@ -506,6 +506,7 @@ def test_a_report_names_its_counts_and_unnamed_references_fail_with_0110(
     job = _stored(journal, "push", "CLOUD", 4)
     (tx,) = led.job_ended(job)
     uids = [f"2.25.{job}.{i}" for i in range(4)]
+    caplog.clear()  # job_ended's "to be committed" line is captured too when an earlier test left INFO on
     with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
         assert led.answer(Report(tx, frozenset(uids[:2]), {uids[2]: 0x0112}))  # uids[3] not named
     (line,) = [r for r in caplog.records if "committed" in r.getMessage()]
@@ -513,9 +514,9 @@ def test_a_report_names_its_counts_and_unnamed_references_fail_with_0110(
     with journal.engine.connect() as conn:
         reasons = dict(conn.execute(select(commit_refs.c.sop_instance_uid, commit_refs.c.reason)).all())
     assert reasons == {uids[0]: None, uids[1]: None, uids[2]: 0x0112, uids[3]: 0x0110}
-    caplog.clear()
     job2 = _stored(journal, "push", "CLOUD", 1)
     (tx2,) = led.job_ended(job2)
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="dicomproxy.commitment"):
         assert led.answer(Report(tx2, frozenset({f"2.25.{job2}.0"})))
     (line,) = [r for r in caplog.records if "committed" in r.getMessage()]
