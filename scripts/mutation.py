@@ -167,6 +167,18 @@ TARGETS: dict[str, Target] = {
         ("tests/test_identity_coerce.py",),
         "the view's identity on outgoing instances: what changes, what is kept (issue 26)",
     ),
+    "scan": Target(
+        "dicomproxy/identity/scan.py",
+        (),
+        ("tests/test_identity_scan.py",),
+        "the header scan: element positions without decoding, checked against pydicom (issue 26 cost)",
+    ),
+    "spool-room": Target(
+        "dicomproxy/relay/spool.py",
+        ("DiskRoom.low", "Spool.wait_for_room", "Spool.settled", "Spool.accept", "Spool.close"),
+        ("tests/test_spool_room.py",),
+        "the spool's back-pressure on the archive when the data disk runs low",
+    ),
     "corrections": Target(
         "dicomproxy/identity/corrections.py",
         (),

@@ -155,3 +155,39 @@ def _drop_time(data: bytes) -> bytes:
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def test_defined_length_items_in_a_sequence_of_undefined_length(tmp_path: Path) -> None:
+    """PS3.5 7.5.1: a sequence of undefined length may hold items of defined length (and the other
+    way round)."""
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        for outer in (True, False):
+            ds = _instance()
+            ds.ReferencedImageSequence = Sequence([_item(1, not outer), _item(0, not outer)])
+            ds["ReferencedImageSequence"].is_undefined_length = outer
+            _same_as_pydicom(_save(ds, tmp_path / f"mixed-{syntax}-{outer}.dcm", syntax))
+
+
+def test_an_element_header_cut_by_the_first_read_is_read_again(tmp_path: Path) -> None:
+    """The first read ends 6 bytes into an element's 8-byte header: the scan reads more, it does
+    not give up (nor read past what it has)."""
+    ds = _instance()
+    ds.add_new(0x00091010, "LO", "DICOMPROXY TEST")
+    ds.add_new(0x00091000, "OB", b"\x01" * 1000)
+    probe = _save(ds, tmp_path / "probe.dcm", ExplicitVRLittleEndian)
+    after = min(start for tag, (start, _) in Header.read(probe).bounds.items() if tag > 0x00091000)
+    grow = FIRST_READ - 6 - after
+    ds[0x00091000].value = b"\x01" * (1000 + grow)
+    path = _save(ds, tmp_path / "cut.dcm", ExplicitVRLittleEndian)
+    assert min(s for t, (s, _) in Header.read(path).bounds.items() if t > 0x00091000) == FIRST_READ - 6
+    _same_as_pydicom(path)
+
+
+def test_an_item_tag_among_the_top_level_elements_is_left_to_pydicom(tmp_path: Path) -> None:
+    """A stray Item (FFFE,E000) between the last element and Pixel Data (implicit VR, where it
+    would otherwise pass as an element): not a header the scan knows."""
+    path = _save(_instance(), tmp_path / "x.dcm", ImplicitVRLittleEndian)
+    raw = path.read_bytes()
+    at = raw.index(b"\xe0\x7f\x10\x00")  # Pixel Data
+    path.write_bytes(raw[:at] + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + raw[at:])
+    assert scan(path) is None
