@@ -25,7 +25,7 @@ from testkit.fakepacs import FakePacs
 from testkit.netns import RateProbe, ShapedLink
 from testkit.samples import exam_row
 from testkit.viewdb import create_view_table, insert_rows
-from tests.test_bandwidth_real import REQUESTER, SPEC, N, _move, proxy, study_files
+from tests.test_bandwidth_real import REQUESTER, SPEC, N, _move, _node_toml, proxy, study_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.dcmtk]
 __all__ = ["proxy", "study_files"]  # fixtures used here
@@ -82,54 +82,6 @@ def test_the_rule_holds_what_crosses_a_shaped_link(
     assert free > 1.5 * RULE_MBPS, f"uncapped {free:.1f} Mbit/s on a {LINK_MBPS} Mbit/s link"
 
 
-def _node_toml(tmp: Path, name: str, port: int, journal_url: str, pacs: FakePacs, scp: StoreSCP) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{tmp / name}"
-drain_timeout = 5
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "sqlite:///{tmp / "view.db"}"
-
-[pacs]
-ae_title = "{pacs.ae_title}"
-host = "127.0.0.1"
-port = {pacs.port}
-retrieve = "c-get"
-
-[[peers]]
-ae_title = "{REQUESTER}"
-host = "127.0.0.1"
-port = 1
-
-[[peers]]
-ae_title = "{CAPPED}"
-host = "{scp.host}"
-port = {scp.port}
-check_host = false
-cap_pulls = true
-
-[journal]
-url = "{journal_url}"
-
-[http]
-port = 0
-
-[[bandwidth]]
-mbps = {RULE_MBPS}
-"""
-    )
-    return path
-
-
 @pytest.mark.postgresql
 def test_two_nodes_together_stay_within_the_rule_on_the_link(
     pg_journal: str, study_files: list[Path], tmp_path: Path, link: tuple[ShapedLink, StoreSCP]
@@ -144,7 +96,9 @@ def test_two_nodes_together_stay_within_the_rule_on_the_link(
     try:
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
-            toml = _node_toml(tmp_path, f"node{i}", port, pg_journal, pacs, scp)
+            toml = _node_toml(
+                tmp_path, f"node{i}", port, pg_journal, pacs, scp.remote, RULE_MBPS, check_host=False
+            )
             node = Process(
                 [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
             )

@@ -283,7 +283,17 @@ def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
 # --- two nodes on one PostgreSQL journal ------------------------------------------------------------
 
 
-def _node_toml(tmp: Path, name: str, port: int, journal_url: str, pacs: FakePacs, meter: Meter) -> Path:
+def _node_toml(
+    tmp: Path,
+    name: str,
+    port: int,
+    journal_url: str,
+    pacs: FakePacs,
+    dest: Remote,
+    mbps: float = 40,
+    check_host: bool = True,
+) -> Path:
+    """A ``serve`` node's config: the capped peer ``dest`` (its AE title names it), a rule of ``mbps``."""
     path = tmp / f"{name}.toml"
     path.write_text(
         f"""
@@ -312,9 +322,10 @@ host = "127.0.0.1"
 port = 1
 
 [[peers]]
-ae_title = "{CAPPED}"
-host = "127.0.0.1"
-port = {meter.port}
+ae_title = "{dest.ae_title}"
+host = "{dest.host}"
+port = {dest.port}
+check_host = {"true" if check_host else "false"}
 cap_pulls = true
 
 [journal]
@@ -324,7 +335,7 @@ url = "{journal_url}"
 port = 0
 
 [[bandwidth]]
-mbps = 40
+mbps = {mbps}
 """
     )
     return path
@@ -343,7 +354,9 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
     try:
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
-            toml = _node_toml(tmp_path, f"node{i}", port, pg_journal, pacs, meter)
+            toml = _node_toml(
+                tmp_path, f"node{i}", port, pg_journal, pacs, Remote(CAPPED, "127.0.0.1", meter.port)
+            )
             node = Process(
                 [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
             )
