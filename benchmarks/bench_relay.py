@@ -170,10 +170,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (its own threads, not its children)."""
+def cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """User + system CPU seconds of process ``pid`` so far (its own threads, not its children);
+    with ``system_only``, the system (kernel) part alone."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user = 0 if system_only else int(fields[11])
+    return (user + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def descendants(pid: int) -> list[int]:
@@ -346,9 +348,18 @@ def main() -> None:
         "--py-spy-gil", action="store_true", help="py-spy samples only the thread holding the GIL"
     )
     ap.add_argument(
+        "--py-spy-native", action="store_true", help="py-spy records native (C) frames too (--native)"
+    )
+    ap.add_argument(
         "--py-spy-proxy",
         default="c-move",
         help="which proxy --py-spy records: c-move, c-get or a mode of --modes (default c-move)",
+    )
+    ap.add_argument(
+        "--perf",
+        type=Path,
+        default=None,
+        help="record the --py-spy-proxy with Linux perf (call graphs, kernel included) into this file",
     )
     ap.add_argument("--log-level", default="WARNING", help="Proxy log level (logs in the workdir).")
     ap.add_argument(
@@ -465,6 +476,7 @@ def main() -> None:
             names += ["get direct", "get proxy"]
         runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
+        sys_cpu: dict[str, list[float]] = {n: [] for n in proxies}
         pool_cpu: dict[str, list[float]] = {n: [] for n in proxies}
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(pacs.remote, dest, spec.study_uid, len(files))  # warm-up (PACS cache)
@@ -475,9 +487,28 @@ def main() -> None:
             pid = str(procs[args.py_spy_proxy].pid)
             spy_opts = ["--format", "raw", "--rate", "200", "--threads", "--subprocesses"]
             spy_opts += ["--gil"] if args.py_spy_gil else []
+            spy_opts += ["--native"] if args.py_spy_native else []
             spy_opts += ["--output", str(args.py_spy)]
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", pid, *spy_opts],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        perf = None
+        if args.perf:
+            perf = subprocess.Popen(
+                [
+                    "perf",
+                    "record",
+                    "-g",
+                    "-F",
+                    "499",
+                    "-p",
+                    str(procs[args.py_spy_proxy].pid),
+                    "-o",
+                    str(args.perf),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -495,6 +526,7 @@ def main() -> None:
                     continue
                 remote = pacs.remote if name == "direct" else proxies[name]
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
+                s0 = cpu_seconds(procs[name].pid, system_only=True) if name in procs else 0.0
                 p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
                 if name in http_ports:  # the console polled while the move runs
                     with ConsoleLoad(f"http://127.0.0.1:{http_ports[name]}"):
@@ -504,6 +536,7 @@ def main() -> None:
                 runs[name].append((wall, first))
                 if name in procs:
                     cpu[name].append(cpu_seconds(procs[name].pid) - c0)
+                    sys_cpu[name].append(cpu_seconds(procs[name].pid, system_only=True) - s0)
                     pool_cpu[name].append(pool_cpu_seconds(procs[name].pid) - p0)
                 print(f"# round {r + 1} {name}: {wall:.2f} s, first {first:.3f} s", file=sys.stderr)
             if uids:
@@ -517,9 +550,10 @@ def main() -> None:
         if args.dest == "pynetdicom" and "lossless" in proxies:
             timed_move(proxies["lossless"], dest, spec.study_uid, len(files))
             verified = verify_bit_exact(dest.received(), files)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+        for recorder in (spy, perf):
+            if recorder is not None:
+                recorder.send_signal(signal.SIGINT)
+                recorder.wait(60)
     finally:
         for p in procs.values():
             p.terminate()
@@ -539,9 +573,9 @@ def main() -> None:
     )
     print(
         "| path | wall s (median) | ratio to direct | MB/s (files) | raw-pixel MB/s "
-        "| first instance s | proxy peak RSS MB | proxy CPU s | pool CPU s |"
+        "| first instance s | proxy peak RSS MB | proxy CPU s | of which system s | pool CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     labels = {"direct": f"direct {args.pacs} → {args.dest}", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     labels["get direct"] = f"cloud C-GET (getscu), direct from {args.pacs}"
@@ -560,11 +594,12 @@ def main() -> None:
         first = statistics.median(f for _, f in runs[name])
         mem = f"{rss[name]:.0f}" if name in rss else "–"
         used = f"{statistics.median(cpu[name]):.2f}" if cpu.get(name) else "–"
+        kernel = f"{statistics.median(sys_cpu[name]):.2f}" if sys_cpu.get(name) else "–"
         pool = f"{statistics.median(pool_cpu[name]):.2f}" if pool_cpu.get(name) else "–"
         label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
             f"| {label} | {wall:.2f} | {wall / base:.2f} | {total / 1e6 / wall:.0f} "
-            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {pool} |"
+            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {kernel} | {pool} |"
         )
     if conc["direct"]:
         cd = statistics.median(conc["direct"])
@@ -572,7 +607,7 @@ def main() -> None:
             wall = statistics.median(conc[name])
             print(
                 f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
-                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | |"
+                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | | |"
             )
 
     if verified:

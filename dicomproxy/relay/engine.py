@@ -40,6 +40,8 @@ from dicomproxy.relay.spool import DiskRoom, Spool, SpooledInstance
 from dicomproxy.relay.upstream import Upstream
 from dicomproxy.status import JobOutcome, Status
 from dicomproxy.transcode import TranscodePool
+from dicomproxy.transport import recycle
+from dicomproxy.transport.recycle import RecycledFiles
 
 LOG = logging.getLogger("dicomproxy.relay")
 
@@ -124,6 +126,8 @@ class Engine:
         self.spool_root = config.data_path / "spool"
         #: Back-pressure on the archives when the data disk runs low (``[proxy] spool_headroom_mb``).
         self.room = DiskRoom(self.spool_root, config.proxy.spool_headroom_mb * 2**20)
+        #: Confirmed spool files kept while jobs run, for received instances to overwrite (issue 29).
+        self.recycled = RecycledFiles(config.data_path / "incoming" / recycle.FOLDER)
         #: Storage Commitment (PS3.4 Annex J) for peers with ``storage_commitment``; None if none has.
         self.commitments = (
             CommitmentLedger(config, journal) if any(p.storage_commitment for p in config.peers) else None
@@ -153,7 +157,7 @@ class Engine:
         outcome, error). Raises what opening the destination raises (0xC003 …)."""
         state = t.state
         job_id = state.job_id
-        spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}", self.room)
+        spool = Spool(self.spool_root, f"job-{job_id:06d}-{uuid.uuid4().hex[:6]}", self.room, self.recycled)
         forwarder: Destination | None = None
         upstream: Upstream | None = None
         finished = False

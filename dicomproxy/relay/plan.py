@@ -99,6 +99,8 @@ class RelayService:
         #: Encoder processes shared by every job (issue 5: use the cores); made on first need.
         self.pools = PoolKeeper(config.compression.workers)
         self.engine = Engine(config, journal, self.pools, pending_interval)
+        #: Confirmed spool files the archives' next C-STOREs overwrite (the raw store receiver's).
+        self.recycled = self.engine.recycled
         self.lister = Lister(config, self.archives, journal)
         #: Destinations that would not open every onward association asked for (one association
         #: at a time, or a limit): AE title → (associations they did open, when that was seen).

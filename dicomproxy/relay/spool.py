@@ -6,7 +6,9 @@ the store handler moves that file into ``<data_dir>/spool/<job>/`` and queues a 
 :class:`SpooledInstance` record (a path and three UIDs). Memory therefore holds references
 only, never data sets: a slow destination makes the spool grow on disk, not in RAM. A file is
 deleted only after the destination confirmed it (:meth:`Spool.confirmed`); unconfirmed files
-stay for ``jobs retry`` (issue 6).
+stay for ``jobs retry`` (issue 6). With a :class:`~dicomproxy.transport.recycle.RecycledFiles`
+(the relay's), a confirmed file is handed to it instead of being deleted: the raw store receiver
+overwrites it with the next instance rather than creating a file, as long as a job runs.
 
 The PACS is not held back while the data disk has ``[proxy] spool_headroom_mb`` free. Below
 that (:class:`DiskRoom`), each received instance's C-STORE response waits
@@ -20,14 +22,18 @@ lost) halfway through a study.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
+import os
 import queue
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dicomproxy.transport.recycle import RecycledFiles
 
 LOG = logging.getLogger("dicomproxy.spool")
 
@@ -73,7 +79,9 @@ class _End:
 class Spool:
     """One job's folder and the queue of received instances between the PACS side and the destination side."""
 
-    def __init__(self, root: Path, job_id: str, room: DiskRoom | None = None) -> None:
+    def __init__(
+        self, root: Path, job_id: str, room: DiskRoom | None = None, recycled: RecycledFiles | None = None
+    ) -> None:
         self.dir = root / job_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[SpooledInstance | _End] = queue.Queue()
@@ -89,6 +97,10 @@ class Spool:
         self.held_seconds = 0.0
         self.room = room
         self._closed = False
+        #: Where confirmed files go instead of being deleted (held from here to :meth:`close`).
+        self.recycled = recycled
+        if recycled is not None:
+            recycled.hold()
 
     def accept(self, src: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bool:
         """Take ownership of a received file (moved, not copied). False once the job stopped listening."""
@@ -96,7 +108,12 @@ class Spool:
             if self._closed:
                 return False
             dst = self.dir / f"{next(self._seq):06d}.dcm"
-            shutil.move(str(src), dst)
+            try:
+                os.rename(src, dst)  # same file system (<data>/incoming): no shutil.move checks
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(str(src), dst)  # pynetdicom's temporary folder elsewhere
             size = dst.stat().st_size
             self.bytes_in += size
             self.received += 1
@@ -162,14 +179,21 @@ class Spool:
 
     @staticmethod
     def confirmed(item: SpooledInstance) -> None:
-        """The destination accepted ``item``: its file may go."""
-        item.path.unlink(missing_ok=True)
+        """The destination accepted ``item``: its file may go (to be overwritten by a later instance,
+        when the spool recycles)."""
+        owner = item.owner
+        if owner is not None and owner.recycled is not None:
+            owner.recycled.give(item.path)
+        else:
+            item.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop accepting; remove the folder if every file was confirmed."""
         with self._settled:
-            self._closed = True
+            was_closed, self._closed = self._closed, True
             self._settled.notify_all()
+        if self.recycled is not None and not was_closed:
+            self.recycled.release()
         with contextlib.suppress(OSError):  # unconfirmed files remain for a retry
             self.dir.rmdir()
 

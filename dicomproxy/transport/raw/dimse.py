@@ -38,6 +38,7 @@ from dicomproxy.transport.raw.pdu import (
     send_message,
 )
 from dicomproxy.transport.raw.wire import Command, decode_command, encode_command, file_preamble_and_meta
+from dicomproxy.transport.recycle import RecycledFiles
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
@@ -99,6 +100,7 @@ class MessageStream:
         store_dir: Path,
         max_pdv: int,
         reader: PduReader | None = None,
+        recycled: RecycledFiles | None = None,
     ) -> None:
         self.sock = sock
         self.reader = reader or PduReader(sock)
@@ -109,6 +111,10 @@ class MessageStream:
         self._fill = 0  # bytes of the data set being received that wait in _buf for the file
         self._file: Any = None
         self._path: Path | None = None
+        #: Confirmed files to overwrite instead of creating one per instance (issue 29).
+        self.recycled = recycled
+        self._reused = False  # the open file is a recycled one: truncated to what was written
+        self._written = 0
         self._left = 0  # bytes of the current P-DATA-TF not read yet
         self._send_lock = threading.Lock()
         #: Read buffer of the data sets this stream sends (allocated on the first one, reused).
@@ -177,6 +183,8 @@ class MessageStream:
                 if control & CONTROL_LAST:
                     if self._file is not None:
                         self._flush(view)
+                        if self._reused:  # what a longer earlier instance left behind the data set
+                            self._file.truncate(self._written)
                         self._file.close()
                         path, self._file, self._path = self._path, None, None
                         return Message(context_id, cmd, path=path)
@@ -206,9 +214,18 @@ class MessageStream:
             str(cmd.get("AffectedSOPInstanceUID", "")),
             str(self.contexts[context_id].transfer_syntax[0]),
         )
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._reused, self._written = False, 0
+        reuse = self.recycled.take() if self.recycled is not None else None
+        if reuse is not None:
+            try:
+                self._file = open(reuse, "r+b", buffering=0)  # noqa: SIM115 - closed in read()/discard()
+                self._path, self._reused = reuse, True
+            except OSError:
+                reuse.unlink(missing_ok=True)
+        if not self._reused:
+            fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)
+            self._path = Path(name)
+            self._file = os.fdopen(fd, "wb", buffering=0)
         self._buf[: len(head)] = head
         self._fill = len(head)
 
@@ -217,6 +234,7 @@ class MessageStream:
         done = 0
         while done < self._fill:
             done += self._file.write(view[done : self._fill])
+        self._written += done
         self._fill = 0
 
     def discard(self) -> None:

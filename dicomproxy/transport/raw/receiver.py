@@ -61,6 +61,7 @@ from dicomproxy.transport.raw.pdu import (
     release_rp,
 )
 from dicomproxy.transport.raw.sender import DEFAULT_MAX_PDV
+from dicomproxy.transport.recycle import RecycledFiles
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
@@ -103,6 +104,7 @@ class StoreAcceptor:
         incoming_dir: Path,
         acse_timeout: float,
         dimse_timeout: float,
+        recycled: RecycledFiles | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.supported = supported
@@ -113,6 +115,8 @@ class StoreAcceptor:
         self.incoming_dir = incoming_dir
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
+        #: Confirmed spool files the received data sets overwrite (:mod:`dicomproxy.transport.recycle`).
+        self.recycled = recycled
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -177,7 +181,12 @@ class _Session:
         self.sock.settimeout(self.o.dimse_timeout or None)
         LOG.info("store association accepted: %s from %s:%s", self.calling, *self.address)
         self.stream = stream = MessageStream(
-            self.sock, contexts, self.o.incoming_dir, DEFAULT_MAX_PDV, reader=self.reader
+            self.sock,
+            contexts,
+            self.o.incoming_dir,
+            DEFAULT_MAX_PDV,
+            reader=self.reader,
+            recycled=self.o.recycled,
         )
         while True:
             try:
