@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -416,7 +417,6 @@ def test_archive_store_during_retrieval_is_kept_intact(
     """With a retrieval active, the raw acceptor hands each instance to it, byte for byte: one
     sent by pynetdicom's ``send_c_store`` (one PDV per PDU) and one whose command and data set
     fragments share P-DATA-TF PDUs (several PDVs per PDU, PS3.8 9.3.5 allows it)."""
-    from pydicom import dcmread
     from pynetdicom.dsutils import split_dataset
 
     from dicomproxy.pacs.store import ActiveRetrieval
@@ -562,12 +562,32 @@ def test_relay_with_and_without_fast_path(
         )
         assert (result.status, result.completed, result.failed) == (0x0000, 4, 0), result.line()
         assert len(dest.received()) == 4
+        if fast_path:  # again: the raw receiver now overwrites the first move's recycled files
+            first = {dcmread(p).SOPInstanceUID: p.read_bytes() for p in dest.received()}
+            for p in dest.received():
+                p.unlink()
+            reused: list[Path] = []
+            recycled = server.ctx.relay.recycled  # type: ignore[union-attr]
+            real_take = recycled.take
+
+            def spy_take() -> Path | None:
+                path = real_take()
+                reused.extend([path] if path is not None else [])
+                return path
+
+            monkeypatch.setattr(recycled, "take", spy_take)
+            again = scu.move(
+                proxy, "DEST", scu.identifier(study_uids=[MR.study_uid]), calling_ae="CLOUD", timeout=60
+            )
+            assert (again.status, again.completed, again.failed) == (0x0000, 4, 0), again.line()
+            assert reused  # (the first move's own files may already be overwritten in it)
+            assert {dcmread(p).SOPInstanceUID: p.read_bytes() for p in dest.received()} == first
     finally:
         server.stop(drain_timeout=2.0)
     raw_receive = [r for r in caplog.records if r.getMessage().startswith("store association accepted:")]
     assert bool(raw_receive) is fast_path
-    assert len(sent_raw) == (4 if fast_path else 0)
-    assert moves == ([f"{PROXY_AE} 0x0000"] if fast_path else [])  # the upstream C-MOVE, raw too
+    assert len(sent_raw) == (8 if fast_path else 0)  # (two moves with the fast path)
+    assert moves == ([f"{PROXY_AE} 0x0000"] * 2 if fast_path else [])  # the upstream C-MOVE, raw too
     # dcmqrscp offers Implicit and Explicit VR LE for its C-STOREs; the proxy takes Explicit, which
     # storescp also takes in the onward generic contexts: passed through, nothing re-encoded.
     assert converted == []
