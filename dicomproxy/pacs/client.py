@@ -58,6 +58,7 @@ from dicomproxy.status import Status
 from dicomproxy.transport.link import IncomingStore, Link, NoAssociation, Timeouts, open_link
 from dicomproxy.transport.net import Remote, storage_classes_for
 from dicomproxy.transport.raw.dimse import message_ids
+from dicomproxy.transport.recycle import RecycledFiles
 
 LOG = logging.getLogger("dicomproxy.pacs")
 
@@ -156,6 +157,8 @@ class PacsClient:
         #: C-GET are written to ``store_dir``.
         self.fast_path = fast_path and config.tls is None and store_dir is not None
         self.store_dir = store_dir
+        #: Confirmed spool files a C-GET's instances overwrite (the relay's; None: new files).
+        self.recycled: RecycledFiles | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
         #: Whether this archive's IMAGE-level C-FIND names each instance's SOP Class UID (a return
         #: key it may leave empty, as dcmqrscp does); None until a listing found an instance.
@@ -190,6 +193,7 @@ class PacsClient:
                 tls=c.tls,
                 fast_path=self.fast_path,
                 store_dir=self.store_dir,
+                recycled=self.recycled,
             )
         except NoAssociation as exc:
             what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"

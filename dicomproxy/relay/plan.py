@@ -101,6 +101,8 @@ class RelayService:
         self.engine = Engine(config, journal, self.pools, pending_interval)
         #: Confirmed spool files the archives' next C-STOREs overwrite (the raw store receiver's).
         self.recycled = self.engine.recycled
+        for client in self.archives.values():  # what their C-GETs receive overwrites them too
+            client.recycled = self.recycled
         self.lister = Lister(config, self.archives, journal)
         #: Destinations that would not open every onward association asked for (one association
         #: at a time, or a limit): AE title → (associations they did open, when that was seen).

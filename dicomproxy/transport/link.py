@@ -26,6 +26,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicomproxy.config import TlsConfig
 from dicomproxy.transport.net import NoAssociation, Remote, open_association
+from dicomproxy.transport.recycle import RecycledFiles
 from dicomproxy.transport.seam import IncomingStore, Link, StoreHandler, Timeouts
 from dicomproxy.transport.tls import client_tls_args
 
@@ -44,13 +45,15 @@ def open_link(
     fast_path: bool = True,
     store_dir: Path | None = None,
     sends_stores: bool = False,
+    recycled: RecycledFiles | None = None,
 ) -> Link:
     """Open a requestor association to ``remote`` as a :class:`Link` (raises :class:`NoAssociation`).
 
     Raw sockets when ``fast_path`` and plain TCP (``tls`` None); pynetdicom otherwise. ``roles``:
     SCP/SCU Role Selection items (PS3.7 D.3.3.4) for a C-GET; ``store_dir``: where the raw link
-    writes instances received on it; ``sends_stores``: the link will carry our C-STOREs (pynetdicom's
-    send queue is bounded and its PDUs capped for that).
+    writes instances received on it (overwriting ``recycled`` files when it has some);
+    ``sends_stores``: the link will carry our C-STOREs (pynetdicom's send queue is bounded and its
+    PDUs capped for that).
     """
     if fast_path and tls is None:
         from dicomproxy.transport.raw.link import RawLink
@@ -63,6 +66,7 @@ def open_link(
             max_pdu=max_pdu,
             roles=roles,
             store_dir=store_dir,
+            recycled=recycled,
         )
     from dicomproxy.transport.pynetdicom_link import PynetdicomLink
 

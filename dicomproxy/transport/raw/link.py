@@ -16,6 +16,7 @@ from dicomproxy.transport.net import NoAssociation, Remote
 from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
 from dicomproxy.transport.raw.wire import identifier_uids
+from dicomproxy.transport.recycle import RecycledFiles
 from dicomproxy.transport.rewritten import Rewritten
 from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler, Timeouts
 
@@ -38,6 +39,7 @@ class RawLink:
         max_pdu: int = 0,
         roles: Sequence[Any] = (),
         store_dir: Path | None = None,
+        recycled: RecycledFiles | None = None,
     ) -> RawLink:
         try:
             assoc = RawAssociation.open(
@@ -48,6 +50,7 @@ class RawLink:
                 contexts=list(contexts),
                 roles=list(roles),
                 store_dir=store_dir,
+                recycled=recycled,
                 max_pdu=max_pdu,
                 connect_timeout=timeouts.connect,
                 acse_timeout=timeouts.acse,

@@ -61,6 +61,7 @@ from dicomproxy.transport.raw.pdu import (
 from dicomproxy.transport.raw.receiver import user_information
 from dicomproxy.transport.raw.sender import max_pdv, store_command
 from dicomproxy.transport.raw.wire import Command, FileMeta, read_file_meta
+from dicomproxy.transport.recycle import RecycledFiles
 from dicomproxy.transport.rewritten import Rewritten, open_data
 
 LOG = logging.getLogger("dicomproxy.fastpath")
@@ -89,6 +90,7 @@ class RawAssociation:
         store_dir: Path | None,
         max_pdv: int,
         dimse_timeout: float,
+        recycled: RecycledFiles | None = None,
     ) -> None:
         self.sock = sock
         self.accepted_contexts = accepted
@@ -98,6 +100,7 @@ class RawAssociation:
             store_dir or Path(tempfile.gettempdir()),
             max_pdv,
             reader=reader,
+            recycled=recycled,
         )
         self.is_established = True
         self.is_aborted = False
@@ -117,6 +120,7 @@ class RawAssociation:
         called_ae: str,
         contexts: list[PresentationContext],
         store_dir: Path | None = None,
+        recycled: RecycledFiles | None = None,
         roles: list[SCP_SCU_RoleSelectionNegotiation] | None = None,
         max_pdu: int = 0,
         connect_timeout: float = 10.0,
@@ -144,7 +148,7 @@ class RawAssociation:
             raise AssociationFailed(
                 f"association with {called_ae} failed: {exc or type(exc).__name__}"
             ) from exc
-        return cls(sock, reader, accepted, store_dir, max_pdv(peer_max), dimse_timeout)
+        return cls(sock, reader, accepted, store_dir, max_pdv(peer_max), dimse_timeout, recycled)
 
     # -- services --------------------------------------------------------------------------
     def syntax(self, sop_class: str) -> UID:
