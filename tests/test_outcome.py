@@ -8,6 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dicomproxy.config import Config
 from dicomproxy.errors import (
@@ -321,3 +323,33 @@ def test_a_merged_list_journals_the_objects_only_when_there_are_some(
         assert journal.get(job_id).row["expected"] == 3 + objects  # type: ignore[union-attr]
         assert len(journal.unconfirmed(job_id)) == 3
     journal.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["expect", "count", "extra", "missing"]), st.integers(0, 12)),
+        max_size=40,
+    )
+)
+def test_remaining_kept_current_matches_the_intersection(steps: list[tuple[str, int]]) -> None:
+    """:attr:`JobState.remaining` counts the processed instances on the list without an intersection
+    per call (issue 29): after any mix of the list growing from outside (as the listing merges it),
+    instances counted (on the list, off it, twice), order/report objects and missing ones, it is
+    what the intersection gives."""
+    state = JobState(1, announced=5, extras=3)
+    for op, n in steps:
+        uid = f"1.2.{n}"
+        if op == "expect":
+            state.expected.setdefault(uid, InstanceRef("1", "1.1", uid, CT))
+        elif op == "count":
+            state.count(InstanceRecord(uid, "", CT), "Success")
+        elif op == "extra":
+            state.count_extra(InstanceRecord(f"9.{n}", "", CT), "Success")
+        else:
+            state.count_missing()
+        if state.expected:
+            want = max(0, len(state.expected) - len(state.processed & state.expected.keys())) + state.extras
+        else:
+            want = max(0, state.announced - len(state.processed - state.extra_uids)) + state.extras
+        assert state.remaining == want

@@ -48,6 +48,11 @@ class JobState:
     extra_uids: set[str] = field(default_factory=set)
     #: Announced instances that never reached the onward C-STORE (:meth:`count_missing`).
     missing_uids: list[str] = field(default_factory=list)
+    #: (len(processed), len(expected), how many of ``processed`` are in ``expected``): both only grow,
+    #: so equal sizes mean the same count; kept up to date by :meth:`count` (issue 29: the pump asks
+    #: :attr:`remaining` twice per instance, and an intersection per call made a 2,000-slice move
+    #: quadratic).
+    _matched: tuple[int, int, int] = field(default=(-1, -1, 0), init=False, repr=False, compare=False)
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.monotonic())
@@ -72,7 +77,26 @@ class JobState:
     def remaining(self) -> int:
         if not self.expected and self.announced:  # list not known (yet): count from the announced total
             return max(0, self.announced - len(self.processed - self.extra_uids)) + self.extras
-        return max(0, len(self.expected) - len(self.processed & self.expected.keys())) + self.extras
+        return max(0, len(self.expected) - self._processed_expected()) + self.extras
+
+    def _processed_expected(self) -> int:
+        """``len(processed & expected.keys())``, counted again only when the sizes changed otherwise
+        than through :meth:`_processed_one`."""
+        n_processed, n_expected, matched = self._matched
+        if n_processed != len(self.processed) or n_expected != len(self.expected):
+            matched = len(self.processed & self.expected.keys())
+            self._matched = (len(self.processed), len(self.expected), matched)
+        return matched
+
+    def _processed_one(self, uid: str) -> None:
+        """Add ``uid`` to ``processed``, keeping the count of :meth:`_processed_expected` current."""
+        if uid in self.processed:
+            return
+        n_processed, n_expected, matched = self._matched
+        current = n_processed == len(self.processed) and n_expected == len(self.expected)
+        self.processed.add(uid)
+        if current:
+            self._matched = (n_processed + 1, n_expected, matched + (uid in self.expected))
 
     def response(self, status: int, comment: str = "") -> RetrieveResponse:
         return RetrieveResponse(
@@ -88,7 +112,7 @@ class JobState:
     def count(self, record: InstanceRecord, category: str) -> None:
         """One sub-operation done: ``category`` is the C-STORE status category (Success,
         Warning, anything else = failed); ``record.state`` is set to match."""
-        self.processed.add(record.sop_instance_uid)
+        self._processed_one(record.sop_instance_uid)
         self.mark("first sent")
         if category == "Success":
             self.completed += 1
