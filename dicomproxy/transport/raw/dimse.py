@@ -113,7 +113,8 @@ class MessageStream:
         self._path: Path | None = None
         #: Confirmed files to overwrite instead of creating one per instance (issue 29).
         self.recycled = recycled
-        self._reused = False  # the open file is a recycled one: truncated to what was written
+        #: Size of the recycled file being overwritten (0 for a new one): cut to what was written.
+        self._old_size = 0
         self._written = 0
         self._left = 0  # bytes of the current P-DATA-TF not read yet
         self._send_lock = threading.Lock()
@@ -183,7 +184,7 @@ class MessageStream:
                 if control & CONTROL_LAST:
                     if self._file is not None:
                         self._flush(view)
-                        if self._reused:  # what a longer earlier instance left behind the data set
+                        if self._old_size > self._written:  # a longer earlier instance's end
                             self._file.truncate(self._written)
                         self._file.close()
                         path, self._file, self._path = self._path, None, None
@@ -214,15 +215,17 @@ class MessageStream:
             str(cmd.get("AffectedSOPInstanceUID", "")),
             str(self.contexts[context_id].transfer_syntax[0]),
         )
-        self._reused, self._written = False, 0
+        self._old_size, self._written = 0, 0
         reuse = self.recycled.take() if self.recycled is not None else None
         if reuse is not None:
             try:
-                self._file = open(reuse, "r+b", buffering=0)  # noqa: SIM115 - closed in read()/discard()
-                self._path, self._reused = reuse, True
+                fh = open(reuse, "r+b", buffering=0)  # noqa: SIM115 - closed in read()/discard()
             except OSError:
                 reuse.unlink(missing_ok=True)
-        if not self._reused:
+            else:
+                self._file, self._path = fh, reuse
+                self._old_size = os.fstat(fh.fileno()).st_size
+        if self._file is None:
             fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)
             self._path = Path(name)
             self._file = os.fdopen(fd, "wb", buffering=0)
