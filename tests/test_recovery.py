@@ -58,6 +58,11 @@ def test_reconcile_marks_interrupted_keeps_and_quarantines(
     (spool / "job-999999-cccccc").mkdir()
     (spool / "job-999999-cccccc" / "000001.dcm").write_bytes(b"z")
     (spool / "stray.dcm").write_bytes(b"w")
+    recycled = (
+        config.data_path / "incoming" / "recycled"
+    )  # confirmed files kept for reuse by a killed process
+    recycled.mkdir(parents=True)
+    (recycled / "4242-7.free").write_bytes(b"v")
 
     report = reconcile(config, journal)
 
@@ -73,6 +78,7 @@ def test_reconcile_marks_interrupted_keeps_and_quarantines(
     quarantine = config.data_path / "quarantine"
     assert sorted(p.name for p in quarantine.iterdir()) == ["job-999999-cccccc", "stray.dcm"]
     assert (quarantine / "job-999999-cccccc" / "000001.dcm").read_bytes() == b"z"  # moved, not deleted
+    assert list(recycled.iterdir()) == []  # confirmed: deleted
     assert reconcile(config, journal).interrupted == []  # idempotent
     journal.close()
 

@@ -24,7 +24,6 @@ from pynetdicom import evt
 
 from dicomproxy import events
 from dicomproxy.status import Status
-from dicomproxy.transport import recycle
 from dicomproxy.transport.raw.receiver import StoreAcceptor, StoreRequest
 
 LOG = logging.getLogger("dicomproxy.store")
@@ -219,7 +218,6 @@ def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
     incoming = config.data_path / "incoming"
     for stale in incoming.glob("*.dcm"):  # half-received before a crash; never acknowledged
         stale.unlink(missing_ok=True)
-    recycle.clear(incoming / recycle.FOLDER)  # confirmed files a killed process kept for reuse
     acceptor = StoreAcceptor(
         ae_title=config.proxy.ae_title,
         supported=ae.supported_contexts,

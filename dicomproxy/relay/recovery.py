@@ -40,6 +40,7 @@ from dicomproxy.relay.request import StudyResolver, parse_keys
 from dicomproxy.relay.response import RetrieveResponse
 from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.status import JobKind, JobOutcome
+from dicomproxy.transport import recycle
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
 
 LOG = logging.getLogger("dicomproxy.recovery")
@@ -57,7 +58,9 @@ class ReconcileReport:
 def reconcile(config: Config, journal: Journal) -> ReconcileReport:
     """At start-up: jobs left ``running`` become ``interrupted`` (retryable, their spool kept);
     spool folders or files no journal entry owns go to ``<data_dir>/quarantine/`` (one log line
-    each) — never deleted."""
+    each) — never deleted. Confirmed files the last process kept for reuse
+    (:mod:`dicomproxy.transport.recycle`) are deleted."""
+    recycle.clear(config.data_path / "incoming" / recycle.FOLDER)
     report = ReconcileReport(interrupted=journal.mark_interrupted())
     for job_id in report.interrupted:
         LOG.warning(
