@@ -31,14 +31,18 @@ def a_file(path: Path, size: int, fill: int = 0xAB) -> Path:
     return path
 
 
+def give(files: RecycledFiles, path: Path) -> None:
+    files.give(path, path.stat().st_size)
+
+
 def test_kept_while_a_job_runs_then_deleted(tmp_path: Path) -> None:
     files = RecycledFiles(tmp_path / "recycled", capacity=2, keep_seconds=0)
     assert files.take() is None
-    files.give(a_file(tmp_path / "a.dcm", 10))  # no job holds it: deleted
+    give(files, a_file(tmp_path / "a.dcm", 10))  # no job holds it: deleted
     assert not (tmp_path / "a.dcm").exists() and len(files) == 0
     files.hold()
     for name in ("b", "c", "d"):
-        files.give(a_file(tmp_path / f"{name}.dcm", 10))
+        give(files, a_file(tmp_path / f"{name}.dcm", 10))
     assert len(files) == 2  # capacity: the third was deleted
     assert sorted(p.suffix for p in (tmp_path / "recycled").iterdir()) == [".free", ".free"]
     assert not any((tmp_path / f"{n}.dcm").exists() for n in "bcd")
@@ -48,11 +52,24 @@ def test_kept_while_a_job_runs_then_deleted(tmp_path: Path) -> None:
     assert len(files) == 0 and [p for p in (tmp_path / "recycled").iterdir()] == [taken]
 
 
+def test_bytes_kept_are_bounded(tmp_path: Path) -> None:
+    """A few large instances (whole-slide images) are deleted, not kept: the disk stays the spool's."""
+    files = RecycledFiles(tmp_path / "recycled", keep_seconds=0, max_bytes=100)
+    files.hold()
+    give(files, a_file(tmp_path / "a.dcm", 60))
+    give(files, a_file(tmp_path / "b.dcm", 60))  # 120 > 100: deleted
+    assert len(files) == 1 and not (tmp_path / "b.dcm").exists()
+    assert files.take() is not None
+    give(files, a_file(tmp_path / "c.dcm", 100))  # what was taken no longer counts
+    assert len(files) == 1
+    files.release()
+
+
 def test_drain_waits_for_the_last_job_and_its_delay(tmp_path: Path) -> None:
     files = RecycledFiles(tmp_path / "recycled", keep_seconds=60)
     files.hold()
     files.hold()
-    files.give(a_file(tmp_path / "a.dcm", 4))
+    give(files, a_file(tmp_path / "a.dcm", 4))
     files.release()
     assert len(files) == 1  # another job still runs
     files.release()
@@ -68,7 +85,7 @@ def test_drain_waits_for_the_last_job_and_its_delay(tmp_path: Path) -> None:
 def test_drain_timer_deletes_after_the_delay(tmp_path: Path) -> None:
     files = RecycledFiles(tmp_path / "recycled", keep_seconds=0.05)
     files.hold()
-    files.give(a_file(tmp_path / "a.dcm", 4))
+    give(files, a_file(tmp_path / "a.dcm", 4))
     drained = threading.Event()
     real = files.drain
 
@@ -92,7 +109,7 @@ def test_a_file_that_cannot_be_renamed_is_deleted(tmp_path: Path, monkeypatch: p
         raise OSError(errno.EXDEV, "cross-device link")
 
     monkeypatch.setattr(recycle.os, "rename", cross_device)
-    files.give(src)
+    give(files, src)
     assert not src.exists() and len(files) == 0
 
 
@@ -115,7 +132,7 @@ def test_received_into_a_recycled_file_is_exactly_the_data_set(
     files = RecycledFiles(tmp_path / "recycled", keep_seconds=0)
     files.hold()
     for name in ("old1", "old2"):
-        files.give(a_file(tmp_path / f"{name}.dcm", old_size, fill=0xEE))
+        give(files, a_file(tmp_path / f"{name}.dcm", old_size, fill=0xEE))
     kept = {p.name for p in (tmp_path / "recycled").iterdir()}
     context = presentation_context(CT_IMAGE, [EXPLICIT])
     context.context_id = 5
@@ -149,7 +166,7 @@ def test_half_received_recycled_file_is_removed(tmp_path: Path) -> None:
     """An association that breaks off mid data set: the recycled file it was overwriting goes."""
     files = RecycledFiles(tmp_path / "recycled", keep_seconds=0)
     files.hold()
-    files.give(a_file(tmp_path / "old.dcm", 1000))
+    give(files, a_file(tmp_path / "old.dcm", 1000))
     context = presentation_context(CT_IMAGE, [EXPLICIT])
     context.context_id = 5
     a, b = socket.socketpair()

@@ -183,7 +183,7 @@ class Spool:
         when the spool recycles)."""
         owner = item.owner
         if owner is not None and owner.recycled is not None:
-            owner.recycled.give(item.path)
+            owner.recycled.give(item.path, item.size)
         else:
             item.path.unlink(missing_ok=True)
 

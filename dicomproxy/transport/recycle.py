@@ -12,7 +12,9 @@ The receiver usually runs ahead of the onward sender, so the files confirmed at 
 are what the next job's first instances overwrite. Patient data does not linger: the files are kept
 while relay jobs run (:meth:`hold` / :meth:`release`, one per job spool) and :data:`KEEP_SECONDS`
 after the last one ended, then deleted, as they would have been one by one. At most
-:data:`CAPACITY` are kept; on another file system (a rename fails) a file is deleted as before.
+:data:`CAPACITY` files and :data:`MAX_BYTES` are kept (a whole-slide image's files are deleted as
+before: their creation is nothing beside their size); on another file system (a rename fails) a
+file is deleted as before.
 ``serve`` deletes what a killed process left (:func:`clear`).
 """
 
@@ -24,8 +26,10 @@ import os
 import threading
 from pathlib import Path
 
-#: Confirmed files kept at most (per process; ~16 MB of CT slices).
+#: Confirmed files kept at most (per process; ~16 MB of CT slices) …
 CAPACITY = 32
+#: … and bytes: the disk's free space stays the spool's (``[proxy] spool_headroom_mb``).
+MAX_BYTES = 64 * 1024 * 1024
 #: Seconds the files are kept once no job runs (the next job's first instances reuse them).
 KEEP_SECONDS = 30.0
 #: Folder of the recycled files, under the incoming folder.
@@ -36,11 +40,19 @@ SUFFIX = ".free"
 class RecycledFiles:
     """A bounded, thread-safe set of files to overwrite, alive while at least one job holds it."""
 
-    def __init__(self, root: Path, capacity: int = CAPACITY, keep_seconds: float = KEEP_SECONDS) -> None:
+    def __init__(
+        self,
+        root: Path,
+        capacity: int = CAPACITY,
+        keep_seconds: float = KEEP_SECONDS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self.root = root
         self.capacity = capacity
         self.keep_seconds = keep_seconds
-        self._free: list[Path] = []
+        self.max_bytes = max_bytes
+        self._free: list[tuple[Path, int]] = []
+        self._bytes = 0  # of the kept files
         self._users = 0
         self._generation = 0  # jobs started so far: a drain planned before the last one is void
         self._lock = threading.Lock()
@@ -74,18 +86,20 @@ class RecycledFiles:
         with self._lock:
             if generation is not None and (self._users or generation != self._generation):
                 return 0
-            free, self._free = self._free, []
-        for path in free:
+            free, self._free, self._bytes = self._free, [], 0
+        for path, _ in free:
             path.unlink(missing_ok=True)
         return len(free)
 
-    def give(self, path: Path) -> None:
-        """``path`` (a confirmed instance) is not needed any more: keep it, or delete it."""
+    def give(self, path: Path, size: int) -> None:
+        """``path`` (a confirmed instance of ``size`` bytes) is not needed any more: keep it, or
+        delete it."""
         with self._lock:
-            if self._users and len(self._free) < self.capacity:
+            if self._users and len(self._free) < self.capacity and self._bytes + size <= self.max_bytes:
                 kept = self._keep(path)
                 if kept is not None:
-                    self._free.append(kept)
+                    self._free.append((kept, size))
+                    self._bytes += size
                     return
         path.unlink(missing_ok=True)
 
@@ -103,7 +117,11 @@ class RecycledFiles:
     def take(self) -> Path | None:
         """A kept file to overwrite (the caller owns it now), or None."""
         with self._lock:
-            return self._free.pop() if self._free else None
+            if not self._free:
+                return None
+            path, size = self._free.pop()
+            self._bytes -= size
+            return path
 
     def __len__(self) -> int:
         with self._lock:
