@@ -13,10 +13,12 @@ from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.config.holder import Settings
 from dicomproxy.context import AppContext
+from dicomproxy.corrections.loop import nothing_held
+from dicomproxy.corrections.service import CorrectionService
 from dicomproxy.pacs.client import PacsClient
 from dicomproxy.pacs.find import PacsFinder
 from dicomproxy.pacs.store import ReceiveRegistry
-from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.journal import Journal, node_name
 from dicomproxy.relay.plan import RelayService
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
@@ -68,4 +70,16 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
 
         ctx.push = PushService(config, ctx.view, ctx.journal, ctx.relay)
         ctx.settings.subscribe(ctx.push.reconfigure)  # its next pass and job read a reloaded [push]
+    # every delivered study, pushed or retrieved (docs/identity.md); not over a test's stub view
+    if config.corrections.enabled and hasattr(ctx.view, "stamp_policy"):
+        push = ctx.push
+        ctx.corrections = CorrectionService(
+            config,
+            ctx.view,
+            ctx.journal,
+            ctx.relay,
+            node_name(config.proxy.ae_title),
+            held=(lambda: push.held()[1]) if push is not None else nothing_held,  # paused or down
+        )
+        ctx.settings.subscribe(ctx.corrections.reconfigure)
     return ctx

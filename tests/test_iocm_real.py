@@ -24,9 +24,9 @@ from sqlalchemy import select
 
 from dicomproxy.audit.trail import Action, AuditTrail
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS
-from dicomproxy.push.corrections_store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.reconcile.decide import Category
 from dicomproxy.reconcile.run import Reconciler
@@ -119,8 +119,8 @@ def sent_by_role(server: Server, role: str) -> list[str]:
 
 def pass_done(server: Server) -> Callable[[], bool]:
     """True once a corrections pass of ``server`` ran to its end after this call."""
-    assert server.ctx.push is not None
-    loop = server.ctx.push.corrections
+    assert server.ctx.corrections is not None
+    loop = server.ctx.corrections.loop
     before = loop.passes
     return lambda: loop.passes >= before + 2
 
@@ -151,7 +151,8 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
             "retrieve": "c-get",
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2, "corrections_sweep": 0},
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2, "sweep": 0},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -280,6 +281,7 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port}],  # iocm = false
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -300,7 +302,7 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
     wait_until(pass_done(server), 30, "two more corrections passes")
     assert correction_rows(server)[0]["changed"] == "accession"
     assert set(cloud_instances(cloud)) == SOPS  # nothing else sent
-    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.push.corrections"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.corrections"]
     assert len(warnings) == 1 and SPEC.study_uid in warnings[0]
     assert "IOCM-ACC-2" not in warnings[0] and row["PatientID"] not in warnings[0]
     audit = AuditTrail(server.ctx.journal.engine)
@@ -330,6 +332,7 @@ def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -381,6 +384,7 @@ def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -448,6 +452,7 @@ def test_identity_corrected_rejects_and_resends_the_report_object_too(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")

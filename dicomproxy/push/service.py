@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +33,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import STATES as CORRECTION_STATES
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.push.committing import CommitmentWait, commitment_ledger
-from dicomproxy.push.correction_loop import CorrectionLoop
-from dicomproxy.push.corrections_store import STATES as CORRECTION_STATES
 from dicomproxy.push.decide import (
     DROP,
     HOLD,
@@ -66,7 +64,7 @@ from dicomproxy.push.queue import (
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
 from dicomproxy.relay.bandwidth import Bandwidth
-from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.journal import Journal, node_name
 from dicomproxy.status import JobOutcome, Status
 
 #: ``DOWN_PREFIX`` and ``PAUSED_PREFIX`` live in :mod:`dicomproxy.push.holds`; named here too for
@@ -74,11 +72,6 @@ from dicomproxy.status import JobOutcome, Status
 __all__ = ["DOWN_PREFIX", "PAUSED_PREFIX", "PushService", "node_name", "push_summary"]
 
 LOG = logging.getLogger("dicomproxy.push")
-
-
-def node_name(ae_title: str) -> str:
-    """This process among the nodes sharing a journal: host, pid, AE title."""
-    return f"{socket.gethostname()}:{os.getpid()}:{ae_title}"[:64]
 
 
 class PushService:
@@ -103,8 +96,8 @@ class PushService:
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
         self.commitments = CommitmentWait(config, self.queue, commitment_ledger(config, journal))
-        #: Corrections after delivery (IOCM, docs/identity.md): their own thread.
-        self.corrections = CorrectionLoop(config, view, journal, relay, self.queue)
+        #: Corrections after delivery (their own service, :mod:`dicomproxy.corrections`): counts only.
+        self.corrections = CorrectionStore(journal.engine, self.queue.node)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -152,7 +145,6 @@ class PushService:
         for i in range(self.push.backfill_concurrent):
             self._spawn(f"push-backfill-{i}", lambda: self._work_loop(BACKFILL))
         self._spawn("push-lease", self._lease_loop)
-        self._spawn("push-corrections", lambda: self.corrections.loop(self._stop))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -414,7 +406,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
     """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
     try:
         counts = service.queue.counts()
-        corrections = service.corrections.store.counts()
+        corrections = service.corrections.counts()
         pending = service.queue.rechecks_pending()
         everything, held = service.held()
     except SQLAlchemyError:
