@@ -35,7 +35,7 @@ class DeliveredQueries(DeliveryRecords):
         if since is not None:
             q = q.where(t.c.recorded >= since)
         with self.engine.connect() as conn:
-            return [str(u) for u in conn.execute(q)]
+            return [str(u) for u in conn.execute(q).scalars()]
 
     def deliveries(self, study_uids: Collection[str]) -> dict[tuple[str, str], dict[str, Identity]]:
         """(destination, study) → digest → identity, of the deliveries of ``study_uids`` that
