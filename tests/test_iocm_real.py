@@ -39,7 +39,7 @@ from dicomproxy.view.repository import ExamView
 from testkit import wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
-from testkit.viewdb import insert_rows, update_rows
+from testkit.viewdb import delete_rows, insert_rows, update_rows
 from tests import test_view_rowstamp
 from tests.conftest import ConfigFactory, _need
 from tests.test_view_rowstamp import StampedView
@@ -491,7 +491,7 @@ def retrieved_config(
         view={"url": stamped.url, "name": stamped.name.upper()},
         pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": iocm}],
-        corrections={"poll_interval": 0.2, "sweep": 0},
+        corrections={"poll_interval": 0.2, "sweep": 1},
         **more,
     )
 
@@ -554,6 +554,18 @@ def test_without_push_a_study_retrieved_by_c_move_is_corrected(
     copies = {corrected_uid(uid, done["fingerprint"]) for uid in SOPS}
     assert set(held) == SOPS | copies | {str(note.SOPInstanceUID)}
     assert all(held[uid].PatientID == "IOCM-NEW-3" for uid in copies)
+    # the row is deleted (no stamp announces it): the sweep finds it, a note for the copies, 113037
+    delete_rows(stamped.engine, stamped.name, row["ExamineID"])
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["done", "done"], 60, "the withdrawal"
+    )
+    assert correction_rows(server)[1]["kind"] == "row-withdrawn"
+    (gone,) = [
+        ds
+        for ds in cloud_instances(cloud).values()
+        if ds.SOPClassUID == KOS_SOP_CLASS and ds.SOPInstanceUID != note.SOPInstanceUID
+    ]
+    assert gone.ConceptNameCodeSequence[0].CodeValue == "113037" and referenced(gone) == copies
 
 
 @pytest.mark.parametrize("stamped", ROWVERSION, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}")
