@@ -36,12 +36,13 @@ from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
 from dicomproxy.view.repository import ExamView
-from testkit import wait_until
+from testkit import free_port, wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import delete_rows, insert_rows, update_rows
 from tests import test_view_rowstamp
 from tests.conftest import ConfigFactory, _need
+from tests.test_console import Http
 from tests.test_view_rowstamp import StampedView
 
 stamped = test_view_rowstamp.stamped
@@ -524,7 +525,8 @@ def test_without_push_a_study_retrieved_by_c_move_is_corrected(
 ) -> None:
     row = exam_row(SPEC)
     insert_rows(stamped.engine, [row], stamped.name)
-    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud, iocm=iocm))
+    console = {} if iocm else {"http": {"port": free_port()}}  # the status page of a node without push
+    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud, iocm=iocm, **console))
     assert server.ctx.push is None
     wait_until(pass_done(server), 30, "the first corrections passes")
     c_move(server, SPEC.study_uid)
@@ -548,6 +550,11 @@ def test_without_push_a_study_retrieved_by_c_move_is_corrected(
         )
         (found,) = [r for r in audit.rows(study=SPEC.study_uid) if r["action"] == Action.CORRECTION]
         assert found["outcome"] == "warned" and row["PatientID"] in found["patient_ids"]
+        assert server.console is not None
+        _, status = Http(server.console.url).json("/api/status")
+        assert status["corrections"] == [
+            {"destination": "CLOUD", "warned": 1, "due": 0, "running": 0, "done": 0, "failed": 0}
+        ]
         return
     (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
     assert note.ConceptNameCodeSequence[0].CodeValue == "113038" and referenced(note) == SOPS

@@ -241,6 +241,14 @@ class CorrectionStore(DeliveredQueries):
         with self.engine.connect() as conn:
             return {(str(d), str(k), str(s)): int(n) for d, k, s, n in conn.execute(q)}
 
+    def by_destination(self) -> dict[str, dict[str, int]]:
+        """Destination → rows by state (every state named; the status page, ``push status``)."""
+        out: dict[str, dict[str, int]] = {}
+        for (dest, _, state), n in self.counts().items():
+            states = out.setdefault(dest, dict.fromkeys(STATES, 0))
+            states[state] = states.get(state, 0) + n
+        return out
+
     def rows(self, limit: int = 200) -> list[dict[str, Any]]:
         """The newest rows, newest first (no patient data: UIDs, kinds, field names)."""
         c = corrections

@@ -361,7 +361,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
     """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
     try:
         counts = service.queue.counts()
-        corrections = service.corrections.counts()
+        corrections = service.corrections.by_destination()
         pending = service.queue.rechecks_pending()
         everything, held = service.held()
     except SQLAlchemyError:
@@ -373,10 +373,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
             **{s: counts.get((d, s), 0) for s in STATES},
             "recheck": pending.get(d, (0, None))[0],  # of ``done``: a re-check for late images to come
             # corrections after delivery (IOCM) by state: warned | due | running | done | failed
-            "corrections": {
-                s: sum(n for (dest, _, st), n in corrections.items() if dest == d and st == s)
-                for s in CORRECTION_STATES
-            },
+            "corrections": corrections.get(d, dict.fromkeys(CORRECTION_STATES, 0)),
         }
         for d in service.push.destinations
     ]
