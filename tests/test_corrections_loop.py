@@ -21,14 +21,17 @@ from dicomproxy.corrections.store import Row, utcnow
 from dicomproxy.errors import ConfigError
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import decide
-from dicomproxy.relay.journal import Journal, job_identities
+from dicomproxy.relay.journal import InstanceRecord, Journal, job_identities
 from dicomproxy.status import JobKind
+from dicomproxy.view.repository import ExamView
+from testkit.samples import demo_specs, exam_row
 from tests.conftest import ConfigFactory
 
 
 def _delivered(journal: Journal, study: str, days_ago: float) -> None:
     job = journal.start(JobKind.MOVE, "CLOUD", "", "CLOUD", "pacs")
     journal.record_identities(job, "CLOUD", [Identity(study, "P1", "", "", "", "", "", "")])
+    journal.add_instances(job, [InstanceRecord(f"{study}.1", "sent")])  # the destination confirmed one
     recorded = utcnow() - dt.timedelta(days=days_ago)
     with journal.engine.begin() as conn:
         conn.execute(update(job_identities).where(job_identities.c.job_id == job).values(recorded=recorded))
@@ -108,3 +111,20 @@ def test_a_pass_skips_destinations_on_hold(
     loop.sender = sender  # type: ignore[assignment]
     loop.run_pass()
     assert sender.ran == ran
+
+
+def test_a_delivery_journalled_without_its_exam_gets_it_when_compared(
+    make_config: ConfigFactory, sqlite_view: Any
+) -> None:
+    """A C-MOVE of an earlier version recorded no exam: the first comparison records it while the
+    row still names the study (so a later re-link is not taken for a withdrawal)."""
+    spec = demo_specs()[0]
+    config = make_config()
+    view = ExamView(config)
+    journal = Journal("sqlite://")
+    _delivered(journal, spec.study_uid, days_ago=1)
+    loop = CorrectionLoop(config, view, journal, None, "node")
+    assert loop.store.exams_of([spec.study_uid]) == {}
+    loop.detector.check([spec.study_uid])
+    assert loop.store.exams_of([spec.study_uid]) == {spec.study_uid: [exam_row(spec)["ExamineID"]]}
+    view.close()

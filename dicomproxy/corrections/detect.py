@@ -144,6 +144,8 @@ class CorrectionDetector:
             return []
         studies = sorted({study for _, study in deliveries})
         rows = self.view.study_rows(studies)
+        # a delivery journalled before exams were recorded gets its exam while its row names it
+        self.store.record_exams({s: [str(r.get("ExamineID") or "") for r in rows[s]] for s in rows})
         relinked = self._relinked([s for s in studies if s not in rows])
         found: list[tuple[str, Correction]] = []
         for (destination, study), delivered in sorted(deliveries.items()):
