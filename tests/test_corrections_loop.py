@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from dicomproxy.corrections.store import Row, utcnow
 from dicomproxy.errors import ConfigError
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import decide
+from dicomproxy.push.holds import DOWN_PREFIX, held_now, pause, resume
+from dicomproxy.push.queue import PushQueue
 from dicomproxy.relay.journal import InstanceRecord, Journal, job_identities
 from dicomproxy.status import JobKind
 from dicomproxy.view.repository import ExamView
@@ -128,3 +131,24 @@ def test_a_delivery_journalled_without_its_exam_gets_it_when_compared(
     loop.detector.check([spec.study_uid])
     assert loop.store.exams_of([spec.study_uid]) == {spec.study_uid: [exam_row(spec)["ExamineID"]]}
     view.close()
+
+
+def test_push_pauses_and_down_holds_hold_the_corrections_of_any_peer() -> None:
+    """What ``serve`` gives the corrections as ``held`` (push enabled or not): `push pause` of one
+    destination or of every one, and push's down holds."""
+    queue = PushQueue(Journal("sqlite://").engine, "node")
+    peers = ["A", "B", "C"]
+    assert held_now(queue, peers) == (False, [])
+    pause(queue, "A")
+    queue.set_state(
+        DOWN_PREFIX + "B", json.dumps({"until": (utcnow() + dt.timedelta(minutes=5)).isoformat()})
+    )
+    queue.set_state(
+        DOWN_PREFIX + "C", json.dumps({"until": (utcnow() - dt.timedelta(minutes=5)).isoformat()})
+    )
+    assert held_now(queue, peers) == (False, ["A", "B"])  # C's hold ended
+    pause(queue, None)
+    assert held_now(queue, peers) == (True, peers)
+    resume(queue, None)
+    resume(queue, "A")
+    assert held_now(queue, peers) == (False, ["B"])

@@ -47,7 +47,7 @@ class CorrectionLoop:
         self.store = CorrectionStore(journal.engine, node)
         self.detector = CorrectionDetector(config, view, self.store)
         self.sender = CorrectionSender(config, view, journal, relay, self.store)
-        #: The destinations on hold now (push's pauses and down holds, when push runs here).
+        #: The destinations on hold now (`push pause`, push's down holds: `push.holds.held_now`).
         self.held = held
         self._swept: float | None = None
         #: Passes run to their end (tests wait on it).
