@@ -25,6 +25,7 @@ from dicomproxy.identity.coerce import apply_changes, plan_changes
 from dicomproxy.relay.identities import coerces
 from dicomproxy.relay.journal import Journal
 from dicomproxy.reports.encode import role_of_series
+from dicomproxy.status import JobOutcome
 from dicomproxy.view.service import name_style_for
 
 LOG = logging.getLogger("dicomproxy.corrections")
@@ -59,7 +60,7 @@ class FollowUps:
             pass
         found = self.journal.get(job["id"]) if "id" in job else None
         outcome = str(found.row.get("outcome", "")) if found is not None else ""
-        if outcome not in ("success", "empty"):
+        if outcome not in (JobOutcome.SUCCESS.value, JobOutcome.EMPTY.value):  # empty: hidden, or held
             return f"the re-linked study was not delivered ({outcome or 'not started'})"
         return ""
 

@@ -13,7 +13,9 @@ A claimed ``corrections`` row (:class:`~dicomproxy.corrections.store.CorrectionS
    (visibility checked again: a study the view hides is never sent), each instance given the
    view's identity and its corrected SOP Instance UID (:class:`~dicomproxy.identity.copies.
    CorrectedCopies`); the instances this correction's copy jobs confirmed are not sent again, nor
-   those the destination holds with another identity.
+   those the destination holds with another identity;
+3. toward a destination push does not deliver to, **the new study** of a re-linked exam or **the
+   new object** of a revised report (:mod:`dicomproxy.corrections.followups`).
 
 Each step is recorded before the next one (note UID, copy jobs), so a node that died mid-way is
 replaced by one that resumes where it stopped; UIDs are derived from the correction, so a step
