@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +29,9 @@ from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit import free_port, wait_for_echo, wait_until
 from testkit.fakepacs import FakePacs
+from testkit.nodes import ServeNodes, peer
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 from tests.test_recovery import AllVisible
@@ -283,62 +283,27 @@ def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
 # --- two nodes on one PostgreSQL journal ------------------------------------------------------------
 
 
-def _node_toml(
-    tmp: Path,
-    name: str,
-    port: int,
-    journal_url: str,
-    pacs: FakePacs,
-    dest: Remote,
-    mbps: float = 40,
-    check_host: bool = True,
-) -> Path:
-    """A ``serve`` node's config: the capped peer ``dest`` (its AE title names it), a rule of ``mbps``."""
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{tmp / name}"
-drain_timeout = 5
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "sqlite:///{tmp / "view.db"}"
-
-[pacs]
-ae_title = "{pacs.ae_title}"
-host = "127.0.0.1"
-port = {pacs.port}
-retrieve = "c-get"
-
-[[peers]]
-ae_title = "{REQUESTER}"
-host = "127.0.0.1"
-port = 1
-
-[[peers]]
-ae_title = "{dest.ae_title}"
-host = "{dest.host}"
-port = {dest.port}
-check_host = {"true" if check_host else "false"}
-cap_pulls = true
-
-[journal]
-url = "{journal_url}"
-
-[http]
-port = 0
-
-[[bandwidth]]
-mbps = {mbps}
-"""
+def capped_nodes(
+    tmp: Path, journal_url: str, pacs: FakePacs, dest: Remote, mbps: float = 40, check_host: bool = True
+) -> ServeNodes:
+    """``serve`` nodes on ``journal_url``: the capped peer ``dest`` (its AE title names it), a rule
+    of ``mbps``, ``REQUESTER`` may call."""
+    return ServeNodes(
+        tmp,
+        journal_url,
+        pacs.remote,
+        [peer(Remote(REQUESTER, "127.0.0.1", 1)), peer(dest, check_host=check_host, cap_pulls=True)],
+        calling=REQUESTER,
+        bandwidth=[{"mbps": mbps}],
     )
-    return path
+
+
+def start_counted(rig: ServeNodes) -> list[int]:
+    """Two nodes started, each having counted the other alive; their ports."""
+    nodes = rig.start()
+    for node in nodes:
+        wait_until(lambda n=node: "2 node(s) alive" in n.process.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+    return [n.port for n in nodes]
 
 
 @pytest.mark.slow
@@ -350,20 +315,9 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
     insert_rows(engine, [exam_row(SPEC)])
     engine.dispose()
     pacs = FakePacs(study_files).start()
-    nodes: list[Process] = []
+    rig = capped_nodes(tmp_path, pg_journal, pacs, Remote(CAPPED, "127.0.0.1", meter.port))
     try:
-        ports = [free_port(), free_port()]
-        for i, port in enumerate(ports):
-            toml = _node_toml(
-                tmp_path, f"node{i}", port, pg_journal, pacs, Remote(CAPPED, "127.0.0.1", meter.port)
-            )
-            node = Process(
-                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
-            )
-            nodes.append(node)
-            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling=REQUESTER, proc=node.proc)
-        for node in nodes:  # each node has counted the other
-            wait_until(lambda n=node: "2 node(s) alive" in n.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+        ports = start_counted(rig)
         moves = [threading.Thread(target=_move, args=(port, CAPPED, study_files)) for port in ports]
         for t in moves:
             t.start()
@@ -374,8 +328,7 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
         together = mbps(arrivals)
         assert together == pytest.approx(40, rel=0.10), f"two nodes together: {together:.1f} Mbit/s"
     finally:
-        for node in nodes:
-            node.stop()
+        rig.stop()
         pacs.stop()
 
 
