@@ -22,7 +22,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from dicomproxy.app import build_context
 from dicomproxy.config import Config
@@ -335,50 +335,63 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
 # --- push --------------------------------------------------------------------------------------------
 
 
-def test_push_deliveries_follow_the_timetable_below_max_mbps(
+@pytest.fixture
+def push_node(
     make_config: Callable[..., Config],
     run_proxy: Callable[[Config], Server],
     meter: Meter,
     study_files: list[Path],
     tmp_path: Path,
-) -> None:
-    """A study pushed to a destination with ``max_mbps = 100`` (this node's per-lane cap) under a
-    timetable rule of 24 Mbit/s for every destination: the rule, the lower, is what leaves."""
+) -> Iterator[tuple[Engine, Callable[..., Server]]]:
+    """An empty exam view (SQLite) and a PACS holding the study; ``start(push, **sections)`` runs a
+    node pushing to the meter (``CAPPED``), ``push`` extending its ``[push]``."""
     view_url = f"sqlite:///{tmp_path / 'view.db'}"
     engine = create_engine(view_url)
     create_view_table(engine)
     pacs = FakePacs(study_files).start()
-    try:
-        config = make_config(
-            view={"url": view_url},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
-            push={
-                "enabled": True,
-                "destinations": [CAPPED],
-                "poll_interval": 0.2,
-                "start_from": "beginning",
-                "max_mbps": {CAPPED: 100},
-            },
-            bandwidth=[{"mbps": 24}],
+
+    def start(push: dict[str, Any], **sections: Any) -> Server:
+        return run_proxy(
+            make_config(
+                view={"url": view_url},
+                pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+                peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
+                push={
+                    "enabled": True,
+                    "destinations": [CAPPED],
+                    "poll_interval": 0.2,
+                    "start_from": "beginning",
+                    **push,
+                },
+                **sections,
+            )
         )
-        run_proxy(config)
-        insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now())])
-        wait_until(lambda: len(meter.arrivals) >= N, 30, "the study delivered")
-        rate = mbps(meter.take())
-        assert rate == pytest.approx(24, rel=0.10), f"push at {rate:.1f} Mbit/s"
+
+    try:
+        yield engine, start
     finally:
         pacs.stop()
         engine.dispose()
 
 
+def test_push_deliveries_follow_the_timetable_below_max_mbps(
+    push_node: tuple[Engine, Callable[..., Server]], meter: Meter
+) -> None:
+    """A study pushed to a destination with ``max_mbps = 100`` (this node's per-lane cap) under a
+    timetable rule of 24 Mbit/s for every destination: the rule, the lower, is what leaves."""
+    engine, start = push_node
+    start({"max_mbps": {CAPPED: 100}}, bandwidth=[{"mbps": 24}])
+    insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now())])
+    wait_until(lambda: len(meter.arrivals) >= N, 30, "the study delivered")
+    rate = mbps(meter.take())
+    assert rate == pytest.approx(24, rel=0.10), f"push at {rate:.1f} Mbit/s"
+
+
 def test_pushed_report_objects_are_charged_to_the_timetable(
-    make_config: Callable[..., Config],
-    run_proxy: Callable[[Config], Server],
+    push_node: tuple[Engine, Callable[..., Server]],
     meter: Meter,
     study_files: list[Path],
     http_folder: tuple[str, Path],
-    tmp_path: Path,
 ) -> None:
     """What leaves the hospital includes the order/report objects push makes from the view's files:
     the report PDF's object is charged to the rule's bucket like the images (the bytes each sender
@@ -386,30 +399,13 @@ def test_pushed_report_objects_are_charged_to_the_timetable(
     base_url, folder = http_folder
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 2048 + b"\n%%EOF\n"  # ~0.5 MB
     (folder / "r.pdf").write_bytes(pdf)
-    view_url = f"sqlite:///{tmp_path / 'view.db'}"
-    engine = create_engine(view_url)
-    create_view_table(engine)
-    pacs = FakePacs(study_files).start()
-    try:
-        config = make_config(
-            view={"url": view_url},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
-            push={"enabled": True, "destinations": [CAPPED], "poll_interval": 0.2, "start_from": "beginning"},
-            reports={"enabled": True},
-            bandwidth=[{"mbps": 400}],
-        )
-        server = run_proxy(config)
-        bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
-        charged: list[int] = []
-        take = bandwidth.take
-        bandwidth.take = lambda destination, n: charged.append(n) or take(destination, n)  # type: ignore[method-assign]
-        insert_rows(
-            engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now(), ReportFilePath=f"{base_url}/r.pdf")]
-        )
-        wait_until(lambda: len(meter.arrivals) >= N + 1, 30, "the study and its report delivered")
-        images = sum(p.stat().st_size for p in study_files)
-        assert sum(charged) > images + len(pdf) * 0.9, (sum(charged), images, len(pdf))
-    finally:
-        pacs.stop()
-        engine.dispose()
+    engine, start = push_node
+    server = start({}, reports={"enabled": True}, bandwidth=[{"mbps": 400}])
+    bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
+    charged: list[int] = []
+    take = bandwidth.take
+    bandwidth.take = lambda destination, n: charged.append(n) or take(destination, n)  # type: ignore[method-assign]
+    insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now(), ReportFilePath=f"{base_url}/r.pdf")])
+    wait_until(lambda: len(meter.arrivals) >= N + 1, 30, "the study and its report delivered")
+    images = sum(p.stat().st_size for p in study_files)
+    assert sum(charged) > images + len(pdf) * 0.9, (sum(charged), images, len(pdf))
