@@ -160,6 +160,17 @@ def run_proxy() -> Iterator[Callable[[Config], Server]]:
         server.stop(drain_timeout=2.0)
 
 
+@pytest.fixture
+def move_proxies(make_config: ConfigFactory) -> Iterator[Any]:
+    """:class:`testkit.moverig.MoveProxies` on this test's config: in-process proxies, each in
+    front of a pynetdicom PACS that C-MOVEs to it; all stopped after the test."""
+    from testkit.moverig import MoveProxies
+
+    rig = MoveProxies(make_config)
+    yield rig
+    rig.stop()
+
+
 # --- real peers ---------------------------------------------------------------------------------
 
 

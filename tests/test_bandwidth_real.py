@@ -24,17 +24,16 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, create_engine
 
-from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
 from testkit import free_port, wait_for_echo, wait_until
 from testkit.fakepacs import FakePacs
+from testkit.moverig import MoveProxies, move_study
 from testkit.nodes import ServeNodes, peer
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
-from tests.test_recovery import AllVisible
 
 CAPPED, FREE, REQUESTER = "METER", "UNCAPPED", "CLOUD"
 N = 30
@@ -114,38 +113,26 @@ def _peers(meter: Meter) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Callable[..., Server]]:
-    started: list[FakePacs | Server] = []
-
+def proxy(move_proxies: MoveProxies, study_files: list[Path]) -> Callable[..., Server]:
     def make(
         peers: list[dict[str, Any]],
         rules: list[dict[str, Any]],
         fast_path: bool = True,
         local_now: Callable[[], dt.datetime] | None = None,
     ) -> Server:
-        proxy_port = free_port()
-        pacs = FakePacs(
-            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-        ).start()
-        config = make_config(
-            proxy={"port": proxy_port, "onward_associations": 1, "fast_path": fast_path},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-            peers=peers,
-            bandwidth=rules,
-        )
-        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-        if local_now is not None:  # the timetable's clock, before the first heartbeat reads it
-            server.ctx.relay.engine.bandwidth.local_now = local_now  # type: ignore[union-attr]
-        server.start()
-        started.extend([pacs, server])
-        return server
+        def clock(server: Server) -> None:
+            if local_now is not None:  # the timetable's clock, before the first heartbeat reads it
+                server.ctx.relay.engine.bandwidth.local_now = local_now  # type: ignore[union-attr]
 
-    yield make
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()
+        return move_proxies.start(
+            study_files,
+            peers,
+            proxy={"onward_associations": 1, "fast_path": fast_path},
+            bandwidth=rules,
+            before_start=clock,
+        )[1]
+
+    return make
 
 
 def _move(port: int, destination: str, study_files: list[Path]) -> None:
@@ -197,31 +184,19 @@ def test_a_large_instance_is_paced_as_it_is_written_not_after(
     """The throttle is called per batch of PDUs (≤ 1 MiB), not once per instance: no 0.1 s at the
     receiver carries much more than the rule allows plus one batch — a 4 MiB instance sent at line
     speed, then a pause, would put all of it in one."""
-    proxy_port = free_port()
-    pacs = FakePacs(big_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
-    pacs.start()
-    config = make_config(
-        proxy={"port": proxy_port, "onward_associations": 1},
-        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-        peers=_peers(meter),
+    rig = MoveProxies(make_config)
+    _, server = rig.start(
+        big_files,
+        _peers(meter),
+        proxy={"onward_associations": 1},
         bandwidth=[{"mbps": 32}],  # 4 MB/s: well below what the in-process PACS feeds under load
     )
-    server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-    server.start()
     meter.pdus.clear()  # the readiness C-ECHO's
     try:
-        study = str(dcmread(big_files[0], stop_before_pixels=True).StudyInstanceUID)
-        result = scu.move(
-            Remote("DICOMPROXY", "127.0.0.1", server.port),
-            CAPPED,
-            scu.identifier(study_uids=[study]),
-            calling_ae=REQUESTER,
-            timeout=60,
-        )
+        result = move_study(server, CAPPED, big_files, REQUESTER)
         assert (result.status, result.completed) == (0x0000, 3), result.line()
     finally:
-        server.stop(drain_timeout=2.0)
-        pacs.stop()
+        rig.stop()  # before the PDUs are read: the server, then the PACS
     pdus = sorted(meter.pdus)
     times = [t for t, _ in pdus]
     densest = max(sum(n for t, n in pdus[i:] if t < start + 0.1) for i, start in enumerate(times))
