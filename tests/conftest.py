@@ -315,6 +315,15 @@ def pg_journal() -> Iterator[str]:
     yield from _fresh_database("postgresql", PG_URL)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A journal several nodes can share, of each kind: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        yield request.getfixturevalue("pg_journal")
+
+
 @pytest.fixture
 def mariadb_journal() -> Iterator[str]:
     """A fresh MariaDB database (the journal may live there too)."""
