@@ -43,8 +43,9 @@ from testkit.fakepacs import FakeDestination
 from testkit.nodes import ServeNodes, peer
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.viewdb import insert_rows
 from tests.conftest import _need
+from tests.test_push_backfill import history_view
 from tests.test_reconcile import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.orthanc]
@@ -99,18 +100,10 @@ def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(
     history = [s.sop_uid(0, 0) for s in BACKLOG]
     live = [s.sop_uid(0, 0) for s in LIVE]
     dest = SlowForLive(set(live)).start()
-    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
-    create_view_table(view)
-    long_ago = dt.datetime.now() - dt.timedelta(days=500)  # below push's start ("now"): never live
-    insert_rows(
-        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(seconds=i)) for i, s in enumerate(BACKLOG)]
-    )
+    view = history_view(tmp_path, BACKLOG, dt.timedelta(days=500), dt.timedelta(seconds=1))
     try:
-        config_path = write_config(tmp_path, pacs, ("CLOUD", dest.port))
-        config_path.write_text(
-            config_path.read_text().replace(
-                "recheck_after = 0", f"recheck_after = 0\nbackfill_concurrent = {BACKFILL_CONCURRENT}"
-            )
+        config_path = write_config(
+            tmp_path, pacs, ("CLOUD", dest.port), push_extra=f"backfill_concurrent = {BACKFILL_CONCURRENT}"
         )
         server = run_proxy(load_config(config_path))
         queue = PushQueue(server.ctx.journal.engine, "test")
@@ -155,12 +148,7 @@ def test_two_nodes_share_the_backfill_lane_every_study_once(
     backlog = BACKLOG[:60]
     history = [s.sop_uid(0, 0) for s in backlog]
     dest = FakeDestination("CLOUD").start()
-    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
-    create_view_table(view)
-    long_ago = dt.datetime.now() - dt.timedelta(days=500)
-    insert_rows(
-        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(seconds=i)) for i, s in enumerate(backlog)]
-    )
+    view = history_view(tmp_path, backlog, dt.timedelta(days=500), dt.timedelta(seconds=1))
     journal = create_engine(pg_journal)
     rig = ServeNodes(
         tmp_path, pg_journal, pacs.remote, [peer(dest.remote)], calling="CLOUD", timeout=60,
