@@ -7,7 +7,14 @@ on a free port, warms the UID side table, then times C-FIND (one association, re
 like a PACS client) for: PatientID, AccessionNumber, StudyInstanceUID, one-day date range
 + modality, and a ``王*`` name prefix. Prints p50/p95 per query kind.
 
+With ``--moves N`` the queries run while N C-MOVEs keep the same proxy busy: a real Orthanc PACS
+holds one study of real CT slices (``--move-slices``, pydicom-data pixels), the view gets that
+study's row, and N threads move it through the proxy (upstream C-MOVE, ``none``) to a pynetdicom
+Storage SCP (``pyscp.py``, a thread per association), one move after the other each, until the
+queries end (issue 29's "keyed p95 while 4 C-MOVEs run").
+
     .venv/bin/python benchmarks/bench_find.py --rows 1000000 --db postgresql --db sqlite
+    .venv/bin/python -u benchmarks/bench_find.py --db postgresql --keep --moves 4
 """
 
 from __future__ import annotations
@@ -22,22 +29,28 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench_relay import PyStoreSCP
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from dicomproxy.transport import scu
 from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
 from testkit.console_load import ConsoleLoad
-from testkit.viewdb import create_view_table
+from testkit.orthanc import Orthanc
+from testkit.realct import write_real_study
+from testkit.samples import StudySpec, exam_row
+from testkit.viewdb import create_view_table, insert_rows
 
 SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
@@ -176,7 +189,90 @@ def existing_rows(engine: Engine, name: str) -> int | None:
         return None
 
 
-def write_config(workdir: Path, url: str, name: str, port: int, http_port: int = 0) -> Path:
+NO_PACS = '[pacs]\nae_title = "NOPACS"\nhost = "127.0.0.1"\nport = 1'
+
+
+class MoveLoad:
+    """``--moves``: N threads moving one real CT study through the proxy while the queries run."""
+
+    def __init__(self, workdir: Path, movers: int, slices: int) -> None:
+        self.workdir, self.movers = workdir, movers
+        self.spec = StudySpec("CT", accession="MOVELOAD1", series=1, images_per_series=slices, seed=29)
+        self.pacs = Orthanc(workdir / "orthanc")
+        self.dest = PyStoreSCP(workdir / "dest")
+        self.stop = threading.Event()
+        self.done: list[float] = []
+        self.errors: list[str] = []
+        self.bytes_per_move = 0
+
+    def start(self, engine: Engine, view: str, proxy: Remote) -> MoveLoad:
+        files = write_real_study(self.spec, self.workdir / "study")
+        self.bytes_per_move = sum(p.stat().st_size for p in files)
+        self.pacs.start()
+        self.pacs.upload(files)
+        self.pacs.add_modality("proxy", proxy)
+        self.dest.start()
+        self.drop_row(engine, view)
+        insert_rows(engine, [exam_row(self.spec)], name=view)
+        return self
+
+    def drop_row(self, engine: Engine, view: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(text(f"DELETE FROM {view} WHERE examineid = :e"), {"e": f"E{self.spec.accession}"})
+
+    def config(self) -> str:
+        """The ``[pacs]`` and destination peer of the proxy's config."""
+        pacs, dest = self.pacs.remote, self.dest.remote
+        return (
+            f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\nport = {pacs.port}\n'
+            'retrieve = "c-move"\n[compression]\nmode = "none"\n'
+            f'[[peers]]\nae_title = "{dest.ae_title}"\nhost = "127.0.0.1"\nport = {dest.port}\n'
+        )
+
+    @contextlib.contextmanager
+    def running(self, proxy: Remote) -> Iterator[None]:
+        def mover() -> None:
+            ident = scu.identifier(study_uids=[self.spec.study_uid])
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                res = scu.move(proxy, self.dest.ae_title, ident, calling_ae="BENCH", timeout=600)
+                if res.status != 0:
+                    self.errors.append(res.line())
+                else:
+                    self.done.append(time.perf_counter() - t0)
+                for p in self.dest.received():  # 4 movers would fill the disk in minutes
+                    p.unlink(missing_ok=True)
+
+        threads = [threading.Thread(target=mover, daemon=True) for _ in range(self.movers)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # every mover past its association set-up
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            window = time.perf_counter() - t0
+            self.stop.set()
+            for t in threads:
+                t.join(600)
+            mb = len(self.done) * self.bytes_per_move / 1e6
+            print(
+                f"[moves] {self.movers} movers: {len(self.done)} moves of {self.spec.instance_count} slices "
+                f"completed ({mb:.0f} MB, ≈ {mb / window:.0f} MB/s over the {window:.0f} s of queries), "
+                f"median {statistics.median(self.done) if self.done else float('nan'):.2f} s each, "
+                f"{len(self.errors)} failed {self.errors[:2]}",
+                flush=True,
+            )
+
+    def close(self, engine: Engine, view: str) -> None:
+        self.dest.stop()
+        self.pacs.stop()
+        self.drop_row(engine, view)
+
+
+def write_config(
+    workdir: Path, url: str, name: str, port: int, http_port: int = 0, moves: MoveLoad | None = None
+) -> Path:
     path = workdir / "bench.toml"
     path.write_text(
         f"""[http]
@@ -193,10 +289,7 @@ name = "温岭市第一人民医院"
 url = "{url}"
 name = "{name}"
 max_results = 1000
-[pacs]
-ae_title = "NOPACS"
-host = "127.0.0.1"
-port = 1
+{moves.config() if moves else NO_PACS}
 [[peers]]
 ae_title = "BENCH"
 host = "127.0.0.1"
@@ -287,6 +380,8 @@ def main() -> None:
         action="store_true",
         help="run the queries twice: console off, then on with /metrics and /api/status polled each second",
     )
+    ap.add_argument("--moves", type=int, default=0, help="C-MOVEs kept running while the queries run")
+    ap.add_argument("--move-slices", type=int, default=100, help="real CT slices in the moved study")
     args = ap.parse_args()
     for kind in args.db or ["postgresql", "sqlite"]:
         if args.workdir:
@@ -308,19 +403,36 @@ def main() -> None:
             )
         runs = [("console off", 0), ("console on", free_port())] if args.console else [("", 0)]
         for label, http_port in runs:
-            serve_and_bench(kind, workdir, url, name, args, http_port, label)
+            serve_and_bench(kind, workdir, url, name, args, http_port, label, engine)
         if kind == "postgresql" and not args.keep:
             exam_view_table(name).drop(engine, checkfirst=True)
         engine.dispose()
 
 
 def serve_and_bench(
-    kind: str, workdir: Path, url: str, name: str, args: Any, http_port: int, label: str
+    kind: str, workdir: Path, url: str, name: str, args: Any, http_port: int, label: str, engine: Engine
 ) -> None:
-    """Start serve (console on ``http_port``, 0 = off), wait for the side tables, time the queries."""
-    tag = f"{kind}{', ' + label if label else ''}"
+    """Start serve (console on ``http_port``, 0 = off), wait for the side tables, time the queries
+    (with ``args.moves`` C-MOVEs running through the same proxy)."""
+    tag = f"{kind}{', ' + label if label else ''}{f', {args.moves} C-MOVEs running' if args.moves else ''}"
     port = free_port()
-    cfg = write_config(workdir, url, name, port, http_port)
+    proxy = Remote("DICOMPROXY", "127.0.0.1", port)
+    moves = (
+        MoveLoad(workdir / "moves", args.moves, args.move_slices).start(engine, name, proxy)
+        if args.moves
+        else None
+    )
+    try:
+        _serve_and_bench(tag, workdir, url, name, args, http_port, port, moves)
+    finally:
+        if moves is not None:
+            moves.close(engine, name)
+
+
+def _serve_and_bench(
+    tag: str, workdir: Path, url: str, name: str, args: Any, http_port: int, port: int, moves: MoveLoad | None
+) -> None:
+    cfg = write_config(workdir, url, name, port, http_port, moves)
     exe = Path(sys.executable).with_name("dicomproxy")
     proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
     try:
@@ -328,7 +440,10 @@ def serve_and_bench(
         t1 = time.perf_counter()
         log = workdir / "serve.log"
         # serve builds the UID/pinyin side tables in the background at start-up
-        while "uid side table: " not in log.read_text(errors="replace"):
+        # the build's end: "full sync read N view rows" (or "already built" for a kept side table);
+        # lookups meanwhile scan the view, which is not what is measured here
+        done = ("uid side table: full sync read", "uid side table: already built")
+        while not any(d in log.read_text(errors="replace") for d in done):
             if proc.poll() is not None or time.perf_counter() - t1 > 600:
                 raise RuntimeError(f"side table not built; see {log}")
             time.sleep(0.5)
@@ -337,7 +452,8 @@ def serve_and_bench(
         bench(port, args.rows, 1, only="StudyInstanceUID")
         print(f"[{tag}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
         load = ConsoleLoad(f"http://127.0.0.1:{http_port}") if http_port else contextlib.nullcontext()
-        with load:
+        busy = moves.running(Remote("DICOMPROXY", "127.0.0.1", port)) if moves else contextlib.nullcontext()
+        with load, busy:
             results = bench(port, args.rows, args.queries)
         for q, (p50, p95, n) in results.items():
             print(f"[{tag}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")

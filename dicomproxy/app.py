@@ -13,10 +13,11 @@ from dicomproxy.charsets import install_pydicom_workarounds
 from dicomproxy.config import Config
 from dicomproxy.config.holder import Settings
 from dicomproxy.context import AppContext
+from dicomproxy.corrections.service import CorrectionService
 from dicomproxy.pacs.client import PacsClient
 from dicomproxy.pacs.find import PacsFinder
 from dicomproxy.pacs.store import ReceiveRegistry
-from dicomproxy.relay.journal import Journal
+from dicomproxy.relay.journal import Journal, node_name
 from dicomproxy.relay.plan import RelayService
 from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
@@ -68,4 +69,18 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
 
         ctx.push = PushService(config, ctx.view, ctx.journal, ctx.relay)
         ctx.settings.subscribe(ctx.push.reconfigure)  # its next pass and job read a reloaded [push]
+    # every delivered study, pushed or retrieved (docs/identity.md); not over a test's stub view
+    if config.corrections.enabled and hasattr(ctx.view, "stamp_policy"):
+        from dicomproxy.push.holds import held_now
+        from dicomproxy.push.queue import PushQueue
+
+        node = node_name(config.proxy.ae_title)
+        queue = ctx.push.queue if ctx.push is not None else PushQueue(ctx.journal.engine, node)
+        settings = ctx.settings
+
+        def held() -> list[str]:  # `push pause` and push's down holds, push here or not
+            return held_now(queue, [p.ae_title for p in settings.current.peers])[1]
+
+        ctx.corrections = CorrectionService(config, ctx.view, ctx.journal, ctx.relay, node, held)
+        ctx.settings.subscribe(ctx.corrections.reconfigure)
     return ctx

@@ -17,6 +17,7 @@ from dicomproxy.config import Config
 from dicomproxy.config.holder import Settings
 
 if TYPE_CHECKING:  # the services are built by dicomproxy.app; this module only names their types
+    from dicomproxy.corrections.service import CorrectionService
     from dicomproxy.pacs.client import PacsClient
     from dicomproxy.push.service import PushService
     from dicomproxy.relay.commitments import CommitmentLedger
@@ -48,6 +49,8 @@ class AppContext:
     relay: RelayService | None = None
     #: Push mode when ``[push] enabled``; started by the server.
     push: PushService | None = None
+    #: Corrections after delivery (``[corrections] enabled``, push or not); started by the server.
+    corrections: CorrectionService | None = None
     #: Storage Commitment ledger when a peer has ``storage_commitment``; None otherwise.
     commitments: CommitmentLedger | None = None
 

@@ -234,6 +234,8 @@ class Server:
             )
         if self._retries and self.ctx.push is not None:  # push mode runs in `serve` only
             self.ctx.push.start()
+        if self._retries and self.ctx.corrections is not None:  # `serve` only, with or without push
+            self.ctx.corrections.start()
         if self._retries and self.ctx.commitments is not None:  # Storage Commitment requests: `serve` only
             self.committer = Committer(self.ctx.settings, self.ctx.commitments)
             self.committer.start()
@@ -322,6 +324,8 @@ class Server:
         self.ctx.stopping.set()
         if self.ctx.push is not None:  # its running studies are cancelled and due again for any node
             self.ctx.push.stop(timeout)
+        if self.ctx.corrections is not None:  # a claimed correction is resumed by any node later
+            self.ctx.corrections.stop(timeout)
         if self.retry_worker is not None:  # a retry in progress still needs the listener (C-MOVE to us)
             self.retry_worker.stop(timeout)
         if self.committer is not None:  # open transactions stay in the journal: asked again at the next start

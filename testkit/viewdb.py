@@ -36,6 +36,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Table,
+    delete,
     event,
     insert,
     inspect,
@@ -252,3 +253,10 @@ def update_rows(
         return
     with writer(engine) as own:
         own.execute(stmt)
+
+
+def delete_rows(engine: Engine, name: str, examine_id: str) -> None:
+    """``DELETE … WHERE ExamineID = examine_id`` (what no RowTimestamp announces)."""
+    table = _writable(name)
+    with writer(engine) as own:
+        own.execute(delete(table).where(table.c.ExamineID == examine_id))

@@ -160,6 +160,17 @@ def run_proxy() -> Iterator[Callable[[Config], Server]]:
         server.stop(drain_timeout=2.0)
 
 
+@pytest.fixture
+def move_proxies(make_config: ConfigFactory) -> Iterator[Any]:
+    """:class:`testkit.moverig.MoveProxies` on this test's config: in-process proxies, each in
+    front of a pynetdicom PACS that C-MOVEs to it; all stopped after the test."""
+    from testkit.moverig import MoveProxies
+
+    rig = MoveProxies(make_config)
+    yield rig
+    rig.stop()
+
+
 # --- real peers ---------------------------------------------------------------------------------
 
 
@@ -302,6 +313,15 @@ def _fresh_database(kind: str, url: str) -> Iterator[str]:
 def pg_journal() -> Iterator[str]:
     """A fresh PostgreSQL database for a shared journal (several nodes, the push queue)."""
     yield from _fresh_database("postgresql", PG_URL)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A journal several nodes can share, of each kind: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        yield request.getfixturevalue("pg_journal")
 
 
 @pytest.fixture

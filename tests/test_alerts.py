@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from dicomproxy.alerts.store import alert_incidents
 from dicomproxy.alerts.targets import AlertDeliveryError, build_target
 from dicomproxy.cli import cli
 from dicomproxy.config import Config
+from dicomproxy.server import Server
 from testkit import free_port, wait_until
 from testkit.alertsink import DINGTALK_BAD_SIGN, AlertReceiver, MailReceiver, Received
 from testkit.commitscp import CommitmentDestination
@@ -211,37 +212,56 @@ def _toml_table(target: dict[str, Any]) -> str:
 # --- incidents from real events ---------------------------------------------------------------------
 
 
-def _node_config(
-    make_config: ConfigFactory,
-    tmp_path: Path,
-    name: str,
-    pacs: FakePacs,
-    dest: FakeDestination,
-    receiver: AlertReceiver,
-    journal: str = "",
-    incidents: tuple[str, ...] = ("destination-held",),
-    **sections: dict[str, Any],
-) -> Config:
-    """A node pushing to ``dest``: its ``hook`` target takes ``incidents``, its ``everything`` target
-    (企业微信) all; ``sections`` extend the push, alerting, peer (``peer``) and audit sections."""
-    return make_config(
-        proxy={"ae_title": name, "data_dir": str(tmp_path / name), "retry_delay": 0.1, "retries": 1,
-               "reconnect_window": 0},
-        journal={"url": journal or f"sqlite:///{tmp_path / 'journal.db'}", "resume_window": 0},
-        audit={"enabled": False, **sections.get("audit", {})},
-        http={"port": 0, "echo_interval": 1.0, "min_free_mb": 0},
-        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-        peers=[{"ae_title": dest.ae_title, "host": "127.0.0.1", "port": dest.port,
-                **sections.get("peer", {})}],
-        push={"enabled": True, "destinations": [dest.ae_title], "start_from": "beginning",
-              "poll_interval": 0.2, "retry_delay": 0.3, "max_retry_delay": 1.0, **sections.get("push", {})},
-        alerting={"interval": 0.2, "held_after": 1.0, "node": name, "retry_delay": 0.1,
-                  **sections.get("alerting", {})},
-        alerts=[
-            {"kind": "webhook", "name": "hook", "url": f"{receiver.url}/hook", "incidents": list(incidents)},
-            {"kind": "wecom", "name": "everything", "url": f"{receiver.url}/wecom"},
-        ],
-    )  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class AlertNode:
+    """A push node in the making: one study in the view and the PACS, its destination (not
+    listening), the alert receiver; :meth:`config` writes its config, :meth:`start` runs it."""
+
+    make_config: ConfigFactory
+    tmp_path: Path
+    pacs: FakePacs
+    dest: FakeDestination
+    receiver: AlertReceiver
+    run_proxy: Callable[[Config], Server]
+
+    def config(
+        self,
+        name: str = "DICOMPROXY",
+        *,
+        pacs: FakePacs | None = None,
+        dest: FakeDestination | CommitmentDestination | None = None,
+        journal: str = "",
+        incidents: tuple[str, ...] = ("destination-held",),
+        **sections: dict[str, Any],
+    ) -> Config:
+        """A node pushing to ``dest`` (this rig's unless given) from ``pacs`` (likewise): its ``hook``
+        target takes ``incidents``, its ``everything`` target (企业微信) all; ``sections`` extend the
+        push, alerting, peer (``peer``) and audit sections."""
+        pacs, dest = pacs or self.pacs, dest or self.dest
+        return self.make_config(
+            proxy={"ae_title": name, "data_dir": str(self.tmp_path / name), "retry_delay": 0.1, "retries": 1,
+                   "reconnect_window": 0},
+            journal={"url": journal or f"sqlite:///{self.tmp_path / 'journal.db'}", "resume_window": 0},
+            audit={"enabled": False, **sections.get("audit", {})},
+            http={"port": 0, "echo_interval": 1.0, "min_free_mb": 0},
+            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+            peers=[{"ae_title": dest.ae_title, "host": "127.0.0.1", "port": dest.port,
+                    **sections.get("peer", {})}],
+            push={"enabled": True, "destinations": [dest.ae_title], "start_from": "beginning",
+                  "poll_interval": 0.2, "retry_delay": 0.3, "max_retry_delay": 1.0,
+                  **sections.get("push", {})},
+            alerting={"interval": 0.2, "held_after": 1.0, "node": name, "retry_delay": 0.1,
+                      **sections.get("alerting", {})},
+            alerts=[
+                {"kind": "webhook", "name": "hook", "url": f"{self.receiver.url}/hook",
+                 "incidents": list(incidents)},
+                {"kind": "wecom", "name": "everything", "url": f"{self.receiver.url}/wecom"},
+            ],
+        )  # fmt: skip
+
+    def start(self, **kwargs: Any) -> Server:
+        """Run the node :meth:`config` describes (stopped after the test)."""
+        return self.run_proxy(self.config(**kwargs))
 
 
 @pytest.fixture
@@ -256,6 +276,19 @@ def study_rig(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[FakePacs, FakeD
     yield pacs, dest
     dest.stop()
     pacs.stop()
+
+
+@pytest.fixture
+def node(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
+    study_rig: tuple[FakePacs, FakeDestination],  # likewise
+    run_proxy: Callable[[Config], Server],
+) -> AlertNode:
+    """:data:`study_rig`'s node: its config and its start (:class:`AlertNode`)."""
+    pacs, dest = study_rig
+    return AlertNode(make_config, tmp_path, pacs, dest, receiver, run_proxy)
 
 
 def _phases(received: list[Received]) -> list[tuple[str, str]]:
@@ -275,16 +308,9 @@ def _no_patient_data(received: list[Received]) -> None:
         assert not [p for p in patient if p and str(p) in body], body
 
 
-def test_destination_down_longer_than_threshold_one_start_then_one_end(
-    tmp_path: Path,
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
-) -> None:
-    pacs, dest = study_rig
-    config = _node_config(make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver)
-    server = run_proxy(config)
+def test_destination_down_longer_than_threshold_one_start_then_one_end(node: AlertNode) -> None:
+    receiver, dest = node.receiver, node.dest
+    server = node.start()
     wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
     assert server.ctx.push.holds.down_since(), "the destination is held"
     dest.start()
@@ -314,25 +340,17 @@ def _hook_phases(receiver: AlertReceiver, server: Any) -> list[tuple[str, str]]:
     return _phases(receiver.accepted("/hook"))
 
 
-def test_push_item_failed_and_job_failure_rate_start_and_end(
-    tmp_path: Path,
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
-) -> None:
+def test_push_item_failed_and_job_failure_rate_start_and_end(node: AlertNode) -> None:
     """The destination refuses every instance (0xA700): the job fails, the item is ``failed`` after
     its one attempt — two incidents start; it accepts again and ``push retry`` delivers — both end."""
-    pacs, dest = study_rig
+    receiver, dest = node.receiver, node.dest
     dest.behaviour.reject = {SPEC.sop_uid(0, i): 0xA700 for i in range(SPEC.images_per_series)}
     dest.start()
-    config = _node_config(
-        make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver,
+    server = node.start(
         incidents=("push-failed", "job-failures"),
         push={"max_attempts": 1, "rechecks": 0},
         alerting={"failure_rate": 0.5, "failure_min_jobs": 1, "failure_window": 60},
-    )  # fmt: skip
-    server = run_proxy(config)
+    )
     wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "two start messages")
     assert sorted(_hook_phases(receiver, server)) == [
         ("start", "job-failures"),
@@ -357,25 +375,15 @@ def test_push_item_failed_and_job_failure_rate_start_and_end(
 
 
 @pytest.mark.parametrize("console", [False, True], ids=["own-checks", "console-checks"])
-def test_readiness_failing_longer_than_threshold_then_passing(
-    console: bool,
-    tmp_path: Path,
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
-) -> None:
+def test_readiness_failing_longer_than_threshold_then_passing(console: bool, node: AlertNode) -> None:
     """The PACS does not answer C-ECHO (closed port), then does: readiness:pacs starts and ends —
     with the alerts' own checks (console off) and with the console's."""
-    _, dest = study_rig
+    receiver = node.receiver
     down = FakePacs([], ae_title="LATEPACS")  # not started
-    config = _node_config(
-        make_config, tmp_path, "DICOMPROXY", down, dest, receiver, incidents=("readiness",),
-        alerting={"readiness_after": 1.0},
-    )  # fmt: skip
+    config = node.config(pacs=down, incidents=("readiness",), alerting={"readiness_after": 1.0})
     if console:  # the alerts use the console's readiness checks (and its C-ECHO thread)
         config = dataclasses.replace(config, http=dataclasses.replace(config.http, port=free_port()))
-    server = run_proxy(config)
+    server = node.run_proxy(config)
     assert (server.console is not None) is console
     assert (server.alerts.readiness is server.console.readiness) if console else server.alerts.readiness
     try:
@@ -392,19 +400,9 @@ def test_readiness_failing_longer_than_threshold_then_passing(
     assert end.body["title"] == "readiness check pacs passes again"
 
 
-def test_audit_chain_broken_then_restored(
-    tmp_path: Path,
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
-) -> None:
-    pacs, dest = study_rig
-    config = _node_config(
-        make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver, incidents=("audit-chain",),
-        audit={"enabled": True}, alerting={"audit_interval": 1.0},
-    )  # fmt: skip
-    server = run_proxy(config)
+def test_audit_chain_broken_then_restored(node: AlertNode) -> None:
+    receiver = node.receiver
+    server = node.start(incidents=("audit-chain",), audit={"enabled": True}, alerting={"audit_interval": 1.0})
     journal = server.ctx.journal.engine
     wait_until(lambda: server.alerts.rounds >= 3, 30, "a few rounds with an intact chain")
     assert receiver.accepted("/hook") == []
@@ -419,25 +417,18 @@ def test_audit_chain_broken_then_restored(
     assert receiver.accepted("/hook")[0].body["facts"] == {"first bad record": "#1"}
 
 
-def test_storage_commitment_failure_starts_and_ends_with_its_window(
-    tmp_path: Path,
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,  # before run_proxy: up until the nodes stopped
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
-) -> None:
+def test_storage_commitment_failure_starts_and_ends_with_its_window(node: AlertNode) -> None:
     """The destination reports one instance failed (0x0110) once: commitment:CLOUD starts; the
     instance is sent and committed again, and once the window holds no failure the incident ends."""
-    pacs, _ = study_rig
+    receiver = node.receiver
     dest = CommitmentDestination("CLOUD", mode="same")
     dest.fail = {SPEC.sop_uid(0, 0)}
     dest.start()
     try:
-        config = _node_config(
-            make_config, tmp_path, "DICOMPROXY", pacs, dest, receiver, incidents=("commitment",),
-            peer={"storage_commitment": True}, alerting={"failure_window": 4.0},
+        server = node.start(
+            dest=dest, incidents=("commitment",), peer={"storage_commitment": True},
+            alerting={"failure_window": 4.0},
         )  # fmt: skip
-        server = run_proxy(config)
         wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
         wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "the end message")
     finally:
@@ -482,18 +473,11 @@ def test_a_target_that_hangs_does_not_hold_up_the_others(
 
 @pytest.mark.postgresql
 def test_two_nodes_on_one_postgresql_journal_tell_once(
-    tmp_path: Path,
-    pg_journal: str,  # before run_proxy: the database is dropped after the nodes stopped
-    make_config: ConfigFactory,
-    receiver: AlertReceiver,
-    study_rig: tuple[FakePacs, FakeDestination],
-    run_proxy: Any,
+    pg_journal: str,  # before run_proxy (in node): the database is dropped after the nodes stopped
+    node: AlertNode,
 ) -> None:
-    pacs, dest = study_rig
-    servers = [
-        run_proxy(_node_config(make_config, tmp_path, name, pacs, dest, receiver, pg_journal))
-        for name in ("NODE_A", "NODE_B")
-    ]
+    receiver, dest = node.receiver, node.dest
+    servers = [node.start(name=name, journal=pg_journal) for name in ("NODE_A", "NODE_B")]
     wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
     wait_until(lambda: all(s.alerts.rounds >= 10 for s in servers), 30, "both nodes evaluated it again")
     dest.start()

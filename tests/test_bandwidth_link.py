@@ -9,7 +9,6 @@ loopback cases (rule changes, pynetdicom's sender, push)."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,14 +17,21 @@ import pytest
 from sqlalchemy import create_engine
 
 from dicomproxy.server import Server
-from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs
 from testkit.netns import RateProbe, ShapedLink
 from testkit.samples import exam_row
 from testkit.viewdb import create_view_table, insert_rows
-from tests.test_bandwidth_real import REQUESTER, SPEC, N, _move, _node_toml, proxy, study_files
+from tests.test_bandwidth_real import (
+    REQUESTER,
+    SPEC,
+    N,
+    _move,
+    capped_nodes,
+    proxy,
+    start_counted,
+    study_files,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dcmtk]
 __all__ = ["proxy", "study_files"]  # fixtures used here
@@ -92,20 +98,9 @@ def test_two_nodes_together_stay_within_the_rule_on_the_link(
     insert_rows(engine, [exam_row(SPEC)])
     engine.dispose()
     pacs = FakePacs(study_files).start()
-    nodes: list[Process] = []
+    rig = capped_nodes(tmp_path, pg_journal, pacs, scp.remote, RULE_MBPS, check_host=False)
     try:
-        ports = [free_port(), free_port()]
-        for i, port in enumerate(ports):
-            toml = _node_toml(
-                tmp_path, f"node{i}", port, pg_journal, pacs, scp.remote, RULE_MBPS, check_host=False
-            )
-            node = Process(
-                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
-            )
-            nodes.append(node)
-            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling=REQUESTER, proc=node.proc)
-        for node in nodes:  # each node has counted the other
-            wait_until(lambda n=node: "2 node(s) alive" in n.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+        ports = start_counted(rig)
 
         def both() -> None:
             moves = [threading.Thread(target=_move, args=(port, CAPPED, study_files)) for port in ports]
@@ -117,6 +112,5 @@ def test_two_nodes_together_stay_within_the_rule_on_the_link(
         together = _measured(shaped, both)
         assert together == pytest.approx(RULE_MBPS, rel=0.10), f"two nodes together: {together:.1f} Mbit/s"
     finally:
-        for node in nodes:
-            node.stop()
+        rig.stop()
         pacs.stop()

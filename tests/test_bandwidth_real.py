@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,18 +22,18 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
-from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit import free_port, wait_for_echo, wait_until
 from testkit.fakepacs import FakePacs
+from testkit.moverig import MoveProxies, move_study
+from testkit.nodes import ServeNodes, peer
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
-from tests.test_recovery import AllVisible
 
 CAPPED, FREE, REQUESTER = "METER", "UNCAPPED", "CLOUD"
 N = 30
@@ -114,38 +113,26 @@ def _peers(meter: Meter) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def proxy(make_config: Callable[..., Config], study_files: list[Path]) -> Iterator[Callable[..., Server]]:
-    started: list[FakePacs | Server] = []
-
+def proxy(move_proxies: MoveProxies, study_files: list[Path]) -> Callable[..., Server]:
     def make(
         peers: list[dict[str, Any]],
         rules: list[dict[str, Any]],
         fast_path: bool = True,
         local_now: Callable[[], dt.datetime] | None = None,
     ) -> Server:
-        proxy_port = free_port()
-        pacs = FakePacs(
-            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-        ).start()
-        config = make_config(
-            proxy={"port": proxy_port, "onward_associations": 1, "fast_path": fast_path},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-            peers=peers,
-            bandwidth=rules,
-        )
-        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-        if local_now is not None:  # the timetable's clock, before the first heartbeat reads it
-            server.ctx.relay.engine.bandwidth.local_now = local_now  # type: ignore[union-attr]
-        server.start()
-        started.extend([pacs, server])
-        return server
+        def clock(server: Server) -> None:
+            if local_now is not None:  # the timetable's clock, before the first heartbeat reads it
+                server.ctx.relay.engine.bandwidth.local_now = local_now  # type: ignore[union-attr]
 
-    yield make
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()
+        return move_proxies.start(
+            study_files,
+            peers,
+            proxy={"onward_associations": 1, "fast_path": fast_path},
+            bandwidth=rules,
+            before_start=clock,
+        )[1]
+
+    return make
 
 
 def _move(port: int, destination: str, study_files: list[Path]) -> None:
@@ -197,31 +184,19 @@ def test_a_large_instance_is_paced_as_it_is_written_not_after(
     """The throttle is called per batch of PDUs (≤ 1 MiB), not once per instance: no 0.1 s at the
     receiver carries much more than the rule allows plus one batch — a 4 MiB instance sent at line
     speed, then a pause, would put all of it in one."""
-    proxy_port = free_port()
-    pacs = FakePacs(big_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)})
-    pacs.start()
-    config = make_config(
-        proxy={"port": proxy_port, "onward_associations": 1},
-        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-        peers=_peers(meter),
+    rig = MoveProxies(make_config)
+    _, server = rig.start(
+        big_files,
+        _peers(meter),
+        proxy={"onward_associations": 1},
         bandwidth=[{"mbps": 32}],  # 4 MB/s: well below what the in-process PACS feeds under load
     )
-    server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-    server.start()
     meter.pdus.clear()  # the readiness C-ECHO's
     try:
-        study = str(dcmread(big_files[0], stop_before_pixels=True).StudyInstanceUID)
-        result = scu.move(
-            Remote("DICOMPROXY", "127.0.0.1", server.port),
-            CAPPED,
-            scu.identifier(study_uids=[study]),
-            calling_ae=REQUESTER,
-            timeout=60,
-        )
+        result = move_study(server, CAPPED, big_files, REQUESTER)
         assert (result.status, result.completed) == (0x0000, 3), result.line()
     finally:
-        server.stop(drain_timeout=2.0)
-        pacs.stop()
+        rig.stop()  # before the PDUs are read: the server, then the PACS
     pdus = sorted(meter.pdus)
     times = [t for t, _ in pdus]
     densest = max(sum(n for t, n in pdus[i:] if t < start + 0.1) for i, start in enumerate(times))
@@ -283,62 +258,27 @@ def test_a_rule_change_at_an_injected_time_changes_the_measured_rate(
 # --- two nodes on one PostgreSQL journal ------------------------------------------------------------
 
 
-def _node_toml(
-    tmp: Path,
-    name: str,
-    port: int,
-    journal_url: str,
-    pacs: FakePacs,
-    dest: Remote,
-    mbps: float = 40,
-    check_host: bool = True,
-) -> Path:
-    """A ``serve`` node's config: the capped peer ``dest`` (its AE title names it), a rule of ``mbps``."""
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{tmp / name}"
-drain_timeout = 5
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "sqlite:///{tmp / "view.db"}"
-
-[pacs]
-ae_title = "{pacs.ae_title}"
-host = "127.0.0.1"
-port = {pacs.port}
-retrieve = "c-get"
-
-[[peers]]
-ae_title = "{REQUESTER}"
-host = "127.0.0.1"
-port = 1
-
-[[peers]]
-ae_title = "{dest.ae_title}"
-host = "{dest.host}"
-port = {dest.port}
-check_host = {"true" if check_host else "false"}
-cap_pulls = true
-
-[journal]
-url = "{journal_url}"
-
-[http]
-port = 0
-
-[[bandwidth]]
-mbps = {mbps}
-"""
+def capped_nodes(
+    tmp: Path, journal_url: str, pacs: FakePacs, dest: Remote, mbps: float = 40, check_host: bool = True
+) -> ServeNodes:
+    """``serve`` nodes on ``journal_url``: the capped peer ``dest`` (its AE title names it), a rule
+    of ``mbps``, ``REQUESTER`` may call."""
+    return ServeNodes(
+        tmp,
+        journal_url,
+        pacs.remote,
+        [peer(Remote(REQUESTER, "127.0.0.1", 1)), peer(dest, check_host=check_host, cap_pulls=True)],
+        calling=REQUESTER,
+        bandwidth=[{"mbps": mbps}],
     )
-    return path
+
+
+def start_counted(rig: ServeNodes) -> list[int]:
+    """Two nodes started, each having counted the other alive; their ports."""
+    nodes = rig.start()
+    for node in nodes:
+        wait_until(lambda n=node: "2 node(s) alive" in n.process.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+    return [n.port for n in nodes]
 
 
 @pytest.mark.slow
@@ -350,20 +290,9 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
     insert_rows(engine, [exam_row(SPEC)])
     engine.dispose()
     pacs = FakePacs(study_files).start()
-    nodes: list[Process] = []
+    rig = capped_nodes(tmp_path, pg_journal, pacs, Remote(CAPPED, "127.0.0.1", meter.port))
     try:
-        ports = [free_port(), free_port()]
-        for i, port in enumerate(ports):
-            toml = _node_toml(
-                tmp_path, f"node{i}", port, pg_journal, pacs, Remote(CAPPED, "127.0.0.1", meter.port)
-            )
-            node = Process(
-                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{i}.log"
-            )
-            nodes.append(node)
-            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling=REQUESTER, proc=node.proc)
-        for node in nodes:  # each node has counted the other
-            wait_until(lambda n=node: "2 node(s) alive" in n.log_text(), 20, "both nodes counted")  # type: ignore[misc]
+        ports = start_counted(rig)
         moves = [threading.Thread(target=_move, args=(port, CAPPED, study_files)) for port in ports]
         for t in moves:
             t.start()
@@ -374,58 +303,70 @@ def test_two_nodes_on_one_postgresql_journal_together_stay_within_the_cap(
         together = mbps(arrivals)
         assert together == pytest.approx(40, rel=0.10), f"two nodes together: {together:.1f} Mbit/s"
     finally:
-        for node in nodes:
-            node.stop()
+        rig.stop()
         pacs.stop()
 
 
 # --- push --------------------------------------------------------------------------------------------
 
 
-def test_push_deliveries_follow_the_timetable_below_max_mbps(
+@pytest.fixture
+def push_node(
     make_config: Callable[..., Config],
     run_proxy: Callable[[Config], Server],
     meter: Meter,
     study_files: list[Path],
     tmp_path: Path,
-) -> None:
-    """A study pushed to a destination with ``max_mbps = 100`` (this node's per-lane cap) under a
-    timetable rule of 24 Mbit/s for every destination: the rule, the lower, is what leaves."""
+) -> Iterator[tuple[Engine, Callable[..., Server]]]:
+    """An empty exam view (SQLite) and a PACS holding the study; ``start(push, **sections)`` runs a
+    node pushing to the meter (``CAPPED``), ``push`` extending its ``[push]``."""
     view_url = f"sqlite:///{tmp_path / 'view.db'}"
     engine = create_engine(view_url)
     create_view_table(engine)
     pacs = FakePacs(study_files).start()
-    try:
-        config = make_config(
-            view={"url": view_url},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
-            push={
-                "enabled": True,
-                "destinations": [CAPPED],
-                "poll_interval": 0.2,
-                "start_from": "beginning",
-                "max_mbps": {CAPPED: 100},
-            },
-            bandwidth=[{"mbps": 24}],
+
+    def start(push: dict[str, Any], **sections: Any) -> Server:
+        return run_proxy(
+            make_config(
+                view={"url": view_url},
+                pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
+                peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
+                push={
+                    "enabled": True,
+                    "destinations": [CAPPED],
+                    "poll_interval": 0.2,
+                    "start_from": "beginning",
+                    **push,
+                },
+                **sections,
+            )
         )
-        run_proxy(config)
-        insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now())])
-        wait_until(lambda: len(meter.arrivals) >= N, 30, "the study delivered")
-        rate = mbps(meter.take())
-        assert rate == pytest.approx(24, rel=0.10), f"push at {rate:.1f} Mbit/s"
+
+    try:
+        yield engine, start
     finally:
         pacs.stop()
         engine.dispose()
 
 
+def test_push_deliveries_follow_the_timetable_below_max_mbps(
+    push_node: tuple[Engine, Callable[..., Server]], meter: Meter
+) -> None:
+    """A study pushed to a destination with ``max_mbps = 100`` (this node's per-lane cap) under a
+    timetable rule of 24 Mbit/s for every destination: the rule, the lower, is what leaves."""
+    engine, start = push_node
+    start({"max_mbps": {CAPPED: 100}}, bandwidth=[{"mbps": 24}])
+    insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now())])
+    wait_until(lambda: len(meter.arrivals) >= N, 30, "the study delivered")
+    rate = mbps(meter.take())
+    assert rate == pytest.approx(24, rel=0.10), f"push at {rate:.1f} Mbit/s"
+
+
 def test_pushed_report_objects_are_charged_to_the_timetable(
-    make_config: Callable[..., Config],
-    run_proxy: Callable[[Config], Server],
+    push_node: tuple[Engine, Callable[..., Server]],
     meter: Meter,
     study_files: list[Path],
     http_folder: tuple[str, Path],
-    tmp_path: Path,
 ) -> None:
     """What leaves the hospital includes the order/report objects push makes from the view's files:
     the report PDF's object is charged to the rule's bucket like the images (the bytes each sender
@@ -433,30 +374,13 @@ def test_pushed_report_objects_are_charged_to_the_timetable(
     base_url, folder = http_folder
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 2048 + b"\n%%EOF\n"  # ~0.5 MB
     (folder / "r.pdf").write_bytes(pdf)
-    view_url = f"sqlite:///{tmp_path / 'view.db'}"
-    engine = create_engine(view_url)
-    create_view_table(engine)
-    pacs = FakePacs(study_files).start()
-    try:
-        config = make_config(
-            view={"url": view_url},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-get"},
-            peers=[{"ae_title": CAPPED, "host": "127.0.0.1", "port": meter.port}],
-            push={"enabled": True, "destinations": [CAPPED], "poll_interval": 0.2, "start_from": "beginning"},
-            reports={"enabled": True},
-            bandwidth=[{"mbps": 400}],
-        )
-        server = run_proxy(config)
-        bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
-        charged: list[int] = []
-        take = bandwidth.take
-        bandwidth.take = lambda destination, n: charged.append(n) or take(destination, n)  # type: ignore[method-assign]
-        insert_rows(
-            engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now(), ReportFilePath=f"{base_url}/r.pdf")]
-        )
-        wait_until(lambda: len(meter.arrivals) >= N + 1, 30, "the study and its report delivered")
-        images = sum(p.stat().st_size for p in study_files)
-        assert sum(charged) > images + len(pdf) * 0.9, (sum(charged), images, len(pdf))
-    finally:
-        pacs.stop()
-        engine.dispose()
+    engine, start = push_node
+    server = start({}, reports={"enabled": True}, bandwidth=[{"mbps": 400}])
+    bandwidth = server.ctx.relay.engine.bandwidth  # type: ignore[union-attr]
+    charged: list[int] = []
+    take = bandwidth.take
+    bandwidth.take = lambda destination, n: charged.append(n) or take(destination, n)  # type: ignore[method-assign]
+    insert_rows(engine, [exam_row(SPEC, RowTimestamp=dt.datetime.now(), ReportFilePath=f"{base_url}/r.pdf")])
+    wait_until(lambda: len(meter.arrivals) >= N + 1, 30, "the study and its report delivered")
+    images = sum(p.stat().st_size for p in study_files)
+    assert sum(charged) > images + len(pdf) * 0.9, (sum(charged), images, len(pdf))

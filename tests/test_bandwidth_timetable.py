@@ -5,7 +5,6 @@ nodes alive, and the node registry on a real journal (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,14 +278,6 @@ def test_rate_limiter_set_rate_keeps_what_was_earned() -> None:
 
 
 # --- the nodes alive -----------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'journal.db'}"
-    else:
-        yield request.getfixturevalue("pg_journal")
 
 
 def test_node_registry_counts_the_nodes_alive(journal_url: str) -> None:

@@ -17,17 +17,15 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicomproxy.app import build_context
-from dicomproxy.config import Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import free_port, wait_until
+from testkit import wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakePacs
+from testkit.moverig import MoveProxies
 from testkit.samples import StudySpec, write_study
-from tests.test_recovery import AllVisible
 
 CLOUD, DEST = "CLOUD", "STORESCP"
 N, GATE = 8, 3
@@ -45,36 +43,23 @@ def _uids(paths: list[Path]) -> set[str]:
 
 @pytest.fixture
 def setup(
-    make_config: Callable[..., Config], study_files: list[Path], tmp_path: Path
-) -> Iterator[Callable[[float], tuple[FakePacs, StoreSCP, Server]]]:
-    started: list[object] = []
-
+    move_proxies: MoveProxies, study_files: list[Path], tmp_path: Path
+) -> Callable[[float], tuple[FakePacs, StoreSCP, Server]]:
     def make(window: float) -> tuple[FakePacs, StoreSCP, Server]:
-        proxy_port = free_port()
-        pacs = FakePacs(
-            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-        ).start()
-        pacs.behaviour.gate_at = GATE
         dest = StoreSCP(tmp_path / "scp-1", DEST, extra=["+uf"]).start()
-        config = make_config(
-            proxy={"port": proxy_port, "retries": 3, "retry_delay": 0.05, "reconnect_window": window},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-            peers=[
+        move_proxies.started.append(dest)
+        pacs, server = move_proxies.start(
+            study_files,
+            [
                 {"ae_title": CLOUD, "host": "127.0.0.1", "port": 1},
                 {"ae_title": DEST, "host": "127.0.0.1", "port": dest.port},
             ],
+            proxy={"retries": 3, "retry_delay": 0.05, "reconnect_window": window},
         )
-        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-        server.start()
-        started.extend([pacs, dest, server])
+        pacs.behaviour.gate_at = GATE  # read at the C-MOVE, which the test sends later
         return pacs, dest, server
 
-    yield make
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()  # type: ignore[attr-defined]
+    return make
 
 
 def _move_in_background(server: Server, study: str) -> tuple[threading.Thread, dict[str, object]]:

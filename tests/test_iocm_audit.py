@@ -20,9 +20,9 @@ from dicomproxy.audit.trail import Action, AuditSubscriber, AuditTrail
 from dicomproxy.cli import cli
 from dicomproxy.cli.reconcile import corrections_not_done
 from dicomproxy.console.metrics import Metrics
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import decide
-from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.relay.journal import Journal
 from tests.conftest import ConfigFactory, push_cli_toml
 from tests.test_atna import SCHEMA

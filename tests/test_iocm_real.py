@@ -24,22 +24,25 @@ from sqlalchemy import select
 
 from dicomproxy.audit.trail import Action, AuditTrail
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS
-from dicomproxy.push.corrections_store import COPIES, NOTE, CorrectionStore, correction_jobs, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.reconcile.decide import Category
 from dicomproxy.reconcile.run import Reconciler
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
 from dicomproxy.reports.encode import ENCAPSULATED_PDF
 from dicomproxy.server import Server
+from dicomproxy.transport import scu
+from dicomproxy.transport.net import Remote
 from dicomproxy.view.repository import ExamView
-from testkit import wait_until
+from testkit import free_port, wait_until
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
-from testkit.viewdb import insert_rows, update_rows
+from testkit.viewdb import delete_rows, insert_rows, update_rows
 from tests import test_view_rowstamp
 from tests.conftest import ConfigFactory, _need
+from tests.test_console import Http
 from tests.test_view_rowstamp import StampedView
 
 stamped = test_view_rowstamp.stamped
@@ -119,8 +122,8 @@ def sent_by_role(server: Server, role: str) -> list[str]:
 
 def pass_done(server: Server) -> Callable[[], bool]:
     """True once a corrections pass of ``server`` ran to its end after this call."""
-    assert server.ctx.push is not None
-    loop = server.ctx.push.corrections
+    assert server.ctx.corrections is not None
+    loop = server.ctx.corrections.loop
     before = loop.passes
     return lambda: loop.passes >= before + 2
 
@@ -151,7 +154,8 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
             "retrieve": "c-get",
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2, "corrections_sweep": 0},
+        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2, "sweep": 0},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -280,6 +284,7 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port}],  # iocm = false
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -300,7 +305,7 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
     wait_until(pass_done(server), 30, "two more corrections passes")
     assert correction_rows(server)[0]["changed"] == "accession"
     assert set(cloud_instances(cloud)) == SOPS  # nothing else sent
-    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.push.corrections"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.corrections"]
     assert len(warnings) == 1 and SPEC.study_uid in warnings[0]
     assert "IOCM-ACC-2" not in warnings[0] and row["PatientID"] not in warnings[0]
     audit = AuditTrail(server.ctx.journal.engine)
@@ -330,6 +335,7 @@ def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -381,6 +387,7 @@ def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -448,6 +455,7 @@ def test_identity_corrected_rejects_and_resends_the_report_object_too(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
+        corrections={"poll_interval": 0.2},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -470,3 +478,158 @@ def test_identity_corrected_rejects_and_resends_the_report_object_too(
     assert report_copy.SOPClassUID == ENCAPSULATED_PDF and report_copy.PatientID == "IOCM-NEW-2"
     assert done["copies"] == len(SOPS) + 1
     assert len(sent_by_role(server, "objects")) == 1
+
+
+# --- without push: a study the cloud retrieved by C-MOVE (the corrections service of its own) ---
+
+
+def retrieved_config(
+    make_config: ConfigFactory, stamped: StampedView, pacs: Orthanc, cloud: Orthanc, **more: Any
+) -> Config:
+    """A node that does not push: the cloud (``iocm`` as given) retrieves by C-MOVE."""
+    iocm = more.pop("iocm", True)
+    return make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": iocm}],
+        corrections={"poll_interval": 0.2, "sweep": 1},
+        **more,
+    )
+
+
+def c_move(server: Server, study_uid: str) -> None:
+    """The cloud's C-MOVE of ``study_uid`` to itself, every sub-operation completed."""
+    result = scu.move(
+        Remote("DICOMPROXY", "127.0.0.1", server.port),
+        "CLOUD",
+        scu.identifier(study_uids=[study_uid]),
+        calling_ae="CLOUD",
+        timeout=60,
+    )
+    assert result.status == 0x0000 and result.failed == 0, result.line()
+
+
+ROWVERSION = [("postgresql", "rowversion")]
+
+
+@pytest.mark.parametrize("iocm", [True, False], ids=["iocm", "no-iocm"])
+@pytest.mark.parametrize("stamped", ROWVERSION, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_without_push_a_study_retrieved_by_c_move_is_corrected(
+    iocm: bool,
+    stamped: StampedView,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    row = exam_row(SPEC)
+    insert_rows(stamped.engine, [row], stamped.name)
+    console = {} if iocm else {"http": {"port": free_port()}}  # the status page of a node without push
+    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud, iocm=iocm, **console))
+    assert server.ctx.push is None
+    wait_until(pass_done(server), 30, "the first corrections passes")
+    c_move(server, SPEC.study_uid)
+    assert set(cloud_instances(cloud)) == SOPS
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"PatientID": "IOCM-NEW-3"})
+    wanted = ["done"] if iocm else ["warned"]
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == wanted, 120, "the correction")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "identity-corrected" and done["changed"] == "patient_id"
+    held = cloud_instances(cloud)
+    if not iocm:
+        wait_until(pass_done(server), 30, "two more corrections passes")
+        assert set(cloud_instances(cloud)) == SOPS  # nothing sent
+        warnings = [r.getMessage() for r in caplog.records if r.name == "dicomproxy.corrections"]
+        assert len(warnings) == 1 and SPEC.study_uid in warnings[0] and "IOCM-NEW-3" not in warnings[0]
+        audit = AuditTrail(server.ctx.journal.engine)
+        wait_until(
+            lambda: any(r["action"] == Action.CORRECTION for r in audit.rows(study=SPEC.study_uid)),
+            10,
+            "audit",
+        )
+        (found,) = [r for r in audit.rows(study=SPEC.study_uid) if r["action"] == Action.CORRECTION]
+        assert found["outcome"] == "warned" and row["PatientID"] in found["patient_ids"]
+        assert server.console is not None
+        _, status = Http(server.console.url).json("/api/status")
+        assert status["corrections"] == [
+            {"destination": "CLOUD", "warned": 1, "due": 0, "running": 0, "done": 0, "failed": 0}
+        ]
+        return
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038" and referenced(note) == SOPS
+    copies = {corrected_uid(uid, done["fingerprint"]) for uid in SOPS}
+    assert set(held) == SOPS | copies | {str(note.SOPInstanceUID)}
+    assert all(held[uid].PatientID == "IOCM-NEW-3" for uid in copies)
+    # the row is deleted (no stamp announces it): the sweep finds it, a note for the copies, 113037
+    delete_rows(stamped.engine, stamped.name, row["ExamineID"])
+    wait_until(
+        lambda: [r["state"] for r in correction_rows(server)] == ["done", "done"], 60, "the withdrawal"
+    )
+    assert correction_rows(server)[1]["kind"] == "row-withdrawn"
+    (gone,) = [
+        ds
+        for ds in cloud_instances(cloud).values()
+        if ds.SOPClassUID == KOS_SOP_CLASS and ds.SOPInstanceUID != note.SOPInstanceUID
+    ]
+    assert gone.ConceptNameCodeSequence[0].CodeValue == "113037" and referenced(gone) == copies
+
+
+@pytest.mark.parametrize("stamped", ROWVERSION, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_an_exam_retrieved_by_c_move_and_relinked_is_not_taken_for_a_withdrawal(
+    stamped: StampedView,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    row = exam_row(SPEC)
+    insert_rows(stamped.engine, [row], stamped.name)
+    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud))
+    wait_until(pass_done(server), 30, "the first corrections passes")
+    c_move(server, SPEC.study_uid)
+    # the RIS re-links the exam row to another study (no push knew the exam: only the C-MOVE did)
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"StudyInstanceUID": SPEC2.study_uid})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "exam-relinked" and done["relinked_to"] == SPEC2.study_uid
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038" and referenced(note) == SOPS
+    new = {SPEC2.sop_uid(0, i) for i in range(SPEC2.images_per_series)}
+    assert set(held) == SOPS | new | {str(note.SOPInstanceUID)}  # the new study delivered, no copies
+    assert all(held[uid].PatientID == row["PatientID"] for uid in new)
+
+
+@pytest.mark.parametrize("stamped", ROWVERSION, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_a_report_retrieved_by_c_move_then_revised_is_rejected_and_the_new_one_sent(
+    stamped: StampedView,
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    iocm_pacs: Orthanc,
+    cloud: Orthanc,
+    http_folder: tuple[str, Path],
+    run_proxy: Callable[[Config], Server],
+) -> None:
+    base_url, folder = http_folder
+    (folder / "r.pdf").write_bytes(PDF1)
+    row = exam_row(SPEC, ReportFilePath=f"{base_url}/r.pdf")
+    insert_rows(stamped.engine, [row], stamped.name)
+    config = retrieved_config(make_config, stamped, iocm_pacs, cloud, reports={"in_retrieve": True})
+    server = run_proxy(config)
+    wait_until(pass_done(server), 30, "the first corrections passes")
+    c_move(server, SPEC.study_uid)
+    (first,) = [u for u, ds in cloud_instances(cloud).items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+    # the report is revised: new bytes at a new address (the row changes: its rowversion moves)
+    (folder / "r.pdf").write_bytes(PDF2)
+    update_rows(stamped.engine, stamped.name, row["ExamineID"], {"ReportFilePath": f"{base_url}/r.pdf?v=2"})
+    wait_until(lambda: [r["state"] for r in correction_rows(server)] == ["done"], 120, "the correction done")
+    (done,) = correction_rows(server)
+    assert done["kind"] == "report-revised" and done["object_uid"] == first
+    held = cloud_instances(cloud)
+    reports = [u for u, ds in held.items() if ds.SOPClassUID == ENCAPSULATED_PDF]
+    assert len(reports) == 2 and first in reports  # the new object sent
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001" and referenced(note) == {first}
+    assert dciodvfy_errors(note, tmp_path / "note.dcm") == []
+    assert set(held) == SOPS | set(reports) | {str(note.SOPInstanceUID)}

@@ -7,22 +7,12 @@ automatic resume would then send the study a second time beside the node still s
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import insert
 
 from dicomproxy.relay.journal import Journal, jobs
 from dicomproxy.status import JobKind, JobOutcome
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'journal.db'}"
-    else:
-        yield request.getfixturevalue("pg_journal")
 
 
 def test_start_up_marks_only_its_own_nodes_jobs(journal_url: str, tmp_path: Path) -> None:

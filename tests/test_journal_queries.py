@@ -5,7 +5,6 @@ the push queue and the audit trail call these instead of reading ``jobs``/``job_
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +15,9 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]:
-    url = (
-        f"sqlite:///{tmp_path / 'journal.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_journal")
-    )
-    j = Journal(url, "node")
+@pytest.fixture
+def journal(journal_url: str) -> Iterator[Journal]:
+    j = Journal(journal_url, "node")
     yield j
     j.close()
 

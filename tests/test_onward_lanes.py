@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import pytest
 from pydicom import dcmread
 
-from dicomproxy.app import build_context
 from dicomproxy.config import Config, ConfigError
 from dicomproxy.errors import DestinationUnavailable
 from dicomproxy.relay.destinations import Destination
@@ -28,11 +27,10 @@ from dicomproxy.relay.lanes import Lanes
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import Remote
-from testkit import free_port
 from testkit.dcmtk import StoreSCP
-from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.fakepacs import FakeDestination
+from testkit.moverig import MoveProxies, move_study
 from testkit.samples import StudySpec, write_study
-from tests.test_recovery import AllVisible
 
 CLOUD, DEST = "CLOUD", "LANEDEST"
 N = 12
@@ -347,52 +345,22 @@ def _uid(path: Path) -> str:
 
 
 @pytest.fixture
-def proxy(
-    make_config: Callable[..., Config], study_files: list[Path]
-) -> Iterator[Callable[[int, int, int], Server]]:
-    started: list[FakePacs | Server] = []
-
+def proxy(move_proxies: MoveProxies, study_files: list[Path]) -> Callable[[int, int, int], Server]:
     def make(dest_port: int, lanes: int, peer_lanes: int = 0) -> Server:
-        proxy_port = free_port()
-        pacs = FakePacs(
-            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-        ).start()
         dest = {"ae_title": DEST, "host": "127.0.0.1", "port": dest_port}
         if peer_lanes:
             dest["onward_associations"] = peer_lanes
-        config = make_config(
-            proxy={
-                "port": proxy_port,
-                "retries": 3,
-                "retry_delay": 0.05,
-                "reconnect_window": 30.0,
-                "onward_associations": lanes,
-            },
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-            peers=[{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, dest],
-        )
-        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-        server.start()
-        started.extend([pacs, server])
-        return server
+        return move_proxies.start(
+            study_files,
+            [{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, dest],
+            proxy={"retries": 3, "retry_delay": 0.05, "reconnect_window": 30.0, "onward_associations": lanes},
+        )[1]
 
-    yield make
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()
+    return make
 
 
 def _move(server: Server, study_files: list[Path]) -> scu.RetrieveSummary:
-    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
-    return scu.move(
-        Remote("DICOMPROXY", "127.0.0.1", server.port),
-        DEST,
-        scu.identifier(study_uids=[study]),
-        calling_ae=CLOUD,
-        timeout=60,
-    )
+    return move_study(server, DEST, study_files, CLOUD)
 
 
 def _journalled(server: Server) -> tuple[dict[str, object], Counter[str]]:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from dicomproxy.config import Config
 from dicomproxy.pacs.client import InstanceRef
+from dicomproxy.relay.delivered import delivered_objects
 from dicomproxy.relay.forward import SendResult
 from dicomproxy.relay.journal import InstanceRecord, Journal
 from dicomproxy.relay.outcome import JobState
@@ -40,6 +42,7 @@ class ReportObj:
 
     item: SpooledInstance
     ref: InstanceRef
+    role: str = "report"
 
 
 class FakeFetch:
@@ -195,6 +198,13 @@ def test_the_reports_go_after_the_instances_each_a_sub_operation(
         ("7.7.2", "sent"),
     ]
     assert not objs[0].item.path.exists()  # confirmed: its spool file went
+    # with their role: a revised report or a correction after delivery finds them (docs/identity.md)
+    d = delivered_objects
+    with journal.engine.connect() as conn:
+        rows = conn.execute(
+            select(d.c.sop_instance_uid, d.c.role, d.c.series_uid).where(d.c.job_id == rig.state.job_id)
+        )
+        assert sorted(map(tuple, rows)) == [("7.7.1", "report", "7.7"), ("7.7.2", "report", "7.7")]
 
 
 @pytest.mark.parametrize("counted", [True, False])

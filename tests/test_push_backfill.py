@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from dicomproxy.cli import cli
 from dicomproxy.config import PushConfig, load_config
@@ -53,6 +53,16 @@ LIVE_SPEC = StudySpec(
 )
 
 
+def history_view(tmp_path: Path, specs: list[StudySpec], age: dt.timedelta, step: dt.timedelta) -> Engine:
+    """The SQLite exam view ``tmp_path/view.db``, one row per study of ``specs`` stamped ``age`` ago
+    and ``step`` apart: below push's start ("now"), never live."""
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    create_view_table(view)
+    long_ago = dt.datetime.now() - age
+    insert_rows(view, [exam_row(s, RowTimestamp=long_ago + i * step) for i, s in enumerate(specs)])
+    return view
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     _need("Orthanc")
@@ -68,16 +78,10 @@ def test_history_goes_by_its_own_workers_and_a_live_exam_never_waits_for_it(
     tmp_path: Path, pacs: Orthanc, run_proxy: Callable[..., Server]
 ) -> None:
     scp = StoreSCP(tmp_path / "scp", "STORESCP", extra=["+uf"]).start()
-    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
-    create_view_table(view)
-    long_ago = dt.datetime.now() - dt.timedelta(days=300)  # below push's start ("now"): never live
-    insert_rows(
-        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(minutes=i)) for i, s in enumerate(HISTORY)]
-    )
+    view = history_view(tmp_path, HISTORY, dt.timedelta(days=300), dt.timedelta(minutes=1))
     try:
-        config_path = write_config(tmp_path, pacs, ("STORESCP", scp.port))
-        config_path.write_text(
-            config_path.read_text().replace("recheck_after = 0", "recheck_after = 0\nbackfill_concurrent = 1")
+        config_path = write_config(
+            tmp_path, pacs, ("STORESCP", scp.port), push_extra="backfill_concurrent = 1"
         )
         server = run_proxy(load_config(config_path))
         queue = PushQueue(server.ctx.journal.engine, "test")

@@ -21,7 +21,6 @@ Speed is measured in benchmarks/bench_backfill.py (2,000 studies), not here.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,14 +37,15 @@ from dicomproxy.config import load_config
 from dicomproxy.push.backfill import lane_progress
 from dicomproxy.push.queue import BACKFILL, DONE, PushQueue, push_queue
 from dicomproxy.server import Server
-from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit import wait_until
 from testkit.bulk import upload_studies
 from testkit.fakepacs import FakeDestination
+from testkit.nodes import ServeNodes, peer
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.viewdb import insert_rows
 from tests.conftest import _need
+from tests.test_push_backfill import history_view
 from tests.test_reconcile import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.orthanc]
@@ -100,18 +100,10 @@ def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(
     history = [s.sop_uid(0, 0) for s in BACKLOG]
     live = [s.sop_uid(0, 0) for s in LIVE]
     dest = SlowForLive(set(live)).start()
-    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
-    create_view_table(view)
-    long_ago = dt.datetime.now() - dt.timedelta(days=500)  # below push's start ("now"): never live
-    insert_rows(
-        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(seconds=i)) for i, s in enumerate(BACKLOG)]
-    )
+    view = history_view(tmp_path, BACKLOG, dt.timedelta(days=500), dt.timedelta(seconds=1))
     try:
-        config_path = write_config(tmp_path, pacs, ("CLOUD", dest.port))
-        config_path.write_text(
-            config_path.read_text().replace(
-                "recheck_after = 0", f"recheck_after = 0\nbackfill_concurrent = {BACKFILL_CONCURRENT}"
-            )
+        config_path = write_config(
+            tmp_path, pacs, ("CLOUD", dest.port), push_extra=f"backfill_concurrent = {BACKFILL_CONCURRENT}"
         )
         server = run_proxy(load_config(config_path))
         queue = PushQueue(server.ctx.journal.engine, "test")
@@ -149,49 +141,6 @@ def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(
         view.dispose()
 
 
-def _node_toml(tmp: Path, name: str, port: int, pacs: Orthanc, dest: FakeDestination, journal: str) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{tmp / name}"
-drain_timeout = 5
-[hospital]
-id = "74580626"
-[view]
-url = "sqlite:///{tmp / "view.db"}"
-[pacs]
-ae_title = "{pacs.ae_title}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-retrieve = "c-get"
-[[peers]]
-ae_title = "{dest.ae_title}"
-host = "127.0.0.1"
-port = {dest.port}
-[journal]
-url = "{journal}"
-resume_window = 0
-[http]
-port = 0
-[push]
-enabled = true
-destinations = ["{dest.ae_title}"]
-start_from = "now"
-poll_interval = 0.3
-retry_delay = 0.3
-max_retry_delay = 1.0
-recheck_after = 0
-max_concurrent = 1
-backfill_concurrent = 1
-"""
-    )
-    return path
-
-
 @pytest.mark.postgresql
 def test_two_nodes_share_the_backfill_lane_every_study_once(
     tmp_path: Path, pacs: Orthanc, pg_journal: str
@@ -199,28 +148,19 @@ def test_two_nodes_share_the_backfill_lane_every_study_once(
     backlog = BACKLOG[:60]
     history = [s.sop_uid(0, 0) for s in backlog]
     dest = FakeDestination("CLOUD").start()
-    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
-    create_view_table(view)
-    long_ago = dt.datetime.now() - dt.timedelta(days=500)
-    insert_rows(
-        view, [exam_row(s, RowTimestamp=long_ago + dt.timedelta(seconds=i)) for i, s in enumerate(backlog)]
-    )
+    view = history_view(tmp_path, backlog, dt.timedelta(days=500), dt.timedelta(seconds=1))
     journal = create_engine(pg_journal)
-    nodes: list[Process] = []
+    rig = ServeNodes(
+        tmp_path, pg_journal, pacs.remote, [peer(dest.remote)], calling="CLOUD", timeout=60,
+        journal={"resume_window": 0},
+        push={"enabled": True, "destinations": [dest.ae_title], "start_from": "now", "poll_interval": 0.3,
+              "retry_delay": 0.3, "max_retry_delay": 1.0, "recheck_after": 0, "max_concurrent": 1,
+              "backfill_concurrent": 1},
+    )  # fmt: skip
     try:
-        configs = []
-        for name in ("node-a", "node-b"):
-            port = free_port()
-            configs.append(_node_toml(tmp_path, name, port, pacs, dest, pg_journal))
-            nodes.append(
-                Process(
-                    [sys.executable, "-m", "dicomproxy", "serve", "-c", str(configs[-1])],
-                    tmp_path / f"{name}.log",
-                )
-            )
-            wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 60, calling="CLOUD", proc=nodes[-1].proc)
+        nodes = rig.start()
         out = CliRunner().invoke(
-            cli, ["push", "-c", str(configs[0]), "backfill", "--from", "2023-01-01", "--to", "2023-12-31"]
+            cli, ["push", "-c", str(nodes[0].toml), "backfill", "--from", "2023-01-01", "--to", "2023-12-31"]
         )
         assert out.exit_code == 0 and "60 item(s) queued for CLOUD" in out.output, out.output
 
@@ -235,11 +175,10 @@ def test_two_nodes_share_the_backfill_lane_every_study_once(
             "the backlog delivered",
         )
         owners = Counter(o.split(":")[1] for o, _ in finished())  # host:pid:AE — by process
-        assert set(owners) == {str(p.proc.pid) for p in nodes}, owners  # both nodes took a share
+        assert set(owners) == {str(n.process.proc.pid) for n in nodes}, owners  # both nodes took a share
         assert Counter(u for u, _ in dest.received) == Counter({u: 1 for u in history})
     finally:
-        for proc in nodes:
-            proc.stop()
+        rig.stop()
         dest.stop()
         view.dispose()
         journal.dispose()

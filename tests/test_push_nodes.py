@@ -9,7 +9,6 @@ each retrieval so that the kill lands mid-study, deterministically (events, no s
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ from sqlalchemy import create_engine, func, select
 
 from dicomproxy.push.queue import PushQueue, push_queue
 from dicomproxy.relay.journal import job_instances
-from dicomproxy.transport.net import Remote
-from testkit import Process, free_port, wait_for_echo, wait_until
+from testkit import wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakeDestination, FakePacs
+from testkit.nodes import ServeNodes, peer
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -34,65 +33,16 @@ STUDIES = [
 ]
 
 
-def _toml(
-    tmp: Path,
-    name: str,
-    port: int,
-    view_url: str,
-    journal_url: str,
-    pacs: FakePacs,
-    scp: StoreSCP | FakeDestination,
-    lease: float = 3,
-) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{tmp / name}"
-drain_timeout = 5
-retries = 1
-retry_delay = 0.1
-
-[hospital]
-id = "74580626"
-
-[view]
-url = "{view_url}"
-
-[pacs]
-ae_title = "{pacs.ae_title}"
-host = "127.0.0.1"
-port = {pacs.port}
-retrieve = "c-get"
-dimse_timeout = 30
-
-[[peers]]
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {scp.port}
-
-[journal]
-url = "{journal_url}"
-resume_window = 0
-
-[http]
-port = 0
-
-[push]
-enabled = true
-destinations = ["STORESCP"]
-start_from = "beginning"
-poll_interval = 0.3
-retry_delay = 0.3
-max_retry_delay = 1.0
-max_concurrent = 1
-lease = {lease}
-"""
-    )
-    return path
+def _nodes(
+    tmp: Path, journal_url: str, pacs: FakePacs, scp: StoreSCP | FakeDestination, lease: float = 3
+) -> ServeNodes:
+    """``serve`` nodes on ``journal_url`` pushing every study of the view to ``scp`` (STORESCP)."""
+    return ServeNodes(
+        tmp, journal_url, pacs.remote, [peer(scp.remote)], calling="STORESCP",
+        proxy={"retries": 1, "retry_delay": 0.1}, pacs={"dimse_timeout": 30}, journal={"resume_window": 0},
+        push={"enabled": True, "destinations": ["STORESCP"], "start_from": "beginning", "poll_interval": 0.3,
+              "retry_delay": 0.3, "max_retry_delay": 1.0, "max_concurrent": 1, "lease": lease},
+    )  # fmt: skip
 
 
 def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_journal: str) -> None:
@@ -108,17 +58,9 @@ def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_jour
         tmp_path / "scp", "STORESCP", extra=["+uf", "--fork"]
     ).start()  # one process per association
     journal = create_engine(pg_journal)
-    nodes: dict[str, Process] = {}
+    rig = _nodes(tmp_path, pg_journal, pacs, scp)
     try:
-        for name in ("node-a", "node-b"):
-            port = free_port()
-            toml = _toml(tmp_path, name, port, view_url, pg_journal, pacs, scp)
-            nodes[name] = Process(
-                [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{name}.log"
-            )
-            wait_for_echo(
-                Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="STORESCP", proc=nodes[name].proc
-            )
+        nodes = rig.start()
 
         def running() -> list[tuple[str, int]]:
             with journal.connect() as conn:
@@ -139,8 +81,8 @@ def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_jour
             lambda: len(running()) == 2 and all(confirmed(j) for _, j in running()), 60, "two studies mid-way"
         )
         owners = {o for o, _ in running()}
-        victim = next(n for n, p in nodes.items() if any(f":{p.proc.pid}:" in o for o in owners))
-        nodes[victim].kill()  # SIGKILL: no drain, no release, its lease just stops being renewed
+        victim = next(n for n in nodes if any(f":{n.process.proc.pid}:" in o for o in owners))
+        victim.process.kill()  # SIGKILL: no drain, no release, its lease just stops being renewed
         pacs.behaviour.gate_at = None
         pacs.behaviour.gate.set()
 
@@ -160,11 +102,12 @@ def test_two_nodes_one_killed_mid_study_every_study_once(tmp_path: Path, pg_jour
             owners_done = {str(r[0]) for r in conn.execute(select(push_queue.c.owner))}
         counts = arrived()
         assert max(counts.values()) == 1, counts  # every study once: nothing sent twice
-        survivor = next(n for n in nodes if n != victim)
-        assert all(f":{nodes[survivor].proc.pid}:" in o for o in owners_done)  # it finished the victim's item
+        survivor = next(n for n in nodes if n is not victim)
+        assert all(
+            f":{survivor.process.proc.pid}:" in o for o in owners_done
+        )  # it finished the victim's item
     finally:
-        for proc in nodes.values():
-            proc.stop()
+        rig.stop()
         journal.dispose()
         pacs.stop()
         scp.stop()
@@ -233,19 +176,9 @@ def test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over(
     dest.behaviour.hold_from = 1  # from the second instance on, answered only when the test lets it
     dest.start()
     journal = create_engine(pg_journal)
-    nodes: list[Process] = []
+    rig = _nodes(tmp_path, pg_journal, pacs, dest, lease=1)
     try:
-        for name in ("node-a", "node-b"):
-            port = free_port()
-            toml = _toml(tmp_path, name, port, view_url, pg_journal, pacs, dest, lease=1)
-            nodes.append(
-                Process(
-                    [sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / f"{name}.log"
-                )
-            )
-            wait_for_echo(
-                Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="STORESCP", proc=nodes[-1].proc
-            )
+        rig.start()
 
         def item() -> Any:
             with journal.connect() as conn:
@@ -279,8 +212,7 @@ def test_a_delivery_longer_than_its_lease_keeps_it_and_is_not_taken_over(
         assert received == {spec.sop_uid(0, i): 1 for i in range(spec.images_per_series)}, received
     finally:
         dest.behaviour.hold.set()
-        for proc in nodes:
-            proc.stop()
+        rig.stop()
         journal.dispose()
         pacs.stop()
         dest.stop()

@@ -79,7 +79,11 @@ def peers(
         pacs.stop()
 
 
-def write_config(tmp_path: Path, pacs: Orthanc, dest: tuple[str, int], http_port: int = 0) -> Path:
+def write_config(
+    tmp_path: Path, pacs: Orthanc, dest: tuple[str, int], http_port: int = 0, push_extra: str = ""
+) -> Path:
+    """``tmp_path/proxy.toml``: push to ``dest`` (AE title, port) from Orthanc ``pacs`` by C-GET;
+    ``push_extra``: more ``[push]`` lines."""
     path = tmp_path / "proxy.toml"
     path.write_text(
         f"""
@@ -115,6 +119,7 @@ poll_interval = 0.2
 retry_delay = 0.3
 max_retry_delay = 1.0
 recheck_after = 0
+{push_extra}
 [http]
 port = {http_port}
 """

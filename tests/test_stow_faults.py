@@ -7,26 +7,23 @@ every instance recorded once, nothing lost, nothing stored twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 
-from dicomproxy.app import build_context
 from dicomproxy.checks import dicomweb_checks
 from dicomproxy.config import Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.relay.recovery import retry_job
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import Remote
 from testkit import free_port
-from testkit.fakepacs import FakePacs
+from testkit.moverig import MoveProxies, move_study
 from testkit.samples import StudySpec, write_study
 from testkit.stowserver import StowScript, StowServer
-from tests.test_recovery import AllVisible
 
 CLOUD, WEB = "CLOUD", "WEBCLOUD"
 N = 7
@@ -44,42 +41,11 @@ def uids(study_files: list[Path]) -> list[str]:
     return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study_files]
 
 
-def start_proxy(
-    make_config: Callable[..., Config], files: list[Path], peer: dict[str, Any], started: list[Any]
-) -> Server:
+def start_proxy(rig: MoveProxies, files: list[Path], peer: dict[str, Any]) -> Server:
     """A proxy whose PACS is a fake pynetdicom PACS holding ``files`` and whose peers are the
     calling cloud and ``peer``."""
-    proxy_port = free_port()
-    pacs = FakePacs(files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}).start()
-    started.append(pacs)
-    config = make_config(
-        proxy={"port": proxy_port, "retries": 3, "retry_delay": 0.05},
-        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-        peers=[{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, peer],
-    )
-    server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-    server.start()
-    started.append(server)
-    return server
-
-
-def stop_all(started: list[Any]) -> None:
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()
-
-
-def move(server: Server, files: list[Path]) -> scu.RetrieveSummary:
-    study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    return scu.move(
-        Remote("DICOMPROXY", "127.0.0.1", server.port),
-        WEB,
-        scu.identifier(study_uids=[study]),
-        calling_ae=CLOUD,
-        timeout=60,
-    )
+    peers = [{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, peer]
+    return rig.start(files, peers, proxy={"retries": 3, "retry_delay": 0.05})[1]
 
 
 def journal_rows(server: Server) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -95,19 +61,16 @@ def journal_rows(server: Server) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 @pytest.fixture
 def run(
-    make_config: Callable[..., Config], study_files: list[Path]
-) -> Iterator[Callable[[StowScript], tuple[StowServer, scu.RetrieveSummary, Server]]]:
-    started: list[Any] = []
-
+    move_proxies: MoveProxies, study_files: list[Path]
+) -> Callable[[StowScript], tuple[StowServer, scu.RetrieveSummary, Server]]:
     def go(script: StowScript) -> tuple[StowServer, scu.RetrieveSummary, Server]:
         web = StowServer(script).start()
-        started.append(web)
+        move_proxies.started.append(web)
         peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "max_batch": BATCH}
-        server = start_proxy(make_config, study_files, peer, started)
-        return web, move(server, study_files), server
+        server = start_proxy(move_proxies, study_files, peer)
+        return web, move_study(server, WEB, study_files, CLOUD), server
 
-    yield go
-    stop_all(started)
+    return go
 
 
 def test_instances_failed_by_reason_are_counted_and_only_transient_ones_sent_again(
@@ -226,52 +189,44 @@ def test_jobs_retry_after_the_server_came_back_sends_each_instance_once(
     [({"token": "t0k3n"}, "Bearer t0k3n"), ({"username": "u", "password": "p"}, "Basic dTpw")],
 )
 def test_bearer_and_basic_authentication(
-    make_config: Callable[..., Config],
+    move_proxies: MoveProxies,
     study_files: list[Path],
     uids: list[str],
     auth: dict[str, str],
     header: str,
 ) -> None:
-    started: list[Any] = []
-    try:
-        good = StowServer(StowScript(authorization=header)).start()
-        wrong = StowServer(StowScript(authorization="Bearer another")).start()
-        started += [good, wrong]
-        for web, ok in ((good, True), (wrong, False)):
-            peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "max_batch": BATCH, **auth}
-            result = move(start_proxy(make_config, study_files, peer, started), study_files)
-            if ok:
-                assert (result.completed, result.failed) == (N, 0), result.line()
-                assert set(web.stored) == set(uids)
-            else:  # 401: final for each instance (0x0124 journalled), never retried
-                assert (result.completed, result.failed) == (0, N), result.line()
-                assert [s.action for s in web.seen] == ["401"] * len(web.seen) and not web.stored
-                assert len(web.seen) == -(-N // BATCH)  # one request per batch, none again
-    finally:
-        stop_all(started)
+    good = StowServer(StowScript(authorization=header)).start()
+    wrong = StowServer(StowScript(authorization="Bearer another")).start()
+    move_proxies.started += [good, wrong]
+    for web, ok in ((good, True), (wrong, False)):
+        peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "max_batch": BATCH, **auth}
+        result = move_study(start_proxy(move_proxies, study_files, peer), WEB, study_files, CLOUD)
+        if ok:
+            assert (result.completed, result.failed) == (N, 0), result.line()
+            assert set(web.stored) == set(uids)
+        else:  # 401: final for each instance (0x0124 journalled), never retried
+            assert (result.completed, result.failed) == (0, N), result.line()
+            assert [s.action for s in web.seen] == ["401"] * len(web.seen) and not web.stored
+            assert len(web.seen) == -(-N // BATCH)  # one request per batch, none again
 
 
 def test_https_with_a_client_certificate(
-    make_config: Callable[..., Config], study_files: list[Path], uids: list[str], pki: dict[str, Path]
+    move_proxies: MoveProxies, study_files: list[Path], uids: list[str], pki: dict[str, Path]
 ) -> None:
     server_tls = {"cert": str(pki["server_crt"]), "key": str(pki["server_key"]), "ca": str(pki["ca"])}
-    started: list[Any] = []
-    try:
-        web = StowServer(tls=server_tls).start()
-        started.append(web)
-        client = {"ca": str(pki["ca"]), "cert": str(pki["client_crt"]), "key": str(pki["client_key"])}
-        peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": client}
-        result = move(start_proxy(make_config, study_files, peer, started), study_files)
-        assert (result.completed, result.failed) == (N, 0), result.line()
-        assert set(web.stored) == set(uids)
-        # no client certificate: the handshake fails, nothing is stored, every instance failed
-        web.stored.clear()
-        peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": {"ca": str(pki["ca"])}}
-        result = move(start_proxy(make_config, study_files, peer, started), study_files)
-        assert (result.completed, result.failed) == (0, N), result.line()
-        assert not web.stored
-    finally:
-        stop_all(started)
+    web = StowServer(tls=server_tls).start()
+    move_proxies.started.append(web)
+    client = {"ca": str(pki["ca"]), "cert": str(pki["client_crt"]), "key": str(pki["client_key"])}
+    peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": client}
+    result = move_study(start_proxy(move_proxies, study_files, peer), WEB, study_files, CLOUD)
+    assert (result.completed, result.failed) == (N, 0), result.line()
+    assert set(web.stored) == set(uids)
+    # no client certificate: the handshake fails, nothing is stored, every instance failed
+    web.stored.clear()
+    peer = {"ae_title": WEB, "kind": "dicomweb", "url": web.url, "tls": {"ca": str(pki["ca"])}}
+    result = move_study(start_proxy(move_proxies, study_files, peer), WEB, study_files, CLOUD)
+    assert (result.completed, result.failed) == (0, N), result.line()
+    assert not web.stored
 
 
 def test_check_config_asks_each_dicomweb_endpoint(

@@ -18,18 +18,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomproxy.app import build_context
 from dicomproxy.checks import dicomweb_checks
 from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
-from dicomproxy.transport import scu
-from dicomproxy.transport.net import Remote
-from testkit import free_port
-from testkit.fakepacs import FakePacs
+from testkit.moverig import MoveProxies, move_study
 from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
 from testkit.samples import StudySpec, write_study
-from tests.test_recovery import AllVisible
 
 pytestmark = pytest.mark.orthanc
 
@@ -65,33 +60,12 @@ def web_peer(url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def proxy(
-    make_config: Callable[..., Config], study_files: list[Path]
-) -> Iterator[Callable[[dict[str, Any]], Server]]:
-    started: list[Any] = []
-
+def proxy(move_proxies: MoveProxies, study_files: list[Path]) -> Callable[[dict[str, Any]], Server]:
     def make(peer: dict[str, Any]) -> Server:
-        proxy_port = free_port()
-        pacs = FakePacs(
-            study_files, destinations={"DICOMPROXY": Remote("DICOMPROXY", "127.0.0.1", proxy_port)}
-        ).start()
-        started.append(pacs)
-        config = make_config(
-            proxy={"port": proxy_port, "retries": 2, "retry_delay": 0.05},
-            pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "retrieve": "c-move"},
-            peers=[{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, peer],
-        )
-        server = Server(config, build_context(config, view=AllVisible(), pending_interval=0.2))
-        server.start()
-        started.append(server)
-        return server
+        peers = [{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}, peer]
+        return move_proxies.start(study_files, peers, proxy={"retries": 2, "retry_delay": 0.05})[1]
 
-    yield make
-    for thing in reversed(started):
-        if isinstance(thing, Server):
-            thing.stop(drain_timeout=2.0)
-        else:
-            thing.stop()
+    return make
 
 
 def stored_syntaxes(cloud: Orthanc) -> dict[str, str]:
@@ -103,24 +77,13 @@ def stored_syntaxes(cloud: Orthanc) -> dict[str, str]:
     return out
 
 
-def move(server: Server, study_files: list[Path]) -> scu.RetrieveSummary:
-    study = str(dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID)
-    return scu.move(
-        Remote("DICOMPROXY", "127.0.0.1", server.port),
-        WEB,
-        scu.identifier(study_uids=[study]),
-        calling_ae=CLOUD,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize("mode", ["none", "lossless", "lossy"])
 def test_c_move_to_a_dicomweb_peer_stores_every_instance_in_orthanc(
     mode: str, proxy: Callable[[dict[str, Any]], Server], cloud: Orthanc, study_files: list[Path]
 ) -> None:
     cloud.clear()
     server = proxy(web_peer(cloud.stow_url, compression=mode))
-    result = move(server, study_files)
+    result = move_study(server, WEB, study_files, CLOUD)
     assert (result.status, result.completed, result.failed, result.warning) == (0x0000, N, 0, 0), (
         result.line()
     )

@@ -16,9 +16,9 @@ import click
 
 from dicomproxy.cli.common import JournalContext, config_option
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import STATES as CORRECTION_STATES
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.push.backfill import lane_progress, queue_backfill
-from dicomproxy.push.corrections_store import STATES as CORRECTION_STATES
-from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.holds import LANE_PAUSED_PREFIX, pause, resume
 from dicomproxy.push.queue import BACKFILL, DONE, PAUSED_ALL, STATES, WATERMARK, PushQueue, utcnow
 from dicomproxy.push.service import DOWN_PREFIX, PAUSED_PREFIX

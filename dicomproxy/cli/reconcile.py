@@ -30,7 +30,7 @@ def day_or_time(text: str, *, end: bool) -> dt.datetime:
 def corrections_not_done(journal: Any, destinations: list[str]) -> list[str]:
     """One line per correction after delivery (IOCM, docs/identity.md) a destination still holds
     uncorrected: ``warned`` (``iocm = false``), due, running or failed; no patient data."""
-    from dicomproxy.push.corrections_store import DONE, CorrectionStore
+    from dicomproxy.corrections.store import DONE, CorrectionStore
 
     rows = CorrectionStore(journal.engine, "reconcile").rows(limit=10_000)
     return [

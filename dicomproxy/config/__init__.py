@@ -24,7 +24,14 @@ from dicomproxy.config.compression import (
     CompressionMode,
     UidPolicy,
 )
-from dicomproxy.config.delivery import MAX_RECHECK_AFTER, PUSH_STATES, PushConfig, ReportsConfig
+from dicomproxy.config.delivery import (
+    MAX_RECHECK_AFTER,
+    MAX_SWEEP_DAYS,
+    PUSH_STATES,
+    CorrectionsConfig,
+    PushConfig,
+    ReportsConfig,
+)
 from dicomproxy.config.dicomweb import PEER_KINDS, DicomWebConfig
 from dicomproxy.config.document import Config, load_config, parse_config
 from dicomproxy.config.network import MAX_ONWARD, SERVICES, PeerConfig, ProxyConfig
@@ -62,6 +69,7 @@ __all__ = [
     "LOSSY_TARGETS",
     "MAX_ONWARD",
     "MAX_RECHECK_AFTER",
+    "MAX_SWEEP_DAYS",
     "NAME_STYLES",
     "PEER_KINDS",
     "PUSH_STATES",
@@ -78,6 +86,7 @@ __all__ = [
     "CompressionMode",
     "Config",
     "ConfigError",
+    "CorrectionsConfig",
     "DicomWebConfig",
     "HospitalConfig",
     "HttpConfig",

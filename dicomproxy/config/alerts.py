@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dicomproxy.config.reader import Section, is_loopback, port, relative_path
+from dicomproxy.config.reader import Section, is_loopback, port, relative_path, unique_entries
 
 #: The kinds of incident (docs/operations.md, Alerts), each with its severity.
 INCIDENT_SEVERITY = {
@@ -103,22 +103,12 @@ def alerting(s: Section, targets: Iterable[Section]) -> AlertsConfig:
         retries=s.integer("retries", d.retries, lo=0, hi=10),
         retry_delay=s.number("retry_delay", d.retry_delay),
         queue_size=s.integer("queue_size", d.queue_size, lo=1),
-        targets=_targets(targets),
+        targets=unique_entries(targets, _target, "name", "is used by another [[alerts]] entry"),
     )
     if config.failure_rate > 1:
         raise s.error("failure_rate", f"must be a share between 0 and 1, not {config.failure_rate}")
     s.finish()
     return config
-
-
-def _targets(sections: Iterable[Section]) -> tuple[AlertTarget, ...]:
-    out: list[AlertTarget] = []
-    for t in sections:
-        target = _target(t)
-        if any(o.name == target.name for o in out):
-            raise t.error("name", f"{target.name!r} is used by another [[alerts]] entry")
-        out.append(target)
-    return tuple(out)
 
 
 def _target(t: Section) -> AlertTarget:

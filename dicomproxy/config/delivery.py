@@ -1,4 +1,5 @@
-"""``[push]`` (finished exams sent unasked, docs/push.md) and ``[reports]`` (order/report files)."""
+"""``[push]`` (finished exams sent unasked, docs/push.md), ``[reports]`` (order/report files) and
+``[corrections]`` (corrections after delivery, docs/identity.md)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,6 @@ class PushConfig:
     backfill_concurrent: int = 1
     #: Cap on the backfill lane's sent megabits per second on this node (beside ``max_mbps``); 0 = none.
     backfill_mbps: float = 0.0
-    #: Seconds between two comparisons of every delivered study with the view (corrections the
-    #: RowTimestamp cannot announce: deleted rows, cleared UIDs; docs/identity.md); 0 = at start only.
-    corrections_sweep: float = 3600.0
     #: View rows read per statement.
     batch_size: int = 500
     #: First pause before a failed study is tried again; doubles up to ``max_retry_delay``.
@@ -67,6 +65,39 @@ class PushConfig:
     #: Re-checks after each delivery: the first ``recheck_after`` s after it, each next one twice the
     #: previous gap later (600 s and 2: at +10 min and +30 min); 0 = none. Only a grown count sends.
     rechecks: int = 2
+
+
+#: ``[corrections] sweep_days`` at most: ten years of deliveries.
+MAX_SWEEP_DAYS = 3660
+
+
+@dataclass(frozen=True)
+class CorrectionsConfig:
+    """Corrections after delivery (IHE RAD IOCM; docs/identity.md): detected in ``serve`` for every
+    delivered study, pushed or retrieved by the cloud, whether push is enabled or not."""
+
+    #: False: nothing is detected on this node (another node sharing the journal does it).
+    enabled: bool = True
+    #: Seconds between two reads of the view's changed rows (and runs of the due corrections).
+    poll_interval: float = 10.0
+    #: Seconds between two comparisons of the delivered studies with the view (what the
+    #: RowTimestamp cannot announce: deleted rows, cleared UIDs); 0 = at start only.
+    sweep: float = 3600.0
+    #: The sweep compares the studies delivered in the last ``sweep_days`` days (older deliveries
+    #: are still compared when their row changes); 0 = every delivered study.
+    sweep_days: int = 90
+
+
+def corrections(s: Section) -> CorrectionsConfig:
+    d = CorrectionsConfig()
+    out = CorrectionsConfig(
+        enabled=s.boolean("enabled", d.enabled),
+        poll_interval=s.number("poll_interval", d.poll_interval, lo=0.1),
+        sweep=s.number("sweep", d.sweep, lo=0.0),
+        sweep_days=s.integer("sweep_days", d.sweep_days, lo=0, hi=MAX_SWEEP_DAYS),
+    )
+    s.finish()
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +148,6 @@ def push(s: Section, peers: set[str]) -> PushConfig:
         max_concurrent=s.integer("max_concurrent", d.max_concurrent, lo=1, hi=64),
         backfill_concurrent=s.integer("backfill_concurrent", d.backfill_concurrent, lo=0, hi=64),
         backfill_mbps=s.number("backfill_mbps", d.backfill_mbps, lo=0.0),
-        corrections_sweep=s.number("corrections_sweep", d.corrections_sweep, lo=0.0),
         batch_size=s.integer("batch_size", d.batch_size, lo=1, hi=1000),
         retry_delay=s.number("retry_delay", d.retry_delay, lo=0.1),
         max_retry_delay=s.number("max_retry_delay", d.max_retry_delay, lo=0.1),

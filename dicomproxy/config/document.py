@@ -18,7 +18,7 @@ from dicomproxy.config import alerts, bandwidth, delivery, network, operations, 
 from dicomproxy.config.alerts import AlertsConfig
 from dicomproxy.config.bandwidth import BandwidthRule
 from dicomproxy.config.compression import CompressionConfig, compression
-from dicomproxy.config.delivery import PushConfig, ReportsConfig
+from dicomproxy.config.delivery import CorrectionsConfig, PushConfig, ReportsConfig
 from dicomproxy.config.network import PeerConfig, ProxyConfig
 from dicomproxy.config.operations import AuditConfig, HttpConfig, JournalConfig, LoggingConfig
 from dicomproxy.config.reader import Section
@@ -48,6 +48,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     push: PushConfig = field(default_factory=PushConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    corrections: CorrectionsConfig = field(default_factory=CorrectionsConfig)
     #: ``[alerting]`` and the ``[[alerts]]`` targets (docs/operations.md, Alerts).
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     #: ``[[bandwidth]]``: the bandwidth timetable (docs/push.md); empty = no timetable.
@@ -97,6 +98,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     audit = operations.audit(root.child("audit", required=False))
     push = delivery.push(root.child("push", required=False), {p.ae_title for p in peers})
     reports = delivery.reports(root.child("reports", required=False))
+    corrections_cfg = delivery.corrections(root.child("corrections", required=False))
     alerts_cfg = alerts.alerting(root.child("alerting", required=False), root.tables("alerts"))
     timetable = bandwidth.rules(root.tables("bandwidth"), {p.ae_title for p in peers})
     root.finish()
@@ -115,6 +117,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         audit=audit,
         push=push,
         reports=reports,
+        corrections=corrections_cfg,
         alerts=alerts_cfg,
         bandwidth=timetable,
     )

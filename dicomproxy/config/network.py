@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dicomproxy.config.compression import COMPRESSION_MODES, CompressionMode
 from dicomproxy.config.dicomweb import PEER_KINDS, DicomWebConfig, dicomweb
-from dicomproxy.config.reader import REQUIRED, Section, port
+from dicomproxy.config.reader import REQUIRED, Section, port, unique_entries
 from dicomproxy.config.sources import NAME_STYLES, NameStyle
 from dicomproxy.config.tls import TlsConfig, tls
 
@@ -166,10 +166,4 @@ def peer(s: Section) -> PeerConfig:
 
 def peers(entries: Iterable[Section]) -> tuple[PeerConfig, ...]:
     """The ``[[peers]]`` entries; an AE title is listed once."""
-    found: list[PeerConfig] = []
-    for s in entries:
-        entry = peer(s)
-        if any(p.ae_title == entry.ae_title for p in found):
-            raise s.error("ae_title", f"{entry.ae_title!r} is listed twice")
-        found.append(entry)
-    return tuple(found)
+    return unique_entries(entries, peer, "ae_title", "is listed twice")

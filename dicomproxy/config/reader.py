@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from dicomproxy.errors import ConfigError
 
@@ -20,6 +20,8 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: The default of a key that must be given.
 REQUIRED: Any = object()
+
+_Entry = TypeVar("_Entry")
 
 
 def is_ae_title(value: str) -> bool:
@@ -133,6 +135,28 @@ class Section:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise self.error(unknown[0], "unknown key (check its spelling)")
+
+
+def unique_entries(
+    entries: Iterable[Section],
+    parse: Callable[[Section], _Entry],
+    key: str,
+    repeated: str,
+    taken: Iterable[object] = (),
+) -> tuple[_Entry, ...]:
+    """The entries of a ``[[name]]`` array, each read by ``parse``, whose ``key`` (the parsed
+    entry's attribute of that name) no other entry has: a repeated value (or one in ``taken``) is a
+    ``ConfigError`` naming the file and the entry's key, ``'VALUE' repeated``."""
+    found: list[_Entry] = []
+    seen = set(taken)
+    for s in entries:
+        entry = parse(s)
+        value = getattr(entry, key)
+        if value in seen:
+            raise s.error(key, f"{value!r} {repeated}")
+        seen.add(value)
+        found.append(entry)
+    return tuple(found)
 
 
 def expand_env(value: str, section: Section) -> str:

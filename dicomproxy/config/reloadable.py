@@ -27,6 +27,7 @@ RELOADABLE: tuple[str, ...] = (
     "peers",
     "compression",
     "push",
+    "corrections",
     "http.token",
     "http.operator_token",
     "http.auditor_token",
@@ -40,6 +41,7 @@ HELD: tuple[str, ...] = (
     "push.start_from",
     "push.max_concurrent",
     "push.backfill_concurrent",
+    "corrections.enabled",
 )
 #: Not a setting: the file the process reads (a reload re-reads the same one).
 IGNORED: tuple[str, ...] = ("path",)

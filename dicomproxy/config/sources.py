@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from dicomproxy.config.reader import Section, port, relative_sqlite
+from dicomproxy.config.reader import Section, port, relative_sqlite, unique_entries
 from dicomproxy.config.tls import TlsConfig, tls
 from dicomproxy.errors import ConfigError
 
@@ -183,19 +183,20 @@ def archive(s: Section, fixed_name: str | None) -> PacsConfig:
     return config
 
 
+def _routed_archive(s: Section) -> PacsConfig:
+    """One ``[[archives]]`` entry, which must name the Sysids it serves."""
+    entry = archive(s, None)
+    if not entry.sysids:
+        raise s.error("sysids", "is required (which view Sysid values this archive serves)")
+    return entry
+
+
 def archives(path: str, entries: Iterable[Section], pacs: PacsConfig) -> tuple[PacsConfig, ...]:
     """The ``[[archives]]`` entries: each serves some Sysids; names unique; fallbacks name another."""
-    found: list[PacsConfig] = []
-    for s in entries:
-        entry = archive(s, None)
-        if not entry.sysids:
-            raise s.error("sysids", "is required (which view Sysid values this archive serves)")
-        if entry.name in {a.name for a in (pacs, *found)}:
-            raise s.error("name", f"{entry.name!r} is used twice")
-        found.append(entry)
+    found = unique_entries(entries, _routed_archive, "name", "is used twice", taken=(pacs.name,))
     names = {a.name for a in (pacs, *found)}
     for where, each in [("pacs", pacs), *((f"archives[{i}]", a) for i, a in enumerate(found))]:
         for name in each.fallback:
             if name not in names or name == each.name:
                 raise ConfigError(path, f"{where}.fallback", f"{name!r} is not another archive's name")
-    return tuple(found)
+    return found

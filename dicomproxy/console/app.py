@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import anyio.streams.stapled  # resolved at import, see the note below the imports
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -263,6 +264,12 @@ class Console:
                 )
             except Exception:  # the journal is down: the section is left out
                 body["backfill"] = None
+        elif self.ctx.corrections is not None:  # no push table: corrections after delivery of their own
+            try:
+                counts = self.ctx.corrections.loop.store.by_destination()
+                body["corrections"] = [{"destination": d, **counts[d]} for d in sorted(counts)]
+            except SQLAlchemyError:  # the journal is down: the section is left out
+                body["corrections"] = None
         if self.ctx.relay is not None and self.config.bandwidth:  # [[bandwidth]]: rate now, next change
             body["bandwidth"] = [row.as_dict() for row in self.bandwidth()]
         if self.ctx.commitments is not None:  # Storage Commitment of the last 24 h (docs/commitment.md)

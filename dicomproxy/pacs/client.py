@@ -196,8 +196,7 @@ class PacsClient:
                 recycled=self.recycled,
             )
         except NoAssociation as exc:
-            what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"
-            raise PacsUnavailable(f"PACS {c.ae_title} {what}") from exc
+            raise PacsUnavailable(f"PACS {c.ae_title} {exc.what}") from exc
 
     def find_instances(self, key: RetrieveKey) -> list[InstanceRef]:
         """IMAGE-level C-FIND for every instance of ``key`` (raises PacsUnavailable)."""
@@ -439,8 +438,7 @@ class InstanceFinder:
                 fast_path=self.fast_path,
             )
         except NoAssociation as exc:
-            what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"
-            raise PacsUnavailable(f"{self.who} {what}") from exc
+            raise PacsUnavailable(f"{self.who} {exc.what}") from exc
         if not any(str(cx.abstract_syntax) == find_uid for cx in link.accepted_contexts):
             link.close()
             raise FindNotSupported(f"{self.who} does not accept Study Root C-FIND")

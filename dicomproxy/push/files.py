@@ -19,10 +19,10 @@ from pydicom import dcmwrite
 from sqlalchemy import select
 
 from dicomproxy.config import Config
+from dicomproxy.corrections.record import record_correction
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.identity.corrections import revised
 from dicomproxy.pacs.client import InstanceRef
-from dicomproxy.push.corrections import record_correction
-from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.queue import Item, PushQueue
 from dicomproxy.relay.destinations import destination_opener
 from dicomproxy.relay.engine import Moved, Transfer

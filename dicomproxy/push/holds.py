@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -38,19 +39,7 @@ class DestinationHolds:
 
     def held(self, lane: str = LIVE) -> tuple[bool, list[str]]:
         """(everything paused — or ``lane`` — , destinations paused or held down now)."""
-        states = self.queue.states()
-        if PAUSED_ALL in states or LANE_PAUSED_PREFIX + lane in states:
-            return True, list(self.push.destinations)
-        now = utcnow()
-        held = []
-        for ae in self.push.destinations:
-            if PAUSED_PREFIX + ae in states:
-                held.append(ae)
-                continue
-            down = states.get(DOWN_PREFIX + ae)
-            if down and dt.datetime.fromisoformat(json.loads(down)["until"]) > now:
-                held.append(ae)
-        return False, held
+        return held_now(self.queue, self.push.destinations, lane)
 
     def down_since(self) -> dict[str, dt.datetime]:
         """Each destination held down now (by any node), with when its hold began (naive UTC)."""
@@ -110,6 +99,26 @@ class DestinationHolds:
         LOG.info("push: destination %s is back", destination)
         events.publish(events.PushDestination(destination, up=True))
         return True
+
+
+def held_now(queue: PushQueue, destinations: Iterable[str], lane: str = LIVE) -> tuple[bool, list[str]]:
+    """(everything paused — or ``lane`` — , those of ``destinations`` paused or held down now):
+    push's workers, and the corrections after delivery (docs/identity.md, "Pacing") for every
+    peer, whether this node pushes or not."""
+    wanted = list(destinations)
+    states = queue.states()
+    if PAUSED_ALL in states or LANE_PAUSED_PREFIX + lane in states:
+        return True, wanted
+    now = utcnow()
+    held = []
+    for ae in wanted:
+        if PAUSED_PREFIX + ae in states:
+            held.append(ae)
+            continue
+        down = states.get(DOWN_PREFIX + ae)
+        if down and dt.datetime.fromisoformat(json.loads(down)["until"]) > now:
+            held.append(ae)
+    return False, held
 
 
 def pause(queue: PushQueue, destination: str | None, lane: str | None = None) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, insert, or_, select, update
+from sqlalchemy import and_, case, insert, literal, or_, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError
@@ -74,6 +74,7 @@ from dicomproxy.push.schema import (
     push_skip,
     push_state,
 )
+from dicomproxy.relay.delivered import DELIVERED_METADATA, delivered_exams
 from dicomproxy.relay.journal import Journal
 from dicomproxy.reports.study import SOP_CLASSES as REPORT_SOP_CLASSES
 
@@ -149,6 +150,32 @@ def migrate(engine: Engine) -> list[str]:
         LOG.info("push queue: column %s added to the existing %s table", name, push_queue.name)
         added.append(name)
     return added
+
+
+#: ``push_state`` mark: the exams of the items queued before ``delivered_exams`` existed are in it.
+EXAMS_RECORDED = "exams-recorded"
+
+
+def record_queued_exams(engine: Engine) -> None:
+    """Once per journal: each queued study's ExamineID into the relay journal's
+    ``delivered_exams`` (what a correction after delivery tells a re-link by; push's jobs record
+    theirs since, as every job does). Two nodes may race: the loser's insert is dropped."""
+    with engine.connect() as conn:
+        if conn.execute(select(push_state.c.name).where(push_state.c.name == EXAMS_RECORDED)).first():
+            return
+    q, d = push_queue, delivered_exams
+    known = select(d.c.study_uid).where(d.c.study_uid == q.c.study_uid, d.c.examine_id == q.c.examine_id)
+    pairs = (
+        select(q.c.study_uid, q.c.examine_id, literal(utcnow().replace(microsecond=0)))
+        .where(q.c.examine_id != "", ~known.exists())
+        .distinct()
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(d).from_select(["study_uid", "examine_id", "recorded"], pairs))
+            conn.execute(insert(push_state).values(name=EXAMS_RECORDED, value=utcnow().isoformat()))
+    except DBAPIError:  # IntegrityError: another node did it meanwhile
+        LOG.debug("push queue: the queued exams were recorded by another node")
 
 
 def utcnow() -> dt.datetime:
@@ -371,7 +398,9 @@ class PushQueue(PushStates, QueueSummaries, ItemLedger, OperatorActions):
         #: The clock of leases and due times (naive UTC); tests replace it.
         self.now: Callable[[], dt.datetime] = utcnow
         PUSH_METADATA.create_all(engine)
+        DELIVERED_METADATA.create_all(engine)  # the relay journal's (a bare engine in tests)
         migrate(engine)
+        record_queued_exams(engine)
 
     # --- the watcher's side ---------------------------------------------------------------------
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +33,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import STATES as CORRECTION_STATES
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.push.committing import CommitmentWait, commitment_ledger
-from dicomproxy.push.correction_loop import CorrectionLoop
-from dicomproxy.push.corrections_store import STATES as CORRECTION_STATES
 from dicomproxy.push.decide import (
     DROP,
     HOLD,
@@ -50,6 +48,7 @@ from dicomproxy.push.decide import (
 )
 from dicomproxy.push.files import ItemFiles
 from dicomproxy.push.holds import DOWN_PREFIX, PAUSED_PREFIX, DestinationHolds
+from dicomproxy.push.jobrun import ItemJobs
 from dicomproxy.push.pacing import RateLimiter, in_window, next_opening, parse_window
 from dicomproxy.push.queue import (
     BACKFILL,
@@ -65,20 +64,13 @@ from dicomproxy.push.queue import (
 )
 from dicomproxy.push.recheck import Rechecks
 from dicomproxy.push.watcher import Watcher
-from dicomproxy.relay.bandwidth import Bandwidth
-from dicomproxy.relay.journal import Journal
-from dicomproxy.status import JobOutcome, Status
+from dicomproxy.relay.journal import Journal, node_name
 
 #: ``DOWN_PREFIX`` and ``PAUSED_PREFIX`` live in :mod:`dicomproxy.push.holds`; named here too for
 #: the ``push`` CLI, which imports them from this module.
 __all__ = ["DOWN_PREFIX", "PAUSED_PREFIX", "PushService", "node_name", "push_summary"]
 
 LOG = logging.getLogger("dicomproxy.push")
-
-
-def node_name(ae_title: str) -> str:
-    """This process among the nodes sharing a journal: host, pid, AE title."""
-    return f"{socket.gethostname()}:{os.getpid()}:{ae_title}"[:64]
 
 
 class PushService:
@@ -93,18 +85,14 @@ class PushService:
         self.queue = PushQueue(journal.engine, node_name(config.proxy.ae_title))
         self.watcher = Watcher(config, view, self.queue)
         self.window = parse_window(self.push.window)
-        self.limiters = {ae: RateLimiter(mbps) for ae, mbps in self.push.max_mbps}
-        self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
-        #: ``[[bandwidth]]``, the relay's: caps the total sent to a destination by every lane and
-        #: node (``max_mbps`` and ``backfill_mbps`` stay this node's per-lane caps beside it).
-        engine = getattr(relay, "engine", None)  # tests of the queue alone have no relay
-        self.bandwidth: Bandwidth = engine.bandwidth if engine is not None else Bandwidth(config.bandwidth)
+        #: The relay's push job of an item, paced (``max_mbps``, ``backfill_mbps``, ``[[bandwidth]]``).
+        self.jobs = ItemJobs(config, journal, relay, self.queue)
         self.holds = DestinationHolds(self.queue, self.push)
         self.rechecks = Rechecks(config, self.queue, relay)
         self.files = ItemFiles(config, view, journal, self.queue, relay)
         self.commitments = CommitmentWait(config, self.queue, commitment_ledger(config, journal))
-        #: Corrections after delivery (IOCM, docs/identity.md): their own thread.
-        self.corrections = CorrectionLoop(config, view, journal, relay, self.queue)
+        #: Corrections after delivery (their own service, :mod:`dicomproxy.corrections`): counts only.
+        self.corrections = CorrectionStore(journal.engine, self.queue.node)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -120,15 +108,9 @@ class PushService:
         keeps the rate limiter it started with. Threads and the watermark stay as started."""
         if config.push == self.push and config.peers == self.config.peers:
             return
-        old, old_backfill = dict(self.push.max_mbps), self.push.backfill_mbps
         self.config, self.push = config, config.push
         self.window = parse_window(self.push.window)
-        self.limiters = {  # an unchanged cap keeps its bucket (it is shared by the running jobs)
-            ae: self.limiters[ae] if old.get(ae) == mbps and ae in self.limiters else RateLimiter(mbps)
-            for ae, mbps in self.push.max_mbps
-        }
-        if self.push.backfill_mbps != old_backfill:
-            self.backfill_cap = RateLimiter(self.push.backfill_mbps) if self.push.backfill_mbps else None
+        self.jobs.reconfigure(config.push)
         for part in (self.watcher, self.rechecks):
             part.config, part.push = config, config.push
         self.holds.push = config.push
@@ -152,7 +134,6 @@ class PushService:
         for i in range(self.push.backfill_concurrent):
             self._spawn(f"push-backfill-{i}", lambda: self._work_loop(BACKFILL))
         self._spawn("push-lease", self._lease_loop)
-        self._spawn("push-corrections", lambda: self.corrections.loop(self._stop))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -186,6 +167,11 @@ class PushService:
         self.watcher.loop(self._stop, after)
 
     # --- the workers -----------------------------------------------------------------------------
+
+    @property
+    def limiters(self) -> dict[str, RateLimiter]:
+        """``[push] max_mbps``: each destination's bucket on this node."""
+        return self.jobs.limiters
 
     def held(self) -> tuple[bool, list[str]]:
         """(everything paused, destinations paused or held down now)."""
@@ -257,7 +243,7 @@ class PushService:
         re-check, only when the PACS holds more than the destination confirmed."""
         if item.recheck and not self.rechecks.run(item):
             return
-        result = self._run_job(item)
+        result = self.jobs.run(item, self._stop.is_set)
         verdict = after_job(result)
         if verdict.step == RELEASE:  # we are stopping: any node takes it up again
             self.queue.release([item.id])
@@ -286,45 +272,6 @@ class PushService:
             self._retry_later(item, verdict.reason, confirmed=result.confirmed, bytes=result.bytes)
             return
         self._deliver_files(item, result)
-
-    def _run_job(self, item: Item) -> JobResult:
-        """The relay's push job for ``item`` (what the destination confirmed left out), run to its
-        end; what it left, from its journal row."""
-        exclude = self.queue.excluded(item.id, item.generation)  # confirmed, or held by a reconcile's fix
-        job: dict[str, int] = {}
-
-        def started(job_id: int) -> None:
-            job["id"] = job_id
-            self.queue.record_attempt(item, job_id)
-
-        caps = [self.limiters.get(item.destination), self.backfill_cap if item.lane == BACKFILL else None]
-        takes: list[Callable[[int], float]] = [c.take for c in caps if c is not None]
-        timetable = self.bandwidth.throttle(item.destination)  # [[bandwidth]]: every lane, every node
-        if timetable is not None:
-            takes.append(timetable)
-        final = None
-        for response in self.relay.push(
-            item.study_uid,
-            item.destination,
-            exclude=exclude,
-            on_start=started,
-            throttle=(lambda n: sum(take(n) for take in takes)) if takes else None,
-            is_cancelled=self._stop.is_set,
-        ):
-            final = response
-        job_id = job.get("id")
-        view = self.journal.get(job_id) if job_id is not None else None
-        row = view.row if view is not None else {}
-        return JobResult(
-            job_id=job_id,
-            outcome=str(row.get("outcome", JobOutcome.FAILED)),
-            status=int(final.status) if final is not None else int(Status.UNABLE_TO_PROCESS),
-            error=str(row.get("error") or ""),
-            resolved_none=row.get("study_uids") == "[]",
-            bytes=int(row.get("bytes_out") or 0),
-            confirmed=len(self.queue.confirmed(item.id, item.generation)),
-            excluded=bool(exclude),
-        )
 
     def _deliver_files(self, item: Item, result: JobResult) -> None:
         """The images are delivered: the files, then ``done`` (re-checks scheduled), or ``waiting``
@@ -414,7 +361,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
     """Per destination: items by state, paused/down (the status page's push section; no patient data)."""
     try:
         counts = service.queue.counts()
-        corrections = service.corrections.store.counts()
+        corrections = service.corrections.by_destination()
         pending = service.queue.rechecks_pending()
         everything, held = service.held()
     except SQLAlchemyError:
@@ -426,10 +373,7 @@ def push_summary(service: PushService) -> list[dict[str, Any]]:
             **{s: counts.get((d, s), 0) for s in STATES},
             "recheck": pending.get(d, (0, None))[0],  # of ``done``: a re-check for late images to come
             # corrections after delivery (IOCM) by state: warned | due | running | done | failed
-            "corrections": {
-                s: sum(n for (dest, _, st), n in corrections.items() if dest == d and st == s)
-                for s in CORRECTION_STATES
-            },
+            "corrections": corrections.get(d, dict.fromkeys(CORRECTION_STATES, 0)),
         }
         for d in service.push.destinations
     ]

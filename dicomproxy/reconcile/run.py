@@ -37,11 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dicomproxy.config import Config, PacsConfig
+from dicomproxy.corrections.store import CorrectionStore
 from dicomproxy.errors import DicomServiceError
 from dicomproxy.identity.corrections import held_as_listed
 from dicomproxy.pacs.client import InstanceFinder, archive_finder
 from dicomproxy.pacs.routing import route
-from dicomproxy.push.corrections_store import CorrectionStore
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.reconcile.decide import DESTINATION, JOURNAL, Category, Verdict, decide
 from dicomproxy.reconcile.summary import RunSummaries, RunSummary

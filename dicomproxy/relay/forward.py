@@ -375,8 +375,7 @@ def _associate_destination(
             sends_stores=True,
         )
     except NoAssociation as exc:
-        what = "rejected the association" if exc.rejected else f"cannot be reached ({exc.detail})"
-        raise DestinationUnavailable(f"destination {peer.ae_title} {what}") from exc
+        raise DestinationUnavailable(f"destination {peer.ae_title} {exc.what}") from exc
     if not link.accepted_contexts:
         link.close()
         raise DestinationUnavailable(f"destination {peer.ae_title} accepted no storage context")

@@ -39,6 +39,8 @@ def job_coercer(
     style = name_style_for(config, destination)
     identities = {uid: identity_of(uid, r, style, config.hospital) for uid, r in rows.items() if r}
     journal.record_identities(job_id, destination, list(identities.values()))
+    # the exam each study came from: a re-link is told from a withdrawal by it (docs/identity.md)
+    journal.record_exams({uid: [str(x.get("ExamineID") or "") for x in r] for uid, r in rows.items() if r})
     return Coercer(identities, config.proxy.ae_title, f"job {job_id}", sources)
 
 

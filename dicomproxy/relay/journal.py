@@ -3,14 +3,16 @@
 Tables: ``jobs`` (one row per request: who asked, destination, what was resolved, counts,
 bytes, times, outcome), ``job_instances`` (one row per instance outcome with the
 transfer syntax it was sent in), ``job_identities`` (the view's identity each delivery carried)
-and the tables of retries and Storage Commitment below. One engine per process; a short
-transaction per write.
+and the tables of retries and Storage Commitment below; what deliveries were about
+(``delivered_exams``, ``delivered_objects``): :mod:`dicomproxy.relay.delivered`. One engine per
+process; a short transaction per write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import threading
 from collections.abc import Collection
@@ -39,6 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from dicomproxy.identity import Identity
+from dicomproxy.relay.delivered import DELIVERED_METADATA, DeliveryRecords
 from dicomproxy.relay.fastinsert import FastInsert
 from dicomproxy.status import RETRYABLE_OUTCOMES, JobKind, JobOutcome
 
@@ -537,7 +540,13 @@ class JobIdentities:
         return [(int(job), str(dest), Identity.from_json(text)) for job, dest, text in rows]
 
 
-class Journal(JobQueries, JobRetries, JobIdentities):
+def node_name(ae_title: str) -> str:
+    """This process among the nodes sharing a journal (push claims, corrections): host, pid, AE
+    title."""
+    return f"{socket.gethostname()}:{os.getpid()}:{ae_title}"[:64]
+
+
+class Journal(JobQueries, JobRetries, JobIdentities, DeliveryRecords):
     """Write and read job records."""
 
     def __init__(self, url: str, node: str = "") -> None:
@@ -547,6 +556,7 @@ class Journal(JobQueries, JobRetries, JobIdentities):
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
         METADATA.create_all(self.engine)
+        DELIVERED_METADATA.create_all(self.engine)  # delivered_exams, delivered_objects
         self._lock = threading.Lock()
         self._instance_insert: FastInsert | None = None
 

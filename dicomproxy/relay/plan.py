@@ -192,7 +192,7 @@ class RelayService:
         ``push`` job. Instances in ``exclude`` (this destination confirmed them in earlier
         attempts) are neither fetched nor sent again. ``on_start`` gets the job ID before any
         work; ``throttle`` is told the bytes sent as they go (``max_mbps``, ``[[bandwidth]]``); ``wrap``
-        replaces the job's coercer (a correction's copies, :mod:`dicomproxy.push.correcting`)."""
+        replaces the job's coercer (a correction's copies, :mod:`dicomproxy.corrections.sending`)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid  # (0020,000D) UI, unique key

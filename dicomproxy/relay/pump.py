@@ -347,7 +347,14 @@ class Pump:
             if obj is None:
                 continue
             item, ref = fetch.spooled(obj, spool)
-            self.recorder.journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
+            journal = self.recorder.journal
+            journal.add_expected(state.job_id, [asdict(ref)])  # before it is sent (jobs retry)
+            # its role too: a revised report or a correction finds it (docs/identity.md)
+            journal.record_objects(
+                state.job_id,
+                ref.study_uid,
+                [(obj.role, ref.sop_instance_uid, ref.sop_class_uid, ref.series_uid)],
+            )
             if not forwarder.alive and forwarder.can_reconnect:
                 forwarder.reconnect()
             res = self.sender.send(forwarder, Prepared(item))

@@ -58,16 +58,26 @@ class Policy:
     @classmethod
     def default(cls, mode: Literal["none", "lossless", "lossy"] = "lossless") -> Policy:
         """The built-in policy for ``mode``: ``[compression]`` defaults and the default codec orders."""
-        c = CompressionConfig()
+        return cls.from_compression(CompressionConfig(), mode, DEFAULT_LOSSLESS, DEFAULT_LOSSY)
+
+    @classmethod
+    def from_compression(
+        cls,
+        c: CompressionConfig,
+        mode: Literal["none", "lossless", "lossy"],
+        lossless_syntaxes: tuple[str, ...],
+        lossy_syntaxes: tuple[str, ...],
+    ) -> Policy:
+        """``[compression]`` ``c``'s settings with ``mode`` and these codec orders."""
         return cls(
             mode=mode,
-            lossless_syntaxes=DEFAULT_LOSSLESS,
-            lossy_syntaxes=DEFAULT_LOSSY,
+            lossless_syntaxes=lossless_syntaxes,
+            lossy_syntaxes=lossy_syntaxes,
             j2k_ratio=c.j2k_ratio,
             j2k_psnr=c.j2k_psnr,
             jpegls_near=c.jpegls_near,
             uid_policy=c.uid_policy,
-            never_lossy_modalities=c.never_lossy_modalities,
+            never_lossy_modalities=tuple(m.upper() for m in c.never_lossy_modalities),
             never_lossy_sop_classes=c.never_lossy_sop_classes,
             jpeg_quality=c.jpeg_quality,
             workers=c.workers,
@@ -93,19 +103,7 @@ def policy_for(config: Config, peer: PeerConfig | None) -> Policy:
     mode = peer.compression if peer is not None and peer.compression is not None else c.mode
     lossless = _targets(config, "lossless_syntaxes", c.lossless_syntaxes, DEFAULT_LOSSLESS)
     lossy = _targets(config, "lossy_syntaxes", c.lossy_syntaxes, DEFAULT_LOSSY)
-    return Policy(
-        mode=mode,
-        lossless_syntaxes=lossless,
-        lossy_syntaxes=lossy,
-        j2k_ratio=c.j2k_ratio,
-        j2k_psnr=c.j2k_psnr,
-        jpegls_near=c.jpegls_near,
-        uid_policy=c.uid_policy,
-        never_lossy_modalities=tuple(m.upper() for m in c.never_lossy_modalities),
-        never_lossy_sop_classes=c.never_lossy_sop_classes,
-        jpeg_quality=c.jpeg_quality,
-        workers=c.workers,
-    )
+    return Policy.from_compression(c, mode, lossless, lossy)
 
 
 def check_policies(config: Config) -> None:

@@ -123,6 +123,12 @@ class NoAssociation(Exception):
         #: A-ASSOCIATE-RJ result, source and reason (PS3.8 9.3.4), when rejected.
         self.reason = reason
 
+    @property
+    def what(self) -> str:
+        """What happened, for an error naming the peer: ``rejected the association`` (an
+        A-ASSOCIATE-RJ, PS3.8 9.3.4) or ``cannot be reached (DETAIL)``."""
+        return "rejected the association" if self.rejected else f"cannot be reached ({self.detail})"
+
 
 def open_association(
     calling_ae: str,

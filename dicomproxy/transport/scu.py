@@ -116,6 +116,34 @@ def _collect(
                 send_cancel()
 
 
+def _retrieve(
+    summary: RetrieveSummary,
+    remote: Remote,
+    model: Any,
+    associate: Callable[[], Any],
+    send: Callable[[Any], Any],
+    progress: Callable[[RetrieveSummary], None] | None,
+    cancel: Callable[[RetrieveSummary], bool] | None,
+) -> RetrieveSummary:
+    """Open the association (``associate``), send the C-MOVE or C-GET request on it (``send``)
+    and collect its responses into ``summary``, with a C-CANCEL (PS3.4 C.4.2.2) when ``cancel``
+    says so; the association is released (or was lost) when it returns."""
+    try:
+        assoc = associate()
+    except NoAssociation:
+        summary.error = f"no association with {remote}"
+        return summary
+    try:
+        cx_id = valid_context_id(assoc, model, "scu")
+        responses = send(assoc)
+        _collect(summary, responses, progress, cancel, lambda: assoc.send_c_cancel(1, cx_id))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        assoc.ae.shutdown()
+    return summary
+
+
 def move(
     remote: Remote,
     destination: str,
@@ -135,28 +163,22 @@ def move(
         if patient_root
         else StudyRootQueryRetrieveInformationModelMove
     )
-    summary = RetrieveSummary()
-    try:
-        assoc = open_association(
+    return _retrieve(
+        RetrieveSummary(),
+        remote,
+        model,
+        lambda: open_association(
             calling_ae,
             remote,
             add_contexts=lambda ae: ae.add_requested_context(model),
             dimse_timeout=timeout,
             network_timeout=timeout,
             tls_args=tls_args,
-        )
-    except NoAssociation:
-        summary.error = f"no association with {remote}"
-        return summary
-    try:
-        cx_id = valid_context_id(assoc, model, "scu")
-        responses = assoc.send_c_move(query, destination, model, msg_id=1)
-        _collect(summary, responses, progress, cancel, lambda: assoc.send_c_cancel(1, cx_id))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        assoc.ae.shutdown()
-    return summary
+        ),
+        lambda assoc: assoc.send_c_move(query, destination, model, msg_id=1),
+        progress,
+        cancel,
+    )
 
 
 def get(
@@ -203,8 +225,11 @@ def get(
             summary.received += 1
         return store_status(ds) if store_status is not None else Status.SUCCESS
 
-    try:
-        assoc = open_association(
+    return _retrieve(
+        summary,
+        remote,
+        model,
+        lambda: open_association(
             calling_ae,
             remote,
             add_contexts=contexts,
@@ -212,16 +237,8 @@ def get(
             network_timeout=timeout,
             ext_neg=roles,
             evt_handlers=[(evt.EVT_C_STORE, on_store)],
-        )
-    except NoAssociation:
-        summary.error = f"no association with {remote}"
-        return summary
-    try:
-        cx_id = valid_context_id(assoc, model, "scu")
-        responses = assoc.send_c_get(query, model, msg_id=1)
-        _collect(summary, responses, progress, cancel, lambda: assoc.send_c_cancel(1, cx_id))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        assoc.ae.shutdown()
-    return summary
+        ),
+        lambda assoc: assoc.send_c_get(query, model, msg_id=1),
+        progress,
+        cancel,
+    )

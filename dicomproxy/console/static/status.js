@@ -65,6 +65,12 @@
       return el("td", text, c && (c.warned || c.failed) ? "bad" : "");
     }
 
+    const cs = st.corrections || [];  // a node without push: corrections after delivery of their own
+    document.getElementById("corrections-section").hidden = cs.length === 0;
+    fill("corrections", cs.map(c => row(
+      [c.destination, el("td", c.warned, c.warned ? "bad" : ""), c.due, c.running, c.done,
+       el("td", c.failed, c.failed ? "bad" : "")], { "data-destination": c.destination })));
+
     const bf = st.backfill;
     document.getElementById("backfill-section").hidden = !(bf && (bf.left || bf.done));
     if (bf) fill("backfill", [row(

@@ -27,12 +27,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from dicomproxy.identity.corrections import Correction
-from dicomproxy.push.corrections_delivered import DeliveredQueries
-from dicomproxy.push.corrections_schema import (
+from dicomproxy.corrections.delivered import DeliveredQueries
+from dicomproxy.corrections.schema import (
     COPIES,
     CORRECTIONS_METADATA,
     DONE,
@@ -44,9 +43,11 @@ from dicomproxy.push.corrections_schema import (
     STATES,
     WARNED,
     correction_jobs,
+    correction_state,
     corrections,
-    delivered_objects,
 )
+from dicomproxy.identity.corrections import Correction
+from dicomproxy.relay.delivered import DELIVERED_METADATA, delivered_objects
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_instances
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "CorrectionStore",
     "Row",
     "correction_jobs",
+    "correction_state",
     "corrections",
     "delivered_objects",
 ]
@@ -101,6 +103,7 @@ class CorrectionStore(DeliveredQueries):
         self.engine = engine
         self.node = node[:64]
         CORRECTIONS_METADATA.create_all(engine)
+        DELIVERED_METADATA.create_all(engine)  # the journal's; created here too for a bare engine
 
     # --- the rows --------------------------------------------------------------------------------
 
@@ -129,16 +132,20 @@ class CorrectionStore(DeliveredQueries):
             return False
         return True
 
-    def claim(self, lease: float) -> Row | None:
-        """A due correction (or one whose owner's lease ended), now ``running`` and ours."""
+    def claim(self, lease: float, skip: Collection[str] = ()) -> Row | None:
+        """A due correction (or one whose owner's lease ended) to a destination not in ``skip``
+        (held), now ``running`` and ours."""
         c = corrections
         now = utcnow()
         due = or_(
             and_(c.c.state == DUE, c.c.next_at <= now),
             and_(c.c.state == RUNNING, c.c.lease_until < now),
         )
+        q = select(c).where(due)
+        if skip:
+            q = q.where(c.c.destination.not_in(sorted(skip)))
         with self.engine.connect() as conn:
-            candidates = conn.execute(select(c).where(due).order_by(c.c.id).limit(10)).mappings().all()
+            candidates = conn.execute(q.order_by(c.c.id).limit(10)).mappings().all()
         for m in candidates:
             with self.engine.begin() as conn:
                 res = conn.execute(
@@ -190,6 +197,39 @@ class CorrectionStore(DeliveredQueries):
         with self.engine.connect() as conn:
             return {str(u) for u in conn.execute(q).scalars()}
 
+    # --- the named values (the detector's watermark), shared by the nodes ------------------------
+
+    def get_state(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(correction_state.c.value).where(correction_state.c.name == name)
+            ).scalar()
+        return None if value is None else str(value)
+
+    def ensure_state(self, name: str, value: str) -> None:
+        """Create ``name`` with ``value`` unless it exists (two nodes may race: one wins)."""
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(
+                    select(correction_state.c.name).where(correction_state.c.name == name)
+                ).first():
+                    return
+                conn.execute(insert(correction_state).values(name=name, value=value))
+        except IntegrityError:
+            pass
+
+    def lock_state(self, conn: Connection, name: str) -> str | None:
+        """The value of ``name``, row-locked for ``conn``'s transaction; None when another node
+        holds it (``FOR UPDATE SKIP LOCKED``: that node is reading now) or it does not exist."""
+        t = correction_state
+        q = select(t.c.value).where(t.c.name == name).with_for_update(skip_locked=True)
+        value = conn.execute(q).scalar()
+        return None if value is None else str(value)
+
+    def set_state(self, conn: Connection, name: str, value: str) -> None:
+        """Set an existing ``name`` (locked by :meth:`lock_state`) in ``conn``'s transaction."""
+        conn.execute(update(correction_state).where(correction_state.c.name == name).values(value=value))
+
     # --- what the status page, push status and reconcile show ------------------------------------
 
     def counts(self) -> dict[tuple[str, str, str], int]:
@@ -200,6 +240,14 @@ class CorrectionStore(DeliveredQueries):
         )
         with self.engine.connect() as conn:
             return {(str(d), str(k), str(s)): int(n) for d, k, s, n in conn.execute(q)}
+
+    def by_destination(self) -> dict[str, dict[str, int]]:
+        """Destination → rows by state (every state named; the status page, ``push status``)."""
+        out: dict[str, dict[str, int]] = {}
+        for (dest, _, state), n in self.counts().items():
+            states = out.setdefault(dest, dict.fromkeys(STATES, 0))
+            states[state] = states.get(state, 0) + n
+        return out
 
     def rows(self, limit: int = 200) -> list[dict[str, Any]]:
         """The newest rows, newest first (no patient data: UIDs, kinds, field names)."""

@@ -1,33 +1,41 @@
 """What the destinations hold and with which identity, read from the journal for corrections
 after delivery (IOCM; docs/identity.md): a part of
-:class:`~dicomproxy.push.corrections_store.CorrectionStore`."""
+:class:`~dicomproxy.corrections.store.CorrectionStore`. The exams and order/report objects of the
+deliveries are the relay journal's records (:mod:`dicomproxy.relay.delivered`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
+from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, select
 from sqlalchemy.engine import Engine
 
+from dicomproxy.corrections.schema import COPIES, correction_jobs, corrections
 from dicomproxy.identity import Identity
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import Delivered
-from dicomproxy.push.corrections_schema import COPIES, correction_jobs, corrections, delivered_objects
+from dicomproxy.relay.delivered import DeliveryRecords, delivered_objects
 from dicomproxy.relay.journal import CONFIRMED_STATES, job_expected, job_identities, job_instances, jobs
 
 
-class DeliveredQueries:
+class DeliveredQueries(DeliveryRecords):
     """Deliveries, their instances and the order/report objects (mixed into the store)."""
 
     engine: Engine
 
     # --- what was delivered ----------------------------------------------------------------------
 
-    def delivered_studies(self) -> list[str]:
-        """Every study some delivery recorded an identity for (the sweep's list)."""
+    def delivered_studies(self, since: dt.datetime | None = None) -> list[str]:
+        """The studies some delivery recorded an identity for (the sweep's list): those recorded
+        at or after ``since`` (naive UTC), every one when None."""
         t = job_identities
+        q = select(t.c.study_uid).distinct().order_by(t.c.study_uid)
+        if since is not None:
+            q = q.where(t.c.recorded >= since)
         with self.engine.connect() as conn:
-            return [str(u) for u in conn.execute(select(t.c.study_uid).distinct().order_by(t.c.study_uid))]
+            return [str(u) for u in conn.execute(q).scalars()]
 
     def deliveries(self, study_uids: Collection[str]) -> dict[tuple[str, str], dict[str, Identity]]:
         """(destination, study) → digest → identity, of the deliveries of ``study_uids`` that
@@ -69,6 +77,7 @@ class DeliveredQueries:
                 t.c.digest == digest,
                 e.c.study_uid == study_uid,
                 i.c.state.in_(CONFIRMED_STATES),
+                ~_is_object(i.c.job_id, i.c.sop_instance_uid),  # a C-MOVE's report: below, with ``objects``
             )
         )
         copies = (
@@ -126,28 +135,24 @@ class DeliveredQueries:
 
     # --- order/report objects (report revised) ---------------------------------------------------
 
-    def record_objects(
-        self, job_id: int, study_uid: str, objects: Collection[tuple[str, str, str, str]]
-    ) -> None:
-        """Journal the (role, SOP Instance UID, SOP Class UID, Series Instance UID) objects
-        ``job_id`` is about to send (one record per job and object)."""
-        t = delivered_objects
-        with self.engine.begin() as conn:
-            known = set(conn.execute(select(t.c.sop_instance_uid).where(t.c.job_id == job_id)).scalars())
-            rows = [
-                {
-                    "job_id": job_id,
-                    "study_uid": study_uid,
-                    "role": r,
-                    "sop_instance_uid": u,
-                    "sop_class_uid": c,
-                    "series_uid": s,
-                }
-                for r, u, c, s in objects
-                if u not in known
-            ]
-            if rows:
-                conn.execute(insert(t), rows)
+    def held_objects(self, study_uids: Collection[str]) -> dict[tuple[str, str], dict[str, set[str]]]:
+        """(destination, study) → role → the order/report objects of ``study_uids`` it confirmed,
+        by any route (C-MOVE/C-GET with ``[reports] in_retrieve``, push, a correction)."""
+        t, i = delivered_objects, job_instances
+        uids = sorted(set(study_uids))
+        out: dict[tuple[str, str], dict[str, set[str]]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(uids), 500):
+                q = (
+                    select(jobs.c.destination, t.c.study_uid, t.c.role, t.c.sop_instance_uid)
+                    .join(i, and_(i.c.job_id == t.c.job_id, i.c.sop_instance_uid == t.c.sop_instance_uid))
+                    .join(jobs, jobs.c.id == t.c.job_id)
+                    .where(t.c.study_uid.in_(uids[start : start + 500]), i.c.state.in_(CONFIRMED_STATES))
+                    .distinct()
+                )
+                for dest, study, role, uid in conn.execute(q):
+                    out.setdefault((str(dest), str(study)), {}).setdefault(str(role), set()).add(str(uid))
+        return out
 
     def superseded(self, destination: str, study_uid: str, role: str, current: str) -> list[str]:
         """The ``role`` objects of ``study_uid`` that ``destination`` confirmed, other than ``current``."""
@@ -194,3 +199,9 @@ class DeliveredQueries:
             return None, None
         identity = Identity.from_json(found.identity) if found.identity else None
         return identity, Delivered(str(found.sop_class_uid), str(found.series_uid), sop_uid)
+
+
+def _is_object(job_id: Any, sop_uid: Any) -> Any:
+    """Whether the job's instance is an order/report object it made (``delivered_objects``)."""
+    d = delivered_objects
+    return select(d.c.job_id).where(d.c.job_id == job_id, d.c.sop_instance_uid == sop_uid).exists()

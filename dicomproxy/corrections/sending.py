@@ -1,7 +1,7 @@
 """Corrections after delivery, carried out toward ``iocm = true`` destinations (IHE RAD IOCM;
 docs/identity.md).
 
-A claimed ``corrections`` row (:class:`~dicomproxy.push.corrections_store.CorrectionStore`):
+A claimed ``corrections`` row (:class:`~dicomproxy.corrections.store.CorrectionStore`):
 
 1. **the rejection note** — a Key Object Selection Document (:mod:`dicomproxy.identity.rejection`)
    with the correction's CID 7011 title, carrying the identity the instances were delivered with
@@ -13,7 +13,9 @@ A claimed ``corrections`` row (:class:`~dicomproxy.push.corrections_store.Correc
    (visibility checked again: a study the view hides is never sent), each instance given the
    view's identity and its corrected SOP Instance UID (:class:`~dicomproxy.identity.copies.
    CorrectedCopies`); the instances this correction's copy jobs confirmed are not sent again, nor
-   those the destination holds with another identity.
+   those the destination holds with another identity;
+3. toward a destination push does not deliver to, **the new study** of a re-linked exam or **the
+   new object** of a revised report (:mod:`dicomproxy.corrections.followups`).
 
 Each step is recorded before the next one (note UID, copy jobs), so a node that died mid-way is
 replaced by one that resumes where it stopped; UIDs are derived from the correction, so a step
@@ -28,12 +30,9 @@ from typing import Any
 
 from dicomproxy import events
 from dicomproxy.config import Config
-from dicomproxy.identity import Coercer, Identity, identity_of
-from dicomproxy.identity.copies import CorrectedCopies
-from dicomproxy.identity.corrections import TITLES, Kind, note_series_uid, note_uid
-from dicomproxy.identity.rejection import rejection_note
-from dicomproxy.push.correction_objects import corrected_objects, send_datasets
-from dicomproxy.push.corrections_store import (
+from dicomproxy.corrections.followups import FollowUps
+from dicomproxy.corrections.objects import corrected_objects, send_datasets
+from dicomproxy.corrections.store import (
     COPIES,
     DONE,
     DUE,
@@ -43,13 +42,17 @@ from dicomproxy.push.corrections_store import (
     CorrectionStore,
     Row,
 )
+from dicomproxy.identity import Coercer, Identity, identity_of
+from dicomproxy.identity.copies import CorrectedCopies
+from dicomproxy.identity.corrections import TITLES, Kind, note_series_uid, note_uid
+from dicomproxy.identity.rejection import rejection_note
 from dicomproxy.relay.identities import coerces
 from dicomproxy.relay.journal import Journal
 from dicomproxy.reports.fetch import ReportUnavailable
 from dicomproxy.status import JobOutcome
 from dicomproxy.view.service import name_style_for
 
-LOG = logging.getLogger("dicomproxy.push.corrections")
+LOG = logging.getLogger("dicomproxy.corrections")
 
 #: Attempts before a correction is ``failed`` (then `dicomproxy reconcile` lists it).
 MAX_ATTEMPTS = 10
@@ -68,6 +71,8 @@ class CorrectionSender:
         #: The relay (:class:`~dicomproxy.relay.plan.RelayService`): its engine and push jobs.
         self.relay = relay
         self.store = store
+        #: The new study / object toward a destination push does not deliver to.
+        self.followups = FollowUps(config, view, journal, relay, store)
 
     def run(self, row: Row) -> str:
         """Carry out ``row`` (claimed by this node); its new state."""
@@ -75,11 +80,15 @@ class CorrectionSender:
             referenced, note = self._note(row)
             if note is None:
                 return self._again(row, "the rejection note was not confirmed")
-            copies = 0
+            copies, error = 0, ""
             if row.kind == Kind.IDENTITY.value and coerces(self.config, row.destination):
                 copies, error = self._copies(row)
-                if error:
-                    return self._again(row, error)
+            elif row.kind == Kind.RELINKED.value:
+                error = self.followups.new_study(row)
+            elif row.kind == Kind.REPORT.value:
+                error = self.followups.new_object(row)
+            if error:
+                return self._again(row, error)
         except Exception as exc:  # the journal, the view: tried again later
             LOG.exception("correction %d: failed unexpectedly", row.id)
             return self._again(row, f"internal error: {exc}")

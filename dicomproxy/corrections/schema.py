@@ -1,7 +1,9 @@
-"""The tables of corrections after delivery (IOCM; docs/identity.md), in the journal database
-beside the push queue: ``corrections`` (one per destination, study and delivered identity),
-``correction_jobs`` (the jobs that carried one out) and ``delivered_objects`` (the order/report
-objects push made and sent). What they hold: :mod:`dicomproxy.push.corrections_store`."""
+"""The tables of corrections after delivery (IOCM; docs/identity.md), in the journal database:
+``corrections`` (one per destination, study and delivered identity), ``correction_jobs`` (the jobs
+that carried one out) and ``correction_state`` (the detector's watermark, shared by the nodes).
+What they hold: :mod:`dicomproxy.corrections.store`. What the deliveries were about
+(``delivered_exams``, ``delivered_objects``) is the relay journal's
+(:mod:`dicomproxy.relay.delivered`)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ CORRECTIONS_METADATA = MetaData()
 
 WARNED, DUE, RUNNING, DONE, FAILED = "warned", "due", "running", "done", "failed"
 STATES = (WARNED, DUE, RUNNING, DONE, FAILED)
-#: Roles of the jobs a correction runs.
-NOTE, COPIES, OBJECTS = "note", "copies", "objects"
+#: Roles of the jobs a correction runs (``relinked``: the new study of a re-linked exam).
+NOTE, COPIES, OBJECTS, RELINKED = "note", "copies", "objects", "relinked"
 
 corrections = Table(
     "corrections",
@@ -42,23 +44,18 @@ corrections = Table(
     UniqueConstraint("destination", "study_uid", "old_digest", name="uq_corrections_delivery"),
 )
 
-#: The order/report objects push made and sent (:mod:`dicomproxy.push.files`), per job: their role
-#: and series, which the journal's ``job_expected`` (the PACS's instances) does not hold.
-delivered_objects = Table(
-    "delivered_objects",
-    CORRECTIONS_METADATA,
-    Column("job_id", Integer, primary_key=True, autoincrement=False),
-    Column("sop_instance_uid", String(64), primary_key=True),
-    Column("study_uid", String(64), nullable=False, index=True),
-    Column("role", String(8), nullable=False),
-    Column("sop_class_uid", String(64), nullable=False),
-    Column("series_uid", String(64), nullable=False),
-)
-
 correction_jobs = Table(
     "correction_jobs",
     CORRECTIONS_METADATA,
     Column("correction_id", Integer, primary_key=True, autoincrement=False),
     Column("job_id", Integer, primary_key=True, autoincrement=False),
     Column("role", String(8), nullable=False),
+)
+
+#: Named values shared by the nodes (the detector's watermark): name → text.
+correction_state = Table(
+    "correction_state",
+    CORRECTIONS_METADATA,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

@@ -31,7 +31,7 @@ from dicomproxy.reports.study import study_files
 from dicomproxy.status import JobKind, JobOutcome
 from dicomproxy.view.service import name_style_for
 
-LOG = logging.getLogger("dicomproxy.push.corrections")
+LOG = logging.getLogger("dicomproxy.corrections")
 
 
 def send_datasets(

@@ -5,98 +5,54 @@ compared with the exam view's current row by :func:`dicomproxy.identity.correcti
 Two feeders name the studies to compare:
 
 - **changed rows** (:meth:`CorrectionDetector.changed`): the rows whose RowTimestamp is above the
-  detector's own watermark (``push_state`` ``corrections-watermark``; either kind of stamp, with
+  detector's own watermark (``correction_state`` ``watermark``; either kind of stamp, with
   the late-commit guard of :mod:`dicomproxy.view.stamp`, as the push watcher reads), *visible or
-  not* — a row whose privacy was raised or whose HospitalID changed is read too;
-- **the sweep** (:meth:`CorrectionDetector.sweep`): every delivered study, at start and every
-  ``[push] corrections_sweep`` seconds — what no stamp announces: a deleted row, a cleared UID.
+  not* — a row whose privacy was raised or whose HospitalID changed is read too — and the studies
+  their ExamineIDs named when delivered (``delivered_exams``: a re-link, a cleared UID); a changed
+  row is also where a revised order/report file is looked for (:mod:`dicomproxy.corrections.revisions`);
+- **the sweep** (:meth:`CorrectionDetector.sweep`): the studies delivered in the last
+  ``[corrections] sweep_days``, at start and every ``[corrections] sweep`` seconds — what no stamp
+  announces: a deleted row, a cleared UID.
 
 A correction is journalled once per (destination, study, delivered identity)
-(:class:`~dicomproxy.push.corrections_store.CorrectionStore`): the node whose insert wins writes
+(:class:`~dicomproxy.corrections.store.CorrectionStore`): the node whose insert wins writes
 one WARNING (UIDs and kinds only), and publishes :class:`~dicomproxy.events.CorrectionFound` (the
 audit trail and ATNA take the patient IDs from it; ``/metrics`` counts it).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.corrections.record import record_correction
+from dicomproxy.corrections.revisions import revisions
+from dicomproxy.corrections.store import CorrectionStore, utcnow
 from dicomproxy.identity import Identity, identity_of
 from dicomproxy.identity.corrections import Correction, decide
-from dicomproxy.push.corrections_store import CorrectionStore
-from dicomproxy.push.queue import PushQueue
-from dicomproxy.push.schema import push_queue
 from dicomproxy.view.service import name_style_for
 from dicomproxy.view.stamp import Mark, StampKind, later
 from dicomproxy.view.uids import is_valid_uid, split_uid_cell
 
-LOG = logging.getLogger("dicomproxy.push.corrections")
+LOG = logging.getLogger("dicomproxy.corrections")
 
-#: ``push_state`` name of the detector's watermark.
-WATERMARK = "corrections-watermark"
+#: ``correction_state`` name of the detector's watermark.
+WATERMARK = "watermark"
 #: Rows read per batch above the watermark.
 BATCH = 500
 
 
-def iocm_of(config: Config, destination: str) -> bool:
-    """``[[peers]] iocm`` of the destination (off for a requester that is not a peer)."""
-    peer = config.peer(destination)
-    return bool(peer is not None and peer.iocm)
-
-
-def record_correction(
-    config: Config,
-    store: CorrectionStore,
-    destination: str,
-    correction: Correction,
-    old: Identity | None,
-    now: Identity | None,
-    object_uid: str = "",
-) -> bool:
-    """Journal ``correction``; when this call inserted it (not another node, not an earlier pass):
-    one WARNING (UIDs, kind and field names only) and :class:`~dicomproxy.events.CorrectionFound`."""
-    iocm = iocm_of(config, destination)
-    if not store.record(destination, correction, iocm, object_uid):
-        return False
-    LOG.warning(
-        "correction after delivery: study %s at %s: %s%s%s; %s",
-        correction.study_uid,
-        destination,
-        correction.kind.value,
-        f" ({', '.join(correction.changed)})" if correction.changed else "",
-        f" of {object_uid}" if object_uid else "",
-        "a rejection note follows (iocm = true)"
-        if iocm
-        else "the destination holds it as delivered (iocm = false; see `dicomproxy reconcile`)",
-    )
-    events.publish(
-        events.CorrectionFound(
-            destination=destination,
-            study_uid=correction.study_uid,
-            kind=correction.kind.value,
-            changed=correction.changed,
-            acted=iocm,
-            old_patient_id=old.patient_id if old is not None else "",
-            new_patient_id=now.patient_id if now is not None else "",
-            relinked_to=correction.relinked_to,
-        )
-    )
-    return True
-
-
 class CorrectionDetector:
-    """Compares delivered identities with the view; one per process (push service thread)."""
+    """Compares delivered identities with the view; one per process (the corrections service)."""
 
-    def __init__(self, config: Config, view: Any, queue: PushQueue, store: CorrectionStore) -> None:
+    def __init__(self, config: Config, view: Any, store: CorrectionStore) -> None:
         self.config = config
         self.view = view
-        self.queue = queue
         self.store = store
 
     # --- the feeders -----------------------------------------------------------------------------
@@ -107,12 +63,12 @@ class CorrectionDetector:
         policy = self.view.stamp_policy()
         if policy.kind is StampKind.EMPTY:
             return 0
-        if self.queue.get_state(WATERMARK) is None:
-            self.queue.ensure_state(WATERMARK, self._initial(policy))
+        if self.store.get_state(WATERMARK) is None:
+            self.store.ensure_state(WATERMARK, self._initial(policy))
         uids: set[str] = set()
         exams: set[str] = set()
-        with self.queue.engine.begin() as jconn:
-            text = self.queue.lock_state(jconn, WATERMARK)
+        with self.store.engine.begin() as jconn:
+            text = self.store.lock_state(jconn, WATERMARK)
             if text is None:
                 return 0
             mark = Mark.decode(text) if text else None
@@ -148,9 +104,14 @@ class CorrectionDetector:
                     break
                 cursor = (rows[-1]["RowTimestamp"], str(rows[-1]["ExamineID"]))
             if high is not None and (mark is None or high != mark.value):
-                self.queue.set_state(WATERMARK, Mark(policy.kind, high).encode(), jconn)
-        uids |= self._pushed_studies(exams)  # what the exams named before: a re-link, a cleared UID
-        return len(self.check(sorted(uids))) if uids else 0
+                self.store.set_state(jconn, WATERMARK, Mark(policy.kind, high).encode())
+        uids |= self.store.studies_of_exams(exams)  # what the exams named before: a re-link, a cleared UID
+        if not uids:
+            return 0
+        found = len(self.check(sorted(uids)))
+        if self.config.reports.enabled:  # a changed row may name a revised order/report file
+            found += revisions(self.config, self.view, self.store, sorted(uids))
+        return found
 
     def _initial(self, policy: Any) -> str:
         """From now on (the sweep at start compares what was delivered before)."""
@@ -164,8 +125,11 @@ class CorrectionDetector:
         return "" if top is None else Mark(policy.kind, top).encode()
 
     def sweep(self) -> int:
-        """Compare every delivered study; the corrections found."""
-        studies = self.store.delivered_studies()
+        """Compare the studies delivered in the last ``sweep_days`` (0: every one); the corrections
+        found."""
+        days = self.config.corrections.sweep_days
+        since = utcnow() - dt.timedelta(days=days) if days else None
+        studies = self.store.delivered_studies(since)
         found = 0
         for start in range(0, len(studies), BATCH):
             found += len(self.check(studies[start : start + BATCH]))
@@ -180,6 +144,8 @@ class CorrectionDetector:
             return []
         studies = sorted({study for _, study in deliveries})
         rows = self.view.study_rows(studies)
+        # a delivery journalled before exams were recorded gets its exam while its row names it
+        self.store.record_exams({s: [str(r.get("ExamineID") or "") for r in rows[s]] for s in rows})
         relinked = self._relinked([s for s in studies if s not in rows])
         found: list[tuple[str, Correction]] = []
         for (destination, study), delivered in sorted(deliveries.items()):
@@ -197,26 +163,12 @@ class CorrectionDetector:
     def _record(self, destination: str, correction: Correction, old: Identity, now: Identity | None) -> bool:
         return record_correction(self.config, self.store, destination, correction, old, now)
 
-    def _pushed_studies(self, examine_ids: Iterable[str]) -> set[str]:
-        """Study Instance UIDs push queued for these ExamineIDs (what the rows named before)."""
-        q = push_queue
-        ids = [e for e in examine_ids if e]
-        if not ids:
-            return set()
-        with self.queue.engine.connect() as conn:
-            rows = conn.execute(select(q.c.study_uid).where(q.c.examine_id.in_(ids)).distinct()).scalars()
-            return {str(u) for u in rows}
-
     def _relinked(self, study_uids: Sequence[str]) -> dict[str, str]:
-        """Old Study Instance UID → the one its exam's visible row names now (push knew the exam)."""
+        """Old Study Instance UID → the one its exam's visible row names now (the exam recorded
+        with the delivery, ``delivered_exams``: a C-MOVE/C-GET's as a push's)."""
         if not study_uids:
             return {}
-        q = push_queue
-        with self.queue.engine.connect() as conn:
-            pairs = conn.execute(
-                select(q.c.study_uid, q.c.examine_id).where(q.c.study_uid.in_(list(study_uids))).distinct()
-            ).all()
-        exams = {str(e): str(s) for s, e in pairs if e}
+        exams = {e: study for study, ids in self.store.exams_of(study_uids).items() for e in ids}
         if not exams:
             return {}
         t = self.view.table
@@ -229,6 +181,6 @@ class CorrectionDetector:
                 continue
             old = exams.get(str(row["ExamineID"]))
             new = [u for u in split_uid_cell(row["StudyInstanceUID"]) if is_valid_uid(u) and u != old]
-            if old and new:
+            if old and new and old not in out:
                 out[old] = new[0]
         return out
