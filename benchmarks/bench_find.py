@@ -9,8 +9,8 @@ like a PACS client) for: PatientID, AccessionNumber, StudyInstanceUID, one-day d
 
 With ``--moves N`` the queries run while N C-MOVEs keep the same proxy busy: a real Orthanc PACS
 holds one study of real CT slices (``--move-slices``, pydicom-data pixels), the view gets that
-study's row, and N threads move it through the proxy (upstream C-MOVE, ``none``) to a pynetdicom
-Storage SCP (``pyscp.py``, a thread per association), one move after the other each, until the
+study's row, and N threads move it through the proxy (upstream C-MOVE, ``none``) to DCMTK
+``storescp --fork`` (a process per association), one move after the other each, until the
 queries end (issue 29's "keyed p95 while 4 C-MOVEs run").
 
     .venv/bin/python benchmarks/bench_find.py --rows 1000000 --db postgresql --db sqlite
@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_relay import PyStoreSCP
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
@@ -47,6 +46,7 @@ from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
 from testkit.console_load import ConsoleLoad
+from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.realct import write_real_study
 from testkit.samples import StudySpec, exam_row
@@ -199,7 +199,8 @@ class MoveLoad:
         self.workdir, self.movers = workdir, movers
         self.spec = StudySpec("CT", accession="MOVELOAD1", series=1, images_per_series=slices, seed=29)
         self.pacs = Orthanc(workdir / "orthanc")
-        self.dest = PyStoreSCP(workdir / "dest")
+        # DCMTK storescp, a process per association (--fork): the movers are not held up by it
+        self.dest = StoreSCP(workdir / "dest", "DEST", extra=["--fork"])
         self.stop = threading.Event()
         self.done: list[float] = []
         self.errors: list[str] = []
