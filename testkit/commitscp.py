@@ -6,7 +6,9 @@ N-ACTION "Request Storage Commitment" and answers — or not — as told.
 - ``"new"``: on a new association to ``reply_to`` (this SCP takes the SCP role, PS3.7 D.3.3.4);
 - ``"silent"``: never.
 ``fail``: SOP Instance UIDs reported failed (Failure Reason 0x0110) — once each, unless ``fail_always``;
-``fail_unknown``: report a Transaction UID that was never asked.
+``fail_unknown``: report a Transaction UID that was never asked; ``strict``: a reference to an
+instance this SCP never received fails with 0x0112, No such object instance (as Orthanc's SCP,
+which looks each one up).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CommitmentDestination(FakeDestination):
         self.reply_to = reply_to
         self.fail: set[str] = set()
         self.fail_always = False
+        self.strict = False
         #: (Transaction UID, referenced SOP Instance UIDs) of every N-ACTION received.
         self.requests: list[tuple[str, list[str]]] = []
         #: N-EVENT-REPORT-RSP statuses we got back.
@@ -62,11 +65,16 @@ class CommitmentDestination(FakeDestination):
         ds = Dataset()
         ds.TransactionUID = uid
         ok, bad = [], []
+        with self._lock:
+            held = {u for u, _ in self.received}
         for cls, sop in refs:
             item = Dataset()
             item.ReferencedSOPClassUID = cls
             item.ReferencedSOPInstanceUID = sop
-            if sop in self.fail:
+            if self.strict and sop not in held:
+                item.FailureReason = 0x0112
+                bad.append(item)
+            elif sop in self.fail:
                 item.FailureReason = 0x0110
                 bad.append(item)
                 if not self.fail_always:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import split_dataset
 
-from dicomproxy.config import ConfigError, HospitalConfig, UniversalId, parse_config
+from dicomproxy.config import Config, ConfigError, HospitalConfig, UniversalId, parse_config
 from dicomproxy.identity import (
     Coercer,
     Identity,
@@ -309,6 +310,36 @@ def test_journal_keeps_the_first_identity_of_each_delivery(
     job2 = journal.start("push", "DICOMPROXY", "", "DEST", "")  # type: ignore[arg-type]
     journal.record_identities(job2, "DEST", [later])
     assert journal.deliveries_of(STUDY) == [(job, "DEST", VIEW), (job2, "DEST", later)]
+    journal.engine.dispose()
+
+
+def test_a_retry_of_a_corrected_copies_job_sends_the_copies_again(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    """A job that sent corrected copies (IOCM) is journalled as such when planned: its retry (a
+    resume after a restart, ``jobs retry``) gives every instance the copy's UID again — never the
+    rejected original's — and a plain job's retry keeps the PACS's UIDs."""
+    from dicomproxy.identity.copies import CorrectedCopies
+    from dicomproxy.identity.corrections import corrected_uid
+    from dicomproxy.relay.identities import retry_coercer
+
+    config = make_config()
+    journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
+    plain, copies = (journal.start("push", "DICOMPROXY", "", "DEST", "") for _ in range(2))  # type: ignore[arg-type]
+    for job in (plain, copies):
+        journal.record_identities(job, "DEST", [VIEW])
+    journal.record_copies(copies, "f1")
+    journal.record_copies(copies, "f2")  # planned again: the first record stays
+    assert journal.copies_of([plain, copies]) == {copies: "f1"} and journal.copies_of([]) == {}
+    again = retry_coercer(config, journal, copies, "DEST")
+    assert isinstance(again, CorrectedCopies) and again.fingerprint == "f1"
+    assert again.identities == {STUDY: VIEW}
+    spec = StudySpec("CT", series=1, images_per_series=1, seed=7)
+    src = tmp_path / "in.dcm"
+    make_instance(spec, 0, 0).save_as(src, enforce_file_format=True)
+    sent = dcmread(again.rewrite(src, tmp_path / "spare.dcm"))
+    assert sent.SOPInstanceUID == corrected_uid(spec.sop_uid(0, 0), "f1")
+    assert type(retry_coercer(config, journal, plain, "DEST")) is Coercer
     journal.engine.dispose()
 
 

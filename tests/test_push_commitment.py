@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 
 from dicomproxy.config import Config
+from dicomproxy.identity.corrections import corrected_uid
+from dicomproxy.push.corrections_store import COPIES, CorrectionStore, correction_jobs, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.server import Server
@@ -28,7 +30,7 @@ from testkit import free_port, wait_until
 from testkit.commitscp import CommitmentDestination
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.viewdb import create_view_table, insert_rows, update_rows
 from tests.conftest import ConfigFactory, _need
 
 SPEC = StudySpec("CT", accession="PC001", series=1, images_per_series=3, seed=471)
@@ -201,3 +203,54 @@ def test_a_push_item_whose_instances_are_never_committed_fails_with_the_reason(
     else:  # sent twice (commit_attempts), then left failed
         assert states == {uids[0]: "failed", uids[1]: "failed", uids[2]: "committed"}
         assert Counter(u for u, _ in dest.received) == {uids[0]: 2, uids[1]: 2, uids[2]: 1}
+
+
+def test_corrected_copies_are_asked_to_commit_under_the_uids_they_were_sent_with(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    pacs: tuple[Orthanc, list[str]],
+    commit_dest: Callable[..., CommitmentDestination],
+) -> None:
+    """IOCM (issue 26) to a destination that commits: the corrected copies are journalled under
+    the PACS's UIDs but sent under their derived ones; the N-ACTION names the UIDs sent (the SCP
+    fails any instance it never received, 0x0112), and its report is recorded against the copies
+    job's rows: every copy committed."""
+    orthanc, uids = pacs
+    port = free_port()
+    dest = commit_dest("same", port)
+    dest.strict = True
+    dest.start()
+    server, queue = _run(
+        tmp_path,
+        make_config,
+        run_proxy,
+        orthanc,
+        Remote(dest.ae_title, "127.0.0.1", dest.port),
+        port,
+        iocm=True,
+    )
+    wait_until(lambda: [i["state"] for i in queue.items()] == ["done"], 60, "the item done")
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    later = dt.datetime.now() + dt.timedelta(minutes=5)
+    update_rows(
+        view, "V_IMAGE_CLOUD", exam_row(SPEC)["ExamineID"], {"PatientID": "PC-NEW", "RowTimestamp": later}
+    )
+    view.dispose()
+    store = CorrectionStore(server.ctx.journal.engine, "test")
+    wait_until(
+        lambda: store.counts().get((dest.ae_title, "identity-corrected", "done")) == 1, 90, "the correction"
+    )
+    with server.ctx.journal.engine.connect() as conn:
+        (fingerprint,) = conn.execute(select(corrections.c.fingerprint)).scalars()
+        copy_jobs = list(
+            conn.execute(select(correction_jobs.c.job_id).where(correction_jobs.c.role == COPIES)).scalars()
+        )
+    copies = sorted(corrected_uid(u, fingerprint) for u in uids)
+    ledger = server.ctx.commitments
+    assert isinstance(ledger, CommitmentLedger)
+    wait_until(
+        lambda: ledger.states_of(copy_jobs) == dict.fromkeys(uids, "committed"), 30, "the copies committed"
+    )
+    assert copies in [sorted(refs) for _, refs in dest.requests]
+    assert not any(set(refs) & set(uids) for _, refs in dest.requests[1:])  # never the originals again

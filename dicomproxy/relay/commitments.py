@@ -27,6 +27,7 @@ from sqlalchemy import insert, select, update
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.relay.commitment_queries import CommitmentQueries, utcnow
 from dicomproxy.relay.journal import (
     ANSWERED,
@@ -40,6 +41,7 @@ from dicomproxy.relay.journal import (
     Journal,
     commit_refs,
     commit_requests,
+    job_copies,
     job_instances,
     jobs,
 )
@@ -121,7 +123,8 @@ class CommitmentLedger(CommitmentQueries):
     def due(self, now: dt.datetime | None = None) -> list[Transaction]:
         """Transactions to send now (never asked, or asked and not answered by their due time)."""
         q = (
-            select(commit_requests)
+            select(commit_requests, job_copies.c.fingerprint)
+            .outerjoin(job_copies, job_copies.c.job_id == commit_requests.c.job_id)
             .where(commit_requests.c.state.in_((DUE, ASKED)), commit_requests.c.due <= (now or utcnow()))
             .order_by(commit_requests.c.due)
         )
@@ -140,7 +143,7 @@ class CommitmentLedger(CommitmentQueries):
                         int(r["job_id"]),
                         r["destination"],
                         int(r["attempts"]),
-                        tuple(Ref(c, u) for c, u in refs),
+                        tuple(Ref(c, sent_uid(u, r["fingerprint"])) for c, u in refs),
                     )
                 )
         return out
@@ -194,6 +197,9 @@ class CommitmentLedger(CommitmentQueries):
             if known is None:
                 return False
             job_id, destination = int(known.job_id), str(known.destination)
+            fingerprint = conn.execute(
+                select(job_copies.c.fingerprint).where(job_copies.c.job_id == job_id)
+            ).scalar_one_or_none()
             conn.execute(
                 update(commit_requests)
                 .where(commit_requests.c.transaction_uid == report.transaction_uid)
@@ -201,6 +207,7 @@ class CommitmentLedger(CommitmentQueries):
             )
             mine = commit_refs.c.transaction_uid == report.transaction_uid
             refs = [str(u) for (u,) in conn.execute(select(commit_refs.c.sop_instance_uid).where(mine))]
+            report = journalled(report, refs, fingerprint)
             reasons: dict[int | None, list[str]] = {}
             for uid in refs:
                 reason = None if uid in report.committed else report.failed.get(uid, PROCESSING_FAILURE)
@@ -248,6 +255,25 @@ class CommitmentLedger(CommitmentQueries):
             self.journal.not_committed(job_id, last, retry=False)
         if again and self.journal.not_committed(job_id, again, retry=kind == JobKind.MOVE):
             LOG.info("job %d: %d instance(s) not committed: sent again", job_id, len(again))
+
+
+def sent_uid(uid: str, fingerprint: str | None) -> str:
+    """The SOP Instance UID the destination received for the journal's ``uid``: a corrected
+    copy's (IOCM, ``job_copies``) when its job sent copies made with ``fingerprint``."""
+    return uid if fingerprint is None else corrected_uid(uid, fingerprint)
+
+
+def journalled(report: Report, refs: list[str], fingerprint: str | None) -> Report:
+    """``report`` in the journal's UIDs (``refs``: the transaction's): the UIDs of corrected copies
+    mapped back to the instances they are copies of."""
+    if fingerprint is None:
+        return report
+    back = {corrected_uid(u, fingerprint): u for u in refs}
+    return Report(
+        report.transaction_uid,
+        frozenset(back.get(u, u) for u in report.committed),
+        {back.get(u, u): reason for u, reason in report.failed.items()},
+    )
 
 
 def answer_status(ledger: CommitmentLedger, report: Report) -> int:

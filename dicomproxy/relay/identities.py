@@ -4,7 +4,8 @@
 its studies from the view rows, in the destination's ``name_style``, journalled
 (``job_identities``) before anything is sent, and the :class:`~dicomproxy.identity.Coercer` the
 destination's sender applies to every instance. :func:`retry_coercer` gives a retry the identities
-its job was planned with. A destination with ``coerce = false`` gets None: the PACS's bytes.
+its job was planned with (and a corrected copies job its copies' UIDs again). A destination with
+``coerce = false`` gets None: the PACS's bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from dicomproxy.config import Config
 from dicomproxy.identity import Coercer, identity_of
+from dicomproxy.identity.copies import CorrectedCopies
 from dicomproxy.relay.journal import Journal
 from dicomproxy.view.service import name_style_for
 
@@ -45,7 +47,11 @@ def job_coercer(
 
 
 def retry_coercer(config: Config, journal: Journal, job_id: int, destination: str) -> Coercer | None:
-    """A retry of ``job_id`` sends the identities the job was planned with (``job_identities``)."""
+    """A retry of ``job_id`` sends the identities the job was planned with (``job_identities``);
+    a job that sent corrected copies (``job_copies``) sends the same copies again, never the
+    rejected originals."""
     if not coerces(config, destination):
         return None
-    return Coercer(journal.identities_of(job_id), config.proxy.ae_title, f"job {job_id}")
+    coercer = Coercer(journal.identities_of(job_id), config.proxy.ae_title, f"job {job_id}")
+    fingerprint = journal.copies_of([job_id]).get(job_id)
+    return coercer if fingerprint is None else CorrectedCopies(coercer, fingerprint)

@@ -185,6 +185,19 @@ job_identities = Table(
     Column("recorded", DateTime, nullable=False),
 )
 
+#: The jobs that send corrected copies (IOCM, :mod:`dicomproxy.identity.copies`): each instance is
+#: journalled under the PACS's SOP Instance UID and sent under
+#: :func:`~dicomproxy.identity.corrections.corrected_uid` of it and ``fingerprint``. Written when the
+#: job is planned, before anything is sent: a retry sends the same copies, and Storage Commitment asks
+#: for (and maps the report back from) the UIDs the destination received. A table of its own, so
+#: existing journals get it from ``create_all``.
+job_copies = Table(
+    "job_copies",
+    METADATA,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True, autoincrement=False),
+    Column("fingerprint", String(64), nullable=False),
+)
+
 #: States of ``job_instances`` rows that mean the destination confirmed the instance.
 CONFIRMED_STATES = ("sent", "warning")
 #: A stored instance whose Storage Commitment failed: sent again by a retry.
@@ -529,6 +542,23 @@ class JobIdentities:
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.c.study_uid, t.c.identity).where(t.c.job_id == job_id)).all()
         return {str(uid): Identity.from_json(text) for uid, text in rows}
+
+    def record_copies(self, job_id: int, fingerprint: str) -> None:
+        """``job_id`` sends corrected copies made with ``fingerprint`` (kept once: a retry's plan
+        is the first one's)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(job_copies).values(job_id=job_id, fingerprint=fingerprint))
+        except IntegrityError:
+            pass  # recorded before (the same job planned again)
+
+    def copies_of(self, job_ids: Collection[int]) -> dict[int, str]:
+        """Job → the fingerprint of the corrected copies it sends (jobs sending originals absent)."""
+        if not job_ids:
+            return {}
+        q = select(job_copies.c.job_id, job_copies.c.fingerprint).where(job_copies.c.job_id.in_(job_ids))
+        with self.engine.connect() as conn:
+            return {int(j): str(f) for j, f in conn.execute(q)}
 
     def deliveries_of(self, study_uid: str) -> list[tuple[int, str, Identity]]:
         """(job, destination, identity) of every delivery of ``study_uid``, oldest job first:

@@ -40,6 +40,7 @@ from dicomproxy.errors import (
     UnableToProcess,
 )
 from dicomproxy.identity import Coercer
+from dicomproxy.identity.copies import CorrectedCopies
 from dicomproxy.pacs.client import PacsClient, StudySummary
 from dicomproxy.pacs.store import ReceiveRegistry
 from dicomproxy.relay import observe
@@ -326,6 +327,8 @@ class RelayService:
             coercer = job_coercer(config, self.journal, job_id, destination, rows, sources)
             if wrap is not None:
                 coercer = wrap(coercer)
+            if isinstance(coercer, CorrectedCopies):  # journalled before anything is sent
+                self.journal.record_copies(job_id, coercer.fingerprint)
             fetch, sop_classes, summary = self.lister.fetch_list(state, clients, keys, exclude)
             n = summary.count if summary is not None else len(state.expected)
             self._log_plan(req, state, len(study_uids), n, summary)
