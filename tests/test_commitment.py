@@ -665,6 +665,75 @@ def test_the_committer_backs_off_doubling_and_numbers_its_attempts(
     assert waits == [1.0]  # one round, then the (stubbed) stop
 
 
+def _peers_config(tmp_path: Path, peers: list[dict[str, Any]]) -> Config:
+    from dicomproxy.config import parse_config
+    from tests.conftest import base_config_dict
+
+    doc = base_config_dict(tmp_path, "sqlite:///v.db", peers=peers)
+    return parse_config(doc, str(tmp_path / "proxy.toml"))
+
+
+@pytest.mark.parametrize(
+    "peers",
+    [
+        [{"ae_title": "CLOUD", "host": "127.0.0.1", "port": 1}],  # storage_commitment turned off
+        [{"ae_title": "OTHER", "host": "127.0.0.1", "port": 1}],  # CLOUD no longer a peer
+    ],
+    ids=["commitment-off", "peer-removed"],
+)
+def test_a_transaction_whose_peer_no_longer_commits_is_given_up_not_sent(
+    ledger: tuple[CommitmentLedger, Journal],
+    tmp_path: Path,
+    peers: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload took ``storage_commitment`` away from the destination, or the peer itself: its
+    open transaction is not sent (nor counted as sent) but given up at once — its references
+    ``unanswered``, one WARNING naming the transaction, the job, the destination and the counts."""
+    import logging
+
+    from dicomproxy.relay import committer as committer_module
+
+    led, journal = ledger
+    job = _stored(journal, "move", "CLOUD", 2)
+    (tx,) = led.job_ended(job)
+    asked: list[object] = []
+    monkeypatch.setattr(committer_module, "request_commitment", lambda *a, **k: asked.append(a) or 0)
+    committer = Committer(_peers_config(tmp_path, peers), led)
+    with caplog.at_level(logging.WARNING, logger="dicomproxy.commitment"):
+        assert committer.run_due(now=dt.datetime.now() + dt.timedelta(days=1)) == 0
+    assert asked == [] and led.counts(job) == {"unanswered": 2} and led.open_transactions(job) == 0
+    assert (
+        f"commitment {tx} (job {job}): no report from CLOUD after 0 request(s): 2 instance(s) unanswered"
+        in caplog.text
+    )
+
+
+def test_a_request_the_peer_refuses_is_not_counted_and_asked_again_later(
+    ledger: tuple[CommitmentLedger, Journal],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An N-ACTION-RSP with a failure status (here 0x0110): not sent, one WARNING with the status
+    and the wait, and the attempt is used (the transaction is due again after the back-off)."""
+    import logging
+
+    from dicomproxy.relay import committer as committer_module
+
+    led, journal = ledger
+    job = _stored(journal, "move", "CLOUD", 1)
+    (tx,) = led.job_ended(job)
+    monkeypatch.setattr(committer_module, "request_commitment", lambda *a, **k: 0x0110)
+    committer = Committer(led.config, led)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(seconds=1)
+    with caplog.at_level(logging.WARNING, logger="dicomproxy.commitment"):
+        assert committer.run_due(now=now) == 0
+    assert f"commitment {tx} (job {job}): CLOUD refused the request (0x0110); again in 600 s" in caplog.text
+    assert [t.attempts for t in led.due(now + dt.timedelta(seconds=600))] == [1]
+    assert led.due(now + dt.timedelta(seconds=599)) == [] and led.counts(job) == {"pending": 1}
+
+
 @pytest.mark.postgresql
 def test_two_nodes_on_one_postgresql_journal_send_each_attempt_once(
     pg_journal: str, make_config: Callable[..., Config]

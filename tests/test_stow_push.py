@@ -12,17 +12,21 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 
 from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
+from dicomproxy.identity.corrections import corrected_uid
+from dicomproxy.identity.rejection import KOS_SOP_CLASS
+from dicomproxy.push.corrections_store import CorrectionStore, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.server import Server
 from testkit import wait_until
 from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.stowserver import StowScript, StowServer
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.viewdb import create_view_table, insert_rows, update_rows
 from tests.conftest import ConfigFactory, _need
+from tests.test_iocm_real import cloud_instances, referenced
 from tests.test_stow_orthanc import stored_syntaxes
 
 pytestmark = pytest.mark.orthanc
@@ -160,3 +164,45 @@ def test_push_holds_a_dicomweb_destination_that_does_not_answer_and_delivers_onc
         assert [(j["outcome"], j["completed"]) for j in reversed(jobs)] == [("failed", 0), ("success", 4)]
     finally:
         web.stop()
+
+
+def test_a_corrected_identity_reaches_a_dicomweb_peer_as_a_rejection_note_and_copies(
+    tmp_path: Path,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    pacs: Orthanc,
+    cloud: Orthanc,
+) -> None:
+    """IOCM (issue 26) to a ``kind = "dicomweb"`` peer: once the RIS corrects the PatientID of a
+    delivered exam, the rejection note (113038) and the corrected copies go by STOW-RS too, and
+    Orthanc's WADO-RS lists them in the study."""
+    cloud.clear()
+    spec = SPECS[0]
+    server, _ = push_one(
+        tmp_path,
+        make_config,
+        run_proxy,
+        pacs,
+        {"url": cloud.stow_url, "transfer_syntax_param": False, "iocm": True},
+        spec,
+    )
+    store = CorrectionStore(server.ctx.journal.engine, "test")
+    wait_until(lambda: set(stored_syntaxes(cloud)) == sops(spec), 60, "the study delivered")
+    view = create_engine(f"sqlite:///{tmp_path / 'view.db'}")
+    later = dt.datetime.now() + dt.timedelta(hours=2)  # after the row's stamp (push_one: 1 h ahead)
+    update_rows(
+        view, "V_IMAGE_CLOUD", exam_row(spec)["ExamineID"], {"PatientID": "SP-NEW", "RowTimestamp": later}
+    )
+    view.dispose()
+    wait_until(lambda: store.counts().get((WEB, "identity-corrected", "done")) == 1, 90, "the correction")
+    with server.ctx.journal.engine.connect() as conn:
+        (fingerprint,) = conn.execute(select(corrections.c.fingerprint)).scalars()
+    held = cloud_instances(cloud)
+    (note,) = [ds for ds in held.values() if ds.SOPClassUID == KOS_SOP_CLASS]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113038" and referenced(note) == sops(spec)
+    copies = {corrected_uid(u, fingerprint) for u in sops(spec)}
+    assert {u for u in copies if held[u].PatientID == "SP-NEW"} == copies
+    # QIDO-RS lists the study's instances (Orthanc keeps the copies, another PatientID, as a study
+    # of their own with the same Study Instance UID, so WADO-RS by study UID alone answers 404)
+    listed = cloud.request("GET", f"/dicom-web/instances?StudyInstanceUID={spec.study_uid}")
+    assert {i["00080018"]["Value"][0] for i in listed} == sops(spec) | copies | {str(note.SOPInstanceUID)}

@@ -36,6 +36,10 @@ class CorrectedCopies(Coercer):
         super().__init__(base.identities, base.system, base.label, base.sources)
         self.fingerprint = fingerprint
 
+    def sent_uid(self, uid: str) -> str:
+        """The copy's SOP Instance UID (what a STOW-RS response names)."""
+        return corrected_uid(uid, self.fingerprint)
+
     def rewrite(self, src: Path, spare: Path) -> Path | Rewritten:
         """``spare``: the copy of ``src`` with the view's identity and its new SOP Instance UID."""
         ds = dcmread(src)

@@ -348,6 +348,11 @@ class Coercer:
             send.write(dst)
         return send != src
 
+    def sent_uid(self, uid: str) -> str:
+        """The SOP Instance UID :meth:`rewrite` gives the instance ``uid``: the same (coercion
+        keeps it; a corrected copy's differs, :class:`~dicomproxy.identity.copies.CorrectedCopies`)."""
+        return uid
+
     def _warn(self, study: str) -> None:
         with self._lock:
             if study in self._warned:

@@ -66,6 +66,8 @@ class _Out:
     result: SendResult | None = None
     size: int = 0
     scratch: list[Path] = field(default_factory=list)
+    #: The SOP Instance UID sent (a corrected copy's is not the spooled one's): what the reply names.
+    uid: str = ""
 
 
 class StowDestination:
@@ -147,7 +149,7 @@ class StowDestination:
     # --- one instance made ready: planned, converted, given the view's identity ---
 
     def _ready(self, item: SpooledInstance, prepared: tuple[Path, str] | None) -> _Out:
-        out = _Out(item)
+        out = _Out(item, uid=item.sop_instance_uid)
         if prepared is None:
             target = self.plan(item)
             if isinstance(target, SendResult):
@@ -175,6 +177,7 @@ class StowDestination:
             out.scratch.append(spare)
             try:
                 source = self.coercer.rewrite(path, spare)
+                out.uid = self.coercer.sent_uid(item.sop_instance_uid)
             except Exception as exc:  # an unreadable header: not sent with the PACS's identity
                 out.result = SendResult(
                     Status.UNABLE_TO_PROCESS, syntax, error=f"cannot give it the view's identity: {exc}"
@@ -251,7 +254,7 @@ class StowDestination:
     def _settle(self, o: _Out, reply: StowReply) -> bool:
         """Record ``reply``'s word on ``o``; True when it is final (not to be sent again)."""
         assert o.part is not None
-        uid, syntax = o.item.sop_instance_uid, o.part.transfer_syntax
+        uid, syntax = o.uid, o.part.transfer_syntax
         if uid in reply.failed:
             code = reply.failed[uid]
             o.result = SendResult(code, syntax, error=f"STOW-RS Failure Reason 0x{code:04X}")
