@@ -254,6 +254,27 @@ def test_a_report_naming_an_unknown_transaction_is_refused(
     assert s.ledger().answer(Report("2.25.1", frozenset({"1.2.3"}))) is False
 
 
+def test_a_report_from_the_peer_s_ae_title_on_another_host_is_refused(
+    make_config: Callable[..., Config], study_files: list[Path]
+) -> None:
+    """The association a peer opens for its N-EVENT-REPORT is checked like any other: the peer's
+    AE title calling from a host that is not its configured one is rejected, and the transaction
+    stays pending (asked again later, never taken as answered)."""
+    dest = CommitmentDestination(mode="new")
+    s = Site(make_config, study_files, dest.ae_title, 1, host="127.0.0.2")  # N-ACTIONs: refused
+    try:
+        journal = s.server.ctx.journal
+        job = journal.start(JobKind.MOVE, CLOUD, "", dest.ae_title, "pacs")
+        journal.add_instances(job, [InstanceRecord("2.25.99", "sent", "1.2.840.10008.5.1.4.1.1.2")])
+        (tx,) = s.ledger().job_ended(job)
+        dest.reply_to = Remote("DICOMPROXY", "127.0.0.1", s.port)
+        dest._report(None, tx, [("1.2.840.10008.5.1.4.1.1.2", "2.25.99")])  # from 127.0.0.1
+        assert dest.report_statuses == [] and s.ledger().counts(job) == {"pending": 1}
+    finally:
+        s.stop()
+        dest.ae.shutdown()
+
+
 def test_parse_report() -> None:
     from pydicom.dataset import Dataset
 

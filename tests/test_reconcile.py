@@ -408,6 +408,17 @@ def test_an_unreachable_pacs_is_tried_once_and_every_study_is_unknown(tmp_path: 
     view.dispose()
 
 
+def test_fix_is_refused_for_a_destination_push_does_not_deliver_to(tmp_path: Path) -> None:
+    """``--fix`` queues push deliveries: for a peer that is not a ``[push]`` destination the run is
+    refused before anything is asked (exit 2, the reason on stderr); without ``--fix`` it would run."""
+    config_path = write_config(tmp_path, Orthanc(tmp_path / "never-started"), ("CLOUD", free_port()))
+    with config_path.open("a") as f:
+        f.write('[[peers]]\nae_title = "OTHER"\nhost = "127.0.0.1"\nport = 1\n')
+    result = reconcile(config_path, "--fix", "--dest", "OTHER")
+    assert result.exit_code == 2
+    assert "error: --fix delivers by push: 'OTHER' is not a [push] destination" in result.stderr
+
+
 def test_a_destination_failing_one_cfind_is_judged_by_the_journal_for_that_study_only(
     tmp_path: Path, peers: dict[str, Orthanc]
 ) -> None:
