@@ -606,6 +606,37 @@ def test_transactions_hold_at_most_500_references_and_are_due_at_once(
     assert "to be committed" not in caplog.text
 
 
+def test_a_corrected_copies_job_is_asked_for_the_uids_it_sent_and_the_report_maps_back(
+    ledger: tuple[CommitmentLedger, Journal],
+) -> None:
+    """A job that sent corrected copies (IOCM, ``job_copies``): the N-ACTION references the copies'
+    UIDs; the report, naming those, is recorded against the journal's (PACS) UIDs — one committed,
+    one failed with its reason. Another job's transaction keeps its UIDs."""
+    from dicomproxy.identity.corrections import corrected_uid
+
+    led, journal = ledger
+    copies, plain = _stored(journal, "push", "CLOUD", 2), _stored(journal, "push", "CLOUD", 1)
+    journal.record_copies(copies, "fp")
+    (tx,) = led.job_ended(copies)
+    led.job_ended(plain)
+    due = {t.job_id: t for t in led.due(dt.datetime.now() + dt.timedelta(days=1))}
+    olds = [f"2.25.{copies}.{i}" for i in range(2)]
+    sent = [corrected_uid(u, "fp") for u in olds]
+    assert [r.sop_instance_uid for r in due[copies].refs] == [
+        dict(zip(olds, sent, strict=True))[u] for u in sorted(olds)
+    ]
+    assert [r.sop_instance_uid for r in due[plain].refs] == [f"2.25.{plain}.0"]
+    assert led.answer(Report(tx, frozenset({sent[0]}), {sent[1]: 0x0112}))
+    assert led.states_of([copies]) == {olds[0]: "committed", olds[1]: "failed"}
+    with journal.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from dicomproxy.relay.journal import commit_refs
+
+        reasons = dict(conn.execute(select(commit_refs.c.sop_instance_uid, commit_refs.c.reason)).all())
+    assert reasons[olds[1]] == 0x0112 and reasons[olds[0]] is None
+
+
 def test_giving_up_ends_that_transaction_only(ledger: tuple[CommitmentLedger, Journal]) -> None:
     led, journal = ledger
     one, two = _stored(journal, "move", "CLOUD", 1), _stored(journal, "move", "CLOUD", 1)
