@@ -717,6 +717,28 @@ def test_the_committer_backs_off_doubling_and_numbers_its_attempts(
     assert waits == [1.0]  # one round, then the (stubbed) stop
 
 
+def test_stop_waits_for_the_round_in_progress(ledger: tuple[CommitmentLedger, Journal]) -> None:
+    """``stop`` ends the thread after the round it is in (a shutdown never leaves an N-ACTION half
+    journalled); before ``start`` it has nothing to wait for."""
+    import time
+
+    led, _ = ledger
+    Committer(led.config, led).stop()  # never started
+    committer = Committer(led.config, led)
+    entered = threading.Event()
+
+    def round_(now: dt.datetime | None = None) -> int:
+        entered.set()
+        time.sleep(0.2)
+        return 0
+
+    committer.run_due = round_  # type: ignore[method-assign]
+    committer.start()
+    assert entered.wait(10)
+    committer.stop()
+    assert committer._thread is not None and not committer._thread.is_alive()
+
+
 def _peers_config(tmp_path: Path, peers: list[dict[str, Any]]) -> Config:
     from dicomproxy.config import parse_config
     from tests.conftest import base_config_dict
