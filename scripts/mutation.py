@@ -563,6 +563,25 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
     "commitments": [
         ("@dataclass(frozen=True)", "frozen=False", "Transaction is never mutated"),
     ],
+    "committer": [
+        (
+            "break",
+            "continue",
+            "stopped: every remaining transaction is skipped either way (break leaves the loop, continue "
+            "skips each one; nothing is sent or claimed)",
+        ),
+        (
+            "SAME_ASSOCIATION_GRACE=0.5",
+            "SAME_ASSOCIATION_GRACE=",
+            "a tuning constant: how long the association waits for a report on it; only a timed test of a "
+            "peer answering between the two values could tell (docs/mutation.md)",
+        ),
+        (
+            "defstop(self,timeout:float=10.0)",
+            "timeout:float=",
+            "the join's upper bound: only a round lasting between the two values could tell",
+        ),
+    ],
     "push-commit": [
         (
             "attempts=peer.commit_attemptsifpeerisnotNoneelse1",
