@@ -739,6 +739,32 @@ def test_stop_waits_for_the_round_in_progress(ledger: tuple[CommitmentLedger, Jo
     assert committer._thread is not None and not committer._thread.is_alive()
 
 
+def test_a_journal_error_costs_one_round_not_the_thread(
+    ledger: tuple[CommitmentLedger, Journal], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that fails (the journal is down) is logged with its traceback; the next round runs."""
+    import logging
+
+    led, _ = ledger
+    committer = Committer(led.config, led, poll=0.01)
+    rounds: list[int] = []
+
+    def round_(now: dt.datetime | None = None) -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise OSError("journal down")
+        return 0
+
+    committer.run_due = round_  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="dicomproxy.commitment"):
+        committer.start()
+        try:
+            wait_until(lambda: len(rounds) >= 2, 10, "a second round")
+        finally:
+            committer.stop()
+    assert "storage commitment: journal error" in caplog.text and "OSError: journal down" in caplog.text
+
+
 def _peers_config(tmp_path: Path, peers: list[dict[str, Any]]) -> Config:
     from dicomproxy.config import parse_config
     from tests.conftest import base_config_dict
