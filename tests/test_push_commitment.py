@@ -20,8 +20,8 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, select
 
 from dicomproxy.config import Config
+from dicomproxy.corrections.store import COPIES, CorrectionStore, correction_jobs, corrections
 from dicomproxy.identity.corrections import corrected_uid
-from dicomproxy.push.corrections_store import COPIES, CorrectionStore, correction_jobs, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.relay.commitments import CommitmentLedger
 from dicomproxy.server import Server
@@ -82,6 +82,7 @@ def _run(
             "max_retry_delay": 1.0,
         },
         reports={"enabled": False},
+        corrections={"poll_interval": 0.2},  # an iocm peer's corrections found at once
     )
     server = run_proxy(config)
     return server, PushQueue(server.ctx.journal.engine, "test")

@@ -15,9 +15,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import create_engine, select
 
 from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
+from dicomproxy.corrections.store import CorrectionStore, corrections
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.rejection import KOS_SOP_CLASS
-from dicomproxy.push.corrections_store import CorrectionStore, corrections
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.server import Server
 from testkit import wait_until
@@ -77,6 +77,7 @@ def push_config(make_config: ConfigFactory, view_url: str, pacs: Orthanc, peer: 
             "retry_delay": 0.3,
             "max_retry_delay": 1.0,
         },
+        corrections={"poll_interval": 0.2},  # an iocm peer's corrections found at once
     )
 
 
