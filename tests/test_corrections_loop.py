@@ -74,7 +74,7 @@ def test_corrections_keys_are_validated_at_load(
 
 def test_the_defaults(make_config: ConfigFactory) -> None:
     c = make_config().corrections
-    assert (c.enabled, c.poll_interval, c.sweep, c.sweep_days) == (True, 10.0, 3600.0, 90)
+    assert (c.enabled, c.poll_interval, c.sweep, c.sweep_days) == (True, 10.0, 900.0, 90)
 
 
 class Sender:

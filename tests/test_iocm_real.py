@@ -155,7 +155,7 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2, "sweep": 0},
+        corrections={"poll_interval": 0.2, "sweep": 1},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
@@ -387,7 +387,7 @@ def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the
         },
         peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
         push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2},
+        corrections={"poll_interval": 0.2, "sweep": 1},
     )
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")

@@ -80,9 +80,9 @@ class CorrectionsConfig:
     enabled: bool = True
     #: Seconds between two reads of the view's changed rows (and runs of the due corrections).
     poll_interval: float = 10.0
-    #: Seconds between two comparisons of the delivered studies with the view (what the
-    #: RowTimestamp cannot announce: deleted rows, cleared UIDs); 0 = at start only.
-    sweep: float = 3600.0
+    #: Seconds between two comparisons of the delivered studies with the view (what no visible
+    #: row announces: withdrawn or deleted rows, cleared UIDs); 0 = at start only.
+    sweep: float = 900.0
     #: The sweep compares the studies delivered in the last ``sweep_days`` days (older deliveries
     #: are still compared when their row changes); 0 = every delivered study.
     sweep_days: int = 90

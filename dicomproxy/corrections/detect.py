@@ -6,13 +6,14 @@ Two feeders name the studies to compare:
 
 - **changed rows** (:meth:`CorrectionDetector.changed`): the rows whose RowTimestamp is above the
   detector's own watermark (``correction_state`` ``watermark``; either kind of stamp, with
-  the late-commit guard of :mod:`dicomproxy.view.stamp`, as the push watcher reads), *visible or
-  not* — a row whose privacy was raised or whose HospitalID changed is read too — and the studies
-  their ExamineIDs named when delivered (``delivered_exams``: a re-link, a cleared UID); a changed
-  row is also where a revised order/report file is looked for (:mod:`dicomproxy.corrections.revisions`);
+  the late-commit guard of :mod:`dicomproxy.view.stamp`, as the push watcher reads), *visible
+  rows only* (another hospital's row or one above ``max_privacy`` is never read, not even its
+  UIDs) — and the studies their ExamineIDs named when delivered (``delivered_exams``: a re-link, a
+  cleared UID); a changed row is also where a revised order/report file is looked for
+  (:mod:`dicomproxy.corrections.revisions`);
 - **the sweep** (:meth:`CorrectionDetector.sweep`): the studies delivered in the last
-  ``[corrections] sweep_days``, at start and every ``[corrections] sweep`` seconds — what no stamp
-  announces: a deleted row, a cleared UID.
+  ``[corrections] sweep_days``, at start and every ``[corrections] sweep`` seconds — what a visible
+  row cannot announce: a withdrawn row (privacy raised, another HospitalID, deleted), a cleared UID.
 
 A correction is journalled once per (destination, study, delivered identity)
 (:class:`~dicomproxy.corrections.store.CorrectionStore`): the node whose insert wins writes
@@ -80,7 +81,9 @@ class CorrectionDetector:
             cursor: tuple[Any, str] | None = None
             c = self.view.table.c
             while True:
-                where = [c.RowTimestamp.is_not(None)]
+                # visible rows only: a row of another hospital or above max_privacy is never read
+                # (docs/view.md, the boundary); a withdrawn row is found by absence, by the sweep
+                where = [self.view.visible(), c.RowTimestamp.is_not(None)]
                 if mark is not None:
                     where.append(policy.since(c.RowTimestamp, mark))
                 if cursor is not None:
