@@ -272,12 +272,20 @@ class MoveLoad:
 
 
 def write_config(
-    workdir: Path, url: str, name: str, port: int, http_port: int = 0, moves: MoveLoad | None = None
+    workdir: Path,
+    url: str,
+    name: str,
+    port: int,
+    http_port: int = 0,
+    moves: MoveLoad | None = None,
+    audit: bool = True,
 ) -> Path:
     path = workdir / "bench.toml"
     path.write_text(
         f"""[http]
 port = {http_port}
+[audit]
+enabled = {"true" if audit else "false"}
 [proxy]
 ae_title = "DICOMPROXY"
 host = "127.0.0.1"
@@ -381,6 +389,7 @@ def main() -> None:
         action="store_true",
         help="run the queries twice: console off, then on with /metrics and /api/status polled each second",
     )
+    ap.add_argument("--no-audit", action="store_true", help="[audit] enabled = false (default: on)")
     ap.add_argument("--moves", type=int, default=0, help="C-MOVEs kept running while the queries run")
     ap.add_argument("--move-slices", type=int, default=100, help="real CT slices in the moved study")
     args = ap.parse_args()
@@ -433,7 +442,7 @@ def serve_and_bench(
 def _serve_and_bench(
     tag: str, workdir: Path, url: str, name: str, args: Any, http_port: int, port: int, moves: MoveLoad | None
 ) -> None:
-    cfg = write_config(workdir, url, name, port, http_port, moves)
+    cfg = write_config(workdir, url, name, port, http_port, moves, audit=not args.no_audit)
     exe = Path(sys.executable).with_name("dicomproxy")
     proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
     try:
