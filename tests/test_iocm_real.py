@@ -128,6 +128,34 @@ def pass_done(server: Server) -> Callable[[], bool]:
     return lambda: loop.passes >= before + 2
 
 
+def node_config(
+    make_config: ConfigFactory,
+    stamped: StampedView,
+    pacs: Orthanc,
+    cloud: Orthanc,
+    *,
+    iocm: bool = True,
+    push: bool = False,
+    sweep: float | None = 1,
+    **more: Any,
+) -> Config:
+    """The proxy of these tests: the stamped view, the Orthanc PACS (upstream C-GET), the cloud
+    (``iocm`` as given) that pushes to it when ``push`` or else retrieves by C-MOVE; corrections
+    polled every 0.2 s, swept every ``sweep`` seconds (None: the default interval)."""
+    if push:
+        more["push"] = {"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2}
+    corrections: dict[str, Any] = {"poll_interval": 0.2}
+    if sweep is not None:
+        corrections["sweep"] = sweep
+    return make_config(
+        view={"url": stamped.url, "name": stamped.name.upper()},
+        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
+        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": iocm}],
+        corrections=corrections,
+        **more,
+    )
+
+
 @pytest.mark.parametrize(
     "stamped",
     [("postgresql", kind) for kind in test_view_rowstamp.KINDS],
@@ -144,19 +172,7 @@ def test_identity_corrected_then_withdrawn_at_an_orthanc_cloud(
     run_proxy: Callable[[Config], Server],
 ) -> None:
     """The journal on PostgreSQL too, as several nodes share it."""
-    config = make_config(
-        journal={"url": pg_journal},
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={
-            "ae_title": iocm_pacs.ae_title,
-            "host": "127.0.0.1",
-            "port": iocm_pacs.dicom_port,
-            "retrieve": "c-get",
-        },
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2, "sweep": 1},
-    )
+    config = node_config(make_config, stamped, iocm_pacs, cloud, push=True, journal={"url": pg_journal})
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
@@ -274,18 +290,7 @@ def test_without_iocm_a_correction_is_a_warning_an_audit_row_and_nothing_sent(
     run_proxy: Callable[[Config], Server],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = make_config(
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={
-            "ae_title": iocm_pacs.ae_title,
-            "host": "127.0.0.1",
-            "port": iocm_pacs.dicom_port,
-            "retrieve": "c-get",
-        },
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port}],  # iocm = false
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2},
-    )
+    config = node_config(make_config, stamped, iocm_pacs, cloud, push=True, iocm=False, sweep=None)
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
@@ -325,18 +330,7 @@ def test_exam_relinked_rejects_the_old_study_and_pushes_the_new_one(
     cloud: Orthanc,
     run_proxy: Callable[[Config], Server],
 ) -> None:
-    config = make_config(
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={
-            "ae_title": iocm_pacs.ae_title,
-            "host": "127.0.0.1",
-            "port": iocm_pacs.dicom_port,
-            "retrieve": "c-get",
-        },
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2},
-    )
+    config = node_config(make_config, stamped, iocm_pacs, cloud, push=True, sweep=None)
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
@@ -377,18 +371,7 @@ def test_report_revised_rejects_the_superseded_object_and_a_withdrawal_takes_the
 ) -> None:
     base_url, folder = http_folder
     (folder / "r.pdf").write_bytes(PDF1)
-    config = make_config(
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={
-            "ae_title": iocm_pacs.ae_title,
-            "host": "127.0.0.1",
-            "port": iocm_pacs.dicom_port,
-            "retrieve": "c-get",
-        },
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2, "sweep": 1},
-    )
+    config = node_config(make_config, stamped, iocm_pacs, cloud, push=True)
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
@@ -445,18 +428,7 @@ def test_identity_corrected_rejects_and_resends_the_report_object_too(
 ) -> None:
     base_url, folder = http_folder
     (folder / "r.pdf").write_bytes(PDF1)
-    config = make_config(
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={
-            "ae_title": iocm_pacs.ae_title,
-            "host": "127.0.0.1",
-            "port": iocm_pacs.dicom_port,
-            "retrieve": "c-get",
-        },
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": True}],
-        push={"enabled": True, "destinations": ["CLOUD"], "poll_interval": 0.2},
-        corrections={"poll_interval": 0.2},
-    )
+    config = node_config(make_config, stamped, iocm_pacs, cloud, push=True, sweep=None)
     server = run_proxy(config)
     queue = PushQueue(server.ctx.journal.engine, "test")
     wait_until(lambda: queue.get_state("watermark") is not None, 30, "the first watcher pass")
@@ -481,20 +453,6 @@ def test_identity_corrected_rejects_and_resends_the_report_object_too(
 
 
 # --- without push: a study the cloud retrieved by C-MOVE (the corrections service of its own) ---
-
-
-def retrieved_config(
-    make_config: ConfigFactory, stamped: StampedView, pacs: Orthanc, cloud: Orthanc, **more: Any
-) -> Config:
-    """A node that does not push: the cloud (``iocm`` as given) retrieves by C-MOVE."""
-    iocm = more.pop("iocm", True)
-    return make_config(
-        view={"url": stamped.url, "name": stamped.name.upper()},
-        pacs={"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port, "retrieve": "c-get"},
-        peers=[{"ae_title": "CLOUD", "host": "127.0.0.1", "port": cloud.dicom_port, "iocm": iocm}],
-        corrections={"poll_interval": 0.2, "sweep": 1},
-        **more,
-    )
 
 
 def c_move(server: Server, study_uid: str) -> None:
@@ -526,7 +484,7 @@ def test_without_push_a_study_retrieved_by_c_move_is_corrected(
     row = exam_row(SPEC)
     insert_rows(stamped.engine, [row], stamped.name)
     console = {} if iocm else {"http": {"port": free_port()}}  # the status page of a node without push
-    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud, iocm=iocm, **console))
+    server = run_proxy(node_config(make_config, stamped, iocm_pacs, cloud, iocm=iocm, **console))
     assert server.ctx.push is None
     wait_until(pass_done(server), 30, "the first corrections passes")
     c_move(server, SPEC.study_uid)
@@ -585,7 +543,7 @@ def test_an_exam_retrieved_by_c_move_and_relinked_is_not_taken_for_a_withdrawal(
 ) -> None:
     row = exam_row(SPEC)
     insert_rows(stamped.engine, [row], stamped.name)
-    server = run_proxy(retrieved_config(make_config, stamped, iocm_pacs, cloud))
+    server = run_proxy(node_config(make_config, stamped, iocm_pacs, cloud))
     wait_until(pass_done(server), 30, "the first corrections passes")
     c_move(server, SPEC.study_uid)
     # the RIS re-links the exam row to another study (no push knew the exam: only the C-MOVE did)
@@ -615,7 +573,7 @@ def test_a_report_retrieved_by_c_move_then_revised_is_rejected_and_the_new_one_s
     (folder / "r.pdf").write_bytes(PDF1)
     row = exam_row(SPEC, ReportFilePath=f"{base_url}/r.pdf")
     insert_rows(stamped.engine, [row], stamped.name)
-    config = retrieved_config(make_config, stamped, iocm_pacs, cloud, reports={"in_retrieve": True})
+    config = node_config(make_config, stamped, iocm_pacs, cloud, reports={"in_retrieve": True})
     server = run_proxy(config)
     wait_until(pass_done(server), 30, "the first corrections passes")
     c_move(server, SPEC.study_uid)
