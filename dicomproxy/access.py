@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,6 +28,11 @@ LOG = logging.getLogger("dicomproxy.access")
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called-AE-title-not-recognized
 REJECT_NO_REASON = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
+REJECT_LOCAL_LIMIT = (
+    0x02,
+    0x03,
+    0x02,
+)  # rejected-transient, service-provider (presentation), local-limit-exceeded
 
 
 @dataclass(frozen=True)
@@ -120,3 +126,32 @@ def on_requested(event: evt.Event, settings: Settings, log: RejectionLog) -> Non
     assoc.is_rejected = True
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()
+
+
+def raw_gate(
+    settings: Settings, log: RejectionLog, active: Callable[[], int], maximum: Callable[[], int]
+) -> Callable[[str, str, str], tuple[str, tuple[int, int, int]] | None]:
+    """The gate of the raw acceptors (:mod:`dicomproxy.transport.raw.acceptance`): the same rules
+    as :func:`on_requested` (current at the request), then the limit pynetdicom applies to its own
+    associations: ``active()`` (all open now, this one included) above ``maximum()`` → rejected
+    transient, local limit exceeded. Logged and published as for pynetdicom's associations."""
+
+    def over_limit() -> str | None:
+        most = maximum()
+        return f"more than {most} associations" if active() > most else None
+
+    def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
+        peer = events.Peer(calling.strip(), remote_ip)
+        decision = decide(settings.current, calling, called, remote_ip)
+        reason, rjd = decision.reason, decision.rjd
+        if decision.accept:
+            limit = over_limit()
+            if limit is None:
+                events.publish(events.AssociationAccepted(peer, called.strip()))
+                return None
+            reason, rjd = limit, REJECT_LOCAL_LIMIT
+        log.warn(remote_ip, reason)
+        events.publish(events.AssociationRejected(peer, called.strip(), reason, rjd[2]))
+        return reason, rjd
+
+    return gate

@@ -43,6 +43,7 @@ from dicomproxy.handlers.get import handle_get
 from dicomproxy.handlers.move import handle_move
 from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
+from dicomproxy.handlers.queries import query_acceptor
 from dicomproxy.pacs.store import handle_store, store_acceptor
 from dicomproxy.relay.bandwidth import capped_destinations
 from dicomproxy.relay.committer import Committer
@@ -52,6 +53,7 @@ from dicomproxy.transport.intake import Intake
 from dicomproxy.transport.net import NODELAY_HANDLERS
 from dicomproxy.transport.peer import peer_of
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
+from dicomproxy.transport.raw.queries import QueryAcceptor
 from dicomproxy.transport.raw.receiver import StoreAcceptor
 from dicomproxy.transport.tls import server_context
 
@@ -185,6 +187,7 @@ class Server:
         self.ae = build_ae(config)
         self._server: Any = None
         self.store_acceptor: StoreAcceptor | None = None
+        self.query_acceptor: QueryAcceptor | None = None
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
@@ -201,9 +204,10 @@ class Server:
     def start(self) -> None:
         """Start listening in background threads."""
         tls = self.config.proxy.tls
-        self.store_acceptor = store_acceptor(self.config, self.ctx, self.ae)
+        self.store_acceptor = store_acceptor(self.config, self.ctx, self.ae, self._all_associations)
+        self.query_acceptor = query_acceptor(self.config, self.ctx, self.ae, self._all_associations)
         self.ae.intake = Intake(  # type: ignore[attr-defined]
-            self.config.proxy.acse_timeout, self.ctx.rejections, self.store_acceptor
+            self.config.proxy.acse_timeout, self.ctx.rejections, self.store_acceptor, self.query_acceptor
         )
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
@@ -308,12 +312,20 @@ class Server:
                 out.append({"calling_ae": str(req.ae_title).strip(), "address": f"{req.address}:{req.port}"})
         raw = self.store_acceptor.active if self.store_acceptor is not None else 0
         out.extend({"calling_ae": "(raw C-STORE)", "address": ""} for _ in range(raw))
+        queries = self.query_acceptor.active if self.query_acceptor is not None else 0
+        out.extend({"calling_ae": "(raw C-FIND)", "address": ""} for _ in range(queries))
         return out
 
+    def _raw_active(self) -> int:
+        return sum(a.active for a in (self.store_acceptor, self.query_acceptor) if a is not None)
+
     def active_associations(self) -> int:
-        """Inbound associations: pynetdicom's and the raw store acceptor's."""
-        raw = self.store_acceptor.active if self.store_acceptor is not None else 0
-        return len([a for a in self.ae.active_associations if a.is_acceptor]) + raw
+        """Inbound associations: pynetdicom's and the raw acceptors'."""
+        return len([a for a in self.ae.active_associations if a.is_acceptor]) + self._raw_active()
+
+    def _all_associations(self) -> int:
+        """What ``maximum_associations`` limits: pynetdicom's (both directions) and the raw acceptors'."""
+        return len(self.ae.active_associations) + self._raw_active()
 
     def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, wait for active associations, abort what is left.
@@ -339,7 +351,7 @@ class Server:
         left = [a for a in self.ae.active_associations]
         for assoc in left:
             assoc.abort()
-        raw = self.store_acceptor.abort_all() if self.store_acceptor is not None else 0
+        raw = sum(a.abort_all() for a in (self.store_acceptor, self.query_acceptor) if a is not None)
         if left or raw:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()

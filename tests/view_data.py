@@ -111,19 +111,32 @@ class FindResult:
 class FindClient:
     """pynetdicom C-FIND SCU on one association (both Q/R models), reused across queries."""
 
-    def __init__(self, port: int, calling: str = CALLING) -> None:
+    def __init__(
+        self, port: int, calling: str = CALLING, *, also: tuple[str, ...] = (), max_pdu: int | None = None
+    ) -> None:
+        """``also``: more abstract syntaxes to propose (a C-MOVE model makes the proxy serve the
+        association with pynetdicom instead of its raw query acceptor); ``max_pdu``: our Maximum
+        Length Received (PS3.8 D.1)."""
         self.ae = AE(calling)
         self.ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         self.ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+        for sop in also:
+            self.ae.add_requested_context(sop)
         #: Every received identifier as encoded on the wire (for byte-level charset checks).
         self.raw: list[Dataset] = []
+        #: The same, as bytes.
+        self.wire: list[bytes] = []
         handlers = [*NODELAY_HANDLERS, (evt.EVT_DIMSE_RECV, self._on_recv)]
-        self.assoc = self.ae.associate("127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=handlers)
+        kwargs: dict[str, Any] = {} if max_pdu is None else {"max_pdu": max_pdu}
+        self.assoc = self.ae.associate(
+            "127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=handlers, **kwargs
+        )
         assert self.assoc.is_established
 
     def _on_recv(self, event: Any) -> None:
         data = getattr(event.message, "data_set", None)
         if data is not None and data.getvalue():
+            self.wire.append(data.getvalue())
             syntax = self.assoc.accepted_contexts[0].transfer_syntax[0]
             implicit = syntax == "1.2.840.10008.1.2"
             self.raw.append(read_dataset(BytesIO(data.getvalue()), implicit, True))
@@ -160,6 +173,7 @@ class FindClient:
         answers: list[Dataset] = []
         final: Dataset | None = None
         self.raw.clear()
+        self.wire.clear()
         for status, ds in self.assoc.send_c_find(query, sop):
             assert status is not None and "Status" in status, "no C-FIND response"
             if status.Status in (0xFF00, 0xFF01):

@@ -16,8 +16,12 @@ SUCCESS = 0x0000
 
 
 def handle_echo(event: evt.Event, ctx: AppContext) -> int:
+    """C-ECHO on a pynetdicom association: :func:`echo_status`."""
+    return echo_status(ctx, str(event.assoc.requestor.ae_title))
+
+
+def echo_status(ctx: AppContext, calling: str) -> int:
     """Verification succeeds for peers allowed the "echo" service, else 0x0124 Not authorized."""
-    calling = event.assoc.requestor.ae_title
     if not permitted(ctx.config, calling, "echo"):
         LOG.warning("C-ECHO from %s refused: service not permitted for this peer", calling)
         return NotAuthorized.status

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -88,21 +88,42 @@ class _Cancel:
 
 
 def handle_find(event: evt.Event, ctx: AppContext) -> Iterator[tuple[Any, Dataset | None]]:
-    """C-FIND SCP, Patient and Study Root: PATIENT/STUDY from the view, SERIES/IMAGE via the PACS."""
-    cancelled = _Cancel(event, ctx)
-    model = (
-        "PATIENT"
-        if event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
-        else "STUDY"
+    """C-FIND SCP on a pynetdicom association: :func:`find_responses` with its request."""
+    yield from find_responses(
+        ctx,
+        event.assoc.requestor.ae_title,
+        str(event.request.AffectedSOPClassUID or ""),
+        lambda: event.identifier,
+        _Cancel(event, ctx),
+        between=lambda: let_reactor_read(event.assoc),
     )
-    calling = event.assoc.requestor.ae_title
+
+
+def find_responses(
+    ctx: AppContext,
+    calling: str,
+    sop_class: str,
+    load_identifier: Callable[[], Dataset],
+    cancelled: Callable[[], bool],
+    between: Callable[[], object] = lambda: None,
+) -> Iterator[tuple[Any, Dataset | None]]:
+    """C-FIND SCP, Patient and Study Root: PATIENT/STUDY from the view, SERIES/IMAGE via the PACS.
+
+    The same for pynetdicom's associations (:func:`handle_find`) and the raw query acceptor
+    (:mod:`dicomproxy.handlers.queries`). ``cancelled``: true once a C-CANCEL-RQ came (or the
+    process stops); ``between``: run every :data:`CANCEL_CHECK_EVERY` answers."""
+
+    def stop() -> bool:
+        return cancelled() or ctx.stopping.is_set()
+
+    model = "PATIENT" if sop_class == PatientRootQueryRetrieveInformationModelFind else "STUDY"
     try:
         if not permitted(ctx.config, calling, "find"):
             raise NotAuthorized(f"C-FIND not permitted for {calling}")
         if ctx.view is None or ctx.find is None:
             raise ViewUnavailable("exam view not configured")
         try:
-            identifier = event.identifier
+            identifier = load_identifier()
         except Exception as exc:  # pynetdicom/pydicom decode errors of any kind
             raise InvalidIdentifier("identifier cannot be decoded") from exc
         requested = declared_charsets(identifier.get("SpecificCharacterSet"))
@@ -111,22 +132,16 @@ def handle_find(event: evt.Event, ctx: AppContext) -> Iterator[tuple[Any, Datase
             raise InvalidIdentifier(problem)
         query = parse_identifier(identifier, model)
         charset = answer_charset(requested, ctx.config.view.default_charset)
-        LOG.info("C-FIND %s level %s from %s", model, query.level, event.assoc.requestor.ae_title)
-        answers = ctx.find.answer(
-            query,
-            identifier,
-            calling_ae=event.assoc.requestor.ae_title,
-            charset=charset,
-            cancelled=cancelled,
-        )
+        LOG.info("C-FIND %s level %s from %s", model, query.level, calling)
+        answers = ctx.find.answer(query, identifier, calling_ae=calling, charset=charset, cancelled=stop)
         for n, ds in enumerate(answers, 1):
             if n % CANCEL_CHECK_EVERY == 0:
-                let_reactor_read(event.assoc)
-            if cancelled():
+                between()
+            if stop():
                 yield Status.CANCEL, None
                 return
             yield Status.PENDING, ds
-        if cancelled():
+        if stop():
             yield Status.CANCEL, None
             return
     except DicomServiceError as exc:

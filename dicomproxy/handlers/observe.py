@@ -44,41 +44,54 @@ def _status_of(result: Any) -> int:
 def observed_find(
     handler: Callable[[evt.Event, AppContext], Iterator[Any]],
 ) -> Callable[[evt.Event, AppContext], Iterator[Any]]:
+    """A pynetdicom C-FIND handler whose responses are :func:`published_find`."""
+
     def wrapper(event: evt.Event, ctx: AppContext) -> Iterator[Any]:
         if not events.BUS.active:
             yield from handler(event, ctx)
             return
-        start = time.monotonic()
-        matches, status = 0, int(Status.UNABLE_TO_PROCESS)
-        try:
-            for result in handler(event, ctx):
-                status = _status_of(result)
-                if is_pending(status):
-                    matches += 1
-                yield result
-        finally:
-            identifier = _identifier(event)
-            level = str(identifier.get("QueryRetrieveLevel", "") if identifier is not None else "").upper()
-            model = (
-                "PATIENT"
-                if event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
-                else "STUDY"
-            )
-            events.publish(
-                events.FindDone(
-                    peer=peer_of(event.assoc),
-                    model=model,
-                    level=level or "?",
-                    source="view" if level in VIEW_LEVELS else "pacs",
-                    keys=query_keys(identifier),
-                    matches=matches,
-                    status=status,
-                    seconds=time.monotonic() - start,
-                )
-            )
+        yield from published_find(
+            handler(event, ctx),
+            peer_of(event.assoc),
+            str(event.request.AffectedSOPClassUID or ""),
+            lambda: _identifier(event),
+        )
 
     wrapper.__name__ = getattr(handler, "__name__", "handler")
     return wrapper
+
+
+def published_find(
+    responses: Iterator[Any], peer: events.Peer, sop_class: str, identifier: Callable[[], Dataset | None]
+) -> Iterator[Any]:
+    """``responses`` passed on; at their end a :class:`~dicomproxy.events.FindDone` is published
+    (timed, answers counted) for the audit trail and the metrics."""
+    if not events.BUS.active:
+        yield from responses
+        return
+    start = time.monotonic()
+    matches, status = 0, int(Status.UNABLE_TO_PROCESS)
+    try:
+        for result in responses:
+            status = _status_of(result)
+            if is_pending(status):
+                matches += 1
+            yield result
+    finally:
+        query = identifier()
+        level = str(query.get("QueryRetrieveLevel", "") if query is not None else "").upper()
+        events.publish(
+            events.FindDone(
+                peer=peer,
+                model="PATIENT" if sop_class == PatientRootQueryRetrieveInformationModelFind else "STUDY",
+                level=level or "?",
+                source="view" if level in VIEW_LEVELS else "pacs",
+                keys=query_keys(query),
+                matches=matches,
+                status=status,
+                seconds=time.monotonic() - start,
+            )
+        )
 
 
 def observed_retrieve(
@@ -122,6 +135,7 @@ __all__ = [
     "job_started",
     "observed_find",
     "observed_retrieve",
+    "published_find",
     "query_keys",
     "request_peer",
 ]

@@ -205,7 +205,8 @@ class _RelayServer(ThreadedAssociationServer):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Look at the first PDU before pynetdicom builds an association (``RelayAE.intake``,
         :mod:`dicomproxy.transport.intake`): not an A-ASSOCIATE-RQ → closed at once; an archive's store
-        association → the raw acceptor (:mod:`dicomproxy.transport.raw.receiver`); else pynetdicom."""
+        association → the raw acceptor (:mod:`dicomproxy.transport.raw.receiver`); a C-FIND/C-ECHO-only
+        one → the raw query acceptor (:mod:`dicomproxy.transport.raw.queries`); else pynetdicom."""
         intake = getattr(self.ae, "intake", None)
         if intake is not None and self.ssl_context is None:
             route = intake.route(request, client_address)
@@ -213,6 +214,8 @@ class _RelayServer(ThreadedAssociationServer):
                 try:
                     if route == "store":
                         intake.acceptor.serve(request, client_address)
+                    elif route == "query":
+                        intake.queries.serve(request, client_address)
                 finally:
                     self.shutdown_request(request)
                 return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,6 @@ from typing import Any, Protocol
 from pydicom import dcmread
 from pynetdicom import evt
 
-from dicomproxy import events
 from dicomproxy.status import Status
 from dicomproxy.transport.raw.receiver import StoreAcceptor, StoreRequest
 
@@ -33,8 +33,6 @@ STATUS_STORED = Status.SUCCESS
 STATUS_NOT_EXPECTED = Status.STORE_CANNOT_UNDERSTAND
 #: PS3.4 B.2.3 Refused: Out of Resources — we could not spool the instance.
 STATUS_NO_SPACE = Status.STORE_OUT_OF_RESOURCES
-#: PS3.8 9.3.4: rejected-transient, ACSE service-provider (presentation), local-limit-exceeded.
-REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 
 class InstanceSink(Protocol):
@@ -169,13 +167,15 @@ def handle_store(event: evt.Event, ctx: Any) -> int:
     return accept_store(event, ctx.relay.registry, ctx.relay.pacs_ae_titles)
 
 
-def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
+def store_acceptor(config: Any, ctx: Any, ae: Any, active: Callable[[], int]) -> StoreAcceptor | None:
     """The raw store acceptor for the archives' C-STOREs (:mod:`dicomproxy.transport.raw.receiver`),
     or None when it does not apply: ``[proxy].fast_path = false``, inbound TLS, or no relay.
 
     It claims an association whose calling AE title is a configured archive's and not also a
     ``[[peers]]`` entry's (a peer may query and retrieve, which needs pynetdicom's full service).
-    Access rules and their logging are :func:`dicomproxy.access.decide`'s, as for any association.
+    Access rules and their logging are :func:`dicomproxy.access.decide`'s, as for any association;
+    ``active``: associations open now (pynetdicom's and the raw acceptors'), against
+    ``maximum_associations``.
     """
     from dicomproxy import access
 
@@ -186,22 +186,7 @@ def store_acceptor(config: Any, ctx: Any, ae: Any) -> StoreAcceptor | None:
     def claim(calling: str) -> bool:  # peers as current (a reload), archives as at start
         return config.archive_for_ae(calling) is not None and ctx.config.peer(calling) is None
 
-    def gate(calling: str, called: str, remote_ip: str) -> tuple[str, tuple[int, int, int]] | None:
-        peer = events.Peer(calling.strip(), remote_ip)
-        decision = access.decide(ctx.config, calling, called, remote_ip)
-        if not decision.accept:
-            ctx.rejections.warn(remote_ip, decision.reason)
-            events.publish(events.AssociationRejected(peer, called.strip(), decision.reason, decision.rjd[2]))
-            return decision.reason, decision.rjd
-        # The same limit pynetdicom applies to its own associations (it counts these too).
-        if len(ae.active_associations) + acceptor.active > ae.maximum_associations:
-            reason = f"more than {ae.maximum_associations} associations"
-            ctx.rejections.warn(remote_ip, reason)
-            events.publish(events.AssociationRejected(peer, called.strip(), reason, REJECT_LOCAL_LIMIT[2]))
-            return reason, REJECT_LOCAL_LIMIT
-        # an archive delivering to us (audit trail, association metrics), as pynetdicom's are
-        events.publish(events.AssociationAccepted(peer, called.strip()))
-        return None
+    gate = access.raw_gate(ctx.settings, ctx.rejections, active, lambda: int(ae.maximum_associations))
 
     def on_store(request: StoreRequest, path: Path) -> int:
         return deliver(

@@ -27,6 +27,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
 from dicomproxy.access import RejectionLog
 from dicomproxy.transport.raw.pdu import A_ASSOCIATE_RQ
 from dicomproxy.transport.raw.pdu import PDU_HEADER as _HEADER
+from dicomproxy.transport.raw.queries import QueryAcceptor, claims
 from dicomproxy.transport.raw.receiver import StoreAcceptor
 
 #: PS3.8 Table 9-11: version, reserved, called and calling AE titles, reserved = 68 bytes before the items.
@@ -46,6 +47,8 @@ class FirstPdu:
 
     calling: str
     called: str
+    #: The proposed presentation contexts' abstract syntaxes; None when only the fixed fields were read.
+    abstract_syntaxes: frozenset[str] | None = None
 
 
 def inspect(sock: socket.socket, timeout: float) -> FirstPdu | str:
@@ -105,25 +108,38 @@ def _decode(raw: bytes) -> FirstPdu | str:
         pdu = RqPdu()
         pdu.decode(raw)
         rq = pdu.to_primitive()
-        return FirstPdu(str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip())
+        syntaxes = frozenset(str(cx.abstract_syntax) for cx in rq.presentation_context_definition_list)
+        return FirstPdu(str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip(), syntaxes)
     except Exception as exc:  # pynetdicom raises ValueError, struct.error, IndexError, ...
         return f"malformed A-ASSOCIATE-RQ ({exc or type(exc).__name__})"
 
 
 class Intake:
-    """Routes each plain-TCP connection: ``"store"`` (raw store acceptor), ``"dicom"``
-    (pynetdicom) or None (closed: not a valid A-ASSOCIATE-RQ, logged via ``rejections``)."""
+    """Routes each plain-TCP connection: ``"store"`` (raw store acceptor), ``"query"`` (raw
+    C-FIND/C-ECHO acceptor, :mod:`dicomproxy.transport.raw.queries`), ``"dicom"`` (pynetdicom) or
+    None (closed: not a valid A-ASSOCIATE-RQ, logged via ``rejections``)."""
 
-    def __init__(self, timeout: float, rejections: RejectionLog, acceptor: StoreAcceptor | None) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        rejections: RejectionLog,
+        acceptor: StoreAcceptor | None,
+        queries: QueryAcceptor | None = None,
+    ) -> None:
         self.timeout = timeout
         self.rejections = rejections
         self.acceptor = acceptor
+        self.queries = queries
 
-    def route(self, sock: socket.socket, address: tuple[str, int]) -> Literal["store", "dicom"] | None:
+    def route(
+        self, sock: socket.socket, address: tuple[str, int]
+    ) -> Literal["store", "query", "dicom"] | None:
         first = inspect(sock, self.timeout)
         if isinstance(first, str):
             self.rejections.warn(address[0], first)
             return None
         if self.acceptor is not None and self.acceptor.claim(first.calling):
             return "store"
+        if self.queries is not None and claims(first.abstract_syntaxes):
+            return "query"
         return "dicom"

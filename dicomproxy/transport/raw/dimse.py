@@ -34,6 +34,7 @@ from dicomproxy.transport.raw.pdu import (
     PduReader,
     PeerClosed,
     ProtocolError,
+    message_pdus,
     pdata,
     send_message,
 )
@@ -97,7 +98,7 @@ class MessageStream:
         self,
         sock: socket.socket,
         contexts: dict[int, PresentationContext],
-        store_dir: Path,
+        store_dir: Path | None,
         max_pdv: int,
         reader: PduReader | None = None,
         recycled: RecycledFiles | None = None,
@@ -163,6 +164,8 @@ class MessageStream:
                     if int(cmd.get("CommandDataSetType", NO_DATA_SET)) == NO_DATA_SET:
                         return Message(context_id, cmd)
                     if int(cmd.CommandField) == C_STORE_RQ:
+                        if self.store_dir is None:
+                            raise ProtocolError("C-STORE-RQ on an association without storage")
                         self._open(cmd, context_id)
                     continue
                 if cmd is None:
@@ -226,7 +229,7 @@ class MessageStream:
                 self._file, self._path = fh, reuse
                 self._old_size = os.fstat(fh.fileno()).st_size
         if self._file is None:
-            fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)
+            fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)  # not None: read() checked
             self._path = Path(name)
             self._file = os.fdopen(fd, "wb", buffering=0)
         self._buf[: len(head)] = head
@@ -268,7 +271,11 @@ class MessageStream:
         raw = encode_command(command)
         with self._send_lock:
             if data is None:
-                self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, raw))
+                if len(raw) <= self.max_pdv:
+                    self.sock.sendall(pdata(context_id, CONTROL_COMMAND | CONTROL_LAST, raw))
+                else:  # a command longer than the peer takes in one PDV (PS3.8 9.3.5)
+                    for pdus in message_pdus(context_id, raw, None, 0, self.max_pdv):
+                        self.sock.sendall(pdus)
                 return
             if isinstance(data, bytes):
                 length, data = len(data), io.BytesIO(data)

@@ -8,6 +8,7 @@ path — P-DATA-TF (9.3.5), A-RELEASE-RQ/RP (9.3.6, 9.3.7) and A-ABORT (9.3.8).
 from __future__ import annotations
 
 import io
+import select
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -55,7 +56,24 @@ class PduReader:
     """Reads PDUs from a blocking socket through one buffered file object."""
 
     def __init__(self, sock: socket.socket, buffer_size: int = 256 * 1024) -> None:
+        self._sock = sock
         self._file = cast(io.BufferedReader, sock.makefile("rb", buffering=buffer_size))
+
+    def waiting(self) -> bool:
+        """Whether bytes (or the peer's close) wait to be read: a read would not block.
+
+        Looks at the buffer first (bytes read ahead are invisible to ``select``), then at the
+        socket, both without blocking."""
+        old = self._sock.gettimeout()
+        self._sock.settimeout(0.0)
+        try:
+            if self._file.peek(1):
+                return True
+        except BlockingIOError:
+            pass
+        finally:
+            self._sock.settimeout(old)
+        return bool(select.select([self._sock], [], [], 0)[0])
 
     def read_exact(self, n: int) -> bytes:
         data = self._file.read(n)

@@ -22,26 +22,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.pdu import A_ASSOCIATE_AC as AcPdu
-from pynetdicom.pdu import A_ASSOCIATE_RJ as RjPdu
-from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.presentation import PresentationContext
 
 from dicomproxy.status import Status
+from dicomproxy.transport.raw.acceptance import Gate, RawAcceptor, Refused, accept
 from dicomproxy.transport.raw.dimse import (
     C_ECHO_RQ,
     C_ECHO_RSP,
@@ -52,12 +41,8 @@ from dicomproxy.transport.raw.dimse import (
     Released,
 )
 from dicomproxy.transport.raw.pdu import (
-    A_ASSOCIATE_RQ,
-    PDU_HEADER,
     PduReader,
-    PeerClosed,
     ProtocolError,
-    abort,
     release_rp,
 )
 from dicomproxy.transport.raw.sender import DEFAULT_MAX_PDV
@@ -85,12 +70,12 @@ class StoreRequest:
 #: Takes a received instance (a complete DICOM file at the path) and returns the C-STORE status.
 #: It owns the file: it moves it away or deletes it.
 StoreCallback = Callable[[StoreRequest, Path], int]
-#: (calling AE, called AE, remote IP) → None to accept, or (reason, (result, source, diagnostic)).
-Gate = Callable[[str, str, str], "tuple[str, tuple[int, int, int]] | None"]
 
 
-class StoreAcceptor:
-    """Serves one store-only association at a time per call of :meth:`serve` (thread-safe)."""
+class StoreAcceptor(RawAcceptor):
+    """Serves store-only associations from archives (see the module docstring)."""
+
+    kind = "store"
 
     def __init__(
         self,
@@ -106,6 +91,7 @@ class StoreAcceptor:
         dimse_timeout: float,
         recycled: RecycledFiles | None = None,
     ) -> None:
+        super().__init__()
         self.ae_title = ae_title
         self.supported = supported
         self.max_pdu = max_pdu
@@ -118,49 +104,13 @@ class StoreAcceptor:
         #: Confirmed spool files the received data sets overwrite (:mod:`dicomproxy.transport.recycle`).
         self.recycled = recycled
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
 
-    @property
-    def active(self) -> int:
-        """Store associations being served now."""
-        with self._lock:
-            return len(self._sockets)
-
-    def abort_all(self) -> int:
-        """A-ABORT every association being served (shutdown drain); how many there were."""
-        with self._lock:
-            socks = list(self._sockets)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.sendall(abort(0x02, 0x00))
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return len(socks)
-
-    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        """Run the association on ``sock`` to its end; never raises (logs one line)."""
-        with self._lock:
-            self._sockets.add(sock)
+    def _run(self, sock: socket.socket, address: tuple[str, int]) -> None:
         session = _Session(self, sock, address)
         try:
             session.run()
-        except (PeerClosed, TimeoutError, OSError) as exc:
-            LOG.warning(
-                "store association from %s:%s ended: %s", address[0], address[1], exc or type(exc).__name__
-            )
-        except ProtocolError as exc:
-            LOG.warning("store association from %s:%s aborted: %s", address[0], address[1], exc)
-            with contextlib.suppress(OSError):
-                sock.sendall(abort(0x02, 0x00))
-        except Exception:
-            LOG.exception("store association from %s:%s: internal error", address[0], address[1])
-            with contextlib.suppress(OSError):
-                sock.sendall(abort(0x02, 0x00))
         finally:
             session.discard()
-            with self._lock:
-                self._sockets.discard(sock)
 
 
 class _Session:
@@ -205,42 +155,19 @@ class _Session:
                 raise ProtocolError(f"command 0x{msg.field:04X} on a store association")
 
     def _negotiate(self) -> dict[int, PresentationContext] | None:
-        pdu_type, length = self.reader.header()
-        if pdu_type != A_ASSOCIATE_RQ:
-            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-        rq_pdu = RqPdu()
-        rq_pdu.decode(PDU_HEADER.pack(pdu_type, length) + self.reader.body(length))
-        rq = rq_pdu.to_primitive()
-        self.calling = str(rq.calling_ae_title).strip()
-        refusal = self.o.gate(self.calling, str(rq.called_ae_title).strip(), self.address[0])
-        if refusal is not None:
-            reason, (result, source, diagnostic) = refusal
-            rj = A_ASSOCIATE()
-            rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
-            pdu = RjPdu()
-            pdu.from_primitive(rj)
-            self.sock.sendall(pdu.encode())
-            LOG.debug("store association refused: %s", reason)
-            return None
-        roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
-            for item in rq.user_information
-            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
-        }
-        results, role_items = negotiate_as_acceptor(
-            rq.presentation_context_definition_list, self.o.supported, roles or None
+        answer = accept(
+            self.sock,
+            self.reader,
+            self.address,
+            supported=self.o.supported,
+            max_pdu=self.o.max_pdu,
+            gate=self.o.gate,
         )
-        ac = A_ASSOCIATE()
-        ac.application_context_name = rq.application_context_name
-        ac.calling_ae_title = rq.calling_ae_title
-        ac.called_ae_title = rq.called_ae_title
-        ac.result, ac.result_source = 0x00, 0x01
-        ac.presentation_context_definition_results_list = results
-        ac.user_information = [*user_information(self.o.max_pdu), *role_items]
-        ac_pdu = AcPdu()
-        ac_pdu.from_primitive(ac)
-        self.sock.sendall(ac_pdu.encode())
-        return {int(cx.context_id or 0): cx for cx in results if cx.result == 0x00}
+        self.calling = answer.calling
+        if isinstance(answer, Refused):
+            LOG.debug("store association refused: %s", answer.reason)
+            return None
+        return answer.contexts
 
     def _stored(self, msg: Message, path: Path) -> int:
         cmd = msg.command
@@ -268,16 +195,6 @@ class _Session:
             self.stream.discard()
         with contextlib.suppress(OSError):
             self.reader.close()
-
-
-def user_information(max_pdu: int) -> list[Any]:
-    length = MaximumLengthNotification()
-    length.maximum_length_received = max_pdu
-    uid = ImplementationClassUIDNotification()
-    uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    return [length, uid, version]
 
 
 def _text(value: Any) -> str | None:

@@ -31,6 +31,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification, SC
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from dicomproxy.status import Status
+from dicomproxy.transport.raw.acceptance import user_information
 from dicomproxy.transport.raw.dimse import (
     C_CANCEL_RQ,
     C_FIND_RQ,
@@ -58,7 +59,6 @@ from dicomproxy.transport.raw.pdu import (
     abort,
     release_rq,
 )
-from dicomproxy.transport.raw.receiver import user_information
 from dicomproxy.transport.raw.sender import max_pdv, store_command
 from dicomproxy.transport.raw.wire import Command, FileMeta, read_file_meta
 from dicomproxy.transport.recycle import RecycledFiles
