@@ -24,6 +24,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import multiprocessing
 import random
 import statistics
 import subprocess
@@ -32,17 +33,24 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.dsutils import decode
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.raw.requestor import RawAssociation
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
 from testkit.console_load import ConsoleLoad
@@ -192,6 +200,35 @@ def existing_rows(engine: Engine, name: str) -> int | None:
 NO_PACS = '[pacs]\nae_title = "NOPACS"\nhost = "127.0.0.1"\nport = 1'
 
 
+def _movers(
+    movers: int, proxy: Remote, dest_ae: str, study_uid: str, dest_dir: Path, stop: Any, results: Any
+) -> None:
+    """The child process of :meth:`MoveLoad.running`: ``movers`` threads, each C-MOVEing the study
+    through the proxy, one move after the other, until ``stop``; (durations, errors) to ``results``."""
+    done: list[float] = []
+    errors: list[str] = []
+
+    def mover() -> None:
+        ident = scu.identifier(study_uids=[study_uid])
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            res = scu.move(proxy, dest_ae, ident, calling_ae="BENCH", timeout=600)
+            if res.status != 0:
+                errors.append(res.line())
+            else:
+                done.append(time.perf_counter() - t0)
+            for p in dest_dir.iterdir():  # 4 movers would fill the disk in minutes
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+
+    threads = [threading.Thread(target=mover, daemon=True) for _ in range(movers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((done, errors))
+
+
 class MoveLoad:
     """``--moves``: N threads moving one real CT study through the proxy while the queries run."""
 
@@ -232,30 +269,34 @@ class MoveLoad:
 
     @contextlib.contextmanager
     def running(self, proxy: Remote) -> Iterator[None]:
-        def mover() -> None:
-            ident = scu.identifier(study_uids=[self.spec.study_uid])
-            while not self.stop.is_set():
-                t0 = time.perf_counter()
-                res = scu.move(proxy, self.dest.ae_title, ident, calling_ae="BENCH", timeout=600)
-                if res.status != 0:
-                    self.errors.append(res.line())
-                else:
-                    self.done.append(time.perf_counter() - t0)
-                for p in self.dest.received():  # 4 movers would fill the disk in minutes
-                    p.unlink(missing_ok=True)
-
-        threads = [threading.Thread(target=mover, daemon=True) for _ in range(self.movers)]
-        for t in threads:
-            t.start()
-        time.sleep(2.0)  # every mover past its association set-up
+        """The movers run in a process of their own: in this one their pynetdicom reactors (two
+        threads per association, each waking every millisecond) would hold up the C-FIND client's
+        own threads, and the client's delays are not the proxy's."""
+        spawn = multiprocessing.get_context("spawn")
+        stop, results = spawn.Event(), spawn.Queue()
+        child = spawn.Process(
+            target=_movers,
+            args=(
+                self.movers,
+                proxy,
+                self.dest.ae_title,
+                self.spec.study_uid,
+                self.dest.outdir,
+                stop,
+                results,
+            ),
+            daemon=True,
+        )
+        child.start()
+        time.sleep(3.0)  # the child's start-up and every mover past its association set-up
         t0 = time.perf_counter()
         try:
             yield
         finally:
             window = time.perf_counter() - t0
-            self.stop.set()
-            for t in threads:
-                t.join(600)
+            stop.set()
+            self.done, self.errors = results.get(timeout=900)
+            child.join(60)
             mb = len(self.done) * self.bytes_per_move / 1e6
             print(
                 f"[moves] {self.movers} movers: {len(self.done)} moves of {self.spec.instance_count} slices "
@@ -316,15 +357,71 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+#: The kinds issue 29's target names ("keyed p95").
+KEYED = ("PatientID", "AccessionNumber", "StudyInstanceUID")
+
+
+class _RawClient:
+    """A C-FIND SCU on the raw framing (:class:`dicomproxy.transport.raw.requestor.RawAssociation`,
+    the proxy's own requestor to its archives): one thread, no reactor — so what it times is the
+    proxy's answer, not a client's polling (pynetdicom's SCU wakes two threads per message)."""
+
+    def __init__(self, port: int, path: str) -> None:
+        sops = [StudyRootQueryRetrieveInformationModelFind]
+        if path == "pynetdicom":
+            sops.append(StudyRootQueryRetrieveInformationModelMove)
+        contexts = [build_context(sop, [ExplicitVRLittleEndian]) for sop in sops]
+        for n, cx in enumerate(contexts):
+            cx.context_id = 2 * n + 1
+        self.assoc = RawAssociation.open(
+            "127.0.0.1", port, calling_ae="BENCH", called_ae="DICOMPROXY", contexts=contexts, dimse_timeout=30
+        )
+        self.ids = iter(range(1, 65536))
+
+    def find(self, q: Dataset) -> Iterator[tuple[int, Dataset | None]]:
+        sop = StudyRootQueryRetrieveInformationModelFind
+        for code, data in self.assoc.find(sop, self.assoc.encode(sop, q), next(self.ids)):
+            yield code, (decode(BytesIO(data), False, True) if data else None)
+
+    def close(self) -> None:
+        self.assoc.release()
+
+
 def bench(
-    port: int, rows: int, queries: int, only: str | None = None
+    port: int,
+    rows: int,
+    queries: int,
+    only: str | None = None,
+    path: str = "raw",
+    keyed_only: bool = False,
+    client: str = "pynetdicom",
 ) -> dict[str, tuple[float, float, float]]:
+    """``path``: "raw" proposes C-FIND only (the proxy's raw query acceptor answers), "pynetdicom"
+    also a C-MOVE context (the proxy's pynetdicom association answers, as before issue 29).
+    ``client``: the SCU that times the queries, pynetdicom's or :class:`_RawClient`."""
     rnd = random.Random(11)
     ae = AE("BENCH")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    kwargs: dict[str, Any] = {"ae_title": "DICOMPROXY", "evt_handlers": NODELAY_HANDLERS}
-    assoc = ae.associate("127.0.0.1", port, **kwargs)
-    assert assoc.is_established
+    if path == "pynetdicom":
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    if client == "raw":
+        raw = _RawClient(port, path)
+        finder: Callable[[Dataset], Iterator[tuple[int, Dataset | None]]] = raw.find
+        close: Callable[[], object] = raw.close
+    else:
+        kwargs: dict[str, Any] = {"ae_title": "DICOMPROXY", "evt_handlers": NODELAY_HANDLERS}
+        assoc = ae.associate("127.0.0.1", port, **kwargs)
+        assert assoc.is_established
+
+        def finder(q: Dataset) -> Iterator[tuple[int, Dataset | None]]:
+            for status, ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+                if not status or "Status" not in status:
+                    raise RuntimeError(
+                        f"C-FIND: no response within {ae.dimse_timeout} s (association aborted)"
+                    )
+                yield int(status.Status), ds
+
+        close = assoc.release
 
     def run(keys: dict[str, str]) -> tuple[float, int]:
         q = Dataset()
@@ -337,15 +434,11 @@ def bench(
             setattr(q, k, v)
         t0 = time.perf_counter()
         n = 0
-        for status, _ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
-            if status and status.Status in (0xFF00, 0xFF01):
+        for status, _ds in finder(q):
+            if status in (0xFF00, 0xFF01):
                 n += 1
-            elif not status or "Status" not in status:
-                raise RuntimeError(
-                    f"C-FIND {keys}: no response within {ae.dimse_timeout} s (association aborted)"
-                )
-            elif status.Status != 0:
-                raise RuntimeError(f"C-FIND {keys} failed: {status}")
+            elif status != 0:
+                raise RuntimeError(f"C-FIND {keys} failed: 0x{status:04X}")
         return (time.perf_counter() - t0) * 1000, n
 
     def day() -> str:
@@ -365,13 +458,15 @@ def bench(
         for kind, make in kinds.items():
             if only is not None and kind != only:
                 continue
+            if keyed_only and kind not in KEYED:
+                continue
             n = queries if "王" not in kind else max(5, queries // 10)
             n = n if "pinyin" not in kind else max(5, queries // 4)
             run(make())  # warm-up
             times, counts = zip(*(run(make()) for _ in range(n)), strict=True)
             out[kind] = (percentile(list(times), 0.5), percentile(list(times), 0.95), statistics.mean(counts))
     finally:
-        assoc.release()
+        close()
         ae.shutdown()
     return out
 
@@ -392,6 +487,19 @@ def main() -> None:
     ap.add_argument("--no-audit", action="store_true", help="[audit] enabled = false (default: on)")
     ap.add_argument("--moves", type=int, default=0, help="C-MOVEs kept running while the queries run")
     ap.add_argument("--move-slices", type=int, default=100, help="real CT slices in the moved study")
+    ap.add_argument(
+        "--client",
+        choices=("pynetdicom", "raw"),
+        default="pynetdicom",
+        help="the SCU that times the queries: pynetdicom's, or one on the raw framing (no reactor threads)",
+    )
+    ap.add_argument("--keyed-only", action="store_true", help="only " + ", ".join(KEYED))
+    ap.add_argument(
+        "--find-path",
+        action="append",
+        choices=("raw", "pynetdicom"),
+        help="which of the proxy's C-FIND paths answers (repeat for both, alternately; default raw)",
+    )
     args = ap.parse_args()
     for kind in args.db or ["postgresql", "sqlite"]:
         if args.workdir:
@@ -463,10 +571,15 @@ def _serve_and_bench(
         print(f"[{tag}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
         load = ConsoleLoad(f"http://127.0.0.1:{http_port}") if http_port else contextlib.nullcontext()
         busy = moves.running(Remote("DICOMPROXY", "127.0.0.1", port)) if moves else contextlib.nullcontext()
+        paths = args.find_path or ["raw"]
         with load, busy:
-            results = bench(port, args.rows, args.queries)
-        for q, (p50, p95, n) in results.items():
-            print(f"[{tag}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
+            for path in paths:
+                results = bench(
+                    port, args.rows, args.queries, path=path, keyed_only=args.keyed_only, client=args.client
+                )
+                label = f"{tag}, {path} path, {args.client} client"
+                for q, (p50, p95, n) in results.items():
+                    print(f"[{label}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
     finally:
         proc.terminate()
         proc.wait(30)

@@ -276,8 +276,8 @@ class Fetched:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         original = ExamView.stream
 
-        def recording(view: ExamView, stmt: Any) -> Iterator[dict[str, Any]]:
-            for row in original(view, stmt):
+        def recording(view: ExamView, stmt: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+            for row in original(view, stmt, **kwargs):
                 self.rows.append(row)
                 yield row
 

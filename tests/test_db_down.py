@@ -89,3 +89,63 @@ def test_view_database_down_and_back(
 
         wait_until(answered, 30, "C-FIND after the database came back")
         assert set(results) <= {0x0000, 0xC001}
+
+
+def _terminate(admin: Engine, name: str) -> None:
+    """Every connection to ``name`` killed; the database stays up (a restart, seen from the pool)."""
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+        )
+
+
+def test_a_pooled_connection_killed_in_use_is_retried_once(
+    pg_database: tuple[Engine, str, str],
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No ping within IDLE_PING of the last use (issue 29: a round trip per C-FIND saved): a
+    connection that died meanwhile fails the first statement, and the view retries once on a new
+    one — the C-FIND never sees it."""
+    admin, name, url = pg_database
+    engine = create_engine(url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(CT)])
+    engine.dispose()
+    port = run_proxy(make_config(view={"url": url, "pool_size": 1})).port
+    query = {"PatientID": CT.patient.patient_id, "StudyInstanceUID": ""}
+    with FindClient(port) as client:
+        assert client.find(query).status == 0x0000
+        for _ in range(2):
+            _terminate(admin, name)
+            again = client.find(query)
+            assert (again.status, len(again.answers)) == (0x0000, 1), again.comment
+    retried = [r for r in caplog.records if "exam view connection lost, retrying once" in r.getMessage()]
+    assert len(retried) == 2 and all("\n" not in r.getMessage() for r in retried)
+
+
+def test_an_idle_connection_is_pinged_and_replaced_before_use(pg_database: tuple[Engine, str, str]) -> None:
+    """Past the idle time, checkout pings: a dead connection is replaced before the statement runs."""
+    from dicomproxy.view.repository import ping_when_idle
+
+    admin, name, url = pg_database
+    engine = create_engine(url, pool_size=1)
+    ping_when_idle(engine, 0.0)
+    pings: list[int] = []
+    original = engine.dialect.do_ping
+
+    def counted(dbapi_connection: object) -> bool:
+        pings.append(1)
+        return bool(original(dbapi_connection))
+
+    engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        _terminate(admin, name)
+        with engine.connect() as conn:  # pinged, found dead, replaced: no error here
+            second = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert first != second and pings == [1]  # the new connection is not pinged
+    finally:
+        engine.dispose()

@@ -23,13 +23,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, create_engine, or_, select
+from sqlalchemy import ColumnElement, Select, and_, create_engine, event, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from dicomproxy.config import Config, ViewConfig
 from dicomproxy.errors import ViewUnavailable
@@ -48,10 +49,15 @@ Row = Mapping[str, Any]
 FETCH_BATCH = 500
 
 
+#: A pooled connection idle longer than this (seconds) is pinged before use (:func:`ping_when_idle`).
+IDLE_PING = 30.0
+
+
 def make_engine(view: ViewConfig) -> Engine:
-    """The process's one engine for the view: pooled, ``pool_pre_ping``, read-only use."""
+    """The process's one engine for the view: pooled, pinged when idle (:func:`ping_when_idle`),
+    read-only use."""
     url = make_url(view.url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     backend = url.get_backend_name()
     if not (backend == "sqlite" and url.database in (None, "", ":memory:")):
         kwargs["pool_size"] = view.pool_size
@@ -63,7 +69,35 @@ def make_engine(view: ViewConfig) -> Engine:
         connect_args["check_same_thread"] = False
     elif backend == "mysql" and timeout_ms:
         connect_args["read_timeout"] = max(1, int(view.query_timeout))
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    ping_when_idle(engine, IDLE_PING)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle: float) -> None:
+    """Ping a pooled connection at checkout only when it was idle more than ``idle`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: one more round trip to the RIS per
+    C-FIND (issue 29: ~1 ms of a 2 ms keyed query on PostgreSQL, more while the machine is busy).
+    What the ping is for — connections the server or a firewall dropped while they sat in the
+    pool — happens to idle ones; this is SQLAlchemy's documented custom pessimistic check (a
+    ``checkout`` listener raising :class:`~sqlalchemy.exc.DisconnectionError`: the pool then
+    connects anew). A connection that died while in use is the optimistic case:
+    :meth:`ExamView.stream` retries once."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"idle connection lost: {first_line(exc)}") from exc
 
 
 def first_line(exc: BaseException) -> str:
@@ -126,6 +160,7 @@ class ExamView:
         self.engine = engine if engine is not None else make_engine(config.view)
         self.dialect = self.engine.dialect.name
         self._overlap = dt.timedelta(seconds=config.view.stamp_overlap)
+        self._visible: tuple[tuple[str, int], ColumnElement[bool]] | None = None
         self.uid_index: UidIndex | None
         try:
             self.uid_index = UidIndex(
@@ -153,13 +188,20 @@ class ExamView:
     # --- visibility ---------------------------------------------------------------------------
 
     def visible(self) -> ColumnElement[bool]:
-        """The SQL half of the visibility rule (see the module docstring)."""
+        """The SQL half of the visibility rule (see the module docstring); built once per
+        (hospital, max_privacy) — a clause is immutable and every query used to rebuild it."""
+        key = (self.config.hospital.id, self.config.view.max_privacy)
+        cached = self._visible
+        if cached is not None and cached[0] == key:
+            return cached[1]
         c = self.table.c
-        return and_(
-            c.HospitalID == self.config.hospital.id,
-            or_(c.Privacy.is_(None), c.Privacy <= self.config.view.max_privacy),
+        clause = and_(
+            c.HospitalID == key[0],
+            or_(c.Privacy.is_(None), c.Privacy <= key[1]),
             c.StudyInstanceUID.is_not(None),
         )
+        self._visible = (key, clause)
+        return clause
 
     def is_visible(self, row: Row) -> bool:
         """The Python half: :func:`row_visible`."""
@@ -167,19 +209,34 @@ class ExamView:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def stream(self, stmt: Select[Any]) -> Iterator[dict[str, Any]]:
-        """Rows of ``stmt`` as dicts keyed by seed column names, fetched in batches.
+    def stream(self, stmt: Select[Any], *, narrow: bool = False) -> Iterator[dict[str, Any]]:
+        """Rows of ``stmt`` as dicts keyed by seed column names, fetched in batches (a server-side
+        cursor where the driver has one). ``narrow``: the caller knows the rows are few (an exact
+        key, ExamineIDs from the side table): fetched at once, without the cursor's extra round
+        trips (PostgreSQL: DECLARE, FETCH until empty, CLOSE).
 
-        Database errors become :class:`ViewUnavailable` with a one-line reason.
+        A connection found dead at the first statement (the database restarted while it was in
+        the pool) is retried once on a new one. Database errors become :class:`ViewUnavailable`
+        with a one-line reason.
         """
         keys = [str(col.key) for col in stmt.selected_columns]
-        try:
-            with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=FETCH_BATCH).execute(stmt)
-                for raw in result:
-                    yield dict(zip(keys, raw, strict=True))
-        except SQLAlchemyError as exc:
-            raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+        options: dict[str, Any] = {} if narrow else {"stream_results": True, "yield_per": FETCH_BATCH}
+        for attempt in (1, 2):
+            started = False
+            try:
+                with self.engine.connect() as conn:
+                    result = conn.execution_options(**options).execute(stmt)
+                    for raw in result:
+                        started = True
+                        yield dict(zip(keys, raw, strict=True))
+                return
+            except DBAPIError as exc:
+                if attempt == 1 and not started and exc.connection_invalidated:
+                    LOG.warning("exam view connection lost, retrying once: %s", first_line(exc))
+                    continue
+                raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
+            except SQLAlchemyError as exc:
+                raise ViewUnavailable(f"exam view unavailable: {first_line(exc)}") from exc
 
     def examine_ids_for_uids(self, uids: Sequence[str]) -> list[list[str]] | None:
         """ExamineIDs of rows that may hold these UIDs, grouped into ≤1000-id batches

@@ -43,6 +43,15 @@ def _alphabetic_name(query: FindQuery) -> str | None:
     return alpha
 
 
+#: Keys whose exact value finds a handful of rows (a patient's exams, one accession).
+NARROW_KEYS = ("PatientID", "AccessionNumber")
+
+
+def _exact(value: str) -> bool:
+    """A single value or list of single values, no wildcard (PS3.4 C.2.2.2.1, C.2.2.2.4)."""
+    return bool(value) and "*" not in value and "?" not in value
+
+
 def _loose_key(row: dict[str, Any]) -> tuple[str, str]:
     pid, issuer = _patient_key(row)
     return pid.casefold().rstrip(), issuer.casefold().rstrip()
@@ -76,8 +85,9 @@ def search(
         statements = [build_select(query, view.table, view.visible(), view.dialect)]
     only = set(wanted_uids)
     emitted: set[str] = set()
+    narrow = bool(wanted_uids) or any(_exact(query.values.get(k, "")) for k in NARROW_KEYS)
     for stmt in statements:
-        rows = (r for r in view.stream(stmt) if view.is_visible(r))
+        rows = (r for r in view.stream(stmt, narrow=narrow) if view.is_visible(r))
         # Case-insensitive collations (MariaDB *_ci, SQL Server CI) may interleave P1/p1:
         # group loosely by the sort order, then exactly by the key.
         for _key, loose in groupby(rows, key=_loose_key):
