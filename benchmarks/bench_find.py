@@ -213,7 +213,7 @@ def _movers(
         while not stop.is_set():
             t0 = time.perf_counter()
             res = scu.move(proxy, dest_ae, ident, calling_ae="BENCH", timeout=600)
-            if res.status != 0:
+            if res.status != 0 or res.completed == 0:  # an empty move would be no load at all
                 errors.append(res.line())
             else:
                 done.append(time.perf_counter() - t0)
@@ -251,7 +251,9 @@ class MoveLoad:
         self.pacs.add_modality("proxy", proxy)
         self.dest.start()
         self.drop_row(engine, view)
-        insert_rows(engine, [exam_row(self.spec)], name=view)
+        # RowTimestamp now, as a RIS stamps an inserted row: a kept side table (--keep/--workdir)
+        # learns the row's UID by its incremental sync, which reads only rows stamped after its mark
+        insert_rows(engine, [exam_row(self.spec, RowTimestamp=dt.datetime.now())], name=view)
         return self
 
     def drop_row(self, engine: Engine, view: str) -> None:
