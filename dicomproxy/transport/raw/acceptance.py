@@ -130,9 +130,20 @@ class RawAcceptor:
     #: Names the association in log lines ("store association from ...").
     kind = "raw"
 
-    def __init__(self) -> None:
+    def __init__(self, supported: list[PresentationContext], max_pdu: int, gate: Gate) -> None:
+        self.supported = supported
+        self.max_pdu = max_pdu
+        self.gate = gate
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+
+    def negotiate(self, sock: socket.socket, reader: PduReader, address: tuple[str, int]) -> Accepted | None:
+        """:func:`accept` with this acceptor's contexts, Maximum Length and gate; None if refused."""
+        answer = accept(sock, reader, address, supported=self.supported, max_pdu=self.max_pdu, gate=self.gate)
+        if isinstance(answer, Refused):
+            LOG.debug("%s association refused: %s", self.kind, answer.reason)
+            return None
+        return answer
 
     @property
     def active(self) -> int:

@@ -34,7 +34,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
 
 from dicomproxy.status import Status, carries_error_comment, is_pending
-from dicomproxy.transport.raw.acceptance import Gate, RawAcceptor, Refused, accept
+from dicomproxy.transport.raw.acceptance import Gate, RawAcceptor
 from dicomproxy.transport.raw.dimse import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
@@ -103,10 +103,7 @@ class QueryAcceptor(RawAcceptor):
         acse_timeout: float,
         network_timeout: float | None,
     ) -> None:
-        super().__init__()
-        self.supported = [cx for cx in supported if str(cx.abstract_syntax) in QUERY_SYNTAXES]
-        self.max_pdu = max_pdu
-        self.gate = gate
+        super().__init__([cx for cx in supported if str(cx.abstract_syntax) in QUERY_SYNTAXES], max_pdu, gate)
         self.on_find = on_find
         self.on_echo = on_echo
         self.acse_timeout = acse_timeout
@@ -134,18 +131,10 @@ class _QuerySession:
     def run(self) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(self.o.acse_timeout)
-        answer = accept(
-            self.sock,
-            self.reader,
-            self.address,
-            supported=self.o.supported,
-            max_pdu=self.o.max_pdu,
-            gate=self.o.gate,
-        )
-        self.calling = answer.calling
-        if isinstance(answer, Refused):
-            LOG.debug("query association refused: %s", answer.reason)
+        answer = self.o.negotiate(self.sock, self.reader, self.address)
+        if answer is None:
             return
+        self.calling = answer.calling
         self.sock.settimeout(self.o.network_timeout)
         # the same line pynetdicom's associations get (dicomproxy.server)
         logging.getLogger("dicomproxy.server").info(

@@ -30,7 +30,7 @@ from typing import Any
 from pynetdicom.presentation import PresentationContext
 
 from dicomproxy.status import Status
-from dicomproxy.transport.raw.acceptance import Gate, RawAcceptor, Refused, accept
+from dicomproxy.transport.raw.acceptance import Gate, RawAcceptor
 from dicomproxy.transport.raw.dimse import (
     C_ECHO_RQ,
     C_ECHO_RSP,
@@ -91,12 +91,9 @@ class StoreAcceptor(RawAcceptor):
         dimse_timeout: float,
         recycled: RecycledFiles | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(supported, max_pdu, gate)
         self.ae_title = ae_title
-        self.supported = supported
-        self.max_pdu = max_pdu
         self.claim = claim
-        self.gate = gate
         self.on_store = on_store
         self.incoming_dir = incoming_dir
         self.acse_timeout = acse_timeout
@@ -155,18 +152,10 @@ class _Session:
                 raise ProtocolError(f"command 0x{msg.field:04X} on a store association")
 
     def _negotiate(self) -> dict[int, PresentationContext] | None:
-        answer = accept(
-            self.sock,
-            self.reader,
-            self.address,
-            supported=self.o.supported,
-            max_pdu=self.o.max_pdu,
-            gate=self.o.gate,
-        )
-        self.calling = answer.calling
-        if isinstance(answer, Refused):
-            LOG.debug("store association refused: %s", answer.reason)
+        answer = self.o.negotiate(self.sock, self.reader, self.address)
+        if answer is None:
             return None
+        self.calling = answer.calling
         return answer.contexts
 
     def _stored(self, msg: Message, path: Path) -> int:
