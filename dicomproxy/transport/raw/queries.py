@@ -21,6 +21,7 @@ negotiated (PS3.7 D.3.3.3), so anything else arriving during a C-FIND breaks the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
@@ -170,6 +171,7 @@ class _QuerySession:
         request = FindRequest(self.calling, self.address, sop_class, message_id, msg.data or b"", str(syntax))
         watch = _CancelWatch(stream, self.reader, message_id)
         responses = self.o.on_find(request, watch)
+        cork(self.sock, True)
         try:
             for status, identifier in responses:
                 code, comment = _code_and_comment(status)
@@ -212,6 +214,7 @@ class _QuerySession:
                 },
             )
         finally:
+            cork(self.sock, False)
             close = getattr(responses, "close", None)
             if close is not None:
                 close()
@@ -237,6 +240,17 @@ class _CancelWatch:
                 raise ProtocolError(f"command 0x{msg.field:04X} while a C-FIND is answered")
             if int(msg.command.get("MessageIDBeingRespondedTo", -1)) == self.message_id:
                 self.seen = True
+
+
+def cork(sock: socket.socket, on: bool) -> None:
+    """Linux ``TCP_CORK`` while a C-FIND's responses are written: the kernel sends full segments
+    and the rest when it is uncorked after the final response (or after 200 ms), so a few answers
+    and their final status reach the requester together — one wake-up of its reading thread, not
+    one per message (with TCP_NODELAY each message would be a segment of its own)."""
+    option = getattr(socket, "TCP_CORK", None)
+    if option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1 if on else 0)
 
 
 def _code_and_comment(status: Any) -> tuple[int, str]:
