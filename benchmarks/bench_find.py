@@ -322,18 +322,22 @@ def write_config(
     http_port: int = 0,
     moves: MoveLoad | None = None,
     audit: bool = True,
+    ae_title: str = "DICOMPROXY",
 ) -> Path:
-    path = workdir / "bench.toml"
+    """The proxy's config (``ae_title`` other than DICOMPROXY: the mover's own proxy, ``--move-proxy
+    other``, with its data directory and config file named after it)."""
+    tail = "" if ae_title == "DICOMPROXY" else f"-{ae_title.lower()}"
+    path = workdir / f"bench{tail}.toml"
     path.write_text(
         f"""[http]
 port = {http_port}
 [audit]
 enabled = {"true" if audit else "false"}
 [proxy]
-ae_title = "DICOMPROXY"
+ae_title = "{ae_title}"
 host = "127.0.0.1"
 port = {port}
-data_dir = "{workdir / "var"}"
+data_dir = "{workdir / ("var" + tail)}"
 [hospital]
 id = "74580626"
 name = "温岭市第一人民医院"
@@ -495,6 +499,12 @@ def main() -> None:
         default="pynetdicom",
         help="the SCU that times the queries: pynetdicom's, or one on the raw framing (no reactor threads)",
     )
+    ap.add_argument(
+        "--move-proxy",
+        choices=("same", "other"),
+        default="same",
+        help="the C-MOVEs through the queried proxy (same) or through a second serve process (other)",
+    )
     ap.add_argument("--keyed-only", action="store_true", help="only " + ", ".join(KEYED))
     ap.add_argument(
         "--find-path",
@@ -537,20 +547,69 @@ def serve_and_bench(
     tag = f"{kind}{', ' + label if label else ''}{f', {args.moves} C-MOVEs running' if args.moves else ''}"
     port = free_port()
     proxy = Remote("DICOMPROXY", "127.0.0.1", port)
+    # --move-proxy other: the moves run through a second serve process (its own AE title), so the
+    # queried proxy has the same machine load but no move thread in its process (its GIL is its own)
+    mover = Remote("MOVEPROXY", "127.0.0.1", free_port()) if args.move_proxy == "other" else proxy
     moves = (
-        MoveLoad(workdir / "moves", args.moves, args.move_slices).start(engine, name, proxy)
+        MoveLoad(workdir / "moves", args.moves, args.move_slices).start(engine, name, mover)
         if args.moves
         else None
     )
+    if moves is not None:
+        tag += f" (through {'a second' if mover is not proxy else 'the same'} proxy)"
     try:
-        _serve_and_bench(tag, workdir, url, name, args, http_port, port, moves)
+        with (
+            _second_proxy(workdir, url, name, mover, moves, args)
+            if mover is not proxy
+            else contextlib.nullcontext()
+        ):
+            _serve_and_bench(tag, workdir, url, name, args, http_port, port, moves, mover)
     finally:
         if moves is not None:
             moves.close(engine, name)
 
 
+def _side_table_built(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait for serve's UID/pinyin side tables, built in the background at start-up: the build's
+    end is "full sync read N view rows" (or "already built" for a kept side table); lookups
+    meanwhile scan the view, which is not what is measured here."""
+    t1 = time.perf_counter()
+    done = ("uid side table: full sync read", "uid side table: already built")
+    while not any(d in log.read_text(errors="replace") for d in done):
+        if proc.poll() is not None or time.perf_counter() - t1 > 600:
+            raise RuntimeError(f"side table not built; see {log}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _second_proxy(
+    workdir: Path, url: str, name: str, mover: Remote, moves: MoveLoad | None, args: Any
+) -> Iterator[None]:
+    cfg = write_config(
+        workdir, url, name, mover.port, 0, moves, audit=not args.no_audit, ae_title=mover.ae_title
+    )
+    exe = Path(sys.executable).with_name("dicomproxy")
+    log = workdir / f"serve-{mover.ae_title.lower()}.log"
+    proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(log, "wb"))  # noqa: SIM115
+    try:
+        wait_for_echo(mover, 30, calling="BENCH", proc=proc)
+        _side_table_built(proc, log)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _serve_and_bench(
-    tag: str, workdir: Path, url: str, name: str, args: Any, http_port: int, port: int, moves: MoveLoad | None
+    tag: str,
+    workdir: Path,
+    url: str,
+    name: str,
+    args: Any,
+    http_port: int,
+    port: int,
+    moves: MoveLoad | None,
+    mover: Remote,
 ) -> None:
     cfg = write_config(workdir, url, name, port, http_port, moves, audit=not args.no_audit)
     exe = Path(sys.executable).with_name("dicomproxy")
@@ -558,21 +617,13 @@ def _serve_and_bench(
     try:
         wait_for_echo(Remote("DICOMPROXY", "127.0.0.1", port), 30, calling="BENCH", proc=proc)
         t1 = time.perf_counter()
-        log = workdir / "serve.log"
-        # serve builds the UID/pinyin side tables in the background at start-up
-        # the build's end: "full sync read N view rows" (or "already built" for a kept side table);
-        # lookups meanwhile scan the view, which is not what is measured here
-        done = ("uid side table: full sync read", "uid side table: already built")
-        while not any(d in log.read_text(errors="replace") for d in done):
-            if proc.poll() is not None or time.perf_counter() - t1 > 600:
-                raise RuntimeError(f"side table not built; see {log}")
-            time.sleep(0.5)
+        _side_table_built(proc, workdir / "serve.log")
         print(f"[{tag}] side tables built in the background in {time.perf_counter() - t1:.1f} s", flush=True)
         t1 = time.perf_counter()
         bench(port, args.rows, 1, only="StudyInstanceUID")
         print(f"[{tag}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)
         load = ConsoleLoad(f"http://127.0.0.1:{http_port}") if http_port else contextlib.nullcontext()
-        busy = moves.running(Remote("DICOMPROXY", "127.0.0.1", port)) if moves else contextlib.nullcontext()
+        busy = moves.running(mover) if moves else contextlib.nullcontext()
         paths = args.find_path or ["raw"]
         with load, busy:
             for path in paths:
