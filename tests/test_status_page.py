@@ -2,7 +2,8 @@
 through Debian's chromium-driver. The page renders with its Chinese and English labels; a job
 started by a real C-MOVE (Orthanc as the PACS, a pynetdicom storage SCP as the destination that
 holds the first instance until the page has shown the job running) appears with live progress
-and then finishes on it; no patient identifiers are shown by default."""
+and then finishes on it; no patient identifiers are shown by default. A node without push shows
+its corrections after delivery (a real detection) in a section of their own."""
 
 from __future__ import annotations
 
@@ -321,3 +322,74 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text
+
+
+def test_status_page_of_a_node_without_push_shows_its_corrections(
+    orthanc: Orthanc,
+    sqlite_view: Any,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+    gated: GatedStoreSCP,
+    browser: Any,
+) -> None:
+    """Corrections after delivery on a node without push (docs/identity.md, docs/operations.md):
+    the cloud retrieves the CT study by a real C-MOVE, the RIS then changes the row's PatientID in
+    the SQLite view; the corrections service detects it (``iocm = false``: a warning only) and the
+    page's own corrections section shows the destination's counts — and no patient identifier."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from testkit.samples import exam_row
+    from testkit.viewdb import update_rows
+
+    gated.gate.set()  # the cloud: stores at once
+    cloud = gated.ae_title
+    r = orthanc.remote
+    config = make_config(
+        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+        peers=[{"ae_title": cloud, "host": "127.0.0.1", "port": gated.port, "iocm": False}],
+        http={"port": free_port(), "token": TOKEN},
+        corrections={"poll_interval": 0.2, "sweep": 1},
+    )
+    server = run_proxy(config)
+    assert server.console is not None and server.ctx.push is None and server.ctx.corrections is not None
+    browser.get(f"{server.console.url}/#token={TOKEN}")
+    wait = WebDriverWait(browser, PAGE_WAIT)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
+    assert not browser.find_element(By.ID, "corrections-section").is_displayed()  # nothing yet
+    assert not browser.find_element(By.ID, "push-section").is_displayed()
+
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = CT.study_uid
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+    assert scu.move(proxy, cloud, m, calling_ae=cloud, timeout=60).completed == 10
+    row = exam_row(CT)
+    new_id = "CORR-NEW-7"
+    update_rows(sqlite_view, "V_IMAGE_CLOUD", row["ExamineID"], {"PatientID": new_id})
+
+    shown = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#corrections tr[data-destination='{cloud}']")
+    )
+    section = browser.find_element(By.ID, "corrections-section")
+    assert section.is_displayed()
+    assert "交付后更正" in section.text and "Corrections after delivery (IOCM)" in section.text
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#corrections thead th")]
+    cells = shown[0].find_elements(By.TAG_NAME, "td")
+    by_column = dict(zip(header, [td.text for td in cells], strict=True))
+    assert by_column == {
+        "目的地 To": cloud,
+        "仅告警 Warned": "1",
+        "待发 Due": "0",
+        "发送中 Running": "0",
+        "完成 Done": "0",
+        "失败 Failed": "0",
+    }
+    assert cells[1].get_attribute("class") == "bad"  # a warning only: nothing was sent
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#corrections tbody tr")) == 1
+    text = browser.find_element(By.TAG_NAME, "body").text
+    source = browser.page_source
+    for secret in (CT.patient.patient_id, CT.patient.name, CT.patient.pinyin, new_id):
+        assert secret not in text and secret not in source, secret
+    assert CT.study_uid not in text
