@@ -111,33 +111,47 @@ def gated() -> Iterator[GatedStoreSCP]:
     scp.stop()
 
 
-@pytest.mark.orthanc
-def test_status_page_shows_a_cmove_job_running_then_finished(
+@pytest.fixture
+def open_page(
     orthanc: Orthanc,
     sqlite_view: Any,
     make_config: ConfigFactory,
     run_proxy: Callable[[Config], Server],
-    gated: GatedStoreSCP,
     browser: Any,
-    tmp_path: Path,
+) -> Callable[..., tuple[Server, Any]]:
+    """``open_page(**sections)``: a proxy with the demo rows in its SQLite view, Orthanc as its PACS
+    (C-GET), the console on (TOKEN) and ``sections`` more config, its status page opened in
+    ``browser``; the proxy and a wait of :data:`PAGE_WAIT` on the page."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def start(**sections: Any) -> tuple[Server, Any]:
+        r = orthanc.remote
+        config = make_config(
+            pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+            http={"port": free_port(), "token": TOKEN},
+            **sections,
+        )
+        server = run_proxy(config)
+        assert server.console is not None
+        browser.get(f"{server.console.url}/#token={TOKEN}")
+        return server, WebDriverWait(browser, PAGE_WAIT)
+
+    return start
+
+
+@pytest.mark.orthanc
+def test_status_page_shows_a_cmove_job_running_then_finished(
+    open_page: Callable[..., tuple[Server, Any]], gated: GatedStoreSCP, browser: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    r = orthanc.remote
-    config = make_config(
-        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+    server, wait = open_page(
         peers=[  # the cloud's own listener is stood in for by the destination (the page echoes both)
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": gated.port},
             {"ae_title": gated.ae_title, "host": "127.0.0.1", "port": gated.port},
         ],
-        http={"port": free_port(), "token": TOKEN},
     )
-    server = run_proxy(config)
-    assert server.console is not None
-    browser.get(f"{server.console.url}/#token={TOKEN}")
-    wait = WebDriverWait(browser, PAGE_WAIT)
     wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
     body = browser.find_element(By.TAG_NAME, "body").text
     for label in (
@@ -186,25 +200,17 @@ def test_status_page_shows_a_cmove_job_running_then_finished(
 
 
 def test_status_page_shows_the_push_queue_and_a_held_destination(
-    orthanc: Orthanc,
-    sqlite_view: Any,
-    make_config: ConfigFactory,
-    run_proxy: Callable[[Config], Server],
-    browser: Any,
+    open_page: Callable[..., tuple[Server, Any]], browser: Any
 ) -> None:
     """Push mode (issue 16) on the page: the demo rows are queued for a destination that is
     down; the push section shows them under that destination, marked held — and no patient
     identifier."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    r = orthanc.remote
-    config = make_config(
-        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+    server, wait = open_page(
         peers=[  # nobody listens; asked to commit what it stores (it stores nothing here)
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": free_port(), "storage_commitment": True}
         ],
-        http={"port": free_port(), "token": TOKEN},
         push={
             "enabled": True,
             "destinations": ["jobserver"],
@@ -215,10 +221,6 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
         reports={"enabled": False},
         bandwidth=[{"mbps": 20}, {"days": "sat-sun", "mbps": 100, "dest": "jobserver"}],
     )
-    server = run_proxy(config)
-    assert server.console is not None
-    browser.get(f"{server.console.url}/#token={TOKEN}")
-    wait = WebDriverWait(browser, PAGE_WAIT)
     # the bandwidth timetable: the rate in force for the push destination, and the next change
     rate = wait.until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#bandwidth tr[data-destination='jobserver']")
@@ -325,12 +327,7 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
 
 
 def test_status_page_of_a_node_without_push_shows_its_corrections(
-    orthanc: Orthanc,
-    sqlite_view: Any,
-    make_config: ConfigFactory,
-    run_proxy: Callable[[Config], Server],
-    gated: GatedStoreSCP,
-    browser: Any,
+    open_page: Callable[..., tuple[Server, Any]], sqlite_view: Any, gated: GatedStoreSCP, browser: Any
 ) -> None:
     """Corrections after delivery on a node without push (docs/identity.md, docs/operations.md):
     the cloud retrieves the CT study by a real C-MOVE, the RIS then changes the row's PatientID in
@@ -338,24 +335,17 @@ def test_status_page_of_a_node_without_push_shows_its_corrections(
     page's own corrections section shows the destination's counts — and no patient identifier."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from testkit.samples import exam_row
     from testkit.viewdb import update_rows
 
     gated.gate.set()  # the cloud: stores at once
     cloud = gated.ae_title
-    r = orthanc.remote
-    config = make_config(
-        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+    server, wait = open_page(
         peers=[{"ae_title": cloud, "host": "127.0.0.1", "port": gated.port, "iocm": False}],
-        http={"port": free_port(), "token": TOKEN},
         corrections={"poll_interval": 0.2, "sweep": 1},
     )
-    server = run_proxy(config)
-    assert server.console is not None and server.ctx.push is None and server.ctx.corrections is not None
-    browser.get(f"{server.console.url}/#token={TOKEN}")
-    wait = WebDriverWait(browser, PAGE_WAIT)
+    assert server.ctx.push is None and server.ctx.corrections is not None
     wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
     assert not browser.find_element(By.ID, "corrections-section").is_displayed()  # nothing yet
     assert not browser.find_element(By.ID, "push-section").is_displayed()
