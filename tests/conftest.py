@@ -10,7 +10,8 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from sqlalchemy.engine import Engine, make_url
 from dicomproxy.config import Config, parse_config
 from dicomproxy.context import AppContext
 from dicomproxy.server import Server
+from dicomproxy.transport.net import Remote
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
-from testkit.orthanc import Orthanc
+from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
 from testkit.samples import StudySpec, demo_specs, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -188,15 +190,40 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]
     return {spec.accession: write_study(spec, root / spec.accession) for spec in demo_specs()}
 
 
+@contextmanager
+def running_orthanc(
+    workdir: Path,
+    studies: Iterable[StudySpec] = (),
+    files: Iterable[Path] = (),
+    proxy: Remote | None = None,
+    **options: Any,
+) -> Iterator[Orthanc]:
+    """A real Orthanc in ``workdir``/orthanc, loaded with ``studies`` (written to
+    ``workdir``/studies/ACCESSION) and ``files``, with ``proxy`` as its C-MOVE destination
+    ``proxy``; stopped on leaving. ``options``: :class:`Orthanc`'s (``ae_title``, ``dicomweb``,
+    ``settings``, ``tls_args``). Skipped without Orthanc (failed in CI) or without the DICOMweb
+    plugin ``dicomweb`` needs."""
+    if options.get("dicomweb") and not list(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*")):
+        pytest.skip("the Orthanc DICOMweb plugin is not installed (scripts/setup-peers.sh installs it)")
+    _need("Orthanc")
+    server = Orthanc(workdir / "orthanc", **options).start()
+    try:
+        for spec in studies:
+            server.upload(write_study(spec, workdir / "studies" / spec.accession))
+        server.upload(list(files))
+        if proxy is not None:
+            server.add_modality("proxy", proxy)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory, demo_files: dict[str, list[Path]]) -> Iterator[Orthanc]:
     """One real Orthanc per session, loaded with the demo studies. Tests must not delete them."""
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    for paths in demo_files.values():
-        server.upload(paths)
-    yield server
-    server.stop()
+    demo = [p for paths in demo_files.values() for p in paths]
+    with running_orthanc(tmp_path_factory.mktemp("orthanc"), files=demo) as server:
+        yield server
 
 
 @pytest.fixture

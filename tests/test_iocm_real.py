@@ -38,10 +38,10 @@ from dicomproxy.transport.net import Remote
 from dicomproxy.view.repository import ExamView
 from testkit import free_port, wait_until
 from testkit.orthanc import Orthanc
-from testkit.samples import StudySpec, exam_row, write_study
+from testkit.samples import StudySpec, exam_row
 from testkit.viewdb import delete_rows, insert_rows, update_rows
 from tests import test_view_rowstamp
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, _need, running_orthanc
 from tests.test_console import Http
 from tests.test_view_rowstamp import StampedView
 
@@ -55,20 +55,14 @@ SPEC2 = StudySpec("CT", accession="IOCM02", series=1, images_per_series=2, seed=
 
 @pytest.fixture(scope="module")
 def iocm_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("iocm-pacs")).start()
-    server.upload(write_study(SPEC, tmp_path_factory.mktemp("iocm-study")))
-    server.upload(write_study(SPEC2, tmp_path_factory.mktemp("iocm-study2")))
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("iocm-pacs"), [SPEC, SPEC2]) as server:
+        yield server
 
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path / "cloud", ae_title="CLOUD").start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path / "cloud", ae_title="CLOUD") as server:
+        yield server
 
 
 def cloud_instances(cloud: Orthanc) -> dict[str, Dataset]:

@@ -32,7 +32,7 @@ from testkit.fakepacs import FakeDestination
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows, update_rows
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, running_orthanc
 
 SPECS = [
     StudySpec("CT", accession=f"PU{i:03d}", series=1, images_per_series=2, seed=160 + i) for i in range(3)
@@ -42,13 +42,8 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
 
 @pytest.fixture(scope="module")
 def push_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    root = tmp_path_factory.mktemp("push-studies")
-    server = Orthanc(tmp_path_factory.mktemp("push-orthanc")).start()
-    for spec in SPECS:
-        server.upload(write_study(spec, root / spec.accession))
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("push-pacs"), SPECS) as server:
+        yield server
 
 
 @pytest.fixture

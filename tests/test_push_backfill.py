@@ -30,9 +30,9 @@ from dicomproxy.view.repository import ExamStudy
 from testkit import wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
-from testkit.samples import StudySpec, exam_row, write_study
+from testkit.samples import StudySpec, exam_row
 from testkit.viewdb import create_view_table, insert_rows
-from tests.conftest import _need
+from tests.conftest import running_orthanc
 from tests.test_push import delivered
 from tests.test_push_takeover import _enqueue
 from tests.test_reconcile import write_config
@@ -65,13 +65,8 @@ def history_view(tmp_path: Path, specs: list[StudySpec], age: dt.timedelta, step
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    root = tmp_path_factory.mktemp("bf-studies")
-    server = Orthanc(tmp_path_factory.mktemp("bf-pacs")).start()
-    for spec in [*HISTORY, LIVE_SPEC]:
-        server.upload(write_study(spec, root / spec.accession))
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("bf-pacs"), [*HISTORY, LIVE_SPEC]) as server:
+        yield server
 
 
 def test_history_goes_by_its_own_workers_and_a_live_exam_never_waits_for_it(

@@ -44,7 +44,7 @@ from testkit.nodes import ServeNodes, peer
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row
 from testkit.viewdb import insert_rows
-from tests.conftest import _need
+from tests.conftest import running_orthanc
 from tests.test_push_backfill import history_view
 from tests.test_reconcile import write_config
 
@@ -87,11 +87,9 @@ class SlowForLive(FakeDestination):
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("backlog-pacs")).start()
-    upload_studies(server, [*BACKLOG, *LIVE], size=32)
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("backlog-pacs")) as server:
+        upload_studies(server, [*BACKLOG, *LIVE], size=32)
+        yield server
 
 
 def test_live_exams_go_before_a_backlog_of_200_and_every_study_arrives_once(

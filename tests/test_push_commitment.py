@@ -31,19 +31,17 @@ from testkit.commitscp import CommitmentDestination
 from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows, update_rows
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, running_orthanc
 
 SPEC = StudySpec("CT", accession="PC001", series=1, images_per_series=3, seed=471)
 
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, list[str]]]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("pc-pacs")).start()
-    files = write_study(SPEC, tmp_path_factory.mktemp("pc-study"))
-    server.upload(files)
-    yield server, sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
-    server.stop()
+    root = tmp_path_factory.mktemp("pc-pacs")
+    files = write_study(SPEC, root / "study")
+    with running_orthanc(root, files=files) as server:
+        yield server, sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
 
 
 def _run(

@@ -53,7 +53,7 @@ from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 from tests import test_push_takeover
-from tests.conftest import ConfigFactory, _need, base_config_dict, push_cli_toml
+from tests.conftest import ConfigFactory, base_config_dict, push_cli_toml, running_orthanc
 from tests.test_push import _config, delivered, study_sops
 from tests.test_push_takeover import LEASE, START, Clock, _enqueue, _old_push_queue, _row
 
@@ -72,10 +72,8 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 
 @pytest.fixture(scope="module")
 def recheck_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("recheck-orthanc")).start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("recheck-pacs")) as server:
+        yield server
 
 
 def _push_jobs(server: Server, item_id: int) -> list[int]:

@@ -22,10 +22,10 @@ from dicomproxy.server import Server
 from testkit import wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.orthanc import Orthanc
-from testkit.samples import StudySpec, exam_row, write_study
+from testkit.samples import StudySpec, exam_row
 from testkit.viewdb import insert_rows
 from tests import test_view_rowstamp
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, _need, running_orthanc
 from tests.test_view_rowstamp import StampedView
 
 #: The view of tests/test_view_rowstamp.py, here on PostgreSQL and MariaDB × both RowTimestamp kinds
@@ -38,11 +38,8 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
 
 @pytest.fixture(scope="module")
 def pv_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("pv-orthanc")).start()
-    server.upload(write_study(SPEC, tmp_path_factory.mktemp("pv-study")))
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("pv-pacs"), [SPEC]) as server:
+        yield server
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
 from tests import test_push_takeover
-from tests.conftest import _need
+from tests.conftest import running_orthanc
 
 journal = test_push_takeover.journal  # a journal on SQLite, PostgreSQL and MariaDB
 
@@ -66,17 +66,12 @@ def peers(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, dict[str, Path]]
 ) -> Iterator[dict[str, Orthanc]]:
     """The PACS (every study) and the cloud (empty), real Orthancs."""
-    _need("Orthanc")
-    pacs = Orthanc(tmp_path_factory.mktemp("reconcile-pacs")).start()
-    cloud = Orthanc(tmp_path_factory.mktemp("reconcile-cloud"), ae_title="CLOUD")
-    try:
-        cloud.start()
-        for spec in ALL:
-            pacs.upload(list(files[spec.accession].values()))
+    studies = [p for spec in ALL for p in files[spec.accession].values()]
+    with (
+        running_orthanc(tmp_path_factory.mktemp("reconcile-pacs"), files=studies) as pacs,
+        running_orthanc(tmp_path_factory.mktemp("reconcile-cloud"), ae_title="CLOUD") as cloud,
+    ):
         yield {"pacs": pacs, "cloud": cloud}
-    finally:
-        cloud.stop()
-        pacs.stop()
 
 
 def write_config(

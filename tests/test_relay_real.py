@@ -26,6 +26,7 @@ from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
 from testkit.orthanc import Orthanc
 from testkit.samples import Patient, StudySpec, demo_specs, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
+from tests.conftest import running_orthanc
 
 CT, MR, US, MF = demo_specs()
 CLOUD = "CLOUD"
@@ -70,14 +71,10 @@ def proxy_port() -> int:
 def relay_orthanc(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]], proxy_port: int
 ) -> Iterator[Orthanc]:
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc is not installed (scripts/test.sh installs it)")
-    server = Orthanc(tmp_path_factory.mktemp("relay-orthanc")).start()
-    for paths in files.values():
-        server.upload(paths)
-    server.add_modality("proxy", Remote(PROXY_AE, "127.0.0.1", proxy_port))
-    yield server
-    server.stop()
+    studies = [p for paths in files.values() for p in paths]
+    proxy = Remote(PROXY_AE, "127.0.0.1", proxy_port)
+    with running_orthanc(tmp_path_factory.mktemp("relay-pacs"), files=studies, proxy=proxy) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

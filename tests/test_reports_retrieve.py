@@ -38,7 +38,7 @@ from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, exam_row, write_study
 from testkit.samples_dept import colour_frame, jpeg_baseline_rgb
 from testkit.viewdb import create_view_table, insert_rows
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, _need, running_orthanc
 
 SPEC = StudySpec("CT", accession="RR001", series=2, images_per_series=2, seed=171)
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -53,12 +53,9 @@ def proxy_port() -> int:
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory, proxy_port: int) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("rr-orthanc")).start()
-    server.upload(write_study(SPEC, tmp_path_factory.mktemp("rr-study")))
-    server.add_modality("proxy", Remote(PROXY_AE, "127.0.0.1", proxy_port))
-    yield server
-    server.stop()
+    proxy = Remote(PROXY_AE, "127.0.0.1", proxy_port)
+    with running_orthanc(tmp_path_factory.mktemp("rr-pacs"), [SPEC], proxy=proxy) as server:
+        yield server
 
 
 @pytest.fixture

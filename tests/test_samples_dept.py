@@ -44,6 +44,7 @@ from testkit.samples_dept import (
     write_dept_study,
     write_wsi,
 )
+from tests.conftest import running_orthanc
 
 SPECS = {spec.kind: spec for spec in dept_study_specs()}
 
@@ -157,10 +158,8 @@ def module_storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreS
 @pytest.fixture(scope="module")
 def dept_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     """Our own Orthanc (the session one holds the demo studies and is not ours to fill)."""
-    _need("Orthanc")
-    server = Orthanc(tmp_path_factory.mktemp("dept-orthanc"), ae_title="DEPTPACS").start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("dept-pacs"), ae_title="DEPTPACS") as server:
+        yield server
 
 
 def _storescu(path: Path, ae_title: str, port: int) -> None:

@@ -2,7 +2,8 @@
 through Debian's chromium-driver. The page renders with its Chinese and English labels; a job
 started by a real C-MOVE (Orthanc as the PACS, a pynetdicom storage SCP as the destination that
 holds the first instance until the page has shown the job running) appears with live progress
-and then finishes on it; no patient identifiers are shown by default."""
+and then finishes on it; no patient identifiers are shown by default. A node without push shows
+its corrections after delivery (a real detection) in a section of their own."""
 
 from __future__ import annotations
 
@@ -110,33 +111,47 @@ def gated() -> Iterator[GatedStoreSCP]:
     scp.stop()
 
 
-@pytest.mark.orthanc
-def test_status_page_shows_a_cmove_job_running_then_finished(
+@pytest.fixture
+def open_page(
     orthanc: Orthanc,
     sqlite_view: Any,
     make_config: ConfigFactory,
     run_proxy: Callable[[Config], Server],
-    gated: GatedStoreSCP,
     browser: Any,
-    tmp_path: Path,
+) -> Callable[..., tuple[Server, Any]]:
+    """``open_page(**sections)``: a proxy with the demo rows in its SQLite view, Orthanc as its PACS
+    (C-GET), the console on (TOKEN) and ``sections`` more config, its status page opened in
+    ``browser``; the proxy and a wait of :data:`PAGE_WAIT` on the page."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def start(**sections: Any) -> tuple[Server, Any]:
+        r = orthanc.remote
+        config = make_config(
+            pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+            http={"port": free_port(), "token": TOKEN},
+            **sections,
+        )
+        server = run_proxy(config)
+        assert server.console is not None
+        browser.get(f"{server.console.url}/#token={TOKEN}")
+        return server, WebDriverWait(browser, PAGE_WAIT)
+
+    return start
+
+
+@pytest.mark.orthanc
+def test_status_page_shows_a_cmove_job_running_then_finished(
+    open_page: Callable[..., tuple[Server, Any]], gated: GatedStoreSCP, browser: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    r = orthanc.remote
-    config = make_config(
-        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+    server, wait = open_page(
         peers=[  # the cloud's own listener is stood in for by the destination (the page echoes both)
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": gated.port},
             {"ae_title": gated.ae_title, "host": "127.0.0.1", "port": gated.port},
         ],
-        http={"port": free_port(), "token": TOKEN},
     )
-    server = run_proxy(config)
-    assert server.console is not None
-    browser.get(f"{server.console.url}/#token={TOKEN}")
-    wait = WebDriverWait(browser, PAGE_WAIT)
     wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
     body = browser.find_element(By.TAG_NAME, "body").text
     for label in (
@@ -185,25 +200,17 @@ def test_status_page_shows_a_cmove_job_running_then_finished(
 
 
 def test_status_page_shows_the_push_queue_and_a_held_destination(
-    orthanc: Orthanc,
-    sqlite_view: Any,
-    make_config: ConfigFactory,
-    run_proxy: Callable[[Config], Server],
-    browser: Any,
+    open_page: Callable[..., tuple[Server, Any]], browser: Any
 ) -> None:
     """Push mode (issue 16) on the page: the demo rows are queued for a destination that is
     down; the push section shows them under that destination, marked held — and no patient
     identifier."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    r = orthanc.remote
-    config = make_config(
-        pacs={"ae_title": r.ae_title, "host": r.host, "port": r.port, "retrieve": "c-get"},
+    server, wait = open_page(
         peers=[  # nobody listens; asked to commit what it stores (it stores nothing here)
             {"ae_title": "jobserver", "host": "127.0.0.1", "port": free_port(), "storage_commitment": True}
         ],
-        http={"port": free_port(), "token": TOKEN},
         push={
             "enabled": True,
             "destinations": ["jobserver"],
@@ -214,10 +221,6 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
         reports={"enabled": False},
         bandwidth=[{"mbps": 20}, {"days": "sat-sun", "mbps": 100, "dest": "jobserver"}],
     )
-    server = run_proxy(config)
-    assert server.console is not None
-    browser.get(f"{server.console.url}/#token={TOKEN}")
-    wait = WebDriverWait(browser, PAGE_WAIT)
     # the bandwidth timetable: the rate in force for the push destination, and the next change
     rate = wait.until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#bandwidth tr[data-destination='jobserver']")
@@ -321,3 +324,62 @@ def test_status_page_shows_the_push_queue_and_a_held_destination(
     text = browser.find_element(By.TAG_NAME, "body").text
     for spec in demo_specs():
         assert spec.patient.patient_id not in text and spec.study_uid not in text
+
+
+def test_status_page_of_a_node_without_push_shows_its_corrections(
+    open_page: Callable[..., tuple[Server, Any]], sqlite_view: Any, gated: GatedStoreSCP, browser: Any
+) -> None:
+    """Corrections after delivery on a node without push (docs/identity.md, docs/operations.md):
+    the cloud retrieves the CT study by a real C-MOVE, the RIS then changes the row's PatientID in
+    the SQLite view; the corrections service detects it (``iocm = false``: a warning only) and the
+    page's own corrections section shows the destination's counts — and no patient identifier."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    from testkit.samples import exam_row
+    from testkit.viewdb import update_rows
+
+    gated.gate.set()  # the cloud: stores at once
+    cloud = gated.ae_title
+    server, wait = open_page(
+        peers=[{"ae_title": cloud, "host": "127.0.0.1", "port": gated.port, "iocm": False}],
+        corrections={"poll_interval": 0.2, "sweep": 1},
+    )
+    assert server.ctx.push is None and server.ctx.corrections is not None
+    wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "Live"))
+    assert not browser.find_element(By.ID, "corrections-section").is_displayed()  # nothing yet
+    assert not browser.find_element(By.ID, "push-section").is_displayed()
+
+    m = Dataset()
+    m.QueryRetrieveLevel = "STUDY"
+    m.StudyInstanceUID = CT.study_uid
+    proxy = Remote("DICOMPROXY", "127.0.0.1", server.port)
+    assert scu.move(proxy, cloud, m, calling_ae=cloud, timeout=60).completed == 10
+    row = exam_row(CT)
+    new_id = "CORR-NEW-7"
+    update_rows(sqlite_view, "V_IMAGE_CLOUD", row["ExamineID"], {"PatientID": new_id})
+
+    shown = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#corrections tr[data-destination='{cloud}']")
+    )
+    section = browser.find_element(By.ID, "corrections-section")
+    assert section.is_displayed()
+    assert "交付后更正" in section.text and "Corrections after delivery (IOCM)" in section.text
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#corrections thead th")]
+    cells = shown[0].find_elements(By.TAG_NAME, "td")
+    by_column = dict(zip(header, [td.text for td in cells], strict=True))
+    assert by_column == {
+        "目的地 To": cloud,
+        "仅告警 Warned": "1",
+        "待发 Due": "0",
+        "发送中 Running": "0",
+        "完成 Done": "0",
+        "失败 Failed": "0",
+    }
+    assert cells[1].get_attribute("class") == "bad"  # a warning only: nothing was sent
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#corrections tbody tr")) == 1
+    text = browser.find_element(By.TAG_NAME, "body").text
+    source = browser.page_source
+    for secret in (CT.patient.patient_id, CT.patient.name, CT.patient.pinyin, new_id):
+        assert secret not in text and secret not in source, secret
+    assert CT.study_uid not in text

@@ -23,8 +23,9 @@ from dicomproxy.config import LOSSLESS_TARGETS, LOSSY_TARGETS, Config
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
 from testkit.moverig import MoveProxies, move_study
-from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
+from testkit.orthanc import Orthanc
 from testkit.samples import StudySpec, write_study
+from tests.conftest import running_orthanc
 
 pytestmark = pytest.mark.orthanc
 
@@ -40,11 +41,8 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if not list(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*")):
-        pytest.skip("the Orthanc DICOMweb plugin is not installed (scripts/setup-peers.sh installs it)")
-    server = Orthanc(tmp_path_factory.mktemp("stow-orthanc"), dicomweb=True).start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("stow-cloud"), dicomweb=True) as server:
+        yield server
 
 
 def web_peer(url: str, **extra: Any) -> dict[str, Any]:

@@ -21,11 +21,11 @@ from dicomproxy.identity.rejection import KOS_SOP_CLASS
 from dicomproxy.push.queue import PushQueue
 from dicomproxy.server import Server
 from testkit import wait_until
-from testkit.orthanc import DICOMWEB_PLUGIN_DIR, Orthanc
-from testkit.samples import StudySpec, exam_row, write_study
+from testkit.orthanc import Orthanc
+from testkit.samples import StudySpec, exam_row
 from testkit.stowserver import StowScript, StowServer
 from testkit.viewdb import create_view_table, insert_rows, update_rows
-from tests.conftest import ConfigFactory, _need
+from tests.conftest import ConfigFactory, running_orthanc
 from tests.test_iocm_real import cloud_instances, referenced
 from tests.test_stow_orthanc import stored_syntaxes
 
@@ -46,22 +46,14 @@ def sops(spec: StudySpec) -> set[str]:
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    _need("Orthanc")
-    root = tmp_path_factory.mktemp("stow-push-studies")
-    server = Orthanc(tmp_path_factory.mktemp("stow-push-pacs")).start()
-    for spec in SPECS:
-        server.upload(write_study(spec, root / spec.accession))
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("stow-push-pacs"), SPECS) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if not list(Path(DICOMWEB_PLUGIN_DIR).glob("libOrthancDicomWeb.so*")):
-        pytest.skip("the Orthanc DICOMweb plugin is not installed (scripts/setup-peers.sh installs it)")
-    server = Orthanc(tmp_path_factory.mktemp("stow-push-cloud"), dicomweb=True).start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("stow-push-cloud"), dicomweb=True) as server:
+        yield server
 
 
 def push_config(make_config: ConfigFactory, view_url: str, pacs: Orthanc, peer: dict[str, Any]) -> Config:

@@ -36,6 +36,7 @@ from testkit.dcmtk import DcmQrSCP, StoreSCP
 from testkit.orthanc import Orthanc
 from testkit.samples import demo_specs, exam_row, write_study
 from testkit.viewdb import create_view_table, insert_rows
+from tests.conftest import running_orthanc
 
 CT, MR, _, _ = demo_specs()
 CLOUD = "CLOUD"
@@ -235,7 +236,6 @@ def tls_orthanc(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]], pki: dict[str, Path]
 ) -> Iterator[Orthanc]:
     """Orthanc whose DICOM port speaks TLS only and requires a client certificate of our CA."""
-    _need("Orthanc")
     settings = {
         "DicomTlsEnabled": True,
         "DicomTlsCertificate": str(pki["server_crt"]),
@@ -243,12 +243,14 @@ def tls_orthanc(
         "DicomTlsTrustedCertificates": str(pki["ca"]),
         "DicomTlsRemoteCertificateRequired": True,
     }
-    server = Orthanc(
-        tmp_path_factory.mktemp("tls-orthanc"), ORTHANC_AE, settings=settings, tls_args=client_args(pki)
-    ).start()
-    server.upload([p for paths in files.values() for p in paths])
-    yield server
-    server.stop()
+    with running_orthanc(
+        tmp_path_factory.mktemp("tls-pacs"),
+        files=[p for paths in files.values() for p in paths],
+        ae_title=ORTHANC_AE,
+        settings=settings,
+        tls_args=client_args(pki),
+    ) as server:
+        yield server
 
 
 def test_orthanc_tls_port_refuses_plain_tcp(tls_orthanc: Orthanc, pki: dict[str, Path]) -> None:
