@@ -104,6 +104,17 @@ def test_a_find_only_association_is_served_raw_one_that_may_move_by_pynetdicom(p
     assert proxy.active_associations() == 0
 
 
+def test_without_the_fast_path_pynetdicom_serves_every_association(
+    config: Config, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+) -> None:
+    """``[proxy] fast_path = false`` turns both raw acceptors off (docs/configuration.md)."""
+    server = run_proxy(make_config(proxy={"fast_path": False}, peers=FIND_PEERS))
+    assert server.query_acceptor is None
+    with FindClient(server.port) as client:
+        assert kinds(server, ["jobserver"]) == ["jobserver"]
+        assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
+
+
 # --- the same answers both ways ----------------------------------------------------------------
 
 #: (keys, level, model, charset): answers, failures and charset conversions of the C-FIND suite.
