@@ -10,8 +10,11 @@ Publishing must not slow the relay: :func:`publish` appends to a :class:`queue.S
 order, in batches: after handling what is queued it pauses :data:`BATCH_PAUSE` (20 ms), so a relay's
 per-instance events do not wake it one by one. With no subscriber (``[http] port = 0`` and no
 audit) nothing is queued at all.
-:func:`flush` waits until everything published so far has been handled (tests, and the server's
-stop so that the last audit rows are written before the journal closes).
+A subscriber with an ``end_batch()`` method (:class:`BatchSubscriber`: the audit trail, which writes a
+batch's rows in one transaction) is told when a batch it received ends: when the queue is empty,
+and before a :func:`flush` returns.
+:func:`flush` waits until everything published so far has been handled, ``end_batch`` included
+(tests, and the server's stop so that the last audit rows are written before the journal closes).
 
 One bus per process: a process serves one proxy.
 """
@@ -25,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 LOG = logging.getLogger("dicomproxy.events")
 
@@ -292,6 +295,17 @@ class PushDestination(Event):
 Subscriber = Callable[[Event], None]
 
 
+@runtime_checkable
+class BatchSubscriber(Protocol):
+    """A subscriber that buffers what it is handed and finishes the work once per batch."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def end_batch(self) -> None:
+        """Everything handed over so far is done (written): called on the dispatcher thread after
+        a drained batch and before :meth:`Bus.flush` returns."""
+
+
 class Bus:
     """Publish/subscribe with one dispatcher thread."""
 
@@ -300,6 +314,11 @@ class Bus:
         self._queue: queue.SimpleQueue[Event | threading.Event | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: The batch subscribers handed an event since their last ``end_batch`` (dispatcher thread
+        #: only): one unsubscribed in the middle of a batch still gets its ``end_batch``.
+        self._open: dict[int, BatchSubscriber] = {}
+        #: The batch subscribers among a tuple of subscribers (recomputed when it changes).
+        self._batchers: tuple[tuple[Subscriber, ...], dict[int, BatchSubscriber]] = ((), {})
 
     @property
     def active(self) -> bool:
@@ -341,20 +360,35 @@ class Bus:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
+            self._end_batch()
             # Busy (a relay publishes one InstanceSent per instance): collect for a moment instead
             # of being woken by every publish — a wake-up costs the publishing thread ~25 µs of CPU
             # and a GIL hand-over (issue 29).
             time.sleep(BATCH_PAUSE)
 
     def _dispatch(self, item: Event | threading.Event) -> None:
-        if isinstance(item, threading.Event):
+        if isinstance(item, threading.Event):  # a flush(): what came before it is done, batches too
+            self._end_batch()
             item.set()
             return
-        for subscriber in self._subscribers:
+        subscribers = self._subscribers  # one snapshot: who got the event gets its end_batch
+        for subscriber in subscribers:
             try:
                 subscriber(item)
             except Exception:  # one broken subscriber must not silence the others
                 LOG.exception("event subscriber %r failed on %s", subscriber, type(item).__name__)
+        if self._batchers[0] is not subscribers:
+            self._batchers = (subscribers, {id(s): s for s in subscribers if isinstance(s, BatchSubscriber)})
+        if self._batchers[1]:
+            self._open.update(self._batchers[1])
+
+    def _end_batch(self) -> None:
+        open_, self._open = self._open, {}
+        for subscriber in open_.values():
+            try:
+                subscriber.end_batch()
+            except Exception:  # as above: the dispatcher and the other subscribers go on
+                LOG.exception("event subscriber %r failed at the end of a batch", subscriber)
 
 
 BUS = Bus()

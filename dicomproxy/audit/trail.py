@@ -1,6 +1,7 @@
 """The audit trail: every access to patient data, durably, in the journal database.
 
-One table, ``audit_log``, written only through :meth:`AuditTrail.append` (this module has no
+One table, ``audit_log``, written only through :meth:`AuditTrail.append` and
+:meth:`AuditTrail.append_many` (this module has no
 update or delete; :mod:`dicomproxy.audit.retention` deletes the oldest rows after exporting them,
 leaving an anchor). Each row carries ``hash = H(previous hash + canonical JSON of the row)`` with H
 = SHA-256 or SM3 (``[audit] hash``, :mod:`dicomproxy.audit.hashing`; the row's ``hash_alg``), so
@@ -21,6 +22,13 @@ Appends come from the events dispatcher thread (:class:`AuditSubscriber`) or, fo
 from the command itself. Two writers on one database (serve and a ``jobs retry``) are serialised by
 taking the chain head inside the inserting transaction; on SQLite the transaction is ``BEGIN
 IMMEDIATE``-like because the first statement is a write (the head row is updated first).
+
+Group commit (issue 29): :class:`AuditSubscriber` keeps the records of one batch of the events bus
+(:class:`dicomproxy.events.BatchSubscriber`) and writes them at its end with
+:meth:`AuditTrail.append_many`: one transaction, one head lock, one multi-row insert, each row
+chained exactly as :meth:`AuditTrail.append` would chain it. A batch that fails is written again
+record by record, so a bad record costs only itself. What is still in memory when the process is
+killed (SIGKILL) is lost, as the queued events were before: at most one batch (≤ 20 ms of events).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     inspect,
     select,
@@ -104,6 +113,20 @@ audit_anchor = Table(
 )
 
 GENESIS = "0" * 64
+#: Most records :class:`AuditSubscriber` writes in one transaction (a longer burst of events is
+#: written in several: bounded memory and head-lock time).
+MAX_BATCH = 500
+
+# The statements of an append, built once (issue 29: building them was most of a row's cost).
+_TOUCH_HEAD = update(audit_head).where(audit_head.c.id == 1).values(id=1)
+_READ_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+_CHAIN_ALG = select(audit_log.c.hash_alg).where(audit_log.c.seq == bindparam("head_seq"))
+_SET_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT = insert(audit_log)
 #: How often :meth:`AuditTrail.verify` reads the head again when rows were appended as it walked.
 VERIFY_ROUNDS = 20
 
@@ -158,6 +181,23 @@ def _ids(values: tuple[str, ...] | list[str]) -> str:
     return f" {' '.join(clean)} " if clean else ""
 
 
+def _row(record: AuditRecord) -> dict[str, Any]:
+    """The columns of ``record``'s row but its place in the chain (seq, prev_hash, hash, hash_alg)."""
+    return {
+        "time": _naive_utc(record.time),
+        "action": record.action,
+        "outcome": record.outcome,
+        "calling_ae": record.calling_ae.strip()[:16],
+        "address": record.address[:64],
+        "tls_identity": record.tls_identity[:256],
+        "destination": record.destination.strip()[:16],
+        "job_id": record.job_id,
+        "detail": json.dumps(record.detail, sort_keys=True, ensure_ascii=False, default=str),
+        "patient_ids": _ids(record.patient_ids),
+        "study_uids": _ids(record.study_uids),
+    }
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -183,47 +223,43 @@ class AuditTrail:
     def append(self, record: AuditRecord) -> int:
         """Write one row at the end of the chain (after a ``hash-switch`` row when the chain's
         algorithm is not ours yet); its sequence number."""
+        return self.append_many([record])
+
+    def append_many(self, records: list[AuditRecord]) -> int:
+        """Write ``records`` at the end of the chain, in this order, in one transaction (all or
+        none; a ``hash-switch`` row first when needed); the last sequence number (0: none given)."""
+        if not records:
+            return 0
+        rows = [_row(record) for record in records]  # serialised before the head is locked
         with self._lock, self.engine.begin() as conn:
-            return self.append_in(conn, record)
+            return self._chain_in(conn, rows)
 
     def append_in(self, conn: Connection, record: AuditRecord) -> int:
         """:meth:`append` inside the caller's transaction (the retention's purge)."""
-        # Write first (takes the write lock on SQLite, a row lock elsewhere), then read the head.
-        res = conn.execute(update(audit_head).where(audit_head.c.id == 1).values(id=1))
-        if not res.rowcount:
-            conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        head = conn.execute(
-            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-        ).one()
-        seq, prev = int(head.seq), str(head.hash)
-        chain_alg = conn.execute(select(audit_log.c.hash_alg).where(audit_log.c.seq == seq)).scalar()
-        if chain_alg is not None and chain_alg != self.hash_alg:
-            switch = AuditRecord(Action.HASH_SWITCH, detail={"from": chain_alg, "to": self.hash_alg})
-            seq, prev = self._insert(conn, switch, seq, prev)
-        seq, prev = self._insert(conn, record, seq, prev)
-        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
-        return seq
+        return self._chain_in(conn, [_row(record)])
 
-    def _insert(self, conn: Connection, record: AuditRecord, seq: int, prev: str) -> tuple[int, str]:
-        row: dict[str, Any] = {
-            "seq": seq + 1,
-            "time": _naive_utc(record.time),
-            "action": record.action,
-            "outcome": record.outcome,
-            "calling_ae": record.calling_ae.strip()[:16],
-            "address": record.address[:64],
-            "tls_identity": record.tls_identity[:256],
-            "destination": record.destination.strip()[:16],
-            "job_id": record.job_id,
-            "detail": json.dumps(record.detail, sort_keys=True, ensure_ascii=False, default=str),
-            "patient_ids": _ids(record.patient_ids),
-            "study_uids": _ids(record.study_uids),
-            "prev_hash": prev,
-            "hash_alg": self.hash_alg,
-        }
-        row["hash"] = row_hash(prev, row, self.hash_alg)
-        conn.execute(insert(audit_log).values(**row))
-        return int(row["seq"]), str(row["hash"])
+    def _chain_in(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """Chain ``rows`` (:func:`_row`) to the head and insert them; the last sequence number."""
+        # Write first (takes the write lock on SQLite, a row lock elsewhere), then read the head.
+        if not conn.execute(_TOUCH_HEAD).rowcount:
+            conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        head = conn.execute(_READ_HEAD).one()
+        seq, prev = int(head.seq), str(head.hash)
+        chain_alg = conn.execute(_CHAIN_ALG, {"head_seq": seq}).scalar()
+        if chain_alg is not None and chain_alg != self.hash_alg:
+            rows = [
+                _row(AuditRecord(Action.HASH_SWITCH, detail={"from": chain_alg, "to": self.hash_alg})),
+                *rows,
+            ]
+        chained = []
+        for row in rows:
+            seq += 1
+            out = {**row, "seq": seq, "prev_hash": prev, "hash_alg": self.hash_alg}
+            out["hash"] = prev = row_hash(prev, out, self.hash_alg)
+            chained.append(out)
+        conn.execute(_INSERT, chained)  # one statement for the batch (executemany / insertmanyvalues)
+        conn.execute(_SET_HEAD, {"new_seq": seq, "new_hash": prev})
+        return seq
 
     def rows(
         self,
@@ -415,20 +451,22 @@ def patients_for_studies(view: Any, study_uids: tuple[str, ...]) -> tuple[tuple[
 
 
 class AuditSubscriber:
-    """Turns events into audit rows (called on the events dispatcher thread)."""
+    """Turns events into audit rows (called on the events dispatcher thread), written once per
+    batch of the bus (:meth:`end_batch`, module docstring: group commit)."""
 
     def __init__(self, trail: AuditTrail, identities: JobIdentities | None = None) -> None:
         self.trail = trail
         self.identities = identities
         self._jobs: dict[int, AuditRecord] = {}  # started, not finished
+        self._pending: list[AuditRecord] = []  # this batch's records, in the order of the events
 
     def __call__(self, event: events.Event) -> None:
         record = self.record_for(event)
         if record is not None:
-            self.trail.append(record)
+            self._add(record)
         if isinstance(event, events.ProcessStarted):
             for interrupted in self.interrupted_records():
-                self.trail.append(interrupted)
+                self._add(interrupted)
                 events.publish(  # the ATNA message of the job (dicomproxy.audit.atna)
                     events.JobInterrupted(
                         job_id=interrupted.job_id or 0,
@@ -440,6 +478,33 @@ class AuditSubscriber:
                         instances=int(interrupted.detail.get("instances", 0)),
                     )
                 )
+
+    def _add(self, record: AuditRecord) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= MAX_BATCH:
+            self.end_batch()
+
+    def end_batch(self) -> None:
+        """Write the batch's records in one transaction. When that fails (one record the database
+        refuses, or the database itself), each record is written on its own: a bad record is lost
+        alone, with one ERROR line (no patient data: its action and the database's first line)."""
+        records, self._pending = self._pending, []
+        if not records:
+            return
+        try:
+            self.trail.append_many(records)
+            return
+        except Exception as exc:
+            LOG.warning(
+                "audit: a batch of %d record(s) not written (%s); writing them one by one",
+                len(records),
+                _reason(exc),
+            )
+        for record in records:
+            try:
+                self.trail.append(record)
+            except Exception as exc:
+                LOG.error("audit: a %r record not written: %s", record.action, _reason(exc))
 
     def interrupted_records(self) -> list[AuditRecord]:
         """A C-MOVE/C-GET whose process died (SIGKILL, power loss, drain timeout) never reached its
@@ -697,6 +762,14 @@ class AuditSubscriber:
         events.CorrectionSent: _correction_sent,
         events.ConfigReloaded: _config_reloaded,
     }
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of the database's own message: SQLAlchemy's adds the statement's parameters,
+    PostgreSQL's DETAIL line the failing row (patient data, never logged)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def _with_peer(record: AuditRecord, peer: events.Peer) -> AuditRecord:
