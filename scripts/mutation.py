@@ -246,7 +246,17 @@ TARGETS: dict[str, Target] = {
     ),
     "audit-trail": Target(
         "dicomproxy/audit/trail.py",
-        ("_naive_utc", "_ids", "row_hash", "AuditTrail.append", "AuditTrail.rows", "AuditTrail.verify"),
+        (
+            "_naive_utc",
+            "_ids",
+            "_row",
+            "row_hash",
+            "AuditTrail.append",
+            "AuditTrail.append_many",
+            "AuditTrail._chain_in",
+            "AuditTrail.rows",
+            "AuditTrail.verify",
+        ),
         (
             "tests/test_audit.py::test_chain_intact_and_filters",
             "tests/test_audit.py::test_verify_finds_tampering",

@@ -70,6 +70,7 @@ def test_audit_rows_hold_the_patient_ids() -> None:
     subscriber = AuditSubscriber(trail)
     subscriber(FOUND)
     subscriber(SENT)
+    subscriber.end_batch()  # as the events bus does after a batch: the records are written now
     rows = [r for r in trail.rows() if r["action"] == Action.CORRECTION]
     assert [r["outcome"] for r in rows] == ["warned", "done"]
     assert "P-OLD" in rows[0]["patient_ids"] and "P-NEW" in rows[0]["patient_ids"]
