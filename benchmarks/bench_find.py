@@ -25,6 +25,7 @@ import csv
 import datetime as dt
 import io
 import multiprocessing
+import os
 import random
 import statistics
 import subprocess
@@ -393,6 +394,18 @@ class _RawClient:
         self.assoc.release()
 
 
+def serve_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far (``/proc/PID/stat``
+    fields 14 and 15): the serving process's cost per query, less noisy than latency on a busy machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return read
+
+
 def bench(
     port: int,
     rows: int,
@@ -401,10 +414,13 @@ def bench(
     path: str = "raw",
     keyed_only: bool = False,
     client: str = "pynetdicom",
+    cpu: Callable[[], float] | None = None,
+    cpu_ms: dict[str, float] | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     """``path``: "raw" proposes C-FIND only (the proxy's raw query acceptor answers), "pynetdicom"
     also a C-MOVE context (the proxy's pynetdicom association answers, as before issue 29).
-    ``client``: the SCU that times the queries, pynetdicom's or :class:`_RawClient`."""
+    ``client``: the SCU that times the queries, pynetdicom's or :class:`_RawClient`. With ``cpu``
+    (:func:`serve_cpu`), the serving process's CPU ms per query of each kind go to ``cpu_ms``."""
     rnd = random.Random(11)
     ae = AE("BENCH")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -469,7 +485,10 @@ def bench(
             n = queries if "王" not in kind else max(5, queries // 10)
             n = n if "pinyin" not in kind else max(5, queries // 4)
             run(make())  # warm-up
+            c0 = cpu() if cpu is not None else 0.0
             times, counts = zip(*(run(make()) for _ in range(n)), strict=True)
+            if cpu is not None and cpu_ms is not None:
+                cpu_ms[kind] = (cpu() - c0) * 1000 / n
             out[kind] = (percentile(list(times), 0.5), percentile(list(times), 0.95), statistics.mean(counts))
     finally:
         close()
@@ -627,12 +646,23 @@ def _serve_and_bench(
         paths = args.find_path or ["raw"]
         with load, busy:
             for path in paths:
+                cpu_ms: dict[str, float] = {}
                 results = bench(
-                    port, args.rows, args.queries, path=path, keyed_only=args.keyed_only, client=args.client
+                    port,
+                    args.rows,
+                    args.queries,
+                    path=path,
+                    keyed_only=args.keyed_only,
+                    client=args.client,
+                    cpu=serve_cpu(proc.pid),
+                    cpu_ms=cpu_ms,
                 )
                 label = f"{tag}, {path} path, {args.client} client"
                 for q, (p50, p95, n) in results.items():
-                    print(f"[{label}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}")
+                    print(
+                        f"[{label}] {q:40s} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   answers/query {n:7.1f}"
+                        f"   serve CPU/query {cpu_ms[q]:6.2f} ms"
+                    )
     finally:
         proc.terminate()
         proc.wait(30)
