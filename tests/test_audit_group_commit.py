@@ -12,11 +12,12 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 from dicomproxy import events
@@ -235,6 +236,49 @@ def test_writers_in_two_processes_and_two_threads_give_one_chain(audit_engine: E
             for b in range(15):
                 seqs = [s for bb, _, s in seen if bb == b]
                 assert seqs == list(range(seqs[0], seqs[0] + 10)), (writer, b)
+
+
+def _lock_waits(engine: Engine) -> int:
+    """Transactions waiting for a lock on this server (PostgreSQL: pg_locks; MariaDB: InnoDB)."""
+    q = (
+        "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        if engine.dialect.name == "postgresql"
+        else "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(text(q)).scalar() or 0)
+
+
+@pytest.mark.parametrize("audit_engine", ["postgresql", "mariadb"], indirect=True)
+def test_two_first_writers_of_an_empty_trail_give_one_chain(audit_engine: Engine) -> None:  # noqa: F811
+    """Neither finds the head row: the first creates it and has not committed when the second
+    tries to create it too. The second waits, then chains after the first (was: a duplicate key
+    error, the second writer's records lost)."""
+    first, second = AuditTrail(audit_engine), AuditTrail(_other_engine(audit_engine))
+    outcome: list[Any] = []
+    with audit_engine.connect() as conn:
+        tx = conn.begin()
+        first.append_in(conn, AuditRecord(Action.FIND, "success", calling_ae="first"))
+
+        def write() -> None:
+            try:
+                outcome.append(second.append(AuditRecord(Action.FIND, "success", calling_ae="second")))
+            except Exception as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while not _lock_waits(audit_engine) and writer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writer.is_alive(), outcome  # it waits for the first writer's transaction
+        tx.commit()
+    writer.join(10)
+    second.engine.dispose()
+    assert outcome == [2]
+    rows = first.rows()
+    assert [(r["seq"], r["calling_ae"]) for r in rows] == [(1, "first"), (2, "second")]
+    assert first.verify().ok
 
 
 def _other_engine(engine: Engine) -> Engine:

@@ -57,7 +57,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateColumn
 
 from dicomproxy import events
@@ -245,7 +245,7 @@ class AuditTrail:
         """Chain ``rows`` (:func:`_row`) to the head and insert them; the last sequence number."""
         # Write first (takes the write lock on SQLite, a row lock elsewhere), then read the head.
         if not conn.execute(_TOUCH_HEAD).rowcount:
-            conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+            _create_head(conn)
         head = conn.execute(_READ_HEAD).one()
         seq, prev = int(head.seq), str(head.hash)
         if (seq, prev) == self._tail:  # our own last row (a hash names its row: see _tail)
@@ -359,6 +359,20 @@ class AuditTrail:
             head_seq + 1,
             f"the chain head names row {head_seq}: rows after it were added outside the trail",
         )
+
+
+def _create_head(conn: Connection) -> None:
+    """The chain's head row of an empty trail. Two first writers on a server database may both find
+    it missing: the second one's insert fails on the key (after the first commits), in a savepoint,
+    and it then locks the row the first one made. (SQLite: the first UPDATE took the write lock.)"""
+    if conn.dialect.name == "sqlite":
+        conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+    except IntegrityError:
+        conn.execute(_TOUCH_HEAD)
 
 
 def _row_problem(row: dict[str, Any], expected_seq: int, prev: str, alg: str) -> str:
