@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,18 +86,36 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, part)
 
 
-def _clear_unused_bits(arr: np.ndarray, info: InstanceInfo) -> np.ndarray:
+def _clear_unused_bits(arr: np.ndarray, info: InstanceInfo, in_place: bool = False) -> np.ndarray:
     """PS3.5 8.1.1 / PS3.3 C.7.6.3.1: bits above Bits Stored are not pixel data (old overlays).
 
     Cleared (unsigned) or replaced by the sign of Bits Stored (signed, two's complement), in a new
-    array; ``arr`` itself is returned untouched when every allocated bit is stored."""
+    array or, with ``in_place``, in ``arr`` itself (writable); ``arr`` is returned untouched when
+    every allocated bit is stored."""
     stored, allocated = info.bits_stored or 0, info.bits_allocated or 0
     if not 0 < stored < allocated:
         return arr
+    out = arr if in_place else None
     if info.pixel_representation == 1:
         shift = arr.dtype.itemsize * 8 - stored
-        return (arr << shift) >> shift
-    return arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+        return np.right_shift(np.left_shift(arr, shift, out=out), shift, out=out)
+    return np.bitwise_and(arr, np.asarray((1 << stored) - 1, dtype=arr.dtype), out=out)
+
+
+#: Pixel Data up to this size is read into one buffer per thread, kept for the next instance (a
+#: fresh 512 kB buffer per CT slice, and another for the cleared bits, cost ~0.2 ms of page faults).
+_REUSED_PIXEL_BUFFER = 16 * 2**20
+_pixel_buffers = threading.local()
+
+
+def _pixel_buffer(length: int) -> memoryview:
+    """A writable buffer of ``length`` bytes: this thread's kept one when it is small enough."""
+    if length > _REUSED_PIXEL_BUFFER:
+        return memoryview(bytearray(length))
+    buf: bytearray | None = getattr(_pixel_buffers, "buf", None)
+    if buf is None or len(buf) < length:
+        buf = _pixel_buffers.buf = bytearray(max(length, 2**20))
+    return memoryview(buf)[:length]
 
 
 def _decoded_pixels(ds: Dataset, info: InstanceInfo) -> np.ndarray:
@@ -387,11 +406,13 @@ def _fast_mono(src: Path, dst: Path, header: Header, target: str, policy: Policy
         group, elem, vr, _, length = struct.unpack("<HH2s2sI", head)
         if (group, elem) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW") or length != info.pixel_bytes:
             return None
-        raw = fp.read(length)
+        raw = _pixel_buffer(length)
+        if fp.readinto(raw) != length:
+            return None
         tail = fp.read()  # elements after Pixel Data (rare, e.g. Data Set Trailing Padding) stay as they are
     dtype = np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{(info.bits_allocated or 8) // 8}")
     arr = np.frombuffer(raw, dtype=dtype).reshape(info.number_of_frames, info.rows or 0, info.columns or 0)
-    arr = _clear_unused_bits(arr, info)
+    arr = _clear_unused_bits(arr, info, in_place=True)
     pixels = encapsulate(_encode_mono_frames(arr, info, target, policy))
     if lossy:
         split = insert_at - body_start
