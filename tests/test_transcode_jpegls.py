@@ -1,6 +1,7 @@
 """JPEG-LS through CharLS's C API (issue 29): the codestream pyjpegls writes, byte for byte, for any
-single-sample frame of 2-16 bits stored, signed or not, lossless or near-lossless; the relay's fast
-path uses it; real CT slices convert to the same files as with pydicom's encoder."""
+single-sample frame of 2-16 bits stored, signed or not, lossless or near-lossless; the fast path
+(Explicit VR LE sources) and the general path use it; real CT slices convert to the same files as
+with pydicom's encoder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
 from dicomproxy.transcode import Policy, jpegls
 from dicomproxy.transcode.codec import convert_for
@@ -90,13 +91,29 @@ def test_wrong_frames_are_refused() -> None:
         _encoder()(np.zeros((2, 2), np.uint32), 17, 0)
 
 
-def test_real_ct_converts_to_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _real_ct(folder: Path, count: int, syntax: str) -> list[Path]:
+    """Real CT slices as the PACS holds them, in ``syntax`` (Implicit VR: the general path)."""
+    paths = write_real_study(StudySpec(kind="CT", series=1, images_per_series=count), folder)
+    if syntax == ImplicitVRLittleEndian:
+        for path in paths:
+            ds = dcmread(path)
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return paths
+
+
+SOURCE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]  # fast path, general path
+
+
+@pytest.mark.parametrize("syntax", SOURCE_SYNTAXES, ids=["fast-path", "general-path"])
+def test_real_ct_converts_to_the_same_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str
+) -> None:
     """The real CT corpus (12-bit unsigned, 14- and 16-bit signed slices): the relay's conversion
     with CharLS through its C API and with pydicom's pyjpegls encoder gives identical files, whose
     pixels are the source's."""
-    sources = write_real_study(StudySpec(kind="CT", series=1, images_per_series=4), tmp_path / "src")
     accepted = (JPEGLSLossless, ExplicitVRLittleEndian)
-    for k, src in enumerate(sources):
+    for k, src in enumerate(_real_ct(tmp_path / "src", 4, syntax)):
         ours = convert_for(src, tmp_path / f"ours{k}.dcm", accepted, POLICY)
         with monkeypatch.context() as m:
             m.setattr(jpegls, "encoder", lambda: None)
@@ -106,14 +123,15 @@ def test_real_ct_converts_to_the_same_files(tmp_path: Path, monkeypatch: pytest.
         assert np.array_equal(dcmread(ours.path).pixel_array, dcmread(src).pixel_array)
 
 
-def test_fast_path_does_not_use_pyjpegls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A single-sample Explicit VR LE instance is encoded by CharLS through its C API, not pyjpegls."""
+@pytest.mark.parametrize("syntax", SOURCE_SYNTAXES, ids=["fast-path", "general-path"])
+def test_pyjpegls_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str) -> None:
+    """A single-sample instance is encoded by CharLS through its C API, not pyjpegls, on both paths."""
 
     def refuse(*args: object, **kwargs: object) -> bytearray:
         raise AssertionError("pyjpegls called")
 
     monkeypatch.setattr(jpeg_ls.CharLS, "encode_buffer", refuse)  # what pydicom's plugin calls
-    src = write_real_study(StudySpec(kind="CT", series=1, images_per_series=1), tmp_path / "src")[0]
+    src = _real_ct(tmp_path / "src", 1, syntax)[0]
     out = convert_for(src, tmp_path / "out.dcm", (JPEGLSLossless,), POLICY)
     assert out.transfer_syntax == JPEGLSLossless
     assert np.array_equal(dcmread(out.path).pixel_array, dcmread(src).pixel_array)

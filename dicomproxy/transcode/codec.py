@@ -537,6 +537,8 @@ def transcode_file(
         _note_source_lossy(ds, info)
         if target in (HTJ2KLossless, JPEGBaseline8Bit):
             _set_encapsulated(ds, _imagecodecs_encode(ds, arr, target, policy))
+        elif target in (JPEGLSLossless, JPEGLSNearLossless) and arr.ndim == 3 and jpegls.encoder():
+            _set_encapsulated(ds, _encode_mono_frames(arr, info, target, policy))  # as ds.compress would
         else:
             _pydicom_encode(ds, info, arr, target, policy)
         if lossy:
