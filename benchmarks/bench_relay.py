@@ -178,6 +178,35 @@ def cpu_seconds(pid: int, system_only: bool = False) -> float:
     return (user + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_idle_seconds() -> float:
+    """Idle + I/O-wait CPU seconds of the whole machine so far, all CPUs (/proc/stat): a move that
+    left this near 0 had every core busy (its own processes or anyone else's)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def peer_pids(*peers: Any) -> list[int]:
+    """The PACS's and the destination's processes (testkit ``.process.proc`` or ``.proc``)."""
+    out = []
+    for peer in peers:
+        proc = getattr(getattr(peer, "process", None), "proc", None) or getattr(peer, "proc", None)
+        if proc is not None:
+            out.append(proc.pid)
+    return out
+
+
+def peers_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds so far of ``pids`` and their live descendants (storescp --fork's children)."""
+    total = 0.0
+    for pid in pids:
+        for one in (pid, *descendants(pid)):
+            try:
+                total += cpu_seconds(one)
+            except OSError:  # ended in between
+                continue
+    return total
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (the transcoding pool: forkserver and its workers)."""
     out: list[int] = []
@@ -478,6 +507,9 @@ def main() -> None:
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
         sys_cpu: dict[str, list[float]] = {n: [] for n in proxies}
         pool_cpu: dict[str, list[float]] = {n: [] for n in proxies}
+        idle: dict[str, list[float]] = {n: [] for n in names}
+        peers: dict[str, list[float]] = {n: [] for n in names}
+        peer_ids = peer_pids(pacs, dest)
         conc: dict[str, list[float]] = {"direct": [], "c-move": []}
         timed_move(pacs.remote, dest, spec.study_uid, len(files))  # warm-up (PACS cache)
         for name in proxies:  # and each proxy's first job (it learns whether its archive names SOP classes)
@@ -528,12 +560,16 @@ def main() -> None:
                 c0 = cpu_seconds(procs[name].pid) if name in procs else 0.0
                 s0 = cpu_seconds(procs[name].pid, system_only=True) if name in procs else 0.0
                 p0 = pool_cpu_seconds(procs[name].pid) if name in procs else 0.0
+                i0 = machine_idle_seconds()
+                q0 = peers_cpu_seconds(peer_ids)
                 if name in http_ports:  # the console polled while the move runs
                     with ConsoleLoad(f"http://127.0.0.1:{http_ports[name]}"):
                         wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 else:
                     wall, first, _ = timed_move(remote, dest, spec.study_uid, len(files))
                 runs[name].append((wall, first))
+                idle[name].append(machine_idle_seconds() - i0)
+                peers[name].append(peers_cpu_seconds(peer_ids) - q0)
                 if name in procs:
                     cpu[name].append(cpu_seconds(procs[name].pid) - c0)
                     sys_cpu[name].append(cpu_seconds(procs[name].pid, system_only=True) - s0)
@@ -573,9 +609,10 @@ def main() -> None:
     )
     print(
         "| path | wall s (median) | ratio to direct | MB/s (files) | raw-pixel MB/s "
-        "| first instance s | proxy peak RSS MB | proxy CPU s | of which system s | pool CPU s |"
+        "| first instance s | proxy peak RSS MB | proxy CPU s | of which system s | pool CPU s "
+        "| PACS + destination CPU s | machine idle CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     labels = {"direct": f"direct {args.pacs} → {args.dest}", "c-move": "proxy, upstream C-MOVE, none"}
     labels["c-get"] = "proxy, upstream C-GET, none"
     labels["get direct"] = f"cloud C-GET (getscu), direct from {args.pacs}"
@@ -596,10 +633,13 @@ def main() -> None:
         used = f"{statistics.median(cpu[name]):.2f}" if cpu.get(name) else "–"
         kernel = f"{statistics.median(sys_cpu[name]):.2f}" if sys_cpu.get(name) else "–"
         pool = f"{statistics.median(pool_cpu[name]):.2f}" if pool_cpu.get(name) else "–"
+        spare = f"{statistics.median(idle[name]):.2f}" if idle.get(name) else "–"
+        ends = f"{statistics.median(peers[name]):.2f}" if peers.get(name) else "–"
         label = labels.get(name, f"proxy, upstream C-MOVE, {name}")
         print(
             f"| {label} | {wall:.2f} | {wall / base:.2f} | {total / 1e6 / wall:.0f} "
-            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {kernel} | {pool} |"
+            f"| {pixels / 1e6 / wall:.0f} | {first:.3f} | {mem} | {used} | {kernel} | {pool} "
+            f"| {ends} | {spare} |"
         )
     if conc["direct"]:
         cd = statistics.median(conc["direct"])
@@ -607,7 +647,7 @@ def main() -> None:
             wall = statistics.median(conc[name])
             print(
                 f"| {len(uids)} concurrent studies, {label} | {wall:.2f} | {wall / cd:.2f} "
-                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | | |"
+                f"| {conc_total / 1e6 / wall:.0f} (aggregate) | | | | | | | | |"
             )
 
     if verified:

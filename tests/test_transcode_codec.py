@@ -514,6 +514,18 @@ def test_convert_for_chooses_and_writes(
         assert result.path == dst and read_info(dst).transfer_syntax == expected
 
 
+def test_pool_task_carries_the_policy_pickled_once() -> None:
+    """A pool task carries the Policy as bytes pickled once per policy, unpickled once per worker."""
+    from dicomproxy.transcode import pool
+
+    blob = pool._packed(POLICY)
+    assert isinstance(blob, bytes)
+    assert pool._packed(replace(POLICY)) is blob  # an equal policy: the same bytes, not pickled again
+    assert pool._unpacked(blob) == POLICY
+    assert pool._unpacked(bytes(bytearray(blob))) is pool._unpacked(blob)
+    assert pool._unpacked(pool._packed(LOSSY)) == LOSSY
+
+
 def test_convert_for_refusal_keeps_its_status_across_the_pool(
     sources: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 from dicomproxy.transcode.codec import TranscodeResult, convert_for, transcode_file
@@ -45,7 +47,8 @@ class TranscodePool:
     ) -> Future[TranscodeResult]:
         """:func:`convert_for` in a worker: the target is chosen there too (the header is read once,
         off the caller's thread); a result whose path is ``src`` means "send as held"."""
-        return self._executor.submit(_timed_convert_for, Path(src), Path(dst), tuple(accepted), policy)
+        syntaxes = tuple(str(s) for s in accepted)  # plain str: pydicom UIDs unpickle slowly
+        return self._executor.submit(_timed_convert_for, str(src), str(dst), syntaxes, _packed(policy))
 
     def warm(self) -> None:
         """Start the worker processes now (in the background) instead of on the first instance."""
@@ -75,8 +78,23 @@ class TranscodePool:
         self.close()
 
 
-def _timed_convert_for(src: Path, dst: Path, accepted: tuple[str, ...], policy: Policy) -> TranscodeResult:
+@lru_cache(maxsize=32)
+def _packed(policy: Policy) -> bytes:
+    """``policy`` pickled once: a task carries these bytes, not the Policy (whose UIDs took ~80 µs
+    to unpickle in the worker for every instance — issue 29)."""
+    return pickle.dumps(policy)
+
+
+@lru_cache(maxsize=32)
+def _unpacked(blob: bytes) -> Policy:
+    """The worker's Policy for :func:`_packed`'s bytes, unpickled once per worker."""
+    policy = pickle.loads(blob)
+    assert isinstance(policy, Policy)
+    return policy
+
+
+def _timed_convert_for(src: str, dst: str, accepted: tuple[str, ...], policy: bytes) -> TranscodeResult:
     """:func:`convert_for` with the worker's CPU seconds for it (one task at a time per worker)."""
     started = time.process_time()
-    result = convert_for(src, dst, accepted, policy)
+    result = convert_for(Path(src), Path(dst), accepted, _unpacked(policy))
     return dataclasses.replace(result, seconds=time.process_time() - started)
