@@ -71,6 +71,18 @@ TARGETS: dict[str, Target] = {
         ),
         "visibility: HospitalID, Privacy, valid UIDs; the relay's resolution",
     ),
+    "raw-queries": Target(
+        "dicomproxy/transport/raw/queries.py",
+        (
+            "claims",
+            "_QuerySession._serve",
+            "_QuerySession._find",
+            "_CancelWatch.look",
+            "_code_and_comment",
+        ),
+        ("tests/test_raw_queries.py", "tests/test_find_pacs.py::test_c_cancel_over_a_real_association"),
+        "C-FIND/C-ECHO on the raw socket (issue 29): which associations, answers, statuses, C-CANCEL",
+    ),
     "request": Target(
         "dicomproxy/relay/request.py",
         (),
