@@ -472,6 +472,34 @@ OPERATORS = re.compile(
 #: (a fragment of the original line, a fragment of the mutated line, why), matched on the lines
 #: with all whitespace removed so that they survive line moves. docs/mutation.md explains each.
 EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "raw-queries": [
+        (
+            'message_id=int(msg.command.get("MessageID",0))',
+            "",
+            "the default of a mandatory element (PS3.7 Table 9.1-2): only a malformed C-FIND-RQ lacks it",
+        ),
+        (
+            "transfer_syntax[0]",
+            "transfer_syntax[-1]",
+            "an accepted presentation context has exactly one transfer syntax (PS3.8 9.3.3.2)",
+        ),
+        (
+            "cork(self.sock,True)",
+            "cork(self.sock,False)",
+            "TCP_CORK: when segments leave, not what they carry",
+        ),
+        ("cork(self.sock,False)", "cork(self.sock,True)", "TCP_CORK: the kernel sends within 200 ms anyway"),
+        (
+            "ifcloseisnotNone:",
+            "",
+            "closing the answers' generator: CPython closes it anyway when the last reference goes",
+        ),
+        (
+            'get("MessageIDBeingRespondedTo",-1)',
+            "",
+            "the default of a mandatory element of C-CANCEL-RQ (PS3.7 Table 9.3-3); message IDs are 0-65535",
+        ),
+    ],
     "access": [
         (
             "REJECT_NO_REASON=(0x01,0x01,0x01)",

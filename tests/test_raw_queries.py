@@ -328,3 +328,124 @@ def test_waiting_sees_buffered_bytes_the_socket_no_longer_shows(
     assert a.gettimeout() == 5  # restored
     b.close()
     assert reader.waiting()  # the peer's close: a read would not block (it ends the association)
+
+
+def _send_on(client: FindClient, primitive: Any, abstract_syntax: str) -> None:
+    """Send ``primitive`` on the accepted context of ``abstract_syntax`` (not the one it belongs to)."""
+    context_id = next(
+        cx.context_id for cx in client.assoc.accepted_contexts if cx.abstract_syntax == abstract_syntax
+    )
+    client.assoc.dimse.send_msg(primitive, context_id)
+
+
+def _aborted(client: FindClient) -> bool:
+    deadline = time.monotonic() + 5
+    while client.assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(client.assoc.is_aborted)
+
+
+@pytest.mark.parametrize(
+    "case", ["move-on-find-context", "find-on-verification-context", "find-without-identifier"]
+)
+def test_a_request_the_context_does_not_allow_is_aborted(
+    proxy: Server, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PS3.7: a C-FIND-RQ belongs on a FIND context and carries an identifier; a C-MOVE-RQ (with its
+    identifier) is no C-FIND however it arrives. Each: A-ABORT and one log line, the process goes on."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_FIND, C_MOVE
+    from pynetdicom.dsutils import encode
+
+    caplog.set_level(logging.WARNING, logger="dicomproxy.fastpath")
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.AccessionNumber = CT.accession
+    identifier = BytesIO(encode(query, False, True))
+    with FindClient(proxy.port, also=(Verification,)) as client:
+        assert kinds(proxy, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
+        if case == "move-on-find-context":
+            move = C_MOVE()
+            move.MessageID, move.AffectedSOPClassUID = 5, StudyRootQueryRetrieveInformationModelFind
+            move.MoveDestination, move.Identifier = "DEST", identifier
+            _send_on(client, move, StudyRootQueryRetrieveInformationModelFind)
+        else:
+            find = C_FIND()
+            find.MessageID, find.AffectedSOPClassUID = 5, StudyRootQueryRetrieveInformationModelFind
+            find.Identifier = identifier if case == "find-on-verification-context" else None
+            where = (
+                Verification
+                if case == "find-on-verification-context"
+                else StudyRootQueryRetrieveInformationModelFind
+            )
+            _send_on(client, find, where)
+        assert _aborted(client)
+    lines = [r.getMessage() for r in caplog.records if "query association" in r.getMessage()]
+    assert len(lines) == 1 and "aborted: command 0x00" in lines[0], lines
+    with FindClient(proxy.port) as client:
+        assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
+
+
+def test_error_comments_are_cut_to_64_characters_and_absent_when_empty() -> None:
+    """The Error Comment (0000,0902) is LO, at most 64 characters (PS3.7 Annex C); a failure whose
+    status data set has none gets no element. Unit level: the acceptor with a stand-in C-FIND."""
+    from pynetdicom import build_context
+
+    from dicomproxy.transport.raw.queries import QueryAcceptor
+
+    long = "x" * 60 + "0123456789"
+
+    def on_find(request: Any, cancelled: Callable[[], bool]) -> Iterator[tuple[Any, Dataset | None]]:
+        status = Dataset()
+        status.Status = 0xC000 if request.message_id == 1 else 0xC001
+        if request.message_id == 1:
+            status.ErrorComment = long
+        yield status, None
+
+    acceptor = QueryAcceptor(
+        supported=[build_context(StudyRootQueryRetrieveInformationModelFind)],
+        max_pdu=0,
+        gate=lambda calling, called, ip: None,
+        on_find=on_find,
+        on_echo=lambda calling: 0,
+        acse_timeout=5,
+        network_timeout=5,
+    )
+    server = socket.create_server(("127.0.0.1", 0))
+    served: list[None] = []
+
+    def serve() -> None:
+        conn, address = server.accept()
+        acceptor.serve(conn, address)
+        conn.close()
+        served.append(None)
+
+    import threading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ae = AE("jobserver")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", server.getsockname()[1], ae_title="DICOMPROXY")
+    try:
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        finals = []
+        for msg_id in (1, 2):
+            finals.extend(
+                status
+                for status, _ds in assoc.send_c_find(
+                    query, StudyRootQueryRetrieveInformationModelFind, msg_id=msg_id
+                )
+            )
+        assert [int(s.Status) for s in finals] == [0xC000, 0xC001]
+        assert finals[0].ErrorComment == long[:64]
+        assert "ErrorComment" not in finals[1]
+        assoc.release()
+    finally:
+        ae.shutdown()
+        thread.join(5)
+        server.close()
+    assert served
