@@ -44,6 +44,14 @@ def pg_database() -> Iterator[tuple[Engine, str, str]]:
         admin.dispose()
 
 
+def _view_with_ct(url: str) -> None:
+    """The exam view in the test's database, holding the demo CT study's row."""
+    engine = create_engine(url)
+    create_view_table(engine)
+    insert_rows(engine, [exam_row(CT)])
+    engine.dispose()
+
+
 def _down(admin: Engine, name: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
@@ -63,10 +71,7 @@ def test_view_database_down_and_back(
     run_proxy: Callable[[Config], Server],
 ) -> None:
     admin, name, url = pg_database
-    engine = create_engine(url)
-    create_view_table(engine)
-    insert_rows(engine, [exam_row(CT)])
-    engine.dispose()
+    _view_with_ct(url)
     port = run_proxy(make_config(view={"url": url, "query_timeout": 5.0})).port
     query = {"PatientID": CT.patient.patient_id, "StudyInstanceUID": ""}
     with FindClient(port) as client:
@@ -109,10 +114,7 @@ def test_a_pooled_connection_killed_in_use_is_retried_once(
     connection that died meanwhile fails the first statement, and the view retries once on a new
     one — the C-FIND never sees it."""
     admin, name, url = pg_database
-    engine = create_engine(url)
-    create_view_table(engine)
-    insert_rows(engine, [exam_row(CT)])
-    engine.dispose()
+    _view_with_ct(url)
     port = run_proxy(make_config(view={"url": url, "pool_size": 1})).port
     query = {"PatientID": CT.patient.patient_id, "StudyInstanceUID": ""}
     with FindClient(port) as client:

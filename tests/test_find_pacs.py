@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from sqlalchemy import create_engine
 
 from dicomproxy.app import build_context
@@ -174,10 +177,13 @@ def test_database_unreachable_answers_c001(
     assert len(failures) == 3 and all("\n" not in r.getMessage() for r in failures)
 
 
+@pytest.mark.parametrize("path", ["raw", "pynetdicom"])
 def test_c_cancel_over_a_real_association(
-    sqlite_url: str, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+    sqlite_url: str, make_config: ConfigFactory, run_proxy: Callable[[Config], Server], path: str
 ) -> None:
-    """pynetdicom sends C-CANCEL after the first answer: the stream stops with 0xFE00."""
+    """pynetdicom sends C-CANCEL after the first answer: the stream stops with 0xFE00. On both of
+    the proxy's C-FIND paths: the raw query acceptor (the client proposes C-FIND only) and
+    pynetdicom's association (a C-MOVE context proposed too; tests/test_raw_queries.py)."""
     engine = create_engine(sqlite_url)
     create_view_table(engine)
     spec = demo_specs()[0]
@@ -190,7 +196,8 @@ def test_c_cancel_over_a_real_association(
     )
     engine.dispose()
     port = run_proxy(make_config(view={"max_results": 0})).port
-    with FindClient(port) as client:
+    also = () if path == "raw" else (StudyRootQueryRetrieveInformationModelMove,)
+    with FindClient(port, also=also) as client:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""

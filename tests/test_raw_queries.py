@@ -216,39 +216,6 @@ def test_dcmtk_findscu_and_echoscu(proxy: Server, dcmtk: None) -> None:
 # --- C-CANCEL, limits, protocol errors ---------------------------------------------------------
 
 
-def test_c_cancel_stops_the_answers_and_the_association_goes_on(
-    sqlite_url: str, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
-) -> None:
-    from testkit.samples import demo_specs, exam_row
-
-    engine = create_engine(sqlite_url)
-    create_view_table(engine)
-    spec = demo_specs()[0]
-    insert_rows(
-        engine,
-        [
-            exam_row(spec, ExamineID=f"E{i}", AccessionNumber=f"A{i}", StudyInstanceUID=f"1.2.3.{i}")
-            for i in range(2000)
-        ],
-    )
-    engine.dispose()
-    server = run_proxy(make_config(view={"max_results": 0}))
-    with FindClient(server.port) as client:
-        assert kinds(server, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        sop = StudyRootQueryRetrieveInformationModelFind
-        statuses = []
-        for status, _ds in client.assoc.send_c_find(query, sop, msg_id=9):
-            statuses.append(int(status.Status))
-            if len(statuses) == 1:
-                client.assoc.send_c_cancel(9, query_model=sop)
-        assert statuses[-1] == 0xFE00
-        assert 1 <= statuses.count(0xFF00) < 2000
-        assert client.uids(AccessionNumber="A17") == {"1.2.3.17"}
-
-
 def test_the_association_limit_counts_raw_associations(
     config: Config, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
 ) -> None:
