@@ -304,16 +304,25 @@ class Server:
             self._identities = None
 
     def association_list(self) -> list[dict[str, Any]]:
-        """Inbound associations open now, for the status page (AE titles and addresses only)."""
+        """Inbound associations open now, for the status page (AE titles and addresses only; ``via``:
+        pynetdicom, or the raw store/query acceptor of :mod:`dicomproxy.transport.raw`)."""
         out = []
         for assoc in list(self.ae.active_associations):
             if assoc.is_acceptor:
                 req = assoc.requestor
-                out.append({"calling_ae": str(req.ae_title).strip(), "address": f"{req.address}:{req.port}"})
-        raw = self.store_acceptor.active if self.store_acceptor is not None else 0
-        out.extend({"calling_ae": "(raw C-STORE)", "address": ""} for _ in range(raw))
-        queries = self.query_acceptor.active if self.query_acceptor is not None else 0
-        out.extend({"calling_ae": "(raw C-FIND)", "address": ""} for _ in range(queries))
+                out.append(
+                    {
+                        "calling_ae": str(req.ae_title).strip(),
+                        "address": f"{req.address}:{req.port}",
+                        "via": "pynetdicom",
+                    }
+                )
+        for acceptor in (self.store_acceptor, self.query_acceptor):
+            if acceptor is not None:
+                out.extend(
+                    {"calling_ae": calling, "address": f"{ip}:{port}", "via": f"raw {acceptor.kind}"}
+                    for calling, (ip, port) in acceptor.open_associations()
+                )
         return out
 
     def _raw_active(self) -> int:

@@ -59,7 +59,7 @@ def kinds(server: Server, expected: list[str]) -> list[str]:
     before may take a moment to end on the proxy's side), or as they are after 5 s."""
     deadline = time.monotonic() + 5
     while True:
-        now = sorted(a["calling_ae"] for a in server.association_list())
+        now = sorted(f"{a['calling_ae']} via {a['via']}" for a in server.association_list())
         if now == expected or time.monotonic() > deadline:
             return now
         time.sleep(0.02)
@@ -93,10 +93,10 @@ def test_claims(syntaxes: set[str] | None, raw: bool) -> None:
 
 def test_a_find_only_association_is_served_raw_one_that_may_move_by_pynetdicom(proxy: Server) -> None:
     with FindClient(proxy.port) as client:
-        assert kinds(proxy, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
+        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
     with FindClient(proxy.port, also=(MOVE,)) as client:
-        assert kinds(proxy, ["jobserver"]) == ["jobserver"]
+        assert kinds(proxy, ["jobserver via pynetdicom"]) == ["jobserver via pynetdicom"]
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
     deadline = time.monotonic() + 5
     while proxy.active_associations() and time.monotonic() < deadline:
@@ -111,7 +111,7 @@ def test_without_the_fast_path_pynetdicom_serves_every_association(
     server = run_proxy(make_config(proxy={"fast_path": False}, peers=FIND_PEERS))
     assert server.query_acceptor is None
     with FindClient(server.port) as client:
-        assert kinds(server, ["jobserver"]) == ["jobserver"]
+        assert kinds(server, ["jobserver via pynetdicom"]) == ["jobserver via pynetdicom"]
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
 
 
@@ -154,11 +154,11 @@ def test_the_same_answers_byte_for_byte_as_pynetdicom_s(proxy: Server, max_pdu: 
             pdv_sizes.append(len(item.presentation_data_value) - 1)  # minus the control header byte
 
     with FindClient(proxy.port, max_pdu=max_pdu) as client:
-        assert kinds(proxy, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
+        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
         client.assoc.bind(evt.EVT_PDU_RECV, on_pdu)
         raw = results(client)
     with FindClient(proxy.port, also=(MOVE,), max_pdu=max_pdu) as client:
-        assert kinds(proxy, ["jobserver"]) == ["jobserver"]
+        assert kinds(proxy, ["jobserver via pynetdicom"]) == ["jobserver via pynetdicom"]
         reference = results(client)
     assert raw == reference
     statuses = [status for status, _comment, _wire in raw]
@@ -179,7 +179,7 @@ def test_a_peer_without_find_gets_not_authorized_and_echo_both_ways(proxy: Serve
     ae = AE("ECHOONLY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", proxy.port, ae_title="DICOMPROXY")
-    assert assoc.is_established and kinds(proxy, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
+    assert assoc.is_established and kinds(proxy, ["ECHOONLY via raw query"]) == ["ECHOONLY via raw query"]
     assert int(assoc.send_c_echo().Status) == 0x0000
     assoc.release()
     ae.shutdown()
@@ -331,7 +331,7 @@ def test_a_request_the_context_does_not_allow_is_aborted(
     query.AccessionNumber = CT.accession
     identifier = BytesIO(encode(query, False, True))
     with FindClient(proxy.port, also=(Verification,)) as client:
-        assert kinds(proxy, ["(raw C-FIND)"]) == ["(raw C-FIND)"]
+        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
         if case == "move-on-find-context":
             move = C_MOVE()
             move.MessageID, move.AffectedSOPClassUID = 5, StudyRootQueryRetrieveInformationModelFind

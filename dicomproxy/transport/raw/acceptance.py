@@ -135,7 +135,8 @@ class RawAcceptor:
         self.max_pdu = max_pdu
         self.gate = gate
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
+        #: Open associations: socket → (calling AE title once negotiated, remote address).
+        self._sockets: dict[socket.socket, tuple[str, tuple[str, int]]] = {}
 
     def negotiate(self, sock: socket.socket, reader: PduReader, address: tuple[str, int]) -> Accepted | None:
         """:func:`accept` with this acceptor's contexts, Maximum Length and gate; None if refused."""
@@ -143,6 +144,9 @@ class RawAcceptor:
         if isinstance(answer, Refused):
             LOG.debug("%s association refused: %s", self.kind, answer.reason)
             return None
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets[sock] = (answer.calling, address)
         return answer
 
     @property
@@ -150,6 +154,11 @@ class RawAcceptor:
         """Associations being served now."""
         with self._lock:
             return len(self._sockets)
+
+    def open_associations(self) -> list[tuple[str, tuple[str, int]]]:
+        """(calling AE title, "" before the A-ASSOCIATE-AC; remote address) of each open one."""
+        with self._lock:
+            return list(self._sockets.values())
 
     def abort_all(self) -> int:
         """A-ABORT every association being served (shutdown drain); how many there were."""
@@ -165,7 +174,7 @@ class RawAcceptor:
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Run the association on ``sock`` to its end; never raises (logs one line)."""
         with self._lock:
-            self._sockets.add(sock)
+            self._sockets[sock] = ("", address)
         where = f"{self.kind} association from {address[0]}:{address[1]}"
         try:
             self._run(sock, address)
@@ -181,7 +190,7 @@ class RawAcceptor:
                 sock.sendall(abort(0x02, 0x00))
         finally:
             with self._lock:
-                self._sockets.discard(sock)
+                self._sockets.pop(sock, None)
 
     def _run(self, sock: socket.socket, address: tuple[str, int]) -> None:
         raise NotImplementedError
