@@ -53,6 +53,7 @@ from dicomproxy.transport.intake import Intake
 from dicomproxy.transport.net import NODELAY_HANDLERS
 from dicomproxy.transport.peer import peer_of
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
+from dicomproxy.transport.raw.acceptance import RawAcceptor
 from dicomproxy.transport.raw.queries import QueryAcceptor
 from dicomproxy.transport.raw.receiver import StoreAcceptor
 from dicomproxy.transport.tls import server_context
@@ -317,16 +318,19 @@ class Server:
                         "via": "pynetdicom",
                     }
                 )
-        for acceptor in (self.store_acceptor, self.query_acceptor):
-            if acceptor is not None:
-                out.extend(
-                    {"calling_ae": calling, "address": f"{ip}:{port}", "via": f"raw {acceptor.kind}"}
-                    for calling, (ip, port) in acceptor.open_associations()
-                )
+        for acceptor in self._raw_acceptors():
+            out.extend(
+                {"calling_ae": calling, "address": f"{ip}:{port}", "via": f"raw {acceptor.kind}"}
+                for calling, (ip, port) in acceptor.open_associations()
+            )
         return out
 
+    def _raw_acceptors(self) -> list[RawAcceptor]:
+        """The raw store and query acceptors this server runs (:mod:`dicomproxy.transport.intake`)."""
+        return [a for a in (self.store_acceptor, self.query_acceptor) if a is not None]
+
     def _raw_active(self) -> int:
-        return sum(a.active for a in (self.store_acceptor, self.query_acceptor) if a is not None)
+        return sum(a.active for a in self._raw_acceptors())
 
     def active_associations(self) -> int:
         """Inbound associations: pynetdicom's and the raw acceptors'."""
@@ -360,7 +364,7 @@ class Server:
         left = [a for a in self.ae.active_associations]
         for assoc in left:
             assoc.abort()
-        raw = sum(a.abort_all() for a in (self.store_acceptor, self.query_acceptor) if a is not None)
+        raw = sum(a.abort_all() for a in self._raw_acceptors())
         if left or raw:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()

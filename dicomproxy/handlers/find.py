@@ -76,13 +76,12 @@ def _failure(exc: DicomServiceError) -> Dataset:
 class _Cancel:
     """``event.is_cancelled`` is consumed when read: remember a True."""
 
-    def __init__(self, event: evt.Event, ctx: AppContext) -> None:
+    def __init__(self, event: evt.Event) -> None:
         self.event = event
-        self.ctx = ctx
         self.seen = False
 
     def __call__(self) -> bool:
-        if not self.seen and (self.event.is_cancelled or self.ctx.stopping.is_set()):
+        if not self.seen and self.event.is_cancelled:
             self.seen = True
         return self.seen
 
@@ -94,7 +93,7 @@ def handle_find(event: evt.Event, ctx: AppContext) -> Iterator[tuple[Any, Datase
         event.assoc.requestor.ae_title,
         str(event.request.AffectedSOPClassUID or ""),
         lambda: event.identifier,
-        _Cancel(event, ctx),
+        _Cancel(event),
         between=lambda: let_reactor_read(event.assoc),
     )
 
