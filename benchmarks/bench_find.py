@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +387,7 @@ class _RawClient:
     def find(self, q: Dataset) -> Iterator[tuple[int, Dataset | None]]:
         sop = StudyRootQueryRetrieveInformationModelFind
         for code, data in self.assoc.find(sop, self.assoc.encode(sop, q), next(self.ids)):
-            yield code, (decode(BytesIO(data), False, True) if data else None)
+            yield code, (decode(io.BytesIO(data), False, True) if data else None)
 
     def close(self) -> None:
         self.assoc.release()

@@ -89,7 +89,8 @@ def _packed(policy: Policy) -> bytes:
 def _unpacked(blob: bytes) -> Policy:
     """The worker's Policy for :func:`_packed`'s bytes, unpickled once per worker."""
     policy = pickle.loads(blob)
-    assert isinstance(policy, Policy)
+    if not isinstance(policy, Policy):  # only _packed's bytes come here; not an assert (python -O)
+        raise TypeError(f"a transcode task carried a {type(policy).__name__}, not a Policy")
     return policy
 
 

@@ -85,7 +85,7 @@ EchoCallback = Callable[[str], int]
 
 def claims(abstract_syntaxes: frozenset[str] | None) -> bool:
     """Whether an association proposing these abstract syntaxes is served here."""
-    return bool(abstract_syntaxes) and abstract_syntaxes is not None and abstract_syntaxes <= QUERY_SYNTAXES
+    return bool(abstract_syntaxes and abstract_syntaxes <= QUERY_SYNTAXES)
 
 
 class QueryAcceptor(RawAcceptor):
