@@ -23,6 +23,24 @@ from dicomproxy.view.repository import ExamView
 from dicomproxy.view.service import FindService
 
 
+def _find_service(settings: Settings, view: Any) -> FindService:
+    """The C-FIND service: PATIENT/STUDY from ``view``, SERIES/IMAGE from each archive."""
+    config = settings.current
+    finders = {a.name: PacsFinder(config, archive=a) for a in config.all_archives}
+    return FindService(settings, view, finders[config.pacs.name], archives=finders)
+
+
+def build_query_context(config: Config) -> AppContext:
+    """The query process's services (:mod:`dicomproxy.queryproc`): the exam view and the C-FIND
+    service only. Its UID/pinyin side tables are the serving process's file: read and synced
+    incrementally here, never built (the serving process builds them at start-up)."""
+    install_pydicom_workarounds()
+    ctx = AppContext(Settings(config))
+    ctx.view = ExamView(config, builds_side_tables=False)
+    ctx.find = _find_service(ctx.settings, ctx.view)
+    return ctx
+
+
 def build_context(config: Config, *, view: Any = None, pending_interval: float = 5.0) -> AppContext:
     """Create the long-lived services for ``serve``.
 
@@ -36,8 +54,7 @@ def build_context(config: Config, *, view: Any = None, pending_interval: float =
     else:
         ctx.view = ExamView(config)
         ctx.view.warm_up()  # UID/pinyin side tables build in the background
-    finders = {a.name: PacsFinder(config, archive=a) for a in config.all_archives}
-    ctx.find = FindService(ctx.settings, ctx.view, finders[config.pacs.name], archives=finders)
+    ctx.find = _find_service(ctx.settings, ctx.view)
     registry = ReceiveRegistry(config.proxy.ae_title)
     ctx.archives = {
         a.name: PacsClient(

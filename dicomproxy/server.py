@@ -45,6 +45,7 @@ from dicomproxy.handlers.observe import observed_find, observed_retrieve
 from dicomproxy.handlers.qrservice import RelayAE
 from dicomproxy.handlers.queries import query_acceptor
 from dicomproxy.pacs.store import handle_store, store_acceptor
+from dicomproxy.queryproc.parent import QueryProcess, QueryRoute, wanted
 from dicomproxy.relay.bandwidth import capped_destinations
 from dicomproxy.relay.committer import Committer
 from dicomproxy.relay.resume import RetryWorker
@@ -166,12 +167,14 @@ class Server:
         retries: bool = True,
         console: bool | None = None,
         on_reload: Callable[[], object] | None = None,
+        queries: QueryProcess | None = None,
     ) -> None:
         """``retries``: run requested and interrupted job retries (:mod:`dicomproxy.relay.resume`) in
         this process; off for the short-lived listener ``jobs retry`` starts itself.
         ``console``: the HTTP console of ``[http]`` (default: as ``retries``; the audit trail runs
         either way when ``[audit] enabled``). ``on_reload``: what a SIGHUP runs (none: SIGHUP is
-        left alone)."""
+        left alone). ``queries``: the query process ``serve`` started (:mod:`dicomproxy.queryproc`);
+        None: :meth:`start` starts one when ``[proxy] query_process`` applies."""
         self.config = config
         self._console_wanted = retries if console is None else console
         self.console: Any = None
@@ -189,6 +192,7 @@ class Server:
         self._server: Any = None
         self.store_acceptor: StoreAcceptor | None = None
         self.query_acceptor: QueryAcceptor | None = None
+        self.queries = queries
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
@@ -207,8 +211,17 @@ class Server:
         tls = self.config.proxy.tls
         self.store_acceptor = store_acceptor(self.config, self.ctx, self.ae, self._all_associations)
         self.query_acceptor = query_acceptor(self.config, self.ctx, self.ae, self._all_associations)
+        if self.queries is None and self.query_acceptor is not None and wanted(self.config):
+            self.queries = QueryProcess.spawn(self.config)
+        if self.queries is not None:
+            self.ctx.settings.subscribe(self.queries.reconfigure)
+        routes = (
+            QueryRoute(self.query_acceptor, self.queries, self._own_associations)
+            if self.query_acceptor is not None
+            else None
+        )
         self.ae.intake = Intake(  # type: ignore[attr-defined]
-            self.config.proxy.acse_timeout, self.ctx.rejections, self.store_acceptor, self.query_acceptor
+            self.config.proxy.acse_timeout, self.ctx.rejections, self.store_acceptor, routes
         )
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
@@ -323,6 +336,11 @@ class Server:
                 {"calling_ae": calling, "address": f"{ip}:{port}", "via": f"raw {acceptor.kind}"}
                 for calling, (ip, port) in acceptor.open_associations()
             )
+        if self.queries is not None:
+            out.extend(
+                {"calling_ae": calling, "address": f"{ip}:{port}", "via": "query process"}
+                for calling, (ip, port) in self.queries.open_associations()
+            )
         return out
 
     def _raw_acceptors(self) -> list[RawAcceptor]:
@@ -332,13 +350,21 @@ class Server:
     def _raw_active(self) -> int:
         return sum(a.active for a in self._raw_acceptors())
 
+    def _process_active(self) -> int:
+        return self.queries.active if self.queries is not None else 0
+
     def active_associations(self) -> int:
-        """Inbound associations: pynetdicom's and the raw acceptors'."""
-        return len([a for a in self.ae.active_associations if a.is_acceptor]) + self._raw_active()
+        """Inbound associations: pynetdicom's, the raw acceptors' and the query process's."""
+        inbound = len([a for a in self.ae.active_associations if a.is_acceptor])
+        return inbound + self._raw_active() + self._process_active()
+
+    def _own_associations(self) -> int:
+        """Associations of this process: pynetdicom's (both directions) and the raw acceptors'."""
+        return len(self.ae.active_associations) + self._raw_active()
 
     def _all_associations(self) -> int:
-        """What ``maximum_associations`` limits: pynetdicom's (both directions) and the raw acceptors'."""
-        return len(self.ae.active_associations) + self._raw_active()
+        """What ``maximum_associations`` limits: this process's and the query process's."""
+        return self._own_associations() + self._process_active()
 
     def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, wait for active associations, abort what is left.
@@ -359,6 +385,10 @@ class Server:
             self._server.shutdown()  # stop listening; running associations continue
             self._server = None
         deadline = time.monotonic() + timeout
+        queries_clean = True
+        if self.queries is not None:  # its drain first: its last events reach the audit trail below
+            queries_clean = self.queries.stop(timeout)
+            self.queries = None
         while self.active_associations() and time.monotonic() < deadline and not self._force:
             time.sleep(0.05)
         left = [a for a in self.ae.active_associations]
@@ -368,12 +398,12 @@ class Server:
         if left or raw:
             LOG.warning("drain timeout: aborted %d association(s)", len(left) + raw)
         self.ae.shutdown()
-        self._stop_observers(clean=not left and not raw)
+        self._stop_observers(clean=not left and not raw and queries_clean)
         if self.ctx.relay is not None:  # the other nodes take up this node's share of the timetable
             self.ctx.relay.engine.bandwidth.stop()
         self.ctx.close()
         LOG.info("stopped")
-        return not left and not raw
+        return not left and not raw and queries_clean
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop; a second request forces it."""

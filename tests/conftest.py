@@ -67,6 +67,9 @@ def base_config_dict(tmp: Path, view_url: str, **sections: dict[str, Any]) -> di
             "port": 0,
             "data_dir": str(tmp / "var"),
             "drain_timeout": 5.0,
+            # in this process, as most tests need it (tests/test_query_process.py and the
+            # `serve` subprocess tests start the query process)
+            "query_process": False,
         },
         "hospital": {"id": "74580626", "name": "温岭市第一人民医院"},
         "view": {"url": view_url, "name": "V_IMAGE_CLOUD"},

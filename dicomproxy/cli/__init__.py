@@ -20,7 +20,7 @@ from dicomproxy.cli.jobs import jobs
 from dicomproxy.cli.push import push_group
 from dicomproxy.cli.reconcile import reconcile_cmd
 from dicomproxy.cli.reload import reload_cmd
-from dicomproxy.cli.serve import serve
+from dicomproxy.cli.serve import query_process_cmd, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,7 @@ def cli() -> None:
 for _command in (
     init_cmd,
     serve,
+    query_process_cmd,
     reload_cmd,
     echo,
     find,

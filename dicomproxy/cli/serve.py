@@ -4,9 +4,12 @@ reloads the config file (:mod:`dicomproxy.reloader`)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +17,10 @@ from dicomproxy.cli.common import config_option, required_config, verbose_option
 from dicomproxy.config import Config
 from dicomproxy.errors import ConfigError
 from dicomproxy.logsetup import setup_logging
+
+if TYPE_CHECKING:
+    from dicomproxy.queryproc.parent import QueryProcess
+    from dicomproxy.transport.raw.queries import QueryAcceptor
 
 
 @click.command()
@@ -39,13 +46,14 @@ def serve(verbose: bool, port: int | None) -> None:
     setup_logging(config.logging, verbose=verbose)
     try:
         limit_malloc_arenas()  # before any thread starts (DICOMPROXY_MALLOC_ARENAS, docs/performance.md)
+        queries = start_query_process(config, verbose)
         ctx = build_context(config)
         journal = ctx.journal
         if journal is None:  # pragma: no cover - build_context always opens one
             raise RuntimeError("build_context opened no journal")
         reconcile(config, journal)  # interrupted jobs, orphaned spool files (issue 6)
         reloader = Reloader(ctx.settings, adjust=overrides, verbose=verbose, check=check_policies)
-        server = Server(config, ctx, on_reload=reloader.reload)
+        server = Server(config, ctx, on_reload=reloader.reload, queries=queries)
         pid_file: list[Path] = []
         try:
             clean = server.run(on_started=lambda: pid_file.append(write_pid(config.data_path)))
@@ -67,4 +75,76 @@ def serve(verbose: bool, port: int | None) -> None:
     except OSError as exc:
         logging.getLogger("dicomproxy").error("cannot serve: %s", exc)
         sys.exit(1)
+    sys.exit(0 if clean else 1)
+
+
+def start_query_process(config: Config, verbose: bool) -> QueryProcess | None:
+    """The query process (``[proxy] query_process``), then this process's lower priority
+    (``data_path_nice``). Here, before any other thread or process starts: Linux keeps a nice value
+    per thread and each new thread or child inherits its creator's, so the child keeps the priority
+    ``serve`` was started with and everything started after this runs at the lower one (an
+    unprivileged process can never raise it again: the child is not restarted, see
+    :mod:`dicomproxy.queryproc.parent`)."""
+    from dicomproxy.queryproc.parent import QueryProcess, wanted
+
+    if not wanted(config):
+        return None
+    queries = QueryProcess.spawn(config, verbose=verbose)
+    if config.proxy.data_path_nice:
+        niceness = os.nice(config.proxy.data_path_nice)
+        logging.getLogger("dicomproxy").info(
+            "the images' process runs at nice %d, the query process (pid %d) at %d",
+            niceness,
+            queries.pid,
+            niceness - config.proxy.data_path_nice,
+        )
+    return queries
+
+
+@click.command("query-process", hidden=True)
+@click.option("--fd", type=int, required=True, help="The channel's descriptor (serve passes it).")
+def query_process_cmd(fd: int) -> None:
+    """The query process (started by ``serve``, not by hand): serves the C-FIND/C-ECHO-only
+    associations ``serve`` hands it over the channel on ``--fd`` (dicomproxy.queryproc)."""
+    import socket
+
+    from dicomproxy import events
+    from dicomproxy.app import build_query_context
+    from dicomproxy.handlers.queries import query_acceptor
+    from dicomproxy.queryproc.channel import Channel, ChannelClosed
+    from dicomproxy.queryproc.child import Forwarder, LogForwarder, QueryWorker
+    from dicomproxy.reloader import apply_log_level
+    from dicomproxy.server import build_ae
+
+    # systemd's stop and a terminal's Ctrl-C signal the whole group: the parent drains us itself
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    channel = Channel(socket.socket(fileno=fd))
+    try:
+        message, _ = channel.recv()
+    except ChannelClosed:
+        sys.exit(1)
+    config, verbose = message[1], bool(message[2])
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(LogForwarder(channel))
+    apply_log_level(config.logging, verbose)
+    events.subscribe(Forwarder(channel))
+    ctx = build_query_context(config)
+    ae = build_ae(config)
+
+    def acceptor(active: Callable[[], int]) -> QueryAcceptor:
+        made = query_acceptor(config, ctx, ae, active)
+        if made is None:  # pragma: no cover - serve starts us only when it applies (wanted())
+            raise RuntimeError("the raw query acceptor does not apply to this config")
+        return made
+
+    worker = QueryWorker(
+        channel, ctx, acceptor, on_config=lambda new, _v: apply_log_level(new.logging, verbose)
+    )
+    try:
+        clean = worker.run()
+    finally:
+        ctx.close()
     sys.exit(0 if clean else 1)

@@ -55,6 +55,13 @@ class ProxyConfig:
     #: Move instances on raw sockets where it is safe (plain TCP): the archives' C-STOREs
     #: during our C-MOVE and our onward C-STOREs (dicomproxy.transport.raw). False = pynetdicom only.
     fast_path: bool = True
+    #: Serve C-FIND/C-ECHO-only associations in a process of their own (dicomproxy.queryproc):
+    #: queries do not wait for the images' threads (GIL, CPU). Needs the raw query acceptor
+    #: (``fast_path``, plain TCP); ``serve`` only.
+    query_process: bool = True
+    #: Nice increment ``serve`` takes for the process that moves images once the query process
+    #: runs at the priority it was started with (man 2 nice); 0 = none.
+    data_path_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ def proxy(s: Section) -> ProxyConfig:
         reconnect_window=s.number("reconnect_window", d.reconnect_window),
         onward_associations=s.integer("onward_associations", d.onward_associations, lo=1, hi=MAX_ONWARD),
         fast_path=s.boolean("fast_path", d.fast_path),
+        query_process=s.boolean("query_process", d.query_process),
+        data_path_nice=s.integer("data_path_nice", d.data_path_nice, lo=0, hi=19),
         data_dir=s.string("data_dir", d.data_dir),
         spool_headroom_mb=s.integer("spool_headroom_mb", d.spool_headroom_mb, lo=0),
         tls=tls(s, inbound=True),

@@ -211,13 +211,16 @@ class _RelayServer(ThreadedAssociationServer):
         if intake is not None and self.ssl_context is None:
             route = intake.route(request, client_address)
             if route != "dicom":
+                handed = False
                 try:
                     if route == "store":
                         intake.acceptor.serve(request, client_address)
                     elif route == "query":
-                        intake.queries.serve(request, client_address)
+                        handed = intake.queries.serve(request, client_address)
                 finally:
-                    self.shutdown_request(request)
+                    # handed to the query process (dicomproxy.queryproc): only our copy is closed —
+                    # a shutdown() would end the connection for the child too
+                    (self.close_request if handed else self.shutdown_request)(request)
                 return
         super().process_request_thread(request, client_address)
 

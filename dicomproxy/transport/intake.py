@@ -20,14 +20,14 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RqPdu
 
 from dicomproxy.access import RejectionLog
 from dicomproxy.transport.raw.pdu import A_ASSOCIATE_RQ
 from dicomproxy.transport.raw.pdu import PDU_HEADER as _HEADER
-from dicomproxy.transport.raw.queries import QueryAcceptor, claims
+from dicomproxy.transport.raw.queries import claims
 from dicomproxy.transport.raw.receiver import StoreAcceptor
 
 #: PS3.8 Table 9-11: version, reserved, called and calling AE titles, reserved = 68 bytes before the items.
@@ -114,6 +114,14 @@ def _decode(raw: bytes) -> FirstPdu | str:
         return f"malformed A-ASSOCIATE-RQ ({exc or type(exc).__name__})"
 
 
+class QueryRoutes(Protocol):
+    """Serves a C-FIND/C-ECHO-only connection: this process's raw query acceptor or the query
+    process (:class:`dicomproxy.queryproc.parent.QueryRoute`)."""
+
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> bool:
+        """True when another process took the connection (the caller then only closes its copy)."""
+
+
 class Intake:
     """Routes each plain-TCP connection: ``"store"`` (raw store acceptor), ``"query"`` (raw
     C-FIND/C-ECHO acceptor, :mod:`dicomproxy.transport.raw.queries`), ``"dicom"`` (pynetdicom) or
@@ -124,7 +132,7 @@ class Intake:
         timeout: float,
         rejections: RejectionLog,
         acceptor: StoreAcceptor | None,
-        queries: QueryAcceptor | None = None,
+        queries: QueryRoutes | None = None,
     ) -> None:
         self.timeout = timeout
         self.rejections = rejections

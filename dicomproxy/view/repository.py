@@ -153,7 +153,11 @@ class ExamStudy:
 class ExamView:
     """The exam view (影像云视图), read-only. Build once per process; thread-safe."""
 
-    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+    def __init__(
+        self, config: Config, engine: Engine | None = None, *, builds_side_tables: bool = True
+    ) -> None:
+        """``builds_side_tables``: False in the query process, which uses the serving process's
+        side tables (:class:`~dicomproxy.view.uidindex.UidIndex` ``builds``)."""
         self.config = config
         self.table = exam_view_table(config.view.name, unicode_params=config.view.unicode_params)
         self._owns_engine = engine is None
@@ -169,6 +173,7 @@ class ExamView:
                 self.table,
                 _source_id(config),
                 overlap=self._overlap,
+                builds=builds_side_tables,
             )
         except (OSError, SQLAlchemyError) as exc:
             LOG.warning("uid side table unavailable, StudyInstanceUID lookups will scan: %s", exc)

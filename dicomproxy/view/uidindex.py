@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -37,10 +38,12 @@ from sqlalchemy import (
     Table,
     create_engine,
     delete,
+    event,
     insert,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from dicomproxy.mapping import pinyin_name
 from dicomproxy.view.sql import ESCAPE, dicom_wildcard_to_like
@@ -84,6 +87,12 @@ OVERLAP = dt.timedelta(seconds=60)
 BATCH = 5000
 
 
+def _wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 class UidIndex:
     """The side table; thread-safe, synced lazily (at most every ``max_age`` seconds)."""
 
@@ -95,10 +104,18 @@ class UidIndex:
         source: str,
         max_age: float = 2.0,
         overlap: dt.timedelta = OVERLAP,
+        builds: bool = True,
     ) -> None:
+        """``builds``: False in the query process (:mod:`dicomproxy.queryproc`), which shares the
+        serving process's file: it syncs incrementally once that process has built the tables,
+        never builds them itself (until then, and during a rebuild, lookups answer None)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{self.path}")
+        # Write-ahead log: readers never wait for a writer — the serving process's full build
+        # holds the write lock for seconds while the query process reads (sqlite.org/wal.html).
+        event.listen(self.engine, "connect", _wal)
+        self.builds = builds
         self.view_engine = view_engine
         self.view_table = view_table
         self.source = f"{source}|schema{SCHEMA}"
@@ -111,7 +128,12 @@ class UidIndex:
         self._last_sync: float | None = None
         #: Set while a background build runs: lookups answer None (callers fall back).
         self.building = threading.Event()
-        _MD.create_all(self.engine)
+        #: ``builds`` False: the serving process's build was seen complete.
+        self._built_seen = False
+        try:
+            _MD.create_all(self.engine)
+        except OperationalError:  # the other process created them between check and create
+            _MD.create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -137,7 +159,11 @@ class UidIndex:
             state = self._state()
             mark = Mark.decode(state.get("high_water", "")) if state.get("source") == self.source else None
             policy = self.stamp_policy()
+            if mark is None and not self.builds:
+                return 0  # the serving process builds (and rebuilds); lookups meanwhile answer None
             if mark is not None and mark.kind is not policy.kind and policy.kind is not StampKind.EMPTY:
+                if not self.builds:
+                    return 0
                 LOG.warning(
                     "uid side table: RowTimestamp changed from %s to %s, rebuilding",
                     mark.kind.value,
@@ -154,6 +180,16 @@ class UidIndex:
             self.policy = policy_for(self.view_engine, self.view_table.c.RowTimestamp, self.overlap)
             LOG.info("uid side table: %s", self.policy.describe())
         return self.policy
+
+    def _waiting(self) -> bool:
+        """Lookups answer None (callers scan the view): a build runs here, or this process does not
+        build and the serving process has not built the tables yet."""
+        if self.building.is_set():
+            return True
+        if self.builds or self._built_seen:
+            return False
+        self._built_seen = self.is_built()
+        return not self._built_seen
 
     def is_built(self) -> bool:
         """True when the side tables hold a complete build of this view."""
@@ -250,7 +286,7 @@ class UidIndex:
 
     def lookup(self, uids: Sequence[str]) -> dict[str, list[str]] | None:
         """ExamineIDs per UID (only UIDs that are in the side table); None while building."""
-        if self.building.is_set():
+        if self._waiting():
             return None
         self.sync()
         found = self._lookup(uids)
@@ -263,7 +299,7 @@ class UidIndex:
         """Sorted PatientIDs whose name's pinyin matches an alphabetic PN group (``Wang^X*``,
         ``WANG*``, ``wangxiaodong``), case-insensitively; None while building. A hint:
         callers re-check."""
-        if self.building.is_set():
+        if self._waiting():
             return None
         self.sync()
         text = pattern.upper().rstrip("^").replace(" ", "")

@@ -137,6 +137,8 @@ class RawAcceptor:
         self._lock = threading.Lock()
         #: Open associations: socket → (calling AE title once negotiated, remote address).
         self._sockets: dict[socket.socket, tuple[str, tuple[str, int]]] = {}
+        #: Called after :meth:`open_associations` changed (the query process reports it to its parent).
+        self.changed: Callable[[], object] = lambda: None
 
     def negotiate(self, sock: socket.socket, reader: PduReader, address: tuple[str, int]) -> Accepted | None:
         """:func:`accept` with this acceptor's contexts, Maximum Length and gate; None if refused."""
@@ -147,6 +149,7 @@ class RawAcceptor:
         with self._lock:
             if sock in self._sockets:
                 self._sockets[sock] = (answer.calling, address)
+        self.changed()
         return answer
 
     @property
@@ -175,6 +178,7 @@ class RawAcceptor:
         """Run the association on ``sock`` to its end; never raises (logs one line)."""
         with self._lock:
             self._sockets[sock] = ("", address)
+        self.changed()
         where = f"{self.kind} association from {address[0]}:{address[1]}"
         try:
             self._run(sock, address)
@@ -191,6 +195,7 @@ class RawAcceptor:
         finally:
             with self._lock:
                 self._sockets.pop(sock, None)
+            self.changed()
 
     def _run(self, sock: socket.socket, address: tuple[str, int]) -> None:
         raise NotImplementedError

@@ -1,0 +1,220 @@
+"""The parent's side of the query process (:mod:`dicomproxy.queryproc`).
+
+``QueryProcess.spawn(config)`` starts ``python -m dicomproxy query-process --fd N`` with one end of
+a :class:`~dicomproxy.queryproc.channel.Channel` and sends it the Config. Until the child says it
+is ready (its exam view and C-FIND service built) and after it is gone, :meth:`QueryProcess.serve`
+answers False and the caller serves the association itself (the in-process raw query acceptor):
+no query is refused because the child is starting, restarting or dead. The child is not
+restarted: ``serve`` may run at a lower priority by then (``[proxy] data_path_nice``) and a new
+child would inherit it; the ERROR line says so, and a restart of the service brings it back.
+
+A reader thread takes what the child sends: its :mod:`dicomproxy.events` (published here, so the
+audit trail, ATNA, metrics and alerts see its C-FINDs as before), its log records (handled by this
+process's logging, so one process writes the log file) and its list of open associations (the
+status page, ``maximum_associations``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dicomproxy import events
+from dicomproxy.config import Config
+from dicomproxy.queryproc.channel import Channel, ChannelClosed
+
+if TYPE_CHECKING:
+    from dicomproxy.transport.raw.queries import QueryAcceptor
+
+LOG = logging.getLogger("dicomproxy.queryproc")
+
+#: Seconds the child gets after its drain before it is killed.
+EXIT_GRACE = 5.0
+
+
+def wanted(config: Config) -> bool:
+    """``[proxy] query_process`` where the raw query acceptor applies (``fast_path``, plain TCP:
+    :func:`dicomproxy.handlers.queries.query_acceptor`)."""
+    return config.proxy.query_process and config.proxy.fast_path and config.proxy.tls is None
+
+
+class QueryProcess:
+    """One child process serving C-FIND/C-ECHO-only associations (see the module docstring)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], channel: Channel) -> None:
+        self.proc = proc
+        self.channel = channel
+        self._ready = threading.Event()
+        self._gone = threading.Event()
+        self._lock = threading.Lock()
+        #: The child's open associations: (calling AE title, (address, port)).
+        self._open: list[tuple[str, tuple[str, int]]] = []
+        self._stopping = False
+        self._reader = threading.Thread(target=self._read, name="query-process-reader", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def spawn(cls, config: Config, *, verbose: bool = False) -> QueryProcess:
+        """Start the child (from the thread whose priority it is to get: see ``serve``)."""
+        channel, theirs = Channel.pair()
+        try:
+            proc = subprocess.Popen(  # our own interpreter and package
+                [sys.executable, "-m", "dicomproxy", "query-process", "--fd", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            theirs.close()
+        process = cls(proc, channel)
+        with contextlib.suppress(ChannelClosed):  # died at once: the reader logs it
+            channel.send("config", config, verbose)
+        LOG.info("query process started (pid %d)", proc.pid)
+        return process
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    @property
+    def ready(self) -> bool:
+        """Serving: the child said it is ready and has not gone."""
+        return self._ready.is_set() and not self._gone.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the child serves (tests, benchmarks); False if it did not within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if self._gone.is_set() or time.monotonic() > deadline:
+                return False
+            self._ready.wait(0.05)
+        return True
+
+    # --- parent → child ---------------------------------------------------------------------
+
+    def serve(self, sock: socket.socket, address: tuple[str, int], others: int) -> bool:
+        """Hand the accepted connection to the child; True if it took it (the caller then only
+        closes its copy: a ``shutdown`` would end the connection for the child too). ``others``:
+        associations open in this process, for the child's ``maximum_associations`` check."""
+        if not self.ready or self._stopping:
+            return False
+        try:
+            self.channel.send("serve", address, others, fd=sock.fileno())
+        except (ChannelClosed, OSError) as exc:
+            self._lost(f"hand-over failed: {exc}")
+            return False
+        return True
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded Config (``Settings.subscribe``): the child's next association uses it."""
+        with contextlib.suppress(ChannelClosed, OSError):
+            self.channel.send("config", config, None)
+
+    def stop(self, timeout: float) -> bool:
+        """Let the child's associations finish within ``timeout`` (then it aborts them), wait for it
+        to exit; True if it ended cleanly. Its last events and log records are taken in first."""
+        self._stopping = True
+        clean = False
+        with contextlib.suppress(ChannelClosed, OSError):
+            self.channel.send("stop", timeout)
+        try:
+            clean = self.proc.wait(timeout + EXIT_GRACE) == 0
+        except subprocess.TimeoutExpired:
+            LOG.error(
+                "query process (pid %d) did not stop within %.0f s: killed", self.pid, timeout + EXIT_GRACE
+            )
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(EXIT_GRACE)  # the rest of what it sent
+        self.channel.close()
+        return clean
+
+    # --- child → parent ---------------------------------------------------------------------
+
+    def open_associations(self) -> list[tuple[str, tuple[str, int]]]:
+        """The child's open associations (none once it is gone)."""
+        with self._lock:
+            return [] if self._gone.is_set() else list(self._open)
+
+    @property
+    def active(self) -> int:
+        return len(self.open_associations())
+
+    def _read(self) -> None:
+        reason = "closed its channel"
+        try:
+            while True:
+                message, fd = self.channel.recv()
+                if fd is not None:  # pragma: no cover - the child never sends one
+                    os.close(fd)
+                self._take(message)
+        except ChannelClosed:
+            pass
+        except Exception as exc:  # a bug here must not leave queries handed to nobody
+            LOG.exception("query process channel failed")
+            reason = f"channel failed: {type(exc).__name__}"
+        self._lost(reason)
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "event":
+            events.publish(message[1])
+        elif kind == "log":
+            record = logging.makeLogRecord(message[1])
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        elif kind == "associations":
+            with self._lock:
+                self._open = list(message[1])
+        elif kind == "ready":
+            self._ready.set()
+            LOG.info("query process (pid %d) serving C-FIND/C-ECHO-only associations", self.pid)
+        else:
+            LOG.warning("query process sent an unknown message %r", kind)
+
+    def _lost(self, reason: str) -> None:
+        """The child is gone (or unusable): serve queries here from now on."""
+        with self._lock:
+            if self._gone.is_set():
+                return
+            self._gone.set()
+        if self._stopping:
+            return
+        code = self.proc.poll()
+        LOG.error(
+            "query process (pid %d) %s%s: C-FIND/C-ECHO served in this process from now on "
+            "(a restart of the service starts it again)",
+            self.pid,
+            reason,
+            "" if code is None else f", exit code {code}",
+        )
+        if code is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+
+
+class QueryRoute:
+    """Where the intake sends a C-FIND/C-ECHO-only connection (:mod:`dicomproxy.transport.intake`):
+    the query process when it serves, else this process's raw query acceptor."""
+
+    def __init__(self, acceptor: QueryAcceptor, process: QueryProcess | None, own: Callable[[], int]) -> None:
+        """``own()``: associations open in this process (the child adds its own to them)."""
+        self.acceptor = acceptor
+        self.process = process
+        self.own = own
+
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> bool:
+        """True: handed to the child (the caller only closes its copy); False: served here, ended."""
+        if self.process is not None and self.process.serve(sock, address, self.own()):
+            return True
+        self.acceptor.serve(sock, address)
+        return False
