@@ -323,6 +323,8 @@ def write_config(
     moves: MoveLoad | None = None,
     audit: bool = True,
     ae_title: str = "DICOMPROXY",
+    query_process: bool = True,
+    nice: int = 10,
 ) -> Path:
     """The proxy's config (``ae_title`` other than DICOMPROXY: the mover's own proxy, ``--move-proxy
     other``, with its data directory and config file named after it)."""
@@ -338,6 +340,8 @@ ae_title = "{ae_title}"
 host = "127.0.0.1"
 port = {port}
 data_dir = "{workdir / ("var" + tail)}"
+query_process = {"true" if query_process else "false"}
+data_path_nice = {nice}
 [hospital]
 id = "74580626"
 name = "温岭市第一人民医院"
@@ -394,15 +398,36 @@ class _RawClient:
 
 
 def serve_cpu(pid: int) -> Callable[[], float]:
-    """CPU seconds (user + system, all threads) process ``pid`` has used so far (``/proc/PID/stat``
-    fields 14 and 15): the serving process's cost per query, less noisy than latency on a busy machine."""
+    """CPU seconds (user + system, all threads) process ``pid`` and its query process have used so
+    far (``/proc/PID/stat`` fields 14 and 15): the serving process's cost per query, less noisy than
+    latency on a busy machine."""
     tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid, *query_children(pid)]
 
     def read() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+        total = 0
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / tick
 
     return read
+
+
+def query_children(pid: int) -> list[int]:
+    """The query process of serve ``pid`` (:mod:`dicomproxy.queryproc`), if it runs one."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and b"query-process" in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def bench(
@@ -530,6 +555,13 @@ def main() -> None:
         choices=("raw", "pynetdicom"),
         help="which of the proxy's C-FIND paths answers (repeat for both, alternately; default raw)",
     )
+    ap.add_argument(
+        "--query-process",
+        action="append",
+        choices=("on", "off"),
+        help="[proxy] query_process of the queried proxy (repeat for both, one serve each; default on)",
+    )
+    ap.add_argument("--nice", type=int, default=10, help="[proxy] data_path_nice of the queried proxy")
     args = ap.parse_args()
     for kind in args.db or ["postgresql", "sqlite"]:
         if args.workdir:
@@ -551,7 +583,12 @@ def main() -> None:
             )
         runs = [("console off", 0), ("console on", free_port())] if args.console else [("", 0)]
         for label, http_port in runs:
-            serve_and_bench(kind, workdir, url, name, args, http_port, label, engine)
+            for setting in args.query_process or ["on"]:
+                qp = f"query process {setting}" + (f", nice {args.nice}" if setting == "on" else "")
+                args.process = setting == "on"
+                serve_and_bench(
+                    kind, workdir, url, name, args, http_port, f"{label}, {qp}" if label else qp, engine
+                )
         if kind == "postgresql" and not args.keep:
             exam_view_table(name).drop(engine, checkfirst=True)
         engine.dispose()
@@ -591,11 +628,15 @@ def _side_table_built(proc: subprocess.Popen[bytes], log: Path) -> None:
     """Wait for serve's UID/pinyin side tables, built in the background at start-up: the build's
     end is "full sync read N view rows" (or "already built" for a kept side table); lookups
     meanwhile scan the view, which is not what is measured here."""
+    _logged(proc, log, ("uid side table: full sync read", "uid side table: already built"))
+
+
+def _logged(proc: subprocess.Popen[bytes], log: Path, lines: tuple[str, ...]) -> None:
+    """Wait until one of ``lines`` is in serve's log."""
     t1 = time.perf_counter()
-    done = ("uid side table: full sync read", "uid side table: already built")
-    while not any(d in log.read_text(errors="replace") for d in done):
+    while not any(d in log.read_text(errors="replace") for d in lines):
         if proc.poll() is not None or time.perf_counter() - t1 > 600:
-            raise RuntimeError(f"side table not built; see {log}")
+            raise RuntimeError(f"{lines[0]!r} not logged; see {log}")
         time.sleep(0.5)
 
 
@@ -604,7 +645,16 @@ def _second_proxy(
     workdir: Path, url: str, name: str, mover: Remote, moves: MoveLoad | None, args: Any
 ) -> Iterator[None]:
     cfg = write_config(
-        workdir, url, name, mover.port, 0, moves, audit=not args.no_audit, ae_title=mover.ae_title
+        workdir,
+        url,
+        name,
+        mover.port,
+        0,
+        moves,
+        audit=not args.no_audit,
+        ae_title=mover.ae_title,
+        query_process=False,  # as before the query process: the queried proxy's priority as the movers'
+        nice=0,
     )
     exe = Path(sys.executable).with_name("dicomproxy")
     log = workdir / f"serve-{mover.ae_title.lower()}.log"
@@ -629,7 +679,17 @@ def _serve_and_bench(
     moves: MoveLoad | None,
     mover: Remote,
 ) -> None:
-    cfg = write_config(workdir, url, name, port, http_port, moves, audit=not args.no_audit)
+    cfg = write_config(
+        workdir,
+        url,
+        name,
+        port,
+        http_port,
+        moves,
+        audit=not args.no_audit,
+        query_process=args.process,
+        nice=args.nice,
+    )
     exe = Path(sys.executable).with_name("dicomproxy")
     proc = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stderr=open(workdir / "serve.log", "wb"))  # noqa: SIM115
     try:
@@ -637,6 +697,8 @@ def _serve_and_bench(
         t1 = time.perf_counter()
         _side_table_built(proc, workdir / "serve.log")
         print(f"[{tag}] side tables built in the background in {time.perf_counter() - t1:.1f} s", flush=True)
+        if args.process:
+            _logged(proc, workdir / "serve.log", ("serving C-FIND/C-ECHO-only associations",))
         t1 = time.perf_counter()
         bench(port, args.rows, 1, only="StudyInstanceUID")
         print(f"[{tag}] first UID query {time.perf_counter() - t1:.1f} s", flush=True)

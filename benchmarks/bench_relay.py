@@ -70,6 +70,10 @@ class BenchOrthanc(Orthanc):
         return cfg
 
 
+#: --nice: more [proxy] keys, written only when asked (an older revision's serve would reject them).
+PROXY_EXTRA = [""]
+
+
 def proxy_config(
     path: Path,
     ae: str,
@@ -86,6 +90,7 @@ def proxy_config(
     path.write_text(
         f"[http]\nport = {http_port}\n[audit]\nenabled = {'true' if audit else 'false'}\n"
         f'[proxy]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
+        f"{PROXY_EXTRA[0]}"
         f'[hospital]\nid = "74580626"\n[view]\nurl = "{view_url}"\n'
         f'[pacs]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
         f'retrieve = "{method}"\n'
@@ -404,7 +409,15 @@ def main() -> None:
         "PACS's bytes (coerce = false) and one more proxy, upstream C-MOVE, none, gives every instance "
         "the view's identity (coerce = true)",
     )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="[proxy] data_path_nice of the proxies (default: not written, the config's default)",
+    )
     args = ap.parse_args()
+    if args.nice is not None:
+        PROXY_EXTRA[0] = f"data_path_nice = {args.nice}\n"
     for key, value in (
         ("lossless_syntaxes", args.lossless_syntaxes),
         ("lossy_syntaxes", args.lossy_syntaxes),
