@@ -108,9 +108,14 @@ class RejectionLog:
         LOG.warning("association from %s rejected: %s%s", remote_ip, reason, more)
 
 
-def on_requested(event: evt.Event, settings: Settings, log: RejectionLog) -> None:
+def on_requested(
+    event: evt.Event, settings: Settings, log: RejectionLog, others: Callable[[], int] = lambda: 0
+) -> None:
     """EVT_REQUESTED handler: reject before any negotiation if ``decide`` says so (with the
-    access rules current when the association is requested: a reload applies to the next one)."""
+    access rules current when the association is requested: a reload applies to the next one),
+    or when pynetdicom's associations (this one included) and ``others()`` — the raw acceptors'
+    and the query process's, which pynetdicom's own limit does not see — exceed
+    ``maximum_associations``: rejected transient, local limit exceeded (PS3.8 9.3.4)."""
     config = settings.current
     assoc = event.assoc
     rq = assoc.requestor.primitive
@@ -118,11 +123,15 @@ def on_requested(event: evt.Event, settings: Settings, log: RejectionLog) -> Non
         return
     remote_ip = assoc.requestor.address
     decision = decide(config, rq.calling_ae_title, rq.called_ae_title, remote_ip)
+    reason, rjd = decision.reason, decision.rjd
     if decision.accept:
-        return
-    log.warn(remote_ip, decision.reason)
-    events.association_rejected(assoc, rq, decision.reason, decision.rjd[2])
-    assoc.acse.send_reject(*decision.rjd)
+        most = int(assoc.ae.maximum_associations)
+        if len(assoc.ae.active_associations) + others() <= most:
+            return
+        reason, rjd = f"more than {most} associations", REJECT_LOCAL_LIMIT
+    log.warn(remote_ip, reason)
+    events.association_rejected(assoc, rq, reason, rjd[2])
+    assoc.acse.send_reject(*rjd)
     assoc.is_rejected = True
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()

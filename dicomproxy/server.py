@@ -136,10 +136,12 @@ def _log_aborted(event: evt.Event) -> None:
     LOG.info("association aborted: %s", event.assoc.requestor.ae_title)
 
 
-def build_handlers(ctx: AppContext) -> list[tuple[Any, ...]]:
+def build_handlers(ctx: AppContext, others: Callable[[], int] = lambda: 0) -> list[tuple[Any, ...]]:
+    """``others()``: open associations pynetdicom does not count (the raw acceptors', the query
+    process's), for ``maximum_associations``."""
     handlers: list[tuple[Any, ...]] = [
         *NODELAY_HANDLERS,
-        (evt.EVT_REQUESTED, access.on_requested, [ctx.settings, ctx.rejections]),
+        (evt.EVT_REQUESTED, access.on_requested, [ctx.settings, ctx.rejections, others]),
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_ABORTED, _log_aborted),
         (evt.EVT_C_ECHO, handle_echo, [ctx]),
@@ -226,7 +228,7 @@ class Server:
         self._server = self.ae.start_server(
             (self.config.proxy.host, self.config.proxy.port),
             block=False,
-            evt_handlers=build_handlers(self.ctx),
+            evt_handlers=build_handlers(self.ctx, lambda: self._raw_active() + self._process_active()),
             ssl_context=server_context(tls) if tls else None,
         )
         LOG.info(

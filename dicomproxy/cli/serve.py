@@ -82,9 +82,9 @@ def start_query_process(config: Config, verbose: bool) -> QueryProcess | None:
     """The query process (``[proxy] query_process``), then this process's lower priority
     (``data_path_nice``). Here, before any other thread or process starts: Linux keeps a nice value
     per thread and each new thread or child inherits its creator's, so the child keeps the priority
-    ``serve`` was started with and everything started after this runs at the lower one (an
-    unprivileged process can never raise it again: the child is not restarted, see
-    :mod:`dicomproxy.queryproc.parent`)."""
+    ``serve`` was started with and everything started after this runs at the lower one, as do the
+    threads already there (an unprivileged process can never raise it again: the child is not
+    restarted, see :mod:`dicomproxy.queryproc.parent`)."""
     from dicomproxy.queryproc.parent import QueryProcess, wanted
 
     if not wanted(config):
@@ -92,6 +92,9 @@ def start_query_process(config: Config, verbose: bool) -> QueryProcess | None:
     queries = QueryProcess.spawn(config, verbose=verbose)
     if config.proxy.data_path_nice:
         niceness = os.nice(config.proxy.data_path_nice)
+        # the threads that exist already (the channel's reader; a BLAS pool numpy may start at import)
+        for tid in os.listdir("/proc/self/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
         logging.getLogger("dicomproxy").info(
             "the images' process runs at nice %d, the query process (pid %d) at %d",
             niceness,

@@ -61,7 +61,7 @@ class ProxyConfig:
     query_process: bool = True
     #: Nice increment ``serve`` takes for the process that moves images once the query process
     #: runs at the priority it was started with (man 2 nice); 0 = none.
-    data_path_nice: int = 10
+    data_path_nice: int = 5
 
 
 @dataclass(frozen=True)
