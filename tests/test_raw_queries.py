@@ -49,9 +49,43 @@ def config(sqlite_url: str, make_config: ConfigFactory) -> Config:
     return make_config(peers=peers)
 
 
-@pytest.fixture
-def proxy(config: Config, run_proxy: Callable[[Config], Server]) -> Server:
-    return run_proxy(config)
+@pytest.fixture(params=["in process", "query process"])
+def proxy(
+    request: pytest.FixtureRequest,
+    config: Config,
+    make_config: ConfigFactory,
+    run_proxy: Callable[[Config], Server],
+) -> Server:
+    """The raw acceptor in the serving process, or in its query process (dicomproxy.queryproc)."""
+    if request.param == "in process":
+        return run_proxy(config)
+    server = run_proxy(make_config(proxy={"query_process": True}, peers=config_peers(config)))
+    assert server.queries is not None and server.queries.wait_ready(30)
+    return server
+
+
+def config_peers(config: Config) -> list[dict[str, Any]]:
+    return [
+        {"ae_title": p.ae_title, "host": p.host, "port": p.port, "services": list(p.services)}
+        for p in config.peers
+    ]
+
+
+def raw_via(server: Server) -> str:
+    """How :meth:`Server.association_list` names the raw acceptor's associations."""
+    return "query process" if server.queries is not None else "raw query"
+
+
+def logged(caplog: pytest.LogCaptureFixture, part: str) -> list[str]:
+    """The captured lines holding ``part``, once there is one (a query process's records reach this
+    process's logging through its channel, a moment after the peer saw the A-ABORT), or after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r.getMessage() for r in caplog.records if part in r.getMessage()]
+        if lines or time.monotonic() > deadline:
+            time.sleep(0.1)  # a second line, if one were coming, arrives with the first
+            return [r.getMessage() for r in caplog.records if part in r.getMessage()]
+        time.sleep(0.02)
 
 
 def kinds(server: Server, expected: list[str]) -> list[str]:
@@ -93,7 +127,7 @@ def test_claims(syntaxes: set[str] | None, raw: bool) -> None:
 
 def test_a_find_only_association_is_served_raw_one_that_may_move_by_pynetdicom(proxy: Server) -> None:
     with FindClient(proxy.port) as client:
-        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
+        assert kinds(proxy, [f"jobserver via {raw_via(proxy)}"]) == [f"jobserver via {raw_via(proxy)}"]
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
     with FindClient(proxy.port, also=(MOVE,)) as client:
         assert kinds(proxy, ["jobserver via pynetdicom"]) == ["jobserver via pynetdicom"]
@@ -154,7 +188,7 @@ def test_the_same_answers_byte_for_byte_as_pynetdicom_s(proxy: Server, max_pdu: 
             pdv_sizes.append(len(item.presentation_data_value) - 1)  # minus the control header byte
 
     with FindClient(proxy.port, max_pdu=max_pdu) as client:
-        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
+        assert kinds(proxy, [f"jobserver via {raw_via(proxy)}"]) == [f"jobserver via {raw_via(proxy)}"]
         client.assoc.bind(evt.EVT_PDU_RECV, on_pdu)
         raw = results(client)
     with FindClient(proxy.port, also=(MOVE,), max_pdu=max_pdu) as client:
@@ -179,7 +213,9 @@ def test_a_peer_without_find_gets_not_authorized_and_echo_both_ways(proxy: Serve
     ae = AE("ECHOONLY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", proxy.port, ae_title="DICOMPROXY")
-    assert assoc.is_established and kinds(proxy, ["ECHOONLY via raw query"]) == ["ECHOONLY via raw query"]
+    assert assoc.is_established and kinds(proxy, [f"ECHOONLY via {raw_via(proxy)}"]) == [
+        f"ECHOONLY via {raw_via(proxy)}"
+    ]
     assert int(assoc.send_c_echo().Status) == 0x0000
     assoc.release()
     ae.shutdown()
@@ -245,7 +281,7 @@ def test_a_command_the_association_was_not_negotiated_for_is_aborted(
         while client.assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.02)
         assert client.assoc.is_aborted
-    lines = [r.getMessage() for r in caplog.records if "query association" in r.getMessage()]
+    lines = logged(caplog, "query association")
     assert len(lines) == 1 and "aborted: command 0x0030" in lines[0], lines
     with FindClient(proxy.port) as client:
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
@@ -331,7 +367,7 @@ def test_a_request_the_context_does_not_allow_is_aborted(
     query.AccessionNumber = CT.accession
     identifier = BytesIO(encode(query, False, True))
     with FindClient(proxy.port, also=(Verification,)) as client:
-        assert kinds(proxy, ["jobserver via raw query"]) == ["jobserver via raw query"]
+        assert kinds(proxy, [f"jobserver via {raw_via(proxy)}"]) == [f"jobserver via {raw_via(proxy)}"]
         if case == "move-on-find-context":
             move = C_MOVE()
             move.MessageID, move.AffectedSOPClassUID = 5, StudyRootQueryRetrieveInformationModelFind
@@ -348,7 +384,7 @@ def test_a_request_the_context_does_not_allow_is_aborted(
             )
             _send_on(client, find, where)
         assert _aborted(client)
-    lines = [r.getMessage() for r in caplog.records if "query association" in r.getMessage()]
+    lines = logged(caplog, "query association")
     assert len(lines) == 1 and "aborted: command 0x00" in lines[0], lines
     with FindClient(proxy.port) as client:
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
