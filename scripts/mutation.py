@@ -83,6 +83,18 @@ TARGETS: dict[str, Target] = {
         ("tests/test_raw_queries.py", "tests/test_find_pacs.py::test_c_cancel_over_a_real_association"),
         "C-FIND/C-ECHO on the raw socket (issue 29): which associations, answers, statuses, C-CANCEL",
     ),
+    "queryproc": Target(
+        "dicomproxy/queryproc/parent.py",
+        ("wanted", "QueryProcess.serve", "QueryProcess._take", "QueryProcess._lost", "QueryRoute.serve"),
+        ("tests/test_query_process.py", "tests/test_raw_queries.py", "-k", "query"),
+        "the query process, parent's side (issue 29): hand-over, fallback, what comes back from the child",
+    ),
+    "queryproc-child": Target(
+        "dicomproxy/queryproc/child.py",
+        ("LogForwarder.emit", "QueryWorker.run", "QueryWorker._drain"),
+        ("tests/test_query_process.py", "tests/test_raw_queries.py", "-k", "query"),
+        "the query process, child's side (issue 29): its loop, reload, drain, log records",
+    ),
     "request": Target(
         "dicomproxy/relay/request.py",
         (),
