@@ -48,6 +48,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from dicomproxy.cli.serve import CHILD_NAME
 from dicomproxy.transport import scu
 from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
 from dicomproxy.transport.raw.requestor import RawAssociation
@@ -423,9 +424,10 @@ def query_children(pid: int) -> list[int]:
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmdline = (entry / "cmdline").read_bytes()
+            comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if int(stat[1]) == pid and b"query-process" in cmdline:
+        if int(stat[1]) == pid and (b"query-process" in cmdline or comm == CHILD_NAME):
             found.append(int(entry.name))
     return found
 

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import create_engine
 
 from dicomproxy.audit.trail import AuditTrail
+from dicomproxy.cli.serve import CHILD_NAME
 from dicomproxy.config import Config
 from dicomproxy.queryproc.channel import MAX_MESSAGE, Channel, ChannelClosed
 from dicomproxy.relay.journal import Journal
@@ -107,7 +108,6 @@ def test_a_reload_reaches_the_child(proxy: Server, config: Config, make_config: 
             return client.find({"PatientID": CT.patient.patient_id}).status == 0x0124
 
     wait_until(refused, 5, "the reloaded peer list in the child")
-    assert via(proxy) == []
 
 
 def test_the_association_limit_counts_both_processes(
@@ -225,11 +225,12 @@ def _nice(pid: int, tid: int | None = None) -> int:
 
 
 def _child_of(pid: int) -> int:
+    """serve's forked query process: its child named :data:`CHILD_NAME` (its command line is serve's)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(stat[1]) == pid and b"query-process" in (entry / "cmdline").read_bytes():
+                if int(stat[1]) == pid and (entry / "comm").read_text().strip() == CHILD_NAME:
                     return int(entry.name)
             except OSError:
                 continue
@@ -268,11 +269,8 @@ level = "INFO"
     )
     serve = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / "serve.log")
     try:
-        wait_until(
-            lambda: "serving C-FIND/C-ECHO-only associations" in serve.log_path.read_text(errors="replace"),
-            60,
-            "the query process",
-        )
+        for line in ("serving C-FIND/C-ECHO-only associations", "listening as DICOMPROXY"):
+            wait_until(lambda line=line: line in serve.log_path.read_text(errors="replace"), 60, line)
         yield serve, port
     finally:
         serve.stop()
@@ -284,7 +282,7 @@ def test_serve_runs_the_images_at_a_lower_priority_than_the_queries(served: tupl
     base = os.getpriority(os.PRIO_PROCESS, 0)  # what this test runs at: what serve was started with
     assert _nice(child) == base
     threads = [int(t.name) for t in Path(f"/proc/{serve.proc.pid}/task").iterdir()]
-    assert len(threads) > 5  # associations' servers, the events, the journal, the side table, ...
+    assert len(threads) > 3  # the server's, the events', the channel's reader, ...
     assert {_nice(serve.proc.pid, t) for t in threads} == {min(base + 7, 19)}
     with FindClient(port) as client:
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}

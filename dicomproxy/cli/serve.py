@@ -3,6 +3,7 @@ reloads the config file (:mod:`dicomproxy.reloader`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from dicomproxy.errors import ConfigError
 from dicomproxy.logsetup import setup_logging
 
 if TYPE_CHECKING:
+    from dicomproxy.queryproc.channel import Channel
     from dicomproxy.queryproc.parent import QueryProcess
     from dicomproxy.transport.raw.queries import QueryAcceptor
 
@@ -78,18 +80,31 @@ def serve(verbose: bool, port: int | None) -> None:
     sys.exit(0 if clean else 1)
 
 
+#: The forked query process's name in ``ps -o comm`` and top (at most 15 characters; its command
+#: line is serve's).
+CHILD_NAME = "dicomproxy-qry"
+
+
 def start_query_process(config: Config, verbose: bool) -> QueryProcess | None:
     """The query process (``[proxy] query_process``), then this process's lower priority
-    (``data_path_nice``). Here, before any other thread or process starts: Linux keeps a nice value
-    per thread and each new thread or child inherits its creator's, so the child keeps the priority
-    ``serve`` was started with and everything started after this runs at the lower one, as do the
-    threads already there (an unprivileged process can never raise it again: the child is not
-    restarted, see :mod:`dicomproxy.queryproc.parent`)."""
+    (``data_path_nice``). Forked (:meth:`QueryProcess.fork`: what ``serve`` imported is shared with
+    the child, which starts at once) here, before any other thread or process starts. Linux keeps
+    a nice value per thread and each new thread or child inherits its creator's: the child keeps
+    the priority ``serve`` was started with, and everything after it — and the threads already
+    there — runs at the lower one (an unprivileged process can never raise it again: the child is
+    not restarted, see :mod:`dicomproxy.queryproc.parent`)."""
     from dicomproxy.queryproc.parent import QueryProcess, wanted
 
     if not wanted(config):
         return None
-    queries = QueryProcess.spawn(config, verbose=verbose)
+
+    def child(channel: Channel) -> int:
+        _ignore_group_signals()
+        with contextlib.suppress(OSError):  # `ps -o comm`, top: which of the two it is
+            Path("/proc/self/comm").write_text(CHILD_NAME, encoding="ascii")
+        return run_query_child(channel, config, verbose)
+
+    queries = QueryProcess.fork(child)
     if config.proxy.data_path_nice:
         niceness = os.nice(config.proxy.data_path_nice)
         # the threads that exist already (the channel's reader; a BLAS pool numpy may start at import)
@@ -107,29 +122,39 @@ def start_query_process(config: Config, verbose: bool) -> QueryProcess | None:
 @click.command("query-process", hidden=True)
 @click.option("--fd", type=int, required=True, help="The channel's descriptor (serve passes it).")
 def query_process_cmd(fd: int) -> None:
-    """The query process (started by ``serve``, not by hand): serves the C-FIND/C-ECHO-only
-    associations ``serve`` hands it over the channel on ``--fd`` (dicomproxy.queryproc)."""
+    """The query process when it is spawned (an in-process Server's, tests): serves the
+    C-FIND/C-ECHO-only associations handed to it over the channel on ``--fd`` (dicomproxy.queryproc).
+    ``serve`` forks its child instead (:func:`start_query_process`)."""
     import socket
 
+    from dicomproxy.queryproc.channel import Channel, ChannelClosed
+
+    _ignore_group_signals()
+    channel = Channel(socket.socket(fileno=fd))
+    try:
+        message, _ = channel.recv()  # ("config", Config, verbose)
+    except ChannelClosed:
+        sys.exit(1)
+    sys.exit(run_query_child(channel, message[1], bool(message[2])))
+
+
+def _ignore_group_signals() -> None:
+    """systemd's stop and a terminal's Ctrl-C signal the whole group: the parent drains the child."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def run_query_child(channel: Channel, config: Config, verbose: bool) -> int:
+    """The child's life (:class:`~dicomproxy.queryproc.child.QueryWorker`); its exit code."""
     from dicomproxy import events
     from dicomproxy.app import build_query_context
     from dicomproxy.handlers.queries import query_acceptor
-    from dicomproxy.queryproc.channel import Channel, ChannelClosed
     from dicomproxy.queryproc.child import Forwarder, LogForwarder, QueryWorker
     from dicomproxy.reloader import apply_log_level
     from dicomproxy.server import build_ae
 
-    # systemd's stop and a terminal's Ctrl-C signal the whole group: the parent drains us itself
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    channel = Channel(socket.socket(fileno=fd))
-    try:
-        message, _ = channel.recv()
-    except ChannelClosed:
-        sys.exit(1)
-    config, verbose = message[1], bool(message[2])
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for handler in list(root.handlers):  # a forked child has serve's: one process writes the log
         root.removeHandler(handler)
     root.addHandler(LogForwarder(channel))
     apply_log_level(config.logging, verbose)
@@ -139,7 +164,7 @@ def query_process_cmd(fd: int) -> None:
 
     def acceptor(active: Callable[[], int]) -> QueryAcceptor:
         made = query_acceptor(config, ctx, ae, active)
-        if made is None:  # pragma: no cover - serve starts us only when it applies (wanted())
+        if made is None:  # pragma: no cover - serve starts the child only when it applies (wanted())
             raise RuntimeError("the raw query acceptor does not apply to this config")
         return made
 
@@ -150,4 +175,4 @@ def query_process_cmd(fd: int) -> None:
         clean = worker.run()
     finally:
         ctx.close()
-    sys.exit(0 if clean else 1)
+    return 0 if clean else 1

@@ -12,5 +12,7 @@ a lower CPU priority (``[proxy] data_path_nice``) — it does not.
 - :mod:`.child` — :class:`~.child.QueryWorker`: the child's loop, the raw query acceptor
   (:mod:`dicomproxy.transport.raw.queries`) on the connections it is handed.
 
-The child is ``python -m dicomproxy query-process --fd N`` (:mod:`dicomproxy.cli.serve`).
+``serve`` forks the child at start-up (:func:`dicomproxy.cli.serve.start_query_process`); an
+in-process Server (tests) spawns ``python -m dicomproxy query-process --fd N``. Both run
+:func:`dicomproxy.cli.serve.run_query_child`.
 """
