@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,17 +36,14 @@ from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
 from dicomproxy.view.repository import ExamView
 from testkit import Process, free_port, wait_until
-from testkit.viewdb import create_view_table, insert_rows
+from testkit.viewdb import insert_rows
 from tests.conftest import FIND_PEERS, ConfigFactory
-from tests.view_data import CT, FindClient, view_rows
+from tests.view_data import CT, FindClient, fill_view, view_rows
 
 
 @pytest.fixture
 def config(sqlite_url: str, make_config: ConfigFactory) -> Config:
-    engine = create_engine(sqlite_url)
-    create_view_table(engine)
-    insert_rows(engine, view_rows())
-    engine.dispose()
+    fill_view(sqlite_url)
     return make_config(proxy={"query_process": True}, peers=FIND_PEERS)
 
 
@@ -237,6 +235,10 @@ def _child_of(pid: int) -> int:
     raise LookupError(f"no query process under {pid}")
 
 
+def _logged(serve: Process, line: str) -> bool:
+    return line in serve.log_path.read_text(errors="replace")
+
+
 @pytest.fixture
 def served(config: Config, tmp_path: Path) -> Iterator[tuple[Process, int]]:
     port = free_port()
@@ -270,7 +272,7 @@ level = "INFO"
     serve = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / "serve.log")
     try:
         for line in ("serving C-FIND/C-ECHO-only associations", "listening as DICOMPROXY"):
-            wait_until(lambda line=line: line in serve.log_path.read_text(errors="replace"), 60, line)
+            wait_until(partial(_logged, serve, line), 60, line)
         yield serve, port
     finally:
         serve.stop()

@@ -26,25 +26,20 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from sqlalchemy import create_engine
 
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport.raw.pdu import PduReader
 from dicomproxy.transport.raw.queries import claims
-from testkit.viewdb import create_view_table, insert_rows
 from tests.conftest import FIND_PEERS, ConfigFactory
-from tests.view_data import CT, FindClient, FindResult, view_rows
+from tests.view_data import CT, FindClient, FindResult, fill_view
 
 MOVE = StudyRootQueryRetrieveInformationModelMove
 
 
 @pytest.fixture
 def config(sqlite_url: str, make_config: ConfigFactory) -> Config:
-    engine = create_engine(sqlite_url)
-    create_view_table(engine)
-    insert_rows(engine, view_rows())
-    engine.dispose()
+    fill_view(sqlite_url)
     peers = [*FIND_PEERS, {"ae_title": "ECHOONLY", "host": "127.0.0.1", "port": 1, "services": ["echo"]}]
     return make_config(peers=peers)
 

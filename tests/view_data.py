@@ -16,9 +16,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
+from sqlalchemy import create_engine
 
 from dicomproxy.transport.net import NODELAY_HANDLERS
 from testkit.samples import StudySpec, demo_specs, exam_row, uid_from
+from testkit.viewdb import create_view_table, insert_rows
 
 CALLING = "jobserver"
 UID = {
@@ -41,6 +43,14 @@ def _row(examine_id: str, patient_id: str, name: str, uid: str | None, **kw: Any
     )
     base.update(kw)
     return base
+
+
+def fill_view(url: str) -> None:
+    """Create the exam view at ``url`` with :func:`view_rows` in it."""
+    engine = create_engine(url)
+    create_view_table(engine)
+    insert_rows(engine, view_rows())
+    engine.dispose()
 
 
 def view_rows() -> list[dict[str, Any]]:
