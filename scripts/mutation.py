@@ -484,6 +484,27 @@ OPERATORS = re.compile(
 #: (a fragment of the original line, a fragment of the mutated line, why), matched on the lines
 #: with all whitespace removed so that they survive line moves. docs/mutation.md explains each.
 EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "queryproc": [
+        (
+            "ifnotself.readyorself._stopping:",
+            "ifnotself.readyandself._stopping:",
+            "differs only for a connection accepted before the listener's shutdown and routed after the"
+            " child's stop began (a window of the intake's peek); no test can place one there",
+        ),
+        (
+            "except(ChannelClosed,OSError)asexc:",
+            "CosmicRayTestingException",
+            "the hand-over failing: the child dying between the ready check and the send; the reader"
+            " sees the closed channel first in every test (a race no test can win on purpose)",
+        ),
+        (
+            "returnFalse",
+            "returnTrue",
+            "QueryProcess.serve after a failed hand-over (the race above), or QueryRoute.serve after"
+            " serving in process: the caller then only closes, instead of shutting down and closing, a"
+            " socket whose association has ended",
+        ),
+    ],
     "raw-queries": [
         (
             'message_id=int(msg.command.get("MessageID",0))',

@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import pickle
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ from dicomproxy.audit.trail import AuditTrail
 from dicomproxy.cli.serve import CHILD_NAME
 from dicomproxy.config import Config
 from dicomproxy.queryproc.channel import MAX_MESSAGE, Channel, ChannelClosed
+from dicomproxy.queryproc.parent import QueryProcess
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
 from dicomproxy.view.repository import ExamView
@@ -88,6 +91,7 @@ def test_a_dead_child_leaves_the_queries_to_the_parent(
     wait_until(lambda: not proxy.queries.ready, 5, "the parent noticing")  # type: ignore[union-attr]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "served in this process from now on" in errors[0], errors
+    assert "closed its channel, exit code -9:" in errors[0], errors
     with FindClient(proxy.port) as client:
         wait_until(lambda: via(proxy) == ["jobserver via raw query"], 5, "the in-process association")
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
@@ -157,6 +161,29 @@ def test_a_clean_stop_ends_the_child(proxy: Server) -> None:
     wait_until(lambda: proxy.active_associations() == 0, 5, "the association's end")
     assert proxy.stop(drain_timeout=2.0) is True
     assert child.returncode == 0
+
+
+def test_a_child_whose_channel_breaks_is_killed_and_replaced_by_the_parent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message that is not one of ours (here: not a pickle) from a child that is still running:
+    it cannot be trusted to serve; it is killed and the queries stay in the parent."""
+    caplog.set_level(logging.INFO)
+    ours, theirs = Channel.pair()
+    child = subprocess.Popen(["sleep", "60"])  # a live process standing in for the child
+    process = QueryProcess(child, ours)
+    theirs.send(pickle.dumps(("ready",)))
+    assert process.wait_ready(5)
+    theirs.send(b"not a pickle")
+    wait_until(lambda: child.poll() is not None, 5, "the kill")
+    assert child.returncode == -signal.SIGKILL and not process.ready
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("channel failed: UnpicklingError:" in e and "exit code" not in e for e in errors), errors
+    a, b = socket.socketpair()
+    assert process.serve(a, ("127.0.0.1", 1), 0) is False  # served here from now on
+    for s in (a, b, theirs):
+        s.close()
+    process.stop(0.1)
 
 
 # --- the side table: the child reads and syncs the parent's, never builds it --------------------

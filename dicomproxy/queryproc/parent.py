@@ -43,6 +43,8 @@ LOG = logging.getLogger("dicomproxy.queryproc")
 
 #: Seconds the child gets after its drain before it is killed.
 EXIT_GRACE = 5.0
+#: Seconds to wait for a lost child's exit status (for the ERROR line) before killing it.
+LOST_WAIT = 1.0
 
 
 def wanted(config: Config) -> bool:
@@ -261,7 +263,10 @@ class QueryProcess:
             self._gone.set()
         if self._stopping:
             return
-        code = self.proc.poll()
+        try:  # a closed channel is seen a moment before the exit status is there
+            code: int | None = self.proc.wait(LOST_WAIT)
+        except subprocess.TimeoutExpired:  # alive, but its channel broke: it cannot serve
+            code = None
         LOG.error(
             "query process (pid %d) %s%s: C-FIND/C-ECHO served in this process from now on "
             "(a restart of the service starts it again)",
