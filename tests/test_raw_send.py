@@ -192,3 +192,29 @@ def test_load_reads_a_file_that_fits_and_declines_the_rest(tmp_path: Path) -> No
     (tmp_path / "empty").write_bytes(b"")
     for name in ("larger", "empty", "missing"):
         assert rewritten.load(tmp_path / name, buf) is None
+
+
+def test_a_kernel_timeout_reads_and_times_out_as_a_python_one() -> None:
+    """:func:`pdu.kernel_timeout` (issue 29: no ``poll`` before each ``recv``): the socket is
+    blocking for Python, the kernel holds the timeout; a read that times out raises TimeoutError
+    (before any byte, and inside a message), the peer's close PeerClosed, as with Python's."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pdu.kernel_timeout(ours, 0.05)
+        assert ours.gettimeout() is None
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+        reader = pdu.PduReader(ours)
+        with pytest.raises(TimeoutError):
+            reader.read_exact(6)
+        theirs.sendall(pdu.pdata(1, pdu.CONTROL_LAST, b"abcd"))
+        assert reader.header() == (pdu.P_DATA_TF, 10)
+        view = memoryview(bytearray(20))
+        with pytest.raises(TimeoutError):  # 10 bytes there, 20 wanted
+            reader.readinto_exact(view)
+        theirs.sendall(b"x" * 30)
+        theirs.shutdown(socket.SHUT_WR)
+        reader.readinto_exact(memoryview(bytearray(20)))
+        with pytest.raises(pdu.PeerClosed):
+            reader.read_exact(20)  # 10 left, then the end
+        pdu.kernel_timeout(ours, 0)  # none
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)

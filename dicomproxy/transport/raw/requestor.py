@@ -57,6 +57,7 @@ from dicomproxy.transport.raw.pdu import (
     PeerClosed,
     ProtocolError,
     abort,
+    kernel_timeout,
     release_rq,
 )
 from dicomproxy.transport.raw.sender import max_pdv, store_command
@@ -107,7 +108,7 @@ class RawAssociation:
         self._closed = threading.Lock()
         #: (context ID, Message ID) of the C-GET/C-MOVE awaiting its final response (for cancel()).
         self._outstanding: tuple[int, int] | None = None
-        sock.settimeout(dimse_timeout or None)
+        kernel_timeout(sock, dimse_timeout)  # no poll() before each recv and send (issue 29)
 
     # -- establishment ---------------------------------------------------------------------
     @classmethod
