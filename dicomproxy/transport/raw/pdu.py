@@ -97,7 +97,7 @@ class PduReader:
         data = self._file.read(n)
         if data is None:  # a kernel timeout (EAGAIN) before any byte
             raise TimeoutError("timed out")
-        if len(data) != n:
+        if len(data) != n:  # the end — or a kernel timeout after some bytes: either ends it
             raise PeerClosed("connection closed by the peer")
         return data
 
