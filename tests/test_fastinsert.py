@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_mock_engine, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dicomproxy.relay.fastinsert import FastInsert
 from dicomproxy.relay.journal import INSTANCE_COLUMNS, InstanceRecord, Journal, job_instances
@@ -65,3 +65,24 @@ def test_other_dialects_compile_and_go_through_sqlalchemy() -> None:
         engine: Any = create_mock_engine(url, lambda *a, **k: None)  # compiles; no driver needed
         writer = FastInsert(engine, job_instances, INSTANCE_COLUMNS)
         assert not writer.raw and writer.sql.startswith("INSERT INTO job_instances")
+
+
+def test_its_connections_are_kept_and_a_lost_one_is_replaced(journal: Journal) -> None:
+    """Issue 29: one DB-API connection reused call after call (no pool checkout per row), each
+    row committed; a connection that went away is closed and replaced, the engine's pool untouched."""
+    job = journal.start(next(iter(JobKind)), "CLOUD", "127.0.0.1", "DEST", "pacs")
+    insert = FastInsert(journal.engine, job_instances, INSTANCE_COLUMNS)
+    row = {"job_id": job, **InstanceRecord("1.2.3.1", "sent").__dict__}
+    insert([row])
+    kept = list(insert._idle)
+    insert([{**row, "sop_instance_uid": "1.2.3.2"}])
+    assert len(kept) == 1 and insert._idle == kept  # the same connection again
+    kept[0].close()  # the server's side went away (a restart, an idle timeout)
+    with pytest.raises(DBAPIError) as lost:
+        insert([{**row, "sop_instance_uid": "1.2.3.3"}])
+    assert lost.value.connection_invalidated and kept[0] not in insert._idle
+    insert([{**row, "sop_instance_uid": "1.2.3.4"}])  # a new connection
+    insert.close()
+    assert insert._idle == []
+    uids = [r["sop_instance_uid"] for r in journal.get(job, all_instances=True).instances]  # type: ignore[union-attr]
+    assert sorted(uids) == ["1.2.3.1", "1.2.3.2", "1.2.3.4"]  # committed, each in its own call

@@ -23,7 +23,7 @@ from dicomproxy.identity import Coercer, Identity
 from dicomproxy.identity import files as files_module
 from dicomproxy.identity.files import Header
 from dicomproxy.identity.scan import FIRST_READ, scan
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten, load
 from testkit.realct import write_real_study
 from testkit.samples import Patient, StudySpec, make_instance
 
@@ -138,7 +138,7 @@ def test_coercion_with_the_scan_sends_what_it_sent_without(
     fast = Coercer({STUDY: VIEW}, "DICOMPROXY", "job 1")
     with_scan = [_coerced_bytes(fast, p, tmp_path) for p in paths]
     assert fast.coerced == len(paths) and len(fast._patches) == 2
-    monkeypatch.setattr(files_module, "scan", lambda path: None)
+    monkeypatch.setattr(files_module, "scan", lambda path, data=None: None)
     slow = Coercer({STUDY: VIEW}, "DICOMPROXY", "job 1")
     without = [_coerced_bytes(slow, p, tmp_path) for p in paths]
     assert [_drop_time(b) for b in with_scan] == [_drop_time(b) for b in without]
@@ -191,3 +191,41 @@ def test_an_item_tag_among_the_top_level_elements_is_left_to_pydicom(tmp_path: P
     at = raw.index(b"\xe0\x7f\x10\x00")  # Pixel Data
     path.write_bytes(raw[:at] + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + raw[at:])
     assert scan(path) is None
+
+
+def _sent_bytes(send: Path | Loaded | Rewritten) -> bytes:
+    """The file a destination gets for ``send`` (a loaded file's bytes from memory)."""
+    if isinstance(send, Loaded):
+        return bytes(send.data)
+    if isinstance(send, Rewritten) and send.data is not None:
+        return bytes(send.data[: send.start]) + send.head + bytes(send.data[send.tail :])
+    return _coerced_bytes_of(send)
+
+
+def _coerced_bytes_of(send: Path | Rewritten) -> bytes:
+    if isinstance(send, Rewritten):
+        return send.write(send.path.with_name("written.dcm")).read_bytes()
+    return send.read_bytes()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_loaded_file_is_coerced_as_its_path_is(tmp_path: Path, syntax: str) -> None:
+    """The onward sender reads a file once (issue 29: :func:`load`); scanned and patched in memory,
+    it gives what the same file given by its path gives — and its tail is sent from memory."""
+    paths = [_save(_instance(n), tmp_path / f"{n}.dcm", syntax) for n in range(4)]
+    paths.append(_save(_instance(4), tmp_path / "other.dcm", syntax))
+    other = dcmread(paths[-1])
+    other.PatientID = "SOMEONE-ELSE"
+    other.save_as(paths[-1], enforce_file_format=True)
+    coercer = Coercer({STUDY: VIEW}, "DICOMPROXY", "job 1")  # one: the same patch (and its time)
+    buf = bytearray(1 << 20)
+    for p in paths:
+        expected = _coerced_bytes(coercer, p, tmp_path)
+        loaded = load(p, buf)
+        assert loaded is not None
+        send = coercer.rewrite(loaded, tmp_path / "spare.dcm")
+        assert isinstance(send, Rewritten) and send.data is not None  # the tail from memory
+        assert _sent_bytes(send) == expected
+    unknown = Coercer({}, "DICOMPROXY", "job 1")  # a study the view does not name: sent as loaded
+    loaded = load(paths[0], buf)
+    assert unknown.rewrite(loaded, tmp_path / "spare.dcm") is loaded  # type: ignore[arg-type]

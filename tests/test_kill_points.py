@@ -183,8 +183,11 @@ def test_killed_move_resumes_by_itself(rigs: Callable[..., Rig], retrieve: str, 
     )
     journal.close()
     rig.assert_recovered(job_id)
+    # the resume logs its line after the job's outcome is journalled: wait for it, do not race it
+    done = f"job {job_id}: retried: success"
+    wait_until(lambda: done in serve.log_text(), 30, "the resume's log line")
     log = serve.log_text()
-    assert f"job {job_id}: retried: success" in log, log
+    assert done in log, log
     if point in ("start", "few"):
         assert f"job {job_id}: its instance list was not journalled" in log, log
 

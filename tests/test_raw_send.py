@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pynetdicom.presentation import build_context as presentation_context
 
+from dicomproxy.transport import rewritten
 from dicomproxy.transport.raw import dimse, pdu, wire
 from dicomproxy.transport.raw import sender as fastsender
 
@@ -155,3 +156,65 @@ def test_received_data_set_is_the_file(tmp_path: Path, max_pdv: int, length: int
         stream.close()
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("max_pdv", [16, 1000, 16378])
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 2500, 16378, 16379, 2 * 1024 * 1024 + 5])
+@pytest.mark.parametrize("cut", [None, 0, 1, 7, 1000, 16380])
+def test_a_data_set_in_memory_is_framed_as_one_read_from_a_file(
+    max_pdv: int, length: int, cut: int | None
+) -> None:
+    """:func:`pdu.memory_iov` (a loaded file, issue 29): the bytes of the file reader's framing, also
+    with the data set in two parts (a rewritten header and the file's tail) and a PDV spanning them;
+    a rate cap told every byte, at most about a read's worth (:data:`pdu.READ_CHUNK`) per step."""
+    if max_pdv == 16 and length > 20000:
+        pytest.skip("131,000 PDVs: covered by the larger PDVs")
+    command, data = a_command(), payload(length)
+    cut = None if cut is None else min(cut, length)
+    parts: list[bytes | memoryview] = [data] if cut is None else [data[:cut], memoryview(data)[cut:]]
+    sock, told = Trickle(1 << 30), []
+    pdu.send_message(sock, 5, command, parts, 0, max_pdv, bytearray(0), told.append)  # type: ignore[arg-type]
+    assert bytes(sock.out) == framed(command, data, max_pdv)
+    assert sum(told) == len(sock.out)
+    headers = 12 * (pdu.READ_CHUNK // max_pdv + 2)
+    assert max(told) <= len(command) + 12 + pdu.READ_CHUNK + max_pdv + headers
+
+
+def test_load_reads_a_file_that_fits_and_declines_the_rest(tmp_path: Path) -> None:
+    """:func:`rewritten.load`: the whole file in the buffer, or None (larger, empty, missing: the
+    sender then streams it, and reports what cannot be read)."""
+    buf = bytearray(1000)
+    for name, size in (("fits", 1000), ("small", 3)):
+        (tmp_path / name).write_bytes(payload(size))
+        loaded = rewritten.load(tmp_path / name, buf)
+        assert loaded is not None and bytes(loaded.data) == payload(size) and loaded.path == tmp_path / name
+    (tmp_path / "larger").write_bytes(payload(1001))
+    (tmp_path / "empty").write_bytes(b"")
+    for name in ("larger", "empty", "missing"):
+        assert rewritten.load(tmp_path / name, buf) is None
+
+
+def test_a_kernel_timeout_reads_and_times_out_as_a_python_one() -> None:
+    """:func:`pdu.kernel_timeout` (issue 29: no ``poll`` before each ``recv``): the socket is
+    blocking for Python, the kernel holds the timeout; a read that times out raises TimeoutError
+    (before any byte, and inside a message), the peer's close PeerClosed, as with Python's."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pdu.kernel_timeout(ours, 0.05)
+        assert ours.gettimeout() is None
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+        reader = pdu.PduReader(ours)
+        with pytest.raises(TimeoutError):
+            reader.read_exact(6)
+        theirs.sendall(pdu.pdata(1, pdu.CONTROL_LAST, b"abcd"))
+        assert reader.header() == (pdu.P_DATA_TF, 10)
+        view = memoryview(bytearray(20))
+        with pytest.raises(TimeoutError):  # 10 bytes there, 20 wanted
+            reader.readinto_exact(view)
+        theirs.sendall(b"x" * 30)
+        theirs.shutdown(socket.SHUT_WR)
+        reader.readinto_exact(memoryview(bytearray(20)))
+        with pytest.raises(pdu.PeerClosed):
+            reader.read_exact(20)  # 10 left, then the end
+        pdu.kernel_timeout(ours, 0)  # none
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)

@@ -14,6 +14,7 @@ import pytest
 
 from dicomproxy.relay import spool as spool_module
 from dicomproxy.relay.spool import DiskRoom, Spool
+from dicomproxy.transport.recycle import RecycledFiles
 
 
 class FakeRoom(DiskRoom):
@@ -93,3 +94,32 @@ def test_disk_room_reads_the_real_file_system(tmp_path: Path) -> None:
     assert not DiskRoom(tmp_path, 0).low()  # 0 = never
     assert DiskRoom(tmp_path, 2**62).low()
     assert not DiskRoom(tmp_path, 1).low()
+
+
+def test_a_low_disk_takes_back_the_kept_files_and_keeps_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Confirmed files kept for reuse (up to 64 MiB, issue 29) are the disk's again once it runs
+    low: deleted when a response first waits for room, and what the job confirms then is deleted,
+    not kept (a 20 MB data disk filled with kept files left the journal no room)."""
+    recycled = RecycledFiles(tmp_path / "recycled", keep_seconds=0)
+    room = FakeRoom(tmp_path, low=False)
+    spool = Spool(tmp_path / "spool", "job", room, recycled)
+    for n in (1, 2):
+        _accept(spool, tmp_path, n)
+    first = spool.get(1)
+    assert first is not None and not isinstance(first, spool_module.End)
+    Spool.settled(first)
+    Spool.confirmed(first)
+    assert len(recycled) == 1  # room enough: kept
+    room.is_low = True
+    monkeypatch.setattr(spool_module, "HOLD_MAX", 0.1)  # one unsent instance: it waits that long
+    spool.wait_for_room()
+    assert spool.holds == 1
+    assert len(recycled) == 0 and not list((tmp_path / "recycled").iterdir())
+    second = spool.get(1)
+    assert second is not None and not isinstance(second, spool_module.End)
+    Spool.settled(second)
+    Spool.confirmed(second)
+    assert len(recycled) == 0 and not second.path.exists()
+    spool.close()

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from dicomproxy.identity.coerce import apply_changes, plan_changes, record_originals
 from dicomproxy.identity.corrections import corrected_uid
 from dicomproxy.identity.files import Coercer
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 
 #: (0400,0565) Reason for the Attribute Modification: a correction of wrong data (C.12.1.1.9.2).
 CORRECT_REASON = "CORRECT"
@@ -40,9 +40,9 @@ class CorrectedCopies(Coercer):
         """The copy's SOP Instance UID (what a STOW-RS response names)."""
         return corrected_uid(uid, self.fingerprint)
 
-    def rewrite(self, src: Path, spare: Path) -> Path | Rewritten:
+    def rewrite(self, src: Path | Loaded, spare: Path) -> Path | Loaded | Rewritten:
         """``spare``: the copy of ``src`` with the view's identity and its new SOP Instance UID."""
-        ds = dcmread(src)
+        ds = dcmread(src.path if isinstance(src, Loaded) else src)
         when = dt.datetime.now().astimezone()
         identity = self.identities.get(str(ds.get("StudyInstanceUID", "")))
         if identity is not None:

@@ -41,7 +41,7 @@ from pynetdicom.dsutils import split_dataset
 from dicomproxy.identity.coerce import apply_changes, declared_of, plan_changes
 from dicomproxy.identity.model import Identity
 from dicomproxy.identity.scan import Scanned, scan
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 
 LOG = logging.getLogger("dicomproxy.identity")
 
@@ -259,9 +259,10 @@ def encode_patch(ds: Dataset, touched: set[int], charset: list[str]) -> Patch:
     return patch
 
 
-def patched(src: Path, header: Header | Scanned, patch: Patch) -> Rewritten:
+def patched(src: Path, header: Header | Scanned, patch: Patch, data: memoryview | None = None) -> Rewritten:
     """``src`` with ``patch`` applied to its header (every other element as it was): the new bytes
-    of the data set up to Pixel Data, the rest to be read from ``src``."""
+    of the data set up to Pixel Data, the rest to be read from ``src`` (or sent from ``data``,
+    ``src`` loaded)."""
     head, bounds = header.head, header.bounds
     first = min((b[0] for b in bounds.values()), default=len(head))  # after preamble and file meta
     parts = []
@@ -272,7 +273,7 @@ def patched(src: Path, header: Header | Scanned, patch: Patch) -> Rewritten:
                 parts.append(new)
         else:
             parts.append(head[slice(*bounds[tag])])
-    return Rewritten(src, first, b"".join(parts), header.tail)
+    return Rewritten(src, first, b"".join(parts), header.tail, data)
 
 
 class Coercer:
@@ -300,14 +301,17 @@ class Coercer:
         #: Instances whose header was rewritten (for the job's log line).
         self.coerced = 0
 
-    def rewrite(self, src: Path, spare: Path) -> Path | Rewritten:
+    def rewrite(self, src: Path | Loaded, spare: Path) -> Path | Loaded | Rewritten:
         """What to send for ``src``: itself (nothing differs, or its study is unknown), its header
-        rewritten (:class:`Rewritten`), or ``spare`` written whole.
+        rewritten (:class:`Rewritten`), or ``spare`` written whole. A :class:`Loaded` file is
+        scanned in memory, and its rewritten tail is sent from there.
 
         The instances of a study carry the same identifying elements: the patch made for the
         first is applied to the next ones whose bytes of those elements are the same; their
         headers are only scanned (:mod:`dicomproxy.identity.scan`), not read by pydicom."""
-        scanned = scan(src)
+        data = src.data if isinstance(src, Loaded) else None
+        path = src.path if isinstance(src, Loaded) else src
+        scanned = scan(path, data)
         if scanned is not None and scanned.study not in self.identities:
             self._warn(scanned.study)
             return src
@@ -320,7 +324,12 @@ class Coercer:
             if patch is not None:
                 with self._lock:
                     self.coerced += 1
-                return patched(src, scanned, patch)
+                return patched(path, scanned, patch, data)
+        sent = self._read_and_patch(path, spare)
+        return src if sent == path else sent  # as it is: loaded, if it was
+
+    def _read_and_patch(self, src: Path, spare: Path) -> Path | Rewritten:
+        """:meth:`rewrite` of a header the scan did not take (or a study's first): pydicom reads it."""
         header = Header.read(src)
         key = header.key() if header.spliceable else None
         patch = self._patches.get(key) if key is not None else None

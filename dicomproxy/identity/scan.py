@@ -61,8 +61,11 @@ class Scanned:
     study: str
 
 
-def scan(path: Path) -> Scanned | None:
-    """The element positions of ``path``'s data set up to Pixel Data, or None (see the module docstring)."""
+def scan(path: Path, data: memoryview | None = None) -> Scanned | None:
+    """The element positions of ``path``'s data set up to Pixel Data, or None (see the module
+    docstring); from ``data`` (the whole file, already read) when given."""
+    if data is not None:
+        return _scan_loaded(data)
     size = FIRST_READ
     with path.open("rb", buffering=0) as fh:
         while True:
@@ -76,6 +79,20 @@ def scan(path: Path) -> Scanned | None:
                 fh.seek(0)
             except (_Unsure, struct.error, UnicodeDecodeError):
                 return None
+
+
+def _scan_loaded(data: memoryview) -> Scanned | None:
+    size = FIRST_READ
+    while True:
+        buf = bytes(data[:size])  # the header's first bytes only: what the file read would give
+        try:
+            return _scan(buf, complete=len(buf) < size)
+        except _Truncated:
+            if size >= MAX_HEADER or len(buf) < size:
+                return None
+            size *= 4
+        except (_Unsure, struct.error, UnicodeDecodeError):
+            return None
 
 
 class _Truncated(Exception):

@@ -39,7 +39,8 @@ from dicomproxy.transport.link import Link, NoAssociation, Timeouts, open_link
 from dicomproxy.transport.net import MAX_CONTEXTS, Remote, storage_classes_for
 from dicomproxy.transport.pynetdicom_link import PynetdicomLink
 from dicomproxy.transport.raw.dimse import message_ids
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.raw.link import RawLink
+from dicomproxy.transport.rewritten import LOAD_MAX, Loaded, Rewritten, load
 
 LOG = logging.getLogger("dicomproxy.forward")
 
@@ -164,6 +165,8 @@ class Forwarder:
         self.coercer: Coercer | None = None
         self._msg_ids = message_ids()
         self._accepted: dict[str, list[str]] = {}
+        #: The buffer a file to send is read into (:func:`load`; raw links only, allocated on first use).
+        self._loading: bytearray | None = None
         self._adopt(link)
 
     def _adopt(self, link: Link) -> None:
@@ -278,18 +281,26 @@ class Forwarder:
         """The C-STORE of ``path`` (``item`` as prepared in syntax ``target``), with the view's
         identity when a :attr:`coercer` is set (its header rewritten in memory, the pixel data
         streamed from ``path`` unread, :mod:`dicomproxy.identity.files`); never raises."""
-        source: Path | Rewritten = path
+        loaded: Path | Loaded = path
+        if isinstance(self.link, RawLink):  # read once: scanned, its meta and its PDVs from memory
+            if self._loading is None:
+                self._loading = bytearray(LOAD_MAX)
+            loaded = load(path, self._loading) or path
+        source: Path | Loaded | Rewritten = loaded
         spare = path.with_name(f"{path.stem}.id.dcm")  # written only when a header cannot be patched
         if self.coercer is not None:
             try:
-                source = self.coercer.rewrite(path, spare)
+                source = self.coercer.rewrite(loaded, spare)
             except Exception as exc:  # an unreadable header: not sent with the PACS's identity
                 spare.unlink(missing_ok=True)
                 return SendResult(
                     Status.UNABLE_TO_PROCESS, target, error=f"cannot give it the view's identity: {exc}"
                 )
         try:
-            size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
+            if isinstance(source, Loaded):
+                size = len(source.data)
+            else:
+                size = source.stat().st_size if isinstance(source, Path) else source.stat_size()
             # the throttle paces the C-STORE as it is written (per batch of PDUs, raw.pdu.SEND_BATCH)
             code = self.link.store(source, next(self._msg_ids), self.originator, self.throttle)
         except Exception as exc:  # association gone, no context, unreadable file

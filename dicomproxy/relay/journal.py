@@ -798,4 +798,6 @@ class Journal(JobQueries, JobRetries, JobIdentities, DeliveryRecords):
             return {int(r[0]) for r in conn.execute(select(jobs.c.id))}
 
     def close(self) -> None:
+        if self._instance_insert is not None:
+            self._instance_insert.close()
         self.engine.dispose()

@@ -129,6 +129,8 @@ class Spool:
             return 0.0
         start = time.monotonic()
         deadline = start + HOLD_MAX
+        if self.recycled is not None:
+            self.recycled.drain()  # kept files give their room back; none kept while this job holds
         with self._settled:
             if self.holds == 0:
                 LOG.warning(
@@ -180,11 +182,11 @@ class Spool:
     @staticmethod
     def confirmed(item: SpooledInstance) -> None:
         """The destination accepted ``item``: its file may go (to be overwritten by a later instance,
-        when the spool recycles)."""
+        when the spool recycles and its job never found the data disk below its headroom)."""
         owner = item.owner
-        if owner is not None and owner.recycled is not None:
+        if owner is not None and owner.recycled is not None and not owner.holds:
             owner.recycled.give(item.path, item.size)
-        else:
+        else:  # (a job that found the data disk low keeps nothing: the room is the spool's)
             item.path.unlink(missing_ok=True)
 
     def close(self) -> None:

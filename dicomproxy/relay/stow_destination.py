@@ -46,7 +46,7 @@ from dicomproxy.relay.outcome import JobState
 from dicomproxy.relay.spool import SpooledInstance
 from dicomproxy.status import Status
 from dicomproxy.transcode import Policy, policy_for, proposed_syntaxes, transcode_file
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 from dicomproxy.transport.stow import Part, StowClient, StowReply
 
 LOG = logging.getLogger("dicomproxy.stow")
@@ -176,7 +176,8 @@ class StowDestination:
             spare = path.with_name(f"{path.stem}.id.dcm")
             out.scratch.append(spare)
             try:
-                source = self.coercer.rewrite(path, spare)
+                sent = self.coercer.rewrite(path, spare)  # given a path: never a Loaded file
+                source = sent.path if isinstance(sent, Loaded) else sent
                 out.uid = self.coercer.sent_uid(item.sop_instance_uid)
             except Exception as exc:  # an unreadable header: not sent with the PACS's identity
                 out.result = SendResult(

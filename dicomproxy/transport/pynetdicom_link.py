@@ -16,7 +16,7 @@ from pynetdicom.presentation import PresentationContext
 from dicomproxy.transport.pynetdicom_compat import bound_send_queue as compat_bound_send_queue
 from dicomproxy.transport.pynetdicom_compat import peer_max_length, stream_datasets_to_files
 from dicomproxy.transport.raw import sender
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler
 
 #: Largest P-DATA PDU we send. A peer announcing 0 (unlimited, PS3.8 D.1) would otherwise get a
@@ -137,11 +137,13 @@ class PynetdicomLink:
 
     def store(
         self,
-        path: Path | Rewritten,
+        path: Path | Rewritten | Loaded,
         msg_id: int,
         originator: tuple[str, int] | None = None,
         pace: Pace | None = None,
     ) -> int | None:
+        if isinstance(path, Loaded):  # sent from its file, as pynetdicom sends files
+            path = path.path
         if self.fast_send and sender.usable(self.assoc):
             return _status(sender.send_file(self.assoc, path, msg_id, originator, pace))
         kwargs: dict[str, Any] = {"msg_id": msg_id}

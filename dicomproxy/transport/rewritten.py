@@ -6,6 +6,10 @@ Data element and what follows) stay on disk; ``head`` holds the new encoding of 
 between. The raw C-STORE senders stream ``head`` and then the file's tail (:func:`open_data`), so a
 large instance is neither copied nor read into memory; pynetdicom's own sender gets a written file
 (:meth:`Rewritten.write`).
+
+:class:`Loaded` is a file read whole into the caller's buffer, once (issue 29): the coercion scan,
+the file meta and the raw sender's PDVs all take their bytes from there. A CT slice used to be
+opened three times on the way out (the scan's 64 kB, the file meta's 4 kB, then the data set).
 """
 
 from __future__ import annotations
@@ -15,25 +19,66 @@ import io
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _CHUNK = 8 * 1024 * 1024
+
+#: Largest file :func:`load` reads into memory (a CT or MR slice; anything larger is streamed).
+LOAD_MAX = 1024 * 1024
+
+
+@dataclass(frozen=True, eq=False)
+class Loaded:
+    """The whole of the file at ``path``, read into memory: ``data`` is a view of the reader's
+    buffer, valid until that reads its next file (one send)."""
+
+    path: Path
+    data: memoryview
+
+
+def load(path: Path, buf: bytearray) -> Loaded | None:
+    """``path`` read whole into ``buf`` (open, fstat, one read, close), or None when it is larger
+    than ``buf`` or cannot be read — the caller then goes the streaming way, which reports
+    an unreadable file as before."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size > len(buf) or size == 0:
+            return None
+        view = memoryview(buf)[:size]
+        got = 0
+        while got < size:
+            n = os.readv(fd, [view[got:]])
+            if n == 0:  # shorter than its size: changed under us; stream it instead
+                return None
+            got += n
+        return Loaded(path, view)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
 class Rewritten:
     """``path`` with its bytes ``[start, tail)`` (the data set up to its unchanged part) replaced
-    by ``head``."""
+    by ``head``; ``data``: the file's bytes when it was :func:`load`-ed (the tail is sent from
+    there, not read again)."""
 
     path: Path
     start: int  # where the data set begins (after the file meta information, PS3.10 7.1)
     head: bytes
     tail: int
+    data: memoryview | None = field(default=None, compare=False, repr=False)
 
     def stat_size(self) -> int:
         """The size of the file as it is sent (meta, new head, tail)."""
-        return self.start + len(self.head) + os.stat(self.path).st_size - self.tail
+        size = len(self.data) if self.data is not None else os.stat(self.path).st_size
+        return self.start + len(self.head) + size - self.tail
 
     def write(self, dst: Path) -> Path:
         """The whole file written to ``dst`` (the tail copied in the kernel, ``os.copy_file_range``)."""

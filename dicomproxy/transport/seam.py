@@ -15,7 +15,7 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 from pynetdicom.presentation import PresentationContext
 
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,14 @@ class Link(Protocol):
 
     def store(
         self,
-        path: Path | Rewritten,
+        path: Path | Rewritten | Loaded,
         msg_id: int,
         originator: tuple[str, int] | None = None,
         pace: Pace | None = None,
     ) -> int | None:
         """C-STORE the DICOM file at ``path`` as it is encoded (PS3.4 B.2), or a file with its header
-        rewritten (:class:`~dicomproxy.transport.rewritten.Rewritten`): the response status, None if
+        rewritten (:class:`~dicomproxy.transport.rewritten.Rewritten`), or a file read into memory
+        (:class:`~dicomproxy.transport.rewritten.Loaded`): the response status, None if
         no response came. Raises ValueError when no accepted context fits the file. ``pace`` is
         told the bytes written as they go (:data:`Pace`)."""
         ...

@@ -259,11 +259,12 @@ class MessageStream:
         self,
         context_id: int,
         command: dict[str, Any],
-        data: io.RawIOBase | io.BufferedIOBase | bytes | None = None,
+        data: io.RawIOBase | io.BufferedIOBase | bytes | list[bytes | memoryview] | None = None,
         length: int = 0,
         pace: Callable[[int], object] | None = None,
     ) -> None:
-        """One message: ``data`` is encoded data set bytes, or a file positioned at them (``length``);
+        """One message: ``data`` is encoded data set bytes (or a list of buffers, one after the
+        other: a loaded file's), or a file positioned at them (``length``);
         ``pace`` is told each batch's bytes once written (a rate cap waits in it).
 
         Whole messages only, also when two threads write (a C-CANCEL while the reading thread answers
@@ -277,8 +278,11 @@ class MessageStream:
                     for pdus in message_pdus(context_id, raw, None, 0, self.max_pdv):
                         self.sock.sendall(pdus)
                 return
-            if isinstance(data, bytes):
-                length, data = len(data), io.BytesIO(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                data = [data]  # framed from memory (memory_iov), no copy into the read buffer
+            if isinstance(data, list):
+                send_message(self.sock, context_id, raw, data, 0, self.max_pdv, self._out, pace)
+                return
             if not self._out:
                 self._out = bytearray(READ_CHUNK)
             send_message(self.sock, context_id, raw, data, length, self.max_pdv, self._out, pace)

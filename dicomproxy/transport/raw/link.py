@@ -17,7 +17,7 @@ from dicomproxy.transport.raw.dimse import Message
 from dicomproxy.transport.raw.requestor import AssociationFailed, RawAssociation
 from dicomproxy.transport.raw.wire import identifier_uids
 from dicomproxy.transport.recycle import RecycledFiles
-from dicomproxy.transport.rewritten import Rewritten
+from dicomproxy.transport.rewritten import Loaded, Rewritten
 from dicomproxy.transport.seam import IncomingStore, Pace, StoreHandler, Timeouts
 
 
@@ -122,7 +122,7 @@ class RawLink:
 
     def store(
         self,
-        path: Path | Rewritten,
+        path: Path | Rewritten | Loaded,
         msg_id: int,
         originator: tuple[str, int] | None = None,
         pace: Pace | None = None,

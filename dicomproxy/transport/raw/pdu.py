@@ -11,7 +11,7 @@ import io
 import select
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 A_ASSOCIATE_RQ = 0x01
@@ -52,8 +52,26 @@ class PeerClosed(ConnectionError):
     """The peer closed the connection (or aborted) while we expected more."""
 
 
+def kernel_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Give ``sock`` its timeout in the kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; None or 0 = none)
+    and make it blocking for Python. A Python timeout costs a ``poll`` before every ``recv`` and
+    ``send`` — and a second release of the GIL around it: ~7 system calls per relayed instance on
+    the data path's three associations (issue 29). A receive that times out returns EAGAIN:
+    :class:`PduReader` raises TimeoutError for it, as a Python timeout would; a send raises
+    BlockingIOError (an OSError, as Python's TimeoutError is)."""
+    sock.settimeout(None)
+    left = max(0.0, seconds or 0.0)
+    whole, micro = divmod(round(left * 1_000_000), 1_000_000)
+    if (whole, micro) == (0, 0) and left > 0:
+        micro = 1  # a positive timeout never becomes 0 (= none)
+    value = struct.pack("ll", whole, micro)  # struct timeval
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
 class PduReader:
-    """Reads PDUs from a blocking socket through one buffered file object."""
+    """Reads PDUs from a blocking socket through one buffered file object (a socket with a Python
+    timeout, or a kernel one: :func:`kernel_timeout`)."""
 
     def __init__(self, sock: socket.socket, buffer_size: int = 256 * 1024) -> None:
         self._sock = sock
@@ -77,7 +95,9 @@ class PduReader:
 
     def read_exact(self, n: int) -> bytes:
         data = self._file.read(n)
-        if data is None or len(data) != n:
+        if data is None:  # a kernel timeout (EAGAIN) before any byte
+            raise TimeoutError("timed out")
+        if len(data) != n:  # the end — or a kernel timeout after some bytes: either ends it
             raise PeerClosed("connection closed by the peer")
         return data
 
@@ -85,6 +105,8 @@ class PduReader:
         got = 0
         while got < len(view):
             n = self._file.readinto(view[got:])
+            if n is None:  # a kernel timeout (EAGAIN)
+                raise TimeoutError("timed out")
             if not n:
                 raise PeerClosed("connection closed by the peer")
             got += n
@@ -189,6 +211,50 @@ def message_iov(
             iov = []
 
 
+def memory_iov(
+    context_id: int, command: bytes, parts: Sequence[bytes | memoryview], max_pdv: int
+) -> Iterator[list[bytes | memoryview]]:
+    """:func:`message_iov` for a data set already in memory: ``parts``, one after the other (a
+    loaded file's data set, or a rewritten header and the loaded file's tail). The PDVs' values are
+    views of ``parts`` — nothing is copied in Python; the kernel gathers them. A list carries at
+    most about :data:`READ_CHUNK` data set bytes (as a read of :func:`message_iov` does: what a rate
+    cap is told per step)."""
+    iov: list[bytes | memoryview] = []
+    for start in range(0, len(command), max_pdv):
+        last = start + max_pdv >= len(command)
+        iov.append(
+            pdata(
+                context_id, CONTROL_COMMAND | (CONTROL_LAST if last else 0), command[start : start + max_pdv]
+            )
+        )
+    views = [memoryview(p) for p in parts if len(p)]
+    length = sum(len(v) for v in views)
+    if length <= 0:
+        raise ValueError("empty data set")
+    pack = PDATA_ONE_PDV.pack
+    done = batch = 0  # data set bytes framed so far; in the current list
+    k = pos = 0  # the part being framed, and where in it
+    while done < length:
+        size = min(max_pdv, length - done)
+        done += size
+        iov.append(pack(P_DATA_TF, size + 6, size + 2, context_id, CONTROL_LAST if done == length else 0))
+        left = size
+        while left:  # a PDV's value may span two parts: its header states the whole length
+            view = views[k]
+            step = min(left, len(view) - pos)
+            iov.append(view[pos : pos + step])
+            pos += step
+            left -= step
+            if pos == len(view):
+                k, pos = k + 1, 0
+        batch += size
+        if batch >= READ_CHUNK or len(iov) >= MAX_IOV:
+            yield iov
+            iov, batch = [], 0
+    if iov:
+        yield iov
+
+
 def message_pdus(
     context_id: int, command: bytes, data: io.RawIOBase | io.BufferedIOBase | None, length: int, max_pdv: int
 ) -> Iterator[bytes]:
@@ -203,17 +269,22 @@ def send_message(
     sock: socket.socket,
     context_id: int,
     command: bytes,
-    data: io.RawIOBase | io.BufferedIOBase | None,
+    data: io.RawIOBase | io.BufferedIOBase | list[bytes | memoryview] | None,
     length: int,
     max_pdv: int,
     buf: bytearray,
     pace: Callable[[int], object] | None = None,
 ) -> None:
-    """Write one message (:func:`message_iov`) to ``sock`` without joining headers and data set
-    bytes: ``sendmsg`` gathers them in the kernel. ``buf`` is the caller's reusable read buffer
-    (``len(buf)`` data set bytes per list: at most :data:`READ_CHUNK` for a rate cap's steps);
-    ``pace`` is told each list's bytes once written (a rate cap waits in it)."""
-    for iov in message_iov(context_id, command, data, length, max_pdv, buf):
+    """Write one message (:func:`message_iov`, or :func:`memory_iov` for a data set given as a
+    list of buffers) to ``sock`` without joining headers and data set bytes: ``sendmsg`` gathers
+    them in the kernel. ``buf`` is the caller's reusable read buffer (``len(buf)`` data set bytes
+    per list: at most :data:`READ_CHUNK` for a rate cap's steps); ``pace`` is told each list's
+    bytes once written (a rate cap waits in it)."""
+    if isinstance(data, list):
+        iovs = memory_iov(context_id, command, data, max_pdv)
+    else:
+        iovs = message_iov(context_id, command, data, length, max_pdv, buf)
+    for iov in iovs:
         size = sum(len(b) for b in iov) if pace is not None else 0
         send_iov(sock, iov)
         if pace is not None:
@@ -255,6 +326,8 @@ __all__ = [
     "PduReader",
     "PeerClosed",
     "ProtocolError",
+    "kernel_timeout",
+    "memory_iov",
     "message_iov",
     "message_pdus",
     "send_iov",

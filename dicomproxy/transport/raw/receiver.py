@@ -43,6 +43,7 @@ from dicomproxy.transport.raw.dimse import (
 from dicomproxy.transport.raw.pdu import (
     PduReader,
     ProtocolError,
+    kernel_timeout,
     release_rp,
 )
 from dicomproxy.transport.raw.sender import DEFAULT_MAX_PDV
@@ -125,7 +126,7 @@ class _Session:
         contexts = self._negotiate()
         if contexts is None:
             return
-        self.sock.settimeout(self.o.dimse_timeout or None)
+        kernel_timeout(self.sock, self.o.dimse_timeout)  # no poll() before each recv (issue 29)
         LOG.info("store association accepted: %s from %s:%s", self.calling, *self.address)
         self.stream = stream = MessageStream(
             self.sock,

@@ -57,12 +57,13 @@ from dicomproxy.transport.raw.pdu import (
     PeerClosed,
     ProtocolError,
     abort,
+    kernel_timeout,
     release_rq,
 )
 from dicomproxy.transport.raw.sender import max_pdv, store_command
-from dicomproxy.transport.raw.wire import Command, FileMeta, read_file_meta
+from dicomproxy.transport.raw.wire import Command, FileMeta, parse_file_meta, read_file_meta
 from dicomproxy.transport.recycle import RecycledFiles
-from dicomproxy.transport.rewritten import Rewritten, open_data
+from dicomproxy.transport.rewritten import Loaded, Rewritten, open_data
 
 LOG = logging.getLogger("dicomproxy.fastpath")
 
@@ -107,7 +108,7 @@ class RawAssociation:
         self._closed = threading.Lock()
         #: (context ID, Message ID) of the C-GET/C-MOVE awaiting its final response (for cancel()).
         self._outstanding: tuple[int, int] | None = None
-        sock.settimeout(dimse_timeout or None)
+        kernel_timeout(sock, dimse_timeout)  # no poll() before each recv and send (issue 29)
 
     # -- establishment ---------------------------------------------------------------------
     @classmethod
@@ -170,21 +171,31 @@ class RawAssociation:
 
     def store_file(
         self,
-        path: Path | Rewritten,
+        path: Path | Rewritten | Loaded,
         msg_id: int,
         originator: tuple[str, int] | None = None,
         pace: Callable[[int], object] | None = None,
     ) -> int | None:
         """C-STORE the DICOM file at ``path`` as it is encoded (or as rewritten: its new head, then
-        its tail from disk); the response's (0000,0900) Status, or None if the association failed
-        (it is aborted then). ValueError: no matching context. ``pace``: told each batch's bytes as
-        written (a rate cap waits in it)."""
-        meta = file_meta(path if isinstance(path, Path) else path.path)
+        its tail from disk — or from memory, as a :class:`Loaded` file is sent); the response's
+        (0000,0900) Status, or None if the association failed (it is aborted then). ValueError: no
+        matching context. ``pace``: told each batch's bytes as written (a rate cap waits in it)."""
+        loaded = path.data if isinstance(path, (Loaded, Rewritten)) else None
+        meta = file_meta(path if isinstance(path, Path) else path.path, loaded)
         context_id = self.context_id(meta.sop_class_uid, meta.transfer_syntax)
         cmd = store_command(msg_id, meta.sop_class_uid, meta.sop_instance_uid, originator)
+        parts: list[bytes | memoryview] | None = None
+        if isinstance(path, Rewritten) and loaded is not None:
+            parts = [path.head, loaded[path.tail :]]
+        elif isinstance(path, Loaded):
+            parts = [path.data[meta.offset :]]
         try:
-            with open_data(path, meta.offset) as (data, length):
-                self.stream.send(context_id, cmd, data, length, pace)
+            if parts is not None:  # nothing read again: the PDVs are views of the loaded bytes
+                self.stream.send(context_id, cmd, parts, 0, pace)
+            else:
+                assert not isinstance(path, Loaded)  # (for mypy: parts were made of it)
+                with open_data(path, meta.offset) as (data, length):
+                    self.stream.send(context_id, cmd, data, length, pace)
             rsp = self.stream.read()
         except (OSError, ValueError, PeerClosed, ProtocolError, Released) as exc:
             LOG.warning("onward association lost: %s", exc or type(exc).__name__)
@@ -328,10 +339,11 @@ class RawAssociation:
                 self.sock.close()
 
 
-def file_meta(path: Path) -> FileMeta:
-    """The file meta of ``path`` (:func:`read_file_meta`; pydicom's reader when that declines)."""
+def file_meta(path: Path, data: memoryview | None = None) -> FileMeta:
+    """The file meta of ``path`` (:func:`read_file_meta`, from ``data`` when the file is loaded;
+    pydicom's reader when that declines)."""
     try:
-        return read_file_meta(path)
+        return read_file_meta(path) if data is None else parse_file_meta(data)
     except ValueError:
         meta, offset = split_dataset(path)
         return FileMeta(

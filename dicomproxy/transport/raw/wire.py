@@ -152,7 +152,13 @@ def read_file_meta(path: str | os.PathLike[str]) -> FileMeta:
     pydicom Dataset. ValueError for anything else (no preamble, a UID missing, a meta group longer
     than :data:`_META_READ`): the caller then asks pydicom (``pynetdicom.dsutils.split_dataset``)."""
     with open(path, "rb", buffering=0) as fh:
-        head = fh.read(_META_READ)
+        return parse_file_meta(fh.read(_META_READ))
+
+
+def parse_file_meta(data: bytes | memoryview) -> FileMeta:
+    """:func:`read_file_meta` of a file's bytes already in memory (its first :data:`_META_READ`
+    are looked at; fewer = the whole file)."""
+    head = bytes(data[:_META_READ])
     whole = len(head) < _META_READ  # the file ends inside what was read
     if len(head) < 132 or head[128:132] != b"DICM":
         raise ValueError("no DICOM preamble")
