@@ -484,6 +484,33 @@ OPERATORS = re.compile(
 #: (a fragment of the original line, a fragment of the mutated line, why), matched on the lines
 #: with all whitespace removed so that they survive line moves. docs/mutation.md explains each.
 EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "queryproc-child": [
+        (
+            "except(ChannelClosed,OSError):",
+            "CosmicRayTestingException",
+            "a log record sent after the parent is gone: ChannelClosed is caught (the killed-parent test"
+            " finds no 'Logging error'); a bare OSError other than those Channel.send turns into"
+            " ChannelClosed (EBADF after close) is not produced by any reachable path",
+        ),
+        ("exceptException:", "CosmicRayTestingException", "logging must never raise: unreachable (pragma)"),
+        ("continue", "break", "a 'serve' message without a descriptor: the parent never sends one"),
+        ("eliffdisnotNone:", "eliffdisNone:", "a descriptor with another message: never sent"),
+        ("self._drain(0.0)", "self._drain(", "the parent is gone: how long to wait before the abort"),
+        (
+            "returnFalse",
+            "returnTrue",
+            "the exit status of a child whose parent is gone: init reaps it, nobody reads it",
+        ),
+        ("time.monotonic()<deadline", "time.monotonic()<=deadline", "the same instant"),
+        ("time.sleep(0.05)", "time.sleep(", "the drain's polling interval"),
+        (
+            "forthreadinthreads:",
+            "forthreadin[]:",
+            "after abort_all the association threads end by themselves; the join only orders their last"
+            " lines before the events' flush",
+        ),
+        ("thread.join(2.0)", "thread.join(", "as above: how long to wait for an aborted thread"),
+    ],
     "queryproc": [
         (
             "ifnotself.readyorself._stopping:",

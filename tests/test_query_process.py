@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -151,6 +152,25 @@ def test_the_drain_aborts_what_the_child_still_serves(
     assert child.returncode == 1
     messages = [r.getMessage() for r in caplog.records]
     assert "query process: drain timeout: aborted 1 association(s)" in messages, messages
+
+
+def test_an_association_that_ends_within_the_drain_is_not_aborted(proxy: Server) -> None:
+    """The child waits ``drain_timeout`` for its associations (as serve does for its own): one
+    released during the drain ends normally, and the stop is clean."""
+    assert proxy.queries is not None
+    child = proxy.queries.proc
+    client = FindClient(proxy.port).__enter__()
+    wait_until(lambda: proxy.active_associations() == 1, 5, "the child's association")
+    stopped: list[bool] = []
+    stopper = threading.Thread(target=lambda: stopped.append(proxy.stop(drain_timeout=20.0)))
+    stopper.start()
+    wait_until(lambda: proxy.ctx.stopping.is_set(), 5, "the stop")
+    time.sleep(0.5)  # the drain has begun; the association is still open
+    assert client.assoc.is_established
+    client.close()  # A-RELEASE during the drain
+    stopper.join(30)
+    assert stopped == [True] and child.returncode == 0
+    assert client.assoc.is_released and not client.assoc.is_aborted
 
 
 def test_a_clean_stop_ends_the_child(proxy: Server) -> None:
@@ -344,6 +364,8 @@ def test_a_killed_parent_leaves_no_child(served: tuple[Process, int]) -> None:
         return state == "Z"  # exited; reaped by init
 
     wait_until(gone, 10, "the orphaned child's exit")
+    log = serve.log_path.read_text(errors="replace")  # the child's stderr is serve's
+    assert "Traceback" not in log and "Logging error" not in log, log
 
 
 def test_a_query_answer_waits_for_no_child_start(

@@ -132,7 +132,7 @@ def query_process_cmd(fd: int) -> None:
     _ignore_group_signals()
     channel = Channel(socket.socket(fileno=fd))
     try:
-        message, _ = channel.recv()  # ("config", Config, verbose)
+        message, _ = channel.recv()  # ("start", Config, verbose)
     except ChannelClosed:
         sys.exit(1)
     sys.exit(run_query_child(channel, message[1], bool(message[2])))
@@ -168,9 +168,7 @@ def run_query_child(channel: Channel, config: Config, verbose: bool) -> int:
             raise RuntimeError("the raw query acceptor does not apply to this config")
         return made
 
-    worker = QueryWorker(
-        channel, ctx, acceptor, on_config=lambda new, _v: apply_log_level(new.logging, verbose)
-    )
+    worker = QueryWorker(channel, ctx, acceptor, on_config=lambda new: apply_log_level(new.logging, verbose))
     try:
         clean = worker.run()
     finally:

@@ -69,7 +69,7 @@ class QueryWorker:
         channel: Channel,
         ctx: AppContext,
         acceptor: Callable[[Callable[[], int]], QueryAcceptor],
-        on_config: Callable[[Config, bool | None], None] = lambda config, verbose: None,
+        on_config: Callable[[Config], object] = lambda config: None,
     ) -> None:
         """``acceptor(active)``: the raw query acceptor over ``ctx``, counting ``active()``
         associations against ``maximum_associations``; ``on_config``: also run for each reloaded
@@ -97,7 +97,7 @@ class QueryWorker:
                     self._serve(socket.socket(fileno=fd), tuple(message[1]))
                 elif kind == "config":
                     self.ctx.settings.replace(message[1])
-                    self.on_config(message[1], message[2])
+                    self.on_config(message[1])
                 elif kind == "stop":
                     return self._drain(float(message[1]))
                 elif fd is not None:  # pragma: no cover

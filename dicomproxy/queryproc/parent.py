@@ -125,7 +125,7 @@ class QueryProcess:
             theirs.close()
         process = cls(proc, channel)
         with contextlib.suppress(ChannelClosed):  # died at once: the reader logs it
-            channel.send("config", config, verbose)
+            channel.send("start", config, verbose)
         LOG.info("query process started (pid %d)", proc.pid)
         return process
 
@@ -190,7 +190,7 @@ class QueryProcess:
     def reconfigure(self, config: Config) -> None:
         """A reloaded Config (``Settings.subscribe``): the child's next association uses it."""
         with contextlib.suppress(ChannelClosed, OSError):
-            self.channel.send("config", config, None)
+            self.channel.send("config", config)
 
     def stop(self, timeout: float) -> bool:
         """Let the child's associations finish within ``timeout`` (then it aborts them), wait for it
