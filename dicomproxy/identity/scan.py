@@ -19,6 +19,7 @@ the tests compare :func:`scan` with pydicom's element positions on generated hea
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,26 +66,23 @@ def scan(path: Path, data: memoryview | None = None) -> Scanned | None:
     """The element positions of ``path``'s data set up to Pixel Data, or None (see the module
     docstring); from ``data`` (the whole file, already read) when given."""
     if data is not None:
-        return _scan_loaded(data)
-    size = FIRST_READ
+        return _scan_growing(lambda size: bytes(data[:size]))  # the first bytes, as a read gives them
     with path.open("rb", buffering=0) as fh:
-        while True:
-            buf = fh.read(size)
-            try:
-                return _scan(buf, complete=len(buf) < size)
-            except _Truncated:
-                if size >= MAX_HEADER or len(buf) < size:
-                    return None
-                size *= 4
+
+        def read(size: int) -> bytes:
+            if size > FIRST_READ:  # a longer header: read again from the start
                 fh.seek(0)
-            except (_Unsure, struct.error, UnicodeDecodeError):
-                return None
+            return fh.read(size)
+
+        return _scan_growing(read)
 
 
-def _scan_loaded(data: memoryview) -> Scanned | None:
+def _scan_growing(read: Callable[[int], bytes]) -> Scanned | None:
+    """:func:`_scan` of the first ``FIRST_READ`` bytes, four times more while the header goes on
+    (at most ``MAX_HEADER``)."""
     size = FIRST_READ
     while True:
-        buf = bytes(data[:size])  # the header's first bytes only: what the file read would give
+        buf = read(size)
         try:
             return _scan(buf, complete=len(buf) < size)
         except _Truncated:

@@ -166,14 +166,7 @@ def message_iov(
     header states the whole length, the bytes follow from consecutive views. A list holds about
     :data:`MAX_IOV` buffers (:func:`send_iov` cuts it to that per call).
     """
-    iov: list[bytes | memoryview] = []
-    for start in range(0, len(command), max_pdv):
-        last = start + max_pdv >= len(command)
-        iov.append(
-            pdata(
-                context_id, CONTROL_COMMAND | (CONTROL_LAST if last else 0), command[start : start + max_pdv]
-            )
-        )
+    iov: list[bytes | memoryview] = command_pdus(context_id, command, max_pdv)
     if data is None:
         yield iov
         return
@@ -211,6 +204,19 @@ def message_iov(
             iov = []
 
 
+def command_pdus(context_id: int, command: bytes, max_pdv: int) -> list[bytes | memoryview]:
+    """The command set in P-DATA-TF PDUs of one PDV each, none longer than ``max_pdv``, the last
+    one flagged (PS3.8 E.2)."""
+    return [
+        pdata(
+            context_id,
+            CONTROL_COMMAND | (CONTROL_LAST if start + max_pdv >= len(command) else 0),
+            command[start : start + max_pdv],
+        )
+        for start in range(0, len(command), max_pdv)
+    ]
+
+
 def memory_iov(
     context_id: int, command: bytes, parts: Sequence[bytes | memoryview], max_pdv: int
 ) -> Iterator[list[bytes | memoryview]]:
@@ -219,14 +225,7 @@ def memory_iov(
     views of ``parts`` — nothing is copied in Python; the kernel gathers them. A list carries at
     most about :data:`READ_CHUNK` data set bytes (as a read of :func:`message_iov` does: what a rate
     cap is told per step)."""
-    iov: list[bytes | memoryview] = []
-    for start in range(0, len(command), max_pdv):
-        last = start + max_pdv >= len(command)
-        iov.append(
-            pdata(
-                context_id, CONTROL_COMMAND | (CONTROL_LAST if last else 0), command[start : start + max_pdv]
-            )
-        )
+    iov: list[bytes | memoryview] = command_pdus(context_id, command, max_pdv)
     views = [memoryview(p) for p in parts if len(p)]
     length = sum(len(v) for v in views)
     if length <= 0:
