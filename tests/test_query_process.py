@@ -35,7 +35,7 @@ from dicomproxy.audit.trail import AuditTrail
 from dicomproxy.cli.serve import CHILD_NAME
 from dicomproxy.config import Config
 from dicomproxy.queryproc.channel import MAX_MESSAGE, Channel, ChannelClosed
-from dicomproxy.queryproc.parent import QueryProcess
+from dicomproxy.queryproc.parent import QueryProcess, _Forked
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
 from dicomproxy.view.repository import ExamView
@@ -204,6 +204,21 @@ def test_a_child_whose_channel_breaks_is_killed_and_replaced_by_the_parent(
     for s in (a, b, theirs):
         s.close()
     process.stop(0.1)
+
+
+def test_a_forked_child_is_waited_for_killed_and_reaped_as_popen_does() -> None:
+    """``_Forked``: what QueryProcess uses of a child ``serve`` forked (its stop waits with a timeout,
+    then kills and waits without one)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child becomes `sleep` at once
+        os.execvp("sleep", ["sleep", "30"])
+    child = _Forked(pid)
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.2)
+    child.kill()
+    assert child.wait() == -signal.SIGKILL == child.returncode == child.poll()
+    child.kill()  # gone: nothing to do, no error
 
 
 # --- the side table: the child reads and syncs the parent's, never builds it --------------------

@@ -90,6 +90,8 @@ class _Forked:
         return int(self.returncode or 0)
 
     def kill(self) -> None:
+        if self.poll() is not None:  # reaped: its pid may be another process's by now
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
