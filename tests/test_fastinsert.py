@@ -86,3 +86,18 @@ def test_its_connections_are_kept_and_a_lost_one_is_replaced(journal: Journal) -
     assert insert._idle == []
     uids = [r["sop_instance_uid"] for r in journal.get(job, all_instances=True).instances]  # type: ignore[union-attr]
     assert sorted(uids) == ["1.2.3.1", "1.2.3.2", "1.2.3.4"]  # committed, each in its own call
+
+
+def test_an_in_memory_sqlite_journal_gets_its_rows() -> None:
+    """``sqlite://`` is one database per connection: the insert must use the engine's own (a
+    connection of its own would write into another, empty database: "no such table")."""
+    journal = Journal("sqlite://")
+    job = journal.start(next(iter(JobKind)), "CLOUD", "127.0.0.1", "DEST", "pacs")
+    journal.add_instances(job, [InstanceRecord("1.2.3.1", "sent")])
+    journal.add_instances(job, [InstanceRecord("1.2.3.2", "sent"), InstanceRecord("1.2.3.3", "failed")])
+    with journal.engine.connect() as conn:
+        uids = [
+            r[0] for r in conn.execute(select(job_instances.c.sop_instance_uid).order_by(job_instances.c.id))
+        ]
+    assert uids == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    journal.close()

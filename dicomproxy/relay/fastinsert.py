@@ -51,6 +51,11 @@ class FastInsert:
         #: one per thread inserting at once, at most :data:`KEEP_IDLE` kept.
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        #: An in-memory SQLite database lives in its connection (``sqlite://``: SQLAlchemy keeps
+        #: one per thread): a connection of our own would be another, empty database. There the
+        #: pool's connection is borrowed for each call, as before.
+        database = getattr(getattr(engine, "url", None), "database", None)  # (a mock engine has no URL)
+        self._own = not (engine.dialect.name == "sqlite" and database in (None, "", ":memory:"))
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (each with every column) and commit."""
@@ -95,6 +100,8 @@ class FastInsert:
     def _take(self) -> Any:
         """An idle connection of ours, or a new one: made by the engine's pool (its ``connect``
         events run: SQLite's WAL pragmas) and detached from it."""
+        if not self._own:
+            return self.engine.raw_connection()  # the pool's: back to it in _give
         with self._lock:
             if self._idle:
                 return self._idle.pop()
@@ -103,6 +110,11 @@ class FastInsert:
         return fairy.dbapi_connection
 
     def _give(self, conn: Any, keep: bool) -> None:
+        if not self._own:
+            if not keep:  # a lost or broken connection: not back into the pool
+                conn.invalidate()
+            conn.close()
+            return
         with self._lock:
             if keep and len(self._idle) < KEEP_IDLE:
                 self._idle.append(conn)
