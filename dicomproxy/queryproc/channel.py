@@ -55,7 +55,7 @@ class Channel:
         """The next message and the descriptor it carried (None if none)."""
         try:
             data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
-        except (ConnectionResetError, OSError) as exc:
+        except OSError as exc:  # reset, or our end closed under the reader
             raise ChannelClosed(str(exc)) from exc
         if not data:
             for fd in fds:  # pragma: no cover - a descriptor without a message is never sent

@@ -6,7 +6,7 @@ Server, which has threads already) starts ``python -m dicomproxy query-process -
 the Config. Until the child says it
 is ready (its exam view and C-FIND service built) and after it is gone, :meth:`QueryProcess.serve`
 answers False and the caller serves the association itself (the in-process raw query acceptor):
-no query is refused because the child is starting, restarting or dead. The child is not
+no query is refused because the child is starting or dead. The child is not
 restarted: ``serve`` may run at a lower priority by then (``[proxy] data_path_nice``) and a new
 child would inherit it; the ERROR line says so, and a restart of the service brings it back.
 
@@ -134,8 +134,9 @@ class QueryProcess:
     @classmethod
     def fork(cls, child: Callable[[Channel], int]) -> QueryProcess:
         """Fork the child, which runs ``child(channel)`` and exits with what it returns. For
-        ``serve`` at start-up, while it has one thread (a fork copies only the calling thread: a
-        lock another thread held would stay locked in the child). Cheaper than :meth:`spawn`: the
+        ``serve`` at start-up, before it starts threads of its own (a fork copies only the calling
+        thread: a lock another thread held would stay locked in the child; the BLAS pool numpy may
+        start at import prepares itself for a fork). Cheaper than :meth:`spawn`: the
         imported modules are shared copy-on-write — ``gc.freeze()`` first, so that no collection
         writes to their pages (docs.python.org/3/library/gc.html#gc.freeze) — measured: the child's
         private memory 18 MB instead of 138 MB, and no second start-up of the interpreter."""
