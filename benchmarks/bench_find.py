@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 
 from dicomproxy.cli.serve import CHILD_NAME
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, guard_requestor
 from dicomproxy.transport.raw.requestor import RawAssociation
 from dicomproxy.view.model import exam_view_table
 from testkit import free_port, wait_for_echo
@@ -460,6 +460,7 @@ def bench(
         kwargs: dict[str, Any] = {"ae_title": "DICOMPROXY", "evt_handlers": NODELAY_HANDLERS}
         assoc = ae.associate("127.0.0.1", port, **kwargs)
         assert assoc.is_established
+        guard_requestor(assoc)  # pynetdicom#875: the reactor must not take C-FIND responses
 
         def finder(q: Dataset) -> Iterator[tuple[int, Dataset | None]]:
             for status, ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):

@@ -42,7 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy.transport.net import NODELAY_HANDLERS, Remote
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, guard_requestor
 from testkit import Process, free_port, wait_for_echo
 from testkit.dcmtk import StoreSCP
 from testkit.demo import write_config
@@ -115,6 +115,7 @@ def find_worker(port: int, stop: float, stats: Stats, patients: list[str]) -> No
                 stats.error("find: association failed")
                 time.sleep(0.5)
                 continue
+            guard_requestor(assoc)  # pynetdicom#875
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.PatientID = random.choice(patients)
@@ -149,6 +150,7 @@ def move_worker(port: int, stop: float, stats: Stats, studies: list[str]) -> Non
             stats.error("move: association failed")
             time.sleep(0.5)
             continue
+        guard_requestor(assoc)  # pynetdicom#875
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = random.choice(studies)

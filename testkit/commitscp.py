@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from dicomproxy.transport.net import Remote
+from dicomproxy.transport.net import Remote, guard_requestor
 from testkit.fakepacs import FakeDestination
 
 INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -104,6 +104,7 @@ class CommitmentDestination(FakeDestination):
             if not out.is_established:
                 ae.shutdown()
                 return
+            guard_requestor(out)  # pynetdicom#875: the reactor must not take the N-EVENT-REPORT-RSP
             status, _ = out.send_n_event_report(ds, event_type, StorageCommitmentPushModel, INSTANCE)
             out.release()
             ae.shutdown()

@@ -7,7 +7,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.access import REJECT_CALLED_AE, REJECT_CALLING_AE, decide
-from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo, guard_requestor
 from testkit import wait_until
 from testkit.dcmtk import run_tool
 
@@ -134,6 +134,7 @@ def test_per_peer_services(make_config, run_proxy) -> None:
     ae = AE(ae_title="FINDONLY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0124
     assoc.release()
@@ -233,6 +234,7 @@ def test_find_not_permitted(make_config, run_proxy, sqlite_view) -> None:
         ae = AE(ae_title=calling)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+        guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
         assert assoc.is_established
         results[calling] = [
             s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
@@ -261,6 +263,7 @@ def test_move_and_get_not_permitted(make_config, run_proxy, sqlite_view) -> None
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established
     move = [
         s.Status for s, _ in assoc.send_c_move(query, "FINDONLY", StudyRootQueryRetrieveInformationModelMove)

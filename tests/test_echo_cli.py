@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomproxy.transport.net import Remote, c_echo
+from dicomproxy.transport.net import Remote, c_echo, guard_requestor
 from testkit import free_port, wait_for_echo
 
 PY = [sys.executable, "-m", "dicomproxy"]
@@ -96,6 +96,7 @@ def test_sigterm_with_open_association_exits_zero(tmp_path: Path) -> None:
         ae = AE(ae_title="jobserver")
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", port, ae_title="DICOMPROXY")
+        guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
         assert assoc.is_established
         proc.send_signal(signal.SIGTERM)
         # While draining, the open association still works; new ones are refused.

@@ -15,6 +15,7 @@ from dicomproxy.errors import ConfigError
 from dicomproxy.handlers.qrservice import RelayAE, SharedUIDContext
 from dicomproxy.memory import DEFAULT_ARENAS, ENV_VAR, M_ARENA_MAX, _glibc, limit_malloc_arenas
 from dicomproxy.server import Server
+from dicomproxy.transport.net import guard_requestor
 
 
 class FakeGlibc:
@@ -100,6 +101,7 @@ def test_server_negotiates_with_shared_contexts(
     ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     try:
         assert assoc.is_established
         accepted = {str(cx.abstract_syntax): cx for cx in assoc.accepted_contexts}

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicomproxy.config import Config
 from dicomproxy.server import Server
+from dicomproxy.transport.net import guard_requestor
 from dicomproxy.transport.raw.pdu import PduReader
 from dicomproxy.transport.raw.queries import claims
 from tests.conftest import FIND_PEERS, ConfigFactory
@@ -208,6 +209,7 @@ def test_a_peer_without_find_gets_not_authorized_and_echo_both_ways(proxy: Serve
     ae = AE("ECHOONLY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", proxy.port, ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established and kinds(proxy, [f"ECHOONLY via {raw_via(proxy)}"]) == [
         f"ECHOONLY via {raw_via(proxy)}"
     ]
@@ -426,6 +428,7 @@ def test_error_comments_are_cut_to_64_characters_and_absent_when_empty() -> None
     ae = AE("jobserver")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", server.getsockname()[1], ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     try:
         assert assoc.is_established
         query = Dataset()

@@ -21,7 +21,7 @@ from dicomproxy.config import Config
 from dicomproxy.context import AppContext
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, c_echo
+from dicomproxy.transport.net import NODELAY_HANDLERS, Remote, c_echo, guard_requestor
 from testkit import free_port, wait_until
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakeDestination, FakePacs
@@ -559,6 +559,7 @@ def test_unsolicited_store_from_pacs_is_refused(rig: Rig) -> None:
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
     handlers: Any = NODELAY_HANDLERS
     assoc = ae.associate("127.0.0.1", rig.server.port, ae_title="DICOMPROXY", evt_handlers=handlers)
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established
     try:
         status = assoc.send_c_store(dcmread(rig.files[0]))

@@ -20,7 +20,7 @@ from dicomproxy.app import build_context
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import Remote
+from dicomproxy.transport.net import Remote, guard_requestor
 from testkit import free_port
 from testkit.dcmtk import DcmQrSCP, StoreSCP, run_tool
 from testkit.orthanc import Orthanc
@@ -335,6 +335,7 @@ def test_early_start_pending_responses_always_add_up(setup: Setup, files: dict[s
     ae = AE(ae_title=CLOUD)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", setup.proxy.port, ae_title=setup.proxy.ae_title)
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established
     sums, finals = [], []
     try:

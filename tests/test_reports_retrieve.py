@@ -30,7 +30,7 @@ from dicomproxy.relay.recovery import retry_job
 from dicomproxy.reports.encode import ENCAPSULATED_PDF, SECONDARY_CAPTURE, build, series_uid
 from dicomproxy.server import Server
 from dicomproxy.transport import scu
-from dicomproxy.transport.net import Remote
+from dicomproxy.transport.net import Remote, guard_requestor
 from testkit import free_port
 from testkit.dcmtk import StoreSCP
 from testkit.fakepacs import FakeDestination, FakePacs
@@ -119,6 +119,7 @@ def find(server: Server, level: str, **keys: Any) -> list[Dataset]:
     ae = AE(ae_title=CLOUD)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", server.port, ae_title=PROXY_AE)
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established
     try:
         answers = []

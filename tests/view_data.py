@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import create_engine
 
-from dicomproxy.transport.net import NODELAY_HANDLERS
+from dicomproxy.transport.net import NODELAY_HANDLERS, guard_requestor
 from testkit.samples import StudySpec, demo_specs, exam_row, uid_from
 from testkit.viewdb import create_view_table, insert_rows
 
@@ -142,6 +142,9 @@ class FindClient:
             "127.0.0.1", port, ae_title="DICOMPROXY", evt_handlers=handlers, **kwargs
         )
         assert self.assoc.is_established
+        # pynetdicom 3.0.4's reactor-pause race (pynetdicom#875) lets the reactor take a response
+        # meant for send_c_find ("Received unexpected C-FIND service message"): the answer is lost
+        guard_requestor(self.assoc)
 
     def _on_recv(self, event: Any) -> None:
         data = getattr(event.message, "data_set", None)
