@@ -217,7 +217,7 @@ class ConfigReloaded(Event):
 class Failure(Event):
     """An error worth showing an administrator (PACS, database, destination); no patient data."""
 
-    where: str  # pacs | view | journal | destination | relay
+    where: str  # pacs | view | journal | destination | relay | query process
     message: str
 
 

@@ -281,7 +281,8 @@ class Server:
         if self._console_wanted and self.config.http.port:
             from dicomproxy.console.app import Console  # the HTTP stack only when it is configured
 
-            console = Console(self.config, self.ctx, self.association_list, self._trail)
+            queries = self.queries.state if self.queries is not None else None
+            console = Console(self.config, self.ctx, self.association_list, self._trail, queries)
             try:
                 console.start()
                 self.console = console

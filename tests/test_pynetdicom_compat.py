@@ -150,3 +150,59 @@ def test_one_place_opens_pynetdicom_associations() -> None:
         and node.func.attr == "associate"
     )
     assert callers == ["net.py"]
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_requestor_guard_keeps_every_c_find_response_for_the_caller(guarded: bool) -> None:
+    """pynetdicom#875 (CI, test_date_and_time_ranges): the association's reactor can be running while
+    ``send_c_find`` waits, and take a response ("Received unexpected C-FIND service message"). Made
+    likely here by never pausing the reactor: unguarded, answers are lost (24 of 300 in one run);
+    guarded, none is."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # type: ignore[attr-defined]
+
+    from dicomproxy.transport.net import guard_requestor
+
+    matches = 300
+
+    def answers(event: evt.Event) -> object:
+        for i in range(matches):
+            ds = Dataset()
+            ds.StudyInstanceUID = f"1.2.3.{i}"
+            yield 0xFF00, ds
+
+    scp = AE("SCP")
+    scp.add_supported_context(FIND)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, answers)])
+    ae = AE("SCU")
+    ae.add_requested_context(FIND)
+    ae.dimse_timeout = 5
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
+        assert assoc.is_established
+        if guarded:
+            guard_requestor(assoc)
+
+        class Racy(type(assoc)):  # type: ignore[misc]
+            """The stale ``_is_paused`` of the race, every time: the caller never waits for the
+            reactor to pause, and the reactor (its checkpoint never cleared) never does."""
+
+            _is_paused = property(lambda self: True, lambda self, value: None)
+
+        assoc.__class__ = Racy
+        assoc._reactor_checkpoint.clear = lambda: None  # type: ignore[method-assign]
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        got = [s.Status for s, _ in assoc.send_c_find(query, FIND) if s and "Status" in s]
+        pending = got.count(0xFF00)
+        if guarded:
+            assert (pending, got[-1]) == (matches, 0x0000)
+        else:  # the reactor took some (or the final one, and the caller waited out its DIMSE timeout)
+            assert pending < matches or got[-1:] != [0x0000]
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        ae.shutdown()
+        server.shutdown()  # type: ignore[union-attr]

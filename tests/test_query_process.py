@@ -10,6 +10,7 @@ pynetdicom SCUs, a SQLite view, ``dicomproxy serve`` as a subprocess."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import pickle
@@ -19,9 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE
@@ -38,6 +41,7 @@ from dicomproxy.queryproc.channel import MAX_MESSAGE, Channel, ChannelClosed
 from dicomproxy.queryproc.parent import QueryProcess, _Forked
 from dicomproxy.relay.journal import Journal
 from dicomproxy.server import Server
+from dicomproxy.transport.net import guard_requestor
 from dicomproxy.view.repository import ExamView
 from testkit import Process, free_port, wait_until
 from testkit.viewdb import insert_rows
@@ -96,6 +100,55 @@ def test_a_dead_child_leaves_the_queries_to_the_parent(
     with FindClient(proxy.port) as client:
         wait_until(lambda: via(proxy) == ["jobserver via raw query"], 5, "the in-process association")
         assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
+
+
+def test_the_status_json_and_metrics_show_the_query_process_and_its_loss(
+    sqlite_url: str, make_config: ConfigFactory, run_proxy: Callable[[Config], Server]
+) -> None:
+    """``/api/status`` (its ``query_process`` section, a row among the checks, ``via`` of each
+    association, the last errors) and ``/metrics`` (a state set), read over HTTP from the console."""
+    fill_view(sqlite_url)
+    config = make_config(proxy={"query_process": True}, peers=FIND_PEERS, http={"port": free_port()})
+    server = run_proxy(config)
+    assert server.queries is not None and server.queries.wait_ready(30) and server.console is not None
+    base = server.console.url
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(base + path, timeout=30) as resp:
+            return bytes(resp.read())
+
+    def status() -> dict[str, Any]:
+        return dict(json.loads(get("/api/status")))
+
+    def row(body: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in body["checks"] if c["name"] == "query process")
+
+    pid = server.queries.pid
+    with FindClient(server.port):
+        wait_until(lambda: status()["query_process"]["associations"] == 1, 5, "the child's association")
+        body = status()
+        assert body["query_process"] == {"pid": pid, "state": "serving", "detail": None, "associations": 1}
+        assert (
+            row(body)["ok"]
+            and row(body)["detail"] == f"pid {pid} serving C-FIND/C-ECHO-only associations (1 open)"
+        )
+        assert [a["via"] for a in body["associations"]] == ["query process"]
+        metrics = get("/metrics").decode()
+        assert 'dicomproxy_query_process_state{state="serving"} 1.0' in metrics
+        assert 'dicomproxy_query_process_state{state="lost"} 0.0' in metrics
+        assert "dicomproxy_query_process_associations 1.0" in metrics
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: status()["query_process"]["state"] == "lost", 10, "the loss on the status JSON")
+    body = status()
+    assert not row(body)["ok"] and "exit code -9" in row(body)["detail"], row(body)
+    lost = [e["message"] for e in body["errors"] if e["where"] == "query process"]  # (and the PACS's)
+    assert lost == [f"pid {pid} closed its channel, exit code -9"], body["errors"]
+    _, checks = server.console.readiness.run()  # queries are answered all the same: not /readyz's
+    assert "query process" not in [c.name for c in checks]
+    metrics = get("/metrics").decode()
+    assert 'dicomproxy_query_process_state{state="lost"} 1.0' in metrics
+    assert 'dicomproxy_query_process_state{state="serving"} 0.0' in metrics
+    assert 'dicomproxy_errors_total{where="query process"} 1.0' in metrics
 
 
 def test_a_reload_reaches_the_child(proxy: Server, config: Config, make_config: ConfigFactory) -> None:
@@ -391,6 +444,7 @@ def test_a_query_answer_waits_for_no_child_start(
     ae = AE("jobserver")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
+    guard_requestor(assoc)  # pynetdicom#875: the reactor must not take our responses
     assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
     assoc.release()
     ae.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,6 +198,47 @@ def test_status_page_shows_a_cmove_job_running_then_finished(
     assert CT.patient.patient_id not in text and CT.study_uid not in text and CT.patient.name not in text
     shot = os.environ.get("DICOMPROXY_SCREENSHOT")  # docs/status-page.png is made this way
     browser.save_screenshot(shot or str(tmp_path / "finished.png"))
+
+
+@pytest.mark.orthanc
+def test_status_page_shows_the_query_process_its_associations_and_its_loss(
+    open_page: Callable[..., tuple[Server, Any]], browser: Any
+) -> None:
+    """``serve``'s query process (issue 29) on the page: its row among the checks, the association
+    it serves marked "query process", and — once it is killed — a failing row and the last error."""
+    from selenium.webdriver.common.by import By
+
+    from tests.view_data import FindClient
+
+    server, wait = open_page(proxy={"query_process": True})
+    assert server.queries is not None and server.queries.wait_ready(30)
+    serving = f"pid {server.queries.pid} serving"  # after "starting" if the page was quicker
+    wait.until(
+        lambda d: [
+            tr
+            for tr in d.find_elements(
+                By.CSS_SELECTOR, "#checks tr[data-check='query process'][data-ok='true']"
+            )
+            if serving in tr.text
+        ]
+    )
+    with FindClient(server.port):
+        row = wait.until(
+            lambda d: [tr for tr in d.find_elements(By.CSS_SELECTOR, "#assocs tbody tr") if tr.text]
+        )
+        cells = [td.text for td in row[0].find_elements(By.TAG_NAME, "td")]
+        assert cells[0] == "jobserver" and cells[2] == "query process", cells
+    os.kill(server.queries.pid, signal.SIGKILL)
+    lost = wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#checks tr[data-check='query process'][data-ok='false']")
+    )
+    assert "exit code -9" in lost[0].text
+    errors = wait.until(
+        lambda d: [
+            tr for tr in d.find_elements(By.CSS_SELECTOR, "#errors tbody tr") if "query process" in tr.text
+        ]
+    )
+    assert "closed its channel" in errors[0].text
 
 
 def test_status_page_shows_the_push_queue_and_a_held_destination(

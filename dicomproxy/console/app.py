@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from dicomproxy import __version__, events
 from dicomproxy.config import Config
 from dicomproxy.console.actions import Actions, AuditReader
-from dicomproxy.console.health import Echoer, Readiness
+from dicomproxy.console.health import Echoer, Readiness, query_process_check
 from dicomproxy.console.live import LiveState
 from dicomproxy.console.metrics import Metrics
 from dicomproxy.console.roles import RoleGate
@@ -86,10 +86,14 @@ class Console:
         ctx: Any,
         associations: Callable[[], list[dict[str, Any]]],
         audit: AuditReader | None = None,
+        query_process: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """``query_process``: the state of ``serve``'s query process when it runs one
+        (:meth:`dicomproxy.queryproc.parent.QueryProcess.state`)."""
         self.config = config
         self.ctx = ctx
         self.associations = associations
+        self.query_process = query_process
         self.started_at = time.time()
         self.live = LiveState()
         self.metrics = Metrics(
@@ -101,6 +105,7 @@ class Console:
             commitments=ctx.commitments,
             reconcile_runs=self.reconcile_runs if ctx.journal is not None else None,
             bandwidth=self.bandwidth if ctx.relay is not None and config.bandwidth else None,
+            query_process=query_process,
         )
         self.echoer = Echoer(config)
         self.readiness = Readiness(config, ctx.view, ctx.journal, self.echoer)
@@ -247,6 +252,10 @@ class Console:
             cached = (time.monotonic(), {"ready": ready, "checks": [c.as_dict() for c in checks]})
             self._last_checks = cached
         body["checks"] = cached[1]["checks"] + [c.as_dict() for c in self.echoer.peer_checks()]
+        body["query_process"] = None
+        if self.query_process is not None:  # shown, not part of readiness: C-FIND is served either way
+            state = body["query_process"] = self.query_process()
+            body["checks"].append(query_process_check(state).as_dict())
         body["ready"] = cached[1]["ready"]
         if self.ctx.push is not None:  # push mode (docs/push.md): the shared queue by destination/state
             from dicomproxy.push.backfill import lane_progress

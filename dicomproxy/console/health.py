@@ -223,3 +223,25 @@ class Readiness:
             checks.append(Check("journal", False, "journal not configured"))
         checks.append(self._disk())
         return all(c.ok for c in checks), checks
+
+
+#: The states of ``serve``'s query process (:meth:`dicomproxy.queryproc.parent.QueryProcess.state`)
+#: and what each means for C-FIND (the status page's row, the ``/metrics`` state set).
+QUERY_PROCESS_STATES = {
+    "starting": "starting: C-FIND/C-ECHO served in serve until it is ready",
+    "serving": "serving C-FIND/C-ECHO-only associations",
+    "stopping": "stopping with the service",
+    "lost": "gone: C-FIND/C-ECHO served in serve until the service is restarted",
+}
+
+
+def query_process_check(state: dict[str, Any]) -> Check:
+    """The status page's row for ``serve``'s query process (docs/operations.md "Two processes"):
+    failing only when it is lost — queries are still answered, by ``serve`` at its lower priority."""
+    name = state["state"]
+    detail = f"pid {state['pid']} {QUERY_PROCESS_STATES.get(name, name)}"
+    if name == "serving":
+        detail += f" ({state['associations']} open)"
+    if state.get("detail"):
+        detail += f" ({state['detail']})"
+    return Check("query process", name != "lost", detail)

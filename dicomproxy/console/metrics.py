@@ -11,7 +11,7 @@ create unbounded series).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from dicomproxy import events
 from dicomproxy.config import Config
+from dicomproxy.console.health import QUERY_PROCESS_STATES
 from dicomproxy.status import Status, status_label
 
 if TYPE_CHECKING:
@@ -58,12 +59,14 @@ class Metrics:
         commitments: CommitmentLedger | None = None,
         reconcile_runs: Callable[[], list[RunSummary]] | None = None,
         bandwidth: Callable[[], list[InForce]] | None = None,
+        query_process: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """``push_queue``: the push queue when push mode runs, read at scrape time (push/metrics.py);
         ``commitments``: the Storage Commitment ledger when a peer commits (:class:`CommitmentMetrics`);
         ``reconcile_runs``: the newest ``dicomproxy reconcile`` run per destination, read at scrape time;
         ``bandwidth``: the ``[[bandwidth]]`` timetable in force per capped destination, read at
-        scrape time (:class:`_BandwidthCollector`)."""
+        scrape time (:class:`_BandwidthCollector`); ``query_process``: the state of ``serve``'s query
+        process when it runs one (:class:`_QueryProcessCollector`)."""
         self.config = config
         r = self.registry = CollectorRegistry(auto_describe=True)
         _scrape_gauges(r, open_associations, running_jobs, spool_bytes)
@@ -71,6 +74,8 @@ class Metrics:
             r.register(_ReconcileCollector(reconcile_runs))
         if bandwidth is not None:
             r.register(_BandwidthCollector(bandwidth))
+        if query_process is not None:
+            r.register(_QueryProcessCollector(query_process))
         self.associations = Counter(
             "dicomproxy_associations_total",
             "Association requests by calling peer, result and rejection reason",
@@ -226,6 +231,30 @@ def _scrape_gauges(
     Gauge("dicomproxy_spool_bytes", "Bytes of instances held in the spool now", registry=r).set_function(
         spool_bytes
     )
+
+
+class _QueryProcessCollector(Collector):
+    """``dicomproxy_query_process_state{state}``: 1 for the state the query process is in, 0 for the
+    others (a state set, as prometheus-client's ``Enum`` writes it), and its open associations."""
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.state()
+        family = GaugeMetricFamily(
+            "dicomproxy_query_process_state",
+            "State of the child process serving C-FIND/C-ECHO-only associations (lost: served by serve)",
+            labels=["state"],
+        )
+        for name in QUERY_PROCESS_STATES:
+            family.add_metric([name], 1.0 if now["state"] == name else 0.0)
+        yield family
+        yield GaugeMetricFamily(
+            "dicomproxy_query_process_associations",
+            "Associations open in the query process now (also counted in dicomproxy_associations_open)",
+            value=float(now["associations"]),
+        )
 
 
 class _PendingCollector(Collector):

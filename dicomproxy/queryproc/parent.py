@@ -108,6 +108,8 @@ class QueryProcess:
         #: The child's open associations: (calling AE title, (address, port)).
         self._open: list[tuple[str, tuple[str, int]]] = []
         self._stopping = False
+        #: Why the child is gone (the ERROR line's words), once it is.
+        self._lost_reason: str | None = None
         self._reader = threading.Thread(target=self._read, name="query-process-reader", daemon=True)
         self._reader.start()
 
@@ -165,6 +167,23 @@ class QueryProcess:
     def ready(self) -> bool:
         """Serving: the child said it is ready and has not gone."""
         return self._ready.is_set() and not self._gone.is_set()
+
+    def state(self) -> dict[str, Any]:
+        """For the status page and ``/metrics`` (no patient data): ``state`` is ``starting`` (C-FIND
+        served in this process until the child is ready), ``serving``, ``stopping`` or ``lost``
+        (served in this process until the service restarts; ``detail`` says why)."""
+        if self._gone.is_set():
+            state = "stopping" if self._stopping else "lost"
+        elif self._stopping:
+            state = "stopping"
+        else:
+            state = "serving" if self._ready.is_set() else "starting"
+        return {
+            "pid": self.pid,
+            "state": state,
+            "detail": self._lost_reason if state == "lost" else None,
+            "associations": self.active,
+        }
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the child serves (tests, benchmarks); False if it did not within ``timeout``."""
@@ -270,12 +289,15 @@ class QueryProcess:
             code: int | None = self.proc.wait(LOST_WAIT)
         except subprocess.TimeoutExpired:  # alive, but its channel broke: it cannot serve
             code = None
+        self._lost_reason = f"{reason}{'' if code is None else f', exit code {code}'}"
         LOG.error(
-            "query process (pid %d) %s%s: C-FIND/C-ECHO served in this process from now on "
+            "query process (pid %d) %s: C-FIND/C-ECHO served in this process from now on "
             "(a restart of the service starts it again)",
             self.pid,
-            reason,
-            "" if code is None else f", exit code {code}",
+            self._lost_reason,
+        )
+        events.publish(  # the status page's last errors
+            events.Failure(where="query process", message=f"pid {self.pid} {self._lost_reason}")
         )
         if code is None:
             with contextlib.suppress(OSError):

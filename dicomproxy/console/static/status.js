@@ -99,7 +99,7 @@
        el("td", r.missing_studies, r.missing_studies ? "bad" : ""), el("td", r.missing_instances, r.missing_instances ? "bad" : ""),
        r.extra_studies, r.not_in_pacs, r.uncommitted, r.unknown, r.queued], { "data-destination": r.destination })));
 
-    fill("assocs", st.associations.map(a => row([a.calling_ae, a.address])));
+    fill("assocs", st.associations.map(a => row([a.calling_ae, a.address, a.via])));
     fill("checks", st.checks.map(c => row([c.name, el("td", c.ok ? "正常 OK" : "失败 FAIL", c.ok ? "ok" : "bad"), c.detail],
                                           { "data-check": c.name, "data-ok": c.ok })));
     fill("errors", st.errors.map(e => row([e.time.slice(0, 19).replace("T", " "), e.where, e.message])));
