@@ -390,7 +390,7 @@ class Server:
         deadline = time.monotonic() + timeout
         queries_clean = True
         if self.queries is not None:  # its drain first: its last events reach the audit trail below
-            queries_clean = self.queries.stop(timeout)
+            queries_clean = self.queries.stop(timeout, hurry=lambda: self._force)
             self.queries = None
         while self.active_associations() and time.monotonic() < deadline and not self._force:
             time.sleep(0.05)

@@ -207,6 +207,33 @@ def test_the_drain_aborts_what_the_child_still_serves(
     assert "query process: drain timeout: aborted 1 association(s)" in messages, messages
 
 
+def test_a_second_stop_request_cuts_the_child_s_drain_short(
+    proxy: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve's second SIGINT/SIGTERM (``request_stop`` twice) aborts at once what the child still
+    serves, instead of waiting out the drain (60 s here)."""
+    caplog.set_level(logging.INFO)
+    assert proxy.queries is not None
+    child = proxy.queries.proc
+    with FindClient(proxy.port) as client:
+        wait_until(lambda: proxy.active_associations() == 1, 5, "the child's association")
+        stopped: list[bool] = []
+        stopper = threading.Thread(target=lambda: stopped.append(proxy.stop(drain_timeout=60.0)))
+        stopper.start()
+        wait_until(lambda: proxy.ctx.stopping.is_set(), 5, "the stop")
+        time.sleep(0.5)  # the child is draining; its association is still open
+        assert client.assoc.is_established and stopper.is_alive()
+        proxy.request_stop()
+        proxy.request_stop()  # the second: force
+        stopper.join(20)
+        assert not stopper.is_alive() and stopped == [False]
+        wait_until(lambda: not client.assoc.is_established, 5, "the A-ABORT")
+        assert client.assoc.is_aborted
+    assert child.returncode == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert "query process: drain timeout: aborted 1 association(s)" in messages, messages
+
+
 def test_an_association_that_ends_within_the_drain_is_not_aborted(proxy: Server) -> None:
     """The child waits ``drain_timeout`` for its associations (as serve does for its own): one
     released during the drain ends normally, and the stop is clean."""
@@ -364,7 +391,7 @@ ae_title = "DICOMPROXY"
 host = "127.0.0.1"
 port = {port}
 data_dir = "{config.data_path}"
-drain_timeout = 2.0
+drain_timeout = 60.0
 data_path_nice = 7
 [hospital]
 id = "{config.hospital.id}"
@@ -416,6 +443,25 @@ def test_systemd_s_stop_signal_to_the_group_drains_both(served: tuple[Process, i
     os.kill(serve.proc.pid, signal.SIGTERM)
     assert serve.proc.wait(30) == 0
     wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child's end")
+
+
+def test_a_second_sigterm_ends_serve_and_its_child_at_once(served: tuple[Process, int]) -> None:
+    """An administrator's second Ctrl-C / ``systemctl kill`` during the drain (60 s here) with a
+    C-FIND association open in the child: both processes end now, the association aborted."""
+    serve, port = served
+    child = _child_of(serve.proc.pid)
+    with FindClient(port) as client:
+        assert client.uids(AccessionNumber=CT.accession) == {CT.study_uid}
+        os.kill(serve.proc.pid, signal.SIGTERM)
+        wait_until(partial(_logged, serve, "stop requested: draining"), 10, "the drain")
+        time.sleep(0.5)
+        assert client.assoc.is_established and serve.proc.poll() is None
+        os.kill(serve.proc.pid, signal.SIGTERM)
+        assert serve.proc.wait(20) == 1  # not a clean drain
+        wait_until(lambda: not client.assoc.is_established, 5, "the A-ABORT")
+        assert client.assoc.is_aborted
+    wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child's end")
+    assert "query process: drain timeout: aborted 1 association(s)" in serve.log_path.read_text()
 
 
 def test_a_killed_parent_leaves_no_child(served: tuple[Process, int]) -> None:

@@ -9,6 +9,7 @@ message above :data:`MAX_MESSAGE` is refused rather than cut.
 from __future__ import annotations
 
 import pickle
+import select
 import socket
 import threading
 from typing import Any
@@ -63,6 +64,12 @@ class Channel:
             raise ChannelClosed("closed")
         message = pickle.loads(data)  # our own child or parent (module docstring)
         return message, (fds[0] if fds else None)
+
+    def waiting(self, timeout: float) -> bool:
+        """Whether a message (or the other end's close) waits, within ``timeout`` seconds."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
 
     def close(self) -> None:
         self.sock.close()

@@ -125,6 +125,19 @@ class QueryWorker:
             self._threads.add(thread)
         thread.start()
 
+    def _hurried(self, wait: float) -> float:
+        """Wait up to ``wait`` seconds for a message during the drain: the new deadline a "stop"
+        asks for (now, when the parent is gone), else none (infinity)."""
+        try:
+            if not self.channel.waiting(wait):
+                return float("inf")
+            message, fd = self.channel.recv()
+        except ChannelClosed:
+            return time.monotonic()
+        if fd is not None:  # pragma: no cover - the parent hands nothing over while it stops
+            socket.close(fd)
+        return time.monotonic() + float(message[1]) if message[0] == "stop" else float("inf")
+
     def _report(self) -> None:
         """Tell the parent which associations are open (status page, association limit)."""
         with contextlib.suppress(ChannelClosed, OSError):
@@ -132,11 +145,12 @@ class QueryWorker:
 
     def _drain(self, timeout: float) -> bool:
         """As the parent's drain: running C-FINDs answer Cancel, associations get ``timeout``
-        seconds to end, the rest are aborted."""
+        seconds to end, the rest are aborted. A second "stop" meanwhile (serve's second signal)
+        shortens the wait to its own timeout; the parent's end closing ends it."""
         self.ctx.stopping.set()
         deadline = time.monotonic() + timeout
         while self.acceptor.active and time.monotonic() < deadline:
-            time.sleep(0.05)
+            deadline = min(deadline, self._hurried(min(0.05, max(0.0, deadline - time.monotonic()))))
         aborted = self.acceptor.abort_all()
         with self._lock:
             threads = list(self._threads)

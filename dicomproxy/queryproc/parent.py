@@ -214,24 +214,39 @@ class QueryProcess:
         with contextlib.suppress(ChannelClosed, OSError):
             self.channel.send("config", config)
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float, hurry: Callable[[], bool] = lambda: False) -> bool:
         """Let the child's associations finish within ``timeout`` (then it aborts them), wait for it
-        to exit; True if it ended cleanly. Its last events and log records are taken in first."""
+        to exit; True if it ended cleanly. Its last events and log records are taken in first.
+        ``hurry()`` true (serve's second stop signal): the child aborts its associations now."""
         self._stopping = True
-        clean = False
         with contextlib.suppress(ChannelClosed, OSError):
             self.channel.send("stop", timeout)
-        try:
-            clean = self.proc.wait(timeout + EXIT_GRACE) == 0
-        except subprocess.TimeoutExpired:
-            LOG.error(
-                "query process (pid %d) did not stop within %.0f s: killed", self.pid, timeout + EXIT_GRACE
-            )
-            self.proc.kill()
-            self.proc.wait()
+        deadline = time.monotonic() + timeout + EXIT_GRACE
+        hurried = False
+        while (code := self._exited(0.1)) is None:
+            if not hurried and hurry():
+                hurried = True
+                with contextlib.suppress(ChannelClosed, OSError):
+                    self.channel.send("stop", 0.0)
+            if time.monotonic() > deadline:
+                LOG.error(
+                    "query process (pid %d) did not stop within %.0f s: killed",
+                    self.pid,
+                    timeout + EXIT_GRACE,
+                )
+                self.proc.kill()
+                self.proc.wait()
+                break
+        clean = code == 0
         self._reader.join(EXIT_GRACE)  # the rest of what it sent
         self.channel.close()
         return clean
+
+    def _exited(self, wait: float) -> int | None:
+        try:
+            return self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
 
     # --- child → parent ---------------------------------------------------------------------
 
