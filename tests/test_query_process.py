@@ -356,6 +356,47 @@ def test_the_channel_refuses_an_oversized_message_and_reports_a_closed_end() -> 
     ours.close()
 
 
+def test_a_handed_over_connection_counts_from_the_hand_over_to_the_child_s_ended() -> None:
+    """``maximum_associations`` over both processes: a connection counts in the parent from the
+    moment it is handed over — before the child has even read it — until the child says it ended;
+    the child's list of open associations (status page) does not decide the count."""
+
+    class Alive:  # the child stood in for by the test: its end of the channel
+        pid = 0
+        returncode = None
+
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int:
+            raise subprocess.TimeoutExpired("child", timeout or 0.0)
+
+        def kill(self) -> None:
+            pass
+
+    ours, theirs_sock = Channel.pair()
+    theirs = Channel(theirs_sock)
+    process = QueryProcess(Alive(), ours)
+    theirs.send("ready")
+    assert process.wait_ready(5)
+    a, b = socket.socketpair()
+    assert process.serve(a, ("127.0.0.1", 1), 0) and process.active == 1  # nothing reported yet
+    message, fd = theirs.recv()
+    assert message == ("serve", ("127.0.0.1", 1), 0, 1) and fd is not None
+    os.close(fd)
+    theirs.send("associations", [("jobserver", ("127.0.0.1", 1))])
+    theirs.send("associations", [])  # closed in the child: still counted until it has ended
+    wait_until(lambda: process.open_associations() == [], 5, "the report")
+    assert process.active == 1
+    theirs.send("ended", 1)
+    wait_until(lambda: process.active == 0, 5, "the child's ended")
+    process._stopping = True  # (a closed channel below is the test's end, not a lost child)
+    theirs.close()
+    a.close()
+    b.close()
+    ours.close()
+
+
 # --- `dicomproxy serve`: the priorities, the signals, a dead parent ---------------------------
 
 

@@ -94,7 +94,7 @@ class QueryWorker:
                     if fd is None:  # pragma: no cover - the parent always sends one
                         continue
                     self._others = int(message[2])
-                    self._serve(socket.socket(fileno=fd), tuple(message[1]))
+                    self._serve(socket.socket(fileno=fd), tuple(message[1]), int(message[3]))
                 elif kind == "config":
                     self.ctx.settings.replace(message[1])
                     self.on_config(message[1])
@@ -107,7 +107,8 @@ class QueryWorker:
             self._drain(0.0)
             return False
 
-    def _serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+    def _serve(self, sock: socket.socket, address: tuple[Any, ...], number: int) -> None:
+        """Serve hand-over ``number`` on a thread of its own; tell the parent when it has ended."""
         peer = (str(address[0]), int(address[1]))
 
         def run() -> None:
@@ -119,6 +120,8 @@ class QueryWorker:
                 sock.close()
                 with self._lock:
                     self._threads.discard(threading.current_thread())
+                with contextlib.suppress(ChannelClosed, OSError):
+                    self.channel.send("ended", number)
 
         thread = threading.Thread(target=run, name=f"query-{peer[0]}:{peer[1]}", daemon=True)
         with self._lock:

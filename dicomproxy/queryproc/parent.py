@@ -105,8 +105,12 @@ class QueryProcess:
         self._ready = threading.Event()
         self._gone = threading.Event()
         self._lock = threading.Lock()
-        #: The child's open associations: (calling AE title, (address, port)).
+        #: The child's open associations: (calling AE title, (address, port)); for the status page.
         self._open: list[tuple[str, tuple[str, int]]] = []
+        #: Connections handed over and not yet ended (the child's "ended"): what ``maximum_associations``
+        #: counts, from the hand-over on — no moment in which a new one is in neither process's count.
+        self._held: set[int] = set()
+        self._handed = 0
         self._stopping = False
         #: Why the child is gone (the ERROR line's words), once it is.
         self._lost_reason: str | None = None
@@ -202,9 +206,15 @@ class QueryProcess:
         associations open in this process, for the child's ``maximum_associations`` check."""
         if not self.ready or self._stopping:
             return False
+        with self._lock:
+            self._handed += 1
+            number = self._handed
+            self._held.add(number)
         try:
-            self.channel.send("serve", address, others, fd=sock.fileno())
+            self.channel.send("serve", address, others, number, fd=sock.fileno())
         except (ChannelClosed, OSError) as exc:
+            with self._lock:
+                self._held.discard(number)
             self._lost(f"hand-over failed: {exc}")
             return False
         return True
@@ -257,7 +267,9 @@ class QueryProcess:
 
     @property
     def active(self) -> int:
-        return len(self.open_associations())
+        """Connections the child holds: handed over and not ended (none once it is gone)."""
+        with self._lock:
+            return 0 if self._gone.is_set() else len(self._held)
 
     def _read(self) -> None:
         reason = "closed its channel"
@@ -286,6 +298,9 @@ class QueryProcess:
         elif kind == "associations":
             with self._lock:
                 self._open = list(message[1])
+        elif kind == "ended":
+            with self._lock:
+                self._held.discard(int(message[1]))
         elif kind == "ready":
             self._ready.set()
             LOG.info("query process (pid %d) serving C-FIND/C-ECHO-only associations", self.pid)
