@@ -789,3 +789,101 @@ def test_a_two_archive_job_from_before_job_keys_is_fetched_from_the_first_archiv
     assert sorted(uid for uid, _ in t.dest.received) == sorted(t.b_uids)
     assert (t.pacs.sent, sorted(t.uis.sent)) == ([], sorted(t.b_uids))
     journal.close()
+
+
+def test_a_serve_killed_mid_instance_leaves_no_partial_file_after_its_restart(
+    study_files: list[Path], tmp_path: Path
+) -> None:
+    """A real ``dicomproxy serve`` SIGKILLed while an archive's C-STORE data set is half received
+    (raw store receiver: a ``tmp*.dcm`` in ``<data>/incoming``): the restarted serve deletes that
+    file before it listens (it was never answered, so never the journal's), one WARNING line."""
+    import signal
+    import sys
+    from functools import partial
+
+    from pynetdicom import AE
+    from pynetdicom.dsutils import split_dataset  # type: ignore[attr-defined]
+
+    from dicomproxy.transport.net import guard_requestor
+    from dicomproxy.transport.raw import pdu, wire
+    from dicomproxy.transport.raw import sender as fastsender
+    from testkit import Process, wait_until
+
+    port, data = free_port(), tmp_path / "data"
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        f"""[proxy]
+ae_title = "DICOMPROXY"
+host = "127.0.0.1"
+port = {port}
+data_dir = "{data}"
+[hospital]
+id = "74580626"
+[view]
+url = "sqlite:///{tmp_path / "view.sqlite"}"
+[pacs]
+ae_title = "ARCHIVE"
+host = "127.0.0.1"
+port = 1
+[[peers]]
+ae_title = "{CLOUD}"
+host = "127.0.0.1"
+port = 1
+[http]
+port = 0
+[logging]
+level = "INFO"
+""",
+        encoding="utf-8",
+    )
+
+    def serve(log: str) -> Process:
+        proc = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / log)
+        wait_until(
+            partial(lambda p: "listening as DICOMPROXY" in p.log_path.read_text(errors="replace"), proc),
+            60,
+            "serve",
+        )
+        return proc
+
+    first = serve("first.log")
+    source = dcmread(study_files[0])
+    meta, offset = split_dataset(study_files[0])
+    body = study_files[0].read_bytes()[offset:]
+    ae = AE("ARCHIVE")  # the archive's AE title: served by the raw store receiver
+    ae.add_requested_context(str(source.SOPClassUID), str(meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMPROXY")
+    try:
+        assert assoc.is_established
+        guard_requestor(assoc)
+        cx = int(assoc.accepted_contexts[0].context_id)
+        command = wire.encode_command(
+            fastsender.store_command(1, str(source.SOPClassUID), str(source.SOPInstanceUID), None)
+        )
+
+        def pdv(control: int, value: bytes) -> bytes:
+            item = pdu.PDV_HEADER.pack(len(value) + 2, cx, control) + value
+            return pdu.PDU_HEADER.pack(pdu.P_DATA_TF, len(item)) + item
+
+        half = len(body) // 2
+        assoc.dul.socket.socket.sendall(
+            pdv(pdu.CONTROL_COMMAND | pdu.CONTROL_LAST, command) + pdv(0, body[:half])
+        )
+        incoming = data / "incoming"
+        wait_until(lambda: list(incoming.glob("tmp*.dcm")), 10, "the data set's file")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+        ae.shutdown()
+        first.stop()
+    assert len(list(incoming.glob("tmp*.dcm"))) == 1  # what the kill left
+    second = serve("second.log")
+    try:
+        assert list(incoming.glob("tmp*.dcm")) == []
+        assert (
+            "deleted 1 partly received instance file(s) the last process left" in second.log_path.read_text()
+        )
+    finally:
+        second.stop()

@@ -42,6 +42,7 @@ from dicomproxy.relay.spool import Spool, SpooledInstance
 from dicomproxy.status import JobKind, JobOutcome
 from dicomproxy.transport import recycle
 from dicomproxy.transport.pynetdicom_compat import stream_datasets_to_files
+from dicomproxy.transport.raw.dimse import clear_partial
 
 LOG = logging.getLogger("dicomproxy.recovery")
 
@@ -59,8 +60,12 @@ def reconcile(config: Config, journal: Journal) -> ReconcileReport:
     """At start-up: jobs left ``running`` become ``interrupted`` (retryable, their spool kept);
     spool folders or files no journal entry owns go to ``<data_dir>/quarantine/`` (one log line
     each) — never deleted. Confirmed files the last process kept for reuse
-    (:mod:`dicomproxy.transport.recycle`) are deleted."""
+    (:mod:`dicomproxy.transport.recycle`) and the files it was receiving into
+    (:func:`~dicomproxy.transport.raw.dimse.clear_partial`) are deleted."""
     recycle.clear(config.data_path / "incoming" / recycle.FOLDER)
+    partial = clear_partial(config.data_path / "incoming")
+    if partial:  # a kill while an archive's C-STORE was being received (its resume fetches it again)
+        LOG.warning("deleted %d partly received instance file(s) the last process left", partial)
     report = ReconcileReport(interrupted=journal.mark_interrupted())
     for job_id in report.interrupted:
         LOG.warning(

@@ -54,6 +54,24 @@ DATA_SET_PRESENT = 0x0000
 PRIORITY_MEDIUM = 0x0000
 
 
+#: Names of the files data sets are received into (``tempfile.mkstemp`` in the store folder).
+PARTIAL_PREFIX, PARTIAL_SUFFIX = "tmp", ".dcm"
+
+
+def clear_partial(store_dir: Path) -> int:
+    """Delete the files a killed process was receiving data sets into (at ``serve``'s start,
+    before it listens): never answered to the archive, so never the journal's (PS3.7 9.1.1 — the
+    archive counts a C-STORE without a response as failed, and the job's resume fetches it again);
+    how many there were. Renamed files (spool, recycled) are not here."""
+    removed = 0
+    if store_dir.is_dir():
+        for stale in store_dir.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed += 1
+    return removed
+
+
 def message_ids() -> Iterator[int]:
     """Message IDs (0000,0110), US: 1–65535, then round again (PS3.7 E.1). Not ``itertools.cycle``,
     which keeps a copy of every value it has yielded."""
@@ -229,7 +247,9 @@ class MessageStream:
                 self._file, self._path = fh, reuse
                 self._old_size = os.fstat(fh.fileno()).st_size
         if self._file is None:
-            fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store_dir)  # not None: read() checked
+            fd, name = tempfile.mkstemp(  # not None: read() checked
+                suffix=PARTIAL_SUFFIX, prefix=PARTIAL_PREFIX, dir=self.store_dir
+            )
             self._path = Path(name)
             self._file = os.fdopen(fd, "wb", buffering=0)
         self._buf[: len(head)] = head
