@@ -294,7 +294,8 @@ class Server:
             from dicomproxy.alerts.service import AlertService  # httpx only when alerts are configured
 
             readiness = self.console.readiness if self.console is not None else None
-            self.alerts = AlertService(self.config, self.ctx, readiness)
+            queries = self.queries.state if self.queries is not None else None
+            self.alerts = AlertService(self.config, self.ctx, readiness, query_process=queries)
             self.alerts.start()
         events.publish(events.ProcessStarted(ae_title=self.config.proxy.ae_title, version=__version__))
 

@@ -10,6 +10,8 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -398,6 +400,37 @@ def test_readiness_failing_longer_than_threshold_then_passing(console: bool, nod
     start, end = receiver.accepted("/hook")
     assert start.body["facts"] == {"check": "pacs", "node": "DICOMPROXY"}
     assert end.body["title"] == "readiness check pacs passes again"
+
+
+def test_a_lost_query_process_is_an_incident_the_next_start_ends(node: AlertNode) -> None:
+    """serve's query process killed: ``query-process:NODE`` starts (a warning: queries are still
+    answered, by serve); the restarted node, whose query process serves, ends it."""
+    receiver = node.receiver
+    config = node.config(incidents=("query-process",))
+    config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, query_process=True))
+    server = node.run_proxy(config)
+    assert server.queries is not None and server.queries.wait_ready(30)
+    server.alerts.tick()
+    assert _hook_phases(receiver, server) == []  # serving: nothing to say
+    pid = server.queries.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: receiver.accepted("/hook"), 30, "the start message")
+    [start] = receiver.accepted("/hook")
+    assert (start.body["phase"], start.body["key"], start.body["severity"]) == (
+        "start", "query-process:DICOMPROXY", "warning"
+    )  # fmt: skip
+    assert start.body["facts"] == {
+        "node": "DICOMPROXY",
+        "pid": str(pid),
+        "detail": "closed its channel, exit code -9",
+    }
+    server.stop(drain_timeout=2.0)
+    again = node.run_proxy(config)  # the restart, on the same journal
+    assert again.queries is not None and again.queries.wait_ready(30)
+    wait_until(lambda: len(receiver.accepted("/hook")) == 2, 30, "the end message")
+    end = receiver.accepted("/hook")[1]
+    assert (end.body["phase"], end.body["key"]) == ("end", "query-process:DICOMPROXY")
+    assert end.body["title"] == "the query process of DICOMPROXY serves again"
 
 
 def test_audit_chain_broken_then_restored(node: AlertNode) -> None:

@@ -12,7 +12,8 @@ Shared by every node on one journal (any node may tell, :mod:`dicomproxy.alerts.
 - ``audit-chain`` — the audit trail's hash chain does not verify (checked every ``audit_interval``).
 
 This node's own: ``readiness:CHECK@NODE`` — a ``/readyz`` check (view, pacs, archive:NAME, journal,
-disk) failing for longer than ``readiness_after`` seconds, as this node sees it.
+disk) failing for longer than ``readiness_after`` seconds, as this node sees it; ``query-process:NODE``
+— ``serve``'s query process is lost (its C-FIND/C-ECHO are served by ``serve`` until a restart).
 
 Facts are AE titles, check names, counts and IDs only (no patient data, docs/operations.md).
 """
@@ -160,6 +161,21 @@ class ReadinessTracker:
         return out
 
 
+def query_process_lost(state: dict[str, Any] | None, node: str) -> list[Incident]:
+    """``serve``'s query process is gone (:meth:`dicomproxy.queryproc.parent.QueryProcess.state`):
+    queries are still answered, by ``serve`` at its lower priority, until the service restarts."""
+    if state is None or state["state"] != "lost":
+        return []
+    return [
+        Incident(
+            f"query-process:{node}",
+            "query-process",
+            f"query process of {node} lost: C-FIND/C-ECHO served by serve until a restart",
+            (("node", node), ("pid", str(state["pid"])), ("detail", str(state.get("detail") or ""))),
+        )
+    ]
+
+
 def ended(key: str) -> Incident:
     """The incident a start message was sent for, as its end message names it (from its key: the
     node that ends it may not be the one that saw it start)."""
@@ -171,6 +187,7 @@ def ended(key: str) -> Incident:
         "job-failures": "the job failure rate is below its threshold",
         "audit-chain": "the audit trail's hash chain verifies again",
         "readiness": f"readiness check {subject.rpartition('@')[0]} passes again",
+        "query-process": f"the query process of {subject} serves again",
     }
     if kind not in titles:  # a key of a newer version: its kind still names it
         return Incident(key, "readiness", f"incident {key} ended")

@@ -51,7 +51,10 @@ class AlertService:
         readiness: Readiness | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        query_process: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """``query_process``: the state of ``serve``'s query process when it runs one (the
+        ``query-process`` incident)."""
         self.config = config
         self.settings = config.alerts
         self.ctx = ctx
@@ -66,6 +69,7 @@ class AlertService:
             readiness = Readiness(config, ctx.view, journal, self._own_echoer)
         self.readiness = readiness
         self.tracker = conditions.ReadinessTracker(self.settings.readiness_after, self.node, clock)
+        self.query_process = query_process
         self._audit: tuple[float, list[Incident]] | None = None
         self._job_rate: tuple[float, list[Incident]] | None = None
         self._reported: set[str] = set()  # sources whose failure was logged (one line each)
@@ -133,10 +137,12 @@ class AlertService:
         open_keys = self.store.open_keys()
         active, answered = self.evaluate()
 
-        def judged(key: str) -> bool:
-            kind = key.partition(":")[0]
+        def judged(key: str) -> bool:  # another node's own incidents are that node's to end
+            kind, _, subject = key.partition(":")
             if kind == "readiness":
                 return "readiness" in answered and key.endswith(f"@{self.node}")
+            if kind == "query-process":
+                return kind in answered and subject == self.node
             return kind in answered
 
         to_open, to_end = decide(active, open_keys, judged)
@@ -181,6 +187,11 @@ class AlertService:
                 out.append(("audit-chain", self._audit_chain))
         if self.readiness is not None:
             out.append(("readiness", self._readiness))
+        # a node without a query process answers too: it ends what its last run (with one) left open
+        state = self.query_process
+        out.append(
+            ("query-process", lambda: conditions.query_process_lost(state() if state else None, self.node))
+        )
         return out
 
     def _held(self) -> list[Incident]:

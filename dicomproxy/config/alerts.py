@@ -21,6 +21,7 @@ INCIDENT_SEVERITY = {
     "push-failed": "warning",
     "commitment": "warning",
     "job-failures": "warning",
+    "query-process": "warning",
 }
 INCIDENT_KINDS = tuple(INCIDENT_SEVERITY)
 #: Lowest first: a target with ``min_severity = "warning"`` gets warnings and critical ones.
