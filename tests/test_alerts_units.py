@@ -130,6 +130,17 @@ def test_readiness_tracker_waits_its_threshold_and_forgets_a_passing_check() -> 
     assert [i.key for i in tracker.update([("pacs", False), ("disk", False)])] == ["readiness:disk@n1"]
 
 
+def test_the_query_process_is_an_incident_only_once_lost() -> None:
+    state = {"pid": 4711, "state": "serving", "detail": None, "associations": 2}
+    for name in ("starting", "serving", "stopping"):
+        assert conditions.query_process_lost({**state, "state": name}, "node-a") == []
+    assert conditions.query_process_lost(None, "node-a") == []  # a node without one
+    [lost] = conditions.query_process_lost({**state, "state": "lost", "detail": "exit code -9"}, "node-a")
+    assert (lost.key, lost.kind) == ("query-process:node-a", "query-process")
+    assert dict(lost.facts) == {"node": "node-a", "pid": "4711", "detail": "exit code -9"}
+    assert conditions.ended(lost.key).title == "the query process of node-a serves again"
+
+
 def test_held_threshold_and_job_failure_rate() -> None:
     now = dt.datetime(2026, 12, 7, 3, 0, 0)
     down = {"CLOUD": now - dt.timedelta(seconds=599), "OTHER": now - dt.timedelta(seconds=600)}
@@ -202,6 +213,10 @@ def every_kind_of_incident() -> list[Incident]:
         *conditions.job_failures([(41, "failed")], settings),
         *conditions.audit_broken(False, 12),
         *tracker.update([("pacs", False), ("archive:old", False)]),
+        *conditions.query_process_lost(
+            {"pid": 4711, "state": "lost", "detail": "closed its channel, exit code -9", "associations": 0},
+            "node-a",
+        ),
     ]
     ended = [conditions.ended(i.key) for i in incidents]
     return incidents + ended
