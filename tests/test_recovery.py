@@ -808,34 +808,12 @@ def test_a_serve_killed_mid_instance_leaves_no_partial_file_after_its_restart(
     from dicomproxy.transport.raw import pdu, wire
     from dicomproxy.transport.raw import sender as fastsender
     from testkit import Process, wait_until
+    from testkit.nodes import node_toml
 
-    port, data = free_port(), tmp_path / "data"
-    toml = tmp_path / "serve.toml"
-    toml.write_text(
-        f"""[proxy]
-ae_title = "DICOMPROXY"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{data}"
-[hospital]
-id = "74580626"
-[view]
-url = "sqlite:///{tmp_path / "view.sqlite"}"
-[pacs]
-ae_title = "ARCHIVE"
-host = "127.0.0.1"
-port = 1
-[[peers]]
-ae_title = "{CLOUD}"
-host = "127.0.0.1"
-port = 1
-[http]
-port = 0
-[logging]
-level = "INFO"
-""",
-        encoding="utf-8",
-    )
+    port, data = free_port(), tmp_path / "node"
+    peers = [{"ae_title": CLOUD, "host": "127.0.0.1", "port": 1}]
+    archive = Remote("ARCHIVE", "127.0.0.1", 1)
+    toml = node_toml(tmp_path, "node", port, "", archive, peers, logging={"level": "INFO"})
 
     def serve(log: str) -> Process:
         proc = Process([sys.executable, "-m", "dicomproxy", "serve", "-c", str(toml)], tmp_path / log)
