@@ -207,6 +207,18 @@ def test_the_drain_aborts_what_the_child_still_serves(
     assert "query process: drain timeout: aborted 1 association(s)" in messages, messages
 
 
+def _draining(proxy: Server, drain: float) -> tuple[threading.Thread, list[bool]]:
+    """``proxy.stop(drain)`` in a thread, once the child's one association is open; returned half a
+    second into the drain (the thread, and the list its result goes into)."""
+    wait_until(lambda: proxy.active_associations() == 1, 5, "the child's association")
+    stopped: list[bool] = []
+    stopper = threading.Thread(target=lambda: stopped.append(proxy.stop(drain_timeout=drain)))
+    stopper.start()
+    wait_until(lambda: proxy.ctx.stopping.is_set(), 5, "the stop")
+    time.sleep(0.5)  # the drain has begun; the association is still open
+    return stopper, stopped
+
+
 def test_a_second_stop_request_cuts_the_child_s_drain_short(
     proxy: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -216,12 +228,7 @@ def test_a_second_stop_request_cuts_the_child_s_drain_short(
     assert proxy.queries is not None
     child = proxy.queries.proc
     with FindClient(proxy.port) as client:
-        wait_until(lambda: proxy.active_associations() == 1, 5, "the child's association")
-        stopped: list[bool] = []
-        stopper = threading.Thread(target=lambda: stopped.append(proxy.stop(drain_timeout=60.0)))
-        stopper.start()
-        wait_until(lambda: proxy.ctx.stopping.is_set(), 5, "the stop")
-        time.sleep(0.5)  # the child is draining; its association is still open
+        stopper, stopped = _draining(proxy, 60.0)
         assert client.assoc.is_established and stopper.is_alive()
         proxy.request_stop()
         proxy.request_stop()  # the second: force
@@ -240,12 +247,7 @@ def test_an_association_that_ends_within_the_drain_is_not_aborted(proxy: Server)
     assert proxy.queries is not None
     child = proxy.queries.proc
     client = FindClient(proxy.port).__enter__()
-    wait_until(lambda: proxy.active_associations() == 1, 5, "the child's association")
-    stopped: list[bool] = []
-    stopper = threading.Thread(target=lambda: stopped.append(proxy.stop(drain_timeout=20.0)))
-    stopper.start()
-    wait_until(lambda: proxy.ctx.stopping.is_set(), 5, "the stop")
-    time.sleep(0.5)  # the drain has begun; the association is still open
+    stopper, stopped = _draining(proxy, 20.0)
     assert client.assoc.is_established
     client.close()  # A-RELEASE during the drain
     stopper.join(30)
