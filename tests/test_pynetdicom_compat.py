@@ -206,3 +206,39 @@ def test_the_requestor_guard_keeps_every_c_find_response_for_the_caller(guarded:
     finally:
         ae.shutdown()
         server.shutdown()  # type: ignore[union-attr]
+
+
+def test_a_reject_pynetdicom_took_for_an_abort_is_still_read_as_a_reject() -> None:
+    """pynetdicom 3.0.4: when the acceptor's A-ASSOCIATE-RJ arrives (and the DUL closes the
+    connection) before ``negotiate_association`` looks at its socket, the requestor aborts —
+    seen in CI under load against the raw query acceptor. Made certain here by a caller that is
+    slow right after sending the A-ASSOCIATE-RQ (its own EVT_REQUESTED handler sleeps):
+    :func:`compat.rejection` finds the reject all the same, and ``open_association`` reports it."""
+    import time
+
+    from dicomproxy.transport.net import NoAssociation, Remote, open_association
+
+    scp = AE("SCP")
+    scp.add_supported_context(Verification)
+    scp.require_called_aet = True  # a wrong called AE title: rejected at once (1, 1, 7)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False)
+    slow = [(evt.EVT_REQUESTED, lambda event: time.sleep(0.5))]
+    try:
+        ae = AE("SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="NOTUS", evt_handlers=slow)
+        assert assoc.is_aborted and not assoc.is_rejected  # the race, every time
+        rj = compat.rejection(assoc)
+        assert rj is not None and (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 7)
+        ae.shutdown()
+        with pytest.raises(NoAssociation, match=r"association rejected \(result=Rejected Permanent") as info:
+            open_association(
+                "SCU",
+                Remote("NOTUS", "127.0.0.1", port),
+                add_contexts=lambda a: a.add_requested_context(Verification),
+                evt_handlers=slow,
+            )
+        assert info.value.rejected
+    finally:
+        server.shutdown()

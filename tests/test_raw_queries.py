@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomproxy.config import Config
 from dicomproxy.server import Server
 from dicomproxy.transport.net import guard_requestor
+from dicomproxy.transport.pynetdicom_compat import rejection
 from dicomproxy.transport.raw.pdu import PduReader
 from dicomproxy.transport.raw.queries import claims
 from tests.conftest import FIND_PEERS, ConfigFactory
@@ -258,7 +259,7 @@ def test_the_association_limit_counts_raw_associations(
         ae = AE("jobserver")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         second = ae.associate("127.0.0.1", server.port, ae_title="DICOMPROXY")
-        assert second.is_rejected and not second.is_established
+        assert rejection(second) is not None and not second.is_established
         ae.shutdown()
         assert first.uids(AccessionNumber=CT.accession) == {CT.study_uid}
 

@@ -21,7 +21,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomproxy.status import Status
-from dicomproxy.transport.pynetdicom_compat import raw_socket
+from dicomproxy.transport.pynetdicom_compat import raw_socket, rejection
 
 LOG = logging.getLogger("dicomproxy.net")
 
@@ -177,8 +177,8 @@ def open_association(
     assoc = ae.associate(remote.host, remote.port, **kwargs)
     if not assoc.is_established:
         ae.shutdown()
-        if assoc.is_rejected:
-            rj = assoc.acceptor.primitive
+        rj = rejection(assoc)  # also a reject pynetdicom took for an abort (a fast peer)
+        if rj is not None or assoc.is_rejected:
             reason = f"result={rj.result_str}, source={rj.source_str}, reason={rj.reason_str}" if rj else "?"
             raise NoAssociation(remote, f"association rejected ({reason})", rejected=True, reason=reason)
         raise NoAssociation(remote, "no association (connection refused, aborted or timed out)")

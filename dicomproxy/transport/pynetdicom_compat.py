@@ -16,11 +16,11 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import _config
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import MaximumLengthNotification
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 #: Attribute names we add to pynetdicom's DUL objects (ours, prefixed so they never collide).
@@ -73,6 +73,20 @@ def reactor_poll(assoc: Association, seconds: float) -> Iterator[None]:
         yield
     finally:
         dul._run_loop_delay = before
+
+
+def rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ (PS3.8 9.3.4) for a requestor association that is not established,
+    or None. pynetdicom 3.0.4 races here: ``negotiate_association`` looks at ``socket._is_connected``
+    after sending the A-ASSOCIATE-RQ; when the peer's reject has already arrived and the DUL thread
+    has closed the connection (a fast acceptor, a busy caller), it aborts instead — ``is_aborted``,
+    not ``is_rejected`` — leaving the reject primitive unread in ``dul.to_user_queue``."""
+    if assoc.is_rejected:
+        return cast(A_ASSOCIATE, assoc.acceptor.primitive)
+    for primitive in list(assoc.dul.to_user_queue.queue):
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None
 
 
 def provider_events_waiting(assoc: Association) -> bool:
