@@ -114,6 +114,8 @@ class QueryProcess:
         self._stopping = False
         #: Why the child is gone (the ERROR line's words), once it is.
         self._lost_reason: str | None = None
+        #: Set when the child is found gone, before its exit status is read: no more hand-overs.
+        self._losing = False
         self._reader = threading.Thread(target=self._read, name="query-process-reader", daemon=True)
         self._reader.start()
 
@@ -204,7 +206,7 @@ class QueryProcess:
         """Hand the accepted connection to the child; True if it took it (the caller then only
         closes its copy: a ``shutdown`` would end the connection for the child too). ``others``:
         associations open in this process, for the child's ``maximum_associations`` check."""
-        if not self.ready or self._stopping:
+        if not self.ready or self._stopping or self._losing:
             return False
         with self._lock:
             self._handed += 1
@@ -308,12 +310,15 @@ class QueryProcess:
             LOG.warning("query process sent an unknown message %r", kind)
 
     def _lost(self, reason: str) -> None:
-        """The child is gone (or unusable): serve queries here from now on."""
+        """The child is gone (or unusable): serve queries here from now on. Nothing more is handed
+        over from the first moment (``_losing``); :meth:`state` says ``lost`` once the reason, with
+        the exit status, is logged and published."""
         with self._lock:
-            if self._gone.is_set():
+            if self._losing or self._gone.is_set():
                 return
-            self._gone.set()
+            self._losing = True
         if self._stopping:
+            self._gone.set()
             return
         try:  # a closed channel is seen a moment before the exit status is there
             code: int | None = self.proc.wait(LOST_WAIT)
@@ -329,6 +334,7 @@ class QueryProcess:
         events.publish(  # the status page's last errors
             events.Failure(where="query process", message=f"pid {self.pid} {self._lost_reason}")
         )
+        self._gone.set()  # after the line and the event: whoever sees it lost can read why
         if code is None:
             with contextlib.suppress(OSError):
                 self.proc.kill()
