@@ -123,6 +123,7 @@ def open_page(
     """``open_page(**sections)``: a proxy with the demo rows in its SQLite view, Orthanc as its PACS
     (C-GET), the console on (TOKEN) and ``sections`` more config, its status page opened in
     ``browser``; the proxy and a wait of :data:`PAGE_WAIT` on the page."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     def start(**sections: Any) -> tuple[Server, Any]:
@@ -135,7 +136,8 @@ def open_page(
         server = run_proxy(config)
         assert server.console is not None
         browser.get(f"{server.console.url}/#token={TOKEN}")
-        return server, WebDriverWait(browser, PAGE_WAIT)
+        # the page replaces its table rows every 2 s: a row found may be gone when it is read
+        return server, WebDriverWait(browser, PAGE_WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
     return start
 
@@ -222,23 +224,33 @@ def test_status_page_shows_the_query_process_its_associations_and_its_loss(
             if serving in tr.text
         ]
     )
-    with FindClient(server.port):
-        row = wait.until(
-            lambda d: [tr for tr in d.find_elements(By.CSS_SELECTOR, "#assocs tbody tr") if tr.text]
-        )
-        cells = [td.text for td in row[0].find_elements(By.TAG_NAME, "td")]
+    with FindClient(server.port):  # texts read inside the waits: the rows are replaced every 2 s
+        cells = wait.until(
+            lambda d: [
+                [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                for tr in d.find_elements(By.CSS_SELECTOR, "#assocs tbody tr")
+                if tr.text
+            ]
+        )[0]
         assert cells[0] == "jobserver" and cells[2] == "query process", cells
     os.kill(server.queries.pid, signal.SIGKILL)
     lost = wait.until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#checks tr[data-check='query process'][data-ok='false']")
-    )
-    assert "exit code -9" in lost[0].text
-    errors = wait.until(
         lambda d: [
-            tr for tr in d.find_elements(By.CSS_SELECTOR, "#errors tbody tr") if "query process" in tr.text
+            tr.text
+            for tr in d.find_elements(
+                By.CSS_SELECTOR, "#checks tr[data-check='query process'][data-ok='false']"
+            )
         ]
     )
-    assert "closed its channel" in errors[0].text
+    assert "exit code -9" in lost[0]
+    errors = wait.until(
+        lambda d: [
+            tr.text
+            for tr in d.find_elements(By.CSS_SELECTOR, "#errors tbody tr")
+            if "query process" in tr.text
+        ]
+    )
+    assert "closed its channel" in errors[0]
 
 
 def test_status_page_shows_the_push_queue_and_a_held_destination(
