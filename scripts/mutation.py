@@ -502,7 +502,6 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "the exit status of a child whose parent is gone: init reaps it, nobody reads it",
         ),
         ("time.monotonic()<deadline", "time.monotonic()<=deadline", "the same instant"),
-        ("time.sleep(0.05)", "time.sleep(", "the drain's polling interval"),
         (
             "forthreadinthreads:",
             "forthreadin[]:",

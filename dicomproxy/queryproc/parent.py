@@ -178,10 +178,10 @@ class QueryProcess:
         """For the status page and ``/metrics`` (no patient data): ``state`` is ``starting`` (C-FIND
         served in this process until the child is ready), ``serving``, ``stopping`` or ``lost``
         (served in this process until the service restarts; ``detail`` says why)."""
-        if self._gone.is_set():
-            state = "stopping" if self._stopping else "lost"
-        elif self._stopping:
+        if self._stopping:
             state = "stopping"
+        elif self._gone.is_set():
+            state = "lost"
         else:
             state = "serving" if self._ready.is_set() else "starting"
         return {
